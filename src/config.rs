@@ -1,0 +1,592 @@
+//! Configuration: TOML into serde structs, then into a validated [`Config`].
+//!
+//! Every problem found while validating is collected, so `validate` can list
+//! them all at once; each names the key it is about.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::Uri;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The configuration used when `serve` is given no `--config`; the
+/// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+/// Reads an environment variable; injected so tests need not touch the
+/// process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads the real process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("config syntax: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values are well-formed but invalid; every problem is listed.
+    #[error("invalid config: {}", Problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem as one line each, for `validate`.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// One invalid value, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, e.g. `apps[0].secret_env`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether to ask the upstream for `subscription_count` when translating a
+/// legacy stats call on a non-presence channel (spec E.2, E.5 item 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionCounting {
+    /// Always ask; the answer carries `connection_count`.
+    On,
+    /// Never ask; the answer has no `connection_count`.
+    Off,
+    /// Ask; when the upstream says counting is disabled, retry without it
+    /// and stop asking for a while.
+    Probe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_window")]
+    timestamp_window_secs: u64,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_header_timeout")]
+    header_timeout_ms: u64,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace_ms: u64,
+    upstream: RawUpstream,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "default_upstream_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    id: String,
+    key: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    subscription_count: Option<SubscriptionCounting>,
+    #[serde(default = "default_max_data")]
+    max_data_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_window() -> u64 {
+    600
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_shutdown_grace() -> u64 {
+    30_000
+}
+fn default_upstream_timeout() -> u64 {
+    10_000
+}
+fn default_connect_timeout() -> u64 {
+    3_000
+}
+fn default_max_data() -> usize {
+    10_240
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Inbound `auth_timestamp` must be less than this far from the clock.
+    pub timestamp_window_secs: u64,
+    /// Largest request body read on a legacy route (413 beyond).
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// On shutdown, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
+    /// Where requests go.
+    pub upstream: UpstreamConfig,
+    /// The apps whose legacy calls are translated.
+    pub apps: Vec<AppConfig>,
+}
+
+/// The upstream Pusher-compatible server.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority only, e.g. `https://api-mt1.pusher.com`.
+    pub url: Uri,
+    /// Bound on a whole upstream exchange (504 beyond).
+    pub timeout: Duration,
+    /// Bound on establishing a connection (502 beyond).
+    pub connect_timeout: Duration,
+}
+
+/// One app's credentials and translation settings.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The app id, as it appears in the path.
+    pub id: String,
+    /// The app key (public; `auth_key`).
+    pub key: String,
+    /// The app secret.
+    pub secret: SecretString,
+    /// Whether stats translation asks for `subscription_count`.
+    pub subscription_count: SubscriptionCounting,
+    /// Largest legacy event data accepted (413 beyond, before forwarding).
+    pub max_data_bytes: usize,
+}
+
+impl Config {
+    /// Loads and validates a TOML file.
+    pub fn from_file(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        raw.validate(env)
+    }
+
+    /// The embedded default with the ecosystem's usual variables laid over
+    /// it: `PUSHER_APP_ID`, `PUSHER_APP_KEY`, `PUSHER_APP_SECRET` define the
+    /// app; `PUSHER_HOST` (with `PUSHER_PORT`, `PUSHER_SCHEME`, default
+    /// `https`) names a self-hosted upstream, otherwise `PUSHER_CLUSTER`
+    /// (default `mt1`) selects `https://api-CLUSTER.pusher.com`.
+    pub fn from_env(env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(EMBEDDED_DEFAULT)?;
+        let mut problems = Vec::new();
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(host) = var("PUSHER_HOST") {
+            let scheme = var("PUSHER_SCHEME").unwrap_or_else(|| "https".into());
+            raw.upstream.url = match var("PUSHER_PORT") {
+                Some(port) => format!("{scheme}://{host}:{port}"),
+                None => format!("{scheme}://{host}"),
+            };
+        } else if let Some(cluster) = var("PUSHER_CLUSTER") {
+            raw.upstream.url = format!("https://api-{cluster}.pusher.com");
+        }
+        let app_vars = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"];
+        let values: Vec<Option<String>> = app_vars.iter().map(|v| var(v)).collect();
+        match values.as_slice() {
+            [Some(id), Some(key), Some(_)] => raw.apps.push(RawApp {
+                id: id.clone(),
+                key: key.clone(),
+                secret: None,
+                secret_env: Some("PUSHER_APP_SECRET".into()),
+                subscription_count: None,
+                max_data_bytes: default_max_data(),
+            }),
+            [None, None, None] => {}
+            _ => {
+                for (name, value) in app_vars.iter().zip(&values) {
+                    if value.is_none() {
+                        problems.push(Problem {
+                            key: (*name).into(),
+                            message: "must be set when any of PUSHER_APP_ID, PUSHER_APP_KEY, \
+                                      PUSHER_APP_SECRET is"
+                                .into(),
+                        });
+                    }
+                }
+            }
+        }
+        match raw.validate(env) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid(problems)),
+            Err(ConfigError::Invalid(more)) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid(problems))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The app with this id, if configured.
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        let listen = self.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+            problem("listen", format!("`{}` is not an address:port ({e})", self.listen));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        positive(&mut problem, "timestamp_window_secs", self.timestamp_window_secs);
+        positive(&mut problem, "max_body_bytes", self.max_body_bytes as u64);
+        positive(&mut problem, "header_timeout_ms", self.header_timeout_ms);
+        positive(&mut problem, "shutdown_grace_ms", self.shutdown_grace_ms);
+        positive(&mut problem, "upstream.timeout_ms", self.upstream.timeout_ms);
+        positive(&mut problem, "upstream.connect_timeout_ms", self.upstream.connect_timeout_ms);
+
+        let url = match parse_upstream_url(&self.upstream.url) {
+            Ok(url) => url,
+            Err(message) => {
+                problem("upstream.url", message);
+                Uri::from_static("http://invalid")
+            }
+        };
+        let is_pusher = url
+            .host()
+            .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
+        let default_counting = if is_pusher {
+            SubscriptionCounting::Probe
+        } else {
+            SubscriptionCounting::On
+        };
+
+        let mut ids = HashSet::new();
+        let mut apps = Vec::with_capacity(self.apps.len());
+        for (i, app) in self.apps.into_iter().enumerate() {
+            let key = |field: &str| format!("apps[{i}].{field}");
+            if app.id.is_empty() || app.id.contains(['/', '?', '#', '%']) || app.id.len() > 64 {
+                problem(
+                    &key("id"),
+                    "must be 1-64 characters without `/`, `?`, `#` or `%`".into(),
+                );
+            } else if !ids.insert(app.id.clone()) {
+                problem(&key("id"), format!("app `{}` is defined twice", app.id));
+            }
+            if app.key.is_empty() {
+                problem(&key("key"), "must not be empty".into());
+            }
+            positive(&mut problem, &key("max_data_bytes"), app.max_data_bytes as u64);
+            let secret = match (app.secret, app.secret_env) {
+                (Some(s), None) if !s.is_empty() => Some(s),
+                (Some(_), None) => {
+                    problem(&key("secret"), "must not be empty".into());
+                    None
+                }
+                (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
+                    Some(s) => Some(s),
+                    None => {
+                        problem(
+                            &key("secret_env"),
+                            format!("environment variable `{var}` is not set or empty"),
+                        );
+                        None
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    problem(&key("secret"), "set `secret` or `secret_env`, not both".into());
+                    None
+                }
+                (None, None) => {
+                    problem(&key("secret"), "one of `secret` or `secret_env` is required".into());
+                    None
+                }
+            };
+            if let Some(secret) = secret {
+                apps.push(AppConfig {
+                    id: app.id,
+                    key: app.key,
+                    secret: SecretString::from(secret),
+                    subscription_count: app.subscription_count.unwrap_or(default_counting),
+                    max_data_bytes: app.max_data_bytes,
+                });
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Config {
+            listen,
+            timestamp_window_secs: self.timestamp_window_secs,
+            max_body_bytes: self.max_body_bytes,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            upstream: UpstreamConfig {
+                url,
+                timeout: Duration::from_millis(self.upstream.timeout_ms),
+                connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+            },
+            apps,
+        })
+    }
+}
+
+fn positive(problem: &mut impl FnMut(&str, String), key: &str, value: u64) {
+    if value == 0 {
+        problem(key, "must be greater than 0".into());
+    }
+}
+
+/// Accepts `http://host[:port]` or `https://host[:port]`, with no path
+/// beyond `/`, no query and no user info: the signed path must be exactly
+/// `/apps/…`, so the upstream cannot live under a prefix.
+fn parse_upstream_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{text}` must start with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("`{text}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("`{text}` must not carry user info"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!(
+            "`{text}` must not have a path or query: requests keep their own /apps/… path"
+        ));
+    }
+    Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("`{text}` is not a URL ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let vars = env(&[("PUSHER_APP_SECRET", "s")]);
+        for (name, text) in [
+            ("example.toml", include_str!("../config/example.toml")),
+            ("sockudo-local.toml", include_str!("../config/sockudo-local.toml")),
+        ] {
+            Config::from_toml_str(text, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let c = Config::from_toml_str(
+            r#"
+            [upstream]
+            url = "http://127.0.0.1:6001"
+            [[apps]]
+            id = "4242"
+            key = "k"
+            secret = "s"
+            "#,
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.timestamp_window_secs, 600);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
+        let app = c.app("4242").expect("app");
+        assert_eq!(app.subscription_count, SubscriptionCounting::On);
+        assert_eq!(app.max_data_bytes, 10_240);
+        assert_eq!(app.secret.expose_secret(), "s");
+        assert!(!format!("{c:?}").contains("\"s\""), "secret must not be in Debug");
+    }
+
+    #[test]
+    fn pusher_upstream_probes_by_default() {
+        let c = Config::from_toml_str(
+            "[upstream]\nurl = \"https://api-eu.pusher.com\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.apps[0].subscription_count, SubscriptionCounting::Probe);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str(
+            "[upstream]\nurl = \"http://x\"\ntimeout = 5\n",
+            &env(&[]),
+        )
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let err = Config::from_toml_str(
+            r#"
+            listen = "nowhere"
+            [upstream]
+            url = "ftp://x/prefix"
+            timeout_ms = 0
+            [[apps]]
+            id = "1"
+            key = ""
+            secret_env = "MISSING"
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = "s"
+            subscription_count = "probe"
+            "#,
+            &env(&[]),
+        )
+        .expect_err("invalid");
+        let problems = err.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.split(':').next().unwrap_or("")).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "listen",
+                "upstream.timeout_ms",
+                "upstream.url",
+                "apps[0].key",
+                "apps[0].secret_env",
+                "apps[1].id"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_enum_value_is_named() {
+        let err = Config::from_toml_str(
+            "[upstream]\nurl = \"http://x\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nsubscription_count = \"maybe\"\n",
+            &env(&[]),
+        )
+        .expect_err("bad enum");
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn upstream_url_rules() {
+        assert!(parse_upstream_url("https://api-mt1.pusher.com").is_ok());
+        assert!(parse_upstream_url("http://127.0.0.1:6001/").is_ok());
+        assert!(parse_upstream_url("http://127.0.0.1:6001/x").is_err());
+        assert!(parse_upstream_url("http://127.0.0.1:6001/?a=1").is_err());
+        assert!(parse_upstream_url("http://u:p@host").is_err());
+        assert!(parse_upstream_url("127.0.0.1:6001").is_err());
+    }
+
+    #[test]
+    fn env_default_with_cluster_and_app() {
+        let c = Config::from_env(&env(&[
+            ("PUSHER_APP_ID", "7"),
+            ("PUSHER_APP_KEY", "key"),
+            ("PUSHER_APP_SECRET", "secret"),
+            ("PUSHER_CLUSTER", "eu"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.upstream.url.to_string(), "https://api-eu.pusher.com/");
+        assert_eq!(c.apps.len(), 1);
+        assert_eq!(c.apps[0].key, "key");
+        assert_eq!(c.apps[0].secret.expose_secret(), "secret");
+    }
+
+    #[test]
+    fn env_default_self_hosted() {
+        let c = Config::from_env(&env(&[
+            ("PUSHER_HOST", "127.0.0.1"),
+            ("PUSHER_PORT", "6001"),
+            ("PUSHER_SCHEME", "http"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
+        assert!(c.apps.is_empty());
+        let d = Config::from_env(&env(&[])).expect("valid");
+        assert_eq!(d.upstream.url.to_string(), "https://api-mt1.pusher.com/");
+    }
+
+    #[test]
+    fn env_default_partial_app_names_missing_vars() {
+        let err = Config::from_env(&env(&[("PUSHER_APP_ID", "7")])).expect_err("partial");
+        let text = err.to_string();
+        assert!(text.contains("PUSHER_APP_KEY") && text.contains("PUSHER_APP_SECRET"), "{text}");
+    }
+}

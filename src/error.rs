@@ -1,0 +1,113 @@
+//! Errors of the request path and the one table that maps them to statuses
+//! (spec E.4).
+//!
+//! Handlers return `Result<_, ProxyError>`; the outer handler converts with
+//! [`ProxyError::status`] and [`ProxyError::fault`] and logs. The conversion
+//! has no side effects.
+
+use hyper::StatusCode;
+
+use crate::signature::SignatureError;
+use crate::translate::TranslateError;
+use crate::upstream::UpstreamError;
+
+/// Who is at fault for a failed request; decides the log level and, later,
+/// the metrics outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller sent something wrong (4xx).
+    Client,
+    /// The upstream failed, refused or was unreachable.
+    Upstream,
+    /// A bug or a misconfiguration in the proxy.
+    Internal,
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A legacy call for an app that is not configured (the old API's 404).
+    #[error("unknown app `{0}`: not configured in pusher-cutover")]
+    UnknownApp(String),
+    /// The request is malformed or too large.
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    /// The request failed authentication.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The upstream exchange failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// An upstream request could not be built (a bug).
+    #[error("internal error building the upstream request")]
+    Internal(#[source] hyper::http::Error),
+}
+
+impl ProxyError {
+    /// The status the caller gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownApp(_) => StatusCode::NOT_FOUND,
+            Self::Translate(e) => e.status(),
+            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::Upstream(e) => e.status(),
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::UnknownApp(_) | Self::Translate(_) | Self::Signature(_) => Fault::Client,
+            Self::Upstream(_) => Fault::Upstream,
+            Self::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// The one-line plain-text body the caller gets (ends with a newline).
+    ///
+    /// Built from `Display`, which never includes a secret or a signature.
+    pub fn body(&self) -> String {
+        format!("{self}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::DecodeError;
+
+    #[test]
+    fn status_table() {
+        let cases: Vec<(ProxyError, u16, Fault)> = vec![
+            (ProxyError::UnknownApp("1".into()), 404, Fault::Client),
+            (TranslateError::MissingEventName.into(), 400, Fault::Client),
+            (TranslateError::DataNotUtf8.into(), 400, Fault::Client),
+            (
+                TranslateError::Query(DecodeError::DuplicateKey("a".into())).into(),
+                400,
+                Fault::Client,
+            ),
+            (TranslateError::BodyTooLarge { limit: 1 }.into(), 413, Fault::Client),
+            (TranslateError::DataTooLarge { limit: 1 }.into(), 413, Fault::Client),
+            (SignatureError::SignatureMismatch.into(), 401, Fault::Client),
+            (UpstreamError::Timeout.into(), 504, Fault::Upstream),
+            (
+                UpstreamError::RejectedCredentials { app_id: "1".into() }.into(),
+                500,
+                Fault::Upstream,
+            ),
+            (
+                UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE).into(),
+                502,
+                Fault::Upstream,
+            ),
+        ];
+        for (err, status, fault) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.fault(), fault, "{err}");
+            let body = err.body();
+            assert!(body.ends_with('\n') && body.lines().count() == 1, "{body:?}");
+        }
+    }
+}

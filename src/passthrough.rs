@@ -1,0 +1,90 @@
+//! Passthrough: every request that is not a deprecated call is forwarded
+//! unchanged (method, path, query, headers minus hop-by-hop ones, body
+//! streamed both ways). Host and scheme are not signed, so a valid
+//! current-API request stays valid (spec E.1).
+
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::http::request::Parts;
+use hyper::{Request, Response};
+
+use crate::ResponseBody;
+use crate::error::ProxyError;
+use crate::upstream::{OutboundBody, Upstream};
+
+/// Headers that describe one connection, not the message (RFC 9110
+/// section 7.6.1), and so are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The upstream request for a passthrough: same method, path, query and
+/// body; the caller's `Host` is replaced by the upstream's (the client sets
+/// it from the URI), so TLS and virtual hosting see the right name.
+pub fn upstream_request(
+    upstream: &Upstream,
+    mut parts: Parts,
+    body: Incoming,
+) -> Result<Request<OutboundBody>, ProxyError> {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str());
+    parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.version = hyper::Version::HTTP_11;
+    Ok(Request::from_parts(parts, Either::Right(body)))
+}
+
+/// The caller's response: the upstream's status, headers minus hop-by-hop
+/// ones, and its body streamed.
+pub fn downstream_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Right(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("pusher-http-python"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-type", "user-agent"]);
+    }
+}

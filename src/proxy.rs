@@ -1,0 +1,432 @@
+//! The request pipeline: classify, parse, verify, translate, sign, forward,
+//! map back, record. Record runs for every request, whatever its outcome.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::ResponseBody;
+use crate::clock::Clock;
+use crate::config::{AppConfig, Config, SubscriptionCounting};
+use crate::error::{Fault, ProxyError};
+use crate::passthrough;
+use crate::query::QueryParams;
+use crate::route::{RouteKind, classify};
+use crate::signature::{self, Expected};
+use crate::translate::channel_event::{self, Trigger};
+use crate::translate::{self, TranslateError, channel_stats};
+use crate::upstream::{Buffered, Upstream};
+
+/// How long a `probe` app stops asking for `subscription_count` after the
+/// upstream said counting is disabled (spec E.5 item 1).
+const COUNTING_OFF_SECS: u64 = 600;
+
+/// Longest caller-supplied value (app id, `auth_key`, user agent) written
+/// to a log line; longer ones are cut, so hostile input cannot bloat logs.
+const MAX_LOGGED_LEN: usize = 128;
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// An app's settings and the state the proxy keeps for it.
+#[derive(Debug)]
+struct App {
+    config: AppConfig,
+    /// Unix time until which `probe` mode does not ask for
+    /// `subscription_count`.
+    counting_off_until: AtomicU64,
+}
+
+impl App {
+    fn counting_active(&self, now: u64) -> bool {
+        match self.config.subscription_count {
+            SubscriptionCounting::On => true,
+            SubscriptionCounting::Off => false,
+            SubscriptionCounting::Probe => now >= self.counting_off_until.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The proxy: configuration, upstream client and clock. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    apps: HashMap<String, App>,
+    upstream: Upstream,
+    clock: Arc<dyn Clock>,
+}
+
+/// What is logged of each request; filled in as the pipeline goes.
+#[derive(Debug, Default)]
+struct Record {
+    auth_key: Option<String>,
+    upstream_status: Option<u16>,
+}
+
+impl Proxy {
+    /// A proxy for `config` reading time from `clock`.
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| {
+                let app = App {
+                    config: a.clone(),
+                    counting_off_until: AtomicU64::new(0),
+                };
+                (a.id.clone(), app)
+            })
+            .collect();
+        let upstream = Upstream::new(&config.upstream);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                apps,
+                upstream,
+                clock,
+            }),
+        }
+    }
+
+    /// Handles one request from `peer`. Never fails: errors become answers.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let route = classify(&parts.method, parts.uri.path());
+        let kind = route.kind;
+        let app_id = route.app_id.map(|a| truncate(a).to_owned());
+        let method = parts.method.clone();
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .map(|v| truncate(&String::from_utf8_lossy(v.as_bytes())).to_owned());
+
+        let mut record = Record::default();
+        let result = if kind.is_legacy() {
+            self.legacy(kind, &parts, body, &mut record).await
+        } else {
+            self.passthrough(parts, body, &mut record).await
+        };
+        let (response, error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => (error_response(&e), Some(e)),
+        };
+
+        let log = LogLine {
+            method: &method,
+            kind,
+            app_id: app_id.as_deref(),
+            status: response.status().as_u16(),
+            record: &record,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            user_agent: user_agent.as_deref(),
+            peer,
+            error: error.as_ref(),
+        };
+        log.emit();
+        response
+    }
+
+    async fn legacy(
+        &self,
+        kind: RouteKind,
+        parts: &Parts,
+        body: Incoming,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let inner = &*self.inner;
+        let raw_path = parts.uri.path();
+        let route = classify(&parts.method, raw_path);
+        let app_id = route.app_id.unwrap_or_default();
+        if app_id.is_empty() {
+            return Err(TranslateError::EmptySegment("app id").into());
+        }
+        let app = inner
+            .apps
+            .get(app_id)
+            .ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
+        let query =
+            QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
+        record.auth_key = query.get("auth_key").map(|k| truncate(k).to_owned());
+        let body = read_body(body, inner.config.max_body_bytes).await?;
+
+        let now = inner.clock.unix_now();
+        signature::verify(
+            parts.method.as_str(),
+            raw_path,
+            &query,
+            &body,
+            &Expected {
+                app_id: &app.config.id,
+                key: &app.config.key,
+                secrets: std::slice::from_ref(&app.config.secret),
+                now,
+                window_secs: inner.config.timestamp_window_secs,
+            },
+        )?;
+        let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
+
+        match kind {
+            RouteKind::LegacyStats => self.stats(app, &channel, now, record).await,
+            _ => self.trigger(app, &channel, &query, &body, record).await,
+        }
+    }
+
+    /// Spec E.2: stats via channel info, with the `probe` fallback of E.5.
+    async fn stats(
+        &self,
+        app: &App,
+        channel: &str,
+        now: u64,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let path = channel_stats::upstream_path(&app.config.id, channel);
+        let mut info = channel_stats::info_param(channel, app.counting_active(now));
+        let mut answer = self.signed_exchange(app, Method::GET, &path, None, info, record).await?;
+        let probing = app.config.subscription_count == SubscriptionCounting::Probe;
+        if probing
+            && info == Some("subscription_count")
+            && channel_stats::counting_disabled(answer.status, &answer.body)
+        {
+            tracing::info!(
+                app_id = %app.config.id,
+                "upstream has subscription counting disabled; answering stats without connection_count"
+            );
+            app.counting_off_until
+                .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+            info = None;
+            answer = self.signed_exchange(app, Method::GET, &path, None, info, record).await?;
+        }
+        if answer.status == StatusCode::OK {
+            let body = channel_stats::map_ok(channel, &answer.body)?;
+            return Ok(respond(StatusCode::OK, HeaderValue::from_static("application/json"), body));
+        }
+        let (status, content_type, body) =
+            translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+        Ok(respond(status, content_type, body))
+    }
+
+    /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`.
+    async fn trigger(
+        &self,
+        app: &App,
+        channel: &str,
+        query: &QueryParams,
+        body: &[u8],
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
+        if channel.starts_with("private-encrypted-") {
+            // Old clients never encrypt; subscribers will fail to decrypt
+            // (spec E.5 item 12). The proxy has no master key: forward, warn.
+            tracing::warn!(
+                app_id = %app.config.id,
+                channel,
+                "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
+            );
+        }
+        let json = Bytes::from(trigger.upstream_body(channel));
+        let path = channel_event::upstream_path(&app.config.id);
+        let answer = self
+            .signed_exchange(app, Method::POST, &path, Some(json), None, record)
+            .await?;
+        if answer.status.is_success() {
+            return Ok(respond(
+                StatusCode::ACCEPTED,
+                HeaderValue::from_static(TEXT_PLAIN),
+                Bytes::from_static(channel_event::ACCEPTED_BODY),
+            ));
+        }
+        let (status, content_type, body) =
+            translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+        Ok(respond(status, content_type, body))
+    }
+
+    /// Signs a current-API request with the app's credentials and a fresh
+    /// timestamp, sends it and reads the answer.
+    async fn signed_exchange(
+        &self,
+        app: &App,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        info: Option<&str>,
+        record: &mut Record,
+    ) -> Result<Buffered, ProxyError> {
+        let inner = &*self.inner;
+        let info_param;
+        let extra: &[(&str, &str)] = match info {
+            Some(v) => {
+                info_param = [("info", v)];
+                &info_param
+            }
+            None => &[],
+        };
+        let query = signature::signed_query(
+            &app.config.key,
+            &app.config.secret,
+            method.as_str(),
+            path,
+            inner.clock.unix_now(),
+            body.as_deref(),
+            extra,
+        );
+        let uri = inner
+            .upstream
+            .uri(&format!("{path}?{query}"))
+            .map_err(ProxyError::Internal)?;
+        let mut builder = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let req = builder
+            .body(Either::Left(Full::new(body.unwrap_or_default())))
+            .map_err(ProxyError::Internal)?;
+        let answer = inner.upstream.exchange(req).await?;
+        record.upstream_status = Some(answer.status.as_u16());
+        Ok(answer)
+    }
+
+    async fn passthrough(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let upstream = &self.inner.upstream;
+        let req = passthrough::upstream_request(upstream, parts, body)?;
+        let resp = upstream.send(req).await?;
+        record.upstream_status = Some(resp.status().as_u16());
+        Ok(passthrough::downstream_response(resp))
+    }
+}
+
+/// Reads a legacy request body, refusing more than `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, TranslateError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(TranslateError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(TranslateError::BodyRead(e)),
+    }
+}
+
+fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, content_type);
+    resp
+}
+
+/// The caller's answer for an error: its status and a one-line plain-text
+/// body. No side effects; logging happens in [`Proxy::handle`].
+fn error_response(e: &ProxyError) -> Response<ResponseBody> {
+    respond(
+        e.status(),
+        HeaderValue::from_static(TEXT_PLAIN),
+        Bytes::from(e.body()),
+    )
+}
+
+/// Cuts `s` to at most [`MAX_LOGGED_LEN`] bytes on a character boundary.
+fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_LOGGED_LEN {
+        return s;
+    }
+    let mut end = MAX_LOGGED_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// One log line per request.
+struct LogLine<'a> {
+    method: &'a Method,
+    kind: RouteKind,
+    app_id: Option<&'a str>,
+    status: u16,
+    record: &'a Record,
+    latency_ms: f64,
+    user_agent: Option<&'a str>,
+    peer: SocketAddr,
+    error: Option<&'a ProxyError>,
+}
+
+impl LogLine<'_> {
+    /// Legacy calls log at WARN with the caller's identity (app, key, user
+    /// agent, address), so usage can be tracked from logs alone; upstream
+    /// and internal failures at ERROR; other requests at INFO. Neither
+    /// secrets nor `auth_signature` are fields of the line, and error
+    /// messages never contain them.
+    fn emit(&self) {
+        let error = self.error.map(ErrorChain);
+        let fault = self.error.map(|e| e.fault());
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    method = %self.method,
+                    route = self.kind.template(),
+                    app_id = self.app_id,
+                    status = self.status,
+                    upstream_status = self.record.upstream_status,
+                    latency_ms = format_args!("{:.3}", self.latency_ms),
+                    auth_key = self.record.auth_key.as_deref(),
+                    user_agent = self.user_agent,
+                    client_addr = %self.peer.ip(),
+                    error = error.as_ref().map(tracing::field::display),
+                    "{}",
+                    if self.kind.is_legacy() { "legacy call" } else { "request" }
+                )
+            };
+        }
+        match (fault, self.kind.is_legacy()) {
+            (Some(Fault::Upstream | Fault::Internal), _) => line!(tracing::Level::ERROR),
+            (_, true) => line!(tracing::Level::WARN),
+            (_, false) => line!(tracing::Level::INFO),
+        }
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a ProxyError);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let s = "é".repeat(100);
+        let t = truncate(&s);
+        assert!(t.len() <= MAX_LOGGED_LEN && t.len() >= MAX_LOGGED_LEN - 1);
+        assert_eq!(truncate("short"), "short");
+    }
+}

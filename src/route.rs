@@ -1,0 +1,131 @@
+//! Request classification: the two deprecated routes, or passthrough
+//! (spec E.1). Matching is on the raw path, segment by segment; channel
+//! names never contain `/`.
+
+use hyper::Method;
+
+/// Which handler a request goes to; also the bounded `route` label of logs
+/// and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// `GET /apps/{app_id}/channels/{channel}/stats` (spec D.1).
+    LegacyStats,
+    /// `POST /apps/{app_id}/channels/{channel}/events` (spec D.2).
+    LegacyTrigger,
+    /// Everything else, forwarded unchanged.
+    Passthrough,
+}
+
+impl RouteKind {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LegacyStats => "legacy_stats",
+            Self::LegacyTrigger => "legacy_trigger",
+            Self::Passthrough => "passthrough",
+        }
+    }
+
+    /// The route template, for logs.
+    pub fn template(self) -> &'static str {
+        match self {
+            Self::LegacyStats => "/apps/{app_id}/channels/{channel}/stats",
+            Self::LegacyTrigger => "/apps/{app_id}/channels/{channel}/events",
+            Self::Passthrough => "passthrough",
+        }
+    }
+
+    /// Whether this is one of the deprecated routes.
+    pub fn is_legacy(self) -> bool {
+        !matches!(self, Self::Passthrough)
+    }
+}
+
+/// A classified request: the route and, for legacy routes, the raw
+/// (undecoded) path segments. Segments may be empty or malformed here;
+/// the handlers refuse those with 400 instead of forwarding them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The handler.
+    pub kind: RouteKind,
+    /// The `{app_id}` segment of any `/apps/{app_id}/…` path.
+    pub app_id: Option<&'a str>,
+    /// The raw `{channel}` segment of a legacy route.
+    pub channel: Option<&'a str>,
+}
+
+/// Classifies a request by method and raw path.
+pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
+    let mut segments = path.split('/');
+    let app_id = match (segments.next(), segments.next(), segments.next()) {
+        (Some(""), Some("apps"), Some(app)) => Some(app),
+        _ => None,
+    };
+    let passthrough = Route {
+        kind: RouteKind::Passthrough,
+        app_id,
+        channel: None,
+    };
+    if app_id.is_none() {
+        return passthrough;
+    }
+    let (Some("channels"), Some(channel), Some(action), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return passthrough;
+    };
+    let kind = match (action, method) {
+        ("stats", &Method::GET) => RouteKind::LegacyStats,
+        ("events", &Method::POST) => RouteKind::LegacyTrigger,
+        _ => return passthrough,
+    };
+    Route {
+        kind,
+        app_id,
+        channel: Some(channel),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table() {
+        let cases: &[(Method, &str, RouteKind, Option<&str>, Option<&str>)] = &[
+            (Method::GET, "/apps/1/channels/c/stats", RouteKind::LegacyStats, Some("1"), Some("c")),
+            (Method::POST, "/apps/1/channels/c/events", RouteKind::LegacyTrigger, Some("1"), Some("c")),
+            (Method::POST, "/apps/1/channels/a%40b/events", RouteKind::LegacyTrigger, Some("1"), Some("a%40b")),
+            (Method::GET, "/apps//channels//stats", RouteKind::LegacyStats, Some(""), Some("")),
+            (Method::POST, "/apps/1/channels/c/stats", RouteKind::Passthrough, Some("1"), None),
+            (Method::GET, "/apps/1/channels/c/events", RouteKind::Passthrough, Some("1"), None),
+            (Method::GET, "/apps/1/channels/c", RouteKind::Passthrough, Some("1"), None),
+            (Method::GET, "/apps/1/channels/c/stats/", RouteKind::Passthrough, Some("1"), None),
+            (Method::GET, "/apps/1/channels/c/users", RouteKind::Passthrough, Some("1"), None),
+            (Method::POST, "/apps/1/events", RouteKind::Passthrough, Some("1"), None),
+            (Method::POST, "/apps/1/batch_events", RouteKind::Passthrough, Some("1"), None),
+            (Method::GET, "/", RouteKind::Passthrough, None, None),
+            (Method::GET, "", RouteKind::Passthrough, None, None),
+            (Method::GET, "/app/1/channels/c/stats", RouteKind::Passthrough, None, None),
+            (Method::GET, "apps/1/channels/c/stats", RouteKind::Passthrough, None, None),
+        ];
+        for (method, path, kind, app, chan) in cases {
+            let r = classify(method, path);
+            assert_eq!((r.kind, r.app_id, r.channel), (*kind, *app, *chan), "{method} {path}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(path in "\\PC*", post in proptest::bool::ANY) {
+            let method = if post { Method::POST } else { Method::GET };
+            let r = classify(&method, &path);
+            if r.kind.is_legacy() {
+                proptest::prop_assert!(r.channel.is_some() && r.app_id.is_some());
+            }
+        }
+    }
+}

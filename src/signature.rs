@@ -1,0 +1,441 @@
+//! Pusher HTTP API request signatures, `auth_version` 1.0 (spec section A).
+//!
+//! The string to sign is `METHOD\nPATH\nCANONICAL_QUERY`, where the canonical
+//! query is every parameter but `auth_signature`, keys lower-cased, sorted,
+//! rendered `key=value` with *decoded*, unescaped values and joined with `&`
+//! (spec A.2). The signature is the lower-case hex HMAC-SHA256 of that string
+//! keyed with the app secret.
+
+use hmac::{Hmac, KeyInit, Mac};
+use md5::{Digest, Md5};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::query::QueryParams;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The only `auth_version` ever defined (spec A.1).
+pub const AUTH_VERSION: &str = "1.0";
+
+/// MD5 of the empty body, which PyPI `pusher` sends on every GET (spec A.4).
+pub const EMPTY_BODY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// RFC 3986 unreserved characters stay literal on the wire; everything else
+/// is escaped. Servers decode before verifying, so this is always safe
+/// (spec A.6, "Outbound signing").
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Lower-case hex MD5 of `body`, the value of `body_md5`.
+pub fn body_md5(body: &[u8]) -> String {
+    base16ct::lower::encode_string(&Md5::digest(body))
+}
+
+/// The string to sign for `method`, `path` and already-canonical `params`
+/// (lower-case keys, sorted, without `auth_signature`).
+///
+/// Used for diagnostics and tests; signing streams the same bytes into the
+/// MAC without building the string.
+pub fn string_to_sign<'a>(
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut out = format!("{method}\n{path}\n");
+    for (i, (k, v)) in params.into_iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
+/// Raw HMAC-SHA256 over the string to sign.
+fn mac<'a>(
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> [u8; 32] {
+    // HMAC takes keys of any length, so this constructor cannot fail.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(method.as_bytes());
+    mac.update(b"\n");
+    mac.update(path.as_bytes());
+    mac.update(b"\n");
+    for (i, (k, v)) in params.into_iter().enumerate() {
+        if i > 0 {
+            mac.update(b"&");
+        }
+        mac.update(k.as_bytes());
+        mac.update(b"=");
+        mac.update(v.as_bytes());
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Lower-case hex signature of `method`, `path` and canonical `params`.
+pub fn sign<'a>(
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    base16ct::lower::encode_string(&mac(secret, method, path, params))
+}
+
+/// Whether `candidate` is the lower-case hex signature of the request.
+///
+/// The comparison runs in constant time over the hex text, so upper-case
+/// hex is refused, as Pusher and sockudo refuse it (spec A.2).
+pub fn signature_matches<'a>(
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    candidate: &str,
+) -> bool {
+    let mut expected = [0u8; 64];
+    let Ok(expected) =
+        base16ct::lower::encode(&mac(secret, method, path, params), &mut expected)
+    else {
+        return false;
+    };
+    expected.ct_eq(candidate.as_bytes()).into()
+}
+
+/// Why an inbound request failed authentication (spec A.5, A.6).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// A required auth parameter is absent.
+    #[error("missing required query parameter `{0}`")]
+    Missing(&'static str),
+    /// `auth_version` is not `1.0`.
+    #[error("auth_version `{0}` is not supported (only 1.0)")]
+    UnsupportedVersion(String),
+    /// `auth_key` is not the key of the app in the path.
+    #[error("auth_key does not belong to app {0}")]
+    UnknownKey(String),
+    /// `auth_timestamp` is not a decimal integer.
+    #[error("auth_timestamp is not a Unix time in seconds")]
+    InvalidTimestamp,
+    /// `auth_timestamp` is too far from the proxy's clock.
+    #[error("timestamp expired: given {given}, not within {window}s of server time {now}")]
+    TimestampExpired {
+        /// The client's timestamp.
+        given: u64,
+        /// The proxy's time.
+        now: u64,
+        /// The accepted window in seconds.
+        window: u64,
+    },
+    /// The body is not empty but `body_md5` is absent.
+    #[error("body_md5 is required for a request with a body")]
+    BodyMd5Missing,
+    /// `body_md5` does not match the bytes received.
+    #[error("body_md5 does not match the request body")]
+    BodyMd5Mismatch,
+    /// The HMAC does not match.
+    #[error("invalid signature")]
+    SignatureMismatch,
+}
+
+impl SignatureError {
+    /// A short, bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "missing_parameter",
+            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::TimestampExpired { .. } => "timestamp_expired",
+            Self::BodyMd5Missing => "body_md5_missing",
+            Self::BodyMd5Mismatch => "body_md5_mismatch",
+            Self::SignatureMismatch => "signature_mismatch",
+        }
+    }
+}
+
+/// What an inbound request must be checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The app id in the path, for error messages.
+    pub app_id: &'a str,
+    /// The app's key; `auth_key` must equal it.
+    pub key: &'a str,
+    /// Secrets accepted for the app (more than one during a rotation).
+    pub secrets: &'a [SecretString],
+    /// The proxy's current Unix time in seconds.
+    pub now: u64,
+    /// Timestamps at or beyond this many seconds from `now` are refused.
+    pub window_secs: u64,
+}
+
+/// Verifies an inbound request per spec A.6: required parameters, key,
+/// timestamp window, `body_md5`, then the signature over the raw path.
+///
+/// `raw_path` must be the path exactly as it appeared in the request line
+/// (spec A.3). A timestamp is refused when `|now - ts| >= window`, like
+/// Pusher's own signature gem (spec A.5).
+pub fn verify(
+    method: &str,
+    raw_path: &str,
+    query: &QueryParams,
+    body: &[u8],
+    expected: &Expected<'_>,
+) -> Result<(), SignatureError> {
+    let param = |k: &'static str| query.get(k).ok_or(SignatureError::Missing(k));
+    let key = param("auth_key")?;
+    let timestamp = param("auth_timestamp")?;
+    let version = param("auth_version")?;
+    let signature = param("auth_signature")?;
+
+    if version != AUTH_VERSION {
+        return Err(SignatureError::UnsupportedVersion(version.to_owned()));
+    }
+    if !bool::from(key.as_bytes().ct_eq(expected.key.as_bytes())) {
+        return Err(SignatureError::UnknownKey(expected.app_id.to_owned()));
+    }
+    let given: u64 = timestamp
+        .parse()
+        .map_err(|_| SignatureError::InvalidTimestamp)?;
+    if given.abs_diff(expected.now) >= expected.window_secs {
+        return Err(SignatureError::TimestampExpired {
+            given,
+            now: expected.now,
+            window: expected.window_secs,
+        });
+    }
+    match query.get("body_md5") {
+        None if !body.is_empty() => return Err(SignatureError::BodyMd5Missing),
+        None => {}
+        Some(md5) if md5 != body_md5(body) => return Err(SignatureError::BodyMd5Mismatch),
+        Some(_) => {}
+    }
+
+    let signed = || query.iter().filter(|(k, _)| *k != "auth_signature");
+    let ok = expected
+        .secrets
+        .iter()
+        .any(|secret| signature_matches(secret, method, raw_path, signed(), signature));
+    if ok {
+        Ok(())
+    } else {
+        Err(SignatureError::SignatureMismatch)
+    }
+}
+
+/// Builds the signed query string of an outbound request.
+///
+/// Adds `auth_key`, `auth_timestamp`, `auth_version`, and `body_md5` when a
+/// body is given (outbound bodies are only ever sent on POST, and sockudo
+/// refuses `body_md5` on GET: spec A.4), signs, and renders the query with
+/// every value percent-encoded and `auth_signature` last.
+pub fn signed_query(
+    key: &str,
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: Option<&[u8]>,
+    extra: &[(&str, &str)],
+) -> String {
+    let timestamp = timestamp.to_string();
+    let md5 = body.map(body_md5);
+    let mut params: Vec<(&str, &str)> = Vec::with_capacity(5 + extra.len());
+    params.push(("auth_key", key));
+    params.push(("auth_timestamp", &timestamp));
+    params.push(("auth_version", AUTH_VERSION));
+    if let Some(md5) = &md5 {
+        params.push(("body_md5", md5));
+    }
+    params.extend_from_slice(extra);
+    params.sort_unstable_by(|a, b| a.0.cmp(b.0));
+
+    let signature = sign(secret, method, path, params.iter().copied());
+    let mut out = String::with_capacity(256);
+    for (k, v) in params
+        .iter()
+        .copied()
+        .chain(std::iter::once(("auth_signature", signature.as_str())))
+    {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.extend(utf8_percent_encode(v, QUERY_VALUE));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    const SECRET: &str = "7ad3773142a6692b25b8";
+    const KEY: &str = "278d425bdf160c739803";
+
+    /// The official worked example (spec A.2, vector #1).
+    #[test]
+    fn worked_example() {
+        let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let md5 = body_md5(body);
+        assert_eq!(md5, "ec365a775a4cd0599faeb73354201b6f");
+        let params = [
+            ("auth_key", KEY),
+            ("auth_timestamp", "1353088179"),
+            ("auth_version", "1.0"),
+            ("body_md5", md5.as_str()),
+        ];
+        assert_eq!(
+            sign(&secret(SECRET), "POST", "/apps/3/events", params),
+            "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
+    }
+
+    fn signed_request(body: &[u8], now: u64) -> (QueryParams, String) {
+        let q = signed_query(
+            KEY,
+            &secret(SECRET),
+            "POST",
+            "/apps/3/channels/c/events",
+            now,
+            Some(body),
+            &[("name", "ev ent"), ("socket_id", "1.2")],
+        );
+        (QueryParams::parse(&q).expect("own output parses"), q)
+    }
+
+    fn expected(now: u64, secrets: &[SecretString]) -> Expected<'_> {
+        Expected {
+            app_id: "3",
+            key: KEY,
+            secrets,
+            now,
+            window_secs: 600,
+        }
+    }
+
+    #[test]
+    fn verify_accepts_what_signed_query_produces() {
+        let (q, wire) = signed_request(b"{\"a\":1}", 1000);
+        assert!(wire.ends_with(&format!("auth_signature={}", q.get("auth_signature").unwrap())));
+        assert!(wire.contains("name=ev%20ent"), "{wire}");
+        let secrets = [secret(SECRET)];
+        verify(
+            "POST",
+            "/apps/3/channels/c/events",
+            &q,
+            b"{\"a\":1}",
+            &expected(1000, &secrets),
+        )
+        .expect("round trip verifies");
+    }
+
+    #[test]
+    fn verify_refusals() {
+        let body = b"data";
+        let (q, _) = signed_request(body, 1000);
+        let path = "/apps/3/channels/c/events";
+        let good = [secret(SECRET)];
+        let other = [secret("other")];
+        let check = |path: &str, body: &[u8], e: &Expected<'_>| verify("POST", path, &q, body, e);
+
+        assert_eq!(check(path, body, &expected(1000, &other)), Err(SignatureError::SignatureMismatch));
+        assert_eq!(
+            check("/apps/3/channels/d/events", body, &expected(1000, &good)),
+            Err(SignatureError::SignatureMismatch)
+        );
+        assert_eq!(check(path, b"datA", &expected(1000, &good)), Err(SignatureError::BodyMd5Mismatch));
+        assert!(matches!(
+            check(path, body, &expected(1600, &good)),
+            Err(SignatureError::TimestampExpired { .. })
+        ));
+        assert!(check(path, body, &expected(1599, &good)).is_ok());
+        assert!(check(path, body, &expected(401, &good)).is_ok());
+        assert!(matches!(
+            check(path, body, &expected(400, &good)),
+            Err(SignatureError::TimestampExpired { .. })
+        ));
+        let rotated = [secret("old"), secret(SECRET)];
+        assert!(check(path, body, &expected(1000, &rotated)).is_ok());
+        let wrong_key = Expected { key: "nope", ..expected(1000, &good) };
+        assert_eq!(check(path, body, &wrong_key), Err(SignatureError::UnknownKey("3".into())));
+    }
+
+    #[test]
+    fn upper_case_hex_is_refused() {
+        let params = [("auth_key", KEY)];
+        let sig = sign(&secret(SECRET), "GET", "/x", params);
+        assert!(signature_matches(&secret(SECRET), "GET", "/x", params, &sig));
+        assert!(!signature_matches(&secret(SECRET), "GET", "/x", params, &sig.to_uppercase()));
+        assert!(!signature_matches(&secret(SECRET), "GET", "/x", params, &sig[..63]));
+    }
+
+    #[test]
+    fn empty_body_rules() {
+        let secrets = [secret(SECRET)];
+        let e = expected(1000, &secrets);
+        let sign_get = |extra: &[(&str, &str)]| {
+            let mut params = vec![
+                ("auth_key", KEY),
+                ("auth_timestamp", "1000"),
+                ("auth_version", "1.0"),
+            ];
+            params.extend_from_slice(extra);
+            params.sort_unstable();
+            let sig = sign(&secret(SECRET), "GET", "/p", params.iter().copied());
+            let mut raw: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            raw.push(format!("auth_signature={sig}"));
+            QueryParams::parse(&raw.join("&")).expect("parses")
+        };
+        // No body_md5 on an empty body: fine (Node, Go, Ruby, PHP).
+        assert!(verify("GET", "/p", &sign_get(&[]), b"", &e).is_ok());
+        // The empty-body MD5 on GET: fine (PyPI pusher).
+        let q = sign_get(&[("body_md5", EMPTY_BODY_MD5)]);
+        assert!(verify("GET", "/p", &q, b"", &e).is_ok());
+        // Any other MD5 on an empty body: refused.
+        let q = sign_get(&[("body_md5", "00000000000000000000000000000000")]);
+        assert_eq!(verify("GET", "/p", &q, b"", &e), Err(SignatureError::BodyMd5Mismatch));
+        // A body without body_md5: refused.
+        assert_eq!(verify("GET", "/p", &sign_get(&[]), b"x", &e), Err(SignatureError::BodyMd5Missing));
+    }
+
+    proptest::proptest! {
+        /// Key order does not matter: the canonical form sorts.
+        #[test]
+        fn signed_query_is_order_independent(a in "[a-z]{1,8}", b in "[ -~]{0,16}") {
+            let extra1 = [("zz", a.as_str()), ("info", b.as_str())];
+            let extra2 = [("info", b.as_str()), ("zz", a.as_str())];
+            let s = secret(SECRET);
+            let q1 = signed_query(KEY, &s, "GET", "/p", 5, None, &extra1);
+            let q2 = signed_query(KEY, &s, "GET", "/p", 5, None, &extra2);
+            proptest::prop_assert_eq!(q1, q2);
+        }
+
+        /// Anything a client could send round-trips through encode, parse, verify.
+        #[test]
+        fn round_trip(value in "\\PC{0,32}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let s = [secret(SECRET)];
+            let wire = signed_query(KEY, &s[0], "POST", "/p", 1000, Some(&body), &[("name", value.as_str())]);
+            let q = QueryParams::parse(&wire).expect("own output parses");
+            proptest::prop_assert_eq!(q.get("name"), Some(value.as_str()));
+            proptest::prop_assert!(verify("POST", "/p", &q, &body, &expected(1000, &s)).is_ok());
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `POST /apps/{app}/channels/{chan}/events?name=N[&socket_id=S]` with the
+//! raw event data as the body → `POST /apps/{app}/events` with a JSON body
+//! (spec D.2, E.3).
+
+use serde::Serialize;
+
+use super::TranslateError;
+use crate::query::QueryParams;
+
+/// The body every legacy trigger gets on success, with status 202: what the
+/// old API sent, and what the pre-2.x PHP clients compare against (spec E.3).
+pub const ACCEPTED_BODY: &[u8] = b"202 ACCEPTED\n";
+
+/// The current-API path for triggers of `app_id`.
+pub fn upstream_path(app_id: &str) -> String {
+    format!("/apps/{app_id}/events")
+}
+
+/// A parsed legacy trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger<'a> {
+    /// The event name (`name`).
+    pub name: &'a str,
+    /// The connection to exclude; `None` when absent or empty (E.5 item 10).
+    pub socket_id: Option<&'a str>,
+    /// The event data: the request body, verbatim.
+    pub data: &'a str,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    name: &'a str,
+    channels: [&'a str; 1],
+    data: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_id: Option<&'a str>,
+}
+
+impl<'a> Trigger<'a> {
+    /// Reads a legacy trigger from its verified query and body.
+    ///
+    /// `name` must be present and non-empty and the body UTF-8 (the old
+    /// API's 400s); data longer than `max_data_bytes` is refused with 413
+    /// here, before anything is forwarded.
+    pub fn parse(
+        query: &'a QueryParams,
+        body: &'a [u8],
+        max_data_bytes: usize,
+    ) -> Result<Self, TranslateError> {
+        let name = query
+            .get("name")
+            .filter(|n| !n.is_empty())
+            .ok_or(TranslateError::MissingEventName)?;
+        let data = std::str::from_utf8(body).map_err(|_| TranslateError::DataNotUtf8)?;
+        if data.len() > max_data_bytes {
+            return Err(TranslateError::DataTooLarge {
+                limit: max_data_bytes,
+            });
+        }
+        let socket_id = query.get("socket_id").filter(|s| !s.is_empty());
+        Ok(Self {
+            name,
+            socket_id,
+            data,
+        })
+    }
+
+    /// The current-API JSON body: `{"name", "channels": [channel], "data",
+    /// "socket_id"?}`, with the data as a JSON string, never parsed.
+    pub fn upstream_body(&self, channel: &str) -> Vec<u8> {
+        let event = Event {
+            name: self.name,
+            channels: [channel],
+            data: self.data,
+            socket_id: self.socket_id,
+        };
+        // Serialising borrowed strings into a Vec cannot fail.
+        serde_json::to_vec(&event).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(raw: &str) -> QueryParams {
+        QueryParams::parse(raw).expect("valid query")
+    }
+
+    #[test]
+    fn body_shape() {
+        let q = query("name=my-event&socket_id=1234.5678");
+        let t = Trigger::parse(&q, br#"{"msg": "hi"}"#, 10_240).expect("valid");
+        assert_eq!(
+            String::from_utf8(t.upstream_body("test-channel")).ok().as_deref(),
+            Some(
+                r#"{"name":"my-event","channels":["test-channel"],"data":"{\"msg\": \"hi\"}","socket_id":"1234.5678"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn socket_id_absent_or_empty_is_omitted() {
+        for raw in ["name=e", "name=e&socket_id="] {
+            let q = query(raw);
+            let t = Trigger::parse(&q, b"x", 10).expect("valid");
+            assert_eq!(t.socket_id, None);
+            assert_eq!(
+                String::from_utf8(t.upstream_body("c")).ok().as_deref(),
+                Some(r#"{"name":"e","channels":["c"],"data":"x"}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn data_kept_verbatim_including_non_ascii_and_empty() {
+        let q = query("name=e");
+        let data = "h\u{e9}llo \u{1f600} \"quoted\" \\ \n";
+        let t = Trigger::parse(&q, data.as_bytes(), 100).expect("valid");
+        let body: serde_json::Value =
+            serde_json::from_slice(&t.upstream_body("c")).expect("json");
+        assert_eq!(body["data"].as_str(), Some(data));
+        let t = Trigger::parse(&q, b"", 100).expect("empty data is forwarded");
+        assert_eq!(t.data, "");
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(
+            Trigger::parse(&query("socket_id=1.1"), b"x", 10),
+            Err(TranslateError::MissingEventName)
+        ));
+        assert!(matches!(
+            Trigger::parse(&query("name="), b"x", 10),
+            Err(TranslateError::MissingEventName)
+        ));
+        assert!(matches!(
+            Trigger::parse(&query("name=e"), b"\xff\xfe", 10),
+            Err(TranslateError::DataNotUtf8)
+        ));
+        assert!(matches!(
+            Trigger::parse(&query("name=e"), b"12345678901", 10),
+            Err(TranslateError::DataTooLarge { limit: 10 })
+        ));
+        assert!(Trigger::parse(&query("name=e"), b"1234567890", 10).is_ok());
+    }
+}

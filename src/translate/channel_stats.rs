@@ -1,0 +1,133 @@
+//! `GET /apps/{app}/channels/{chan}/stats` → `GET /apps/{app}/channels/{chan}`
+//! (spec D.1, E.2).
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::upstream::UpstreamError;
+
+/// The `info` attribute to request upstream, if any.
+///
+/// `user_count` for presence channels only (anything else is a 400 upstream:
+/// spec E.5 item 2); `subscription_count` for other channels when counting
+/// is active (spec E.5 items 1 and 3).
+pub fn info_param(channel: &str, counting_active: bool) -> Option<&'static str> {
+    if channel.starts_with("presence-") {
+        Some("user_count")
+    } else if counting_active {
+        Some("subscription_count")
+    } else {
+        None
+    }
+}
+
+/// The current-API path for `channel` of `app_id`; `channel` is the decoded,
+/// validated name, whose characters are all legal in a path.
+pub fn upstream_path(app_id: &str, channel: &str) -> String {
+    format!("/apps/{app_id}/channels/{channel}")
+}
+
+/// Whether an upstream answer is Pusher's "subscription counting is not
+/// enabled" 400 (spec B.4, E.5 item 1).
+pub fn counting_disabled(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::BAD_REQUEST
+        && String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("subscription count")
+}
+
+#[derive(Deserialize)]
+struct ChannelInfo {
+    occupied: bool,
+    user_count: Option<u64>,
+    subscription_count: Option<u64>,
+}
+
+/// The old stats answer: keys in this order, counts only when the upstream
+/// supplied them (spec E.2, E.5 item 5).
+#[derive(Serialize)]
+struct Stats {
+    occupied: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_count: Option<u64>,
+}
+
+/// Maps an upstream 200 channel-info body to the legacy stats body.
+///
+/// `user_count` is kept only on presence channels; `subscription_count`
+/// becomes `connection_count`; everything else (`cache`,
+/// `subscription_count_complete`, …) is dropped.
+pub fn map_ok(channel: &str, body: &[u8]) -> Result<Bytes, UpstreamError> {
+    let info: ChannelInfo =
+        serde_json::from_slice(body).map_err(UpstreamError::MalformedResponse)?;
+    let stats = Stats {
+        occupied: info.occupied,
+        user_count: info.user_count.filter(|_| channel.starts_with("presence-")),
+        connection_count: info.subscription_count,
+    };
+    serde_json::to_vec(&stats)
+        .map(Bytes::from)
+        .map_err(UpstreamError::MalformedResponse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_per_channel_type() {
+        assert_eq!(info_param("presence-room", true), Some("user_count"));
+        assert_eq!(info_param("presence-room", false), Some("user_count"));
+        assert_eq!(info_param("private-room", true), Some("subscription_count"));
+        assert_eq!(info_param("room", true), Some("subscription_count"));
+        assert_eq!(info_param("room", false), None);
+        assert_eq!(info_param("presencex", true), Some("subscription_count"));
+    }
+
+    #[test]
+    fn maps_and_drops() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "room",
+                r#"{"occupied":true,"subscription_count":3,"subscription_count_complete":true,"cache":null}"#,
+                r#"{"occupied":true,"connection_count":3}"#,
+            ),
+            (
+                "presence-room",
+                r#"{"subscription_count":3,"user_count":2,"occupied":true}"#,
+                r#"{"occupied":true,"user_count":2,"connection_count":3}"#,
+            ),
+            ("room", r#"{"occupied":false}"#, r#"{"occupied":false}"#),
+            ("room", r#"{"occupied":false,"user_count":4}"#, r#"{"occupied":false}"#),
+        ];
+        for (channel, upstream, legacy) in cases {
+            let out = map_ok(channel, upstream.as_bytes()).expect("valid");
+            assert_eq!(std::str::from_utf8(&out).ok(), Some(*legacy), "{upstream}");
+        }
+    }
+
+    #[test]
+    fn malformed_upstream_bodies_are_errors() {
+        for body in ["", "{}", "[]", r#"{"occupied":"yes"}"#, "not json"] {
+            assert!(map_ok("room", body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn recognises_counting_disabled() {
+        let body = b"Cannot retrieve the subscription count because subscription counting is not enabled";
+        assert!(counting_disabled(StatusCode::BAD_REQUEST, body));
+        assert!(!counting_disabled(StatusCode::FORBIDDEN, body));
+        assert!(!counting_disabled(StatusCode::BAD_REQUEST, b"Invalid channel name"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn map_ok_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let _ = map_ok("room", &body);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Translation of the two deprecated calls into current ones (spec E), one
+//! file per legacy route. Everything here is pure: no I/O, no clock.
+
+pub mod channel_event;
+pub mod channel_stats;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{HeaderMap, StatusCode};
+
+use crate::query::{DecodeError, percent_decode_strict};
+use crate::upstream::UpstreamError;
+
+/// Longest channel name accepted: what sockudo, soketi and the official
+/// libraries allow. Pusher itself allows 164 and answers 400 beyond; that
+/// answer is passed through (spec C.1, E.5 item 8).
+pub const MAX_CHANNEL_LEN: usize = 200;
+
+/// Why a legacy request cannot be translated: the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    /// The query string cannot be decoded.
+    #[error("malformed query string: {0}")]
+    Query(#[source] DecodeError),
+    /// A path segment is empty.
+    #[error("malformed path: the {0} segment is empty")]
+    EmptySegment(&'static str),
+    /// The channel segment cannot be decoded.
+    #[error("malformed path: {0}")]
+    Channel(#[source] DecodeError),
+    /// The decoded channel name is not a valid Pusher channel name.
+    #[error(
+        "invalid channel name: use 1-200 characters of A-Z a-z 0-9 _ - = @ , . ; (not `.` or `..`)"
+    )]
+    InvalidChannelName,
+    /// `name` is absent or empty on a legacy trigger.
+    #[error("missing event name: the `name` query parameter is required")]
+    MissingEventName,
+    /// The event data is not UTF-8 (the old API's 400, spec D.2).
+    #[error("event data must be valid UTF-8")]
+    DataNotUtf8,
+    /// The request body exceeds `max_body_bytes`.
+    #[error("request body exceeds the proxy's limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The event data exceeds the app's `max_data_bytes` (spec B.1's 413).
+    #[error("The data content of this event exceeds the allowed maximum ({limit} bytes).")]
+    DataTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The request body could not be read.
+    #[error("could not read the request body")]
+    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TranslateError {
+    /// The status the caller gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BodyTooLarge { .. } | Self::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Query(_)
+            | Self::EmptySegment(_)
+            | Self::Channel(_)
+            | Self::InvalidChannelName
+            | Self::MissingEventName
+            | Self::DataNotUtf8
+            | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Decodes and validates the raw channel segment of a legacy path.
+///
+/// Called after verification, which signs the raw segment (PyPI `pusher`
+/// 0.8 percent-encodes it: spec A.3). The decoded name is what goes into the
+/// upstream request, so it is held to the channel alphabet of spec C.1:
+/// every character of it is legal in a path, and `.`/`..` are refused so no
+/// upstream can read them as path traversal.
+pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
+    if raw.is_empty() {
+        return Err(TranslateError::EmptySegment("channel"));
+    }
+    let decoded = percent_decode_strict(raw, "the channel segment").map_err(TranslateError::Channel)?;
+    let valid = decoded.len() <= MAX_CHANNEL_LEN
+        && decoded != "."
+        && decoded != ".."
+        && decoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b));
+    if !valid {
+        return Err(TranslateError::InvalidChannelName);
+    }
+    Ok(decoded.into_owned())
+}
+
+/// A legacy caller's answer when the upstream did not succeed (spec E.4):
+/// its own 4xx pass through verbatim, except 401, which means the upstream
+/// refused the proxy's signature and so must not blame the caller; 5xx and
+/// anything else unexpected become errors (502).
+pub fn map_failure(
+    app_id: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, HeaderValue, Bytes), UpstreamError> {
+    match status {
+        StatusCode::UNAUTHORIZED => Err(UpstreamError::RejectedCredentials {
+            app_id: app_id.to_owned(),
+        }),
+        s if s.is_client_error() => {
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("text/plain; charset=utf-8"));
+            Ok((s, content_type, body))
+        }
+        s => Err(UpstreamError::Status(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_segments() {
+        assert_eq!(decode_channel("test-channel").ok().as_deref(), Some("test-channel"));
+        assert_eq!(
+            decode_channel("private-foo-bar_1234%40%3D%2C.%3B").ok().as_deref(),
+            Some("private-foo-bar_1234@=,.;")
+        );
+        assert_eq!(
+            decode_channel("private-foo-bar_1234@=,.;").ok().as_deref(),
+            Some("private-foo-bar_1234@=,.;")
+        );
+        let long = "a".repeat(MAX_CHANNEL_LEN);
+        assert!(decode_channel(&long).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "%2E%2E",
+            "%ZZ",
+            "a%2Fb",
+            "a b",
+            "caf%C3%A9",
+            "#server-to-user-1",
+            "%FF",
+            &"a".repeat(MAX_CHANNEL_LEN + 1),
+        ] {
+            let err = decode_channel(bad).expect_err(bad);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn failure_mapping() {
+        let json = HeaderMap::from_iter([(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )]);
+        let body = Bytes::from_static(br#"{"error":"x"}"#);
+        for code in [400, 403, 404, 413, 429] {
+            let status = StatusCode::from_u16(code).expect("valid");
+            let (s, ct, b) = map_failure("1", status, &json, body.clone()).expect("passes through");
+            assert_eq!((s, ct.to_str().ok(), b.clone()), (status, Some("application/json"), body.clone()));
+        }
+        assert!(matches!(
+            map_failure("1", StatusCode::UNAUTHORIZED, &json, body.clone()),
+            Err(UpstreamError::RejectedCredentials { .. })
+        ));
+        for code in [500, 502, 503, 302, 204] {
+            let status = StatusCode::from_u16(code).expect("valid");
+            assert!(matches!(
+                map_failure("1", status, &json, body.clone()),
+                Err(UpstreamError::Status(s)) if s == status
+            ));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_channel_never_panics(raw in "\\PC*") {
+            if let Ok(name) = decode_channel(&raw) {
+                proptest::prop_assert!(name.len() <= MAX_CHANNEL_LEN);
+                proptest::prop_assert!(!name.contains('/'));
+            }
+        }
+    }
+}
