@@ -296,15 +296,30 @@ impl RawConfig {
         };
 
         let listen = self.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-            problem("listen", format!("`{}` is not an address:port ({e})", self.listen));
+            problem(
+                "listen",
+                format!("`{}` is not an address:port ({e})", self.listen),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        positive(&mut problem, "timestamp_window_secs", self.timestamp_window_secs);
+        positive(
+            &mut problem,
+            "timestamp_window_secs",
+            self.timestamp_window_secs,
+        );
         positive(&mut problem, "max_body_bytes", self.max_body_bytes as u64);
         positive(&mut problem, "header_timeout_ms", self.header_timeout_ms);
         positive(&mut problem, "shutdown_grace_ms", self.shutdown_grace_ms);
-        positive(&mut problem, "upstream.timeout_ms", self.upstream.timeout_ms);
-        positive(&mut problem, "upstream.connect_timeout_ms", self.upstream.connect_timeout_ms);
+        positive(
+            &mut problem,
+            "upstream.timeout_ms",
+            self.upstream.timeout_ms,
+        );
+        positive(
+            &mut problem,
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout_ms,
+        );
 
         let url = match parse_upstream_url(&self.upstream.url) {
             Ok(url) => url,
@@ -337,7 +352,11 @@ impl RawConfig {
             if app.key.is_empty() {
                 problem(&key("key"), "must not be empty".into());
             }
-            positive(&mut problem, &key("max_data_bytes"), app.max_data_bytes as u64);
+            positive(
+                &mut problem,
+                &key("max_data_bytes"),
+                app.max_data_bytes as u64,
+            );
             let secret = match (app.secret, app.secret_env) {
                 (Some(s), None) if !s.is_empty() => Some(s),
                 (Some(_), None) => {
@@ -355,11 +374,17 @@ impl RawConfig {
                     }
                 },
                 (Some(_), Some(_)) => {
-                    problem(&key("secret"), "set `secret` or `secret_env`, not both".into());
+                    problem(
+                        &key("secret"),
+                        "set `secret` or `secret_env`, not both".into(),
+                    );
                     None
                 }
                 (None, None) => {
-                    problem(&key("secret"), "one of `secret` or `secret_env` is required".into());
+                    problem(
+                        &key("secret"),
+                        "one of `secret` or `secret_env` is required".into(),
+                    );
                     None
                 }
             };
@@ -436,8 +461,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -446,7 +473,10 @@ mod tests {
         let vars = env(&[("PUSHER_APP_SECRET", "s")]);
         for (name, text) in [
             ("example.toml", include_str!("../config/example.toml")),
-            ("sockudo-local.toml", include_str!("../config/sockudo-local.toml")),
+            (
+                "sockudo-local.toml",
+                include_str!("../config/sockudo-local.toml"),
+            ),
         ] {
             Config::from_toml_str(text, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
@@ -474,7 +504,10 @@ mod tests {
         assert_eq!(app.subscription_count, SubscriptionCounting::On);
         assert_eq!(app.max_data_bytes, 10_240);
         assert_eq!(app.secret.expose_secret(), "s");
-        assert!(!format!("{c:?}").contains("\"s\""), "secret must not be in Debug");
+        assert!(
+            !format!("{c:?}").contains("\"s\""),
+            "secret must not be in Debug"
+        );
     }
 
     #[test]
@@ -489,11 +522,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml_str(
-            "[upstream]\nurl = \"http://x\"\ntimeout = 5\n",
-            &env(&[]),
-        )
-        .expect_err("unknown key");
+        let err = Config::from_toml_str("[upstream]\nurl = \"http://x\"\ntimeout = 5\n", &env(&[]))
+            .expect_err("unknown key");
         assert!(err.to_string().contains("timeout"), "{err}");
     }
 
@@ -519,7 +549,10 @@ mod tests {
         )
         .expect_err("invalid");
         let problems = err.problems();
-        let keys: Vec<&str> = problems.iter().map(|p| p.split(':').next().unwrap_or("")).collect();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or(""))
+            .collect();
         assert_eq!(
             keys,
             vec![
@@ -587,6 +620,9 @@ mod tests {
     fn env_default_partial_app_names_missing_vars() {
         let err = Config::from_env(&env(&[("PUSHER_APP_ID", "7")])).expect_err("partial");
         let text = err.to_string();
-        assert!(text.contains("PUSHER_APP_KEY") && text.contains("PUSHER_APP_SECRET"), "{text}");
+        assert!(
+            text.contains("PUSHER_APP_KEY") && text.contains("PUSHER_APP_SECRET"),
+            "{text}"
+        );
     }
 }

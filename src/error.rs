@@ -88,8 +88,16 @@ mod tests {
                 400,
                 Fault::Client,
             ),
-            (TranslateError::BodyTooLarge { limit: 1 }.into(), 413, Fault::Client),
-            (TranslateError::DataTooLarge { limit: 1 }.into(), 413, Fault::Client),
+            (
+                TranslateError::BodyTooLarge { limit: 1 }.into(),
+                413,
+                Fault::Client,
+            ),
+            (
+                TranslateError::DataTooLarge { limit: 1 }.into(),
+                413,
+                Fault::Client,
+            ),
             (SignatureError::SignatureMismatch.into(), 401, Fault::Client),
             (UpstreamError::Timeout.into(), 504, Fault::Upstream),
             (
@@ -107,7 +115,10 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err}");
             assert_eq!(err.fault(), fault, "{err}");
             let body = err.body();
-            assert!(body.ends_with('\n') && body.lines().count() == 1, "{body:?}");
+            assert!(
+                body.ends_with('\n') && body.lines().count() == 1,
+                "{body:?}"
+            );
         }
     }
 }

@@ -49,10 +49,7 @@ pub fn upstream_request(
     mut parts: Parts,
     body: Incoming,
 ) -> Result<Request<OutboundBody>, ProxyError> {
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str());
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
@@ -76,12 +73,24 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::USER_AGENT, HeaderValue::from_static("pusher-http-python"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("pusher-http-python"),
+        );
         strip_hop_by_hop(&mut h);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();

@@ -195,7 +195,9 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let path = channel_stats::upstream_path(&app.config.id, channel);
         let mut info = channel_stats::info_param(channel, app.counting_active(now));
-        let mut answer = self.signed_exchange(app, Method::GET, &path, None, info, record).await?;
+        let mut answer = self
+            .signed_exchange(app, Method::GET, &path, None, info, record)
+            .await?;
         let probing = app.config.subscription_count == SubscriptionCounting::Probe;
         if probing
             && info == Some("subscription_count")
@@ -208,11 +210,17 @@ impl Proxy {
             app.counting_off_until
                 .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
             info = None;
-            answer = self.signed_exchange(app, Method::GET, &path, None, info, record).await?;
+            answer = self
+                .signed_exchange(app, Method::GET, &path, None, info, record)
+                .await?;
         }
         if answer.status == StatusCode::OK {
             let body = channel_stats::map_ok(channel, &answer.body)?;
-            return Ok(respond(StatusCode::OK, HeaderValue::from_static("application/json"), body));
+            return Ok(respond(
+                StatusCode::OK,
+                HeaderValue::from_static("application/json"),
+                body,
+            ));
         }
         let (status, content_type, body) =
             translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;

@@ -95,26 +95,109 @@ mod tests {
 
     #[test]
     fn route_table() {
-        let cases: &[(Method, &str, RouteKind, Option<&str>, Option<&str>)] = &[
-            (Method::GET, "/apps/1/channels/c/stats", RouteKind::LegacyStats, Some("1"), Some("c")),
-            (Method::POST, "/apps/1/channels/c/events", RouteKind::LegacyTrigger, Some("1"), Some("c")),
-            (Method::POST, "/apps/1/channels/a%40b/events", RouteKind::LegacyTrigger, Some("1"), Some("a%40b")),
-            (Method::GET, "/apps//channels//stats", RouteKind::LegacyStats, Some(""), Some("")),
-            (Method::POST, "/apps/1/channels/c/stats", RouteKind::Passthrough, Some("1"), None),
-            (Method::GET, "/apps/1/channels/c/events", RouteKind::Passthrough, Some("1"), None),
-            (Method::GET, "/apps/1/channels/c", RouteKind::Passthrough, Some("1"), None),
-            (Method::GET, "/apps/1/channels/c/stats/", RouteKind::Passthrough, Some("1"), None),
-            (Method::GET, "/apps/1/channels/c/users", RouteKind::Passthrough, Some("1"), None),
-            (Method::POST, "/apps/1/events", RouteKind::Passthrough, Some("1"), None),
-            (Method::POST, "/apps/1/batch_events", RouteKind::Passthrough, Some("1"), None),
+        type Case<'a> = (Method, &'a str, RouteKind, Option<&'a str>, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
+            (
+                Method::GET,
+                "/apps/1/channels/c/stats",
+                RouteKind::LegacyStats,
+                Some("1"),
+                Some("c"),
+            ),
+            (
+                Method::POST,
+                "/apps/1/channels/c/events",
+                RouteKind::LegacyTrigger,
+                Some("1"),
+                Some("c"),
+            ),
+            (
+                Method::POST,
+                "/apps/1/channels/a%40b/events",
+                RouteKind::LegacyTrigger,
+                Some("1"),
+                Some("a%40b"),
+            ),
+            (
+                Method::GET,
+                "/apps//channels//stats",
+                RouteKind::LegacyStats,
+                Some(""),
+                Some(""),
+            ),
+            (
+                Method::POST,
+                "/apps/1/channels/c/stats",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::GET,
+                "/apps/1/channels/c/events",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::GET,
+                "/apps/1/channels/c",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::GET,
+                "/apps/1/channels/c/stats/",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::GET,
+                "/apps/1/channels/c/users",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::POST,
+                "/apps/1/events",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
+            (
+                Method::POST,
+                "/apps/1/batch_events",
+                RouteKind::Passthrough,
+                Some("1"),
+                None,
+            ),
             (Method::GET, "/", RouteKind::Passthrough, None, None),
             (Method::GET, "", RouteKind::Passthrough, None, None),
-            (Method::GET, "/app/1/channels/c/stats", RouteKind::Passthrough, None, None),
-            (Method::GET, "apps/1/channels/c/stats", RouteKind::Passthrough, None, None),
+            (
+                Method::GET,
+                "/app/1/channels/c/stats",
+                RouteKind::Passthrough,
+                None,
+                None,
+            ),
+            (
+                Method::GET,
+                "apps/1/channels/c/stats",
+                RouteKind::Passthrough,
+                None,
+                None,
+            ),
         ];
         for (method, path, kind, app, chan) in cases {
             let r = classify(method, path);
-            assert_eq!((r.kind, r.app_id, r.channel), (*kind, *app, *chan), "{method} {path}");
+            assert_eq!(
+                (r.kind, r.app_id, r.channel),
+                (*kind, *app, *chan),
+                "{method} {path}"
+            );
         }
     }
 

@@ -51,8 +51,14 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "connections still open after the grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections still open after the grace period"
+        );
     }
 }
 

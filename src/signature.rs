@@ -106,8 +106,7 @@ pub fn signature_matches<'a>(
     candidate: &str,
 ) -> bool {
     let mut expected = [0u8; 64];
-    let Ok(expected) =
-        base16ct::lower::encode(&mac(secret, method, path, params), &mut expected)
+    let Ok(expected) = base16ct::lower::encode(&mac(secret, method, path, params), &mut expected)
     else {
         return false;
     };
@@ -334,7 +333,10 @@ mod tests {
     #[test]
     fn verify_accepts_what_signed_query_produces() {
         let (q, wire) = signed_request(b"{\"a\":1}", 1000);
-        assert!(wire.ends_with(&format!("auth_signature={}", q.get("auth_signature").unwrap())));
+        assert!(wire.ends_with(&format!(
+            "auth_signature={}",
+            q.get("auth_signature").unwrap()
+        )));
         assert!(wire.contains("name=ev%20ent"), "{wire}");
         let secrets = [secret(SECRET)];
         verify(
@@ -356,12 +358,18 @@ mod tests {
         let other = [secret("other")];
         let check = |path: &str, body: &[u8], e: &Expected<'_>| verify("POST", path, &q, body, e);
 
-        assert_eq!(check(path, body, &expected(1000, &other)), Err(SignatureError::SignatureMismatch));
+        assert_eq!(
+            check(path, body, &expected(1000, &other)),
+            Err(SignatureError::SignatureMismatch)
+        );
         assert_eq!(
             check("/apps/3/channels/d/events", body, &expected(1000, &good)),
             Err(SignatureError::SignatureMismatch)
         );
-        assert_eq!(check(path, b"datA", &expected(1000, &good)), Err(SignatureError::BodyMd5Mismatch));
+        assert_eq!(
+            check(path, b"datA", &expected(1000, &good)),
+            Err(SignatureError::BodyMd5Mismatch)
+        );
         assert!(matches!(
             check(path, body, &expected(1600, &good)),
             Err(SignatureError::TimestampExpired { .. })
@@ -374,17 +382,41 @@ mod tests {
         ));
         let rotated = [secret("old"), secret(SECRET)];
         assert!(check(path, body, &expected(1000, &rotated)).is_ok());
-        let wrong_key = Expected { key: "nope", ..expected(1000, &good) };
-        assert_eq!(check(path, body, &wrong_key), Err(SignatureError::UnknownKey("3".into())));
+        let wrong_key = Expected {
+            key: "nope",
+            ..expected(1000, &good)
+        };
+        assert_eq!(
+            check(path, body, &wrong_key),
+            Err(SignatureError::UnknownKey("3".into()))
+        );
     }
 
     #[test]
     fn upper_case_hex_is_refused() {
         let params = [("auth_key", KEY)];
         let sig = sign(&secret(SECRET), "GET", "/x", params);
-        assert!(signature_matches(&secret(SECRET), "GET", "/x", params, &sig));
-        assert!(!signature_matches(&secret(SECRET), "GET", "/x", params, &sig.to_uppercase()));
-        assert!(!signature_matches(&secret(SECRET), "GET", "/x", params, &sig[..63]));
+        assert!(signature_matches(
+            &secret(SECRET),
+            "GET",
+            "/x",
+            params,
+            &sig
+        ));
+        assert!(!signature_matches(
+            &secret(SECRET),
+            "GET",
+            "/x",
+            params,
+            &sig.to_uppercase()
+        ));
+        assert!(!signature_matches(
+            &secret(SECRET),
+            "GET",
+            "/x",
+            params,
+            &sig[..63]
+        ));
     }
 
     #[test]
@@ -411,9 +443,15 @@ mod tests {
         assert!(verify("GET", "/p", &q, b"", &e).is_ok());
         // Any other MD5 on an empty body: refused.
         let q = sign_get(&[("body_md5", "00000000000000000000000000000000")]);
-        assert_eq!(verify("GET", "/p", &q, b"", &e), Err(SignatureError::BodyMd5Mismatch));
+        assert_eq!(
+            verify("GET", "/p", &q, b"", &e),
+            Err(SignatureError::BodyMd5Mismatch)
+        );
         // A body without body_md5: refused.
-        assert_eq!(verify("GET", "/p", &sign_get(&[]), b"x", &e), Err(SignatureError::BodyMd5Missing));
+        assert_eq!(
+            verify("GET", "/p", &sign_get(&[]), b"x", &e),
+            Err(SignatureError::BodyMd5Missing)
+        );
     }
 
     proptest::proptest! {

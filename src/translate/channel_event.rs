@@ -92,7 +92,9 @@ mod tests {
         let q = query("name=my-event&socket_id=1234.5678");
         let t = Trigger::parse(&q, br#"{"msg": "hi"}"#, 10_240).expect("valid");
         assert_eq!(
-            String::from_utf8(t.upstream_body("test-channel")).ok().as_deref(),
+            String::from_utf8(t.upstream_body("test-channel"))
+                .ok()
+                .as_deref(),
             Some(
                 r#"{"name":"my-event","channels":["test-channel"],"data":"{\"msg\": \"hi\"}","socket_id":"1234.5678"}"#
             )
@@ -117,8 +119,7 @@ mod tests {
         let q = query("name=e");
         let data = "h\u{e9}llo \u{1f600} \"quoted\" \\ \n";
         let t = Trigger::parse(&q, data.as_bytes(), 100).expect("valid");
-        let body: serde_json::Value =
-            serde_json::from_slice(&t.upstream_body("c")).expect("json");
+        let body: serde_json::Value = serde_json::from_slice(&t.upstream_body("c")).expect("json");
         assert_eq!(body["data"].as_str(), Some(data));
         let t = Trigger::parse(&q, b"", 100).expect("empty data is forwarded");
         assert_eq!(t.data, "");

@@ -101,7 +101,11 @@ mod tests {
                 r#"{"occupied":true,"user_count":2,"connection_count":3}"#,
             ),
             ("room", r#"{"occupied":false}"#, r#"{"occupied":false}"#),
-            ("room", r#"{"occupied":false,"user_count":4}"#, r#"{"occupied":false}"#),
+            (
+                "room",
+                r#"{"occupied":false,"user_count":4}"#,
+                r#"{"occupied":false}"#,
+            ),
         ];
         for (channel, upstream, legacy) in cases {
             let out = map_ok(channel, upstream.as_bytes()).expect("valid");
@@ -118,10 +122,14 @@ mod tests {
 
     #[test]
     fn recognises_counting_disabled() {
-        let body = b"Cannot retrieve the subscription count because subscription counting is not enabled";
+        let body =
+            b"Cannot retrieve the subscription count because subscription counting is not enabled";
         assert!(counting_disabled(StatusCode::BAD_REQUEST, body));
         assert!(!counting_disabled(StatusCode::FORBIDDEN, body));
-        assert!(!counting_disabled(StatusCode::BAD_REQUEST, b"Invalid channel name"));
+        assert!(!counting_disabled(
+            StatusCode::BAD_REQUEST,
+            b"Invalid channel name"
+        ));
     }
 
     proptest::proptest! {

@@ -83,7 +83,8 @@ pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
     if raw.is_empty() {
         return Err(TranslateError::EmptySegment("channel"));
     }
-    let decoded = percent_decode_strict(raw, "the channel segment").map_err(TranslateError::Channel)?;
+    let decoded =
+        percent_decode_strict(raw, "the channel segment").map_err(TranslateError::Channel)?;
     let valid = decoded.len() <= MAX_CHANNEL_LEN
         && decoded != "."
         && decoded != ".."
@@ -127,9 +128,14 @@ mod tests {
 
     #[test]
     fn channel_segments() {
-        assert_eq!(decode_channel("test-channel").ok().as_deref(), Some("test-channel"));
         assert_eq!(
-            decode_channel("private-foo-bar_1234%40%3D%2C.%3B").ok().as_deref(),
+            decode_channel("test-channel").ok().as_deref(),
+            Some("test-channel")
+        );
+        assert_eq!(
+            decode_channel("private-foo-bar_1234%40%3D%2C.%3B")
+                .ok()
+                .as_deref(),
             Some("private-foo-bar_1234@=,.;")
         );
         assert_eq!(
@@ -158,15 +164,16 @@ mod tests {
 
     #[test]
     fn failure_mapping() {
-        let json = HeaderMap::from_iter([(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )]);
+        let json =
+            HeaderMap::from_iter([(CONTENT_TYPE, HeaderValue::from_static("application/json"))]);
         let body = Bytes::from_static(br#"{"error":"x"}"#);
         for code in [400, 403, 404, 413, 429] {
             let status = StatusCode::from_u16(code).expect("valid");
             let (s, ct, b) = map_failure("1", status, &json, body.clone()).expect("passes through");
-            assert_eq!((s, ct.to_str().ok(), b.clone()), (status, Some("application/json"), body.clone()));
+            assert_eq!(
+                (s, ct.to_str().ok(), b.clone()),
+                (status, Some("application/json"), body.clone())
+            );
         }
         assert!(matches!(
             map_failure("1", StatusCode::UNAUTHORIZED, &json, body.clone()),

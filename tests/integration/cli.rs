@@ -1,0 +1,182 @@
+//! The binary: `--version`, `validate`, and `serve` with a config file in
+//! front of a current-API server, stopped by SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::legacy_replay::{expected_upstream_body, recordings};
+use crate::support::{self, oracle};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pusher-cutover");
+
+#[test]
+fn version_and_help() {
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("pusher-cutover {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("serve") && help.contains("validate"),
+        "{help}"
+    );
+}
+
+#[test]
+fn validate_lists_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = std::process::Command::new(BIN)
+        .args([
+            "validate",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/sockudo-local.toml"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"x\"\n[upstream]\nurl = \"http://h/path\"\n[[apps]]\nid = \"1\"\nkey = \"\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["listen", "upstream.url", "apps[0].key", "apps[0].secret"] {
+        assert!(
+            err.contains(&format!("- {key}:")),
+            "{key} not listed:\n{err}"
+        );
+    }
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[upstream]\nurl = \"http://h\"\nretries = 3\n").expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&unknown)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retries"));
+}
+
+/// `serve --config FILE` in front of a current-API server turns each
+/// recorded legacy request, freshly signed, into 202 `202 ACCEPTED\n` with
+/// the event delivered upstream; SIGTERM stops it with exit 0.
+#[tokio::test]
+async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().expect("addr").to_owned();
+            }
+        }
+        panic!("the proxy exited before listening");
+    })
+    .await
+    .expect("listening within 10 s");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let drain = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+
+    let recordings = recordings();
+    for r in &recordings {
+        let target = r.target();
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let mut params = vec![("name", r.param("name").expect("name"))];
+        if let Some(s) = r.param("socket_id") {
+            params.push(("socket_id", s));
+        }
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let q = oracle::signed_query(
+            support::KEY,
+            support::SECRET,
+            "POST",
+            path,
+            support::now(),
+            Some(r.body.as_bytes()),
+            &params,
+        );
+        let a = support::send(
+            Method::POST,
+            &format!("http://{addr}{path}?{q}"),
+            &[],
+            r.body.clone(),
+        )
+        .await;
+        assert_eq!(a.status.as_u16(), 202, "{}: {}", r.library, a.text());
+        assert_eq!(&a.body[..], b"202 ACCEPTED\n");
+    }
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), recordings.len());
+    for (r, up) in recordings.iter().zip(&seen) {
+        assert_eq!(
+            String::from_utf8_lossy(&up.body),
+            expected_upstream_body(r),
+            "{}",
+            r.library
+        );
+        assert_eq!(up.signature, Ok(()));
+    }
+
+    let pid = child.id().expect("running");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let logs = drain.await.expect("drain").join("\n");
+    assert!(logs.contains("SIGTERM"), "{logs}");
+    assert_eq!(
+        logs.matches("legacy call").count(),
+        recordings.len(),
+        "{logs}"
+    );
+}

@@ -1,0 +1,333 @@
+//! Every error class of spec E.4: the right status, a one-line plain-text
+//! body, and nothing forwarded for what failed verification.
+
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::support::{self, TestProxy, oracle};
+
+fn assert_one_line(a: &support::Answer) {
+    let text = a.text();
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    assert_eq!(
+        a.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/plain; charset=utf-8")
+    );
+}
+
+async fn post(proxy: &TestProxy, target: &str, body: impl Into<bytes::Bytes>) -> support::Answer {
+    support::send(Method::POST, &format!("{}{target}", proxy.url()), &[], body).await
+}
+
+#[tokio::test]
+async fn client_errors_are_refused_locally() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "max_data_bytes = 100").await;
+    let now = support::now();
+    let body = b"{\"a\":1}";
+    let ok_uri = support::legacy_trigger_uri("room", &[("name", "ev")], body, now);
+    let forged = ok_uri.replace(&ok_uri[ok_uri.len() - 8..], "00000000");
+    let other_secret = {
+        let path = "/apps/4242/channels/room/events";
+        format!(
+            "{path}?{}",
+            oracle::signed_query(
+                support::KEY,
+                "wrong",
+                "POST",
+                path,
+                now,
+                Some(body),
+                &[("name", "ev")]
+            )
+        )
+    };
+    let other_key = {
+        let path = "/apps/4242/channels/room/events";
+        format!(
+            "{path}?{}",
+            oracle::signed_query(
+                "other-key",
+                support::SECRET,
+                "POST",
+                path,
+                now,
+                Some(body),
+                &[("name", "ev")]
+            )
+        )
+    };
+    let unknown_app = {
+        let path = "/apps/7/channels/room/events";
+        format!(
+            "{path}?{}",
+            oracle::signed_query(
+                support::KEY,
+                support::SECRET,
+                "POST",
+                path,
+                now,
+                Some(body),
+                &[("name", "ev")]
+            )
+        )
+    };
+    let big = vec![b'x'; 101];
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        ("forged signature", forged, body.to_vec(), 401, "signature"),
+        (
+            "wrong secret",
+            other_secret,
+            body.to_vec(),
+            401,
+            "signature",
+        ),
+        (
+            "key of another app",
+            other_key,
+            body.to_vec(),
+            401,
+            "auth_key",
+        ),
+        (
+            "stale timestamp",
+            support::legacy_trigger_uri("room", &[("name", "ev")], body, now - 601),
+            body.to_vec(),
+            401,
+            "timestamp",
+        ),
+        (
+            "future timestamp",
+            support::legacy_trigger_uri("room", &[("name", "ev")], body, now + 601),
+            body.to_vec(),
+            401,
+            "timestamp",
+        ),
+        (
+            "body changed",
+            ok_uri.clone(),
+            b"{\"a\":2}".to_vec(),
+            401,
+            "body_md5",
+        ),
+        (
+            "no auth at all",
+            "/apps/4242/channels/room/events?name=ev".into(),
+            body.to_vec(),
+            401,
+            "auth_key",
+        ),
+        (
+            "unknown app",
+            unknown_app,
+            body.to_vec(),
+            404,
+            "unknown app",
+        ),
+        (
+            "missing name",
+            support::legacy_trigger_uri("room", &[], body, now),
+            body.to_vec(),
+            400,
+            "name",
+        ),
+        (
+            "empty name",
+            support::legacy_trigger_uri("room", &[("name", "")], body, now),
+            body.to_vec(),
+            400,
+            "name",
+        ),
+        (
+            "non-UTF-8 data",
+            support::legacy_trigger_uri("room", &[("name", "ev")], b"\xff\xfe", now),
+            b"\xff\xfe".to_vec(),
+            400,
+            "UTF-8",
+        ),
+        (
+            "repeated key",
+            format!("{ok_uri}&name=again"),
+            body.to_vec(),
+            400,
+            "repeated",
+        ),
+        (
+            "malformed escape",
+            format!("{ok_uri}&x=%ZZ"),
+            body.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "bad channel",
+            support::legacy_trigger_uri("a%20b", &[("name", "ev")], body, now),
+            body.to_vec(),
+            400,
+            "channel",
+        ),
+        (
+            "dot-dot channel",
+            support::legacy_trigger_uri("..", &[("name", "ev")], body, now),
+            body.to_vec(),
+            400,
+            "channel",
+        ),
+        (
+            "empty app",
+            "/apps//channels/room/events".into(),
+            body.to_vec(),
+            400,
+            "app id",
+        ),
+        (
+            "data too large",
+            support::legacy_trigger_uri("room", &[("name", "ev")], &big, now),
+            big.clone(),
+            413,
+            "100 bytes",
+        ),
+    ];
+    for (what, target, body, status, needle) in cases {
+        let a = post(&proxy, &target, body).await;
+        assert_eq!(a.status.as_u16(), status, "{what}: {}", a.text());
+        assert!(
+            a.text().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            a.text()
+        );
+        assert_one_line(&a);
+    }
+    let stale_stats = support::legacy_stats_uri("room", now - 700);
+    let a = support::send(
+        Method::GET,
+        &format!("{}{stale_stats}", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 401);
+    assert!(
+        fake.recorded().is_empty(),
+        "nothing that failed is forwarded"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn body_over_the_proxy_limit_is_413() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &support::config_toml(&fake.url(), "", "")
+            .replace("[upstream]", "max_body_bytes = 1000\n[upstream]"),
+        std::sync::Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let body = vec![b'x'; 1001];
+    let target = support::legacy_trigger_uri("room", &[("name", "ev")], &body, support::now());
+    let a = post(&proxy, &target, body).await;
+    assert_eq!(a.status.as_u16(), 413, "{}", a.text());
+    assert_one_line(&a);
+    assert!(fake.recorded().is_empty());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_refusing_the_proxy_signature_is_500() {
+    // The fake knows a different secret than the proxy is configured with.
+    let fake = support::fake::FakeUpstream::start(
+        &[(support::APP_ID, support::KEY, "rotated")],
+        support::now,
+    )
+    .await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let target = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    let a = post(&proxy, &target, "x").await;
+    assert_eq!(a.status.as_u16(), 500, "{}", a.text());
+    assert!(
+        a.text().contains("pusher-cutover's signature"),
+        "{}",
+        a.text()
+    );
+    assert_one_line(&a);
+    let stats = support::legacy_stats_uri("presence-x", support::now());
+    let a = support::send(Method::GET, &format!("{}{stats}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 500, "{}", a.text());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_server_errors_and_bad_bodies_are_502() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let target = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    fake.set(|b| b.fixed = Some((503, "text/plain", "overloaded".into())));
+    let a = post(&proxy, &target, "x").await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert!(a.text().contains("503"), "{}", a.text());
+    assert_one_line(&a);
+
+    fake.set(|b| b.fixed = Some((200, "application/json", "not json".into())));
+    let stats = support::legacy_stats_uri("room", support::now());
+    let a = support::send(Method::GET, &format!("{}{stats}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert_one_line(&a);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    // A port that was just free: nothing listens there.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let proxy = TestProxy::for_upstream(&format!("http://{addr}"), "", "").await;
+    let target = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    let a = post(&proxy, &target, "x").await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert!(a.text().contains("unreachable"), "{}", a.text());
+    assert_one_line(&a);
+    let a = support::send(
+        Method::GET,
+        &format!("{}/apps/1/channels", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 502, "passthrough: {}", a.text());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_slower_than_the_timeout_is_504() {
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = Duration::from_secs(10));
+    let proxy = TestProxy::for_upstream(&fake.url(), "timeout_ms = 300", "").await;
+    let started = std::time::Instant::now();
+    let target = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    let a = post(&proxy, &target, "x").await;
+    assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    assert_one_line(&a);
+    let stats = support::legacy_stats_uri("room", support::now());
+    let b = support::send(Method::GET, &format!("{}{stats}", proxy.url()), &[], "").await;
+    assert_eq!(b.status.as_u16(), 504);
+    let c = support::send(
+        Method::GET,
+        &format!("{}/apps/1/channels", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(c.status.as_u16(), 504, "passthrough");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "answered before the upstream"
+    );
+    proxy.stop().await;
+}

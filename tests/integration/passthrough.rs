@@ -1,0 +1,138 @@
+//! Everything that is not a deprecated call is forwarded unchanged.
+
+use hyper::Method;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{self, TestProxy, oracle};
+
+#[tokio::test]
+async fn current_api_trigger_passes_byte_for_byte() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let body = r#"{"name":"ev","channels":["a","b"],"data":"{\"x\":1}"}"#;
+    let path = "/apps/4242/events";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "POST",
+        path,
+        support::now(),
+        Some(body.as_bytes()),
+        &[],
+    );
+    let raw = format!(
+        "POST {path}?{q} HTTP/1.1\r\nHost: legacy.example\r\nContent-Type: application/json\r\n\
+         X-Custom: kept\r\nUser-Agent: pusher-http-node/5.3.4\r\nConnection: keep-alive, X-Hop\r\n\
+         X-Hop: dropped\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"ok":true}"#);
+    assert_eq!(
+        a.headers.get("x-fake-upstream").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+
+    let up = &fake.recorded()[0];
+    assert_eq!(up.path, path);
+    assert_eq!(up.query, q, "query forwarded byte for byte");
+    assert_eq!(String::from_utf8_lossy(&up.body), body);
+    assert_eq!(
+        up.signature,
+        Ok(()),
+        "the client's own signature still verifies"
+    );
+    let header = |k: &str| {
+        up.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("x-custom").as_deref(), Some("kept"));
+    assert_eq!(
+        header("user-agent").as_deref(),
+        Some("pusher-http-node/5.3.4")
+    );
+    assert_eq!(
+        header("x-hop"),
+        None,
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(
+        header("host"),
+        Some(fake.addr.to_string()),
+        "Host is the upstream's"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_apps_and_unsigned_requests_pass_through() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    for (method, target) in [
+        (Method::GET, "/apps/999/channels?filter_by_prefix=presence-"),
+        (Method::DELETE, "/anything/else"),
+        (Method::POST, "/apps/4242/channels/room/stats"),
+        (Method::GET, "/apps/4242/channels/room/events"),
+        (Method::GET, "/"),
+    ] {
+        let a = support::send(method.clone(), &format!("{}{target}", proxy.url()), &[], "").await;
+        let up = fake.recorded().pop().expect("forwarded");
+        assert_eq!(
+            format!("{}?{}", up.path, up.query).trim_end_matches('?'),
+            target
+        );
+        assert_eq!(up.method, method.as_str());
+        // The fake refuses what it cannot verify; that verdict comes back as is.
+        assert_eq!(a.status.as_u16(), 401, "{method} {target}: {}", a.text());
+        assert!(a.text().contains("\"error\""), "{}", a.text());
+    }
+    proxy.stop().await;
+}
+
+/// Passthrough bodies stream: they are not held to the legacy body limit.
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let big = "x".repeat(3 * 1024 * 1024);
+    let a = support::send(
+        Method::PUT,
+        &format!("{}/upload", proxy.url()),
+        &[],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 401);
+    assert_eq!(fake.recorded()[0].body.len(), big.len());
+
+    fake.set(|b| b.fixed = Some((200, "text/plain", big.clone())));
+    let a = support::send(Method::GET, &format!("{}/download", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200);
+    assert_eq!(a.body.len(), big.len());
+    proxy.stop().await;
+}
+
+/// A chunked request body passes through (hyper re-frames it).
+#[tokio::test]
+async fn chunked_request_body() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let raw = "POST /apps/4242/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream.write_all(raw.as_bytes()).await.expect("write");
+    let a = tokio::time::timeout(
+        support::REQUEST_TIMEOUT,
+        support::read_response(&mut stream),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(a.status.as_u16(), 401);
+    assert_eq!(&fake.recorded()[0].body[..], b"hello world");
+    proxy.stop().await;
+}

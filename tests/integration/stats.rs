@@ -1,0 +1,181 @@
+//! Legacy stats → channel info (spec E.2, E.5 item 1).
+
+use hyper::Method;
+
+use crate::support::{self, TestProxy, fake::FakeUpstream, oracle};
+
+async fn stats(proxy: &TestProxy, channel_raw: &str) -> support::Answer {
+    let uri = support::legacy_stats_uri(channel_raw, support::now());
+    support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await
+}
+
+async fn setup(app_extra: &str) -> (FakeUpstream, TestProxy) {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", app_extra).await;
+    (fake, proxy)
+}
+
+#[tokio::test]
+async fn presence_channel_asks_user_count_only() {
+    let (fake, proxy) = setup("").await;
+    let a = stats(&proxy, "presence-room").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    assert_eq!(
+        a.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let up = &fake.recorded()[0];
+    assert_eq!(
+        (up.method.as_str(), up.path.as_str()),
+        ("GET", "/apps/4242/channels/presence-room")
+    );
+    assert_eq!(up.param("info").as_deref(), Some("user_count"));
+    assert_eq!(up.param("body_md5"), None, "never body_md5 on GET");
+    assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn other_channels_map_subscription_count_and_drop_the_rest() {
+    let (fake, proxy) = setup("subscription_count = \"on\"").await;
+    for channel in ["room", "private-room"] {
+        let a = stats(&proxy, channel).await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+        // The fake also sends cache and subscription_count_complete.
+        assert_eq!(a.text(), r#"{"occupied":true,"connection_count":3}"#);
+    }
+    let seen = fake.recorded();
+    assert!(
+        seen.iter()
+            .all(|r| r.param("info").as_deref() == Some("subscription_count"))
+    );
+    assert!(seen.iter().all(|r| r.signature.is_ok()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn counting_off_sends_no_info() {
+    let (fake, proxy) = setup("subscription_count = \"off\"").await;
+    let a = stats(&proxy, "room").await;
+    assert_eq!(a.text(), r#"{"occupied":true}"#);
+    let up = &fake.recorded()[0];
+    assert_eq!(up.param("info"), None);
+    let keys: Vec<String> = oracle::parse_query(&up.query)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "auth_key",
+            "auth_timestamp",
+            "auth_version",
+            "auth_signature"
+        ],
+        "no extra parameters"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn probe_falls_back_when_counting_is_disabled_and_remembers() {
+    let (fake, proxy) = setup("subscription_count = \"probe\"").await;
+    fake.set(|b| b.counting_enabled = false);
+    let a = stats(&proxy, "room").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"occupied":true}"#);
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 2, "one try with info, one retry without");
+    assert_eq!(seen[0].param("info").as_deref(), Some("subscription_count"));
+    assert_eq!(seen[1].param("info"), None);
+
+    let b = stats(&proxy, "room").await;
+    assert_eq!(b.text(), r#"{"occupied":true}"#);
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 3, "the second call does not probe again");
+    assert_eq!(seen[2].param("info"), None);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn probe_keeps_connection_count_when_counting_works() {
+    let (fake, proxy) = setup("subscription_count = \"probe\"").await;
+    let a = stats(&proxy, "room").await;
+    assert_eq!(a.text(), r#"{"occupied":true,"connection_count":3}"#);
+    assert_eq!(fake.recorded().len(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn counting_on_passes_the_upstream_refusal_through() {
+    let (fake, proxy) = setup("subscription_count = \"on\"").await;
+    fake.set(|b| b.counting_enabled = false);
+    let a = stats(&proxy, "room").await;
+    assert_eq!(a.status.as_u16(), 400);
+    assert!(
+        a.text().contains("subscription counting is not enabled"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(fake.recorded().len(), 1, "no retry unless probing");
+    proxy.stop().await;
+}
+
+/// PyPI `pusher` 0.8 percent-encodes the channel segment and signs that
+/// form: verify over the raw path, forward the decoded name raw.
+#[tokio::test]
+async fn percent_encoded_channel_is_verified_raw_and_forwarded_decoded() {
+    let (fake, proxy) = setup("").await;
+    let a = stats(&proxy, "private-foo-bar_1234%40%3D%2C.%3B").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let up = &fake.recorded()[0];
+    assert_eq!(up.path, "/apps/4242/channels/private-foo-bar_1234@=,.;");
+    assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+}
+
+/// PyPI `pusher` ≥ 1.0 signs every GET with the MD5 of the empty body
+/// (spec A.4): accepted inbound, never forwarded.
+#[tokio::test]
+async fn empty_body_md5_on_get_is_accepted_and_dropped() {
+    let (fake, proxy) = setup("").await;
+    let path = "/apps/4242/channels/presence-room/stats";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        support::now(),
+        Some(b""),
+        &[],
+    );
+    assert!(q.contains("body_md5=d41d8cd98f00b204e9800998ecf8427e"));
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let up = &fake.recorded()[0];
+    assert_eq!(up.param("body_md5"), None);
+    assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+}
+
+/// Packagist 2.1.1–2.1.2 append caller options (e.g. `info=connection_count`)
+/// to the stats route: verified, then never forwarded (spec E.5 item 6).
+#[tokio::test]
+async fn extra_signed_parameters_are_verified_then_dropped() {
+    let (fake, proxy) = setup("subscription_count = \"off\"").await;
+    let path = "/apps/4242/channels/room/stats";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        support::now(),
+        None,
+        &[("info", "connection_count")],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(fake.recorded()[0].param("info"), None);
+    proxy.stop().await;
+}

@@ -1,0 +1,283 @@
+//! An in-process fake of a current-API Pusher server on a loopback port.
+//! It records every request, checks each signature with the independent
+//! [`oracle`](super::oracle) as strictly as sockudo does, and answers like
+//! sockudo (JSON bodies, `{"ok":true}` for triggers).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::oracle;
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The oracle's verdict on the signature.
+    pub signature: Result<(), String>,
+}
+
+impl Recorded {
+    /// A decoded query parameter.
+    pub fn param(&self, key: &str) -> Option<String> {
+        oracle::parse_query(&self.query)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("upstream body is JSON")
+    }
+}
+
+/// How the fake answers; change it at any time.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    /// Answer `Connection: close` on every response, as sockudo does.
+    pub connection_close: bool,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Whether `info=subscription_count` is allowed (Pusher's per-app switch).
+    pub counting_enabled: bool,
+    /// Answer this status, content type and body to everything.
+    pub fixed: Option<(u16, &'static str, String)>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            connection_close: false,
+            delay: Duration::ZERO,
+            counting_enabled: true,
+            fixed: None,
+        }
+    }
+}
+
+struct State {
+    /// app id → (key, secret)
+    apps: HashMap<String, (String, String)>,
+    now: Box<dyn Fn() -> u64 + Send + Sync>,
+    behaviour: Mutex<Behaviour>,
+    recorded: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+}
+
+/// A running fake upstream.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    /// Starts a fake knowing `apps` as (id, key, secret), checking
+    /// timestamps against `now`.
+    pub async fn start(
+        apps: &[(&str, &str, &str)],
+        now: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State {
+            apps: apps
+                .iter()
+                .map(|(id, key, secret)| ((*id).into(), ((*key).into(), (*secret).into())))
+                .collect(),
+            now: Box::new(now),
+            behaviour: Mutex::new(Behaviour::default()),
+            recorded: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, hyper::Error>(answer(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes how the fake answers.
+    pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.state.behaviour.lock().expect("lock"));
+    }
+
+    /// Every request received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state.recorded.lock().expect("lock").clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn json(status: u16, body: serde_json::Value) -> (u16, &'static str, String) {
+    (status, "application/json", body.to_string())
+}
+
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.split('/').collect();
+    let app_id = match segments.as_slice() {
+        ["", "apps", id, ..] => Some((*id).to_owned()),
+        _ => None,
+    };
+    let signature = match app_id.as_ref().and_then(|id| state.apps.get(id)) {
+        None => Err("unknown app".to_owned()),
+        Some((key, secret)) => {
+            let given_key = oracle::parse_query(&query)
+                .into_iter()
+                .find(|(k, _)| k == "auth_key")
+                .map(|(_, v)| v);
+            if given_key.as_deref() != Some(key.as_str()) {
+                Err("auth_key does not belong to the app".to_owned())
+            } else {
+                oracle::verify_strict(
+                    parts.method.as_str(),
+                    &path,
+                    &query,
+                    &body,
+                    secret,
+                    (state.now)(),
+                )
+            }
+        }
+    };
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query,
+        headers: parts.headers,
+        body,
+        signature: signature.clone(),
+    };
+    state.recorded.lock().expect("lock").push(recorded.clone());
+    let behaviour = state.behaviour.lock().expect("lock").clone();
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+
+    let (status, content_type, text) = if let Some(fixed) = behaviour.fixed {
+        fixed
+    } else if let Err(reason) = signature {
+        json(
+            401,
+            serde_json::json!({"error": reason, "code": "unauthorized", "status": 401}),
+        )
+    } else {
+        route(&recorded, &segments, &behaviour)
+    };
+
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert("x-fake-upstream", HeaderValue::from_static("1"));
+    if behaviour.connection_close {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'static str, String) {
+    match (req.method.as_str(), segments) {
+        ("POST", ["", "apps", _, "events"]) => {
+            let body: serde_json::Value = match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(_) => return json(400, serde_json::json!({"error": "invalid JSON"})),
+            };
+            if !body["name"].is_string() || !body["data"].is_string() {
+                return json(
+                    400,
+                    serde_json::json!({"error": "name and data are required"}),
+                );
+            }
+            json(200, serde_json::json!({"ok": true}))
+        }
+        ("GET", ["", "apps", _, "channels", channel]) => {
+            let info = req.param("info").unwrap_or_default();
+            let wants = |a: &str| info.split(',').any(|x| x == a);
+            let presence = channel.starts_with("presence-");
+            if wants("user_count") && !presence {
+                return (
+                    400,
+                    "text/plain",
+                    "user_count is only available for presence channels".into(),
+                );
+            }
+            if wants("subscription_count") && !behaviour.counting_enabled {
+                return (
+                    400,
+                    "text/plain",
+                    "Cannot retrieve the subscription count because subscription counting is not enabled".into(),
+                );
+            }
+            let mut body = serde_json::json!({"occupied": true, "cache": null});
+            if wants("subscription_count") {
+                body["subscription_count"] = 3.into();
+                body["subscription_count_complete"] = true.into();
+            }
+            if wants("user_count") {
+                body["user_count"] = 2.into();
+            }
+            json(200, body)
+        }
+        _ => json(
+            200,
+            serde_json::json!({"echo": req.path, "method": req.method}),
+        ),
+    }
+}

@@ -1,0 +1,269 @@
+//! Test support: the fake upstream, the independent signer, a proxy on an
+//! ephemeral port, an HTTP client, and captured logs.
+
+pub mod fake;
+pub mod oracle;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pusher_cutover::{Clock, Config, FixedClock, SystemClock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Credentials of the legacy fixtures (tests/fixtures/legacy-requests.txt).
+pub const APP_ID: &str = "4242";
+pub const KEY: &str = "legacy-app-key";
+pub const SECRET: &str = "legacy-app-secret";
+
+/// Bound on every request a test makes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Seconds since the epoch, from the system clock.
+pub fn now() -> u64 {
+    SystemClock.unix_now()
+}
+
+/// A proxy serving on an ephemeral loopback port.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts a proxy for `toml` (its `listen` is ignored) with `clock`.
+    pub async fn start(toml: &str, clock: Arc<dyn Clock>) -> Self {
+        let config = Config::from_toml_str(toml, &|_| None).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(pusher_cutover::run_with_clock(
+            listener,
+            config,
+            clock,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a proxy in front of `upstream_url` with the fixture app and
+    /// extra TOML lines for `[upstream]` and `[[apps]]`.
+    pub async fn for_upstream(upstream_url: &str, upstream_extra: &str, app_extra: &str) -> Self {
+        Self::start(
+            &config_toml(upstream_url, upstream_extra, app_extra),
+            Arc::new(SystemClock),
+        )
+        .await
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, drains, and waits for the server task (bounded).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("proxy stops within 10 s")
+                .expect("proxy task ends cleanly");
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A config for the fixture app in front of `upstream_url`.
+pub fn config_toml(upstream_url: &str, upstream_extra: &str, app_extra: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream_url}\"\n{upstream_extra}\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n{app_extra}\n"
+    )
+}
+
+/// A fake upstream that knows the fixture app and the system clock.
+pub async fn fake() -> fake::FakeUpstream {
+    fake::FakeUpstream::start(&[(APP_ID, KEY, SECRET)], now).await
+}
+
+/// A fixed clock shared by proxy and fake.
+pub fn fixed_clock(at: u64) -> Arc<FixedClock> {
+    Arc::new(FixedClock::new(at))
+}
+
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
+}
+
+/// Sends a request through a pooled client and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("valid request");
+    let exchange = async {
+        let resp = client().request(req).await.expect("request sent");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body read").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .expect("answered within the request timeout")
+}
+
+/// Writes `raw` bytes to `addr` as they are, and reads one response with a
+/// `Content-Length` body.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> Answer {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(raw).await.expect("write");
+        read_response(&mut stream).await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .expect("answered within the request timeout")
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body.
+pub async fn read_response(stream: &mut TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed before a full response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = resp.parse(&buf).expect("valid response") {
+            let mut map = HeaderMap::new();
+            for h in resp.headers.iter() {
+                map.append(
+                    hyper::header::HeaderName::from_bytes(h.name.as_bytes()).expect("name"),
+                    hyper::header::HeaderValue::from_bytes(h.value).expect("value"),
+                );
+            }
+            let status = StatusCode::from_u16(resp.code.expect("code")).expect("status");
+            let len: usize = map
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .expect("content-length");
+            while buf.len() < head_len + len {
+                let n = stream.read(&mut chunk).await.expect("read body");
+                assert!(n > 0, "connection closed inside the body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Answer {
+                status,
+                headers: map,
+                body: Bytes::copy_from_slice(&buf[head_len..head_len + len]),
+            };
+        }
+    }
+}
+
+/// The path and signed query of a legacy trigger, signed by the oracle.
+pub fn legacy_trigger_uri(
+    channel_raw: &str,
+    params: &[(&str, &str)],
+    body: &[u8],
+    timestamp: u64,
+) -> String {
+    let path = format!("/apps/{APP_ID}/channels/{channel_raw}/events");
+    let q = oracle::signed_query(KEY, SECRET, "POST", &path, timestamp, Some(body), params);
+    format!("{path}?{q}")
+}
+
+/// The path and signed query of a legacy stats call, signed by the oracle.
+pub fn legacy_stats_uri(channel_raw: &str, timestamp: u64) -> String {
+    let path = format!("/apps/{APP_ID}/channels/{channel_raw}/stats");
+    let q = oracle::signed_query(KEY, SECRET, "GET", &path, timestamp, None, &[]);
+    format!("{path}?{q}")
+}
+
+/// Everything the crate logged in this test binary, at every level.
+pub fn logs() -> String {
+    let buf = log_buffer().lock().expect("lock");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+struct BufWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for BufWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber (TRACE for everything) once per binary.
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let buf = log_buffer().clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || BufWriter(buf.clone()))
+            .try_init();
+    });
+}
