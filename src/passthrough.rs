@@ -51,10 +51,16 @@ pub fn upstream_request(
 ) -> Result<Request<OutboundBody>, ProxyError> {
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
+    prepare_headers(&mut parts);
+    Ok(Request::from_parts(parts, Either::Right(body)))
+}
+
+/// Readies the caller's request head for the upstream: hop-by-hop headers
+/// and `Host` removed (the client sets `Host` from the URI), HTTP/1.1.
+pub fn prepare_headers(parts: &mut Parts) {
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.version = hyper::Version::HTTP_11;
-    Ok(Request::from_parts(parts, Either::Right(body)))
 }
 
 /// The caller's response: the upstream's status, headers minus hop-by-hop

@@ -20,11 +20,11 @@ use crate::config::{AppConfig, Config, SubscriptionCounting};
 use crate::error::{Fault, ProxyError};
 use crate::passthrough;
 use crate::query::QueryParams;
-use crate::route::{RouteKind, classify};
+use crate::route::{Route, RouteKind, classify};
 use crate::signature::{self, Expected};
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::{self, TranslateError, channel_stats};
-use crate::upstream::{Buffered, Upstream};
+use crate::upstream::{Buffered, OutboundBody, Upstream};
 
 /// How long a `probe` app stops asking for `subscription_count` after the
 /// upstream said counting is disabled (spec E.5 item 1).
@@ -116,9 +116,12 @@ impl Proxy {
 
         let mut record = Record::default();
         let result = if kind.is_legacy() {
-            self.legacy(kind, &parts, body, &mut record).await
+            self.legacy(route, &parts, body, &mut record).await
         } else {
-            self.passthrough(parts, body, &mut record).await
+            match self.resign_target(&route, &parts) {
+                Some(app) => self.resigned_get(app, parts, body, &mut record).await,
+                None => self.passthrough(parts, body, &mut record).await,
+            }
         };
         let (response, error) = match result {
             Ok(response) => (response, None),
@@ -142,31 +145,47 @@ impl Proxy {
 
     async fn legacy(
         &self,
-        kind: RouteKind,
+        route: Route<'_>,
         parts: &Parts,
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let inner = &*self.inner;
-        let raw_path = parts.uri.path();
-        let route = classify(&parts.method, raw_path);
         let app_id = route.app_id.unwrap_or_default();
         if app_id.is_empty() {
             return Err(TranslateError::EmptySegment("app id").into());
         }
-        let app = inner
+        let app = self
+            .inner
             .apps
             .get(app_id)
             .ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
+        let (query, body, now) = self.verified(app, parts, body, record).await?;
+        let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
+
+        match route.kind {
+            RouteKind::LegacyStats => self.stats(app, &channel, now, record).await,
+            _ => self.trigger(app, &channel, &query, &body, record).await,
+        }
+    }
+
+    /// Parses the query, reads the body and verifies the request against
+    /// `app` (spec A.6). Returns what was read and the time it was checked at.
+    async fn verified(
+        &self,
+        app: &App,
+        parts: &Parts,
+        body: Incoming,
+        record: &mut Record,
+    ) -> Result<(QueryParams, Bytes, u64), ProxyError> {
+        let inner = &*self.inner;
         let query =
             QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
         record.auth_key = query.get("auth_key").map(|k| truncate(k).to_owned());
         let body = read_body(body, inner.config.max_body_bytes).await?;
-
         let now = inner.clock.unix_now();
         signature::verify(
             parts.method.as_str(),
-            raw_path,
+            parts.uri.path(),
             &query,
             &body,
             &Expected {
@@ -177,12 +196,55 @@ impl Proxy {
                 window_secs: inner.config.timestamp_window_secs,
             },
         )?;
-        let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
+        Ok((query, body, now))
+    }
 
-        match kind {
-            RouteKind::LegacyStats => self.stats(app, &channel, now, record).await,
-            _ => self.trigger(app, &channel, &query, &body, record).await,
+    /// A passthrough GET for a configured app that carries `body_md5`: what
+    /// PyPI `pusher` ≥ 1.0 sends on every GET, and what sockudo refuses
+    /// (spec A.4). Such requests are verified and re-signed without it.
+    fn resign_target(&self, route: &Route<'_>, parts: &Parts) -> Option<&App> {
+        if parts.method != Method::GET {
+            return None;
         }
+        let query = parts.uri.query()?;
+        if !query.contains("body_md5") {
+            return None;
+        }
+        self.inner.apps.get(route.app_id?)
+    }
+
+    /// Verifies a passthrough GET, then forwards it with the same path and
+    /// parameters, re-signed with a fresh timestamp and no `body_md5`.
+    async fn resigned_get(
+        &self,
+        app: &App,
+        mut parts: Parts,
+        body: Incoming,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (query, _, now) = self.verified(app, &parts, body, record).await?;
+        let kept: Vec<(&str, &str)> = query
+            .iter()
+            .filter(|(k, _)| !signature::is_auth_param(k))
+            .collect();
+        let path = parts.uri.path();
+        let signed = signature::signed_query(
+            &app.config.key,
+            &app.config.secret,
+            Method::GET.as_str(),
+            path,
+            now,
+            None,
+            &kept,
+        );
+        parts.uri = self
+            .inner
+            .upstream
+            .uri(&format!("{path}?{signed}"))
+            .map_err(ProxyError::Internal)?;
+        passthrough::prepare_headers(&mut parts);
+        let req = Request::from_parts(parts, Either::Left(Full::new(Bytes::new())));
+        self.forward(req, record).await
     }
 
     /// Spec E.2: stats via channel info, with the `probe` fallback of E.5.
@@ -314,9 +376,17 @@ impl Proxy {
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let upstream = &self.inner.upstream;
-        let req = passthrough::upstream_request(upstream, parts, body)?;
-        let resp = upstream.send(req).await?;
+        let req = passthrough::upstream_request(&self.inner.upstream, parts, body)?;
+        self.forward(req, record).await
+    }
+
+    /// Sends a passthrough request and streams the answer back.
+    async fn forward(
+        &self,
+        req: Request<OutboundBody>,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let resp = self.inner.upstream.send(req).await?;
         record.upstream_status = Some(resp.status().as_u16());
         Ok(passthrough::downstream_response(resp))
     }

@@ -32,6 +32,15 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Whether `key` is one of the authentication parameters, which a re-signed
+/// request replaces rather than keeps (`body_md5` included).
+pub fn is_auth_param(key: &str) -> bool {
+    matches!(
+        key,
+        "auth_key" | "auth_timestamp" | "auth_version" | "auth_signature" | "body_md5"
+    )
+}
+
 /// Lower-case hex MD5 of `body`, the value of `body_md5`.
 pub fn body_md5(body: &[u8]) -> String {
     base16ct::lower::encode_string(&Md5::digest(body))

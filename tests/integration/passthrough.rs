@@ -136,3 +136,53 @@ async fn chunked_request_body() {
     assert_eq!(&fake.recorded()[0].body[..], b"hello world");
     proxy.stop().await;
 }
+
+/// PyPI `pusher` ≥ 1.0 signs every GET with the MD5 of the empty body,
+/// which sockudo (and this fake) refuse. For a configured app the proxy
+/// verifies such a GET, drops `body_md5` and re-signs it (spec A.4).
+#[tokio::test]
+async fn get_with_empty_body_md5_is_verified_and_resigned() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let path = "/apps/4242/channels/presence-room";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        support::now(),
+        Some(b""),
+        &[("info", "user_count")],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"cache":null,"occupied":true,"user_count":2}"#);
+    let up = &fake.recorded()[0];
+    assert_eq!(up.signature, Ok(()));
+    assert_eq!(up.param("body_md5"), None);
+    assert_eq!(
+        up.param("info").as_deref(),
+        Some("user_count"),
+        "other parameters kept"
+    );
+
+    // A forged one is refused by the proxy and not forwarded.
+    let forged = q.replace("auth_signature=", "auth_signature=0");
+    let a = support::send(
+        Method::GET,
+        &format!("{}{path}?{forged}", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 401, "{}", a.text());
+    assert_eq!(fake.recorded().len(), 1);
+
+    // Unconfigured apps are not touched: the upstream's verdict comes back.
+    let other = "/apps/999/channels/presence-room";
+    let q = oracle::signed_query("k", "s", "GET", other, support::now(), Some(b""), &[]);
+    let a = support::send(Method::GET, &format!("{}{other}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 401);
+    assert_eq!(fake.recorded()[1].query, q, "forwarded unchanged");
+    proxy.stop().await;
+}
