@@ -8,7 +8,7 @@ use hyper::Method;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::legacy_replay::{expected_upstream_body, recordings};
+use crate::support::recordings::{expected_upstream_body, recordings};
 use crate::support::{self, oracle};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pusher-cutover");

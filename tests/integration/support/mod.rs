@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod oracle;
+pub mod recordings;
 
 use std::io::Write;
 use std::net::SocketAddr;
