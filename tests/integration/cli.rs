@@ -94,7 +94,7 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
 
     let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
+        .args(["--log-format", "json", "serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -104,8 +104,10 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().expect("addr").to_owned();
+            let entry: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if entry["message"] == "listening" {
+                return entry["addr"].as_str().expect("addr field").to_owned();
             }
         }
         panic!("the proxy exited before listening");
@@ -173,10 +175,26 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
         .expect("wait");
     assert_eq!(status.code(), Some(0));
     let logs = drain.await.expect("drain").join("\n");
-    assert!(logs.contains("SIGTERM"), "{logs}");
-    assert_eq!(
-        logs.matches("legacy call").count(),
-        recordings.len(),
+    let entries: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        entries.iter().any(|e| e["message"] == "SIGTERM received"),
         "{logs}"
     );
+    let legacy: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["message"] == "legacy call")
+        .collect();
+    assert_eq!(legacy.len(), recordings.len(), "{logs}");
+    for e in legacy {
+        assert_eq!(e["level"], "WARN");
+        assert_eq!(e["app_id"], "4242");
+        assert_eq!(e["auth_key"], support::KEY);
+        assert_eq!(e["route"], "/apps/{app_id}/channels/{channel}/events");
+        assert_eq!(e["status"], 202);
+        assert_eq!(e["upstream_status"], 200);
+        assert_eq!(e["client_addr"], "127.0.0.1");
+    }
 }
