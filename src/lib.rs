@@ -27,6 +27,7 @@ pub mod query;
 pub mod route;
 pub mod server;
 pub mod signature;
+pub mod telemetry;
 pub mod translate;
 pub mod upstream;
 
