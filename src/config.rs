@@ -12,6 +12,8 @@ use std::time::Duration;
 use hyper::Uri;
 use secrecy::SecretString;
 use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// The configuration used when `serve` is given no `--config`; the
 /// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
@@ -114,7 +116,55 @@ struct RawConfig {
     shutdown_grace_ms: u64,
     upstream: RawUpstream,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    data_dir: Option<PathBuf>,
+    #[serde(default = "default_max_callers")]
+    max_callers_per_app: usize,
+    #[serde(default = "default_flush_interval")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u64,
+    #[serde(default = "default_deprecation_link")]
+    deprecation_link: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            max_callers_per_app: default_max_callers(),
+            flush_interval_ms: default_flush_interval(),
+            retention_days: default_retention_days(),
+            deprecation_link: default_deprecation_link(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,7 +187,40 @@ struct RawApp {
     subscription_count: Option<SubscriptionCounting>,
     #[serde(default = "default_max_data")]
     max_data_bytes: usize,
+    sunset: Option<String>,
 }
+
+fn default_true() -> bool {
+    true
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_max_callers() -> usize {
+    100
+}
+fn default_flush_interval() -> u64 {
+    5_000
+}
+fn default_retention_days() -> u64 {
+    35
+}
+fn default_deprecation_link() -> String {
+    DEFAULT_DEPRECATION_LINK.into()
+}
+
+/// Where the `Link: <…>; rel="deprecation"` header points by default: the
+/// current HTTP API reference.
+pub const DEFAULT_DEPRECATION_LINK: &str =
+    "https://pusher.com/docs/channels/library_auth_reference/rest-api/";
+
+/// Hourly buckets are kept at least this many days (the shortest allowed
+/// `retention_days`).
+pub const MIN_RETENTION_DAYS: u64 = 30;
+
+/// The ledger is written at least this often (the longest allowed
+/// `flush_interval_ms`).
+pub const MAX_FLUSH_INTERVAL_MS: u64 = 5_000;
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
@@ -179,8 +262,34 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where requests go.
     pub upstream: UpstreamConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Metrics, ledger and deprecation headers.
+    pub telemetry: TelemetryConfig,
     /// The apps whose legacy calls are translated.
     pub apps: Vec<AppConfig>,
+}
+
+/// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/usage`, `/report`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where it listens; `None` when disabled.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Migration telemetry settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Where the usage ledger is stored; `None` keeps it in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Distinct callers kept apart per app; the rest are summed as `other`.
+    pub max_callers_per_app: usize,
+    /// How often the ledger is written to `data_dir`.
+    pub flush_interval: Duration,
+    /// How long hourly buckets are kept.
+    pub retention_days: u64,
+    /// The `Link: <…>; rel="deprecation"` target on legacy answers.
+    pub deprecation_link: String,
 }
 
 /// The upstream Pusher-compatible server.
@@ -207,6 +316,8 @@ pub struct AppConfig {
     pub subscription_count: SubscriptionCounting,
     /// Largest legacy event data accepted (413 beyond, before forwarding).
     pub max_data_bytes: usize,
+    /// When the app's legacy calls stop being served (`Sunset` header).
+    pub sunset: Option<OffsetDateTime>,
 }
 
 impl Config {
@@ -253,6 +364,7 @@ impl Config {
                 secret_env: Some("PUSHER_APP_SECRET".into()),
                 subscription_count: None,
                 max_data_bytes: default_max_data(),
+                sunset: None,
             }),
             [None, None, None] => {}
             _ => {
@@ -321,6 +433,57 @@ impl RawConfig {
             self.upstream.connect_timeout_ms,
         );
 
+        let admin_listen = if self.admin.enabled {
+            match self.admin.listen.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 && addr == listen => {
+                    problem(
+                        "admin.listen",
+                        format!("`{addr}` is also the proxy's `listen`"),
+                    );
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    problem(
+                        "admin.listen",
+                        format!("`{}` is not an address:port ({e})", self.admin.listen),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let t = &self.telemetry;
+        positive(
+            &mut problem,
+            "telemetry.max_callers_per_app",
+            t.max_callers_per_app as u64,
+        );
+        if !(1..=MAX_FLUSH_INTERVAL_MS).contains(&t.flush_interval_ms) {
+            problem(
+                "telemetry.flush_interval_ms",
+                format!("must be between 1 and {MAX_FLUSH_INTERVAL_MS}"),
+            );
+        }
+        if t.retention_days < MIN_RETENTION_DAYS {
+            problem(
+                "telemetry.retention_days",
+                format!("must be at least {MIN_RETENTION_DAYS}"),
+            );
+        }
+        let link_ok = t
+            .deprecation_link
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme().is_some() && u.host().is_some())
+            && !t.deprecation_link.contains(['<', '>', '"']);
+        if !link_ok {
+            problem(
+                "telemetry.deprecation_link",
+                format!("`{}` is not an absolute URL", t.deprecation_link),
+            );
+        }
+
         let url = match parse_upstream_url(&self.upstream.url) {
             Ok(url) => url,
             Err(message) => {
@@ -357,6 +520,16 @@ impl RawConfig {
                 &key("max_data_bytes"),
                 app.max_data_bytes as u64,
             );
+            let sunset = app.sunset.as_deref().and_then(|text| {
+                OffsetDateTime::parse(text, &Rfc3339)
+                    .inspect_err(|e| {
+                        problem(
+                            &key("sunset"),
+                            format!("`{text}` is not an RFC 3339 date-time ({e})"),
+                        )
+                    })
+                    .ok()
+            });
             let secret = match (app.secret, app.secret_env) {
                 (Some(s), None) if !s.is_empty() => Some(s),
                 (Some(_), None) => {
@@ -395,6 +568,7 @@ impl RawConfig {
                     secret: SecretString::from(secret),
                     subscription_count: app.subscription_count.unwrap_or(default_counting),
                     max_data_bytes: app.max_data_bytes,
+                    sunset,
                 });
             }
         }
@@ -412,6 +586,16 @@ impl RawConfig {
                 url,
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+            },
+            admin: AdminConfig {
+                listen: admin_listen,
+            },
+            telemetry: TelemetryConfig {
+                data_dir: self.telemetry.data_dir,
+                max_callers_per_app: self.telemetry.max_callers_per_app,
+                flush_interval: Duration::from_millis(self.telemetry.flush_interval_ms),
+                retention_days: self.telemetry.retention_days,
+                deprecation_link: self.telemetry.deprecation_link,
             },
             apps,
         })

@@ -18,6 +18,7 @@
 //! - [`server`]: the listener and graceful shutdown;
 //! - [`config`], [`clock`], [`error`]: settings, time, and the status table.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -32,35 +33,155 @@ pub mod translate;
 pub mod upstream;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use crate::clock::{Clock, FixedClock, SystemClock};
 pub use crate::config::Config;
 pub use crate::proxy::Proxy;
+use crate::telemetry::store::StoreError;
+use crate::telemetry::{Persistence, Telemetry};
 
 /// Body of every answer the proxy gives: its own, or the upstream's streamed.
 pub type ResponseBody = Either<Full<Bytes>, Incoming>;
 
-/// Serves `config` on `listener` with the system clock until `shutdown`
-/// completes; then drains open connections for up to the configured grace.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    run_with_clock(listener, config, Arc::new(SystemClock), shutdown).await;
+/// What [`run_with`] takes besides the config.
+#[derive(Debug)]
+pub struct Options {
+    /// The clock (tests pin it).
+    pub clock: Arc<dyn Clock>,
+    /// An already bound admin listener; when `None`, `[admin] listen` is
+    /// bound (unless the admin listener is disabled).
+    pub admin_listener: Option<TcpListener>,
 }
 
-/// [`run`] with an injected clock (tests pin it to verify recorded requests).
-pub async fn run_with_clock(
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            admin_listener: None,
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The usage ledger could not be opened.
+    #[error("cannot open the usage ledger")]
+    Store(#[from] StoreError),
+    /// The admin listener could not be bound.
+    #[error("cannot bind the admin listener on {addr}")]
+    BindAdmin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves `config` on `listener` with the system clock until `shutdown`
+/// completes; see [`run_with`].
+pub async fn run(
     listener: TcpListener,
     config: Config,
-    clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), RunError> {
+    run_with(listener, config, Options::default(), shutdown).await
+}
+
+/// Serves `config` on `listener` until `shutdown` completes.
+///
+/// Loads the ledger from `[telemetry] data_dir`, starts the admin listener
+/// and the ledger's background writer, serves, and on shutdown: turns
+/// `/readyz` to 503, stops accepting, drains open connections for up to the
+/// grace period, writes the ledger a last time, and stops the admin
+/// listener.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let clock = options.clock;
+    let telemetry = Arc::new(Telemetry::new(&config));
+    let persistence = match &config.telemetry.data_dir {
+        Some(dir) => Some(Persistence::open(dir, &telemetry)?),
+        None => {
+            tracing::warn!("no [telemetry] data_dir: the usage ledger is kept in memory only");
+            None
+        }
+    };
+    let admin_listener = match (options.admin_listener, config.admin.listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::BindAdmin { addr, source })?,
+        ),
+        (None, None) => None,
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = admin_listener.map(|l| {
+        let admin = admin::Admin {
+            telemetry: telemetry.clone(),
+            ready: ready.clone(),
+            clock: clock.clone(),
+        };
+        tokio::spawn(admin::serve(l, admin, until_stopped(stopped.clone())))
+    });
+    let flusher = persistence.clone().map(|p| {
+        let telemetry = telemetry.clone();
+        let clock = clock.clone();
+        let every = config.telemetry.flush_interval;
+        let stop = until_stopped(stopped.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { p.flush(&telemetry, clock.unix_now()).await; }
+                    () = &mut stop => break,
+                }
+            }
+        })
+    });
+
     let header_timeout = config.header_timeout;
     let grace = config.shutdown_grace;
-    let proxy = Proxy::new(config, clock);
-    server::serve(listener, proxy, header_timeout, grace, shutdown).await;
+    let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
+    ready.store(true, Ordering::Release);
+    let draining = async {
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+    };
+    server::serve(listener, proxy, header_timeout, grace, draining).await;
+
+    let _ = stop.send(true);
+    if let Some(flusher) = flusher {
+        let _ = flusher.await;
+    }
+    if let Some(p) = &persistence
+        && p.flush(&telemetry, clock.unix_now()).await
+    {
+        tracing::info!("usage ledger written");
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    Ok(())
 }

@@ -7,7 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
 use pusher_cutover::config::{self, Config, ConfigError};
+use pusher_cutover::error::ErrorChain;
+use pusher_cutover::telemetry::report;
+use pusher_cutover::telemetry::sources::{self, Source};
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -47,12 +53,64 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Report who still makes deprecated calls, from one or more ledgers
+    /// (merged). Exits 1 with --fail-if-used-since when calls were seen in
+    /// that window, 2 when a ledger cannot be read.
+    Report {
+        /// Read the ledger in this config's [telemetry] data_dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Read the ledger in this data directory (repeatable).
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dirs: Vec<PathBuf>,
+        /// Read a running sidecar's admin /usage URL (repeatable).
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<hyper::Uri>,
+        /// Only calls in this window, e.g. 7d, 24h (default: everything kept).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h.
+        #[arg(long, value_name = "WINDOW")]
+        fail_if_used_since: Option<humantime::Duration>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Html,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Report {
+            config,
+            data_dirs,
+            urls,
+            since,
+            format,
+            fail_if_used_since,
+        } => {
+            let sources = match report_sources(config, data_dirs, urls) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("report: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            report(
+                &sources,
+                since.map(Into::into),
+                format,
+                fail_if_used_since.map(Into::into),
+            )
+        }
         Command::Serve { config } => {
             init_logging(cli.log_format);
             match serve(config) {
@@ -94,6 +152,63 @@ fn validate(path: &PathBuf) -> ExitCode {
     }
 }
 
+fn report_sources(
+    config: Option<PathBuf>,
+    data_dirs: Vec<PathBuf>,
+    urls: Vec<hyper::Uri>,
+) -> anyhow::Result<Vec<Source>> {
+    let mut sources: Vec<Source> = data_dirs.into_iter().map(Source::DataDir).collect();
+    sources.extend(urls.into_iter().map(Source::Url));
+    if let Some(path) = config {
+        let config = load(Some(&path)).with_context(|| format!("loading {}", path.display()))?;
+        let dir = config
+            .telemetry
+            .data_dir
+            .with_context(|| format!("{} has no [telemetry] data_dir", path.display()))?;
+        sources.push(Source::DataDir(dir));
+    }
+    anyhow::ensure!(
+        !sources.is_empty(),
+        "nothing to read: give --config (with [telemetry] data_dir), --data-dir or --url"
+    );
+    Ok(sources)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn report(
+    sources: &[Source],
+    since: Option<Duration>,
+    format: ReportFormat,
+    fail_if_used_since: Option<Duration>,
+) -> ExitCode {
+    let usage = match sources::load(sources).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("report: {}", ErrorChain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    let built = report::build(&usage, now, since);
+    let text = match format {
+        ReportFormat::Table => report::render_table(&built),
+        ReportFormat::Json => report::render_json(&built),
+        ReportFormat::Html => report::render_html(&built),
+    };
+    println!("{text}");
+    if let Some(window) = fail_if_used_since {
+        let cutoff = now - window;
+        if report::used_since(&usage, cutoff) {
+            eprintln!(
+                "deprecated calls were made in the last {}",
+                humantime::format_duration(window)
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -118,7 +233,9 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "pusher-cutover starting"
     );
-    pusher_cutover::run(listener, config, shutdown_signal()).await;
+    pusher_cutover::run(listener, config, shutdown_signal())
+        .await
+        .context("starting")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,23 +5,24 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::ResponseBody;
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, SubscriptionCounting};
-use crate::error::{Fault, ProxyError};
+use crate::error::{ErrorChain, Fault, ProxyError};
 use crate::passthrough;
 use crate::query::QueryParams;
 use crate::route::{Route, RouteKind, classify};
 use crate::signature::{self, Expected};
+use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::{self, TranslateError, channel_stats};
 use crate::upstream::{Buffered, OutboundBody, Upstream};
@@ -40,6 +41,8 @@ const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 #[derive(Debug)]
 struct App {
     config: AppConfig,
+    /// The `Sunset` header of its legacy answers, when it has a sunset.
+    sunset: Option<HeaderValue>,
     /// Unix time until which `probe` mode does not ask for
     /// `subscription_count`.
     counting_off_until: AtomicU64,
@@ -67,6 +70,9 @@ struct Inner {
     apps: HashMap<String, App>,
     upstream: Upstream,
     clock: Arc<dyn Clock>,
+    telemetry: Arc<Telemetry>,
+    /// The `Link: <…>; rel="deprecation"` header of legacy answers.
+    deprecation_link: HeaderValue,
 }
 
 /// What is logged of each request; filled in as the pipeline goes.
@@ -74,31 +80,54 @@ struct Inner {
 struct Record {
     auth_key: Option<String>,
     upstream_status: Option<u16>,
+    /// Time spent on upstream exchanges, if any.
+    upstream_time: Option<Duration>,
+    /// The request passed signature verification.
+    verified: bool,
+}
+
+impl Record {
+    fn add_upstream_time(&mut self, d: Duration) {
+        *self.upstream_time.get_or_insert_default() += d;
+    }
 }
 
 impl Proxy {
-    /// A proxy for `config` reading time from `clock`.
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
+    /// A proxy for `config` reading time from `clock` and recording into
+    /// `telemetry`.
+    pub fn new(config: Config, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
         let apps = config
             .apps
             .iter()
             .map(|a| {
                 let app = App {
                     config: a.clone(),
+                    sunset: a.sunset.and_then(sunset_header),
                     counting_off_until: AtomicU64::new(0),
                 };
                 (a.id.clone(), app)
             })
             .collect();
         let upstream = Upstream::new(&config.upstream);
+        // Validated as an absolute URL without `<`, `>` or `"`.
+        let deprecation_link =
+            HeaderValue::try_from(format!("<{}>; rel=\"deprecation\"", config.telemetry.deprecation_link))
+                .unwrap_or_else(|_| HeaderValue::from_static("<https://pusher.com/docs/channels/library_auth_reference/rest-api/>; rel=\"deprecation\""));
         Self {
             inner: Arc::new(Inner {
                 config,
                 apps,
                 upstream,
                 clock,
+                telemetry,
+                deprecation_link,
             }),
         }
+    }
+
+    /// The telemetry this proxy records into.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.inner.telemetry
     }
 
     /// Handles one request from `peer`. Never fails: errors become answers.
@@ -123,10 +152,32 @@ impl Proxy {
                 None => self.passthrough(parts, body, &mut record).await,
             }
         };
-        let (response, error) = match result {
+        let (mut response, error) = match result {
             Ok(response) => (response, None),
             Err(e) => (error_response(&e), Some(e)),
         };
+        if kind.is_legacy() {
+            let app = app_id.as_deref().and_then(|id| self.inner.apps.get(id));
+            self.deprecation_headers(response.headers_mut(), app);
+        }
+        let duration = started.elapsed();
+        self.inner.telemetry.observe(&Observation {
+            route: kind,
+            app_id: app_id.as_deref(),
+            outcome: outcome(response.status(), error.as_ref()),
+            duration,
+            upstream_duration: record.upstream_time,
+            signature_failure: match &error {
+                Some(ProxyError::Signature(e)) => Some(e.reason()),
+                _ => None,
+            },
+            caller: record.verified.then(|| VerifiedCaller {
+                auth_key: record.auth_key.as_deref().unwrap_or_default(),
+                user_agent: user_agent.as_deref().unwrap_or_default(),
+                client_address: peer.ip(),
+            }),
+            now: self.inner.clock.unix_now(),
+        });
 
         let log = LogLine {
             method: &method,
@@ -134,7 +185,7 @@ impl Proxy {
             app_id: app_id.as_deref(),
             status: response.status().as_u16(),
             record: &record,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: duration.as_secs_f64() * 1000.0,
             user_agent: user_agent.as_deref(),
             peer,
             error: error.as_ref(),
@@ -196,6 +247,7 @@ impl Proxy {
                 window_secs: inner.config.timestamp_window_secs,
             },
         )?;
+        record.verified = true;
         Ok((query, body, now))
     }
 
@@ -365,7 +417,10 @@ impl Proxy {
         let req = builder
             .body(Either::Left(Full::new(body.unwrap_or_default())))
             .map_err(ProxyError::Internal)?;
-        let answer = inner.upstream.exchange(req).await?;
+        let started = Instant::now();
+        let answer = inner.upstream.exchange(req).await;
+        record.add_upstream_time(started.elapsed());
+        let answer = answer?;
         record.upstream_status = Some(answer.status.as_u16());
         Ok(answer)
     }
@@ -386,9 +441,46 @@ impl Proxy {
         req: Request<OutboundBody>,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let resp = self.inner.upstream.send(req).await?;
+        let started = Instant::now();
+        let resp = self.inner.upstream.send(req).await;
+        record.add_upstream_time(started.elapsed());
+        let resp = resp?;
         record.upstream_status = Some(resp.status().as_u16());
         Ok(passthrough::downstream_response(resp))
+    }
+}
+
+impl Proxy {
+    /// Marks a legacy answer as deprecated: `Deprecation` (RFC 9745, the
+    /// date Pusher deprecated these calls), `Link` to the current API, and
+    /// `Sunset` (RFC 8594) when the app has one.
+    fn deprecation_headers(&self, headers: &mut HeaderMap, app: Option<&App>) {
+        headers.insert(DEPRECATION, HeaderValue::from_static(DEPRECATED_AT));
+        headers.append(LINK, self.inner.deprecation_link.clone());
+        if let Some(sunset) = app.and_then(|a| a.sunset.clone()) {
+            headers.insert(SUNSET, sunset);
+        }
+    }
+}
+
+/// `Deprecation: @1346457600`: 2012-09-01, when Pusher deprecated both calls.
+const DEPRECATED_AT: &str = "@1346457600";
+const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+const SUNSET: HeaderName = HeaderName::from_static("sunset");
+
+/// The `Sunset` value (an HTTP-date) for `at`.
+fn sunset_header(at: time::OffsetDateTime) -> Option<HeaderValue> {
+    let at = std::time::SystemTime::from(at);
+    HeaderValue::try_from(httpdate::fmt_http_date(at)).ok()
+}
+
+/// The metrics outcome of an answer.
+fn outcome(status: StatusCode, error: Option<&ProxyError>) -> Outcome {
+    match error.map(ProxyError::fault) {
+        Some(Fault::Client) if status == StatusCode::UNAUTHORIZED => Outcome::AuthFailed,
+        Some(Fault::Client) => Outcome::ClientError,
+        Some(Fault::Upstream | Fault::Internal) => Outcome::UpstreamError,
+        None => Outcome::of_status(status.as_u16()),
     }
 }
 
@@ -452,7 +544,7 @@ impl LogLine<'_> {
     /// secrets nor `auth_signature` are fields of the line, and error
     /// messages never contain them.
     fn emit(&self) {
-        let error = self.error.map(ErrorChain);
+        let error = self.error.map(|e| ErrorChain(e));
         let fault = self.error.map(|e| e.fault());
         macro_rules! line {
             ($level:expr) => {
@@ -478,21 +570,6 @@ impl LogLine<'_> {
             (_, true) => line!(tracing::Level::WARN),
             (_, false) => line!(tracing::Level::INFO),
         }
-    }
-}
-
-/// Displays an error with its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a ProxyError);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = std::error::Error::source(self.0);
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }
 

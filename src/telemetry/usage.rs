@@ -115,7 +115,13 @@ impl Usage {
     /// Merges ledgers (e.g. of a fleet of sidecars): hourly counts and
     /// caller calls add up; first and last seen take the extremes.
     pub fn merge(parts: impl IntoIterator<Item = Usage>) -> Usage {
-        type Apps = BTreeMap<String, (BTreeMap<CallerKey, Caller>, BTreeMap<(LegacyRoute, OffsetDateTime), u64>)>;
+        type Apps = BTreeMap<
+            String,
+            (
+                BTreeMap<CallerKey, Caller>,
+                BTreeMap<(LegacyRoute, OffsetDateTime), u64>,
+            ),
+        >;
         let mut apps: Apps = BTreeMap::new();
         for usage in parts {
             for app in usage.apps {
@@ -176,8 +182,17 @@ mod tests {
         let a = Usage {
             apps: vec![AppUsage {
                 app_id: "1".into(),
-                callers: vec![caller("ua", 3, datetime!(2026-11-01 0:00 UTC), datetime!(2026-11-28 10:05 UTC))],
-                hourly: vec![HourlyCount { route: LegacyRoute::LegacyTrigger, hour: h, calls: 3 }],
+                callers: vec![caller(
+                    "ua",
+                    3,
+                    datetime!(2026-11-01 0:00 UTC),
+                    datetime!(2026-11-28 10:05 UTC),
+                )],
+                hourly: vec![HourlyCount {
+                    route: LegacyRoute::LegacyTrigger,
+                    hour: h,
+                    calls: 3,
+                }],
             }],
         };
         let b = Usage {
@@ -185,19 +200,46 @@ mod tests {
                 AppUsage {
                     app_id: "1".into(),
                     callers: vec![
-                        caller("ua", 2, datetime!(2026-10-01 0:00 UTC), datetime!(2026-11-28 10:01 UTC)),
+                        caller(
+                            "ua",
+                            2,
+                            datetime!(2026-10-01 0:00 UTC),
+                            datetime!(2026-11-28 10:01 UTC),
+                        ),
                         caller("other-ua", 1, h, h),
                     ],
-                    hourly: vec![HourlyCount { route: LegacyRoute::LegacyTrigger, hour: h, calls: 3 }],
+                    hourly: vec![HourlyCount {
+                        route: LegacyRoute::LegacyTrigger,
+                        hour: h,
+                        calls: 3,
+                    }],
                 },
-                AppUsage { app_id: "0".into(), callers: vec![], hourly: vec![] },
+                AppUsage {
+                    app_id: "0".into(),
+                    callers: vec![],
+                    hourly: vec![],
+                },
             ],
         };
         let m = Usage::merge([a, b]);
-        assert_eq!(m.apps.iter().map(|a| a.app_id.as_str()).collect::<Vec<_>>(), ["0", "1"]);
+        assert_eq!(
+            m.apps.iter().map(|a| a.app_id.as_str()).collect::<Vec<_>>(),
+            ["0", "1"]
+        );
         let app = &m.apps[1];
-        assert_eq!(app.hourly, vec![HourlyCount { route: LegacyRoute::LegacyTrigger, hour: h, calls: 6 }]);
-        let ua = app.callers.iter().find(|c| c.key.user_agent == "ua").expect("merged");
+        assert_eq!(
+            app.hourly,
+            vec![HourlyCount {
+                route: LegacyRoute::LegacyTrigger,
+                hour: h,
+                calls: 6
+            }]
+        );
+        let ua = app
+            .callers
+            .iter()
+            .find(|c| c.key.user_agent == "ua")
+            .expect("merged");
         assert_eq!(ua.calls, 5);
         assert_eq!(ua.first_seen, datetime!(2026-10-01 0:00 UTC));
         assert_eq!(ua.last_seen, datetime!(2026-11-28 10:05 UTC));
@@ -211,13 +253,20 @@ mod tests {
             apps: vec![AppUsage {
                 app_id: "1".into(),
                 callers: vec![caller("ua", 1, h, h)],
-                hourly: vec![HourlyCount { route: LegacyRoute::LegacyStats, hour: h, calls: 1 }],
+                hourly: vec![HourlyCount {
+                    route: LegacyRoute::LegacyStats,
+                    hour: h,
+                    calls: 1,
+                }],
             }],
         };
         let v = serde_json::to_value(&u).expect("serialises");
         assert_eq!(v["apps"][0]["callers"][0]["route"], "legacy_trigger");
         assert_eq!(v["apps"][0]["callers"][0]["client_address"], "10.0.0.1");
-        assert_eq!(v["apps"][0]["callers"][0]["first_seen"], "2026-11-28T10:00:00Z");
+        assert_eq!(
+            v["apps"][0]["callers"][0]["first_seen"],
+            "2026-11-28T10:00:00Z"
+        );
         assert_eq!(v["apps"][0]["hourly"][0]["route"], "legacy_stats");
         let back: Usage = serde_json::from_value(v).expect("round trip");
         assert_eq!(back, u);

@@ -59,9 +59,17 @@ impl Env {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(pusher_cutover::run(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let options = pusher_cutover::Options {
+            admin_listener: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")),
+            ..Default::default()
+        };
+        let task = tokio::spawn(async move {
+            pusher_cutover::run_with(listener, config, options, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("proxy runs");
+        });
         Some(Self {
             sockudo,
             proxy,

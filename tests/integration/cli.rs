@@ -1,17 +1,12 @@
 //! The binary: `--version`, `validate`, and `serve` with a config file in
 //! front of a current-API server, stopped by SIGTERM.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use hyper::Method;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::support::recordings::{expected_upstream_body, recordings};
 use crate::support::{self, oracle};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pusher-cutover");
+use crate::support::binary::{BIN, Served};
 
 #[test]
 fn version_and_help() {
@@ -93,35 +88,8 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
 
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            let entry: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if entry["message"] == "listening" {
-                return entry["addr"].as_str().expect("addr field").to_owned();
-            }
-        }
-        panic!("the proxy exited before listening");
-    })
-    .await
-    .expect("listening within 10 s");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let drain = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push(line);
-        }
-        all
-    });
+    let served = Served::start(&config).await;
+    let addr = served.addr.clone();
 
     let recordings = recordings();
     for r in &recordings {
@@ -163,22 +131,10 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
         assert_eq!(up.signature, Ok(()));
     }
 
-    let pid = child.id().expect("running");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits within 10 s")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
-    let logs = drain.await.expect("drain").join("\n");
-    let entries: Vec<serde_json::Value> = logs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let (code, entries) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    let logs: Vec<String> = entries.iter().map(ToString::to_string).collect();
+    let logs = logs.join("\n");
     assert!(
         entries.iter().any(|e| e["message"] == "SIGTERM received"),
         "{logs}"

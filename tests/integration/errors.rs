@@ -223,7 +223,7 @@ async fn body_over_the_proxy_limit_is_413() {
     let fake = support::fake().await;
     let proxy = TestProxy::start(
         &support::config_toml(&fake.url(), "", "")
-            .replace("[upstream]", "max_body_bytes = 1000\n[upstream]"),
+            .replace("[admin]", "max_body_bytes = 1000\n[admin]"),
         std::sync::Arc::new(pusher_cutover::SystemClock),
     )
     .await;

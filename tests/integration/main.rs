@@ -5,9 +5,11 @@ mod support;
 
 mod cli;
 mod errors;
+mod ledger;
 mod legacy_replay;
 mod logging;
 mod passthrough;
 mod stats;
+mod telemetry;
 mod trigger;
 mod vectors;

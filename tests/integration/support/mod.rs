@@ -1,6 +1,7 @@
 //! Test support: the fake upstream, the independent signer, a proxy on an
 //! ephemeral port, an HTTP client, and captured logs.
 
+pub mod binary;
 pub mod fake;
 pub mod oracle;
 pub mod recordings;
@@ -37,6 +38,8 @@ pub fn now() -> u64 {
 /// A proxy serving on an ephemeral loopback port.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -45,19 +48,30 @@ impl TestProxy {
     /// Starts a proxy for `toml` (its `listen` is ignored) with `clock`.
     pub async fn start(toml: &str, clock: Arc<dyn Clock>) -> Self {
         let config = Config::from_toml_str(toml, &|_| None).expect("valid test config");
+        Self::start_config(config, clock).await
+    }
+
+    /// Starts a proxy for a validated config with `clock`.
+    pub async fn start_config(config: Config, clock: Arc<dyn Clock>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(pusher_cutover::run_with_clock(
-            listener,
-            config,
+        let options = pusher_cutover::Options {
             clock,
-            async move {
+            admin_listener: Some(admin_listener),
+        };
+        let task = tokio::spawn(async move {
+            pusher_cutover::run_with(listener, config, options, async move {
                 let _ = rx.await;
-            },
-        ));
+            })
+            .await
+            .expect("proxy runs");
+        });
         Self {
             addr,
+            admin,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -78,11 +92,21 @@ impl TestProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, drains, and waits for the server task (bounded).
-    pub async fn stop(mut self) {
+    /// `http://admin-addr`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Signals shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops accepting, drains, and waits for the server task (bounded).
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(10), task)
                 .await
@@ -103,7 +127,8 @@ impl Drop for TestProxy {
 /// A config for the fixture app in front of `upstream_url`.
 pub fn config_toml(upstream_url: &str, upstream_extra: &str, app_extra: &str) -> String {
     format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{upstream_url}\"\n{upstream_extra}\n\
+        "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{upstream_url}\"\n{upstream_extra}\n\
          [[apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n{app_extra}\n"
     )
 }
@@ -129,6 +154,11 @@ pub struct Answer {
 impl Answer {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 

@@ -1,0 +1,190 @@
+//! Prometheus metrics. Names live in [`names`]; labels are bounded: the
+//! app id only for configured apps (everything else is `other`), the route
+//! label, the outcome, and the signature-failure reason.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Metric names as exposed (counters gain `_total` when encoded).
+pub mod names {
+    /// Verified deprecated calls, by app and route.
+    pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls";
+    /// Every request, by app, route and outcome.
+    pub const REQUESTS: &str = "pusher_cutover_requests";
+    /// Time from request to answer, by route.
+    pub const REQUEST_DURATION: &str = "pusher_cutover_request_duration_seconds";
+    /// Time spent waiting on the upstream, by route.
+    pub const UPSTREAM_DURATION: &str = "pusher_cutover_upstream_duration_seconds";
+    /// Refused signatures, by app and reason.
+    pub const SIGNATURE_FAILURES: &str = "pusher_cutover_signature_failures";
+    /// Always 1, labelled with the version.
+    pub const BUILD_INFO: &str = "pusher_cutover_build_info";
+    /// An app's `sunset`, as a Unix time.
+    pub const APP_SUNSET: &str = "pusher_cutover_app_sunset_timestamp_seconds";
+}
+
+/// The `app_id` and `route` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppRoute {
+    /// A configured app id, or `other`.
+    pub app_id: String,
+    /// `legacy_stats`, `legacy_trigger` or `passthrough`.
+    pub route: &'static str,
+}
+
+/// `app_id`, `route` and `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppRouteOutcome {
+    /// A configured app id, or `other`.
+    pub app_id: String,
+    /// The route label.
+    pub route: &'static str,
+    /// `ok`, `client_error`, `auth_failed`, `upstream_error` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// The `route` label alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The route label.
+    pub route: &'static str,
+}
+
+/// `app_id` and `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppReason {
+    /// A configured app id, or `other`.
+    pub app_id: String,
+    /// A [`SignatureError::reason`](crate::signature::SignatureError::reason).
+    pub reason: &'static str,
+}
+
+/// The `app_id` label alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    /// A configured app id.
+    pub app_id: String,
+}
+
+/// The `version` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// The crate version.
+    pub version: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The registry and every metric in it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// See [`names::DEPRECATED_CALLS`].
+    pub deprecated_calls: Family<AppRoute, Counter>,
+    /// See [`names::REQUESTS`].
+    pub requests: Family<AppRouteOutcome, Counter>,
+    /// See [`names::REQUEST_DURATION`].
+    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// See [`names::UPSTREAM_DURATION`].
+    pub upstream_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// See [`names::SIGNATURE_FAILURES`].
+    pub signature_failures: Family<AppReason, Counter>,
+    /// See [`names::APP_SUNSET`].
+    pub app_sunset: Family<AppLabel, Gauge>,
+}
+
+impl Metrics {
+    /// A registry with every metric registered, `build_info` set, and the
+    /// sunset gauge set for each `(app_id, unix_seconds)`.
+    pub fn new(sunsets: &[(String, i64)]) -> Self {
+        let mut registry = Registry::default();
+        let deprecated_calls = Family::<AppRoute, Counter>::default();
+        let requests = Family::<AppRouteOutcome, Counter>::default();
+        let request_duration =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let upstream_duration =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let signature_failures = Family::<AppReason, Counter>::default();
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        let app_sunset = Family::<AppLabel, Gauge>::default();
+
+        registry.register(
+            names::DEPRECATED_CALLS,
+            "Deprecated Pusher HTTP API calls that passed verification",
+            deprecated_calls.clone(),
+        );
+        registry.register(
+            names::REQUESTS,
+            "Requests by route and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            names::REQUEST_DURATION,
+            "Time from receiving a request to answering it",
+            request_duration.clone(),
+        );
+        registry.register(
+            names::UPSTREAM_DURATION,
+            "Time spent waiting on the upstream",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            names::SIGNATURE_FAILURES,
+            "Inbound requests refused by signature verification",
+            signature_failures.clone(),
+        );
+        registry.register(names::BUILD_INFO, "Build information", build_info.clone());
+        registry.register(
+            names::APP_SUNSET,
+            "When an app's deprecated calls stop being served, as a Unix time",
+            app_sunset.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        for (app_id, at) in sunsets {
+            app_sunset
+                .get_or_create(&AppLabel {
+                    app_id: app_id.clone(),
+                })
+                .set(*at);
+        }
+        Self {
+            registry,
+            deprecated_calls,
+            requests,
+            request_duration,
+            upstream_duration,
+            signature_failures,
+            app_sunset,
+        }
+    }
+
+    /// Observes a duration in seconds.
+    pub fn observe(histogram: &Histogram, d: Duration) {
+        histogram.observe(d.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,99 @@
+//! Where `report` reads ledgers from: `data_dir`s of sidecars on this
+//! machine, or the `/usage` endpoints of running ones. Several sources are
+//! merged into one [`Usage`], so a fleet gives one report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::store::{Store, StoreError};
+use super::usage::Usage;
+
+/// Largest `/usage` answer read.
+const MAX_USAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bound on fetching one `/usage` URL.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One ledger to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A sidecar's `[telemetry] data_dir`.
+    DataDir(PathBuf),
+    /// A running sidecar's admin `/usage` URL (`http://` or `https://`).
+    Url(Uri),
+}
+
+/// A ledger that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The data directory's database could not be read.
+    #[error("reading the ledger in {0}")]
+    Store(String, #[source] StoreError),
+    /// The URL could not be fetched.
+    #[error("fetching {0}")]
+    Fetch(String, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The URL answered something other than 200.
+    #[error("fetching {0}: answered {1}")]
+    Status(String, StatusCode),
+    /// The answer is not a ledger.
+    #[error("{0} did not return a usage ledger")]
+    Parse(String, #[source] serde_json::Error),
+    /// Fetching took too long.
+    #[error("fetching {0}: timed out")]
+    Timeout(String),
+}
+
+/// Reads every source and merges them.
+pub async fn load(sources: &[Source]) -> Result<Usage, SourceError> {
+    let mut parts = Vec::with_capacity(sources.len());
+    for source in sources {
+        parts.push(match source {
+            Source::DataDir(dir) => read_dir(dir.clone()).await?,
+            Source::Url(uri) => fetch(uri).await?,
+        });
+    }
+    Ok(Usage::merge(parts))
+}
+
+async fn read_dir(dir: PathBuf) -> Result<Usage, SourceError> {
+    let name = dir.display().to_string();
+    let read = tokio::task::spawn_blocking(move || Store::open_read_only(&dir)?.load()).await;
+    match read {
+        Ok(result) => result.map_err(|e| SourceError::Store(name, e)),
+        Err(join) => Err(SourceError::Fetch(name, Box::new(join))),
+    }
+}
+
+async fn fetch(uri: &Uri) -> Result<Usage, SourceError> {
+    let name = uri.to_string();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let exchange = async {
+        let resp = client
+            .get(uri.clone())
+            .await
+            .map_err(|e| SourceError::Fetch(name.clone(), Box::new(e)))?;
+        if resp.status() != StatusCode::OK {
+            return Err(SourceError::Status(name.clone(), resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_USAGE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| SourceError::Fetch(name.clone(), e))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| SourceError::Parse(name.clone(), e))
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(SourceError::Timeout(name.clone())))
+}

@@ -1,0 +1,274 @@
+//! The usage ledger on disk: exact across SIGTERM and restart, and the
+//! `report` command over one or several ledgers.
+
+use std::path::Path;
+use std::sync::Arc;
+use tokio::process::Command;
+
+use hyper::Method;
+
+use crate::support::binary::{BIN, Served};
+use crate::support::{self, TestProxy};
+
+/// Callers: (user agent, route, calls).
+const CALLERS: [(&str, &str, usize); 3] = [
+    ("caller-a/1.0", "legacy_trigger", 500),
+    ("caller-b/2.0", "legacy_trigger", 300),
+    ("caller-c/3.0", "legacy_stats", 200),
+];
+
+fn config(upstream: &str, data_dir: &Path) -> String {
+    support::config_toml(upstream, "", "").replace(
+        "[upstream]",
+        &format!(
+            "[telemetry]\ndata_dir = {:?}\n[upstream]",
+            data_dir.display().to_string()
+        ),
+    )
+}
+
+async fn calls(addr: &str, agent: &str, route: &str, n: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (addr, agent, route) = (addr.to_owned(), agent.to_owned(), route.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for _ in (t..n).step_by(8) {
+                let now = support::now();
+                let (method, uri) = if route == "legacy_stats" {
+                    (Method::GET, support::legacy_stats_uri("room", now))
+                } else {
+                    (
+                        Method::POST,
+                        support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", now),
+                    )
+                };
+                let body = if method == Method::POST { "{}" } else { "" };
+                let a = support::send(
+                    method,
+                    &format!("http://{addr}{uri}"),
+                    &[("user-agent", &agent)],
+                    body,
+                )
+                .await;
+                assert!(a.status.is_success(), "{}: {}", a.status, a.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller task");
+    }
+}
+
+async fn usage(admin: &str) -> serde_json::Value {
+    support::send(Method::GET, &format!("http://{admin}/usage"), &[], "")
+        .await
+        .json()
+}
+
+fn calls_of(usage: &serde_json::Value, agent: &str) -> u64 {
+    usage["apps"][0]["callers"]
+        .as_array()
+        .expect("callers")
+        .iter()
+        .filter(|c| c["user_agent"] == agent)
+        .map(|c| c["calls"].as_u64().expect("calls"))
+        .sum()
+}
+
+/// Runs `report` without blocking the runtime (a proxy in this test may
+/// have to answer it).
+async fn report(args: &[&str]) -> (Option<i32>, String, String) {
+    let run = Command::new(BIN).arg("report").args(args).output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("report finishes within 60 s")
+        .expect("report runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// 1,000 calls from 3 callers, SIGTERM, restart: every call is there, and
+/// counting continues where it stopped.
+#[tokio::test]
+async fn ledger_is_exact_across_sigterm_and_restart() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+
+    let served = Served::start(&config_path).await;
+    for (agent, route, n) in CALLERS {
+        calls(&served.addr, agent, route, n).await;
+    }
+    // Stopped right after the last answer: the final flush must carry it.
+    let (code, logs) = served.sigterm().await;
+    assert_eq!(code, Some(0), "{logs:?}");
+    assert!(logs.iter().any(|e| e["message"] == "usage ledger written"));
+
+    let served = Served::start(&config_path).await;
+    let before = usage(&served.admin).await;
+    for (agent, _, n) in CALLERS {
+        assert_eq!(calls_of(&before, agent), n as u64, "{agent} after restart");
+    }
+    let hourly: u64 = before["apps"][0]["hourly"]
+        .as_array()
+        .expect("hourly")
+        .iter()
+        .map(|h| h["calls"].as_u64().expect("calls"))
+        .sum();
+    assert_eq!(hourly, 1000);
+    calls(&served.addr, CALLERS[0].0, CALLERS[0].1, 10).await;
+    let (code, _) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+
+    // The report reads the ledger the proxy left on disk.
+    let data_arg = data.display().to_string();
+    let (code, json, err) = report(&["--data-dir", &data_arg, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    let app = &json["apps"][0];
+    assert_eq!(app["app_id"], "4242");
+    assert_eq!(app["deprecated_calls"]["legacy_trigger"], 810);
+    assert_eq!(app["deprecated_calls"]["legacy_stats"], 200);
+    let daily: u64 = app["daily"]
+        .as_object()
+        .expect("daily")
+        .values()
+        .map(|v| v.as_u64().expect("n"))
+        .sum();
+    assert_eq!(daily, 1010);
+    let a = app["callers"]
+        .as_array()
+        .expect("callers")
+        .iter()
+        .find(|c| c["user_agent"] == "caller-a/1.0")
+        .expect("caller a");
+    assert_eq!(a["calls"], 510);
+    assert_eq!(a["auth_key"], support::KEY);
+    assert_eq!(a["client_address"], "127.0.0.1");
+    assert_eq!(a["route"], "legacy_trigger");
+    for field in ["first_seen", "last_seen"] {
+        let t = a[field].as_str().expect(field);
+        assert!(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{t}"
+        );
+    }
+
+    let (code, table, _) = report(&["--data-dir", &data_arg]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("app 4242: legacy_trigger 810, legacy_stats 200, total 1010"),
+        "{table}"
+    );
+    assert!(
+        table.contains("caller-b/2.0") && table.contains("300"),
+        "{table}"
+    );
+
+    let (code, html, _) = report(&["--data-dir", &data_arg, "--format", "html"]).await;
+    assert_eq!(code, Some(0));
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert_eq!(
+        html.matches(r#"class="series""#).count(),
+        1,
+        "one series for one app"
+    );
+    assert!(html.contains(r#"data-app="4242""#));
+    for external in ["<script", "<link", "src=", "url("] {
+        assert!(
+            !html.contains(external),
+            "self-contained, but has {external}"
+        );
+    }
+
+    let (code, _, err) = report(&["--data-dir", &data_arg, "--fail-if-used-since", "24h"]).await;
+    assert_eq!(code, Some(1), "calls were made today: {err}");
+    assert!(err.contains("deprecated calls"), "{err}");
+}
+
+/// A ledger whose calls are three days old passes a 24 h gate and fails a
+/// 7 d one; two ledgers and a live `/usage` merge into one report.
+#[tokio::test]
+async fn report_gates_on_the_window_and_merges_ledgers() {
+    let three_days_ago = support::now() - 3 * 86_400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut dirs = Vec::new();
+    for (i, n) in [(0, 4), (1, 6)] {
+        let data = dir.path().join(format!("data-{i}"));
+        let clock = support::fixed_clock(three_days_ago);
+        let fake = support::fake::FakeUpstream::start(
+            &[(support::APP_ID, support::KEY, support::SECRET)],
+            move || three_days_ago,
+        )
+        .await;
+        let proxy = TestProxy::start(&config(&fake.url(), &data), clock).await;
+        for _ in 0..n {
+            let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", three_days_ago);
+            let a = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "{}").await;
+            assert_eq!(a.status.as_u16(), 202);
+        }
+        proxy.stop().await;
+        dirs.push(data.display().to_string());
+    }
+    let (code, _, err) = report(&["--data-dir", &dirs[0], "--fail-if-used-since", "24h"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = report(&["--data-dir", &dirs[0], "--fail-if-used-since", "7d"]).await;
+    assert_eq!(code, Some(1));
+
+    // A running sidecar's /usage joins the two ledgers.
+    let fake = support::fake().await;
+    let live = TestProxy::start(
+        &support::config_toml(&fake.url(), "", ""),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let uri = support::legacy_stats_uri("room", support::now());
+    assert_eq!(
+        support::send(Method::GET, &format!("{}{uri}", live.url()), &[], "")
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    let url = format!("{}/usage", live.admin_url());
+    let (code, json, err) = report(&[
+        "--data-dir",
+        &dirs[0],
+        "--data-dir",
+        &dirs[1],
+        "--url",
+        &url,
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 10);
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_stats"], 1);
+    assert_eq!(
+        json["apps"][0]["callers"][0]["calls"], 10,
+        "one caller, merged"
+    );
+
+    let (code, json, _) =
+        report(&["--data-dir", &dirs[0], "--since", "24h", "--format", "json"]).await;
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        json["apps"][0]["deprecated_calls"]["legacy_trigger"], 0,
+        "outside the window"
+    );
+    live.stop().await;
+
+    let (code, _, err) = report(&["--data-dir", "/nonexistent/ledger"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = report(&[]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--data-dir"), "{err}");
+}

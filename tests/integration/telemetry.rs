@@ -1,0 +1,336 @@
+//! Migration telemetry: metrics, deprecation headers, the admin listener,
+//! the usage ledger across restarts, the caller cap, and reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::support::{self, TestProxy, oracle};
+
+const SUNSET: &str = "2027-01-01T00:00:00Z";
+const SUNSET_UNIX: u64 = 1_798_761_600;
+
+async fn trigger(proxy: &TestProxy, agent: &str, timestamp: u64) -> support::Answer {
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", timestamp);
+    support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        &[("user-agent", agent)],
+        "{}",
+    )
+    .await
+}
+
+async fn stats(proxy: &TestProxy, agent: &str, timestamp: u64) -> support::Answer {
+    let uri = support::legacy_stats_uri("room", timestamp);
+    support::send(
+        Method::GET,
+        &format!("{}{uri}", proxy.url()),
+        &[("user-agent", agent)],
+        "",
+    )
+    .await
+}
+
+async fn admin(proxy: &TestProxy, path: &str) -> support::Answer {
+    support::send(
+        Method::GET,
+        &format!("{}{path}", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_after_a_known_sequence() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", &format!("sunset = \"{SUNSET}\"")).await;
+    let now = support::now();
+    for _ in 0..3 {
+        assert_eq!(trigger(&proxy, "a", now).await.status.as_u16(), 202);
+    }
+    assert_eq!(stats(&proxy, "a", now).await.status.as_u16(), 200);
+    let forged = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", now)
+        .replace("auth_signature=", "auth_signature=f");
+    let a = support::send(Method::POST, &format!("{}{forged}", proxy.url()), &[], "{}").await;
+    assert_eq!(a.status.as_u16(), 401);
+    assert_eq!(trigger(&proxy, "a", now - 1000).await.status.as_u16(), 401);
+    let current = {
+        let path = "/apps/4242/events";
+        let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+        let q = oracle::signed_query(
+            support::KEY,
+            support::SECRET,
+            "POST",
+            path,
+            now,
+            Some(body),
+            &[],
+        );
+        support::send(
+            Method::POST,
+            &format!("{}{path}?{q}", proxy.url()),
+            &[],
+            &body[..],
+        )
+        .await
+    };
+    assert_eq!(current.status.as_u16(), 200);
+    let unknown = support::send(
+        Method::POST,
+        &format!("{}/apps/9/channels/c/events?name=e", proxy.url()),
+        &[],
+        "x",
+    )
+    .await;
+    assert_eq!(unknown.status.as_u16(), 404);
+
+    let m = admin(&proxy, "/metrics").await;
+    assert_eq!(m.status.as_u16(), 200);
+    let text = m.text();
+    let expect = [
+        (
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#,
+            3.0,
+        ),
+        (
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_stats"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="ok"}"#,
+            3.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="auth_failed"}"#,
+            2.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_stats",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="4242",route="passthrough",outcome="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="other",route="legacy_trigger",outcome="client_error"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_signature_failures_total{app_id="4242",reason="signature_mismatch"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_signature_failures_total{app_id="4242",reason="timestamp_expired"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_request_duration_seconds_count{route="legacy_trigger"}"#,
+            6.0,
+        ),
+        (
+            r#"pusher_cutover_upstream_duration_seconds_count{route="legacy_trigger"}"#,
+            3.0,
+        ),
+        (
+            r#"pusher_cutover_upstream_duration_seconds_count{route="passthrough"}"#,
+            1.0,
+        ),
+        (
+            &format!(
+                r#"pusher_cutover_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_app_sunset_timestamp_seconds{app_id="4242"}"#,
+            SUNSET_UNIX as f64,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
+    }
+    assert!(
+        !text.contains(r#"app_id="9""#),
+        "unconfigured apps are labelled other"
+    );
+    // Forged and stale calls do not enter the ledger.
+    let usage = admin(&proxy, "/usage").await.json();
+    let calls: u64 = usage["apps"][0]["callers"]
+        .as_array()
+        .expect("callers")
+        .iter()
+        .map(|c| c["calls"].as_u64().expect("calls"))
+        .sum();
+    assert_eq!(calls, 4);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn deprecation_headers_on_legacy_answers_only() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", &format!("sunset = \"{SUNSET}\"")).await;
+    let now = support::now();
+    let header = |a: &support::Answer, k: &str| {
+        a.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    for a in [
+        trigger(&proxy, "a", now).await,
+        stats(&proxy, "a", now).await,
+        trigger(&proxy, "a", 0).await,
+    ] {
+        assert_eq!(
+            header(&a, "deprecation").as_deref(),
+            Some("@1346457600"),
+            "{}",
+            a.status
+        );
+        assert_eq!(
+            header(&a, "link").as_deref(),
+            Some(
+                r#"<https://pusher.com/docs/channels/library_auth_reference/rest-api/>; rel="deprecation""#
+            )
+        );
+        assert_eq!(
+            header(&a, "sunset").as_deref(),
+            Some("Fri, 01 Jan 2027 00:00:00 GMT")
+        );
+    }
+    let unknown = support::send(
+        Method::GET,
+        &format!("{}/apps/9/channels/c/stats", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status.as_u16(), 404);
+    assert!(header(&unknown, "deprecation").is_some());
+    assert_eq!(
+        header(&unknown, "sunset"),
+        None,
+        "no sunset for an unknown app"
+    );
+
+    let passthrough = support::send(
+        Method::GET,
+        &format!("{}/apps/4242/channels", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    for k in ["deprecation", "link", "sunset"] {
+        assert_eq!(header(&passthrough, k), None, "{k} on passthrough");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_readiness_while_draining() {
+    let fake = support::fake().await;
+    let mut proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let cases = [
+        ("/healthz", 200, "text/plain; charset=utf-8"),
+        ("/readyz", 200, "text/plain; charset=utf-8"),
+        (
+            "/metrics",
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        ("/usage", 200, "application/json"),
+        ("/report", 200, "text/html; charset=utf-8"),
+        ("/report?since=7d", 200, "text/html; charset=utf-8"),
+        ("/report?since=soon", 400, "text/plain; charset=utf-8"),
+        ("/nope", 404, "text/plain; charset=utf-8"),
+    ];
+    for (path, status, content_type) in cases {
+        let a = admin(&proxy, path).await;
+        assert_eq!(a.status.as_u16(), status, "{path}: {}", a.text());
+        assert_eq!(
+            a.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some(content_type),
+            "{path}"
+        );
+    }
+    let post = support::send(
+        Method::POST,
+        &format!("{}/metrics", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(post.status.as_u16(), 405);
+
+    // A request in flight when shutdown begins: /readyz turns 503 while it
+    // drains, and the request still completes.
+    fake.set(|b| b.delay = Duration::from_millis(1500));
+    let url = proxy.url();
+    let in_flight = tokio::spawn(async move {
+        let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", support::now());
+        support::send(Method::POST, &format!("{url}{uri}"), &[], "{}").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = admin(&proxy, "/readyz").await;
+    assert_eq!(ready.status.as_u16(), 503, "{}", ready.text());
+    let done = in_flight.await.expect("request task");
+    assert_eq!(done.status.as_u16(), 202, "{}", done.text());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn caller_cap_holds_with_10000_user_agents() {
+    let fake = support::fake().await;
+    let toml = support::config_toml(&fake.url(), "", "").replace(
+        "[upstream]",
+        "[telemetry]\nmax_callers_per_app = 100\n[upstream]",
+    );
+    let proxy = Arc::new(TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await);
+    let now = support::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..10_000).step_by(16) {
+                let a = stats(&proxy, &format!("agent-{i}"), now).await;
+                assert_eq!(a.status.as_u16(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let usage = admin(&proxy, "/usage").await.json();
+    let callers = usage["apps"][0]["callers"]
+        .as_array()
+        .expect("callers")
+        .clone();
+    assert_eq!(callers.len(), 101, "100 callers apart, plus other");
+    let total: u64 = callers
+        .iter()
+        .map(|c| c["calls"].as_u64().expect("calls"))
+        .sum();
+    assert_eq!(total, 10_000);
+    let other = callers
+        .iter()
+        .find(|c| c["user_agent"] == "other")
+        .expect("other caller");
+    assert_eq!(other["calls"], 9_900);
+    assert_eq!(other["auth_key"], "other");
+    match Arc::try_unwrap(proxy) {
+        Ok(p) => p.stop().await,
+        Err(_) => panic!("proxy still shared"),
+    }
+}
