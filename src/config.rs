@@ -114,6 +114,8 @@ struct RawConfig {
     header_timeout_ms: u64,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_ms: u64,
+    #[serde(default = "default_body_timeout")]
+    body_timeout_ms: u64,
     upstream: RawUpstream,
     #[serde(default)]
     admin: RawAdmin,
@@ -234,6 +236,9 @@ fn default_max_body() -> usize {
 fn default_header_timeout() -> u64 {
     10_000
 }
+fn default_body_timeout() -> u64 {
+    10_000
+}
 fn default_shutdown_grace() -> u64 {
     30_000
 }
@@ -260,6 +265,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// Time a client has to send a body the proxy reads (408 beyond).
+    pub body_timeout: Duration,
     /// Where requests go.
     pub upstream: UpstreamConfig,
     /// The admin listener.
@@ -422,6 +429,7 @@ impl RawConfig {
         positive(&mut problem, "max_body_bytes", self.max_body_bytes as u64);
         positive(&mut problem, "header_timeout_ms", self.header_timeout_ms);
         positive(&mut problem, "shutdown_grace_ms", self.shutdown_grace_ms);
+        positive(&mut problem, "body_timeout_ms", self.body_timeout_ms);
         positive(
             &mut problem,
             "upstream.timeout_ms",
@@ -504,10 +512,17 @@ impl RawConfig {
         let mut apps = Vec::with_capacity(self.apps.len());
         for (i, app) in self.apps.into_iter().enumerate() {
             let key = |field: &str| format!("apps[{i}].{field}");
-            if app.id.is_empty() || app.id.contains(['/', '?', '#', '%']) || app.id.len() > 64 {
+            let id_ok = !app.id.is_empty()
+                && app.id.len() <= 64
+                && !app.id.contains(['/', '?', '#', '%'])
+                && format!("/apps/{}/events", app.id)
+                    .parse::<hyper::http::uri::PathAndQuery>()
+                    .is_ok();
+            if !id_ok {
                 problem(
                     &key("id"),
-                    "must be 1-64 characters without `/`, `?`, `#` or `%`".into(),
+                    "must be 1-64 characters legal in a URL path, without `/`, `?`, `#` or `%`"
+                        .into(),
                 );
             } else if !ids.insert(app.id.clone()) {
                 problem(&key("id"), format!("app `{}` is defined twice", app.id));
@@ -582,6 +597,7 @@ impl RawConfig {
             max_body_bytes: self.max_body_bytes,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
             upstream: UpstreamConfig {
                 url,
                 timeout: Duration::from_millis(self.upstream.timeout_ms),

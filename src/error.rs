@@ -38,6 +38,12 @@ pub enum ProxyError {
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A method the proxy does not forward (`CONNECT`, `TRACE`).
+    #[error("method {0} is not supported")]
+    MethodNotAllowed(hyper::Method),
+    /// A request target that is not a path (`*`, an authority).
+    #[error("the request target must be a path starting with /")]
+    NotAPath,
     /// An upstream request could not be built (a bug).
     #[error("internal error building the upstream request")]
     Internal(#[source] hyper::http::Error),
@@ -48,6 +54,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownApp(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotAPath => StatusCode::BAD_REQUEST,
             Self::Translate(e) => e.status(),
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Upstream(e) => e.status(),
@@ -58,7 +66,11 @@ impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            Self::UnknownApp(_) | Self::Translate(_) | Self::Signature(_) => Fault::Client,
+            Self::UnknownApp(_)
+            | Self::Translate(_)
+            | Self::Signature(_)
+            | Self::MethodNotAllowed(_)
+            | Self::NotAPath => Fault::Client,
             Self::Upstream(_) => Fault::Upstream,
             Self::Internal(_) => Fault::Internal,
         }
@@ -66,9 +78,14 @@ impl ProxyError {
 
     /// The one-line plain-text body the caller gets (ends with a newline).
     ///
-    /// Built from `Display`, which never includes a secret or a signature.
+    /// A caller's own fault is explained with the whole chain of causes;
+    /// for upstream and internal faults only the top message is given (the
+    /// details go to the log). No message includes a secret or a signature.
     pub fn body(&self) -> String {
-        format!("{self}\n")
+        match self.fault() {
+            Fault::Client => format!("{}\n", ErrorChain(self)),
+            Fault::Upstream | Fault::Internal => format!("{self}\n"),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::http::request::Parts;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 
 use crate::ResponseBody;
 use crate::error::ProxyError;
@@ -44,11 +44,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The upstream request for a passthrough: same method, path, query and
 /// body; the caller's `Host` is replaced by the upstream's (the client sets
 /// it from the URI), so TLS and virtual hosting see the right name.
+///
+/// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
+/// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
 pub fn upstream_request(
     upstream: &Upstream,
     mut parts: Parts,
     body: Incoming,
 ) -> Result<Request<OutboundBody>, ProxyError> {
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed(parts.method));
+    }
+    if !parts.uri.path().starts_with('/') || parts.uri.path_and_query().is_none() {
+        return Err(ProxyError::NotAPath);
+    }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
     prepare_headers(&mut parts);

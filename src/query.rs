@@ -9,6 +9,9 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
+/// Longest part of a caller's key repeated in an error message.
+const MAX_ECHOED_KEY: usize = 64;
+
 /// Why a raw query string or path segment could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -45,7 +48,9 @@ impl QueryParams {
         }
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(DecodeError::DuplicateKey(w[0].0.clone()));
+            // The key is the caller's: bound what is echoed back and logged.
+            let key: String = w[0].0.chars().take(MAX_ECHOED_KEY).collect();
+            return Err(DecodeError::DuplicateKey(key));
         }
         Ok(Self { pairs })
     }

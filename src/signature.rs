@@ -24,8 +24,8 @@ pub const AUTH_VERSION: &str = "1.0";
 pub const EMPTY_BODY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
 /// RFC 3986 unreserved characters stay literal on the wire; everything else
-/// is escaped. Servers decode before verifying, so this is always safe
-/// (spec A.6, "Outbound signing").
+/// is escaped, in keys and values alike. Servers decode before verifying,
+/// so this is always safe (spec A.6, "Outbound signing").
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
@@ -129,8 +129,8 @@ pub enum SignatureError {
     #[error("missing required query parameter `{0}`")]
     Missing(&'static str),
     /// `auth_version` is not `1.0`.
-    #[error("auth_version `{0}` is not supported (only 1.0)")]
-    UnsupportedVersion(String),
+    #[error("auth_version is not supported (only 1.0)")]
+    UnsupportedVersion,
     /// `auth_key` is not the key of the app in the path.
     #[error("auth_key does not belong to app {0}")]
     UnknownKey(String),
@@ -163,7 +163,7 @@ impl SignatureError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing(_) => "missing_parameter",
-            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownKey(_) => "unknown_key",
             Self::InvalidTimestamp => "invalid_timestamp",
             Self::TimestampExpired { .. } => "timestamp_expired",
@@ -209,7 +209,7 @@ pub fn verify(
     let signature = param("auth_signature")?;
 
     if version != AUTH_VERSION {
-        return Err(SignatureError::UnsupportedVersion(version.to_owned()));
+        return Err(SignatureError::UnsupportedVersion);
     }
     if !bool::from(key.as_bytes().ct_eq(expected.key.as_bytes())) {
         return Err(SignatureError::UnknownKey(expected.app_id.to_owned()));
@@ -280,7 +280,7 @@ pub fn signed_query(
         if !out.is_empty() {
             out.push('&');
         }
-        out.push_str(k);
+        out.extend(utf8_percent_encode(k, QUERY_VALUE));
         out.push('=');
         out.extend(utf8_percent_encode(v, QUERY_VALUE));
     }

@@ -57,6 +57,9 @@ pub enum UpstreamError {
     /// The upstream's success body is not what the current API defines.
     #[error("upstream returned a malformed response body")]
     MalformedResponse(#[source] serde_json::Error),
+    /// The exchange's task ended without an answer (runtime shutting down).
+    #[error("upstream exchange aborted")]
+    Aborted,
 }
 
 impl UpstreamError {
@@ -70,7 +73,8 @@ impl UpstreamError {
             | Self::Request(_)
             | Self::Body(_)
             | Self::Status(_)
-            | Self::MalformedResponse(_) => StatusCode::BAD_GATEWAY,
+            | Self::MalformedResponse(_)
+            | Self::Aborted => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -125,24 +129,31 @@ impl Upstream {
         Ok(Uri::from_parts(parts)?)
     }
 
+    /// The deadline of an exchange starting now.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
     /// Sends `req`; the timeout covers everything up to the response
     /// headers. The body then streams.
     pub async fn send(
         &self,
         req: Request<OutboundBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e)),
-            Ok(Err(e)) => Err(UpstreamError::Request(e)),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(classify)
     }
 
-    /// Sends `req` and reads the whole answer; the timeout covers both.
-    pub async fn exchange(&self, req: Request<OutboundBody>) -> Result<Buffered, UpstreamError> {
+    /// Sends `req` and reads the whole answer, all before `deadline`.
+    pub async fn exchange(
+        &self,
+        req: Request<OutboundBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
-            let resp = self.send(req).await?;
+            let resp = self.client.request(req).await.map_err(classify)?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
@@ -155,8 +166,16 @@ impl Upstream {
                 body,
             })
         };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout_at(deadline, exchange)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() {
+        UpstreamError::Connect(e)
+    } else {
+        UpstreamError::Request(e)
     }
 }

@@ -161,10 +161,8 @@ impl Telemetry {
                 })
                 .inc();
         }
-        let legacy = match o.route {
-            RouteKind::LegacyStats => LegacyRoute::LegacyStats,
-            RouteKind::LegacyTrigger => LegacyRoute::LegacyTrigger,
-            RouteKind::Passthrough => return,
+        let Some(legacy) = LegacyRoute::of(o.route) else {
+            return;
         };
         if let (Some(caller), Some(id)) = (o.caller, o.app_id) {
             m.deprecated_calls

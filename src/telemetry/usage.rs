@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::route::RouteKind;
+
 /// The deprecated route a call used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,17 +23,27 @@ impl LegacyRoute {
     /// Both routes, in label order.
     pub const ALL: [LegacyRoute; 2] = [LegacyRoute::LegacyStats, LegacyRoute::LegacyTrigger];
 
-    /// The label used in metrics, the store and reports.
+    /// The label used in metrics, the store and reports (the same as
+    /// [`RouteKind::as_str`]).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::LegacyStats => "legacy_stats",
-            Self::LegacyTrigger => "legacy_trigger",
+            Self::LegacyStats => RouteKind::LegacyStats.as_str(),
+            Self::LegacyTrigger => RouteKind::LegacyTrigger.as_str(),
         }
     }
 
     /// The route for a label.
     pub fn from_label(label: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == label)
+    }
+
+    /// The legacy route of a classified request, if it is one.
+    pub fn of(kind: RouteKind) -> Option<Self> {
+        match kind {
+            RouteKind::LegacyStats => Some(Self::LegacyStats),
+            RouteKind::LegacyTrigger => Some(Self::LegacyTrigger),
+            RouteKind::Passthrough => None,
+        }
     }
 }
 

@@ -31,10 +31,11 @@ pub fn upstream_path(app_id: &str, channel: &str) -> String {
 /// Whether an upstream answer is Pusher's "subscription counting is not
 /// enabled" 400 (spec B.4, E.5 item 1).
 pub fn counting_disabled(status: StatusCode, body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"subscription count";
     status == StatusCode::BAD_REQUEST
-        && String::from_utf8_lossy(body)
-            .to_ascii_lowercase()
-            .contains("subscription count")
+        && body
+            .windows(NEEDLE.len())
+            .any(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,7 @@ pub mod channel_event;
 pub mod channel_stats;
 
 use bytes::Bytes;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{HeaderMap, StatusCode};
 
 use crate::query::{DecodeError, percent_decode_strict};
@@ -20,13 +20,13 @@ pub const MAX_CHANNEL_LEN: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
     /// The query string cannot be decoded.
-    #[error("malformed query string: {0}")]
+    #[error("malformed query string")]
     Query(#[source] DecodeError),
     /// A path segment is empty.
     #[error("malformed path: the {0} segment is empty")]
     EmptySegment(&'static str),
     /// The channel segment cannot be decoded.
-    #[error("malformed path: {0}")]
+    #[error("malformed path")]
     Channel(#[source] DecodeError),
     /// The decoded channel name is not a valid Pusher channel name.
     #[error(
@@ -54,6 +54,9 @@ pub enum TranslateError {
     /// The request body could not be read.
     #[error("could not read the request body")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request body did not arrive within `body_timeout_ms`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
 }
 
 impl TranslateError {
@@ -61,6 +64,7 @@ impl TranslateError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BodyTooLarge { .. } | Self::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Query(_)
             | Self::EmptySegment(_)
             | Self::Channel(_)
@@ -97,6 +101,18 @@ pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
     Ok(decoded.into_owned())
 }
 
+/// An upstream refusal passed on to a legacy caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The upstream's `Content-Type` (plain text if it sent none) and
+    /// `Retry-After`, if any.
+    pub headers: HeaderMap,
+    /// The upstream's body, verbatim.
+    pub body: Bytes,
+}
+
 /// A legacy caller's answer when the upstream did not succeed (spec E.4):
 /// its own 4xx pass through verbatim, except 401, which means the upstream
 /// refused the proxy's signature and so must not blame the caller; 5xx and
@@ -106,17 +122,26 @@ pub fn map_failure(
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, HeaderValue, Bytes), UpstreamError> {
+) -> Result<Refusal, UpstreamError> {
     match status {
         StatusCode::UNAUTHORIZED => Err(UpstreamError::RejectedCredentials {
             app_id: app_id.to_owned(),
         }),
         s if s.is_client_error() => {
+            let mut kept = HeaderMap::with_capacity(2);
             let content_type = headers
                 .get(CONTENT_TYPE)
                 .cloned()
                 .unwrap_or_else(|| HeaderValue::from_static("text/plain; charset=utf-8"));
-            Ok((s, content_type, body))
+            kept.insert(CONTENT_TYPE, content_type);
+            if let Some(retry) = headers.get(RETRY_AFTER) {
+                kept.insert(RETRY_AFTER, retry.clone());
+            }
+            Ok(Refusal {
+                status: s,
+                headers: kept,
+                body,
+            })
         }
         s => Err(UpstreamError::Status(s)),
     }
@@ -169,12 +194,24 @@ mod tests {
         let body = Bytes::from_static(br#"{"error":"x"}"#);
         for code in [400, 403, 404, 413, 429] {
             let status = StatusCode::from_u16(code).expect("valid");
-            let (s, ct, b) = map_failure("1", status, &json, body.clone()).expect("passes through");
-            assert_eq!(
-                (s, ct.to_str().ok(), b.clone()),
-                (status, Some("application/json"), body.clone())
-            );
+            let r = map_failure("1", status, &json, body.clone()).expect("passes through");
+            assert_eq!((r.status, r.body.clone()), (status, body.clone()));
+            assert_eq!(r.headers.get(CONTENT_TYPE), json.get(CONTENT_TYPE));
         }
+        let mut limited = json.clone();
+        limited.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        limited.insert("x-other", HeaderValue::from_static("dropped"));
+        let r = map_failure("1", StatusCode::TOO_MANY_REQUESTS, &limited, body.clone())
+            .expect("429 passes through");
+        assert_eq!(
+            r.headers.get(RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
+        assert_eq!(
+            r.headers.len(),
+            2,
+            "only content-type and retry-after are kept"
+        );
         assert!(matches!(
             map_failure("1", StatusCode::UNAUTHORIZED, &json, body.clone()),
             Err(UpstreamError::RejectedCredentials { .. })

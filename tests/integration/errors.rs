@@ -331,3 +331,190 @@ async fn upstream_slower_than_the_timeout_is_504() {
     );
     proxy.stop().await;
 }
+
+/// Wire-level authentication edges (spec A.5, A.6).
+#[tokio::test]
+async fn authentication_edges() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let now = support::now();
+    let path = "/apps/4242/channels/room/events";
+    let sign = |params: &[(&str, &str)], body: Option<&[u8]>, ts: u64| {
+        format!(
+            "{path}?{}",
+            oracle::signed_query(
+                support::KEY,
+                support::SECRET,
+                "POST",
+                path,
+                ts,
+                body,
+                params
+            )
+        )
+    };
+    let long_version = "A".repeat(20_000);
+    let upper = {
+        let uri = sign(&[("name", "ev")], Some(b"x"), now);
+        let (head, sig) = uri.rsplit_once("auth_signature=").expect("signed");
+        format!("{head}auth_signature={}", sig.to_uppercase())
+    };
+    let cases: Vec<(&str, String, &str, u16)> = vec![
+        (
+            "auth_version 2.0",
+            sign(&[("name", "ev")], Some(b"x"), now)
+                .replace("auth_version=1%2E0", "auth_version=2.0"),
+            "x",
+            401,
+        ),
+        (
+            "huge auth_version",
+            sign(&[("name", "ev")], Some(b"x"), now).replace(
+                "auth_version=1%2E0",
+                &format!("auth_version={long_version}"),
+            ),
+            "x",
+            401,
+        ),
+        ("upper-case hex", upper, "x", 401),
+        (
+            "body without body_md5",
+            sign(&[("name", "ev")], None, now),
+            "x",
+            401,
+        ),
+        (
+            "Name and name",
+            format!("{}&Name=y", sign(&[("name", "ev")], Some(b"x"), now)),
+            "x",
+            400,
+        ),
+        (
+            "exactly 600 s old",
+            sign(&[("name", "ev")], Some(b"x"), now - 600),
+            "x",
+            401,
+        ),
+    ];
+    assert!(cases[0].1.contains("auth_version=2.0") && cases[1].1.contains(&long_version));
+    for (what, target, body, status) in cases {
+        let a = post(&proxy, &target, body.to_owned()).await;
+        assert_eq!(a.status.as_u16(), status, "{what}: {}", a.text());
+        assert!(
+            a.body.len() < 300,
+            "{what}: the answer echoes caller input unbounded ({} bytes)",
+            a.body.len()
+        );
+        assert_one_line(&a);
+    }
+    assert!(fake.recorded().is_empty());
+    // 599 s old is inside the window (a second of slack for the test itself).
+    let a = post(&proxy, &sign(&[("name", "ev")], Some(b"x"), now - 598), "x").await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    proxy.stop().await;
+}
+
+/// A legacy body that drips in slower than `body_timeout_ms` is cut with
+/// 408, and nothing is forwarded.
+#[tokio::test]
+async fn slow_legacy_body_is_408() {
+    use tokio::io::AsyncWriteExt;
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &support::config_toml(&fake.url(), "", "")
+            .replace("[admin]", "body_timeout_ms = 300\n[admin]"),
+        std::sync::Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let body = b"{\"a\":1}";
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], body, support::now());
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {uri} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{{",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    let a = tokio::time::timeout(Duration::from_secs(5), support::read_response(&mut stream))
+        .await
+        .expect("answered before the body completes");
+    assert_eq!(a.status.as_u16(), 408, "{}", a.text());
+    assert!(fake.recorded().is_empty());
+    proxy.stop().await;
+}
+
+/// CONNECT, TRACE and non-path targets are not forwarded.
+#[tokio::test]
+async fn connect_trace_and_non_path_targets_are_refused() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    for (raw, status) in [
+        (
+            "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n",
+            405,
+        ),
+        ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ] {
+        let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(a.status.as_u16(), status, "{raw:?}: {}", a.text());
+    }
+    assert!(fake.recorded().is_empty());
+    proxy.stop().await;
+}
+
+/// A client that leaves while its trigger waits on the upstream: the
+/// trigger still completes upstream, and the request is still recorded.
+#[tokio::test]
+async fn client_leaving_mid_request_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    support::capture_logs();
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = Duration::from_millis(800));
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let body = b"{}";
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], body, support::now());
+    let agent = "leaves-early/1.0";
+    let raw = format!(
+        "POST {uri} HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream.write_all(raw.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    // Bounded wait for the upstream to have answered the spawned exchange.
+    for _ in 0..30 {
+        if support::logs().lines().any(|l| l.contains(agent)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.recorded().len(), 1, "the trigger reached the upstream");
+    let logs = support::logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(agent))
+        .expect("the request was logged");
+    assert!(
+        line.contains("status=499") && line.contains("client closed"),
+        "{line}"
+    );
+    let metrics = support::send(
+        Method::GET,
+        &format!("{}/metrics", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .text();
+    assert!(
+        metrics.contains(
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"} 1"#
+        ),
+        "a verified call counts even if its client left:\n{metrics}"
+    );
+    proxy.stop().await;
+}

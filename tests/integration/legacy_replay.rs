@@ -23,7 +23,9 @@ async fn every_recorded_request_verifies_and_translates() {
             .param("auth_timestamp")
             .and_then(|t| t.parse().ok())
             .expect("timestamp");
-        clock.set(ts);
+        // One second after the recording: still valid, and the upstream
+        // request must carry the proxy's time, not the client's.
+        clock.set(ts + 1);
         let answer = support::raw_exchange(proxy.addr, &r.raw()).await;
         assert_eq!(
             answer.status.as_u16(),
@@ -55,7 +57,7 @@ async fn every_recorded_request_verifies_and_translates() {
         );
         assert_eq!(
             up.param("auth_timestamp"),
-            Some(ts.to_string()),
+            Some((ts + 1).to_string()),
             "fresh timestamp"
         );
         assert_eq!(up.param("name"), None, "name moves into the body");

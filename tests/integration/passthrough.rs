@@ -92,9 +92,9 @@ async fn unknown_apps_and_unsigned_requests_pass_through() {
     proxy.stop().await;
 }
 
-/// Passthrough bodies stream: they are not held to the legacy body limit.
+/// Passthrough bodies are not held to the legacy body limit.
 #[tokio::test]
-async fn large_bodies_stream_both_ways() {
+async fn large_bodies_pass_both_ways() {
     let fake = support::fake().await;
     let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
     let big = "x".repeat(3 * 1024 * 1024);
@@ -184,5 +184,105 @@ async fn get_with_empty_body_md5_is_verified_and_resigned() {
     let a = support::send(Method::GET, &format!("{}{other}?{q}", proxy.url()), &[], "").await;
     assert_eq!(a.status.as_u16(), 401);
     assert_eq!(fake.recorded()[1].query, q, "forwarded unchanged");
+    proxy.stop().await;
+}
+
+/// Re-signing edge cases: a GET with a body (its length must not reach the
+/// upstream), keys that need encoding, another key of the app (untouched),
+/// and an upstream refusing the proxy's signature (500, not the caller's 401).
+#[tokio::test]
+async fn resigned_get_edges() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let path = "/apps/4242/channels/presence-room";
+    let now = support::now();
+
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        now,
+        Some(b"hello"),
+        &[("info", "user_count")],
+    );
+    let a = support::send(
+        Method::GET,
+        &format!("{}{path}?{q}", proxy.url()),
+        &[],
+        "hello",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "GET with a body: {}", a.text());
+    let up = fake.recorded().pop().expect("forwarded");
+    let length = up
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok());
+    assert!(
+        matches!(length, None | Some("0")),
+        "content-length {length:?} reached the upstream"
+    );
+    assert!(up.body.is_empty());
+
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        now,
+        Some(b""),
+        &[("a&b", "c d"), ("info", "user_count")],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200, "key needing encoding: {}", a.text());
+    let up = fake.recorded().pop().expect("forwarded");
+    assert_eq!(up.param("a&b").as_deref(), Some("c d"));
+    assert_eq!(up.signature, Ok(()));
+
+    let q = oracle::signed_query(
+        "another-key",
+        "another-secret",
+        "GET",
+        path,
+        now,
+        Some(b""),
+        &[],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(
+        a.status.as_u16(),
+        401,
+        "the fake refuses the unknown key itself"
+    );
+    assert_eq!(
+        fake.recorded().pop().expect("forwarded").query,
+        q,
+        "forwarded untouched"
+    );
+    proxy.stop().await;
+
+    let rotated = support::fake::FakeUpstream::start(
+        &[(support::APP_ID, support::KEY, "rotated")],
+        support::now,
+    )
+    .await;
+    let proxy = TestProxy::for_upstream(&rotated.url(), "", "").await;
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        now,
+        Some(b""),
+        &[],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 500, "{}", a.text());
+    assert!(
+        a.text().contains("pusher-cutover's signature"),
+        "{}",
+        a.text()
+    );
     proxy.stop().await;
 }

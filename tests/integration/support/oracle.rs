@@ -81,6 +81,14 @@ pub fn signed_query(
     pairs
         .iter()
         .map(|(k, v)| {
+            // Keys as the libraries send them (plain), escaped only where a
+            // URL needs it; values escaped fully.
+            const KEYS: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_')
+                .remove(b'~');
+            let k: String = percent_encoding::utf8_percent_encode(k, KEYS).collect();
             let v: String =
                 percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
                     .collect();

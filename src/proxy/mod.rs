@@ -10,32 +10,38 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT};
+use hyper::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT,
+};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
+
+mod record;
+
+use record::Recorder;
+pub use record::{MAX_LOGGED_LEN, Record, truncate};
 
 use crate::ResponseBody;
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, SubscriptionCounting};
-use crate::error::{ErrorChain, Fault, ProxyError};
+use crate::error::ProxyError;
 use crate::passthrough;
 use crate::query::QueryParams;
 use crate::route::{Route, RouteKind, classify};
 use crate::signature::{self, Expected};
-use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
+use crate::telemetry::Telemetry;
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::{self, TranslateError, channel_stats};
-use crate::upstream::{Buffered, OutboundBody, Upstream};
+use crate::upstream::{Buffered, OutboundBody, Upstream, UpstreamError};
 
 /// How long a `probe` app stops asking for `subscription_count` after the
 /// upstream said counting is disabled (spec E.5 item 1).
 const COUNTING_OFF_SECS: u64 = 600;
 
-/// Longest caller-supplied value (app id, `auth_key`, user agent) written
-/// to a log line; longer ones are cut, so hostile input cannot bloat logs.
-const MAX_LOGGED_LEN: usize = 128;
-
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Body allowance of requests that should have none (stats, GETs).
+const MAX_BODYLESS_READ: usize = 4096;
 
 /// An app's settings and the state the proxy keeps for it.
 #[derive(Debug)]
@@ -73,23 +79,6 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     /// The `Link: <…>; rel="deprecation"` header of legacy answers.
     deprecation_link: HeaderValue,
-}
-
-/// What is logged of each request; filled in as the pipeline goes.
-#[derive(Debug, Default)]
-struct Record {
-    auth_key: Option<String>,
-    upstream_status: Option<u16>,
-    /// Time spent on upstream exchanges, if any.
-    upstream_time: Option<Duration>,
-    /// The request passed signature verification.
-    verified: bool,
-}
-
-impl Record {
-    fn add_upstream_time(&mut self, d: Duration) {
-        *self.upstream_time.get_or_insert_default() += d;
-    }
 }
 
 impl Proxy {
@@ -132,65 +121,36 @@ impl Proxy {
 
     /// Handles one request from `peer`. Never fails: errors become answers.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        let started = Instant::now();
+        let inner = &*self.inner;
         let (parts, body) = req.into_parts();
         let route = classify(&parts.method, parts.uri.path());
         let kind = route.kind;
-        let app_id = route.app_id.map(|a| truncate(a).to_owned());
-        let method = parts.method.clone();
-        let user_agent = parts
-            .headers
-            .get(USER_AGENT)
-            .map(|v| truncate(&String::from_utf8_lossy(v.as_bytes())).to_owned());
-
-        let mut record = Record::default();
+        let mut recorder = Recorder::new(
+            &inner.telemetry,
+            inner.clock.unix_now(),
+            &parts.method,
+            kind,
+            route.app_id,
+            parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+            peer,
+        );
+        let record = &mut recorder.record;
         let result = if kind.is_legacy() {
-            self.legacy(route, &parts, body, &mut record).await
+            self.legacy(route, &parts, body, record).await
+        } else if let Some((app, query)) = self.resign_target(&route, &parts) {
+            self.resigned_get(app, query, parts, body, record).await
         } else {
-            match self.resign_target(&route, &parts) {
-                Some(app) => self.resigned_get(app, parts, body, &mut record).await,
-                None => self.passthrough(parts, body, &mut record).await,
-            }
+            self.passthrough(parts, body, record).await
         };
         let (mut response, error) = match result {
             Ok(response) => (response, None),
             Err(e) => (error_response(&e), Some(e)),
         };
         if kind.is_legacy() {
-            let app = app_id.as_deref().and_then(|id| self.inner.apps.get(id));
+            let app = recorder.app_id().and_then(|id| inner.apps.get(id));
             self.deprecation_headers(response.headers_mut(), app);
         }
-        let duration = started.elapsed();
-        self.inner.telemetry.observe(&Observation {
-            route: kind,
-            app_id: app_id.as_deref(),
-            outcome: outcome(response.status(), error.as_ref()),
-            duration,
-            upstream_duration: record.upstream_time,
-            signature_failure: match &error {
-                Some(ProxyError::Signature(e)) => Some(e.reason()),
-                _ => None,
-            },
-            caller: record.verified.then(|| VerifiedCaller {
-                auth_key: record.auth_key.as_deref().unwrap_or_default(),
-                user_agent: user_agent.as_deref().unwrap_or_default(),
-                client_address: peer.ip(),
-            }),
-            now: self.inner.clock.unix_now(),
-        });
-
-        let log = LogLine {
-            method: &method,
-            kind,
-            app_id: app_id.as_deref(),
-            status: response.status().as_u16(),
-            record: &record,
-            latency_ms: duration.as_secs_f64() * 1000.0,
-            user_agent: user_agent.as_deref(),
-            peer,
-            error: error.as_ref(),
-        };
-        log.emit();
+        recorder.finish(response.status(), error.as_ref());
         response
     }
 
@@ -210,7 +170,11 @@ impl Proxy {
             .apps
             .get(app_id)
             .ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
-        let (query, body, now) = self.verified(app, parts, body, record).await?;
+        let query =
+            QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
+        let (body, now) = self
+            .verified(app, parts, &query, body, route.kind, record)
+            .await?;
         let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
 
         match route.kind {
@@ -219,25 +183,41 @@ impl Proxy {
         }
     }
 
-    /// Parses the query, reads the body and verifies the request against
-    /// `app` (spec A.6). Returns what was read and the time it was checked at.
+    /// Reads the body and verifies the request against `app` (spec A.6).
+    /// Returns the body and the time it was checked at.
+    ///
+    /// Only a trigger carries a body worth reading, and only up to the
+    /// app's `max_data_bytes`; other requests get a small allowance. The
+    /// whole body must arrive within `body_timeout_ms`.
     async fn verified(
         &self,
         app: &App,
         parts: &Parts,
+        query: &QueryParams,
         body: Incoming,
+        kind: RouteKind,
         record: &mut Record,
-    ) -> Result<(QueryParams, Bytes, u64), ProxyError> {
+    ) -> Result<(Bytes, u64), ProxyError> {
         let inner = &*self.inner;
-        let query =
-            QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
         record.auth_key = query.get("auth_key").map(|k| truncate(k).to_owned());
-        let body = read_body(body, inner.config.max_body_bytes).await?;
+        let max_body = inner.config.max_body_bytes;
+        let max_data = app.config.max_data_bytes;
+        let (limit, data_limit) = match kind {
+            RouteKind::LegacyTrigger if max_data < max_body => (max_data, true),
+            RouteKind::LegacyTrigger => (max_body, false),
+            _ => (MAX_BODYLESS_READ.min(max_body), false),
+        };
+        let body = match read_body(body, limit, inner.config.body_timeout).await {
+            Err(TranslateError::BodyTooLarge { .. }) if data_limit => {
+                return Err(TranslateError::DataTooLarge { limit }.into());
+            }
+            other => other?,
+        };
         let now = inner.clock.unix_now();
         signature::verify(
             parts.method.as_str(),
             parts.uri.path(),
-            &query,
+            query,
             &body,
             &Expected {
                 app_id: &app.config.id,
@@ -248,33 +228,49 @@ impl Proxy {
             },
         )?;
         record.verified = true;
-        Ok((query, body, now))
+        Ok((body, now))
     }
 
-    /// A passthrough GET for a configured app that carries `body_md5`: what
-    /// PyPI `pusher` ≥ 1.0 sends on every GET, and what sockudo refuses
-    /// (spec A.4). Such requests are verified and re-signed without it.
-    fn resign_target(&self, route: &Route<'_>, parts: &Parts) -> Option<&App> {
+    /// A passthrough GET signed for a configured app's key that carries
+    /// `body_md5`: what PyPI `pusher` ≥ 1.0 sends on every GET, and what
+    /// sockudo refuses (spec A.4). Such requests are verified and re-signed
+    /// without it; anything else (another key, a query that does not
+    /// decode) passes through untouched for the upstream to judge.
+    fn resign_target(&self, route: &Route<'_>, parts: &Parts) -> Option<(&App, QueryParams)> {
         if parts.method != Method::GET {
             return None;
         }
-        let query = parts.uri.query()?;
-        if !query.contains("body_md5") {
+        let raw = parts.uri.query()?;
+        let may_carry = raw.contains('%')
+            || raw
+                .as_bytes()
+                .windows(3)
+                .any(|w| w.eq_ignore_ascii_case(b"md5"));
+        if !may_carry {
             return None;
         }
-        self.inner.apps.get(route.app_id?)
+        let app = self.inner.apps.get(route.app_id?)?;
+        let query = QueryParams::parse(raw).ok()?;
+        let ours =
+            query.get("body_md5").is_some() && query.get("auth_key") == Some(&app.config.key);
+        ours.then_some((app, query))
     }
 
     /// Verifies a passthrough GET, then forwards it with the same path and
-    /// parameters, re-signed with a fresh timestamp and no `body_md5`.
+    /// parameters, re-signed with a fresh timestamp, no `body_md5` and no
+    /// body. An upstream 401 then refuses the proxy's signature, not the
+    /// caller's: it becomes the 500 of spec E.4.
     async fn resigned_get(
         &self,
         app: &App,
+        query: QueryParams,
         mut parts: Parts,
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (query, _, now) = self.verified(app, &parts, body, record).await?;
+        let (_, now) = self
+            .verified(app, &parts, &query, body, RouteKind::Passthrough, record)
+            .await?;
         let kept: Vec<(&str, &str)> = query
             .iter()
             .filter(|(k, _)| !signature::is_auth_param(k))
@@ -295,8 +291,18 @@ impl Proxy {
             .uri(&format!("{path}?{signed}"))
             .map_err(ProxyError::Internal)?;
         passthrough::prepare_headers(&mut parts);
+        for name in [CONTENT_LENGTH, CONTENT_TYPE, EXPECT] {
+            parts.headers.remove(name);
+        }
         let req = Request::from_parts(parts, Either::Left(Full::new(Bytes::new())));
-        self.forward(req, record).await
+        let resp = self.forward(req, record).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(UpstreamError::RejectedCredentials {
+                app_id: app.config.id.clone(),
+            }
+            .into());
+        }
+        Ok(resp)
     }
 
     /// Spec E.2: stats via channel info, with the `probe` fallback of E.5.
@@ -309,8 +315,10 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let path = channel_stats::upstream_path(&app.config.id, channel);
         let mut info = channel_stats::info_param(channel, app.counting_active(now));
+        // One deadline for the call, the probe's retry included.
+        let deadline = self.inner.upstream.deadline();
         let mut answer = self
-            .signed_exchange(app, Method::GET, &path, None, info, record)
+            .signed_exchange(app, Method::GET, &path, None, info, deadline, record)
             .await?;
         let probing = app.config.subscription_count == SubscriptionCounting::Probe;
         if probing
@@ -325,7 +333,7 @@ impl Proxy {
                 .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
             info = None;
             answer = self
-                .signed_exchange(app, Method::GET, &path, None, info, record)
+                .signed_exchange(app, Method::GET, &path, None, info, deadline, record)
                 .await?;
         }
         if answer.status == StatusCode::OK {
@@ -336,9 +344,9 @@ impl Proxy {
                 body,
             ));
         }
-        let (status, content_type, body) =
+        let refusal =
             translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
-        Ok(respond(status, content_type, body))
+        Ok(refused(refusal))
     }
 
     /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`.
@@ -363,7 +371,15 @@ impl Proxy {
         let json = Bytes::from(trigger.upstream_body(channel));
         let path = channel_event::upstream_path(&app.config.id);
         let answer = self
-            .signed_exchange(app, Method::POST, &path, Some(json), None, record)
+            .signed_exchange(
+                app,
+                Method::POST,
+                &path,
+                Some(json),
+                None,
+                self.inner.upstream.deadline(),
+                record,
+            )
             .await?;
         if answer.status.is_success() {
             return Ok(respond(
@@ -372,13 +388,17 @@ impl Proxy {
                 Bytes::from_static(channel_event::ACCEPTED_BODY),
             ));
         }
-        let (status, content_type, body) =
+        let refusal =
             translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
-        Ok(respond(status, content_type, body))
+        Ok(refused(refusal))
     }
 
     /// Signs a current-API request with the app's credentials and a fresh
     /// timestamp, sends it and reads the answer.
+    ///
+    /// The exchange runs in its own task, so it completes (and a trigger is
+    /// delivered or not, once) even if the caller disconnects meanwhile.
+    #[allow(clippy::too_many_arguments)]
     async fn signed_exchange(
         &self,
         app: &App,
@@ -386,6 +406,7 @@ impl Proxy {
         path: &str,
         body: Option<Bytes>,
         info: Option<&str>,
+        deadline: tokio::time::Instant,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
         let inner = &*self.inner;
@@ -417,9 +438,14 @@ impl Proxy {
         let req = builder
             .body(Either::Left(Full::new(body.unwrap_or_default())))
             .map_err(ProxyError::Internal)?;
-        let started = Instant::now();
-        let answer = inner.upstream.exchange(req).await;
-        record.add_upstream_time(started.elapsed());
+        let upstream = inner.upstream.clone();
+        let exchange = tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = upstream.exchange(req, deadline).await;
+            (answer, started.elapsed())
+        });
+        let (answer, elapsed) = exchange.await.map_err(|_| UpstreamError::Aborted)?;
+        record.add_upstream_time(elapsed);
         let answer = answer?;
         record.upstream_status = Some(answer.status.as_u16());
         Ok(answer)
@@ -474,19 +500,18 @@ fn sunset_header(at: time::OffsetDateTime) -> Option<HeaderValue> {
     HeaderValue::try_from(httpdate::fmt_http_date(at)).ok()
 }
 
-/// The metrics outcome of an answer.
-fn outcome(status: StatusCode, error: Option<&ProxyError>) -> Outcome {
-    match error.map(ProxyError::fault) {
-        Some(Fault::Client) if status == StatusCode::UNAUTHORIZED => Outcome::AuthFailed,
-        Some(Fault::Client) => Outcome::ClientError,
-        Some(Fault::Upstream | Fault::Internal) => Outcome::UpstreamError,
-        None => Outcome::of_status(status.as_u16()),
-    }
-}
-
-/// Reads a legacy request body, refusing more than `limit` bytes.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, TranslateError> {
-    match Limited::new(body, limit).collect().await {
+/// Reads a request body, refusing more than `limit` bytes or a body that
+/// takes longer than `timeout` to arrive.
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, TranslateError> {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(TranslateError::BodyTimeout);
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(TranslateError::BodyTooLarge { limit })
@@ -502,6 +527,14 @@ fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Respon
     resp
 }
 
+/// A legacy caller's answer carrying an upstream refusal.
+fn refused(r: translate::Refusal) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Left(Full::new(r.body)));
+    *resp.status_mut() = r.status;
+    *resp.headers_mut() = r.headers;
+    resp
+}
+
 /// The caller's answer for an error: its status and a one-line plain-text
 /// body. No side effects; logging happens in [`Proxy::handle`].
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
@@ -510,78 +543,4 @@ fn error_response(e: &ProxyError) -> Response<ResponseBody> {
         HeaderValue::from_static(TEXT_PLAIN),
         Bytes::from(e.body()),
     )
-}
-
-/// Cuts `s` to at most [`MAX_LOGGED_LEN`] bytes on a character boundary.
-fn truncate(s: &str) -> &str {
-    if s.len() <= MAX_LOGGED_LEN {
-        return s;
-    }
-    let mut end = MAX_LOGGED_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// One log line per request.
-struct LogLine<'a> {
-    method: &'a Method,
-    kind: RouteKind,
-    app_id: Option<&'a str>,
-    status: u16,
-    record: &'a Record,
-    latency_ms: f64,
-    user_agent: Option<&'a str>,
-    peer: SocketAddr,
-    error: Option<&'a ProxyError>,
-}
-
-impl LogLine<'_> {
-    /// Legacy calls log at WARN with the caller's identity (app, key, user
-    /// agent, address), so usage can be tracked from logs alone; upstream
-    /// and internal failures at ERROR; other requests at INFO. Neither
-    /// secrets nor `auth_signature` are fields of the line, and error
-    /// messages never contain them.
-    fn emit(&self) {
-        let error = self.error.map(|e| ErrorChain(e));
-        let fault = self.error.map(|e| e.fault());
-        macro_rules! line {
-            ($level:expr) => {
-                tracing::event!(
-                    $level,
-                    method = %self.method,
-                    route = self.kind.template(),
-                    app_id = self.app_id,
-                    status = self.status,
-                    upstream_status = self.record.upstream_status,
-                    latency_ms = format_args!("{:.3}", self.latency_ms),
-                    auth_key = self.record.auth_key.as_deref(),
-                    user_agent = self.user_agent,
-                    client_addr = %self.peer.ip(),
-                    error = error.as_ref().map(tracing::field::display),
-                    "{}",
-                    if self.kind.is_legacy() { "legacy call" } else { "request" }
-                )
-            };
-        }
-        match (fault, self.kind.is_legacy()) {
-            (Some(Fault::Upstream | Fault::Internal), _) => line!(tracing::Level::ERROR),
-            (_, true) => line!(tracing::Level::WARN),
-            (_, false) => line!(tracing::Level::INFO),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        let s = "é".repeat(100);
-        let t = truncate(&s);
-        assert!(t.len() <= MAX_LOGGED_LEN && t.len() >= MAX_LOGGED_LEN - 1);
-        assert_eq!(truncate("short"), "short");
-    }
 }
