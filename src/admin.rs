@@ -1,5 +1,5 @@
 //! The admin listener, separate from the proxy port: `/metrics`,
-//! `/healthz`, `/readyz`, `/usage` and `/report`.
+//! `/healthz`, `/readyz`, `/usage`, `/report` and `POST /reload`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::query::QueryParams;
+use crate::reload::Reloader;
 use crate::telemetry::{Telemetry, report};
 
 /// Content type of the metrics exposition.
@@ -35,6 +36,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// For the report's "now".
     pub clock: Arc<dyn Clock>,
+    /// Serves `POST /reload` when set.
+    pub reloader: Option<Reloader>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
@@ -83,6 +86,9 @@ fn respond(
 /// Routes one admin request.
 pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if path == "/reload" {
+        return reload(admin, req.method());
+    }
     let known = ["/metrics", "/healthz", "/readyz", "/usage", "/report"];
     if !known.contains(&path) {
         return respond(
@@ -104,9 +110,11 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => respond(StatusCode::OK, OPENMETRICS, admin.telemetry.metrics_text()),
         "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        "/readyz" if admin.ready.load(Ordering::Acquire) => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
-        }
+        "/readyz" if admin.ready.load(Ordering::Acquire) => respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            format!("ready config={}\n", admin.telemetry.config_hash()),
+        ),
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
@@ -124,6 +132,32 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         _ => report_page(admin, req.uri().query().unwrap_or("")),
+    }
+}
+
+/// `POST /reload`: re-read the configuration; 200 with the new hash, or 400
+/// with the problems (the previous configuration keeps serving).
+fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != Method::POST {
+        let mut resp = respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let Some(reloader) = &admin.reloader else {
+        return respond(StatusCode::CONFLICT, TEXT, "reloading is not enabled\n");
+    };
+    match reloader.reload() {
+        Ok(hash) => respond(StatusCode::OK, TEXT, format!("reloaded config={hash}\n")),
+        Err(e) => respond(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!(
+                "reload refused, previous configuration kept: {}\n",
+                e.problems().join("; ")
+            ),
+        ),
     }
 }
 

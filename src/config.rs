@@ -75,6 +75,29 @@ impl fmt::Display for Problem {
 
 struct Problems<'a>(&'a [Problem]);
 
+/// Collects problems while validating.
+#[derive(Debug, Default)]
+struct Collected(Vec<Problem>);
+
+impl Collected {
+    fn add(&mut self, key: &str, message: String) {
+        self.0.push(Problem {
+            key: key.into(),
+            message,
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn positive(&mut self, key: &str, value: u64) {
+        if value == 0 {
+            self.add(key, "must be greater than 0".into());
+        }
+    }
+}
+
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.0.iter().enumerate() {
@@ -116,6 +139,8 @@ struct RawConfig {
     shutdown_grace_ms: u64,
     #[serde(default = "default_body_timeout")]
     body_timeout_ms: u64,
+    #[serde(default)]
+    bypass: bool,
     upstream: RawUpstream,
     #[serde(default)]
     admin: RawAdmin,
@@ -186,10 +211,51 @@ struct RawApp {
     key: String,
     secret: Option<String>,
     secret_env: Option<String>,
+    #[serde(default)]
+    previous_secrets: Vec<String>,
     subscription_count: Option<SubscriptionCounting>,
     #[serde(default = "default_max_data")]
     max_data_bytes: usize,
     sunset: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    rollout_percent: Option<u8>,
+    #[serde(default)]
+    brownouts: Vec<RawBrownout>,
+    upstream: Option<RawAppUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBrownout {
+    start: String,
+    end: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppUpstream {
+    id: Option<String>,
+    key: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+}
+
+/// What the proxy does with an app's deprecated calls (the cutover stages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Forward them unchanged to an upstream that still serves them (Pusher
+    /// does), and record them.
+    Observe,
+    /// Stats: answer from the unchanged call, also send the translated one
+    /// and compare the answers. Triggers: as `observe` (never sent twice).
+    Shadow,
+    /// Translate them to the current API (the default).
+    #[default]
+    Translate,
+    /// Answer 410 Gone, naming the replacement call.
+    Reject,
 }
 
 fn default_true() -> bool {
@@ -267,6 +333,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Time a client has to send a body the proxy reads (408 beyond).
     pub body_timeout: Duration,
+    /// The kill switch: every request passes through unchanged.
+    pub bypass: bool,
     /// Where requests go.
     pub upstream: UpstreamConfig,
     /// The admin listener.
@@ -275,6 +343,16 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The apps whose legacy calls are translated.
     pub apps: Vec<AppConfig>,
+    /// A hash of the configuration's source text (16 hex digits), to tell
+    /// which configuration a sidecar runs.
+    pub hash: String,
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+fn source_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    base16ct::lower::encode_string(&digest[..8])
 }
 
 /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/usage`, `/report`).
@@ -300,7 +378,7 @@ pub struct TelemetryConfig {
 }
 
 /// The upstream Pusher-compatible server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Scheme and authority only, e.g. `https://api-mt1.pusher.com`.
     pub url: Uri,
@@ -313,18 +391,70 @@ pub struct UpstreamConfig {
 /// One app's credentials and translation settings.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    /// The app id, as it appears in the path.
+    /// The app id legacy callers use, as it appears in the path.
     pub id: String,
-    /// The app key (public; `auth_key`).
+    /// The app key legacy callers sign with (public; `auth_key`).
     pub key: String,
-    /// The app secret.
-    pub secret: SecretString,
+    /// Secrets accepted from callers: the current one first, then
+    /// `previous_secrets` (during a rotation).
+    pub secrets: Vec<SecretString>,
+    /// What the upstream knows the app as; the proxy signs with these.
+    pub upstream: Credentials,
     /// Whether stats translation asks for `subscription_count`.
     pub subscription_count: SubscriptionCounting,
     /// Largest legacy event data accepted (413 beyond, before forwarding).
     pub max_data_bytes: usize,
     /// When the app's legacy calls stop being served (`Sunset` header).
     pub sunset: Option<OffsetDateTime>,
+    /// The cutover stage.
+    pub mode: Mode,
+    /// With `translate`: the share of channels translated (the rest are
+    /// observed), 0-100.
+    pub rollout_percent: u8,
+    /// Windows in which legacy calls get the 410 of `reject`.
+    pub brownouts: Vec<Brownout>,
+}
+
+impl AppConfig {
+    /// Whether the upstream knows the app by other credentials than its
+    /// callers use; then passthrough requests are re-signed too.
+    pub fn is_mapped(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.upstream.id != self.id
+            || self.upstream.key != self.key
+            || self
+                .secrets
+                .first()
+                .is_none_or(|s| s.expose_secret() != self.upstream.secret.expose_secret())
+    }
+
+    /// Whether Unix time `now` falls in a brownout window.
+    pub fn in_brownout(&self, now: u64) -> bool {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        self.brownouts
+            .iter()
+            .any(|b| b.start.unix_timestamp() <= now && now < b.end.unix_timestamp())
+    }
+}
+
+/// An app id, key and secret.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The app id.
+    pub id: String,
+    /// The key.
+    pub key: String,
+    /// The secret.
+    pub secret: SecretString,
+}
+
+/// A window `[start, end)` in which legacy calls are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Brownout {
+    /// Its start.
+    pub start: OffsetDateTime,
+    /// Its end (excluded).
+    pub end: OffsetDateTime,
 }
 
 impl Config {
@@ -340,7 +470,9 @@ impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
-        raw.validate(env)
+        let mut config = raw.validate(env)?;
+        config.hash = source_hash(text);
+        Ok(config)
     }
 
     /// The embedded default with the ecosystem's usual variables laid over
@@ -372,6 +504,11 @@ impl Config {
                 subscription_count: None,
                 max_data_bytes: default_max_data(),
                 sunset: None,
+                previous_secrets: Vec::new(),
+                mode: Mode::default(),
+                rollout_percent: None,
+                brownouts: Vec::new(),
+                upstream: None,
             }),
             [None, None, None] => {}
             _ => {
@@ -387,8 +524,22 @@ impl Config {
                 }
             }
         }
+        let mut source = EMBEDDED_DEFAULT.to_owned();
+        for name in [
+            "PUSHER_APP_ID",
+            "PUSHER_APP_KEY",
+            "PUSHER_HOST",
+            "PUSHER_PORT",
+            "PUSHER_SCHEME",
+            "PUSHER_CLUSTER",
+        ] {
+            source.push_str(&format!("\n{name}={}", var(name).unwrap_or_default()));
+        }
         match raw.validate(env) {
-            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(mut config) if problems.is_empty() => {
+                config.hash = source_hash(&source);
+                Ok(config)
+            }
             Ok(_) => Err(ConfigError::Invalid(problems)),
             Err(ConfigError::Invalid(more)) => {
                 problems.extend(more);
@@ -406,37 +557,22 @@ impl Config {
 
 impl RawConfig {
     fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, message: String| {
-            problems.push(Problem {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut problems = Collected::default();
 
         let listen = self.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-            problem(
+            problems.add(
                 "listen",
                 format!("`{}` is not an address:port ({e})", self.listen),
             );
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        positive(
-            &mut problem,
-            "timestamp_window_secs",
-            self.timestamp_window_secs,
-        );
-        positive(&mut problem, "max_body_bytes", self.max_body_bytes as u64);
-        positive(&mut problem, "header_timeout_ms", self.header_timeout_ms);
-        positive(&mut problem, "shutdown_grace_ms", self.shutdown_grace_ms);
-        positive(&mut problem, "body_timeout_ms", self.body_timeout_ms);
-        positive(
-            &mut problem,
-            "upstream.timeout_ms",
-            self.upstream.timeout_ms,
-        );
-        positive(
-            &mut problem,
+        problems.positive("timestamp_window_secs", self.timestamp_window_secs);
+        problems.positive("max_body_bytes", self.max_body_bytes as u64);
+        problems.positive("header_timeout_ms", self.header_timeout_ms);
+        problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
+        problems.positive("body_timeout_ms", self.body_timeout_ms);
+        problems.positive("upstream.timeout_ms", self.upstream.timeout_ms);
+        problems.positive(
             "upstream.connect_timeout_ms",
             self.upstream.connect_timeout_ms,
         );
@@ -444,7 +580,7 @@ impl RawConfig {
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
                 Ok(addr) if addr.port() != 0 && addr == listen => {
-                    problem(
+                    problems.add(
                         "admin.listen",
                         format!("`{addr}` is also the proxy's `listen`"),
                     );
@@ -452,7 +588,7 @@ impl RawConfig {
                 }
                 Ok(addr) => Some(addr),
                 Err(e) => {
-                    problem(
+                    problems.add(
                         "admin.listen",
                         format!("`{}` is not an address:port ({e})", self.admin.listen),
                     );
@@ -463,19 +599,18 @@ impl RawConfig {
             None
         };
         let t = &self.telemetry;
-        positive(
-            &mut problem,
+        problems.positive(
             "telemetry.max_callers_per_app",
             t.max_callers_per_app as u64,
         );
         if !(1..=MAX_FLUSH_INTERVAL_MS).contains(&t.flush_interval_ms) {
-            problem(
+            problems.add(
                 "telemetry.flush_interval_ms",
                 format!("must be between 1 and {MAX_FLUSH_INTERVAL_MS}"),
             );
         }
         if t.retention_days < MIN_RETENTION_DAYS {
-            problem(
+            problems.add(
                 "telemetry.retention_days",
                 format!("must be at least {MIN_RETENTION_DAYS}"),
             );
@@ -486,7 +621,7 @@ impl RawConfig {
             .is_ok_and(|u| u.scheme().is_some() && u.host().is_some())
             && !t.deprecation_link.contains(['<', '>', '"']);
         if !link_ok {
-            problem(
+            problems.add(
                 "telemetry.deprecation_link",
                 format!("`{}` is not an absolute URL", t.deprecation_link),
             );
@@ -495,7 +630,7 @@ impl RawConfig {
         let url = match parse_upstream_url(&self.upstream.url) {
             Ok(url) => url,
             Err(message) => {
-                problem("upstream.url", message);
+                problems.add("upstream.url", message);
                 Uri::from_static("http://invalid")
             }
         };
@@ -511,85 +646,20 @@ impl RawConfig {
         let mut ids = HashSet::new();
         let mut apps = Vec::with_capacity(self.apps.len());
         for (i, app) in self.apps.into_iter().enumerate() {
-            let key = |field: &str| format!("apps[{i}].{field}");
-            let id_ok = !app.id.is_empty()
-                && app.id.len() <= 64
-                && !app.id.contains(['/', '?', '#', '%'])
-                && format!("/apps/{}/events", app.id)
-                    .parse::<hyper::http::uri::PathAndQuery>()
-                    .is_ok();
-            if !id_ok {
-                problem(
-                    &key("id"),
-                    "must be 1-64 characters legal in a URL path, without `/`, `?`, `#` or `%`"
-                        .into(),
+            if !ids.insert(app.id.clone()) {
+                problems.add(
+                    &format!("apps[{i}].id"),
+                    format!("app `{}` is defined twice", app.id),
                 );
-            } else if !ids.insert(app.id.clone()) {
-                problem(&key("id"), format!("app `{}` is defined twice", app.id));
+                continue;
             }
-            if app.key.is_empty() {
-                problem(&key("key"), "must not be empty".into());
-            }
-            positive(
-                &mut problem,
-                &key("max_data_bytes"),
-                app.max_data_bytes as u64,
-            );
-            let sunset = app.sunset.as_deref().and_then(|text| {
-                OffsetDateTime::parse(text, &Rfc3339)
-                    .inspect_err(|e| {
-                        problem(
-                            &key("sunset"),
-                            format!("`{text}` is not an RFC 3339 date-time ({e})"),
-                        )
-                    })
-                    .ok()
-            });
-            let secret = match (app.secret, app.secret_env) {
-                (Some(s), None) if !s.is_empty() => Some(s),
-                (Some(_), None) => {
-                    problem(&key("secret"), "must not be empty".into());
-                    None
-                }
-                (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
-                    Some(s) => Some(s),
-                    None => {
-                        problem(
-                            &key("secret_env"),
-                            format!("environment variable `{var}` is not set or empty"),
-                        );
-                        None
-                    }
-                },
-                (Some(_), Some(_)) => {
-                    problem(
-                        &key("secret"),
-                        "set `secret` or `secret_env`, not both".into(),
-                    );
-                    None
-                }
-                (None, None) => {
-                    problem(
-                        &key("secret"),
-                        "one of `secret` or `secret_env` is required".into(),
-                    );
-                    None
-                }
-            };
-            if let Some(secret) = secret {
-                apps.push(AppConfig {
-                    id: app.id,
-                    key: app.key,
-                    secret: SecretString::from(secret),
-                    subscription_count: app.subscription_count.unwrap_or(default_counting),
-                    max_data_bytes: app.max_data_bytes,
-                    sunset,
-                });
+            if let Some(app) = validate_app(i, app, env, default_counting, &mut problems) {
+                apps.push(app);
             }
         }
 
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
+        if problems.len() > 0 {
+            return Err(ConfigError::Invalid(problems.0));
         }
         Ok(Config {
             listen,
@@ -598,6 +668,7 @@ impl RawConfig {
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            bypass: self.bypass,
             upstream: UpstreamConfig {
                 url,
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
@@ -614,14 +685,172 @@ impl RawConfig {
                 deprecation_link: self.telemetry.deprecation_link,
             },
             apps,
+            hash: String::new(),
         })
     }
 }
 
-fn positive(problem: &mut impl FnMut(&str, String), key: &str, value: u64) {
-    if value == 0 {
-        problem(key, "must be greater than 0".into());
+/// A secret given inline or through an environment variable.
+fn secret_from(
+    inline: Option<String>,
+    var: Option<String>,
+    env: EnvLookup<'_>,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Collected,
+) -> Option<SecretString> {
+    match (inline, var) {
+        (Some(s), None) if !s.is_empty() => Some(SecretString::from(s)),
+        (Some(_), None) => {
+            problems.add(&key("secret"), "must not be empty".into());
+            None
+        }
+        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
+            Some(s) => Some(SecretString::from(s)),
+            None => {
+                problems.add(
+                    &key("secret_env"),
+                    format!("environment variable `{var}` is not set or empty"),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.add(
+                &key("secret"),
+                "set `secret` or `secret_env`, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            problems.add(
+                &key("secret"),
+                "one of `secret` or `secret_env` is required".into(),
+            );
+            None
+        }
     }
+}
+
+fn parse_time(text: &str, key: &str, problems: &mut Collected) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .inspect_err(|e| problems.add(key, format!("`{text}` is not an RFC 3339 date-time ({e})")))
+        .ok()
+}
+
+fn valid_app_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.contains(['/', '?', '#', '%'])
+        && format!("/apps/{id}/events")
+            .parse::<hyper::http::uri::PathAndQuery>()
+            .is_ok()
+}
+
+/// Validates one `[[apps]]` entry; `None` when it has problems.
+fn validate_app(
+    i: usize,
+    app: RawApp,
+    env: EnvLookup<'_>,
+    default_counting: SubscriptionCounting,
+    problems: &mut Collected,
+) -> Option<AppConfig> {
+    let before = problems.len();
+    let key = |field: &str| format!("apps[{i}].{field}");
+    const ID_RULE: &str =
+        "must be 1-64 characters legal in a URL path, without `/`, `?`, `#` or `%`";
+    if !valid_app_id(&app.id) {
+        problems.add(&key("id"), ID_RULE.into());
+    }
+    if app.key.is_empty() {
+        problems.add(&key("key"), "must not be empty".into());
+    }
+    problems.positive(&key("max_data_bytes"), app.max_data_bytes as u64);
+    let sunset = app
+        .sunset
+        .as_deref()
+        .and_then(|t| parse_time(t, &key("sunset"), problems));
+    let rollout_percent = match (app.rollout_percent, app.mode) {
+        (None, _) => 100,
+        (Some(n), Mode::Translate) if n <= 100 => n,
+        (Some(_), Mode::Translate) => {
+            problems.add(&key("rollout_percent"), "must be between 0 and 100".into());
+            100
+        }
+        (Some(_), _) => {
+            problems.add(
+                &key("rollout_percent"),
+                "applies only with mode = \"translate\"".into(),
+            );
+            100
+        }
+    };
+    let mut brownouts = Vec::with_capacity(app.brownouts.len());
+    for (j, b) in app.brownouts.iter().enumerate() {
+        let bkey = |f: &str| key(&format!("brownouts[{j}].{f}"));
+        let start = parse_time(&b.start, &bkey("start"), problems);
+        let end = parse_time(&b.end, &bkey("end"), problems);
+        if let (Some(start), Some(end)) = (start, end) {
+            if start < end {
+                brownouts.push(Brownout { start, end });
+            } else {
+                problems.add(&bkey("end"), "must be after `start`".into());
+            }
+        }
+    }
+    let secret = secret_from(app.secret, app.secret_env, env, &key, problems);
+    let mut secrets: Vec<SecretString> = secret.iter().cloned().collect();
+    for (j, s) in app.previous_secrets.into_iter().enumerate() {
+        if s.is_empty() {
+            problems.add(
+                &key(&format!("previous_secrets[{j}]")),
+                "must not be empty".into(),
+            );
+        }
+        secrets.push(SecretString::from(s));
+    }
+    let upstream = match app.upstream {
+        None => secret.clone().map(|secret| Credentials {
+            id: app.id.clone(),
+            key: app.key.clone(),
+            secret,
+        }),
+        Some(u) => {
+            let ukey = |f: &str| key(&format!("upstream.{f}"));
+            let id = u.id.unwrap_or_else(|| app.id.clone());
+            if !valid_app_id(&id) {
+                problems.add(&ukey("id"), ID_RULE.into());
+            }
+            let up_key = u.key.unwrap_or_else(|| app.key.clone());
+            if up_key.is_empty() {
+                problems.add(&ukey("key"), "must not be empty".into());
+            }
+            let up_secret = if u.secret.is_none() && u.secret_env.is_none() {
+                secret.clone()
+            } else {
+                secret_from(u.secret, u.secret_env, env, &ukey, problems)
+            };
+            up_secret.map(|secret| Credentials {
+                id,
+                key: up_key,
+                secret,
+            })
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(AppConfig {
+        id: app.id,
+        key: app.key,
+        secrets,
+        upstream: upstream?,
+        subscription_count: app.subscription_count.unwrap_or(default_counting),
+        max_data_bytes: app.max_data_bytes,
+        sunset,
+        mode: app.mode,
+        rollout_percent,
+        brownouts,
+    })
 }
 
 /// Accepts `http://host[:port]` or `https://host[:port]`, with no path
@@ -703,7 +932,9 @@ mod tests {
         let app = c.app("4242").expect("app");
         assert_eq!(app.subscription_count, SubscriptionCounting::On);
         assert_eq!(app.max_data_bytes, 10_240);
-        assert_eq!(app.secret.expose_secret(), "s");
+        assert_eq!(app.secrets[0].expose_secret(), "s");
+        assert!(!app.is_mapped());
+        assert_eq!(app.upstream.id, "4242");
         assert!(
             !format!("{c:?}").contains("\"s\""),
             "secret must not be in Debug"
@@ -799,7 +1030,7 @@ mod tests {
         assert_eq!(c.upstream.url.to_string(), "https://api-eu.pusher.com/");
         assert_eq!(c.apps.len(), 1);
         assert_eq!(c.apps[0].key, "key");
-        assert_eq!(c.apps[0].secret.expose_secret(), "secret");
+        assert_eq!(c.apps[0].secrets[0].expose_secret(), "secret");
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub enum ProxyError {
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The app's deprecated calls are refused (mode `reject`, or a brownout).
+    #[error("{}", gone_message(*route, app_id, channel))]
+    Gone {
+        /// The deprecated route called.
+        route: crate::route::RouteKind,
+        /// The app.
+        app_id: String,
+        /// The (decoded, validated) channel.
+        channel: String,
+    },
     /// A method the proxy does not forward (`CONNECT`, `TRACE`).
     #[error("method {0} is not supported")]
     MethodNotAllowed(hyper::Method),
@@ -54,6 +64,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownApp(_) => StatusCode::NOT_FOUND,
+            Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotAPath => StatusCode::BAD_REQUEST,
             Self::Translate(e) => e.status(),
@@ -67,6 +78,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             Self::UnknownApp(_)
+            | Self::Gone { .. }
             | Self::Translate(_)
             | Self::Signature(_)
             | Self::MethodNotAllowed(_)
@@ -86,6 +98,23 @@ impl ProxyError {
             Fault::Client => format!("{}\n", ErrorChain(self)),
             Fault::Upstream | Fault::Internal => format!("{self}\n"),
         }
+    }
+}
+
+/// The 410 body: which call is gone and which current call replaces it.
+fn gone_message(route: crate::route::RouteKind, app_id: &str, channel: &str) -> String {
+    use crate::route::RouteKind;
+    match route {
+        RouteKind::LegacyStats => format!(
+            "GET /apps/{app_id}/channels/{channel}/stats is no longer served: use \
+             GET /apps/{app_id}/channels/{channel}?info=user_count,subscription_count \
+             (Pusher Channels HTTP API)"
+        ),
+        _ => format!(
+            "POST /apps/{app_id}/channels/{channel}/events is no longer served: use \
+             POST /apps/{app_id}/events with a JSON body {{\"name\", \"channels\": [\"{channel}\"], \"data\"}} \
+             (Pusher Channels HTTP API)"
+        ),
     }
 }
 

@@ -21,10 +21,12 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod cutover;
 pub mod error;
 pub mod passthrough;
 pub mod proxy;
 pub mod query;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod signature;
@@ -46,6 +48,7 @@ use tokio::sync::watch;
 pub use crate::clock::{Clock, FixedClock, SystemClock};
 pub use crate::config::Config;
 pub use crate::proxy::Proxy;
+pub use crate::reload::{ConfigSource, Reloader};
 use crate::telemetry::store::StoreError;
 use crate::telemetry::{Persistence, Telemetry};
 
@@ -60,6 +63,12 @@ pub struct Options {
     /// An already bound admin listener; when `None`, `[admin] listen` is
     /// bound (unless the admin listener is disabled).
     pub admin_listener: Option<TcpListener>,
+    /// Where to reload the configuration from (`POST /reload`, SIGHUP);
+    /// `None` disables reloading.
+    pub reload: Option<ConfigSource>,
+    /// Reload on SIGHUP (the binary does; tests reload through the admin
+    /// listener).
+    pub reload_on_sighup: bool,
 }
 
 impl Default for Options {
@@ -67,6 +76,8 @@ impl Default for Options {
         Self {
             clock: Arc::new(SystemClock),
             admin_listener: None,
+            reload: None,
+            reload_on_sighup: false,
         }
     }
 }
@@ -135,18 +146,26 @@ pub async fn run_with(
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let header_timeout = config.header_timeout;
+    let grace = config.shutdown_grace;
+    let flush_every = config.telemetry.flush_interval;
+    let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
+    let reloader = options
+        .reload
+        .map(|source| Reloader::new(source, proxy.clone(), telemetry.clone()));
     let admin = admin_listener.map(|l| {
         let admin = admin::Admin {
             telemetry: telemetry.clone(),
             ready: ready.clone(),
             clock: clock.clone(),
+            reloader: reloader.clone(),
         };
         tokio::spawn(admin::serve(l, admin, until_stopped(stopped.clone())))
     });
     let flusher = persistence.clone().map(|p| {
         let telemetry = telemetry.clone();
         let clock = clock.clone();
-        let every = config.telemetry.flush_interval;
+        let every = flush_every;
         let stop = until_stopped(stopped.clone());
         tokio::spawn(async move {
             tokio::pin!(stop);
@@ -161,9 +180,14 @@ pub async fn run_with(
         })
     });
 
-    let header_timeout = config.header_timeout;
-    let grace = config.shutdown_grace;
-    let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
+    #[cfg(unix)]
+    let sighup = match (&reloader, options.reload_on_sighup) {
+        (Some(reloader), true) => Some(spawn_sighup(
+            reloader.clone(),
+            until_stopped(stopped.clone()),
+        )),
+        _ => None,
+    };
     ready.store(true, Ordering::Release);
     let draining = async {
         shutdown.await;
@@ -183,5 +207,37 @@ pub async fn run_with(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    #[cfg(unix)]
+    if let Some(sighup) = sighup {
+        let _ = sighup.await;
+    }
     Ok(())
+}
+
+/// Reloads on every SIGHUP until `stop` completes.
+#[cfg(unix)]
+fn spawn_sighup(
+    reloader: Reloader,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /reload");
+                return;
+            }
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    let _ = reloader.reload();
+                }
+                () = &mut stop => break,
+            }
+        }
+    })
 }

@@ -13,6 +13,7 @@ use pusher_cutover::config::{self, Config, ConfigError};
 use pusher_cutover::error::ErrorChain;
 use pusher_cutover::telemetry::report;
 use pusher_cutover::telemetry::sources::{self, Source};
+use pusher_cutover::{ConfigSource, Options};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -233,7 +234,16 @@ async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "pusher-cutover starting"
     );
-    pusher_cutover::run(listener, config, shutdown_signal())
+    let source = match path {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Env,
+    };
+    let options = Options {
+        reload: Some(source),
+        reload_on_sighup: true,
+        ..Options::default()
+    };
+    pusher_cutover::run_with(listener, config, options, shutdown_signal())
         .await
         .context("starting")?;
     tracing::info!("stopped");

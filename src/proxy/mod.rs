@@ -1,5 +1,9 @@
-//! The request pipeline: classify, parse, verify, translate, sign, forward,
-//! map back, record. Record runs for every request, whatever its outcome.
+//! The request pipeline: classify, parse, verify, decide the cutover path,
+//! translate, sign, forward, map back, record. Record runs for every
+//! request, whatever its outcome.
+//!
+//! The configuration lives in a [`State`] swapped atomically on reload:
+//! each request takes the state current when it arrives and finishes on it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -23,7 +28,8 @@ pub use record::{MAX_LOGGED_LEN, Record, truncate};
 
 use crate::ResponseBody;
 use crate::clock::Clock;
-use crate::config::{AppConfig, Config, SubscriptionCounting};
+use crate::config::{AppConfig, Config, DEFAULT_DEPRECATION_LINK, SubscriptionCounting};
+use crate::cutover::{self, Path};
 use crate::error::ProxyError;
 use crate::passthrough;
 use crate::query::QueryParams;
@@ -31,7 +37,8 @@ use crate::route::{Route, RouteKind, classify};
 use crate::signature::{self, Expected};
 use crate::telemetry::Telemetry;
 use crate::translate::channel_event::{self, Trigger};
-use crate::translate::{self, TranslateError, channel_stats};
+use crate::translate::channel_stats::{self, Stats};
+use crate::translate::{self, TranslateError};
 use crate::upstream::{Buffered, OutboundBody, Upstream, UpstreamError};
 
 /// How long a `probe` app stops asking for `subscription_count` after the
@@ -62,16 +69,27 @@ impl App {
             SubscriptionCounting::Probe => now >= self.counting_off_until.load(Ordering::Relaxed),
         }
     }
+
+    fn expected(&self, now: u64, window_secs: u64) -> Expected<'_> {
+        Expected {
+            app_id: &self.config.id,
+            key: &self.config.key,
+            secrets: &self.config.secrets,
+            now,
+            window_secs,
+        }
+    }
 }
 
-/// The proxy: configuration, upstream client and clock. Cheap to clone.
+/// The proxy: the current [`State`], swapped on reload. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    inner: Arc<Inner>,
+    state: Arc<ArcSwap<State>>,
 }
 
+/// Everything requests need under one configuration.
 #[derive(Debug)]
-struct Inner {
+pub struct State {
     config: Config,
     apps: HashMap<String, App>,
     upstream: Upstream,
@@ -81,53 +99,101 @@ struct Inner {
     deprecation_link: HeaderValue,
 }
 
-impl Proxy {
-    /// A proxy for `config` reading time from `clock` and recording into
-    /// `telemetry`.
-    pub fn new(config: Config, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
+impl State {
+    /// A state for `config`. Keeps `previous`'s upstream pool when the
+    /// upstream settings did not change, and its probe results per app.
+    fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<Telemetry>,
+        previous: Option<&State>,
+    ) -> Self {
         let apps = config
             .apps
             .iter()
             .map(|a| {
+                let off_until = previous
+                    .and_then(|p| p.apps.get(&a.id))
+                    .map_or(0, |p| p.counting_off_until.load(Ordering::Relaxed));
                 let app = App {
                     config: a.clone(),
                     sunset: a.sunset.and_then(sunset_header),
-                    counting_off_until: AtomicU64::new(0),
+                    counting_off_until: AtomicU64::new(off_until),
                 };
                 (a.id.clone(), app)
             })
             .collect();
-        let upstream = Upstream::new(&config.upstream);
+        let upstream = match previous {
+            Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
+            _ => Upstream::new(&config.upstream),
+        };
         // Validated as an absolute URL without `<`, `>` or `"`.
-        let deprecation_link =
-            HeaderValue::try_from(format!("<{}>; rel=\"deprecation\"", config.telemetry.deprecation_link))
-                .unwrap_or_else(|_| HeaderValue::from_static("<https://pusher.com/docs/channels/library_auth_reference/rest-api/>; rel=\"deprecation\""));
+        let link = |url: &str| HeaderValue::try_from(format!("<{url}>; rel=\"deprecation\""));
+        let deprecation_link = link(&config.telemetry.deprecation_link)
+            .or_else(|_| link(DEFAULT_DEPRECATION_LINK))
+            .unwrap_or_else(|_| HeaderValue::from_static("rel=\"deprecation\""));
         Self {
-            inner: Arc::new(Inner {
-                config,
-                apps,
-                upstream,
-                clock,
-                telemetry,
-                deprecation_link,
-            }),
+            config,
+            apps,
+            upstream,
+            clock,
+            telemetry,
+            deprecation_link,
         }
     }
 
-    /// The telemetry this proxy records into.
-    pub fn telemetry(&self) -> &Arc<Telemetry> {
-        &self.inner.telemetry
+    /// The configuration this state serves.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Proxy {
+    /// A proxy for `config` reading time from `clock` and recording into
+    /// `telemetry`.
+    pub fn new(config: Config, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
+        let state = State::new(config, clock, telemetry, None);
+        Self {
+            state: Arc::new(ArcSwap::from_pointee(state)),
+        }
+    }
+
+    /// The state requests arriving now are served with.
+    pub fn current(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Swaps in `config` for requests arriving from now on; requests in
+    /// flight finish on the state they started with.
+    pub fn reload(&self, config: Config) {
+        let previous = self.state.load_full();
+        let next = State::new(
+            config,
+            previous.clock.clone(),
+            previous.telemetry.clone(),
+            Some(&previous),
+        );
+        self.state.store(Arc::new(next));
     }
 
     /// Handles one request from `peer`. Never fails: errors become answers.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        let inner = &*self.inner;
+        self.state.load_full().handle(req, peer).await
+    }
+}
+
+impl State {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let (parts, body) = req.into_parts();
         let route = classify(&parts.method, parts.uri.path());
         let kind = route.kind;
         let mut recorder = Recorder::new(
-            &inner.telemetry,
-            inner.clock.unix_now(),
+            &self.telemetry,
+            self.clock.unix_now(),
             &parts.method,
             kind,
             route.app_id,
@@ -135,10 +201,11 @@ impl Proxy {
             peer,
         );
         let record = &mut recorder.record;
-        let result = if kind.is_legacy() {
+        let bypass = self.config.bypass;
+        let result = if kind.is_legacy() && !bypass {
             self.legacy(route, &parts, body, record).await
-        } else if let Some((app, query)) = self.resign_target(&route, &parts) {
-            self.resigned_get(app, query, parts, body, record).await
+        } else if let Some((app, query)) = self.resign_target(&route, &parts).filter(|_| !bypass) {
+            self.resigned(app, query, parts, body, record).await
         } else {
             self.passthrough(parts, body, record).await
         };
@@ -146,8 +213,8 @@ impl Proxy {
             Ok(response) => (response, None),
             Err(e) => (error_response(&e), Some(e)),
         };
-        if kind.is_legacy() {
-            let app = recorder.app_id().and_then(|id| inner.apps.get(id));
+        if kind.is_legacy() && !bypass {
+            let app = recorder.app_id().and_then(|id| self.apps.get(id));
             self.deprecation_headers(response.headers_mut(), app);
         }
         recorder.finish(response.status(), error.as_ref());
@@ -155,7 +222,7 @@ impl Proxy {
     }
 
     async fn legacy(
-        &self,
+        self: &Arc<Self>,
         route: Route<'_>,
         parts: &Parts,
         body: Incoming,
@@ -166,7 +233,6 @@ impl Proxy {
             return Err(TranslateError::EmptySegment("app id").into());
         }
         let app = self
-            .inner
             .apps
             .get(app_id)
             .ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
@@ -175,11 +241,33 @@ impl Proxy {
         let (body, now) = self
             .verified(app, parts, &query, body, route.kind, record)
             .await?;
-        let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
+        let raw_channel = route.channel.unwrap_or_default();
+        let channel = translate::decode_channel(raw_channel)?;
 
-        match route.kind {
-            RouteKind::LegacyStats => self.stats(app, &channel, now, record).await,
-            _ => self.trigger(app, &channel, &query, &body, record).await,
+        match cutover::decide(&app.config, route.kind, &channel, now) {
+            Path::Reject => Err(ProxyError::Gone {
+                route: route.kind,
+                app_id: app.config.id.clone(),
+                channel,
+            }),
+            Path::Observe => {
+                let answer = self
+                    .observe(app, parts, raw_channel, &query, body, now, record)
+                    .await?;
+                Ok(verbatim(answer))
+            }
+            Path::Shadow => {
+                let answer = self
+                    .observe(app, parts, raw_channel, &query, body, now, record)
+                    .await?;
+                self.spawn_shadow_compare(app, &channel, now, &answer);
+                Ok(verbatim(answer))
+            }
+            Path::Translate if route.kind == RouteKind::LegacyStats => {
+                let (status, headers, body) = self.stats(app, &channel, now, record).await?;
+                Ok(respond_with(status, headers, body))
+            }
+            Path::Translate => self.trigger(app, &channel, &query, &body, record).await,
         }
     }
 
@@ -187,8 +275,9 @@ impl Proxy {
     /// Returns the body and the time it was checked at.
     ///
     /// Only a trigger carries a body worth reading, and only up to the
-    /// app's `max_data_bytes`; other requests get a small allowance. The
-    /// whole body must arrive within `body_timeout_ms`.
+    /// app's `max_data_bytes`; a current-API POST up to `max_body_bytes`;
+    /// anything else gets a small allowance. The whole body must arrive
+    /// within `body_timeout_ms`.
     async fn verified(
         &self,
         app: &App,
@@ -198,69 +287,71 @@ impl Proxy {
         kind: RouteKind,
         record: &mut Record,
     ) -> Result<(Bytes, u64), ProxyError> {
-        let inner = &*self.inner;
         record.auth_key = query.get("auth_key").map(|k| truncate(k).to_owned());
-        let max_body = inner.config.max_body_bytes;
+        let max_body = self.config.max_body_bytes;
         let max_data = app.config.max_data_bytes;
         let (limit, data_limit) = match kind {
             RouteKind::LegacyTrigger if max_data < max_body => (max_data, true),
             RouteKind::LegacyTrigger => (max_body, false),
+            RouteKind::Passthrough if parts.method == Method::POST => (max_body, false),
             _ => (MAX_BODYLESS_READ.min(max_body), false),
         };
-        let body = match read_body(body, limit, inner.config.body_timeout).await {
+        let body = match read_body(body, limit, self.config.body_timeout).await {
             Err(TranslateError::BodyTooLarge { .. }) if data_limit => {
                 return Err(TranslateError::DataTooLarge { limit }.into());
             }
             other => other?,
         };
-        let now = inner.clock.unix_now();
+        let now = self.clock.unix_now();
         signature::verify(
             parts.method.as_str(),
             parts.uri.path(),
             query,
             &body,
-            &Expected {
-                app_id: &app.config.id,
-                key: &app.config.key,
-                secrets: std::slice::from_ref(&app.config.secret),
-                now,
-                window_secs: inner.config.timestamp_window_secs,
-            },
+            &app.expected(now, self.config.timestamp_window_secs),
         )?;
         record.verified = true;
         Ok((body, now))
     }
 
-    /// A passthrough GET signed for a configured app's key that carries
-    /// `body_md5`: what PyPI `pusher` ≥ 1.0 sends on every GET, and what
-    /// sockudo refuses (spec A.4). Such requests are verified and re-signed
-    /// without it; anything else (another key, a query that does not
-    /// decode) passes through untouched for the upstream to judge.
+    /// A passthrough request the proxy verifies and re-signs rather than
+    /// forwarding it unchanged, when it is signed with a configured app's
+    /// key and either:
+    /// - the upstream knows the app by other credentials (`[apps.upstream]`),
+    ///   so the caller's signature would not verify there; or
+    /// - it is a GET carrying `body_md5`, which PyPI `pusher` ≥ 1.0 sends
+    ///   and sockudo refuses (spec A.4).
+    ///
+    /// Anything else (another key, a query that does not decode) passes
+    /// through untouched for the upstream to judge.
     fn resign_target(&self, route: &Route<'_>, parts: &Parts) -> Option<(&App, QueryParams)> {
-        if parts.method != Method::GET {
-            return None;
-        }
+        let app = self.apps.get(route.app_id?)?;
         let raw = parts.uri.query()?;
-        let may_carry = raw.contains('%')
-            || raw
-                .as_bytes()
-                .windows(3)
-                .any(|w| w.eq_ignore_ascii_case(b"md5"));
-        if !may_carry {
-            return None;
+        let mapped = app.config.is_mapped();
+        if !mapped {
+            let may_carry_md5 = parts.method == Method::GET
+                && (raw.contains('%')
+                    || raw
+                        .as_bytes()
+                        .windows(3)
+                        .any(|w| w.eq_ignore_ascii_case(b"md5")));
+            if !may_carry_md5 {
+                return None;
+            }
         }
-        let app = self.inner.apps.get(route.app_id?)?;
         let query = QueryParams::parse(raw).ok()?;
-        let ours =
-            query.get("body_md5").is_some() && query.get("auth_key") == Some(&app.config.key);
+        let ours = query.get("auth_key") == Some(&app.config.key)
+            && (mapped || query.get("body_md5").is_some());
         ours.then_some((app, query))
     }
 
-    /// Verifies a passthrough GET, then forwards it with the same path and
-    /// parameters, re-signed with a fresh timestamp, no `body_md5` and no
-    /// body. An upstream 401 then refuses the proxy's signature, not the
-    /// caller's: it becomes the 500 of spec E.4.
-    async fn resigned_get(
+    /// Verifies a passthrough request, then forwards it re-signed for the
+    /// upstream: the app id in the path and the credentials are the
+    /// upstream's, the timestamp fresh, the other parameters kept. A POST
+    /// keeps its body (with its `body_md5`); other methods are sent without
+    /// body or `body_md5`. An upstream 401 then refuses the proxy's
+    /// signature, not the caller's: it becomes the 500 of spec E.4.
+    async fn resigned(
         &self,
         app: &App,
         query: QueryParams,
@@ -268,33 +359,37 @@ impl Proxy {
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (_, now) = self
+        let (body, now) = self
             .verified(app, &parts, &query, body, RouteKind::Passthrough, record)
             .await?;
+        let up = &app.config.upstream;
+        let path = upstream_path(parts.uri.path(), &app.config.id, &up.id);
         let kept: Vec<(&str, &str)> = query
             .iter()
             .filter(|(k, _)| !signature::is_auth_param(k))
             .collect();
-        let path = parts.uri.path();
+        let post = parts.method == Method::POST;
+        let body = if post { body } else { Bytes::new() };
         let signed = signature::signed_query(
-            &app.config.key,
-            &app.config.secret,
-            Method::GET.as_str(),
-            path,
+            &up.key,
+            &up.secret,
+            parts.method.as_str(),
+            &path,
             now,
-            None,
+            post.then_some(&body[..]),
             &kept,
         );
         parts.uri = self
-            .inner
             .upstream
             .uri(&format!("{path}?{signed}"))
             .map_err(ProxyError::Internal)?;
         passthrough::prepare_headers(&mut parts);
-        for name in [CONTENT_LENGTH, CONTENT_TYPE, EXPECT] {
-            parts.headers.remove(name);
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.headers.remove(EXPECT);
+        if !post {
+            parts.headers.remove(CONTENT_TYPE);
         }
-        let req = Request::from_parts(parts, Either::Left(Full::new(Bytes::new())));
+        let req = Request::from_parts(parts, Either::Left(Full::new(body)));
         let resp = self.forward(req, record).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(UpstreamError::RejectedCredentials {
@@ -305,18 +400,127 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// Forwards a verified legacy call in its legacy form (mode `observe`,
+    /// and the unchanged half of `shadow`). For an app the upstream knows
+    /// by the same credentials the call goes byte for byte; for a mapped
+    /// app it is re-signed with the upstream's id and credentials.
+    #[allow(clippy::too_many_arguments)]
+    async fn observe(
+        &self,
+        app: &App,
+        parts: &Parts,
+        raw_channel: &str,
+        query: &QueryParams,
+        body: Bytes,
+        now: u64,
+        record: &mut Record,
+    ) -> Result<Buffered, ProxyError> {
+        let target = if app.config.is_mapped() {
+            let up = &app.config.upstream;
+            let action = if parts.method == Method::POST {
+                "events"
+            } else {
+                "stats"
+            };
+            let path = format!("/apps/{}/channels/{raw_channel}/{action}", up.id);
+            let kept: Vec<(&str, &str)> = query
+                .iter()
+                .filter(|(k, _)| !signature::is_auth_param(k))
+                .collect();
+            let md5_body = (!body.is_empty() || parts.method == Method::POST).then_some(&body[..]);
+            let q = signature::signed_query(
+                &up.key,
+                &up.secret,
+                parts.method.as_str(),
+                &path,
+                now,
+                md5_body,
+                &kept,
+            );
+            format!("{path}?{q}")
+        } else {
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+        };
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(self.upstream.uri(&target).map_err(ProxyError::Internal)?);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let mut req = builder
+            .body(Either::Left(Full::new(body)))
+            .map_err(ProxyError::Internal)?;
+        let (mut head, body) = req.into_parts();
+        passthrough::prepare_headers(&mut head);
+        head.headers.remove(CONTENT_LENGTH);
+        req = Request::from_parts(head, body);
+        self.exchange(req, self.upstream.deadline(), record).await
+    }
+
+    /// Shadow mode: sends the translated stats call in the background and
+    /// compares its mapped answer with what the legacy call answered.
+    fn spawn_shadow_compare(
+        self: &Arc<Self>,
+        app: &App,
+        channel: &str,
+        now: u64,
+        observed: &Buffered,
+    ) {
+        let Some(legacy) = (observed.status == StatusCode::OK)
+            .then(|| serde_json::from_slice::<Stats>(&observed.body).ok())
+            .flatten()
+        else {
+            tracing::debug!(app_id = %app.config.id, status = %observed.status, "shadow: legacy answer not comparable");
+            return;
+        };
+        let state = self.clone();
+        let app_id = app.config.id.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            let Some(app) = state.apps.get(&app_id) else {
+                return;
+            };
+            let mut record = Record::default();
+            let translated = match state.stats(app, &channel, now, &mut record).await {
+                Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Stats>(&body).ok(),
+                _ => None,
+            };
+            let differing = match &translated {
+                Some(t) => legacy.differing_fields(t),
+                None => vec!["answer"],
+            };
+            for field in &differing {
+                state.telemetry.shadow_mismatch(&app_id, field);
+            }
+            if !differing.is_empty() {
+                tracing::warn!(
+                    app_id = %app_id,
+                    channel = %channel,
+                    fields = ?differing,
+                    legacy = ?legacy,
+                    translated = ?translated,
+                    "shadow: translated stats differ from the legacy answer"
+                );
+            }
+        });
+    }
+
     /// Spec E.2: stats via channel info, with the `probe` fallback of E.5.
+    /// Returns the legacy caller's status, headers and body.
     async fn stats(
         &self,
         app: &App,
         channel: &str,
         now: u64,
         record: &mut Record,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        let path = channel_stats::upstream_path(&app.config.id, channel);
+    ) -> Result<(StatusCode, HeaderMap, Bytes), ProxyError> {
+        let path = channel_stats::upstream_path(&app.config.upstream.id, channel);
         let mut info = channel_stats::info_param(channel, app.counting_active(now));
         // One deadline for the call, the probe's retry included.
-        let deadline = self.inner.upstream.deadline();
+        let deadline = self.upstream.deadline();
         let mut answer = self
             .signed_exchange(app, Method::GET, &path, None, info, deadline, record)
             .await?;
@@ -338,15 +542,15 @@ impl Proxy {
         }
         if answer.status == StatusCode::OK {
             let body = channel_stats::map_ok(channel, &answer.body)?;
-            return Ok(respond(
-                StatusCode::OK,
+            let headers = HeaderMap::from_iter([(
+                CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
-                body,
-            ));
+            )]);
+            return Ok((StatusCode::OK, headers, body));
         }
-        let refusal =
+        let r =
             translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
-        Ok(refused(refusal))
+        Ok((r.status, r.headers, r.body))
     }
 
     /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`.
@@ -369,17 +573,10 @@ impl Proxy {
             );
         }
         let json = Bytes::from(trigger.upstream_body(channel));
-        let path = channel_event::upstream_path(&app.config.id);
+        let path = channel_event::upstream_path(&app.config.upstream.id);
+        let deadline = self.upstream.deadline();
         let answer = self
-            .signed_exchange(
-                app,
-                Method::POST,
-                &path,
-                Some(json),
-                None,
-                self.inner.upstream.deadline(),
-                record,
-            )
+            .signed_exchange(app, Method::POST, &path, Some(json), None, deadline, record)
             .await?;
         if answer.status.is_success() {
             return Ok(respond(
@@ -388,16 +585,13 @@ impl Proxy {
                 Bytes::from_static(channel_event::ACCEPTED_BODY),
             ));
         }
-        let refusal =
+        let r =
             translate::map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
-        Ok(refused(refusal))
+        Ok(respond_with(r.status, r.headers, r.body))
     }
 
-    /// Signs a current-API request with the app's credentials and a fresh
-    /// timestamp, sends it and reads the answer.
-    ///
-    /// The exchange runs in its own task, so it completes (and a trigger is
-    /// delivered or not, once) even if the caller disconnects meanwhile.
+    /// Signs a current-API request with the upstream's credentials for the
+    /// app and a fresh timestamp, sends it and reads the answer.
     #[allow(clippy::too_many_arguments)]
     async fn signed_exchange(
         &self,
@@ -409,7 +603,6 @@ impl Proxy {
         deadline: tokio::time::Instant,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
-        let inner = &*self.inner;
         let info_param;
         let extra: &[(&str, &str)] = match info {
             Some(v) => {
@@ -418,16 +611,17 @@ impl Proxy {
             }
             None => &[],
         };
+        let up = &app.config.upstream;
         let query = signature::signed_query(
-            &app.config.key,
-            &app.config.secret,
+            &up.key,
+            &up.secret,
             method.as_str(),
             path,
-            inner.clock.unix_now(),
+            self.clock.unix_now(),
             body.as_deref(),
             extra,
         );
-        let uri = inner
+        let uri = self
             .upstream
             .uri(&format!("{path}?{query}"))
             .map_err(ProxyError::Internal)?;
@@ -438,7 +632,20 @@ impl Proxy {
         let req = builder
             .body(Either::Left(Full::new(body.unwrap_or_default())))
             .map_err(ProxyError::Internal)?;
-        let upstream = inner.upstream.clone();
+        self.exchange(req, deadline, record).await
+    }
+
+    /// Sends a request the proxy built and reads the whole answer.
+    ///
+    /// The exchange runs in its own task, so it completes (and a trigger is
+    /// delivered or not, once) even if the caller disconnects meanwhile.
+    async fn exchange(
+        &self,
+        req: Request<OutboundBody>,
+        deadline: tokio::time::Instant,
+        record: &mut Record,
+    ) -> Result<Buffered, ProxyError> {
+        let upstream = self.upstream.clone();
         let exchange = tokio::spawn(async move {
             let started = Instant::now();
             let answer = upstream.exchange(req, deadline).await;
@@ -457,7 +664,7 @@ impl Proxy {
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let req = passthrough::upstream_request(&self.inner.upstream, parts, body)?;
+        let req = passthrough::upstream_request(&self.upstream, parts, body)?;
         self.forward(req, record).await
     }
 
@@ -468,24 +675,33 @@ impl Proxy {
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let started = Instant::now();
-        let resp = self.inner.upstream.send(req).await;
+        let resp = self.upstream.send(req).await;
         record.add_upstream_time(started.elapsed());
         let resp = resp?;
         record.upstream_status = Some(resp.status().as_u16());
         Ok(passthrough::downstream_response(resp))
     }
-}
 
-impl Proxy {
     /// Marks a legacy answer as deprecated: `Deprecation` (RFC 9745, the
     /// date Pusher deprecated these calls), `Link` to the current API, and
     /// `Sunset` (RFC 8594) when the app has one.
     fn deprecation_headers(&self, headers: &mut HeaderMap, app: Option<&App>) {
         headers.insert(DEPRECATION, HeaderValue::from_static(DEPRECATED_AT));
-        headers.append(LINK, self.inner.deprecation_link.clone());
+        headers.append(LINK, self.deprecation_link.clone());
         if let Some(sunset) = app.and_then(|a| a.sunset.clone()) {
             headers.insert(SUNSET, sunset);
         }
+    }
+}
+
+/// `raw_path` with its `/apps/{from}` prefix turned into `/apps/{to}`.
+fn upstream_path(raw_path: &str, from: &str, to: &str) -> String {
+    let prefix = format!("/apps/{from}");
+    match raw_path.strip_prefix(&prefix) {
+        Some(rest) if from != to && (rest.is_empty() || rest.starts_with('/')) => {
+            format!("/apps/{to}{rest}")
+        }
+        _ => raw_path.to_owned(),
     }
 }
 
@@ -521,26 +737,51 @@ async fn read_body(
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ResponseBody> {
+    respond_with(
+        status,
+        HeaderMap::from_iter([(CONTENT_TYPE, content_type)]),
+        body,
+    )
+}
+
+fn respond_with(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<ResponseBody> {
     let mut resp = Response::new(Either::Left(Full::new(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, content_type);
+    *resp.headers_mut() = headers;
     resp
 }
 
-/// A legacy caller's answer carrying an upstream refusal.
-fn refused(r: translate::Refusal) -> Response<ResponseBody> {
-    let mut resp = Response::new(Either::Left(Full::new(r.body)));
-    *resp.status_mut() = r.status;
-    *resp.headers_mut() = r.headers;
-    resp
+/// An upstream answer passed on as it is (minus hop-by-hop headers).
+fn verbatim(answer: Buffered) -> Response<ResponseBody> {
+    let mut headers = answer.headers;
+    passthrough::strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    respond_with(answer.status, headers, answer.body)
 }
 
 /// The caller's answer for an error: its status and a one-line plain-text
-/// body. No side effects; logging happens in [`Proxy::handle`].
+/// body. No side effects; logging happens in the recorder.
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
     respond(
         e.status(),
         HeaderValue::from_static(TEXT_PLAIN),
         Bytes::from(e.body()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_path_replaces_the_app_id_only() {
+        assert_eq!(upstream_path("/apps/1/events", "1", "9"), "/apps/9/events");
+        assert_eq!(upstream_path("/apps/1", "1", "9"), "/apps/9");
+        assert_eq!(
+            upstream_path("/apps/12/events", "1", "9"),
+            "/apps/12/events"
+        );
+        assert_eq!(upstream_path("/apps/1/events", "1", "1"), "/apps/1/events");
+        assert_eq!(upstream_path("/other/1", "1", "9"), "/other/1");
+    }
 }

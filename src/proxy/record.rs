@@ -178,6 +178,9 @@ impl Drop for Recorder<'_> {
 
 /// The metrics outcome of an answer.
 fn outcome(status: StatusCode, error: Option<&ProxyError>) -> Outcome {
+    if let Some(ProxyError::Gone { .. }) = error {
+        return Outcome::Rejected;
+    }
     match error.map(ProxyError::fault) {
         Some(Fault::Client) if status == StatusCode::UNAUTHORIZED => Outcome::AuthFailed,
         Some(Fault::Client) => Outcome::ClientError,

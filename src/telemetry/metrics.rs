@@ -27,6 +27,10 @@ pub mod names {
     pub const BUILD_INFO: &str = "pusher_cutover_build_info";
     /// An app's `sunset`, as a Unix time.
     pub const APP_SUNSET: &str = "pusher_cutover_app_sunset_timestamp_seconds";
+    /// Shadow-mode stats whose translated answer differed, by field.
+    pub const SHADOW_MISMATCHES: &str = "pusher_cutover_shadow_mismatches";
+    /// Configuration reloads, by result.
+    pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
 }
 
 /// The `app_id` and `route` labels.
@@ -72,11 +76,30 @@ pub struct AppLabel {
     pub app_id: String,
 }
 
-/// The `version` label.
+/// The `version` and `config_hash` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabel {
+pub struct BuildLabels {
     /// The crate version.
     pub version: &'static str,
+    /// The loaded configuration's hash.
+    pub config_hash: String,
+}
+
+/// `app_id` and `field`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppField {
+    /// A configured app id.
+    pub app_id: String,
+    /// `occupied`, `user_count`, `connection_count`, or `answer` when the
+    /// translated call gave no comparable answer.
+    pub field: &'static str,
+}
+
+/// The `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -100,12 +123,24 @@ pub struct Metrics {
     pub signature_failures: Family<AppReason, Counter>,
     /// See [`names::APP_SUNSET`].
     pub app_sunset: Family<AppLabel, Gauge>,
+    /// See [`names::SHADOW_MISMATCHES`].
+    pub shadow_mismatches: Family<AppField, Counter>,
+    /// See [`names::CONFIG_RELOADS`].
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// See [`names::BUILD_INFO`].
+    pub build_info: Family<BuildLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// A registry with every metric registered, `build_info` set, and the
-    /// sunset gauge set for each `(app_id, unix_seconds)`.
-    pub fn new(sunsets: &[(String, i64)]) -> Self {
+    /// A registry with every metric registered; [`Metrics::configure`]
+    /// sets the per-configuration gauges.
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let deprecated_calls = Family::<AppRoute, Counter>::default();
         let requests = Family::<AppRouteOutcome, Counter>::default();
@@ -118,8 +153,10 @@ impl Metrics {
                 duration_histogram,
             );
         let signature_failures = Family::<AppReason, Counter>::default();
-        let build_info = Family::<VersionLabel, Gauge>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
         let app_sunset = Family::<AppLabel, Gauge>::default();
+        let shadow_mismatches = Family::<AppField, Counter>::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
 
         registry.register(
             names::DEPRECATED_CALLS,
@@ -152,17 +189,19 @@ impl Metrics {
             "When an app's deprecated calls stop being served, as a Unix time",
             app_sunset.clone(),
         );
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        for (app_id, at) in sunsets {
-            app_sunset
-                .get_or_create(&AppLabel {
-                    app_id: app_id.clone(),
-                })
-                .set(*at);
+        registry.register(
+            names::SHADOW_MISMATCHES,
+            "Shadow-mode stats whose translated answer differed from the legacy one",
+            shadow_mismatches.clone(),
+        );
+        registry.register(
+            names::CONFIG_RELOADS,
+            "Configuration reloads by result",
+            config_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            // Present from the start, so alerts can use increase().
+            let _ = config_reloads.get_or_create(&ResultLabel { result });
         }
         Self {
             registry,
@@ -172,6 +211,30 @@ impl Metrics {
             upstream_duration,
             signature_failures,
             app_sunset,
+            shadow_mismatches,
+            config_reloads,
+            build_info,
+        }
+    }
+
+    /// Sets the gauges that follow the configuration: `build_info` with its
+    /// hash, and one sunset gauge per `(app_id, unix_seconds)`. Series of a
+    /// previous configuration are removed.
+    pub fn configure(&self, config_hash: &str, sunsets: &[(String, i64)]) {
+        self.build_info.clear();
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                config_hash: config_hash.to_owned(),
+            })
+            .set(1);
+        self.app_sunset.clear();
+        for (app_id, at) in sunsets {
+            self.app_sunset
+                .get_or_create(&AppLabel {
+                    app_id: app_id.clone(),
+                })
+                .set(*at);
         }
     }
 

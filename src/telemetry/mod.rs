@@ -16,6 +16,8 @@ pub mod usage;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -99,36 +101,77 @@ pub struct Observation<'a> {
     pub now: u64,
 }
 
-/// Metrics and ledger, shared by every request.
+/// Metrics and ledger, shared by every request and kept across reloads.
 #[derive(Debug)]
 pub struct Telemetry {
     metrics: Metrics,
     ledger: Ledger,
-    configured: HashSet<String>,
+    /// The configured app ids: the only `app_id` label values but `other`.
+    configured: ArcSwap<HashSet<String>>,
+    /// The loaded configuration's hash.
+    config_hash: ArcSwap<String>,
 }
 
 impl Telemetry {
-    /// Telemetry for `config`'s apps, with an empty ledger.
+    /// Telemetry for `config`, with an empty ledger.
     pub fn new(config: &Config) -> Self {
+        let telemetry = Self {
+            metrics: Metrics::new(),
+            ledger: Ledger::new(
+                config.telemetry.max_callers_per_app,
+                config.telemetry.retention_days,
+            ),
+            configured: ArcSwap::default(),
+            config_hash: ArcSwap::default(),
+        };
+        telemetry.configure(config);
+        telemetry
+    }
+
+    /// Follows a (re)loaded configuration: the app labels, the sunset
+    /// gauges, and the config hash in `build_info`. The ledger's own
+    /// settings (cap, retention) stay those it was started with.
+    pub fn configure(&self, config: &Config) {
         let sunsets: Vec<(String, i64)> = config
             .apps
             .iter()
             .filter_map(|a| Some((a.id.clone(), a.sunset?.unix_timestamp())))
             .collect();
-        Self {
-            metrics: Metrics::new(&sunsets),
-            ledger: Ledger::new(
-                config.telemetry.max_callers_per_app,
-                config.telemetry.retention_days,
-            ),
-            configured: config.apps.iter().map(|a| a.id.clone()).collect(),
-        }
+        self.metrics.configure(&config.hash, &sunsets);
+        self.configured
+            .store(Arc::new(config.apps.iter().map(|a| a.id.clone()).collect()));
+        self.config_hash.store(Arc::new(config.hash.clone()));
+    }
+
+    /// The loaded configuration's hash.
+    pub fn config_hash(&self) -> Arc<String> {
+        self.config_hash.load_full()
+    }
+
+    /// Counts a configuration reload.
+    pub fn reloaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&metrics::ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts a shadow-mode field that differed.
+    pub fn shadow_mismatch(&self, app_id: &str, field: &'static str) {
+        self.metrics
+            .shadow_mismatches
+            .get_or_create(&metrics::AppField {
+                app_id: self.app_label(Some(app_id)),
+                field,
+            })
+            .inc();
     }
 
     /// The bounded `app_id` label.
     fn app_label(&self, app_id: Option<&str>) -> String {
         match app_id {
-            Some(id) if self.configured.contains(id) => id.to_owned(),
+            Some(id) if self.configured.load().contains(id) => id.to_owned(),
             _ => OTHER_APP.to_owned(),
         }
     }

@@ -47,13 +47,33 @@ struct ChannelInfo {
 
 /// The old stats answer: keys in this order, counts only when the upstream
 /// supplied them (spec E.2, E.5 item 5).
-#[derive(Serialize)]
-struct Stats {
-    occupied: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Whether anyone is subscribed.
+    pub occupied: bool,
+    /// Distinct users (presence channels).
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_count: Option<u64>,
+    pub user_count: Option<u64>,
+    /// Subscribed connections.
     #[serde(skip_serializing_if = "Option::is_none")]
-    connection_count: Option<u64>,
+    pub connection_count: Option<u64>,
+}
+
+impl Stats {
+    /// The fields in which two answers differ (for shadow mode).
+    pub fn differing_fields(&self, other: &Stats) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.occupied != other.occupied {
+            out.push("occupied");
+        }
+        if self.user_count != other.user_count {
+            out.push("user_count");
+        }
+        if self.connection_count != other.connection_count {
+            out.push("connection_count");
+        }
+        out
+    }
 }
 
 /// Maps an upstream 200 channel-info body to the legacy stats body.

@@ -92,6 +92,13 @@ async fn metrics_after_a_known_sequence() {
     .await;
     assert_eq!(unknown.status.as_u16(), 404);
 
+    let ready = admin(&proxy, "/readyz").await.text();
+    let hash = ready
+        .trim()
+        .strip_prefix("ready config=")
+        .expect("hash in /readyz")
+        .to_owned();
+    assert_eq!(hash.len(), 16, "{ready}");
     let m = admin(&proxy, "/metrics").await;
     assert_eq!(m.status.as_u16(), 200);
     let text = m.text();
@@ -146,7 +153,7 @@ async fn metrics_after_a_known_sequence() {
         ),
         (
             &format!(
-                r#"pusher_cutover_build_info{{version="{}"}}"#,
+                r#"pusher_cutover_build_info{{version="{}",config_hash="{hash}"}}"#,
                 env!("CARGO_PKG_VERSION")
             ),
             1.0,

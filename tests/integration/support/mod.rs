@@ -51,8 +51,24 @@ impl TestProxy {
         Self::start_config(config, clock).await
     }
 
+    /// Starts a proxy for the config file at `path`, reloadable through
+    /// `POST /reload` on its admin listener.
+    pub async fn start_file(path: &std::path::Path) -> Self {
+        let config = Config::from_file(path, &|_| None).expect("valid test config");
+        let source = pusher_cutover::ConfigSource::File(path.to_owned());
+        Self::start_with(config, Arc::new(SystemClock), Some(source)).await
+    }
+
     /// Starts a proxy for a validated config with `clock`.
     pub async fn start_config(config: Config, clock: Arc<dyn Clock>) -> Self {
+        Self::start_with(config, clock, None).await
+    }
+
+    async fn start_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        reload: Option<pusher_cutover::ConfigSource>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
@@ -61,6 +77,8 @@ impl TestProxy {
         let options = pusher_cutover::Options {
             clock,
             admin_listener: Some(admin_listener),
+            reload,
+            reload_on_sighup: false,
         };
         let task = tokio::spawn(async move {
             pusher_cutover::run_with(listener, config, options, async move {
