@@ -154,3 +154,64 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
         assert_eq!(e["client_addr"], "127.0.0.1");
     }
 }
+
+/// SIGHUP reloads the config file: a valid change takes effect, an invalid
+/// file is refused (logged) and the previous config keeps serving.
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let base = support::config_toml(&fake.url(), "", "");
+    std::fs::write(&config, &base).expect("write config");
+    let served = Served::start(&config).await;
+    let trigger = || {
+        let url = format!(
+            "http://{}{}",
+            served.addr,
+            support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now())
+        );
+        async move {
+            support::send(hyper::Method::POST, &url, &[], "x")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(trigger().await, 202);
+
+    std::fs::write(
+        &config,
+        base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""),
+    )
+    .expect("write");
+    served.signal("HUP");
+    let mut status = 0;
+    for _ in 0..50 {
+        status = trigger().await;
+        if status == 410 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 410, "the reloaded mode is in effect");
+
+    std::fs::write(&config, "this is not toml").expect("write");
+    served.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(trigger().await, 410, "the previous config keeps serving");
+
+    let (code, entries) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    let messages: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"configuration reloaded"), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("configuration reload refused")),
+        "{messages:?}"
+    );
+}

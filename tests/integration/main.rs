@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod cutover;
 mod errors;
 mod ledger;
 mod legacy_replay;

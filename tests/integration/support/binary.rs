@@ -70,15 +70,20 @@ impl Served {
         }
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
-    /// and every log line, parsed.
-    pub async fn sigterm(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+    /// Sends a signal (`HUP`, `TERM`, …) to the process.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running");
         let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill runs");
         assert!(killed.success());
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
+    /// and every log line, parsed.
+    pub async fn sigterm(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+        self.signal("TERM");
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .expect("exits within 15 s")

@@ -1,7 +1,8 @@
 //! An in-process fake of a current-API Pusher server on a loopback port.
 //! It records every request, checks each signature with the independent
 //! [`oracle`](super::oracle) as strictly as sockudo does, and answers like
-//! sockudo (JSON bodies, `{"ok":true}` for triggers).
+//! sockudo (JSON bodies, `{"ok":true}` for triggers). It also serves the two
+//! deprecated routes the way Pusher still does, for `observe` mode.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +59,8 @@ pub struct Behaviour {
     pub counting_enabled: bool,
     /// Answer this status, content type and body to everything.
     pub fixed: Option<(u16, &'static str, String)>,
+    /// The `connection_count` the emulated legacy stats route answers.
+    pub legacy_connection_count: u64,
 }
 
 impl Default for Behaviour {
@@ -67,6 +70,7 @@ impl Default for Behaviour {
             delay: Duration::ZERO,
             counting_enabled: true,
             fixed: None,
+            legacy_connection_count: 3,
         }
     }
 }
@@ -273,6 +277,18 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
             if wants("user_count") {
                 body["user_count"] = 2.into();
             }
+            json(200, body)
+        }
+        // The deprecated routes, as Pusher still serves them (for `observe`).
+        ("POST", ["", "apps", _, "channels", _, "events"]) => {
+            (202, "text/plain", "202 ACCEPTED\n".into())
+        }
+        ("GET", ["", "apps", _, "channels", channel, "stats"]) => {
+            let mut body = serde_json::json!({"occupied": true});
+            if channel.starts_with("presence-") {
+                body["user_count"] = 2.into();
+            }
+            body["connection_count"] = behaviour.legacy_connection_count.into();
             json(200, body)
         }
         _ => json(

@@ -1,0 +1,563 @@
+//! The cutover stages: each mode and its metric, sticky rollout,
+//! brownouts, secret rotation, credential mapping, the bypass switch, and
+//! hot reload under load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::support::{self, TestProxy, fake::FakeUpstream, oracle};
+
+async fn trigger(proxy: &TestProxy, channel: &str, ts: u64) -> support::Answer {
+    let uri = support::legacy_trigger_uri(channel, &[("name", "ev")], b"{\"a\":1}", ts);
+    support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        &[],
+        "{\"a\":1}",
+    )
+    .await
+}
+
+async fn stats(proxy: &TestProxy, channel: &str, ts: u64) -> support::Answer {
+    let uri = support::legacy_stats_uri(channel, ts);
+    support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await
+}
+
+async fn metrics(proxy: &TestProxy) -> String {
+    support::send(
+        Method::GET,
+        &format!("{}/metrics", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .text()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn observe_forwards_the_legacy_call_unchanged() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "mode = \"observe\"").await;
+    let now = support::now();
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{\"a\":1}", now);
+    let a = support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        &[],
+        "{\"a\":1}",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(
+        a.text(),
+        "202 ACCEPTED\n",
+        "the upstream's own legacy answer"
+    );
+    assert!(a.headers.contains_key("deprecation"));
+    let up = fake.recorded().pop().expect("forwarded");
+    assert_eq!(format!("{}?{}", up.path, up.query), uri, "byte for byte");
+    assert_eq!(&up.body[..], b"{\"a\":1}");
+    assert_eq!(up.signature, Ok(()), "the caller's own signature");
+
+    let s = stats(&proxy, "presence-room", now).await;
+    assert_eq!(
+        s.json(),
+        serde_json::json!({"occupied": true, "user_count": 2, "connection_count": 3})
+    );
+    assert!(
+        fake.recorded()
+            .pop()
+            .expect("forwarded")
+            .path
+            .ends_with("/stats")
+    );
+
+    let m = metrics(&proxy).await;
+    for (series, v) in [
+        (
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#,
+            1.0,
+        ),
+        (
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_stats",outcome="ok"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&m, series), Some(v), "{series}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(
+        &fake.url(),
+        "",
+        "mode = \"shadow\"\nsubscription_count = \"on\"",
+    )
+    .await;
+    let now = support::now();
+    let series =
+        r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="connection_count"}"#;
+
+    // Agreeing answers: legacy 3 connections, current API 3 subscriptions.
+    let a = stats(&proxy, "room", now).await;
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"occupied": true, "connection_count": 3})
+    );
+    // Disagreeing: the legacy route now says 5.
+    fake.set(|b| b.legacy_connection_count = 5);
+    let b = stats(&proxy, "room", now).await;
+    assert_eq!(
+        b.json()["connection_count"],
+        5,
+        "answered from the legacy call"
+    );
+    let mut seen = None;
+    for _ in 0..50 {
+        seen = metric(&metrics(&proxy).await, series);
+        if seen == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, Some(1.0), "one mismatch, on connection_count");
+    let paths: Vec<String> = fake.recorded().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.iter().filter(|p| p.ends_with("/stats")).count(), 2);
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|p| *p == "/apps/4242/channels/room")
+            .count(),
+        2,
+        "{paths:?}"
+    );
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="occupied"}"#
+        ),
+        None
+    );
+
+    // Triggers are never sent twice: observed only.
+    let before = fake.recorded().len();
+    assert_eq!(trigger(&proxy, "room", now).await.status.as_u16(), 202);
+    let after = fake.recorded();
+    assert_eq!(after.len(), before + 1);
+    assert_eq!(after[before].path, "/apps/4242/channels/room/events");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn reject_answers_410_naming_the_replacement() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "mode = \"reject\"").await;
+    let now = support::now();
+    let a = trigger(&proxy, "room", now).await;
+    assert_eq!(a.status.as_u16(), 410);
+    let text = a.text();
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    assert!(text.contains("POST /apps/4242/events"), "{text}");
+    let s = stats(&proxy, "presence-room", now).await;
+    assert_eq!(s.status.as_u16(), 410);
+    assert!(
+        s.text()
+            .contains("GET /apps/4242/channels/presence-room?info="),
+        "{}",
+        s.text()
+    );
+    assert!(fake.recorded().is_empty(), "nothing forwarded");
+    // A forged call is still a 401, not a 410.
+    assert_eq!(trigger(&proxy, "room", 0).await.status.as_u16(), 401);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="rejected"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#
+        ),
+        Some(1.0),
+        "rejected callers still show in the ledger"
+    );
+    proxy.stop().await;
+}
+
+/// About N % of 1,000 channels are translated, exactly those the hash
+/// picks, and a channel always takes the same path.
+#[tokio::test]
+async fn rollout_is_sticky_per_channel() {
+    let fake = support::fake().await;
+    let proxy = Arc::new(TestProxy::for_upstream(&fake.url(), "", "rollout_percent = 30").await);
+    let now = support::now();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..1000).step_by(8) {
+                let a = trigger(&proxy, &format!("ch-{i}"), now).await;
+                assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let translated = |recorded: &[support::fake::Recorded]| -> std::collections::HashSet<String> {
+        recorded
+            .iter()
+            .filter(|r| r.path == "/apps/4242/events")
+            .map(|r| {
+                r.json()["channels"][0]
+                    .as_str()
+                    .expect("channel")
+                    .to_owned()
+            })
+            .collect()
+    };
+    let first = translated(&fake.recorded());
+    assert!(
+        (250..=350).contains(&first.len()),
+        "{} of 1000 translated",
+        first.len()
+    );
+    let expected: std::collections::HashSet<String> = (0..1000)
+        .map(|i| format!("ch-{i}"))
+        .filter(|c| pusher_cutover::cutover::in_rollout("4242", c, 30))
+        .collect();
+    assert_eq!(first, expected);
+    // Again for 100 channels: the same path each time.
+    let before = fake.recorded().len();
+    for i in 0..100 {
+        assert_eq!(
+            trigger(&proxy, &format!("ch-{i}"), now)
+                .await
+                .status
+                .as_u16(),
+            202
+        );
+    }
+    let again = fake.recorded().split_off(before);
+    for r in &again {
+        let (channel, was_translated) = if r.path == "/apps/4242/events" {
+            (
+                r.json()["channels"][0]
+                    .as_str()
+                    .expect("channel")
+                    .to_owned(),
+                true,
+            )
+        } else {
+            let ch = r.path.split('/').nth(4).expect("legacy path").to_owned();
+            (ch, false)
+        };
+        assert_eq!(
+            first.contains(&channel),
+            was_translated,
+            "{channel} switched paths"
+        );
+    }
+    match Arc::try_unwrap(proxy) {
+        Ok(p) => p.stop().await,
+        Err(_) => panic!("proxy still shared"),
+    }
+}
+
+#[tokio::test]
+async fn brownout_windows_follow_the_injected_clock() {
+    let start: u64 = 1_796_119_200; // 2026-12-01T10:00:00Z
+    let clock = support::fixed_clock(start - 1);
+    let fake_clock = clock.clone();
+    let fake = FakeUpstream::start(
+        &[(support::APP_ID, support::KEY, support::SECRET)],
+        move || pusher_cutover::Clock::unix_now(&*fake_clock),
+    )
+    .await;
+    let toml = support::config_toml(
+        &fake.url(),
+        "",
+        "brownouts = [{ start = \"2026-12-01T10:00:00Z\", end = \"2026-12-01T11:00:00Z\" }]",
+    );
+    let proxy = TestProxy::start(&toml, clock.clone()).await;
+    for (at, status) in [
+        (start - 1, 202),
+        (start, 410),
+        (start + 3599, 410),
+        (start + 3600, 202),
+    ] {
+        clock.set(at);
+        let a = trigger(&proxy, "room", at).await;
+        assert_eq!(a.status.as_u16(), status, "at {at}: {}", a.text());
+    }
+    assert_eq!(fake.recorded().len(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_accepts_old_and_new_secrets() {
+    let fake = support::fake().await;
+    // The fixture secret is the new one; "old-secret" is still accepted.
+    let proxy =
+        TestProxy::for_upstream(&fake.url(), "", "previous_secrets = [\"old-secret\"]").await;
+    let now = support::now();
+    let path = "/apps/4242/channels/room/events";
+    for (secret, status) in [
+        (support::SECRET, 202),
+        ("old-secret", 202),
+        ("other-secret", 401),
+    ] {
+        let q = oracle::signed_query(
+            support::KEY,
+            secret,
+            "POST",
+            path,
+            now,
+            Some(b"x"),
+            &[("name", "ev")],
+        );
+        let a = support::send(
+            Method::POST,
+            &format!("{}{path}?{q}", proxy.url()),
+            &[],
+            "x",
+        )
+        .await;
+        assert_eq!(a.status.as_u16(), status, "{secret}: {}", a.text());
+    }
+    // Whatever the caller signed with, the upstream gets the current secret.
+    assert!(fake.recorded().iter().all(|r| r.signature.is_ok()));
+    assert_eq!(fake.recorded().len(), 2);
+    proxy.stop().await;
+}
+
+/// Legacy app 4242 (legacy-app-key) is served by upstream app 5000, which
+/// knows only its own credentials.
+#[tokio::test]
+async fn mapped_app_is_served_with_the_upstream_credentials() {
+    let fake = FakeUpstream::start(&[("5000", "new-key", "new-secret")], support::now).await;
+    let mapping = "[apps.upstream]\nid = \"5000\"\nkey = \"new-key\"\nsecret = \"new-secret\"";
+    let proxy = TestProxy::for_upstream(&fake.url(), "", mapping).await;
+    let now = support::now();
+
+    assert_eq!(trigger(&proxy, "room", now).await.status.as_u16(), 202);
+    let up = fake.recorded().pop().expect("translated");
+    assert_eq!(up.path, "/apps/5000/events");
+    assert_eq!(up.signature, Ok(()));
+    assert_eq!(
+        stats(&proxy, "presence-room", now).await.status.as_u16(),
+        200
+    );
+    assert_eq!(
+        fake.recorded().pop().expect("stats").path,
+        "/apps/5000/channels/presence-room"
+    );
+
+    // Current-API calls signed with the legacy credentials are re-signed.
+    let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+    let path = "/apps/4242/events";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "POST",
+        path,
+        now,
+        Some(body),
+        &[],
+    );
+    let a = support::send(
+        Method::POST,
+        &format!("{}{path}?{q}", proxy.url()),
+        &[],
+        &body[..],
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let up = fake.recorded().pop().expect("passthrough");
+    assert_eq!(
+        (up.path.as_str(), &up.body[..]),
+        ("/apps/5000/events", &body[..])
+    );
+    assert_eq!(up.signature, Ok(()));
+    let path = "/apps/4242/channels";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        now,
+        None,
+        &[("filter_by_prefix", "presence-")],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let up = fake.recorded().pop().expect("passthrough");
+    assert_eq!(up.path, "/apps/5000/channels");
+    assert_eq!(up.param("filter_by_prefix").as_deref(), Some("presence-"));
+    // A forged one is refused by the proxy.
+    let forged = q.replace("auth_signature=", "auth_signature=0");
+    let a = support::send(
+        Method::GET,
+        &format!("{}{path}?{forged}", proxy.url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 401);
+    proxy.stop().await;
+
+    // Observe mode re-signs the legacy call for the upstream too.
+    let proxy =
+        TestProxy::for_upstream(&fake.url(), "", &format!("mode = \"observe\"\n{mapping}")).await;
+    assert_eq!(trigger(&proxy, "room", now).await.status.as_u16(), 202);
+    let up = fake.recorded().pop().expect("observed");
+    assert_eq!(up.path, "/apps/5000/channels/room/events");
+    assert_eq!(up.param("name").as_deref(), Some("ev"));
+    assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bypass_passes_everything_through_unchanged() {
+    let fake = support::fake().await;
+    let toml = support::config_toml(&fake.url(), "", "mode = \"reject\"")
+        .replace("[admin]", "bypass = true\n[admin]");
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let now = support::now();
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", now);
+    let a = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "x").await;
+    assert_eq!(a.status.as_u16(), 202, "reject is bypassed: {}", a.text());
+    assert!(!a.headers.contains_key("deprecation"));
+    let up = fake.recorded().pop().expect("forwarded");
+    assert_eq!(format!("{}?{}", up.path, up.query), uri);
+    proxy.stop().await;
+}
+
+/// Reloading a valid and then an invalid file while requests flow: no
+/// request fails, the valid file takes effect, the invalid one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    let base = support::config_toml(&fake.url(), "", "");
+    std::fs::write(&path, &base).expect("write");
+    let proxy = Arc::new(TestProxy::start_file(&path).await);
+    let hash = |p: &TestProxy| {
+        let url = format!("{}/readyz", p.admin_url());
+        async move { support::send(Method::GET, &url, &[], "").await.text() }
+    };
+    let first = hash(&proxy).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (proxy, stop, sent) = (proxy.clone(), stop.clone(), sent.clone());
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let a = trigger(&proxy, "room", support::now()).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if a.status.as_u16() != 202 {
+                    failures.push(format!("{} {}", a.status, a.text()));
+                }
+            }
+            failures
+        }));
+    }
+    let reload = || {
+        let url = format!("{}/reload", proxy.admin_url());
+        async move { support::send(Method::POST, &url, &[], "").await }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        &path,
+        base.replace("[[apps]]", "[[apps]]\nsunset = \"2027-01-01T00:00:00Z\""),
+    )
+    .expect("write valid");
+    let ok = reload().await;
+    assert_eq!(ok.status.as_u16(), 200, "{}", ok.text());
+    let second = hash(&proxy).await;
+    assert_ne!(first, second, "the new config's hash is served");
+    assert!(
+        ok.text()
+            .contains(second.trim().trim_start_matches("ready "))
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, base.replace("secret = ", "secretx = ")).expect("write invalid");
+    let refused = reload().await;
+    assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());
+    assert!(
+        refused.text().contains("secretx"),
+        "names the problem: {}",
+        refused.text()
+    );
+    assert_eq!(
+        hash(&proxy).await,
+        second,
+        "the previous config keeps serving"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in load {
+        failures.extend(t.await.expect("load task"));
+    }
+    assert!(sent.load(Ordering::Relaxed) > 50, "load was running");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let sunset = trigger(&proxy, "room", support::now()).await;
+    assert_eq!(
+        sunset.headers.get("sunset").and_then(|v| v.to_str().ok()),
+        Some("Fri, 01 Jan 2027 00:00:00 GMT"),
+        "the reloaded config is in effect"
+    );
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"pusher_cutover_config_reloads_total{result="success"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"pusher_cutover_config_reloads_total{result="failure"}"#
+        ),
+        Some(1.0)
+    );
+    match Arc::try_unwrap(proxy) {
+        Ok(p) => p.stop().await,
+        Err(_) => panic!("proxy still shared"),
+    }
+}
