@@ -141,6 +141,11 @@ struct RawConfig {
     body_timeout_ms: u64,
     #[serde(default)]
     bypass: bool,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    tls: Option<RawTls>,
     upstream: RawUpstream,
     #[serde(default)]
     admin: RawAdmin,
@@ -148,6 +153,13 @@ struct RawConfig {
     telemetry: RawTelemetry,
     #[serde(default)]
     apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +294,10 @@ fn default_deprecation_link() -> String {
 pub const DEFAULT_DEPRECATION_LINK: &str =
     "https://pusher.com/docs/channels/library_auth_reference/rest-api/";
 
+/// The smallest `max_header_bytes` (a request line with a signed query
+/// must fit).
+pub const MIN_HEADER_BYTES: usize = 4096;
+
 /// Hourly buckets are kept at least this many days (the shortest allowed
 /// `retention_days`).
 pub const MIN_RETENTION_DAYS: u64 = 30;
@@ -301,6 +317,12 @@ fn default_max_body() -> usize {
 }
 fn default_header_timeout() -> u64 {
     10_000
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
 }
 fn default_body_timeout() -> u64 {
     10_000
@@ -335,6 +357,12 @@ pub struct Config {
     pub body_timeout: Duration,
     /// The kill switch: every request passes through unchanged.
     pub bypass: bool,
+    /// Largest request line and headers (431 beyond).
+    pub max_header_bytes: usize,
+    /// Connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Inbound TLS, when set.
+    pub tls: Option<TlsConfig>,
     /// Where requests go.
     pub upstream: UpstreamConfig,
     /// The admin listener.
@@ -353,6 +381,15 @@ fn source_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
     base16ct::lower::encode_string(&digest[..8])
+}
+
+/// Inbound TLS: PEM files of the certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/usage`, `/report`).
@@ -571,6 +608,20 @@ impl RawConfig {
         problems.positive("header_timeout_ms", self.header_timeout_ms);
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
+        problems.positive("max_connections", self.max_connections as u64);
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            problems.add(
+                "max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    problems.add(name, format!("`{}` is not a readable file", path.display()));
+                }
+            }
+        }
         problems.positive("upstream.timeout_ms", self.upstream.timeout_ms);
         problems.positive(
             "upstream.connect_timeout_ms",
@@ -669,6 +720,12 @@ impl RawConfig {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             bypass: self.bypass,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            tls: self.tls.map(|t| TlsConfig {
+                cert: t.cert,
+                key: t.key,
+            }),
             upstream: UpstreamConfig {
                 url,
                 timeout: Duration::from_millis(self.upstream.timeout_ms),

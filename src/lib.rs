@@ -88,6 +88,9 @@ pub enum RunError {
     /// The usage ledger could not be opened.
     #[error("cannot open the usage ledger")]
     Store(#[from] StoreError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot set up inbound TLS")]
+    Tls(#[from] server::TlsError),
     /// The admin listener could not be bound.
     #[error("cannot bind the admin listener on {addr}")]
     BindAdmin {
@@ -146,8 +149,7 @@ pub async fn run_with(
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let header_timeout = config.header_timeout;
-    let grace = config.shutdown_grace;
+    let settings = server::Settings::from_config(&config)?;
     let flush_every = config.telemetry.flush_interval;
     let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
     let reloader = options
@@ -193,7 +195,7 @@ pub async fn run_with(
         shutdown.await;
         ready.store(false, Ordering::Release);
     };
-    server::serve(listener, proxy, header_timeout, grace, draining).await;
+    server::serve(listener, proxy, settings, draining).await;
 
     let _ = stop.send(true);
     if let Some(flusher) = flusher {

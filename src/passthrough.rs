@@ -3,7 +3,9 @@
 //! streamed both ways). Host and scheme are not signed, so a valid
 //! current-API request stays valid (spec E.1).
 
-use http_body_util::Either;
+use bytes::Bytes;
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::http::request::Parts;
@@ -11,6 +13,7 @@ use hyper::{Method, Request, Response};
 
 use crate::ResponseBody;
 use crate::error::ProxyError;
+use crate::translate::TranslateError;
 use crate::upstream::{OutboundBody, Upstream};
 
 /// Headers that describe one connection, not the message (RFC 9110
@@ -47,10 +50,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 ///
 /// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
 /// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
+///
+/// A body declared larger than `max_body` is refused (413); one that turns
+/// out larger while streaming is cut.
 pub fn upstream_request(
     upstream: &Upstream,
     mut parts: Parts,
     body: Incoming,
+    max_body: usize,
 ) -> Result<Request<OutboundBody>, ProxyError> {
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed(parts.method));
@@ -59,9 +66,22 @@ pub fn upstream_request(
         return Err(ProxyError::NotAPath);
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let declared = body.size_hint().exact();
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(TranslateError::BodyTooLarge { limit: max_body }.into());
+    }
     parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
     prepare_headers(&mut parts);
-    Ok(Request::from_parts(parts, Either::Right(body)))
+    // A known-empty GET or HEAD gets an empty body the upstream client can
+    // send again after a stale pooled connection.
+    let bodyless =
+        declared == Some(0) && (parts.method == Method::GET || parts.method == Method::HEAD);
+    let body = if bodyless {
+        Either::Left(Full::new(Bytes::new()))
+    } else {
+        Either::Right(Limited::new(body, max_body))
+    };
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Readies the caller's request head for the upstream: hop-by-hop headers

@@ -1,85 +1,240 @@
-//! The listener: HTTP/1.1 with keep-alive, one task per connection, and a
-//! graceful shutdown that stops accepting and lets requests in flight finish.
+//! The listener: HTTP/1.1 with keep-alive (optionally over TLS), one task
+//! per connection, a cap on connections served at once, and a graceful
+//! shutdown that stops accepting and lets requests in flight finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
+use crate::config::{Config, TlsConfig};
 use crate::proxy::Proxy;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How the listener serves connections.
+#[derive(Clone)]
+pub struct Settings {
+    /// Time a client has to send its request line and headers; idle
+    /// keep-alive connections are closed after it too.
+    pub header_timeout: Duration,
+    /// Largest request line and headers (431 beyond).
+    pub max_header_bytes: usize,
+    /// Connections served at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// On shutdown, how long open connections may take to finish.
+    pub grace: Duration,
+    /// Inbound TLS.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("header_timeout", &self.header_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("grace", &self.grace)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS certificate or key that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The PEM file could not be read or holds nothing usable.
+    #[error("cannot read {what} from {path}")]
+    Pem {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("invalid TLS certificate or key")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// A TLS acceptor for `tls` (HTTP/1.1 over TLS 1.2 and 1.3).
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let pem = |what, path: &Path| {
+        let path = path.display().to_string();
+        move |source| TlsError::Pem { what, path, source }
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(pem("certificate", &tls.cert))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem("private key", &tls.key))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsError::Rustls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl Settings {
+    /// The settings of `config`, with its TLS files loaded.
+    pub fn from_config(config: &Config) -> Result<Self, TlsError> {
+        Ok(Self {
+            header_timeout: config.header_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+            grace: config.shutdown_grace,
+            tls: config.tls.as_ref().map(tls_acceptor).transpose()?,
+        })
+    }
+}
+
 /// Serves `proxy` on `listener` until `shutdown` completes, then waits up
-/// to `grace` for open connections to finish their requests.
+/// to the grace period for open connections to finish their requests.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
-    header_timeout: Duration,
-    grace: Duration,
+    settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(settings.header_timeout)
+        .max_header_size(settings.max_header_bytes);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening");
+        tracing::info!(%addr, tls = settings.tls.is_some(), "listening");
     }
 
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&http, &graceful, &proxy, stream, peer),
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+        // Wait for a free slot first: past `max_connections`, new
+        // connections stay in the accept queue while open ones are served.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
             },
             () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Small request/response exchanges: send each segment at once.
+                let _ = stream.set_nodelay(true);
+                accept(&http, &graceful, &proxy, &settings, stream, peer, permit);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
 
     drop(listener);
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(settings.grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
+            grace_ms = settings.grace.as_millis() as u64,
             "connections still open after the grace period"
         );
     }
 }
 
-fn serve_connection(
+fn accept(
     http: &http1::Builder,
     graceful: &GracefulShutdown,
     proxy: &Proxy,
+    settings: &Settings,
     stream: TcpStream,
     peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
 ) {
-    // Small request/response exchanges: send each segment at once.
-    let _ = stream.set_nodelay(true);
+    match &settings.tls {
+        None => serve_io(http, graceful, proxy, stream, peer, permit),
+        Some(acceptor) => {
+            let (http, proxy, acceptor) = (http.clone(), proxy.clone(), acceptor.clone());
+            let watcher = graceful.watcher();
+            let handshake_timeout = settings.header_timeout;
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let conn = http.serve_connection(TokioIo::new(tls), service(&proxy, peer));
+                        if let Err(error) = watcher.watch(conn).await {
+                            tracing::debug!(%error, %peer, "connection ended with an error");
+                        }
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn service(
+    proxy: &Proxy,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::ResponseBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<hyper::Response<crate::ResponseBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone
++ Send
++ 'static {
     let proxy = proxy.clone();
-    let service = service_fn(move |req| {
+    service_fn(move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-    });
-    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+    })
+}
+
+fn serve_io<I>(
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    proxy: &Proxy,
+    io: I,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service(proxy, peer)));
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, %peer, "connection ended with an error");
         }
+        drop(permit);
     });
 }

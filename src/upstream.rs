@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,8 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::UpstreamConfig;
 
 /// Body of a request sent upstream: built by the proxy, or streamed from
-/// the caller (passthrough).
-pub type OutboundBody = Either<Full<Bytes>, Incoming>;
+/// the caller (passthrough), held to `max_body_bytes`.
+pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
 
 /// Largest upstream answer buffered for mapping back to a legacy caller.
 const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
@@ -140,10 +141,31 @@ impl Upstream {
         &self,
         req: Request<OutboundBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(self.timeout, self.client.request(req))
+        tokio::time::timeout(self.timeout, self.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout)?
-            .map_err(classify)
+    }
+
+    /// Sends `req`. A bodyless GET or HEAD that fails because its pooled
+    /// connection turned out to be closed is sent once more on a fresh
+    /// one; nothing else is retried, so a POST can never deliver an event
+    /// twice. (Requests never written at all are retried by the pool
+    /// itself, whatever their method.)
+    async fn request(
+        &self,
+        req: Request<OutboundBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let retry = retryable_copy(&req);
+        match self.client.request(req).await {
+            Err(e) if retry.is_some() && is_stale_connection(&e) => {
+                tracing::debug!(error = %e, "stale upstream connection; retrying the GET once");
+                let Some(again) = retry else {
+                    return Err(classify(e));
+                };
+                self.client.request(again).await.map_err(classify)
+            }
+            other => other.map_err(classify),
+        }
     }
 
     /// Sends `req` and reads the whole answer, all before `deadline`.
@@ -153,7 +175,7 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(classify)?;
+            let resp = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
@@ -170,6 +192,66 @@ impl Upstream {
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
+}
+
+/// A copy of `req` to send again, if it is a GET or HEAD without a body.
+fn retryable_copy(req: &Request<OutboundBody>) -> Option<Request<OutboundBody>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    if !matches!(req.body(), Either::Left(full) if full.size_hint().exact() == Some(0)) {
+        return None;
+    }
+    let mut copy = Request::new(Either::Left(Full::new(Bytes::new())));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether a request failed because the (pooled) connection was closed
+/// or reset under it, before any answer.
+fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+    if e.is_connect() {
+        return false;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Whether an upstream failure is the caller's body exceeding its limit.
+pub fn is_body_limit(e: &UpstreamError) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {

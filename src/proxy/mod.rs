@@ -664,7 +664,8 @@ impl State {
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let req = passthrough::upstream_request(&self.upstream, parts, body)?;
+        let req =
+            passthrough::upstream_request(&self.upstream, parts, body, self.config.max_body_bytes)?;
         self.forward(req, record).await
     }
 
@@ -677,7 +678,15 @@ impl State {
         let started = Instant::now();
         let resp = self.upstream.send(req).await;
         record.add_upstream_time(started.elapsed());
-        let resp = resp?;
+        let resp = match resp {
+            Err(e) if crate::upstream::is_body_limit(&e) => {
+                return Err(TranslateError::BodyTooLarge {
+                    limit: self.config.max_body_bytes,
+                }
+                .into());
+            }
+            other => other?,
+        };
         record.upstream_status = Some(resp.status().as_u16());
         Ok(passthrough::downstream_response(resp))
     }

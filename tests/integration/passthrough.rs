@@ -92,11 +92,23 @@ async fn unknown_apps_and_unsigned_requests_pass_through() {
     proxy.stop().await;
 }
 
-/// Passthrough bodies are not held to the legacy body limit.
+/// Passthrough bodies stream, held to `max_body_bytes` (1 MiB by
+/// default); answers are not limited.
 #[tokio::test]
-async fn large_bodies_pass_both_ways() {
+async fn passthrough_bodies_are_limited_answers_are_not() {
     let fake = support::fake().await;
     let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let fits = "x".repeat(900 * 1024);
+    let a = support::send(
+        Method::PUT,
+        &format!("{}/upload", proxy.url()),
+        &[],
+        fits.clone(),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 401, "the fake's own verdict");
+    assert_eq!(fake.recorded()[0].body.len(), fits.len());
+
     let big = "x".repeat(3 * 1024 * 1024);
     let a = support::send(
         Method::PUT,
@@ -105,8 +117,29 @@ async fn large_bodies_pass_both_ways() {
         big.clone(),
     )
     .await;
-    assert_eq!(a.status.as_u16(), 401);
-    assert_eq!(fake.recorded()[0].body.len(), big.len());
+    assert_eq!(a.status.as_u16(), 413, "{}", a.text());
+    assert_eq!(fake.recorded().len(), 1, "not forwarded");
+
+    // Chunked, so no length is declared: cut while streaming.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = "POST /apps/4242/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "y".repeat(64 * 1024));
+    for _ in 0..32 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let a = tokio::time::timeout(
+        support::REQUEST_TIMEOUT,
+        support::read_response(&mut stream),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(a.status.as_u16(), 413, "{}", a.text());
 
     fake.set(|b| b.fixed = Some((200, "text/plain", big.clone())));
     let a = support::send(Method::GET, &format!("{}/download", proxy.url()), &[], "").await;
