@@ -475,6 +475,42 @@ mod tests {
             proptest::prop_assert_eq!(q1, q2);
         }
 
+        /// Any change to the method, path, a parameter or the body changes
+        /// the signature.
+        #[test]
+        fn any_change_changes_the_signature(
+            method in "[A-Z]{1,7}",
+            path in "/[!-~]{0,30}",
+            value in "\\PC{0,16}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let s = secret(SECRET);
+            let sig = |method: &str, path: &str, value: &str, body: &[u8]| {
+                let md5 = body_md5(body);
+                let mut params = vec![("auth_key", KEY), ("body_md5", md5.as_str()), ("name", value)];
+                params.sort_unstable();
+                sign(&s, method, path, params)
+            };
+            let base = sig(&method, &path, &value, &body);
+            let mut longer = body.clone();
+            longer.push(0);
+            let mut flipped = body.clone();
+            if let Some(b) = flipped.first_mut() {
+                *b ^= 1;
+            } else {
+                flipped.push(1);
+            }
+            for (what, other) in [
+                ("method", sig(&format!("{method}X"), &path, &value, &body)),
+                ("path", sig(&method, &format!("{path}x"), &value, &body)),
+                ("value", sig(&method, &path, &format!("{value}x"), &body)),
+                ("body length", sig(&method, &path, &value, &longer)),
+                ("body byte", sig(&method, &path, &value, &flipped)),
+            ] {
+                proptest::prop_assert_ne!(&base, &other, "{} changed", what);
+            }
+        }
+
         /// Anything a client could send round-trips through encode, parse, verify.
         #[test]
         fn round_trip(value in "\\PC{0,32}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {

@@ -215,3 +215,177 @@ async fn sighup_reloads_the_config_file() {
         "{messages:?}"
     );
 }
+
+/// 200 requests in flight to a slow upstream when SIGTERM arrives: all 200
+/// are answered, then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_200_requests_in_flight() {
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = std::time::Duration::from_millis(1500));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
+    let served = Served::start(&config).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = format!(
+            "http://{}{}",
+            served.addr,
+            support::legacy_trigger_uri(
+                "room",
+                &[("name", "ev")],
+                i.to_string().as_bytes(),
+                support::now()
+            )
+        );
+        tasks.push(tokio::spawn(async move {
+            support::send(hyper::Method::POST, &url, &[], i.to_string())
+                .await
+                .status
+                .as_u16()
+        }));
+    }
+    // Bounded wait until all 200 have reached the (slow) upstream.
+    for _ in 0..100 {
+        if fake.recorded().len() == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.recorded().len(), 200, "all in flight");
+    let (code, _) = served.sigterm().await;
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("request task"));
+    }
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(code, Some(0));
+}
+
+/// With every log at TRACE, a run through legacy calls, refusals,
+/// passthrough, re-signing and a mapped app never logs a secret or an
+/// `auth_signature` value.
+#[tokio::test]
+async fn no_secret_or_signature_in_trace_logs() {
+    let mapped_secret = "upstream-only-secret-5000";
+    let fake = support::fake::FakeUpstream::start(
+        &[
+            (support::APP_ID, support::KEY, support::SECRET),
+            ("5000", "new-key", mapped_secret),
+        ],
+        support::now,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let toml = format!(
+        "{}\n[[apps]]\nid = \"77\"\nkey = \"legacy-77\"\nsecret = \"legacy-77-secret\"\n[apps.upstream]\nid = \"5000\"\nkey = \"new-key\"\nsecret = \"{mapped_secret}\"\n",
+        support::config_toml(&fake.url(), "", "")
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let mut child_env = std::collections::HashMap::new();
+    child_env.insert("RUST_LOG", "trace");
+    let served = Served::start_with_env(&config, &child_env).await;
+    let base = format!("http://{}", served.addr);
+    let now = support::now();
+    let mut sent = Vec::new();
+    let legacy = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", now);
+    sent.push((hyper::Method::POST, legacy.clone(), "x"));
+    sent.push((
+        hyper::Method::POST,
+        legacy.replace("auth_signature=", "auth_signature=0"),
+        "x",
+    ));
+    sent.push((
+        hyper::Method::GET,
+        support::legacy_stats_uri("presence-room", now),
+        "",
+    ));
+    let get = "/apps/4242/channels/presence-room";
+    sent.push((
+        hyper::Method::GET,
+        format!(
+            "{get}?{}",
+            oracle::signed_query(
+                support::KEY,
+                support::SECRET,
+                "GET",
+                get,
+                now,
+                Some(b""),
+                &[]
+            )
+        ),
+        "",
+    ));
+    sent.push((
+        hyper::Method::GET,
+        format!(
+            "{get}?{}",
+            oracle::signed_query(support::KEY, support::SECRET, "GET", get, now, None, &[])
+        ),
+        "",
+    ));
+    let mapped = "/apps/77/channels/room/events";
+    sent.push((
+        hyper::Method::POST,
+        format!(
+            "{mapped}?{}",
+            oracle::signed_query(
+                "legacy-77",
+                "legacy-77-secret",
+                "POST",
+                mapped,
+                now,
+                Some(b"y"),
+                &[("name", "ev")]
+            )
+        ),
+        "y",
+    ));
+    let mut signatures = Vec::new();
+    for (method, target, body) in &sent {
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        signatures.extend(
+            oracle::parse_query(query)
+                .into_iter()
+                .filter(|(k, _)| k == "auth_signature")
+                .map(|(_, v)| v),
+        );
+        let a = support::send(
+            method.clone(),
+            &format!("{base}{target}"),
+            &[],
+            body.to_string(),
+        )
+        .await;
+        assert!(
+            a.status.as_u16() < 500,
+            "{target}: {} {}",
+            a.status,
+            a.text()
+        );
+    }
+    signatures.extend(
+        fake.recorded()
+            .iter()
+            .filter_map(|r| r.param("auth_signature")),
+    );
+    assert!(signatures.len() >= 10, "{signatures:?}");
+    let (code, entries) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    let logs: String = entries.iter().map(|e| e.to_string() + "\n").collect();
+    assert!(
+        logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+        "trace logging was on"
+    );
+    for secret in [support::SECRET, mapped_secret, "legacy-77-secret"] {
+        assert!(!logs.contains(secret), "secret {secret} is in the logs");
+    }
+    for sig in signatures {
+        assert!(
+            !logs.contains(&sig),
+            "an auth_signature value is in the logs"
+        );
+    }
+}

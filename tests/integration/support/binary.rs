@@ -1,5 +1,6 @@
 //! The `pusher-cutover` binary run as a child process, with JSON logs.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,10 +25,15 @@ impl Served {
     /// Runs `serve --config FILE` with JSON logs and waits (bounded) until
     /// both listeners are up.
     pub async fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &HashMap::from([("RUST_LOG", "info")])).await
+    }
+
+    /// As [`Served::start`], with extra environment variables.
+    pub async fn start_with_env(config: &Path, env: &HashMap<&str, &str>) -> Self {
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .envs(env)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -1,0 +1,538 @@
+//! Production hardening: timeouts, limits, the upstream fault matrix with
+//! file descriptors and memory sampled, retries, draining, and TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{self, TestProxy};
+
+fn with_top_level(extra: &str, upstream: &str) -> String {
+    support::config_toml(upstream, "", "").replace("[admin]", &format!("{extra}\n[admin]"))
+}
+
+/// Reads until the peer closes or `limit` passes; returns what was read
+/// and whether the connection was closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_client_is_cut_while_others_are_served() {
+    let fake = support::fake().await;
+    let proxy = Arc::new(
+        TestProxy::start(
+            &with_top_level("header_timeout_ms = 500", &fake.url()),
+            Arc::new(pusher_cutover::SystemClock),
+        )
+        .await,
+    );
+    let dripper = {
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let started = Instant::now();
+            for b in b"GET /apps/4242/channels HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter() {
+                if stream.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if started.elapsed() > Duration::from_secs(5) {
+                    break;
+                }
+            }
+            let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+            (started.elapsed(), answer, closed)
+        })
+    };
+    let mut others = Vec::new();
+    for i in 0..100 {
+        let proxy = proxy.clone();
+        others.push(tokio::spawn(async move {
+            let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+            let a = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "x").await;
+            (i, a.status.as_u16())
+        }));
+    }
+    for o in others {
+        let (i, status) = o.await.expect("request task");
+        assert_eq!(status, 202, "request {i}");
+    }
+    let (elapsed, answer, closed) = dripper.await.expect("dripper");
+    assert!(closed, "the slow client was not cut");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "cut after {elapsed:?}, limit 500 ms"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    match Arc::try_unwrap(proxy) {
+        Ok(p) => p.stop().await,
+        Err(_) => panic!("proxy still shared"),
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &with_top_level("header_timeout_ms = 300", &fake.url()),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let a = support::read_response(&mut stream).await;
+    assert_eq!(a.status.as_u16(), 401, "the fake's verdict");
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(closed, "an idle keep-alive connection outlived the timeout");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_requests_get_4xx_and_reach_nothing() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &with_top_level("max_header_bytes = 8192", &fake.url()),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let now = support::now();
+    let long_channel = "a".repeat(300);
+    let raw_cases: Vec<(String, u16)> = vec![
+        (
+            format!(
+                "GET /apps/4242/channels/room/stats HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(10_000)
+            ),
+            431,
+        ),
+        (
+            "GET /apps/4242/channels/a b/stats HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            400,
+        ),
+        (
+            format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+                support::legacy_stats_uri("%ZZ", now)
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+                support::legacy_stats_uri(&long_channel, now)
+            ),
+            400,
+        ),
+        (
+            format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+                support::legacy_stats_uri("caf%C3%A9", now)
+            ),
+            400,
+        ),
+        (
+            "GET /apps/4242/channels/room/stats HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            401,
+        ),
+    ];
+    for (raw, status) in raw_cases {
+        let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(a.status.as_u16(), status, "{}", &raw[..raw.len().min(80)]);
+    }
+    assert!(fake.recorded().is_empty(), "nothing reaches the upstream");
+    // Still alive.
+    let ok = support::send(
+        Method::GET,
+        &format!("{}{}", proxy.url(), support::legacy_stats_uri("room", now)),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status.as_u16(), 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &with_top_level("max_connections = 2", &fake.url()),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(request).await.expect("write");
+        assert_eq!(support::read_response(&mut s).await.status.as_u16(), 401);
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect (queued)");
+    third.write_all(request).await.expect("write");
+    let waited = tokio::time::timeout(
+        Duration::from_millis(500),
+        support::read_response(&mut third),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "the third connection was served past the cap"
+    );
+    // The held connections are still served.
+    held[0].write_all(request).await.expect("write");
+    assert_eq!(
+        support::read_response(&mut held[0]).await.status.as_u16(),
+        401
+    );
+    drop(held);
+    let a = tokio::time::timeout(Duration::from_secs(5), support::read_response(&mut third))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(a.status.as_u16(), 401);
+    proxy.stop().await;
+}
+
+/// How a fault upstream misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Reads the request, then resets the connection.
+    Reset,
+    /// Answers bytes that are not HTTP.
+    Malformed,
+    /// Announces 100 bytes of body, sends 10, closes.
+    Truncated,
+    /// Answers after 2 s.
+    Slow,
+    /// Answers correctly with `Connection: close`.
+    Close,
+    /// Answers the first request of each connection (keep-alive), then
+    /// closes the connection on the second without answering.
+    FirstThenDrop,
+}
+
+/// A raw TCP upstream that misbehaves as told; counts requests read.
+async fn fault_upstream(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut served = 0;
+                loop {
+                    if read_request(&mut s).await.is_none() {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    served += 1;
+                    let body = r#"{"occupied":true,"user_count":2}"#;
+                    let ok = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let ok = ok.as_bytes();
+                    match fault {
+                        Fault::Reset => {
+                            let _ = s.set_linger(Some(Duration::ZERO));
+                            return;
+                        }
+                        Fault::Malformed => {
+                            let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                            return;
+                        }
+                        Fault::Truncated => {
+                            let _ = s
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+                                )
+                                .await;
+                            return;
+                        }
+                        Fault::Slow => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let _ = s.write_all(ok).await;
+                        }
+                        Fault::Close => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+                                .await;
+                            return;
+                        }
+                        Fault::FirstThenDrop if served == 1 => {
+                            let _ = s.write_all(ok).await;
+                        }
+                        Fault::FirstThenDrop => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// Reads one request head and its `Content-Length` body.
+async fn read_request(s: &mut TcpStream) -> Option<()> {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = req.parse(&buf) {
+            let len: usize = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head + len {
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some(());
+        }
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn legacy_trigger(proxy: &TestProxy) -> support::Answer {
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "x").await
+}
+
+async fn legacy_stats(proxy: &TestProxy) -> support::Answer {
+    let uri = support::legacy_stats_uri("presence-room", support::now());
+    support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fault_matrix_with_fds_and_memory_flat() {
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut targets = vec![("refused", refused, 502u16)];
+    for (name, fault, status) in [
+        ("reset", Fault::Reset, 502),
+        ("malformed", Fault::Malformed, 502),
+        ("truncated", Fault::Truncated, 502),
+        ("slow", Fault::Slow, 504),
+        ("connection: close", Fault::Close, 202),
+    ] {
+        targets.push((name, fault_upstream(fault).await.0, status));
+    }
+    for (name, addr, status) in &targets {
+        let proxy =
+            TestProxy::for_upstream(&format!("http://{addr}"), "timeout_ms = 500", "").await;
+        for _ in 0..3 {
+            let a = legacy_trigger(&proxy).await;
+            assert_eq!(a.status.as_u16(), *status, "{name}: {}", a.text());
+            if *status != 202 {
+                let text = a.text();
+                assert!(
+                    text.ends_with('\n') && text.len() > 5,
+                    "{name}: body {text:?}"
+                );
+            }
+        }
+        proxy.stop().await;
+    }
+
+    // 10,000 failures: file descriptors and memory stay flat.
+    let fast = [refused, targets[1].1, targets[2].1];
+    let proxies: Vec<Arc<TestProxy>> = {
+        let mut v = Vec::new();
+        for addr in fast {
+            // A generous timeout: these faults are immediate, and a busy
+            // machine must not turn them into 504s.
+            v.push(Arc::new(
+                TestProxy::for_upstream(&format!("http://{addr}"), "timeout_ms = 10000", "").await,
+            ));
+        }
+        v
+    };
+    let round = |n: usize| {
+        let proxies = proxies.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for t in 0..16 {
+                let proxies = proxies.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (t..n).step_by(16) {
+                        let a = legacy_stats(&proxies[i % proxies.len()]).await;
+                        assert_eq!(a.status.as_u16(), 502);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("fault task");
+            }
+        }
+    };
+    round(1_000).await; // warm-up: pools, buffers, allocator arenas
+    let (fds_before, rss_before) = (open_fds(), rss_bytes());
+    round(10_000).await;
+    let (fds_after, rss_after) = (open_fds(), rss_bytes());
+    eprintln!(
+        "fault matrix: fds {fds_before} -> {fds_after}, rss {} KiB -> {} KiB over 10,000 failures",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    // Pools on both sides hold up to 16 connections each: a few dozen fds
+    // come and go. A leak per failure would show thousands.
+    assert!(
+        fds_after <= fds_before + 64,
+        "fds grew: {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after < rss_before + 32 * 1024 * 1024,
+        "rss grew by {} KiB",
+        (rss_after - rss_before) / 1024
+    );
+    for p in proxies {
+        match Arc::try_unwrap(p) {
+            Ok(p) => p.stop().await,
+            Err(_) => panic!("proxy still shared"),
+        }
+    }
+}
+
+/// A GET on a pooled connection the upstream has dropped is sent again on
+/// a fresh one; a POST never is (it could deliver an event twice).
+#[tokio::test]
+async fn stale_pooled_connection_retries_get_never_post() {
+    let (addr, requests) = fault_upstream(Fault::FirstThenDrop).await;
+    let proxy = TestProxy::for_upstream(&format!("http://{addr}"), "", "").await;
+    assert_eq!(legacy_stats(&proxy).await.status.as_u16(), 200);
+    let second = legacy_stats(&proxy).await;
+    assert_eq!(second.status.as_u16(), 200, "retried: {}", second.text());
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "first, dropped, retried"
+    );
+    proxy.stop().await;
+
+    let (addr, requests) = fault_upstream(Fault::FirstThenDrop).await;
+    let proxy = TestProxy::for_upstream(&format!("http://{addr}"), "", "").await;
+    let first = legacy_trigger(&proxy).await;
+    assert_eq!(first.status.as_u16(), 202, "{}", first.text());
+    let second = legacy_trigger(&proxy).await;
+    assert_eq!(second.status.as_u16(), 502, "{}", second.text());
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the dropped POST is not sent again"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn inbound_tls() {
+    use tokio_rustls::rustls;
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let toml = support::config_toml(&fake.url(), "", "").replace(
+        "[admin]",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[admin]",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+    );
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+    tls.write_all(format!("POST {uri} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    assert!(text.ends_with("202 ACCEPTED\n"), "{text}");
+    assert_eq!(fake.recorded().len(), 1);
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(proxy.addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (bytes, _) = read_until_closed(&mut plain, Duration::from_secs(3)).await;
+    assert!(
+        !String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 "),
+        "plain HTTP was served"
+    );
+    proxy.stop().await;
+}
