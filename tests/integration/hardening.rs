@@ -263,7 +263,7 @@ async fn fault_upstream(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
                     let ok = ok.as_bytes();
                     match fault {
                         Fault::Reset => {
-                            let _ = s.set_linger(Some(Duration::ZERO));
+                            let _ = s.set_zero_linger();
                             return;
                         }
                         Fault::Malformed => {
