@@ -23,6 +23,8 @@ pub mod clock;
 pub mod config;
 pub mod cutover;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod passthrough;
 pub mod proxy;
 pub mod query;
