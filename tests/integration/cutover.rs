@@ -37,11 +37,6 @@ async fn metrics(proxy: &TestProxy) -> String {
     .text()
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn observe_forwards_the_legacy_call_unchanged() {
     let fake = support::fake().await;
@@ -91,7 +86,7 @@ async fn observe_forwards_the_legacy_call_unchanged() {
             1.0,
         ),
     ] {
-        assert_eq!(metric(&m, series), Some(v), "{series}");
+        assert_eq!(support::metric(&m, series), Some(v), "{series}");
     }
     proxy.stop().await;
 }
@@ -125,7 +120,7 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     );
     let mut seen = None;
     for _ in 0..50 {
-        seen = metric(&metrics(&proxy).await, series);
+        seen = support::metric(&metrics(&proxy).await, series);
         if seen == Some(1.0) {
             break;
         }
@@ -144,7 +139,7 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     );
     let m = metrics(&proxy).await;
     assert_eq!(
-        metric(
+        support::metric(
             &m,
             r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="occupied"}"#
         ),
@@ -186,14 +181,14 @@ async fn reject_answers_410_naming_the_replacement() {
     assert_eq!(trigger(&proxy, "room", 0).await.status.as_u16(), 401);
     let m = metrics(&proxy).await;
     assert_eq!(
-        metric(
+        support::metric(
             &m,
             r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="rejected"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        metric(
+        support::metric(
             &m,
             r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#
         ),
@@ -277,10 +272,7 @@ async fn rollout_is_sticky_per_channel() {
             "{channel} switched paths"
         );
     }
-    match Arc::try_unwrap(proxy) {
-        Ok(p) => p.stop().await,
-        Err(_) => panic!("proxy still shared"),
-    }
+    support::stop_shared(proxy).await;
 }
 
 #[tokio::test]
@@ -543,21 +535,18 @@ async fn reload_under_load() {
     );
     let m = metrics(&proxy).await;
     assert_eq!(
-        metric(
+        support::metric(
             &m,
             r#"pusher_cutover_config_reloads_total{result="success"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        metric(
+        support::metric(
             &m,
             r#"pusher_cutover_config_reloads_total{result="failure"}"#
         ),
         Some(1.0)
     );
-    match Arc::try_unwrap(proxy) {
-        Ok(p) => p.stop().await,
-        Err(_) => panic!("proxy still shared"),
-    }
+    support::stop_shared(proxy).await;
 }

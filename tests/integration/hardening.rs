@@ -83,10 +83,7 @@ async fn slow_header_client_is_cut_while_others_are_served() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
-    match Arc::try_unwrap(proxy) {
-        Ok(p) => p.stop().await,
-        Err(_) => panic!("proxy still shared"),
-    }
+    support::stop_shared(proxy).await;
 }
 
 #[tokio::test]
@@ -226,7 +223,7 @@ enum Fault {
     Malformed,
     /// Announces 100 bytes of body, sends 10, closes.
     Truncated,
-    /// Answers after 2 s.
+    /// Answers after 5 s.
     Slow,
     /// Answers correctly with `Connection: close`.
     Close,
@@ -279,7 +276,7 @@ async fn fault_upstream(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
                             return;
                         }
                         Fault::Slow => {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            tokio::time::sleep(Duration::from_secs(5)).await;
                             let _ = s.write_all(ok).await;
                         }
                         Fault::Close => {
@@ -443,10 +440,7 @@ async fn upstream_fault_matrix_with_fds_and_memory_flat() {
         (rss_after - rss_before) / 1024
     );
     for p in proxies {
-        match Arc::try_unwrap(p) {
-            Ok(p) => p.stop().await,
-            Err(_) => panic!("proxy still shared"),
-        }
+        support::stop_shared(p).await;
     }
 }
 

@@ -43,11 +43,6 @@ async fn admin(proxy: &TestProxy, path: &str) -> support::Answer {
     .await
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_after_a_known_sequence() {
     let fake = support::fake().await;
@@ -164,7 +159,11 @@ async fn metrics_after_a_known_sequence() {
         ),
     ];
     for (series, value) in expect {
-        assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
+        assert_eq!(
+            support::metric(&text, series),
+            Some(value),
+            "{series} in:\n{text}"
+        );
     }
     assert!(
         !text.contains(r#"app_id="9""#),
@@ -336,8 +335,5 @@ async fn caller_cap_holds_with_10000_user_agents() {
         .expect("other caller");
     assert_eq!(other["calls"], 9_900);
     assert_eq!(other["auth_key"], "other");
-    match Arc::try_unwrap(proxy) {
-        Ok(p) => p.stop().await,
-        Err(_) => panic!("proxy still shared"),
-    }
+    support::stop_shared(proxy).await;
 }

@@ -134,6 +134,20 @@ impl TestProxy {
     }
 }
 
+/// Stops a proxy that tasks shared; they must all have finished.
+pub async fn stop_shared(proxy: Arc<TestProxy>) {
+    match Arc::try_unwrap(proxy) {
+        Ok(p) => p.stop().await,
+        Err(_) => panic!("the proxy is still shared"),
+    }
+}
+
+/// The value of one series in a metrics exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
