@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Serve { config } => {
-            init_logging(cli.log_format);
+            let _flush_on_exit = init_logging(cli.log_format);
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -210,16 +210,24 @@ async fn report(
     ExitCode::SUCCESS
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer, so a request never waits
+/// on the terminal or a pipe; lines are never dropped (a full buffer makes
+/// the logging thread wait instead). The guard flushes on drop.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("pusher-cutover-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 #[tokio::main]
