@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (Python 3 standard library only).
+
+Subcommands:
+  ports N                 print N free loopback TCP ports, one a line
+  gen ...                 write a file of freshly signed raw HTTP requests
+                          for bench/requests.lua (length-prefixed records)
+  probe FILE PORT [K]     send the first K requests of FILE to 127.0.0.1:PORT,
+                          print each answer's status (and a short body)
+  outcomes BEFORE AFTER   difference of pusher_cutover_requests_total between
+                          two /metrics snapshots, as route/outcome=N,...
+  summarize RESULTS       print the report table from run.sh's results file
+
+Signing follows spec A.2 (the same rules as
+pusher_cutover::signature::signed_query): string to sign =
+METHOD \n PATH \n sorted lower-case key=value pairs (unescaped) joined by &,
+HMAC-SHA256 with the app secret, lower-case hex; body_md5 = MD5 of the raw
+body for POSTs.
+"""
+
+import argparse
+import hashlib
+import hmac
+import http.client
+import re
+import socket
+import statistics
+import sys
+import time
+import urllib.parse
+
+SCENARIOS = ("legacy_trigger", "legacy_stats", "current_trigger")
+
+
+def sign_query(key, secret, method, path, timestamp, body, extra):
+    params = {
+        "auth_key": key,
+        "auth_timestamp": str(timestamp),
+        "auth_version": "1.0",
+    }
+    if body is not None:
+        params["body_md5"] = hashlib.md5(body).hexdigest()
+    params.update(extra)
+    canonical = "&".join(f"{k.lower()}={v}" for k, v in sorted(params.items(), key=lambda kv: kv[0].lower()))
+    to_sign = f"{method}\n{path}\n{canonical}"
+    signature = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    pairs = sorted(params.items()) + [("auth_signature", signature)]
+    # RFC 3986 unreserved-only encoding, like the crate's signed_query.
+    return "&".join(
+        f"{urllib.parse.quote(k, safe='-._~')}={urllib.parse.quote(v, safe='-._~')}" for k, v in pairs
+    )
+
+
+def raw_request(method, target, user_agent, body):
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"User-Agent: {user_agent}",
+    ]
+    if body is not None:
+        lines.append("Content-Type: application/json")
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return head + (body or b"")
+
+
+def cmd_gen(a):
+    ts = int(time.time()) + a.ts_offset
+    out = bytearray()
+    for i in range(a.n):
+        ua = f"{a.ua_prefix}/{i % a.user_agents}"
+        chan = f"bench-{i % 100}"
+        if a.scenario == "legacy_trigger":
+            path = f"/apps/{a.app_id}/channels/{chan}/events"
+            body = f'{{"n":{i},"message":"hello from the benchmark"}}'.encode()
+            extra = {"name": "bench-event"}
+            if i % 2:
+                extra["socket_id"] = f"{1000 + i % 997}.{i % 9973}"
+            q = sign_query(a.key, a.secret, "POST", path, ts, body, extra)
+            req = raw_request("POST", f"{path}?{q}", ua, body)
+        elif a.scenario == "legacy_stats":
+            if i % 4 == 3:
+                chan = f"presence-{chan}"
+            path = f"/apps/{a.app_id}/channels/{chan}/stats"
+            q = sign_query(a.key, a.secret, "GET", path, ts, None, {})
+            req = raw_request("GET", f"{path}?{q}", ua, None)
+        elif a.scenario == "current_trigger":
+            path = f"/apps/{a.app_id}/events"
+            body = (
+                '{"name":"bench-event","channels":["%s"],"data":"{\\"n\\":%d,\\"message\\":\\"hello from the benchmark\\"}"}'
+                % (chan, i)
+            ).encode()
+            q = sign_query(a.key, a.secret, "POST", path, ts, body, {})
+            req = raw_request("POST", f"{path}?{q}", ua, body)
+        else:
+            raise SystemExit(f"unknown scenario {a.scenario}")
+        out += f"{len(req)}\n".encode()
+        out += req
+    with open(a.out, "wb") as f:
+        f.write(out)
+
+
+def read_records(path):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        n = int(data[pos:nl])
+        yield data[nl + 1 : nl + 1 + n]
+        pos = nl + 1 + n
+
+
+def cmd_probe(a):
+    statuses, shown = [], []
+    for i, req in enumerate(read_records(a.file)):
+        if i >= a.count:
+            break
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
+            s.sendall(req)
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            body = resp.read()
+            statuses.append(resp.status)
+            shown.append(f"{resp.status} {body[:48]!r}")
+    print("; ".join(shown))
+    if a.expect and any(s != a.expect for s in statuses):
+        return 1
+    return 0
+
+
+METRIC_RE = re.compile(r'^pusher_cutover_requests_total\{([^}]*)\}\s+([0-9.eE+]+)')
+
+
+def parse_outcomes(path):
+    out = {}
+    try:
+        text = open(path).read()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        m = METRIC_RE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        k = f"{labels.get('route', '?')}/{labels.get('outcome', '?')}"
+        out[k] = out.get(k, 0) + float(m.group(2))
+    return out
+
+
+def cmd_outcomes(a):
+    before, after = parse_outcomes(a.before), parse_outcomes(a.after)
+    parts = []
+    for k in sorted(after):
+        d = int(after[k] - before.get(k, 0))
+        if d:
+            parts.append(f"{k}={d}")
+    print(",".join(parts) or "-")
+
+
+def cmd_ports(a):
+    socks = []
+    for _ in range(a.n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    print("\n".join(map(str, ports)))
+
+
+# ---------------------------------------------------------------- summarize
+
+def load_results(path):
+    rows = []
+    for line in open(path):
+        if not line.strip() or line.startswith("#"):
+            continue
+        f = line.rstrip("\n").split("\t")
+        r = dict(zip(
+            ["kind", "round", "target", "scenario", "conns", "rps", "p50_us", "p99_us",
+             "non2xx", "sockerr", "rss_kb", "outcomes", "statuses", "cpu_us"], f))
+        r.setdefault("statuses", "-")
+        r.setdefault("cpu_us", "0")
+        for k in ("round", "conns", "non2xx", "sockerr"):
+            r[k] = int(r[k])
+        for k in ("rps", "p50_us", "p99_us", "cpu_us"):
+            r[k] = float(r[k])
+        r["rss_kb"] = int(r["rss_kb"]) if r["rss_kb"] not in ("", "-") else None
+        rows.append(r)
+    return rows
+
+
+def fmt_lat(us):
+    if us >= 1000:
+        return f"{us / 1000:.2f}ms"
+    return f"{us:.0f}us"
+
+
+def group(rows, kind):
+    g = {}
+    for r in rows:
+        if r["kind"] == kind:
+            g.setdefault((r["scenario"], r["target"]), []).append(r)
+    return g
+
+
+def med(rs, k):
+    return statistics.median([r[k] for r in rs])
+
+
+def line_for(label, scenario, rs):
+    per = " ".join(f"{r['rps']:.0f}" for r in sorted(rs, key=lambda r: r["round"]))
+    return (f"{scenario:<16} {label:<28} {med(rs, 'rps'):>9.0f} {fmt_lat(med(rs, 'p50_us')):>9} "
+            f"{fmt_lat(med(rs, 'p99_us')):>9} {med(rs, 'cpu_us'):>8.1f} {sum(r['non2xx'] for r in rs):>8} "
+            f"{sum(r['sockerr'] for r in rs):>7}   {per}")
+
+
+HEADER = (f"{'scenario':<16} {'target':<28} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU/req':>8} {'non-2xx':>8} "
+          f"{'sockerr':>7}   req/s per round")
+
+
+def cmd_summarize(a):
+    rows = load_results(a.results)
+    main = group(rows, "main")
+    rounds = max((r["round"] for r in rows if r["kind"] == "main"), default=0)
+    conns = next((r["conns"] for r in rows if r["kind"] == "main"), 0)
+    p = print
+    p(f"== Throughput, {conns} connections, wrk -t2; median of {rounds} round(s); "
+      "non-2xx and socket errors summed over rounds ==")
+    p("   CPU/req: the target's own user+system CPU time per completed request, in us "
+      "(proxies: without the upstream's; nginx: master + workers)")
+    p(HEADER)
+    order = ["upstream-direct", "nginx", "haproxy", "pusher-cutover"]
+    for sc in SCENARIOS:
+        for t in order:
+            if (sc, t) in main:
+                p(line_for(t, sc, main[(sc, t)]))
+    p("")
+    p("== Ratios (median req/s; >1 means pusher-cutover is faster) ==")
+    p(f"{'scenario':<16} {'pc/nginx':>9} {'pc/haproxy':>11} {'pc/upstream-direct':>19}")
+    for sc in SCENARIOS:
+        pc = main.get((sc, "pusher-cutover"))
+        if not pc:
+            continue
+        vals = []
+        for t in ("nginx", "haproxy", "upstream-direct"):
+            o = main.get((sc, t))
+            vals.append(f"{med(pc, 'rps') / med(o, 'rps'):.2f}" if o and med(o, "rps") else "n/a")
+        p(f"{sc:<16} {vals[0]:>9} {vals[1]:>11} {vals[2]:>19}")
+    p("")
+    p(f"{'':<16} {'pc p99/nginx p99':>16} {'pc p99/haproxy p99':>19}")
+    for sc in SCENARIOS:
+        pc = main.get((sc, "pusher-cutover"))
+        if not pc:
+            continue
+        vals = []
+        for t in ("nginx", "haproxy"):
+            o = main.get((sc, t))
+            vals.append(f"{med(pc, 'p99_us') / med(o, 'p99_us'):.2f}" if o and med(o, "p99_us") else "n/a")
+        p(f"{sc:<16} {vals[0]:>16} {vals[1]:>19}")
+
+    p("")
+    p(f"{'':<16} {'pc CPU/req / nginx':>19} {'pc CPU/req / haproxy':>21}")
+    for sc in SCENARIOS:
+        pc = main.get((sc, "pusher-cutover"))
+        if not pc:
+            continue
+        vals = []
+        for t in ("nginx", "haproxy"):
+            o = main.get((sc, t))
+            vals.append(f"{med(pc, 'cpu_us') / med(o, 'cpu_us'):.2f}" if o and med(o, "cpu_us") else "n/a")
+        p(f"{sc:<16} {vals[0]:>19} {vals[1]:>21}")
+
+    tel = group(rows, "telemetry")
+    if tel:
+        p("")
+        p("== Telemetry: pusher-cutover with vs without [telemetry] data_dir "
+          "(in-memory ledger and metrics are always on) ==")
+        p(HEADER)
+        for (sc, t), rs in sorted(tel.items(), key=lambda kv: kv[0][1]):
+            p(line_for(t, sc, rs))
+        on = [rs for (sc, t), rs in tel.items() if "with-data_dir" in t]
+        off = [rs for (sc, t), rs in tel.items() if "no-data_dir" in t]
+        if on and off:
+            p(f"ratio with/without data_dir: req/s {med(on[0], 'rps') / med(off[0], 'rps'):.2f}, "
+              f"CPU/req {med(on[0], 'cpu_us') / med(off[0], 'cpu_us'):.2f}" if med(off[0], 'cpu_us') else
+              f"ratio with/without data_dir: req/s {med(on[0], 'rps') / med(off[0], 'rps'):.2f}")
+
+    lg = group(rows, "logging")
+    if lg:
+        p("")
+        p("== Logging: pusher-cutover (with data_dir) with its default per-request log lines (info) "
+          "vs RUST_LOG=error (log to a file in the temp dir) ==")
+        p(HEADER)
+        for (sc, t), rs in sorted(lg.items(), key=lambda kv: kv[0][1]):
+            p(line_for(t, sc, rs))
+        on = [rs for (sc, t), rs in lg.items() if t.endswith("log=info")]
+        off = [rs for (sc, t), rs in lg.items() if t.endswith("RUST_LOG=error")]
+        if on and off:
+            p(f"ratio RUST_LOG=error/info: req/s {med(off[0], 'rps') / med(on[0], 'rps'):.2f}, "
+              f"CPU/req {med(off[0], 'cpu_us') / med(on[0], 'cpu_us'):.2f}")
+
+    dist = group(rows, "callers")
+    if dist:
+        p("")
+        p("== Distinct callers: pusher-cutover, legacy_trigger, 10 vs 100,000 distinct User-Agent values ==")
+        p(HEADER)
+        for (sc, t), rs in sorted(dist.items(), key=lambda kv: int(kv[0][1].split("-")[0].replace(",", ""))):
+            p(line_for(t, sc, rs))
+        ks = sorted(dist, key=lambda k: int(k[1].split("-")[0].replace(",", "")))
+        if len(ks) == 2:
+            a_, b_ = dist[ks[1]], dist[ks[0]]
+            cpu = (f", CPU/req {med(a_, 'cpu_us') / med(b_, 'cpu_us'):.2f}" if med(b_, "cpu_us") else "")
+            p(f"ratio {ks[1][1]}/{ks[0][1]}: req/s {med(a_, 'rps') / med(b_, 'rps'):.2f}{cpu}")
+
+    big = group(rows, "c1000")
+    if big:
+        bconns = next(r["conns"] for r in rows if r["kind"] == "c1000")
+        p("")
+        p(f"== {bconns} connections, one run per target; peak RSS (VmHWM) read right after it ==")
+        p(HEADER + "   VmHWM")
+        for sc in SCENARIOS:
+            for t in order:
+                rs = big.get((sc, t))
+                if rs:
+                    rss = rs[-1]["rss_kb"]
+                    p(line_for(t, sc, rs) + (f"   {rss / 1024:.1f} MiB" if rss else ""))
+
+    pcs = [r for r in rows if r["target"].startswith("pusher-cutover") or r["target"].endswith("distinct-UAs")]
+    if pcs:
+        p("")
+        p("== pusher-cutover: its answers' statuses (from its per-request log) and outcomes "
+          "(pusher_cutover_requests_total deltas), summed over runs ==")
+        p("   (499 = wrk closed the connection with the call in flight when a run ended: at most one per connection per run;")
+        p("    RUST_LOG=error writes no per-request lines, so it has no statuses)")
+        agg, sts = {}, {}
+        for r in pcs:
+            key = (r["kind"], r["scenario"], r["target"])
+            for part in r["outcomes"].split(","):
+                if "=" in part:
+                    k, v = part.split("=")
+                    agg.setdefault(key, {}).setdefault(k, 0)
+                    agg[key][k] += int(v)
+            for part in r.get("statuses", "-").split(","):
+                if ":" in part:
+                    k, v = part.split(":")
+                    sts.setdefault(key, {}).setdefault(k, 0)
+                    sts[key][k] += int(v)
+        for key in sorted(set(agg) | set(sts)):
+            st = " ".join(f"{k}:{v}" for k, v in sorted(sts.get(key, {}).items()))
+            parts = ", ".join(f"{k}={v}" for k, v in sorted(agg.get(key, {}).items()))
+            p(f"{key[0]:<9} {key[1]:<16} {key[2]:<28} statuses {st:<24} outcomes {parts}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--scenario", required=True, choices=SCENARIOS)
+    g.add_argument("--n", type=int, default=20000)
+    g.add_argument("--out", required=True)
+    g.add_argument("--app-id", default="4242")
+    g.add_argument("--key", default="bench-app-key")
+    g.add_argument("--secret", default="bench-app-secret")
+    g.add_argument("--user-agents", type=int, default=10, help="distinct User-Agent values")
+    g.add_argument("--ua-prefix", default="pusher-php-server/2.1.2 bench")
+    g.add_argument("--ts-offset", type=int, default=0, help="seconds added to now in auth_timestamp")
+    pr = sub.add_parser("probe")
+    pr.add_argument("file")
+    pr.add_argument("port", type=int)
+    pr.add_argument("count", type=int, nargs="?", default=3)
+    pr.add_argument("--expect", type=int, default=0, help="exit 1 unless every status is this")
+    o = sub.add_parser("outcomes")
+    o.add_argument("before")
+    o.add_argument("after")
+    po = sub.add_parser("ports")
+    po.add_argument("n", type=int)
+    s = sub.add_parser("summarize")
+    s.add_argument("results")
+    a = ap.parse_args()
+    return {"gen": cmd_gen, "probe": cmd_probe, "outcomes": cmd_outcomes, "ports": cmd_ports,
+     "summarize": cmd_summarize}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

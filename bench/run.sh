@@ -1,0 +1,502 @@
+#!/usr/bin/env bash
+# bench/run.sh — pusher-cutover vs nginx vs HAProxy on loopback (issue 7).
+#
+#   bench/run.sh                 default: 3 rounds of 10 s runs (~13 minutes on 2 cores, build included)
+#   bench/run.sh --quick         smoke test: 1 round of 3 s runs (~2 minutes)
+#   bench/run.sh --duration S --rounds N [--connections C] [--big-connections C]
+#                [--requests N] [--out FILE] [--keep] [--no-install] [--no-build]
+#                [--log-compare]   (adds: legacy_trigger with default logging vs RUST_LOG=error, ~1.5 min)
+#   --out FILE: where the summary goes (default bench/last-run.txt, raw rows beside it as .tsv;
+#   --out "" for none). --keep keeps the temp dir (configs, logs).
+#
+# What it does, all on 127.0.0.1 and all in a fresh temp dir:
+#  1. installs nginx (nginx-light), haproxy and wrk from Debian if missing;
+#     builds `cargo build --release --locked` and copies the binary aside;
+#  2. starts a canned upstream (nginx answering the current API's shapes,
+#     signatures not checked), nginx as a plain proxy_pass reverse proxy with
+#     upstream keepalive, HAProxy in mode http, and pusher-cutover twice (with
+#     and without [telemetry] data_dir), each on a free high port;
+#  3. drives each target with wrk (-t2) through bench/requests.lua, which
+#     cycles through requests signed by bench/bench.py right before each run
+#     (legacy trigger, legacy stats, current-API trigger);
+#  4. alternates the targets in rounds and prints medians, the ratios
+#     pusher-cutover/nginx and pusher-cutover/HAProxy, a 1,000-connection run
+#     with peak RSS, a with/without data_dir run, and 10 vs 100,000 distinct
+#     User-Agent values.
+# It stops only the processes it started (by pid, trap on EXIT). Every wait
+# has a timeout.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+DURATION=10
+ROUNDS=3
+CONNS=64
+BIG_CONNS=1000
+NREQ=20000
+DISTINCT=100000
+WARMUP=2
+OUT="$HERE/last-run.txt"
+KEEP=0
+INSTALL=1
+BUILD=1
+QUICK=0
+LOG_COMPARE=0
+
+usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1; DURATION=3; ROUNDS=1; WARMUP=1; shift ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --connections) CONNS=$2; shift 2 ;;
+    --big-connections) BIG_CONNS=$2; shift 2 ;;
+    --requests) NREQ=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    --no-install) INSTALL=0; shift ;;
+    --no-build) BUILD=0; shift ;;
+    --log-compare) LOG_COMPARE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for v in DURATION ROUNDS CONNS BIG_CONNS NREQ; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer (got '${!v}')" >&2; exit 2; }
+done
+# Requests are signed once per run with auth_timestamp = start + min(duration/2, 500);
+# the proxy accepts ±600 s, so a run may last up to ~1100 s.
+if [ "$DURATION" -gt 1100 ]; then echo "--duration must be at most 1100 s (±600 s timestamp window)" >&2; exit 2; fi
+TS_OFFSET=$(( DURATION / 2 < 500 ? DURATION / 2 : 500 ))
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; FAILED=1; exit 1; }
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+PIDS=()
+FAILED=0
+POLICY_CREATED=0
+WORK=""
+
+cleanup() {
+  local rc=$?
+  set +e
+  # Stop what we started, newest first, by pid only.
+  local i pid deadline
+  for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
+    pid=${PIDS[$i]}
+    kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    deadline=$(( SECONDS + 10 ))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; fi
+    wait "$pid" 2>/dev/null
+  done
+  if [ "$POLICY_CREATED" -eq 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+    if [ "$KEEP" -eq 1 ] || [ "$FAILED" -eq 1 ] || [ "$rc" -ne 0 ]; then
+      log "work dir kept: $WORK"
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'FAILED=1; exit 130' INT TERM
+trap 'log "ERROR: command failed at line $LINENO: $BASH_COMMAND"' ERR
+
+# ------------------------------------------------------------------ 1. tools
+find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
+
+if [ "$INSTALL" -eq 1 ]; then
+  need=()
+  [ -n "$(find_bin nginx)" ] || need+=(nginx-light)
+  [ -n "$(find_bin haproxy)" ] || need+=(haproxy)
+  [ -n "$(find_bin wrk)" ] || need+=(wrk)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing from Debian: ${need[*]}"
+    # Keep the packages' own services from starting (standard Debian hook).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+      POLICY_CREATED=1
+    fi
+    $SUDO timeout 300 apt-get update -q >&2 || log "apt-get update failed; trying the install anyway"
+    if ! $SUDO env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need[@]}" >&2; then
+      # nginx-light is gone in newer Debian releases: fall back to nginx.
+      need=("${need[@]/nginx-light/nginx}")
+      $SUDO env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need[@]}" >&2 \
+        || die "apt-get install ${need[*]} failed"
+    fi
+    if [ "$POLICY_CREATED" -eq 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; POLICY_CREATED=0; fi
+  fi
+fi
+NGINX=$(find_bin nginx); HAPROXY=$(find_bin haproxy); WRK=$(find_bin wrk)
+[ -n "$NGINX" ] && [ -n "$HAPROXY" ] && [ -n "$WRK" ] || die "need nginx, haproxy and wrk (run without --no-install)"
+command -v python3 >/dev/null || die "need python3"
+command -v curl >/dev/null || die "need curl"
+
+if [ "$BUILD" -eq 1 ]; then
+  log "cargo build --release --locked"
+  (cd "$ROOT" && timeout 1800 cargo build --release --locked >&2) || die "cargo build failed"
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pusher-cutover"
+[ -x "$BIN" ] || die "no binary at $BIN"
+
+# Allow 1,000+ connections per process (wrk, the proxies, the upstream).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $(( BIG_CONNS * 3 + 100 )) ] \
+  || log "warning: ulimit -n $(ulimit -n) may be too low for $BIG_CONNS connections"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-bench.XXXXXX")
+chmod 755 "$WORK"
+cp "$BIN" "$WORK/pusher-cutover"   # immune to concurrent rebuilds
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+PY="python3 $HERE/bench.py"
+
+mapfile -t P < <($PY ports 9)
+UP_PORT=${P[0]}; NGX_PORT=${P[1]}; HAP_PORT=${P[2]}
+PC_PORT=${P[3]}; PC_ADMIN=${P[4]}; PC2_PORT=${P[5]}; PC2_ADMIN=${P[6]}
+PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""
+log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN)"
+
+# ------------------------------------------------------------------ 2. configs
+nginx_common() { # $1 = prefix dir
+  cat <<EOF
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; multi_accept on; }
+EOF
+}
+nginx_http_common() { # $1 = prefix dir
+  cat <<EOF
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path $1/proxy;
+EOF
+}
+
+mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
+{
+  echo "# canned upstream: the current API's answer shapes, no signature checks"
+  echo "worker_processes 1;"
+  nginx_common "$WORK/nginx-up"
+  echo "http {"
+  nginx_http_common "$WORK/nginx-up"
+  cat <<EOF
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$UP_PORT backlog=4096;
+        location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
+        location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
+        location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }
+        location / { return 200 '{}'; }
+    }
+}
+EOF
+} > "$WORK/nginx-up/nginx.conf"
+
+{
+  echo "# plain reverse proxy to the canned upstream, upstream keepalive"
+  echo "worker_processes 2;"
+  nginx_common "$WORK/nginx-proxy"
+  echo "http {"
+  nginx_http_common "$WORK/nginx-proxy"
+  cat <<EOF
+    upstream canned {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 1024;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT backlog=4096;
+        location / {
+            proxy_pass http://canned;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+} > "$WORK/nginx-proxy/nginx.conf"
+
+cat > "$WORK/haproxy/haproxy.cfg" <<EOF
+# plain HTTP proxy to the canned upstream, keep-alive both sides
+global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:$HAP_PORT
+    default_backend canned
+backend canned
+    server up 127.0.0.1:$UP_PORT
+EOF
+
+pc_config() { # $1 listen, $2 admin, $3 data_dir or empty
+  cat <<EOF
+listen = "127.0.0.1:$1"
+shutdown_grace_ms = 2000
+
+[admin]
+listen = "127.0.0.1:$2"
+EOF
+  if [ -n "$3" ]; then printf '\n[telemetry]\ndata_dir = "%s"\n' "$3"; fi
+  cat <<EOF
+
+[upstream]
+url = "http://127.0.0.1:$UP_PORT"
+
+[[apps]]
+id = "4242"
+key = "bench-app-key"
+secret = "bench-app-secret"
+subscription_count = "on"
+EOF
+}
+pc_config "$PC_PORT" "$PC_ADMIN" "$WORK/pc-data" > "$WORK/pc.toml"
+pc_config "$PC2_PORT" "$PC2_ADMIN" "" > "$WORK/pc-nodata.toml"
+mkdir -p "$WORK/pc-quiet-data"
+pc_config "$PC3_PORT" "$PC3_ADMIN" "$WORK/pc-quiet-data" > "$WORK/pc-quiet.toml"
+
+"$NGINX" -t -q -p "$WORK/nginx-up/" -e "$WORK/nginx-up/error.log" -c "$WORK/nginx-up/nginx.conf" >&2 || die "canned upstream config"
+"$NGINX" -t -q -p "$WORK/nginx-proxy/" -e "$WORK/nginx-proxy/error.log" -c "$WORK/nginx-proxy/nginx.conf" >&2 || die "nginx proxy config"
+"$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" >&2 || die "haproxy config"
+"$WORK/pusher-cutover" validate --config "$WORK/pc.toml" >&2 || die "pusher-cutover config"
+"$WORK/pusher-cutover" validate --config "$WORK/pc-nodata.toml" >&2 || die "pusher-cutover config (no data_dir)"
+
+# ------------------------------------------------------------------ 3. start
+start_bg() { # $1 name, rest: command; sets LAST_PID
+  local name=$1; shift
+  ( cd "$WORK" && exec "$@" ) >>"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  echo "$LAST_PID" > "$WORK/$name.pid"
+}
+wait_http() { # $1 url, $2 pid, $3 name; 30 s bound
+  local deadline=$(( SECONDS + 30 ))
+  until curl -s -o /dev/null --max-time 2 "$1"; do
+    kill -0 "$2" 2>/dev/null || { tail -n 20 "$WORK/$3.log" >&2; die "$3 exited during startup"; }
+    [ $SECONDS -lt $deadline ] || die "$3 not ready after 30 s ($1)"
+    sleep 0.2
+  done
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+start_bg nginx-up "$NGINX" -p "$WORK/nginx-up/" -e "$WORK/nginx-up/error.log" -c "$WORK/nginx-up/nginx.conf" -g 'daemon off;'
+UP_PID=$LAST_PID
+wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" nginx-up
+start_bg nginx-proxy "$NGINX" -p "$WORK/nginx-proxy/" -e "$WORK/nginx-proxy/error.log" -c "$WORK/nginx-proxy/nginx.conf" -g 'daemon off;'
+NGX_PID=$LAST_PID
+wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID" nginx-proxy
+start_bg haproxy "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg"
+HAP_PID=$LAST_PID
+wait_http "http://127.0.0.1:$HAP_PORT/" "$HAP_PID" haproxy
+start_bg pc "$WORK/pusher-cutover" serve --config "$WORK/pc.toml"
+PC_PID=$LAST_PID
+wait_http "http://127.0.0.1:$PC_ADMIN/readyz" "$PC_PID" pc
+start_bg pc-nodata "$WORK/pusher-cutover" serve --config "$WORK/pc-nodata.toml"
+PC2_PID=$LAST_PID
+wait_http "http://127.0.0.1:$PC2_ADMIN/readyz" "$PC2_PID" pc-nodata
+EXTRA_TARGETS=("pusher-cutover no-data_dir")
+if [ "$LOG_COMPARE" -eq 1 ]; then
+  start_bg pc-quiet env RUST_LOG=error "$WORK/pusher-cutover" serve --config "$WORK/pc-quiet.toml"
+  PC3_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$PC3_ADMIN/readyz" "$PC3_PID" pc-quiet
+  EXTRA_TARGETS+=("pusher-cutover RUST_LOG=error")
+fi
+log "all targets up (pids: upstream $UP_PID nginx $NGX_PID haproxy $HAP_PID pusher-cutover $PC_PID / $PC2_PID)"
+
+port_of() {
+  case "$1" in
+    upstream-direct) echo "$UP_PORT" ;;
+    nginx) echo "$NGX_PORT" ;;
+    haproxy) echo "$HAP_PORT" ;;
+    pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PORT" ;;
+    pusher-cutover*no-data_dir) echo "$PC2_PORT" ;;
+    *RUST_LOG=error) echo "$PC3_PORT" ;;
+  esac
+}
+admin_of() {
+  case "$1" in
+    pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_ADMIN" ;;
+    pusher-cutover*no-data_dir) echo "$PC2_ADMIN" ;;
+    *RUST_LOG=error) echo "$PC3_ADMIN" ;;
+    *) echo "" ;;
+  esac
+}
+pids_of() { # the target's processes (nginx: master and its workers)
+  case "$1" in
+    upstream-direct) echo "$UP_PID" $(pgrep -P "$UP_PID" || true) ;;
+    nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
+    haproxy) echo "$HAP_PID" ;;
+    pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PID" ;;
+    pusher-cutover*no-data_dir) echo "$PC2_PID" ;;
+    *RUST_LOG=error) echo "$PC3_PID" ;;
+  esac
+}
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # user+system CPU ticks of the target's processes (all threads)
+  local total=0 pid f
+  for pid in $(pids_of "$1"); do
+    f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
+    set -- $f   # after "pid (comm)": state=1 ... utime=12 stime=13
+    total=$(( total + ${12} + ${13} ))
+  done
+  echo "$total"
+}
+hwm_kb() { # sum of VmHWM over the target's processes
+  local total=0 pid v
+  for pid in $(pids_of "$1"); do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    total=$(( total + ${v:-0} ))
+  done
+  echo "$total"
+}
+
+# ------------------------------------------------------------------ 4. runs
+REQS="$WORK/requests.bin"
+gen() { # $1 scenario, $2 count, $3 distinct user agents, [$4 UA prefix]
+  timeout 300 $PY gen --scenario "$1" --n "$2" --user-agents "$3" --out "$REQS" \
+    --ts-offset "$TS_OFFSET" ${4:+--ua-prefix "$4"} || die "request generation failed"
+}
+
+# run KIND ROUND TARGET SCENARIO CONNS DURATION [N] [UAS] [UA_PREFIX]
+run() {
+  local kind=$1 round=$2 target=$3 sc=$4 conns=$5 dur=$6 n=${7:-$NREQ} uas=${8:-10} uap=${9:-}
+  local port admin out line lf=""
+  port=$(port_of "$target"); admin=$(admin_of "$target")
+  gen "$sc" "$n" "$uas" "$uap"
+  if [ -n "$admin" ]; then
+    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" > "$WORK/m.before" || true
+    # keep the proxy's log bounded (it logs every request): keep a tail, truncate
+    lf="$WORK/pc.log"; [[ $target == *no-data_dir ]] && lf="$WORK/pc-nodata.log"
+    [[ $target == *RUST_LOG=error ]] && lf="$WORK/pc-quiet.log"
+    tail -n 5 "$lf" >> "$lf.tails" 2>/dev/null || true; : > "$lf"
+  fi
+  out="$WORK/wrk.out"
+  local cpu0; cpu0=$(cpu_ticks "$target")
+  if ! timeout $(( dur + 120 )) "$WRK" -t2 -c"$conns" -d"${dur}s" --timeout 5s \
+        -s "$HERE/requests.lua" "http://127.0.0.1:$port/" -- "$REQS" > "$out" 2>&1; then
+    cat "$out" >&2; die "wrk failed against $target ($sc)"
+  fi
+  local cpu1; cpu1=$(cpu_ticks "$target")
+  line=$(grep '^BENCH_RESULT' "$out" || true)
+  [ -n "$line" ] || { cat "$out" >&2; die "no result from wrk against $target ($sc)"; }
+  local outcomes="-" statuses="-"
+  if [ -n "$admin" ]; then
+    sleep 0.5   # let calls whose client left at the end of the run finish and be logged
+    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" > "$WORK/m.after" || true
+    outcomes=$($PY outcomes "$WORK/m.before" "$WORK/m.after")
+    # the proxy's own answers, from its per-request log lines
+    statuses=$( { grep -o ' status=[0-9]*' "$lf" || true; } | sort | uniq -c \
+      | awk '{ printf "%s%s:%s", sep, substr($2, 8), $1; sep = "," }')
+    [ -n "$statuses" ] || statuses="-"
+  fi
+  local rss; rss=$(hwm_kb "$target")
+  # shellcheck disable=SC2086
+  eval "$(echo "${line#BENCH_RESULT }" | tr ' ' '\n' | sed 's/^/local w_/')"
+  local rps; rps=$(awk -v r="$w_requests" -v d="$w_duration_us" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
+  local sockerr=$(( w_connect + w_read + w_write + w_timeout ))
+  local cpu_us; cpu_us=$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$CLK_TCK" -v r="$w_requests" \
+    'BEGIN { printf "%.1f", (r > 0 ? t / hz * 1e6 / r : 0) }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$round" "$target" "$sc" "$conns" \
+    "$rps" "$w_p50_us" "$w_p99_us" "$w_status" "$sockerr" "$rss" "$outcomes" "$statuses" "$cpu_us" >> "$RESULTS"
+  log "$(printf '%-8s r%s %-28s %-15s c=%-5s %9s req/s p50 %6sus p99 %7sus cpu %6sus/req non-2xx %s sockerr %s %s %s' \
+    "$kind" "$round" "$target" "$sc" "$conns" "$rps" "$w_p50_us" "$w_p99_us" "$cpu_us" "$w_status" "$sockerr" "$outcomes" "$statuses")"
+  sleep 1
+}
+
+SCENARIOS=(legacy_trigger legacy_stats current_trigger)
+TARGETS=(upstream-direct nginx haproxy pusher-cutover)
+
+log "probing each target (first 2 requests of each scenario)"
+PROBE_BAD=0
+for sc in "${SCENARIOS[@]}"; do
+  gen "$sc" 2 1
+  for t in "${TARGETS[@]}" "${EXTRA_TARGETS[@]}"; do
+    expect=200
+    [[ $t == pusher-cutover* && $sc == legacy_trigger ]] && expect=202
+    printf '%-16s %-28s %s\n' "$sc" "$t" "$(timeout 30 $PY probe "$REQS" "$(port_of "$t")" 2 --expect "$expect" 2>&1 || echo " UNEXPECTED (expected $expect)")" \
+      | tee -a "$WORK/probe.txt" >&2
+  done
+done
+grep -q UNEXPECTED "$WORK/probe.txt" && log "WARNING: some target answered with an unexpected status (see above)"
+
+log "warm-up: ${WARMUP}s per target"
+for t in "${TARGETS[@]}" "${EXTRA_TARGETS[@]}"; do
+  gen legacy_trigger 2000 10
+  timeout $(( WARMUP + 60 )) "$WRK" -t2 -c"$CONNS" -d"${WARMUP}s" -s "$HERE/requests.lua" \
+    "http://127.0.0.1:$(port_of "$t")/" -- "$REQS" > /dev/null 2>&1 || log "warm-up of $t failed"
+done
+
+START=$SECONDS
+for (( r=1; r<=ROUNDS; r++ )); do
+  log "round $r/$ROUNDS"
+  for sc in "${SCENARIOS[@]}"; do
+    for t in "${TARGETS[@]}"; do
+      run main "$r" "$t" "$sc" "$CONNS" "$DURATION"
+    done
+  done
+  # with vs without data_dir; the order alternates between rounds
+  if (( r % 2 )); then tel=("pusher-cutover with-data_dir" "pusher-cutover no-data_dir")
+  else tel=("pusher-cutover no-data_dir" "pusher-cutover with-data_dir"); fi
+  for t in "${tel[@]}"; do run telemetry "$r" "$t" legacy_trigger "$CONNS" "$DURATION"; done
+  # distinct callers: same request count, 10 vs DISTINCT user agents
+  if (( r % 2 )); then dc=(10 "$DISTINCT"); else dc=("$DISTINCT" 10); fi
+  for u in "${dc[@]}"; do
+    run callers "$r" "$u-distinct-UAs" legacy_trigger "$CONNS" "$DURATION" "$DISTINCT" "$u" "bench-caller r$r"
+  done
+  if [ "$LOG_COMPARE" -eq 1 ]; then
+    if (( r % 2 )); then lg=("pusher-cutover log=info" "pusher-cutover RUST_LOG=error")
+    else lg=("pusher-cutover RUST_LOG=error" "pusher-cutover log=info"); fi
+    for t in "${lg[@]}"; do run logging "$r" "$t" legacy_trigger "$CONNS" "$DURATION"; done
+  fi
+done
+
+PC_HWM_BEFORE_BIG=$(hwm_kb pusher-cutover)
+log "$BIG_CONNS connections, legacy_trigger, one run per target"
+for t in nginx haproxy pusher-cutover; do
+  run c1000 1 "$t" legacy_trigger "$BIG_CONNS" "$DURATION"
+done
+ELAPSED=$(( SECONDS - START ))
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------------ 5. report
+ver() { "$@" 2>&1 | head -n 1; }
+GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
+{
+  echo "pusher-cutover benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "command:  bench/run.sh$( [ $QUICK -eq 1 ] && echo " --quick")$( [ $LOG_COMPARE -eq 1 ] && echo " --log-compare") (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, $NREQ signed requests per run)"
+  echo "commit:   $GIT_REV ($GIT_DIRTY)"
+  echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+  echo "versions: $(ver "$NGINX" -v) | $(ver "$HAPROXY" -v) | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3) | $(rustc --version 2>/dev/null || echo rustc ?)"
+  echo "setup:    canned upstream nginx (1 worker); nginx proxy (2 workers, keepalive 1024); haproxy (nbthread 2,"
+  echo "          http-reuse always); pusher-cutover (tokio default: 1 worker per core); wrk -t2; all on one 2-core box"
+  echo ""
+  $PY summarize "$RESULTS"
+  echo ""
+  echo "pusher-cutover VmHWM before the $BIG_CONNS-connection run: $(awk -v k="$PC_HWM_BEFORE_BIG" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
+  echo "measured runs took ${ELAPSED}s; load average before the targets started: $LOAD_BEFORE; at the end: $LOAD_AFTER (includes this benchmark's own load)"
+} > "$WORK/summary.txt"
+cat "$WORK/summary.txt"
+if [ -n "$OUT" ]; then cp "$WORK/summary.txt" "$OUT"; cp "$RESULTS" "${OUT%.txt}.tsv"; log "summary written to $OUT"; fi
