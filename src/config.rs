@@ -214,6 +214,8 @@ struct RawUpstream {
     timeout_ms: u64,
     #[serde(default = "default_connect_timeout")]
     connect_timeout_ms: u64,
+    #[serde(default = "default_upstream_connections")]
+    max_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,6 +335,9 @@ fn default_shutdown_grace() -> u64 {
 fn default_upstream_timeout() -> u64 {
     10_000
 }
+fn default_upstream_connections() -> usize {
+    256
+}
 fn default_connect_timeout() -> u64 {
     3_000
 }
@@ -423,6 +428,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Bound on establishing a connection (502 beyond).
     pub connect_timeout: Duration,
+    /// Upstream connections open at once; further exchanges wait for one
+    /// (within `timeout`).
+    pub max_connections: usize,
 }
 
 /// One app's credentials and translation settings.
@@ -627,6 +635,10 @@ impl RawConfig {
             "upstream.connect_timeout_ms",
             self.upstream.connect_timeout_ms,
         );
+        problems.positive(
+            "upstream.max_connections",
+            self.upstream.max_connections as u64,
+        );
 
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
@@ -730,6 +742,7 @@ impl RawConfig {
                 url,
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+                max_connections: self.upstream.max_connections,
             },
             admin: AdminConfig {
                 listen: admin_listen,

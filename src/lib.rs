@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -55,7 +54,7 @@ use crate::telemetry::store::StoreError;
 use crate::telemetry::{Persistence, Telemetry};
 
 /// Body of every answer the proxy gives: its own, or the upstream's streamed.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, upstream::Guarded>;
 
 /// What [`run_with`] takes besides the config.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 use crate::ResponseBody;
 use crate::error::ProxyError;
 use crate::translate::TranslateError;
-use crate::upstream::{OutboundBody, Upstream};
+use crate::upstream::{Guarded, OutboundBody, Upstream};
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// section 7.6.1), and so are never forwarded.
@@ -94,7 +94,7 @@ pub fn prepare_headers(parts: &mut Parts) {
 
 /// The caller's response: the upstream's status, headers minus hop-by-hop
 /// ones, and its body streamed.
-pub fn downstream_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+pub fn downstream_response(resp: Response<Guarded>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Right(body))

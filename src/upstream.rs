@@ -2,6 +2,9 @@
 //! `https://` (rustls with the webpki roots), with every exchange bounded by
 //! the configured timeout.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +16,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamConfig;
 
@@ -98,6 +102,41 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, OutboundBody>,
     base: Uri,
     timeout: Duration,
+    /// One permit per upstream exchange in progress: at most
+    /// `max_connections` connections are open at once, the rest wait.
+    slots: Arc<Semaphore>,
+}
+
+/// An upstream response body that holds its exchange's connection slot
+/// until it has been read to the end (or dropped).
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Incoming,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            self.slot = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
@@ -120,6 +159,7 @@ impl Upstream {
             client,
             base: config.url.clone(),
             timeout: config.timeout,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
         }
     }
 
@@ -140,10 +180,27 @@ impl Upstream {
     pub async fn send(
         &self,
         req: Request<OutboundBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        tokio::time::timeout(self.timeout, self.request(req))
+    ) -> Result<Response<Guarded>, UpstreamError> {
+        let send = async {
+            let slot = self.slot().await?;
+            let resp = self.request(req).await?;
+            Ok(resp.map(|inner| Guarded {
+                inner,
+                slot: Some(slot),
+            }))
+        };
+        tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    /// Waits for a free connection slot.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| UpstreamError::Aborted)
     }
 
     /// Sends `req`. A bodyless GET or HEAD that fails because its pooled
@@ -175,6 +232,7 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
+            let _slot = self.slot().await?;
             let resp = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)

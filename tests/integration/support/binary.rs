@@ -76,6 +76,11 @@ impl Served {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Sends a signal (`HUP`, `TERM`, …) to the process.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running");
