@@ -3,9 +3,12 @@
 //! one short lock and never touches the disk; the store is written from
 //! what [`Ledger::take_changes`] hands out, in the background.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
+use hashbrown::{Equivalent, HashMap};
 use time::OffsetDateTime;
 
 use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, LegacyRoute, Usage};
@@ -13,27 +16,57 @@ use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, LegacyRoute, Usage}
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
-/// One caller's running totals, times in Unix seconds.
+/// One caller's running totals, times in Unix seconds, and whether they
+/// changed since the last write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stats {
     calls: u64,
     first_seen: u64,
     last_seen: u64,
+    dirty: bool,
 }
+
+/// One hour's calls, and whether they changed since the last write.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hour {
+    calls: u64,
+    dirty: bool,
+}
+
+/// A caller identity made of borrowed parts: looking a known caller up
+/// allocates nothing. Hashes like [`CallerKey`] (same fields, same order).
+#[derive(Hash)]
+struct CallerRef<'a> {
+    route: LegacyRoute,
+    auth_key: &'a str,
+    user_agent: &'a str,
+    client_address: &'a str,
+}
+
+impl Equivalent<CallerKey> for CallerRef<'_> {
+    fn equivalent(&self, key: &CallerKey) -> bool {
+        self.route == key.route
+            && self.auth_key == key.auth_key
+            && self.user_agent == key.user_agent
+            && self.client_address == key.client_address
+    }
+}
+
+// `CallerKey` derives `Hash` over the same fields in the same order, and
+// `String` hashes as `str`: the two hash alike, as `Equivalent` requires
+// (the tests below find known callers through `CallerRef`).
 
 #[derive(Debug, Default)]
 struct AppLedger {
     callers: HashMap<CallerKey, Stats>,
     /// Callers other than the `other` aggregates, for the cap.
     distinct: usize,
-    hourly: BTreeMap<(LegacyRoute, u64), u64>,
+    hourly: BTreeMap<(LegacyRoute, u64), Hour>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     apps: HashMap<String, AppLedger>,
-    dirty_callers: HashSet<(String, CallerKey)>,
-    dirty_hours: HashSet<(String, LegacyRoute, u64)>,
 }
 
 /// What changed since the last write: absolute values, so writing them
@@ -106,59 +139,82 @@ impl Ledger {
                         calls: c.calls,
                         first_seen: unix(c.first_seen),
                         last_seen: unix(c.last_seen),
+                        dirty: false,
                     },
                 );
             }
             for h in app.hourly {
-                ledger.hourly.insert((h.route, unix(h.hour)), h.calls);
+                let hour = Hour {
+                    calls: h.calls,
+                    dirty: false,
+                };
+                ledger.hourly.insert((h.route, unix(h.hour)), hour);
             }
         }
     }
 
     /// Records one verified legacy call made at `now` (Unix seconds).
+    /// Allocates only for a caller or an app seen for the first time.
     pub fn record(
         &self,
         app_id: &str,
         route: LegacyRoute,
         auth_key: &str,
         user_agent: &str,
-        client_address: &str,
+        client_address: IpAddr,
         now: u64,
     ) {
-        let key = CallerKey {
+        // An IP address is at most 45 characters long.
+        let mut buf = [0u8; 48];
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{client_address}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        };
+        let address = std::str::from_utf8(&buf[..len]).unwrap_or("");
+        let caller = CallerRef {
             route,
-            auth_key: auth_key.to_owned(),
-            user_agent: user_agent.to_owned(),
-            client_address: client_address.to_owned(),
+            auth_key,
+            user_agent,
+            client_address: address,
         };
         let hour = now - now % HOUR;
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        let mut state = self.lock();
         if !state.apps.contains_key(app_id) {
             state.apps.insert(app_id.to_owned(), AppLedger::default());
         }
         let Some(app) = state.apps.get_mut(app_id) else {
             return;
         };
-        let key = if app.callers.contains_key(&key) {
-            key
-        } else if app.distinct < self.max_callers_per_app {
-            app.distinct += 1;
-            key
-        } else {
-            CallerKey::other(route)
+        let stats = match app.callers.get_mut(&caller) {
+            Some(stats) => stats,
+            None => {
+                let key = if app.distinct < self.max_callers_per_app {
+                    app.distinct += 1;
+                    CallerKey {
+                        route,
+                        auth_key: auth_key.to_owned(),
+                        user_agent: user_agent.to_owned(),
+                        client_address: address.to_owned(),
+                    }
+                } else {
+                    CallerKey::other(route)
+                };
+                app.callers.entry(key).or_insert(Stats {
+                    calls: 0,
+                    first_seen: now,
+                    last_seen: now,
+                    dirty: true,
+                })
+            }
         };
-        let stats = app.callers.entry(key.clone()).or_insert(Stats {
-            calls: 0,
-            first_seen: now,
-            last_seen: now,
-        });
         stats.calls += 1;
         stats.first_seen = stats.first_seen.min(now);
         stats.last_seen = stats.last_seen.max(now);
-        *app.hourly.entry((route, hour)).or_default() += 1;
-        state.dirty_callers.insert((app_id.to_owned(), key));
-        state.dirty_hours.insert((app_id.to_owned(), route, hour));
+        stats.dirty = true;
+        let bucket = app.hourly.entry((route, hour)).or_default();
+        bucket.calls += 1;
+        bucket.dirty = true;
     }
 
     /// Takes what changed since the last call, and drops buckets older than
@@ -166,47 +222,51 @@ impl Ledger {
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);
         let mut state = self.lock();
-        for app in state.apps.values_mut() {
-            app.hourly.retain(|(_, hour), _| *hour >= prune_before);
-        }
-        let dirty_callers = std::mem::take(&mut state.dirty_callers);
-        let dirty_hours = std::mem::take(&mut state.dirty_hours);
-        let callers = dirty_callers
-            .into_iter()
-            .filter_map(|(app_id, key)| {
-                let stats = *state.apps.get(&app_id)?.callers.get(&key)?;
-                Some((app_id, caller(key, stats)))
-            })
-            .collect();
-        let hourly = dirty_hours
-            .into_iter()
-            .filter_map(|(app_id, route, hour)| {
-                let calls = *state.apps.get(&app_id)?.hourly.get(&(route, hour))?;
-                Some((
-                    app_id,
-                    HourlyCount {
-                        route,
-                        hour: datetime(hour),
-                        calls,
-                    },
-                ))
-            })
-            .collect();
-        Changes {
-            callers,
-            hourly,
+        let mut changes = Changes {
             prune_before,
+            ..Changes::default()
+        };
+        for (app_id, app) in state.apps.iter_mut() {
+            app.hourly.retain(|(_, hour), _| *hour >= prune_before);
+            for (key, stats) in app.callers.iter_mut().filter(|(_, s)| s.dirty) {
+                stats.dirty = false;
+                changes
+                    .callers
+                    .push((app_id.clone(), caller(key.clone(), *stats)));
+            }
+            for (&(route, hour), bucket) in app.hourly.iter_mut().filter(|(_, h)| h.dirty) {
+                bucket.dirty = false;
+                let count = HourlyCount {
+                    route,
+                    hour: datetime(hour),
+                    calls: bucket.calls,
+                };
+                changes.hourly.push((app_id.clone(), count));
+            }
         }
+        changes
     }
 
     /// Marks changes as not yet written again (after a failed write).
     pub fn restore_changes(&self, changes: Changes) {
         let mut state = self.lock();
         for (app_id, c) in changes.callers {
-            state.dirty_callers.insert((app_id, c.key));
+            if let Some(stats) = state
+                .apps
+                .get_mut(app_id.as_str())
+                .and_then(|a| a.callers.get_mut(&c.key))
+            {
+                stats.dirty = true;
+            }
         }
         for (app_id, h) in changes.hourly {
-            state.dirty_hours.insert((app_id, h.route, unix(h.hour)));
+            if let Some(bucket) = state
+                .apps
+                .get_mut(app_id.as_str())
+                .and_then(|a| a.hourly.get_mut(&(h.route, unix(h.hour))))
+            {
+                bucket.dirty = true;
+            }
         }
     }
 
@@ -227,10 +287,10 @@ impl Ledger {
                 let mut hourly: Vec<HourlyCount> = app
                     .hourly
                     .iter()
-                    .map(|(&(route, hour), &calls)| HourlyCount {
+                    .map(|(&(route, hour), h)| HourlyCount {
                         route,
                         hour: datetime(hour),
-                        calls,
+                        calls: h.calls,
                     })
                     .collect();
                 hourly.sort_by_key(|h| (h.hour, h.route));
@@ -260,6 +320,10 @@ mod tests {
     use super::*;
     use crate::telemetry::usage::OTHER;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an IP address")
+    }
+
     const T: u64 = 1_795_888_046;
 
     fn total_calls(u: &Usage) -> u64 {
@@ -279,11 +343,11 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 "ua",
-                "10.0.0.1",
+                "10.0.0.1".parse().expect("ip"),
                 T + i * 1000,
             );
         }
-        l.record("1", LegacyRoute::LegacyStats, "k", "ua", "10.0.0.1", T);
+        l.record("1", LegacyRoute::LegacyStats, "k", "ua", ip("10.0.0.1"), T);
         let u = l.snapshot();
         let app = &u.apps[0];
         assert_eq!(app.callers.len(), 2);
@@ -309,12 +373,19 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 &format!("ua-{i}"),
-                "10.0.0.1",
+                "10.0.0.1".parse().expect("ip"),
                 T,
             );
         }
         // A known caller keeps being counted on its own.
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua-0", "10.0.0.1", T);
+        l.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua-0",
+            ip("10.0.0.1"),
+            T,
+        );
         let u = l.snapshot();
         let callers = &u.apps[0].callers;
         assert_eq!(callers.len(), 4, "3 distinct + other");
@@ -334,8 +405,22 @@ mod tests {
     #[test]
     fn changes_are_taken_once_and_can_be_restored() {
         let l = Ledger::new(100, 35);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "a", T);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "a", T);
+        l.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua",
+            ip("10.0.0.1"),
+            T,
+        );
+        l.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua",
+            ip("10.0.0.1"),
+            T,
+        );
         let c = l.take_changes(T);
         assert_eq!(c.callers.len(), 1);
         assert_eq!(c.callers[0].1.calls, 2, "absolute totals");
@@ -348,12 +433,40 @@ mod tests {
     #[test]
     fn load_then_record_continues_the_counts() {
         let a = Ledger::new(2, 35);
-        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-1", "a", T);
-        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-2", "a", T);
+        a.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua-1",
+            ip("10.0.0.1"),
+            T,
+        );
+        a.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua-2",
+            ip("10.0.0.1"),
+            T,
+        );
         let b = Ledger::new(2, 35);
         b.load(a.snapshot());
-        b.record("1", LegacyRoute::LegacyTrigger, "k", "ua-1", "a", T + 5);
-        b.record("1", LegacyRoute::LegacyTrigger, "k", "ua-3", "a", T + 5);
+        b.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua-1",
+            ip("10.0.0.1"),
+            T + 5,
+        );
+        b.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua-3",
+            ip("10.0.0.1"),
+            T + 5,
+        );
         let u = b.snapshot();
         assert_eq!(total_calls(&u), 4);
         assert!(
@@ -365,7 +478,14 @@ mod tests {
     #[test]
     fn old_buckets_are_pruned() {
         let l = Ledger::new(100, 30);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "a", T);
+        l.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua",
+            ip("10.0.0.1"),
+            T,
+        );
         let later = T + 31 * DAY;
         let c = l.take_changes(later);
         assert_eq!(c.prune_before, later - 30 * DAY);

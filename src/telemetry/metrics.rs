@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -33,11 +35,22 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
 }
 
+/// An `app_id` label value: a configured app's id, or `other`. Shared, so
+/// labelling a sample allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct AppId(pub Arc<str>);
+
+impl EncodeLabelValue for AppId {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 /// The `app_id` and `route` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppRoute {
     /// A configured app id, or `other`.
-    pub app_id: String,
+    pub app_id: AppId,
     /// `legacy_stats`, `legacy_trigger` or `passthrough`.
     pub route: &'static str,
 }
@@ -46,7 +59,7 @@ pub struct AppRoute {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppRouteOutcome {
     /// A configured app id, or `other`.
-    pub app_id: String,
+    pub app_id: AppId,
     /// The route label.
     pub route: &'static str,
     /// `ok`, `client_error`, `auth_failed`, `upstream_error` or `rejected`.
@@ -64,7 +77,7 @@ pub struct RouteLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppReason {
     /// A configured app id, or `other`.
-    pub app_id: String,
+    pub app_id: AppId,
     /// A [`SignatureError::reason`](crate::signature::SignatureError::reason).
     pub reason: &'static str,
 }
@@ -73,7 +86,7 @@ pub struct AppReason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabel {
     /// A configured app id.
-    pub app_id: String,
+    pub app_id: AppId,
 }
 
 /// The `version` and `config_hash` labels.
@@ -89,7 +102,7 @@ pub struct BuildLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppField {
     /// A configured app id.
-    pub app_id: String,
+    pub app_id: AppId,
     /// `occupied`, `user_count`, `connection_count`, or `answer` when the
     /// translated call gave no comparable answer.
     pub field: &'static str,
@@ -232,7 +245,7 @@ impl Metrics {
         for (app_id, at) in sunsets {
             self.app_sunset
                 .get_or_create(&AppLabel {
-                    app_id: app_id.clone(),
+                    app_id: AppId(Arc::from(app_id.as_str())),
                 })
                 .set(*at);
         }

@@ -13,7 +13,7 @@ pub mod sources;
 pub mod store;
 pub mod usage;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::ErrorChain;
 use crate::route::RouteKind;
 use ledger::Ledger;
-use metrics::{AppReason, AppRoute, AppRouteOutcome, Metrics, RouteLabel};
+use metrics::{AppId, AppReason, AppRoute, AppRouteOutcome, Metrics, RouteLabel};
 use store::{Store, StoreError};
 use usage::LegacyRoute;
 
@@ -106,8 +106,10 @@ pub struct Observation<'a> {
 pub struct Telemetry {
     metrics: Metrics,
     ledger: Ledger,
-    /// The configured app ids: the only `app_id` label values but `other`.
-    configured: ArcSwap<HashSet<String>>,
+    /// The configured app ids, as label values: the only ones but `other`.
+    configured: ArcSwap<HashMap<String, AppId>>,
+    /// The `other` label value.
+    other: AppId,
     /// The loaded configuration's hash.
     config_hash: ArcSwap<String>,
 }
@@ -122,6 +124,7 @@ impl Telemetry {
                 config.telemetry.retention_days,
             ),
             configured: ArcSwap::default(),
+            other: AppId(Arc::from(OTHER_APP)),
             config_hash: ArcSwap::default(),
         };
         telemetry.configure(config);
@@ -138,8 +141,12 @@ impl Telemetry {
             .filter_map(|a| Some((a.id.clone(), a.sunset?.unix_timestamp())))
             .collect();
         self.metrics.configure(&config.hash, &sunsets);
-        self.configured
-            .store(Arc::new(config.apps.iter().map(|a| a.id.clone()).collect()));
+        let labels = config
+            .apps
+            .iter()
+            .map(|a| (a.id.clone(), AppId(Arc::from(a.id.as_str()))))
+            .collect();
+        self.configured.store(Arc::new(labels));
         self.config_hash.store(Arc::new(config.hash.clone()));
     }
 
@@ -169,11 +176,10 @@ impl Telemetry {
     }
 
     /// The bounded `app_id` label.
-    fn app_label(&self, app_id: Option<&str>) -> String {
-        match app_id {
-            Some(id) if self.configured.load().contains(id) => id.to_owned(),
-            _ => OTHER_APP.to_owned(),
-        }
+    fn app_label(&self, app_id: Option<&str>) -> AppId {
+        app_id
+            .and_then(|id| self.configured.load().get(id).cloned())
+            .unwrap_or_else(|| self.other.clone())
     }
 
     /// Records one request: metrics always, the ledger for verified legacy
@@ -216,7 +222,7 @@ impl Telemetry {
                 legacy,
                 caller.auth_key,
                 caller.user_agent,
-                &caller.client_address.to_string(),
+                caller.client_address,
                 o.now,
             );
         }

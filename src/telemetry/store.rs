@@ -275,7 +275,7 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 "ua",
-                "10.0.0.1",
+                "10.0.0.1".parse().expect("ip"),
                 T + i * 600,
             );
         }
@@ -284,10 +284,17 @@ mod tests {
             LegacyRoute::LegacyStats,
             "k",
             "ua\u{e9}'\"",
-            "::1",
+            "::1".parse().expect("ip"),
             T,
         );
-        ledger.record("7", LegacyRoute::LegacyStats, "k7", "", "10.0.0.2", T);
+        ledger.record(
+            "7",
+            LegacyRoute::LegacyStats,
+            "k7",
+            "",
+            "10.0.0.2".parse().expect("ip"),
+            T,
+        );
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         ledger.record(
@@ -295,7 +302,7 @@ mod tests {
             LegacyRoute::LegacyTrigger,
             "k",
             "ua",
-            "10.0.0.1",
+            "10.0.0.1".parse().expect("ip"),
             T + 7200,
         );
         store
@@ -314,7 +321,14 @@ mod tests {
     fn prune_deletes_old_buckets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Ledger::new(100, 30);
-        ledger.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "a", T);
+        ledger.record(
+            "1",
+            LegacyRoute::LegacyTrigger,
+            "k",
+            "ua",
+            "10.0.0.1".parse().expect("ip"),
+            T,
+        );
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         store
