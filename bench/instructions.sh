@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench/instructions.sh — instructions per request (valgrind callgrind), the
+# repeatable companion of bench/run.sh: instruction counts do not depend on
+# what else the machine is doing, so two builds can be compared exactly.
+#
+#   bench/instructions.sh [SCENARIO...]   default: legacy_trigger legacy_stats current_trigger
+#   RUST_LOG=warn bench/instructions.sh current_trigger   # without the per-request INFO lines
+#
+# Runs pusher-cutover (target/release, built if missing) under callgrind in
+# front of a canned nginx upstream on loopback, warms up, zeroes the
+# counters, drives a few thousand freshly signed requests with wrk, and
+# prints Ir (instructions) per request. Note: under valgrind, SHA-256 runs
+# its portable code instead of the SHA-NI instructions used natively, so
+# signing weighs far more here than on real hardware.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(legacy_trigger legacy_stats current_trigger)
+
+for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (bench/run.sh installs nginx and wrk; valgrind from Debian)" >&2; exit 1; }
+done
+BIN="$ROOT/target/release/pusher-cutover"
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
+UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
+cat > "$WORK/up.conf" <<EOF
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up.err;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    default_type application/json;
+    server {
+        listen 127.0.0.1:$UP backlog=4096;
+        location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
+        location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
+        location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }
+        location / { return 200 '{}'; }
+    }
+}
+EOF
+nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"
+cat > "$WORK/pc.toml" <<EOF
+listen = "127.0.0.1:$PC"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[upstream]
+url = "http://127.0.0.1:$UP"
+[[apps]]
+id = "4242"
+key = "bench-app-key"
+secret = "bench-app-secret"
+subscription_count = "on"
+EOF
+
+requests() {
+  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^pusher_cutover_requests_total/ {s+=$2} END {print s+0}'
+}
+
+for sc in "${SCENARIOS[@]}"; do
+  RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+    "$BIN" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
+  PID=$!
+  PIDS+=("$PID")
+  for _ in $(seq 1 150); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.2; done
+  python3 "$HERE/bench.py" gen --scenario "$sc" --n 3000 --out "$WORK/$sc.reqs" >/dev/null
+  timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
+  before=$(requests)
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
+  callgrind_control -d "$PID" >/dev/null 2>&1
+  after=$(requests)
+  sleep 1
+  ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  n=$((after - before))
+  printf '%-16s %6d requests  %12d Ir  %8d Ir/request\n' "$sc" "$n" "$ir" $((ir / n))
+  kill "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+done
