@@ -593,11 +593,6 @@ impl Config {
             Err(other) => Err(other),
         }
     }
-
-    /// The app with this id, if configured.
-    pub fn app(&self, id: &str) -> Option<&AppConfig> {
-        self.apps.iter().find(|a| a.id == id)
-    }
 }
 
 impl RawConfig {
@@ -999,7 +994,7 @@ mod tests {
         assert_eq!(c.timestamp_window_secs, 600);
         assert_eq!(c.upstream.timeout, Duration::from_secs(10));
         assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
-        let app = c.app("4242").expect("app");
+        let app = c.apps.iter().find(|a| a.id == "4242").expect("app");
         assert_eq!(app.subscription_count, SubscriptionCounting::On);
         assert_eq!(app.max_data_bytes, 10_240);
         assert_eq!(app.secrets[0].expose_secret(), "s");

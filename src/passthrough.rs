@@ -86,7 +86,7 @@ pub fn upstream_request(
 
 /// Readies the caller's request head for the upstream: hop-by-hop headers
 /// and `Host` removed (the client sets `Host` from the URI), HTTP/1.1.
-pub fn prepare_headers(parts: &mut Parts) {
+fn prepare_headers(parts: &mut Parts) {
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.version = hyper::Version::HTTP_11;

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT,
+    CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, LINK,
+    USER_AGENT,
 };
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
@@ -204,7 +205,10 @@ impl State {
         let bypass = self.config.bypass;
         let result = if kind.is_legacy() && !bypass {
             self.legacy(route, &parts, body, record).await
-        } else if let Some((app, query)) = self.resign_target(&route, &parts).filter(|_| !bypass) {
+        } else if let Some((app, query)) = (!bypass)
+            .then(|| self.resign_target(&route, &parts))
+            .flatten()
+        {
             self.resigned(app, query, parts, body, record).await
         } else {
             self.passthrough(parts, body, record).await
@@ -241,8 +245,7 @@ impl State {
         let (body, now) = self
             .verified(app, parts, &query, body, route.kind, record)
             .await?;
-        let raw_channel = route.channel.unwrap_or_default();
-        let channel = translate::decode_channel(raw_channel)?;
+        let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
 
         match cutover::decide(&app.config, route.kind, &channel, now) {
             Path::Reject => Err(ProxyError::Gone {
@@ -251,15 +254,11 @@ impl State {
                 channel,
             }),
             Path::Observe => {
-                let answer = self
-                    .observe(app, parts, raw_channel, &query, body, now, record)
-                    .await?;
+                let answer = self.observe(app, parts, &query, body, now, record).await?;
                 Ok(verbatim(answer))
             }
             Path::Shadow => {
-                let answer = self
-                    .observe(app, parts, raw_channel, &query, body, now, record)
-                    .await?;
+                let answer = self.observe(app, parts, &query, body, now, record).await?;
                 self.spawn_shadow_compare(app, &channel, now, &answer);
                 Ok(verbatim(answer))
             }
@@ -346,50 +345,20 @@ impl State {
     }
 
     /// Verifies a passthrough request, then forwards it re-signed for the
-    /// upstream: the app id in the path and the credentials are the
-    /// upstream's, the timestamp fresh, the other parameters kept. A POST
-    /// keeps its body (with its `body_md5`); other methods are sent without
-    /// body or `body_md5`. An upstream 401 then refuses the proxy's
-    /// signature, not the caller's: it becomes the 500 of spec E.4.
+    /// upstream (see [`State::resign`]). An upstream 401 then refuses the
+    /// proxy's signature, not the caller's: it becomes the 500 of spec E.4.
     async fn resigned(
         &self,
         app: &App,
         query: QueryParams,
-        mut parts: Parts,
+        parts: Parts,
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (body, now) = self
             .verified(app, &parts, &query, body, RouteKind::Passthrough, record)
             .await?;
-        let up = &app.config.upstream;
-        let path = upstream_path(parts.uri.path(), &app.config.id, &up.id);
-        let kept: Vec<(&str, &str)> = query
-            .iter()
-            .filter(|(k, _)| !signature::is_auth_param(k))
-            .collect();
-        let post = parts.method == Method::POST;
-        let body = if post { body } else { Bytes::new() };
-        let signed = signature::signed_query(
-            &up.key,
-            &up.secret,
-            parts.method.as_str(),
-            &path,
-            now,
-            post.then_some(&body[..]),
-            &kept,
-        );
-        parts.uri = self
-            .upstream
-            .uri(&format!("{path}?{signed}"))
-            .map_err(ProxyError::Internal)?;
-        passthrough::prepare_headers(&mut parts);
-        parts.headers.remove(CONTENT_LENGTH);
-        parts.headers.remove(EXPECT);
-        if !post {
-            parts.headers.remove(CONTENT_TYPE);
-        }
-        let req = Request::from_parts(parts, Either::Left(Full::new(body)));
+        let req = self.resign(app, &parts, &query, body, now)?;
         let resp = self.forward(req, record).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(UpstreamError::RejectedCredentials {
@@ -404,60 +373,82 @@ impl State {
     /// and the unchanged half of `shadow`). For an app the upstream knows
     /// by the same credentials the call goes byte for byte; for a mapped
     /// app it is re-signed with the upstream's id and credentials.
-    #[allow(clippy::too_many_arguments)]
     async fn observe(
         &self,
         app: &App,
         parts: &Parts,
-        raw_channel: &str,
         query: &QueryParams,
         body: Bytes,
         now: u64,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
-        let target = if app.config.is_mapped() {
-            let up = &app.config.upstream;
-            let action = if parts.method == Method::POST {
-                "events"
-            } else {
-                "stats"
-            };
-            let path = format!("/apps/{}/channels/{raw_channel}/{action}", up.id);
-            let kept: Vec<(&str, &str)> = query
-                .iter()
-                .filter(|(k, _)| !signature::is_auth_param(k))
-                .collect();
-            let md5_body = (!body.is_empty() || parts.method == Method::POST).then_some(&body[..]);
-            let q = signature::signed_query(
-                &up.key,
-                &up.secret,
-                parts.method.as_str(),
-                &path,
-                now,
-                md5_body,
-                &kept,
-            );
-            format!("{path}?{q}")
+        let req = if app.config.is_mapped() {
+            self.resign(app, parts, query, body, now)?
         } else {
-            parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            self.outbound(parts, target, body)?
         };
-        let mut builder = Request::builder()
-            .method(parts.method.clone())
-            .uri(self.upstream.uri(&target).map_err(ProxyError::Internal)?);
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
-        }
-        let mut req = builder
-            .body(Either::Left(Full::new(body)))
-            .map_err(ProxyError::Internal)?;
-        let (mut head, body) = req.into_parts();
-        passthrough::prepare_headers(&mut head);
-        head.headers.remove(CONTENT_LENGTH);
-        req = Request::from_parts(head, body);
         self.exchange(req, self.upstream.deadline(), record).await
+    }
+
+    /// A caller's verified request re-signed for the upstream: the app id in
+    /// the path and the credentials are the upstream's, the timestamp
+    /// `now`, the other parameters kept. A POST keeps its body (and gets its
+    /// `body_md5`); other methods go without body or `body_md5`.
+    fn resign(
+        &self,
+        app: &App,
+        head: &Parts,
+        query: &QueryParams,
+        body: Bytes,
+        now: u64,
+    ) -> Result<Request<OutboundBody>, ProxyError> {
+        let up = &app.config.upstream;
+        let path = upstream_path(head.uri.path(), &app.config.id, &up.id);
+        let kept: Vec<(&str, &str)> = query
+            .iter()
+            .filter(|(k, _)| !signature::is_auth_param(k))
+            .collect();
+        let post = head.method == Method::POST;
+        let body = if post { body } else { Bytes::new() };
+        let signed = signature::signed_query(
+            &up.key,
+            &up.secret,
+            head.method.as_str(),
+            &path,
+            now,
+            post.then_some(&body[..]),
+            &kept,
+        );
+        let mut req = self.outbound(head, &format!("{path}?{signed}"), body)?;
+        if !post {
+            req.headers_mut().remove(CONTENT_TYPE);
+        }
+        Ok(req)
+    }
+
+    /// A buffered request to the upstream with the caller's method and
+    /// headers, minus hop-by-hop ones, `Host`, `Content-Length` and
+    /// `Expect` (the client sets the first two from the URI and body).
+    fn outbound(
+        &self,
+        head: &Parts,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Request<OutboundBody>, ProxyError> {
+        let mut req = Request::new(Either::Left(Full::new(body)));
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = self
+            .upstream
+            .uri(path_and_query)
+            .map_err(ProxyError::Internal)?;
+        let headers = req.headers_mut();
+        *headers = head.headers.clone();
+        passthrough::strip_hop_by_hop(headers);
+        for name in [HOST, CONTENT_LENGTH, EXPECT] {
+            headers.remove(name);
+        }
+        Ok(req)
     }
 
     /// Shadow mode: sends the translated stats call in the background and
