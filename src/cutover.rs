@@ -130,13 +130,20 @@ mod tests {
                 translated.abs_diff(expected) <= 50,
                 "{percent}%: {translated} of 1000 translated"
             );
-            for i in 0..100 {
-                let ch = format!("channel-{i}");
-                assert_eq!(
-                    in_rollout("4242", &ch, percent),
-                    in_rollout("4242", &ch, percent)
-                );
-            }
+        }
+        // Sticky across sidecars, restarts and versions: the bucket is a
+        // fixed function of (app id, channel). Known answers, computed with
+        // `printf '4242\0channel-0' | sha256sum` (first 8 bytes, mod 100).
+        for (channel, bucket) in [
+            ("channel-0", 77),
+            ("channel-1", 76),
+            ("room", 43),
+            ("presence-lobby", 30),
+        ] {
+            assert_eq!(rollout_bucket("4242", channel), bucket, "{channel}");
+            assert!(
+                in_rollout("4242", channel, bucket + 1) && !in_rollout("4242", channel, bucket)
+            );
         }
         // Raising the share only adds channels: none flips back.
         for i in 0..1000 {

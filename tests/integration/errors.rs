@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hyper::Method;
 
-use crate::support::{self, TestProxy, oracle};
+use crate::support::{self, TestProxy};
 
 fn assert_one_line(a: &support::Answer) {
     let text = a.text();
@@ -33,47 +33,38 @@ async fn client_errors_are_refused_locally() {
     let forged = ok_uri.replace(&ok_uri[ok_uri.len() - 8..], "00000000");
     let other_secret = {
         let path = "/apps/4242/channels/room/events";
-        format!(
-            "{path}?{}",
-            oracle::signed_query(
-                support::KEY,
-                "wrong",
-                "POST",
-                path,
-                now,
-                Some(body),
-                &[("name", "ev")]
-            )
+        support::signed_uri(
+            support::KEY,
+            "wrong",
+            "POST",
+            path,
+            now,
+            Some(body),
+            &[("name", "ev")],
         )
     };
     let other_key = {
         let path = "/apps/4242/channels/room/events";
-        format!(
-            "{path}?{}",
-            oracle::signed_query(
-                "other-key",
-                support::SECRET,
-                "POST",
-                path,
-                now,
-                Some(body),
-                &[("name", "ev")]
-            )
+        support::signed_uri(
+            "other-key",
+            support::SECRET,
+            "POST",
+            path,
+            now,
+            Some(body),
+            &[("name", "ev")],
         )
     };
     let unknown_app = {
         let path = "/apps/7/channels/room/events";
-        format!(
-            "{path}?{}",
-            oracle::signed_query(
-                support::KEY,
-                support::SECRET,
-                "POST",
-                path,
-                now,
-                Some(body),
-                &[("name", "ev")]
-            )
+        support::signed_uri(
+            support::KEY,
+            support::SECRET,
+            "POST",
+            path,
+            now,
+            Some(body),
+            &[("name", "ev")],
         )
     };
     let big = vec![b'x'; 101];
@@ -340,17 +331,14 @@ async fn authentication_edges() {
     let now = support::now();
     let path = "/apps/4242/channels/room/events";
     let sign = |params: &[(&str, &str)], body: Option<&[u8]>, ts: u64| {
-        format!(
-            "{path}?{}",
-            oracle::signed_query(
-                support::KEY,
-                support::SECRET,
-                "POST",
-                path,
-                ts,
-                body,
-                params
-            )
+        support::signed_uri(
+            support::KEY,
+            support::SECRET,
+            "POST",
+            path,
+            ts,
+            body,
+            params,
         )
     };
     let long_version = "A".repeat(20_000);

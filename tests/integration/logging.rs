@@ -20,10 +20,7 @@ async fn legacy_calls_are_logged_without_secrets() {
     let stats = support::legacy_stats_uri("presence-room", now);
     let current = {
         let path = "/apps/4242/channels/room";
-        format!(
-            "{path}?{}",
-            oracle::signed_query(support::KEY, support::SECRET, "GET", path, now, None, &[])
-        )
+        support::signed_uri(support::KEY, support::SECRET, "GET", path, now, None, &[])
     };
     for (method, target, body, status) in [
         (Method::POST, &good, &body[..], 202),

@@ -276,6 +276,21 @@ pub async fn read_response(stream: &mut TcpStream) -> Answer {
     }
 }
 
+/// `path?query`, the query signed by the oracle (see
+/// [`oracle::signed_query`] for the arguments).
+pub fn signed_uri(
+    key: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: Option<&[u8]>,
+    params: &[(&str, &str)],
+) -> String {
+    let q = oracle::signed_query(key, secret, method, path, timestamp, body, params);
+    format!("{path}?{q}")
+}
+
 /// The path and signed query of a legacy trigger, signed by the oracle.
 pub fn legacy_trigger_uri(
     channel_raw: &str,
@@ -284,15 +299,13 @@ pub fn legacy_trigger_uri(
     timestamp: u64,
 ) -> String {
     let path = format!("/apps/{APP_ID}/channels/{channel_raw}/events");
-    let q = oracle::signed_query(KEY, SECRET, "POST", &path, timestamp, Some(body), params);
-    format!("{path}?{q}")
+    signed_uri(KEY, SECRET, "POST", &path, timestamp, Some(body), params)
 }
 
 /// The path and signed query of a legacy stats call, signed by the oracle.
 pub fn legacy_stats_uri(channel_raw: &str, timestamp: u64) -> String {
     let path = format!("/apps/{APP_ID}/channels/{channel_raw}/stats");
-    let q = oracle::signed_query(KEY, SECRET, "GET", &path, timestamp, None, &[]);
-    format!("{path}?{q}")
+    signed_uri(KEY, SECRET, "GET", &path, timestamp, None, &[])
 }
 
 /// Everything the crate logged in this test binary, at every level.
