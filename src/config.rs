@@ -145,6 +145,8 @@ struct RawConfig {
     max_header_bytes: usize,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default)]
+    workers: usize,
     tls: Option<RawTls>,
     upstream: RawUpstream,
     #[serde(default)]
@@ -366,6 +368,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Worker threads serving connections; 0 means one per core.
+    pub workers: usize,
     /// Inbound TLS, when set.
     pub tls: Option<TlsConfig>,
     /// Where requests go.
@@ -502,7 +506,18 @@ pub struct Brownout {
     pub end: OffsetDateTime,
 }
 
+/// Most worker threads `workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 impl Config {
+    /// Worker threads to start: `workers`, or one per core when it is 0.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Loads and validates a TOML file.
     pub fn from_file(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -612,6 +627,12 @@ impl RawConfig {
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
         problems.positive("max_connections", self.max_connections as u64);
+        if self.workers > MAX_WORKERS {
+            problems.add(
+                "workers",
+                format!("must be at most {MAX_WORKERS} (0: one per core)"),
+            );
+        }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             problems.add(
                 "max_header_bytes",
@@ -729,6 +750,7 @@ impl RawConfig {
             bypass: self.bypass,
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections,
+            workers: self.workers,
             tls: self.tls.map(|t| TlsConfig {
                 cert: t.cert,
                 key: t.key,
@@ -1014,6 +1036,22 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.apps[0].subscription_count, SubscriptionCounting::Probe);
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core() {
+        let text = |workers: &str| {
+            format!(
+                "{workers}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            )
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = Config::from_toml_str(&text(""), &env(&[])).expect("valid");
+        assert_eq!((default.workers, default.workers()), (0, cores));
+        let three = Config::from_toml_str(&text("workers = 3"), &env(&[])).expect("valid");
+        assert_eq!(three.workers(), 3);
+        let err = Config::from_toml_str(&text("workers = 5000"), &env(&[])).expect_err("too many");
+        assert!(err.to_string().contains("workers"), "{err}");
     }
 
     #[test]

@@ -238,7 +238,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-#[tokio::main]
+/// The accept loop, admin listener, telemetry flushes and signals run on
+/// this one thread; connections are served by the worker threads that
+/// [`pusher_cutover::server`] starts.
+#[tokio::main(flavor = "current_thread")]
 async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path.as_ref()).context("loading configuration")?;
     let listener = TcpListener::bind(config.listen)

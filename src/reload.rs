@@ -86,6 +86,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("listen", old.listen != new.listen),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        ("workers", old.workers != new.workers),
         (
             "header_timeout_ms",
             old.header_timeout != new.header_timeout,

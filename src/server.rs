@@ -1,6 +1,13 @@
 //! The listener: HTTP/1.1 with keep-alive (optionally over TLS), one task
 //! per connection, a cap on connections served at once, and a graceful
 //! shutdown that stops accepting and lets requests in flight finish.
+//!
+//! Connections are served by worker threads, one per core by default, each
+//! running its own single-threaded tokio runtime. The accept loop hands
+//! each new connection to the next worker in turn; from then on the
+//! connection, its requests, their upstream exchanges and the pooled
+//! upstream connections they use stay on that one thread. Nothing on a
+//! request's path wakes another thread, and no task migrates between cores.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +46,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// On shutdown, how long open connections may take to finish.
     pub grace: Duration,
+    /// Worker threads serving connections (at least 1).
+    pub workers: usize,
     /// Inbound TLS.
     pub tls: Option<TlsAcceptor>,
 }
@@ -50,6 +59,7 @@ impl std::fmt::Debug for Settings {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
             .field("grace", &self.grace)
+            .field("workers", &self.workers)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -103,9 +113,17 @@ impl Settings {
             max_header_bytes: config.max_header_bytes,
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
+            workers: config.workers(),
             tls: config.tls.as_ref().map(tls_acceptor).transpose()?,
         })
     }
+}
+
+/// A connection handed from the accept loop to a worker.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
 }
 
 /// Serves `proxy` on `listener` until `shutdown` completes, then waits up
@@ -116,7 +134,6 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
@@ -124,10 +141,23 @@ pub async fn serve(
         .max_header_size(settings.max_header_bytes);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     tokio::pin!(shutdown);
+
+    let mut workers = Vec::with_capacity(settings.workers.max(1));
+    for index in 0..settings.workers.max(1) {
+        match Worker::start(index, &http, &proxy, &settings) {
+            Ok(worker) => workers.push(worker),
+            Err(error) => tracing::error!(%error, index, "cannot start a worker thread"),
+        }
+    }
+    if workers.is_empty() {
+        tracing::error!("no worker thread could be started; not serving");
+        return;
+    }
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, tls = settings.tls.is_some(), "listening");
+        tracing::info!(%addr, tls = settings.tls.is_some(), workers = workers.len(), "listening");
     }
 
+    let mut next = 0usize;
     loop {
         // Wait for a free slot first: past `max_connections`, new
         // connections stay in the accept queue while open ones are served.
@@ -146,7 +176,27 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 // Small request/response exchanges: send each segment at once.
                 let _ = stream.set_nodelay(true);
-                accept(&http, &graceful, &proxy, &settings, stream, peer, permit);
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(%error, %peer, "cannot hand the connection to a worker");
+                        continue;
+                    }
+                };
+                // Round robin; a worker whose thread has ended is skipped.
+                let mut handoff = Handoff {
+                    stream,
+                    peer,
+                    permit,
+                };
+                for _ in 0..workers.len() {
+                    let worker = &workers[next % workers.len()];
+                    next = next.wrapping_add(1);
+                    match worker.connections.send(handoff) {
+                        Ok(()) => break,
+                        Err(returned) => handoff = returned.0,
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -157,14 +207,73 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(settings.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_ms = settings.grace.as_millis() as u64,
-            "connections still open after the grace period"
-        );
+    for worker in workers {
+        // Closing its channel tells the worker to drain and stop.
+        let Worker { connections, done } = worker;
+        drop(connections);
+        let _ = done.await;
+    }
+}
+
+/// A worker thread: its own single-threaded runtime serving the
+/// connections it is handed.
+struct Worker {
+    connections: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    /// Resolves when the thread has drained its connections.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn start(
+        index: usize,
+        http: &http1::Builder,
+        proxy: &Proxy,
+        settings: &Settings,
+    ) -> std::io::Result<Self> {
+        let (connections, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (http, proxy, settings) = (http.clone(), proxy.clone(), settings.clone());
+        std::thread::Builder::new()
+            .name(format!("pusher-cutover-worker-{index}"))
+            .spawn(move || {
+                crate::upstream::set_worker_index(index);
+                runtime.block_on(async {
+                    let graceful = GracefulShutdown::new();
+                    while let Some(Handoff {
+                        stream,
+                        peer,
+                        permit,
+                    }) = incoming.recv().await
+                    {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                accept(&http, &graceful, &proxy, &settings, stream, peer, permit)
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, %peer, "cannot register the connection")
+                            }
+                        }
+                    }
+                    if tokio::time::timeout(settings.grace, graceful.shutdown())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            grace_ms = settings.grace.as_millis() as u64,
+                            worker = index,
+                            "connections still open after the grace period"
+                        );
+                    }
+                });
+                // Dropping the runtime cancels what is left (idle pooled
+                // upstream connections).
+                drop(runtime);
+                let _ = finished.send(());
+            })?;
+        Ok(Self { connections, done })
     }
 }
 

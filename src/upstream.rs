@@ -1,7 +1,12 @@
-//! The one pooled client to the upstream server, over `http://` or
-//! `https://` (rustls with the webpki roots), with every exchange bounded by
-//! the configured timeout.
+//! The pooled client to the upstream server, over `http://` or `https://`
+//! (rustls with the webpki roots), with every exchange bounded by the
+//! configured timeout.
+//!
+//! Each worker thread (see [`crate::server`]) has a pool of its own, so an
+//! exchange uses a connection driven by its own thread's runtime; the cap
+//! on open connections is shared by all.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -95,11 +100,25 @@ pub struct Buffered {
     pub body: Bytes,
 }
 
-/// The pooled client and where it points. Cheap to clone; clones share the
-/// pool.
+thread_local! {
+    /// The worker thread's index: which pool its exchanges use.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`, so its exchanges use pool
+/// `index` (modulo the number of pools).
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+type PooledClient = Client<HttpsConnector<HttpConnector>, OutboundBody>;
+
+/// The pooled clients and where they point. Cheap to clone; clones share
+/// the pools.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, OutboundBody>,
+    /// One pool per worker thread.
+    clients: Arc<[PooledClient]>,
     base: Uri,
     timeout: Duration,
     /// One permit per upstream exchange in progress: at most
@@ -140,29 +159,42 @@ impl hyper::body::Body for Guarded {
 }
 
 impl Upstream {
-    /// A client for `config`.
-    pub fn new(config: &UpstreamConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(https);
+    /// Clients for `config`, one pool for each of `workers` threads.
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
+        let clients = (0..workers.max(1)).map(|_| client(config)).collect();
         Self {
-            client,
+            clients,
             base: config.url.clone(),
             timeout: config.timeout,
             slots: Arc::new(Semaphore::new(config.max_connections)),
         }
     }
 
+    /// The calling worker thread's pool.
+    fn client(&self) -> &PooledClient {
+        let index = WORKER.with(Cell::get) % self.clients.len();
+        &self.clients[index]
+    }
+}
+
+/// One pooled client for `config`.
+fn client(config: &UpstreamConfig) -> PooledClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let https = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(https)
+}
+
+impl Upstream {
     /// The upstream URI for a path and query (`/apps/…?…`).
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
         let mut parts = self.base.clone().into_parts();
@@ -213,13 +245,13 @@ impl Upstream {
         req: Request<OutboundBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let retry = retryable_copy(&req);
-        match self.client.request(req).await {
+        match self.client().request(req).await {
             Err(e) if retry.is_some() && is_stale_connection(&e) => {
                 tracing::debug!(error = %e, "stale upstream connection; retrying the GET once");
                 let Some(again) = retry else {
                     return Err(classify(e));
                 };
-                self.client.request(again).await.map_err(classify)
+                self.client().request(again).await.map_err(classify)
             }
             other => other.map_err(classify),
         }
