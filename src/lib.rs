@@ -25,6 +25,7 @@ pub mod cutover;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod logging;
 pub mod passthrough;
 pub mod proxy;
 pub mod query;

@@ -1,7 +1,7 @@
 //! The `pusher-cutover` binary: parses the command line, loads the config,
 //! sets up logging and runs the library. Wiring only.
 
-use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pusher_cutover::config::{self, Config, ConfigError};
 use pusher_cutover::error::ErrorChain;
+use pusher_cutover::logging;
 use pusher_cutover::telemetry::report;
 use pusher_cutover::telemetry::sources::{self, Source};
 use pusher_cutover::{ConfigSource, Options};
@@ -211,28 +212,31 @@ async fn report(
 }
 
 /// Logs go to stderr through a background writer, so a request never waits
-/// on the terminal or a pipe; lines are never dropped (a full buffer makes
-/// the logging thread wait instead). The guard flushes on drop.
+/// on the terminal or a pipe; lines are never dropped (a full queue makes
+/// the writing thread wait instead). Worker threads hand their lines over
+/// in batches ([`logging::Batched`]). The guard flushes on drop.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        // The queue is allocated up front: 16,384 lines (~0.5 s of a busy
-        // proxy's lines) rather than the default 128,000 (~4 MB).
-        .buffered_lines_limit(16_384)
+        // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
+        // waiting for a slow stderr before writers wait.
+        .buffered_lines_limit(256)
         .thread_name("pusher-cutover-log")
-        // Lines the worker finds queued are written in one go.
+        // What the log thread finds queued is written in one go.
         .finish(std::io::BufWriter::with_capacity(
             64 * 1024,
             std::io::stderr(),
         ));
+    let sink = move |bytes: &[u8]| {
+        let _ = writer.clone().write_all(bytes);
+    };
+    // Called once per process, so the sink is always free to set.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+        .with_writer(logging::Batched::new(sink));
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.event_format(logging::LineFormat).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard

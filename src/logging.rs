@@ -1,0 +1,391 @@
+//! The text log format and the batching of log lines per worker thread.
+//!
+//! Every request writes one line, so the line's cost is part of every
+//! request's cost. [`LineFormat`] writes the same `key=value` text as
+//! `tracing-subscriber`'s default format (timestamp, level, message,
+//! fields; no spans, no colours), without its per-field formatting
+//! machinery: strings that need no escaping are copied as they are,
+//! numbers go through `itoa`, and the timestamp's date and time are formatted
+//! once per second per thread.
+//!
+//! [`Batched`] collects a worker thread's lines in a buffer of its own and
+//! hands them to the sink (the non-blocking writer) in one piece when the
+//! thread's runtime is about to wait for work ([`flush_thread`], called
+//! from the runtime's park hook) or when the buffer is full, instead of
+//! one hand-off, and often one wake-up of the writer thread, per line.
+//! Threads that do not batch write each line straight to the sink.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::{self, Write as _};
+use std::io;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+
+/// A batch is handed on once it holds this much.
+const BATCH_BYTES: usize = 16 * 1024;
+
+/// Where finished lines (or batches of lines) go.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+thread_local! {
+    /// Whether this thread batches its lines.
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
+    /// This thread's lines not yet handed to the sink.
+    static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The timestamp text of the last whole second this thread formatted.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// A [`MakeWriter`] whose lines go to the process's sink, batched on
+/// threads that called [`batch_this_thread`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batched(());
+
+impl Batched {
+    /// Sends lines to `sink`. The sink is set once per process: if one is
+    /// set already, `sink` is dropped and lines keep going to the first.
+    pub fn new(sink: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        let _ = SINK.set(Box::new(sink));
+        Self(())
+    }
+}
+
+/// Makes the calling thread batch its log lines until [`flush_thread`].
+/// Called by the worker threads of [`crate::server`].
+pub fn batch_this_thread() {
+    BATCHING.with(|b| b.set(true));
+}
+
+/// Hands the calling thread's pending lines to the sink.
+pub fn flush_thread() {
+    let Some(sink) = SINK.get() else { return };
+    PENDING.with(|p| {
+        if let Ok(mut pending) = p.try_borrow_mut()
+            && !pending.is_empty()
+        {
+            sink(&pending);
+            pending.clear();
+        }
+    });
+}
+
+/// One line being written.
+#[derive(Debug)]
+pub struct LineWriter(());
+
+impl io::Write for LineWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let Some(sink) = SINK.get() else {
+            return Ok(line.len());
+        };
+        if !BATCHING.with(Cell::get) {
+            sink(line);
+            return Ok(line.len());
+        }
+        PENDING.with(|p| match p.try_borrow_mut() {
+            Ok(mut pending) => {
+                pending.extend_from_slice(line);
+                if pending.len() >= BATCH_BYTES {
+                    sink(&pending);
+                    pending.clear();
+                }
+            }
+            // Only reachable if the sink itself logs: write through.
+            Err(_) => sink(line),
+        });
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter(())
+    }
+}
+
+/// The text format: `2026-11-28T20:58:32.918933Z  WARN message key=value …`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        format_line(SystemTime::now(), writer, event)
+    }
+}
+
+/// Writes `event` as one line stamped `now`.
+fn format_line(now: SystemTime, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    timestamp(&mut writer, since.as_secs(), since.subsec_micros())?;
+    writer.write_str(match *event.metadata().level() {
+        Level::ERROR => " ERROR ",
+        Level::WARN => "  WARN ",
+        Level::INFO => "  INFO ",
+        Level::DEBUG => " DEBUG ",
+        Level::TRACE => " TRACE ",
+    })?;
+    let mut fields = Fields {
+        writer: &mut writer,
+        first: true,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    writer.write_char('\n')
+}
+
+/// `2026-11-28T20:58:32.918933Z`; the part up to the seconds is cached.
+fn timestamp(writer: &mut Writer<'_>, secs: u64, micros: u32) -> fmt::Result {
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            let at = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let _ = write!(
+                cached.1,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                at.year(),
+                u8::from(at.month()),
+                at.day(),
+                at.hour(),
+                at.minute(),
+                at.second()
+            );
+            cached.0 = secs;
+        }
+        writer.write_str(&cached.1)
+    })?;
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(micros);
+    writer.write_str(&"000000"[text.len().min(6)..])?;
+    writer.write_str(text)?;
+    writer.write_char('Z')
+}
+
+/// Writes an event's message and fields, space-separated.
+struct Fields<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    /// Starts the next item: the message bare, a field as `name=`.
+    fn start(&mut self, field: &Field) -> fmt::Result {
+        if !std::mem::take(&mut self.first) {
+            self.writer.write_char(' ')?;
+        }
+        if field.name() != "message" {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.start(field).and_then(|()| value(self.writer));
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let message = field.name() == "message";
+        self.put(field, |w| {
+            if message {
+                w.write_str(value)
+            } else {
+                quoted(w, value)
+            }
+        });
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    /// Milliseconds and the like: three decimals are plenty for a log.
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, |w| {
+            let thousandths = (value * 1000.0).round();
+            if !(0.0..1e15).contains(&thousandths) {
+                return write!(w, "{value}");
+            }
+            let thousandths = thousandths as u64;
+            w.write_str(itoa::Buffer::new().format(thousandths / 1000))?;
+            w.write_char('.')?;
+            let frac = thousandths % 1000;
+            let mut digits = itoa::Buffer::new();
+            let text = digits.format(frac);
+            w.write_str(&"000"[text.len().min(3)..])?;
+            w.write_str(text)
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, |w| write!(w, "{value:?}"));
+    }
+}
+
+/// `"value"`: copied as is when it is printable ASCII without `"` or `\`,
+/// otherwise escaped as Rust's `Debug` does, so a value can never break the
+/// line or forge another one.
+fn quoted(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+    let plain = value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        w.write_char('"')?;
+        w.write_str(value)?;
+        w.write_char('"')
+    } else {
+        write!(w, "{value:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Collect {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| io::ErrorKind::Other)?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Collect {
+        type Writer = Collect;
+        fn make_writer(&'a self) -> Collect {
+            self.clone()
+        }
+    }
+
+    fn line_of(emit: impl FnOnce()) -> String {
+        let out = Collect::default();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(LineFormat)
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.0.lock().expect("lock").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn writes_the_default_formats_fields() {
+        let addr: std::net::IpAddr = [127, 0, 0, 1].into();
+        let line = line_of(|| {
+            tracing::warn!(
+                method = %"POST",
+                app_id = Some("4242"),
+                status = 202u16,
+                upstream_status = None::<u16>,
+                latency_ms = 1.393_123_000_000_000_1,
+                user_agent = "ua \"quoted\"\nnext",
+                client_addr = %addr,
+                ok = true,
+                delta = -3i64,
+                "legacy call"
+            )
+        });
+        let (stamp, rest) = line.split_once(' ').expect("timestamp");
+        assert_eq!(stamp.len(), "2026-11-28T20:58:32.918933Z".len(), "{stamp}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
+        assert_eq!(
+            rest,
+            " WARN legacy call method=POST app_id=\"4242\" status=202 latency_ms=1.393 \
+             user_agent=\"ua \\\"quoted\\\"\\nnext\" client_addr=127.0.0.1 ok=true delta=-3\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        // `date -u -d @951782459` gives 2000-02-29T00:00:59 (a leap day).
+        let at = UNIX_EPOCH + std::time::Duration::new(951_782_459, 18_933_000);
+        let out = Collect::default();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(FixedTime(at))
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || tracing::info!("x"));
+        let line = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(line, "2000-02-29T00:00:59.018933Z  INFO x\n");
+    }
+
+    #[test]
+    fn fractions_keep_their_leading_zeros() {
+        let line = line_of(|| tracing::info!(a = 2.0047, b = 0.0, "m"));
+        assert!(line.ends_with(" INFO m a=2.005 b=0.000\n"), "{line}");
+    }
+
+    /// [`LineFormat`] at a fixed time.
+    struct FixedTime(SystemTime);
+
+    impl<S, N> FormatEvent<S, N> for FixedTime
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            _ctx: &FmtContext<'_, S, N>,
+            writer: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            format_line(self.0, writer, event)
+        }
+    }
+}
