@@ -234,12 +234,15 @@ impl Worker {
         let (finished, done) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Log lines written while busy go out together when idle.
+            .on_thread_park(crate::logging::flush_thread)
             .build()?;
         let (http, proxy, settings) = (http.clone(), proxy.clone(), settings.clone());
         std::thread::Builder::new()
             .name(format!("pusher-cutover-worker-{index}"))
             .spawn(move || {
                 crate::upstream::set_worker_index(index);
+                crate::logging::batch_this_thread();
                 runtime.block_on(async {
                     let graceful = GracefulShutdown::new();
                     while let Some(Handoff {
@@ -271,6 +274,7 @@ impl Worker {
                 // Dropping the runtime cancels what is left (idle pooled
                 // upstream connections).
                 drop(runtime);
+                crate::logging::flush_thread();
                 let _ = finished.send(());
             })?;
         Ok(Self { connections, done })

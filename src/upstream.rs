@@ -1,27 +1,33 @@
-//! The pooled client to the upstream server, over `http://` or `https://`
-//! (rustls with the webpki roots), with every exchange bounded by the
-//! configured timeout.
+//! The client to the upstream server, over `http://` or `https://` (rustls
+//! with the webpki roots), with every exchange bounded by the configured
+//! timeout.
 //!
-//! Each worker thread (see [`crate::server`]) has a pool of its own, so an
-//! exchange uses a connection driven by its own thread's runtime; the cap
-//! on open connections is shared by all.
+//! Connections are HTTP/1.1 keep-alive connections (`hyper`'s client
+//! connections), pooled per worker thread (see [`crate::server`]): an
+//! exchange takes the most recently used idle connection of its own
+//! thread, whose connection task runs on that thread's runtime, or opens
+//! one. A connection goes back to its pool once its response has been read
+//! to the end. The cap on exchanges in flight is shared by all workers;
+//! each worker keeps at most its share of that cap in idle connections.
 
 use std::cell::Cell;
+use std::error::Error as StdError;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HOST, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_service::Service as _;
 
 use crate::config::UpstreamConfig;
 
@@ -29,11 +35,18 @@ use crate::config::UpstreamConfig;
 /// the caller (passthrough), held to `max_body_bytes`.
 pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
 
+/// An error from the connector, the connection or a body.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
 /// Largest upstream answer buffered for mapping back to a legacy caller.
 const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pooled connections tried for one request before opening a new one
+/// (each may turn out closed by the upstream meanwhile).
+const MAX_REUSE_ATTEMPTS: usize = 3;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +54,11 @@ pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, DNS, TLS, connect
     /// timeout).
     #[error("upstream unreachable")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     /// The connection failed while sending or receiving (reset, malformed
     /// response).
     #[error("upstream request failed")]
-    Request(#[source] hyper_util::client::legacy::Error),
+    Request(#[source] hyper::Error),
     /// The response body could not be read.
     #[error("upstream response body failed")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -111,27 +124,78 @@ pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-type PooledClient = Client<HttpsConnector<HttpConnector>, OutboundBody>;
+/// An idle connection in a pool.
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<OutboundBody>,
+    since: Instant,
+}
 
-/// The pooled clients and where they point. Cheap to clone; clones share
-/// the pools.
+/// One worker's idle connections, most recently used last.
+#[derive(Debug, Default)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// The connector, the pools and where they point. Cheap to clone; clones
+/// share the pools.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    /// One pool per worker thread.
-    clients: Arc<[PooledClient]>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    /// Scheme and authority connections are opened to.
     base: Uri,
+    /// The `Host` header of every upstream request.
+    host: HeaderValue,
     timeout: Duration,
     /// One permit per upstream exchange in progress: at most
-    /// `max_connections` connections are open at once, the rest wait.
+    /// `max_connections` at once, the rest wait.
     slots: Arc<Semaphore>,
+    /// One pool per worker thread.
+    pools: Box<[Pool]>,
+    /// Idle connections each pool keeps at most.
+    max_idle_per_pool: usize,
+}
+
+/// A connection lent to one exchange: back to its pool when the answer
+/// has been read to the end, closed if it is dropped before.
+#[derive(Debug)]
+struct Lease {
+    upstream: Upstream,
+    sender: SendRequest<OutboundBody>,
+    pool: usize,
+}
+
+impl Lease {
+    fn release(self) {
+        self.upstream.put_back(self.pool, self.sender);
+    }
 }
 
 /// An upstream response body that holds its exchange's connection slot
-/// until it has been read to the end (or dropped).
+/// until it has been read to the end (or dropped), and then returns the
+/// connection to its pool.
 #[derive(Debug)]
 pub struct Guarded {
     inner: Incoming,
     slot: Option<OwnedSemaphorePermit>,
+    lease: Option<Lease>,
+}
+
+impl Drop for Guarded {
+    /// A body the server stopped reading because it knew it was complete
+    /// (its declared length was reached) still returns its connection.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -143,8 +207,18 @@ impl hyper::body::Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = frame {
-            self.slot = None;
+        match &frame {
+            Poll::Ready(None) => {
+                if let Some(lease) = self.lease.take() {
+                    lease.release();
+                }
+                self.slot = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+                self.slot = None;
+            }
+            _ => {}
         }
         frame
     }
@@ -159,52 +233,39 @@ impl hyper::body::Body for Guarded {
 }
 
 impl Upstream {
-    /// Clients for `config`, one pool for each of `workers` threads.
+    /// A client for `config`, with one pool for each of `workers` threads.
     pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
-        let clients = (0..workers.max(1)).map(|_| client(config)).collect();
+        let workers = workers.max(1);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let connector = HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Self {
-            clients,
-            base: config.url.clone(),
-            timeout: config.timeout,
-            slots: Arc::new(Semaphore::new(config.max_connections)),
+            inner: Arc::new(Inner {
+                connector,
+                base: config.url.clone(),
+                host: host_header(&config.url),
+                timeout: config.timeout,
+                slots: Arc::new(Semaphore::new(config.max_connections)),
+                pools: (0..workers).map(|_| Pool::default()).collect(),
+                max_idle_per_pool: config.max_connections.div_ceil(workers),
+            }),
         }
     }
 
-    /// The calling worker thread's pool.
-    fn client(&self) -> &PooledClient {
-        let index = WORKER.with(Cell::get) % self.clients.len();
-        &self.clients[index]
-    }
-}
-
-/// One pooled client for `config`.
-fn client(config: &UpstreamConfig) -> PooledClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let https = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(https)
-}
-
-impl Upstream {
-    /// The upstream URI for a path and query (`/apps/…?…`).
+    /// The upstream request target for a path and query (`/apps/…?…`).
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
-        let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(path_and_query.parse()?);
-        Ok(Uri::from_parts(parts)?)
+        Ok(Uri::try_from(path_and_query)?)
     }
 
     /// The deadline of an exchange starting now.
     pub fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.timeout
+        tokio::time::Instant::now() + self.inner.timeout
     }
 
     /// Sends `req`; the timeout covers everything up to the response
@@ -215,46 +276,158 @@ impl Upstream {
     ) -> Result<Response<Guarded>, UpstreamError> {
         let send = async {
             let slot = self.slot().await?;
-            let resp = self.request(req).await?;
+            let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
                 slot: Some(slot),
+                lease: Some(lease),
             }))
         };
-        tokio::time::timeout(self.timeout, send)
+        tokio::time::timeout(self.inner.timeout, send)
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    /// Waits for a free connection slot.
+    /// Waits for a free exchange slot.
     async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        self.slots
+        self.inner
+            .slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| UpstreamError::Aborted)
     }
 
-    /// Sends `req`. A bodyless GET or HEAD that fails because its pooled
-    /// connection turned out to be closed is sent once more on a fresh
-    /// one; nothing else is retried, so a POST can never deliver an event
-    /// twice. (Requests never written at all are retried by the pool
-    /// itself, whatever their method.)
+    /// Sends `req` on a pooled connection or a new one.
+    ///
+    /// A request the pooled connection never started writing (it had been
+    /// closed meanwhile) is sent again on another, whatever its method. A
+    /// bodyless GET or HEAD that fails because its pooled connection turned
+    /// out to be closed is sent once more on a fresh one; nothing else is
+    /// retried, so a POST can never deliver an event twice.
     async fn request(
         &self,
-        req: Request<OutboundBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let retry = retryable_copy(&req);
-        match self.client().request(req).await {
-            Err(e) if retry.is_some() && is_stale_connection(&e) => {
-                tracing::debug!(error = %e, "stale upstream connection; retrying the GET once");
-                let Some(again) = retry else {
-                    return Err(classify(e));
-                };
-                self.client().request(again).await.map_err(classify)
+        mut req: Request<OutboundBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        req.headers_mut().insert(HOST, self.inner.host.clone());
+        let mut retry = retryable_copy(&req);
+        let pool = self.pool_index();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let pooled = if attempts <= MAX_REUSE_ATTEMPTS {
+                self.take_idle(pool)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => self.connect().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        upstream: self.clone(),
+                        sender,
+                        pool,
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut failed) => {
+                    if reused && let Some(unsent) = failed.take_message() {
+                        tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
+                        req = unsent;
+                        continue;
+                    }
+                    let error = failed.into_error();
+                    if reused
+                        && is_stale_connection(&error)
+                        && let Some(again) = retry.take()
+                    {
+                        tracing::debug!(%error, "stale upstream connection; retrying the GET once");
+                        req = again;
+                        attempts = MAX_REUSE_ATTEMPTS;
+                        continue;
+                    }
+                    return Err(UpstreamError::Request(error));
+                }
             }
-            other => other.map_err(classify),
         }
+    }
+
+    /// The calling worker thread's pool.
+    fn pool_index(&self) -> usize {
+        WORKER.with(Cell::get) % self.inner.pools.len()
+    }
+
+    /// The most recently used idle connection of pool `index` that is
+    /// still open and ready.
+    fn take_idle(&self, index: usize) -> Option<SendRequest<OutboundBody>> {
+        let mut idle = self.inner.pools[index].idle.lock().ok()?;
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange is complete to pool `index`. One
+    /// that has not yet seen the end of its exchange is waited for in a task
+    /// of its own.
+    fn put_back(&self, index: usize, mut sender: SendRequest<OutboundBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if !sender.is_ready() {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let upstream = self.clone();
+            runtime.spawn(async move {
+                let ready = tokio::time::timeout(upstream.inner.timeout, sender.ready()).await;
+                if let Ok(Ok(())) = ready {
+                    upstream.put_back(index, sender);
+                }
+            });
+            return;
+        }
+        let Ok(mut idle) = self.inner.pools[index].idle.lock() else {
+            return;
+        };
+        // Connections idle too long are closed (dropped) here, oldest first.
+        let now = Instant::now();
+        let expired = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= POOL_IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < self.inner.max_idle_per_pool {
+            idle.push(Idle { sender, since: now });
+        }
+    }
+
+    /// Opens a connection; its task runs on the calling thread's runtime.
+    async fn connect(&self) -> Result<SendRequest<OutboundBody>, UpstreamError> {
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector
+            .call(self.inner.base.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// Sends `req` and reads the whole answer, all before `deadline`.
@@ -265,13 +438,14 @@ impl Upstream {
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
             let _slot = self.slot().await?;
-            let resp = self.request(req).await?;
+            let (resp, lease) = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
                 .await
                 .map_err(UpstreamError::Body)?
                 .to_bytes();
+            lease.release();
             Ok(Buffered {
                 status: parts.status,
                 headers: parts.headers,
@@ -282,6 +456,20 @@ impl Upstream {
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
+}
+
+/// `Host` for `url`: its host, and its port unless the scheme's default.
+fn host_header(url: &Uri) -> HeaderValue {
+    let host = url.host().unwrap_or("localhost");
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let text = match url.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
 /// A copy of `req` to send again, if it is a GET or HEAD without a body.
@@ -302,11 +490,10 @@ fn retryable_copy(req: &Request<OutboundBody>) -> Option<Request<OutboundBody>> 
 
 /// Whether a request failed because the (pooled) connection was closed
 /// or reset under it, before any answer.
-fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
-    use std::error::Error as _;
+fn is_stale_connection(e: &hyper::Error) -> bool {
     use std::io::ErrorKind;
-    if e.is_connect() {
-        return false;
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
     }
     let mut source = e.source();
     while let Some(s) = source {
@@ -333,7 +520,6 @@ fn is_stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
 
 /// Whether an upstream failure is the caller's body exceeding its limit.
 pub fn is_body_limit(e: &UpstreamError) -> bool {
-    use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
@@ -342,12 +528,4 @@ pub fn is_body_limit(e: &UpstreamError) -> bool {
         source = s.source();
     }
     false
-}
-
-fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        UpstreamError::Connect(e)
-    } else {
-        UpstreamError::Request(e)
-    }
 }
