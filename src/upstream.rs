@@ -323,7 +323,9 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => self.connect().await?,
+                // Boxed: opening a connection is rare, and its future is
+                // large; every request's future would otherwise carry it.
+                None => Box::pin(self.connect()).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
