@@ -137,6 +137,12 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
+        // While a request is in flight, do not read ahead to notice the
+        // client closing its side: that read needs a second buffer per
+        // connection while the request still holds the first. A request
+        // runs to its end; a client that left is noticed when its answer
+        // is written, and the request is recorded with that answer.
+        .half_close(true)
         .header_read_timeout(settings.header_timeout)
         .max_header_size(settings.max_header_bytes);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
