@@ -31,6 +31,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (comparisons, no
+    // hashing) instead of a removal per hop-by-hop name.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -54,7 +62,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A body declared larger than `max_body` is refused (413); one that turns
 /// out larger while streaming is cut.
 pub fn upstream_request(
-    upstream: &Upstream,
     mut parts: Parts,
     body: Incoming,
     max_body: usize,
@@ -65,12 +72,13 @@ pub fn upstream_request(
     if !parts.uri.path().starts_with('/') || parts.uri.path_and_query().is_none() {
         return Err(ProxyError::NotAPath);
     }
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let declared = body.size_hint().exact();
     if declared.is_some_and(|n| n > max_body as u64) {
         return Err(TranslateError::BodyTooLarge { limit: max_body }.into());
     }
-    parts.uri = upstream.uri(path_and_query).map_err(ProxyError::Internal)?;
+    // The upstream gets the path and query in origin form (already parsed
+    // and validated, so not parsed again).
+    parts.uri = Upstream::origin_form(&parts.uri);
     prepare_headers(&mut parts);
     // A known-empty GET or HEAD gets an empty body the upstream client can
     // send again after a stale pooled connection.

@@ -80,7 +80,7 @@ pub enum UpstreamError {
     /// The upstream's success body is not what the current API defines.
     #[error("upstream returned a malformed response body")]
     MalformedResponse(#[source] serde_json::Error),
-    /// The exchange's task ended without an answer (runtime shutting down).
+    /// No exchange slot could be had (the proxy is shutting down).
     #[error("upstream exchange aborted")]
     Aborted,
 }
@@ -261,6 +261,14 @@ impl Upstream {
     /// The upstream request target for a path and query (`/apps/…?…`).
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
         Ok(Uri::try_from(path_and_query)?)
+    }
+
+    /// The origin form (`/path?query`) of a request target the server has
+    /// parsed already (also when it came in absolute form).
+    pub fn origin_form(uri: &Uri) -> Uri {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
     /// The deadline of an exchange starting now.

@@ -628,22 +628,19 @@ impl State {
 
     /// Sends a request the proxy built and reads the whole answer.
     ///
-    /// The exchange runs in its own task, so it completes (and a trigger is
-    /// delivered or not, once) even if the caller disconnects meanwhile.
+    /// It runs in the request's own task: the listener does not read ahead
+    /// while a request is in flight (see [`crate::server`]), so a caller
+    /// closing its connection does not cut the exchange short, and a
+    /// trigger is delivered (or not) once.
     async fn exchange(
         &self,
         req: Request<OutboundBody>,
         deadline: tokio::time::Instant,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
-        let upstream = self.upstream.clone();
-        let exchange = tokio::spawn(async move {
-            let started = Instant::now();
-            let answer = upstream.exchange(req, deadline).await;
-            (answer, started.elapsed())
-        });
-        let (answer, elapsed) = exchange.await.map_err(|_| UpstreamError::Aborted)?;
-        record.add_upstream_time(elapsed);
+        let started = Instant::now();
+        let answer = self.upstream.exchange(req, deadline).await;
+        record.add_upstream_time(started.elapsed());
         let answer = answer?;
         record.upstream_status = Some(answer.status.as_u16());
         Ok(answer)
@@ -655,8 +652,7 @@ impl State {
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let req =
-            passthrough::upstream_request(&self.upstream, parts, body, self.config.max_body_bytes)?;
+        let req = passthrough::upstream_request(parts, body, self.config.max_body_bytes)?;
         self.forward(req, record).await
     }
 
