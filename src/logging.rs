@@ -10,10 +10,10 @@
 //!
 //! [`Batched`] collects a worker thread's lines in a buffer of its own and
 //! hands them to the sink (the non-blocking writer) in one piece when the
-//! thread's runtime is about to wait for work ([`flush_thread`], called
-//! from the runtime's park hook) or when the buffer is full, instead of
-//! one hand-off, and often one wake-up of the writer thread, per line.
-//! Threads that do not batch write each line straight to the sink.
+//! buffer is full or when the worker's periodic [`flush_thread`] runs
+//! (every 100 ms), instead of one hand-off, and often one wake-up of the
+//! writer thread, per line. Threads that do not batch write each line
+//! straight to the sink.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
@@ -369,6 +369,55 @@ mod tests {
     fn fractions_keep_their_leading_zeros() {
         let line = line_of(|| tracing::info!(a = 2.0047, b = 0.0, "m"));
         assert!(line.ends_with(" INFO m a=2.005 b=0.000\n"), "{line}");
+    }
+
+    /// The only test that sets the process's sink.
+    #[test]
+    fn batching_threads_hand_their_lines_over_together() {
+        use std::io::Write as _;
+        let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sink = got.clone();
+        let batched = Batched::new(move |b: &[u8]| sink.lock().expect("lock").push(b.to_vec()));
+        let handed = {
+            let got = got.clone();
+            move || got.lock().expect("lock").clone()
+        };
+
+        std::thread::spawn(move || batched.make_writer().write_all(b"plain\n"))
+            .join()
+            .expect("thread")
+            .expect("write");
+        assert_eq!(
+            handed(),
+            vec![b"plain\n".to_vec()],
+            "a plain thread writes through"
+        );
+
+        std::thread::spawn(move || {
+            batch_this_thread();
+            let mut w = batched.make_writer();
+            w.write_all(b"one\n")?;
+            w.write_all(b"two\n")?;
+            let before_flush = got.lock().expect("lock").len();
+            flush_thread();
+            flush_thread(); // nothing pending: nothing handed over
+            Ok::<_, io::Error>(before_flush)
+        })
+        .join()
+        .expect("thread")
+        .map(|before_flush| assert_eq!(before_flush, 1, "held until the flush"))
+        .expect("write");
+        assert_eq!(handed(), vec![b"plain\n".to_vec(), b"one\ntwo\n".to_vec()]);
+
+        let big = vec![b'x'; BATCH_BYTES];
+        std::thread::spawn(move || {
+            batch_this_thread();
+            batched.make_writer().write_all(&big)
+        })
+        .join()
+        .expect("thread")
+        .expect("write");
+        assert_eq!(handed().len(), 3, "a full batch goes at once");
     }
 
     /// [`LineFormat`] at a fixed time.

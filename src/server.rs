@@ -30,6 +30,10 @@ use tokio_rustls::rustls;
 use crate::config::{Config, TlsConfig};
 use crate::proxy::Proxy;
 
+/// Longest a log line written on a worker thread waits to be handed to the
+/// log writer.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -240,8 +244,6 @@ impl Worker {
         let (finished, done) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            // Log lines written while busy go out together when idle.
-            .on_thread_park(crate::logging::flush_thread)
             .build()?;
         let (http, proxy, settings) = (http.clone(), proxy.clone(), settings.clone());
         std::thread::Builder::new()
@@ -251,6 +253,15 @@ impl Worker {
                 crate::logging::batch_this_thread();
                 runtime.block_on(async {
                     let graceful = GracefulShutdown::new();
+                    // This thread's log lines go out in batches: when 16 KiB
+                    // have gathered, and at least every LOG_FLUSH_EVERY.
+                    tokio::spawn(async {
+                        let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
+                        loop {
+                            tick.tick().await;
+                            crate::logging::flush_thread();
+                        }
+                    });
                     while let Some(Handoff {
                         stream,
                         peer,
