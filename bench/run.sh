@@ -491,7 +491,7 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "versions: $(ver "$NGINX" -v) | $(ver "$HAPROXY" -v) | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3) | $(rustc --version 2>/dev/null || echo rustc ?)"
   echo "setup:    canned upstream nginx (1 worker); nginx proxy (2 workers, keepalive 1024); haproxy (nbthread 2,"
-  echo "          http-reuse always); pusher-cutover (tokio default: 1 worker per core); wrk -t2; all on one 2-core box"
+  echo "          http-reuse always); pusher-cutover (workers = 0: one worker thread per core); wrk -t2; all on one 2-core box"
   echo ""
   $PY summarize "$RESULTS"
   echo ""
