@@ -217,11 +217,17 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!("shutting down: draining open connections");
-    for worker in workers {
-        // Closing its channel tells the worker to drain and stop.
-        let Worker { connections, done } = worker;
-        drop(connections);
-        let _ = done.await;
+    // Closing their channels tells every worker to drain and stop, all at
+    // once, so the whole shutdown takes at most one grace period.
+    let done: Vec<_> = workers
+        .into_iter()
+        .map(|Worker { connections, done }| {
+            drop(connections);
+            done
+        })
+        .collect();
+    for worker in done {
+        let _ = worker.await;
     }
 }
 

@@ -546,3 +546,44 @@ async fn inbound_tls() {
     );
     proxy.stop().await;
 }
+
+/// Every worker drains at once on shutdown: with requests stuck upstream on
+/// each of three workers, stopping takes one grace period, not three.
+#[tokio::test]
+async fn workers_drain_together_within_one_grace_period() {
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = Duration::from_secs(5));
+    let proxy = TestProxy::start(
+        &with_top_level("workers = 3\nshutdown_grace_ms = 1000", &fake.url()),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    // Connections go to the workers in turn: one stuck request on each.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        held.push(s);
+    }
+    for _ in 0..50 {
+        if fake.recorded().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fake.recorded().len(),
+        3,
+        "three requests in flight upstream"
+    );
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        "shutdown took {took:?} with a grace period of 1 s (3 s if drained one by one)"
+    );
+    drop(held);
+}
