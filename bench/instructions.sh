@@ -16,6 +16,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/canned-upstream.sh
+. "$HERE/canned-upstream.sh"
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(legacy_trigger legacy_stats current_trigger)
 
@@ -44,14 +46,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
-        location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
-        location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }
-        location / { return 200 '{}'; }
-    }
+$(canned_upstream_server "$UP")
 }
 EOF
 nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"

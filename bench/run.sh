@@ -29,6 +29,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/canned-upstream.sh
+. "$HERE/canned-upstream.sh"
 
 DURATION=10
 ROUNDS=3
@@ -192,17 +194,8 @@ mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
   nginx_common "$WORK/nginx-up"
   echo "http {"
   nginx_http_common "$WORK/nginx-up"
-  cat <<EOF
-    default_type application/json;
-    server {
-        listen 127.0.0.1:$UP_PORT backlog=4096;
-        location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
-        location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
-        location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }
-        location / { return 200 '{}'; }
-    }
-}
-EOF
+  canned_upstream_server "$UP_PORT"
+  echo "}"
 } > "$WORK/nginx-up/nginx.conf"
 
 {
