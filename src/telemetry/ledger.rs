@@ -180,12 +180,8 @@ impl Ledger {
         };
         let hour = now - now % HOUR;
         let mut state = self.lock();
-        if !state.apps.contains_key(app_id) {
-            state.apps.insert(app_id.to_owned(), AppLedger::default());
-        }
-        let Some(app) = state.apps.get_mut(app_id) else {
-            return;
-        };
+        // One lookup; the id is copied only for an app not seen before.
+        let app = state.apps.entry_ref(app_id).or_default();
         let stats = match app.callers.get_mut(&caller) {
             Some(stats) => stats,
             None => {

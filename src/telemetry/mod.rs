@@ -243,6 +243,9 @@ impl Telemetry {
 #[derive(Debug, Clone)]
 pub struct Persistence {
     store: Arc<Mutex<Store>>,
+    /// The hour (Unix time / 3600) of the retention cut-off last written:
+    /// an idle flush in the same hour has nothing to prune either.
+    pruned_hour: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Persistence {
@@ -252,6 +255,7 @@ impl Persistence {
         telemetry.ledger.load(store.load()?);
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
+            pruned_hour: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         })
     }
 
@@ -259,7 +263,13 @@ impl Persistence {
     /// async threads. On failure the changes stay pending for the next
     /// flush; returns whether they were written.
     pub async fn flush(&self, telemetry: &Telemetry, now: u64) -> bool {
+        use std::sync::atomic::Ordering;
         let changes = telemetry.ledger.take_changes(now);
+        let hour = changes.prune_before / 3600;
+        if changes.is_empty() && self.pruned_hour.load(Ordering::Relaxed) == hour {
+            // Nothing new, and old hours were pruned already: no write.
+            return true;
+        }
         let store = self.store.clone();
         let pending = changes.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -278,7 +288,9 @@ impl Persistence {
                 false
             }
         };
-        if !ok {
+        if ok {
+            self.pruned_hour.store(hour, Ordering::Relaxed);
+        } else {
             telemetry.ledger.restore_changes(changes);
         }
         ok
