@@ -181,11 +181,17 @@ fn timestamp(writer: &mut Writer<'_>, secs: u64, micros: u32) -> fmt::Result {
         }
         writer.write_str(&cached.1)
     })?;
-    let mut digits = itoa::Buffer::new();
-    let text = digits.format(micros);
-    writer.write_str(&"000000"[text.len().min(6)..])?;
-    writer.write_str(text)?;
+    zero_padded(writer, u64::from(micros), 6)?;
     writer.write_char('Z')
+}
+
+/// `n` in decimal, with leading zeros to `width` digits (`width` ≤ 6).
+fn zero_padded(w: &mut Writer<'_>, n: u64, width: usize) -> fmt::Result {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(n);
+    let pad = width.saturating_sub(text.len()).min(6);
+    w.write_str(&"000000"[..pad])?;
+    w.write_str(text)
 }
 
 /// Writes an event's message and fields, space-separated.
@@ -249,11 +255,7 @@ impl Visit for Fields<'_, '_> {
             let thousandths = thousandths as u64;
             w.write_str(itoa::Buffer::new().format(thousandths / 1000))?;
             w.write_char('.')?;
-            let frac = thousandths % 1000;
-            let mut digits = itoa::Buffer::new();
-            let text = digits.format(frac);
-            w.write_str(&"000"[text.len().min(3)..])?;
-            w.write_str(text)
+            zero_padded(w, thousandths % 1000, 3)
         });
     }
 

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 use crate::ResponseBody;
 use crate::error::ProxyError;
 use crate::translate::TranslateError;
-use crate::upstream::{Guarded, OutboundBody, Upstream};
+use crate::upstream::{self, Guarded, OutboundBody};
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// section 7.6.1), and so are never forwarded.
@@ -53,8 +53,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The upstream request for a passthrough: same method, path, query and
-/// body; the caller's `Host` is replaced by the upstream's (the client sets
-/// it from the URI), so TLS and virtual hosting see the right name.
+/// body; the caller's `Host` is replaced by the upstream's (set by
+/// [`Upstream`] on every request), so TLS and virtual hosting see the right
+/// name.
 ///
 /// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
 /// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
@@ -78,7 +79,7 @@ pub fn upstream_request(
     }
     // The upstream gets the path and query in origin form (already parsed
     // and validated, so not parsed again).
-    parts.uri = Upstream::origin_form(&parts.uri);
+    parts.uri = upstream::origin_form(&parts.uri);
     prepare_headers(&mut parts);
     // A known-empty GET or HEAD gets an empty body the upstream client can
     // send again after a stale pooled connection.
@@ -93,10 +94,9 @@ pub fn upstream_request(
 }
 
 /// Readies the caller's request head for the upstream: hop-by-hop headers
-/// and `Host` removed (the client sets `Host` from the URI), HTTP/1.1.
+/// removed, HTTP/1.1 (`Host` is overwritten by [`Upstream`]).
 fn prepare_headers(parts: &mut Parts) {
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
     parts.version = hyper::Version::HTTP_11;
 }
 

@@ -61,7 +61,7 @@ pub enum UpstreamError {
     Request(#[source] hyper::Error),
     /// The response body could not be read.
     #[error("upstream response body failed")]
-    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Body(#[source] BoxError),
     /// The upstream took longer than `upstream.timeout_ms`.
     #[error("upstream timed out")]
     Timeout,
@@ -80,7 +80,9 @@ pub enum UpstreamError {
     /// The upstream's success body is not what the current API defines.
     #[error("upstream returned a malformed response body")]
     MalformedResponse(#[source] serde_json::Error),
-    /// No exchange slot could be had (the proxy is shutting down).
+    /// No exchange slot could be had: only if the slot semaphore were
+    /// closed, which the proxy never does; kept so that case is an answer,
+    /// not a panic.
     #[error("upstream exchange aborted")]
     Aborted,
 }
@@ -256,19 +258,6 @@ impl Upstream {
                 max_idle_per_pool: config.max_connections.div_ceil(workers),
             }),
         }
-    }
-
-    /// The upstream request target for a path and query (`/apps/…?…`).
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
-        Ok(Uri::try_from(path_and_query)?)
-    }
-
-    /// The origin form (`/path?query`) of a request target the server has
-    /// parsed already (also when it came in absolute form).
-    pub fn origin_form(uri: &Uri) -> Uri {
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.path_and_query = uri.path_and_query().cloned();
-        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
     /// The deadline of an exchange starting now.
@@ -468,6 +457,20 @@ impl Upstream {
     }
 }
 
+/// The upstream request target for a path and query the proxy built
+/// (`/apps/…?…`); the string becomes the URI's storage without a copy.
+pub fn target(path_and_query: String) -> Result<Uri, hyper::http::Error> {
+    Ok(Uri::try_from(path_and_query)?)
+}
+
+/// The origin form (`/path?query`) of a request target the server has
+/// parsed already (also when it came in absolute form): not parsed again.
+pub fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 /// `Host` for `url`: its host, and its port unless the scheme's default.
 fn host_header(url: &Uri) -> HeaderValue {
     let host = url.host().unwrap_or("localhost");
@@ -505,37 +508,29 @@ fn is_stale_connection(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() {
         return true;
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_canceled())
-        {
-            return true;
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                ErrorKind::ConnectionReset
-                    | ErrorKind::BrokenPipe
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::UnexpectedEof
-            )
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    sources(e).any(|s| {
+        s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+            || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::UnexpectedEof
+                )
+            })
+    })
+}
+
+/// The errors beneath `e`, nearest first.
+fn sources<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(e.source(), |&s| s.source())
 }
 
 /// Whether an upstream failure is the caller's body exceeding its limit.
 pub fn is_body_limit(e: &UpstreamError) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    sources(e).any(|s| s.is::<http_body_util::LengthLimitError>())
 }

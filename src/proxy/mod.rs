@@ -16,8 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, LINK,
-    USER_AGENT,
+    CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT,
 };
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
@@ -40,7 +39,7 @@ use crate::telemetry::Telemetry;
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::channel_stats::{self, Stats};
 use crate::translate::{self, TranslateError};
-use crate::upstream::{Buffered, OutboundBody, Upstream, UpstreamError};
+use crate::upstream::{self, Buffered, OutboundBody, Upstream, UpstreamError};
 
 /// How long a `probe` app stops asking for `subscription_count` after the
 /// upstream said counting is disabled (spec E.5 item 1).
@@ -385,8 +384,7 @@ impl State {
         let req = if app.config.is_mapped() {
             self.resign(app, parts, query, body, now)?
         } else {
-            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            self.outbound(parts, target, body)?
+            self.outbound(parts, upstream::origin_form(&parts.uri), body)?
         };
         self.exchange(req, self.upstream.deadline(), record).await
     }
@@ -420,32 +418,30 @@ impl State {
             post.then_some(&body[..]),
             &kept,
         );
-        let mut req = self.outbound(head, &format!("{path}?{signed}"), body)?;
+        let target = upstream::target(format!("{path}?{signed}")).map_err(ProxyError::Internal)?;
+        let mut req = self.outbound(head, target, body)?;
         if !post {
             req.headers_mut().remove(CONTENT_TYPE);
         }
         Ok(req)
     }
 
-    /// A buffered request to the upstream with the caller's method and
-    /// headers, minus hop-by-hop ones, `Host`, `Content-Length` and
-    /// `Expect` (the client sets the first two from the URI and body).
+    /// A buffered request to `target` upstream with the caller's method and
+    /// headers, minus hop-by-hop ones, `Content-Length` and `Expect` (hyper
+    /// sets the length from the body; [`Upstream`] sets `Host`).
     fn outbound(
         &self,
         head: &Parts,
-        path_and_query: &str,
+        target: hyper::Uri,
         body: Bytes,
     ) -> Result<Request<OutboundBody>, ProxyError> {
         let mut req = Request::new(Either::Left(Full::new(body)));
         *req.method_mut() = head.method.clone();
-        *req.uri_mut() = self
-            .upstream
-            .uri(path_and_query)
-            .map_err(ProxyError::Internal)?;
+        *req.uri_mut() = target;
         let headers = req.headers_mut();
         *headers = head.headers.clone();
         passthrough::strip_hop_by_hop(headers);
-        for name in [HOST, CONTENT_LENGTH, EXPECT] {
+        for name in [CONTENT_LENGTH, EXPECT] {
             headers.remove(name);
         }
         Ok(req)
@@ -612,10 +608,7 @@ impl State {
             body.as_deref(),
             extra,
         );
-        let uri = self
-            .upstream
-            .uri(&format!("{path}?{query}"))
-            .map_err(ProxyError::Internal)?;
+        let uri = upstream::target(format!("{path}?{query}")).map_err(ProxyError::Internal)?;
         let mut builder = Request::builder().method(method).uri(uri);
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/json");
