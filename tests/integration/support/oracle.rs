@@ -120,6 +120,8 @@ pub fn verify_strict(
         .ok_or("auth_timestamp missing")?
         .parse()
         .map_err(|_| "auth_timestamp not a number")?;
+    // Sockudo's rule (spec A): exactly 600 s is still accepted upstream;
+    // the proxy itself refuses it inbound, like Pusher's gem.
     if ts.abs_diff(now) > 600 {
         return Err(format!("timestamp {ts} not within 600 s of {now}"));
     }
