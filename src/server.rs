@@ -18,7 +18,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -313,26 +313,37 @@ fn accept(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    match &settings.tls {
-        None => serve_io(http, graceful, proxy, stream, peer, permit),
-        Some(acceptor) => {
-            let (http, proxy, acceptor) = (http.clone(), proxy.clone(), acceptor.clone());
-            let watcher = graceful.watcher();
-            let handshake_timeout = settings.header_timeout;
-            tokio::spawn(async move {
+    let (http, proxy, watcher) = (http.clone(), proxy.clone(), graceful.watcher());
+    let (tls, handshake_timeout) = (settings.tls.clone(), settings.header_timeout);
+    tokio::spawn(async move {
+        match tls {
+            None => serve_connection(&http, watcher, &proxy, stream, peer).await,
+            Some(acceptor) => {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let conn = http.serve_connection(TokioIo::new(tls), service(&proxy, peer));
-                        if let Err(error) = watcher.watch(conn).await {
-                            tracing::debug!(%error, %peer, "connection ended with an error");
-                        }
-                    }
+                    Ok(Ok(tls)) => serve_connection(&http, watcher, &proxy, tls, peer).await,
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                drop(permit);
-            });
+            }
         }
+        drop(permit);
+    });
+}
+
+/// Serves one connection (plain or after its TLS handshake) until it ends;
+/// graceful shutdown sees it through `watcher`.
+async fn serve_connection<I>(
+    http: &http1::Builder,
+    watcher: Watcher,
+    proxy: &Proxy,
+    io: I,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(io), service(proxy, peer));
+    if let Err(error) = watcher.watch(conn).await {
+        tracing::debug!(%error, %peer, "connection ended with an error");
     }
 }
 
@@ -354,23 +365,4 @@ fn service(
         let proxy = proxy.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
     })
-}
-
-fn serve_io<I>(
-    http: &http1::Builder,
-    graceful: &GracefulShutdown,
-    proxy: &Proxy,
-    io: I,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service(proxy, peer)));
-    tokio::spawn(async move {
-        if let Err(error) = conn.await {
-            tracing::debug!(%error, %peer, "connection ended with an error");
-        }
-        drop(permit);
-    });
 }
