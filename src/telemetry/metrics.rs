@@ -2,8 +2,6 @@
 //! app id only for configured apps (everything else is `other`), the route
 //! label, the outcome, and the signature-failure reason.
 
-use std::time::Duration;
-
 use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -249,11 +247,6 @@ impl Metrics {
                 })
                 .set(*at);
         }
-    }
-
-    /// Observes a duration in seconds.
-    pub fn observe(histogram: &Histogram, d: Duration) {
-        histogram.observe(d.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

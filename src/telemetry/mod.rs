@@ -195,12 +195,13 @@ impl Telemetry {
                 outcome: o.outcome.as_str(),
             })
             .inc();
-        Metrics::observe(
-            &m.request_duration.get_or_create(&RouteLabel { route }),
-            o.duration,
-        );
+        m.request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(o.duration.as_secs_f64());
         if let Some(d) = o.upstream_duration {
-            Metrics::observe(&m.upstream_duration.get_or_create(&RouteLabel { route }), d);
+            m.upstream_duration
+                .get_or_create(&RouteLabel { route })
+                .observe(d.as_secs_f64());
         }
         if let Some(reason) = o.signature_failure {
             m.signature_failures
