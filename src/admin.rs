@@ -177,10 +177,7 @@ fn report_page(admin: &Admin, query: &str) -> Response<Full<Bytes>> {
             );
         }
     };
-    let now = i64::try_from(admin.clock.unix_now())
-        .ok()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let now = crate::clock::datetime(admin.clock.unix_now());
     let usage = admin.telemetry.ledger().snapshot();
     let report = report::build(&usage, now, since);
     respond(

@@ -46,3 +46,11 @@ impl Clock for FixedClock {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Unix time `secs` as a UTC date and time (the epoch if out of range).
+pub fn datetime(secs: u64) -> time::OffsetDateTime {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}

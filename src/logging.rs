@@ -163,10 +163,7 @@ fn timestamp(writer: &mut Writer<'_>, secs: u64, micros: u32) -> fmt::Result {
         let mut cached = cell.borrow_mut();
         if cached.0 != secs {
             cached.1.clear();
-            let at = i64::try_from(secs)
-                .ok()
-                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let at = crate::clock::datetime(secs);
             let _ = write!(
                 cached.1,
                 "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use hashbrown::{Equivalent, HashMap};
 use time::OffsetDateTime;
 
+use crate::clock::datetime;
+
 use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, LegacyRoute, Usage};
 
 const HOUR: u64 = 3600;
@@ -94,13 +96,6 @@ pub struct Ledger {
     state: Mutex<State>,
     max_callers_per_app: usize,
     retention_secs: u64,
-}
-
-fn datetime(unix: u64) -> OffsetDateTime {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn unix(t: OffsetDateTime) -> u64 {

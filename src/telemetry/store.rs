@@ -63,8 +63,9 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// A stored Unix time (SQLite's i64) as a date and time.
 fn datetime(unix: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    crate::clock::datetime(u64::try_from(unix).unwrap_or(0))
 }
 
 /// Counts are stored as SQLite integers (i64); beyond that they saturate.
