@@ -220,6 +220,22 @@ HEADER = (f"{'scenario':<16} {'target':<28} {'req/s':>9} {'p50':>9} {'p99':>9} {
           f"{'sockerr':>7}   req/s per round")
 
 
+def ratio_table(p, main, metric, label, columns):
+    """One row per scenario: pusher-cutover's median `metric` over each
+    column's target's; columns are (title, target, width)."""
+    p(f"{label:<16} " + " ".join(f"{title:>{w}}" for title, _, w in columns))
+    for sc in SCENARIOS:
+        pc = main.get((sc, "pusher-cutover"))
+        if not pc:
+            continue
+        cells = []
+        for _, t, w in columns:
+            o = main.get((sc, t))
+            v = f"{med(pc, metric) / med(o, metric):.2f}" if o and med(o, metric) else "n/a"
+            cells.append(f"{v:>{w}}")
+        p(f"{sc:<16} " + " ".join(cells))
+
+
 def cmd_summarize(a):
     rows = load_results(a.results)
     main = group(rows, "main")
@@ -238,39 +254,15 @@ def cmd_summarize(a):
                 p(line_for(t, sc, main[(sc, t)]))
     p("")
     p("== Ratios (median req/s; >1 means pusher-cutover is faster) ==")
-    p(f"{'scenario':<16} {'pc/nginx':>9} {'pc/haproxy':>11} {'pc/upstream-direct':>19}")
-    for sc in SCENARIOS:
-        pc = main.get((sc, "pusher-cutover"))
-        if not pc:
-            continue
-        vals = []
-        for t in ("nginx", "haproxy", "upstream-direct"):
-            o = main.get((sc, t))
-            vals.append(f"{med(pc, 'rps') / med(o, 'rps'):.2f}" if o and med(o, "rps") else "n/a")
-        p(f"{sc:<16} {vals[0]:>9} {vals[1]:>11} {vals[2]:>19}")
+    ratio_table(p, main, "rps", "scenario",
+                [("pc/nginx", "nginx", 9), ("pc/haproxy", "haproxy", 11),
+                 ("pc/upstream-direct", "upstream-direct", 19)])
     p("")
-    p(f"{'':<16} {'pc p99/nginx p99':>16} {'pc p99/haproxy p99':>19}")
-    for sc in SCENARIOS:
-        pc = main.get((sc, "pusher-cutover"))
-        if not pc:
-            continue
-        vals = []
-        for t in ("nginx", "haproxy"):
-            o = main.get((sc, t))
-            vals.append(f"{med(pc, 'p99_us') / med(o, 'p99_us'):.2f}" if o and med(o, "p99_us") else "n/a")
-        p(f"{sc:<16} {vals[0]:>16} {vals[1]:>19}")
-
+    ratio_table(p, main, "p99_us", "",
+                [("pc p99/nginx p99", "nginx", 16), ("pc p99/haproxy p99", "haproxy", 19)])
     p("")
-    p(f"{'':<16} {'pc CPU/req / nginx':>19} {'pc CPU/req / haproxy':>21}")
-    for sc in SCENARIOS:
-        pc = main.get((sc, "pusher-cutover"))
-        if not pc:
-            continue
-        vals = []
-        for t in ("nginx", "haproxy"):
-            o = main.get((sc, t))
-            vals.append(f"{med(pc, 'cpu_us') / med(o, 'cpu_us'):.2f}" if o and med(o, "cpu_us") else "n/a")
-        p(f"{sc:<16} {vals[0]:>19} {vals[1]:>21}")
+    ratio_table(p, main, "cpu_us", "",
+                [("pc CPU/req / nginx", "nginx", 19), ("pc CPU/req / haproxy", "haproxy", 21)])
 
     tel = group(rows, "telemetry")
     if tel:
