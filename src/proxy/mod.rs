@@ -202,11 +202,13 @@ impl State {
         );
         let record = &mut recorder.record;
         let bypass = self.config.bypass;
-        let result = if kind.is_legacy() && !bypass {
-            self.legacy(route, &parts, body, record).await
-        } else if let Some((app, query)) = (!bypass)
-            .then(|| self.resign_target(&route, &parts))
-            .flatten()
+        let legacy = kind.is_legacy() && !bypass;
+        // Looked up once, for the pipeline and the deprecation headers.
+        let app = route.app_id.and_then(|id| self.apps.get(id));
+        let result = if legacy {
+            self.legacy(route, app, &parts, body, record).await
+        } else if let Some((app, query)) =
+            (!bypass).then(|| self.resign_target(app, &parts)).flatten()
         {
             self.resigned(app, query, parts, body, record).await
         } else {
@@ -216,17 +218,18 @@ impl State {
             Ok(response) => (response, None),
             Err(e) => (error_response(&e), Some(e)),
         };
-        if kind.is_legacy() && !bypass {
-            let app = recorder.app_id().and_then(|id| self.apps.get(id));
+        if legacy {
             self.deprecation_headers(response.headers_mut(), app);
         }
         recorder.finish(response.status(), error.as_ref());
         response
     }
 
+    /// A legacy call to `app`, the configured app its path names (if any).
     async fn legacy(
         self: &Arc<Self>,
         route: Route<'_>,
+        app: Option<&App>,
         parts: &Parts,
         body: Incoming,
         record: &mut Record,
@@ -235,10 +238,7 @@ impl State {
         if app_id.is_empty() {
             return Err(TranslateError::EmptySegment("app id").into());
         }
-        let app = self
-            .apps
-            .get(app_id)
-            .ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
+        let app = app.ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
         let query =
             QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
         let (body, now) = self
@@ -321,9 +321,14 @@ impl State {
     ///   and sockudo refuses (spec A.4).
     ///
     /// Anything else (another key, a query that does not decode) passes
-    /// through untouched for the upstream to judge.
-    fn resign_target(&self, route: &Route<'_>, parts: &Parts) -> Option<(&App, QueryParams)> {
-        let app = self.apps.get(route.app_id?)?;
+    /// through untouched for the upstream to judge. `app` is the configured
+    /// app the path names, if any.
+    fn resign_target<'s>(
+        &self,
+        app: Option<&'s App>,
+        parts: &Parts,
+    ) -> Option<(&'s App, QueryParams)> {
+        let app = app?;
         let raw = parts.uri.query()?;
         let mapped = app.config.is_mapped();
         if !mapped {

@@ -95,11 +95,6 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// The app id of the path, if any (cut to [`MAX_LOGGED_LEN`]).
-    pub fn app_id(&self) -> Option<&str> {
-        self.app_id.as_deref()
-    }
-
     /// Records the answer.
     pub fn finish(mut self, status: StatusCode, error: Option<&ProxyError>) {
         self.done = true;
