@@ -100,7 +100,7 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
             params.push(("socket_id", s));
         }
         let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let q = oracle::signed_query(
+        let uri = support::signed_uri(
             support::KEY,
             support::SECRET,
             "POST",
@@ -111,7 +111,7 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
         );
         let a = support::send(
             Method::POST,
-            &format!("http://{addr}{path}?{q}"),
+            &format!("http://{addr}{uri}"),
             &[],
             r.body.clone(),
         )
@@ -304,42 +304,33 @@ async fn no_secret_or_signature_in_trace_logs() {
     let get = "/apps/4242/channels/presence-room";
     sent.push((
         hyper::Method::GET,
-        format!(
-            "{get}?{}",
-            oracle::signed_query(
-                support::KEY,
-                support::SECRET,
-                "GET",
-                get,
-                now,
-                Some(b""),
-                &[]
-            )
+        support::signed_uri(
+            support::KEY,
+            support::SECRET,
+            "GET",
+            get,
+            now,
+            Some(b""),
+            &[],
         ),
         "",
     ));
     sent.push((
         hyper::Method::GET,
-        format!(
-            "{get}?{}",
-            oracle::signed_query(support::KEY, support::SECRET, "GET", get, now, None, &[])
-        ),
+        support::signed_uri(support::KEY, support::SECRET, "GET", get, now, None, &[]),
         "",
     ));
     let mapped = "/apps/77/channels/room/events";
     sent.push((
         hyper::Method::POST,
-        format!(
-            "{mapped}?{}",
-            oracle::signed_query(
-                "legacy-77",
-                "legacy-77-secret",
-                "POST",
-                mapped,
-                now,
-                Some(b"y"),
-                &[("name", "ev")]
-            )
+        support::signed_uri(
+            "legacy-77",
+            "legacy-77-secret",
+            "POST",
+            mapped,
+            now,
+            Some(b"y"),
+            &[("name", "ev")],
         ),
         "y",
     ));

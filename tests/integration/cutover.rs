@@ -318,7 +318,7 @@ async fn rotation_accepts_old_and_new_secrets() {
         ("old-secret", 202),
         ("other-secret", 401),
     ] {
-        let q = oracle::signed_query(
+        let uri = support::signed_uri(
             support::KEY,
             secret,
             "POST",
@@ -327,13 +327,7 @@ async fn rotation_accepts_old_and_new_secrets() {
             Some(b"x"),
             &[("name", "ev")],
         );
-        let a = support::send(
-            Method::POST,
-            &format!("{}{path}?{q}", proxy.url()),
-            &[],
-            "x",
-        )
-        .await;
+        let a = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "x").await;
         assert_eq!(a.status.as_u16(), status, "{secret}: {}", a.text());
     }
     // Whatever the caller signed with, the upstream gets the current secret.
@@ -366,19 +360,10 @@ async fn mapped_app_is_served_with_the_upstream_credentials() {
 
     // Current-API calls signed with the legacy credentials are re-signed.
     let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
-    let path = "/apps/4242/events";
-    let q = oracle::signed_query(
-        support::KEY,
-        support::SECRET,
-        "POST",
-        path,
-        now,
-        Some(body),
-        &[],
-    );
+    let uri = support::current_trigger_uri(body, now);
     let a = support::send(
         Method::POST,
-        &format!("{}{path}?{q}", proxy.url()),
+        &format!("{}{uri}", proxy.url()),
         &[],
         &body[..],
     )

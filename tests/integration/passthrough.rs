@@ -240,7 +240,7 @@ async fn resigned_get_edges() {
     let path = "/apps/4242/channels/presence-room";
     let now = support::now();
 
-    let q = oracle::signed_query(
+    let uri = support::signed_uri(
         support::KEY,
         support::SECRET,
         "GET",
@@ -249,13 +249,7 @@ async fn resigned_get_edges() {
         Some(b"hello"),
         &[("info", "user_count")],
     );
-    let a = support::send(
-        Method::GET,
-        &format!("{}{path}?{q}", proxy.url()),
-        &[],
-        "hello",
-    )
-    .await;
+    let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "hello").await;
     assert_eq!(a.status.as_u16(), 200, "GET with a body: {}", a.text());
     let up = fake.recorded().pop().expect("forwarded");
     let length = up
@@ -268,7 +262,7 @@ async fn resigned_get_edges() {
     );
     assert!(up.body.is_empty());
 
-    let q = oracle::signed_query(
+    let uri = support::signed_uri(
         support::KEY,
         support::SECRET,
         "GET",
@@ -277,7 +271,7 @@ async fn resigned_get_edges() {
         Some(b""),
         &[("a&b", "c d"), ("info", "user_count")],
     );
-    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await;
     assert_eq!(a.status.as_u16(), 200, "key needing encoding: {}", a.text());
     let up = fake.recorded().pop().expect("forwarded");
     assert_eq!(up.param("a&b").as_deref(), Some("c d"));
@@ -311,7 +305,7 @@ async fn resigned_get_edges() {
     )
     .await;
     let proxy = TestProxy::for_upstream(&rotated.url(), "", "").await;
-    let q = oracle::signed_query(
+    let uri = support::signed_uri(
         support::KEY,
         support::SECRET,
         "GET",
@@ -320,7 +314,7 @@ async fn resigned_get_edges() {
         Some(b""),
         &[],
     );
-    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await;
     assert_eq!(a.status.as_u16(), 500, "{}", a.text());
     assert!(
         a.text().contains("pusher-cutover's signature"),

@@ -165,7 +165,7 @@ async fn empty_body_md5_on_get_is_accepted_and_dropped() {
 async fn extra_signed_parameters_are_verified_then_dropped() {
     let (fake, proxy) = setup("subscription_count = \"off\"").await;
     let path = "/apps/4242/channels/room/stats";
-    let q = oracle::signed_query(
+    let uri = support::signed_uri(
         support::KEY,
         support::SECRET,
         "GET",
@@ -174,7 +174,7 @@ async fn extra_signed_parameters_are_verified_then_dropped() {
         None,
         &[("info", "connection_count")],
     );
-    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
     assert_eq!(fake.recorded()[0].param("info"), None);
     proxy.stop().await;

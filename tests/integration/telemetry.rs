@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hyper::Method;
 
-use crate::support::{self, TestProxy, oracle};
+use crate::support::{self, TestProxy};
 
 const SUNSET: &str = "2027-01-01T00:00:00Z";
 const SUNSET_UNIX: u64 = 1_798_761_600;
@@ -58,20 +58,11 @@ async fn metrics_after_a_known_sequence() {
     assert_eq!(a.status.as_u16(), 401);
     assert_eq!(trigger(&proxy, "a", now - 1000).await.status.as_u16(), 401);
     let current = {
-        let path = "/apps/4242/events";
         let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
-        let q = oracle::signed_query(
-            support::KEY,
-            support::SECRET,
-            "POST",
-            path,
-            now,
-            Some(body),
-            &[],
-        );
+        let uri = support::current_trigger_uri(body, now);
         support::send(
             Method::POST,
-            &format!("{}{path}?{q}", proxy.url()),
+            &format!("{}{uri}", proxy.url()),
             &[],
             &body[..],
         )

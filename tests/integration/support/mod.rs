@@ -302,6 +302,12 @@ pub fn legacy_trigger_uri(
     signed_uri(KEY, SECRET, "POST", &path, timestamp, Some(body), params)
 }
 
+/// The path and signed query of a current-API trigger (`POST /apps/{APP_ID}/events`), signed by the oracle.
+pub fn current_trigger_uri(body: &[u8], timestamp: u64) -> String {
+    let path = format!("/apps/{APP_ID}/events");
+    signed_uri(KEY, SECRET, "POST", &path, timestamp, Some(body), &[])
+}
+
 /// The path and signed query of a legacy stats call, signed by the oracle.
 pub fn legacy_stats_uri(channel_raw: &str, timestamp: u64) -> String {
     let path = format!("/apps/{APP_ID}/channels/{channel_raw}/stats");
