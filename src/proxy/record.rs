@@ -3,7 +3,8 @@
 //! before the answer (hyper then drops the request future, and the guard
 //! records it on drop).
 
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
@@ -31,6 +32,55 @@ pub fn truncate(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A client address as text, formatted once per request for both the log
+/// line and the ledger; IPv4 (the common case) without `fmt`'s machinery.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    /// Formats `ip` as `Display` does.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut buf = [0u8; 48];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[len] = b'.';
+                        len += 1;
+                    }
+                    let mut digits = itoa::Buffer::new();
+                    let digits = digits.format(octet).as_bytes();
+                    buf[len..len + digits.len()].copy_from_slice(digits);
+                    len += digits.len();
+                }
+                len
+            }
+            // At most 45 characters.
+            IpAddr::V6(v6) => {
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(cursor, "{v6}");
+                usize::try_from(cursor.position()).unwrap_or(0)
+            }
+        };
+        Self { buf, len }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the pipeline learns about a request as it goes.
@@ -64,7 +114,7 @@ pub struct Recorder<'a> {
     kind: RouteKind,
     app_id: Option<String>,
     user_agent: Option<String>,
-    peer: SocketAddr,
+    client_addr: IpText,
     /// Filled in by the pipeline.
     pub record: Record,
     done: bool,
@@ -89,7 +139,7 @@ impl<'a> Recorder<'a> {
             kind,
             app_id: app_id.map(|a| truncate(a).to_owned()),
             user_agent: user_agent.map(|v| truncate(&String::from_utf8_lossy(v)).to_owned()),
-            peer,
+            client_addr: IpText::new(peer.ip()),
             record: Record::default(),
             done: false,
         }
@@ -117,7 +167,7 @@ impl<'a> Recorder<'a> {
             caller: record.verified.then(|| VerifiedCaller {
                 auth_key: record.auth_key.as_deref().unwrap_or_default(),
                 user_agent: self.user_agent.as_deref().unwrap_or_default(),
-                client_address: self.peer.ip(),
+                client_address: self.client_addr.as_str(),
             }),
             now: self.now,
         });
@@ -148,7 +198,7 @@ impl<'a> Recorder<'a> {
                     latency_ms,
                     auth_key = self.record.auth_key.as_deref(),
                     user_agent = self.user_agent.as_deref(),
-                    client_addr = %self.peer.ip(),
+                    client_addr = %self.client_addr.as_str(),
                     error = error.as_deref(),
                     "{}",
                     if self.kind.is_legacy() { "legacy call" } else { "request" }
@@ -194,5 +244,31 @@ mod tests {
         let t = truncate(&s);
         assert!(t.len() <= MAX_LOGGED_LEN && t.len() >= MAX_LOGGED_LEN - 1);
         assert_eq!(truncate("short"), "short");
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.168.1.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().expect("an address");
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv4_text_is_display(bits: u32) {
+            let ip = IpAddr::from(bits.to_be_bytes());
+            let text = IpText::new(ip);
+            proptest::prop_assert_eq!(text.as_str(), ip.to_string());
+        }
     }
 }

@@ -4,8 +4,6 @@
 //! what [`Ledger::take_changes`] hands out, in the background.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::net::IpAddr;
 use std::sync::Mutex;
 
 use hashbrown::{Equivalent, HashMap};
@@ -156,17 +154,9 @@ impl Ledger {
         route: LegacyRoute,
         auth_key: &str,
         user_agent: &str,
-        client_address: IpAddr,
+        address: &str,
         now: u64,
     ) {
-        // An IP address is at most 45 characters long.
-        let mut buf = [0u8; 48];
-        let len = {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{client_address}");
-            usize::try_from(cursor.position()).unwrap_or(0)
-        };
-        let address = std::str::from_utf8(&buf[..len]).unwrap_or("");
         let caller = CallerRef {
             route,
             auth_key,
@@ -311,10 +301,6 @@ mod tests {
     use super::*;
     use crate::telemetry::usage::OTHER;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("an IP address")
-    }
-
     const T: u64 = 1_795_888_046;
 
     fn total_calls(u: &Usage) -> u64 {
@@ -334,11 +320,11 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 "ua",
-                "10.0.0.1".parse().expect("ip"),
+                "10.0.0.1",
                 T + i * 1000,
             );
         }
-        l.record("1", LegacyRoute::LegacyStats, "k", "ua", ip("10.0.0.1"), T);
+        l.record("1", LegacyRoute::LegacyStats, "k", "ua", "10.0.0.1", T);
         let u = l.snapshot();
         let app = &u.apps[0];
         assert_eq!(app.callers.len(), 2);
@@ -364,19 +350,12 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 &format!("ua-{i}"),
-                "10.0.0.1".parse().expect("ip"),
+                "10.0.0.1",
                 T,
             );
         }
         // A known caller keeps being counted on its own.
-        l.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua-0",
-            ip("10.0.0.1"),
-            T,
-        );
+        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua-0", "10.0.0.1", T);
         let u = l.snapshot();
         let callers = &u.apps[0].callers;
         assert_eq!(callers.len(), 4, "3 distinct + other");
@@ -396,22 +375,8 @@ mod tests {
     #[test]
     fn changes_are_taken_once_and_can_be_restored() {
         let l = Ledger::new(100, 35);
-        l.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua",
-            ip("10.0.0.1"),
-            T,
-        );
-        l.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua",
-            ip("10.0.0.1"),
-            T,
-        );
+        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let c = l.take_changes(T);
         assert_eq!(c.callers.len(), 1);
         assert_eq!(c.callers[0].1.calls, 2, "absolute totals");
@@ -424,22 +389,8 @@ mod tests {
     #[test]
     fn load_then_record_continues_the_counts() {
         let a = Ledger::new(2, 35);
-        a.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua-1",
-            ip("10.0.0.1"),
-            T,
-        );
-        a.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua-2",
-            ip("10.0.0.1"),
-            T,
-        );
+        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-1", "10.0.0.1", T);
+        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-2", "10.0.0.1", T);
         let b = Ledger::new(2, 35);
         b.load(a.snapshot());
         b.record(
@@ -447,7 +398,7 @@ mod tests {
             LegacyRoute::LegacyTrigger,
             "k",
             "ua-1",
-            ip("10.0.0.1"),
+            "10.0.0.1",
             T + 5,
         );
         b.record(
@@ -455,7 +406,7 @@ mod tests {
             LegacyRoute::LegacyTrigger,
             "k",
             "ua-3",
-            ip("10.0.0.1"),
+            "10.0.0.1",
             T + 5,
         );
         let u = b.snapshot();
@@ -469,14 +420,7 @@ mod tests {
     #[test]
     fn old_buckets_are_pruned() {
         let l = Ledger::new(100, 30);
-        l.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua",
-            ip("10.0.0.1"),
-            T,
-        );
+        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let later = T + 31 * DAY;
         let c = l.take_changes(later);
         assert_eq!(c.prune_before, later - 30 * DAY);

@@ -14,7 +14,6 @@ pub mod store;
 pub mod usage;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -76,8 +75,8 @@ pub struct VerifiedCaller<'a> {
     pub auth_key: &'a str,
     /// Its `User-Agent`, empty when absent.
     pub user_agent: &'a str,
-    /// Its address.
-    pub client_address: IpAddr,
+    /// Its address, as text.
+    pub client_address: &'a str,
 }
 
 /// What is recorded of one request.

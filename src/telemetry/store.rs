@@ -276,7 +276,7 @@ mod tests {
                 LegacyRoute::LegacyTrigger,
                 "k",
                 "ua",
-                "10.0.0.1".parse().expect("ip"),
+                "10.0.0.1",
                 T + i * 600,
             );
         }
@@ -285,17 +285,10 @@ mod tests {
             LegacyRoute::LegacyStats,
             "k",
             "ua\u{e9}'\"",
-            "::1".parse().expect("ip"),
+            "::1",
             T,
         );
-        ledger.record(
-            "7",
-            LegacyRoute::LegacyStats,
-            "k7",
-            "",
-            "10.0.0.2".parse().expect("ip"),
-            T,
-        );
+        ledger.record("7", LegacyRoute::LegacyStats, "k7", "", "10.0.0.2", T);
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         ledger.record(
@@ -303,7 +296,7 @@ mod tests {
             LegacyRoute::LegacyTrigger,
             "k",
             "ua",
-            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.1",
             T + 7200,
         );
         store
@@ -322,14 +315,7 @@ mod tests {
     fn prune_deletes_old_buckets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Ledger::new(100, 30);
-        ledger.record(
-            "1",
-            LegacyRoute::LegacyTrigger,
-            "k",
-            "ua",
-            "10.0.0.1".parse().expect("ip"),
-            T,
-        );
+        ledger.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         store
