@@ -54,7 +54,8 @@ pub fn rollout_bucket(app_id: &str, channel: &str) -> u8 {
 
 /// Whether `channel` of `app_id` is in the translated share.
 pub fn in_rollout(app_id: &str, channel: &str, percent: u8) -> bool {
-    rollout_bucket(app_id, channel) < percent
+    // Every bucket is below 100: no hash needed for the whole app.
+    percent >= 100 || rollout_bucket(app_id, channel) < percent
 }
 
 #[cfg(test)]

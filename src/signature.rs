@@ -258,11 +258,46 @@ pub fn signed_query(
     body: Option<&[u8]>,
     extra: &[(&str, &str)],
 ) -> String {
-    let timestamp = timestamp.to_string();
+    let mut out = String::with_capacity(256);
+    push_signed_query(&mut out, key, secret, method, path, timestamp, body, extra);
+    out
+}
+
+/// `path?query` with the query of [`signed_query`]: the target of an
+/// outbound request, built in one buffer.
+pub fn signed_target(
+    key: &str,
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: Option<&[u8]>,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut out = String::with_capacity(path.len() + 257);
+    out.push_str(path);
+    out.push('?');
+    push_signed_query(&mut out, key, secret, method, path, timestamp, body, extra);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_signed_query(
+    out: &mut String,
+    key: &str,
+    secret: &SecretString,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: Option<&[u8]>,
+    extra: &[(&str, &str)],
+) {
+    let mut digits = itoa::Buffer::new();
+    let timestamp = digits.format(timestamp);
     let md5 = body.map(body_md5);
     let mut params: Vec<(&str, &str)> = Vec::with_capacity(5 + extra.len());
     params.push(("auth_key", key));
-    params.push(("auth_timestamp", &timestamp));
+    params.push(("auth_timestamp", timestamp));
     params.push(("auth_version", AUTH_VERSION));
     if let Some(md5) = &md5 {
         params.push(("body_md5", md5));
@@ -270,21 +305,34 @@ pub fn signed_query(
     params.extend_from_slice(extra);
     params.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
-    let signature = sign(secret, method, path, params.iter().copied());
-    let mut out = String::with_capacity(256);
-    for (k, v) in params
+    let mut signature = [0u8; 64];
+    let mac = mac(secret, method, path, params.iter().copied());
+    // 32 bytes always fit 64 hex digits.
+    let signature = base16ct::lower::encode_str(&mac, &mut signature).unwrap_or_default();
+    for (i, (k, v)) in params
         .iter()
         .copied()
-        .chain(std::iter::once(("auth_signature", signature.as_str())))
+        .chain(std::iter::once(("auth_signature", signature)))
+        .enumerate()
     {
-        if !out.is_empty() {
+        if i > 0 {
             out.push('&');
         }
-        out.extend(utf8_percent_encode(k, QUERY_VALUE));
+        push_encoded(out, k);
         out.push('=');
-        out.extend(utf8_percent_encode(v, QUERY_VALUE));
+        push_encoded(out, v);
     }
-    out
+}
+
+/// Appends `s` percent-encoded per [`QUERY_VALUE`]; text with nothing to
+/// escape (every auth parameter) is copied as is.
+fn push_encoded(out: &mut String, s: &str) {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if s.bytes().all(unreserved) {
+        out.push_str(s);
+    } else {
+        out.extend(utf8_percent_encode(s, QUERY_VALUE));
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +508,21 @@ mod tests {
         assert_eq!(
             verify("GET", "/p", &sign_get(&[]), b"x", &e),
             Err(SignatureError::BodyMd5Missing)
+        );
+    }
+
+    #[test]
+    fn signed_target_is_path_and_signed_query() {
+        let s = secret(SECRET);
+        let extra = [("info", "user_count,subscription_count"), ("x", "a b~")];
+        let body = Some(&b"{}"[..]);
+        let target = signed_target(KEY, &s, "POST", "/apps/3/events", 7, body, &extra);
+        let query = signed_query(KEY, &s, "POST", "/apps/3/events", 7, body, &extra);
+        assert_eq!(target, format!("/apps/3/events?{query}"));
+        assert!(
+            query.contains("&info=user_count%2Csubscription_count&")
+                && query.contains("&x=a%20b~&"),
+            "{query}"
         );
     }
 

@@ -414,7 +414,7 @@ impl State {
             .collect();
         let post = head.method == Method::POST;
         let body = if post { body } else { Bytes::new() };
-        let signed = signature::signed_query(
+        let signed = signature::signed_target(
             &up.key,
             &up.secret,
             head.method.as_str(),
@@ -423,7 +423,7 @@ impl State {
             post.then_some(&body[..]),
             &kept,
         );
-        let target = upstream::target(format!("{path}?{signed}")).map_err(ProxyError::Internal)?;
+        let target = upstream::target(signed).map_err(ProxyError::Internal)?;
         let mut req = self.outbound(head, target, body)?;
         if !post {
             req.headers_mut().remove(CONTENT_TYPE);
@@ -604,7 +604,7 @@ impl State {
             None => &[],
         };
         let up = &app.config.upstream;
-        let query = signature::signed_query(
+        let target = signature::signed_target(
             &up.key,
             &up.secret,
             method.as_str(),
@@ -613,7 +613,7 @@ impl State {
             body.as_deref(),
             extra,
         );
-        let uri = upstream::target(format!("{path}?{query}")).map_err(ProxyError::Internal)?;
+        let uri = upstream::target(target).map_err(ProxyError::Internal)?;
         let mut builder = Request::builder().method(method).uri(uri);
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/json");
