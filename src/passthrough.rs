@@ -31,25 +31,44 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (comparisons, no
-    // hashing) instead of a removal per hop-by-hop name.
-    let any = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
-    if !any {
-        return;
+    // One pass over the names (comparisons, no hashing) finds what there is
+    // to remove. Most requests carry nothing hop-by-hop, and most answers
+    // only `Connection: keep-alive`, which costs one removal.
+    let mut connection = false;
+    let mut others = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE || HOP_BY_HOP[1..].contains(name) {
+            others = true;
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut named = Vec::new();
+    if connection && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let (_, values) = entry.remove_entry_mult();
+        for value in values {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                // `keep-alive` names a header of HOP_BY_HOP, removed below
+                // if present (`others`).
+                if token.eq_ignore_ascii_case("keep-alive") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    if others {
+        for name in &HOP_BY_HOP[1..] {
+            headers.remove(name);
+        }
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// The upstream request for a passthrough: same method, path, query and
@@ -138,5 +157,39 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn strips_every_kind_alone() {
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for name in names {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("keep-alive"));
+            h.insert(header::DATE, HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), [header::DATE], "{name}");
+        }
+    }
+
+    #[test]
+    fn connection_keep_alive_removes_keep_alive_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a , x-b"));
+        for name in ["keep-alive", "x-a", "x-b", "x-c"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
     }
 }
