@@ -369,8 +369,5 @@ fn service(
 + Send
 + 'static {
     let proxy = proxy.clone();
-    service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-    })
+    service_fn(move |req| proxy.handle(req, peer))
 }

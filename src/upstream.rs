@@ -302,54 +302,61 @@ impl Upstream {
     /// bodyless GET or HEAD that fails because its pooled connection turned
     /// out to be closed is sent once more on a fresh one; nothing else is
     /// retried, so a POST can never deliver an event twice.
-    async fn request(
+    ///
+    /// Not an `async fn`: the request is prepared before the future is
+    /// built, and the future reuses the one slot `req` is captured in for
+    /// each attempt (an `async fn` would hold the argument and a mutable
+    /// copy of it side by side, in every request in flight).
+    fn request(
         &self,
         mut req: Request<OutboundBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + '_ {
         req.headers_mut().insert(HOST, self.inner.host.clone());
         let mut retry = retryable_copy(&req);
         let pool = self.pool_index();
         let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let pooled = if attempts <= MAX_REUSE_ATTEMPTS {
-                self.take_idle(pool)
-            } else {
-                None
-            };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                // Boxed: opening a connection is rare, and its future is
-                // large; every request's future would otherwise carry it.
-                None => Box::pin(self.connect()).await?,
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease {
-                        upstream: self.clone(),
-                        sender,
-                        pool,
-                    };
-                    return Ok((resp, lease));
-                }
-                Err(mut failed) => {
-                    if reused && let Some(unsent) = failed.take_message() {
-                        tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
-                        req = unsent;
-                        continue;
+        async move {
+            loop {
+                attempts += 1;
+                let pooled = if attempts <= MAX_REUSE_ATTEMPTS {
+                    self.take_idle(pool)
+                } else {
+                    None
+                };
+                let reused = pooled.is_some();
+                let mut sender = match pooled {
+                    Some(sender) => sender,
+                    // Boxed: opening a connection is rare, and its future is
+                    // large; every request's future would otherwise carry it.
+                    None => Box::pin(self.connect()).await?,
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let lease = Lease {
+                            upstream: self.clone(),
+                            sender,
+                            pool,
+                        };
+                        return Ok((resp, lease));
                     }
-                    let error = failed.into_error();
-                    if reused
-                        && is_stale_connection(&error)
-                        && let Some(again) = retry.take()
-                    {
-                        tracing::debug!(%error, "stale upstream connection; retrying the GET once");
-                        req = again;
-                        attempts = MAX_REUSE_ATTEMPTS;
-                        continue;
+                    Err(mut failed) => {
+                        if reused && let Some(unsent) = failed.take_message() {
+                            tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
+                            req = unsent;
+                            continue;
+                        }
+                        let error = failed.into_error();
+                        if reused
+                            && is_stale_connection(&error)
+                            && let Some(again) = retry.take()
+                        {
+                            tracing::debug!(%error, "stale upstream connection; retrying the GET once");
+                            req = *again;
+                            attempts = MAX_REUSE_ATTEMPTS;
+                            continue;
+                        }
+                        return Err(UpstreamError::Request(error));
                     }
-                    return Err(UpstreamError::Request(error));
                 }
             }
         }
@@ -485,8 +492,10 @@ fn host_header(url: &Uri) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
-/// A copy of `req` to send again, if it is a GET or HEAD without a body.
-fn retryable_copy(req: &Request<OutboundBody>) -> Option<Request<OutboundBody>> {
+/// A copy of `req` to send again, if it is a GET or HEAD without a body
+/// (boxed: most requests have none, and their futures need not carry room
+/// for one).
+fn retryable_copy(req: &Request<OutboundBody>) -> Option<Box<Request<OutboundBody>>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return None;
     }
@@ -498,7 +507,7 @@ fn retryable_copy(req: &Request<OutboundBody>) -> Option<Request<OutboundBody>> 
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    Some(Box::new(copy))
 }
 
 /// Whether a request failed because the (pooled) connection was closed

@@ -6,6 +6,7 @@
 //! each request takes the state current when it arrives and finishes on it.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,53 +177,67 @@ impl Proxy {
         self.state.store(Arc::new(next));
     }
 
-    /// Handles one request from `peer`. Never fails: errors become answers.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        self.state.load_full().handle(req, peer).await
+    /// Handles one request from `peer`. Never fails: errors become answers
+    /// (the `Result` is the shape hyper's services return).
+    ///
+    /// Not an `async fn`: the future is the current state's own, with no
+    /// wrapper around it holding a second copy of the request (one such
+    /// future is held per request in flight).
+    pub fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + use<> {
+        self.state.load_full().handle(req, peer)
     }
 }
 
 impl State {
-    async fn handle(
+    /// The future of one request. Not an `async fn`: the request is split
+    /// before the future is built, so the future holds its parts only,
+    /// not the parts and the moved-from request beside them.
+    fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + use<> {
         let (parts, body) = req.into_parts();
-        let route = classify(&parts.method, parts.uri.path());
-        let kind = route.kind;
-        let mut recorder = Recorder::new(
-            &self.telemetry,
-            self.clock.unix_now(),
-            &parts.method,
-            kind,
-            route.app_id,
-            parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
-            peer,
-        );
-        let record = &mut recorder.record;
-        let bypass = self.config.bypass;
-        let legacy = kind.is_legacy() && !bypass;
-        // Looked up once, for the pipeline and the deprecation headers.
-        let app = route.app_id.and_then(|id| self.apps.get(id));
-        let result = if legacy {
-            self.legacy(route, app, &parts, body, record).await
-        } else if let Some((app, query)) =
-            (!bypass).then(|| self.resign_target(app, &parts)).flatten()
-        {
-            self.resigned(app, query, parts, body, record).await
-        } else {
-            self.passthrough(parts, body, record).await
-        };
-        let (mut response, error) = match result {
-            Ok(response) => (response, None),
-            Err(e) => (error_response(&e), Some(e)),
-        };
-        if legacy {
-            self.deprecation_headers(response.headers_mut(), app);
+        async move {
+            let route = classify(&parts.method, parts.uri.path());
+            let kind = route.kind;
+            let mut recorder = Recorder::new(
+                &self.telemetry,
+                self.clock.unix_now(),
+                &parts.method,
+                kind,
+                route.app_id,
+                parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+                peer,
+            );
+            let record = &mut recorder.record;
+            let bypass = self.config.bypass;
+            let legacy = kind.is_legacy() && !bypass;
+            // Looked up once, for the pipeline and the deprecation headers.
+            let app = route.app_id.and_then(|id| self.apps.get(id));
+            let result = if legacy {
+                self.legacy(route, app, &parts, body, record).await
+            } else if let Some((app, query)) =
+                (!bypass).then(|| self.resign_target(app, &parts)).flatten()
+            {
+                self.resigned(app, query, parts, body, record).await
+            } else {
+                self.passthrough(parts, body, record).await
+            };
+            let (mut response, error) = match result {
+                Ok(response) => (response, None),
+                Err(e) => (error_response(&e), Some(e)),
+            };
+            if legacy {
+                self.deprecation_headers(response.headers_mut(), app);
+            }
+            recorder.finish(response.status(), error.as_ref());
+            Ok(response)
         }
-        recorder.finish(response.status(), error.as_ref());
-        response
     }
 
     /// A legacy call to `app`, the configured app its path names (if any).
