@@ -5,6 +5,8 @@
 #
 #   bench/instructions.sh [SCENARIO...]   default: legacy_trigger legacy_stats current_trigger
 #   RUST_LOG=warn bench/instructions.sh current_trigger   # without the per-request INFO lines
+#   bench/instructions.sh --data-dir legacy_trigger        # each scenario without, then with [telemetry] data_dir
+#   PUSHER_CUTOVER_BIN=path/to/build bench/instructions.sh # another build (default: target/release)
 #
 # Runs pusher-cutover (target/release, built if missing) under callgrind in
 # front of a canned nginx upstream on loopback, warms up, zeroes the
@@ -18,13 +20,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 # shellcheck source=bench/canned-upstream.sh
 . "$HERE/canned-upstream.sh"
+DATA_DIR_TOO=0
+if [ "${1:-}" = "--data-dir" ]; then DATA_DIR_TOO=1; shift; fi
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(legacy_trigger legacy_stats current_trigger)
 
 for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (bench/run.sh installs nginx and wrk; valgrind from Debian)" >&2; exit 1; }
 done
-BIN="$ROOT/target/release/pusher-cutover"
+BIN=${PUSHER_CUTOVER_BIN:-"$ROOT/target/release/pusher-cutover"}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
 
 WORK=$(mktemp -d)
@@ -50,7 +54,8 @@ $(canned_upstream_server "$UP")
 }
 EOF
 nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"
-cat > "$WORK/pc.toml" <<EOF
+pc_config() { # $1: a data_dir, or empty for none
+  cat <<EOF
 listen = "127.0.0.1:$PC"
 [admin]
 listen = "127.0.0.1:$ADMIN"
@@ -62,12 +67,23 @@ key = "bench-app-key"
 secret = "bench-app-secret"
 subscription_count = "on"
 EOF
+  if [ -n "$1" ]; then printf '[telemetry]\ndata_dir = "%s"\n' "$1"; fi
+}
+VARIANTS=("")
+[ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
+mkdir -p "$WORK/data"
 
 requests() {
   curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^pusher_cutover_requests_total/ {s+=$2} END {print s+0}'
 }
 
 for sc in "${SCENARIOS[@]}"; do
+ for data_dir in "${VARIANTS[@]}"; do
+  pc_config "$data_dir" > "$WORK/pc.toml"
+  label=$sc
+  if [ "$DATA_DIR_TOO" -eq 1 ]; then
+    if [ -n "$data_dir" ]; then label="$sc with data_dir"; else label="$sc without data_dir"; fi
+  fi
   RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
     "$BIN" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
   PID=$!
@@ -83,7 +99,8 @@ for sc in "${SCENARIOS[@]}"; do
   sleep 1
   ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   n=$((after - before))
-  printf '%-16s %6d requests  %12d Ir  %8d Ir/request\n' "$sc" "$n" "$ir" $((ir / n))
+  printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "$label" "$n" "$ir" $((ir / n))
   kill "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
+ done
 done
