@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 use crate::ResponseBody;
 use crate::error::ProxyError;
 use crate::translate::TranslateError;
-use crate::upstream::{self, Guarded, OutboundBody};
+use crate::upstream::{self, Guarded, OutboundRequest};
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// section 7.6.1), and so are never forwarded.
@@ -85,7 +85,7 @@ pub fn upstream_request(
     mut parts: Parts,
     body: Incoming,
     max_body: usize,
-) -> Result<Request<OutboundBody>, ProxyError> {
+) -> Result<OutboundRequest, ProxyError> {
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed(parts.method));
     }
@@ -109,7 +109,7 @@ pub fn upstream_request(
     } else {
         Either::Right(Limited::new(body, max_body))
     };
-    Ok(Request::from_parts(parts, body))
+    Ok(Box::new(Request::from_parts(parts, body)))
 }
 
 /// Readies the caller's request head for the upstream: hop-by-hop headers

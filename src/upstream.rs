@@ -35,6 +35,12 @@ use crate::config::UpstreamConfig;
 /// the caller (passthrough), held to `max_body_bytes`.
 pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
 
+/// A request for the upstream, boxed: it is handed down through several
+/// futures (proxy, exchange, timeout, retry loop), each of which would
+/// otherwise hold its own copy of it for as long as the request is in
+/// flight.
+pub type OutboundRequest = Box<Request<OutboundBody>>;
+
 /// An error from the connector, the connection or a body.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -267,10 +273,7 @@ impl Upstream {
 
     /// Sends `req`; the timeout covers everything up to the response
     /// headers. The body then streams.
-    pub async fn send(
-        &self,
-        req: Request<OutboundBody>,
-    ) -> Result<Response<Guarded>, UpstreamError> {
+    pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let send = async {
             let slot = self.slot().await?;
             let (resp, lease) = self.request(req).await?;
@@ -309,7 +312,7 @@ impl Upstream {
     /// copy of it side by side, in every request in flight).
     fn request(
         &self,
-        mut req: Request<OutboundBody>,
+        mut req: OutboundRequest,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + '_ {
         req.headers_mut().insert(HOST, self.inner.host.clone());
         let mut retry = retryable_copy(&req);
@@ -330,7 +333,7 @@ impl Upstream {
                     // large; every request's future would otherwise carry it.
                     None => Box::pin(self.connect()).await?,
                 };
-                match sender.try_send_request(req).await {
+                match sender.try_send_request(*req).await {
                     Ok(resp) => {
                         let lease = Lease {
                             upstream: self.clone(),
@@ -342,7 +345,7 @@ impl Upstream {
                     Err(mut failed) => {
                         if reused && let Some(unsent) = failed.take_message() {
                             tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
-                            req = unsent;
+                            *req = unsent;
                             continue;
                         }
                         let error = failed.into_error();
@@ -351,7 +354,7 @@ impl Upstream {
                             && let Some(again) = retry.take()
                         {
                             tracing::debug!(%error, "stale upstream connection; retrying the GET once");
-                            req = *again;
+                            req = again;
                             attempts = MAX_REUSE_ATTEMPTS;
                             continue;
                         }
@@ -439,7 +442,7 @@ impl Upstream {
     /// Sends `req` and reads the whole answer, all before `deadline`.
     pub async fn exchange(
         &self,
-        req: Request<OutboundBody>,
+        req: OutboundRequest,
         deadline: tokio::time::Instant,
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {

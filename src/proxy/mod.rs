@@ -40,7 +40,7 @@ use crate::telemetry::Telemetry;
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::channel_stats::{self, Stats};
 use crate::translate::{self, TranslateError};
-use crate::upstream::{self, Buffered, OutboundBody, Upstream, UpstreamError};
+use crate::upstream::{self, Buffered, OutboundRequest, Upstream, UpstreamError};
 
 /// How long a `probe` app stops asking for `subscription_count` after the
 /// upstream said counting is disabled (spec E.5 item 1).
@@ -420,7 +420,7 @@ impl State {
         query: &QueryParams,
         body: Bytes,
         now: u64,
-    ) -> Result<Request<OutboundBody>, ProxyError> {
+    ) -> Result<OutboundRequest, ProxyError> {
         let up = &app.config.upstream;
         let path = upstream_path(head.uri.path(), &app.config.id, &up.id);
         let kept: Vec<(&str, &str)> = query
@@ -454,8 +454,8 @@ impl State {
         head: &Parts,
         target: hyper::Uri,
         body: Bytes,
-    ) -> Result<Request<OutboundBody>, ProxyError> {
-        let mut req = Request::new(Either::Left(Full::new(body)));
+    ) -> Result<OutboundRequest, ProxyError> {
+        let mut req = Box::new(Request::new(Either::Left(Full::new(body))));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = target;
         let headers = req.headers_mut();
@@ -636,7 +636,7 @@ impl State {
         let req = builder
             .body(Either::Left(Full::new(body.unwrap_or_default())))
             .map_err(ProxyError::Internal)?;
-        self.exchange(req, deadline, record).await
+        self.exchange(Box::new(req), deadline, record).await
     }
 
     /// Sends a request the proxy built and reads the whole answer.
@@ -647,7 +647,7 @@ impl State {
     /// trigger is delivered (or not) once.
     async fn exchange(
         &self,
-        req: Request<OutboundBody>,
+        req: OutboundRequest,
         deadline: tokio::time::Instant,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
@@ -672,7 +672,7 @@ impl State {
     /// Sends a passthrough request and streams the answer back.
     async fn forward(
         &self,
-        req: Request<OutboundBody>,
+        req: OutboundRequest,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let started = Instant::now();
