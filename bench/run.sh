@@ -6,6 +6,9 @@
 #   bench/run.sh --duration S --rounds N [--connections C] [--big-connections C]
 #                [--requests N] [--out FILE] [--keep] [--no-install] [--no-build]
 #                [--log-compare]   (adds: legacy_trigger with default logging vs RUST_LOG=error, ~1.5 min)
+#                [--no-instructions | --instructions]
+#   --no-instructions: skip the telemetry pair under callgrind (bench/instructions.sh --data-dir,
+#   ~3 min; on by default when valgrind is installed, off with --quick unless --instructions).
 #   --out FILE: where the summary goes (default bench/last-run.txt, raw rows beside it as .tsv;
 #   --out "" for none). --keep keeps the temp dir (configs, logs).
 #
@@ -22,7 +25,10 @@
 #  4. alternates the targets in rounds and prints medians, the ratios
 #     pusher-cutover/nginx and pusher-cutover/HAProxy, a 1,000-connection run
 #     with peak RSS, a with/without data_dir run, and 10 vs 100,000 distinct
-#     User-Agent values.
+#     User-Agent values;
+#  5. counts instructions per request with and without [telemetry] data_dir
+#     under callgrind (bench/instructions.sh --data-dir), a comparison the
+#     machine's load does not move.
 # It stops only the processes it started (by pid, trap on EXIT). Every wait
 # has a timeout.
 set -euo pipefail
@@ -45,6 +51,7 @@ INSTALL=1
 BUILD=1
 QUICK=0
 LOG_COMPARE=0
+INSTR=auto
 
 usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -61,6 +68,8 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --log-compare) LOG_COMPARE=1; shift ;;
+    --instructions) INSTR=1; shift ;;
+    --no-instructions) INSTR=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -138,6 +147,10 @@ if [ "$INSTALL" -eq 1 ]; then
   fi
 fi
 NGINX=$(find_bin nginx); HAPROXY=$(find_bin haproxy); WRK=$(find_bin wrk)
+if [ "$INSTR" = auto ]; then
+  if [ "$QUICK" -eq 0 ] && command -v valgrind >/dev/null; then INSTR=1; else INSTR=0; fi
+fi
+if [ "$INSTR" -eq 1 ] && ! command -v valgrind >/dev/null; then die "--instructions needs valgrind (Debian package valgrind)"; fi
 [ -n "$NGINX" ] && [ -n "$HAPROXY" ] && [ -n "$WRK" ] || die "need nginx, haproxy and wrk (run without --no-install)"
 command -v python3 >/dev/null || die "need python3"
 command -v curl >/dev/null || die "need curl"
@@ -473,6 +486,18 @@ done
 ELAPSED=$(( SECONDS - START ))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
+: > "$WORK/instructions.txt"
+if [ "$INSTR" -eq 1 ]; then
+  log "telemetry pair under callgrind: bench/instructions.sh --data-dir legacy_trigger current_trigger"
+  if ! PATH="$(dirname "$NGINX"):$PATH" PUSHER_CUTOVER_BIN="$WORK/pusher-cutover" timeout 900 \
+      bash "$HERE/instructions.sh" --data-dir legacy_trigger current_trigger \
+      > "$WORK/instructions.txt" 2> "$WORK/instructions.err"; then
+    log "bench/instructions.sh failed; its output:"
+    cat "$WORK/instructions.err" >&2
+    : > "$WORK/instructions.txt"
+  fi
+fi
+
 # ------------------------------------------------------------------ 5. report
 ver() { "$@" 2>&1 | head -n 1; }
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -488,6 +513,16 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo ""
   $PY summarize "$RESULTS"
   echo ""
+  if [ -s "$WORK/instructions.txt" ]; then
+    echo "== Telemetry, instructions per request with vs without [telemetry] data_dir (callgrind, bench/instructions.sh --data-dir;"
+    echo "   repeatable whatever the machine's load; 6 s of requests per line, so each with-data_dir line includes a 5 s ledger write) =="
+    cat "$WORK/instructions.txt"
+    awk '$3 == "data_dir" { ir[$1 " " $2] = $(NF - 1); sc[$1] = 1 }
+         END { for (s in sc) if ((s " with") in ir && (s " without") in ir)
+                 printf "ratio with/without data_dir, %s: %.3f\n", s, ir[s " with"] / ir[s " without"] }' \
+      "$WORK/instructions.txt" | sort
+    echo ""
+  fi
   echo "pusher-cutover VmHWM before the $BIG_CONNS-connection run: $(awk -v k="$PC_HWM_BEFORE_BIG" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
   echo "measured runs took ${ELAPSED}s; load average before the targets started: $LOAD_BEFORE; at the end: $LOAD_AFTER (includes this benchmark's own load)"
 } > "$WORK/summary.txt"
