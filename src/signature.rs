@@ -6,6 +6,8 @@
 //! (spec A.2). The signature is the lower-case hex HMAC-SHA256 of that string
 //! keyed with the app secret.
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -243,12 +245,8 @@ pub fn verify(
     }
 }
 
-/// Builds the signed query string of an outbound request.
-///
-/// Adds `auth_key`, `auth_timestamp`, `auth_version`, and `body_md5` when a
-/// body is given (outbound bodies are only ever sent on POST, and sockudo
-/// refuses `body_md5` on GET: spec A.4), signs, and renders the query with
-/// every value percent-encoded and `auth_signature` last.
+/// Builds the signed query string of an outbound request: the part of
+/// [`signed_target`] after the `?`.
 pub fn signed_query(
     key: &str,
     secret: &SecretString,
@@ -258,13 +256,16 @@ pub fn signed_query(
     body: Option<&[u8]>,
     extra: &[(&str, &str)],
 ) -> String {
-    let mut out = String::with_capacity(256);
-    push_signed_query(&mut out, key, secret, method, path, timestamp, body, extra);
-    out
+    let target = signed_target(key, secret, method, path, timestamp, body, extra);
+    target[path.len() + 1..].to_owned()
 }
 
-/// `path?query` with the query of [`signed_query`]: the target of an
-/// outbound request, built in one buffer.
+/// The target of an outbound request, `path?query`, built in one buffer.
+///
+/// The query adds `auth_key`, `auth_timestamp`, `auth_version`, and
+/// `body_md5` when a body is given (outbound bodies are only ever sent on
+/// POST, and sockudo refuses `body_md5` on GET: spec A.4), signs, and
+/// renders every value percent-encoded, `auth_signature` last.
 pub fn signed_target(
     key: &str,
     secret: &SecretString,
@@ -274,24 +275,6 @@ pub fn signed_target(
     body: Option<&[u8]>,
     extra: &[(&str, &str)],
 ) -> String {
-    let mut out = String::with_capacity(path.len() + 257);
-    out.push_str(path);
-    out.push('?');
-    push_signed_query(&mut out, key, secret, method, path, timestamp, body, extra);
-    out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn push_signed_query(
-    out: &mut String,
-    key: &str,
-    secret: &SecretString,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: Option<&[u8]>,
-    extra: &[(&str, &str)],
-) {
     let mut digits = itoa::Buffer::new();
     let timestamp = digits.format(timestamp);
     let md5 = body.map(body_md5);
@@ -309,6 +292,9 @@ fn push_signed_query(
     let mac = mac(secret, method, path, params.iter().copied());
     // 32 bytes always fit 64 hex digits.
     let signature = base16ct::lower::encode_str(&mac, &mut signature).unwrap_or_default();
+    let mut out = String::with_capacity(path.len() + 257);
+    out.push_str(path);
+    out.push('?');
     for (i, (k, v)) in params
         .iter()
         .copied()
@@ -318,21 +304,13 @@ fn push_signed_query(
         if i > 0 {
             out.push('&');
         }
-        push_encoded(out, k);
+        // Borrowed, so copied in one piece, when there is nothing to
+        // escape (every auth parameter).
+        out.push_str(&Cow::from(utf8_percent_encode(k, QUERY_VALUE)));
         out.push('=');
-        push_encoded(out, v);
+        out.push_str(&Cow::from(utf8_percent_encode(v, QUERY_VALUE)));
     }
-}
-
-/// Appends `s` percent-encoded per [`QUERY_VALUE`]; text with nothing to
-/// escape (every auth parameter) is copied as is.
-fn push_encoded(out: &mut String, s: &str) {
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-    if s.bytes().all(unreserved) {
-        out.push_str(s);
-    } else {
-        out.extend(utf8_percent_encode(s, QUERY_VALUE));
-    }
+    out
 }
 
 #[cfg(test)]
@@ -523,6 +501,15 @@ mod tests {
             query.contains("&info=user_count%2Csubscription_count&")
                 && query.contains("&x=a%20b~&"),
             "{query}"
+        );
+        // The signature covers the path that prefixes the target.
+        let q = QueryParams::parse(&query).expect("own output parses");
+        let secrets = [secret(SECRET)];
+        verify("POST", "/apps/3/events", &q, b"{}", &expected(7, &secrets))
+            .expect("verifies against its own path");
+        assert_eq!(
+            verify("POST", "/apps/4/events", &q, b"{}", &expected(7, &secrets)),
+            Err(SignatureError::SignatureMismatch)
         );
     }
 
