@@ -113,20 +113,11 @@ async fn passthrough_bodies_are_limited_answers_are_not() {
     // (Only the head is sent: a client still writing a body the proxy will
     // not read can see its connection reset before it reads the answer.)
     let big = "x".repeat(3 * 1024 * 1024);
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
     let head = format!(
         "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         big.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("head");
-    let a = tokio::time::timeout(
-        support::REQUEST_TIMEOUT,
-        support::read_response(&mut stream),
-    )
-    .await
-    .expect("answered");
+    let a = support::raw_exchange(proxy.addr, head.as_bytes()).await;
     assert_eq!(a.status.as_u16(), 413, "{}", a.text());
     assert_eq!(fake.recorded().len(), 1, "not forwarded");
 
@@ -165,16 +156,7 @@ async fn chunked_request_body() {
     let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
     let raw = "POST /apps/4242/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
                5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    stream.write_all(raw.as_bytes()).await.expect("write");
-    let a = tokio::time::timeout(
-        support::REQUEST_TIMEOUT,
-        support::read_response(&mut stream),
-    )
-    .await
-    .expect("answered");
+    let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
     assert_eq!(a.status.as_u16(), 401);
     assert_eq!(&fake.recorded()[0].body[..], b"hello world");
     proxy.stop().await;
