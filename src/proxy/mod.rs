@@ -37,6 +37,7 @@ use crate::query::QueryParams;
 use crate::route::{Route, RouteKind, classify};
 use crate::signature::{self, Expected};
 use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::AppSeries;
 use crate::translate::channel_event::{self, Trigger};
 use crate::translate::channel_stats::{self, Stats};
 use crate::translate::{self, TranslateError};
@@ -60,6 +61,8 @@ struct App {
     /// Unix time until which `probe` mode does not ask for
     /// `subscription_count`.
     counting_off_until: AtomicU64,
+    /// Its metric series.
+    series: Arc<AppSeries>,
 }
 
 impl App {
@@ -120,6 +123,7 @@ impl State {
                     config: a.clone(),
                     sunset: a.sunset.and_then(sunset_header),
                     counting_off_until: AtomicU64::new(off_until),
+                    series: telemetry.app_series(&a.id),
                 };
                 (a.id.clone(), app)
             })
@@ -205,8 +209,12 @@ impl State {
         async move {
             let route = classify(&parts.method, parts.uri.path());
             let kind = route.kind;
+            // Looked up once, for the pipeline, the metrics and the
+            // deprecation headers.
+            let app = route.app_id.and_then(|id| self.apps.get(id));
             let mut recorder = Recorder::new(
                 &self.telemetry,
+                app.map(|a| &*a.series),
                 self.clock.unix_now(),
                 &parts.method,
                 kind,
@@ -217,8 +225,6 @@ impl State {
             let record = &mut recorder.record;
             let bypass = self.config.bypass;
             let legacy = kind.is_legacy() && !bypass;
-            // Looked up once, for the pipeline and the deprecation headers.
-            let app = route.app_id.and_then(|id| self.apps.get(id));
             let result = if legacy {
                 self.legacy(route, app, &parts, body, record).await
             } else if let Some((app, query)) =

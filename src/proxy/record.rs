@@ -11,6 +11,7 @@ use hyper::{Method, StatusCode};
 
 use crate::error::{ErrorChain, Fault, ProxyError};
 use crate::route::RouteKind;
+use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 
 /// Longest caller-supplied value (app id, `auth_key`, user agent) kept for
@@ -108,6 +109,7 @@ impl Record {
 #[derive(Debug)]
 pub struct Recorder<'a> {
     telemetry: &'a Telemetry,
+    series: Option<&'a AppSeries>,
     started: Instant,
     now: u64,
     method: Method,
@@ -121,9 +123,12 @@ pub struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    /// Starts recording a request received at Unix time `now`.
+    /// Starts recording a request received at Unix time `now`, counted in
+    /// `series` (the configured app its path names; `None` for `other`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         telemetry: &'a Telemetry,
+        series: Option<&'a AppSeries>,
         now: u64,
         method: &Method,
         kind: RouteKind,
@@ -133,6 +138,7 @@ impl<'a> Recorder<'a> {
     ) -> Self {
         Self {
             telemetry,
+            series,
             started: Instant::now(),
             now,
             method: method.clone(),
@@ -157,6 +163,7 @@ impl<'a> Recorder<'a> {
         self.telemetry.observe(&Observation {
             route: self.kind,
             app_id: self.app_id.as_deref(),
+            series: self.series,
             outcome,
             duration,
             upstream_duration: record.upstream_time,

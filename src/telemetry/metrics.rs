@@ -2,7 +2,7 @@
 //! app id only for configured apps (everything else is `other`), the route
 //! label, the outcome, and the signature-failure reason.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +10,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::Outcome;
+use crate::route::RouteKind;
+
+/// Routes and outcomes, as indexes into the per-request handles.
+const ROUTES: usize = 3;
+const OUTCOMES: usize = 5;
+const _: () = assert!(RouteKind::Passthrough as usize + 1 == ROUTES);
+const _: () = assert!(Outcome::Rejected as usize + 1 == OUTCOMES);
 
 /// Metric names as exposed (counters gain `_total` when encoded).
 pub mod names {
@@ -41,6 +50,88 @@ pub struct AppId(pub Arc<str>);
 impl EncodeLabelValue for AppId {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+/// One app's per-request series (its `app_id` label is a configured app's
+/// id, or `other`), each resolved in its family on first use and then
+/// kept: counting a request takes no family lock and hashes no labels. A
+/// handle shares its value with the family's series, which `/metrics`
+/// encodes; the families these come from are never cleared.
+#[derive(Debug)]
+pub struct AppSeries {
+    app_id: AppId,
+    requests: [[OnceLock<Counter>; OUTCOMES]; ROUTES],
+    deprecated_calls: [OnceLock<Counter>; ROUTES],
+}
+
+impl AppSeries {
+    /// Series labelled `app_id`, none of them created yet.
+    pub fn new(app_id: AppId) -> Self {
+        Self {
+            app_id,
+            requests: Default::default(),
+            deprecated_calls: Default::default(),
+        }
+    }
+
+    /// The `app_id` label value.
+    pub fn app_id(&self) -> &AppId {
+        &self.app_id
+    }
+
+    /// `requests_total{app_id, route, outcome}` in `family`.
+    pub fn request(
+        &self,
+        family: &Family<AppRouteOutcome, Counter>,
+        route: RouteKind,
+        outcome: Outcome,
+    ) -> &Counter {
+        self.requests[route as usize][outcome as usize].get_or_init(|| {
+            family
+                .get_or_create(&AppRouteOutcome {
+                    app_id: self.app_id.clone(),
+                    route: route.as_str(),
+                    outcome: outcome.as_str(),
+                })
+                .clone()
+        })
+    }
+
+    /// `deprecated_calls_total{app_id, route}` in `family`.
+    pub fn deprecated_call(
+        &self,
+        family: &Family<AppRoute, Counter>,
+        route: RouteKind,
+    ) -> &Counter {
+        self.deprecated_calls[route as usize].get_or_init(|| {
+            family
+                .get_or_create(&AppRoute {
+                    app_id: self.app_id.clone(),
+                    route: route.as_str(),
+                })
+                .clone()
+        })
+    }
+}
+
+/// One histogram per route, resolved in its family on first use and kept.
+#[derive(Debug, Default)]
+struct RouteHistograms([OnceLock<Histogram>; ROUTES]);
+
+impl RouteHistograms {
+    fn get(
+        &self,
+        family: &Family<RouteLabel, Histogram, fn() -> Histogram>,
+        route: RouteKind,
+    ) -> &Histogram {
+        self.0[route as usize].get_or_init(|| {
+            family
+                .get_or_create(&RouteLabel {
+                    route: route.as_str(),
+                })
+                .clone()
+        })
     }
 }
 
@@ -140,6 +231,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
+    request_durations: RouteHistograms,
+    upstream_durations: RouteHistograms,
 }
 
 impl Default for Metrics {
@@ -225,7 +318,19 @@ impl Metrics {
             shadow_mismatches,
             config_reloads,
             build_info,
+            request_durations: RouteHistograms::default(),
+            upstream_durations: RouteHistograms::default(),
         }
+    }
+
+    /// `request_duration_seconds{route}`.
+    pub fn request_duration_of(&self, route: RouteKind) -> &Histogram {
+        self.request_durations.get(&self.request_duration, route)
+    }
+
+    /// `upstream_duration_seconds{route}`.
+    pub fn upstream_duration_of(&self, route: RouteKind) -> &Histogram {
+        self.upstream_durations.get(&self.upstream_duration, route)
     }
 
     /// Sets the gauges that follow the configuration: `build_info` with its

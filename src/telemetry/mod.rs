@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::error::ErrorChain;
 use crate::route::RouteKind;
 use ledger::Ledger;
-use metrics::{AppId, AppReason, AppRoute, AppRouteOutcome, Metrics, RouteLabel};
+use metrics::{AppId, AppReason, AppSeries, Metrics};
 use store::{Store, StoreError};
 use usage::LegacyRoute;
 
@@ -86,6 +86,9 @@ pub struct Observation<'a> {
     pub route: RouteKind,
     /// The app id of the path, if any.
     pub app_id: Option<&'a str>,
+    /// The series of the configured app the path names
+    /// ([`Telemetry::app_series`]); `None` counts under `other`.
+    pub series: Option<&'a AppSeries>,
     /// How it ended.
     pub outcome: Outcome,
     /// Time to answer.
@@ -105,10 +108,11 @@ pub struct Observation<'a> {
 pub struct Telemetry {
     metrics: Metrics,
     ledger: Ledger,
-    /// The configured app ids, as label values: the only ones but `other`.
-    configured: ArcSwap<HashMap<String, AppId>>,
-    /// The `other` label value.
-    other: AppId,
+    /// The configured apps' series, by app id: the only `app_id` labels
+    /// but `other`.
+    configured: ArcSwap<HashMap<String, Arc<AppSeries>>>,
+    /// The series of every app that is not configured.
+    other: Arc<AppSeries>,
     /// The loaded configuration's hash.
     config_hash: ArcSwap<String>,
 }
@@ -123,7 +127,7 @@ impl Telemetry {
                 config.telemetry.retention_days,
             ),
             configured: ArcSwap::default(),
-            other: AppId(Arc::from(OTHER_APP)),
+            other: Arc::new(AppSeries::new(AppId(Arc::from(OTHER_APP)))),
             config_hash: ArcSwap::default(),
         };
         telemetry.configure(config);
@@ -132,7 +136,9 @@ impl Telemetry {
 
     /// Follows a (re)loaded configuration: the app labels, the sunset
     /// gauges, and the config hash in `build_info`. The ledger's own
-    /// settings (cap, retention) stay those it was started with.
+    /// settings (cap, retention) stay those it was started with. Called
+    /// before the proxy takes the configuration, so that its apps find
+    /// their series ([`Telemetry::app_series`]).
     pub fn configure(&self, config: &Config) {
         let sunsets: Vec<(String, i64)> = config
             .apps
@@ -140,12 +146,20 @@ impl Telemetry {
             .filter_map(|a| Some((a.id.clone(), a.sunset?.unix_timestamp())))
             .collect();
         self.metrics.configure(&config.hash, &sunsets);
-        let labels = config
+        // An app kept across a reload keeps its series (and their handles).
+        let previous = self.configured.load();
+        let series = config
             .apps
             .iter()
-            .map(|a| (a.id.clone(), AppId(Arc::from(a.id.as_str()))))
+            .map(|a| {
+                let series = previous
+                    .get(&a.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AppSeries::new(AppId(Arc::from(a.id.as_str())))));
+                (a.id.clone(), series)
+            })
             .collect();
-        self.configured.store(Arc::new(labels));
+        self.configured.store(Arc::new(series));
         self.config_hash.store(Arc::new(config.hash.clone()));
     }
 
@@ -168,44 +182,37 @@ impl Telemetry {
         self.metrics
             .shadow_mismatches
             .get_or_create(&metrics::AppField {
-                app_id: self.app_label(Some(app_id)),
+                app_id: self.app_series(app_id).app_id().clone(),
                 field,
             })
             .inc();
     }
 
-    /// The bounded `app_id` label.
-    fn app_label(&self, app_id: Option<&str>) -> AppId {
-        app_id
-            .and_then(|id| self.configured.load().get(id).cloned())
+    /// The series of configured app `app_id`, or those of `other` when it
+    /// is not configured (the `app_id` label stays bounded).
+    pub fn app_series(&self, app_id: &str) -> Arc<AppSeries> {
+        self.configured
+            .load()
+            .get(app_id)
+            .cloned()
             .unwrap_or_else(|| self.other.clone())
     }
 
     /// Records one request: metrics always, the ledger for verified legacy
     /// calls only (so forged traffic cannot fill it).
     pub fn observe(&self, o: &Observation<'_>) {
-        let app_id = self.app_label(o.app_id);
-        let route = o.route.as_str();
+        let series = o.series.unwrap_or(&self.other);
         let m = &self.metrics;
-        m.requests
-            .get_or_create(&AppRouteOutcome {
-                app_id: app_id.clone(),
-                route,
-                outcome: o.outcome.as_str(),
-            })
-            .inc();
-        m.request_duration
-            .get_or_create(&RouteLabel { route })
+        series.request(&m.requests, o.route, o.outcome).inc();
+        m.request_duration_of(o.route)
             .observe(o.duration.as_secs_f64());
         if let Some(d) = o.upstream_duration {
-            m.upstream_duration
-                .get_or_create(&RouteLabel { route })
-                .observe(d.as_secs_f64());
+            m.upstream_duration_of(o.route).observe(d.as_secs_f64());
         }
         if let Some(reason) = o.signature_failure {
             m.signature_failures
                 .get_or_create(&AppReason {
-                    app_id: app_id.clone(),
+                    app_id: series.app_id().clone(),
                     reason,
                 })
                 .inc();
@@ -214,9 +221,7 @@ impl Telemetry {
             return;
         };
         if let (Some(caller), Some(id)) = (o.caller, o.app_id) {
-            m.deprecated_calls
-                .get_or_create(&AppRoute { app_id, route })
-                .inc();
+            series.deprecated_call(&m.deprecated_calls, o.route).inc();
             self.ledger.record(
                 id,
                 legacy,
@@ -294,5 +299,118 @@ impl Persistence {
             telemetry.ledger.restore_changes(changes);
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(app_ids: &[&str]) -> Config {
+        let mut text = String::from("[upstream]\nurl = \"http://127.0.0.1:6001\"\n");
+        for id in app_ids {
+            text.push_str(&format!(
+                "[[apps]]\nid = \"{id}\"\nkey = \"k{id}\"\nsecret = \"s{id}\"\n"
+            ));
+        }
+        Config::from_toml_str(&text, &|_: &str| None).expect("a valid config")
+    }
+
+    fn observation<'a>(
+        app_id: &'a str,
+        series: Option<&'a AppSeries>,
+        route: RouteKind,
+    ) -> Observation<'a> {
+        Observation {
+            route,
+            app_id: Some(app_id),
+            series,
+            outcome: Outcome::Ok,
+            duration: Duration::from_millis(3),
+            upstream_duration: Some(Duration::from_millis(2)),
+            signature_failure: None,
+            caller: Some(VerifiedCaller {
+                auth_key: "k1",
+                user_agent: "pusher-gem/0.9.2",
+                client_address: "10.0.0.1",
+            }),
+            now: 1_700_000_000,
+        }
+    }
+
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn observations_count_in_the_series_metrics_exposes() {
+        let telemetry = Telemetry::new(&config(&["1"]));
+        let series = telemetry.app_series("1");
+        for _ in 0..3 {
+            telemetry.observe(&observation("1", Some(&series), RouteKind::LegacyTrigger));
+        }
+        // An unconfigured app, whether or not the caller passes series.
+        telemetry.observe(&observation("9", None, RouteKind::Passthrough));
+        let other = telemetry.app_series("9");
+        telemetry.observe(&observation("9", Some(&other), RouteKind::Passthrough));
+
+        let text = telemetry.metrics_text();
+        let requests =
+            |labels: &str| sample(&text, &format!("pusher_cutover_requests_total{{{labels}}}"));
+        assert_eq!(
+            requests(r#"app_id="1",route="legacy_trigger",outcome="ok""#),
+            Some(3)
+        );
+        assert_eq!(
+            requests(r#"app_id="other",route="passthrough",outcome="ok""#),
+            Some(2)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger"}"#
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_request_duration_seconds_count{route="legacy_trigger"}"#
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_upstream_duration_seconds_count{route="passthrough"}"#
+            ),
+            Some(2)
+        );
+        // Series are created when first used, not before.
+        assert!(!text.contains(r#"outcome="client_error""#), "{text}");
+        assert!(!text.contains(r#"route="legacy_stats""#), "{text}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_series_of_kept_apps_and_drops_removed_ones() {
+        let telemetry = Telemetry::new(&config(&["1", "2"]));
+        let one = telemetry.app_series("1");
+        telemetry.observe(&observation("1", Some(&one), RouteKind::LegacyStats));
+        telemetry.configure(&config(&["1", "3"]));
+        assert!(Arc::ptr_eq(&one, &telemetry.app_series("1")));
+        assert_eq!(telemetry.app_series("2").app_id().0.as_ref(), OTHER_APP);
+        assert_eq!(telemetry.app_series("3").app_id().0.as_ref(), "3");
+        // A handle taken before the reload still counts in the same series.
+        let again = telemetry.app_series("1");
+        telemetry.observe(&observation("1", Some(&again), RouteKind::LegacyStats));
+        let text = telemetry.metrics_text();
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_requests_total{app_id="1",route="legacy_stats",outcome="ok"}"#
+            ),
+            Some(2)
+        );
     }
 }
