@@ -86,8 +86,8 @@ pub struct Observation<'a> {
     pub route: RouteKind,
     /// The app id of the path, if any.
     pub app_id: Option<&'a str>,
-    /// The series of the configured app the path names
-    /// ([`Telemetry::app_series`]); `None` counts under `other`.
+    /// The series of the app the path names ([`Telemetry::app_series`]),
+    /// when the caller has them at hand; otherwise they are looked up.
     pub series: Option<&'a AppSeries>,
     /// How it ended.
     pub outcome: Outcome,
@@ -201,7 +201,15 @@ impl Telemetry {
     /// Records one request: metrics always, the ledger for verified legacy
     /// calls only (so forged traffic cannot fill it).
     pub fn observe(&self, o: &Observation<'_>) {
-        let series = o.series.unwrap_or(&self.other);
+        let looked_up;
+        let series = match (o.series, o.app_id) {
+            (Some(series), _) => series,
+            (None, Some(id)) => {
+                looked_up = self.app_series(id);
+                &looked_up
+            }
+            (None, None) => &self.other,
+        };
         let m = &self.metrics;
         series.request(&m.requests, o.route, o.outcome).inc();
         m.request_duration_of(o.route)
@@ -350,6 +358,8 @@ mod tests {
         for _ in 0..3 {
             telemetry.observe(&observation("1", Some(&series), RouteKind::LegacyTrigger));
         }
+        // Without series at hand, they are looked up.
+        telemetry.observe(&observation("1", None, RouteKind::LegacyTrigger));
         // An unconfigured app, whether or not the caller passes series.
         telemetry.observe(&observation("9", None, RouteKind::Passthrough));
         let other = telemetry.app_series("9");
@@ -360,7 +370,7 @@ mod tests {
             |labels: &str| sample(&text, &format!("pusher_cutover_requests_total{{{labels}}}"));
         assert_eq!(
             requests(r#"app_id="1",route="legacy_trigger",outcome="ok""#),
-            Some(3)
+            Some(4)
         );
         assert_eq!(
             requests(r#"app_id="other",route="passthrough",outcome="ok""#),
@@ -371,14 +381,14 @@ mod tests {
                 &text,
                 r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger"}"#
             ),
-            Some(3)
+            Some(4)
         );
         assert_eq!(
             sample(
                 &text,
                 r#"pusher_cutover_request_duration_seconds_count{route="legacy_trigger"}"#
             ),
-            Some(3)
+            Some(4)
         );
         assert_eq!(
             sample(
