@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::store::{Store, StoreError};
@@ -49,16 +51,30 @@ pub enum SourceError {
     Timeout(String),
 }
 
-/// Reads every source and merges them.
+/// The client `/usage` URLs are fetched with.
+type UsageClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Reads every source and merges them. URLs share one client (and its
+/// connections), built only if there is a URL to fetch.
 pub async fn load(sources: &[Source]) -> Result<Usage, SourceError> {
     let mut parts = Vec::with_capacity(sources.len());
+    let mut client: Option<UsageClient> = None;
     for source in sources {
         parts.push(match source {
             Source::DataDir(dir) => read_dir(dir.clone()).await?,
-            Source::Url(uri) => fetch(uri).await?,
+            Source::Url(uri) => fetch(client.get_or_insert_with(usage_client), uri).await?,
         });
     }
     Ok(Usage::merge(parts))
+}
+
+fn usage_client() -> UsageClient {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 async fn read_dir(dir: PathBuf) -> Result<Usage, SourceError> {
@@ -70,14 +86,8 @@ async fn read_dir(dir: PathBuf) -> Result<Usage, SourceError> {
     }
 }
 
-async fn fetch(uri: &Uri) -> Result<Usage, SourceError> {
+async fn fetch(client: &UsageClient, uri: &Uri) -> Result<Usage, SourceError> {
     let name = uri.to_string();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
     let exchange = async {
         let resp = client
             .get(uri.clone())
