@@ -230,7 +230,7 @@ impl State {
             } else if let Some((app, query)) =
                 (!bypass).then(|| self.resign_target(app, &parts)).flatten()
             {
-                self.resigned(app, query, parts, body, record).await
+                self.resigned(app, query, &parts, body, record).await
             } else {
                 self.passthrough(parts, body, record).await
             };
@@ -376,14 +376,14 @@ impl State {
         &self,
         app: &App,
         query: QueryParams,
-        parts: Parts,
+        parts: &Parts,
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (body, now) = self
-            .verified(app, &parts, &query, body, RouteKind::Passthrough, record)
+            .verified(app, parts, &query, body, RouteKind::Passthrough, record)
             .await?;
-        let req = self.resign(app, &parts, &query, body, now)?;
+        let req = self.resign(app, parts, &query, body, now)?;
         let resp = self.forward(req, record).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(UpstreamError::RejectedCredentials {
@@ -534,25 +534,27 @@ impl State {
         let mut info = channel_stats::info_param(channel, app.counting_active(now));
         // One deadline for the call, the probe's retry included.
         let deadline = self.upstream.deadline();
-        let mut answer = self
-            .signed_exchange(app, Method::GET, &path, None, info, deadline, record)
-            .await?;
         let probing = app.config.subscription_count == SubscriptionCounting::Probe;
-        if probing
-            && info == Some("subscription_count")
-            && channel_stats::counting_disabled(answer.status, &answer.body)
-        {
-            tracing::info!(
-                app_id = %app.config.id,
-                "upstream has subscription counting disabled; answering stats without connection_count"
-            );
-            app.counting_off_until
-                .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
-            info = None;
-            answer = self
-                .signed_exchange(app, Method::GET, &path, None, info, deadline, record)
-                .await?;
-        }
+        // A loop rather than a second call after the first, so that no
+        // answer is held while the next is awaited.
+        let answer = loop {
+            let req = self.signed_request(app, Method::GET, &path, None, info)?;
+            let answer = self.exchange(req, deadline, record).await?;
+            if probing
+                && info == Some("subscription_count")
+                && channel_stats::counting_disabled(answer.status, &answer.body)
+            {
+                tracing::info!(
+                    app_id = %app.config.id,
+                    "upstream has subscription counting disabled; answering stats without connection_count"
+                );
+                app.counting_off_until
+                    .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+                info = None;
+                continue;
+            }
+            break answer;
+        };
         if answer.status == StatusCode::OK {
             let body = channel_stats::map_ok(channel, &answer.body)?;
             let headers = HeaderMap::from_iter([(
@@ -575,22 +577,24 @@ impl State {
         body: &[u8],
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
-        if channel.starts_with("private-encrypted-") {
-            // Old clients never encrypt; subscribers will fail to decrypt
-            // (spec E.5 item 12). The proxy has no master key: forward, warn.
-            tracing::warn!(
-                app_id = %app.config.id,
-                channel,
-                "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
-            );
-        }
-        let json = Bytes::from(trigger.upstream_body(channel));
-        let path = channel_event::upstream_path(&app.config.upstream.id);
-        let deadline = self.upstream.deadline();
-        let answer = self
-            .signed_exchange(app, Method::POST, &path, Some(json), None, deadline, record)
-            .await?;
+        // Built in a block of its own, so that nothing of the translation
+        // is held in the future while the upstream answers.
+        let req = {
+            let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
+            if channel.starts_with("private-encrypted-") {
+                // Old clients never encrypt; subscribers will fail to decrypt
+                // (spec E.5 item 12). The proxy has no master key: forward, warn.
+                tracing::warn!(
+                    app_id = %app.config.id,
+                    channel,
+                    "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
+                );
+            }
+            let json = Bytes::from(trigger.upstream_body(channel));
+            let path = channel_event::upstream_path(&app.config.upstream.id);
+            self.signed_request(app, Method::POST, &path, Some(json), None)?
+        };
+        let answer = self.exchange(req, self.upstream.deadline(), record).await?;
         if answer.status.is_success() {
             return Ok(respond(
                 StatusCode::ACCEPTED,
@@ -603,19 +607,17 @@ impl State {
         Ok(respond_with(r.status, r.headers, r.body))
     }
 
-    /// Signs a current-API request with the upstream's credentials for the
-    /// app and a fresh timestamp, sends it and reads the answer.
-    #[allow(clippy::too_many_arguments)]
-    async fn signed_exchange(
+    /// A current-API request signed with the upstream's credentials for the
+    /// app and a fresh timestamp. Not part of the exchange's future: what
+    /// it builds the request from is not held while the upstream answers.
+    fn signed_request(
         &self,
         app: &App,
         method: Method,
         path: &str,
         body: Option<Bytes>,
         info: Option<&str>,
-        deadline: tokio::time::Instant,
-        record: &mut Record,
-    ) -> Result<Buffered, ProxyError> {
+    ) -> Result<OutboundRequest, ProxyError> {
         let info_param;
         let extra: &[(&str, &str)] = match info {
             Some(v) => {
@@ -642,7 +644,7 @@ impl State {
         let req = builder
             .body(Either::Left(Full::new(body.unwrap_or_default())))
             .map_err(ProxyError::Internal)?;
-        self.exchange(Box::new(req), deadline, record).await
+        Ok(Box::new(req))
     }
 
     /// Sends a request the proxy built and reads the whole answer.
