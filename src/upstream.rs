@@ -184,13 +184,21 @@ impl Lease {
     }
 }
 
+/// The right to one upstream exchange: at most `max_connections` are held
+/// at once, by all workers together ([`Upstream::slot`]).
+#[derive(Debug)]
+pub struct Slot {
+    /// Held for its drop, which frees the slot.
+    _permit: OwnedSemaphorePermit,
+}
+
 /// An upstream response body that holds its exchange's connection slot
 /// until it has been read to the end (or dropped), and then returns the
 /// connection to its pool.
 #[derive(Debug)]
 pub struct Guarded {
     inner: Incoming,
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
     lease: Option<Lease>,
 }
 
@@ -275,7 +283,7 @@ impl Upstream {
     /// headers. The body then streams.
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let send = async {
-            let slot = self.slot().await?;
+            let slot = self.wait_for_slot().await?;
             let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
@@ -288,13 +296,23 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    /// Waits for a free exchange slot.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
+    /// Waits for a free exchange slot until `deadline`
+    /// ([`UpstreamError::Timeout`] then). A caller that builds its request
+    /// only once it holds a slot keeps nothing but what it builds it from
+    /// while it waits.
+    pub async fn slot(&self, deadline: tokio::time::Instant) -> Result<Slot, UpstreamError> {
+        tokio::time::timeout_at(deadline, self.wait_for_slot())
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    async fn wait_for_slot(&self) -> Result<Slot, UpstreamError> {
         self.inner
             .slots
             .clone()
             .acquire_owned()
             .await
+            .map(|permit| Slot { _permit: permit })
             .map_err(|_| UpstreamError::Aborted)
     }
 
@@ -439,14 +457,16 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Sends `req` and reads the whole answer, all before `deadline`.
+    /// Sends `req` in `slot` and reads the whole answer, all before
+    /// `deadline`; the slot is free again when it returns.
     pub async fn exchange(
         &self,
+        slot: Slot,
         req: OutboundRequest,
         deadline: tokio::time::Instant,
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
-            let _slot = self.slot().await?;
+            let _slot = slot;
             let (resp, lease) = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)

@@ -407,12 +407,14 @@ impl State {
         now: u64,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
-        let req = if app.config.is_mapped() {
-            self.resign(app, parts, query, body, now)?
-        } else {
-            self.outbound(parts, upstream::origin_form(&parts.uri), body)?
+        let build = || {
+            if app.config.is_mapped() {
+                self.resign(app, parts, query, body, now)
+            } else {
+                self.outbound(parts, upstream::origin_form(&parts.uri), body)
+            }
         };
-        self.exchange(req, self.upstream.deadline(), record).await
+        self.exchange(build, self.upstream.deadline(), record).await
     }
 
     /// A caller's verified request re-signed for the upstream: the app id in
@@ -538,8 +540,8 @@ impl State {
         // A loop rather than a second call after the first, so that no
         // answer is held while the next is awaited.
         let answer = loop {
-            let req = self.signed_request(app, Method::GET, &path, None, info)?;
-            let answer = self.exchange(req, deadline, record).await?;
+            let build = || self.signed_request(app, Method::GET, &path, None, info);
+            let answer = self.exchange(build, deadline, record).await?;
             if probing
                 && info == Some("subscription_count")
                 && channel_stats::counting_disabled(answer.status, &answer.body)
@@ -577,9 +579,9 @@ impl State {
         body: &[u8],
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        // Built in a block of its own, so that nothing of the translation
-        // is held in the future while the upstream answers.
-        let req = {
+        // Translated in a block of its own, so that only the JSON body and
+        // the path are held while the upstream answers.
+        let (json, path) = {
             let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
             if channel.starts_with("private-encrypted-") {
                 // Old clients never encrypt; subscribers will fail to decrypt
@@ -591,10 +593,12 @@ impl State {
                 );
             }
             let json = Bytes::from(trigger.upstream_body(channel));
-            let path = channel_event::upstream_path(&app.config.upstream.id);
-            self.signed_request(app, Method::POST, &path, Some(json), None)?
+            (json, channel_event::upstream_path(&app.config.upstream.id))
         };
-        let answer = self.exchange(req, self.upstream.deadline(), record).await?;
+        let build = || self.signed_request(app, Method::POST, &path, Some(json), None);
+        let answer = self
+            .exchange(build, self.upstream.deadline(), record)
+            .await?;
         if answer.status.is_success() {
             return Ok(respond(
                 StatusCode::ACCEPTED,
@@ -647,7 +651,10 @@ impl State {
         Ok(Box::new(req))
     }
 
-    /// Sends a request the proxy built and reads the whole answer.
+    /// Waits for an upstream slot, builds the request with `build` (so that
+    /// a call waiting for a slot holds what the request is built from, not
+    /// the request: its headers, target and body), sends it and reads the
+    /// whole answer, all before `deadline`.
     ///
     /// It runs in the request's own task: the listener does not read ahead
     /// while a request is in flight (see [`crate::server`]), so a caller
@@ -655,12 +662,18 @@ impl State {
     /// trigger is delivered (or not) once.
     async fn exchange(
         &self,
-        req: OutboundRequest,
+        build: impl FnOnce() -> Result<OutboundRequest, ProxyError>,
         deadline: tokio::time::Instant,
         record: &mut Record,
     ) -> Result<Buffered, ProxyError> {
         let started = Instant::now();
-        let answer = self.upstream.exchange(req, deadline).await;
+        let answer = match self.upstream.slot(deadline).await {
+            Ok(slot) => {
+                let req = build()?;
+                self.upstream.exchange(slot, req, deadline).await
+            }
+            Err(e) => Err(e),
+        };
         record.add_upstream_time(started.elapsed());
         let answer = answer?;
         record.upstream_status = Some(answer.status.as_u16());

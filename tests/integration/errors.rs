@@ -1,6 +1,7 @@
 //! Every error class of spec E.4: the right status, a one-line plain-text
 //! body, and nothing forwarded for what failed verification.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
@@ -321,6 +322,55 @@ async fn upstream_slower_than_the_timeout_is_504() {
         "answered before the upstream"
     );
     proxy.stop().await;
+}
+
+/// `upstream.max_connections` caps the exchanges in flight: a legacy call
+/// beyond it waits for a slot and is built and signed when it gets one;
+/// the call's deadline covers the wait.
+#[tokio::test]
+async fn calls_beyond_the_upstream_cap_wait_for_a_slot_until_their_deadline() {
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = Duration::from_millis(400));
+    let proxy = Arc::new(
+        TestProxy::for_upstream(&fake.url(), "max_connections = 1\ntimeout_ms = 1000", "").await,
+    );
+    let call = |name: &'static str| {
+        let proxy = proxy.clone();
+        async move {
+            let target =
+                support::legacy_trigger_uri("room", &[("name", name)], b"{}", support::now());
+            post(&proxy, &target, "{}").await
+        }
+    };
+    // Two calls at once: the second waits for the first's slot, then both
+    // reach the upstream, one after the other, correctly signed.
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(call("first"), call("second"));
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(b.status.as_u16(), 202, "{}", b.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "the calls were not serialised: {:?}",
+        started.elapsed()
+    );
+    let recorded = fake.recorded();
+    assert_eq!(recorded.len(), 2);
+    assert!(recorded.iter().all(|r| r.signature == Ok(())));
+
+    // Three at once, 400 ms each, one deadline of 1 s: the third gets its
+    // slot only at 800 ms and is answered 504 at its deadline, not when the
+    // upstream would have answered it.
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(call("one"), call("two"), call("three"));
+    let elapsed = started.elapsed();
+    let mut statuses = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 202, 504], "{}", c.text());
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_millis(1500),
+        "answered at the deadline: {elapsed:?}"
+    );
+    support::stop_shared(proxy).await;
 }
 
 /// Wire-level authentication edges (spec A.5, A.6).
