@@ -205,9 +205,12 @@ impl State {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + use<> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         async move {
-            let route = classify(&parts.method, parts.uri.path());
+            // The route borrows a handle on the target's bytes, not `parts`,
+            // which a legacy call may then change (see `legacy`).
+            let target = parts.uri.clone();
+            let route = classify(&parts.method, target.path());
             let kind = route.kind;
             // Looked up once, for the pipeline, the metrics and the
             // deprecation headers.
@@ -226,7 +229,7 @@ impl State {
             let bypass = self.config.bypass;
             let legacy = kind.is_legacy() && !bypass;
             let result = if legacy {
-                self.legacy(route, app, &parts, body, record).await
+                self.legacy(route, app, &mut parts, body, record).await
             } else if let Some((app, query)) =
                 (!bypass).then(|| self.resign_target(app, &parts)).flatten()
             {
@@ -247,11 +250,14 @@ impl State {
     }
 
     /// A legacy call to `app`, the configured app its path names (if any).
+    /// `parts` is mutable only so that a translated call can let go of the
+    /// caller's headers, which it no longer needs, before it waits on the
+    /// upstream.
     async fn legacy(
         self: &Arc<Self>,
         route: Route<'_>,
         app: Option<&App>,
-        parts: &Parts,
+        parts: &mut Parts,
         body: Incoming,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -267,7 +273,11 @@ impl State {
             .await?;
         let channel = translate::decode_channel(route.channel.unwrap_or_default())?;
 
-        match cutover::decide(&app.config, route.kind, &channel, now) {
+        let path = cutover::decide(&app.config, route.kind, &channel, now);
+        if path == Path::Translate {
+            parts.headers = HeaderMap::new();
+        }
+        match path {
             Path::Reject => Err(ProxyError::Gone {
                 route: route.kind,
                 app_id: app.config.id.clone(),
