@@ -547,6 +547,27 @@ async fn inbound_tls() {
     proxy.stop().await;
 }
 
+/// The upstream URL's scheme picks the transport: `http://` is spoken to
+/// in plain HTTP, `https://` over TLS. Pointed with `https://` at a
+/// plain-HTTP server, the proxy's TLS handshake fails: 502, and the server
+/// never sees an HTTP request.
+#[tokio::test]
+async fn upstream_scheme_picks_plain_or_tls() {
+    let fake = support::fake().await;
+    let plain = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let a = legacy_trigger(&plain).await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(fake.recorded().len(), 1);
+    plain.stop().await;
+
+    let tls_url = fake.url().replacen("http://", "https://", 1);
+    let tls = TestProxy::for_upstream(&tls_url, "", "").await;
+    let b = legacy_trigger(&tls).await;
+    assert_eq!(b.status.as_u16(), 502, "{}", b.text());
+    assert_eq!(fake.recorded().len(), 1, "no request reached the server");
+    tls.stop().await;
+}
+
 /// Every worker drains at once on shutdown: with requests stuck upstream on
 /// each of three workers, stopping takes one grace period, not three.
 #[tokio::test]
