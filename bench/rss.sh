@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# bench/rss.sh — peak resident set of a fresh pusher-cutover under many
+# busy connections, for one build or several compared in alternation: the
+# companion of bench/run.sh's peak RSS (which reads it from an instance
+# that has served the whole benchmark first) and of bench/massif.sh (heap
+# bytes by allocation site, not pages).
+#
+#   bench/rss.sh [BIN...]            default: target/release/pusher-cutover
+#   CONNECTIONS=1000 DURATION=10 ROUNDS=3 bench/rss.sh old/pusher-cutover new/pusher-cutover
+#   PRELOAD=30 bench/rss.sh          first 30 s per scenario at 64 connections
+#   MAPPINGS=1 bench/rss.sh          also the resident set by mapping
+#
+# For each round and each build: starts the build on loopback in front of
+# the canned nginx upstream (with a [telemetry] data_dir, like bench/run.sh),
+# optionally preloads it, drives legacy triggers from CONNECTIONS
+# connections for DURATION seconds with wrk, and prints VmHWM, RssAnon and
+# RssFile read right after. Runs of one build spread by about 0.8 MiB on a
+# shared machine: compare builds within one invocation.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+# shellcheck source=bench/canned-upstream.sh
+. "$HERE/canned-upstream.sh"
+CONNECTIONS=${CONNECTIONS:-1000}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+PRELOAD=${PRELOAD:-0}
+for v in CONNECTIONS DURATION ROUNDS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer" >&2; exit 2; }
+done
+[[ $PRELOAD =~ ^[0-9]+$ ]] || { echo "PRELOAD must be a number of seconds" >&2; exit 2; }
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (bench/run.sh installs nginx and wrk)" >&2; exit 1; }
+done
+BINS=("$@")
+if [ ${#BINS[@]} -eq 0 ]; then
+  BINS=("$ROOT/target/release/pusher-cutover")
+  [ -x "${BINS[0]}" ] || (cd "$ROOT" && cargo build --release --locked)
+fi
+for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d)
+PID=""
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
+UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
+cat > "$WORK/up.conf" <<EOF
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up.err;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+$(canned_upstream_server "$UP")
+}
+EOF
+nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"
+python3 "$HERE/bench.py" gen --scenario legacy_trigger --n 20000 --out "$WORK/legacy_trigger.reqs" >/dev/null
+if [ "$PRELOAD" -gt 0 ]; then
+  for sc in legacy_stats current_trigger; do
+    python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
+  done
+fi
+
+status() { grep -E '^(VmHWM|RssAnon|RssFile):' "/proc/$1/status" | awk '{printf "%s %6.1f MiB  ", $1, $2 / 1024}'; }
+
+echo "bench/rss.sh: $CONNECTIONS connections, legacy_trigger for ${DURATION}s, ${PRELOAD}s preload per scenario, $ROUNDS round(s)"
+for (( r=1; r<=ROUNDS; r++ )); do
+  for i in "${!BINS[@]}"; do
+    rm -rf "$WORK/data" && mkdir -p "$WORK/data"
+    cat > "$WORK/pc.toml" <<EOF
+listen = "127.0.0.1:$PC"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[telemetry]
+data_dir = "$WORK/data"
+[upstream]
+url = "http://127.0.0.1:$UP"
+[[apps]]
+id = "4242"
+key = "bench-app-key"
+secret = "bench-app-secret"
+subscription_count = "on"
+EOF
+    "${BINS[$i]}" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
+    PID=$!
+    for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
+    if [ "$PRELOAD" -gt 0 ]; then
+      for sc in legacy_trigger legacy_stats current_trigger; do
+        timeout $(( PRELOAD + 30 )) wrk -t2 -c64 -d"${PRELOAD}s" -s "$HERE/requests.lua" \
+          "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null
+      done
+    fi
+    timeout $(( DURATION + 60 )) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$HERE/requests.lua" \
+      "http://127.0.0.1:$PC/" -- "$WORK/legacy_trigger.reqs" >"$WORK/wrk.out" 2>&1 || true
+    rps=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$WORK/wrk.out")
+    printf 'round %d  build %d  %7s req/s  %s %s\n' "$r" "$((i + 1))" "${rps:-?}" "$(status "$PID")" "${BINS[$i]}"
+    if [ -n "${MAPPINGS:-}" ]; then
+      awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6; if (name == "") name = "[anon]"}
+           /^Rss:/ {rss[name] += $2}
+           END {for (n in rss) if (rss[n] >= 100) printf "    %8d kB  %s\n", rss[n], n}' "/proc/$PID/smaps" | sort -nr | head -8
+    fi
+    kill "$PID"
+    wait "$PID" 2>/dev/null || true
+    PID=""
+  done
+done
