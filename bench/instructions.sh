@@ -35,40 +35,14 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  stop_canned_upstream "$WORK"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-cat > "$WORK/up.conf" <<EOF
-worker_processes 1;
-pid $WORK/up.pid;
-error_log $WORK/up.err;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-$(canned_upstream_server "$UP")
-}
-EOF
-nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"
-pc_config() { # $1: a data_dir, or empty for none
-  cat <<EOF
-listen = "127.0.0.1:$PC"
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[upstream]
-url = "http://127.0.0.1:$UP"
-[[apps]]
-id = "4242"
-key = "bench-app-key"
-secret = "bench-app-secret"
-subscription_count = "on"
-EOF
-  if [ -n "$1" ]; then printf '[telemetry]\ndata_dir = "%s"\n' "$1"; fi
-}
+start_canned_upstream "$WORK" "$UP"
 VARIANTS=("")
 [ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
 mkdir -p "$WORK/data"
@@ -79,7 +53,7 @@ requests() {
 
 for sc in "${SCENARIOS[@]}"; do
  for data_dir in "${VARIANTS[@]}"; do
-  pc_config "$data_dir" > "$WORK/pc.toml"
+  bench_proxy_config "$PC" "$ADMIN" "$UP" "$data_dir" > "$WORK/pc.toml"
   label=$sc
   if [ "$DATA_DIR_TOO" -eq 1 ]; then
     if [ -n "$data_dir" ]; then label="$sc with data_dir"; else label="$sc without data_dir"; fi

@@ -44,25 +44,14 @@ WORK=$(mktemp -d)
 PID=""
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  stop_canned_upstream "$WORK"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-cat > "$WORK/up.conf" <<EOF
-worker_processes 1;
-pid $WORK/up.pid;
-error_log $WORK/up.err;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-$(canned_upstream_server "$UP")
-}
-EOF
-nginx -p "$WORK/" -c "$WORK/up.conf" -e "$WORK/up.err"
+start_canned_upstream "$WORK" "$UP"
 python3 "$HERE/bench.py" gen --scenario legacy_trigger --n 20000 --out "$WORK/legacy_trigger.reqs" >/dev/null
 if [ "$PRELOAD" -gt 0 ]; then
   for sc in legacy_stats current_trigger; do
@@ -76,20 +65,7 @@ echo "bench/rss.sh: $CONNECTIONS connections, legacy_trigger for ${DURATION}s, $
 for (( r=1; r<=ROUNDS; r++ )); do
   for i in "${!BINS[@]}"; do
     rm -rf "$WORK/data" && mkdir -p "$WORK/data"
-    cat > "$WORK/pc.toml" <<EOF
-listen = "127.0.0.1:$PC"
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[telemetry]
-data_dir = "$WORK/data"
-[upstream]
-url = "http://127.0.0.1:$UP"
-[[apps]]
-id = "4242"
-key = "bench-app-key"
-secret = "bench-app-secret"
-subscription_count = "on"
-EOF
+    bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
     "${BINS[$i]}" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
     PID=$!
     for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done

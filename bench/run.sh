@@ -257,26 +257,9 @@ backend canned
     server up 127.0.0.1:$UP_PORT
 EOF
 
-pc_config() { # $1 listen, $2 admin, $3 data_dir or empty
-  cat <<EOF
-listen = "127.0.0.1:$1"
-shutdown_grace_ms = 2000
-
-[admin]
-listen = "127.0.0.1:$2"
-EOF
-  if [ -n "$3" ]; then printf '\n[telemetry]\ndata_dir = "%s"\n' "$3"; fi
-  cat <<EOF
-
-[upstream]
-url = "http://127.0.0.1:$UP_PORT"
-
-[[apps]]
-id = "4242"
-key = "bench-app-key"
-secret = "bench-app-secret"
-subscription_count = "on"
-EOF
+pc_config() { # $1 listen, $2 admin, $3 data_dir or empty; stopped within 2 s
+  echo "shutdown_grace_ms = 2000"
+  bench_proxy_config "$1" "$2" "$UP_PORT" "$3"
 }
 pc_config "$PC_PORT" "$PC_ADMIN" "$WORK/pc-data" > "$WORK/pc.toml"
 pc_config "$PC2_PORT" "$PC2_ADMIN" "" > "$WORK/pc-nodata.toml"
