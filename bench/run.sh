@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # bench/run.sh — pusher-cutover vs nginx vs HAProxy on loopback (issue 7).
 #
-#   bench/run.sh                 default: 3 rounds of 10 s runs (~13 minutes on 2 cores, build included)
-#   bench/run.sh --quick         smoke test: 1 round of 3 s runs (~2 minutes)
+#   bench/run.sh                 default: 3 rounds of 10 s runs (~22 minutes on 2 cores, the profile-guided build included)
+#   bench/run.sh --quick         smoke test: 1 round of 3 s runs (~2 minutes after the build; --no-build reuses the last one)
 #   bench/run.sh --duration S --rounds N [--connections C] [--big-connections C]
 #                [--requests N] [--out FILE] [--keep] [--no-install] [--no-build]
 #                [--log-compare]   (adds: legacy_trigger with default logging vs RUST_LOG=error, ~1.5 min)
+#                [--no-pgo]        (measure the plain release build instead of bench/pgo.sh's)
 #                [--no-instructions | --instructions]
 #   --no-instructions: skip the telemetry pair under callgrind (bench/instructions.sh --data-dir,
 #   ~3 min; on by default when valgrind is installed, off with --quick unless --instructions).
@@ -14,7 +15,10 @@
 #
 # What it does, all on 127.0.0.1 and all in a fresh temp dir:
 #  1. installs nginx (nginx-light), haproxy and wrk from Debian if missing;
-#     builds `cargo build --release --locked` and copies the binary aside;
+#     builds the profile-guided release binary with bench/pgo.sh (~9 minutes:
+#     an instrumented build, 30 s of training on the three scenarios, the
+#     optimised build; --no-pgo: `cargo build --release --locked`) and
+#     copies the binary aside;
 #  2. starts a canned upstream (nginx answering the current API's shapes,
 #     signatures not checked), nginx as a plain proxy_pass reverse proxy with
 #     upstream keepalive, HAProxy in mode http, and pusher-cutover twice (with
@@ -51,6 +55,7 @@ INSTALL=1
 BUILD=1
 QUICK=0
 LOG_COMPARE=0
+PGO=1
 INSTR=auto
 
 usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -68,6 +73,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --log-compare) LOG_COMPARE=1; shift ;;
+    --no-pgo) PGO=0; shift ;;
     --instructions) INSTR=1; shift ;;
     --no-instructions) INSTR=0; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -155,11 +161,23 @@ if [ "$INSTR" -eq 1 ] && ! command -v valgrind >/dev/null; then die "--instructi
 command -v python3 >/dev/null || die "need python3"
 command -v curl >/dev/null || die "need curl"
 
-if [ "$BUILD" -eq 1 ]; then
-  log "cargo build --release --locked"
-  (cd "$ROOT" && timeout 1800 cargo build --release --locked >&2) || die "cargo build failed"
+if [ "$PGO" -eq 1 ]; then
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/pusher-cutover"
+  if [ "$BUILD" -eq 1 ]; then
+    log "bench/pgo.sh (profile-guided release build)"
+    # shellcheck disable=SC2046
+    timeout 3600 bash "$HERE/pgo.sh" $( [ "$INSTALL" -eq 1 ] || echo --no-install) >/dev/null \
+      || die "bench/pgo.sh failed"
+  fi
+  BUILD_KIND="profile-guided (bench/pgo.sh)"
+else
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pusher-cutover"
+  if [ "$BUILD" -eq 1 ]; then
+    log "cargo build --release --locked"
+    (cd "$ROOT" && timeout 1800 cargo build --release --locked >&2) || die "cargo build failed"
+  fi
+  BUILD_KIND="plain release (--no-pgo)"
 fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pusher-cutover"
 [ -x "$BIN" ] || die "no binary at $BIN"
 
 # Allow 1,000+ connections per process (wrk, the proxies, the upstream).
@@ -487,8 +505,8 @@ GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
 {
   echo "pusher-cutover benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command:  bench/run.sh$( [ $QUICK -eq 1 ] && echo " --quick")$( [ $LOG_COMPARE -eq 1 ] && echo " --log-compare") (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, $NREQ signed requests per run)"
-  echo "commit:   $GIT_REV ($GIT_DIRTY)"
+  echo "command:  bench/run.sh$( [ $QUICK -eq 1 ] && echo " --quick")$( [ $LOG_COMPARE -eq 1 ] && echo " --log-compare")$( [ $PGO -eq 1 ] || echo " --no-pgo") (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, $NREQ signed requests per run)"
+  echo "commit:   $GIT_REV ($GIT_DIRTY); build: $BUILD_KIND"
   echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "versions: $(ver "$NGINX" -v) | $(ver "$HAPROXY" -v) | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3) | $(rustc --version 2>/dev/null || echo rustc ?)"
   echo "setup:    canned upstream nginx (1 worker); nginx proxy (2 workers, keepalive 1024); haproxy (nbthread 2,"

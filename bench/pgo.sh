@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# bench/pgo.sh — the profile-guided release build of pusher-cutover: the
+# binary bench/run.sh measures, and the one to ship when speed matters.
+#
+#   bench/pgo.sh                  build target/pgo/release/pusher-cutover
+#   TRAIN=20 bench/pgo.sh         seconds of training load per scenario (default 10)
+#   bench/pgo.sh --no-install     do not apt-get what is missing
+#
+# Three steps, all on loopback:
+#  1. an instrumented release build (rustc -Cprofile-generate) in
+#     target/pgo-generate;
+#  2. training: that build runs in front of the canned nginx upstream of
+#     bench/canned-upstream.sh (with a [telemetry] data_dir, like the
+#     benchmark) and wrk drives freshly signed legacy triggers, legacy stats
+#     and current-API triggers through it for TRAIN seconds each, then the
+#     proxy is stopped with SIGTERM so that it writes its profile; the
+#     profile is merged with llvm-profdata into
+#     target/pgo/pusher-cutover-<hash of its contents>.profdata;
+#  3. the release build again with that profile (rustc -Cprofile-use),
+#     for every crate, in target/pgo.
+# The profile is the request mix the proxy exists for (the two deprecated
+# calls and the current trigger it passes through); error paths are left
+# cold on purpose. It is rebuilt every time, never committed: a profile
+# from older code would be matched to the wrong functions.
+#
+# Needs nginx and wrk (installed from Debian unless --no-install), python3,
+# curl, and an llvm-profdata that reads the profiles of rustc's LLVM; the
+# first that does, of $LLVM_PROFDATA, the rustup component llvm-tools,
+# /usr/lib/llvm-*/bin/llvm-profdata newest first and llvm-profdata on PATH,
+# is used. Debian's llvm-19 (installed when nothing as recent is there)
+# reads rustc 1.95's (LLVM 22); llvm-14 does not. The binary's path is the last line
+# printed on stdout. Stops only what it started; every wait has a timeout.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+# shellcheck source=bench/canned-upstream.sh
+. "$HERE/canned-upstream.sh"
+
+TRAIN=${TRAIN:-10}
+INSTALL=1
+case "${1:-}" in
+  "") ;;
+  --no-install) INSTALL=0 ;;
+  -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "unknown option: $1" >&2; exit 2 ;;
+esac
+[[ $TRAIN =~ ^[1-9][0-9]*$ ]] || { echo "TRAIN must be a positive number of seconds" >&2; exit 2; }
+
+log() { echo "[pgo] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
+
+# llvm-profdata candidates, most likely to read rustc's profiles first.
+profdata_candidates() {
+  [ -n "${LLVM_PROFDATA:-}" ] && echo "$LLVM_PROFDATA"
+  local sysroot host
+  sysroot=$(rustc --print sysroot) host=$(rustc -vV | sed -n 's/^host: //p')
+  [ -x "$sysroot/lib/rustlib/$host/bin/llvm-profdata" ] && echo "$sysroot/lib/rustlib/$host/bin/llvm-profdata"
+  # shellcheck disable=SC2012
+  ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -t- -k2 -n -r
+  command -v llvm-profdata || true
+}
+# Profiles of rustc 1.95 (LLVM 22) need LLVM 19 or newer.
+recent_profdata() {
+  [ -n "${LLVM_PROFDATA:-}" ] && return 0
+  local all; all=$(profdata_candidates)
+  grep -q -e '/rustlib/' -e '/llvm-19/' -e '/llvm-[2-9][0-9]/' <<<"$all"
+}
+
+need=()
+[ -n "$(find_bin nginx)" ] || need+=(nginx-light)
+[ -n "$(find_bin wrk)" ] || need+=(wrk)
+recent_profdata || need+=(llvm-19)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$INSTALL" -eq 1 ] || die "missing: ${need[*]} (run without --no-install)"
+  log "installing from Debian: ${need[*]}"
+  policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then   # keep nginx's own service from starting
+    $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+    policy=1
+  fi
+  $SUDO timeout 300 apt-get update -q >&2 || log "apt-get update failed; trying the install anyway"
+  rc=0
+  $SUDO env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends "${need[@]}" >&2 \
+    || $SUDO env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
+         "${need[@]/nginx-light/nginx}" >&2 || rc=$?
+  [ "$policy" -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
+fi
+NGINX=$(find_bin nginx); WRK=$(find_bin wrk)
+[ -n "$NGINX" ] && [ -n "$WRK" ] || die "need nginx and wrk"
+for tool in python3 curl; do command -v "$tool" >/dev/null || die "need $tool"; done
+PATH="$(dirname "$NGINX"):$PATH"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+GEN_DIR="$TARGET/pgo-generate"
+USE_DIR="$TARGET/pgo"
+MERGED="$USE_DIR/merged.profdata"
+mkdir -p "$GEN_DIR" "$USE_DIR"
+
+# ------------------------------------------------------------ 1. instrumented
+log "1/3 instrumented build (target/pgo-generate)"
+# -Cprofile-generate needs a directory; the training run names its file
+# with LLVM_PROFILE_FILE, so build scripts' profiles stay out of it.
+(cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
+  timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "instrumented build failed"
+
+# ------------------------------------------------------------ 2. training
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-pgo.XXXXXX")
+PID=""
+cleanup() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
+  stop_canned_upstream "$WORK"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mapfile -t P < <(python3 "$HERE/bench.py" ports 3)
+UP=${P[0]} PC=${P[1]} ADMIN=${P[2]}
+start_canned_upstream "$WORK" "$UP"
+mkdir -p "$WORK/data" "$WORK/raw"
+bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
+LLVM_PROFILE_FILE="$WORK/raw/pusher-cutover-%p.profraw" \
+  "$GEN_DIR/release/pusher-cutover" serve --config "$WORK/pc.toml" > "$WORK/pc.log" 2>&1 &
+PID=$!
+deadline=$(( SECONDS + 30 ))
+until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN/readyz"; do
+  kill -0 "$PID" 2>/dev/null || { tail -n 20 "$WORK/pc.log" >&2; die "the instrumented proxy exited"; }
+  [ $SECONDS -lt $deadline ] || die "the instrumented proxy was not ready after 30 s"
+  sleep 0.2
+done
+log "2/3 training: ${TRAIN}s each of legacy_trigger, legacy_stats, current_trigger"
+for sc in legacy_trigger legacy_stats current_trigger; do
+  python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
+  out=$(timeout $(( TRAIN + 60 )) "$WRK" -t2 -c64 -d"${TRAIN}s" --timeout 5s -s "$HERE/requests.lua" \
+    "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
+  [ -n "$out" ] || die "wrk gave no result for $sc"
+  # A profile of error answers would optimise the wrong path.
+  case "$out" in *" status=0 "*) ;; *) die "non-2xx answers while training $sc: $out" ;; esac
+  log "  $sc: $(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out") requests"
+done
+curl -s --max-time 5 -o /dev/null "http://127.0.0.1:$ADMIN/metrics" || true
+kill -TERM "$PID"
+deadline=$(( SECONDS + 30 ))
+while kill -0 "$PID" 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || die "the instrumented proxy did not stop within 30 s of SIGTERM"
+  sleep 0.2
+done
+wait "$PID" || die "the instrumented proxy exited with an error (log: $(tail -n 3 "$WORK/pc.log"))"
+PID=""
+compgen -G "$WORK/raw/*.profraw" >/dev/null || die "the instrumented proxy wrote no profile"
+PROFDATA=""
+while read -r candidate; do
+  if "$candidate" merge -o "$MERGED" "$WORK"/raw/*.profraw 2>"$WORK/merge.err"; then PROFDATA=$candidate; break; fi
+  log "$candidate cannot merge it: $(head -n 1 "$WORK/merge.err")"
+done < <(profdata_candidates)
+[ -n "$PROFDATA" ] || die "no llvm-profdata here reads rustc's profiles (LLVM $(rustc -vV | sed -n 's/^LLVM version: //p')); set LLVM_PROFDATA"
+# Cargo does not look into the profile: named after its contents, a new
+# profile changes RUSTFLAGS, so every crate is built again with it.
+PROFILE="$USE_DIR/pusher-cutover-$(sha256sum "$MERGED" | cut -c1-16).profdata"
+find "$USE_DIR" -maxdepth 1 -name 'pusher-cutover-*.profdata' ! -path "$PROFILE" -delete
+mv "$MERGED" "$PROFILE"
+log "profile: $PROFILE ($("$PROFDATA" --version 2>&1 | grep -m1 -o 'LLVM version [0-9.]*'), $(du -h "$PROFILE" | cut -f1))"
+
+# ------------------------------------------------------------ 3. optimised
+log "3/3 release build with the profile (target/pgo)"
+(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
+  timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "profile-guided build failed"
+echo "$USE_DIR/release/pusher-cutover"
