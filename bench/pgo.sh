@@ -23,8 +23,8 @@
 # cold on purpose. It is rebuilt every time, never committed: a profile
 # from older code would be matched to the wrong functions.
 #
-# Needs nginx and wrk (installed from Debian unless --no-install), python3,
-# curl, and an llvm-profdata that reads the profiles of rustc's LLVM; the
+# Needs nginx, wrk, python3 and curl (installed from Debian unless
+# --no-install), and an llvm-profdata that reads the profiles of rustc's LLVM; the
 # first that does, of $LLVM_PROFDATA, the rustup component llvm-tools,
 # /usr/lib/llvm-*/bin/llvm-profdata newest first and llvm-profdata on PATH,
 # is used. Debian's llvm-19 (installed when nothing as recent is there)
@@ -73,6 +73,8 @@ need=()
 [ -n "$(find_bin nginx)" ] || need+=(nginx-light)
 [ -n "$(find_bin wrk)" ] || need+=(wrk)
 recent_profdata || need+=(llvm-19)
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$INSTALL" -eq 1 ] || die "missing: ${need[*]} (run without --no-install)"
   log "installing from Debian: ${need[*]}"
