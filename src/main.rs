@@ -236,7 +236,12 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_env_filter(filter)
         .with_writer(logging::Batched::new(sink));
     match format {
-        LogFormat::Text => builder.event_format(logging::LineFormat).init(),
+        LogFormat::Text => {
+            builder.event_format(logging::LineFormat).init();
+            // The per-request line may skip tracing's dispatch: it is
+            // written in this same format, through this same writer.
+            logging::enable_direct_lines();
+        }
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard

@@ -186,38 +186,97 @@ impl<'a> Recorder<'a> {
     /// and internal failures at ERROR; other requests at INFO. Neither
     /// secrets nor `auth_signature` are fields of the line, and error
     /// messages never contain them.
+    ///
+    /// With the text format the line skips `tracing`'s per-field dispatch
+    /// ([`crate::logging::direct_lines`]); it is the same line either way
+    /// (a test below compares the two).
     fn log(&self, status: u16, error: Option<&ProxyError>, duration: Duration) {
         let fault = error.map(ProxyError::fault);
         let error = error.map(|e| ErrorChain(e).to_string()).or_else(|| {
             (status == CLIENT_CLOSED)
                 .then(|| "client closed the connection before the answer".into())
         });
-        let latency_ms = duration.as_secs_f64() * 1000.0;
-        macro_rules! line {
+        let line = LineValues {
+            status,
+            latency_ms: duration.as_secs_f64() * 1000.0,
+            error: error.as_deref(),
+        };
+        macro_rules! at {
+            ($level:expr) => {
+                if !crate::logging::direct_lines() {
+                    self.event($level, &line);
+                } else if tracing::enabled!($level) {
+                    crate::logging::write_line($level, |l| self.fields(l, &line));
+                }
+            };
+        }
+        match (fault, self.kind.is_legacy()) {
+            (Some(Fault::Upstream | Fault::Internal), _) => at!(tracing::Level::ERROR),
+            (_, true) => at!(tracing::Level::WARN),
+            (_, false) => at!(tracing::Level::INFO),
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        if self.kind.is_legacy() {
+            "legacy call"
+        } else {
+            "request"
+        }
+    }
+
+    /// The line as a `tracing` event.
+    fn event(&self, level: tracing::Level, line: &LineValues<'_>) {
+        macro_rules! event {
             ($level:expr) => {
                 tracing::event!(
                     $level,
                     method = %self.method,
                     route = self.kind.template(),
                     app_id = self.app_id.as_deref(),
-                    status,
+                    status = line.status,
                     upstream_status = self.record.upstream_status,
-                    latency_ms,
+                    latency_ms = line.latency_ms,
                     auth_key = self.record.auth_key.as_deref(),
                     user_agent = self.user_agent.as_deref(),
                     client_addr = %self.client_addr.as_str(),
-                    error = error.as_deref(),
+                    error = line.error,
                     "{}",
-                    if self.kind.is_legacy() { "legacy call" } else { "request" }
+                    self.message()
                 )
             };
         }
-        match (fault, self.kind.is_legacy()) {
-            (Some(Fault::Upstream | Fault::Internal), _) => line!(tracing::Level::ERROR),
-            (_, true) => line!(tracing::Level::WARN),
-            (_, false) => line!(tracing::Level::INFO),
+        match level {
+            tracing::Level::ERROR => event!(tracing::Level::ERROR),
+            tracing::Level::WARN => event!(tracing::Level::WARN),
+            _ => event!(tracing::Level::INFO),
         }
     }
+
+    /// The same fields, in the same order, written straight into a line.
+    fn fields(&self, l: &mut crate::logging::Line<'_>, line: &LineValues<'_>) {
+        l.message(self.message());
+        l.display("method", self.method.as_str());
+        l.str("route", Some(self.kind.template()));
+        l.str("app_id", self.app_id.as_deref());
+        l.u64("status", Some(u64::from(line.status)));
+        l.u64(
+            "upstream_status",
+            self.record.upstream_status.map(u64::from),
+        );
+        l.f64("latency_ms", line.latency_ms);
+        l.str("auth_key", self.record.auth_key.as_deref());
+        l.str("user_agent", self.user_agent.as_deref());
+        l.display("client_addr", self.client_addr.as_str());
+        l.str("error", line.error);
+    }
+}
+
+/// What a request's line says beyond what its [`Recorder`] holds.
+struct LineValues<'e> {
+    status: u16,
+    latency_ms: f64,
+    error: Option<&'e str>,
 }
 
 impl Drop for Recorder<'_> {
@@ -267,6 +326,71 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().expect("an address");
             assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+    }
+
+    /// The line written straight ([`Recorder::fields`]) is the line the
+    /// `tracing` event ([`Recorder::event`]) gives, for every route, with
+    /// and without the optional fields, escaping included.
+    #[test]
+    fn the_direct_line_is_the_tracing_line() {
+        use crate::logging::{format_at, tests::event_at};
+        let config = crate::config::Config::from_toml_str(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n",
+            &|_: &str| None,
+        )
+        .expect("a valid config");
+        let telemetry = Telemetry::new(&config);
+        let at = std::time::UNIX_EPOCH + Duration::new(1_764_000_000, 5_000);
+        let peer: SocketAddr = "[2001:db8::1]:4000".parse().expect("an address");
+        for (kind, method, app_id, agent, auth_key, upstream, error) in [
+            (
+                RouteKind::LegacyTrigger,
+                Method::POST,
+                Some("4242"),
+                Some(&b"pusher-php-server/2.1.2"[..]),
+                Some("key"),
+                Some(200),
+                None,
+            ),
+            (
+                RouteKind::LegacyStats,
+                Method::GET,
+                Some("app \"x\""),
+                Some(&b"ua\n\xff"[..]),
+                None,
+                None,
+                Some("invalid signature:\n \"quoted\""),
+            ),
+            (
+                RouteKind::Passthrough,
+                Method::DELETE,
+                None,
+                None,
+                None,
+                Some(503),
+                Some("e"),
+            ),
+        ] {
+            let mut rec = Recorder::new(&telemetry, None, 0, &method, kind, app_id, agent, peer);
+            rec.record.auth_key = auth_key.map(str::to_owned);
+            rec.record.upstream_status = upstream;
+            rec.done = true; // not recorded on drop
+            let line = LineValues {
+                status: 401,
+                latency_ms: 0.25,
+                error,
+            };
+            for level in [
+                tracing::Level::ERROR,
+                tracing::Level::WARN,
+                tracing::Level::INFO,
+            ] {
+                let via_event = event_at(at, || rec.event(level, &line));
+                let direct = format_at(at, level, |l| rec.fields(l, &line));
+                assert_eq!(direct, via_event);
+                assert!(direct.contains(" status=401 "), "{direct}");
+            }
         }
     }
 

@@ -93,3 +93,89 @@ async fn legacy_calls_are_logged_without_secrets() {
         assert!(!logs.contains(&sig), "an auth_signature value is logged");
     }
 }
+
+/// The binary's own text lines (written without `tracing`'s per-field
+/// dispatch): one per request with the caller's identity, `RUST_LOG`
+/// still deciding which levels are written, and never a secret or an
+/// `auth_signature` value.
+#[tokio::test]
+async fn the_binarys_text_lines_follow_rust_log() {
+    use std::collections::HashMap;
+
+    use crate::support::binary::Served;
+
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
+    let agent = "text-line-agent/2.0";
+    let body = b"{\"x\":1}";
+    // The listening lines (INFO, other modules) tell the test the ports.
+    let warn = "warn,pusher_cutover::server=info,pusher_cutover::admin=info";
+    for (rust_log, passthrough_lines) in [("info", 1), (warn, 0)] {
+        let served = Served::start_text(&config, &HashMap::from([("RUST_LOG", rust_log)])).await;
+        let now = support::now();
+        let legacy = support::legacy_trigger_uri("room", &[("name", "ev")], body, now);
+        let current_body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+        let current = support::current_trigger_uri(current_body, now);
+        let mut signatures = Vec::new();
+        for (target, body, status) in [
+            (&legacy, &body[..], 202),
+            (&current, &current_body[..], 200),
+        ] {
+            let a = support::send(
+                Method::POST,
+                &format!("http://{}{target}", served.addr),
+                &[("user-agent", agent)],
+                body.to_vec(),
+            )
+            .await;
+            assert_eq!(a.status.as_u16(), status, "{target}: {}", a.text());
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let sig = oracle::parse_query(query)
+                .into_iter()
+                .find(|(k, _)| k == "auth_signature")
+                .map(|(_, v)| v)
+                .expect("signed");
+            signatures.push(sig);
+        }
+        let (code, lines) = served.sigterm_text().await;
+        assert_eq!(code, Some(0), "{lines:?}");
+        let ours: Vec<&String> = lines.iter().filter(|l| l.contains(agent)).collect();
+        let legacy_lines: Vec<&&String> = ours
+            .iter()
+            .filter(|l| l.contains("  WARN legacy call method=POST route="))
+            .collect();
+        assert_eq!(legacy_lines.len(), 1, "RUST_LOG={rust_log}: {ours:?}");
+        let line = legacy_lines[0];
+        for field in [
+            "route=\"/apps/{app_id}/channels/{channel}/events\"",
+            "app_id=\"4242\"",
+            "status=202",
+            "upstream_status=200",
+            "auth_key=\"legacy-app-key\"",
+            "user_agent=\"text-line-agent/2.0\"",
+            "client_addr=127.0.0.1",
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+        let passthrough: Vec<&&String> = ours
+            .iter()
+            .filter(|l| l.contains("  INFO request method=POST route=\"passthrough\""))
+            .collect();
+        assert_eq!(
+            passthrough.len(),
+            passthrough_lines,
+            "RUST_LOG={rust_log}: {ours:?}"
+        );
+        assert_eq!(ours.len(), 1 + passthrough_lines, "{ours:?}");
+        let all = lines.join("\n");
+        assert!(!all.contains(support::SECRET), "the secret is logged");
+        for sig in &signatures {
+            assert!(
+                !all.contains(sig.as_str()),
+                "an auth_signature value is logged"
+            );
+        }
+    }
+}

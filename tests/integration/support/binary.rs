@@ -1,4 +1,5 @@
-//! The `pusher-cutover` binary run as a child process, with JSON logs.
+//! The `pusher-cutover` binary run as a child process, with JSON logs (or
+//! text, [`Served::start_text`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,8 +31,19 @@ impl Served {
 
     /// As [`Served::start`], with extra environment variables.
     pub async fn start_with_env(config: &Path, env: &HashMap<&str, &str>) -> Self {
+        Self::spawn(config, env, true).await
+    }
+
+    /// As [`Served::start_with_env`], with the default text log format;
+    /// read its lines with [`Served::sigterm_text`].
+    pub async fn start_text(config: &Path, env: &HashMap<&str, &str>) -> Self {
+        Self::spawn(config, env, false).await
+    }
+
+    async fn spawn(config: &Path, env: &HashMap<&str, &str>, json: bool) -> Self {
+        let format = if json { "json" } else { "text" };
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--config"])
+            .args(["--log-format", format, "serve", "--config"])
             .arg(config)
             .envs(env)
             .stderr(Stdio::piped())
@@ -43,12 +55,24 @@ impl Served {
         let (addr, admin) = tokio::time::timeout(Duration::from_secs(10), async {
             let (mut addr, mut admin) = (None, None);
             while let Some(line) = lines.next_line().await.expect("read stderr") {
-                let entry: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-                let field = || entry["addr"].as_str().map(str::to_owned);
-                match entry["message"].as_str() {
-                    Some("listening") => addr = field(),
-                    Some("admin listening") => admin = field(),
+                let (message, listening_at) = if json {
+                    let entry: serde_json::Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                    let addr = entry["addr"].as_str().map(str::to_owned);
+                    (entry["message"].as_str().map(str::to_owned), addr)
+                } else {
+                    // `… INFO admin listening addr=127.0.0.1:9090 …`
+                    let message = ["admin listening", "listening"]
+                        .into_iter()
+                        .find(|m| line.contains(&format!(" INFO {m} addr=")));
+                    let addr = line
+                        .split_once(" addr=")
+                        .map(|(_, rest)| rest.split(' ').next().unwrap_or(rest).to_owned());
+                    (message.map(str::to_owned), addr)
+                };
+                match message.as_deref() {
+                    Some("listening") => addr = listening_at,
+                    Some("admin listening") => admin = listening_at,
                     _ => {}
                 }
                 early.push(line);
@@ -89,6 +113,17 @@ impl Served {
             .status()
             .expect("kill runs");
         assert!(killed.success());
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
+    /// and every log line as written.
+    pub async fn sigterm_text(mut self) -> (Option<i32>, Vec<String>) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("exits within 15 s")
+            .expect("wait");
+        (status.code(), self.drain.await.expect("drain"))
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
