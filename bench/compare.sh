@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# bench/compare.sh — throughput and CPU per request of several pusher-cutover
+# builds (and nginx as a plain proxy, for scale), measured in alternation in
+# one run: the quick companion of bench/run.sh for "did this change help?".
+#
+#   bench/compare.sh OLD_BIN NEW_BIN [...]
+#   DURATION=5 ROUNDS=3 CONNECTIONS=64 bench/compare.sh a/pusher-cutover b/pusher-cutover
+#   SCENARIOS="legacy_trigger current_trigger" NGINX=0 bench/compare.sh ...
+#
+# Each build runs on loopback in front of the canned nginx upstream of
+# bench/canned-upstream.sh (with a [telemetry] data_dir, like bench/run.sh),
+# all at once; each round drives every scenario against every target in
+# turn (the order rotating between rounds) with wrk -t2 through
+# bench/requests.lua, on requests signed right before. Prints, per scenario
+# and target, the median req/s and CPU/req (user+system time of the target's
+# processes per completed request) and each median against the first
+# build's. Needs nginx and wrk (bench/run.sh installs them), python3, curl.
+# Stops only what it started.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/canned-upstream.sh
+. "$HERE/canned-upstream.sh"
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+SCENARIOS=${SCENARIOS:-"legacy_trigger legacy_stats current_trigger"}
+NGINX=${NGINX:-1}
+for v in DURATION ROUNDS CONNECTIONS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer" >&2; exit 2; }
+done
+[ $# -gt 0 ] || { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2; }
+for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (bench/run.sh installs nginx and wrk)" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/proxy.pid" ] && kill "$(cat "$WORK/proxy.pid")" 2>/dev/null || true
+  stop_canned_upstream "$WORK"
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mapfile -t P < <(python3 "$HERE/bench.py" ports $(( 2 * $# + 2 )))
+UP=${P[0]}
+start_canned_upstream "$WORK" "$UP"
+NAMES=() PORTS=() TPIDS=()
+if [ "$NGINX" = 1 ]; then
+  mkdir -p "$WORK/proxy"
+  cat > "$WORK/proxy.conf" <<EOF
+worker_processes 2;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy.err warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    client_body_temp_path $WORK/proxy;
+    proxy_temp_path $WORK/proxy;
+    upstream canned { server 127.0.0.1:$UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+    server {
+        listen 127.0.0.1:${P[1]} backlog=4096;
+        location / { proxy_pass http://canned; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+  nginx -p "$WORK/" -c "$WORK/proxy.conf" -e "$WORK/proxy.err"
+  NAMES+=(nginx) PORTS+=("${P[1]}") TPIDS+=(nginx)
+fi
+i=0
+for b in "$@"; do
+  port=${P[$(( 2 + 2 * i ))]} admin=${P[$(( 3 + 2 * i ))]}
+  mkdir -p "$WORK/data$i"
+  bench_proxy_config "$port" "$admin" "$UP" "$WORK/data$i" > "$WORK/pc$i.toml"
+  "$b" serve --config "$WORK/pc$i.toml" > "$WORK/pc$i.log" 2>&1 &
+  PIDS+=($!)
+  deadline=$(( SECONDS + 30 ))
+  until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; do
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { tail -n 5 "$WORK/pc$i.log" >&2; exit 1; }
+    [ $SECONDS -lt $deadline ] || { echo "build $b not ready after 30 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  NAMES+=("#$((i + 1)) $b") PORTS+=("$port") TPIDS+=("${PIDS[-1]}")
+  i=$(( i + 1 ))
+done
+
+HZ=$(getconf CLK_TCK)
+ticks() { # user+system ticks of a target's processes (nginx: master and workers)
+  local pids=$1 total=0 p f
+  if [ "$1" = nginx ]; then pids="$(cat "$WORK/proxy.pid") $(pgrep -P "$(cat "$WORK/proxy.pid")" || true)"; fi
+  for p in $pids; do
+    f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $f
+    total=$(( total + ${12} + ${13} ))
+  done
+  echo "$total"
+}
+
+: > "$WORK/rows"
+for (( r = 1; r <= ROUNDS; r++ )); do
+  for sc in $SCENARIOS; do
+    python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
+    k=${#NAMES[@]}
+    for (( j = 0; j < k; j++ )); do
+      t=$(( (j + r) % k ))
+      c0=$(ticks "${TPIDS[$t]}")
+      line=$(timeout $(( DURATION + 60 )) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s \
+        -s "$HERE/requests.lua" "http://127.0.0.1:${PORTS[$t]}/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
+      c1=$(ticks "${TPIDS[$t]}")
+      [ -n "$line" ] || { echo "no result from wrk against ${NAMES[$t]} ($sc)" >&2; exit 1; }
+      printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$t" "$line" "$(( c1 - c0 ))" "$r" >> "$WORK/rows"
+      echo "round $r $sc ${NAMES[$t]}: $line" >&2
+    done
+  done
+done
+
+python3 - "$WORK/rows" "$HZ" "${NAMES[@]}" <<'PYEOF'
+import statistics, sys
+rows, hz, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+res = {}
+for line in open(rows):
+    sc, t, wrk, ticks, _ = line.rstrip("\n").split("\t")
+    f = dict(kv.split("=") for kv in wrk.split()[1:])
+    n, us = int(f["requests"]), int(f["duration_us"])
+    bad = int(f["status"]) + sum(int(f[k]) for k in ("connect", "read", "write", "timeout"))
+    r = res.setdefault((sc, int(t)), {"rps": [], "cpu": [], "bad": 0})
+    r["rps"].append(n / (us / 1e6))
+    r["cpu"].append(int(ticks) / hz * 1e6 / max(n, 1))
+    r["bad"] += bad
+first = 1 if names[0] == "nginx" else 0
+print(f"{'scenario':16} {'target':40} {'req/s':>8} {'CPU/req':>8} {'req/s vs #1':>12} {'CPU vs #1':>10} {'errors':>7}  req/s per round")
+for sc in dict.fromkeys(k[0] for k in res):
+    base = res.get((sc, first))
+    for t, name in enumerate(names):
+        r = res[(sc, t)]
+        rps, cpu = statistics.median(r["rps"]), statistics.median(r["cpu"])
+        rel = f"{rps / statistics.median(base['rps']):12.2f} {cpu / statistics.median(base['cpu']):10.2f}"
+        print(f"{sc:16} {name[-40:]:40} {rps:8.0f} {cpu:7.1f}us {rel} {r['bad']:7d}  "
+              + " ".join(f"{x:.0f}" for x in r["rps"]))
+PYEOF
