@@ -327,7 +327,9 @@ pub fn enable_direct_lines() {
 /// Whether the per-request line goes straight to [`write_line`] rather
 /// than through `tracing`'s per-field dispatch (about 2,000 instructions a
 /// line). The caller still asks `tracing::enabled!` whether its level and
-/// target are wanted, so `RUST_LOG` applies as before.
+/// target are wanted, so `RUST_LOG` applies as before; the binary enables
+/// it only when `RUST_LOG` has no span or field directives, which the
+/// filter judges on each event rather than by target and level.
 pub fn direct_lines() -> bool {
     DIRECT.load(Ordering::Relaxed)
 }

@@ -217,6 +217,7 @@ async fn report(
 /// in batches ([`logging::Batched`]). The guard flushes on drop.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
@@ -239,8 +240,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => {
             builder.event_format(logging::LineFormat).init();
             // The per-request line may skip tracing's dispatch: it is
-            // written in this same format, through this same writer.
-            logging::enable_direct_lines();
+            // written in this same format, through this same writer, once
+            // `tracing::enabled!` has asked the filter about its target and
+            // level. Span and field directives (`[…]`) are judged by the
+            // filter on each event, which `enabled!` cannot ask: with
+            // those, the line stays on tracing.
+            if !directives.contains('[') {
+                logging::enable_direct_lines();
+            }
         }
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }

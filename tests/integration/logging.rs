@@ -112,7 +112,13 @@ async fn the_binarys_text_lines_follow_rust_log() {
     let body = b"{\"x\":1}";
     // The listening lines (INFO, other modules) tell the test the ports.
     let warn = "warn,pusher_cutover::server=info,pusher_cutover::admin=info";
-    for (rust_log, passthrough_lines) in [("info", 1), (warn, 0)] {
+    // A directive naming one of the line's fields enables it (INFO); one
+    // naming a field it does not have does not.
+    let by_field = format!("{warn},[{{route}}]=info");
+    let by_other_field = format!("{warn},[{{no_such_field}}]=info");
+    for (rust_log, passthrough_lines) in
+        [("info", 1), (warn, 0), (&by_field, 1), (&by_other_field, 0)]
+    {
         let served = Served::start_text(&config, &HashMap::from([("RUST_LOG", rust_log)])).await;
         let now = support::now();
         let legacy = support::legacy_trigger_uri("room", &[("name", "ev")], body, now);
