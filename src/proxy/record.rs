@@ -201,19 +201,15 @@ impl<'a> Recorder<'a> {
             latency_ms: duration.as_secs_f64() * 1000.0,
             error: error.as_deref(),
         };
-        macro_rules! at {
-            ($level:expr) => {
-                if !crate::logging::direct_lines() {
-                    self.event($level, &line);
-                } else if tracing::enabled!($level) {
-                    crate::logging::write_line($level, |l| self.fields(l, &line));
-                }
-            };
-        }
-        match (fault, self.kind.is_legacy()) {
-            (Some(Fault::Upstream | Fault::Internal), _) => at!(tracing::Level::ERROR),
-            (_, true) => at!(tracing::Level::WARN),
-            (_, false) => at!(tracing::Level::INFO),
+        let level = match (fault, self.kind.is_legacy()) {
+            (Some(Fault::Upstream | Fault::Internal), _) => tracing::Level::ERROR,
+            (_, true) => tracing::Level::WARN,
+            (_, false) => tracing::Level::INFO,
+        };
+        if !crate::logging::direct_lines() {
+            self.event(level, &line);
+        } else if line_enabled(level) {
+            crate::logging::write_line(level, |l| self.fields(l, &line));
         }
     }
 
@@ -269,6 +265,17 @@ impl<'a> Recorder<'a> {
         l.str("user_agent", self.user_agent.as_deref());
         l.display("client_addr", self.client_addr.as_str());
         l.str("error", line.error);
+    }
+}
+
+/// Whether this module's lines at `level` are wanted: what `tracing`
+/// would decide for [`Recorder::event`] (a callsite per level, as
+/// `enabled!` takes a constant one).
+fn line_enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        _ => tracing::enabled!(tracing::Level::INFO),
     }
 }
 
