@@ -1,5 +1,8 @@
 # bench/canned-upstream.sh — sourced by the bench/ scripts: the canned upstream
-# they all measure against, and the proxy config they all run.
+# they all measure against, the proxy config they all run, nginx as a plain
+# proxy, and the set-up, waiting and CPU accounting they share.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 #
 # canned_upstream_server PORT: the nginx `server` block of the canned
 # upstream, answering the current API's shapes (no signature checks):
@@ -62,4 +65,96 @@ secret = "bench-app-secret"
 subscription_count = "on"
 CONF
   if [ -n "${4:-}" ]; then printf '\n[telemetry]\ndata_dir = "%s"\n' "$4"; fi
+}
+
+# nginx_proxy_server LISTEN UPSTREAM: the nginx `upstream` and `server`
+# blocks of nginx as a plain reverse proxy on 127.0.0.1:LISTEN to the canned
+# upstream on 127.0.0.1:UPSTREAM, with upstream keep-alive.
+nginx_proxy_server() {
+  cat <<EOF
+    upstream canned {
+        server 127.0.0.1:$2;
+        keepalive 1024;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$1 backlog=4096;
+        location / {
+            proxy_pass http://canned;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+EOF
+}
+
+# bench_begin N: a fresh temp dir in $WORK, N free loopback ports in
+# $PORTS (the first one the canned upstream's, started on it), $PIDS for
+# the processes the script starts, and an EXIT trap (bench_end) that stops
+# those and the upstream and removes $WORK.
+bench_begin() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-bench.XXXXXX")
+  PIDS=()
+  trap bench_end EXIT
+  mapfile -t PORTS < <(python3 "$BENCH_DIR/bench.py" ports "$1")
+  start_canned_upstream "$WORK" "${PORTS[0]}"
+}
+
+bench_end() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_canned_upstream "$WORK"
+  rm -rf "$WORK"
+}
+
+# wait_ready URL PID [SECONDS]: waits until URL answers (at most SECONDS,
+# default 30); fails at once if PID exits first.
+wait_ready() {
+  local limit=${3:-30}
+  local deadline=$(( SECONDS + limit ))
+  until curl -s -o /dev/null --max-time 2 "$1"; do
+    kill -0 "$2" 2>/dev/null || { echo "process $2 exited before $1 answered" >&2; return 1; }
+    [ $SECONDS -lt $deadline ] || { echo "$1 did not answer within $limit s" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+# ticks_of PID...: the processes' user+system CPU time (all threads), in
+# clock ticks (getconf CLK_TCK per second).
+ticks_of() {
+  local total=0 pid f
+  for pid in "$@"; do
+    f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
+    # shellcheck disable=SC2086
+    set -- $f   # after "pid (comm)": state=1 ... utime=12 stime=13
+    total=$(( total + ${12} + ${13} ))
+  done
+  echo "$total"
+}
+
+# find_bin NAME: NAME's path on PATH or in /usr/sbin (where Debian puts
+# nginx and haproxy), or nothing.
+find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
+
+# apt_install PKG...: installs Debian packages (as root, or with sudo) with
+# the packages' own services kept from starting (the standard policy-rc.d
+# hook; POLICY_CREATED=1 while it is ours, for a caller's cleanup). Where a
+# release no longer has nginx-light, installs nginx instead.
+POLICY_CREATED=0
+apt_install() {
+  local sudo="" rc=0
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    $sudo sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+    POLICY_CREATED=1
+  fi
+  $sudo timeout 300 apt-get update -q >&2 || echo "apt-get update failed; trying the install anyway" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends "$@" >&2 \
+    || $sudo env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
+         "${@/nginx-light/nginx}" >&2 \
+    || rc=$?
+  if [ "$POLICY_CREATED" -eq 1 ]; then $sudo rm -f /usr/sbin/policy-rc.d; POLICY_CREATED=0; fi
+  return "$rc"
 }

@@ -35,21 +35,9 @@ for tool in nginx wrk curl python3; do
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/proxy.pid" ] && kill "$(cat "$WORK/proxy.pid")" 2>/dev/null || true
-  stop_canned_upstream "$WORK"
-  sleep 0.5
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mapfile -t P < <(python3 "$HERE/bench.py" ports $(( 2 * $# + 2 )))
-UP=${P[0]}
-start_canned_upstream "$WORK" "$UP"
-NAMES=() PORTS=() TPIDS=()
+bench_begin $(( 2 * $# + 2 ))
+UP=${PORTS[0]}
+NAMES=() TPORTS=() TPIDS=()
 if [ "$NGINX" = 1 ]; then
   mkdir -p "$WORK/proxy"
   cat > "$WORK/proxy.conf" <<EOF
@@ -65,43 +53,34 @@ http {
     client_body_buffer_size 64k;
     client_body_temp_path $WORK/proxy;
     proxy_temp_path $WORK/proxy;
-    upstream canned { server 127.0.0.1:$UP; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
-    server {
-        listen 127.0.0.1:${P[1]} backlog=4096;
-        location / { proxy_pass http://canned; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
+$(nginx_proxy_server "${PORTS[1]}" "$UP")
 }
 EOF
   nginx -p "$WORK/" -c "$WORK/proxy.conf" -e "$WORK/proxy.err"
-  NAMES+=(nginx) PORTS+=("${P[1]}") TPIDS+=(nginx)
+  PIDS+=("$(cat "$WORK/proxy.pid")")
+  NAMES+=(nginx) TPORTS+=("${PORTS[1]}") TPIDS+=(nginx)
 fi
 i=0
 for b in "$@"; do
-  port=${P[$(( 2 + 2 * i ))]} admin=${P[$(( 3 + 2 * i ))]}
+  port=${PORTS[$(( 2 + 2 * i ))]} admin=${PORTS[$(( 3 + 2 * i ))]}
   mkdir -p "$WORK/data$i"
   bench_proxy_config "$port" "$admin" "$UP" "$WORK/data$i" > "$WORK/pc$i.toml"
   "$b" serve --config "$WORK/pc$i.toml" > "$WORK/pc$i.log" 2>&1 &
   PIDS+=($!)
-  deadline=$(( SECONDS + 30 ))
-  until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz"; do
-    kill -0 "${PIDS[-1]}" 2>/dev/null || { tail -n 5 "$WORK/pc$i.log" >&2; exit 1; }
-    [ $SECONDS -lt $deadline ] || { echo "build $b not ready after 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
-  NAMES+=("#$((i + 1)) $b") PORTS+=("$port") TPIDS+=("${PIDS[-1]}")
+  wait_ready "http://127.0.0.1:$admin/readyz" "${PIDS[-1]}" || { tail -n 5 "$WORK/pc$i.log" >&2; exit 1; }
+  NAMES+=("#$((i + 1)) $b") TPORTS+=("$port") TPIDS+=("${PIDS[-1]}")
   i=$(( i + 1 ))
 done
 
 HZ=$(getconf CLK_TCK)
-ticks() { # user+system ticks of a target's processes (nginx: master and workers)
-  local pids=$1 total=0 p f
-  if [ "$1" = nginx ]; then pids="$(cat "$WORK/proxy.pid") $(pgrep -P "$(cat "$WORK/proxy.pid")" || true)"; fi
-  for p in $pids; do
-    f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    total=$(( total + ${12} + ${13} ))
-  done
-  echo "$total"
+ticks() { # a target's CPU ticks (nginx: master and workers)
+  if [ "$1" = nginx ]; then
+    local master; master=$(cat "$WORK/proxy.pid")
+    # shellcheck disable=SC2046
+    ticks_of "$master" $(pgrep -P "$master" || true)
+  else
+    ticks_of "$1"
+  fi
 }
 
 : > "$WORK/rows"
@@ -113,7 +92,7 @@ for (( r = 1; r <= ROUNDS; r++ )); do
       t=$(( (j + r) % k ))
       c0=$(ticks "${TPIDS[$t]}")
       line=$(timeout $(( DURATION + 60 )) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s \
-        -s "$HERE/requests.lua" "http://127.0.0.1:${PORTS[$t]}/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
+        -s "$HERE/requests.lua" "http://127.0.0.1:${TPORTS[$t]}/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
       c1=$(ticks "${TPIDS[$t]}")
       [ -n "$line" ] || { echo "no result from wrk against ${NAMES[$t]} ($sc)" >&2; exit 1; }
       printf '%s\t%s\t%s\t%s\t%s\n' "$sc" "$t" "$line" "$(( c1 - c0 ))" "$r" >> "$WORK/rows"

@@ -31,18 +31,8 @@ done
 BIN=${PUSHER_CUTOVER_BIN:-"$ROOT/target/release/pusher-cutover"}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  stop_canned_upstream "$WORK"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
+bench_begin 3
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-start_canned_upstream "$WORK" "$UP"
 VARIANTS=("")
 [ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
 mkdir -p "$WORK/data"
@@ -61,8 +51,8 @@ for sc in "${SCENARIOS[@]}"; do
   RUST_LOG=${RUST_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
     "$BIN" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
   PID=$!
-  PIDS+=("$PID")
-  for _ in $(seq 1 150); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.2; done
+  PIDS=("$PID")
+  wait_ready "http://127.0.0.1:$ADMIN/healthz" "$PID" 60
   python3 "$HERE/bench.py" gen --scenario "$sc" --n 3000 --out "$WORK/$sc.reqs" >/dev/null
   timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
   before=$(requests)
@@ -76,5 +66,6 @@ for sc in "${SCENARIOS[@]}"; do
   printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "$label" "$n" "$ir" $((ir / n))
   kill "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
+  PIDS=()
  done
 done

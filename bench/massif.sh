@@ -25,31 +25,23 @@ BIN=${PUSHER_CUTOVER_BIN:-"$ROOT/target/release/pusher-cutover"}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-WORK=$(mktemp -d)
-PID=""
-cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  stop_canned_upstream "$WORK"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
+bench_begin 3
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-start_canned_upstream "$WORK" "$UP"
 mkdir -p "$WORK/data"
 bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
 
 valgrind --tool=massif --threshold=0.5 --massif-out-file="$WORK/massif.out" \
   "$BIN" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
 PID=$!
-for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.2; done
+PIDS=("$PID")
+# Under valgrind the start takes a while.
+wait_ready "http://127.0.0.1:$ADMIN/readyz" "$PID" 60
 python3 "$HERE/bench.py" gen --scenario legacy_trigger --n 20000 --out "$WORK/r.reqs" >/dev/null
 timeout 120 wrk -t2 -c"$CONNS" -d10s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/r.reqs" \
   | grep BENCH_RESULT || true
 kill -INT "$PID"
 timeout 60 tail --pid="$PID" -f /dev/null || true
-PID=""
+PIDS=()
 # The peak snapshot: its totals, then its allocation tree two levels deep.
 peak=$(ms_print "$WORK/massif.out" | grep -o '[0-9]* (peak)' | cut -d' ' -f1)
 echo "peak snapshot (n, instructions, total B, useful heap B, extra heap B, stacks B):"

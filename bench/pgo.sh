@@ -49,8 +49,6 @@ esac
 
 log() { echo "[pgo] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
 
 # llvm-profdata candidates, most likely to read rustc's profiles first.
 profdata_candidates() {
@@ -78,18 +76,7 @@ command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$INSTALL" -eq 1 ] || die "missing: ${need[*]} (run without --no-install)"
   log "installing from Debian: ${need[*]}"
-  policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then   # keep nginx's own service from starting
-    $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
-    policy=1
-  fi
-  $SUDO timeout 300 apt-get update -q >&2 || log "apt-get update failed; trying the install anyway"
-  rc=0
-  $SUDO env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends "${need[@]}" >&2 \
-    || $SUDO env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
-         "${need[@]/nginx-light/nginx}" >&2 || rc=$?
-  [ "$policy" -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
-  [ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
+  apt_install "${need[@]}" || die "apt-get install ${need[*]} failed"
 fi
 NGINX=$(find_bin nginx); WRK=$(find_bin wrk)
 [ -n "$NGINX" ] && [ -n "$WRK" ] || die "need nginx and wrk"
@@ -111,29 +98,16 @@ log "1/3 instrumented build (target/pgo-generate)"
   timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "instrumented build failed"
 
 # ------------------------------------------------------------ 2. training
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-pgo.XXXXXX")
-PID=""
-cleanup() {
-  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi
-  stop_canned_upstream "$WORK"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mapfile -t P < <(python3 "$HERE/bench.py" ports 3)
-UP=${P[0]} PC=${P[1]} ADMIN=${P[2]}
-start_canned_upstream "$WORK" "$UP"
+bench_begin 3
+UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
 mkdir -p "$WORK/data" "$WORK/raw"
 bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
 LLVM_PROFILE_FILE="$WORK/raw/pusher-cutover-%p.profraw" \
   "$GEN_DIR/release/pusher-cutover" serve --config "$WORK/pc.toml" > "$WORK/pc.log" 2>&1 &
 PID=$!
-deadline=$(( SECONDS + 30 ))
-until curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$ADMIN/readyz"; do
-  kill -0 "$PID" 2>/dev/null || { tail -n 20 "$WORK/pc.log" >&2; die "the instrumented proxy exited"; }
-  [ $SECONDS -lt $deadline ] || die "the instrumented proxy was not ready after 30 s"
-  sleep 0.2
-done
+PIDS=("$PID")
+wait_ready "http://127.0.0.1:$ADMIN/readyz" "$PID" \
+  || { tail -n 20 "$WORK/pc.log" >&2; die "the instrumented proxy did not start"; }
 log "2/3 training: ${TRAIN}s each of legacy_trigger, legacy_stats, current_trigger"
 for sc in legacy_trigger legacy_stats current_trigger; do
   python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
@@ -152,7 +126,7 @@ while kill -0 "$PID" 2>/dev/null; do
   sleep 0.2
 done
 wait "$PID" || die "the instrumented proxy exited with an error (log: $(tail -n 3 "$WORK/pc.log"))"
-PID=""
+PIDS=()
 compgen -G "$WORK/raw/*.profraw" >/dev/null || die "the instrumented proxy wrote no profile"
 PROFDATA=""
 while read -r candidate; do

@@ -40,18 +40,8 @@ fi
 for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-WORK=$(mktemp -d)
-PID=""
-cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  stop_canned_upstream "$WORK"
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mapfile -t PORTS < <(python3 "$HERE/bench.py" ports 3)
+bench_begin 3
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-start_canned_upstream "$WORK" "$UP"
 python3 "$HERE/bench.py" gen --scenario legacy_trigger --n 20000 --out "$WORK/legacy_trigger.reqs" >/dev/null
 if [ "$PRELOAD" -gt 0 ]; then
   for sc in legacy_stats current_trigger; do
@@ -68,7 +58,8 @@ for (( r=1; r<=ROUNDS; r++ )); do
     bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
     "${BINS[$i]}" serve --config "$WORK/pc.toml" 2>"$WORK/pc.log" &
     PID=$!
-    for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
+    PIDS=("$PID")
+    wait_ready "http://127.0.0.1:$ADMIN/readyz" "$PID"
     if [ "$PRELOAD" -gt 0 ]; then
       for sc in legacy_trigger legacy_stats current_trigger; do
         timeout $(( PRELOAD + 30 )) wrk -t2 -c64 -d"${PRELOAD}s" -s "$HERE/requests.lua" \
@@ -86,6 +77,6 @@ for (( r=1; r<=ROUNDS; r++ )); do
     fi
     kill "$PID"
     wait "$PID" 2>/dev/null || true
-    PID=""
+    PIDS=()
   done
 done

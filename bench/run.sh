@@ -128,8 +128,6 @@ trap 'FAILED=1; exit 130' INT TERM
 trap 'log "ERROR: command failed at line $LINENO: $BASH_COMMAND"' ERR
 
 # ------------------------------------------------------------------ 1. tools
-find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
-
 if [ "$INSTALL" -eq 1 ]; then
   need=()
   [ -n "$(find_bin nginx)" ] || need+=(nginx-light)
@@ -137,19 +135,7 @@ if [ "$INSTALL" -eq 1 ]; then
   [ -n "$(find_bin wrk)" ] || need+=(wrk)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing from Debian: ${need[*]}"
-    # Keep the packages' own services from starting (standard Debian hook).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
-      POLICY_CREATED=1
-    fi
-    $SUDO timeout 300 apt-get update -q >&2 || log "apt-get update failed; trying the install anyway"
-    if ! $SUDO env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need[@]}" >&2; then
-      # nginx-light is gone in newer Debian releases: fall back to nginx.
-      need=("${need[@]/nginx-light/nginx}")
-      $SUDO env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need[@]}" >&2 \
-        || die "apt-get install ${need[*]} failed"
-    fi
-    if [ "$POLICY_CREATED" -eq 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; POLICY_CREATED=0; fi
+    apt_install "${need[@]}" || die "apt-get install ${need[*]} failed"
   fi
 fi
 NGINX=$(find_bin nginx); HAPROXY=$(find_bin haproxy); WRK=$(find_bin wrk)
@@ -235,24 +221,8 @@ mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
   nginx_common "$WORK/nginx-proxy"
   echo "http {"
   nginx_http_common "$WORK/nginx-proxy"
-  cat <<EOF
-    upstream canned {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 1024;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT backlog=4096;
-        location / {
-            proxy_pass http://canned;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering on;
-        }
-    }
-}
-EOF
+  nginx_proxy_server "$NGX_PORT" "$UP_PORT"
+  echo "}"
 } > "$WORK/nginx-proxy/nginx.conf"
 
 cat > "$WORK/haproxy/haproxy.cfg" <<EOF
@@ -362,13 +332,8 @@ pids_of() { # the target's processes (nginx: master and its workers)
 }
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # user+system CPU ticks of the target's processes (all threads)
-  local total=0 pid f
-  for pid in $(pids_of "$1"); do
-    f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
-    set -- $f   # after "pid (comm)": state=1 ... utime=12 stime=13
-    total=$(( total + ${12} + ${13} ))
-  done
-  echo "$total"
+  # shellcheck disable=SC2046
+  ticks_of $(pids_of "$1")
 }
 hwm_kb() { # sum of VmHWM over the target's processes
   local total=0 pid v
