@@ -220,18 +220,20 @@ HEADER = (f"{'scenario':<16} {'target':<28} {'req/s':>9} {'p50':>9} {'p99':>9} {
           f"{'sockerr':>7}   req/s per round")
 
 
-def ratio_table(p, main, metric, label, columns):
-    """One row per scenario: pusher-cutover's median `metric` over each
-    column's target's; columns are (title, target, width)."""
+def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metrics=None):
+    """One row per scenario: `subject`'s median `metric` over each column's
+    target's; columns are (title, target, width); `metrics`, if given, is
+    the metric of each column instead."""
     p(f"{label:<16} " + " ".join(f"{title:>{w}}" for title, _, w in columns))
     for sc in SCENARIOS:
-        pc = main.get((sc, "pusher-cutover"))
+        pc = main.get((sc, subject))
         if not pc:
             continue
         cells = []
-        for _, t, w in columns:
+        for i, (_, t, w) in enumerate(columns):
+            m = metrics[i] if metrics else metric
             o = main.get((sc, t))
-            v = f"{med(pc, metric) / med(o, metric):.2f}" if o and med(o, metric) else "n/a"
+            v = f"{med(pc, m) / med(o, m):.2f}" if o and med(o, m) else "n/a"
             cells.append(f"{v:>{w}}")
         p(f"{sc:<16} " + " ".join(cells))
 
@@ -247,7 +249,7 @@ def cmd_summarize(a):
     p("   CPU/req: the target's own user+system CPU time per completed request, in us "
       "(proxies: without the upstream's; nginx: master + workers)")
     p(HEADER)
-    order = ["upstream-direct", "nginx", "haproxy", "pusher-cutover"]
+    order = ["upstream-direct", "nginx", "haproxy", "hyper-floor", "pusher-cutover"]
     for sc in SCENARIOS:
         for t in order:
             if (sc, t) in main:
@@ -256,13 +258,22 @@ def cmd_summarize(a):
     p("== Ratios (median req/s; >1 means pusher-cutover is faster) ==")
     ratio_table(p, main, "rps", "scenario",
                 [("pc/nginx", "nginx", 9), ("pc/haproxy", "haproxy", 11),
-                 ("pc/upstream-direct", "upstream-direct", 19)])
+                 ("pc/upstream-direct", "upstream-direct", 19), ("pc/hyper-floor", "hyper-floor", 15)])
     p("")
     ratio_table(p, main, "p99_us", "",
                 [("pc p99/nginx p99", "nginx", 16), ("pc p99/haproxy p99", "haproxy", 19)])
     p("")
     ratio_table(p, main, "cpu_us", "",
-                [("pc CPU/req / nginx", "nginx", 19), ("pc CPU/req / haproxy", "haproxy", 21)])
+                [("pc CPU/req / nginx", "nginx", 19), ("pc CPU/req / haproxy", "haproxy", 21),
+                 ("pc CPU/req / hyper-floor", "hyper-floor", 25)])
+    if any(t == "hyper-floor" for _, t in main):
+        p("")
+        p("== The floor: hyper-floor (a bare hyper server -> hyper client forwarder, none of the proxy's work) "
+          "against nginx and HAProxy ==")
+        ratio_table(p, main, "rps", "scenario",
+                    [("floor/nginx req/s", "nginx", 17), ("floor/haproxy req/s", "haproxy", 19),
+                     ("floor/nginx p99", "nginx", 15), ("floor/nginx CPU/req", "nginx", 19)],
+                    subject="hyper-floor", metrics=["rps", "rps", "p99_us", "cpu_us"])
 
     tel = group(rows, "telemetry")
     if tel:

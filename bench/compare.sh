@@ -6,6 +6,7 @@
 #   bench/compare.sh OLD_BIN NEW_BIN [...]
 #   DURATION=5 ROUNDS=3 CONNECTIONS=64 bench/compare.sh a/pusher-cutover b/pusher-cutover
 #   SCENARIOS="legacy_trigger current_trigger" NGINX=0 bench/compare.sh ...
+#   FLOOR=target/release/examples/hyper_floor bench/compare.sh ...   # adds the bare hyper forwarder
 #
 # Each build runs on loopback in front of the canned nginx upstream of
 # bench/canned-upstream.sh (with a [telemetry] data_dir, like bench/run.sh),
@@ -25,6 +26,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 SCENARIOS=${SCENARIOS:-"legacy_trigger legacy_stats current_trigger"}
 NGINX=${NGINX:-1}
+FLOOR=${FLOOR:-}
 for v in DURATION ROUNDS CONNECTIONS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer" >&2; exit 2; }
 done
@@ -35,7 +37,7 @@ for tool in nginx wrk curl python3; do
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-bench_begin $(( 2 * $# + 2 ))
+bench_begin $(( 2 * $# + 3 ))
 UP=${PORTS[0]}
 NAMES=() TPORTS=() TPIDS=()
 if [ "$NGINX" = 1 ]; then
@@ -59,6 +61,14 @@ EOF
   nginx -p "$WORK/" -c "$WORK/proxy.conf" -e "$WORK/proxy.err"
   PIDS+=("$(cat "$WORK/proxy.pid")")
   NAMES+=(nginx) TPORTS+=("${PORTS[1]}") TPIDS+=(nginx)
+fi
+if [ -n "$FLOOR" ]; then
+  [ -x "$FLOOR" ] || { echo "FLOOR is not an executable: $FLOOR" >&2; exit 2; }
+  port=${PORTS[$(( 2 * $# + 2 ))]}
+  "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" > "$WORK/floor.log" 2>&1 &
+  PIDS+=($!)
+  wait_ready "http://127.0.0.1:$port/" "${PIDS[-1]}" || { tail -n 5 "$WORK/floor.log" >&2; exit 1; }
+  NAMES+=(hyper_floor) TPORTS+=("$port") TPIDS+=("${PIDS[-1]}")
 fi
 i=0
 for b in "$@"; do
@@ -114,7 +124,7 @@ for line in open(rows):
     r["rps"].append(n / (us / 1e6))
     r["cpu"].append(int(ticks) / hz * 1e6 / max(n, 1))
     r["bad"] += bad
-first = 1 if names[0] == "nginx" else 0
+first = next(i for i, n in enumerate(names) if n.startswith("#1 "))
 print(f"{'scenario':16} {'target':40} {'req/s':>8} {'CPU/req':>8} {'req/s vs #1':>12} {'CPU vs #1':>10} {'errors':>7}  req/s per round")
 for sc in dict.fromkeys(k[0] for k in res):
     base = res.get((sc, first))

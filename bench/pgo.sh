@@ -5,6 +5,8 @@
 #   bench/pgo.sh                  build target/pgo/release/pusher-cutover
 #   TRAIN=20 bench/pgo.sh         seconds of training load per scenario (default 10)
 #   bench/pgo.sh --no-install     do not apt-get what is missing
+#   bench/pgo.sh --floor          also build examples/hyper_floor.rs the same way, with a
+#                                 profile of its own: target/pgo-floor/release/examples/hyper_floor
 #
 # Three steps, all on loopback:
 #  1. an instrumented release build (rustc -Cprofile-generate) in
@@ -18,6 +20,9 @@
 #     target/pgo/pusher-cutover-<hash of its contents>.profdata;
 #  3. the release build again with that profile (rustc -Cprofile-use),
 #     for every crate, in target/pgo.
+# With --floor, the bare hyper forwarder bench/run.sh measures beside the
+# proxy (examples/hyper_floor.rs) goes through the same three steps, trained
+# on the same requests, so that both are compared built alike.
 # The profile is the request mix the proxy exists for (the two deprecated
 # calls and the current trigger it passes through); error paths are left
 # cold on purpose. It is rebuilt every time, never committed: a profile
@@ -39,12 +44,15 @@ ROOT=$(dirname "$HERE")
 
 TRAIN=${TRAIN:-10}
 INSTALL=1
-case "${1:-}" in
-  "") ;;
-  --no-install) INSTALL=0 ;;
-  -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "unknown option: $1" >&2; exit 2 ;;
-esac
+FLOOR=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-install) INSTALL=0 ;;
+    --floor) FLOOR=1 ;;
+    -h|--help) sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
 [[ $TRAIN =~ ^[1-9][0-9]*$ ]] || { echo "TRAIN must be a positive number of seconds" >&2; exit 2; }
 
 log() { echo "[pgo] $*" >&2; }
@@ -87,7 +95,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 GEN_DIR="$TARGET/pgo-generate"
 USE_DIR="$TARGET/pgo"
-MERGED="$USE_DIR/merged.profdata"
+FLOOR_DIR="$TARGET/pgo-floor"
 mkdir -p "$GEN_DIR" "$USE_DIR"
 
 # ------------------------------------------------------------ 1. instrumented
@@ -96,11 +104,67 @@ log "1/3 instrumented build (target/pgo-generate)"
 # with LLVM_PROFILE_FILE, so build scripts' profiles stay out of it.
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
   timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "instrumented build failed"
+if [ "$FLOOR" -eq 1 ]; then
+  log "1/3 instrumented build of examples/hyper_floor.rs"
+  (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
+    timeout 1800 cargo build --release --locked --example hyper_floor >&2) || die "instrumented floor build failed"
+fi
 
 # ------------------------------------------------------------ 2. training
-bench_begin 3
+bench_begin $(( 3 + FLOOR ))
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
-mkdir -p "$WORK/data" "$WORK/raw"
+mkdir -p "$WORK/data" "$WORK/raw" "$WORK/floor-raw"
+# train NAME PORT: TRAIN seconds of each scenario against 127.0.0.1:PORT.
+train() {
+  local sc out
+  log "2/3 training $1: ${TRAIN}s each of legacy_trigger, legacy_stats, current_trigger"
+  for sc in legacy_trigger legacy_stats current_trigger; do
+    python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
+    out=$(timeout $(( TRAIN + 60 )) "$WRK" -t2 -c64 -d"${TRAIN}s" --timeout 5s -s "$HERE/requests.lua" \
+      "http://127.0.0.1:$2/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
+    [ -n "$out" ] || die "wrk gave no result for $sc"
+    # A profile of error answers would optimise the wrong path.
+    case "$out" in *" status=0 "*) ;; *) die "non-2xx answers while training $sc: $out" ;; esac
+    log "  $sc: $(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out") requests"
+  done
+}
+
+# stop NAME PID LOG: SIGTERM, so that the instrumented process writes its
+# profile on the way out; at most 30 s.
+stop() {
+  kill -TERM "$2"
+  local deadline=$(( SECONDS + 30 ))
+  while kill -0 "$2" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "the instrumented $1 did not stop within 30 s of SIGTERM"
+    sleep 0.2
+  done
+  wait "$2" || die "the instrumented $1 exited with an error (log: $(tail -n 3 "$3"))"
+  PIDS=()
+}
+
+# merge RAW_DIR NAME DIR: merges RAW_DIR's profiles into
+# DIR/NAME-<hash of the contents>.profdata (older ones removed) and sets
+# PROFILE to it. Cargo does not look into the profile: named after its
+# contents, a new profile changes RUSTFLAGS, so every crate is built again.
+PROFDATA=""
+merge() {
+  local merged="$3/merged.profdata" candidate
+  compgen -G "$1/*.profraw" >/dev/null || die "the instrumented $2 wrote no profile"
+  if [ -z "$PROFDATA" ]; then
+    while read -r candidate; do
+      if "$candidate" merge -o "$merged" "$1"/*.profraw 2>"$WORK/merge.err"; then PROFDATA=$candidate; break; fi
+      log "$candidate cannot merge it: $(head -n 1 "$WORK/merge.err")"
+    done < <(profdata_candidates)
+    [ -n "$PROFDATA" ] || die "no llvm-profdata here reads rustc's profiles (LLVM $(rustc -vV | sed -n 's/^LLVM version: //p')); set LLVM_PROFDATA"
+  else
+    "$PROFDATA" merge -o "$merged" "$1"/*.profraw || die "llvm-profdata merge failed for $2"
+  fi
+  PROFILE="$3/$2-$(sha256sum "$merged" | cut -c1-16).profdata"
+  find "$3" -maxdepth 1 -name "$2-*.profdata" ! -path "$PROFILE" -delete
+  mv "$merged" "$PROFILE"
+  log "profile: $PROFILE ($("$PROFDATA" --version 2>&1 | grep -m1 -o 'LLVM version [0-9.]*'), $(du -h "$PROFILE" | cut -f1))"
+}
+
 bench_proxy_config "$PC" "$ADMIN" "$UP" "$WORK/data" > "$WORK/pc.toml"
 LLVM_PROFILE_FILE="$WORK/raw/pusher-cutover-%p.profraw" \
   "$GEN_DIR/release/pusher-cutover" serve --config "$WORK/pc.toml" > "$WORK/pc.log" 2>&1 &
@@ -108,41 +172,35 @@ PID=$!
 PIDS=("$PID")
 wait_ready "http://127.0.0.1:$ADMIN/readyz" "$PID" \
   || { tail -n 20 "$WORK/pc.log" >&2; die "the instrumented proxy did not start"; }
-log "2/3 training: ${TRAIN}s each of legacy_trigger, legacy_stats, current_trigger"
-for sc in legacy_trigger legacy_stats current_trigger; do
-  python3 "$HERE/bench.py" gen --scenario "$sc" --n 20000 --out "$WORK/$sc.reqs" >/dev/null
-  out=$(timeout $(( TRAIN + 60 )) "$WRK" -t2 -c64 -d"${TRAIN}s" --timeout 5s -s "$HERE/requests.lua" \
-    "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" 2>&1 | grep '^BENCH_RESULT' || true)
-  [ -n "$out" ] || die "wrk gave no result for $sc"
-  # A profile of error answers would optimise the wrong path.
-  case "$out" in *" status=0 "*) ;; *) die "non-2xx answers while training $sc: $out" ;; esac
-  log "  $sc: $(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$out") requests"
-done
+train pusher-cutover "$PC"
 curl -s --max-time 5 -o /dev/null "http://127.0.0.1:$ADMIN/metrics" || true
-kill -TERM "$PID"
-deadline=$(( SECONDS + 30 ))
-while kill -0 "$PID" 2>/dev/null; do
-  [ $SECONDS -lt $deadline ] || die "the instrumented proxy did not stop within 30 s of SIGTERM"
-  sleep 0.2
-done
-wait "$PID" || die "the instrumented proxy exited with an error (log: $(tail -n 3 "$WORK/pc.log"))"
-PIDS=()
-compgen -G "$WORK/raw/*.profraw" >/dev/null || die "the instrumented proxy wrote no profile"
-PROFDATA=""
-while read -r candidate; do
-  if "$candidate" merge -o "$MERGED" "$WORK"/raw/*.profraw 2>"$WORK/merge.err"; then PROFDATA=$candidate; break; fi
-  log "$candidate cannot merge it: $(head -n 1 "$WORK/merge.err")"
-done < <(profdata_candidates)
-[ -n "$PROFDATA" ] || die "no llvm-profdata here reads rustc's profiles (LLVM $(rustc -vV | sed -n 's/^LLVM version: //p')); set LLVM_PROFDATA"
-# Cargo does not look into the profile: named after its contents, a new
-# profile changes RUSTFLAGS, so every crate is built again with it.
-PROFILE="$USE_DIR/pusher-cutover-$(sha256sum "$MERGED" | cut -c1-16).profdata"
-find "$USE_DIR" -maxdepth 1 -name 'pusher-cutover-*.profdata' ! -path "$PROFILE" -delete
-mv "$MERGED" "$PROFILE"
-log "profile: $PROFILE ($("$PROFDATA" --version 2>&1 | grep -m1 -o 'LLVM version [0-9.]*'), $(du -h "$PROFILE" | cut -f1))"
+stop proxy "$PID" "$WORK/pc.log"
+merge "$WORK/raw" pusher-cutover "$USE_DIR"
+PC_PROFILE=$PROFILE
+
+if [ "$FLOOR" -eq 1 ]; then
+  FPORT=${PORTS[3]}
+  mkdir -p "$FLOOR_DIR"
+  LLVM_PROFILE_FILE="$WORK/floor-raw/hyper_floor-%p.profraw" \
+    "$GEN_DIR/release/examples/hyper_floor" "127.0.0.1:$FPORT" "127.0.0.1:$UP" > "$WORK/floor.log" 2>&1 &
+  PID=$!
+  PIDS=("$PID")
+  wait_ready "http://127.0.0.1:$FPORT/" "$PID" \
+    || { tail -n 20 "$WORK/floor.log" >&2; die "the instrumented hyper_floor did not start"; }
+  train hyper_floor "$FPORT"
+  stop hyper_floor "$PID" "$WORK/floor.log"
+  merge "$WORK/floor-raw" hyper_floor "$FLOOR_DIR"
+  FLOOR_PROFILE=$PROFILE
+fi
 
 # ------------------------------------------------------------ 3. optimised
 log "3/3 release build with the profile (target/pgo)"
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
+(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PC_PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
   timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "profile-guided build failed"
+if [ "$FLOOR" -eq 1 ]; then
+  log "3/3 release build of examples/hyper_floor.rs with its profile (target/pgo-floor)"
+  (cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$FLOOR_PROFILE" CARGO_TARGET_DIR="$FLOOR_DIR" \
+    timeout 1800 cargo build --release --locked --example hyper_floor >&2) || die "profile-guided floor build failed"
+  log "floor: $FLOOR_DIR/release/examples/hyper_floor"
+fi
 echo "$USE_DIR/release/pusher-cutover"

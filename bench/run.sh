@@ -15,14 +15,17 @@
 #
 # What it does, all on 127.0.0.1 and all in a fresh temp dir:
 #  1. installs nginx (nginx-light), haproxy and wrk from Debian if missing;
-#     builds the profile-guided release binary with bench/pgo.sh (~9 minutes:
-#     an instrumented build, 30 s of training on the three scenarios, the
-#     optimised build; --no-pgo: `cargo build --release --locked`) and
-#     copies the binary aside;
+#     builds the profile-guided release binary with bench/pgo.sh --floor
+#     (~13 minutes: an instrumented build, 30 s of training on the three
+#     scenarios, the optimised build; the same for examples/hyper_floor.rs;
+#     --no-pgo: `cargo build --release --locked`) and copies the binaries
+#     aside;
 #  2. starts a canned upstream (nginx answering the current API's shapes,
 #     signatures not checked), nginx as a plain proxy_pass reverse proxy with
-#     upstream keepalive, HAProxy in mode http, and pusher-cutover twice (with
-#     and without [telemetry] data_dir), each on a free high port;
+#     upstream keepalive, HAProxy in mode http, hyper-floor (the bare hyper
+#     forwarder of examples/hyper_floor.rs: what any proxy built on hyper
+#     costs before doing anything) and pusher-cutover twice (with and
+#     without [telemetry] data_dir), each on a free high port;
 #  3. drives each target with wrk (-t2) through bench/requests.lua, which
 #     cycles through requests signed by bench/bench.py right before each run
 #     (legacy trigger, legacy stats, current-API trigger);
@@ -149,22 +152,26 @@ command -v curl >/dev/null || die "need curl"
 
 if [ "$PGO" -eq 1 ]; then
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/pusher-cutover"
+  FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo-floor/release/examples/hyper_floor"
   if [ "$BUILD" -eq 1 ]; then
     log "bench/pgo.sh (profile-guided release build)"
     # shellcheck disable=SC2046
-    timeout 3600 bash "$HERE/pgo.sh" $( [ "$INSTALL" -eq 1 ] || echo --no-install) >/dev/null \
+    timeout 3600 bash "$HERE/pgo.sh" --floor $( [ "$INSTALL" -eq 1 ] || echo --no-install) >/dev/null \
       || die "bench/pgo.sh failed"
   fi
   BUILD_KIND="profile-guided (bench/pgo.sh)"
 else
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pusher-cutover"
+  FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"
   if [ "$BUILD" -eq 1 ]; then
-    log "cargo build --release --locked"
-    (cd "$ROOT" && timeout 1800 cargo build --release --locked >&2) || die "cargo build failed"
+    log "cargo build --release --locked (and --example hyper_floor)"
+    (cd "$ROOT" && timeout 1800 cargo build --release --locked --bin pusher-cutover --example hyper_floor >&2) \
+      || die "cargo build failed"
   fi
   BUILD_KIND="plain release (--no-pgo)"
 fi
 [ -x "$BIN" ] || die "no binary at $BIN"
+[ -x "$FLOOR_BIN" ] || die "no binary at $FLOOR_BIN (run without --no-build)"
 
 # Allow 1,000+ connections per process (wrk, the proxies, the upstream).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -174,14 +181,15 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-bench.XXXXXX")
 chmod 755 "$WORK"
 cp "$BIN" "$WORK/pusher-cutover"   # immune to concurrent rebuilds
+cp "$FLOOR_BIN" "$WORK/hyper_floor"
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 PY="python3 $HERE/bench.py"
 
-mapfile -t P < <($PY ports 9)
+mapfile -t P < <($PY ports 10)
 UP_PORT=${P[0]}; NGX_PORT=${P[1]}; HAP_PORT=${P[2]}
 PC_PORT=${P[3]}; PC_ADMIN=${P[4]}; PC2_PORT=${P[5]}; PC2_ADMIN=${P[6]}
-PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""
+PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""; FLOOR_PORT=${P[9]}
 log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN)"
 
 # ------------------------------------------------------------------ 2. configs
@@ -287,6 +295,9 @@ wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID" nginx-proxy
 start_bg haproxy "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg"
 HAP_PID=$LAST_PID
 wait_http "http://127.0.0.1:$HAP_PORT/" "$HAP_PID" haproxy
+start_bg hyper-floor "$WORK/hyper_floor" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT"
+FLOOR_PID=$LAST_PID
+wait_http "http://127.0.0.1:$FLOOR_PORT/" "$FLOOR_PID" hyper-floor
 start_bg pc "$WORK/pusher-cutover" serve --config "$WORK/pc.toml"
 PC_PID=$LAST_PID
 wait_http "http://127.0.0.1:$PC_ADMIN/readyz" "$PC_PID" pc
@@ -300,13 +311,14 @@ if [ "$LOG_COMPARE" -eq 1 ]; then
   wait_http "http://127.0.0.1:$PC3_ADMIN/readyz" "$PC3_PID" pc-quiet
   EXTRA_TARGETS+=("pusher-cutover RUST_LOG=error")
 fi
-log "all targets up (pids: upstream $UP_PID nginx $NGX_PID haproxy $HAP_PID pusher-cutover $PC_PID / $PC2_PID)"
+log "all targets up (pids: upstream $UP_PID nginx $NGX_PID haproxy $HAP_PID hyper-floor $FLOOR_PID pusher-cutover $PC_PID / $PC2_PID)"
 
 port_of() {
   case "$1" in
     upstream-direct) echo "$UP_PORT" ;;
     nginx) echo "$NGX_PORT" ;;
     haproxy) echo "$HAP_PORT" ;;
+    hyper-floor) echo "$FLOOR_PORT" ;;
     pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PORT" ;;
     pusher-cutover*no-data_dir) echo "$PC2_PORT" ;;
     *RUST_LOG=error) echo "$PC3_PORT" ;;
@@ -325,6 +337,7 @@ pids_of() { # the target's processes (nginx: master and its workers)
     upstream-direct) echo "$UP_PID" $(pgrep -P "$UP_PID" || true) ;;
     nginx) echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true) ;;
     haproxy) echo "$HAP_PID" ;;
+    hyper-floor) echo "$FLOOR_PID" ;;
     pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PID" ;;
     pusher-cutover*no-data_dir) echo "$PC2_PID" ;;
     *RUST_LOG=error) echo "$PC3_PID" ;;
@@ -398,7 +411,7 @@ run() {
 }
 
 SCENARIOS=(legacy_trigger legacy_stats current_trigger)
-TARGETS=(upstream-direct nginx haproxy pusher-cutover)
+TARGETS=(upstream-direct nginx haproxy hyper-floor pusher-cutover)
 
 log "probing each target (first 2 requests of each scenario)"
 PROBE_BAD=0
@@ -475,7 +488,8 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "versions: $(ver "$NGINX" -v) | $(ver "$HAPROXY" -v) | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3) | $(rustc --version 2>/dev/null || echo rustc ?)"
   echo "setup:    canned upstream nginx (1 worker); nginx proxy (2 workers, keepalive 1024); haproxy (nbthread 2,"
-  echo "          http-reuse always); pusher-cutover (workers = 0: one worker thread per core); wrk -t2; all on one 2-core box"
+  echo "          http-reuse always); hyper-floor (examples/hyper_floor.rs, built like pusher-cutover: hyper server -> hyper"
+  echo "          client, nothing else); pusher-cutover (workers = 0: one worker thread per core); wrk -t2; all on one 2-core box"
   echo ""
   $PY summarize "$RESULTS"
   echo ""
