@@ -7,6 +7,7 @@
 #   DURATION=5 ROUNDS=3 CONNECTIONS=64 bench/compare.sh a/pusher-cutover b/pusher-cutover
 #   SCENARIOS="legacy_trigger current_trigger" NGINX=0 bench/compare.sh ...
 #   FLOOR=target/release/examples/hyper_floor bench/compare.sh ...   # adds the bare hyper forwarder
+#   FLOOR="…/hyper_floor …/httparse_floor" bench/compare.sh ...       # several (examples/*_floor.rs)
 #
 # Each build runs on loopback in front of the canned nginx upstream of
 # bench/canned-upstream.sh (with a [telemetry] data_dir, like bench/run.sh),
@@ -26,7 +27,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 SCENARIOS=${SCENARIOS:-"legacy_trigger legacy_stats current_trigger"}
 NGINX=${NGINX:-1}
-FLOOR=${FLOOR:-}
+read -r -a FLOORS <<<"${FLOOR:-}"
 for v in DURATION ROUNDS CONNECTIONS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer" >&2; exit 2; }
 done
@@ -37,7 +38,7 @@ for tool in nginx wrk curl python3; do
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-bench_begin $(( 2 * $# + 3 ))
+bench_begin $(( 2 * $# + 2 + ${#FLOORS[@]} ))
 UP=${PORTS[0]}
 NAMES=() TPORTS=() TPIDS=()
 if [ "$NGINX" = 1 ]; then
@@ -62,14 +63,16 @@ EOF
   PIDS+=("$(cat "$WORK/proxy.pid")")
   NAMES+=(nginx) TPORTS+=("${PORTS[1]}") TPIDS+=(nginx)
 fi
-if [ -n "$FLOOR" ]; then
-  [ -x "$FLOOR" ] || { echo "FLOOR is not an executable: $FLOOR" >&2; exit 2; }
-  port=${PORTS[$(( 2 * $# + 2 ))]}
-  "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" > "$WORK/floor.log" 2>&1 &
+# The floors (examples/*_floor.rs: LISTEN UPSTREAM), named after their file.
+for (( f = 0; f < ${#FLOORS[@]}; f++ )); do
+  floor=${FLOORS[$f]}
+  [ -x "$floor" ] || { echo "FLOOR: not an executable: $floor" >&2; exit 2; }
+  port=${PORTS[$(( 2 * $# + 2 + f ))]}
+  "$floor" "127.0.0.1:$port" "127.0.0.1:$UP" > "$WORK/floor$f.log" 2>&1 &
   PIDS+=($!)
-  wait_ready "http://127.0.0.1:$port/" "${PIDS[-1]}" || { tail -n 5 "$WORK/floor.log" >&2; exit 1; }
-  NAMES+=(hyper_floor) TPORTS+=("$port") TPIDS+=("${PIDS[-1]}")
-fi
+  wait_ready "http://127.0.0.1:$port/" "${PIDS[-1]}" || { tail -n 5 "$WORK/floor$f.log" >&2; exit 1; }
+  NAMES+=("$(basename "$floor")") TPORTS+=("$port") TPIDS+=("${PIDS[-1]}")
+done
 i=0
 for b in "$@"; do
   port=${PORTS[$(( 2 + 2 * i ))]} admin=${PORTS[$(( 3 + 2 * i ))]}
