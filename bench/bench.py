@@ -220,11 +220,23 @@ HEADER = (f"{'scenario':<16} {'target':<28} {'req/s':>9} {'p50':>9} {'p99':>9} {
           f"{'sockerr':>7}   req/s per round")
 
 
-def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metrics=None):
+def per_round(subject_rows, other_rows, metric):
+    """`metric`'s ratio in each round both were measured in, in round order:
+    targets run back to back within a round, so these show how far the
+    machine's drift moves a ratio."""
+    other = {r["round"]: r[metric] for r in other_rows}
+    return [r[metric] / other[r["round"]] for r in sorted(subject_rows, key=lambda r: r["round"])
+            if other.get(r["round"])]
+
+
+def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metrics=None,
+                rounds_of=None):
     """One row per scenario: `subject`'s median `metric` over each column's
     target's; columns are (title, target, width); `metrics`, if given, is
-    the metric of each column instead."""
-    p(f"{label:<16} " + " ".join(f"{title:>{w}}" for title, _, w in columns))
+    the metric of each column instead; `rounds_of`, a target whose ratio
+    is also given round by round."""
+    p(f"{label:<16} " + " ".join(f"{title:>{w}}" for title, _, w in columns)
+      + (f"   per round, vs {rounds_of}" if rounds_of else ""))
     for sc in SCENARIOS:
         pc = main.get((sc, subject))
         if not pc:
@@ -235,6 +247,8 @@ def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metri
             o = main.get((sc, t))
             v = f"{med(pc, m) / med(o, m):.2f}" if o and med(o, m) else "n/a"
             cells.append(f"{v:>{w}}")
+        if rounds_of and main.get((sc, rounds_of)):
+            cells.append("  " + " ".join(f"{x:.2f}" for x in per_round(pc, main[(sc, rounds_of)], metric)))
         p(f"{sc:<16} " + " ".join(cells))
 
 
@@ -258,14 +272,16 @@ def cmd_summarize(a):
     p("== Ratios (median req/s; >1 means pusher-cutover is faster) ==")
     ratio_table(p, main, "rps", "scenario",
                 [("pc/nginx", "nginx", 9), ("pc/haproxy", "haproxy", 11),
-                 ("pc/upstream-direct", "upstream-direct", 19), ("pc/hyper-floor", "hyper-floor", 15)])
+                 ("pc/upstream-direct", "upstream-direct", 19), ("pc/hyper-floor", "hyper-floor", 15)],
+                rounds_of="nginx")
     p("")
     ratio_table(p, main, "p99_us", "",
-                [("pc p99/nginx p99", "nginx", 16), ("pc p99/haproxy p99", "haproxy", 19)])
+                [("pc p99/nginx p99", "nginx", 16), ("pc p99/haproxy p99", "haproxy", 19)],
+                rounds_of="nginx")
     p("")
     ratio_table(p, main, "cpu_us", "",
                 [("pc CPU/req / nginx", "nginx", 19), ("pc CPU/req / haproxy", "haproxy", 21),
-                 ("pc CPU/req / hyper-floor", "hyper-floor", 25)])
+                 ("pc CPU/req / hyper-floor", "hyper-floor", 25)], rounds_of="nginx")
     if any(t == "hyper-floor" for _, t in main):
         p("")
         p("== The floor: hyper-floor (a bare hyper server -> hyper client forwarder, none of the proxy's work) "
