@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — pusher-cutover vs nginx vs HAProxy on loopback (issue 7).
 #
-#   bench/run.sh                 default: 3 rounds of 10 s runs (~22 minutes on 2 cores, the profile-guided build included)
+#   bench/run.sh                 default: 3 rounds of 10 s runs (~22-28 minutes on 2 cores, the profile-guided builds included)
 #   bench/run.sh --quick         smoke test: 1 round of 3 s runs (~2 minutes after the build; --no-build reuses the last one)
 #   bench/run.sh --duration S --rounds N [--connections C] [--big-connections C]
 #                [--requests N] [--out FILE] [--keep] [--no-install] [--no-build]
