@@ -63,6 +63,9 @@ struct App {
     counting_off_until: AtomicU64,
     /// Its metric series.
     series: Arc<AppSeries>,
+    /// The upstream path its translated triggers go to
+    /// (`/apps/{upstream id}/events`), built once.
+    events_path: String,
 }
 
 impl App {
@@ -124,6 +127,7 @@ impl State {
                     sunset: a.sunset.and_then(sunset_header),
                     counting_off_until: AtomicU64::new(off_until),
                     series: telemetry.app_series(&a.id),
+                    events_path: channel_event::upstream_path(&a.upstream.id),
                 };
                 (a.id.clone(), app)
             })
@@ -602,10 +606,12 @@ impl State {
                     "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
                 );
             }
-            let json = Bytes::from(trigger.upstream_body(channel));
-            (json, channel_event::upstream_path(&app.config.upstream.id))
+            (
+                Bytes::from(trigger.upstream_body(channel)),
+                &app.events_path,
+            )
         };
-        let build = || self.signed_request(app, Method::POST, &path, Some(json), None);
+        let build = || self.signed_request(app, Method::POST, path, Some(json), None);
         let answer = self
             .exchange(build, self.upstream.deadline(), record)
             .await?;
