@@ -48,6 +48,15 @@ use crate::upstream::{self, Buffered, OutboundRequest, Upstream, UpstreamError};
 const COUNTING_OFF_SECS: u64 = 600;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+const APPLICATION_JSON: &str = "application/json";
+
+/// Headers of a request the proxy builds for the upstream: `Content-Type`,
+/// `Host` and `Content-Length`.
+const OUTBOUND_HEADERS: usize = 3;
+
+/// Headers of an answer the proxy builds: `Content-Type`, and on a legacy
+/// call `Deprecation`, `Link` and `Sunset`.
+const ANSWER_HEADERS: usize = 4;
 
 /// Body allowance of requests that should have none (stats, GETs).
 const MAX_BODYLESS_READ: usize = 4096;
@@ -573,10 +582,7 @@ impl State {
         };
         if answer.status == StatusCode::OK {
             let body = channel_stats::map_ok(channel, &answer.body)?;
-            let headers = HeaderMap::from_iter([(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )]);
+            let headers = answer_headers(HeaderValue::from_static(APPLICATION_JSON));
             return Ok((StatusCode::OK, headers, body));
         }
         let r =
@@ -657,13 +663,16 @@ impl State {
             extra,
         );
         let uri = upstream::target(target).map_err(ProxyError::Internal)?;
-        let mut builder = Request::builder().method(method).uri(uri);
+        // Room for what is added on the way out (`Host`, and hyper's
+        // `Content-Length`), so the map is allocated once.
+        let mut headers = HeaderMap::with_capacity(OUTBOUND_HEADERS);
         if body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
         }
-        let req = builder
-            .body(Either::Left(Full::new(body.unwrap_or_default())))
-            .map_err(ProxyError::Internal)?;
+        let mut req = Request::new(Either::Left(Full::new(body.unwrap_or_default())));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
         Ok(Box::new(req))
     }
 
@@ -783,11 +792,15 @@ async fn read_body(
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ResponseBody> {
-    respond_with(
-        status,
-        HeaderMap::from_iter([(CONTENT_TYPE, content_type)]),
-        body,
-    )
+    respond_with(status, answer_headers(content_type), body)
+}
+
+/// The headers of an answer the proxy builds, with room for the
+/// deprecation headers, so the map is allocated once.
+fn answer_headers(content_type: HeaderValue) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(ANSWER_HEADERS);
+    headers.insert(CONTENT_TYPE, content_type);
+    headers
 }
 
 fn respond_with(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<ResponseBody> {
