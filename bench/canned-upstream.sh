@@ -3,6 +3,12 @@
 # proxy, and the set-up, waiting and CPU accounting they share.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# nginx reads NGINX from its environment as sockets inherited from an old
+# master (binary upgrade) and then does not start as asked: the scripts'
+# own NGINX (nginx's path in run.sh and pgo.sh, compare.sh's switch) stays
+# a shell variable, never passed on.
+export -n NGINX
 #
 # canned_upstream_server PORT: the nginx `server` block of the canned
 # upstream, answering the current API's shapes (no signature checks):
