@@ -128,17 +128,12 @@ impl Served {
 
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
     /// and every log line, parsed.
-    pub async fn sigterm(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
-        self.signal("TERM");
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .expect("exits within 15 s")
-            .expect("wait");
-        let lines = self.drain.await.expect("drain");
+    pub async fn sigterm(self) -> (Option<i32>, Vec<serde_json::Value>) {
+        let (code, lines) = self.sigterm_text().await;
         let entries = lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
-        (status.code(), entries)
+        (code, entries)
     }
 }
