@@ -21,56 +21,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+mod floor;
+
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: hyper_floor LISTEN UPSTREAM   (both host:port)");
-        std::process::exit(2);
-    };
-    let upstream: SocketAddr = upstream
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = std::net::TcpListener::bind(&listen)?;
-    // SIGTERM ends the process through exit(), so that an instrumented
-    // build (bench/pgo.sh) writes its profile.
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        signals.block_on(async {
-            if let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                term.recv().await;
-            }
-        });
-        std::process::exit(0);
-    });
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut senders = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::spawn(move || {
-            runtime.block_on(async move {
-                while let Some(stream) = rx.recv().await {
-                    tokio::spawn(serve(stream, upstream));
-                }
-            })
-        });
-        senders.push(tx);
-    }
-    for (i, stream) in listener.incoming().enumerate() {
-        let stream = stream?;
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
-        if senders[i % workers].send(stream).is_err() {
-            break;
-        }
-    }
-    Ok(())
+    floor::run("hyper_floor", serve)
 }
 
 async fn serve(stream: std::net::TcpStream, upstream: SocketAddr) {
