@@ -96,6 +96,40 @@ nginx_proxy_server() {
 EOF
 }
 
+# nginx_common DIR / nginx_http_common DIR: the top-level and `http`
+# settings of the benchmark's nginx instances (pid, logs and temp files in
+# DIR; keep-alive without limits; many connections).
+nginx_common() {
+  cat <<EOF
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; multi_accept on; }
+EOF
+}
+nginx_http_common() {
+  cat <<EOF
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path $1/proxy;
+EOF
+}
+
+# nginx_proxy_conf DIR LISTEN UPSTREAM: the whole config of nginx as the
+# benchmark's plain proxy (2 workers), its files in DIR (pid: DIR/nginx.pid).
+nginx_proxy_conf() {
+  echo "# plain reverse proxy to the canned upstream, upstream keepalive"
+  echo "worker_processes 2;"
+  nginx_common "$1"
+  echo "http {"
+  nginx_http_common "$1"
+  nginx_proxy_server "$2" "$3"
+  echo "}"
+}
+
 # bench_begin N: a fresh temp dir in $WORK, N free loopback ports in
 # $PORTS (the first one the canned upstream's, started on it), $PIDS for
 # the processes the script starts, and an EXIT trap (bench_end) that stops

@@ -41,26 +41,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 bench_begin $(( 2 * $# + 2 + ${#FLOORS[@]} ))
 UP=${PORTS[0]}
 NAMES=() TPORTS=() TPIDS=()
+NGX_DIR=$WORK/nginx-proxy
 if [ "$NGINX" = 1 ]; then
-  mkdir -p "$WORK/proxy"
-  cat > "$WORK/proxy.conf" <<EOF
-worker_processes 2;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.err warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; multi_accept on; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_buffer_size 64k;
-    client_body_temp_path $WORK/proxy;
-    proxy_temp_path $WORK/proxy;
-$(nginx_proxy_server "${PORTS[1]}" "$UP")
-}
-EOF
-  nginx -p "$WORK/" -c "$WORK/proxy.conf" -e "$WORK/proxy.err"
-  PIDS+=("$(cat "$WORK/proxy.pid")")
+  mkdir -p "$NGX_DIR"
+  nginx_proxy_conf "$NGX_DIR" "${PORTS[1]}" "$UP" > "$NGX_DIR/nginx.conf"
+  nginx -p "$NGX_DIR/" -c "$NGX_DIR/nginx.conf" -e "$NGX_DIR/error.log"
+  PIDS+=("$(cat "$NGX_DIR/nginx.pid")")
   NAMES+=(nginx) TPORTS+=("${PORTS[1]}") TPIDS+=(nginx)
 fi
 # The floors (examples/*_floor.rs: LISTEN UPSTREAM), named after their file.
@@ -88,7 +74,7 @@ done
 HZ=$(getconf CLK_TCK)
 ticks() { # a target's CPU ticks (nginx: master and workers)
   if [ "$1" = nginx ]; then
-    local master; master=$(cat "$WORK/proxy.pid")
+    local master; master=$(cat "$NGX_DIR/nginx.pid")
     # shellcheck disable=SC2046
     ticks_of "$master" $(pgrep -P "$master" || true)
   else

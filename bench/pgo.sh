@@ -102,13 +102,10 @@ mkdir -p "$GEN_DIR" "$USE_DIR"
 log "1/3 instrumented build (target/pgo-generate)"
 # -Cprofile-generate needs a directory; the training run names its file
 # with LLVM_PROFILE_FILE, so build scripts' profiles stay out of it.
+BUILD=(--bin pusher-cutover)
+[ "$FLOOR" -eq 0 ] || BUILD+=(--example hyper_floor)
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
-  timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "instrumented build failed"
-if [ "$FLOOR" -eq 1 ]; then
-  log "1/3 instrumented build of examples/hyper_floor.rs"
-  (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
-    timeout 1800 cargo build --release --locked --example hyper_floor >&2) || die "instrumented floor build failed"
-fi
+  timeout 1800 cargo build --release --locked "${BUILD[@]}" >&2) || die "instrumented build failed"
 
 # ------------------------------------------------------------ 2. training
 bench_begin $(( 3 + FLOOR ))

@@ -193,25 +193,6 @@ PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""; FLOOR_PORT=${P[9]}
 log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN)"
 
 # ------------------------------------------------------------------ 2. configs
-nginx_common() { # $1 = prefix dir
-  cat <<EOF
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; multi_accept on; }
-EOF
-}
-nginx_http_common() { # $1 = prefix dir
-  cat <<EOF
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_buffer_size 64k;
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-EOF
-}
-
 mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
 {
   echo "# canned upstream: the current API's answer shapes, no signature checks"
@@ -223,15 +204,7 @@ mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
   echo "}"
 } > "$WORK/nginx-up/nginx.conf"
 
-{
-  echo "# plain reverse proxy to the canned upstream, upstream keepalive"
-  echo "worker_processes 2;"
-  nginx_common "$WORK/nginx-proxy"
-  echo "http {"
-  nginx_http_common "$WORK/nginx-proxy"
-  nginx_proxy_server "$NGX_PORT" "$UP_PORT"
-  echo "}"
-} > "$WORK/nginx-proxy/nginx.conf"
+nginx_proxy_conf "$WORK/nginx-proxy" "$NGX_PORT" "$UP_PORT" > "$WORK/nginx-proxy/nginx.conf"
 
 cat > "$WORK/haproxy/haproxy.cfg" <<EOF
 # plain HTTP proxy to the canned upstream, keep-alive both sides
@@ -277,12 +250,7 @@ start_bg() { # $1 name, rest: command; sets LAST_PID
   echo "$LAST_PID" > "$WORK/$name.pid"
 }
 wait_http() { # $1 url, $2 pid, $3 name; 30 s bound
-  local deadline=$(( SECONDS + 30 ))
-  until curl -s -o /dev/null --max-time 2 "$1"; do
-    kill -0 "$2" 2>/dev/null || { tail -n 20 "$WORK/$3.log" >&2; die "$3 exited during startup"; }
-    [ $SECONDS -lt $deadline ] || die "$3 not ready after 30 s ($1)"
-    sleep 0.2
-  done
+  wait_ready "$1" "$2" || { tail -n 20 "$WORK/$3.log" >&2; die "$3 did not start"; }
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
