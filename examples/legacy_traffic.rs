@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pusher_cutover::signature;
+use pusher_cutover::pusher::signature::{Signer, Unsigned};
 use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
@@ -69,15 +69,13 @@ async fn main() -> anyhow::Result<()> {
             ),
         };
         let md5_body = (method == Method::POST).then_some(body.as_bytes());
-        let query = signature::signed_query(
-            &args.key,
-            &secret,
-            method.as_str(),
-            &path,
-            now,
-            md5_body,
-            &extra,
-        );
+        let query = Signer::new(&args.key, &secret).query(&Unsigned {
+            method: method.as_str(),
+            path: &path,
+            timestamp: now,
+            body: md5_body,
+            params: &extra,
+        });
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}?{query}", args.proxy))

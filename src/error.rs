@@ -7,8 +7,11 @@
 
 use hyper::StatusCode;
 
-use crate::signature::SignatureError;
-use crate::translate::TranslateError;
+use crate::chain::ErrorChain;
+use crate::http::BodyError;
+use crate::pipeline::classify::RouteKind;
+use crate::pusher::signature::SignatureError;
+use crate::routes::TranslateError;
 use crate::upstream::UpstreamError;
 
 /// Who is at fault for a failed request; decides the log level and, later,
@@ -32,6 +35,9 @@ pub enum ProxyError {
     /// The request is malformed or too large.
     #[error(transparent)]
     Translate(#[from] TranslateError),
+    /// The request body is too large, too slow, or unreadable.
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The request failed authentication.
     #[error(transparent)]
     Signature(#[from] SignatureError),
@@ -42,7 +48,7 @@ pub enum ProxyError {
     #[error("{}", gone_message(*route, app_id, channel))]
     Gone {
         /// The deprecated route called.
-        route: crate::route::RouteKind,
+        route: RouteKind,
         /// The app.
         app_id: String,
         /// The (decoded, validated) channel.
@@ -54,6 +60,16 @@ pub enum ProxyError {
     /// A request target that is not a path (`*`, an authority).
     #[error("the request target must be a path starting with /")]
     NotAPath,
+    /// The upstream refused the proxy's own signature (its 401): the
+    /// proxy's credentials for the app are wrong, not the caller's (spec
+    /// E.4). A fault of the proxy's configuration.
+    #[error(
+        "upstream rejected pusher-cutover's signature for app {app_id}: check the app's key and secret in the proxy's config"
+    )]
+    RejectedCredentials {
+        /// The app.
+        app_id: String,
+    },
     /// An upstream request could not be built (a bug).
     #[error("internal error building the upstream request")]
     Internal(#[source] hyper::http::Error),
@@ -68,9 +84,12 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotAPath => StatusCode::BAD_REQUEST,
             Self::Translate(e) => e.status(),
+            Self::Body(e) => e.status(),
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Upstream(e) => e.status(),
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RejectedCredentials { .. } | Self::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -80,11 +99,12 @@ impl ProxyError {
             Self::UnknownApp(_)
             | Self::Gone { .. }
             | Self::Translate(_)
+            | Self::Body(_)
             | Self::Signature(_)
             | Self::MethodNotAllowed(_)
             | Self::NotAPath => Fault::Client,
             Self::Upstream(_) => Fault::Upstream,
-            Self::Internal(_) => Fault::Internal,
+            Self::RejectedCredentials { .. } | Self::Internal(_) => Fault::Internal,
         }
     }
 
@@ -102,8 +122,7 @@ impl ProxyError {
 }
 
 /// The 410 body: which call is gone and which current call replaces it.
-fn gone_message(route: crate::route::RouteKind, app_id: &str, channel: &str) -> String {
-    use crate::route::RouteKind;
+fn gone_message(route: RouteKind, app_id: &str, channel: &str) -> String {
     match route {
         RouteKind::LegacyStats => format!(
             "GET /apps/{app_id}/channels/{channel}/stats is no longer served: use \
@@ -118,25 +137,10 @@ fn gone_message(route: crate::route::RouteKind, app_id: &str, channel: &str) -> 
     }
 }
 
-/// Displays an error with its sources, `a: b: c`, for logs.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::DecodeError;
+    use crate::pusher::query::DecodeError;
 
     #[test]
     fn status_table() {
@@ -149,11 +153,7 @@ mod tests {
                 400,
                 Fault::Client,
             ),
-            (
-                TranslateError::BodyTooLarge { limit: 1 }.into(),
-                413,
-                Fault::Client,
-            ),
+            (BodyError::TooLarge { limit: 1 }.into(), 413, Fault::Client),
             (
                 TranslateError::DataTooLarge { limit: 1 }.into(),
                 413,
@@ -162,9 +162,9 @@ mod tests {
             (SignatureError::SignatureMismatch.into(), 401, Fault::Client),
             (UpstreamError::Timeout.into(), 504, Fault::Upstream),
             (
-                UpstreamError::RejectedCredentials { app_id: "1".into() }.into(),
+                ProxyError::RejectedCredentials { app_id: "1".into() },
                 500,
-                Fault::Upstream,
+                Fault::Internal,
             ),
             (
                 UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE).into(),

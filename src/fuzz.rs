@@ -5,10 +5,10 @@
 
 use secrecy::SecretString;
 
-use crate::query::QueryParams;
-use crate::route::{RouteKind, classify};
-use crate::signature::{self, Expected};
-use crate::translate::{self, channel_stats};
+use crate::pipeline::classify::{RouteKind, classify};
+use crate::pusher::query::QueryParams;
+use crate::pusher::signature::{self, Expected, Signer, Unsigned};
+use crate::routes::{self, channel_stats};
 
 /// The query parser and the verifier: the input is split into a raw path,
 /// a raw query and a body (by the first two `\n`), parsed and verified as
@@ -42,7 +42,13 @@ pub fn query_and_verify(data: &[u8]) {
         .iter()
         .filter(|(k, _)| !signature::is_auth_param(k))
         .collect();
-    let wire = signature::signed_query("k", &secrets[0], "POST", path, 1_000, Some(body), &kept);
+    let wire = Signer::new("k", &secrets[0]).query(&Unsigned {
+        method: "POST",
+        path,
+        timestamp: 1_000,
+        body: Some(body),
+        params: &kept,
+    });
     let reparsed = QueryParams::parse(&wire).expect("the signer's own output parses");
     let again = Expected {
         key: "k",
@@ -62,8 +68,8 @@ pub fn legacy_route(data: &[u8]) {
             continue;
         }
         assert!(route.app_id.is_some() && route.channel.is_some());
-        if let Ok(channel) = translate::decode_channel(route.channel.unwrap_or("")) {
-            assert!(channel.len() <= translate::MAX_CHANNEL_LEN);
+        if let Ok(channel) = routes::decode_channel(route.channel.unwrap_or("")) {
+            assert!(channel.len() <= crate::pusher::channel::MAX_CHANNEL_LEN);
             assert!(!channel.contains(['/', '?', '#', '%']));
             assert!(channel != "." && channel != "..");
         }

@@ -6,35 +6,40 @@
 //! clients expect, passes every other call through unchanged, and logs every
 //! deprecated call with the caller's identity.
 //!
-//! Modules, in pipeline order:
-//! - [`route`]: classify a request (legacy stats, legacy trigger, passthrough);
-//! - [`query`]: decode a query string strictly;
-//! - [`signature`]: sign and verify (`auth_version` 1.0);
-//! - [`translate`]: the two translations, one file per legacy route, and
-//!   the mapping of upstream answers back;
+//! Modules, in the order a request meets them:
+//! - [`http`]: the listener and graceful shutdown ([`http::server`]), the
+//!   admin listener ([`http::admin`]), hop-by-hop headers, the answers the
+//!   proxy builds, request bodies;
+//! - [`pipeline`]: classify → verify → dispatch → record, once for every
+//!   request, over the configuration in force ([`pipeline::Proxy`]);
+//! - [`routes`]: one file per route, each owning its call's whole story:
+//!   [`routes::channel_stats`] and [`routes::channel_event`] (the two
+//!   deprecated calls: parse → translate → exchange → map back) and
+//!   [`routes::passthrough`] (everything else);
+//! - [`pusher`]: Pusher's HTTP API apart from any request: signatures (a
+//!   [`pusher::signature::Signer`]), strict query decoding, channel names;
 //! - [`upstream`]: the pooled client and its timeouts;
-//! - [`passthrough`]: forwarding everything else unchanged;
-//! - [`proxy`]: the pipeline that ties them together and logs each request;
-//! - [`server`]: the listener and graceful shutdown;
-//! - [`config`], [`clock`], [`error`]: settings, time, and the status table.
+//! - [`telemetry`]: metrics, the usage ledger and its store, log format;
+//! - [`report`]: who still makes deprecated calls, as a table, JSON or
+//!   HTML, from ledgers or running sidecars;
+//! - [`config`], [`reload`], [`clock`]: settings, their reloading, time;
+//! - [`error`]: every way a request fails and the one table mapping that
+//!   to a status and a fault; [`chain`]: an error with its causes.
 
-pub mod admin;
+pub mod chain;
 pub mod clock;
 pub mod config;
-pub mod cutover;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod http;
 pub mod logging;
-pub mod passthrough;
-pub mod proxy;
-pub mod query;
+pub mod pipeline;
+pub mod pusher;
 pub mod reload;
-pub mod route;
-pub mod server;
-pub mod signature;
+pub mod report;
+pub mod routes;
 pub mod telemetry;
-pub mod translate;
 pub mod upstream;
 
 use std::future::Future;
@@ -42,20 +47,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::clock::{Clock, FixedClock, SystemClock};
 pub use crate::config::Config;
-pub use crate::proxy::Proxy;
+use crate::http::{admin, server};
+pub use crate::pipeline::Proxy;
 pub use crate::reload::{ConfigSource, Reloader};
 use crate::telemetry::store::StoreError;
 use crate::telemetry::{Persistence, Telemetry};
-
-/// Body of every answer the proxy gives: its own, or the upstream's streamed.
-pub type ResponseBody = Either<Full<Bytes>, upstream::Guarded>;
 
 /// What [`run_with`] takes besides the config.
 #[derive(Debug)]

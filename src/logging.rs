@@ -67,7 +67,7 @@ impl Batched {
 }
 
 /// Makes the calling thread batch its log lines until [`flush_thread`].
-/// Called by the worker threads of [`crate::server`].
+/// Called by the worker threads of [`crate::http::server`].
 pub fn batch_this_thread() {
     BATCHING.with(|b| b.set(true));
 }

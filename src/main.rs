@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
+use pusher_cutover::chain::ErrorChain;
 use pusher_cutover::config::{self, Config, ConfigError};
-use pusher_cutover::error::ErrorChain;
 use pusher_cutover::logging;
-use pusher_cutover::telemetry::report;
-use pusher_cutover::telemetry::sources::{self, Source};
+use pusher_cutover::report;
+use pusher_cutover::report::sources::{self, Source};
 use pusher_cutover::{ConfigSource, Options};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{self, Config, ConfigError};
-use crate::proxy::Proxy;
+use crate::pipeline::Proxy;
 use crate::telemetry::Telemetry;
 
 /// Where the configuration is (re)loaded from.

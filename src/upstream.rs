@@ -3,7 +3,7 @@
 //! timeout.
 //!
 //! Connections are HTTP/1.1 keep-alive connections (`hyper`'s client
-//! connections), pooled per worker thread (see [`crate::server`]): an
+//! connections), pooled per worker thread (see [`crate::http::server`]): an
 //! exchange takes the most recently used idle connection of its own
 //! thread, whose connection task runs on that thread's runtime, or opens
 //! one. A connection goes back to its pool once its response has been read
@@ -71,15 +71,6 @@ pub enum UpstreamError {
     /// The upstream took longer than `upstream.timeout_ms`.
     #[error("upstream timed out")]
     Timeout,
-    /// The upstream refused the proxy's own signature (its 401): the proxy's
-    /// credentials for the app are wrong, not the caller's (spec E.4).
-    #[error(
-        "upstream rejected pusher-cutover's signature for app {app_id}: check the app's key and secret in the proxy's config"
-    )]
-    RejectedCredentials {
-        /// The app.
-        app_id: String,
-    },
     /// The upstream answered a status the legacy route cannot pass on.
     #[error("upstream answered {0}")]
     Status(StatusCode),
@@ -94,12 +85,10 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The status the caller gets: 504 for a timeout, 500 when the upstream
-    /// refused the proxy's credentials, 502 otherwise.
+    /// The status the caller gets: 504 for a timeout, 502 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::RejectedCredentials { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Connect(_)
             | Self::Request(_)
             | Self::Body(_)

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pusher_cutover::signature::signed_query;
+use pusher_cutover::pusher::signature::{Signer, Unsigned};
 use pusher_cutover::{Config, Options};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -540,15 +540,14 @@ async fn every_metric_queried_in_deploy_is_exposed() {
     // A legacy trigger, translated: deprecated calls, requests, both
     // latency histograms.
     let path = "/apps/4242/channels/room/events";
-    let q = signed_query(
-        "deploy-key",
-        &SecretString::from("deploy-secret"),
-        "POST",
+    let secret = SecretString::from("deploy-secret");
+    let q = Signer::new("deploy-key", &secret).query(&Unsigned {
+        method: "POST",
         path,
-        now,
-        Some(b"{}"),
-        &[("name", "ev")],
-    );
+        timestamp: now,
+        body: Some(b"{}"),
+        params: &[("name", "ev")],
+    });
     let (status, body) = send(Method::POST, &format!("{base}{path}?{q}"), "{}").await;
     assert_eq!(status, StatusCode::ACCEPTED, "legacy trigger: {body}");
 
@@ -559,15 +558,14 @@ async fn every_metric_queried_in_deploy_is_exposed() {
 
     // A legacy stats call of the shadow app: the translated answer differs.
     let path = "/apps/4343/channels/room/stats";
-    let q = signed_query(
-        "shadow-key",
-        &SecretString::from("shadow-secret"),
-        "GET",
+    let secret = SecretString::from("shadow-secret");
+    let q = Signer::new("shadow-key", &secret).query(&Unsigned {
+        method: "GET",
         path,
-        now,
-        None,
-        &[],
-    );
+        timestamp: now,
+        body: None,
+        params: &[],
+    });
     let (status, body) = send(Method::GET, &format!("{base}{path}?{q}"), "").await;
     assert_eq!(status, StatusCode::OK, "shadow stats: {body}");
 

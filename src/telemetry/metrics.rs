@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::Outcome;
-use crate::route::RouteKind;
+use crate::pipeline::classify::RouteKind;
 
 /// Routes and outcomes, as indexes into the per-request handles.
 const ROUTES: usize = 3;
@@ -167,7 +167,7 @@ pub struct RouteLabel {
 pub struct AppReason {
     /// A configured app id, or `other`.
     pub app_id: AppId,
-    /// A [`SignatureError::reason`](crate::signature::SignatureError::reason).
+    /// A [`SignatureError::reason`](crate::pusher::signature::SignatureError::reason).
     pub reason: &'static str,
 }
 

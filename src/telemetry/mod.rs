@@ -8,8 +8,6 @@
 
 pub mod ledger;
 pub mod metrics;
-pub mod report;
-pub mod sources;
 pub mod store;
 pub mod usage;
 
@@ -19,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
+use crate::chain::ErrorChain;
 use crate::config::Config;
-use crate::error::ErrorChain;
-use crate::route::RouteKind;
+use crate::pipeline::classify::RouteKind;
 use ledger::Ledger;
 use metrics::{AppId, AppReason, AppSeries, Metrics};
 use store::{Store, StoreError};

@@ -238,7 +238,7 @@ async fn rollout_is_sticky_per_channel() {
     );
     let expected: std::collections::HashSet<String> = (0..1000)
         .map(|i| format!("ch-{i}"))
-        .filter(|c| pusher_cutover::cutover::in_rollout("4242", c, 30))
+        .filter(|c| pusher_cutover::pipeline::cutover::in_rollout("4242", c, 30))
         .collect();
     assert_eq!(first, expected);
     // Again for 100 channels: the same path each time.

@@ -111,7 +111,7 @@ async fn the_binarys_text_lines_follow_rust_log() {
     let agent = "text-line-agent/2.0";
     let body = b"{\"x\":1}";
     // The listening lines (INFO, other modules) tell the test the ports.
-    let warn = "warn,pusher_cutover::server=info,pusher_cutover::admin=info";
+    let warn = "warn,pusher_cutover::http::server=info,pusher_cutover::http::admin=info";
     // A directive naming one of the line's fields enables it (INFO); one
     // naming a field it does not have does not.
     let by_field = format!("{warn},[{{route}}]=info");

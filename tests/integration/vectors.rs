@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use pusher_cutover::query::QueryParams;
-use pusher_cutover::signature::{self, Expected};
+use pusher_cutover::pusher::query::QueryParams;
+use pusher_cutover::pusher::signature::{self, Expected};
 use secrecy::SecretString;
 use serde::Deserialize;
 

@@ -13,8 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::store::{Store, StoreError};
-use super::usage::Usage;
+use crate::telemetry::store::{Store, StoreError};
+use crate::telemetry::usage::Usage;
 
 /// Largest `/usage` answer read.
 const MAX_USAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,20 +1,27 @@
-//! Translation of the two deprecated calls into current ones (spec E), one
-//! file per legacy route. Everything here is pure: no I/O, no clock.
+//! The routes a request can take, one file each: the two deprecated calls
+//! ([`channel_stats`], [`channel_event`]), each from parsing through
+//! translation and the upstream exchange to the answer mapped back (spec
+//! E), and everything else ([`passthrough`]).
+//!
+//! Here: what both legacy routes share — their errors, the channel segment,
+//! forwarding a verified call in its legacy form (`observe`), and the
+//! mapping of upstream refusals.
 
 pub mod channel_event;
 pub mod channel_stats;
+pub mod passthrough;
 
 use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::http::request::Parts;
 use hyper::{HeaderMap, StatusCode};
 
-use crate::query::{DecodeError, percent_decode_strict};
-use crate::upstream::UpstreamError;
-
-/// Longest channel name accepted: what sockudo, soketi and the official
-/// libraries allow. Pusher itself allows 164 and answers 400 beyond; that
-/// answer is passed through (spec C.1, E.5 item 8).
-pub const MAX_CHANNEL_LEN: usize = 200;
+use crate::error::ProxyError;
+use crate::pipeline::Call;
+use crate::pusher::channel;
+use crate::pusher::query::QueryParams;
+use crate::pusher::query::{DecodeError, percent_decode_strict};
+use crate::upstream::{self, Buffered, UpstreamError};
 
 /// Why a legacy request cannot be translated: the caller's fault.
 #[derive(Debug, thiserror::Error)]
@@ -39,39 +46,25 @@ pub enum TranslateError {
     /// The event data is not UTF-8 (the old API's 400, spec D.2).
     #[error("event data must be valid UTF-8")]
     DataNotUtf8,
-    /// The request body exceeds `max_body_bytes`.
-    #[error("request body exceeds the proxy's limit of {limit} bytes")]
-    BodyTooLarge {
-        /// The limit.
-        limit: usize,
-    },
     /// The event data exceeds the app's `max_data_bytes` (spec B.1's 413).
     #[error("The data content of this event exceeds the allowed maximum ({limit} bytes).")]
     DataTooLarge {
         /// The limit.
         limit: usize,
     },
-    /// The request body could not be read.
-    #[error("could not read the request body")]
-    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The request body did not arrive within `body_timeout_ms`.
-    #[error("the request body did not arrive in time")]
-    BodyTimeout,
 }
 
 impl TranslateError {
     /// The status the caller gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BodyTooLarge { .. } | Self::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Query(_)
             | Self::EmptySegment(_)
             | Self::Channel(_)
             | Self::InvalidChannelName
             | Self::MissingEventName
-            | Self::DataNotUtf8
-            | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            | Self::DataNotUtf8 => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -89,16 +82,36 @@ pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
     }
     let decoded =
         percent_decode_strict(raw, "the channel segment").map_err(TranslateError::Channel)?;
-    let valid = decoded.len() <= MAX_CHANNEL_LEN
-        && decoded != "."
-        && decoded != ".."
-        && decoded
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b));
-    if !valid {
+    if !channel::is_valid_name(&decoded) {
         return Err(TranslateError::InvalidChannelName);
     }
     Ok(decoded.into_owned())
+}
+
+/// Forwards a verified legacy call in its legacy form (mode `observe`, and
+/// the unchanged half of `shadow`). For an app the upstream knows by the
+/// same credentials the call goes byte for byte; for a mapped app it is
+/// re-signed with the upstream's id and credentials.
+pub(crate) async fn observe(
+    call: &mut Call<'_>,
+    parts: &Parts,
+    query: &QueryParams,
+    body: Bytes,
+    now: u64,
+) -> Result<Buffered, ProxyError> {
+    let build = |call: &Call<'_>| {
+        if call.app.config.is_mapped() {
+            passthrough::resign(call, parts, query, body, now)
+        } else {
+            Ok(passthrough::outbound(
+                parts,
+                upstream::origin_form(&parts.uri),
+                body,
+            ))
+        }
+    };
+    let deadline = call.state.upstream.deadline();
+    call.exchange(build, deadline).await
 }
 
 /// An upstream refusal passed on to a legacy caller.
@@ -122,9 +135,9 @@ pub fn map_failure(
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<Refusal, UpstreamError> {
+) -> Result<Refusal, ProxyError> {
     match status {
-        StatusCode::UNAUTHORIZED => Err(UpstreamError::RejectedCredentials {
+        StatusCode::UNAUTHORIZED => Err(ProxyError::RejectedCredentials {
             app_id: app_id.to_owned(),
         }),
         s if s.is_client_error() => {
@@ -143,13 +156,14 @@ pub fn map_failure(
                 body,
             })
         }
-        s => Err(UpstreamError::Status(s)),
+        s => Err(UpstreamError::Status(s).into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pusher::channel::MAX_CHANNEL_LEN;
 
     #[test]
     fn channel_segments() {
@@ -214,13 +228,13 @@ mod tests {
         );
         assert!(matches!(
             map_failure("1", StatusCode::UNAUTHORIZED, &json, body.clone()),
-            Err(UpstreamError::RejectedCredentials { .. })
+            Err(ProxyError::RejectedCredentials { .. })
         ));
         for code in [500, 502, 503, 302, 204] {
             let status = StatusCode::from_u16(code).expect("valid");
             assert!(matches!(
                 map_failure("1", status, &json, body.clone()),
-                Err(UpstreamError::Status(s)) if s == status
+                Err(ProxyError::Upstream(UpstreamError::Status(s))) if s == status
             ));
         }
     }

@@ -1,20 +1,7 @@
-//! Passthrough: every request that is not a deprecated call is forwarded
-//! unchanged (method, path, query, headers minus hop-by-hop ones, body
-//! streamed both ways). Host and scheme are not signed, so a valid
-//! current-API request stays valid (spec E.1).
+//! Hop-by-hop headers (RFC 9110 section 7.6.1): what describes one
+//! connection, not the message, and so is never forwarded either way.
 
-use bytes::Bytes;
-use http_body_util::{Either, Full, Limited};
-use hyper::body::Body as _;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
-use hyper::http::request::Parts;
-use hyper::{Method, Request, Response};
-
-use crate::ResponseBody;
-use crate::error::ProxyError;
-use crate::translate::TranslateError;
-use crate::upstream::{self, Guarded, OutboundRequest};
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// section 7.6.1), and so are never forwarded.
@@ -69,62 +56,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::UPGRADE);
     }
-}
-
-/// The upstream request for a passthrough: same method, path, query and
-/// body; the caller's `Host` is replaced by the upstream's (set by
-/// [`Upstream`] on every request), so TLS and virtual hosting see the right
-/// name.
-///
-/// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
-/// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
-///
-/// A body declared larger than `max_body` is refused (413); one that turns
-/// out larger while streaming is cut.
-pub fn upstream_request(
-    mut parts: Parts,
-    body: Incoming,
-    max_body: usize,
-) -> Result<OutboundRequest, ProxyError> {
-    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
-        return Err(ProxyError::MethodNotAllowed(parts.method));
-    }
-    if !parts.uri.path().starts_with('/') || parts.uri.path_and_query().is_none() {
-        return Err(ProxyError::NotAPath);
-    }
-    let declared = body.size_hint().exact();
-    if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(TranslateError::BodyTooLarge { limit: max_body }.into());
-    }
-    // The upstream gets the path and query in origin form (already parsed
-    // and validated, so not parsed again).
-    parts.uri = upstream::origin_form(&parts.uri);
-    prepare_headers(&mut parts);
-    // A known-empty GET or HEAD gets an empty body the upstream client can
-    // send again after a stale pooled connection.
-    let bodyless =
-        declared == Some(0) && (parts.method == Method::GET || parts.method == Method::HEAD);
-    let body = if bodyless {
-        Either::Left(Full::new(Bytes::new()))
-    } else {
-        Either::Right(Limited::new(body, max_body))
-    };
-    Ok(Box::new(Request::from_parts(parts, body)))
-}
-
-/// Readies the caller's request head for the upstream: hop-by-hop headers
-/// removed, HTTP/1.1 (`Host` is overwritten by [`Upstream`]).
-fn prepare_headers(parts: &mut Parts) {
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = hyper::Version::HTTP_11;
-}
-
-/// The caller's response: the upstream's status, headers minus hop-by-hop
-/// ones, and its body streamed.
-pub fn downstream_response(resp: Response<Guarded>) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Right(body))
 }
 
 #[cfg(test)]

@@ -1,11 +1,18 @@
 //! `POST /apps/{app}/channels/{chan}/events?name=N[&socket_id=S]` with the
 //! raw event data as the body → `POST /apps/{app}/events` with a JSON body
-//! (spec D.2, E.3).
+//! (spec D.2, E.3): the trigger parsed, its JSON body built, the exchange,
+//! and the answer mapped back.
 
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
-use super::TranslateError;
-use crate::query::QueryParams;
+use super::{TranslateError, map_failure};
+use crate::error::ProxyError;
+use crate::http::{self, ResponseBody, TEXT_PLAIN};
+use crate::pipeline::Call;
+use crate::pusher::query::QueryParams;
 
 /// The body every legacy trigger gets on success, with status 202: what the
 /// old API sent, and what the pre-2.x PHP clients compare against (spec E.3).
@@ -74,9 +81,47 @@ impl<'a> Trigger<'a> {
             data: self.data,
             socket_id: self.socket_id,
         };
-        // Serialising borrowed strings into a Vec cannot fail.
-        serde_json::to_vec(&event).unwrap_or_default()
+        serde_json::to_vec(&event)
+            .expect("invariant: serialising borrowed strings into a Vec cannot fail")
     }
+}
+
+/// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`.
+pub(crate) async fn translate(
+    call: &mut Call<'_>,
+    channel: &str,
+    query: &QueryParams,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let app = call.app;
+    // Translated in a block of its own, so that only the JSON body is held
+    // while the upstream answers.
+    let json = {
+        let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
+        if channel.starts_with("private-encrypted-") {
+            // Old clients never encrypt; subscribers will fail to decrypt
+            // (spec E.5 item 12). The proxy has no master key: forward, warn.
+            tracing::warn!(
+                app_id = %app.config.id,
+                channel,
+                "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
+            );
+        }
+        Bytes::from(trigger.upstream_body(channel))
+    };
+    let path = &app.events_path;
+    let build = |call: &Call<'_>| call.signed_request(Method::POST, path, Some(json), None);
+    let deadline = call.state.upstream.deadline();
+    let answer = call.exchange(build, deadline).await?;
+    if answer.status.is_success() {
+        return Ok(http::respond(
+            StatusCode::ACCEPTED,
+            HeaderValue::from_static(TEXT_PLAIN),
+            Bytes::from_static(ACCEPTED_BODY),
+        ));
+    }
+    let r = map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+    Ok(http::respond_with(r.status, r.headers, r.body))
 }
 
 #[cfg(test)]

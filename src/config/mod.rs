@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 /// The configuration used when `serve` is given no `--config`; the
 /// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
-pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// Reads an environment variable; injected so tests need not touch the
 /// process environment.
@@ -991,10 +991,10 @@ mod tests {
     fn shipped_examples_are_valid() {
         let vars = env(&[("PUSHER_APP_SECRET", "s")]);
         for (name, text) in [
-            ("example.toml", include_str!("../config/example.toml")),
+            ("example.toml", include_str!("../../config/example.toml")),
             (
                 "sockudo-local.toml",
-                include_str!("../config/sockudo-local.toml"),
+                include_str!("../../config/sockudo-local.toml"),
             ),
         ] {
             Config::from_toml_str(text, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));

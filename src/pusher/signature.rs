@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::query::QueryParams;
+use crate::pusher::query::QueryParams;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -51,8 +51,8 @@ pub fn body_md5(body: &[u8]) -> String {
 /// [`body_md5`] written into `out` instead of a new string (the request
 /// path's form: no allocation).
 fn body_md5_into<'o>(body: &[u8], out: &'o mut [u8; 32]) -> &'o str {
-    // 16 bytes always fit 32 hex digits.
-    base16ct::lower::encode_str(&Md5::digest(body), out).unwrap_or_default()
+    base16ct::lower::encode_str(&Md5::digest(body), out)
+        .expect("invariant: 16 bytes of MD5 always fit 32 hex digits")
 }
 
 /// The string to sign for `method`, `path` and already-canonical `params`
@@ -254,73 +254,95 @@ pub fn verify(
     }
 }
 
-/// Builds the signed query string of an outbound request: the part of
-/// [`signed_target`] after the `?`.
-pub fn signed_query(
-    key: &str,
-    secret: &SecretString,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: Option<&[u8]>,
-    extra: &[(&str, &str)],
-) -> String {
-    let target = signed_target(key, secret, method, path, timestamp, body, extra);
-    target[path.len() + 1..].to_owned()
+/// An outbound request to sign: what [`Signer`] adds the auth parameters to.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsigned<'a> {
+    /// The method, upper case.
+    pub method: &'a str,
+    /// The path, exactly as it will be sent.
+    pub path: &'a str,
+    /// `auth_timestamp`, Unix seconds.
+    pub timestamp: u64,
+    /// The body, when one is sent (then `body_md5` is added). Outbound
+    /// bodies are only ever sent on POST, and sockudo refuses `body_md5` on
+    /// GET (spec A.4).
+    pub body: Option<&'a [u8]>,
+    /// The parameters besides the auth ones (decoded values), in any order.
+    pub params: &'a [(&'a str, &'a str)],
 }
 
-/// The target of an outbound request, `path?query`, built in one buffer.
-///
-/// The query adds `auth_key`, `auth_timestamp`, `auth_version`, and
-/// `body_md5` when a body is given (outbound bodies are only ever sent on
-/// POST, and sockudo refuses `body_md5` on GET: spec A.4), signs, and
-/// renders every value percent-encoded, `auth_signature` last.
-pub fn signed_target(
-    key: &str,
-    secret: &SecretString,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: Option<&[u8]>,
-    extra: &[(&str, &str)],
-) -> String {
-    let mut digits = itoa::Buffer::new();
-    let timestamp = digits.format(timestamp);
-    let mut hex = [0; 32];
-    let md5 = body.map(|body| body_md5_into(body, &mut hex));
-    let mut params: Vec<(&str, &str)> = Vec::with_capacity(5 + extra.len());
-    params.push(("auth_key", key));
-    params.push(("auth_timestamp", timestamp));
-    params.push(("auth_version", AUTH_VERSION));
-    if let Some(md5) = md5 {
-        params.push(("body_md5", md5));
-    }
-    params.extend_from_slice(extra);
-    params.sort_unstable_by(|a, b| a.0.cmp(b.0));
+/// Signs outbound requests with one app's key and secret.
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    key: &'a str,
+    secret: &'a SecretString,
+}
 
-    let mut signature = [0u8; 64];
-    let mac = mac(secret, method, path, params.iter().copied());
-    // 32 bytes always fit 64 hex digits.
-    let signature = base16ct::lower::encode_str(&mac, &mut signature).unwrap_or_default();
-    let mut out = String::with_capacity(path.len() + 257);
-    out.push_str(path);
-    out.push('?');
-    for (i, (k, v)) in params
-        .iter()
-        .copied()
-        .chain(std::iter::once(("auth_signature", signature)))
-        .enumerate()
-    {
-        if i > 0 {
-            out.push('&');
-        }
-        // Borrowed, so copied in one piece, when there is nothing to
-        // escape (every auth parameter).
-        out.push_str(&Cow::from(utf8_percent_encode(k, QUERY_VALUE)));
-        out.push('=');
-        out.push_str(&Cow::from(utf8_percent_encode(v, QUERY_VALUE)));
+impl std::fmt::Debug for Signer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
-    out
+}
+
+impl<'a> Signer<'a> {
+    /// A signer for the app with `key` and `secret`.
+    pub fn new(key: &'a str, secret: &'a SecretString) -> Self {
+        Self { key, secret }
+    }
+
+    /// The signed query string of `req`: the part of [`Signer::target`]
+    /// after the `?`.
+    pub fn query(&self, req: &Unsigned<'_>) -> String {
+        let target = self.target(req);
+        target[req.path.len() + 1..].to_owned()
+    }
+
+    /// The target of `req`, `path?query`, built in one buffer.
+    ///
+    /// The query adds `auth_key`, `auth_timestamp`, `auth_version`, and
+    /// `body_md5` when a body is given, signs, and renders every value
+    /// percent-encoded, `auth_signature` last.
+    pub fn target(&self, req: &Unsigned<'_>) -> String {
+        let mut digits = itoa::Buffer::new();
+        let timestamp = digits.format(req.timestamp);
+        let mut hex = [0; 32];
+        let md5 = req.body.map(|body| body_md5_into(body, &mut hex));
+        let mut params: Vec<(&str, &str)> = Vec::with_capacity(5 + req.params.len());
+        params.push(("auth_key", self.key));
+        params.push(("auth_timestamp", timestamp));
+        params.push(("auth_version", AUTH_VERSION));
+        if let Some(md5) = md5 {
+            params.push(("body_md5", md5));
+        }
+        params.extend_from_slice(req.params);
+        params.sort_unstable_by(|a, b| a.0.cmp(b.0));
+
+        let mut signature = [0u8; 64];
+        let mac = mac(self.secret, req.method, req.path, params.iter().copied());
+        let signature = base16ct::lower::encode_str(&mac, &mut signature)
+            .expect("invariant: 32 bytes of HMAC-SHA256 always fit 64 hex digits");
+        let mut out = String::with_capacity(req.path.len() + 257);
+        out.push_str(req.path);
+        out.push('?');
+        for (i, (k, v)) in params
+            .iter()
+            .copied()
+            .chain(std::iter::once(("auth_signature", signature)))
+            .enumerate()
+        {
+            if i > 0 {
+                out.push('&');
+            }
+            // Borrowed, so copied in one piece, when there is nothing to
+            // escape (every auth parameter).
+            out.push_str(&Cow::from(utf8_percent_encode(k, QUERY_VALUE)));
+            out.push('=');
+            out.push_str(&Cow::from(utf8_percent_encode(v, QUERY_VALUE)));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +351,46 @@ mod tests {
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    /// [`Signer::query`] with its arguments spelled out.
+    fn signed_query(
+        key: &str,
+        secret: &SecretString,
+        method: &str,
+        path: &str,
+        timestamp: u64,
+        body: Option<&[u8]>,
+        params: &[(&str, &str)],
+    ) -> String {
+        let req = Unsigned {
+            method,
+            path,
+            timestamp,
+            body,
+            params,
+        };
+        Signer::new(key, secret).query(&req)
+    }
+
+    /// [`Signer::target`] with its arguments spelled out.
+    fn signed_target(
+        key: &str,
+        secret: &SecretString,
+        method: &str,
+        path: &str,
+        timestamp: u64,
+        body: Option<&[u8]>,
+        params: &[(&str, &str)],
+    ) -> String {
+        let req = Unsigned {
+            method,
+            path,
+            timestamp,
+            body,
+            params,
+        };
+        Signer::new(key, secret).target(&req)
     }
 
     const SECRET: &str = "7ad3773142a6692b25b8";

@@ -1,11 +1,24 @@
 //! `GET /apps/{app}/channels/{chan}/stats` → `GET /apps/{app}/channels/{chan}`
-//! (spec D.1, E.2).
+//! (spec D.1, E.2): the `info` asked for, the exchange with the `probe`
+//! fallback of E.5, the answer mapped back, and shadow mode's comparison.
+
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use hyper::StatusCode;
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::upstream::UpstreamError;
+use super::map_failure;
+use crate::config::SubscriptionCounting;
+use crate::error::ProxyError;
+use crate::http::{self, APPLICATION_JSON, ResponseBody};
+use crate::pipeline::{Call, Record};
+use crate::upstream::{Buffered, UpstreamError};
+
+/// How long a `probe` app stops asking for `subscription_count` after the
+/// upstream said counting is disabled (spec E.5 item 1).
+const COUNTING_OFF_SECS: u64 = 600;
 
 /// The `info` attribute to request upstream, if any.
 ///
@@ -92,6 +105,102 @@ pub fn map_ok(channel: &str, body: &[u8]) -> Result<Bytes, UpstreamError> {
     serde_json::to_vec(&stats)
         .map(Bytes::from)
         .map_err(UpstreamError::MalformedResponse)
+}
+
+/// Spec E.2: stats via channel info, with the `probe` fallback of E.5.
+pub(crate) async fn translate(
+    call: &mut Call<'_>,
+    channel: &str,
+    now: u64,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (status, headers, body) = exchange(call, channel, now).await?;
+    Ok(http::respond_with(status, headers, body))
+}
+
+/// The translated exchange: the legacy caller's status, headers and body.
+async fn exchange(
+    call: &mut Call<'_>,
+    channel: &str,
+    now: u64,
+) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ProxyError> {
+    let app = call.app;
+    let path = upstream_path(&app.config.upstream.id, channel);
+    let mut info = info_param(channel, app.counting_active(now));
+    // One deadline for the call, the probe's retry included.
+    let deadline = call.state.upstream.deadline();
+    let probing = app.config.subscription_count == SubscriptionCounting::Probe;
+    // A loop rather than a second call after the first, so that no answer
+    // is held while the next is awaited.
+    let answer = loop {
+        let build = |call: &Call<'_>| call.signed_request(Method::GET, &path, None, info);
+        let answer = call.exchange(build, deadline).await?;
+        if probing
+            && info == Some("subscription_count")
+            && counting_disabled(answer.status, &answer.body)
+        {
+            tracing::info!(
+                app_id = %app.config.id,
+                "upstream has subscription counting disabled; answering stats without connection_count"
+            );
+            app.counting_off_until
+                .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+            info = None;
+            continue;
+        }
+        break answer;
+    };
+    if answer.status == StatusCode::OK {
+        let body = map_ok(channel, &answer.body)?;
+        let headers = http::answer_headers(HeaderValue::from_static(APPLICATION_JSON));
+        return Ok((StatusCode::OK, headers, body));
+    }
+    let r = map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+    Ok((r.status, r.headers, r.body))
+}
+
+/// Shadow mode: sends the translated stats call in the background and
+/// compares its mapped answer with what the legacy call answered.
+pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, observed: &Buffered) {
+    let app_id = &call.app.config.id;
+    let Some(legacy) = (observed.status == StatusCode::OK)
+        .then(|| serde_json::from_slice::<Stats>(&observed.body).ok())
+        .flatten()
+    else {
+        tracing::debug!(app_id = %app_id, status = %observed.status, "shadow: legacy answer not comparable");
+        return;
+    };
+    let state = call.state.clone();
+    let app_id = app_id.clone();
+    let channel = channel.to_owned();
+    tokio::spawn(async move {
+        let Some(app) = state.app(&app_id) else {
+            return;
+        };
+        // The comparison's own exchange is not the caller's: recorded nowhere.
+        let mut record = Record::default();
+        let mut call = Call::new(&state, app, &mut record);
+        let translated = match exchange(&mut call, &channel, now).await {
+            Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Stats>(&body).ok(),
+            _ => None,
+        };
+        let differing = match &translated {
+            Some(t) => legacy.differing_fields(t),
+            None => vec!["answer"],
+        };
+        for field in &differing {
+            state.telemetry.shadow_mismatch(&app_id, field);
+        }
+        if !differing.is_empty() {
+            tracing::warn!(
+                app_id = %app_id,
+                channel = %channel,
+                fields = ?differing,
+                legacy = ?legacy,
+                translated = ?translated,
+                "shadow: translated stats differ from the legacy answer"
+            );
+        }
+    });
 }
 
 #[cfg(test)]

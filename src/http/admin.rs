@@ -19,9 +19,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
-use crate::query::QueryParams;
+use crate::pusher::query::QueryParams;
 use crate::reload::Reloader;
-use crate::telemetry::{Telemetry, report};
+use crate::report;
+use crate::telemetry::Telemetry;
 
 /// Content type of the metrics exposition.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

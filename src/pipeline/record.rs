@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
-use crate::error::{ErrorChain, Fault, ProxyError};
-use crate::route::RouteKind;
+use crate::chain::ErrorChain;
+use crate::error::{Fault, ProxyError};
+use crate::pipeline::classify::RouteKind;
 use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 

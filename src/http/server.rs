@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use crate::config::{Config, TlsConfig};
-use crate::proxy::Proxy;
+use crate::pipeline::Proxy;
 
 /// Longest a log line written on a worker thread waits to be handed to the
 /// log writer.
@@ -360,10 +360,10 @@ fn service(
     peer: SocketAddr,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<crate::ResponseBody>,
+    Response = hyper::Response<crate::http::ResponseBody>,
     Error = std::convert::Infallible,
     Future = impl Future<
-        Output = Result<hyper::Response<crate::ResponseBody>, std::convert::Infallible>,
+        Output = Result<hyper::Response<crate::http::ResponseBody>, std::convert::Infallible>,
     > + Send,
 > + Clone
 + Send

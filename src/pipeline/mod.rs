@@ -1,0 +1,451 @@
+//! The request pipeline, once for every request: classify → verify →
+//! dispatch → record.
+//!
+//! - [`classify`]: which route a request takes, from its method and path;
+//! - verify (`verify.rs`): the body read within its limits and the
+//!   signature checked (spec A.6);
+//! - [`cutover`]: which path a verified legacy call takes (observe,
+//!   shadow, translate, reject);
+//! - dispatch: to the route that owns the call, in [`crate::routes`];
+//! - record (`record.rs`): metrics, ledger and log line, whatever the
+//!   outcome.
+//!
+//! The configuration lives in a [`State`] swapped atomically on reload:
+//! each request takes the state current when it arrives and finishes on it.
+
+pub mod classify;
+pub mod cutover;
+mod record;
+mod verify;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response};
+
+pub use record::{MAX_LOGGED_LEN, Record, truncate};
+
+use crate::clock::Clock;
+use crate::config::{AppConfig, Config, DEFAULT_DEPRECATION_LINK, SubscriptionCounting};
+use crate::error::ProxyError;
+use crate::http::{self, APPLICATION_JSON, ResponseBody};
+use crate::pusher::query::QueryParams;
+use crate::pusher::signature::{Expected, Signer, Unsigned};
+use crate::routes::{self, TranslateError, channel_event, channel_stats, passthrough};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::AppSeries;
+use crate::upstream::{self, Buffered, OutboundRequest, Upstream};
+use classify::{Route, RouteKind, classify};
+use cutover::Path;
+use record::Recorder;
+
+/// Headers of a request the proxy builds for the upstream: `Content-Type`,
+/// `Host` and `Content-Length`.
+const OUTBOUND_HEADERS: usize = 3;
+
+/// An app's settings and the state the proxy keeps for it.
+#[derive(Debug)]
+pub(crate) struct App {
+    /// Its settings.
+    pub(crate) config: AppConfig,
+    /// The `Sunset` header of its legacy answers, when it has a sunset.
+    sunset: Option<HeaderValue>,
+    /// Unix time until which `probe` mode does not ask for
+    /// `subscription_count`.
+    pub(crate) counting_off_until: AtomicU64,
+    /// Its metric series.
+    series: Arc<AppSeries>,
+    /// The upstream path its translated triggers go to
+    /// (`/apps/{upstream id}/events`), built once.
+    pub(crate) events_path: String,
+}
+
+impl App {
+    /// Whether stats calls ask for `subscription_count` at Unix time `now`.
+    pub(crate) fn counting_active(&self, now: u64) -> bool {
+        match self.config.subscription_count {
+            SubscriptionCounting::On => true,
+            SubscriptionCounting::Off => false,
+            SubscriptionCounting::Probe => now >= self.counting_off_until.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What its callers' requests are verified against.
+    fn expected(&self, now: u64, window_secs: u64) -> Expected<'_> {
+        Expected {
+            app_id: &self.config.id,
+            key: &self.config.key,
+            secrets: &self.config.secrets,
+            now,
+            window_secs,
+        }
+    }
+
+    /// The signer of its upstream requests.
+    pub(crate) fn upstream_signer(&self) -> Signer<'_> {
+        let up = &self.config.upstream;
+        Signer::new(&up.key, &up.secret)
+    }
+}
+
+/// The proxy: the current [`State`], swapped on reload. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    state: Arc<ArcSwap<State>>,
+}
+
+/// Everything requests need under one configuration.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) config: Config,
+    apps: HashMap<String, App>,
+    pub(crate) upstream: Upstream,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// The `Link: <…>; rel="deprecation"` header of legacy answers.
+    deprecation_link: HeaderValue,
+}
+
+impl State {
+    /// A state for `config`. Keeps `previous`'s upstream pool when the
+    /// upstream settings did not change, and its probe results per app.
+    fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<Telemetry>,
+        previous: Option<&State>,
+    ) -> Self {
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| {
+                let off_until = previous
+                    .and_then(|p| p.apps.get(&a.id))
+                    .map_or(0, |p| p.counting_off_until.load(Ordering::Relaxed));
+                let app = App {
+                    config: a.clone(),
+                    sunset: a.sunset.and_then(sunset_header),
+                    counting_off_until: AtomicU64::new(off_until),
+                    series: telemetry.app_series(&a.id),
+                    events_path: channel_event::upstream_path(&a.upstream.id),
+                };
+                (a.id.clone(), app)
+            })
+            .collect();
+        let upstream = match previous {
+            Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
+            _ => Upstream::new(&config.upstream, config.workers()),
+        };
+        // Validated as an absolute URL without `<`, `>` or `"`.
+        let link = |url: &str| HeaderValue::try_from(format!("<{url}>; rel=\"deprecation\""));
+        let deprecation_link = link(&config.telemetry.deprecation_link)
+            .or_else(|_| link(DEFAULT_DEPRECATION_LINK))
+            .unwrap_or_else(|_| HeaderValue::from_static("rel=\"deprecation\""));
+        Self {
+            config,
+            apps,
+            upstream,
+            clock,
+            telemetry,
+            deprecation_link,
+        }
+    }
+
+    /// The configuration this state serves.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configured app `id`, if any.
+    pub(crate) fn app(&self, id: &str) -> Option<&App> {
+        self.apps.get(id)
+    }
+}
+
+impl Proxy {
+    /// A proxy for `config` reading time from `clock` and recording into
+    /// `telemetry`.
+    pub fn new(config: Config, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
+        let state = State::new(config, clock, telemetry, None);
+        Self {
+            state: Arc::new(ArcSwap::from_pointee(state)),
+        }
+    }
+
+    /// The state requests arriving now are served with.
+    pub fn current(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Swaps in `config` for requests arriving from now on; requests in
+    /// flight finish on the state they started with.
+    pub fn reload(&self, config: Config) {
+        let previous = self.state.load_full();
+        let next = State::new(
+            config,
+            previous.clock.clone(),
+            previous.telemetry.clone(),
+            Some(&previous),
+        );
+        self.state.store(Arc::new(next));
+    }
+
+    /// Handles one request from `peer`. Never fails: errors become answers
+    /// (the `Result` is the shape hyper's services return).
+    ///
+    /// Not an `async fn`: the future is the current state's own, with no
+    /// wrapper around it holding a second copy of the request (one such
+    /// future is held per request in flight).
+    pub fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + use<> {
+        self.state.load_full().handle(req, peer)
+    }
+}
+
+/// One request to a configured app, as the routes see it: the state it is
+/// served with, the app, and what is recorded of it.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    /// The state the request is served with.
+    pub(crate) state: &'a Arc<State>,
+    /// The configured app its path names.
+    pub(crate) app: &'a App,
+    /// What the recorder learns of the request.
+    pub(crate) record: &'a mut Record,
+}
+
+impl State {
+    /// The future of one request: classify, verify, dispatch, record. Not
+    /// an `async fn`: the request is split before the future is built, so
+    /// the future holds its parts only, not the parts and the moved-from
+    /// request beside them.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + use<> {
+        let (mut parts, body) = req.into_parts();
+        async move {
+            // The route borrows a handle on the target's bytes, not `parts`,
+            // which a legacy call may then change (see `legacy`).
+            let target = parts.uri.clone();
+            let route = classify(&parts.method, target.path());
+            let kind = route.kind;
+            // Looked up once, for the pipeline, the metrics and the
+            // deprecation headers.
+            let app = route.app_id.and_then(|id| self.apps.get(id));
+            let mut recorder = Recorder::new(
+                &self.telemetry,
+                app.map(|a| &*a.series),
+                self.clock.unix_now(),
+                &parts.method,
+                kind,
+                route.app_id,
+                parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+                peer,
+            );
+            let record = &mut recorder.record;
+            let bypass = self.config.bypass;
+            let legacy = kind.is_legacy() && !bypass;
+            let result = if legacy {
+                self.legacy(route, app, &mut parts, body, record).await
+            } else if let Some((app, query)) = (!bypass)
+                .then(|| passthrough::resign_target(app, &parts))
+                .flatten()
+            {
+                let mut call = Call {
+                    state: &self,
+                    app,
+                    record,
+                };
+                passthrough::resigned(&mut call, query, &parts, body).await
+            } else {
+                passthrough::forward_unchanged(&self, parts, body, record).await
+            };
+            let (mut response, error) = match result {
+                Ok(response) => (response, None),
+                Err(e) => (error_response(&e), Some(e)),
+            };
+            if legacy {
+                self.deprecation_headers(response.headers_mut(), app);
+            }
+            recorder.finish(response.status(), error.as_ref());
+            Ok(response)
+        }
+    }
+
+    /// A legacy call to `app`, the configured app its path names (if any):
+    /// verified, then dispatched on its cutover path. `parts` is mutable
+    /// only so that a translated call can let go of the caller's headers,
+    /// which it no longer needs, before it waits on the upstream.
+    async fn legacy(
+        self: &Arc<Self>,
+        route: Route<'_>,
+        app: Option<&App>,
+        parts: &mut Parts,
+        body: Incoming,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let app_id = route.app_id.unwrap_or_default();
+        if app_id.is_empty() {
+            return Err(TranslateError::EmptySegment("app id").into());
+        }
+        let app = app.ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
+        let query =
+            QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
+        let mut call = Call {
+            state: self,
+            app,
+            record,
+        };
+        let (body, now) = call.verified(parts, &query, body, route.kind).await?;
+        let channel = routes::decode_channel(route.channel.unwrap_or_default())?;
+
+        let path = cutover::decide(&app.config, route.kind, &channel, now);
+        if path == Path::Translate {
+            parts.headers = HeaderMap::new();
+        }
+        match path {
+            Path::Reject => Err(ProxyError::Gone {
+                route: route.kind,
+                app_id: app.config.id.clone(),
+                channel,
+            }),
+            Path::Observe => {
+                let answer = routes::observe(&mut call, parts, &query, body, now).await?;
+                Ok(http::verbatim(answer))
+            }
+            Path::Shadow => {
+                let answer = routes::observe(&mut call, parts, &query, body, now).await?;
+                channel_stats::spawn_shadow_compare(&call, &channel, now, &answer);
+                Ok(http::verbatim(answer))
+            }
+            Path::Translate if route.kind == RouteKind::LegacyStats => {
+                channel_stats::translate(&mut call, &channel, now).await
+            }
+            Path::Translate => channel_event::translate(&mut call, &channel, &query, &body).await,
+        }
+    }
+
+    /// Marks a legacy answer as deprecated: `Deprecation` (RFC 9745, the
+    /// date Pusher deprecated these calls), `Link` to the current API, and
+    /// `Sunset` (RFC 8594) when the app has one.
+    fn deprecation_headers(&self, headers: &mut HeaderMap, app: Option<&App>) {
+        headers.insert(DEPRECATION, HeaderValue::from_static(DEPRECATED_AT));
+        headers.append(LINK, self.deprecation_link.clone());
+        if let Some(sunset) = app.and_then(|a| a.sunset.clone()) {
+            headers.insert(SUNSET, sunset);
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    /// A call to `app` served with `state`, recording into `record` (the
+    /// shadow comparison's own call records nowhere).
+    pub(crate) fn new(state: &'a Arc<State>, app: &'a App, record: &'a mut Record) -> Self {
+        Self { state, app, record }
+    }
+
+    /// A current-API request signed with the upstream's credentials for the
+    /// app and a fresh timestamp. Not part of the exchange's future: what
+    /// it builds the request from is not held while the upstream answers.
+    pub(crate) fn signed_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        info: Option<&str>,
+    ) -> Result<OutboundRequest, ProxyError> {
+        let info_param;
+        let params: &[(&str, &str)] = match info {
+            Some(v) => {
+                info_param = [("info", v)];
+                &info_param
+            }
+            None => &[],
+        };
+        let target = self.app.upstream_signer().target(&Unsigned {
+            method: method.as_str(),
+            path,
+            timestamp: self.state.clock.unix_now(),
+            body: body.as_deref(),
+            params,
+        });
+        let uri = upstream::target(target).map_err(ProxyError::Internal)?;
+        // Room for what is added on the way out (`Host`, and hyper's
+        // `Content-Length`), so the map is allocated once.
+        let mut headers = HeaderMap::with_capacity(OUTBOUND_HEADERS);
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
+        }
+        let mut req = Request::new(Either::Left(Full::new(body.unwrap_or_default())));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(Box::new(req))
+    }
+
+    /// Waits for an upstream slot, builds the request with `build` (so that
+    /// a call waiting for a slot holds what the request is built from, not
+    /// the request: its headers, target and body), sends it and reads the
+    /// whole answer, all before `deadline`. The time it took and the
+    /// upstream's status are recorded.
+    ///
+    /// It runs in the request's own task: the listener does not read ahead
+    /// while a request is in flight (see [`crate::http::server`]), so a
+    /// caller closing its connection does not cut the exchange short, and a
+    /// trigger is delivered (or not) once.
+    pub(crate) async fn exchange(
+        &mut self,
+        build: impl FnOnce(&Self) -> Result<OutboundRequest, ProxyError>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Buffered, ProxyError> {
+        let started = Instant::now();
+        let upstream = &self.state.upstream;
+        let answer = match upstream.slot(deadline).await {
+            Ok(slot) => {
+                let req = build(self)?;
+                upstream.exchange(slot, req, deadline).await
+            }
+            Err(e) => Err(e),
+        };
+        self.record.add_upstream_time(started.elapsed());
+        let answer = answer?;
+        self.record.upstream_status = Some(answer.status.as_u16());
+        Ok(answer)
+    }
+}
+
+/// `Deprecation: @1346457600`: 2012-09-01, when Pusher deprecated both calls.
+const DEPRECATED_AT: &str = "@1346457600";
+const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+const SUNSET: HeaderName = HeaderName::from_static("sunset");
+
+/// The `Sunset` value (an HTTP-date) for `at`.
+fn sunset_header(at: time::OffsetDateTime) -> Option<HeaderValue> {
+    let at = std::time::SystemTime::from(at);
+    HeaderValue::try_from(httpdate::fmt_http_date(at)).ok()
+}
+
+/// The caller's answer for an error: its status and a one-line plain-text
+/// body. No side effects; logging happens in the recorder.
+fn error_response(e: &ProxyError) -> Response<ResponseBody> {
+    http::respond(
+        e.status(),
+        HeaderValue::from_static(http::TEXT_PLAIN),
+        Bytes::from(e.body()),
+    )
+}

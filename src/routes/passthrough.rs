@@ -1,0 +1,251 @@
+//! Passthrough: every request that is not a deprecated call is forwarded
+//! unchanged (method, path, query, headers minus hop-by-hop ones, body
+//! streamed both ways). Host and scheme are not signed, so a valid
+//! current-API request stays valid (spec E.1). The exception: a configured
+//! app's calls that must be re-signed to be accepted ([`resign_target`])
+//! are verified, then re-signed.
+
+use bytes::Bytes;
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use std::time::Instant;
+
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::error::ProxyError;
+use crate::http::headers::strip_hop_by_hop;
+use crate::http::{BodyError, ResponseBody};
+use crate::pipeline::classify::RouteKind;
+use crate::pipeline::{App, Call, Record, State};
+use crate::pusher::query::QueryParams;
+use crate::pusher::signature::{self, Unsigned};
+use crate::upstream::{self, Guarded, OutboundRequest};
+
+/// The upstream request for a passthrough: same method, path, query and
+/// body; the caller's `Host` is replaced by the upstream's (set by
+/// [`Upstream`] on every request), so TLS and virtual hosting see the right
+/// name.
+///
+/// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
+/// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
+///
+/// A body declared larger than `max_body` is refused (413); one that turns
+/// out larger while streaming is cut.
+pub fn upstream_request(
+    mut parts: Parts,
+    body: Incoming,
+    max_body: usize,
+) -> Result<OutboundRequest, ProxyError> {
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed(parts.method));
+    }
+    if !parts.uri.path().starts_with('/') || parts.uri.path_and_query().is_none() {
+        return Err(ProxyError::NotAPath);
+    }
+    let declared = body.size_hint().exact();
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(BodyError::TooLarge { limit: max_body }.into());
+    }
+    // The upstream gets the path and query in origin form (already parsed
+    // and validated, so not parsed again).
+    parts.uri = upstream::origin_form(&parts.uri);
+    prepare_headers(&mut parts);
+    // A known-empty GET or HEAD gets an empty body the upstream client can
+    // send again after a stale pooled connection.
+    let bodyless =
+        declared == Some(0) && (parts.method == Method::GET || parts.method == Method::HEAD);
+    let body = if bodyless {
+        Either::Left(Full::new(Bytes::new()))
+    } else {
+        Either::Right(Limited::new(body, max_body))
+    };
+    Ok(Box::new(Request::from_parts(parts, body)))
+}
+
+/// A passthrough request the proxy verifies and re-signs rather than
+/// forwarding it unchanged, when it is signed with a configured app's key
+/// and either:
+/// - the upstream knows the app by other credentials (`[apps.upstream]`),
+///   so the caller's signature would not verify there; or
+/// - it is a GET carrying `body_md5`, which PyPI `pusher` ≥ 1.0 sends and
+///   sockudo refuses (spec A.4).
+///
+/// Anything else (another key, a query that does not decode) passes
+/// through untouched for the upstream to judge. `app` is the configured
+/// app the path names, if any.
+pub(crate) fn resign_target<'s>(
+    app: Option<&'s App>,
+    parts: &Parts,
+) -> Option<(&'s App, QueryParams)> {
+    let app = app?;
+    let raw = parts.uri.query()?;
+    let mapped = app.config.is_mapped();
+    if !mapped {
+        let may_carry_md5 = parts.method == Method::GET
+            && (raw.contains('%')
+                || raw
+                    .as_bytes()
+                    .windows(3)
+                    .any(|w| w.eq_ignore_ascii_case(b"md5")));
+        if !may_carry_md5 {
+            return None;
+        }
+    }
+    let query = QueryParams::parse(raw).ok()?;
+    let ours = query.get("auth_key") == Some(&app.config.key)
+        && (mapped || query.get("body_md5").is_some());
+    ours.then_some((app, query))
+}
+
+/// Verifies a passthrough request, then forwards it re-signed for the
+/// upstream (see [`resign`]). An upstream 401 then refuses the proxy's
+/// signature, not the caller's: it becomes the 500 of spec E.4.
+pub(crate) async fn resigned(
+    call: &mut Call<'_>,
+    query: QueryParams,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (body, now) = call
+        .verified(parts, &query, body, RouteKind::Passthrough)
+        .await?;
+    let req = resign(call, parts, &query, body, now)?;
+    let resp = forward(call.state, req, call.record).await?;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        return Err(ProxyError::RejectedCredentials {
+            app_id: call.app.config.id.clone(),
+        });
+    }
+    Ok(resp)
+}
+
+/// Forwards a request that is not the proxy's to verify, as it is.
+pub(crate) async fn forward_unchanged(
+    state: &State,
+    parts: Parts,
+    body: Incoming,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let req = upstream_request(parts, body, state.config.max_body_bytes)?;
+    forward(state, req, record).await
+}
+
+/// Sends a passthrough request and streams the answer back.
+async fn forward(
+    state: &State,
+    req: OutboundRequest,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let started = Instant::now();
+    let resp = state.upstream.send(req).await;
+    record.add_upstream_time(started.elapsed());
+    let resp = match resp {
+        Err(e) if upstream::is_body_limit(&e) => {
+            return Err(BodyError::TooLarge {
+                limit: state.config.max_body_bytes,
+            }
+            .into());
+        }
+        other => other?,
+    };
+    record.upstream_status = Some(resp.status().as_u16());
+    Ok(downstream_response(resp))
+}
+
+/// A caller's verified request re-signed for the upstream: the app id in
+/// the path and the credentials are the upstream's, the timestamp `now`,
+/// the other parameters kept. A POST keeps its body (and gets its
+/// `body_md5`); other methods go without body or `body_md5`.
+pub(crate) fn resign(
+    call: &Call<'_>,
+    head: &Parts,
+    query: &QueryParams,
+    body: Bytes,
+    now: u64,
+) -> Result<OutboundRequest, ProxyError> {
+    let app = call.app;
+    let up = &app.config.upstream;
+    let path = upstream_path(head.uri.path(), &app.config.id, &up.id);
+    let kept: Vec<(&str, &str)> = query
+        .iter()
+        .filter(|(k, _)| !signature::is_auth_param(k))
+        .collect();
+    let post = head.method == Method::POST;
+    let body = if post { body } else { Bytes::new() };
+    let signed = app.upstream_signer().target(&Unsigned {
+        method: head.method.as_str(),
+        path: &path,
+        timestamp: now,
+        body: post.then_some(&body[..]),
+        params: &kept,
+    });
+    let target = upstream::target(signed).map_err(ProxyError::Internal)?;
+    let mut req = outbound(head, target, body);
+    if !post {
+        req.headers_mut().remove(CONTENT_TYPE);
+    }
+    Ok(req)
+}
+
+/// A buffered request to `target` upstream with the caller's method and
+/// headers, minus hop-by-hop ones, `Content-Length` and `Expect` (hyper
+/// sets the length from the body; [`crate::upstream::Upstream`] sets
+/// `Host`).
+pub(crate) fn outbound(head: &Parts, target: hyper::Uri, body: Bytes) -> OutboundRequest {
+    let mut req = Box::new(Request::new(Either::Left(Full::new(body))));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = target;
+    let headers = req.headers_mut();
+    *headers = head.headers.clone();
+    strip_hop_by_hop(headers);
+    for name in [CONTENT_LENGTH, EXPECT] {
+        headers.remove(name);
+    }
+    req
+}
+
+/// `raw_path` with its `/apps/{from}` prefix turned into `/apps/{to}`.
+fn upstream_path(raw_path: &str, from: &str, to: &str) -> String {
+    let prefix = format!("/apps/{from}");
+    match raw_path.strip_prefix(&prefix) {
+        Some(rest) if from != to && (rest.is_empty() || rest.starts_with('/')) => {
+            format!("/apps/{to}{rest}")
+        }
+        _ => raw_path.to_owned(),
+    }
+}
+
+/// Readies the caller's request head for the upstream: hop-by-hop headers
+/// removed, HTTP/1.1 (`Host` is overwritten by [`Upstream`]).
+fn prepare_headers(parts: &mut Parts) {
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = hyper::Version::HTTP_11;
+}
+
+/// The caller's response: the upstream's status, headers minus hop-by-hop
+/// ones, and its body streamed.
+pub fn downstream_response(resp: Response<Guarded>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Right(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_path_replaces_the_app_id_only() {
+        assert_eq!(upstream_path("/apps/1/events", "1", "9"), "/apps/9/events");
+        assert_eq!(upstream_path("/apps/1", "1", "9"), "/apps/9");
+        assert_eq!(
+            upstream_path("/apps/12/events", "1", "9"),
+            "/apps/12/events"
+        );
+        assert_eq!(upstream_path("/apps/1/events", "1", "1"), "/apps/1/events");
+        assert_eq!(upstream_path("/other/1", "1", "9"), "/other/1");
+    }
+}
