@@ -9,7 +9,7 @@ use hyper::StatusCode;
 
 use crate::chain::ErrorChain;
 use crate::http::BodyError;
-use crate::pipeline::classify::RouteKind;
+use crate::pusher::route::RouteKind;
 use crate::pusher::signature::SignatureError;
 use crate::routes::TranslateError;
 use crate::upstream::UpstreamError;

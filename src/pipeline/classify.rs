@@ -4,42 +4,7 @@
 
 use hyper::Method;
 
-/// Which handler a request goes to; also the bounded `route` label of logs
-/// and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteKind {
-    /// `GET /apps/{app_id}/channels/{channel}/stats` (spec D.1).
-    LegacyStats,
-    /// `POST /apps/{app_id}/channels/{channel}/events` (spec D.2).
-    LegacyTrigger,
-    /// Everything else, forwarded unchanged.
-    Passthrough,
-}
-
-impl RouteKind {
-    /// The label used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LegacyStats => "legacy_stats",
-            Self::LegacyTrigger => "legacy_trigger",
-            Self::Passthrough => "passthrough",
-        }
-    }
-
-    /// The route template, for logs.
-    pub fn template(self) -> &'static str {
-        match self {
-            Self::LegacyStats => "/apps/{app_id}/channels/{channel}/stats",
-            Self::LegacyTrigger => "/apps/{app_id}/channels/{channel}/events",
-            Self::Passthrough => "passthrough",
-        }
-    }
-
-    /// Whether this is one of the deprecated routes.
-    pub fn is_legacy(self) -> bool {
-        !matches!(self, Self::Passthrough)
-    }
-}
+pub use crate::pusher::route::RouteKind;
 
 /// A classified request: the route and, for legacy routes, the raw
 /// (undecoded) path segments. Segments may be empty or malformed here;

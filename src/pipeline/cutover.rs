@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::{AppConfig, Mode};
-use crate::pipeline::classify::RouteKind;
+use crate::pusher::route::RouteKind;
 
 /// The path a verified deprecated call takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,8 @@ use serde::{Serialize, Serializer};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Duration, OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
-use crate::telemetry::usage::{AppUsage, Caller, LegacyRoute, Usage};
+use crate::pusher::route::RouteKind;
+use crate::telemetry::usage::{AppUsage, Caller, Usage};
 
 mod html;
 pub mod sources;
@@ -65,7 +66,7 @@ pub struct AppReport {
     /// start, so the bucket straddling the start counts in full (as do
     /// buckets a sidecar with a fast clock stamped after `now`).
     #[serde(serialize_with = "ser_routes")]
-    pub deprecated_calls: BTreeMap<LegacyRoute, u64>,
+    pub deprecated_calls: BTreeMap<RouteKind, u64>,
     /// Calls per UTC day (`YYYY-MM-DD`), bucketed like `deprecated_calls`,
     /// with every day from the window start's day (for all time, the
     /// first day with calls) through the report's day, 0 for days without
@@ -90,7 +91,7 @@ impl AppReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallerReport {
     /// The route.
-    pub route: LegacyRoute,
+    pub route: RouteKind,
     /// The `auth_key` the calls were signed with.
     pub auth_key: String,
     /// The `User-Agent` header, or empty when absent.
@@ -186,8 +187,8 @@ fn bucket_ends_after(hour: OffsetDateTime, instant: OffsetDateTime) -> bool {
 }
 
 fn app_report(app: &AppUsage, now: OffsetDateTime, start: Option<OffsetDateTime>) -> AppReport {
-    let mut deprecated_calls: BTreeMap<LegacyRoute, u64> =
-        LegacyRoute::ALL.into_iter().map(|r| (r, 0)).collect();
+    let mut deprecated_calls: BTreeMap<RouteKind, u64> =
+        RouteKind::LEGACY.into_iter().map(|r| (r, 0)).collect();
     let mut by_day: BTreeMap<Date, u64> = BTreeMap::new();
     let in_window = app
         .hourly
@@ -318,7 +319,7 @@ fn ser_opt_time<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok
     }
 }
 
-fn ser_routes<S: Serializer>(m: &BTreeMap<LegacyRoute, u64>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_routes<S: Serializer>(m: &BTreeMap<RouteKind, u64>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(m.iter().map(|(route, n)| (route.as_str(), n)))
 }
 

@@ -8,12 +8,12 @@ use time::macros::datetime;
 const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 const NOW: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
-fn hourly(route: LegacyRoute, hour: OffsetDateTime, calls: u64) -> HourlyCount {
+fn hourly(route: RouteKind, hour: OffsetDateTime, calls: u64) -> HourlyCount {
     HourlyCount { route, hour, calls }
 }
 
 fn caller(
-    route: LegacyRoute,
+    route: RouteKind,
     key: &str,
     agent: &str,
     calls: u64,
@@ -40,7 +40,7 @@ fn app(app_id: &str, callers: Vec<Caller>, hourly: Vec<HourlyCount>) -> AppUsage
     }
 }
 
-use LegacyRoute::{LegacyStats as Stats, LegacyTrigger as Trigger};
+use RouteKind::{LegacyStats as Stats, LegacyTrigger as Trigger};
 
 /// Window with `since = 7d` at `NOW`: 2026-11-21 12:00 to 2026-11-28 12:00.
 fn ledger() -> Usage {
@@ -102,7 +102,7 @@ fn days(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect()
 }
 
-fn routes(stats: u64, trigger: u64) -> BTreeMap<LegacyRoute, u64> {
+fn routes(stats: u64, trigger: u64) -> BTreeMap<RouteKind, u64> {
     BTreeMap::from([(Stats, stats), (Trigger, trigger)])
 }
 
@@ -392,7 +392,7 @@ fn any_time() -> impl Strategy<Value = OffsetDateTime> {
         })
 }
 
-fn any_route() -> impl Strategy<Value = LegacyRoute> {
+fn any_route() -> impl Strategy<Value = RouteKind> {
     prop_oneof![Just(Stats), Just(Trigger)]
 }
 
@@ -448,7 +448,7 @@ proptest! {
         prop_assert_eq!(report.apps.len(), usage.apps.len());
         for app in &report.apps {
             prop_assert!(app.daily.len() <= MAX_DAYS);
-            prop_assert_eq!(app.deprecated_calls.len(), LegacyRoute::ALL.len());
+            prop_assert_eq!(app.deprecated_calls.len(), RouteKind::LEGACY.len());
         }
         let json: Result<serde_json::Value, _> = serde_json::from_str(&render_json(&report));
         prop_assert!(json.is_ok());

@@ -18,9 +18,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::error::ProxyError;
 use crate::http::headers::strip_hop_by_hop;
 use crate::http::{BodyError, ResponseBody};
-use crate::pipeline::classify::RouteKind;
 use crate::pipeline::{App, Call, Record, State};
 use crate::pusher::query::QueryParams;
+use crate::pusher::route::RouteKind;
 use crate::pusher::signature::{self, Unsigned};
 use crate::upstream::{self, Guarded, OutboundRequest};
 

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 
 use crate::clock::datetime;
 
-use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, LegacyRoute, Usage};
+use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, Usage};
+use crate::pusher::route::RouteKind;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
@@ -37,7 +38,7 @@ struct Hour {
 /// allocates nothing. Hashes like [`CallerKey`] (same fields, same order).
 #[derive(Hash)]
 struct CallerRef<'a> {
-    route: LegacyRoute,
+    route: RouteKind,
     auth_key: &'a str,
     user_agent: &'a str,
     client_address: &'a str,
@@ -61,7 +62,7 @@ struct AppLedger {
     callers: HashMap<CallerKey, Stats>,
     /// Callers other than the `other` aggregates, for the cap.
     distinct: usize,
-    hourly: BTreeMap<(LegacyRoute, u64), Hour>,
+    hourly: BTreeMap<(RouteKind, u64), Hour>,
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +152,7 @@ impl Ledger {
     pub fn record(
         &self,
         app_id: &str,
-        route: LegacyRoute,
+        route: RouteKind,
         auth_key: &str,
         user_agent: &str,
         address: &str,
@@ -317,21 +318,21 @@ mod tests {
         for i in 0..5 {
             l.record(
                 "1",
-                LegacyRoute::LegacyTrigger,
+                RouteKind::LegacyTrigger,
                 "k",
                 "ua",
                 "10.0.0.1",
                 T + i * 1000,
             );
         }
-        l.record("1", LegacyRoute::LegacyStats, "k", "ua", "10.0.0.1", T);
+        l.record("1", RouteKind::LegacyStats, "k", "ua", "10.0.0.1", T);
         let u = l.snapshot();
         let app = &u.apps[0];
         assert_eq!(app.callers.len(), 2);
         let trig = app
             .callers
             .iter()
-            .find(|c| c.key.route == LegacyRoute::LegacyTrigger)
+            .find(|c| c.key.route == RouteKind::LegacyTrigger)
             .expect("trigger caller");
         assert_eq!(trig.calls, 5);
         assert_eq!(unix(trig.first_seen), T);
@@ -347,7 +348,7 @@ mod tests {
         for i in 0..10_000 {
             l.record(
                 "1",
-                LegacyRoute::LegacyTrigger,
+                RouteKind::LegacyTrigger,
                 "k",
                 &format!("ua-{i}"),
                 "10.0.0.1",
@@ -355,7 +356,7 @@ mod tests {
             );
         }
         // A known caller keeps being counted on its own.
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua-0", "10.0.0.1", T);
+        l.record("1", RouteKind::LegacyTrigger, "k", "ua-0", "10.0.0.1", T);
         let u = l.snapshot();
         let callers = &u.apps[0].callers;
         assert_eq!(callers.len(), 4, "3 distinct + other");
@@ -375,8 +376,8 @@ mod tests {
     #[test]
     fn changes_are_taken_once_and_can_be_restored() {
         let l = Ledger::new(100, 35);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let c = l.take_changes(T);
         assert_eq!(c.callers.len(), 1);
         assert_eq!(c.callers[0].1.calls, 2, "absolute totals");
@@ -389,13 +390,13 @@ mod tests {
     #[test]
     fn load_then_record_continues_the_counts() {
         let a = Ledger::new(2, 35);
-        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-1", "10.0.0.1", T);
-        a.record("1", LegacyRoute::LegacyTrigger, "k", "ua-2", "10.0.0.1", T);
+        a.record("1", RouteKind::LegacyTrigger, "k", "ua-1", "10.0.0.1", T);
+        a.record("1", RouteKind::LegacyTrigger, "k", "ua-2", "10.0.0.1", T);
         let b = Ledger::new(2, 35);
         b.load(a.snapshot());
         b.record(
             "1",
-            LegacyRoute::LegacyTrigger,
+            RouteKind::LegacyTrigger,
             "k",
             "ua-1",
             "10.0.0.1",
@@ -403,7 +404,7 @@ mod tests {
         );
         b.record(
             "1",
-            LegacyRoute::LegacyTrigger,
+            RouteKind::LegacyTrigger,
             "k",
             "ua-3",
             "10.0.0.1",
@@ -420,7 +421,7 @@ mod tests {
     #[test]
     fn old_buckets_are_pruned() {
         let l = Ledger::new(100, 30);
-        l.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let later = T + 31 * DAY;
         let c = l.take_changes(later);
         assert_eq!(c.prune_before, later - 30 * DAY);

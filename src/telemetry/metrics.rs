@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::Outcome;
-use crate::pipeline::classify::RouteKind;
+use crate::pusher::route::RouteKind;
 
 /// Routes and outcomes, as indexes into the per-request handles.
 const ROUTES: usize = 3;

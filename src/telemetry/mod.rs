@@ -19,14 +19,11 @@ use std::time::Duration;
 
 use crate::chain::ErrorChain;
 use crate::config::Config;
-use crate::pipeline::classify::RouteKind;
+use crate::pusher::route::RouteKind;
 use ledger::Ledger;
 use metrics::{AppId, AppReason, AppSeries, Metrics};
 use store::{Store, StoreError};
-use usage::LegacyRoute;
-
-/// The `app_id` label of every app that is not configured.
-pub const OTHER_APP: &str = "other";
+use usage::OTHER;
 
 /// How a request ended, for `pusher_cutover_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +122,7 @@ impl Telemetry {
                 config.telemetry.retention_days,
             ),
             configured: ArcSwap::default(),
-            other: Arc::new(AppSeries::new(AppId(Arc::from(OTHER_APP)))),
+            other: Arc::new(AppSeries::new(AppId(Arc::from(OTHER)))),
             config_hash: ArcSwap::default(),
         };
         telemetry.configure(config);
@@ -223,14 +220,14 @@ impl Telemetry {
                 })
                 .inc();
         }
-        let Some(legacy) = LegacyRoute::of(o.route) else {
+        if !o.route.is_legacy() {
             return;
-        };
+        }
         if let (Some(caller), Some(id)) = (o.caller, o.app_id) {
             series.deprecated_call(&m.deprecated_calls, o.route).inc();
             self.ledger.record(
                 id,
-                legacy,
+                o.route,
                 caller.auth_key,
                 caller.user_agent,
                 caller.client_address,
@@ -407,7 +404,7 @@ mod tests {
         telemetry.observe(&observation("1", Some(&one), RouteKind::LegacyStats));
         telemetry.configure(&config(&["1", "3"]));
         assert!(Arc::ptr_eq(&one, &telemetry.app_series("1")));
-        assert_eq!(telemetry.app_series("2").app_id().0.as_ref(), OTHER_APP);
+        assert_eq!(telemetry.app_series("2").app_id().0.as_ref(), OTHER);
         assert_eq!(telemetry.app_series("3").app_id().0.as_ref(), "3");
         // A handle taken before the reload still counts in the same series.
         let again = telemetry.app_series("1");

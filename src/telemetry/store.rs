@@ -7,7 +7,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use time::OffsetDateTime;
 
 use super::ledger::Changes;
-use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, LegacyRoute, Usage};
+use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, Usage};
+use crate::pusher::route::RouteKind;
 
 /// The file name of the ledger inside `data_dir`.
 pub const FILE_NAME: &str = "ledger.sqlite3";
@@ -148,7 +149,7 @@ impl Store {
         for row in rows {
             let (app_id, route, auth_key, user_agent, client_address, calls, first, last) =
                 row.map_err(self.err())?;
-            let Some(route) = LegacyRoute::from_label(&route) else {
+            let Some(route) = RouteKind::legacy_from_label(&route) else {
                 continue;
             };
             entry(&mut apps, app_id).callers.push(Caller {
@@ -180,7 +181,7 @@ impl Store {
             .map_err(self.err())?;
         for row in rows {
             let (app_id, route, hour, calls) = row.map_err(self.err())?;
-            let Some(route) = LegacyRoute::from_label(&route) else {
+            let Some(route) = RouteKind::legacy_from_label(&route) else {
                 continue;
             };
             entry(&mut apps, app_id).hourly.push(HourlyCount {
@@ -273,27 +274,20 @@ mod tests {
         for i in 0..7 {
             ledger.record(
                 "4242",
-                LegacyRoute::LegacyTrigger,
+                RouteKind::LegacyTrigger,
                 "k",
                 "ua",
                 "10.0.0.1",
                 T + i * 600,
             );
         }
-        ledger.record(
-            "4242",
-            LegacyRoute::LegacyStats,
-            "k",
-            "ua\u{e9}'\"",
-            "::1",
-            T,
-        );
-        ledger.record("7", LegacyRoute::LegacyStats, "k7", "", "10.0.0.2", T);
+        ledger.record("4242", RouteKind::LegacyStats, "k", "ua\u{e9}'\"", "::1", T);
+        ledger.record("7", RouteKind::LegacyStats, "k7", "", "10.0.0.2", T);
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         ledger.record(
             "4242",
-            LegacyRoute::LegacyTrigger,
+            RouteKind::LegacyTrigger,
             "k",
             "ua",
             "10.0.0.1",
@@ -315,7 +309,7 @@ mod tests {
     fn prune_deletes_old_buckets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Ledger::new(100, 30);
-        ledger.record("1", LegacyRoute::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        ledger.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let mut store = Store::open(dir.path()).expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         store

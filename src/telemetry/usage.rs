@@ -7,55 +7,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::pipeline::classify::RouteKind;
+use crate::pusher::route::RouteKind;
 
-/// The deprecated route a call used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LegacyRoute {
-    /// `GET /apps/{app_id}/channels/{channel}/stats`.
-    LegacyStats,
-    /// `POST /apps/{app_id}/channels/{channel}/events`.
-    LegacyTrigger,
-}
-
-impl LegacyRoute {
-    /// Both routes, in label order.
-    pub const ALL: [LegacyRoute; 2] = [LegacyRoute::LegacyStats, LegacyRoute::LegacyTrigger];
-
-    /// The label used in metrics, the store and reports (the same as
-    /// [`RouteKind::as_str`]).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LegacyStats => RouteKind::LegacyStats.as_str(),
-            Self::LegacyTrigger => RouteKind::LegacyTrigger.as_str(),
-        }
-    }
-
-    /// The route for a label.
-    pub fn from_label(label: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == label)
-    }
-
-    /// The legacy route of a classified request, if it is one.
-    pub fn of(kind: RouteKind) -> Option<Self> {
-        match kind {
-            RouteKind::LegacyStats => Some(Self::LegacyStats),
-            RouteKind::LegacyTrigger => Some(Self::LegacyTrigger),
-            RouteKind::Passthrough => None,
-        }
-    }
-}
-
-/// The name used for the aggregate caller, and in its fields, once an app
-/// has `max_callers_per_app` distinct callers.
+/// The name of what is aggregated past a bound: the aggregate caller (and
+/// its fields) once an app has `max_callers_per_app` distinct callers, and
+/// the `app_id` label of calls to apps that are not configured.
 pub const OTHER: &str = "other";
 
 /// Who made a call: the identity a caller is aggregated under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CallerKey {
     /// The route.
-    pub route: LegacyRoute,
+    pub route: RouteKind,
     /// The `auth_key` the call was signed with (public; it names the app's
     /// credentials).
     pub auth_key: String,
@@ -67,7 +30,7 @@ pub struct CallerKey {
 
 impl CallerKey {
     /// The aggregate caller of `route` that absorbs callers past the cap.
-    pub fn other(route: LegacyRoute) -> Self {
+    pub fn other(route: RouteKind) -> Self {
         Self {
             route,
             auth_key: OTHER.into(),
@@ -97,7 +60,7 @@ pub struct Caller {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HourlyCount {
     /// The route.
-    pub route: LegacyRoute,
+    pub route: RouteKind,
     /// The start of the hour (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub hour: OffsetDateTime,
@@ -131,7 +94,7 @@ impl Usage {
             String,
             (
                 BTreeMap<CallerKey, Caller>,
-                BTreeMap<(LegacyRoute, OffsetDateTime), u64>,
+                BTreeMap<(RouteKind, OffsetDateTime), u64>,
             ),
         >;
         let mut apps: Apps = BTreeMap::new();
@@ -177,7 +140,7 @@ mod tests {
     fn caller(agent: &str, calls: u64, first: OffsetDateTime, last: OffsetDateTime) -> Caller {
         Caller {
             key: CallerKey {
-                route: LegacyRoute::LegacyTrigger,
+                route: RouteKind::LegacyTrigger,
                 auth_key: "k".into(),
                 user_agent: agent.into(),
                 client_address: "10.0.0.1".into(),
@@ -201,7 +164,7 @@ mod tests {
                     datetime!(2026-11-28 10:05 UTC),
                 )],
                 hourly: vec![HourlyCount {
-                    route: LegacyRoute::LegacyTrigger,
+                    route: RouteKind::LegacyTrigger,
                     hour: h,
                     calls: 3,
                 }],
@@ -221,7 +184,7 @@ mod tests {
                         caller("other-ua", 1, h, h),
                     ],
                     hourly: vec![HourlyCount {
-                        route: LegacyRoute::LegacyTrigger,
+                        route: RouteKind::LegacyTrigger,
                         hour: h,
                         calls: 3,
                     }],
@@ -242,7 +205,7 @@ mod tests {
         assert_eq!(
             app.hourly,
             vec![HourlyCount {
-                route: LegacyRoute::LegacyTrigger,
+                route: RouteKind::LegacyTrigger,
                 hour: h,
                 calls: 6
             }]
@@ -266,7 +229,7 @@ mod tests {
                 app_id: "1".into(),
                 callers: vec![caller("ua", 1, h, h)],
                 hourly: vec![HourlyCount {
-                    route: LegacyRoute::LegacyStats,
+                    route: RouteKind::LegacyStats,
                     hour: h,
                     calls: 1,
                 }],

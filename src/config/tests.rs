@@ -1,0 +1,190 @@
+//! The configuration's tests: parsing, validation, the embedded default, the shipped examples.
+
+use super::validate::parse_upstream_url;
+use super::*;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let vars = env(&[("PUSHER_APP_SECRET", "s")]);
+    for (name, text) in [
+        ("example.toml", include_str!("../../config/example.toml")),
+        (
+            "sockudo-local.toml",
+            include_str!("../../config/sockudo-local.toml"),
+        ),
+    ] {
+        Config::from_toml_str(text, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn minimal_config_and_defaults() {
+    let c = Config::from_toml_str(
+        r#"
+        [upstream]
+        url = "http://127.0.0.1:6001"
+        [[apps]]
+        id = "4242"
+        key = "k"
+        secret = "s"
+        "#,
+        &env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.timestamp_window_secs, 600);
+    assert_eq!(c.upstream.timeout, Duration::from_secs(10));
+    assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
+    let app = c.apps.iter().find(|a| a.id == "4242").expect("app");
+    assert_eq!(app.subscription_count, SubscriptionCounting::On);
+    assert_eq!(app.max_data_bytes, 10_240);
+    assert_eq!(app.secrets[0].expose_secret(), "s");
+    assert!(!app.is_mapped());
+    assert_eq!(app.upstream.id, "4242");
+    assert!(
+        !format!("{c:?}").contains("\"s\""),
+        "secret must not be in Debug"
+    );
+}
+
+#[test]
+fn pusher_upstream_probes_by_default() {
+    let c = Config::from_toml_str(
+        "[upstream]\nurl = \"https://api-eu.pusher.com\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+        &env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(c.apps[0].subscription_count, SubscriptionCounting::Probe);
+}
+
+#[test]
+fn workers_default_to_one_per_core() {
+    let text = |workers: &str| {
+        format!(
+            "{workers}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+        )
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = Config::from_toml_str(&text(""), &env(&[])).expect("valid");
+    assert_eq!((default.workers, default.workers()), (0, cores));
+    let three = Config::from_toml_str(&text("workers = 3"), &env(&[])).expect("valid");
+    assert_eq!(three.workers(), 3);
+    let err = Config::from_toml_str(&text("workers = 5000"), &env(&[])).expect_err("too many");
+    assert!(err.to_string().contains("workers"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = Config::from_toml_str("[upstream]\nurl = \"http://x\"\ntimeout = 5\n", &env(&[]))
+        .expect_err("unknown key");
+    assert!(err.to_string().contains("timeout"), "{err}");
+}
+
+#[test]
+fn every_problem_is_listed() {
+    let err = Config::from_toml_str(
+        r#"
+        listen = "nowhere"
+        [upstream]
+        url = "ftp://x/prefix"
+        timeout_ms = 0
+        [[apps]]
+        id = "1"
+        key = ""
+        secret_env = "MISSING"
+        [[apps]]
+        id = "1"
+        key = "k"
+        secret = "s"
+        subscription_count = "probe"
+        "#,
+        &env(&[]),
+    )
+    .expect_err("invalid");
+    let problems = err.problems();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            "listen",
+            "upstream.timeout_ms",
+            "upstream.url",
+            "apps[0].key",
+            "apps[0].secret_env",
+            "apps[1].id"
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn invalid_enum_value_is_named() {
+    let err = Config::from_toml_str(
+        "[upstream]\nurl = \"http://x\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nsubscription_count = \"maybe\"\n",
+        &env(&[]),
+    )
+    .expect_err("bad enum");
+    assert!(err.to_string().contains("maybe"), "{err}");
+}
+
+#[test]
+fn upstream_url_rules() {
+    assert!(parse_upstream_url("https://api-mt1.pusher.com").is_ok());
+    assert!(parse_upstream_url("http://127.0.0.1:6001/").is_ok());
+    assert!(parse_upstream_url("http://127.0.0.1:6001/x").is_err());
+    assert!(parse_upstream_url("http://127.0.0.1:6001/?a=1").is_err());
+    assert!(parse_upstream_url("http://u:p@host").is_err());
+    assert!(parse_upstream_url("127.0.0.1:6001").is_err());
+}
+
+#[test]
+fn env_default_with_cluster_and_app() {
+    let c = Config::from_env(&env(&[
+        ("PUSHER_APP_ID", "7"),
+        ("PUSHER_APP_KEY", "key"),
+        ("PUSHER_APP_SECRET", "secret"),
+        ("PUSHER_CLUSTER", "eu"),
+    ]))
+    .expect("valid");
+    assert_eq!(c.upstream.url.to_string(), "https://api-eu.pusher.com/");
+    assert_eq!(c.apps.len(), 1);
+    assert_eq!(c.apps[0].key, "key");
+    assert_eq!(c.apps[0].secrets[0].expose_secret(), "secret");
+}
+
+#[test]
+fn env_default_self_hosted() {
+    let c = Config::from_env(&env(&[
+        ("PUSHER_HOST", "127.0.0.1"),
+        ("PUSHER_PORT", "6001"),
+        ("PUSHER_SCHEME", "http"),
+    ]))
+    .expect("valid");
+    assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
+    assert!(c.apps.is_empty());
+    let d = Config::from_env(&env(&[])).expect("valid");
+    assert_eq!(d.upstream.url.to_string(), "https://api-mt1.pusher.com/");
+}
+
+#[test]
+fn env_default_partial_app_names_missing_vars() {
+    let err = Config::from_env(&env(&[("PUSHER_APP_ID", "7")])).expect_err("partial");
+    let text = err.to_string();
+    assert!(
+        text.contains("PUSHER_APP_KEY") && text.contains("PUSHER_APP_SECRET"),
+        "{text}"
+    );
+}

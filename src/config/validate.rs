@@ -1,0 +1,378 @@
+//! Validation of the raw configuration into a [`Config`]: every problem
+//! is collected, each naming its key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::Uri;
+use secrecy::SecretString;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::raw::{RawApp, RawConfig};
+use super::{
+    AdminConfig, AppConfig, Brownout, Collected, Config, ConfigError, Credentials, EnvLookup,
+    MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES, MIN_RETENTION_DAYS, Mode,
+    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+};
+
+impl RawConfig {
+    pub(super) fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let mut problems = Collected::default();
+
+        let listen = self.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+            problems.add(
+                "listen",
+                format!("`{}` is not an address:port ({e})", self.listen),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        problems.positive("timestamp_window_secs", self.timestamp_window_secs);
+        problems.positive("max_body_bytes", self.max_body_bytes as u64);
+        problems.positive("header_timeout_ms", self.header_timeout_ms);
+        problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
+        problems.positive("body_timeout_ms", self.body_timeout_ms);
+        problems.positive("max_connections", self.max_connections as u64);
+        if self.workers > MAX_WORKERS {
+            problems.add(
+                "workers",
+                format!("must be at most {MAX_WORKERS} (0: one per core)"),
+            );
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            problems.add(
+                "max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    problems.add(name, format!("`{}` is not a readable file", path.display()));
+                }
+            }
+        }
+        problems.positive("upstream.timeout_ms", self.upstream.timeout_ms);
+        problems.positive(
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout_ms,
+        );
+        problems.positive(
+            "upstream.max_connections",
+            self.upstream.max_connections as u64,
+        );
+
+        let admin_listen = if self.admin.enabled {
+            match self.admin.listen.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 && addr == listen => {
+                    problems.add(
+                        "admin.listen",
+                        format!("`{addr}` is also the proxy's `listen`"),
+                    );
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    problems.add(
+                        "admin.listen",
+                        format!("`{}` is not an address:port ({e})", self.admin.listen),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let t = &self.telemetry;
+        problems.positive(
+            "telemetry.max_callers_per_app",
+            t.max_callers_per_app as u64,
+        );
+        if !(1..=MAX_FLUSH_INTERVAL_MS).contains(&t.flush_interval_ms) {
+            problems.add(
+                "telemetry.flush_interval_ms",
+                format!("must be between 1 and {MAX_FLUSH_INTERVAL_MS}"),
+            );
+        }
+        if t.retention_days < MIN_RETENTION_DAYS {
+            problems.add(
+                "telemetry.retention_days",
+                format!("must be at least {MIN_RETENTION_DAYS}"),
+            );
+        }
+        let link_ok = t
+            .deprecation_link
+            .parse::<Uri>()
+            .is_ok_and(|u| u.scheme().is_some() && u.host().is_some())
+            && !t.deprecation_link.contains(['<', '>', '"']);
+        if !link_ok {
+            problems.add(
+                "telemetry.deprecation_link",
+                format!("`{}` is not an absolute URL", t.deprecation_link),
+            );
+        }
+
+        let url = match parse_upstream_url(&self.upstream.url) {
+            Ok(url) => url,
+            Err(message) => {
+                problems.add("upstream.url", message);
+                Uri::from_static("http://invalid")
+            }
+        };
+        let is_pusher = url
+            .host()
+            .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
+        let default_counting = if is_pusher {
+            SubscriptionCounting::Probe
+        } else {
+            SubscriptionCounting::On
+        };
+
+        let mut ids = HashSet::new();
+        let mut apps = Vec::with_capacity(self.apps.len());
+        for (i, app) in self.apps.into_iter().enumerate() {
+            if !ids.insert(app.id.clone()) {
+                problems.add(
+                    &format!("apps[{i}].id"),
+                    format!("app `{}` is defined twice", app.id),
+                );
+                continue;
+            }
+            if let Some(app) = validate_app(i, app, env, default_counting, &mut problems) {
+                apps.push(app);
+            }
+        }
+
+        if problems.len() > 0 {
+            return Err(ConfigError::Invalid(problems.0));
+        }
+        Ok(Config {
+            listen,
+            timestamp_window_secs: self.timestamp_window_secs,
+            max_body_bytes: self.max_body_bytes,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            bypass: self.bypass,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            workers: self.workers,
+            tls: self.tls.map(|t| TlsConfig {
+                cert: t.cert,
+                key: t.key,
+            }),
+            upstream: UpstreamConfig {
+                url,
+                timeout: Duration::from_millis(self.upstream.timeout_ms),
+                connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+                max_connections: self.upstream.max_connections,
+            },
+            admin: AdminConfig {
+                listen: admin_listen,
+            },
+            telemetry: TelemetryConfig {
+                data_dir: self.telemetry.data_dir,
+                max_callers_per_app: self.telemetry.max_callers_per_app,
+                flush_interval: Duration::from_millis(self.telemetry.flush_interval_ms),
+                retention_days: self.telemetry.retention_days,
+                deprecation_link: self.telemetry.deprecation_link,
+            },
+            apps,
+            hash: String::new(),
+        })
+    }
+}
+
+/// A secret given inline or through an environment variable.
+fn secret_from(
+    inline: Option<String>,
+    var: Option<String>,
+    env: EnvLookup<'_>,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Collected,
+) -> Option<SecretString> {
+    match (inline, var) {
+        (Some(s), None) if !s.is_empty() => Some(SecretString::from(s)),
+        (Some(_), None) => {
+            problems.add(&key("secret"), "must not be empty".into());
+            None
+        }
+        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
+            Some(s) => Some(SecretString::from(s)),
+            None => {
+                problems.add(
+                    &key("secret_env"),
+                    format!("environment variable `{var}` is not set or empty"),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.add(
+                &key("secret"),
+                "set `secret` or `secret_env`, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            problems.add(
+                &key("secret"),
+                "one of `secret` or `secret_env` is required".into(),
+            );
+            None
+        }
+    }
+}
+
+fn parse_time(text: &str, key: &str, problems: &mut Collected) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .inspect_err(|e| problems.add(key, format!("`{text}` is not an RFC 3339 date-time ({e})")))
+        .ok()
+}
+
+fn valid_app_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.contains(['/', '?', '#', '%'])
+        && format!("/apps/{id}/events")
+            .parse::<hyper::http::uri::PathAndQuery>()
+            .is_ok()
+}
+
+/// Validates one `[[apps]]` entry; `None` when it has problems.
+fn validate_app(
+    i: usize,
+    app: RawApp,
+    env: EnvLookup<'_>,
+    default_counting: SubscriptionCounting,
+    problems: &mut Collected,
+) -> Option<AppConfig> {
+    let before = problems.len();
+    let key = |field: &str| format!("apps[{i}].{field}");
+    const ID_RULE: &str =
+        "must be 1-64 characters legal in a URL path, without `/`, `?`, `#` or `%`";
+    if !valid_app_id(&app.id) {
+        problems.add(&key("id"), ID_RULE.into());
+    }
+    if app.key.is_empty() {
+        problems.add(&key("key"), "must not be empty".into());
+    }
+    problems.positive(&key("max_data_bytes"), app.max_data_bytes as u64);
+    let sunset = app
+        .sunset
+        .as_deref()
+        .and_then(|t| parse_time(t, &key("sunset"), problems));
+    let rollout_percent = match (app.rollout_percent, app.mode) {
+        (None, _) => 100,
+        (Some(n), Mode::Translate) if n <= 100 => n,
+        (Some(_), Mode::Translate) => {
+            problems.add(&key("rollout_percent"), "must be between 0 and 100".into());
+            100
+        }
+        (Some(_), _) => {
+            problems.add(
+                &key("rollout_percent"),
+                "applies only with mode = \"translate\"".into(),
+            );
+            100
+        }
+    };
+    let mut brownouts = Vec::with_capacity(app.brownouts.len());
+    for (j, b) in app.brownouts.iter().enumerate() {
+        let bkey = |f: &str| key(&format!("brownouts[{j}].{f}"));
+        let start = parse_time(&b.start, &bkey("start"), problems);
+        let end = parse_time(&b.end, &bkey("end"), problems);
+        if let (Some(start), Some(end)) = (start, end) {
+            if start < end {
+                brownouts.push(Brownout { start, end });
+            } else {
+                problems.add(&bkey("end"), "must be after `start`".into());
+            }
+        }
+    }
+    let secret = secret_from(app.secret, app.secret_env, env, &key, problems);
+    let mut secrets: Vec<SecretString> = secret.iter().cloned().collect();
+    for (j, s) in app.previous_secrets.into_iter().enumerate() {
+        if s.is_empty() {
+            problems.add(
+                &key(&format!("previous_secrets[{j}]")),
+                "must not be empty".into(),
+            );
+        }
+        secrets.push(SecretString::from(s));
+    }
+    let upstream = match app.upstream {
+        None => secret.clone().map(|secret| Credentials {
+            id: app.id.clone(),
+            key: app.key.clone(),
+            secret,
+        }),
+        Some(u) => {
+            let ukey = |f: &str| key(&format!("upstream.{f}"));
+            let id = u.id.unwrap_or_else(|| app.id.clone());
+            if !valid_app_id(&id) {
+                problems.add(&ukey("id"), ID_RULE.into());
+            }
+            let up_key = u.key.unwrap_or_else(|| app.key.clone());
+            if up_key.is_empty() {
+                problems.add(&ukey("key"), "must not be empty".into());
+            }
+            let up_secret = if u.secret.is_none() && u.secret_env.is_none() {
+                secret.clone()
+            } else {
+                secret_from(u.secret, u.secret_env, env, &ukey, problems)
+            };
+            up_secret.map(|secret| Credentials {
+                id,
+                key: up_key,
+                secret,
+            })
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(AppConfig {
+        id: app.id,
+        key: app.key,
+        secrets,
+        upstream: upstream?,
+        subscription_count: app.subscription_count.unwrap_or(default_counting),
+        max_data_bytes: app.max_data_bytes,
+        sunset,
+        mode: app.mode,
+        rollout_percent,
+        brownouts,
+    })
+}
+
+/// Accepts `http://host[:port]` or `https://host[:port]`, with no path
+/// beyond `/`, no query and no user info: the signed path must be exactly
+/// `/apps/…`, so the upstream cannot live under a prefix.
+pub(super) fn parse_upstream_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{text}` must start with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("`{text}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("`{text}` must not carry user info"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!(
+            "`{text}` must not have a path or query: requests keep their own /apps/… path"
+        ));
+    }
+    Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| format!("`{text}` is not a URL ({e})"))
+}
