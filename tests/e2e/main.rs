@@ -6,10 +6,10 @@
 //! test prints one line and passes, except under `CI=true`, where its
 //! absence fails.
 
-#[path = "../integration/support/oracle.rs"]
+#[path = "../support/oracle.rs"]
 #[allow(dead_code)]
 mod oracle;
-#[path = "../integration/support/recordings.rs"]
+#[path = "../support/recordings.rs"]
 #[allow(dead_code)]
 mod recordings;
 
