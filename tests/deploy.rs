@@ -2,33 +2,31 @@
 //! Grafana dashboard and the Prometheus alerts query is one the proxy
 //! exposes on `/metrics`, with the right type; the container/Kubernetes
 //! config parses; the kustomization lists every manifest. The proxy runs
-//! in-process on loopback, in front of a tiny fake upstream.
+//! in-process on loopback, in front of the shared fake upstream
+//! (`tests/support`).
 //!
 //! `.ci/deploy-checks` checks the rest (promtool, Kubernetes schemas,
 //! systemd-analyze).
 
+// Shared with the integration and e2e tests; this file uses part of it.
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Method, StatusCode};
 use pusher_cutover::pusher::signature::{Signer, Unsigned};
-use pusher_cutover::{Config, Options};
+use pusher_cutover::{Config, SystemClock};
 use secrecy::SecretString;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-/// Bound on every request and wait in this file.
+use crate::support::TestProxy;
+
+/// Bound on waiting for the shadow comparison (each request is bounded by
+/// [`support::REQUEST_TIMEOUT`]).
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `up` is written by Prometheus itself, not by the proxy.
@@ -340,62 +338,30 @@ fn alert_queries() -> Vec<(String, BTreeSet<String>)> {
 // ---------------------------------------------------------------------------
 // The proxy and a fake upstream
 
-/// Answers the translated trigger, and a shadow app's stats calls with two
-/// different answers, so that every family has a series.
-async fn fake_upstream() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let (status, body): (StatusCode, &'static str) =
-                        match (req.method(), req.uri().path()) {
-                            (&Method::POST, "/apps/4242/events") => (StatusCode::OK, "{}"),
-                            (&Method::GET, "/apps/4343/channels/room/stats") => {
-                                (StatusCode::OK, r#"{"occupied":true}"#)
-                            }
-                            (&Method::GET, "/apps/4343/channels/room") => {
-                                (StatusCode::OK, r#"{"occupied":false}"#)
-                            }
-                            _ => (StatusCode::NOT_FOUND, "{}"),
-                        };
-                    let resp = Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(body.as_bytes())))
-                        .expect("valid response");
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
+/// The shared fake upstream, knowing both apps. Its legacy stats route
+/// answers a `connection_count` the translated call does not, so that the
+/// shadow app's comparison differs and every family has a series.
+async fn fake_upstream() -> support::fake::FakeUpstream {
+    let fake = support::fake::FakeUpstream::start(
+        &[
+            ("4242", "deploy-key", "deploy-secret"),
+            ("4343", "shadow-key", "shadow-secret"),
+        ],
+        support::now,
+    )
+    .await;
+    fake.set(|b| b.legacy_connection_count = 7);
+    fake
 }
 
-struct Running {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-async fn start_proxy(upstream: SocketAddr) -> Running {
+async fn start_proxy(upstream_url: &str) -> TestProxy {
     let toml = format!(
         r#"
 listen = "127.0.0.1:0"
 [admin]
 listen = "127.0.0.1:0"
 [upstream]
-url = "http://{upstream}"
+url = "{upstream_url}"
 timeout_ms = 5000
 [[apps]]
 id = "4242"
@@ -409,60 +375,14 @@ secret = "shadow-secret"
 mode = "shadow"
 "#
     );
-    let config = Config::from_toml_str(&toml, &|_| None).expect("valid test config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let proxy = listener.local_addr().expect("proxy addr");
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let admin = admin_listener.local_addr().expect("admin addr");
-    let (shutdown, rx) = oneshot::channel::<()>();
-    let options = Options {
-        admin_listener: Some(admin_listener),
-        ..Options::default()
-    };
-    let task = tokio::spawn(async move {
-        pusher_cutover::run_with(listener, config, options, async move {
-            let _ = rx.await;
-        })
-        .await
-        .expect("proxy runs");
-    });
-    Running {
-        proxy,
-        admin,
-        shutdown,
-        task,
-    }
+    TestProxy::start(&toml, Arc::new(SystemClock)).await
 }
 
+/// The status and body text of a request (bounded by the support's
+/// request timeout).
 async fn send(method: Method, url: &str, body: &'static str) -> (StatusCode, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .header("user-agent", "deploy-test/1.0")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("valid request");
-    let exchange = async {
-        let resp = client.request(req).await.expect("request sent");
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .expect("body read")
-            .to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    };
-    tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{url} answered within {TIMEOUT:?}"))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+    let a = support::send(method, url, &[("user-agent", "deploy-test/1.0")], body).await;
+    (a.status, a.text())
 }
 
 /// A metric family from the exposition: its type and the sample names seen.
@@ -532,10 +452,10 @@ async fn every_metric_queried_in_deploy_is_exposed() {
         "too few metric names found in deploy/: {queried:?}"
     );
 
-    let (upstream, upstream_task) = fake_upstream().await;
-    let running = start_proxy(upstream).await;
-    let base = format!("http://{}", running.proxy);
-    let now = unix_now();
+    let upstream = fake_upstream().await;
+    let running = start_proxy(&upstream.url()).await;
+    let base = running.url();
+    let now = support::now();
 
     // A legacy trigger, translated: deprecated calls, requests, both
     // latency histograms.
@@ -570,7 +490,7 @@ async fn every_metric_queried_in_deploy_is_exposed() {
     assert_eq!(status, StatusCode::OK, "shadow stats: {body}");
 
     // The shadow comparison runs in the background: wait for it.
-    let metrics_url = format!("http://{}/metrics", running.admin);
+    let metrics_url = format!("{}/metrics", running.admin_url());
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let text = loop {
         let (status, text) = send(Method::GET, &metrics_url, "").await;
@@ -609,12 +529,8 @@ async fn every_metric_queried_in_deploy_is_exposed() {
         Vec::from_iter(problems).join("\n  ")
     );
 
-    let _ = running.shutdown.send(());
-    tokio::time::timeout(TIMEOUT, running.task)
-        .await
-        .expect("proxy stops in time")
-        .expect("proxy task ends cleanly");
-    upstream_task.abort();
+    // Stops within 10 s and the task ends cleanly, or this panics.
+    running.stop().await;
 }
 
 #[test]

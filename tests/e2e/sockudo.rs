@@ -4,55 +4,71 @@
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::http;
+// The app Sockudo knows is the support's fixture app; the proxy serves it
+// with the same credentials.
+use crate::support::{APP_ID, KEY, SECRET};
 
-/// The app Sockudo knows; the proxy serves it with the same credentials.
-pub const APP_ID: &str = "4242";
-pub const KEY: &str = "legacy-app-key";
-pub const SECRET: &str = "legacy-app-secret";
+/// The version the suite is written against.
+pub const VERSION: &str = "5.2.0";
+
+/// How to get Sockudo, said whenever it is missing.
+const HOW_TO_GET_IT: &str = "install it with tests/install-parts.sh (Debian; elsewhere \
+     `cargo install sockudo --version 5.2.0 --locked`, which needs protoc with Google's \
+     .proto files, pkg-config and OpenSSL's headers) and put it on PATH, or set SOCKUDO_BIN \
+     to its path; `cargo test --locked` without --include-ignored leaves this suite out";
 
 /// How long Sockudo may take to answer its first signed request.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Finds the Sockudo binary: `SOCKUDO_BIN`, else `sockudo` on `PATH`.
-pub fn binary() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("SOCKUDO_BIN") {
-        let bin = PathBuf::from(bin);
-        return bin.is_file().then_some(bin);
+/// The Sockudo binary: `SOCKUDO_BIN`, else `sockudo` on `PATH`, checked to
+/// be version [`VERSION`] (once per run). Panics, saying how to get it,
+/// when it is missing or another version: the suite is `#[ignore]`d, so it
+/// runs only when asked for, and then never passes without Sockudo.
+pub fn binary() -> PathBuf {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match FOUND.get_or_init(find) {
+        Ok(bin) => bin.clone(),
+        Err(problem) => panic!("the e2e suite needs Sockudo {VERSION}: {problem}; {HOW_TO_GET_IT}"),
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("sockudo"))
-        .find(|p| p.is_file())
 }
 
-/// The Sockudo binary, or `None` after printing one line saying the suite is
-/// skipped. Under `CI=true` a missing binary fails the test instead.
-pub fn binary_or_skip() -> Option<PathBuf> {
-    let found = binary();
-    if found.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(
-            !ci,
-            "CI=true but Sockudo is not installed: set SOCKUDO_BIN or put `sockudo` on PATH \
-             (cargo install sockudo --version 5.2.0 --locked)"
-        );
-        // Once per run, and straight to stderr: libtest captures eprintln!.
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "e2e skipped: Sockudo not found (set SOCKUDO_BIN, or: \
-                 cargo install sockudo --version 5.2.0 --locked)"
-            );
-        });
+fn find() -> Result<PathBuf, String> {
+    let bin = match std::env::var_os("SOCKUDO_BIN") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            if !bin.is_file() {
+                return Err(format!("SOCKUDO_BIN={} is not a file", bin.display()));
+            }
+            bin
+        }
+        None => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("sockudo"))
+                .find(|p| p.is_file())
+                .ok_or("SOCKUDO_BIN is not set and there is no `sockudo` on PATH")?
+        }
+    };
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{} --version did not run: {e}", bin.display()))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    if said.trim() != format!("sockudo {VERSION}") {
+        return Err(format!(
+            "{} --version says {:?} ({})",
+            bin.display(),
+            said.trim(),
+            out.status
+        ));
     }
-    found
+    Ok(bin)
 }
 
 /// A running Sockudo.
@@ -178,8 +194,8 @@ impl Sockudo {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}"));
             }
-            let uri = http::signed(&self.url(), "GET", &path, &[], None);
-            if let Ok(a) = http::try_send(hyper::Method::GET, &uri, &[], Vec::new()).await {
+            let uri = crate::signed(&self.url(), "GET", &path, &[], None);
+            if let Ok(a) = crate::support::try_send(hyper::Method::GET, &uri, &[], "").await {
                 if a.status.as_u16() == 200 {
                     return Ok(());
                 }

@@ -8,8 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::oracle;
-use crate::sockudo::{KEY, SECRET};
+use crate::support::{KEY, SECRET, oracle};
 
 /// Bound on waiting for a protocol reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);

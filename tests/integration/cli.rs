@@ -198,7 +198,21 @@ async fn sighup_reloads_the_config_file() {
 
     std::fs::write(&config, "this is not toml").expect("write");
     served.signal("HUP");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Bounded wait until the refusal is counted: the reload was tried.
+    let failures = r#"pusher_cutover_config_reloads_total{result="failure"}"#;
+    let metrics_url = format!("http://{}/metrics", served.admin);
+    let mut refused = None;
+    for _ in 0..100 {
+        let metrics = support::send(Method::GET, &metrics_url, &[], "")
+            .await
+            .text();
+        refused = support::metric(&metrics, failures);
+        if refused == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused, Some(1.0), "{failures}");
     assert_eq!(trigger().await, 410, "the previous config keeps serving");
 
     let (code, entries) = served.sigterm().await;

@@ -296,29 +296,43 @@ async fn upstream_down_is_502() {
     proxy.stop().await;
 }
 
+/// Each kind of call, to an upstream slower than `upstream.timeout_ms`, is
+/// answered 504 at the timeout: not before it, and long before the
+/// upstream would have answered.
 #[tokio::test]
 async fn upstream_slower_than_the_timeout_is_504() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const UPSTREAM: Duration = Duration::from_secs(10);
     let fake = support::fake().await;
-    fake.set(|b| b.delay = Duration::from_secs(10));
+    fake.set(|b| b.delay = UPSTREAM);
     let proxy = TestProxy::for_upstream(&fake.url(), "timeout_ms = 300", "").await;
     let started = std::time::Instant::now();
+    let call = |method: Method, target: String, body: &'static str| {
+        let url = format!("{}{target}", proxy.url());
+        async move {
+            let sent = std::time::Instant::now();
+            let a = support::send(method.clone(), &url, &[], body).await;
+            let took = sent.elapsed();
+            assert!(
+                took >= TIMEOUT,
+                "{method} {target}: answered {took:?} after sending, before the timeout"
+            );
+            a
+        }
+    };
     let target = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
-    let a = post(&proxy, &target, "x").await;
+    let a = call(Method::POST, target, "x").await;
     assert_eq!(a.status.as_u16(), 504, "{}", a.text());
     assert_one_line(&a);
     let stats = support::legacy_stats_uri("room", support::now());
-    let b = support::send(Method::GET, &format!("{}{stats}", proxy.url()), &[], "").await;
+    let b = call(Method::GET, stats, "").await;
     assert_eq!(b.status.as_u16(), 504);
-    let c = support::send(
-        Method::GET,
-        &format!("{}/apps/1/channels", proxy.url()),
-        &[],
-        "",
-    )
-    .await;
+    let c = call(Method::GET, "/apps/1/channels".into(), "").await;
     assert_eq!(c.status.as_u16(), 504, "passthrough");
+    // Three calls in a row, each cut at 300 ms: all three answered before
+    // the upstream would have answered the first.
     assert!(
-        started.elapsed() < Duration::from_secs(9),
+        started.elapsed() < UPSTREAM - Duration::from_secs(1),
         "answered before the upstream"
     );
     proxy.stop().await;
@@ -329,23 +343,27 @@ async fn upstream_slower_than_the_timeout_is_504() {
 /// the call's deadline covers the wait.
 #[tokio::test]
 async fn calls_beyond_the_upstream_cap_wait_for_a_slot_until_their_deadline() {
+    /// `upstream.timeout_ms`.
+    const DEADLINE: Duration = Duration::from_secs(3);
     let fake = support::fake().await;
     fake.set(|b| b.delay = Duration::from_millis(400));
     let proxy = Arc::new(
-        TestProxy::for_upstream(&fake.url(), "max_connections = 1\ntimeout_ms = 1000", "").await,
+        TestProxy::for_upstream(&fake.url(), "max_connections = 1\ntimeout_ms = 3000", "").await,
     );
+    // A call's answer, and when it came.
     let call = |name: &'static str| {
         let proxy = proxy.clone();
         async move {
             let target =
                 support::legacy_trigger_uri("room", &[("name", name)], b"{}", support::now());
-            post(&proxy, &target, "{}").await
+            let a = post(&proxy, &target, "{}").await;
+            (a, std::time::Instant::now())
         }
     };
     // Two calls at once: the second waits for the first's slot, then both
     // reach the upstream, one after the other, correctly signed.
     let started = std::time::Instant::now();
-    let (a, b) = tokio::join!(call("first"), call("second"));
+    let ((a, _), (b, _)) = tokio::join!(call("first"), call("second"));
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert_eq!(b.status.as_u16(), 202, "{}", b.text());
     assert!(
@@ -357,18 +375,38 @@ async fn calls_beyond_the_upstream_cap_wait_for_a_slot_until_their_deadline() {
     assert_eq!(recorded.len(), 2);
     assert!(recorded.iter().all(|r| r.signature == Ok(())));
 
-    // Three at once, 400 ms each, one deadline of 1 s: the third gets its
-    // slot only at 800 ms and is answered 504 at its deadline, not when the
-    // upstream would have answered it.
+    // Three at once. The upstream holds the first two it gets 1 s each, the
+    // third 2 s: the third gets its slot at 2 s at the earliest, before its
+    // deadline at 3 s, and the upstream would answer it at 4 s at the
+    // earliest. A deadline counted from the slot (5 s) would let that answer
+    // through as 202; counted from the call's arrival it is 504, at the
+    // deadline and before the upstream's answer. Each margin is 1 s.
+    fake.set(|b| {
+        b.next_delays = [1000, 1000, 2000]
+            .map(Duration::from_millis)
+            .into_iter()
+            .collect();
+    });
     let started = std::time::Instant::now();
     let (a, b, c) = tokio::join!(call("one"), call("two"), call("three"));
-    let elapsed = started.elapsed();
-    let mut statuses = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
-    statuses.sort_unstable();
-    assert_eq!(statuses, [202, 202, 504], "{}", c.text());
+    let mut answers = [a, b, c];
+    answers.sort_by_key(|(a, _)| a.status);
+    let statuses = answers.each_ref().map(|(a, _)| a.status.as_u16());
+    assert_eq!(statuses, [202, 202, 504], "{}", answers[2].0.text());
+    let recorded = fake.recorded();
+    assert_eq!(recorded.len(), 5, "the third call reached the upstream");
+    assert!(recorded.iter().all(|r| r.signature == Ok(())));
+    let answered = answers[2].1;
     assert!(
-        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_millis(1500),
-        "answered at the deadline: {elapsed:?}"
+        answered - started >= DEADLINE,
+        "answered 504 {:?} after the calls were sent, before the deadline",
+        answered - started
+    );
+    let upstream_answer = recorded[4].received + Duration::from_secs(2);
+    assert!(
+        answered < upstream_answer,
+        "answered 504 {:?} after the upstream answered",
+        answered - upstream_answer
     );
     support::stop_shared(proxy).await;
 }

@@ -1,6 +1,9 @@
 //! Integration tests: the proxy on an ephemeral loopback port in front of an
 //! in-process fake upstream that verifies every signature independently.
 
+// Shared with the e2e and deploy tests; each uses part of it.
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 mod cli;

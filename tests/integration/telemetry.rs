@@ -270,18 +270,40 @@ async fn admin_endpoints_and_readiness_while_draining() {
     assert_eq!(post.status.as_u16(), 405);
 
     // A request in flight when shutdown begins: /readyz turns 503 while it
-    // drains, and the request still completes.
-    fake.set(|b| b.delay = Duration::from_millis(1500));
+    // drains, and the request still completes. The upstream holds it 3 s;
+    // shutdown begins once it is there, and /readyz is asked (bounded)
+    // until it turns 503.
+    fake.set(|b| b.delay = Duration::from_secs(3));
     let url = proxy.url();
     let in_flight = tokio::spawn(async move {
         let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", support::now());
         support::send(Method::POST, &format!("{url}{uri}"), &[], "{}").await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..250 {
+        if !fake.recorded().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fake.recorded().len(),
+        1,
+        "the request is in flight upstream"
+    );
     proxy.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = admin(&proxy, "/readyz").await;
+    let mut ready = admin(&proxy, "/readyz").await;
+    for _ in 0..50 {
+        if ready.status.as_u16() == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = admin(&proxy, "/readyz").await;
+    }
     assert_eq!(ready.status.as_u16(), 503, "{}", ready.text());
+    assert!(
+        !in_flight.is_finished(),
+        "/readyz was asked while the request drained"
+    );
     let done = in_flight.await.expect("request task");
     assert_eq!(done.status.as_u16(), 202, "{}", done.text());
     proxy.stop().await;

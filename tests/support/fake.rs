@@ -4,7 +4,7 @@
 //! sockudo (JSON bodies, `{"ok":true}` for triggers). It also serves the two
 //! deprecated routes the way Pusher still does, for `observe` mode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// The oracle's verdict on the signature.
     pub signature: Result<(), String>,
+    /// When the request had been read, body included.
+    pub received: std::time::Instant,
 }
 
 impl Recorded {
@@ -55,6 +57,9 @@ pub struct Behaviour {
     pub connection_close: bool,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Waits for the next requests, one each in the order they arrive,
+    /// instead of `delay`; once used up, `delay` applies again.
+    pub next_delays: VecDeque<Duration>,
     /// Whether `info=subscription_count` is allowed (Pusher's per-app switch).
     pub counting_enabled: bool,
     /// Answer this status, content type and body to everything.
@@ -68,6 +73,7 @@ impl Default for Behaviour {
         Self {
             connection_close: false,
             delay: Duration::ZERO,
+            next_delays: VecDeque::new(),
             counting_enabled: true,
             fixed: None,
             legacy_connection_count: 3,
@@ -205,11 +211,16 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         headers: parts.headers,
         body,
         signature: signature.clone(),
+        received: std::time::Instant::now(),
     };
     state.recorded.lock().expect("lock").push(recorded.clone());
-    let behaviour = state.behaviour.lock().expect("lock").clone();
-    if !behaviour.delay.is_zero() {
-        tokio::time::sleep(behaviour.delay).await;
+    let (behaviour, delay) = {
+        let mut behaviour = state.behaviour.lock().expect("lock");
+        let delay = behaviour.next_delays.pop_front().unwrap_or(behaviour.delay);
+        (behaviour.clone(), delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 
     let (status, content_type, text) = if let Some(fixed) = behaviour.fixed {

@@ -45,7 +45,7 @@ impl Recording {
 /// Parses the fixture file: `## library`, the request line, a `headers:`
 /// list of pairs, and a `body:` line.
 pub fn recordings() -> Vec<Recording> {
-    let text = include_str!("../../fixtures/legacy-requests.txt");
+    let text = include_str!("../fixtures/legacy-requests.txt");
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {

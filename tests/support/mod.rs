@@ -1,5 +1,11 @@
-//! Test support: the fake upstream, the independent signer, a proxy on an
-//! ephemeral port, an HTTP client, and captured logs.
+//! Test support shared by the integration, end-to-end and deploy tests:
+//! the fake upstream, the independent signer, the recorded legacy requests,
+//! a proxy on an ephemeral port (in process, or the binary as a child
+//! process), an HTTP client, and captured logs.
+//!
+//! Each test crate includes it with `#[path = "../support/mod.rs"] mod
+//! support;` (`tests/deploy.rs`: `#[path = "support/mod.rs"]`); crates that
+//! use only part of it allow `dead_code` on that line.
 
 pub mod binary;
 pub mod fake;
@@ -199,31 +205,59 @@ fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
     CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
 }
 
-/// Sends a request through a pooled client and reads the whole answer.
+/// The header of a JSON request body.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// Sends a request through a pooled client and reads the whole answer;
+/// panics, naming the request, if it cannot be sent or is not answered
+/// within [`REQUEST_TIMEOUT`].
 pub async fn send(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
+    try_send(method.clone(), url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// As [`send`], with a failure to connect, send or read (or no answer
+/// within [`REQUEST_TIMEOUT`]) returned, for polling a server that may not
+/// be listening yet.
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Answer, String> {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(body.into())).expect("valid request");
+    let req = req
+        .body(Full::new(body.into()))
+        .map_err(|e| format!("invalid request: {e}"))?;
     let exchange = async {
-        let resp = client().request(req).await.expect("request sent");
+        let resp = client()
+            .request(req)
+            .await
+            .map_err(|e| format!("request not sent: {e:?}"))?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body read").to_bytes();
-        Answer {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body not read: {e}"))?
+            .to_bytes();
+        Ok(Answer {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .expect("answered within the request timeout")
+        .map_err(|_| format!("not answered within {REQUEST_TIMEOUT:?}"))?
 }
 
 /// Writes `raw` bytes to `addr` as they are, and reads one response with a
