@@ -26,26 +26,6 @@ fn signed_query(
     Signer::new(key, secret).query(&req)
 }
 
-/// [`Signer::target`] with its arguments spelled out.
-fn signed_target(
-    key: &str,
-    secret: &SecretString,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: Option<&[u8]>,
-    params: &[(&str, &str)],
-) -> String {
-    let req = Unsigned {
-        method,
-        path,
-        timestamp,
-        body,
-        params,
-    };
-    Signer::new(key, secret).target(&req)
-}
-
 const SECRET: &str = "7ad3773142a6692b25b8";
 const KEY: &str = "278d425bdf160c739803";
 
@@ -232,7 +212,13 @@ fn signed_target_is_path_and_signed_query() {
     let s = secret(SECRET);
     let extra = [("info", "user_count,subscription_count"), ("x", "a b~")];
     let body = Some(&b"{}"[..]);
-    let target = signed_target(KEY, &s, "POST", "/apps/3/events", 7, body, &extra);
+    let target = Signer::new(KEY, &s).target(&Unsigned {
+        method: "POST",
+        path: "/apps/3/events",
+        timestamp: 7,
+        body,
+        params: &extra,
+    });
     let query = signed_query(KEY, &s, "POST", "/apps/3/events", 7, body, &extra);
     assert_eq!(target, format!("/apps/3/events?{query}"));
     assert!(
