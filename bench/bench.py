@@ -12,7 +12,7 @@ Subcommands:
   summarize RESULTS       print the report table from run.sh's results file
 
 Signing follows spec A.2 (the same rules as
-pusher_cutover::signature::signed_query): string to sign =
+pusher_cutover::pusher::signature::Signer): string to sign =
 METHOD \n PATH \n sorted lower-case key=value pairs (unescaped) joined by &,
 HMAC-SHA256 with the app secret, lower-case hex; body_md5 = MD5 of the raw
 body for POSTs.
