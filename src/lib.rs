@@ -131,9 +131,10 @@ pub async fn run_with(
     let clock = options.clock;
     let telemetry = Arc::new(Telemetry::new(&config));
     let persistence = match &config.telemetry.data_dir {
-        Some(dir) => Some(Persistence::open(dir, &telemetry)?),
+        Some(dir) => Some(Persistence::open(dir, &telemetry, clock.unix_now())?),
         None => {
             tracing::warn!("no [telemetry] data_dir: the usage ledger is kept in memory only");
+            telemetry.ledger().recording_since(clock.unix_now());
             None
         }
     };

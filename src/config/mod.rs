@@ -235,6 +235,10 @@ pub struct TelemetryConfig {
     pub retention_days: u64,
     /// The `Link: <…>; rel="deprecation"` target on legacy answers.
     pub deprecation_link: String,
+    /// This sidecar's name, recorded with its callers and served in
+    /// `/usage`: `[telemetry] instance`, else `POD_NAME`, else `HOSTNAME`,
+    /// else the host's name.
+    pub instance: String,
 }
 
 /// The upstream Pusher-compatible server.

@@ -77,6 +77,7 @@ pub(super) struct RawTelemetry {
     pub(super) retention_days: u64,
     #[serde(default = "default_deprecation_link")]
     pub(super) deprecation_link: String,
+    pub(super) instance: Option<String>,
 }
 
 impl Default for RawTelemetry {
@@ -87,6 +88,7 @@ impl Default for RawTelemetry {
             flush_interval_ms: default_flush_interval(),
             retention_days: default_retention_days(),
             deprecation_link: default_deprecation_link(),
+            instance: None,
         }
     }
 }

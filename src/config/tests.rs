@@ -188,3 +188,40 @@ fn env_default_partial_app_names_missing_vars() {
         "{text}"
     );
 }
+
+#[test]
+fn instance_is_configured_else_pod_else_host() {
+    let base = r#"
+        [upstream]
+        url = "http://127.0.0.1:6001"
+    "#;
+    let with = |extra: &str, vars: &[(&str, &str)]| {
+        Config::from_toml_str(&format!("{base}\n[telemetry]\n{extra}"), &env(vars))
+    };
+    let instance =
+        |extra: &str, vars: &[(&str, &str)]| with(extra, vars).expect("valid").telemetry.instance;
+    let both = [("POD_NAME", "web-7d9f-abcde"), ("HOSTNAME", "node-3")];
+    assert_eq!(instance(r#"instance = "cron-1""#, &both), "cron-1");
+    assert_eq!(instance("", &both), "web-7d9f-abcde");
+    assert_eq!(instance("", &[("HOSTNAME", "node-3")]), "node-3");
+    assert_eq!(
+        instance("", &[("POD_NAME", ""), ("HOSTNAME", "node 3\u{e9}")]),
+        "node_3_",
+        "a name from the environment is made to fit"
+    );
+    let host = instance("", &[]);
+    assert!(
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_graphic()),
+        "{host:?}"
+    );
+    for bad in [r#"instance = """#, r#"instance = "a b""#] {
+        let e = with(bad, &[]).expect_err(bad);
+        assert!(
+            e.problems()
+                .iter()
+                .any(|p| p.contains("telemetry.instance")),
+            "{bad}: {:?}",
+            e.problems()
+        );
+    }
+}

@@ -144,6 +144,7 @@ impl RawConfig {
             }
         }
 
+        let instance = instance_name(self.telemetry.instance, env, &mut problems);
         if problems.len() > 0 {
             return Err(ConfigError::Invalid(problems.0));
         }
@@ -177,10 +178,53 @@ impl RawConfig {
                 flush_interval: Duration::from_millis(self.telemetry.flush_interval_ms),
                 retention_days: self.telemetry.retention_days,
                 deprecation_link: self.telemetry.deprecation_link,
+                instance,
             },
             apps,
             hash: String::new(),
         })
+    }
+}
+
+/// Longest instance name accepted (a Kubernetes Pod name is at most 253).
+const MAX_INSTANCE_LEN: usize = 253;
+
+/// The sidecar's name: `configured` (which must be 1 to
+/// [`MAX_INSTANCE_LEN`] printable ASCII characters), else `POD_NAME`, else
+/// `HOSTNAME`, else the host's name as the system reports it; a name from
+/// the environment or the system is made to fit (other characters as `_`).
+fn instance_name(
+    configured: Option<String>,
+    env: EnvLookup<'_>,
+    problems: &mut Collected,
+) -> String {
+    let fits = |name: &str| {
+        !name.is_empty()
+            && name.len() <= MAX_INSTANCE_LEN
+            && name.chars().all(|c| c.is_ascii_graphic())
+    };
+    if let Some(name) = configured {
+        if !fits(&name) {
+            problems.add(
+                "telemetry.instance",
+                format!("must be 1-{MAX_INSTANCE_LEN} printable ASCII characters without spaces"),
+            );
+        }
+        return name;
+    }
+    let found = env("POD_NAME")
+        .filter(|v| !v.is_empty())
+        .or_else(|| env("HOSTNAME").filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let name: String = found
+        .chars()
+        .take(MAX_INSTANCE_LEN)
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    if name.is_empty() {
+        "unnamed".into()
+    } else {
+        name
     }
 }
 

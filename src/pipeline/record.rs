@@ -13,6 +13,7 @@ use crate::chain::ErrorChain;
 use crate::error::{Fault, ProxyError};
 use crate::pipeline::classify::RouteKind;
 use crate::telemetry::metrics::AppSeries;
+use crate::telemetry::usage::UNKNOWN_LIBRARY;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 
 /// Longest caller-supplied value (app id, `auth_key`, user agent) kept for
@@ -96,6 +97,14 @@ pub struct Record {
     pub upstream_time: Option<Duration>,
     /// The request passed signature verification.
     pub verified: bool,
+    /// The sending library's family id, once classified.
+    pub library: Option<&'static str>,
+    /// The short hash of the sender's wire traits, once classified.
+    pub fingerprint: Option<String>,
+    /// The event name of a legacy trigger.
+    pub event: Option<String>,
+    /// The channel template of a legacy call.
+    pub channel: Option<String>,
 }
 
 impl Record {
@@ -176,6 +185,10 @@ impl<'a> Recorder<'a> {
                 auth_key: record.auth_key.as_deref().unwrap_or_default(),
                 user_agent: self.user_agent.as_deref().unwrap_or_default(),
                 client_address: self.client_addr.as_str(),
+                library: record.library.unwrap_or(UNKNOWN_LIBRARY),
+                fingerprint: record.fingerprint.as_deref().unwrap_or_default(),
+                event: record.event.as_deref().unwrap_or_default(),
+                channel: record.channel.as_deref().unwrap_or_default(),
             }),
             now: self.now,
         });

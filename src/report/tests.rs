@@ -23,12 +23,16 @@ fn caller(
         key: CallerKey {
             route,
             auth_key: key.into(),
+            library: "unknown".into(),
+            fingerprint: "fp".into(),
             user_agent: agent.into(),
             client_address: "10.0.0.1".into(),
+            instance: "i-1".into(),
         },
         calls,
         first_seen: datetime!(2026-10-01 08:00 UTC),
         last_seen,
+        call_sites: Vec::new(),
     }
 }
 
@@ -45,6 +49,8 @@ use RouteKind::{LegacyStats as Stats, LegacyTrigger as Trigger};
 /// Window with `since = 7d` at `NOW`: 2026-11-21 12:00 to 2026-11-28 12:00.
 fn ledger() -> Usage {
     Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![
             app(
                 "10",
@@ -201,6 +207,8 @@ fn build_caps_days_and_survives_extremes() {
     assert_eq!(r.apps[0].daily, days(&[("2026-11-28", 0)]));
 
     let huge = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![app(
             "1",
             vec![],
@@ -285,6 +293,8 @@ fn table_shows_app_lines_days_and_callers() {
 fn table_keeps_hostile_strings_in_their_columns() {
     let hostile = "\u{1b}[2J\r\nevil\t\u{202e}\u{4e2d}".repeat(20);
     let usage = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![app(
             "a\nb",
             vec![
@@ -350,6 +360,8 @@ fn html_without_apps_is_still_a_page() {
 fn used_since_boundaries() {
     let last = datetime!(2026-11-28 10:15 UTC);
     let by_caller = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![app("1", vec![caller(Trigger, "k", "ua", 1, last)], vec![])],
     };
     assert!(used_since(&by_caller, last));
@@ -357,6 +369,8 @@ fn used_since_boundaries() {
 
     let hour = datetime!(2026-11-28 10:00 UTC);
     let by_bucket = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![app("1", vec![], vec![hourly(Stats, hour, 1)])],
     };
     assert!(used_since(
@@ -365,6 +379,8 @@ fn used_since_boundaries() {
     ));
     assert!(!used_since(&by_bucket, hour + Duration::HOUR));
     let zero = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
         apps: vec![app("1", vec![], vec![hourly(Stats, hour, 0)])],
     };
     assert!(!used_since(&zero, hour));
@@ -411,12 +427,16 @@ fn any_usage() -> impl Strategy<Value = Usage> {
                 key: CallerKey {
                     route,
                     auth_key,
+                    library: "unknown".into(),
+                    fingerprint: "fp".into(),
                     user_agent,
                     client_address,
+                    instance: "i-1".into(),
                 },
                 calls,
                 first_seen,
                 last_seen,
+                call_sites: Vec::new(),
             },
         );
     let bucket = (any_route(), any_time(), any::<u64>())
@@ -431,7 +451,11 @@ fn any_usage() -> impl Strategy<Value = Usage> {
             callers,
             hourly,
         });
-    proptest::collection::vec(app, 0..4).prop_map(|apps| Usage { apps })
+    proptest::collection::vec(app, 0..4).prop_map(|apps| Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
+        apps,
+    })
 }
 
 proptest! {

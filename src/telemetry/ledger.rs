@@ -11,20 +11,93 @@ use time::OffsetDateTime;
 
 use crate::clock::datetime;
 
-use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, Usage};
+use super::usage::{
+    AppUsage, CallSite, Caller, CallerKey, HourlyCount, OTHER, Usage, top_call_sites,
+};
 use crate::pusher::route::RouteKind;
 
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
-/// One caller's running totals, times in Unix seconds, and whether they
-/// changed since the last write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Distinct call sites counted apart per caller; calls at further sites
+/// are summed as [`OTHER`]. Callers list the top
+/// [`super::usage::MAX_CALL_SITES`] of them.
+pub const MAX_TRACKED_CALL_SITES: usize = 64;
+
+/// One caller's running totals, times in Unix seconds, its call sites, and
+/// whether they changed since the last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Stats {
     calls: u64,
     first_seen: u64,
     last_seen: u64,
+    /// Calls per (event, channel template), at most
+    /// [`MAX_TRACKED_CALL_SITES`] of them besides `(OTHER, OTHER)`.
+    sites: HashMap<(String, String), u64>,
     dirty: bool,
+}
+
+impl Stats {
+    fn new(now: u64) -> Self {
+        Self {
+            calls: 0,
+            first_seen: now,
+            last_seen: now,
+            sites: HashMap::new(),
+            dirty: true,
+        }
+    }
+
+    /// Counts a call at `site`; allocates only for a site not seen before.
+    fn count_site(&mut self, event: &str, channel: &str) {
+        let site = SiteRef(event, channel);
+        if let Some(calls) = self.sites.get_mut(&site) {
+            *calls += 1;
+            return;
+        }
+        let key = if self.sites.len() < MAX_TRACKED_CALL_SITES {
+            (event.to_owned(), channel.to_owned())
+        } else {
+            (OTHER.to_owned(), OTHER.to_owned())
+        };
+        *self.sites.entry(key).or_default() += 1;
+    }
+}
+
+/// A call site of borrowed parts, to look a known one up without
+/// allocating. Hashes like `(String, String)`.
+#[derive(Hash)]
+struct SiteRef<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for SiteRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// One verified deprecated call, as the ledger records it.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerCall<'a> {
+    /// The app id of its path.
+    pub app_id: &'a str,
+    /// Its route.
+    pub route: RouteKind,
+    /// The `auth_key` it was signed with.
+    pub auth_key: &'a str,
+    /// The sending library's family id.
+    pub library: &'a str,
+    /// The short hash of the sender's wire traits.
+    pub fingerprint: &'a str,
+    /// The `User-Agent` header, or empty.
+    pub user_agent: &'a str,
+    /// The client's IP address.
+    pub client_address: &'a str,
+    /// The event name (empty for stats).
+    pub event: &'a str,
+    /// The channel template.
+    pub channel: &'a str,
+    /// When it was made, Unix seconds.
+    pub now: u64,
 }
 
 /// One hour's calls, and whether they changed since the last write.
@@ -40,16 +113,22 @@ struct Hour {
 struct CallerRef<'a> {
     route: RouteKind,
     auth_key: &'a str,
+    library: &'a str,
+    fingerprint: &'a str,
     user_agent: &'a str,
     client_address: &'a str,
+    instance: &'a str,
 }
 
 impl Equivalent<CallerKey> for CallerRef<'_> {
     fn equivalent(&self, key: &CallerKey) -> bool {
         self.route == key.route
             && self.auth_key == key.auth_key
+            && self.library == key.library
+            && self.fingerprint == key.fingerprint
             && self.user_agent == key.user_agent
             && self.client_address == key.client_address
+            && self.instance == key.instance
     }
 }
 
@@ -68,6 +147,8 @@ struct AppLedger {
 #[derive(Debug, Default)]
 struct State {
     apps: HashMap<String, AppLedger>,
+    /// See [`Usage::recorded_since`], Unix seconds.
+    recorded_since: Option<u64>,
 }
 
 /// What changed since the last write: absolute values, so writing them
@@ -95,6 +176,8 @@ pub struct Ledger {
     state: Mutex<State>,
     max_callers_per_app: usize,
     retention_secs: u64,
+    /// The sidecar's name, recorded with its callers.
+    instance: String,
 }
 
 fn unix(t: OffsetDateTime) -> u64 {
@@ -102,14 +185,29 @@ fn unix(t: OffsetDateTime) -> u64 {
 }
 
 impl Ledger {
-    /// An empty ledger keeping `max_callers_per_app` callers apart per app
-    /// and hourly buckets for `retention_days`.
-    pub fn new(max_callers_per_app: usize, retention_days: u64) -> Self {
+    /// An empty ledger of the sidecar `instance`, keeping
+    /// `max_callers_per_app` callers apart per app and hourly buckets for
+    /// `retention_days`.
+    pub fn new(max_callers_per_app: usize, retention_days: u64, instance: &str) -> Self {
         Self {
             state: Mutex::new(State::default()),
             max_callers_per_app,
             retention_secs: retention_days.saturating_mul(DAY),
+            instance: instance.to_owned(),
         }
+    }
+
+    /// The sidecar's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Marks the ledger as recording every call since Unix time `since`
+    /// (the start of an in-memory ledger; a store's creation), unless it
+    /// already records since earlier.
+    pub fn recording_since(&self, since: u64) {
+        let mut state = self.lock();
+        state.recorded_since = Some(state.recorded_since.map_or(since, |s| s.min(since)));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -121,18 +219,28 @@ impl Ledger {
     /// Loads what a store holds (at startup). Loaded entries are not dirty.
     pub fn load(&self, usage: Usage) {
         let mut state = self.lock();
+        if let Some(since) = usage.recorded_since {
+            let since = unix(since);
+            state.recorded_since = Some(state.recorded_since.map_or(since, |s| s.min(since)));
+        }
         for app in usage.apps {
             let ledger = state.apps.entry(app.app_id).or_default();
             for c in app.callers {
-                if c.key != CallerKey::other(c.key.route) {
+                if !c.key.is_other() {
                     ledger.distinct += 1;
                 }
+                let sites = c
+                    .call_sites
+                    .into_iter()
+                    .map(|s| ((s.event, s.channel), s.calls))
+                    .collect();
                 ledger.callers.insert(
                     c.key,
                     Stats {
                         calls: c.calls,
                         first_seen: unix(c.first_seen),
                         last_seen: unix(c.last_seen),
+                        sites,
                         dirty: false,
                     },
                 );
@@ -147,54 +255,49 @@ impl Ledger {
         }
     }
 
-    /// Records one verified legacy call made at `now` (Unix seconds).
-    /// Allocates only for a caller or an app seen for the first time.
-    pub fn record(
-        &self,
-        app_id: &str,
-        route: RouteKind,
-        auth_key: &str,
-        user_agent: &str,
-        address: &str,
-        now: u64,
-    ) {
+    /// Records one verified deprecated call. Allocates only for a caller,
+    /// a call site or an app seen for the first time.
+    pub fn record(&self, call: &LedgerCall<'_>) {
         let caller = CallerRef {
-            route,
-            auth_key,
-            user_agent,
-            client_address: address,
+            route: call.route,
+            auth_key: call.auth_key,
+            library: call.library,
+            fingerprint: call.fingerprint,
+            user_agent: call.user_agent,
+            client_address: call.client_address,
+            instance: &self.instance,
         };
+        let now = call.now;
         let hour = now - now % HOUR;
         let mut state = self.lock();
         // One lookup; the id is copied only for an app not seen before.
-        let app = state.apps.entry_ref(app_id).or_default();
+        let app = state.apps.entry_ref(call.app_id).or_default();
         let stats = match app.callers.get_mut(&caller) {
             Some(stats) => stats,
             None => {
                 let key = if app.distinct < self.max_callers_per_app {
                     app.distinct += 1;
                     CallerKey {
-                        route,
-                        auth_key: auth_key.to_owned(),
-                        user_agent: user_agent.to_owned(),
-                        client_address: address.to_owned(),
+                        route: call.route,
+                        auth_key: call.auth_key.to_owned(),
+                        library: call.library.to_owned(),
+                        fingerprint: call.fingerprint.to_owned(),
+                        user_agent: call.user_agent.to_owned(),
+                        client_address: call.client_address.to_owned(),
+                        instance: self.instance.clone(),
                     }
                 } else {
-                    CallerKey::other(route)
+                    CallerKey::other(call.route, &self.instance)
                 };
-                app.callers.entry(key).or_insert(Stats {
-                    calls: 0,
-                    first_seen: now,
-                    last_seen: now,
-                    dirty: true,
-                })
+                app.callers.entry(key).or_insert_with(|| Stats::new(now))
             }
         };
         stats.calls += 1;
         stats.first_seen = stats.first_seen.min(now);
         stats.last_seen = stats.last_seen.max(now);
+        stats.count_site(call.event, call.channel);
         stats.dirty = true;
-        let bucket = app.hourly.entry((route, hour)).or_default();
+        let bucket = app.hourly.entry((call.route, hour)).or_default();
         bucket.calls += 1;
         bucket.dirty = true;
     }
@@ -214,7 +317,7 @@ impl Ledger {
                 stats.dirty = false;
                 changes
                     .callers
-                    .push((app_id.clone(), caller(key.clone(), *stats)));
+                    .push((app_id.clone(), caller(key.clone(), stats)));
             }
             for (&(route, hour), bucket) in app.hourly.iter_mut().filter(|(_, h)| h.dirty) {
                 bucket.dirty = false;
@@ -263,7 +366,7 @@ impl Ledger {
                 let mut callers: Vec<Caller> = app
                     .callers
                     .iter()
-                    .map(|(k, s)| caller(k.clone(), *s))
+                    .map(|(k, s)| caller(k.clone(), s))
                     .collect();
                 callers.sort_by(|a, b| a.key.cmp(&b.key));
                 let mut hourly: Vec<HourlyCount> = app
@@ -284,25 +387,59 @@ impl Ledger {
             })
             .collect();
         apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
-        Usage { apps }
+        Usage {
+            instance: self.instance.clone(),
+            recorded_since: state.recorded_since.map(datetime),
+            apps,
+        }
     }
 }
 
-fn caller(key: CallerKey, s: Stats) -> Caller {
+fn caller(key: CallerKey, s: &Stats) -> Caller {
     Caller {
         key,
         calls: s.calls,
         first_seen: datetime(s.first_seen),
         last_seen: datetime(s.last_seen),
+        call_sites: top_call_sites(s.sites.iter().map(|((event, channel), calls)| CallSite {
+            event: event.clone(),
+            channel: channel.clone(),
+            calls: *calls,
+        })),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::telemetry::usage::OTHER;
 
     const T: u64 = 1_795_888_046;
+
+    /// Records a trigger-or-stats call of `ua` at `address`, from library
+    /// `unknown` with fingerprint `fp`, event `ev` on channel `c`.
+    pub(in crate::telemetry) fn rec(
+        l: &Ledger,
+        app_id: &str,
+        route: RouteKind,
+        auth_key: &str,
+        user_agent: &str,
+        client_address: &str,
+        now: u64,
+    ) {
+        l.record(&LedgerCall {
+            app_id,
+            route,
+            auth_key,
+            library: "unknown",
+            fingerprint: "fp",
+            user_agent,
+            client_address,
+            event: "ev",
+            channel: "c",
+            now,
+        });
+    }
 
     fn total_calls(u: &Usage) -> u64 {
         u.apps
@@ -314,9 +451,10 @@ mod tests {
 
     #[test]
     fn aggregates_per_caller_and_hour() {
-        let l = Ledger::new(100, 35);
+        let l = Ledger::new(100, 35, "i-1");
         for i in 0..5 {
-            l.record(
+            rec(
+                &l,
                 "1",
                 RouteKind::LegacyTrigger,
                 "k",
@@ -325,7 +463,7 @@ mod tests {
                 T + i * 1000,
             );
         }
-        l.record("1", RouteKind::LegacyStats, "k", "ua", "10.0.0.1", T);
+        rec(&l, "1", RouteKind::LegacyStats, "k", "ua", "10.0.0.1", T);
         let u = l.snapshot();
         let app = &u.apps[0];
         assert_eq!(app.callers.len(), 2);
@@ -344,9 +482,10 @@ mod tests {
 
     #[test]
     fn callers_past_the_cap_become_other() {
-        let l = Ledger::new(3, 35);
+        let l = Ledger::new(3, 35, "i-1");
         for i in 0..10_000 {
-            l.record(
+            rec(
+                &l,
                 "1",
                 RouteKind::LegacyTrigger,
                 "k",
@@ -356,7 +495,15 @@ mod tests {
             );
         }
         // A known caller keeps being counted on its own.
-        l.record("1", RouteKind::LegacyTrigger, "k", "ua-0", "10.0.0.1", T);
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua-0",
+            "10.0.0.1",
+            T,
+        );
         let u = l.snapshot();
         let callers = &u.apps[0].callers;
         assert_eq!(callers.len(), 4, "3 distinct + other");
@@ -375,9 +522,9 @@ mod tests {
 
     #[test]
     fn changes_are_taken_once_and_can_be_restored() {
-        let l = Ledger::new(100, 35);
-        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
-        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        let l = Ledger::new(100, 35, "i-1");
+        rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let c = l.take_changes(T);
         assert_eq!(c.callers.len(), 1);
         assert_eq!(c.callers[0].1.calls, 2, "absolute totals");
@@ -389,12 +536,29 @@ mod tests {
 
     #[test]
     fn load_then_record_continues_the_counts() {
-        let a = Ledger::new(2, 35);
-        a.record("1", RouteKind::LegacyTrigger, "k", "ua-1", "10.0.0.1", T);
-        a.record("1", RouteKind::LegacyTrigger, "k", "ua-2", "10.0.0.1", T);
-        let b = Ledger::new(2, 35);
+        let a = Ledger::new(2, 35, "i-1");
+        rec(
+            &a,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua-1",
+            "10.0.0.1",
+            T,
+        );
+        rec(
+            &a,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua-2",
+            "10.0.0.1",
+            T,
+        );
+        let b = Ledger::new(2, 35, "i-1");
         b.load(a.snapshot());
-        b.record(
+        rec(
+            &b,
             "1",
             RouteKind::LegacyTrigger,
             "k",
@@ -402,7 +566,8 @@ mod tests {
             "10.0.0.1",
             T + 5,
         );
-        b.record(
+        rec(
+            &b,
             "1",
             RouteKind::LegacyTrigger,
             "k",
@@ -420,12 +585,71 @@ mod tests {
 
     #[test]
     fn old_buckets_are_pruned() {
-        let l = Ledger::new(100, 30);
-        l.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        let l = Ledger::new(100, 30, "i-1");
+        rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
         let later = T + 31 * DAY;
         let c = l.take_changes(later);
         assert_eq!(c.prune_before, later - 30 * DAY);
         assert!(l.snapshot().apps[0].hourly.is_empty());
         assert_eq!(l.snapshot().apps[0].callers[0].calls, 1, "callers are kept");
+    }
+
+    #[test]
+    fn call_sites_keep_the_top_and_sum_the_rest() {
+        use crate::telemetry::usage::MAX_CALL_SITES;
+        let l = Ledger::new(100, 35, "i-1");
+        let call = |event: &str, channel: &str| {
+            l.record(&LedgerCall {
+                app_id: "1",
+                route: RouteKind::LegacyTrigger,
+                auth_key: "k",
+                library: "unknown",
+                fingerprint: "fp",
+                user_agent: "",
+                client_address: "127.0.0.1",
+                event,
+                channel,
+                now: T,
+            });
+        };
+        // Site i gets i + 1 calls, for more sites than are tracked.
+        let sites = MAX_TRACKED_CALL_SITES + 10;
+        for i in 0..sites {
+            for _ in 0..=i {
+                call(&format!("ev-{i}"), "c");
+            }
+        }
+        let u = l.snapshot();
+        let caller = &u.apps[0].callers[0];
+        let listed = &caller.call_sites;
+        assert_eq!(listed.len(), MAX_CALL_SITES + 1, "the top ones and `other`");
+        let last = listed.last().expect("other");
+        assert_eq!((last.event.as_str(), last.channel.as_str()), (OTHER, OTHER));
+        // Nothing is lost: the sites add up to the caller's calls.
+        assert_eq!(listed.iter().map(|s| s.calls).sum::<u64>(), caller.calls);
+        // The tracked sites are the first ones seen; of those the busiest
+        // are listed, busiest first.
+        let top = MAX_TRACKED_CALL_SITES - 1;
+        assert_eq!(listed[0].event, format!("ev-{top}"));
+        assert_eq!(listed[0].calls, top as u64 + 1);
+        assert!(
+            listed[..MAX_CALL_SITES]
+                .windows(2)
+                .all(|w| w[0].calls >= w[1].calls)
+        );
+    }
+
+    #[test]
+    fn the_instance_and_the_start_are_in_the_snapshot() {
+        let l = Ledger::new(100, 35, "pod-7");
+        assert_eq!(l.snapshot().recorded_since, None);
+        l.recording_since(T + 10);
+        l.recording_since(T);
+        l.recording_since(T + 20);
+        rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+        let u = l.snapshot();
+        assert_eq!(u.instance, "pod-7");
+        assert_eq!(u.recorded_since.map(unix), Some(T), "the earliest start");
+        assert_eq!(u.apps[0].callers[0].key.instance, "pod-7");
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::chain::ErrorChain;
 use crate::config::Config;
 use crate::pusher::route::RouteKind;
-use ledger::Ledger;
+use ledger::{Ledger, LedgerCall};
 use metrics::{AppId, AppReason, AppSeries, Metrics};
 use store::{Store, StoreError};
 use usage::OTHER;
@@ -72,6 +72,14 @@ pub struct VerifiedCaller<'a> {
     pub user_agent: &'a str,
     /// Its address, as text.
     pub client_address: &'a str,
+    /// Its library's family id ([`usage::UNKNOWN_LIBRARY`] when none).
+    pub library: &'a str,
+    /// The short hash of its wire traits.
+    pub fingerprint: &'a str,
+    /// The event name (empty for stats).
+    pub event: &'a str,
+    /// The channel template.
+    pub channel: &'a str,
 }
 
 /// What is recorded of one request.
@@ -120,6 +128,7 @@ impl Telemetry {
             ledger: Ledger::new(
                 config.telemetry.max_callers_per_app,
                 config.telemetry.retention_days,
+                &config.telemetry.instance,
             ),
             configured: ArcSwap::default(),
             other: Arc::new(AppSeries::new(AppId(Arc::from(OTHER)))),
@@ -225,14 +234,18 @@ impl Telemetry {
         }
         if let (Some(caller), Some(id)) = (o.caller, o.app_id) {
             series.deprecated_call(&m.deprecated_calls, o.route).inc();
-            self.ledger.record(
-                id,
-                o.route,
-                caller.auth_key,
-                caller.user_agent,
-                caller.client_address,
-                o.now,
-            );
+            self.ledger.record(&LedgerCall {
+                app_id: id,
+                route: o.route,
+                auth_key: caller.auth_key,
+                library: caller.library,
+                fingerprint: caller.fingerprint,
+                user_agent: caller.user_agent,
+                client_address: caller.client_address,
+                event: caller.event,
+                channel: caller.channel,
+                now: o.now,
+            });
         }
     }
 
@@ -257,9 +270,14 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Opens the store in `dir` and loads it into `telemetry`'s ledger.
-    pub fn open(dir: &std::path::Path, telemetry: &Telemetry) -> Result<Self, StoreError> {
-        let store = Store::open(dir)?;
+    /// Opens the store in `dir` (a new one records since `now`) and loads
+    /// it into `telemetry`'s ledger.
+    pub fn open(
+        dir: &std::path::Path,
+        telemetry: &Telemetry,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(dir, now, telemetry.ledger.instance())?;
         telemetry.ledger.load(store.load()?);
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
@@ -336,6 +354,10 @@ mod tests {
                 auth_key: "k1",
                 user_agent: "pusher-gem/0.9.2",
                 client_address: "10.0.0.1",
+                library: "unknown",
+                fingerprint: "fp",
+                event: "ev",
+                channel: "c",
             }),
             now: 1_700_000_000,
         }

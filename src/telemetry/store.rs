@@ -1,29 +1,62 @@
 //! The ledger on disk: SQLite (bundled) in `data_dir/ledger.sqlite3`, in
 //! WAL mode so `report` can read it while the proxy writes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
 use super::ledger::Changes;
-use super::usage::{AppUsage, Caller, CallerKey, HourlyCount, Usage};
+use super::usage::{AppUsage, CallSite, Caller, CallerKey, HourlyCount, Usage, top_call_sites};
 use crate::pusher::route::RouteKind;
 
 /// The file name of the ledger inside `data_dir`.
 pub const FILE_NAME: &str = "ledger.sqlite3";
 
+/// The schema this release writes (`PRAGMA user_version`). Version 1,
+/// the first release's, had no version number (0), no library,
+/// fingerprint or instance per caller, no call sites and no `meta` table;
+/// [`Store::open`] upgrades it in place, and [`Store::load`] reads it as it
+/// is (for `report` on a ledger it may not write).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The caller identity's columns, in key order.
+const CALLER_KEY: &str =
+    "app_id, route, auth_key, library, fingerprint, user_agent, client_address, instance";
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS callers (
     app_id TEXT NOT NULL,
     route TEXT NOT NULL,
     auth_key TEXT NOT NULL,
+    library TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
     user_agent TEXT NOT NULL,
     client_address TEXT NOT NULL,
+    instance TEXT NOT NULL,
     calls INTEGER NOT NULL,
     first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL,
-    PRIMARY KEY (app_id, route, auth_key, user_agent, client_address)
+    PRIMARY KEY (app_id, route, auth_key, library, fingerprint, user_agent, client_address, instance)
+);
+CREATE TABLE IF NOT EXISTS call_sites (
+    app_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    auth_key TEXT NOT NULL,
+    library TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    client_address TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    event TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (app_id, route, auth_key, library, fingerprint, user_agent, client_address, instance, event, channel)
 );
 CREATE TABLE IF NOT EXISTS hourly (
     app_id TEXT NOT NULL,
@@ -33,6 +66,22 @@ CREATE TABLE IF NOT EXISTS hourly (
     PRIMARY KEY (app_id, route, hour)
 );
 ";
+
+/// Version 1's callers, moved into version 2's table: no library
+/// (`unknown`), fingerprint or instance (empty) was recorded.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE callers RENAME TO callers_v1;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// `meta` key: since when the ledger records every call (Unix seconds).
+const RECORDED_SINCE: &str = "recorded_since";
+
+/// `meta` key: the sidecar that last opened the ledger for writing.
+const INSTANCE: &str = "instance";
 
 /// A ledger store that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +94,16 @@ pub enum StoreError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The ledger was written by a newer release.
+    #[error(
+        "ledger database {path} has schema version {found}; this release reads up to {SCHEMA_VERSION}: use a newer pusher-cutover"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
     },
     /// SQLite failed.
     #[error("ledger database {path}")]
@@ -79,8 +138,11 @@ fn from_sql(n: i64) -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the ledger in `dir` for reading and writing.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the ledger in `dir` for reading and
+    /// writing, upgrading one written by an earlier release in place, for
+    /// the sidecar `instance`. A new ledger records since `now` (Unix
+    /// seconds).
+    pub fn open(dir: &Path, now: u64, instance: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -97,8 +159,91 @@ impl Store {
             .map_err(sqlite)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
-        conn.execute_batch(SCHEMA).map_err(sqlite)?;
-        Ok(Self { conn, path })
+        let mut store = Self { conn, path };
+        store.migrate(now)?;
+        store
+            .conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![INSTANCE, instance],
+            )
+            .map_err(store.err())?;
+        Ok(store)
+    }
+
+    /// The schema version of the open database: [`SCHEMA_VERSION`], 1 for
+    /// the first release's, 0 for an empty database.
+    fn version(&self) -> Result<i64, StoreError> {
+        let stamped: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())?;
+        if stamped != 0 {
+            return Ok(stamped);
+        }
+        let has_callers: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'callers')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        Ok(if has_callers { 1 } else { 0 })
+    }
+
+    /// Brings the database to [`SCHEMA_VERSION`] in one transaction.
+    fn migrate(&mut self, now: u64) -> Result<(), StoreError> {
+        let version = self.version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        // A version 1 ledger recorded since its first call at the latest.
+        let mut since = now;
+        if version == 1 {
+            tx.execute_batch(UPGRADE_FROM_1).map_err(err)?;
+            tx.execute_batch(SCHEMA).map_err(err)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO callers ({CALLER_KEY}, calls, first_seen, last_seen)
+                     SELECT app_id, route, auth_key, 'unknown', '', user_agent, client_address, '',
+                            calls, first_seen, last_seen
+                     FROM callers_v1"
+                ),
+                [],
+            )
+            .map_err(err)?;
+            let first: Option<i64> = tx
+                .query_row("SELECT MIN(first_seen) FROM callers_v1", [], |r| r.get(0))
+                .map_err(err)?;
+            if let Some(first) = first {
+                since = since.min(from_sql(first));
+            }
+            tx.execute_batch("DROP TABLE callers_v1").map_err(err)?;
+        } else {
+            tx.execute_batch(SCHEMA).map_err(err)?;
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+            params![RECORDED_SINCE, since.to_string()],
+        )
+        .map_err(err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// Opens the ledger in `dir` read-only (for `report`).
@@ -122,46 +267,79 @@ impl Store {
         }
     }
 
-    /// Reads the whole ledger. Rows with an unknown route are skipped.
+    /// Reads the whole ledger (of this release's schema or the first
+    /// release's). Rows with an unknown route are skipped.
     pub fn load(&self) -> Result<Usage, StoreError> {
-        let mut apps: std::collections::BTreeMap<String, AppUsage> = Default::default();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT app_id, route, auth_key, user_agent, client_address, calls, first_seen, last_seen
-                 FROM callers ORDER BY app_id, route, auth_key, user_agent, client_address",
+        let version = self.version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        let mut apps: BTreeMap<String, AppUsage> = BTreeMap::new();
+        let mut sites: BTreeMap<(String, CallerKey), Vec<CallSite>> = BTreeMap::new();
+        let current = version == SCHEMA_VERSION;
+        if current {
+            let mut stmt = self
+                .conn
+                .prepare(&format!(
+                    "SELECT {CALLER_KEY}, event, channel, calls FROM call_sites"
+                ))
+                .map_err(self.err())?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        caller_key(r)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, String>(9)?,
+                        r.get::<_, i64>(10)?,
+                    ))
+                })
+                .map_err(self.err())?;
+            for row in rows {
+                let (key, event, channel, calls) = row.map_err(self.err())?;
+                let Some((app_id, key)) = key else { continue };
+                sites.entry((app_id, key)).or_default().push(CallSite {
+                    event,
+                    channel,
+                    calls: from_sql(calls),
+                });
+            }
+        }
+        let callers_query = if current {
+            format!(
+                "SELECT {CALLER_KEY}, calls, first_seen, last_seen FROM callers ORDER BY {CALLER_KEY}"
             )
-            .map_err(self.err())?;
+        } else {
+            "SELECT app_id, route, auth_key, 'unknown', '', user_agent, client_address, '',
+                    calls, first_seen, last_seen
+             FROM callers ORDER BY app_id, route, auth_key, user_agent, client_address"
+                .to_owned()
+        };
+        let mut stmt = self.conn.prepare(&callers_query).map_err(self.err())?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
+                    caller_key(r)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
                 ))
             })
             .map_err(self.err())?;
         for row in rows {
-            let (app_id, route, auth_key, user_agent, client_address, calls, first, last) =
-                row.map_err(self.err())?;
-            let Some(route) = RouteKind::legacy_from_label(&route) else {
-                continue;
-            };
+            let (key, calls, first, last) = row.map_err(self.err())?;
+            let Some((app_id, key)) = key else { continue };
+            let call_sites = sites
+                .remove(&(app_id.clone(), key.clone()))
+                .unwrap_or_default();
             entry(&mut apps, app_id).callers.push(Caller {
-                key: CallerKey {
-                    route,
-                    auth_key,
-                    user_agent,
-                    client_address,
-                },
+                key,
                 calls: from_sql(calls),
                 first_seen: datetime(first),
                 last_seen: datetime(last),
+                call_sites: top_call_sites(call_sites),
             });
         }
 
@@ -190,7 +368,23 @@ impl Store {
                 calls: from_sql(calls),
             });
         }
+        let meta = |key: &str| -> Result<Option<String>, StoreError> {
+            if !current {
+                return Ok(None);
+            }
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+                .map_err(self.err())
+        };
+        let recorded_since = meta(RECORDED_SINCE)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(crate::clock::datetime);
         Ok(Usage {
+            instance: meta(INSTANCE)?.unwrap_or_default(),
+            recorded_since,
             apps: apps.into_values().collect(),
         })
     }
@@ -206,26 +400,53 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         {
             let mut caller = tx
-                .prepare_cached(
-                    "INSERT INTO callers (app_id, route, auth_key, user_agent, client_address, calls, first_seen, last_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (app_id, route, auth_key, user_agent, client_address)
-                     DO UPDATE SET calls = excluded.calls, first_seen = excluded.first_seen, last_seen = excluded.last_seen",
-                )
+                .prepare_cached(&format!(
+                    "INSERT INTO callers ({CALLER_KEY}, calls, first_seen, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT ({CALLER_KEY})
+                     DO UPDATE SET calls = excluded.calls, first_seen = excluded.first_seen, last_seen = excluded.last_seen"
+                ))
+                .map_err(err)?;
+            let mut site = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO call_sites ({CALLER_KEY}, event, channel, calls)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT ({CALLER_KEY}, event, channel) DO UPDATE SET calls = excluded.calls"
+                ))
                 .map_err(err)?;
             for (app_id, c) in &changes.callers {
+                let k = &c.key;
+                let key = params![
+                    app_id,
+                    k.route.as_str(),
+                    k.auth_key,
+                    k.library,
+                    k.fingerprint,
+                    k.user_agent,
+                    k.client_address,
+                    k.instance,
+                ];
                 caller
-                    .execute(params![
-                        app_id,
-                        c.key.route.as_str(),
-                        c.key.auth_key,
-                        c.key.user_agent,
-                        c.key.client_address,
-                        to_sql(c.calls),
-                        c.first_seen.unix_timestamp(),
-                        c.last_seen.unix_timestamp(),
-                    ])
+                    .execute(rusqlite::params_from_iter(
+                        key.iter().copied().chain(
+                            params![
+                                to_sql(c.calls),
+                                c.first_seen.unix_timestamp(),
+                                c.last_seen.unix_timestamp(),
+                            ]
+                            .iter()
+                            .copied(),
+                        ),
+                    ))
                     .map_err(err)?;
+                for s in &c.call_sites {
+                    site.execute(rusqlite::params_from_iter(
+                        key.iter()
+                            .copied()
+                            .chain(params![s.event, s.channel, to_sql(s.calls)].iter().copied()),
+                    ))
+                    .map_err(err)?;
+                }
             }
             let mut hour = tx
                 .prepare_cached(
@@ -252,7 +473,28 @@ impl Store {
     }
 }
 
-fn entry(apps: &mut std::collections::BTreeMap<String, AppUsage>, app_id: String) -> &mut AppUsage {
+/// The app id and caller key of a row's first eight columns
+/// ([`CALLER_KEY`]); `None` for a route this release does not know.
+fn caller_key(r: &Row<'_>) -> rusqlite::Result<Option<(String, CallerKey)>> {
+    let route: String = r.get(1)?;
+    let Some(route) = RouteKind::legacy_from_label(&route) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        r.get(0)?,
+        CallerKey {
+            route,
+            auth_key: r.get(2)?,
+            library: r.get(3)?,
+            fingerprint: r.get(4)?,
+            user_agent: r.get(5)?,
+            client_address: r.get(6)?,
+            instance: r.get(7)?,
+        },
+    )))
+}
+
+fn entry(apps: &mut BTreeMap<String, AppUsage>, app_id: String) -> &mut AppUsage {
     apps.entry(app_id.clone()).or_insert_with(|| AppUsage {
         app_id,
         callers: Vec::new(),
@@ -263,16 +505,18 @@ fn entry(apps: &mut std::collections::BTreeMap<String, AppUsage>, app_id: String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::ledger::Ledger;
+    use crate::telemetry::ledger::tests::rec;
+    use crate::telemetry::ledger::{Ledger, LedgerCall};
 
     const T: u64 = 1_795_888_046;
 
     #[test]
     fn round_trip_through_the_database() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Ledger::new(100, 35);
+        let ledger = Ledger::new(100, 35, "i-1");
         for i in 0..7 {
-            ledger.record(
+            rec(
+                &ledger,
                 "4242",
                 RouteKind::LegacyTrigger,
                 "k",
@@ -281,11 +525,28 @@ mod tests {
                 T + i * 600,
             );
         }
-        ledger.record("4242", RouteKind::LegacyStats, "k", "ua\u{e9}'\"", "::1", T);
-        ledger.record("7", RouteKind::LegacyStats, "k7", "", "10.0.0.2", T);
-        let mut store = Store::open(dir.path()).expect("open");
+        rec(
+            &ledger,
+            "4242",
+            RouteKind::LegacyStats,
+            "k",
+            "ua\u{e9}'\"",
+            "::1",
+            T,
+        );
+        rec(
+            &ledger,
+            "7",
+            RouteKind::LegacyStats,
+            "k7",
+            "",
+            "10.0.0.2",
+            T,
+        );
+        let mut store = Store::open(dir.path(), T, "i-1").expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
-        ledger.record(
+        rec(
+            &ledger,
             "4242",
             RouteKind::LegacyTrigger,
             "k",
@@ -302,15 +563,24 @@ mod tests {
             .expect("reopen")
             .load()
             .expect("load");
+        ledger.recording_since(T);
         assert_eq!(reread, ledger.snapshot());
     }
 
     #[test]
     fn prune_deletes_old_buckets() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Ledger::new(100, 30);
-        ledger.record("1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
-        let mut store = Store::open(dir.path()).expect("open");
+        let ledger = Ledger::new(100, 30, "i-1");
+        rec(
+            &ledger,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua",
+            "10.0.0.1",
+            T,
+        );
+        let mut store = Store::open(dir.path(), T, "i-1").expect("open");
         store.write(&ledger.take_changes(T)).expect("write");
         store
             .write(&ledger.take_changes(T + 31 * 86_400))
@@ -325,5 +595,169 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = Store::open_read_only(dir.path()).expect_err("no file");
         assert!(err.to_string().contains(FILE_NAME), "{err}");
+    }
+
+    /// The first release's schema, verbatim.
+    const V1_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS callers (
+    app_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    auth_key TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    client_address TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (app_id, route, auth_key, user_agent, client_address)
+);
+CREATE TABLE IF NOT EXISTS hourly (
+    app_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (app_id, route, hour)
+);
+";
+
+    /// A ledger as the first release wrote it: two callers, one bucket.
+    fn v1_ledger(dir: &Path) {
+        let conn = Connection::open(dir.join(FILE_NAME)).expect("create");
+        conn.execute_batch(V1_SCHEMA).expect("v1 schema");
+        conn.execute_batch(
+            "INSERT INTO callers VALUES ('4242', 'legacy_trigger', 'k', 'ua', '10.0.0.1', 7, 1795880000, 1795888000);
+             INSERT INTO callers VALUES ('4242', 'legacy_stats', 'k', '', '127.0.0.1', 2, 1795870000, 1795871000);
+             INSERT INTO hourly VALUES ('4242', 'legacy_trigger', 1795885200, 7);",
+        )
+        .expect("v1 rows");
+    }
+
+    fn v1_expectations(u: &Usage) {
+        let app = &u.apps[0];
+        assert_eq!(app.app_id, "4242");
+        assert_eq!(app.callers.len(), 2);
+        let trigger = app
+            .callers
+            .iter()
+            .find(|c| c.key.route == RouteKind::LegacyTrigger)
+            .expect("trigger caller kept");
+        assert_eq!((trigger.calls, trigger.key.user_agent.as_str()), (7, "ua"));
+        assert_eq!(trigger.key.library, "unknown");
+        assert_eq!(trigger.key.fingerprint, "");
+        assert!(trigger.call_sites.is_empty());
+        assert_eq!(app.hourly.len(), 1);
+        assert_eq!(app.hourly[0].calls, 7);
+    }
+
+    #[test]
+    fn a_first_release_ledger_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        v1_ledger(dir.path());
+
+        // `report` reads it as it is, without writing.
+        let read = Store::open_read_only(dir.path())
+            .expect("read-only")
+            .load()
+            .expect("load v1");
+        v1_expectations(&read);
+        assert_eq!(
+            read.recorded_since, None,
+            "a v1 ledger says nothing of its start"
+        );
+
+        let mut store = Store::open(dir.path(), T, "pod-a").expect("upgrade");
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let upgraded = store.load().expect("load upgraded");
+        v1_expectations(&upgraded);
+        assert_eq!(upgraded.instance, "pod-a");
+        assert_eq!(
+            upgraded.recorded_since.map(|t| t.unix_timestamp()),
+            Some(1_795_870_000),
+            "recorded since its first call, no earlier"
+        );
+
+        // It goes on counting the same callers, and opens again as is.
+        let ledger = Ledger::new(100, 35, "pod-a");
+        ledger.load(upgraded);
+        rec(
+            &ledger,
+            "4242",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua",
+            "10.0.0.1",
+            T,
+        );
+        store.write(&ledger.take_changes(T)).expect("write");
+        drop(store);
+        let again = Store::open(dir.path(), T + 60, "pod-a")
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(
+            again.apps[0].callers.len(),
+            3,
+            "the new call's caller has a fingerprint"
+        );
+        assert_eq!(
+            again.recorded_since.map(|t| t.unix_timestamp()),
+            Some(1_795_870_000)
+        );
+    }
+
+    #[test]
+    fn a_newer_ledger_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path(), T, "i-1").expect("create"));
+        let conn = Connection::open(dir.path().join(FILE_NAME)).expect("open");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("stamp");
+        drop(conn);
+        let err = Store::open(dir.path(), T, "i-1").expect_err("newer");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+        let err = Store::open_read_only(dir.path())
+            .and_then(|s| s.load())
+            .expect_err("newer, read-only");
+        assert!(err.to_string().contains("newer pusher-cutover"), "{err}");
+    }
+
+    #[test]
+    fn call_sites_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::new(100, 35, "i-1");
+        for (event, channel, n) in [("created", "orders-{id}", 3), ("paid", "orders-{id}", 1)] {
+            for _ in 0..n {
+                ledger.record(&LedgerCall {
+                    app_id: "1",
+                    route: RouteKind::LegacyTrigger,
+                    auth_key: "k",
+                    library: "pypi-pusher-0.6-0.8",
+                    fingerprint: "0123abcd",
+                    user_agent: "",
+                    client_address: "127.0.0.1",
+                    event,
+                    channel,
+                    now: T,
+                });
+            }
+        }
+        let mut store = Store::open(dir.path(), T, "i-1").expect("open");
+        store.write(&ledger.take_changes(T)).expect("write");
+        let u = store.load().expect("load");
+        let sites = &u.apps[0].callers[0].call_sites;
+        assert_eq!(
+            sites
+                .iter()
+                .map(|s| (s.event.as_str(), s.channel.as_str(), s.calls))
+                .collect::<Vec<_>>(),
+            [("created", "orders-{id}", 3), ("paid", "orders-{id}", 1)]
+        );
+        assert_eq!(u.apps[0].callers[0].key.library, "pypi-pusher-0.6-0.8");
     }
 }
