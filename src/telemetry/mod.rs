@@ -7,6 +7,7 @@
 //! - [`report`]: JSON, table and HTML reports built from it.
 
 pub mod call_site;
+pub mod fingerprint;
 pub mod ledger;
 pub mod metrics;
 pub mod store;
