@@ -1138,6 +1138,23 @@ mod tests {
         );
         // printf %s "$canonical" | sha256sum | cut -c1-12
         assert_eq!(id.as_str(), "1b84963150d4");
+        // Every recorded release (docs/fingerprints.md lists these ids).
+        for (title, id) in [
+            ("PyPI pusher 0.1", "1b84963150d4"),
+            ("PyPI pusher 0.2", "1b84963150d4"),
+            ("PyPI pusher 0.3", "1b84963150d4"),
+            ("PyPI pusher 0.4", "a4a8c3d8ab6a"),
+            ("PyPI pusher 0.5", "a4a8c3d8ab6a"),
+            ("PyPI pusher 0.6", "195c02a5c8eb"),
+            ("PyPI pusher 0.7", "195c02a5c8eb"),
+            ("PyPI pusher 0.8", "195c02a5c8eb"),
+            ("npm pusher 0.0.2", "96fe68352634"),
+            ("npm pusher 0.0.4", "96fe68352634"),
+            ("npm node-pusher 0.0.1", "ed1b097fe1b9"),
+            ("npm node-pusher 0.0.2", "ed1b097fe1b9"),
+        ] {
+            assert_eq!(recorded(title).fingerprint().id.as_str(), id, "{title}");
+        }
         let npm = recorded("npm pusher 0.0.2");
         assert_eq!(
             npm.traits_canonical(),
