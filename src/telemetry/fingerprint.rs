@@ -457,7 +457,10 @@ impl<'a> Traits<'a> {
         let json = self.content_type == ContentType::Json;
         let python_body = matches!(self.body, Body::Spaced | Body::NoSeparator);
         let compact_body = matches!(self.body, Body::Compact | Body::NoSeparator);
-        let identity = self.accept_encoding == AcceptEncoding::Identity;
+        // PyPI appends socket_id `if socket_id:`, node-pusher `if (socketId)`:
+        // never empty.
+        let identity =
+            self.accept_encoding == AcceptEncoding::Identity && self.socket_id != SocketId::Empty;
         let curl = self.accept == Accept::Any && json;
         match self.order {
             Order::Pusher if identity && python_body && self.names_are(&PYPI_0_1) => {
@@ -483,11 +486,7 @@ impl<'a> Traits<'a> {
             Order::Sorted if curl && (self.names_are(&CURL_POST) || self.names_are(&CURL_GET)) => {
                 Library::PhpPusher20To21
             }
-            Order::Pusher
-                if curl && self.socket_id != SocketId::Empty && self.names_are(&CURL_POST) =>
-            {
-                Library::PhpPusherPre2012
-            }
+            Order::Pusher if curl && self.names_are(&CURL_POST) => Library::PhpPusherPre2012,
             Order::Ruby if json => Library::RubygemsPusher04To010,
             Order::Pusher
                 if json
@@ -1303,6 +1302,12 @@ mod tests {
         assert_ne!(reordered.fingerprint().id, r.fingerprint().id);
         assert_eq!(reordered.fingerprint().library, Library::Unknown);
 
+        // PyPI never sends an empty socket_id (`if socket_id:`).
+        let mut empty_sid = r.clone();
+        empty_sid.target = r.target.replace("socket_id=1234.5678", "socket_id=");
+        assert_ne!(empty_sid.target, r.target);
+        assert_eq!(empty_sid.fingerprint().library, Library::Unknown);
+
         // `expect` depends on the body's size (libcurl), not the sender.
         let mut expecting = r.clone();
         expecting
@@ -1349,6 +1354,22 @@ mod tests {
                 head(
                     "POST",
                     PUSHER_ORDER,
+                    &[
+                        ("Host", "127.0.0.1:8080"),
+                        ("Accept", "*/*"),
+                        json,
+                        ("Content-Length", "12"),
+                    ],
+                ),
+                br#"{"msg":"hi"}"#,
+            ),
+            // … called with $socket_id = '' (`!== null`: sent, empty).
+            (
+                Library::PhpPusherPre2012,
+                head(
+                    "POST",
+                    "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
+                     body_md5=00&name=e&socket_id=&auth_signature=ff",
                     &[
                         ("Host", "127.0.0.1:8080"),
                         ("Accept", "*/*"),
