@@ -6,6 +6,8 @@
 //! - [`usage`]: the ledger's data, as `/usage` serves it;
 //! - [`report`]: JSON, table and HTML reports built from it.
 
+pub mod call_site;
+pub mod fingerprint;
 pub mod ledger;
 pub mod metrics;
 pub mod store;
