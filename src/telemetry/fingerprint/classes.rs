@@ -1,0 +1,408 @@
+//! The classes a request's traits are reduced to: a few shapes per
+//! header value, the query's order, its encoding, the body's spacing.
+
+use super::{MAX_QUERY_KEYS, is_unreserved, raw_keys};
+
+/// The class of the `Host` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HostClass {
+    Absent,
+    /// `pusherapp.com`, `pusher.com` or a subdomain, any port.
+    Pusher,
+    Other,
+}
+
+impl HostClass {
+    pub(super) fn of(value: Option<&str>) -> Self {
+        let Some(value) = value else {
+            return Self::Absent;
+        };
+        let host = if value.starts_with('[') {
+            value // an IPv6 literal is no pusher host
+        } else {
+            value.split(':').next().unwrap_or(value)
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
+        let under = |domain: &str| {
+            let domain = domain.as_bytes();
+            host.eq_ignore_ascii_case(domain)
+                || (host.len() > domain.len()
+                    && host[host.len() - domain.len() - 1] == b'.'
+                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain))
+        };
+        if under("pusherapp.com") || under("pusher.com") {
+            Self::Pusher
+        } else {
+            Self::Other
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Pusher => "pusher",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The class of the `Connection` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Connection {
+    Absent,
+    Close,
+    KeepAlive,
+    Other,
+}
+
+impl Connection {
+    pub(super) fn of(value: Option<&str>) -> Self {
+        match value {
+            None => Self::Absent,
+            Some(v) if v.eq_ignore_ascii_case("close") => Self::Close,
+            Some(v) if v.eq_ignore_ascii_case("keep-alive") => Self::KeepAlive,
+            Some(_) => Self::Other,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Close => "close",
+            Self::KeepAlive => "keep-alive",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The class of the `Accept-Encoding` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AcceptEncoding {
+    Absent,
+    Identity,
+    Other,
+}
+
+impl AcceptEncoding {
+    pub(super) fn of(value: Option<&str>) -> Self {
+        match value {
+            None => Self::Absent,
+            Some(v) if v.eq_ignore_ascii_case("identity") => Self::Identity,
+            Some(_) => Self::Other,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Identity => "identity",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The class of the `Content-Type` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ContentType {
+    Absent,
+    /// Exactly `application/json`.
+    Json,
+    /// `application/json` with parameters (`; charset=utf-8`).
+    JsonParams,
+    /// `application/x-www-form-urlencoded`, with or without parameters.
+    Form,
+    Other,
+}
+
+impl ContentType {
+    pub(super) fn of(value: Option<&str>) -> Self {
+        let starts = |v: &str, prefix: &str| {
+            v.as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        match value {
+            None => Self::Absent,
+            Some(v) if v.eq_ignore_ascii_case("application/json") => Self::Json,
+            Some(v) if starts(v, "application/json;") => Self::JsonParams,
+            Some(v) if starts(v, "application/x-www-form-urlencoded") => Self::Form,
+            Some(_) => Self::Other,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Json => "json",
+            Self::JsonParams => "json+params",
+            Self::Form => "form",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The class of the `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Accept {
+    Absent,
+    /// `*/*`
+    Any,
+    Other,
+}
+
+impl Accept {
+    pub(super) fn of(value: Option<&str>) -> Self {
+        match value {
+            None => Self::Absent,
+            Some("*/*") => Self::Any,
+            Some(_) => Self::Other,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Any => "any",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The order of the query keys, as far as it names a known builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// The order Pusher's docs sign in, the signature appended:
+    /// `auth_key, auth_timestamp, auth_version, body_md5, name,
+    /// [socket_id,] auth_signature`.
+    Pusher,
+    /// Every key in byte order, the signature among them (PHP's `ksort`).
+    Sorted,
+    /// Ruby's insertion order: `name, [socket_id,] body_md5, auth_version,
+    /// auth_key, auth_timestamp, auth_signature`, or the last four alone.
+    Ruby,
+    Other,
+}
+
+impl Order {
+    pub(super) fn of(raw_query: &str) -> Self {
+        const PUSHER: [&str; 6] = [
+            "auth_key",
+            "auth_timestamp",
+            "auth_version",
+            "body_md5",
+            "name",
+            "auth_signature",
+        ];
+        const PUSHER_SID: [&str; 7] = [
+            "auth_key",
+            "auth_timestamp",
+            "auth_version",
+            "body_md5",
+            "name",
+            "socket_id",
+            "auth_signature",
+        ];
+        const RUBY: [&str; 6] = [
+            "name",
+            "body_md5",
+            "auth_version",
+            "auth_key",
+            "auth_timestamp",
+            "auth_signature",
+        ];
+        const RUBY_SID: [&str; 7] = [
+            "name",
+            "socket_id",
+            "body_md5",
+            "auth_version",
+            "auth_key",
+            "auth_timestamp",
+            "auth_signature",
+        ];
+        const RUBY_STATS: [&str; 4] = [
+            "auth_version",
+            "auth_key",
+            "auth_timestamp",
+            "auth_signature",
+        ];
+        const AUTH: [&str; 4] = [
+            "auth_key",
+            "auth_signature",
+            "auth_timestamp",
+            "auth_version",
+        ];
+
+        let mut keys = [""; MAX_QUERY_KEYS];
+        let mut n = 0;
+        for key in raw_keys(raw_query) {
+            let Some(slot) = keys.get_mut(n) else {
+                return Self::Other;
+            };
+            *slot = key;
+            n += 1;
+        }
+        let keys = &keys[..n];
+        if keys == PUSHER || keys == PUSHER_SID {
+            Self::Pusher
+        } else if keys == RUBY || keys == RUBY_SID || keys == RUBY_STATS {
+            Self::Ruby
+        } else if keys.windows(2).all(|w| w[0] < w[1]) && AUTH.iter().all(|a| keys.contains(a)) {
+            Self::Sorted
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// Whether `socket_id` is sent, and empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SocketId {
+    Absent,
+    Empty,
+    Present,
+}
+
+impl SocketId {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "-",
+            Self::Empty => "empty",
+            Self::Present => "present",
+        }
+    }
+}
+
+/// How a raw path or the raw query values are percent-encoded. A sender
+/// shows its encoding only when a value has a character outside the
+/// unreserved set: until then it is `plain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Encoding {
+    /// Unreserved characters only: nothing to tell.
+    Plain,
+    /// `%XX` escapes, no other reserved character.
+    Escaped,
+    /// Reserved characters (`@`, `,`, `+`, …) left as they are, no escape.
+    Raw,
+    /// Both.
+    Mixed,
+}
+
+impl Encoding {
+    pub(super) fn of_bytes(bytes: &[u8], separator: u8) -> (bool, bool) {
+        let escaped = bytes.contains(&b'%');
+        let raw = bytes
+            .iter()
+            .any(|&b| b != b'%' && b != separator && !is_unreserved(b));
+        (escaped, raw)
+    }
+
+    pub(super) fn from_flags((escaped, raw): (bool, bool)) -> Self {
+        match (escaped, raw) {
+            (false, false) => Self::Plain,
+            (true, false) => Self::Escaped,
+            (false, true) => Self::Raw,
+            (true, true) => Self::Mixed,
+        }
+    }
+
+    pub(super) fn of_path(path: &str) -> Self {
+        Self::from_flags(Self::of_bytes(path.as_bytes(), b'/'))
+    }
+
+    pub(super) fn of_query_values(raw_query: &str) -> Self {
+        let flags = raw_query
+            .split('&')
+            .filter_map(|p| p.split_once('=').map(|(_, v)| v))
+            .map(|v| Self::of_bytes(v.as_bytes(), b'='))
+            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
+        Self::from_flags(flags)
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Escaped => "escaped",
+            Self::Raw => "raw",
+            Self::Mixed => "mixed",
+        }
+    }
+}
+
+/// The JSON spacing of the body: what follows each `:` and `,` outside
+/// strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    Empty,
+    /// Does not start like JSON (`{`, `[`, `"`, a number, `true`, `false`,
+    /// `null`), or is only whitespace.
+    Text,
+    /// JSON-like without a separator (`"hi"`, `{}`, `42`): nothing to tell.
+    NoSeparator,
+    /// Every separator followed directly by a value (`{"msg":"hi"}`).
+    Compact,
+    /// Every separator followed by one space (`{"msg": "hi"}`).
+    Spaced,
+    /// A separator followed by a line break or tab (pretty-printed).
+    Pretty,
+    /// Both compact and spaced separators.
+    Mixed,
+}
+
+impl Body {
+    pub(super) fn of(body: &[u8]) -> Self {
+        if body.is_empty() {
+            return Self::Empty;
+        }
+        let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+            return Self::Text;
+        };
+        if !matches!(
+            body[start],
+            b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+        ) {
+            return Self::Text;
+        }
+        let (mut compact, mut spaced, mut pretty) = (false, false, false);
+        let (mut in_string, mut escaped) = (false, false);
+        for (i, &b) in body.iter().enumerate().skip(start) {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b':' | b',' => match body.get(i + 1) {
+                    Some(b' ') => spaced = true,
+                    Some(b'\n' | b'\r' | b'\t') => pretty = true,
+                    _ => compact = true,
+                },
+                _ => {}
+            }
+        }
+        match (compact, spaced, pretty) {
+            (_, _, true) => Self::Pretty,
+            (true, true, false) => Self::Mixed,
+            (false, true, false) => Self::Spaced,
+            (true, false, false) => Self::Compact,
+            (false, false, false) => Self::NoSeparator,
+        }
+    }
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Text => "text",
+            Self::NoSeparator => "none",
+            Self::Compact => "compact",
+            Self::Spaced => "spaced",
+            Self::Pretty => "pretty",
+            Self::Mixed => "mixed",
+        }
+    }
+}
