@@ -42,8 +42,8 @@ use crate::http::{self, APPLICATION_JSON, ResponseBody};
 use crate::pusher::query::QueryParams;
 use crate::pusher::signature::{Expected, Signer, Unsigned};
 use crate::routes::{self, TranslateError, channel_event, channel_stats, passthrough};
-use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::AppSeries;
+use crate::telemetry::{Telemetry, call_site};
 use crate::upstream::{self, Buffered, OutboundRequest, Upstream};
 use classify::{Route, RouteKind, classify};
 use cutover::Path;
@@ -313,6 +313,10 @@ impl State {
         };
         let (body, now) = call.verified(parts, &query, body, route.kind).await?;
         let channel = routes::decode_channel(route.channel.unwrap_or_default())?;
+        // Where in the caller's code to look: the event and channel template.
+        let record = &mut *call.record;
+        record.channel = Some(call_site::template(&channel).into_owned());
+        record.event = query.get("name").map(|n| truncate(n).to_owned());
 
         let path = cutover::decide(&app.config, route.kind, &channel, now);
         if path == Path::Translate {

@@ -13,13 +13,15 @@ use crate::http::{BodyError, read_body};
 use crate::pusher::query::QueryParams;
 use crate::pusher::signature;
 use crate::routes::TranslateError;
+use crate::telemetry::fingerprint;
 
 /// Body allowance of requests that should have none (stats, GETs).
 const MAX_BODYLESS_READ: usize = 4096;
 
 impl Call<'_> {
-    /// Reads the body and verifies the request against the app. Returns the
-    /// body and the time it was checked at.
+    /// Reads the body and verifies the request against the app, and
+    /// classifies a legacy call's sender ([`fingerprint::classify`]).
+    /// Returns the body and the time it was checked at.
     ///
     /// Only a trigger carries a body worth reading, and only up to the
     /// app's `max_data_bytes`; a current-API POST up to `max_body_bytes`;
@@ -57,6 +59,12 @@ impl Call<'_> {
             &self.app.expected(now, config.timestamp_window_secs),
         )?;
         self.record.verified = true;
+        if kind.is_legacy() {
+            // From the head as hyper parsed it: nothing has touched it yet.
+            let sender = fingerprint::classify(parts, query, &body);
+            self.record.library = Some(sender.library.as_str());
+            self.record.fingerprint = Some(sender.id.to_string());
+        }
         Ok((body, now))
     }
 }

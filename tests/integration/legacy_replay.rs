@@ -113,3 +113,88 @@ async fn translated_request_carries_the_proxy_clock() {
     );
     proxy.stop().await;
 }
+
+/// The family a recording's release belongs to, from its title alone (the
+/// fixture's `## …` line), written out here independently of the
+/// classifier. npm `pusher` 0.0.x sends no `socket_id`, and without one
+/// its requests are node-pusher's but for header case, which hyper does
+/// not keep: that family is named as the pair.
+fn expected_family(title: &str) -> &'static str {
+    let pypi_minor = title
+        .strip_prefix("PyPI pusher 0.")
+        .and_then(|m| m.parse::<u8>().ok());
+    match pypi_minor {
+        Some(1..=5) => "pypi-pusher-0.1-0.5",
+        Some(6..=8) => "pypi-pusher-0.6-0.8",
+        _ if title.starts_with("npm pusher 0.0.") => "npm-pusher-or-node-pusher-0.0",
+        _ if title.starts_with("npm node-pusher 0.0.") => "npm-node-pusher-0.0",
+        _ => panic!("no family for {title}"),
+    }
+}
+
+/// Replayed byte for byte, every recorded release is named in the ledger
+/// by its library family, with its call site, although none sends a
+/// User-Agent and all come from 127.0.0.1.
+#[tokio::test]
+async fn every_recorded_release_is_named_by_its_family_in_usage() {
+    let clock = support::fixed_clock(0);
+    let fake_clock = clock.clone();
+    let fake = FakeUpstream::start(&[(APP_ID, support::KEY, support::SECRET)], move || {
+        pusher_cutover::Clock::unix_now(&*fake_clock)
+    })
+    .await;
+    let toml = support::config_toml(&fake.url(), "", "").replace(
+        "[upstream]",
+        "[telemetry]\ninstance = \"replay-pod\"\n[upstream]",
+    );
+    let proxy = TestProxy::start(&toml, clock.clone()).await;
+    let recordings = recordings();
+    for r in &recordings {
+        let ts: u64 = r
+            .param("auth_timestamp")
+            .and_then(|t| t.parse().ok())
+            .expect("timestamp");
+        clock.set(ts + 1);
+        let answer = support::raw_exchange(proxy.addr, &r.raw()).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            202,
+            "{}: {}",
+            r.library,
+            answer.text()
+        );
+    }
+    let usage = support::send(
+        hyper::Method::GET,
+        &format!("{}/usage", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(usage["instance"], "replay-pod");
+    let callers = usage["apps"][0]["callers"].as_array().expect("callers");
+    let mut calls_by_library = std::collections::BTreeMap::<String, u64>::new();
+    for c in callers {
+        assert_eq!(c["client_address"], "127.0.0.1");
+        assert_eq!(c["user_agent"], "", "none of them sends a User-Agent");
+        assert_eq!(c["instance"], "replay-pod");
+        assert_eq!(c["fingerprint"].as_str().map(str::len), Some(12), "{c}");
+        assert_eq!(
+            c["call_sites"],
+            serde_json::json!([{"event": "my-event", "channel": "test-channel", "calls": c["calls"]}]),
+            "{c}"
+        );
+        *calls_by_library
+            .entry(c["library"].as_str().expect("library").to_owned())
+            .or_default() += c["calls"].as_u64().expect("calls");
+    }
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for r in &recordings {
+        *expected
+            .entry(expected_family(&r.library).to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(calls_by_library, expected);
+    proxy.stop().await;
+}
