@@ -23,7 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod cutover;
 pub mod error;
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod logging;
 pub mod passthrough;
