@@ -1,7 +1,6 @@
 //! The `pusher-cutover` binary: parses the command line, loads the config,
 //! sets up logging and runs the library. Wiring only.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,7 +16,6 @@ use pusher_cutover::telemetry::sources::{self, Source};
 use pusher_cutover::{ConfigSource, Options};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// A sidecar that serves Pusher's deprecated HTTP API calls (channel stats,
 /// per-channel trigger) in front of a current-API server, and records who
@@ -114,7 +112,10 @@ fn main() -> ExitCode {
             )
         }
         Command::Serve { config } => {
-            let _flush_on_exit = init_logging(cli.log_format);
+            let _flush_on_exit = logging::init(match cli.log_format {
+                LogFormat::Text => logging::Format::Text,
+                LogFormat::Json => logging::Format::Json,
+            });
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -209,49 +210,6 @@ async fn report(
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Logs go to stderr through a background writer, so a request never waits
-/// on the terminal or a pipe; lines are never dropped (a full queue makes
-/// the writing thread wait instead). Worker threads hand their lines over
-/// in batches ([`logging::Batched`]). The guard flushes on drop.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let directives = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
-        // waiting for a slow stderr before writers wait.
-        .buffered_lines_limit(256)
-        .thread_name("pusher-cutover-log")
-        // What the log thread finds queued is written in one go.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    let sink = move |bytes: &[u8]| {
-        let _ = writer.clone().write_all(bytes);
-    };
-    // Called once per process, so the sink is always free to set.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(logging::Batched::new(sink));
-    match format {
-        LogFormat::Text => {
-            builder.event_format(logging::LineFormat).init();
-            // The per-request line may skip tracing's dispatch: it is
-            // written in this same format, through this same writer, once
-            // `tracing::enabled!` has asked the filter about its target and
-            // level. Span and field directives (`[…]`) are judged by the
-            // filter on each event, which `enabled!` cannot ask: with
-            // those, the line stays on tracing.
-            if !directives.contains('[') {
-                logging::enable_direct_lines();
-            }
-        }
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    guard
 }
 
 /// The accept loop, admin listener, telemetry flushes and signals run on

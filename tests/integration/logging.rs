@@ -94,9 +94,9 @@ async fn legacy_calls_are_logged_without_secrets() {
     }
 }
 
-/// The binary's own text lines (written without `tracing`'s per-field
-/// dispatch): one per request with the caller's identity, `RUST_LOG`
-/// still deciding which levels are written, and never a secret or an
+/// The binary's text lines (`logging::LineFormat`): one per request with
+/// the caller's identity, `RUST_LOG` deciding which are written (by level
+/// and target, and by field: `[{route}]`), and never a secret or an
 /// `auth_signature` value.
 #[tokio::test]
 async fn the_binarys_text_lines_follow_rust_log() {
