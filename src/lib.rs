@@ -19,6 +19,7 @@
 //! - [`config`], [`clock`], [`error`]: settings, time, and the status table.
 
 pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cutover;
