@@ -45,6 +45,8 @@ thread_local! {
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The timestamp text of the last whole second this thread formatted.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// The line [`LineFormat`] is formatting.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// How log lines look (the binary's `--log-format`).
@@ -177,17 +179,38 @@ where
     }
 }
 
-/// Writes `event` as one line stamped `now`.
+/// Writes `event` as one line stamped `now`: formatted into this thread's
+/// [`LINE`] and handed to `writer` in one piece, rather than piece by piece
+/// through its `dyn Write` (a dynamic call per separator, name and value).
 fn format_line(now: SystemTime, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-    head(&mut writer, now, *event.metadata().level())?;
-    let mut fields = Fields::new(&mut writer);
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            write_event(&mut *line, now, event)?;
+            writer.write_str(&line)
+        }
+        // Only reachable if formatting a value logs: straight to `writer`.
+        Err(_) => write_event(&mut writer, now, event),
+    })
+}
+
+/// The line of `event`, stamped `now`, newline included.
+fn write_event<W: fmt::Write + ?Sized>(
+    w: &mut W,
+    now: SystemTime,
+    event: &Event<'_>,
+) -> fmt::Result {
+    head(w, now, *event.metadata().level())?;
+    let mut fields = Fields::new(w);
     event.record(&mut fields);
     fields.result?;
-    writer.write_char('\n')
+    w.write_char('\n')
 }
 
 /// The timestamp and the level: `2026-11-28T20:58:32.918933Z  WARN `.
 fn head<W: fmt::Write + ?Sized>(w: &mut W, now: SystemTime, level: Level) -> fmt::Result {
+    // A wall clock set before 1970 is the host's problem, not a broken
+    // invariant of ours: such lines say 1970-01-01T00:00:00.000000Z.
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     timestamp(w, since.as_secs(), since.subsec_micros())?;
     w.write_str(match level {
