@@ -1,7 +1,13 @@
-//! Entry points for the fuzz targets in `tests/fuzz` (cargo-fuzz), kept in
-//! the library so the corpus, crash seeds included, also replays under
-//! `cargo test`. Each takes arbitrary bytes, must never panic, and checks
-//! the invariants of what it exercises.
+//! Entry points for the fuzz targets in `tests/fuzz` (cargo-fuzz). Each
+//! takes arbitrary bytes, must never panic, and checks the invariants of
+//! what it exercises.
+//!
+//! Compiled with the `fuzzing` feature (which `tests/fuzz` enables) and in
+//! this crate's unit tests, never into the release binary. The unit tests
+//! below replay the corpus, crash seeds in `artifacts/` included, so
+//! `cargo test` checks every input the fuzzer kept without a feature flag:
+//! integration tests see only the library as built without `cfg(test)`,
+//! hence the replay lives here.
 
 use secrecy::SecretString;
 
@@ -17,7 +23,10 @@ use crate::routes::{self, channel_stats};
 pub fn query_and_verify(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(3, '\n');
-    let path = parts.next().unwrap_or("");
+    let path = parts
+        .next()
+        .expect("invariant: splitn yields at least one part");
+    // Inputs without a second or third line have an empty query or body.
     let raw_query = parts.next().unwrap_or("");
     let body = parts.next().unwrap_or("").as_bytes();
     let Ok(query) = QueryParams::parse(raw_query) else {
@@ -67,8 +76,9 @@ pub fn legacy_route(data: &[u8]) {
         if route.kind == RouteKind::Passthrough {
             continue;
         }
-        assert!(route.app_id.is_some() && route.channel.is_some());
-        if let Ok(channel) = routes::decode_channel(route.channel.unwrap_or("")) {
+        assert!(route.app_id.is_some(), "a legacy route names its app");
+        let raw = route.channel.expect("a legacy route names its channel");
+        if let Ok(channel) = routes::decode_channel(raw) {
             assert!(channel.len() <= crate::pusher::channel::MAX_CHANNEL_LEN);
             assert!(!channel.contains(['/', '?', '#', '%']));
             assert!(channel != "." && channel != "..");
@@ -95,5 +105,43 @@ pub fn stats_mapper(data: &[u8]) {
             }
         }
         let _ = channel_stats::counting_disabled(hyper::StatusCode::BAD_REQUEST, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Runs every input of `target`'s corpus and crash seeds through `run`.
+    fn replay(target: &str, run: fn(&[u8])) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+        let mut replayed = 0;
+        for dir in ["corpus", "artifacts"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("corpus entry").path();
+                let data = std::fs::read(&path).expect("corpus file");
+                run(&data);
+                replayed += 1;
+            }
+        }
+        assert!(replayed >= 3, "{target}: only {replayed} corpus inputs");
+    }
+
+    #[test]
+    fn query_verify_corpus() {
+        replay("query_verify", super::query_and_verify);
+    }
+
+    #[test]
+    fn legacy_route_corpus() {
+        replay("legacy_route", super::legacy_route);
+    }
+
+    #[test]
+    fn stats_mapper_corpus() {
+        replay("stats_mapper", super::stats_mapper);
     }
 }

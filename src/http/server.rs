@@ -256,7 +256,7 @@ impl Worker {
             .name(format!("pusher-cutover-worker-{index}"))
             .spawn(move || {
                 crate::upstream::set_worker_index(index);
-                crate::logging::batch_this_thread();
+                crate::telemetry::logging::batch_this_thread();
                 runtime.block_on(async {
                     let graceful = GracefulShutdown::new();
                     // This thread's log lines go out in batches: when 16 KiB
@@ -265,7 +265,7 @@ impl Worker {
                         let mut tick = tokio::time::interval(LOG_FLUSH_EVERY);
                         loop {
                             tick.tick().await;
-                            crate::logging::flush_thread();
+                            crate::telemetry::logging::flush_thread();
                         }
                     });
                     while let Some(Handoff {
@@ -297,7 +297,7 @@ impl Worker {
                 // Dropping the runtime cancels what is left (idle pooled
                 // upstream connections).
                 drop(runtime);
-                crate::logging::flush_thread();
+                crate::telemetry::logging::flush_thread();
                 let _ = finished.send(());
             })?;
         Ok(Self { connections, done })

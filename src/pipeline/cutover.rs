@@ -19,6 +19,22 @@ pub enum Path {
     Reject,
 }
 
+impl Path {
+    /// Every path, in label order.
+    pub const ALL: [Path; 4] = [Path::Observe, Path::Shadow, Path::Translate, Path::Reject];
+
+    /// The label in logs and metrics (`path`): `observed`, `shadowed`,
+    /// `translated`, `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Observe => "observed",
+            Self::Shadow => "shadowed",
+            Self::Translate => "translated",
+            Self::Reject => "rejected",
+        }
+    }
+}
+
 /// Decides the path of a call to `channel` (decoded) of `app` at Unix time
 /// `now`. Brownouts win over every mode; `shadow` applies to stats only
 /// (triggers are never sent twice, so they are observed); with `translate`,

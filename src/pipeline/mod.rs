@@ -33,7 +33,7 @@ use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK, USER
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
 
-pub use record::{MAX_LOGGED_LEN, Record, truncate};
+pub use record::{MAX_LOGGED_LEN, REQUEST_TARGET, Record, truncate};
 
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config, DEFAULT_DEPRECATION_LINK, SubscriptionCounting};
@@ -319,6 +319,7 @@ impl State {
         record.event = query.get("name").map(|n| truncate(n).to_owned());
 
         let path = cutover::decide(&app.config, route.kind, &channel, now);
+        call.record.path = Some(path);
         if path == Path::Translate {
             parts.headers = HeaderMap::new();
         }

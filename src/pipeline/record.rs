@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
+use super::cutover::Path;
 use crate::chain::ErrorChain;
 use crate::error::{Fault, ProxyError};
 use crate::pipeline::classify::RouteKind;
@@ -64,11 +65,11 @@ impl IpText {
                 }
                 len
             }
-            // At most 45 characters.
             IpAddr::V6(v6) => {
                 let mut cursor = std::io::Cursor::new(&mut buf[..]);
-                let _ = write!(cursor, "{v6}");
-                usize::try_from(cursor.position()).unwrap_or(0)
+                write!(cursor, "{v6}")
+                    .expect("invariant: an IPv6 address is at most 45 characters");
+                usize::try_from(cursor.position()).expect("invariant: a position within 48 bytes")
             }
         };
         Self { buf, len }
@@ -76,7 +77,8 @@ impl IpText {
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        std::str::from_utf8(&self.buf[..self.len])
+            .expect("invariant: IpText holds the ASCII that `new` wrote")
     }
 }
 
@@ -105,7 +107,13 @@ pub struct Record {
     pub event: Option<String>,
     /// The channel template of a legacy call.
     pub channel: Option<String>,
+    /// The cutover path a verified legacy call took.
+    pub path: Option<Path>,
 }
+
+/// The target of the per-request line, whatever module writes it: what
+/// `RUST_LOG` names to filter it (`warn,pusher_cutover::request=info`).
+pub const REQUEST_TARGET: &str = "pusher_cutover::request";
 
 impl Record {
     /// Adds time spent waiting on the upstream.
@@ -182,7 +190,11 @@ impl<'a> Recorder<'a> {
                 _ => None,
             },
             caller: record.verified.then(|| VerifiedCaller {
-                auth_key: record.auth_key.as_deref().unwrap_or_default(),
+                auth_key: record
+                    .auth_key
+                    .as_deref()
+                    .expect("invariant: a verified request names its auth_key"),
+                // A request without a User-Agent header: none to record.
                 user_agent: self.user_agent.as_deref().unwrap_or_default(),
                 client_address: self.client_addr.as_str(),
                 library: record.library.unwrap_or(UNKNOWN_LIBRARY),
@@ -200,10 +212,6 @@ impl<'a> Recorder<'a> {
     /// and internal failures at ERROR; other requests at INFO. Neither
     /// secrets nor `auth_signature` are fields of the line, and error
     /// messages never contain them.
-    ///
-    /// With the text format the line skips `tracing`'s per-field dispatch
-    /// ([`crate::logging::direct_lines`]); it is the same line either way
-    /// (a test below compares the two).
     fn log(&self, status: u16, error: Option<&ProxyError>, duration: Duration) {
         let fault = error.map(ProxyError::fault);
         let error = error.map(|e| ErrorChain(e).to_string()).or_else(|| {
@@ -220,11 +228,7 @@ impl<'a> Recorder<'a> {
             (_, true) => tracing::Level::WARN,
             (_, false) => tracing::Level::INFO,
         };
-        if !crate::logging::direct_lines() {
-            self.event(level, &line);
-        } else if line_enabled(level) {
-            crate::logging::write_line(level, |l| self.fields(l, &line));
-        }
+        self.event(level, &line);
     }
 
     fn message(&self) -> &'static str {
@@ -235,12 +239,17 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// The line as a `tracing` event.
+    /// The line, as a `tracing` event at `level` (ERROR, WARN or INFO;
+    /// anything else is INFO). The message is a plain `&str` field, first,
+    /// as `"{}", …` would put it, without formatting it through
+    /// `fmt::Arguments`.
     fn event(&self, level: tracing::Level, line: &LineValues<'_>) {
         macro_rules! event {
             ($level:expr) => {
                 tracing::event!(
+                    target: REQUEST_TARGET,
                     $level,
+                    message = self.message(),
                     method = %self.method,
                     route = self.kind.template(),
                     app_id = self.app_id.as_deref(),
@@ -250,9 +259,11 @@ impl<'a> Recorder<'a> {
                     auth_key = self.record.auth_key.as_deref(),
                     user_agent = self.user_agent.as_deref(),
                     client_addr = %self.client_addr.as_str(),
+                    library = self.record.library,
+                    fingerprint = self.record.fingerprint.as_deref(),
+                    event = self.record.event.as_deref(),
+                    path = self.record.path.map(Path::as_str),
                     error = line.error,
-                    "{}",
-                    self.message()
                 )
             };
         }
@@ -261,35 +272,6 @@ impl<'a> Recorder<'a> {
             tracing::Level::WARN => event!(tracing::Level::WARN),
             _ => event!(tracing::Level::INFO),
         }
-    }
-
-    /// The same fields, in the same order, written straight into a line.
-    fn fields(&self, l: &mut crate::logging::Line<'_>, line: &LineValues<'_>) {
-        l.message(self.message());
-        l.display("method", self.method.as_str());
-        l.str("route", Some(self.kind.template()));
-        l.str("app_id", self.app_id.as_deref());
-        l.u64("status", Some(u64::from(line.status)));
-        l.u64(
-            "upstream_status",
-            self.record.upstream_status.map(u64::from),
-        );
-        l.f64("latency_ms", line.latency_ms);
-        l.str("auth_key", self.record.auth_key.as_deref());
-        l.str("user_agent", self.user_agent.as_deref());
-        l.display("client_addr", self.client_addr.as_str());
-        l.str("error", line.error);
-    }
-}
-
-/// Whether this module's lines at `level` are wanted: what `tracing`
-/// would decide for [`Recorder::event`] (a callsite per level, as
-/// `enabled!` takes a constant one).
-fn line_enabled(level: tracing::Level) -> bool {
-    match level {
-        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
-        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
-        _ => tracing::enabled!(tracing::Level::INFO),
     }
 }
 
@@ -350,12 +332,12 @@ mod tests {
         }
     }
 
-    /// The line written straight ([`Recorder::fields`]) is the line the
-    /// `tracing` event ([`Recorder::event`]) gives, for every route, with
-    /// and without the optional fields, escaping included.
+    /// The request's line, as [`crate::telemetry::logging::LineFormat`] writes it,
+    /// for every route, with and without the optional fields, escaping
+    /// included; and the same event as a JSON log line.
     #[test]
-    fn the_direct_line_is_the_tracing_line() {
-        use crate::logging::{format_at, tests::event_at};
+    fn the_line_is_the_expected_text() {
+        use crate::telemetry::logging::tests::{event_at, json_of};
         let config = crate::config::Config::from_toml_str(
             "[upstream]\nurl = \"http://127.0.0.1:6001\"\n",
             &|_: &str| None,
@@ -364,7 +346,7 @@ mod tests {
         let telemetry = Telemetry::new(&config);
         let at = std::time::UNIX_EPOCH + Duration::new(1_764_000_000, 5_000);
         let peer: SocketAddr = "[2001:db8::1]:4000".parse().expect("an address");
-        for (kind, method, app_id, agent, auth_key, upstream, error) in [
+        for (kind, method, app_id, agent, auth_key, upstream, error, expected) in [
             (
                 RouteKind::LegacyTrigger,
                 Method::POST,
@@ -373,6 +355,9 @@ mod tests {
                 Some("key"),
                 Some(200),
                 None,
+                "legacy call method=POST route=\"/apps/{app_id}/channels/{channel}/events\" \
+                 app_id=\"4242\" status=401 upstream_status=200 latency_ms=0.250 \
+                 auth_key=\"key\" user_agent=\"pusher-php-server/2.1.2\" client_addr=2001:db8::1",
             ),
             (
                 RouteKind::LegacyStats,
@@ -382,6 +367,10 @@ mod tests {
                 None,
                 None,
                 Some("invalid signature:\n \"quoted\""),
+                "legacy call method=GET route=\"/apps/{app_id}/channels/{channel}/stats\" \
+                 app_id=\"app \\\"x\\\"\" status=401 latency_ms=0.250 \
+                 user_agent=\"ua\\n\u{fffd}\" client_addr=2001:db8::1 \
+                 error=\"invalid signature:\\n \\\"quoted\\\"\"",
             ),
             (
                 RouteKind::Passthrough,
@@ -391,6 +380,8 @@ mod tests {
                 None,
                 Some(503),
                 Some("e"),
+                "request method=DELETE route=\"passthrough\" status=401 upstream_status=503 \
+                 latency_ms=0.250 client_addr=2001:db8::1 error=\"e\"",
             ),
         ] {
             let mut rec = Recorder::new(&telemetry, None, 0, &method, kind, app_id, agent, peer);
@@ -402,16 +393,38 @@ mod tests {
                 latency_ms: 0.25,
                 error,
             };
-            for level in [
-                tracing::Level::ERROR,
-                tracing::Level::WARN,
-                tracing::Level::INFO,
+            for (level, shown) in [
+                (tracing::Level::ERROR, "ERROR"),
+                (tracing::Level::WARN, " WARN"),
+                (tracing::Level::INFO, " INFO"),
             ] {
-                let via_event = event_at(at, || rec.event(level, &line));
-                let direct = format_at(at, level, |l| rec.fields(l, &line));
-                assert_eq!(direct, via_event);
-                assert!(direct.contains(" status=401 "), "{direct}");
+                assert_eq!(
+                    event_at(at, || rec.event(level, &line)),
+                    format!("2025-11-24T16:00:00.000005Z {shown} {expected}\n")
+                );
             }
+
+            let json = json_of(|| rec.event(tracing::Level::WARN, &line));
+            let text = |key: &str| json[key].as_str().map(str::to_owned);
+            assert_eq!(json["level"], "WARN", "{json}");
+            assert_eq!(text("message").as_deref(), Some(rec.message()), "{json}");
+            assert_eq!(text("method").as_deref(), Some(method.as_str()), "{json}");
+            assert_eq!(text("route").as_deref(), Some(kind.template()), "{json}");
+            assert_eq!(text("app_id").as_deref(), app_id, "{json}");
+            assert_eq!(json["status"], 401, "{json}");
+            assert_eq!(json["upstream_status"].as_u64(), upstream.map(u64::from));
+            assert_eq!(json["latency_ms"], 0.25, "{json}");
+            assert_eq!(text("auth_key").as_deref(), auth_key, "{json}");
+            assert_eq!(
+                text("user_agent"),
+                agent.map(|a| String::from_utf8_lossy(a).into())
+            );
+            assert_eq!(
+                text("client_addr").as_deref(),
+                Some("2001:db8::1"),
+                "{json}"
+            );
+            assert_eq!(text("error").as_deref(), error, "{json}");
         }
     }
 

@@ -4,11 +4,17 @@
 //! - [`ledger`]: every verified legacy call per caller and per hour, in memory;
 //! - [`store`]: the ledger on disk (SQLite), written in the background;
 //! - [`usage`]: the ledger's data, as `/usage` serves it;
-//! - [`report`]: JSON, table and HTML reports built from it.
+//! - [`fingerprint`]: which library sent a verified deprecated call, from
+//!   the shape of its request; [`call_site`]: the event and channel
+//!   template a developer can grep for;
+//! - [`logging`]: the text log format and the batching of log lines.
+//!
+//! Reports built from the ledger are in [`crate::report`].
 
 pub mod call_site;
 pub mod fingerprint;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod store;
 pub mod usage;

@@ -94,9 +94,9 @@ async fn legacy_calls_are_logged_without_secrets() {
     }
 }
 
-/// The binary's own text lines (written without `tracing`'s per-field
-/// dispatch): one per request with the caller's identity, `RUST_LOG`
-/// still deciding which levels are written, and never a secret or an
+/// The binary's text lines (`logging::LineFormat`): one per request with
+/// the caller's identity, `RUST_LOG` deciding which are written (by level
+/// and target, and by field: `[{route}]`), and never a secret or an
 /// `auth_signature` value.
 #[tokio::test]
 async fn the_binarys_text_lines_follow_rust_log() {
@@ -112,13 +112,19 @@ async fn the_binarys_text_lines_follow_rust_log() {
     let body = b"{\"x\":1}";
     // The listening lines (INFO, other modules) tell the test the ports.
     let warn = "warn,pusher_cutover::http::server=info,pusher_cutover::http::admin=info";
+    // The per-request line has a target of its own.
+    let by_target = format!("{warn},pusher_cutover::request=info");
     // A directive naming one of the line's fields enables it (INFO); one
     // naming a field it does not have does not.
     let by_field = format!("{warn},[{{route}}]=info");
     let by_other_field = format!("{warn},[{{no_such_field}}]=info");
-    for (rust_log, passthrough_lines) in
-        [("info", 1), (warn, 0), (&by_field, 1), (&by_other_field, 0)]
-    {
+    for (rust_log, passthrough_lines) in [
+        ("info", 1),
+        (warn, 0),
+        (&by_target, 1),
+        (&by_field, 1),
+        (&by_other_field, 0),
+    ] {
         let served = Served::start_text(&config, &HashMap::from([("RUST_LOG", rust_log)])).await;
         let now = support::now();
         let legacy = support::legacy_trigger_uri("room", &[("name", "ev")], body, now);
@@ -162,8 +168,20 @@ async fn the_binarys_text_lines_follow_rust_log() {
             "auth_key=\"legacy-app-key\"",
             "user_agent=\"text-line-agent/2.0\"",
             "client_addr=127.0.0.1",
+            // Who sent it (a synthetic sender: no known family), what it
+            // sent, and the cutover path it took.
+            "library=\"unknown\"",
+            "fingerprint=\"",
+            "event=\"ev\"",
+            "path=\"translated\"",
         ] {
             assert!(line.contains(field), "{field} missing: {line}");
+        }
+        let passthrough_line = ours.iter().find(|l| l.contains("INFO request"));
+        if let Some(l) = passthrough_line {
+            for absent in ["library=", "fingerprint=", "path="] {
+                assert!(!l.contains(absent), "{absent} on a passthrough line: {l}");
+            }
         }
         let passthrough: Vec<&&String> = ours
             .iter()

@@ -9,7 +9,6 @@ mod support;
 mod cli;
 mod cutover;
 mod errors;
-mod fuzz_corpus;
 mod hardening;
 mod ledger;
 mod legacy_replay;

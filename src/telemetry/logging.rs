@@ -1,17 +1,14 @@
-//! The text log format and the batching of log lines per worker thread.
+//! Logging: the subscriber the binary installs ([`init`]), the text log
+//! format and the batching of log lines per worker thread.
 //!
-//! Every request writes one line, so the line's cost is part of every
-//! request's cost. [`LineFormat`] writes the same `key=value` text as
+//! Every line, the per-request one included, is a `tracing` event. Every
+//! request writes one line, so the line's cost is part of every request's
+//! cost. [`LineFormat`] writes the same `key=value` text as
 //! `tracing-subscriber`'s default format (timestamp, level, message,
 //! fields; no spans, no colours), without its per-field formatting
 //! machinery: strings that need no escaping are copied as they are,
 //! numbers go through `itoa`, and the timestamp's date and time are formatted
 //! once per second per thread.
-//!
-//! The per-request line, the one written most, can skip `tracing`'s
-//! per-field dispatch: [`write_line`] writes the same text field by field
-//! ([`Line`]) when the process's subscriber is this format
-//! ([`enable_direct_lines`]).
 //!
 //! [`Batched`] collects a worker thread's lines in a buffer of its own and
 //! hands them to the sink (the non-blocking writer) in one piece when the
@@ -24,11 +21,11 @@ use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::io;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
@@ -48,8 +45,46 @@ thread_local! {
     static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The timestamp text of the last whole second this thread formatted.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    /// The line [`write_line`] is formatting.
+    /// The line [`LineFormat`] is formatting.
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// How log lines look (the binary's `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable text, [`LineFormat`].
+    Text,
+    /// One JSON object per line, fields flattened into it.
+    Json,
+}
+
+/// Installs the process's subscriber: `RUST_LOG` (default `info`) decides
+/// what is written, in `format`. Logs go to stderr through a background
+/// writer, so a request never waits on the terminal or a pipe; lines are
+/// never dropped (a full queue makes the writing thread wait instead).
+/// Worker threads hand their lines over in batches ([`Batched`]). The
+/// returned guard flushes on drop. Call once per process.
+pub fn init(format: Format) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
+        // waiting for a slow stderr before writers wait.
+        .buffered_lines_limit(256)
+        .thread_name("pusher-cutover-log")
+        // What the log thread finds queued is written in one go.
+        .finish(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
+    let sink = move |bytes: &[u8]| {
+        let _ = io::Write::write_all(&mut writer.clone(), bytes);
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Batched::new(sink));
+    match format {
+        Format::Text => builder.event_format(LineFormat).init(),
+        Format::Json => builder.json().flatten_event(true).init(),
+    }
+    guard
 }
 
 /// A [`MakeWriter`] whose lines go to the process's sink, batched on
@@ -144,17 +179,38 @@ where
     }
 }
 
-/// Writes `event` as one line stamped `now`.
+/// Writes `event` as one line stamped `now`: formatted into this thread's
+/// [`LINE`] and handed to `writer` in one piece, rather than piece by piece
+/// through its `dyn Write` (a dynamic call per separator, name and value).
 fn format_line(now: SystemTime, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-    head(&mut writer, now, *event.metadata().level())?;
-    let mut fields = Fields::new(&mut writer);
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            write_event(&mut *line, now, event)?;
+            writer.write_str(&line)
+        }
+        // Only reachable if formatting a value logs: straight to `writer`.
+        Err(_) => write_event(&mut writer, now, event),
+    })
+}
+
+/// The line of `event`, stamped `now`, newline included.
+fn write_event<W: fmt::Write + ?Sized>(
+    w: &mut W,
+    now: SystemTime,
+    event: &Event<'_>,
+) -> fmt::Result {
+    head(w, now, *event.metadata().level())?;
+    let mut fields = Fields::new(w);
     event.record(&mut fields);
     fields.result?;
-    writer.write_char('\n')
+    w.write_char('\n')
 }
 
 /// The timestamp and the level: `2026-11-28T20:58:32.918933Z  WARN `.
 fn head<W: fmt::Write + ?Sized>(w: &mut W, now: SystemTime, level: Level) -> fmt::Result {
+    // A wall clock set before 1970 is the host's problem, not a broken
+    // invariant of ours: such lines say 1970-01-01T00:00:00.000000Z.
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     timestamp(w, since.as_secs(), since.subsec_micros())?;
     w.write_str(match level {
@@ -200,9 +256,8 @@ fn zero_padded<W: fmt::Write + ?Sized>(w: &mut W, n: u64, width: usize) -> fmt::
     w.write_str(text)
 }
 
-/// Writes a line's message and fields, space-separated: the one place
-/// that decides how each kind of value looks, for events ([`Visit`]) and
-/// for [`Line`]s alike.
+/// Writes an event's message and fields, space-separated: the one place
+/// that decides how each kind of value looks.
 struct Fields<'w, W: fmt::Write + ?Sized> {
     writer: &'w mut W,
     first: bool,
@@ -218,27 +273,28 @@ impl<'w, W: fmt::Write + ?Sized> Fields<'w, W> {
         }
     }
 
-    /// Starts the next item: the message bare, a field as `name=`.
-    fn start(&mut self, name: &str) -> fmt::Result {
-        if !std::mem::take(&mut self.first) {
-            self.writer.write_char(' ')?;
-        }
-        if name != "message" {
-            self.writer.write_str(name)?;
-            self.writer.write_char('=')?;
-        }
-        Ok(())
-    }
-
+    /// Writes the next item: the message bare, a field as `name=value`.
     fn put(&mut self, name: &str, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self.start(name).and_then(|()| value(self.writer));
+        if self.result.is_err() {
+            return;
         }
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                self.writer.write_char(' ')?;
+            }
+            if name != "message" {
+                self.writer.write_str(name)?;
+                self.writer.write_char('=')?;
+            }
+            value(self.writer)
+        })();
     }
+}
 
-    fn str(&mut self, name: &str, value: &str) {
-        let message = name == "message";
-        self.put(name, |w| {
+impl<W: fmt::Write + ?Sized> Visit for Fields<'_, W> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let message = field.name() == "message";
+        self.put(field.name(), |w| {
             if message {
                 w.write_str(value)
             } else {
@@ -247,32 +303,10 @@ impl<'w, W: fmt::Write + ?Sized> Fields<'w, W> {
         });
     }
 
-    fn u64(&mut self, name: &str, value: u64) {
-        self.put(name, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    /// Milliseconds and the like: three decimals are plenty for a log.
-    fn f64(&mut self, name: &str, value: f64) {
-        self.put(name, |w| {
-            let thousandths = (value * 1000.0).round();
-            if !(0.0..1e15).contains(&thousandths) {
-                return write!(w, "{value}");
-            }
-            let thousandths = thousandths as u64;
-            w.write_str(itoa::Buffer::new().format(thousandths / 1000))?;
-            w.write_char('.')?;
-            zero_padded(w, thousandths % 1000, 3)
-        });
-    }
-}
-
-impl<W: fmt::Write + ?Sized> Visit for Fields<'_, W> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.str(field.name(), value);
-    }
-
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.u64(field.name(), value);
+        self.put(field.name(), |w| {
+            w.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -287,8 +321,18 @@ impl<W: fmt::Write + ?Sized> Visit for Fields<'_, W> {
         });
     }
 
+    /// Milliseconds and the like: three decimals are plenty for a log.
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.f64(field.name(), value);
+        self.put(field.name(), |w| {
+            let thousandths = (value * 1000.0).round();
+            if !(0.0..1e15).contains(&thousandths) {
+                return write!(w, "{value}");
+            }
+            let thousandths = thousandths as u64;
+            w.write_str(itoa::Buffer::new().format(thousandths / 1000))?;
+            w.write_char('.')?;
+            zero_padded(w, thousandths % 1000, 3)
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -310,110 +354,6 @@ fn quoted<W: fmt::Write + ?Sized>(w: &mut W, value: &str) -> fmt::Result {
     } else {
         write!(w, "{value:?}")
     }
-}
-
-/// Set by the binary when its subscriber writes [`LineFormat`] lines
-/// through [`Batched`]: see [`direct_lines`].
-static DIRECT: AtomicBool = AtomicBool::new(false);
-
-/// Lets the per-request line be written by [`write_line`]. Only for a
-/// process whose subscriber is the text format, [`LineFormat`], writing
-/// through [`Batched`]: the line then looks exactly as if it had gone
-/// through `tracing`.
-pub fn enable_direct_lines() {
-    DIRECT.store(true, Ordering::Relaxed);
-}
-
-/// Whether the per-request line goes straight to [`write_line`] rather
-/// than through `tracing`'s per-field dispatch (about 2,000 instructions a
-/// line). The caller still asks `tracing::enabled!` whether its level and
-/// target are wanted, so `RUST_LOG` applies as before; the binary enables
-/// it only when `RUST_LOG` has no span or field directives, which the
-/// filter judges on each event rather than by target and level.
-pub fn direct_lines() -> bool {
-    DIRECT.load(Ordering::Relaxed)
-}
-
-/// A line being written by [`write_line`], field by field, in the order
-/// given; the same text [`LineFormat`] writes for an event whose fields
-/// are recorded in that order (`Option` fields omitted when `None`, as
-/// `tracing` omits them).
-pub struct Line<'w>(Fields<'w, String>);
-
-impl Line<'_> {
-    /// The message (first, bare).
-    pub fn message(&mut self, text: &str) {
-        self.0.str("message", text);
-    }
-
-    /// A field written as `%value` would be: bare.
-    pub fn display(&mut self, name: &str, value: &str) {
-        self.0.put(name, |w| w.write_str(value));
-    }
-
-    /// A string field, quoted (escaped when needed); nothing when `None`.
-    pub fn str(&mut self, name: &str, value: Option<&str>) {
-        if let Some(value) = value {
-            self.0.str(name, value);
-        }
-    }
-
-    /// An integer field; nothing when `None`.
-    pub fn u64(&mut self, name: &str, value: Option<u64>) {
-        if let Some(value) = value {
-            self.0.u64(name, value);
-        }
-    }
-
-    /// A number with three decimals.
-    pub fn f64(&mut self, name: &str, value: f64) {
-        self.0.f64(name, value);
-    }
-}
-
-impl fmt::Debug for Line<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Line")
-    }
-}
-
-/// Formats one line stamped `now` into `buf` (cleared first).
-fn format_into(buf: &mut String, now: SystemTime, level: Level, body: impl FnOnce(&mut Line<'_>)) {
-    buf.clear();
-    if head(buf, now, level).is_err() {
-        return;
-    }
-    let mut line = Line(Fields::new(buf));
-    body(&mut line);
-    if line.0.result.is_ok() {
-        buf.push('\n');
-    } else {
-        buf.clear();
-    }
-}
-
-/// Formats the line at `level` and hands it to the process's sink, in
-/// this thread's batch when it batches: what the subscriber would have
-/// done with the same event, without `tracing`'s dispatch. The caller
-/// checks [`direct_lines`] and `tracing::enabled!` first.
-pub fn write_line(level: Level, body: impl FnOnce(&mut Line<'_>)) {
-    LINE.with(|cell| {
-        let Ok(mut buf) = cell.try_borrow_mut() else {
-            return;
-        };
-        format_into(&mut buf, SystemTime::now(), level, body);
-        if !buf.is_empty() {
-            let _ = io::Write::write(&mut LineWriter(()), buf.as_bytes());
-        }
-    });
-}
-
-/// [`format_into`] with a fixed time, for tests elsewhere in the crate.
-#[cfg(test)]
-pub(crate) fn format_at(now: SystemTime, level: Level, body: impl FnOnce(&mut Line<'_>)) -> String {
-    let mut buf = String::new();
-    format_into(&mut buf, now, level, body);
-    buf
 }
 
 #[cfg(test)]
@@ -460,6 +400,20 @@ pub(crate) mod tests {
         tracing::subscriber::with_default(subscriber, emit);
         let bytes = out.0.lock().expect("lock").clone();
         String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// The JSON line the binary's `--log-format json` subscriber writes
+    /// for the one event `emit` sends, parsed.
+    pub(crate) fn json_of(emit: impl FnOnce()) -> serde_json::Value {
+        let out = Collect::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.0.lock().expect("lock").clone();
+        serde_json::from_slice(&bytes).expect("one JSON object")
     }
 
     fn line_of(emit: impl FnOnce()) -> String {
@@ -515,48 +469,6 @@ pub(crate) mod tests {
         tracing::subscriber::with_default(subscriber, || tracing::info!("x"));
         let line = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
         assert_eq!(line, "2000-02-29T00:00:59.018933Z  INFO x\n");
-    }
-
-    #[test]
-    fn a_direct_line_is_the_events_line() {
-        let at = UNIX_EPOCH + std::time::Duration::new(1_764_000_000, 123_000);
-        for (ua, error) in [
-            (Some("plain/1.0"), None),
-            (Some("quote\" and \\ and \u{e9}"), Some("bad\nline")),
-            (None, Some("x")),
-        ] {
-            let via_event = event_at(at, || {
-                tracing::warn!(
-                    method = %"POST",
-                    route = "/apps/{app_id}/events",
-                    app_id = Some("4242"),
-                    status = 202u16,
-                    upstream_status = None::<u16>,
-                    latency_ms = 12.0005,
-                    user_agent = ua,
-                    client_addr = %"127.0.0.1",
-                    error = error,
-                    "{}",
-                    "legacy call"
-                )
-            });
-            let direct = format_at(at, Level::WARN, |l| {
-                l.message("legacy call");
-                l.display("method", "POST");
-                l.str("route", Some("/apps/{app_id}/events"));
-                l.str("app_id", Some("4242"));
-                l.u64("status", Some(202));
-                l.u64("upstream_status", None);
-                l.f64("latency_ms", 12.0005);
-                l.str("user_agent", ua);
-                l.display("client_addr", "127.0.0.1");
-                l.str("error", error);
-            });
-            assert_eq!(direct, via_event);
-            assert!(
-                direct.starts_with("2025-11-24T16:00:00.000123Z  WARN legacy call method=POST")
-            );
-        }
     }
 
     #[test]

@@ -1,0 +1,339 @@
+//! The command line: its arguments and what each subcommand does
+//! ([`main`]). `main.rs` only calls [`main`]; the errors are typed and
+//! printed with their causes, `a: b: c`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::chain::ErrorChain;
+use crate::config::{self, Config, ConfigError};
+use crate::reload::ConfigSource;
+use crate::report;
+use crate::report::sources::{self, Source};
+use crate::service::{Options, RunError};
+use crate::telemetry::logging;
+
+/// A sidecar that serves Pusher's deprecated HTTP API calls (channel stats,
+/// per-channel trigger) in front of a current-API server, and records who
+/// still makes them.
+#[derive(Debug, Parser)]
+#[command(name = "pusher-cutover", version, about)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// No doc comments on the values: clap would show them in `--help`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy. Without --config, the embedded default is used with
+    /// the PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET and
+    /// PUSHER_CLUSTER (or PUSHER_HOST, PUSHER_PORT, PUSHER_SCHEME)
+    /// environment variables.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file; list every problem and exit 1 if any.
+    Validate {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Report who still makes deprecated calls, from one or more ledgers
+    /// (merged). Exits 1 with --fail-if-used-since when calls were seen in
+    /// that window, 2 when a ledger cannot be read.
+    Report {
+        /// Read the ledger in this config's [telemetry] data_dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Read the ledger in this data directory (repeatable).
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dirs: Vec<PathBuf>,
+        /// Read a running sidecar's admin /usage URL (repeatable).
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<hyper::Uri>,
+        /// Only calls in this window, e.g. 7d, 24h (default: everything kept).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h.
+        #[arg(long, value_name = "WINDOW")]
+        fail_if_used_since: Option<humantime::Duration>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Html,
+}
+
+/// The target of the lines `serve` logs itself: the crate root's, as when
+/// they were written in `main.rs`, for `RUST_LOG` directives and the JSON
+/// format's `target`.
+const TARGET: &str = "pusher_cutover";
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The configuration could not be loaded.
+    #[error("loading configuration")]
+    Config(#[source] ConfigError),
+    /// The proxy's listener could not be bound.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The proxy could not start.
+    #[error("starting")]
+    Run(#[source] RunError),
+}
+
+/// Why `report` has nothing to read.
+#[derive(Debug, thiserror::Error)]
+enum SourcesError {
+    /// `--config`'s file could not be loaded.
+    #[error("loading {}", .path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ConfigError,
+    },
+    /// `--config`'s file has no ledger to read.
+    #[error("{} has no [telemetry] data_dir", .0.display())]
+    NoDataDir(PathBuf),
+    /// No source given at all.
+    #[error("nothing to read: give --config (with [telemetry] data_dir), --data-dir or --url")]
+    Nothing,
+}
+
+/// Parses the process's command line and runs it; its exit code: 0, or 1
+/// when `serve` fails, `validate` finds problems or `report
+/// --fail-if-used-since` finds calls, 2 when `report` has nothing it can
+/// read. Logging is set up for `serve` only: `validate` and `report` print
+/// their results.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Report {
+            config,
+            data_dirs,
+            urls,
+            since,
+            format,
+            fail_if_used_since,
+        } => {
+            let sources = match report_sources(config, data_dirs, urls) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("report: {}", ErrorChain(&e));
+                    return ExitCode::from(2);
+                }
+            };
+            report(
+                &sources,
+                since.map(Into::into),
+                format,
+                fail_if_used_since.map(Into::into),
+            )
+        }
+        Command::Serve { config } => {
+            let _flush_on_exit = logging::init(match cli.log_format {
+                LogFormat::Text => logging::Format::Text,
+                LogFormat::Json => logging::Format::Json,
+            });
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(target: TARGET, "{}", ErrorChain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The configuration in `path`, or from the environment when `None`.
+fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(path) => Config::from_file(path, &config::process_env),
+        None => Config::from_env(&config::process_env),
+    }
+}
+
+/// `validate`: prints a summary and exits 0, or lists every problem on
+/// stderr and exits 1.
+fn validate(path: &Path) -> ExitCode {
+    match load(Some(path)) {
+        Ok(config) => {
+            println!(
+                "{}: valid ({} app(s), upstream {})",
+                path.display(),
+                config.apps.len(),
+                config.upstream.url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid", path.display());
+            for problem in e.problems() {
+                eprintln!("  - {problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The ledgers `report` reads: the data directories, then the URLs, then
+/// `config`'s data directory.
+fn report_sources(
+    config: Option<PathBuf>,
+    data_dirs: Vec<PathBuf>,
+    urls: Vec<hyper::Uri>,
+) -> Result<Vec<Source>, SourcesError> {
+    let mut sources: Vec<Source> = data_dirs.into_iter().map(Source::DataDir).collect();
+    sources.extend(urls.into_iter().map(Source::Url));
+    if let Some(path) = config {
+        let config = match load(Some(&path)) {
+            Ok(config) => config,
+            Err(source) => return Err(SourcesError::Config { path, source }),
+        };
+        let dir = config
+            .telemetry
+            .data_dir
+            .ok_or(SourcesError::NoDataDir(path))?;
+        sources.push(Source::DataDir(dir));
+    }
+    if sources.is_empty() {
+        return Err(SourcesError::Nothing);
+    }
+    Ok(sources)
+}
+
+/// `report`: prints the report of `sources`; exits 1 when
+/// `fail_if_used_since` finds calls, 2 when a ledger cannot be read.
+#[tokio::main(flavor = "current_thread")]
+async fn report(
+    sources: &[Source],
+    since: Option<Duration>,
+    format: ReportFormat,
+    fail_if_used_since: Option<Duration>,
+) -> ExitCode {
+    let usage = match sources::load(sources).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("report: {}", ErrorChain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    let built = report::build(&usage, now, since);
+    let text = match format {
+        ReportFormat::Table => report::render_table(&built),
+        ReportFormat::Json => report::render_json(&built),
+        ReportFormat::Html => report::render_html(&built),
+    };
+    println!("{text}");
+    if let Some(window) = fail_if_used_since {
+        let cutoff = now - window;
+        if report::used_since(&usage, cutoff) {
+            eprintln!(
+                "deprecated calls were made in the last {}",
+                humantime::format_duration(window)
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `serve`: loads the configuration, binds its listener and serves until
+/// SIGTERM or SIGINT, reloading on SIGHUP. The accept loop, admin
+/// listener, telemetry flushes and signals run on this one thread;
+/// connections are served by the worker threads that [`crate::http::server`]
+/// starts.
+#[tokio::main(flavor = "current_thread")]
+async fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
+    let config = load(path.as_deref()).map_err(ServeError::Config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(
+        target: TARGET,
+        upstream = %config.upstream.url,
+        apps = config.apps.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "pusher-cutover starting"
+    );
+    let source = match path {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Env,
+    };
+    let options = Options {
+        reload: Some(source),
+        reload_on_sighup: true,
+        ..Options::default()
+    };
+    crate::service::run_with(listener, config, options, shutdown_signal())
+        .await
+        .map_err(ServeError::Run)?;
+    tracing::info!(target: TARGET, "stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(target: TARGET, error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(target: TARGET, error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!(target: TARGET, "SIGINT received"),
+        () = terminate => tracing::info!(target: TARGET, "SIGTERM received"),
+    }
+}

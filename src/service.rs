@@ -1,0 +1,208 @@
+//! Running the proxy: the listeners, the ledger's writer, reloads and the
+//! graceful shutdown around [`crate::pipeline::Proxy`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http::{admin, server};
+use crate::pipeline::Proxy;
+use crate::reload::{ConfigSource, Reloader};
+use crate::telemetry::store::StoreError;
+use crate::telemetry::{Persistence, Telemetry};
+
+/// What [`run_with`] takes besides the config.
+#[derive(Debug)]
+pub struct Options {
+    /// The clock (tests pin it).
+    pub clock: Arc<dyn Clock>,
+    /// An already bound admin listener; when `None`, `[admin] listen` is
+    /// bound (unless the admin listener is disabled).
+    pub admin_listener: Option<TcpListener>,
+    /// Where to reload the configuration from (`POST /reload`, SIGHUP);
+    /// `None` disables reloading.
+    pub reload: Option<ConfigSource>,
+    /// Reload on SIGHUP (the binary does; tests reload through the admin
+    /// listener).
+    pub reload_on_sighup: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            admin_listener: None,
+            reload: None,
+            reload_on_sighup: false,
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The usage ledger could not be opened.
+    #[error("cannot open the usage ledger")]
+    Store(#[from] StoreError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot set up inbound TLS")]
+    Tls(#[from] server::TlsError),
+    /// The admin listener could not be bound.
+    #[error("cannot bind the admin listener on {addr}")]
+    BindAdmin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves `config` on `listener` with the system clock until `shutdown`
+/// completes; see [`run_with`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with(listener, config, Options::default(), shutdown).await
+}
+
+/// Serves `config` on `listener` until `shutdown` completes.
+///
+/// Loads the ledger from `[telemetry] data_dir`, starts the admin listener
+/// and the ledger's background writer, serves, and on shutdown: turns
+/// `/readyz` to 503, stops accepting, drains open connections for up to the
+/// grace period, writes the ledger a last time, and stops the admin
+/// listener.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let clock = options.clock;
+    let telemetry = Arc::new(Telemetry::new(&config));
+    let persistence = match &config.telemetry.data_dir {
+        Some(dir) => Some(Persistence::open(dir, &telemetry, clock.unix_now())?),
+        None => {
+            tracing::warn!("no [telemetry] data_dir: the usage ledger is kept in memory only");
+            telemetry.ledger().recording_since(clock.unix_now());
+            None
+        }
+    };
+    let admin_listener = match (options.admin_listener, config.admin.listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::BindAdmin { addr, source })?,
+        ),
+        (None, None) => None,
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let settings = server::Settings::from_config(&config)?;
+    let flush_every = config.telemetry.flush_interval;
+    let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
+    let reloader = options
+        .reload
+        .map(|source| Reloader::new(source, proxy.clone(), telemetry.clone()));
+    let admin = admin_listener.map(|l| {
+        let admin = admin::Admin {
+            telemetry: telemetry.clone(),
+            ready: ready.clone(),
+            clock: clock.clone(),
+            reloader: reloader.clone(),
+        };
+        tokio::spawn(admin::serve(l, admin, until_stopped(stopped.clone())))
+    });
+    let flusher = persistence.clone().map(|p| {
+        let telemetry = telemetry.clone();
+        let clock = clock.clone();
+        let every = flush_every;
+        let stop = until_stopped(stopped.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { p.flush(&telemetry, clock.unix_now()).await; }
+                    () = &mut stop => break,
+                }
+            }
+        })
+    });
+
+    #[cfg(unix)]
+    let sighup = match (&reloader, options.reload_on_sighup) {
+        (Some(reloader), true) => Some(spawn_sighup(
+            reloader.clone(),
+            until_stopped(stopped.clone()),
+        )),
+        _ => None,
+    };
+    ready.store(true, Ordering::Release);
+    let draining = async {
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+    };
+    server::serve(listener, proxy, settings, draining).await;
+
+    let _ = stop.send(true);
+    if let Some(flusher) = flusher {
+        let _ = flusher.await;
+    }
+    if let Some(p) = &persistence
+        && p.flush(&telemetry, clock.unix_now()).await
+    {
+        tracing::info!("usage ledger written");
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    #[cfg(unix)]
+    if let Some(sighup) = sighup {
+        let _ = sighup.await;
+    }
+    Ok(())
+}
+
+/// Reloads on every SIGHUP until `stop` completes.
+#[cfg(unix)]
+fn spawn_sighup(
+    reloader: Reloader,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /reload");
+                return;
+            }
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    let _ = reloader.reload();
+                }
+                () = &mut stop => break,
+            }
+        }
+    })
+}
