@@ -13,8 +13,8 @@ use super::cutover::Path;
 use crate::chain::ErrorChain;
 use crate::error::{Fault, ProxyError};
 use crate::pipeline::classify::RouteKind;
+use crate::telemetry::fingerprint::Library;
 use crate::telemetry::metrics::AppSeries;
-use crate::telemetry::usage::UNKNOWN_LIBRARY;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 
 /// Longest caller-supplied value (app id, `auth_key`, user agent) kept for
@@ -99,8 +99,8 @@ pub struct Record {
     pub upstream_time: Option<Duration>,
     /// The request passed signature verification.
     pub verified: bool,
-    /// The sending library's family id, once classified.
-    pub library: Option<&'static str>,
+    /// The sending library's family, once classified.
+    pub library: Option<Library>,
     /// The short hash of the sender's wire traits, once classified.
     pub fingerprint: Option<String>,
     /// The event name of a legacy trigger.
@@ -197,10 +197,11 @@ impl<'a> Recorder<'a> {
                 // A request without a User-Agent header: none to record.
                 user_agent: self.user_agent.as_deref().unwrap_or_default(),
                 client_address: self.client_addr.as_str(),
-                library: record.library.unwrap_or(UNKNOWN_LIBRARY),
+                library: record.library.unwrap_or(Library::Unknown),
                 fingerprint: record.fingerprint.as_deref().unwrap_or_default(),
                 event: record.event.as_deref().unwrap_or_default(),
                 channel: record.channel.as_deref().unwrap_or_default(),
+                path: record.path,
             }),
             now: self.now,
         });
@@ -259,7 +260,7 @@ impl<'a> Recorder<'a> {
                     auth_key = self.record.auth_key.as_deref(),
                     user_agent = self.user_agent.as_deref(),
                     client_addr = %self.client_addr.as_str(),
-                    library = self.record.library,
+                    library = self.record.library.map(Library::as_str),
                     fingerprint = self.record.fingerprint.as_deref(),
                     event = self.record.event.as_deref(),
                     path = self.record.path.map(Path::as_str),

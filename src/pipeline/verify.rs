@@ -62,7 +62,7 @@ impl Call<'_> {
         if kind.is_legacy() {
             // From the head as hyper parsed it: nothing has touched it yet.
             let sender = fingerprint::classify(parts, query, &body);
-            self.record.library = Some(sender.library.as_str());
+            self.record.library = Some(sender.library);
             self.record.fingerprint = Some(sender.id.to_string());
         }
         Ok((body, now))

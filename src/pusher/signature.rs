@@ -168,6 +168,18 @@ pub enum SignatureError {
 }
 
 impl SignatureError {
+    /// Every [`SignatureError::reason`].
+    pub const REASONS: [&'static str; 8] = [
+        "missing_parameter",
+        "unsupported_version",
+        "unknown_key",
+        "invalid_timestamp",
+        "timestamp_expired",
+        "body_md5_missing",
+        "body_md5_mismatch",
+        "signature_mismatch",
+    ];
+
     /// A short, bounded label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {

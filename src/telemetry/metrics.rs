@@ -12,17 +12,40 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::Outcome;
+use super::fingerprint::Library;
+use crate::pipeline::cutover::Path;
 use crate::pusher::route::RouteKind;
+use crate::pusher::signature::SignatureError;
 
 /// Routes and outcomes, as indexes into the per-request handles.
 const ROUTES: usize = 3;
 const OUTCOMES: usize = 5;
+const LIBRARIES: usize = Library::ALL.len();
+const PATHS: usize = Path::ALL.len() + 1;
 const _: () = assert!(RouteKind::Passthrough as usize + 1 == ROUTES);
 const _: () = assert!(Outcome::Rejected as usize + 1 == OUTCOMES);
 
+/// The `path` label of a deprecated call: the cutover path it took, or
+/// `invalid` for a verified call refused before one was decided (a
+/// malformed channel name).
+pub fn path_label(path: Option<Path>) -> &'static str {
+    path.map_or("invalid", Path::as_str)
+}
+
+fn path_index(path: Option<Path>) -> usize {
+    path.map_or(Path::ALL.len(), |p| p as usize)
+}
+
+fn library_index(library: Library) -> usize {
+    Library::ALL
+        .iter()
+        .position(|&l| l == library)
+        .unwrap_or(LIBRARIES - 1)
+}
+
 /// Metric names as exposed (counters gain `_total` when encoded).
 pub mod names {
-    /// Verified deprecated calls, by app and route.
+    /// Verified deprecated calls, by app, route, library and path.
     pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls";
     /// Every request, by app, route and outcome.
     pub const REQUESTS: &str = "pusher_cutover_requests";
@@ -62,7 +85,7 @@ impl EncodeLabelValue for AppId {
 pub struct AppSeries {
     app_id: AppId,
     requests: [[OnceLock<Counter>; OUTCOMES]; ROUTES],
-    deprecated_calls: [OnceLock<Counter>; ROUTES],
+    deprecated_calls: [[[OnceLock<Counter>; PATHS]; LIBRARIES]; ROUTES],
 }
 
 impl AppSeries {
@@ -98,20 +121,65 @@ impl AppSeries {
         })
     }
 
-    /// `deprecated_calls_total{app_id, route}` in `family`.
+    /// `deprecated_calls_total{app_id, route, library, path}` in `family`.
     pub fn deprecated_call(
         &self,
-        family: &Family<AppRoute, Counter>,
+        family: &Family<DeprecatedCallLabels, Counter>,
         route: RouteKind,
+        library: Library,
+        path: Option<Path>,
     ) -> &Counter {
-        self.deprecated_calls[route as usize].get_or_init(|| {
-            family
-                .get_or_create(&AppRoute {
-                    app_id: self.app_id.clone(),
-                    route: route.as_str(),
-                })
-                .clone()
-        })
+        self.deprecated_calls[route as usize][library_index(library)][path_index(path)].get_or_init(
+            || {
+                family
+                    .get_or_create(&DeprecatedCallLabels {
+                        app_id: self.app_id.clone(),
+                        route: route.as_str(),
+                        library: library.as_str(),
+                        path: path_label(path),
+                    })
+                    .clone()
+            },
+        )
+    }
+
+    /// Creates, at 0, every series a configured app can have, so that
+    /// `increase()` sees its first call: deprecated calls of both routes
+    /// by every library and path (shadowing is for stats only), requests
+    /// by route and outcome, signature failures by reason and shadow
+    /// mismatches by field.
+    pub fn create_all(&self, metrics: &Metrics) {
+        for route in RouteKind::LEGACY {
+            for library in Library::ALL {
+                for path in Path::ALL.into_iter().map(Some).chain([None]) {
+                    if route == RouteKind::LegacyTrigger && path == Some(Path::Shadow) {
+                        continue;
+                    }
+                    self.deprecated_call(&metrics.deprecated_calls, route, library, path);
+                }
+            }
+        }
+        for route in [
+            RouteKind::LegacyStats,
+            RouteKind::LegacyTrigger,
+            RouteKind::Passthrough,
+        ] {
+            for outcome in Outcome::ALL {
+                self.request(&metrics.requests, route, outcome);
+            }
+        }
+        for reason in SignatureError::REASONS {
+            let _ = metrics.signature_failures.get_or_create(&AppReason {
+                app_id: self.app_id.clone(),
+                reason,
+            });
+        }
+        for field in SHADOW_FIELDS {
+            let _ = metrics.shadow_mismatches.get_or_create(&AppField {
+                app_id: self.app_id.clone(),
+                field,
+            });
+        }
     }
 }
 
@@ -135,14 +203,23 @@ impl RouteHistograms {
     }
 }
 
-/// The `app_id` and `route` labels.
+/// The labels of `deprecated_calls_total`: bounded, as `library` is a
+/// family id or `unknown` and `path` one of five.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AppRoute {
+pub struct DeprecatedCallLabels {
     /// A configured app id, or `other`.
     pub app_id: AppId,
-    /// `legacy_stats`, `legacy_trigger` or `passthrough`.
+    /// `legacy_stats` or `legacy_trigger`.
     pub route: &'static str,
+    /// The sender's library family ([`Library::as_str`]).
+    pub library: &'static str,
+    /// `translated`, `observed`, `shadowed`, `rejected` (brownouts
+    /// included) or `invalid` ([`path_label`]).
+    pub path: &'static str,
 }
+
+/// The shadow comparison's `field` label values.
+pub const SHADOW_FIELDS: [&str; 4] = ["occupied", "user_count", "connection_count", "answer"];
 
 /// `app_id`, `route` and `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,7 +291,7 @@ fn duration_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     /// See [`names::DEPRECATED_CALLS`].
-    pub deprecated_calls: Family<AppRoute, Counter>,
+    pub deprecated_calls: Family<DeprecatedCallLabels, Counter>,
     /// See [`names::REQUESTS`].
     pub requests: Family<AppRouteOutcome, Counter>,
     /// See [`names::REQUEST_DURATION`].
@@ -246,7 +323,7 @@ impl Metrics {
     /// sets the per-configuration gauges.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let deprecated_calls = Family::<AppRoute, Counter>::default();
+        let deprecated_calls = Family::<DeprecatedCallLabels, Counter>::default();
         let requests = Family::<AppRouteOutcome, Counter>::default();
         let request_duration =
             Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -306,6 +383,19 @@ impl Metrics {
         for result in ["success", "failure"] {
             // Present from the start, so alerts can use increase().
             let _ = config_reloads.get_or_create(&ResultLabel { result });
+        }
+        // Every route's histograms too, for the dashboard's quantiles.
+        for route in [
+            RouteKind::LegacyStats,
+            RouteKind::LegacyTrigger,
+            RouteKind::Passthrough,
+        ] {
+            let _ = request_duration.get_or_create(&RouteLabel {
+                route: route.as_str(),
+            });
+            let _ = upstream_duration.get_or_create(&RouteLabel {
+                route: route.as_str(),
+            });
         }
         Self {
             registry,

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use crate::chain::ErrorChain;
 use crate::config::Config;
+use crate::pipeline::cutover::Path;
 use crate::pusher::route::RouteKind;
+use fingerprint::Library;
 use ledger::{Ledger, LedgerCall};
 use metrics::{AppId, AppReason, AppSeries, Metrics};
 use store::{Store, StoreError};
@@ -49,6 +51,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::ClientError,
+        Outcome::AuthFailed,
+        Outcome::UpstreamError,
+        Outcome::Rejected,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,14 +91,17 @@ pub struct VerifiedCaller<'a> {
     pub user_agent: &'a str,
     /// Its address, as text.
     pub client_address: &'a str,
-    /// Its library's family id ([`usage::UNKNOWN_LIBRARY`] when none).
-    pub library: &'a str,
+    /// Its library's family.
+    pub library: Library,
     /// The short hash of its wire traits.
     pub fingerprint: &'a str,
     /// The event name (empty for stats).
     pub event: &'a str,
     /// The channel template.
     pub channel: &'a str,
+    /// The cutover path it took; `None` when it was refused before one
+    /// was decided.
+    pub path: Option<Path>,
 }
 
 /// What is recorded of one request.
@@ -168,6 +182,8 @@ impl Telemetry {
                     .get(&a.id)
                     .cloned()
                     .unwrap_or_else(|| Arc::new(AppSeries::new(AppId(Arc::from(a.id.as_str())))));
+                // At 0 from now on, so increase() sees the first call.
+                series.create_all(&self.metrics);
                 (a.id.clone(), series)
             })
             .collect();
@@ -241,12 +257,14 @@ impl Telemetry {
             return;
         }
         if let (Some(caller), Some(id)) = (o.caller, o.app_id) {
-            series.deprecated_call(&m.deprecated_calls, o.route).inc();
+            series
+                .deprecated_call(&m.deprecated_calls, o.route, caller.library, caller.path)
+                .inc();
             self.ledger.record(&LedgerCall {
                 app_id: id,
                 route: o.route,
                 auth_key: caller.auth_key,
-                library: caller.library,
+                library: caller.library.as_str(),
                 fingerprint: caller.fingerprint,
                 user_agent: caller.user_agent,
                 client_address: caller.client_address,
@@ -362,10 +380,11 @@ mod tests {
                 auth_key: "k1",
                 user_agent: "pusher-gem/0.9.2",
                 client_address: "10.0.0.1",
-                library: "unknown",
+                library: Library::Unknown,
                 fingerprint: "fp",
                 event: "ev",
                 channel: "c",
+                path: Some(Path::Translate),
             }),
             now: 1_700_000_000,
         }
@@ -404,7 +423,7 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger"}"#
+                r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger",library="unknown",path="translated"}"#
             ),
             Some(4)
         );
@@ -422,9 +441,59 @@ mod tests {
             ),
             Some(2)
         );
-        // Series are created when first used, not before.
-        assert!(!text.contains(r#"outcome="client_error""#), "{text}");
-        assert!(!text.contains(r#"route="legacy_stats""#), "{text}");
+        // A configured app's series are there at 0 before any call, so
+        // increase() sees the first one: every library and path...
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_stats",library="pypi-pusher-0.6-0.8",path="shadowed"}"#
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger",library="unknown",path="invalid"}"#
+            ),
+            Some(0)
+        );
+        // ... but no shadowed trigger, which cannot happen;
+        assert!(
+            !text.contains(r#"route="legacy_trigger",library="unknown",path="shadowed""#),
+            "{text}"
+        );
+        // requests by outcome, signature failures by reason, shadow fields.
+        assert_eq!(
+            requests(r#"app_id="1",route="legacy_stats",outcome="client_error""#),
+            Some(0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_signature_failures_total{app_id="1",reason="timestamp_expired"}"#
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_shadow_mismatches_total{app_id="1",field="answer"}"#
+            ),
+            Some(0)
+        );
+        // Every route's histograms too.
+        assert_eq!(
+            sample(
+                &text,
+                r#"pusher_cutover_request_duration_seconds_count{route="legacy_stats"}"#
+            ),
+            Some(0)
+        );
+        // The unconfigured apps' series are created when first used only.
+        assert!(
+            !text.contains(r#"app_id="other",route="legacy_stats""#),
+            "{text}"
+        );
     }
 
     #[test]

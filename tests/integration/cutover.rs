@@ -78,7 +78,7 @@ async fn observe_forwards_the_legacy_call_unchanged() {
     let m = metrics(&proxy).await;
     for (series, v) in [
         (
-            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#,
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="observed"}"#,
             1.0,
         ),
         (
@@ -143,7 +143,8 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
             &m,
             r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="occupied"}"#
         ),
-        None
+        Some(0.0),
+        "there from the start, never counted"
     );
 
     // Triggers are never sent twice: observed only.
@@ -190,7 +191,7 @@ async fn reject_answers_410_naming_the_replacement() {
     assert_eq!(
         support::metric(
             &m,
-            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="rejected"}"#
         ),
         Some(1.0),
         "rejected callers still show in the ledger"

@@ -590,7 +590,7 @@ async fn client_leaving_mid_request_is_recorded() {
     .text();
     assert!(
         metrics.contains(
-            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"} 1"#
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="translated"} 1"#
         ),
         "a verified call counts even if its client left:\n{metrics}"
     );

@@ -90,11 +90,11 @@ async fn metrics_after_a_known_sequence() {
     let text = m.text();
     let expect = [
         (
-            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger"}"#,
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="translated"}"#,
             3.0,
         ),
         (
-            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_stats"}"#,
+            r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_stats",library="unknown",path="translated"}"#,
             1.0,
         ),
         (
