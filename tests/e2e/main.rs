@@ -493,6 +493,49 @@ async fn recorded_legacy_requests_freshly_signed_are_delivered() {
     env.stop().await;
 }
 
+/// The recorded releases, freshly signed in place (their bytes otherwise
+/// as recorded), delivered through real Sockudo and named in the ledger
+/// by their library families, as the integration replay names them.
+#[tokio::test]
+#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
+async fn recorded_releases_are_classified_against_real_sockudo() {
+    let env = Env::start().await;
+    let mut sub = env.subscriber().await;
+    sub.subscribe("test-channel", None).await;
+    let recordings = recordings::recordings();
+    for r in &recordings {
+        let a = support::raw_exchange(env.proxy.addr, &r.resigned_at(now(), SECRET)).await;
+        assert_accepted(&a);
+        let got = sub
+            .next_event(DELIVERY)
+            .await
+            .unwrap_or_else(|| panic!("{}: not delivered", r.library));
+        assert_eq!(got.data, r.body, "{}", r.library);
+    }
+    let usage = send(
+        Method::GET,
+        &format!("{}/usage", env.proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    let mut by_library = std::collections::BTreeMap::<String, u64>::new();
+    for c in usage["apps"][0]["callers"].as_array().expect("callers") {
+        *by_library
+            .entry(c["library"].as_str().expect("library").to_owned())
+            .or_default() += c["calls"].as_u64().expect("calls");
+    }
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for r in &recordings {
+        *expected
+            .entry(recordings::expected_family(&r.library).to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(by_library, expected);
+    env.stop().await;
+}
+
 /// 2,000 legacy triggers from 32 concurrent clients, although Sockudo
 /// closes every API connection: all accepted, each delivered exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::support::recordings::{expected_upstream_body, recordings};
+use crate::support::recordings::{expected_family, expected_upstream_body, recordings};
 use crate::support::{self, APP_ID, TestProxy, fake::FakeUpstream};
 
 #[tokio::test]
@@ -112,24 +112,6 @@ async fn translated_request_carries_the_proxy_clock() {
         Some((ts + 100).to_string())
     );
     proxy.stop().await;
-}
-
-/// The family a recording's release belongs to, from its title alone (the
-/// fixture's `## …` line), written out here independently of the
-/// classifier. npm `pusher` 0.0.x sends no `socket_id`, and without one
-/// its requests are node-pusher's but for header case, which hyper does
-/// not keep: that family is named as the pair.
-fn expected_family(title: &str) -> &'static str {
-    let pypi_minor = title
-        .strip_prefix("PyPI pusher 0.")
-        .and_then(|m| m.parse::<u8>().ok());
-    match pypi_minor {
-        Some(1..=5) => "pypi-pusher-0.1-0.5",
-        Some(6..=8) => "pypi-pusher-0.6-0.8",
-        _ if title.starts_with("npm pusher 0.0.") => "npm-pusher-or-node-pusher-0.0",
-        _ if title.starts_with("npm node-pusher 0.0.") => "npm-node-pusher-0.0",
-        _ => panic!("no family for {title}"),
-    }
 }
 
 /// Replayed byte for byte, every recorded release is named in the ledger
