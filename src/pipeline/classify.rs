@@ -1,6 +1,9 @@
 //! Request classification: the two deprecated routes, or passthrough
-//! (spec E.1). Matching is on the raw path, segment by segment; channel
-//! names never contain `/`.
+//! (spec E.1). Matching is on the raw path with repeated slashes collapsed
+//! ([`canonical_path`]: a base URL with a trailing slash makes
+//! `//apps/…`), segment by segment; channel names never contain `/`.
+
+use std::borrow::Cow;
 
 use hyper::Method;
 
@@ -19,7 +22,26 @@ pub struct Route<'a> {
     pub channel: Option<&'a str>,
 }
 
-/// Classifies a request by method and raw path.
+/// `path` with every run of `/` collapsed to one; borrowed when there is
+/// none to collapse (nearly always).
+pub fn canonical_path(path: &str) -> Cow<'_, str> {
+    if !path.contains("//") {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut slash = false;
+    for c in path.chars() {
+        if c == '/' && slash {
+            continue;
+        }
+        slash = c == '/';
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// Classifies a request by method and (canonical, see [`canonical_path`])
+/// path.
 pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     let mut segments = path.split('/');
     let app_id = match (segments.next(), segments.next(), segments.next()) {
@@ -164,6 +186,24 @@ mod tests {
                 "{method} {path}"
             );
         }
+    }
+
+    #[test]
+    fn repeated_slashes_collapse() {
+        assert!(matches!(
+            canonical_path("/apps/1/channels/c/events"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            canonical_path("//apps//1/channels/c///events"),
+            "/apps/1/channels/c/events"
+        );
+        assert_eq!(canonical_path("//"), "/");
+        let path = canonical_path("//apps/1/channels/c/events");
+        assert_eq!(
+            classify(&Method::POST, &path).kind,
+            RouteKind::LegacyTrigger
+        );
     }
 
     proptest::proptest! {

@@ -242,7 +242,8 @@ impl State {
             // The route borrows a handle on the target's bytes, not `parts`,
             // which a legacy call may then change (see `legacy`).
             let target = parts.uri.clone();
-            let route = classify(&parts.method, target.path());
+            let path = classify::canonical_path(target.path());
+            let route = classify(&parts.method, &path);
             let kind = route.kind;
             // Looked up once, for the pipeline, the metrics and the
             // deprecation headers.
@@ -261,7 +262,8 @@ impl State {
             let bypass = self.config.bypass;
             let legacy = kind.is_legacy() && !bypass;
             let result = if legacy {
-                self.legacy(route, app, &mut parts, body, record).await
+                self.legacy(route, &path, app, &mut parts, body, record)
+                    .await
             } else if let Some((app, query)) = (!bypass)
                 .then(|| passthrough::resign_target(app, &parts))
                 .flatten()
@@ -294,6 +296,7 @@ impl State {
     async fn legacy(
         self: &Arc<Self>,
         route: Route<'_>,
+        canonical: &str,
         app: Option<&App>,
         parts: &mut Parts,
         body: Incoming,
@@ -306,6 +309,15 @@ impl State {
         let app = app.ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
         let query =
             QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
+        // The string to sign joins decoded pairs with `&` and `=`: a pair
+        // that decodes to either could be split another way under the same
+        // signature (`name=ev%26socket_id%3D1` signs as `name=ev&socket_id=1`).
+        if let Some((key, _)) = query
+            .iter()
+            .find(|(k, v)| k.contains(['&', '=']) || v.contains(['&', '=']))
+        {
+            return Err(TranslateError::AmbiguousQuery(truncate(key).to_owned()).into());
+        }
         let mut call = Call {
             state: self,
             app,
@@ -330,11 +342,13 @@ impl State {
                 channel,
             }),
             Path::Observe => {
-                let answer = routes::observe(&mut call, parts, &query, body, now).await?;
+                let answer =
+                    routes::observe(&mut call, parts, canonical, &query, body, now).await?;
                 Ok(http::verbatim(answer))
             }
             Path::Shadow => {
-                let answer = routes::observe(&mut call, parts, &query, body, now).await?;
+                let answer =
+                    routes::observe(&mut call, parts, canonical, &query, body, now).await?;
                 channel_stats::spawn_shadow_compare(&call, &channel, now, &answer);
                 Ok(http::verbatim(answer))
             }

@@ -32,6 +32,12 @@ pub enum TranslateError {
     /// A path segment is empty.
     #[error("malformed path: the {0} segment is empty")]
     EmptySegment(&'static str),
+    /// A query key or value decodes to `&` or `=`, which makes the string
+    /// to sign ambiguous.
+    #[error(
+        "query parameter `{0}` decodes to a text containing `&` or `=`: the signed string would be ambiguous, so the deprecated routes refuse it"
+    )]
+    AmbiguousQuery(String),
     /// The channel segment cannot be decoded.
     #[error("malformed path")]
     Channel(#[source] DecodeError),
@@ -64,7 +70,8 @@ impl TranslateError {
             | Self::Channel(_)
             | Self::InvalidChannelName
             | Self::MissingEventName
-            | Self::DataNotUtf8 => StatusCode::BAD_REQUEST,
+            | Self::DataNotUtf8
+            | Self::AmbiguousQuery(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -90,18 +97,21 @@ pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
 
 /// Forwards a verified legacy call in its legacy form (mode `observe`, and
 /// the unchanged half of `shadow`). For an app the upstream knows by the
-/// same credentials the call goes byte for byte; for a mapped app it is
-/// re-signed with the upstream's id and credentials.
+/// same credentials the call goes byte for byte; for a mapped app, or a
+/// path that was not canonical (`//apps/…`, verified as received), it is
+/// re-signed with the upstream's id and credentials over the `canonical`
+/// path.
 pub(crate) async fn observe(
     call: &mut Call<'_>,
     parts: &Parts,
+    canonical: &str,
     query: &QueryParams,
     body: Bytes,
     now: u64,
 ) -> Result<Buffered, ProxyError> {
     let build = |call: &Call<'_>| {
-        if call.app.config.is_mapped() {
-            passthrough::resign(call, parts, query, body, now)
+        if call.app.config.is_mapped() || parts.uri.path() != canonical {
+            passthrough::resign(call, parts, canonical, query, body, now)
         } else {
             Ok(passthrough::outbound(
                 parts,

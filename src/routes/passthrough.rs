@@ -112,7 +112,7 @@ pub(crate) async fn resigned(
     let (body, now) = call
         .verified(parts, &query, body, RouteKind::Passthrough)
         .await?;
-    let req = resign(call, parts, &query, body, now)?;
+    let req = resign(call, parts, parts.uri.path(), &query, body, now)?;
     let resp = forward(call.state, req, call.record).await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Err(ProxyError::RejectedCredentials {
@@ -155,20 +155,21 @@ async fn forward(
     Ok(downstream_response(resp))
 }
 
-/// A caller's verified request re-signed for the upstream: the app id in
-/// the path and the credentials are the upstream's, the timestamp `now`,
-/// the other parameters kept. A POST keeps its body (and gets its
-/// `body_md5`); other methods go without body or `body_md5`.
+/// A caller's verified request to `path` re-signed for the upstream: the
+/// app id in the path and the credentials are the upstream's, the
+/// timestamp `now`, the other parameters kept. A POST keeps its body (and
+/// gets its `body_md5`); other methods go without body or `body_md5`.
 pub(crate) fn resign(
     call: &Call<'_>,
     head: &Parts,
+    path: &str,
     query: &QueryParams,
     body: Bytes,
     now: u64,
 ) -> Result<OutboundRequest, ProxyError> {
     let app = call.app;
     let up = &app.config.upstream;
-    let path = upstream_path(head.uri.path(), &app.config.id, &up.id);
+    let path = upstream_path(path, &app.config.id, &up.id);
     let kept: Vec<(&str, &str)> = query
         .iter()
         .filter(|(k, _)| !signature::is_auth_param(k))

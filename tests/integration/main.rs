@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod ambiguity;
 mod cli;
 mod cutover;
 mod errors;
