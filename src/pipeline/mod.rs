@@ -242,8 +242,15 @@ impl State {
             // The route borrows a handle on the target's bytes, not `parts`,
             // which a legacy call may then change (see `legacy`).
             let target = parts.uri.clone();
+            // Classified as received; a path with repeated slashes that is
+            // not a legacy call so (`//apps/…`) is classified collapsed.
             let path = classify::canonical_path(target.path());
-            let route = classify(&parts.method, &path);
+            let as_received = classify(&parts.method, target.path());
+            let route = if as_received.kind.is_legacy() || path == target.path() {
+                as_received
+            } else {
+                classify(&parts.method, &path)
+            };
             let kind = route.kind;
             // Looked up once, for the pipeline, the metrics and the
             // deprecation headers.

@@ -17,7 +17,8 @@ async fn pairs_that_decode_to_separators_are_refused() {
     let body = b"{\"a\":1}";
     let trigger = format!("/apps/{APP_ID}/channels/room/events");
     let stats = format!("/apps/{APP_ID}/channels/room/stats");
-    let cases: [(&str, &str, Option<&[u8]>, &[(&str, &str)]); 4] = [
+    type Case<'a> = (&'a str, &'a str, Option<&'a [u8]>, &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 4] = [
         (
             "POST",
             &trigger,
