@@ -1,0 +1,243 @@
+//! The ledger's tests: aggregation, the caller cap, changes, call sites.
+
+use super::*;
+use crate::telemetry::usage::OTHER;
+
+const T: u64 = 1_795_888_046;
+
+/// Records a trigger-or-stats call of `ua` at `address`, from library
+/// `unknown` with fingerprint `fp`, event `ev` on channel `c`.
+pub(in crate::telemetry) fn rec(
+    l: &Ledger,
+    app_id: &str,
+    route: RouteKind,
+    auth_key: &str,
+    user_agent: &str,
+    client_address: &str,
+    now: u64,
+) {
+    l.record(&LedgerCall {
+        app_id,
+        route,
+        auth_key,
+        library: "unknown",
+        fingerprint: "fp",
+        user_agent,
+        client_address,
+        event: "ev",
+        channel: "c",
+        now,
+    });
+}
+
+fn total_calls(u: &Usage) -> u64 {
+    u.apps
+        .iter()
+        .flat_map(|a| &a.callers)
+        .map(|c| c.calls)
+        .sum()
+}
+
+#[test]
+fn aggregates_per_caller_and_hour() {
+    let l = Ledger::new(100, 35, "i-1");
+    for i in 0..5 {
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "ua",
+            "10.0.0.1",
+            T + i * 1000,
+        );
+    }
+    rec(&l, "1", RouteKind::LegacyStats, "k", "ua", "10.0.0.1", T);
+    let u = l.snapshot();
+    let app = &u.apps[0];
+    assert_eq!(app.callers.len(), 2);
+    let trig = app
+        .callers
+        .iter()
+        .find(|c| c.key.route == RouteKind::LegacyTrigger)
+        .expect("trigger caller");
+    assert_eq!(trig.calls, 5);
+    assert_eq!(unix(trig.first_seen), T);
+    assert_eq!(unix(trig.last_seen), T + 4000);
+    let hours: u64 = app.hourly.iter().map(|h| h.calls).sum();
+    assert_eq!(hours, 6);
+    assert!(app.hourly.iter().all(|h| unix(h.hour).is_multiple_of(HOUR)));
+}
+
+#[test]
+fn callers_past_the_cap_become_other() {
+    let l = Ledger::new(3, 35, "i-1");
+    for i in 0..10_000 {
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            &format!("ua-{i}"),
+            "10.0.0.1",
+            T,
+        );
+    }
+    // A known caller keeps being counted on its own.
+    rec(
+        &l,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-0",
+        "10.0.0.1",
+        T,
+    );
+    let u = l.snapshot();
+    let callers = &u.apps[0].callers;
+    assert_eq!(callers.len(), 4, "3 distinct + other");
+    let other = callers
+        .iter()
+        .find(|c| c.key.auth_key == OTHER)
+        .expect("other");
+    assert_eq!(other.calls, 9_997);
+    assert_eq!(total_calls(&u), 10_001);
+    let first = callers
+        .iter()
+        .find(|c| c.key.user_agent == "ua-0")
+        .expect("ua-0");
+    assert_eq!(first.calls, 2);
+}
+
+#[test]
+fn changes_are_taken_once_and_can_be_restored() {
+    let l = Ledger::new(100, 35, "i-1");
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    let c = l.take_changes(T);
+    assert_eq!(c.callers.len(), 1);
+    assert_eq!(c.callers[0].1.calls, 2, "absolute totals");
+    assert_eq!(c.hourly.len(), 1);
+    assert!(l.take_changes(T).is_empty());
+    l.restore_changes(c.clone());
+    assert_eq!(l.take_changes(T), c);
+}
+
+#[test]
+fn load_then_record_continues_the_counts() {
+    let a = Ledger::new(2, 35, "i-1");
+    rec(
+        &a,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-1",
+        "10.0.0.1",
+        T,
+    );
+    rec(
+        &a,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-2",
+        "10.0.0.1",
+        T,
+    );
+    let b = Ledger::new(2, 35, "i-1");
+    b.load(a.snapshot());
+    rec(
+        &b,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-1",
+        "10.0.0.1",
+        T + 5,
+    );
+    rec(
+        &b,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-3",
+        "10.0.0.1",
+        T + 5,
+    );
+    let u = b.snapshot();
+    assert_eq!(total_calls(&u), 4);
+    assert!(
+        u.apps[0].callers.iter().any(|c| c.key.auth_key == OTHER),
+        "the cap survives a restart"
+    );
+}
+
+#[test]
+fn old_buckets_are_pruned() {
+    let l = Ledger::new(100, 30, "i-1");
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    let later = T + 31 * DAY;
+    let c = l.take_changes(later);
+    assert_eq!(c.prune_before, later - 30 * DAY);
+    assert!(l.snapshot().apps[0].hourly.is_empty());
+    assert_eq!(l.snapshot().apps[0].callers[0].calls, 1, "callers are kept");
+}
+
+#[test]
+fn call_sites_keep_the_top_and_sum_the_rest() {
+    use crate::telemetry::usage::MAX_CALL_SITES;
+    let l = Ledger::new(100, 35, "i-1");
+    let call = |event: &str, channel: &str| {
+        l.record(&LedgerCall {
+            app_id: "1",
+            route: RouteKind::LegacyTrigger,
+            auth_key: "k",
+            library: "unknown",
+            fingerprint: "fp",
+            user_agent: "",
+            client_address: "127.0.0.1",
+            event,
+            channel,
+            now: T,
+        });
+    };
+    // Site i gets i + 1 calls, for more sites than are tracked.
+    let sites = MAX_TRACKED_CALL_SITES + 10;
+    for i in 0..sites {
+        for _ in 0..=i {
+            call(&format!("ev-{i}"), "c");
+        }
+    }
+    let u = l.snapshot();
+    let caller = &u.apps[0].callers[0];
+    let listed = &caller.call_sites;
+    assert_eq!(listed.len(), MAX_CALL_SITES + 1, "the top ones and `other`");
+    let last = listed.last().expect("other");
+    assert_eq!((last.event.as_str(), last.channel.as_str()), (OTHER, OTHER));
+    // Nothing is lost: the sites add up to the caller's calls.
+    assert_eq!(listed.iter().map(|s| s.calls).sum::<u64>(), caller.calls);
+    // The tracked sites are the first ones seen; of those the busiest
+    // are listed, busiest first.
+    let top = MAX_TRACKED_CALL_SITES - 1;
+    assert_eq!(listed[0].event, format!("ev-{top}"));
+    assert_eq!(listed[0].calls, top as u64 + 1);
+    assert!(
+        listed[..MAX_CALL_SITES]
+            .windows(2)
+            .all(|w| w[0].calls >= w[1].calls)
+    );
+}
+
+#[test]
+fn the_instance_and_the_start_are_in_the_snapshot() {
+    let l = Ledger::new(100, 35, "pod-7");
+    assert_eq!(l.snapshot().recorded_since, None);
+    l.recording_since(T + 10);
+    l.recording_since(T);
+    l.recording_since(T + 20);
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    let u = l.snapshot();
+    assert_eq!(u.instance, "pod-7");
+    assert_eq!(u.recorded_since.map(unix), Some(T), "the earliest start");
+    assert_eq!(u.apps[0].callers[0].key.instance, "pod-7");
+}
