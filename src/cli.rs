@@ -258,7 +258,9 @@ async fn report(
             return ExitCode::from(2);
         }
     };
+    // Whole seconds: the report shows times to the second.
     let now = OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     let built = report::build_for(&usage, now, since, configured);
     let text = match format {
         ReportFormat::Table => report::render_table(&built),

@@ -14,6 +14,7 @@ mod ledger;
 mod legacy_replay;
 mod logging;
 mod passthrough;
+mod report;
 mod stats;
 mod telemetry;
 mod trigger;
