@@ -92,6 +92,17 @@ fn statuses_and_counts() {
     let n = find(&r, "never");
     assert_eq!((n.status, n.window, n.last_call), (Status::Done, 0, None));
     assert!(n.configured && n.callers.is_empty());
+    let t = render_table(&r);
+    let done = t.split("\napp stopped: ").nth(1).expect("stopped's part");
+    assert!(
+        done.starts_with(
+            "legacy_trigger 0, legacy_stats 0, total 0\nstatus: done; last call \
+             2026-11-18T09:00:00Z (10d 3h ago); last 24h 0, last 7d 0, window 0; trend: down \
+             from 7 in the previous window (-100%)\nno calls in the window\nno callers in the \
+             window\n"
+        ),
+        "{done}"
+    );
 
     // The same window, but the ledger started inside it: nothing is done.
     for recorded in [None, Some(datetime!(2026-11-25 00:00 UTC))] {

@@ -137,6 +137,10 @@ fn table_chart(out: &mut String, resolution: Resolution, chart: &[Point]) {
     if chart.is_empty() {
         return;
     }
+    if chart.iter().all(|p| p.calls == 0) {
+        out.push_str("no calls in the window\n");
+        return;
+    }
     let weekly = resolution == Resolution::Day && chart.len() > TABLE_DAYS;
     let _ = writeln!(
         out,
