@@ -149,7 +149,7 @@ pub fn main() -> ExitCode {
             format,
             fail_if_used_since,
         } => {
-            let sources = match report_sources(config, data_dirs, urls) {
+            let (sources, configured) = match report_sources(config, data_dirs, urls) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("report: {}", ErrorChain(&e));
@@ -158,6 +158,7 @@ pub fn main() -> ExitCode {
             };
             report(
                 &sources,
+                &configured,
                 since.map(Into::into),
                 format,
                 fail_if_used_since.map(Into::into),
@@ -210,20 +211,23 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-/// The ledgers `report` reads: the data directories, then the URLs, then
-/// `config`'s data directory.
+/// The ledgers `report` reads (the data directories, then the URLs, then
+/// `config`'s data directory) and the app ids `config` configures (listed
+/// even without calls).
 fn report_sources(
     config: Option<PathBuf>,
     data_dirs: Vec<PathBuf>,
     urls: Vec<hyper::Uri>,
-) -> Result<Vec<Source>, SourcesError> {
+) -> Result<(Vec<Source>, Vec<String>), SourcesError> {
     let mut sources: Vec<Source> = data_dirs.into_iter().map(Source::DataDir).collect();
     sources.extend(urls.into_iter().map(Source::Url));
+    let mut configured = Vec::new();
     if let Some(path) = config {
         let config = match load(Some(&path)) {
             Ok(config) => config,
             Err(source) => return Err(SourcesError::Config { path, source }),
         };
+        configured = config.apps.iter().map(|a| a.id.clone()).collect();
         let dir = config
             .telemetry
             .data_dir
@@ -233,14 +237,16 @@ fn report_sources(
     if sources.is_empty() {
         return Err(SourcesError::Nothing);
     }
-    Ok(sources)
+    Ok((sources, configured))
 }
 
-/// `report`: prints the report of `sources`; exits 1 when
-/// `fail_if_used_since` finds calls, 2 when a ledger cannot be read.
+/// `report`: prints the report of `sources` (listing the `configured`
+/// apps too); exits 1 when `fail_if_used_since` finds calls, naming each
+/// app and caller that made them on stderr, 2 when a ledger cannot be read.
 #[tokio::main(flavor = "current_thread")]
 async fn report(
     sources: &[Source],
+    configured: &[String],
     since: Option<Duration>,
     format: ReportFormat,
     fail_if_used_since: Option<Duration>,
@@ -252,8 +258,10 @@ async fn report(
             return ExitCode::from(2);
         }
     };
+    // Whole seconds: the report shows times to the second.
     let now = OffsetDateTime::now_utc();
-    let built = report::build(&usage, now, since);
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let built = report::build_for(&usage, now, since, configured);
     let text = match format {
         ReportFormat::Table => report::render_table(&built),
         ReportFormat::Json => report::render_json(&built),
@@ -261,11 +269,16 @@ async fn report(
     };
     println!("{text}");
     if let Some(window) = fail_if_used_since {
-        let cutoff = now - window;
-        if report::used_since(&usage, cutoff) {
-            eprintln!(
-                "deprecated calls were made in the last {}",
-                humantime::format_duration(window)
+        let cutoff = time::Duration::try_from(window)
+            .ok()
+            .and_then(|w| now.checked_sub(w))
+            .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
+        let uses = report::uses_since(&usage, cutoff);
+        if !uses.is_empty() {
+            eprint!(
+                "deprecated calls were made in the last {}:\n{}",
+                humantime::format_duration(window),
+                report::render_uses(&uses, now)
             );
             return ExitCode::FAILURE;
         }

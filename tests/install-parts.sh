@@ -37,6 +37,9 @@ DEBIAN_PACKAGES=(
   # pkg-config.
   pkg-config
   libssl-dev
+  # The report test (tests/integration/report.rs) loads the HTML report
+  # in headless Chromium and checks that its SVG chart renders.
+  chromium
 )
 
 as_root() {
@@ -84,6 +87,19 @@ check_debian_parts() {
     return 1
   fi
   echo "pkg-config: openssl $(pkg-config --modversion openssl)"
+  if ! command -v chromium >/dev/null; then
+    echo "chromium not found (Debian: chromium)" >&2
+    return 1
+  fi
+  printf '<!DOCTYPE html><svg xmlns="http://www.w3.org/2000/svg"><polyline id="check-ok" points="0,0 1,1"/></svg>\n' >"$work/check.html"
+  if ! chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --user-data-dir="$work/chromium-profile" --dump-dom "file://$work/check.html" 2>/dev/null |
+    grep -q 'id="check-ok"'; then
+    echo "headless chromium does not render an SVG page (Debian: chromium)" >&2
+    return 1
+  fi
+  echo "$(chromium --version 2>/dev/null), renders SVG headless"
 }
 
 sockudo_bin() {

@@ -2,9 +2,12 @@
 
 use std::fmt::Write as _;
 
-use std::collections::BTreeSet;
-
-use super::{AppReport, MAX_DAYS, Report, rfc3339, totals_text, window_text};
+use super::chart::{chart_title, html_chart};
+use super::text::{rfc3339, when_text};
+use super::{
+    AppReport, CallerReport, LibraryReport, Report, Resolution, Status, coverage_text, status_text,
+    totals_text, trend_text, window_text,
+};
 
 /// The report as one self-contained HTML page: inline style and SVG, no
 /// scripts, no external assets, deterministic.
@@ -21,16 +24,34 @@ pub fn render_html(report: &Report) -> String {
     let _ = writeln!(
         out,
         "<p class=\"meta\">Generated <time datetime=\"{generated}\">{generated}</time>; \
-         window: {}.</p>",
-        escape_html(&window_text(report))
+         window: {}.<br>{}.</p>",
+        escape_html(&window_text(report)),
+        escape_html(&coverage_text(report))
     );
+    if report.merged {
+        let _ = writeln!(
+            out,
+            "<p class=\"meta\">Merged from instances <code>{}</code>.</p>",
+            escape_html(&report.instance)
+        );
+    }
     if report.apps.is_empty() {
         out.push_str("<p>No deprecated calls recorded.</p>\n");
+    } else {
+        html_summary(&mut out, report);
     }
-    html_chart(&mut out, &report.apps);
+    let _ = writeln!(out, "<h2>{}</h2>", chart_title(report.resolution));
+    html_chart(&mut out, &report.apps, report.resolution);
+    if !report.apps.is_empty() {
+        out.push_str(
+            "<p class=\"note\">Hollow points and the shaded band are partial: the current \
+             hour or day, still in progress (or the first, when the window starts inside \
+             it).</p>\n",
+        );
+    }
     html_legend(&mut out, &report.apps);
     for app in &report.apps {
-        html_app(&mut out, app);
+        html_app(&mut out, report, app);
     }
     out.push_str("</body>\n</html>\n");
     out
@@ -40,11 +61,13 @@ const CSS: &str = "\
 body{font:14px/1.4 system-ui,sans-serif;color:#222;max-width:1100px;margin:2em auto;padding:0 1em}
 h1{font-size:1.5em}
 h2{font-size:1.2em;margin-top:2em}
+h3{font-size:1.05em;margin:1.2em 0 .3em}
 .meta,.note{color:#555}
 svg.chart{display:block;width:100%;max-width:960px;height:auto;border:1px solid #eee}
 .axis{stroke:#444;stroke-width:1}
 .grid{stroke:#ccc;stroke-dasharray:4 4}
 .label{font:11px sans-serif;fill:#444}
+.partial-band{fill:#f3f3f3}
 .legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4em 1.5em}
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:middle}
 table{border-collapse:collapse;margin:.5em 0}
@@ -52,6 +75,14 @@ th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:to
 td{overflow-wrap:anywhere;max-width:28em}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .none{color:#888;font-style:italic}
+.status{display:inline-block;padding:0 .5em;border-radius:.6em;font-size:.9em;white-space:nowrap}
+.status-active{background:#fde2e1;color:#8a1c13}
+.status-quiet{background:#fff3cd;color:#6b4e00}
+.status-unproven{background:#e8e8e8;color:#444}
+.status-done{background:#d9f2dc;color:#1d5e27}
+.recipe dt{font-weight:600}
+.recipe dd{margin:0 0 .4em 1.2em}
+.sites{margin:0;padding-left:1.2em}
 ";
 
 /// Series colours, by app index.
@@ -60,23 +91,13 @@ const PALETTE: [&str; 10] = [
     "#bcbd22", "#17becf",
 ];
 
-const SVG_WIDTH: f64 = 960.0;
-const SVG_HEIGHT: f64 = 320.0;
-const SVG_TOP: f64 = 16.0;
-const SVG_RIGHT: f64 = 48.0;
-const SVG_BOTTOM: f64 = 36.0;
-/// Above this many days, points get no markers (the line says enough).
-const MAX_MARKED_DAYS: usize = 62;
-/// The most date labels on the x axis.
-const X_LABELS: usize = 8;
-
-fn colour(index: usize) -> &'static str {
+pub(super) fn colour(index: usize) -> &'static str {
     PALETTE[index % PALETTE.len()]
 }
 
 /// Text safe in HTML content and in double- or single-quoted attributes;
 /// control characters, which HTML does not allow, become U+FFFD.
-fn escape_html(s: &str) -> String {
+pub(super) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -101,123 +122,46 @@ fn html_value(s: &str) -> String {
     }
 }
 
-/// The line chart of daily calls, one polyline per app over the union of
-/// the apps' days (days an app has no entry for plot as 0).
-fn html_chart(out: &mut String, apps: &[AppReport]) {
-    let _ = write!(
-        out,
-        "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {SVG_WIDTH} \
-         {SVG_HEIGHT}\" role=\"img\" aria-label=\"Deprecated calls per day (UTC), per app\">"
-    );
-    if apps.is_empty() {
-        out.push_str("</svg>\n");
-        return;
-    }
-    out.push('\n');
-    let all_days: BTreeSet<&str> = apps
-        .iter()
-        .flat_map(|a| a.daily.keys().map(String::as_str))
-        .collect();
-    let skip = all_days.len().saturating_sub(MAX_DAYS);
-    let days: Vec<&str> = all_days.into_iter().skip(skip).collect();
-    let max = apps
-        .iter()
-        .flat_map(|a| days.iter().filter_map(|d| a.daily.get(*d)))
-        .copied()
-        .max()
-        .unwrap_or(0);
-    let max_label = max.to_string();
-    // Room for the max label, right-aligned against the y axis.
-    let left = 14.0 + 7.0 * max_label.len() as f64;
-    let bottom = SVG_HEIGHT - SVG_BOTTOM;
-    let plot_width = SVG_WIDTH - SVG_RIGHT - left;
-    let x = |i: usize| {
-        if days.len() <= 1 {
-            left + plot_width / 2.0
-        } else {
-            left + plot_width * i as f64 / (days.len() - 1) as f64
-        }
-    };
-    let y = |v: u64| {
-        if max == 0 {
-            bottom
-        } else {
-            bottom - (bottom - SVG_TOP) * (v as f64 / max as f64)
-        }
-    };
-
-    let _ = writeln!(
-        out,
-        "<title>Deprecated calls per day (UTC), per app</title>\n\
-         <line class=\"grid\" x1=\"{left:.1}\" y1=\"{SVG_TOP:.1}\" x2=\"{right:.1}\" y2=\"{SVG_TOP:.1}\"/>\n\
-         <line class=\"axis\" x1=\"{left:.1}\" y1=\"{SVG_TOP:.1}\" x2=\"{left:.1}\" y2=\"{bottom:.1}\"/>\n\
-         <line class=\"axis\" x1=\"{left:.1}\" y1=\"{bottom:.1}\" x2=\"{right:.1}\" y2=\"{bottom:.1}\"/>\n\
-         <text class=\"label\" x=\"{lx:.1}\" y=\"{ty:.1}\" text-anchor=\"end\">{max_label}</text>\n\
-         <text class=\"label\" x=\"{lx:.1}\" y=\"{by:.1}\" text-anchor=\"end\">0</text>",
-        right = SVG_WIDTH - SVG_RIGHT,
-        lx = left - 6.0,
-        ty = SVG_TOP + 4.0,
-        by = bottom + 4.0,
-    );
-    for i in label_indices(days.len()) {
-        let anchor = match i {
-            _ if days.len() == 1 => "middle",
-            0 => "start",
-            i if i + 1 == days.len() => "end",
-            _ => "middle",
-        };
-        let _ = writeln!(
-            out,
-            "<text class=\"label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
-            x(i),
-            bottom + 18.0,
-            escape_html(days.get(i).copied().unwrap_or_default())
-        );
-    }
-    for (index, app) in apps.iter().enumerate() {
-        let app_id = escape_html(&app.app_id);
-        let stroke = colour(index);
-        let values: Vec<u64> = days
-            .iter()
-            .map(|d| app.daily.get(*d).copied().unwrap_or(0))
-            .collect();
-        let points: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "<polyline class=\"series\" data-app=\"{app_id}\" fill=\"none\" stroke=\"{stroke}\" \
-             stroke-width=\"2\" points=\"{}\"><title>App {app_id}</title></polyline>",
-            points.join(" ")
-        );
-        if days.len() <= MAX_MARKED_DAYS {
-            for (i, (day, v)) in days.iter().zip(&values).enumerate() {
-                let _ = writeln!(
-                    out,
-                    "<circle class=\"dot\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{stroke}\">\
-                     <title>App {app_id}, {}: {v}</title></circle>",
-                    x(i),
-                    y(*v),
-                    escape_html(day)
-                );
-            }
-        }
-    }
-    out.push_str("</svg>\n");
+fn badge(status: Status, text: &str) -> String {
+    format!(
+        "<span class=\"status status-{}\">{}</span>",
+        status.as_str(),
+        escape_html(text)
+    )
 }
 
-/// Up to [`X_LABELS`] evenly spread indices, first and last included.
-fn label_indices(n: usize) -> Vec<usize> {
-    if n <= X_LABELS {
-        return (0..n).collect();
+fn time_html(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    format!(
+        "<time datetime=\"{}\">{}</time>",
+        escape_html(&rfc3339(t)),
+        escape_html(&when_text(t, now))
+    )
+}
+
+fn html_summary(out: &mut String, report: &Report) {
+    out.push_str(
+        "<h2>Migration progress</h2>\n<table class=\"progress\">\n<thead><tr><th>App</th>\
+         <th>Status</th><th class=\"num\">Last 24 h</th><th class=\"num\">Last 7 d</th>\
+         <th class=\"num\">Window</th><th>Trend</th><th>Last call</th></tr></thead>\n<tbody>\n",
+    );
+    for app in &report.apps {
+        let last = app.last_call.map_or_else(
+            || "<span class=\"none\">none recorded</span>".to_owned(),
+            |t| time_html(t, report.generated_at),
+        );
+        let _ = writeln!(
+            out,
+            "<tr data-app=\"{id}\"><td><code>{id}</code></td><td>{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{last}</td></tr>",
+            badge(app.status, &status_text(app)),
+            app.last_24h,
+            app.last_7d,
+            app.window,
+            escape_html(&trend_text(app.trend.as_ref())),
+            id = escape_html(&app.app_id),
+        );
     }
-    let mut out: Vec<usize> = (0..X_LABELS)
-        .map(|k| k * (n - 1) / (X_LABELS - 1))
-        .collect();
-    out.dedup();
-    out
+    out.push_str("</tbody>\n</table>\n");
 }
 
 fn html_legend(out: &mut String, apps: &[AppReport]) {
@@ -237,54 +181,138 @@ fn html_legend(out: &mut String, apps: &[AppReport]) {
     out.push_str("</ul>\n");
 }
 
-fn html_app(out: &mut String, app: &AppReport) {
+fn html_app(out: &mut String, report: &Report, app: &AppReport) {
     let _ = writeln!(
         out,
-        "<section class=\"app\">\n<h2>App <code>{}</code></h2>\n<p class=\"totals\">{}</p>",
+        "<section class=\"app\">\n<h2>App <code>{}</code> {}</h2>\n<p class=\"totals\">{}</p>\n\
+         <p>Last 24 h: {}; last 7 d: {}; window: {}; trend: {}.</p>",
         escape_html(&app.app_id),
-        escape_html(&totals_text(app))
+        badge(app.status, &status_text(app)),
+        escape_html(&totals_text(app)),
+        app.last_24h,
+        app.last_7d,
+        app.window,
+        escape_html(&trend_text(app.trend.as_ref()))
     );
     if app.callers.is_empty() {
         out.push_str("<p class=\"note\">No callers in the window.</p>\n");
     } else {
-        out.push_str(
-            "<table class=\"callers\">\n<thead><tr><th>Route</th><th>auth_key</th>\
-             <th>User agent</th><th>Client</th><th class=\"num\">Calls</th><th>First seen</th>\
-             <th>Last seen</th></tr></thead>\n<tbody>\n",
-        );
-        for c in &app.callers {
-            let first = escape_html(&rfc3339(c.first_seen));
-            let last = escape_html(&rfc3339(c.last_seen));
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
-                 <td><time datetime=\"{first}\">{first}</time></td>\
-                 <td><time datetime=\"{last}\">{last}</time></td></tr>",
-                c.route.as_str(),
-                html_value(&c.auth_key),
-                html_value(&c.user_agent),
-                html_value(&c.client_address),
-                c.calls
-            );
+        for lib in &app.libraries {
+            html_library(out, report, lib);
+            let callers: Vec<&CallerReport> = app
+                .callers
+                .iter()
+                .filter(|c| c.library == lib.library)
+                .collect();
+            html_callers(out, report, &callers);
         }
         out.push_str(
-            "</tbody>\n</table>\n<p class=\"note\">Calls are lifetime totals of the callers \
-             seen in the window.</p>\n",
+            "<p class=\"note\">Calls are lifetime totals of the callers seen in the \
+             window.</p>\n",
         );
     }
-    if !app.daily.is_empty() {
-        out.push_str(
-            "<details><summary>Daily calls (UTC)</summary>\n<table class=\"daily\">\n\
-             <thead><tr><th>Day</th><th class=\"num\">Calls</th></tr></thead>\n<tbody>\n",
+    if !app.chart.is_empty() {
+        let _ = writeln!(
+            out,
+            "<details><summary>{} calls (UTC)</summary>\n<table class=\"daily\">\n\
+             <thead><tr><th>{}</th><th class=\"num\">Calls</th></tr></thead>\n<tbody>",
+            match report.resolution {
+                Resolution::Hour => "Hourly",
+                Resolution::Day => "Daily",
+            },
+            match report.resolution {
+                Resolution::Hour => "Hour",
+                Resolution::Day => "Day",
+            },
         );
-        for (day, n) in &app.daily {
+        for p in &app.chart {
+            let partial = if p.partial { " (partial)" } else { "" };
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td class=\"num\">{n}</td></tr>",
-                escape_html(day)
+                "<tr><td>{}</td><td class=\"num\">{}{partial}</td></tr>",
+                escape_html(&p.start),
+                p.calls
             );
         }
         out.push_str("</tbody>\n</table>\n</details>\n");
     }
     out.push_str("</section>\n");
+}
+
+fn html_library(out: &mut String, report: &Report, lib: &LibraryReport) {
+    let _ = writeln!(
+        out,
+        "<h3>{} <code>{}</code> {}</h3>\n<p>{} caller(s), {} calls, last seen {}.</p>",
+        escape_html(&lib.name),
+        escape_html(&lib.library),
+        badge(lib.status, lib.status.as_str()),
+        lib.callers,
+        lib.calls,
+        time_html(lib.last_seen, report.generated_at)
+    );
+    if let Some(recipe) = &lib.recipe {
+        let _ = writeln!(
+            out,
+            "<dl class=\"recipe\"><dt>First release on the current routes</dt><dd>{}</dd>\
+             <dt>Replacement</dt><dd>{}</dd></dl>",
+            recipe.first_current.as_deref().map_or_else(
+                || "<span class=\"none\">none</span>".to_owned(),
+                escape_html
+            ),
+            escape_html(&recipe.replacement)
+        );
+    }
+}
+
+fn html_callers(out: &mut String, report: &Report, callers: &[&CallerReport]) {
+    let instance_th = if report.merged {
+        "<th>Instance</th>"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "<table class=\"callers\">\n<thead><tr><th>Route</th><th>auth_key</th>\
+         <th>User agent</th><th>Client</th>{instance_th}<th class=\"num\">Calls</th>\
+         <th>First seen</th><th>Last seen</th><th>Status</th><th>Call sites</th></tr></thead>\n\
+         <tbody>"
+    );
+    for c in callers {
+        let first = escape_html(&rfc3339(c.first_seen));
+        let last = escape_html(&rfc3339(c.last_seen));
+        let instance = if report.merged {
+            format!("<td>{}</td>", html_value(&c.instance))
+        } else {
+            String::new()
+        };
+        let mut sites = String::new();
+        if c.call_sites.is_empty() {
+            sites.push_str("<span class=\"none\">none recorded</span>");
+        } else {
+            sites.push_str("<ul class=\"sites\">");
+            for s in &c.call_sites {
+                let _ = write!(
+                    sites,
+                    "<li class=\"site\">event <code>{}</code> on <code>{}</code>: {}</li>",
+                    html_value(&s.event),
+                    html_value(&s.channel),
+                    s.calls
+                );
+            }
+            sites.push_str("</ul>");
+        }
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{instance}<td class=\"num\">{}</td>\
+             <td><time datetime=\"{first}\">{first}</time></td>\
+             <td><time datetime=\"{last}\">{last}</time></td><td>{}</td><td>{sites}</td></tr>",
+            c.route.as_str(),
+            html_value(&c.auth_key),
+            html_value(&c.user_agent),
+            html_value(&c.client_address),
+            c.calls,
+            badge(c.status, c.status.as_str()),
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
 }

@@ -1,18 +1,19 @@
 //! The report's tests: building, each rendering, the gate.
 
 use super::*;
-use crate::telemetry::usage::{CallerKey, HourlyCount};
+use crate::telemetry::usage::{CallSite, CallerKey, HourlyCount};
 use proptest::prelude::*;
+use time::UtcOffset;
 use time::macros::datetime;
 
-const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
-const NOW: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
+pub(super) const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+pub(super) const NOW: OffsetDateTime = datetime!(2026-11-28 12:00 UTC);
 
-fn hourly(route: RouteKind, hour: OffsetDateTime, calls: u64) -> HourlyCount {
+pub(super) fn hourly(route: RouteKind, hour: OffsetDateTime, calls: u64) -> HourlyCount {
     HourlyCount { route, hour, calls }
 }
 
-fn caller(
+pub(super) fn caller(
     route: RouteKind,
     key: &str,
     agent: &str,
@@ -36,7 +37,7 @@ fn caller(
     }
 }
 
-fn app(app_id: &str, callers: Vec<Caller>, hourly: Vec<HourlyCount>) -> AppUsage {
+pub(super) fn app(app_id: &str, callers: Vec<Caller>, hourly: Vec<HourlyCount>) -> AppUsage {
     AppUsage {
         app_id: app_id.into(),
         callers,
@@ -47,7 +48,7 @@ fn app(app_id: &str, callers: Vec<Caller>, hourly: Vec<HourlyCount>) -> AppUsage
 use RouteKind::{LegacyStats as Stats, LegacyTrigger as Trigger};
 
 /// Window with `since = 7d` at `NOW`: 2026-11-21 12:00 to 2026-11-28 12:00.
-fn ledger() -> Usage {
+pub(super) fn ledger() -> Usage {
     Usage {
         instance: "i-1".into(),
         recorded_since: None,
@@ -249,14 +250,23 @@ fn json_has_the_documented_shape() {
         keys,
         [
             "auth_key",
+            "call_sites",
             "calls",
             "client_address",
+            "fingerprint",
             "first_seen",
+            "instance",
             "last_seen",
+            "library",
             "route",
+            "status",
             "user_agent"
         ]
     );
+    assert_eq!(c["library"], "unknown");
+    assert_eq!(c["fingerprint"], "fp");
+    assert_eq!(c["instance"], "i-1");
+    assert_eq!(c["call_sites"], serde_json::json!([]));
     assert_eq!(c["route"], "legacy_trigger");
     assert_eq!(c["auth_key"], "k2");
     assert_eq!(c["user_agent"], "old-sdk");
@@ -412,31 +422,52 @@ fn any_route() -> impl Strategy<Value = RouteKind> {
     prop_oneof![Just(Stats), Just(Trigger)]
 }
 
+fn any_library() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(
+            crate::telemetry::fingerprint::Library::ALL
+                .map(|l| l.as_str().to_owned())
+                .to_vec()
+        ),
+        any::<String>(),
+    ]
+}
+
 fn any_usage() -> impl Strategy<Value = Usage> {
+    let site =
+        (any::<String>(), any::<String>(), any::<u64>()).prop_map(|(event, channel, calls)| {
+            CallSite {
+                event,
+                channel,
+                calls,
+            }
+        });
     let caller = (
-        any_route(),
-        any::<String>(),
-        any::<String>(),
-        any::<String>(),
-        any::<u64>(),
-        any_time(),
-        any_time(),
+        (any_route(), any::<String>(), any_library(), any::<String>()),
+        (any::<String>(), any::<String>(), any::<String>()),
+        (any::<u64>(), any_time(), any_time()),
+        proptest::collection::vec(site, 0..4),
     )
         .prop_map(
-            |(route, auth_key, user_agent, client_address, calls, first_seen, last_seen)| Caller {
+            |(
+                (route, auth_key, library, fingerprint),
+                (user_agent, client_address, instance),
+                (calls, first_seen, last_seen),
+                call_sites,
+            )| Caller {
                 key: CallerKey {
                     route,
                     auth_key,
-                    library: "unknown".into(),
-                    fingerprint: "fp".into(),
+                    library,
+                    fingerprint,
                     user_agent,
                     client_address,
-                    instance: "i-1".into(),
+                    instance,
                 },
                 calls,
                 first_seen,
                 last_seen,
-                call_sites: Vec::new(),
+                call_sites,
             },
         );
     let bucket = (any_route(), any_time(), any::<u64>())
@@ -451,11 +482,16 @@ fn any_usage() -> impl Strategy<Value = Usage> {
             callers,
             hourly,
         });
-    proptest::collection::vec(app, 0..4).prop_map(|apps| Usage {
-        instance: "i-1".into(),
-        recorded_since: None,
-        apps,
-    })
+    (
+        proptest::collection::vec(app, 0..4),
+        proptest::option::of(any_time()),
+        any::<String>(),
+    )
+        .prop_map(|(apps, recorded_since, instance)| Usage {
+            instance,
+            recorded_since,
+            apps,
+        })
 }
 
 proptest! {
@@ -467,12 +503,18 @@ proptest! {
             (0u64..60 * 86_400).prop_map(std::time::Duration::from_secs),
             any::<u64>().prop_map(std::time::Duration::from_secs),
         ]),
+        configured in proptest::collection::vec(any::<String>(), 0..3),
     ) {
-        let report = build(&usage, now, since);
-        prop_assert_eq!(report.apps.len(), usage.apps.len());
+        let report = build_for(&usage, now, since, &configured);
+        let mut ids: Vec<&String> = usage.apps.iter().map(|a| &a.app_id).chain(&configured).collect();
+        ids.sort();
+        ids.dedup();
+        prop_assert!(report.apps.len() >= ids.len().min(usage.apps.len()));
+        prop_assert!(report.apps.len() <= usage.apps.len() + configured.len());
         for app in &report.apps {
             prop_assert!(app.daily.len() <= MAX_DAYS);
             prop_assert_eq!(app.deprecated_calls.len(), RouteKind::LEGACY.len());
+            prop_assert!(app.chart.len() <= MAX_DAYS);
         }
         let json: Result<serde_json::Value, _> = serde_json::from_str(&render_json(&report));
         prop_assert!(json.is_ok());
@@ -483,5 +525,7 @@ proptest! {
         prop_assert!(!html.contains("<script"));
         prop_assert!(html.chars().all(|c| c == '\n' || !c.is_control()));
         let _ = used_since(&usage, now);
+        let gate = render_uses(&uses_since(&usage, now), now);
+        prop_assert!(gate.chars().all(|c| c == '\n' || c == ' ' || c.is_ascii_graphic()));
     }
 }

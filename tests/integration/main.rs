@@ -15,6 +15,7 @@ mod ledger;
 mod legacy_replay;
 mod logging;
 mod passthrough;
+mod report;
 mod stats;
 mod telemetry;
 mod trigger;
