@@ -180,7 +180,8 @@ fn report_page(admin: &Admin, query: &str) -> Response<Full<Bytes>> {
     };
     let now = crate::clock::datetime(admin.clock.unix_now());
     let usage = admin.telemetry.ledger().snapshot();
-    let report = report::build(&usage, now, since);
+    let configured = admin.telemetry.configured_app_ids();
+    let report = report::build_for(&usage, now, since, &configured);
     respond(
         StatusCode::OK,
         "text/html; charset=utf-8",

@@ -191,6 +191,14 @@ impl Telemetry {
         self.config_hash.store(Arc::new(config.hash.clone()));
     }
 
+    /// The configured apps' ids, sorted (for reports that list them with
+    /// zero calls).
+    pub fn configured_app_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.configured.load().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// The loaded configuration's hash.
     pub fn config_hash(&self) -> Arc<String> {
         self.config_hash.load_full()

@@ -345,3 +345,23 @@ fn html_report_renders_in_headless_chromium() {
     );
     println!("screenshot: {}", shot.display());
 }
+
+/// The admin listener's `/report` lists every configured app, even one
+/// that never made a deprecated call.
+#[tokio::test]
+async fn admin_report_lists_configured_apps_without_calls() {
+    let fake = crate::support::fake().await;
+    let proxy = crate::support::TestProxy::for_upstream(&fake.url(), "", "").await;
+    let page = crate::support::send(
+        hyper::Method::GET,
+        &format!("{}/report?since=3d", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(page.status.as_u16(), 200);
+    let html = page.text();
+    assert!(html.contains(crate::support::APP_ID), "{html}");
+    assert!(!html.contains("No deprecated calls recorded"), "{html}");
+    proxy.stop().await;
+}
