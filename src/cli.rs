@@ -267,7 +267,10 @@ async fn report(
         ReportFormat::Json => report::render_json(&built),
         ReportFormat::Html => report::render_html(&built),
     };
-    println!("{text}");
+    if let Err(e) = print_out(&text) {
+        eprintln!("report: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(window) = fail_if_used_since {
         let cutoff = time::Duration::try_from(window)
             .ok()
@@ -284,6 +287,17 @@ async fn report(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Writes `text` and a newline to stdout. A reader that has gone away
+/// (`report … | head`) is no error: what it wanted is written.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// `serve`: loads the configuration, binds its listener and serves until
@@ -323,8 +337,43 @@ async fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
+/// Completes on SIGTERM or SIGINT (Ctrl-C), which start the graceful
+/// shutdown. From then on a second SIGTERM or SIGINT ends the process at
+/// once ([`exit_on_second_signal`]).
 async fn shutdown_signal() {
+    let first = next_signal().await;
+    tracing::info!(target: TARGET, "{} received", first.name());
+    tokio::spawn(exit_on_second_signal());
+}
+
+/// A shutdown signal.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The shell's status for a process ended by this signal: 128 + its
+    /// number (130 for SIGINT, 143 for SIGTERM).
+    fn exit_status(self) -> i32 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT. A signal that cannot be listened for is
+/// logged and never arrives.
+async fn next_signal() -> Signal {
     let interrupt = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(target: TARGET, error = %e, "cannot listen for SIGINT");
@@ -346,7 +395,23 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = interrupt => tracing::info!(target: TARGET, "SIGINT received"),
-        () = terminate => tracing::info!(target: TARGET, "SIGTERM received"),
+        () = interrupt => Signal::Interrupt,
+        () = terminate => Signal::Terminate,
     }
+}
+
+/// Waits for a second SIGTERM or SIGINT during the drain and ends the
+/// process at once with 128 + the signal's number, without waiting for
+/// the requests in flight or writing the ledger a last time: what an
+/// operator asks for by signalling twice. Said on stderr directly, as the
+/// log writer is not flushed by an immediate exit.
+async fn exit_on_second_signal() {
+    let second = next_signal().await;
+    eprintln!(
+        "{} received again during the graceful shutdown: exiting now with status {}, \
+         without waiting for requests in flight or writing the usage ledger",
+        second.name(),
+        second.exit_status()
+    );
+    std::process::exit(second.exit_status());
 }

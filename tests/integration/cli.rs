@@ -394,3 +394,72 @@ async fn no_secret_or_signature_in_trace_logs() {
         );
     }
 }
+
+/// A second SIGTERM during the drain ends the process at once, with 143,
+/// instead of waiting out the grace period for a request the upstream
+/// holds; it says so on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = std::time::Duration::from_secs(20));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let toml = format!(
+        "shutdown_grace_ms = 30000\n{}",
+        support::config_toml(&fake.url(), "timeout_ms = 30000", "")
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let served = Served::start(&config).await;
+    let url = format!(
+        "http://{}{}",
+        served.addr,
+        support::legacy_trigger_uri("room", &[("name", "ev")], b"1", support::now())
+    );
+    let request = tokio::spawn(async move {
+        support::try_send(hyper::Method::POST, &url, &[], "1".to_owned()).await
+    });
+    for _ in 0..100 {
+        if !fake.recorded().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.recorded().len(), 1, "in flight");
+    served.signal("TERM");
+    // The first starts a drain that would last until the upstream answers
+    // (20 s) or the grace period ends (30 s).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    served.signal("TERM");
+    let started = std::time::Instant::now();
+    let (code, lines) = served.wait_text(std::time::Duration::from_secs(10)).await;
+    assert_eq!(code, Some(143), "{lines:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        lines.iter().any(|l| l.contains("SIGTERM received again")),
+        "{lines:?}"
+    );
+    request.abort();
+}
+
+/// `report … | head`: a reader that closed the pipe gets what it read, and
+/// the report ends normally instead of panicking on the broken pipe.
+#[test]
+fn report_into_a_closed_pipe_does_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(
+        pusher_cutover::telemetry::store::Store::open(dir.path(), support::now(), "i-1")
+            .expect("ledger"),
+    );
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(support::binary::BIN)
+        .args(["report", "--data-dir"])
+        .arg(dir.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

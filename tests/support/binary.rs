@@ -117,11 +117,17 @@ impl Served {
 
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code
     /// and every log line as written.
-    pub async fn sigterm_text(mut self) -> (Option<i32>, Vec<String>) {
+    pub async fn sigterm_text(self) -> (Option<i32>, Vec<String>) {
         self.signal("TERM");
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+        self.wait_text(Duration::from_secs(15)).await
+    }
+
+    /// Waits at most `limit` for the exit; returns the exit code and every
+    /// log line as written.
+    pub async fn wait_text(mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
+        let status = tokio::time::timeout(limit, self.child.wait())
             .await
-            .expect("exits within 15 s")
+            .unwrap_or_else(|_| panic!("exits within {limit:?}"))
             .expect("wait");
         (status.code(), self.drain.await.expect("drain"))
     }
