@@ -289,6 +289,32 @@ async fn report(
     ExitCode::SUCCESS
 }
 
+/// Logs each configured app with its cutover stage, and warns when there
+/// is none (then every request passes through unchanged).
+fn log_apps(config: &Config) {
+    if config.apps.is_empty() {
+        tracing::warn!(
+            target: TARGET,
+            "no app is configured: every request passes through unchanged, and no deprecated call is translated or recorded"
+        );
+    }
+    for app in &config.apps {
+        let sunset = app.sunset.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+        tracing::info!(
+            target: TARGET,
+            app_id = %app.id,
+            mode = app.mode.as_str(),
+            rollout_percent = app.rollout_percent,
+            brownouts = app.brownouts.len(),
+            sunset = sunset.as_deref(),
+            "app configured"
+        );
+    }
+}
+
 /// Writes `text` and a newline to stdout. A reader that has gone away
 /// (`report … | head`) is no error: what it wanted is written.
 fn print_out(text: &str) -> std::io::Result<()> {
@@ -321,6 +347,7 @@ async fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
         version = env!("CARGO_PKG_VERSION"),
         "pusher-cutover starting"
     );
+    log_apps(&config);
     let source = match path {
         Some(path) => ConfigSource::File(path),
         None => ConfigSource::Env,

@@ -144,6 +144,18 @@ pub enum Mode {
     Reject,
 }
 
+impl Mode {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Observe => "observe",
+            Self::Shadow => "shadow",
+            Self::Translate => "translate",
+            Self::Reject => "reject",
+        }
+    }
+}
+
 /// Where the `Link: <…>; rel="deprecation"` header points by default: the
 /// current HTTP API reference.
 pub const DEFAULT_DEPRECATION_LINK: &str =

@@ -139,6 +139,17 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
         entries.iter().any(|e| e["message"] == "SIGTERM received"),
         "{logs}"
     );
+    // Startup says which apps are served, and at which stage.
+    let apps: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["message"] == "app configured")
+        .collect();
+    assert_eq!(apps.len(), 1, "{logs}");
+    assert_eq!(
+        (&apps[0]["app_id"], &apps[0]["mode"]),
+        (&serde_json::json!("4242"), &serde_json::json!("translate")),
+        "{logs}"
+    );
     let legacy: Vec<&serde_json::Value> = entries
         .iter()
         .filter(|e| e["message"] == "legacy call")
@@ -462,4 +473,29 @@ fn report_into_a_closed_pipe_does_not_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// A config without apps serves (everything passes through), and startup
+/// warns that nothing is translated.
+#[tokio::test]
+async fn startup_warns_when_no_app_is_configured() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
+        fake.url()
+    );
+    std::fs::write(&config, toml).expect("write config");
+    let served = Served::start(&config).await;
+    let (code, entries) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        entries.iter().any(|e| e["level"] == "WARN"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no app is configured"))),
+        "{entries:?}"
+    );
+    assert!(!entries.iter().any(|e| e["message"] == "app configured"));
 }
