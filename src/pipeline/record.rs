@@ -221,7 +221,7 @@ impl<'a> Recorder<'a> {
         });
         let line = LineValues {
             status,
-            latency_ms: duration.as_secs_f64() * 1000.0,
+            latency_ms: latency_ms(duration),
             error: error.as_deref(),
         };
         let level = match (fault, self.kind.is_legacy()) {
@@ -274,6 +274,13 @@ impl<'a> Recorder<'a> {
             _ => event!(tracing::Level::INFO),
         }
     }
+}
+
+/// `d` in milliseconds, rounded to the microsecond, so the JSON number is
+/// `0.025`, not `0.025287999999999998`.
+fn latency_ms(d: Duration) -> f64 {
+    // Micros below 2^53 are exact in an f64; a request of 285 years is not.
+    d.as_micros() as f64 / 1000.0
 }
 
 /// What a request's line says beyond what its [`Recorder`] holds.
@@ -437,4 +444,14 @@ mod tests {
             proptest::prop_assert_eq!(text.as_str(), ip.to_string());
         }
     }
+
+    #[test]
+    fn latency_is_rounded_to_microseconds() {
+        let d = Duration::from_nanos(25_288);
+        assert_eq!(latency_ms(d), 0.025);
+        assert_eq!(serde_json::json!(latency_ms(d)).to_string(), "0.025");
+        assert_eq!(latency_ms(Duration::from_micros(1_393_123)), 1_393.123);
+        assert_eq!(latency_ms(Duration::ZERO), 0.0);
+    }
+
 }
