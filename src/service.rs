@@ -44,9 +44,15 @@ impl Default for Options {
     }
 }
 
-/// Why the proxy could not start.
+/// Why the proxy could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The final ledger write failed, retried: calls are lost.
+    #[error("the usage ledger could not be written at shutdown: {calls} recorded call(s) are lost")]
+    LedgerNotWritten {
+        /// The calls recorded since the last write.
+        calls: u64,
+    },
     /// The usage ledger could not be opened.
     #[error("cannot open the usage ledger")]
     Store(#[from] StoreError),
@@ -114,6 +120,7 @@ pub async fn run_with(
     };
     let settings = server::Settings::from_config(&config)?;
     let flush_every = config.telemetry.flush_interval;
+    let grace = config.shutdown_grace;
     let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
     let reloader = options
         .reload
@@ -164,10 +171,27 @@ pub async fn run_with(
     if let Some(flusher) = flusher {
         let _ = flusher.await;
     }
-    if let Some(p) = &persistence
-        && p.flush(&telemetry, clock.unix_now()).await
-    {
-        tracing::info!("usage ledger written");
+    let mut unwritten = None;
+    if let Some(p) = &persistence {
+        // The last write, retried for at most FINAL_WRITE_RETRY: nothing
+        // recorded may be lost silently.
+        let until = tokio::time::Instant::now() + FINAL_WRITE_RETRY.min(grace);
+        loop {
+            if p.flush(&telemetry, clock.unix_now()).await {
+                tracing::info!("usage ledger written");
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                let calls = p.unwritten(&telemetry);
+                tracing::error!(
+                    unwritten_calls = calls,
+                    "usage ledger not written: the calls recorded since its last write are lost"
+                );
+                unwritten = Some(calls);
+                break;
+            }
+            tokio::time::sleep(FINAL_WRITE_PAUSE).await;
+        }
     }
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -176,8 +200,18 @@ pub async fn run_with(
     if let Some(sighup) = sighup {
         let _ = sighup.await;
     }
-    Ok(())
+    match unwritten {
+        Some(calls) => Err(RunError::LedgerNotWritten { calls }),
+        None => Ok(()),
+    }
 }
+
+/// How long the final ledger write is retried at most (and never longer
+/// than `shutdown_grace_ms`).
+pub const FINAL_WRITE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pause between final write attempts.
+const FINAL_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reloads on every SIGHUP until `stop` completes.
 #[cfg(unix)]

@@ -453,5 +453,4 @@ mod tests {
         assert_eq!(latency_ms(Duration::from_micros(1_393_123)), 1_393.123);
         assert_eq!(latency_ms(Duration::ZERO), 0.0);
     }
-
 }

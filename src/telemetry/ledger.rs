@@ -147,6 +147,8 @@ struct AppLedger {
 #[derive(Debug, Default)]
 struct State {
     apps: HashMap<String, AppLedger>,
+    /// Calls recorded since the process started.
+    recorded: u64,
     /// See [`Usage::recorded_since`], Unix seconds.
     recorded_since: Option<u64>,
 }
@@ -161,6 +163,9 @@ pub struct Changes {
     pub hourly: Vec<(String, HourlyCount)>,
     /// Buckets of hours before this Unix time are to be dropped.
     pub prune_before: u64,
+    /// The ledger's count of recorded calls when these were taken: once
+    /// written, every call up to it is on disk.
+    pub recorded_upto: u64,
 }
 
 impl Changes {
@@ -300,6 +305,13 @@ impl Ledger {
         let bucket = app.hourly.entry((call.route, hour)).or_default();
         bucket.calls += 1;
         bucket.dirty = true;
+        state.recorded += 1;
+    }
+
+    /// Calls recorded since the process started (for what is not yet
+    /// written: this minus [`Changes::recorded_upto`] of the last write).
+    pub fn recorded(&self) -> u64 {
+        self.lock().recorded
     }
 
     /// Takes what changed since the last call, and drops buckets older than
@@ -309,6 +321,7 @@ impl Ledger {
         let mut state = self.lock();
         let mut changes = Changes {
             prune_before,
+            recorded_upto: state.recorded,
             ..Changes::default()
         };
         for (app_id, app) in state.apps.iter_mut() {

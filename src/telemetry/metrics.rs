@@ -63,6 +63,8 @@ pub mod names {
     pub const SHADOW_MISMATCHES: &str = "pusher_cutover_shadow_mismatches";
     /// Configuration reloads, by result.
     pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
+    /// Recorded calls not yet written to the ledger's store.
+    pub const LEDGER_UNWRITTEN_CALLS: &str = "pusher_cutover_ledger_unwritten_calls";
 }
 
 /// An `app_id` label value: a configured app's id, or `other`. Shared, so
@@ -306,6 +308,8 @@ pub struct Metrics {
     pub shadow_mismatches: Family<AppField, Counter>,
     /// See [`names::CONFIG_RELOADS`].
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// See [`names::LEDGER_UNWRITTEN_CALLS`].
+    pub ledger_unwritten_calls: Gauge,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
     request_durations: RouteHistograms,
@@ -338,6 +342,7 @@ impl Metrics {
         let app_sunset = Family::<AppLabel, Gauge>::default();
         let shadow_mismatches = Family::<AppField, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
+        let ledger_unwritten_calls = Gauge::default();
 
         registry.register(
             names::DEPRECATED_CALLS,
@@ -380,6 +385,11 @@ impl Metrics {
             "Configuration reloads by result",
             config_reloads.clone(),
         );
+        registry.register(
+            names::LEDGER_UNWRITTEN_CALLS,
+            "Recorded deprecated calls not yet written to the ledger in data_dir (0 without one)",
+            ledger_unwritten_calls.clone(),
+        );
         for result in ["success", "failure"] {
             // Present from the start, so alerts can use increase().
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -407,6 +417,7 @@ impl Metrics {
             app_sunset,
             shadow_mismatches,
             config_reloads,
+            ledger_unwritten_calls,
             build_info,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),

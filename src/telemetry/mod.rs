@@ -301,7 +301,25 @@ pub struct Persistence {
     /// The hour (Unix time / 3600) of the retention cut-off last written:
     /// an idle flush in the same hour has nothing to prune either.
     pruned_hour: Arc<std::sync::atomic::AtomicU64>,
+    /// The ledger's count of recorded calls up to which all are written.
+    written_upto: Arc<std::sync::atomic::AtomicU64>,
+    /// Failed writes since the last one that worked, for quiet logging.
+    failures: Arc<Mutex<Failures>>,
 }
+
+/// Failed ledger writes since the last one that worked: logged at the
+/// first, then at most once per [`FAILURE_LOG_EVERY`], and once more when
+/// writing works again.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Failed attempts in a row.
+    count: u64,
+    /// When a failure was last logged.
+    logged: Option<std::time::Instant>,
+}
+
+/// How often a ledger that keeps failing to be written is logged again.
+pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Persistence {
     /// Opens the store in `dir` (a new one records since `now`) and loads
@@ -316,6 +334,10 @@ impl Persistence {
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
             pruned_hour: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            written_upto: Arc::new(std::sync::atomic::AtomicU64::new(
+                telemetry.ledger.recorded(),
+            )),
+            failures: Arc::default(),
         })
     }
 
@@ -337,23 +359,54 @@ impl Persistence {
             store.write(&pending)
         })
         .await;
-        let ok = match written {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::error!(error = %ErrorChain(&e), "ledger write failed; will retry");
-                false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "ledger write task failed; will retry");
-                false
-            }
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(ErrorChain(&e).to_string()),
+            Err(e) => Some(format!("the write task failed: {e}")),
         };
-        if ok {
-            self.pruned_hour.store(hour, Ordering::Relaxed);
-        } else {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = error.is_none();
+        if let Some(error) = error {
             telemetry.ledger.restore_changes(changes);
+            failures.count += 1;
+            let due = failures
+                .logged
+                .is_none_or(|at| at.elapsed() >= FAILURE_LOG_EVERY);
+            if due {
+                failures.logged = Some(std::time::Instant::now());
+                tracing::error!(
+                    error = %error,
+                    failed_writes = failures.count,
+                    unwritten_calls = self.unwritten(telemetry),
+                    "usage ledger write failed; retrying at every flush, logging at most once a minute"
+                );
+            }
+        } else {
+            self.pruned_hour.store(hour, Ordering::Relaxed);
+            self.written_upto
+                .fetch_max(changes.recorded_upto, Ordering::Relaxed);
+            if failures.count > 0 {
+                tracing::info!(
+                    failed_writes = failures.count,
+                    "usage ledger written again after failed writes"
+                );
+            }
+            *failures = Failures::default();
         }
+        telemetry
+            .metrics
+            .ledger_unwritten_calls
+            .set(i64::try_from(self.unwritten(telemetry)).unwrap_or(i64::MAX));
         ok
+    }
+
+    /// Calls recorded that are not yet written.
+    pub fn unwritten(&self, telemetry: &Telemetry) -> u64 {
+        use std::sync::atomic::Ordering;
+        telemetry
+            .ledger
+            .recorded()
+            .saturating_sub(self.written_upto.load(Ordering::Relaxed))
     }
 }
 
@@ -524,5 +577,39 @@ mod tests {
             ),
             Some(2)
         );
+    }
+
+    /// A store that stops accepting writes (its callers table dropped
+    /// under it): the calls stay pending and counted, the gauge says how
+    /// many, and once the store works again they are written.
+    #[tokio::test]
+    async fn failed_writes_keep_the_calls_and_say_how_many() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let telemetry = Telemetry::new(&config(&["1"]));
+        let p = Persistence::open(dir.path(), &telemetry, 1_700_000_000).expect("open");
+        let series = telemetry.app_series("1");
+        for _ in 0..5 {
+            telemetry.observe(&observation("1", Some(&series), RouteKind::LegacyTrigger));
+        }
+        assert_eq!(p.unwritten(&telemetry), 5);
+        let db = rusqlite::Connection::open(dir.path().join(store::FILE_NAME)).expect("open");
+        db.execute_batch("ALTER TABLE callers RENAME TO callers_away")
+            .expect("sabotage");
+        assert!(!p.flush(&telemetry, 1_700_000_010).await, "the write fails");
+        assert!(!p.flush(&telemetry, 1_700_000_020).await, "and again");
+        assert_eq!(p.unwritten(&telemetry), 5, "nothing is lost from memory");
+        let gauge =
+            |t: &Telemetry| sample(&t.metrics_text(), "pusher_cutover_ledger_unwritten_calls");
+        assert_eq!(gauge(&telemetry), Some(5));
+        db.execute_batch("ALTER TABLE callers_away RENAME TO callers")
+            .expect("repair");
+        assert!(p.flush(&telemetry, 1_700_000_030).await, "written again");
+        assert_eq!(p.unwritten(&telemetry), 0);
+        assert_eq!(gauge(&telemetry), Some(0));
+        let stored = store::Store::open_read_only(dir.path())
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(stored.apps[0].callers[0].calls, 5);
     }
 }

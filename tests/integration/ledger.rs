@@ -274,3 +274,64 @@ async fn report_gates_on_the_window_and_merges_ledgers() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--data-dir"), "{err}");
 }
+
+/// The final ledger write at shutdown is retried; when it still fails, the
+/// proxy says how many calls are lost and stops with an error instead of
+/// exiting as if all were written.
+#[tokio::test]
+async fn a_failed_final_write_is_an_error_naming_the_lost_calls() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "shutdown_grace_ms = 1000\n{}",
+        support::config_toml(&fake.url(), "", "").replace(
+            "[upstream]",
+            &format!("[telemetry]\ndata_dir = {:?}\n[upstream]", dir.path())
+        )
+    );
+    let config = pusher_cutover::Config::from_toml_str(&toml, &|_| None).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = pusher_cutover::Options {
+        admin_listener: None,
+        ..pusher_cutover::Options::default()
+    };
+    let run = tokio::spawn(pusher_cutover::run_with(
+        listener,
+        config,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let body = b"{}";
+    for _ in 0..3 {
+        let uri = support::legacy_trigger_uri("room", &[("name", "ev")], body, support::now());
+        let a = support::send(
+            Method::POST,
+            &format!("http://{addr}{uri}"),
+            &[],
+            body.to_vec(),
+        )
+        .await;
+        assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    }
+    // The store stops accepting writes before the periodic flush (5 s).
+    let db =
+        rusqlite::Connection::open(dir.path().join(pusher_cutover::telemetry::store::FILE_NAME))
+            .expect("open the ledger");
+    db.execute_batch("ALTER TABLE callers RENAME TO callers_away")
+        .expect("sabotage");
+    let _ = stop.send(());
+    let result = tokio::time::timeout(std::time::Duration::from_secs(15), run)
+        .await
+        .expect("stops within the bounded retry")
+        .expect("task");
+    match result {
+        Err(pusher_cutover::RunError::LedgerNotWritten { calls }) => assert_eq!(calls, 3),
+        other => panic!("expected the lost calls, got {other:?}"),
+    }
+}
