@@ -351,9 +351,48 @@ async fn serve_connection<I>(
 {
     let conn = http.serve_connection(TokioIo::new(io), service(proxy, peer));
     if let Err(error) = watcher.watch(conn).await {
-        tracing::debug!(%error, %peer, "connection ended with an error");
+        let kind = connection_error_kind(&error);
+        proxy.current().telemetry.connection_error(kind);
+        if kind == "closed" {
+            tracing::debug!(%error, %peer, kind, "connection ended with an error");
+        } else {
+            // A request hyper refused for its framing never reaches the
+            // pipeline: this is its only trace.
+            tracing::info!(%error, %peer, kind, "connection refused or cut by the HTTP layer");
+        }
     }
 }
+
+/// The `kind` label of a connection hyper ended with an error: `parse`
+/// (malformed request line or headers), `too_large` (head over
+/// `max_header_bytes`), `header_timeout` (head not read within
+/// `header_timeout_ms`), `incomplete` (the client closed mid-message),
+/// `closed` (the connection failed under an answer, e.g. reset), `other`.
+pub fn connection_error_kind(error: &hyper::Error) -> &'static str {
+    if error.is_parse_too_large() {
+        "too_large"
+    } else if error.is_parse() || error.is_parse_status() {
+        "parse"
+    } else if error.is_timeout() {
+        "header_timeout"
+    } else if error.is_incomplete_message() {
+        "incomplete"
+    } else if error.is_closed() || error.is_canceled() || error.is_body_write_aborted() {
+        "closed"
+    } else {
+        "other"
+    }
+}
+
+/// Every [`connection_error_kind`].
+pub const CONNECTION_ERROR_KINDS: [&str; 6] = [
+    "parse",
+    "too_large",
+    "header_timeout",
+    "incomplete",
+    "closed",
+    "other",
+];
 
 fn service(
     proxy: &Proxy,

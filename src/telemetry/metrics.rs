@@ -63,6 +63,8 @@ pub mod names {
     pub const SHADOW_MISMATCHES: &str = "pusher_cutover_shadow_mismatches";
     /// Configuration reloads, by result.
     pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
+    /// Connections the HTTP layer ended with an error, by kind.
+    pub const CONNECTION_ERRORS: &str = "pusher_cutover_connection_errors";
     /// Recorded calls not yet written to the ledger's store.
     pub const LEDGER_UNWRITTEN_CALLS: &str = "pusher_cutover_ledger_unwritten_calls";
 }
@@ -220,6 +222,13 @@ pub struct DeprecatedCallLabels {
     pub path: &'static str,
 }
 
+/// The `kind` label alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// A [`crate::http::server::connection_error_kind`].
+    pub kind: &'static str,
+}
+
 /// The shadow comparison's `field` label values.
 pub const SHADOW_FIELDS: [&str; 4] = ["occupied", "user_count", "connection_count", "answer"];
 
@@ -310,6 +319,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// See [`names::LEDGER_UNWRITTEN_CALLS`].
     pub ledger_unwritten_calls: Gauge,
+    /// See [`names::CONNECTION_ERRORS`].
+    pub connection_errors: Family<KindLabel, Counter>,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
     request_durations: RouteHistograms,
@@ -343,6 +354,7 @@ impl Metrics {
         let shadow_mismatches = Family::<AppField, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let ledger_unwritten_calls = Gauge::default();
+        let connection_errors = Family::<KindLabel, Counter>::default();
 
         registry.register(
             names::DEPRECATED_CALLS,
@@ -390,6 +402,14 @@ impl Metrics {
             "Recorded deprecated calls not yet written to the ledger in data_dir (0 without one)",
             ledger_unwritten_calls.clone(),
         );
+        registry.register(
+            names::CONNECTION_ERRORS,
+            "Connections the HTTP layer refused or cut (malformed or oversized heads, time-outs), by kind",
+            connection_errors.clone(),
+        );
+        for kind in crate::http::server::CONNECTION_ERROR_KINDS {
+            let _ = connection_errors.get_or_create(&KindLabel { kind });
+        }
         for result in ["success", "failure"] {
             // Present from the start, so alerts can use increase().
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -418,6 +438,7 @@ impl Metrics {
             shadow_mismatches,
             config_reloads,
             ledger_unwritten_calls,
+            connection_errors,
             build_info,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),

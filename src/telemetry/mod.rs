@@ -213,6 +213,14 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts a connection the HTTP layer ended with an error of `kind`.
+    pub fn connection_error(&self, kind: &'static str) {
+        self.metrics
+            .connection_errors
+            .get_or_create(&metrics::KindLabel { kind })
+            .inc();
+    }
+
     /// Counts a shadow-mode field that differed.
     pub fn shadow_mismatch(&self, app_id: &str, field: &'static str) {
         self.metrics

@@ -613,3 +613,42 @@ async fn workers_drain_together_within_one_grace_period() {
     );
     drop(held);
 }
+
+/// Requests hyper refuses for their framing never reach the pipeline; they
+/// are still counted by kind (and logged).
+#[tokio::test]
+async fn framing_errors_are_counted() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let metric = |text: &str, kind: &str| {
+        support::metric(
+            text,
+            &format!("pusher_cutover_connection_errors_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    let metrics = || async {
+        support::send(
+            hyper::Method::GET,
+            &format!("{}/metrics", proxy.admin_url()),
+            &[],
+            "",
+        )
+        .await
+        .text()
+    };
+    let before = metrics().await;
+    assert_eq!(metric(&before, "parse"), Some(0.0), "present from startup");
+    let a = support::raw_exchange(proxy.addr, b"GARBAGE \x01\r\n\r\n").await;
+    assert_eq!(a.status.as_u16(), 400);
+    let mut after = String::new();
+    for _ in 0..50 {
+        after = metrics().await;
+        if metric(&after, "parse") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&after, "parse"), Some(1.0), "{after}");
+    assert!(fake.recorded().is_empty());
+    proxy.stop().await;
+}
