@@ -1,0 +1,201 @@
+//! Telemetry's tests: series, reloads, observations, failed writes.
+
+use super::*;
+
+fn config(app_ids: &[&str]) -> Config {
+    let mut text = String::from("[upstream]\nurl = \"http://127.0.0.1:6001\"\n");
+    for id in app_ids {
+        text.push_str(&format!(
+            "[[apps]]\nid = \"{id}\"\nkey = \"k{id}\"\nsecret = \"s{id}\"\n"
+        ));
+    }
+    Config::from_toml_str(&text, &|_: &str| None).expect("a valid config")
+}
+
+fn observation<'a>(
+    app_id: &'a str,
+    series: Option<&'a AppSeries>,
+    route: RouteKind,
+) -> Observation<'a> {
+    Observation {
+        route,
+        app_id: Some(app_id),
+        series,
+        outcome: Outcome::Ok,
+        duration: Duration::from_millis(3),
+        upstream_duration: Some(Duration::from_millis(2)),
+        signature_failure: None,
+        caller: Some(VerifiedCaller {
+            auth_key: "k1",
+            user_agent: "pusher-gem/0.9.2",
+            client_address: "10.0.0.1",
+            library: Library::Unknown,
+            fingerprint: "fp",
+            event: "ev",
+            channel: "c",
+            path: Some(Path::Translate),
+        }),
+        now: 1_700_000_000,
+    }
+}
+
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn observations_count_in_the_series_metrics_exposes() {
+    let telemetry = Telemetry::new(&config(&["1"]));
+    let series = telemetry.app_series("1");
+    for _ in 0..3 {
+        telemetry.observe(&observation("1", Some(&series), RouteKind::LegacyTrigger));
+    }
+    // Without series at hand, they are looked up.
+    telemetry.observe(&observation("1", None, RouteKind::LegacyTrigger));
+    // An unconfigured app, whether or not the caller passes series.
+    telemetry.observe(&observation("9", None, RouteKind::Passthrough));
+    let other = telemetry.app_series("9");
+    telemetry.observe(&observation("9", Some(&other), RouteKind::Passthrough));
+
+    let text = telemetry.metrics_text();
+    let requests =
+        |labels: &str| sample(&text, &format!("pusher_cutover_requests_total{{{labels}}}"));
+    assert_eq!(
+        requests(r#"app_id="1",route="legacy_trigger",outcome="ok""#),
+        Some(4)
+    );
+    assert_eq!(
+        requests(r#"app_id="other",route="passthrough",outcome="ok""#),
+        Some(2)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger",library="unknown",path="translated"}"#
+        ),
+        Some(4)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_request_duration_seconds_count{route="legacy_trigger"}"#
+        ),
+        Some(4)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_upstream_duration_seconds_count{route="passthrough"}"#
+        ),
+        Some(2)
+    );
+    // A configured app's series are there at 0 before any call, so
+    // increase() sees the first one: every library and path...
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_stats",library="pypi-pusher-0.6-0.8",path="shadowed"}"#
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_deprecated_calls_total{app_id="1",route="legacy_trigger",library="unknown",path="invalid"}"#
+        ),
+        Some(0)
+    );
+    // ... but no shadowed trigger, which cannot happen;
+    assert!(
+        !text.contains(r#"route="legacy_trigger",library="unknown",path="shadowed""#),
+        "{text}"
+    );
+    // requests by outcome, signature failures by reason, shadow fields.
+    assert_eq!(
+        requests(r#"app_id="1",route="legacy_stats",outcome="client_error""#),
+        Some(0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_signature_failures_total{app_id="1",reason="timestamp_expired"}"#
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_shadow_mismatches_total{app_id="1",field="answer"}"#
+        ),
+        Some(0)
+    );
+    // Every route's histograms too.
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_request_duration_seconds_count{route="legacy_stats"}"#
+        ),
+        Some(0)
+    );
+    // The unconfigured apps' series are created when first used only.
+    assert!(
+        !text.contains(r#"app_id="other",route="legacy_stats""#),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reload_keeps_the_series_of_kept_apps_and_drops_removed_ones() {
+    let telemetry = Telemetry::new(&config(&["1", "2"]));
+    let one = telemetry.app_series("1");
+    telemetry.observe(&observation("1", Some(&one), RouteKind::LegacyStats));
+    telemetry.configure(&config(&["1", "3"]));
+    assert!(Arc::ptr_eq(&one, &telemetry.app_series("1")));
+    assert_eq!(telemetry.app_series("2").app_id().0.as_ref(), OTHER);
+    assert_eq!(telemetry.app_series("3").app_id().0.as_ref(), "3");
+    // A handle taken before the reload still counts in the same series.
+    let again = telemetry.app_series("1");
+    telemetry.observe(&observation("1", Some(&again), RouteKind::LegacyStats));
+    let text = telemetry.metrics_text();
+    assert_eq!(
+        sample(
+            &text,
+            r#"pusher_cutover_requests_total{app_id="1",route="legacy_stats",outcome="ok"}"#
+        ),
+        Some(2)
+    );
+}
+
+/// A store that stops accepting writes (its callers table dropped
+/// under it): the calls stay pending and counted, the gauge says how
+/// many, and once the store works again they are written.
+#[tokio::test]
+async fn failed_writes_keep_the_calls_and_say_how_many() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let telemetry = Telemetry::new(&config(&["1"]));
+    let p = Persistence::open(dir.path(), &telemetry, 1_700_000_000).expect("open");
+    let series = telemetry.app_series("1");
+    for _ in 0..5 {
+        telemetry.observe(&observation("1", Some(&series), RouteKind::LegacyTrigger));
+    }
+    assert_eq!(p.unwritten(&telemetry), 5);
+    let db = rusqlite::Connection::open(dir.path().join(store::FILE_NAME)).expect("open");
+    db.execute_batch("ALTER TABLE callers RENAME TO callers_away")
+        .expect("sabotage");
+    assert!(!p.flush(&telemetry, 1_700_000_010).await, "the write fails");
+    assert!(!p.flush(&telemetry, 1_700_000_020).await, "and again");
+    assert_eq!(p.unwritten(&telemetry), 5, "nothing is lost from memory");
+    let gauge = |t: &Telemetry| sample(&t.metrics_text(), "pusher_cutover_ledger_unwritten_calls");
+    assert_eq!(gauge(&telemetry), Some(5));
+    db.execute_batch("ALTER TABLE callers_away RENAME TO callers")
+        .expect("repair");
+    assert!(p.flush(&telemetry, 1_700_000_030).await, "written again");
+    assert_eq!(p.unwritten(&telemetry), 0);
+    assert_eq!(gauge(&telemetry), Some(0));
+    let stored = store::Store::open_read_only(dir.path())
+        .expect("reopen")
+        .load()
+        .expect("load");
+    assert_eq!(stored.apps[0].callers[0].calls, 5);
+}
