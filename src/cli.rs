@@ -77,6 +77,10 @@ enum Command {
         /// Exit 1 if any deprecated call was seen in this window, e.g. 24h.
         #[arg(long, value_name = "WINDOW")]
         fail_if_used_since: Option<humantime::Duration>,
+        /// Send the token in this environment variable as `Authorization:
+        /// Bearer` to every --url (the sidecars' `[admin] token`).
+        #[arg(long, value_name = "NAME")]
+        token_env: Option<String>,
     },
 }
 
@@ -148,6 +152,7 @@ pub fn main() -> ExitCode {
             since,
             format,
             fail_if_used_since,
+            token_env,
         } => {
             let (sources, configured) = match report_sources(config, data_dirs, urls) {
                 Ok(s) => s,
@@ -156,8 +161,23 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let token = match token_env.map(|name| {
+                std::env::var(&name)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(secrecy::SecretString::from)
+                    .ok_or(name)
+            }) {
+                None => None,
+                Some(Ok(token)) => Some(token),
+                Some(Err(name)) => {
+                    eprintln!("report: --token-env {name}: the variable is not set");
+                    return ExitCode::from(2);
+                }
+            };
             report(
                 &sources,
+                token.as_ref(),
                 &configured,
                 since.map(Into::into),
                 format,
@@ -246,12 +266,13 @@ fn report_sources(
 #[tokio::main(flavor = "current_thread")]
 async fn report(
     sources: &[Source],
+    token: Option<&secrecy::SecretString>,
     configured: &[String],
     since: Option<Duration>,
     format: ReportFormat,
     fail_if_used_since: Option<Duration>,
 ) -> ExitCode {
-    let usage = match sources::load(sources).await {
+    let usage = match sources::load(sources, token).await {
         Ok(u) => u,
         Err(e) => {
             eprintln!("report: {}", ErrorChain(&e));

@@ -159,6 +159,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     [
         ("listen", old.listen != new.listen),
         ("admin.listen", old.admin.listen != new.admin.listen),
+        ("admin.token", {
+            use secrecy::ExposeSecret;
+            let token = |c: &Config| c.admin.token.as_ref().map(|t| t.expose_secret().to_owned());
+            token(old) != token(new)
+        }),
         ("workers", old.workers != new.workers),
         (
             "header_timeout_ms",

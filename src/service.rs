@@ -121,12 +121,22 @@ pub async fn run_with(
     let settings = server::Settings::from_config(&config)?;
     let flush_every = config.telemetry.flush_interval;
     let grace = config.shutdown_grace;
+    let admin_token = config.admin.token.clone();
+    let admin_configured = config.admin.listen;
     let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
     let reloader = options
         .reload
         .map(|source| Reloader::new(source, proxy.clone(), telemetry.clone()));
     let admin = admin_listener.map(|l| {
+        // Exposed if either the configured or the bound address is not
+        // loopback (a test passes a loopback listener for a configured
+        // `0.0.0.0`).
+        let addrs: Vec<_> = admin_configured
+            .into_iter()
+            .chain(l.local_addr().ok())
+            .collect();
         let admin = admin::Admin {
+            access: admin::Access::new(admin_token, &addrs),
             telemetry: telemetry.clone(),
             ready: ready.clone(),
             clock: clock.clone(),

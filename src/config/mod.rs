@@ -232,6 +232,10 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Where it listens; `None` when disabled.
     pub listen: Option<SocketAddr>,
+    /// The bearer token `/usage`, `/report` and `POST /reload` require
+    /// (`[admin] token` or the variable named by `token_env`); without one
+    /// they are served only on a loopback address.
+    pub token: Option<SecretString>,
 }
 
 /// Migration telemetry settings.

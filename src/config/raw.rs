@@ -54,6 +54,8 @@ pub(super) struct RawAdmin {
     pub(super) enabled: bool,
     #[serde(default = "default_admin_listen")]
     pub(super) listen: String,
+    pub(super) token: Option<String>,
+    pub(super) token_env: Option<String>,
 }
 
 impl Default for RawAdmin {
@@ -61,6 +63,8 @@ impl Default for RawAdmin {
         Self {
             enabled: true,
             listen: default_admin_listen(),
+            token: None,
+            token_env: None,
         }
     }
 }

@@ -225,3 +225,68 @@ fn instance_is_configured_else_pod_else_host() {
         );
     }
 }
+
+fn with_admin(admin: &str) -> String {
+    format!(
+        "[admin]\n{admin}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n\
+         [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
+    )
+}
+
+#[test]
+fn admin_token_inline_or_from_env_never_in_debug() {
+    let c = Config::from_toml_str(&with_admin(""), &env(&[])).expect("valid");
+    assert!(c.admin.token.is_none());
+
+    let c = Config::from_toml_str(&with_admin("token = \"inline-tok\""), &env(&[])).expect("valid");
+    let token = c.admin.token.as_ref().expect("token");
+    assert_eq!(token.expose_secret(), "inline-tok");
+    assert!(!format!("{c:?}").contains("inline-tok"), "token in Debug");
+
+    let c = Config::from_toml_str(
+        &with_admin("token_env = \"ADMIN_TOKEN\""),
+        &env(&[("ADMIN_TOKEN", "env-tok")]),
+    )
+    .expect("valid");
+    let token = c.admin.token.as_ref().expect("token");
+    assert_eq!(token.expose_secret(), "env-tok");
+    assert!(!format!("{c:?}").contains("env-tok"), "token in Debug");
+}
+
+#[test]
+fn admin_token_problems_are_named() {
+    let vars = env(&[("EMPTY", ""), ("NEWLINE", "tok\n")]);
+    for (admin, key, message) in [
+        ("token = \"\"", "admin.token", "must not be empty"),
+        ("token = \"a b\"", "admin.token", "printable ASCII"),
+        (
+            "token_env = \"MISSING\"",
+            "admin.token_env",
+            "`MISSING` is not set",
+        ),
+        (
+            "token_env = \"EMPTY\"",
+            "admin.token_env",
+            "`EMPTY` is not set",
+        ),
+        (
+            "token_env = \"NEWLINE\"",
+            "admin.token_env",
+            "printable ASCII",
+        ),
+        (
+            "token = \"t\"\ntoken_env = \"NEWLINE\"",
+            "admin.token",
+            "not both",
+        ),
+    ] {
+        let err = Config::from_toml_str(&with_admin(admin), &vars).expect_err(admin);
+        let problems = err.problems();
+        assert_eq!(problems.len(), 1, "{admin}: {problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{key}: ")) && problems[0].contains(message),
+            "{admin}: {problems:?}"
+        );
+        assert!(!problems[0].contains("tok\n"), "the value is never shown");
+    }
+}

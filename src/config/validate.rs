@@ -84,6 +84,7 @@ impl RawConfig {
         } else {
             None
         };
+        let admin_token = admin_token(self.admin.token, self.admin.token_env, env, &mut problems);
         let t = &self.telemetry;
         problems.positive(
             "telemetry.max_callers_per_app",
@@ -171,6 +172,7 @@ impl RawConfig {
             },
             admin: AdminConfig {
                 listen: admin_listen,
+                token: admin_token,
             },
             telemetry: TelemetryConfig {
                 data_dir: self.telemetry.data_dir,
@@ -267,6 +269,48 @@ fn secret_from(
             None
         }
     }
+}
+
+/// The admin bearer token, given inline (`admin.token`) or through an
+/// environment variable (`admin.token_env`), or neither. It must be
+/// printable ASCII without spaces, as it is sent in a header (a secret
+/// written with a trailing newline would otherwise never match).
+fn admin_token(
+    inline: Option<String>,
+    var: Option<String>,
+    env: EnvLookup<'_>,
+    problems: &mut Collected,
+) -> Option<SecretString> {
+    let (key, token) = match (inline, var) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            problems.add("admin.token", "set `token` or `token_env`, not both".into());
+            return None;
+        }
+        (Some(token), None) => ("admin.token", token),
+        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
+            Some(token) => ("admin.token_env", token),
+            None => {
+                problems.add(
+                    "admin.token_env",
+                    format!("environment variable `{var}` is not set or empty"),
+                );
+                return None;
+            }
+        },
+    };
+    if token.is_empty() {
+        problems.add(key, "must not be empty".into());
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.add(
+            key,
+            "must be printable ASCII without spaces or line breaks".into(),
+        );
+        return None;
+    }
+    Some(SecretString::from(token))
 }
 
 fn parse_time(text: &str, key: &str, problems: &mut Collected) -> Option<OffsetDateTime> {

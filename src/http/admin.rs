@@ -1,8 +1,16 @@
 //! The admin listener, separate from the proxy port: `/metrics`,
 //! `/healthz`, `/readyz`, `/usage`, `/report` and `POST /reload`.
+//!
+//! `/usage`, `/report` and `POST /reload` name every caller or change the
+//! configuration: with `[admin] token` set they require
+//! `Authorization: Bearer <token>` (401 otherwise); without one they are
+//! served only when the listener is on a loopback address (403 otherwise).
+//! `/metrics`, `/healthz` and `/readyz` are always open, for probes and
+//! scrapers.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,13 +18,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::pusher::query::QueryParams;
@@ -26,6 +38,101 @@ use crate::telemetry::Telemetry;
 
 /// Content type of the metrics exposition.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Connections the admin listener serves at once. Beyond it, further
+/// connections wait in the kernel's accept queue until one closes (as the
+/// proxy listener's `max_connections` does) rather than being closed at
+/// once: a brief burst of probes and scrapes is served a moment later
+/// instead of failing, the accept loop never spins on connections it would
+/// only drop, and a connection that sends no request is closed after the
+/// 10 s header timeout, freeing its place.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The endpoints that need a token (or a loopback listener): they name
+/// every caller (`/usage`, `/report`) or change the configuration
+/// (`/reload`).
+const GUARDED: [&str; 3] = ["/usage", "/report", "/reload"];
+
+/// Who may use the guarded endpoints (`/usage`, `/report`, `POST /reload`).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The bearer token they require, when set (`[admin] token`).
+    pub token: Option<SecretString>,
+    /// Whether the listener is on a non-loopback address; without a token
+    /// the guarded endpoints then answer 403.
+    pub exposed: bool,
+}
+
+impl Access {
+    /// The access rule for a listener configured or bound on `addrs`
+    /// (exposed if any of them is not loopback), with `token`.
+    pub fn new(token: Option<SecretString>, addrs: &[SocketAddr]) -> Self {
+        Self {
+            token,
+            exposed: addrs.iter().any(|a| is_exposed(*a)),
+        }
+    }
+
+    /// `None` when a request for `path` with `headers` may be served, else
+    /// the 401 or 403 to answer.
+    fn refusal(&self, path: &str, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        match &self.token {
+            Some(token) if bearer_matches(headers, token) => None,
+            Some(_) => {
+                tracing::debug!(path, "admin request without a valid bearer token refused");
+                let mut resp = respond(
+                    StatusCode::UNAUTHORIZED,
+                    TEXT,
+                    format!(
+                        "a bearer token is required for {path}: send Authorization: Bearer <admin.token>\n"
+                    ),
+                );
+                resp.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pusher-cutover admin\""),
+                );
+                Some(resp)
+            }
+            None if self.exposed => Some(respond(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                format!(
+                    "set admin.token (or admin.token_env) to serve {path} on a non-loopback address\n"
+                ),
+            )),
+            None => None,
+        }
+    }
+}
+
+/// Whether a listener on `addr` is reachable from beyond this host: its IP
+/// (an IPv4-mapped IPv6 one as IPv4) is not a loopback address. The
+/// unspecified addresses (`0.0.0.0`, `::`) are exposed.
+pub fn is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in
+/// any case). The two are compared through their SHA-256 digests in
+/// constant time, so neither the token's bytes nor its length leak
+/// through timing.
+fn bearer_matches(headers: &HeaderMap, token: &SecretString) -> bool {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some((scheme, rest)) = value.split_at_checked(6) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return false;
+    }
+    let given = rest.trim_ascii();
+    let given = Sha256::digest(given);
+    let expected = Sha256::digest(token.expose_secret().as_bytes());
+    bool::from(given[..].ct_eq(&expected[..]))
+}
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -39,11 +146,15 @@ pub struct Admin {
     pub clock: Arc<dyn Clock>,
     /// Serves `POST /reload` when set.
     pub reloader: Option<Reloader>,
+    /// Who may use `/usage`, `/report` and `POST /reload`.
+    pub access: Access,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
+/// Serves the admin endpoints on `listener` until `shutdown` completes, at
+/// most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
@@ -52,6 +163,14 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
         tracing::info!(%addr, "admin listening");
     }
     loop {
+        // Wait for a free place before accepting (see MAX_CONNECTIONS).
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else {
@@ -64,7 +183,10 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                     async move { Ok::<_, Infallible>(handle(&admin, &req)) }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
             }
             () = &mut shutdown => break,
         }
@@ -87,6 +209,11 @@ fn respond(
 /// Routes one admin request.
 pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if GUARDED.contains(&path)
+        && let Some(refusal) = admin.access.refusal(path, req.headers())
+    {
+        return refusal;
+    }
     if path == "/reload" {
         return reload(admin, req.method());
     }
@@ -187,4 +314,92 @@ fn report_page(admin: &Admin, query: &str) -> Response<Full<Bytes>> {
         "text/html; charset=utf-8",
         report::render_html(&report),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = authorization {
+            h.insert(AUTHORIZATION, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    #[test]
+    fn exposure_is_decided_by_the_address() {
+        for loopback in [
+            "127.0.0.1:9090",
+            "127.0.0.2:0",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(!is_exposed(addr(loopback)), "{loopback}");
+        }
+        for exposed in [
+            "0.0.0.0:9090",
+            "0.0.0.0:0",
+            "[::]:9090",
+            "10.0.0.5:9090",
+            "[fd00::1]:1",
+        ] {
+            assert!(is_exposed(addr(exposed)), "{exposed}");
+        }
+        assert!(!Access::new(None, &[addr("127.0.0.1:9090")]).exposed);
+        assert!(Access::new(None, &[addr("0.0.0.0:9090"), addr("127.0.0.1:9090")]).exposed);
+    }
+
+    #[test]
+    fn without_a_token_only_a_loopback_listener_serves() {
+        let open = Access::new(None, &[addr("127.0.0.1:9090")]);
+        assert!(open.refusal("/usage", &headers(None)).is_none());
+        let exposed = Access::new(None, &[addr("0.0.0.0:9090")]);
+        for path in GUARDED {
+            let resp = exposed.refusal(path, &headers(None)).expect("refused");
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn with_a_token_only_the_right_bearer_serves() {
+        let token = Some(SecretString::from("s3cret-token"));
+        for addrs in [[addr("127.0.0.1:9090")], [addr("0.0.0.0:9090")]] {
+            let access = Access::new(token.clone(), &addrs);
+            for ok in [
+                "Bearer s3cret-token",
+                "bearer s3cret-token",
+                "BEARER  s3cret-token ",
+            ] {
+                assert!(
+                    access.refusal("/usage", &headers(Some(ok))).is_none(),
+                    "{ok}"
+                );
+            }
+            for bad in [
+                None,
+                Some("Bearer wrong"),
+                Some("Bearer s3cret-token2"),
+                Some("Bearer s3cret-toke"),
+                Some("Bearer "),
+                Some("Bearers3cret-token"),
+                Some("Basic s3cret-token"),
+                Some("s3cret-token"),
+            ] {
+                let resp = access.refusal("/report", &headers(bad)).expect("refused");
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{bad:?}");
+                assert!(
+                    resp.headers()[WWW_AUTHENTICATE]
+                        .to_str()
+                        .is_ok_and(|v| v.starts_with("Bearer")),
+                    "{bad:?}"
+                );
+            }
+        }
+    }
 }

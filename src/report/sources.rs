@@ -55,14 +55,18 @@ pub enum SourceError {
 type UsageClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Reads every source and merges them. URLs share one client (and its
-/// connections), built only if there is a URL to fetch.
-pub async fn load(sources: &[Source]) -> Result<Usage, SourceError> {
+/// connections), built only if there is a URL to fetch; `token`, when
+/// given, is sent to each as `Authorization: Bearer` (`[admin] token`).
+pub async fn load(
+    sources: &[Source],
+    token: Option<&secrecy::SecretString>,
+) -> Result<Usage, SourceError> {
     let mut parts = Vec::with_capacity(sources.len());
     let mut client: Option<UsageClient> = None;
     for source in sources {
         parts.push(match source {
             Source::DataDir(dir) => read_dir(dir.clone()).await?,
-            Source::Url(uri) => fetch(client.get_or_insert_with(usage_client), uri).await?,
+            Source::Url(uri) => fetch(client.get_or_insert_with(usage_client), uri, token).await?,
         });
     }
     Ok(Usage::merge(parts))
@@ -86,11 +90,26 @@ async fn read_dir(dir: PathBuf) -> Result<Usage, SourceError> {
     }
 }
 
-async fn fetch(client: &UsageClient, uri: &Uri) -> Result<Usage, SourceError> {
+async fn fetch(
+    client: &UsageClient,
+    uri: &Uri,
+    token: Option<&secrecy::SecretString>,
+) -> Result<Usage, SourceError> {
+    use secrecy::ExposeSecret;
     let name = uri.to_string();
     let exchange = async {
+        let mut req = hyper::Request::get(uri.clone());
+        if let Some(token) = token {
+            req = req.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            );
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| SourceError::Fetch(name.clone(), Box::new(e)))?;
         let resp = client
-            .get(uri.clone())
+            .request(req)
             .await
             .map_err(|e| SourceError::Fetch(name.clone(), Box::new(e)))?;
         if resp.status() != StatusCode::OK {

@@ -105,6 +105,15 @@ pub enum StoreError {
         /// Its version.
         found: i64,
     },
+    /// The ledger file could not be created or restricted to its owner.
+    #[error("cannot create or restrict the permissions of {path}")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// SQLite failed.
     #[error("ledger database {path}")]
     Sqlite {
@@ -114,6 +123,30 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+}
+
+/// Creates `path` if it does not exist and makes it readable and writable
+/// by its owner only (0600 on unix): the ledger names every caller. The
+/// file is created with that mode, so it is never readable by others,
+/// and an existing one (from an earlier release) is narrowed to it.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path).map_err(err)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    options.open(path).map_err(err)?;
+    Ok(())
 }
 
 /// An open ledger database.
@@ -148,6 +181,7 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        owner_only(&path)?;
         let sqlite = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
@@ -155,6 +189,16 @@ impl Store {
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
+        // SQLite creates the `-wal` and `-shm` files with the database's
+        // mode; ones left by an earlier release are narrowed too.
+        for companion in ["-wal", "-shm"] {
+            let mut name = path.clone().into_os_string();
+            name.push(companion);
+            let companion = PathBuf::from(name);
+            if companion.exists() {
+                owner_only(&companion)?;
+            }
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -504,3 +548,44 @@ fn entry(apps: &mut BTreeMap<String, AppUsage>, app_id: String) -> &mut AppUsage
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_ledger_files_are_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1_795_888_046, "i-1").expect("open");
+        let path = dir.path().join(FILE_NAME);
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        for companion in ["ledger.sqlite3-wal", "ledger.sqlite3-shm"] {
+            let path = dir.path().join(companion);
+            if path.exists() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+        drop(store);
+    }
+
+    #[test]
+    fn an_existing_ledger_is_narrowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path(), 1_795_888_046, "i-1").expect("open"));
+        let path = dir.path().join(FILE_NAME);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = Store::open(dir.path(), 1_795_888_046, "i-1").expect("reopen");
+        assert_eq!(mode(&path), 0o600);
+        drop(store);
+    }
+}

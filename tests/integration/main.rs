@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod admin_auth;
 mod ambiguity;
 mod cli;
 mod cutover;
