@@ -5,6 +5,31 @@
 /// answer is passed through (spec C.1, E.5 item 8).
 pub const MAX_CHANNEL_LEN: usize = 200;
 
+/// Longest channel name Pusher itself accepts (spec C.1): it answers 400
+/// beyond, so the proxy refuses such names before forwarding to it.
+pub const PUSHER_MAX_CHANNEL_LEN: usize = 164;
+
+/// Whether `host` is Pusher's own service: `pusher.com`, `pusherapp.com`
+/// (its older API domain) or any subdomain of either (`api-mt1.pusher.com`).
+/// Matched case-insensitively, ignoring a trailing dot.
+pub fn is_pusher_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    ["pusher.com", "pusherapp.com"]
+        .iter()
+        .any(|d| host == *d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
+}
+
+/// The longest channel name to forward to an upstream at `host`:
+/// [`PUSHER_MAX_CHANNEL_LEN`] for Pusher, [`MAX_CHANNEL_LEN`] for anything
+/// else (sockudo, soketi: spec E.5 item 8), including an unknown host.
+pub fn max_len_for(host: Option<&str>) -> usize {
+    if host.is_some_and(is_pusher_host) {
+        PUSHER_MAX_CHANNEL_LEN
+    } else {
+        MAX_CHANNEL_LEN
+    }
+}
+
 /// Whether `name` (decoded) is a valid channel name: 1 to
 /// [`MAX_CHANNEL_LEN`] characters of `A-Z a-z 0-9 _ - = @ , . ;`, and
 /// neither `.` nor `..` (which an upstream could read as path traversal).
@@ -36,5 +61,31 @@ mod tests {
             assert!(!is_valid_name(bad), "{bad}");
         }
         assert!(!is_valid_name(&"a".repeat(MAX_CHANNEL_LEN + 1)));
+    }
+
+    #[test]
+    fn pusher_hosts_and_limits() {
+        for h in [
+            "pusher.com",
+            "api-mt1.pusher.com",
+            "API-EU.Pusher.com",
+            "api.pusherapp.com",
+            "pusherapp.com",
+            "api.pusher.com.",
+        ] {
+            assert!(is_pusher_host(h), "{h}");
+            assert_eq!(max_len_for(Some(h)), PUSHER_MAX_CHANNEL_LEN, "{h}");
+        }
+        for h in [
+            "notpusher.com",
+            "pusher.com.evil",
+            "127.0.0.1",
+            "sockudo.internal",
+            "pusher",
+        ] {
+            assert!(!is_pusher_host(h), "{h}");
+            assert_eq!(max_len_for(Some(h)), MAX_CHANNEL_LEN, "{h}");
+        }
+        assert_eq!(max_len_for(None), MAX_CHANNEL_LEN);
     }
 }

@@ -93,6 +93,7 @@ pub(crate) async fn translate(
     query: &QueryParams,
     body: &[u8],
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
     let app = call.app;
     // Translated in a block of its own, so that only the JSON body is held
     // while the upstream answers.

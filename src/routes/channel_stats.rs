@@ -2,6 +2,8 @@
 //! (spec D.1, E.2): the `info` asked for, the exchange with the `probe`
 //! fallback of E.5, the answer mapped back, and shadow mode's comparison.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -20,14 +22,46 @@ use crate::upstream::{Buffered, UpstreamError};
 /// upstream said counting is disabled (spec E.5 item 1).
 const COUNTING_OFF_SECS: u64 = 600;
 
+/// What a presence channel's stats ask for when counting is active: the
+/// legacy `connection_count` comes from `subscription_count` (spec E.2).
+pub const PRESENCE_WITH_COUNT: &str = "user_count,subscription_count";
+
+/// Presence channels whose upstream refused `subscription_count` in `probe`
+/// mode, keyed by upstream authority and upstream app id: Unix time until
+/// which they ask `user_count` alone. Kept apart from the app's own
+/// "counting off" memory because such a refusal (Pusher: not available on
+/// presence channels) says nothing about other channels' counts.
+static PRESENCE_COUNT_OFF: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Whether presence channels of `key` still ask for `subscription_count`.
+fn presence_counting_active(key: &str, now: u64) -> bool {
+    let map = PRESENCE_COUNT_OFF.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(key).is_none_or(|until| now >= *until)
+}
+
+/// Remembers that presence channels of `key` cannot be counted, until
+/// `until`; expired entries are dropped on the way.
+fn presence_counting_off(key: &str, now: u64, until: u64) {
+    let mut map = PRESENCE_COUNT_OFF.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, u| *u > now);
+    map.insert(key.to_owned(), until);
+}
+
 /// The `info` attribute to request upstream, if any.
 ///
 /// `user_count` for presence channels only (anything else is a 400 upstream:
-/// spec E.5 item 2); `subscription_count` for other channels when counting
-/// is active (spec E.5 items 1 and 3).
+/// spec E.5 item 2), with `subscription_count` when counting is active, so
+/// that presence stats carry `connection_count` too (sockudo answers both;
+/// Pusher refuses, and `probe` then falls back: spec E.5 item 3);
+/// `subscription_count` for other channels when counting is active (spec
+/// E.5 item 1).
 pub fn info_param(channel: &str, counting_active: bool) -> Option<&'static str> {
     if channel.starts_with("presence-") {
-        Some("user_count")
+        Some(if counting_active {
+            PRESENCE_WITH_COUNT
+        } else {
+            "user_count"
+        })
     } else if counting_active {
         Some("subscription_count")
     } else {
@@ -45,6 +79,17 @@ pub fn upstream_path(app_id: &str, channel: &str) -> String {
 /// enabled" 400 (spec B.4, E.5 item 1).
 pub fn counting_disabled(status: StatusCode, body: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"subscription count";
+    status == StatusCode::BAD_REQUEST
+        && body
+            .windows(NEEDLE.len())
+            .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
+/// Whether an upstream answer refuses `subscription_count` on a presence
+/// channel: a 400 that mentions subscriptions (Pusher: not available on
+/// presence channels; or counting not enabled at all).
+pub fn presence_count_refused(status: StatusCode, body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"subscription";
     status == StatusCode::BAD_REQUEST
         && body
             .windows(NEEDLE.len())
@@ -113,6 +158,7 @@ pub(crate) async fn translate(
     channel: &str,
     now: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
     let (status, headers, body) = exchange(call, channel, now).await?;
     Ok(http::respond_with(status, headers, body))
 }
@@ -125,10 +171,24 @@ async fn exchange(
 ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ProxyError> {
     let app = call.app;
     let path = upstream_path(&app.config.upstream.id, channel);
-    let mut info = info_param(channel, app.counting_active(now));
+    let probing = app.config.subscription_count == SubscriptionCounting::Probe;
+    let presence_key = format!(
+        "{} {}",
+        call.state
+            .config
+            .upstream
+            .url
+            .authority()
+            .map_or("", |a| a.as_str()),
+        app.config.upstream.id
+    );
+    let counting = app.counting_active(now)
+        && !(probing
+            && channel.starts_with("presence-")
+            && !presence_counting_active(&presence_key, now));
+    let mut info = info_param(channel, counting);
     // One deadline for the call, the probe's retry included.
     let deadline = call.state.upstream.deadline();
-    let probing = app.config.subscription_count == SubscriptionCounting::Probe;
     // A loop rather than a second call after the first, so that no answer
     // is held while the next is awaited.
     let answer = loop {
@@ -145,6 +205,24 @@ async fn exchange(
             app.counting_off_until
                 .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
             info = None;
+            continue;
+        }
+        if probing
+            && info == Some(PRESENCE_WITH_COUNT)
+            && presence_count_refused(answer.status, &answer.body)
+        {
+            if counting_disabled(answer.status, &answer.body) {
+                // Counting is off for the whole app, as above.
+                app.counting_off_until
+                    .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+            } else {
+                presence_counting_off(&presence_key, now, now + COUNTING_OFF_SECS);
+            }
+            tracing::info!(
+                app_id = %app.config.id,
+                "upstream refused subscription_count on a presence channel; answering stats without connection_count"
+            );
+            info = Some("user_count");
             continue;
         }
         break answer;
@@ -208,8 +286,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn presence_memory_expires() {
+        let key = "unit-test-host 1";
+        assert!(presence_counting_active(key, 100));
+        presence_counting_off(key, 100, 700);
+        assert!(!presence_counting_active(key, 699));
+        assert!(presence_counting_active(key, 700));
+        assert!(presence_counting_active("unit-test-host 2", 100));
+    }
+
+    #[test]
+    fn recognises_presence_refusals() {
+        for body in [
+            &b"subscription_count is not available for presence channels"[..],
+            b"Cannot retrieve the subscription count because subscription counting is not enabled",
+        ] {
+            assert!(presence_count_refused(StatusCode::BAD_REQUEST, body));
+            assert!(!presence_count_refused(StatusCode::FORBIDDEN, body));
+        }
+        assert!(!presence_count_refused(
+            StatusCode::BAD_REQUEST,
+            b"Invalid channel name"
+        ));
+    }
+
+    #[test]
     fn info_per_channel_type() {
-        assert_eq!(info_param("presence-room", true), Some("user_count"));
+        assert_eq!(
+            info_param("presence-room", true),
+            Some("user_count,subscription_count")
+        );
         assert_eq!(info_param("presence-room", false), Some("user_count"));
         assert_eq!(info_param("private-room", true), Some("subscription_count"));
         assert_eq!(info_param("room", true), Some("subscription_count"));

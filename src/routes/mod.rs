@@ -46,6 +46,17 @@ pub enum TranslateError {
         "invalid channel name: use 1-200 characters of A-Z a-z 0-9 _ - = @ , . ; (not `.` or `..`)"
     )]
     InvalidChannelName,
+    /// The channel name is longer than Pusher accepts and the upstream is
+    /// Pusher (spec C.1): refused before anything is forwarded.
+    #[error(
+        "invalid channel name: Pusher accepts at most {limit} characters in a channel name (this one has {len})"
+    )]
+    ChannelTooLongForUpstream {
+        /// The upstream's limit.
+        limit: usize,
+        /// The name's length.
+        len: usize,
+    },
     /// `name` is absent or empty on a legacy trigger.
     #[error("missing event name: the `name` query parameter is required")]
     MissingEventName,
@@ -69,6 +80,7 @@ impl TranslateError {
             | Self::EmptySegment(_)
             | Self::Channel(_)
             | Self::InvalidChannelName
+            | Self::ChannelTooLongForUpstream { .. }
             | Self::MissingEventName
             | Self::DataNotUtf8
             | Self::AmbiguousQuery(_) => StatusCode::BAD_REQUEST,
@@ -93,6 +105,21 @@ pub fn decode_channel(raw: &str) -> Result<String, TranslateError> {
         return Err(TranslateError::InvalidChannelName);
     }
     Ok(decoded.into_owned())
+}
+
+/// Refuses a decoded `channel` longer than the upstream at `host` accepts
+/// ([`channel::max_len_for`]: 164 for Pusher). Checked by the translating
+/// routes before they forward anything; `decode_channel` already holds every
+/// name to the clones' 200.
+pub fn check_upstream_len(channel: &str, host: Option<&str>) -> Result<(), TranslateError> {
+    let limit = channel::max_len_for(host);
+    if channel.len() > limit {
+        return Err(TranslateError::ChannelTooLongForUpstream {
+            limit,
+            len: channel.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Forwards a verified legacy call in its legacy form (mode `observe`, and

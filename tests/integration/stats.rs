@@ -16,23 +16,111 @@ async fn setup(app_extra: &str) -> (FakeUpstream, TestProxy) {
 }
 
 #[tokio::test]
-async fn presence_channel_asks_user_count_only() {
-    let (fake, proxy) = setup("").await;
+async fn presence_channel_with_counting_on_shows_connection_count() {
+    let (fake, proxy) = setup("subscription_count = \"on\"").await;
     let a = stats(&proxy, "presence-room").await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
-    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    assert_eq!(
+        a.text(),
+        r#"{"occupied":true,"user_count":2,"connection_count":3}"#
+    );
     assert_eq!(
         a.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
-    let up = &fake.recorded()[0];
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 1);
+    let up = &seen[0];
     assert_eq!(
         (up.method.as_str(), up.path.as_str()),
         ("GET", "/apps/4242/channels/presence-room")
     );
-    assert_eq!(up.param("info").as_deref(), Some("user_count"));
+    assert_eq!(
+        up.param("info").as_deref(),
+        Some("user_count,subscription_count")
+    );
     assert_eq!(up.param("body_md5"), None, "never body_md5 on GET");
     assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn presence_channel_with_counting_off_asks_user_count_only() {
+    let (fake, proxy) = setup("subscription_count = \"off\"").await;
+    let a = stats(&proxy, "presence-room").await;
+    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    assert_eq!(
+        fake.recorded()[0].param("info").as_deref(),
+        Some("user_count")
+    );
+    proxy.stop().await;
+}
+
+/// Pusher refuses `subscription_count` on presence channels: `probe` falls
+/// back to `user_count`, remembers that for presence channels only, and
+/// keeps counting other channels.
+#[tokio::test]
+async fn presence_probe_falls_back_after_a_400_and_remembers() {
+    let (fake, proxy) = setup("subscription_count = \"probe\"").await;
+    fake.set(|b| b.presence_subscription_count = false);
+    let a = stats(&proxy, "presence-room").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    let seen = fake.recorded();
+    assert_eq!(
+        seen.len(),
+        2,
+        "one try with subscription_count, one without"
+    );
+    assert_eq!(
+        seen[0].param("info").as_deref(),
+        Some("user_count,subscription_count")
+    );
+    assert_eq!(seen[1].param("info").as_deref(), Some("user_count"));
+
+    let b = stats(&proxy, "presence-room").await;
+    assert_eq!(b.text(), r#"{"occupied":true,"user_count":2}"#);
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 3, "the second call does not probe again");
+    assert_eq!(seen[2].param("info").as_deref(), Some("user_count"));
+
+    let c = stats(&proxy, "room").await;
+    assert_eq!(c.text(), r#"{"occupied":true,"connection_count":3}"#);
+    proxy.stop().await;
+}
+
+/// Pusher allows 164 characters: with a Pusher upstream a longer name is
+/// refused before any connection is made (nothing leaves the machine).
+#[tokio::test]
+async fn channel_over_164_is_refused_for_a_pusher_upstream() {
+    let proxy = TestProxy::for_upstream("https://api-mt1.pusher.com", "", "").await;
+    let long = "a".repeat(165);
+    let a = stats(&proxy, &long).await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.text());
+    assert!(
+        a.text().contains("Pusher accepts at most 164"),
+        "{}",
+        a.text()
+    );
+    let uri = support::legacy_trigger_uri(&long, &[("name", "ev")], b"{}", support::now());
+    let t = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "{}").await;
+    assert_eq!(t.status.as_u16(), 400, "{}", t.text());
+    assert!(
+        t.text().contains("Pusher accepts at most 164"),
+        "{}",
+        t.text()
+    );
+    proxy.stop().await;
+}
+
+/// Other upstreams keep the clones' 200.
+#[tokio::test]
+async fn channel_of_200_is_forwarded_to_other_upstreams() {
+    let (fake, proxy) = setup("").await;
+    let long = "a".repeat(200);
+    let a = stats(&proxy, &long).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(fake.recorded().len(), 1);
     proxy.stop().await;
 }
 

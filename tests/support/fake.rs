@@ -62,6 +62,9 @@ pub struct Behaviour {
     pub next_delays: VecDeque<Duration>,
     /// Whether `info=subscription_count` is allowed (Pusher's per-app switch).
     pub counting_enabled: bool,
+    /// Whether `info=subscription_count` is answered on presence channels
+    /// (sockudo: yes; Pusher: a 400).
+    pub presence_subscription_count: bool,
     /// Answer this status, content type and body to everything.
     pub fixed: Option<(u16, &'static str, String)>,
     /// The `connection_count` the emulated legacy stats route answers.
@@ -75,6 +78,7 @@ impl Default for Behaviour {
             delay: Duration::ZERO,
             next_delays: VecDeque::new(),
             counting_enabled: true,
+            presence_subscription_count: true,
             fixed: None,
             legacy_connection_count: 3,
         }
@@ -271,6 +275,13 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
                     400,
                     "text/plain",
                     "user_count is only available for presence channels".into(),
+                );
+            }
+            if wants("subscription_count") && presence && !behaviour.presence_subscription_count {
+                return (
+                    400,
+                    "text/plain",
+                    "subscription_count is not available for presence channels".into(),
                 );
             }
             if wants("subscription_count") && !behaviour.counting_enabled {
