@@ -239,6 +239,29 @@ mod tests {
     }
 
     #[test]
+    fn pusher_upstreams_hold_names_to_164() {
+        let at = |n: usize| "a".repeat(n);
+        for host in [
+            "api-mt1.pusher.com",
+            "API-EU.PUSHER.COM.",
+            "api.pusherapp.com",
+        ] {
+            assert!(check_upstream_len(&at(164), Some(host)).is_ok(), "{host}");
+            let e = check_upstream_len(&at(165), Some(host)).expect_err(host);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert!(e.to_string().contains("164"), "{e}");
+        }
+        for host in [
+            Some("127.0.0.1"),
+            Some("sockudo.internal"),
+            Some("notpusher.com"),
+            None,
+        ] {
+            assert!(check_upstream_len(&at(200), host).is_ok(), "{host:?}");
+        }
+    }
+
+    #[test]
     fn failure_mapping() {
         let json =
             HeaderMap::from_iter([(CONTENT_TYPE, HeaderValue::from_static("application/json"))]);

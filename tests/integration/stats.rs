@@ -89,29 +89,10 @@ async fn presence_probe_falls_back_after_a_400_and_remembers() {
     proxy.stop().await;
 }
 
-/// Pusher allows 164 characters: with a Pusher upstream a longer name is
-/// refused before any connection is made (nothing leaves the machine).
-#[tokio::test]
-async fn channel_over_164_is_refused_for_a_pusher_upstream() {
-    let proxy = TestProxy::for_upstream("https://api-mt1.pusher.com", "", "").await;
-    let long = "a".repeat(165);
-    let a = stats(&proxy, &long).await;
-    assert_eq!(a.status.as_u16(), 400, "{}", a.text());
-    assert!(
-        a.text().contains("Pusher accepts at most 164"),
-        "{}",
-        a.text()
-    );
-    let uri = support::legacy_trigger_uri(&long, &[("name", "ev")], b"{}", support::now());
-    let t = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "{}").await;
-    assert_eq!(t.status.as_u16(), 400, "{}", t.text());
-    assert!(
-        t.text().contains("Pusher accepts at most 164"),
-        "{}",
-        t.text()
-    );
-    proxy.stop().await;
-}
+// Pusher's 164-character limit is decided by the upstream's host
+// (`*.pusher.com`): it is tested as a unit (src/pusher/channel.rs,
+// src/routes/mod.rs), as an integration test would have to name a host off
+// this machine.
 
 /// Other upstreams keep the clones' 200.
 #[tokio::test]
