@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -41,6 +40,7 @@ use crate::error::ProxyError;
 use crate::http::{self, APPLICATION_JSON, ResponseBody};
 use crate::pusher::query::QueryParams;
 use crate::pusher::signature::{Expected, Signer, Unsigned};
+use crate::routes::channel_stats::OffUntil;
 use crate::routes::{self, TranslateError, channel_event, channel_stats, passthrough};
 use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Telemetry, call_site};
@@ -60,9 +60,12 @@ pub(crate) struct App {
     pub(crate) config: AppConfig,
     /// The `Sunset` header of its legacy answers, when it has a sunset.
     sunset: Option<HeaderValue>,
-    /// Unix time until which `probe` mode does not ask for
-    /// `subscription_count`.
-    pub(crate) counting_off_until: AtomicU64,
+    /// `probe` mode's memory of an upstream that does not count
+    /// subscriptions.
+    pub(crate) counting_off: OffUntil,
+    /// `probe` mode's memory of an upstream that does not count presence
+    /// channels' subscriptions.
+    pub(crate) presence_counting_off: OffUntil,
     /// Its metric series.
     series: Arc<AppSeries>,
     /// The upstream path its translated triggers go to
@@ -76,7 +79,7 @@ impl App {
         match self.config.subscription_count {
             SubscriptionCounting::On => true,
             SubscriptionCounting::Off => false,
-            SubscriptionCounting::Probe => now >= self.counting_off_until.load(Ordering::Relaxed),
+            SubscriptionCounting::Probe => self.counting_off.active(now),
         }
     }
 
@@ -129,13 +132,15 @@ impl State {
             .apps
             .iter()
             .map(|a| {
-                let off_until = previous
-                    .and_then(|p| p.apps.get(&a.id))
-                    .map_or(0, |p| p.counting_off_until.load(Ordering::Relaxed));
+                let kept = previous.and_then(|p| p.apps.get(&a.id));
+                let carried = |memory: fn(&App) -> &OffUntil| {
+                    OffUntil::new(kept.map_or(0, |p| memory(p).until()))
+                };
                 let app = App {
                     config: a.clone(),
                     sunset: a.sunset.and_then(sunset_header),
-                    counting_off_until: AtomicU64::new(off_until),
+                    counting_off: carried(|p| &p.counting_off),
+                    presence_counting_off: carried(|p| &p.presence_counting_off),
                     series: telemetry.app_series(&a.id),
                     events_path: channel_event::upstream_path(&a.upstream.id),
                 };

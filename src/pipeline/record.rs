@@ -13,7 +13,7 @@ use super::cutover::Path;
 use crate::chain::ErrorChain;
 use crate::error::{Fault, ProxyError};
 use crate::pipeline::classify::RouteKind;
-use crate::telemetry::fingerprint::Library;
+use crate::telemetry::fingerprint::{FingerprintId, Library};
 use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
 
@@ -102,7 +102,7 @@ pub struct Record {
     /// The sending library's family, once classified.
     pub library: Option<Library>,
     /// The short hash of the sender's wire traits, once classified.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<FingerprintId>,
     /// The event name of a legacy trigger.
     pub event: Option<String>,
     /// The channel template of a legacy call.
@@ -198,7 +198,10 @@ impl<'a> Recorder<'a> {
                 user_agent: self.user_agent.as_deref().unwrap_or_default(),
                 client_address: self.client_addr.as_str(),
                 library: record.library.unwrap_or(Library::Unknown),
-                fingerprint: record.fingerprint.as_deref().unwrap_or_default(),
+                fingerprint: record
+                    .fingerprint
+                    .as_ref()
+                    .map_or("", FingerprintId::as_str),
                 event: record.event.as_deref().unwrap_or_default(),
                 channel: record.channel.as_deref().unwrap_or_default(),
                 path: record.path,
@@ -261,7 +264,7 @@ impl<'a> Recorder<'a> {
                     user_agent = self.user_agent.as_deref(),
                     client_addr = %self.client_addr.as_str(),
                     library = self.record.library.map(Library::as_str),
-                    fingerprint = self.record.fingerprint.as_deref(),
+                    fingerprint = self.record.fingerprint.as_ref().map(FingerprintId::as_str),
                     event = self.record.event.as_deref(),
                     path = self.record.path.map(Path::as_str),
                     error = line.error,

@@ -63,7 +63,7 @@ impl Call<'_> {
             // From the head as hyper parsed it: nothing has touched it yet.
             let sender = fingerprint::classify(parts, query, &body);
             self.record.library = Some(sender.library);
-            self.record.fingerprint = Some(sender.id.to_string());
+            self.record.fingerprint = Some(sender.id);
         }
         Ok((body, now))
     }

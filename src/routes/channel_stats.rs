@@ -2,8 +2,7 @@
 //! (spec D.1, E.2): the `info` asked for, the exchange with the `probe`
 //! fallback of E.5, the answer mapped back, and shadow mode's comparison.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -26,25 +25,34 @@ const COUNTING_OFF_SECS: u64 = 600;
 /// legacy `connection_count` comes from `subscription_count` (spec E.2).
 pub const PRESENCE_WITH_COUNT: &str = "user_count,subscription_count";
 
-/// Presence channels whose upstream refused `subscription_count` in `probe`
-/// mode, keyed by upstream authority and upstream app id: Unix time until
-/// which they ask `user_count` alone. Kept apart from the app's own
-/// "counting off" memory because such a refusal (Pusher: not available on
-/// presence channels) says nothing about other channels' counts.
-static PRESENCE_COUNT_OFF: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// A "do not ask for counts" memory of `probe` mode: the Unix time until
+/// which a kind of count is not asked for, after the upstream refused it.
+/// An app keeps two, carried across reloads: one for every channel
+/// (counting disabled, spec E.5 item 1), one for presence channels only
+/// (Pusher: `subscription_count` is not available there).
+#[derive(Debug, Default)]
+pub(crate) struct OffUntil(AtomicU64);
 
-/// Whether presence channels of `key` still ask for `subscription_count`.
-fn presence_counting_active(key: &str, now: u64) -> bool {
-    let map = PRESENCE_COUNT_OFF.lock().unwrap_or_else(|e| e.into_inner());
-    map.get(key).is_none_or(|until| now >= *until)
-}
+impl OffUntil {
+    /// A memory that starts at `until` (0: asking).
+    pub(crate) fn new(until: u64) -> Self {
+        Self(AtomicU64::new(until))
+    }
 
-/// Remembers that presence channels of `key` cannot be counted, until
-/// `until`; expired entries are dropped on the way.
-fn presence_counting_off(key: &str, now: u64, until: u64) {
-    let mut map = PRESENCE_COUNT_OFF.lock().unwrap_or_else(|e| e.into_inner());
-    map.retain(|_, u| *u > now);
-    map.insert(key.to_owned(), until);
+    /// Whether to ask at Unix time `now`.
+    pub(crate) fn active(&self, now: u64) -> bool {
+        now >= self.0.load(Ordering::Relaxed)
+    }
+
+    /// Stops asking until `until`.
+    pub(crate) fn off(&self, until: u64) {
+        self.0.store(until, Ordering::Relaxed);
+    }
+
+    /// Until when it does not ask, for the next configuration's app.
+    pub(crate) fn until(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The `info` attribute to request upstream, if any.
@@ -172,20 +180,8 @@ async fn exchange(
     let app = call.app;
     let path = upstream_path(&app.config.upstream.id, channel);
     let probing = app.config.subscription_count == SubscriptionCounting::Probe;
-    let presence_key = format!(
-        "{} {}",
-        call.state
-            .config
-            .upstream
-            .url
-            .authority()
-            .map_or("", |a| a.as_str()),
-        app.config.upstream.id
-    );
     let counting = app.counting_active(now)
-        && !(probing
-            && channel.starts_with("presence-")
-            && !presence_counting_active(&presence_key, now));
+        && !(probing && channel.starts_with("presence-") && !app.presence_counting_off.active(now));
     let mut info = info_param(channel, counting);
     // One deadline for the call, the probe's retry included.
     let deadline = call.state.upstream.deadline();
@@ -202,8 +198,7 @@ async fn exchange(
                 app_id = %app.config.id,
                 "upstream has subscription counting disabled; answering stats without connection_count"
             );
-            app.counting_off_until
-                .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+            app.counting_off.off(now + COUNTING_OFF_SECS);
             info = None;
             continue;
         }
@@ -213,10 +208,9 @@ async fn exchange(
         {
             if counting_disabled(answer.status, &answer.body) {
                 // Counting is off for the whole app, as above.
-                app.counting_off_until
-                    .store(now + COUNTING_OFF_SECS, Ordering::Relaxed);
+                app.counting_off.off(now + COUNTING_OFF_SECS);
             } else {
-                presence_counting_off(&presence_key, now, now + COUNTING_OFF_SECS);
+                app.presence_counting_off.off(now + COUNTING_OFF_SECS);
             }
             tracing::info!(
                 app_id = %app.config.id,
@@ -287,12 +281,13 @@ mod tests {
 
     #[test]
     fn presence_memory_expires() {
-        let key = "unit-test-host 1";
-        assert!(presence_counting_active(key, 100));
-        presence_counting_off(key, 100, 700);
-        assert!(!presence_counting_active(key, 699));
-        assert!(presence_counting_active(key, 700));
-        assert!(presence_counting_active("unit-test-host 2", 100));
+        let memory = OffUntil::default();
+        assert!(memory.active(100));
+        memory.off(700);
+        assert!(!memory.active(699));
+        assert!(memory.active(700));
+        assert!(OffUntil::default().active(100), "another app's memory");
+        assert_eq!(OffUntil::new(memory.until()).until(), 700, "carried over");
     }
 
     #[test]
