@@ -81,22 +81,21 @@ async fn repeated_slashes_are_still_a_legacy_call() {
     let now = support::now();
     let body = b"{\"a\":1}";
     let raw_path = format!("//apps/{APP_ID}/channels/room/events");
-    let q = oracle::signed_query(
-        KEY,
-        SECRET,
-        "POST",
-        &raw_path,
-        now,
-        Some(body),
-        &[("name", "ev")],
-    );
-    let a = support::send(
-        Method::POST,
-        &format!("{}{raw_path}?{q}", proxy.url()),
-        &[],
-        body.to_vec(),
-    )
-    .await;
+    // The trigger sent to `raw_path`, signed over `signed_path`.
+    let post = |signed_path: String| {
+        let q = oracle::signed_query(
+            KEY,
+            SECRET,
+            "POST",
+            &signed_path,
+            now,
+            Some(body),
+            &[("name", "ev")],
+        );
+        let url = format!("{}{raw_path}?{q}", proxy.url());
+        async move { support::send(Method::POST, &url, &[], body.to_vec()).await }
+    };
+    let a = post(raw_path.clone()).await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert!(
         a.headers.contains_key("deprecation"),
@@ -108,23 +107,7 @@ async fn repeated_slashes_are_still_a_legacy_call() {
 
     // Signed over the canonical path instead, it does not verify: the
     // signature covers the path as received.
-    let canonical = format!("/apps/{APP_ID}/channels/room/events");
-    let q = oracle::signed_query(
-        KEY,
-        SECRET,
-        "POST",
-        &canonical,
-        now,
-        Some(body),
-        &[("name", "ev")],
-    );
-    let a = support::send(
-        Method::POST,
-        &format!("{}{raw_path}?{q}", proxy.url()),
-        &[],
-        body.to_vec(),
-    )
-    .await;
+    let a = post(format!("/apps/{APP_ID}/channels/room/events")).await;
     assert_eq!(a.status.as_u16(), 401, "{}", a.text());
     assert_eq!(fake.recorded().len(), 1, "the forgery is not forwarded");
 

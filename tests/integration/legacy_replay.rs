@@ -7,14 +7,20 @@ use std::sync::Arc;
 use crate::support::recordings::{expected_family, expected_upstream_body, recordings};
 use crate::support::{self, APP_ID, TestProxy, fake::FakeUpstream};
 
+/// A fake upstream for the fixture app that reads the time from `clock`
+/// (the proxy's), so re-signed requests verify at the recording's time.
+async fn fake_on(clock: &Arc<pusher_cutover::FixedClock>) -> FakeUpstream {
+    let clock = clock.clone();
+    FakeUpstream::start(&[(APP_ID, support::KEY, support::SECRET)], move || {
+        pusher_cutover::Clock::unix_now(&*clock)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn every_recorded_request_verifies_and_translates() {
     let clock = support::fixed_clock(0);
-    let fake_clock = clock.clone();
-    let fake = FakeUpstream::start(&[(APP_ID, support::KEY, support::SECRET)], move || {
-        pusher_cutover::Clock::unix_now(&*fake_clock)
-    })
-    .await;
+    let fake = fake_on(&clock).await;
     let proxy = TestProxy::start(&support::config_toml(&fake.url(), "", ""), clock.clone()).await;
 
     let recordings = recordings();
@@ -120,11 +126,7 @@ async fn translated_request_carries_the_proxy_clock() {
 #[tokio::test]
 async fn every_recorded_release_is_named_by_its_family_in_usage() {
     let clock = support::fixed_clock(0);
-    let fake_clock = clock.clone();
-    let fake = FakeUpstream::start(&[(APP_ID, support::KEY, support::SECRET)], move || {
-        pusher_cutover::Clock::unix_now(&*fake_clock)
-    })
-    .await;
+    let fake = fake_on(&clock).await;
     let toml = support::config_toml(&fake.url(), "", "").replace(
         "[upstream]",
         "[telemetry]\ninstance = \"replay-pod\"\n[upstream]",
