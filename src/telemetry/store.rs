@@ -237,8 +237,8 @@ impl Store {
         Ok(if has_callers { 1 } else { 0 })
     }
 
-    /// Brings the database to [`SCHEMA_VERSION`] in one transaction.
-    fn migrate(&mut self, now: u64) -> Result<(), StoreError> {
+    /// [`Store::version`], refused when this release cannot read it.
+    fn readable_version(&self) -> Result<i64, StoreError> {
         let version = self.version()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
@@ -246,6 +246,12 @@ impl Store {
                 found: version,
             });
         }
+        Ok(version)
+    }
+
+    /// Brings the database to [`SCHEMA_VERSION`] in one transaction.
+    fn migrate(&mut self, now: u64) -> Result<(), StoreError> {
+        let version = self.readable_version()?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
@@ -314,13 +320,7 @@ impl Store {
     /// Reads the whole ledger (of this release's schema or the first
     /// release's). Rows with an unknown route are skipped.
     pub fn load(&self) -> Result<Usage, StoreError> {
-        let version = self.version()?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
+        let version = self.readable_version()?;
         let mut apps: BTreeMap<String, AppUsage> = BTreeMap::new();
         let mut sites: BTreeMap<(String, CallerKey), Vec<CallSite>> = BTreeMap::new();
         let current = version == SCHEMA_VERSION;
