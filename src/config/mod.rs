@@ -184,6 +184,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
     /// Time a client has to send a body the proxy reads (408 beyond).

@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub(super) max_body_bytes: usize,
     #[serde(default = "default_header_timeout")]
     pub(super) header_timeout_ms: u64,
+    #[serde(default = "default_keepalive_timeout")]
+    pub(super) keepalive_timeout_ms: u64,
     #[serde(default = "default_shutdown_grace")]
     pub(super) shutdown_grace_ms: u64,
     #[serde(default = "default_body_timeout")]
@@ -175,6 +177,10 @@ pub(super) fn default_max_body() -> usize {
 }
 pub(super) fn default_header_timeout() -> u64 {
     10_000
+}
+/// nginx's `keepalive_timeout`.
+pub(super) fn default_keepalive_timeout() -> u64 {
+    75_000
 }
 pub(super) fn default_max_header_bytes() -> usize {
     32 * 1024

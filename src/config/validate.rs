@@ -31,6 +31,7 @@ impl RawConfig {
         problems.positive("timestamp_window_secs", self.timestamp_window_secs);
         problems.positive("max_body_bytes", self.max_body_bytes as u64);
         problems.positive("header_timeout_ms", self.header_timeout_ms);
+        problems.positive("keepalive_timeout_ms", self.keepalive_timeout_ms);
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
         problems.positive("max_connections", self.max_connections as u64);
@@ -154,6 +155,7 @@ impl RawConfig {
             timestamp_window_secs: self.timestamp_window_secs,
             max_body_bytes: self.max_body_bytes,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             bypass: self.bypass,

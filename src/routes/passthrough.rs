@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::error::ProxyError;
 use crate::http::headers::strip_hop_by_hop;
-use crate::http::{BodyError, ResponseBody, read_body};
+use crate::http::{BodyError, ResponseBody, Streamed, read_body};
 use crate::pipeline::{App, Call, Record, State};
 use crate::pusher::query::QueryParams;
 use crate::pusher::route::RouteKind;
@@ -239,7 +239,7 @@ fn prepare_headers(parts: &mut Parts) {
 pub fn downstream_response(resp: Response<Guarded>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Right(body))
+    Response::from_parts(parts, Either::Right(Streamed::new(body)))
 }
 
 #[cfg(test)]
