@@ -22,7 +22,7 @@ use crate::telemetry::logging;
 /// per-channel trigger) in front of a current-API server, and records who
 /// still makes them.
 #[derive(Debug, Parser)]
-#[command(name = "pusher-cutover", version, about)]
+#[command(name = "pusher-cutover", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -44,16 +44,23 @@ enum Command {
     /// the PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET and
     /// PUSHER_CLUSTER (or PUSHER_HOST, PUSHER_PORT, PUSHER_SCHEME)
     /// environment variables.
+    #[command(after_help = EXIT_CODES)]
     Serve {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Check a configuration file; list every problem and exit 1 if any.
+    /// An unset variable named by `secret_env` or `token_env` is a warning
+    /// (exit 0), so a file can be linted where its secrets are not.
     Validate {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Treat an unset `secret_env` or `token_env` variable as an error
+        /// (as `serve` does).
+        #[arg(long)]
+        require_env: bool,
     },
     /// Report who still makes deprecated calls, from one or more ledgers
     /// (merged). Exits 1 with --fail-if-used-since when calls were seen in
@@ -91,6 +98,35 @@ enum ReportFormat {
     Html,
 }
 
+/// The exit codes, as `--help` lists them.
+const EXIT_CODES: &str = "\
+Exit codes of serve:
+  0    stopped after SIGTERM or SIGINT, the ledger written
+  1    stopped, but the usage ledger could not be written (calls lost)
+  64   usage error: unknown subcommand, option or value (every subcommand)
+  69   runtime failure: a listener cannot be bound, the ledger cannot be opened
+  78   configuration error: the file cannot be read or is invalid, TLS files unusable
+  130  a second SIGINT during the graceful shutdown
+  143  a second SIGTERM during the graceful shutdown
+validate: 0 valid (warnings allowed), 1 invalid. report: 0, 1 with --fail-if-used-since
+when calls were seen, 2 when a source cannot be read.";
+
+/// The process's exit codes (sysexits.h where one fits), so a supervisor
+/// or a script can tell a typo from a bad config from a busy port.
+pub mod exit {
+    /// A usage error: unknown subcommand, option or value (`EX_USAGE`).
+    /// Not clap's default 2, which `report`'s gate means "evidence
+    /// incomplete".
+    pub const USAGE: u8 = 64;
+    /// A runtime failure: a listener cannot be bound or the ledger opened
+    /// (`EX_UNAVAILABLE`).
+    pub const UNAVAILABLE: u8 = 69;
+    /// The configuration cannot be read or is invalid (`EX_CONFIG`).
+    pub const CONFIG: u8 = 78;
+    /// `serve` stopped, but the usage ledger could not be written.
+    pub const LEDGER_LOST: u8 = 1;
+}
+
 /// The target of the lines `serve` logs itself: the crate root's, as when
 /// they were written in `main.rs`, for `RUST_LOG` directives and the JSON
 /// format's `target`.
@@ -116,6 +152,19 @@ enum ServeError {
     Run(#[source] RunError),
 }
 
+impl ServeError {
+    /// The process's exit code for this error (see [`exit`]).
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Run(RunError::Tls(_)) => exit::CONFIG,
+            Self::Bind { .. } | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_)) => {
+                exit::UNAVAILABLE
+            }
+            Self::Run(RunError::LedgerNotWritten { .. }) => exit::LEDGER_LOST,
+        }
+    }
+}
+
 /// Why `report` has nothing to read.
 #[derive(Debug, thiserror::Error)]
 enum SourcesError {
@@ -136,15 +185,31 @@ enum SourcesError {
     Nothing,
 }
 
-/// Parses the process's command line and runs it; its exit code: 0, or 1
-/// when `serve` fails, `validate` finds problems or `report
-/// --fail-if-used-since` finds calls, 2 when `report` has nothing it can
-/// read. Logging is set up for `serve` only: `validate` and `report` print
-/// their results.
+/// Parses the process's command line and runs it; its exit code is one of
+/// [`EXIT_CODES`]: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
+/// [`exit::UNAVAILABLE`] or [`exit::LEDGER_LOST`]; `validate` exits 1 when
+/// it finds problems; `report` 1 when `--fail-if-used-since` finds calls,
+/// 2 when it has nothing it can read. Logging is set up for `serve` only:
+/// `validate` and `report` print their results.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` go to stdout and exit 0; a usage
+            // error is printed with clap's hint and gets its own code.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate {
+            config,
+            require_env,
+        } => validate(&config, require_env),
         Command::Report {
             config,
             data_dirs,
@@ -192,8 +257,8 @@ pub fn main() -> ExitCode {
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(target: TARGET, "{}", ErrorChain(&e));
-                    ExitCode::FAILURE
+                    tracing::error!(target: TARGET, exit_code = e.exit_code(), "{}", ErrorChain(&e));
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -208,17 +273,26 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// `validate`: prints a summary and exits 0, or lists every problem on
-/// stderr and exits 1.
-fn validate(path: &Path) -> ExitCode {
-    match load(Some(path)) {
-        Ok(config) => {
+/// `validate`: prints a summary (and any warning, on stderr) and exits 0,
+/// or lists every problem on stderr and exits 1. Unless `require_env`, an
+/// unset secret variable is a warning ([`Config::lint_file`]).
+fn validate(path: &Path, require_env: bool) -> ExitCode {
+    match Config::lint_file(path, &config::process_env, require_env) {
+        Ok((config, warnings)) => {
             println!(
-                "{}: valid ({} app(s), upstream {})",
+                "{}: valid ({} app(s), upstream {}){}",
                 path.display(),
                 config.apps.len(),
-                config.upstream.url
+                config.upstream.url,
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", warnings.len())
+                }
             );
+            for warning in &warnings {
+                eprintln!("  warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -466,3 +466,73 @@ pub(super) fn parse_upstream_url(text: &str) -> Result<Uri, String> {
         .build()
         .map_err(|e| format!("`{text}` is not a URL ({e})"))
 }
+
+/// What [`Config::lint_file`] stands in for a secret whose environment
+/// variable is unset, so the rest of the file is still checked.
+const UNSET_PLACEHOLDER: &str = "unset-secret-placeholder";
+
+impl Config {
+    /// Loads and validates `path` for `validate`, which may run where the
+    /// secrets are not (a CI job linting the file). With `require_env`
+    /// false, an unset or empty variable named by `apps[].secret_env`,
+    /// `apps[].upstream.secret_env` or `admin.token_env` is returned as a
+    /// warning (one per key) instead of an error, and every other problem
+    /// is still reported; with `require_env` true this is
+    /// [`Config::from_file`]. The returned config is for the summary only:
+    /// its unset secrets are placeholders.
+    pub fn lint_file(
+        path: &std::path::Path,
+        env: EnvLookup<'_>,
+        require_env: bool,
+    ) -> Result<(Self, Vec<super::Problem>), ConfigError> {
+        if require_env {
+            return Self::from_file(path, env).map(|c| (c, Vec::new()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text)?;
+        let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+        let mut warnings = Vec::new();
+        let mut unset = HashSet::new();
+        let mut named = |key: String, var: &Option<String>| {
+            if let Some(var) = var
+                && !set(var)
+            {
+                warnings.push(super::Problem {
+                    key,
+                    message: format!(
+                        "environment variable `{var}` is not set or empty (required by `serve`; \
+                         `validate --require-env` makes this an error)"
+                    ),
+                });
+                unset.insert(var.clone());
+            }
+        };
+        named("admin.token_env".into(), &raw.admin.token_env);
+        for (i, app) in raw.apps.iter().enumerate() {
+            named(format!("apps[{i}].secret_env"), &app.secret_env);
+            if let Some(up) = &app.upstream {
+                named(format!("apps[{i}].upstream.secret_env"), &up.secret_env);
+            }
+        }
+        let lenient = |name: &str| {
+            if unset.contains(name) {
+                Some(UNSET_PLACEHOLDER.to_owned())
+            } else {
+                env(name)
+            }
+        };
+        Self::from_toml_str(&text, &lenient).map(|c| (c, warnings))
+    }
+}
+
+impl Config {
+    /// A configuration hash (as [`Config::hash`]) derived from `parts`,
+    /// for a configuration in force that is no file's as a whole (a reload
+    /// that keeps restart-only settings).
+    pub fn derived_hash(parts: &[&str]) -> String {
+        super::source_hash(&parts.join("\n"))
+    }
+}

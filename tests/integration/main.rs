@@ -15,6 +15,7 @@ mod hardening;
 mod ledger;
 mod legacy_replay;
 mod logging;
+mod operations;
 mod passthrough;
 mod report;
 mod stats;
