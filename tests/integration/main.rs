@@ -11,6 +11,7 @@ mod ambiguity;
 mod cli;
 mod cutover;
 mod errors;
+mod fleet;
 mod hardening;
 mod ledger;
 mod legacy_replay;
