@@ -272,6 +272,35 @@ pub struct UpstreamConfig {
     /// `timeout`). Each worker keeps at most its share of this many idle
     /// connections.
     pub max_connections: usize,
+    /// The HTTP version spoken to the upstream (`upstream.protocol`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 when TLS negotiates it (ALPN) on `https://`, HTTP/1.1 on
+    /// `http://` (the default).
+    #[default]
+    Auto,
+    /// HTTP/2 with prior knowledge over cleartext `http://` (h2c): for
+    /// servers such as Sockudo that close every HTTP/1 connection after one
+    /// answer but keep an HTTP/2 one open.
+    H2c,
+    /// HTTP/1.1 only, also on `https://`.
+    Http1,
+}
+
+impl UpstreamProtocol {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::H2c => "h2c",
+            Self::Http1 => "http1",
+        }
+    }
 }
 
 /// One app's credentials and translation settings.

@@ -109,6 +109,9 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_upstream_connections")]
     pub(super) max_connections: usize,
+    // upstream.protocol
+    #[serde(default)]
+    pub(super) protocol: super::UpstreamProtocol,
 }
 
 #[derive(Debug, Deserialize)]

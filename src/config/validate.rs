@@ -14,7 +14,7 @@ use super::raw::{RawApp, RawConfig};
 use super::{
     AdminConfig, AppConfig, Brownout, Collected, Config, ConfigError, Credentials, EnvLookup,
     MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES, MIN_RETENTION_DAYS, Mode,
-    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
 
 impl RawConfig {
@@ -122,6 +122,15 @@ impl RawConfig {
                 Uri::from_static("http://invalid")
             }
         };
+        // upstream.protocol
+        if self.upstream.protocol == UpstreamProtocol::H2c && url.scheme_str() == Some("https") {
+            problems.add(
+                "upstream.protocol",
+                "`h2c` is HTTP/2 over cleartext and needs an `http://` url; \
+                 over `https://`, `auto` negotiates HTTP/2 by ALPN"
+                    .to_owned(),
+            );
+        }
         let is_pusher = url
             .host()
             .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
@@ -171,6 +180,7 @@ impl RawConfig {
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 max_connections: self.upstream.max_connections,
+                protocol: self.upstream.protocol,
             },
             admin: AdminConfig {
                 listen: admin_listen,

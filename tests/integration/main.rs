@@ -22,4 +22,5 @@ mod report;
 mod stats;
 mod telemetry;
 mod trigger;
+mod upstream_protocol;
 mod vectors;
