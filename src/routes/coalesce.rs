@@ -193,7 +193,9 @@ impl<'a> Place<'a> {
     /// A free place for `app`'s next trigger, if there is one: one
     /// compare-and-swap.
     pub(crate) fn reserve(state: &'a Arc<State>, app: &'a App) -> Option<Self> {
-        app.coalescer.try_reserve().then_some(Self { state, app })
+        // `then`, not `then_some`: a place built and dropped when none was
+        // free would give back a place never taken.
+        app.coalescer.try_reserve().then(|| Self { state, app })
     }
 }
 
