@@ -202,6 +202,11 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where requests go.
     pub upstream: UpstreamConfig,
+    /// How legacy triggers are coalesced into `batch_events` requests
+    /// (`upstream.batch_in_flight`, `upstream.batch_max`). Kept out of
+    /// [`UpstreamConfig`], so that changing them on reload keeps the
+    /// upstream's connections.
+    pub batching: Batching,
     /// The admin listener.
     pub admin: AdminConfig,
     /// Metrics, ledger and deprecation headers.
@@ -300,6 +305,30 @@ impl UpstreamProtocol {
             Self::H2c => "h2c",
             Self::Http1 => "http1",
         }
+    }
+}
+
+/// Pusher's limit on events in one `POST /apps/{id}/batch_events`
+/// (sockudo's and soketi's default too).
+pub const MAX_BATCH_EVENTS: usize = 10;
+
+/// Coalescing of legacy triggers, per app, like a database's group commit:
+/// while `in_flight` trigger requests are on the wire, further triggers
+/// queue, and the queue leaves as one `batch_events` request of at most
+/// `max` events when one of them returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Trigger requests on the wire per app before triggers queue (≥ 1).
+    pub in_flight: usize,
+    /// Events in one batch, 1 to [`MAX_BATCH_EVENTS`]; 1 turns coalescing
+    /// off.
+    pub max: usize,
+}
+
+impl Batching {
+    /// Whether triggers are coalesced at all.
+    pub fn enabled(&self) -> bool {
+        self.max > 1
     }
 }
 

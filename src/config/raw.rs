@@ -112,6 +112,11 @@ pub(super) struct RawUpstream {
     // upstream.protocol
     #[serde(default)]
     pub(super) protocol: super::UpstreamProtocol,
+    // Coalescing of legacy triggers (see `Batching`).
+    #[serde(default = "default_batch_in_flight")]
+    pub(super) batch_in_flight: usize,
+    #[serde(default = "default_batch_max")]
+    pub(super) batch_max: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +209,15 @@ pub(super) fn default_upstream_timeout() -> u64 {
 /// (Pusher over the internet) and far more on a nearby upstream.
 pub(super) fn default_upstream_connections() -> usize {
     64
+}
+/// Trigger requests an app keeps on the wire before further legacy
+/// triggers queue for the next batch.
+pub(super) fn default_batch_in_flight() -> usize {
+    2
+}
+/// Pusher's limit on events in one `batch_events` request.
+pub(super) fn default_batch_max() -> usize {
+    super::MAX_BATCH_EVENTS
 }
 pub(super) fn default_connect_timeout() -> u64 {
     3_000

@@ -12,9 +12,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::raw::{RawApp, RawConfig};
 use super::{
-    AdminConfig, AppConfig, Brownout, Collected, Config, ConfigError, Credentials, EnvLookup,
-    MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES, MIN_RETENTION_DAYS, Mode,
-    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, AppConfig, Batching, Brownout, Collected, Config, ConfigError, Credentials,
+    EnvLookup, MAX_BATCH_EVENTS, MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES,
+    MIN_RETENTION_DAYS, Mode, SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 
 impl RawConfig {
@@ -63,6 +64,19 @@ impl RawConfig {
             "upstream.max_connections",
             self.upstream.max_connections as u64,
         );
+        // Coalescing of legacy triggers.
+        problems.positive(
+            "upstream.batch_in_flight",
+            self.upstream.batch_in_flight as u64,
+        );
+        if !(1..=MAX_BATCH_EVENTS).contains(&self.upstream.batch_max) {
+            problems.add(
+                "upstream.batch_max",
+                format!(
+                    "must be 1 to {MAX_BATCH_EVENTS} (events per batch_events request; Pusher accepts at most {MAX_BATCH_EVENTS}; 1 turns coalescing off)"
+                ),
+            );
+        }
 
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
@@ -181,6 +195,10 @@ impl RawConfig {
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 max_connections: self.upstream.max_connections,
                 protocol: self.upstream.protocol,
+            },
+            batching: Batching {
+                in_flight: self.upstream.batch_in_flight,
+                max: self.upstream.batch_max,
             },
             admin: AdminConfig {
                 listen: admin_listen,

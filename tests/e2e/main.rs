@@ -12,6 +12,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod coalesce;
 mod sockudo;
 mod ws;
 

@@ -9,6 +9,7 @@ mod support;
 mod admin_auth;
 mod ambiguity;
 mod cli;
+mod coalesce;
 mod cutover;
 mod errors;
 mod fleet;
