@@ -261,11 +261,14 @@ async fn go_away_below(mut stream: TcpStream, seen: &Seen) {
 
 /// A proxy for the fixture app in front of `url` with two workers and
 /// `protocol` (none: the default).
+/// A proxy to `url` speaking `protocol`, with coalescing off
+/// (`batch_max = 1`): these tests count one upstream request per trigger.
+/// Coalesced triggers over h2c are the e2e suite's (tests/e2e/coalesce.rs).
 async fn proxy(url: &str, protocol: Option<&str>) -> TestProxy {
     let protocol = protocol.map_or(String::new(), |p| format!("protocol = \"{p}\"\n"));
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{url}\"\nmax_connections = 64\n{protocol}\
+         [upstream]\nurl = \"{url}\"\nmax_connections = 64\nbatch_max = 1\n{protocol}\
          [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
         support::KEY,
         support::SECRET,
