@@ -5,16 +5,15 @@
 //! Each worker thread (see [`crate::http::server`]) has connections of its
 //! own, so a connection's task runs on the runtime of the worker whose
 //! exchanges it carries:
-//! - HTTP/1.1 on `http://` (`http1`, or `auto`): hyper's HTTP/1.1 client
-//!   connections in a pool per worker ([`h1`]), which keeps at most the
-//!   worker's share of `max_connections` idle;
-//! - HTTP/2 (`h2c`), and anything on `https://`: hyper-util's client
-//!   ([`Client`]). Over HTTP/2 (`h2c`, or `auto` when ALPN picks it) each
-//!   worker has a few clients, one HTTP/2 connection each carrying many
-//!   exchanges at once (streams), taken in turn: one per
-//!   [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
-//!   `max_connections`. HTTP/1.1 over TLS (`http1`, or `auto` when ALPN
-//!   picks it) is one client per worker, pooled like the above.
+//! - HTTP/1.1 only (`http1`, or `auto` on `http://`): hyper's HTTP/1.1
+//!   client connections in a pool per worker ([`h1`]), which keeps at most
+//!   the worker's share of `max_connections` idle;
+//! - HTTP/2 (`h2c`, or `auto` on `https://`): hyper-util's client
+//!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
+//!   each carrying many exchanges at once (streams), taken in turn: one
+//!   per [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
+//!   `max_connections`. Should ALPN pick HTTP/1.1 on `auto`, the client
+//!   pools HTTP/1.1 connections like the above.
 //!
 //! The cap on exchanges in flight (`max_connections`) is shared by all
 //! workers: an exchange holds a [`Slot`] from before it is sent until its
@@ -171,14 +170,6 @@ struct Inner {
     /// Scheme and authority of every upstream request.
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
-    /// The `Host` header of a request known to go over HTTP/1.1; `None`
-    /// where it may go over HTTP/2, which names the host in `:authority`
-    /// (hyper-util then adds `Host` on an HTTP/1.1 connection itself).
-    host: Option<HeaderValue>,
-    /// Whether a connection may speak HTTP/2: then a request whose body
-    /// can be sent again is kept until its answer comes, in case the
-    /// upstream refuses it.
-    may_be_h2: bool,
     timeout: Duration,
     /// One permit per upstream exchange in progress: at most
     /// `max_connections` at once, the rest wait.
@@ -285,7 +276,7 @@ impl Upstream {
             1
         };
         let connector = connector(config);
-        let transport = if !https && protocol != UpstreamProtocol::H2c {
+        let transport = if !may_be_h2 {
             Transport::Pool(Arc::new(h1::Pools::new(
                 connector,
                 config.url.clone(),
@@ -323,10 +314,8 @@ impl Upstream {
         Self {
             inner: Arc::new(Inner {
                 transport,
-                host: (!may_be_h2).then(|| host_header(&config.url)),
                 scheme,
                 authority,
-                may_be_h2,
                 timeout: config.timeout,
                 slots: Arc::new(Semaphore::new(config.max_connections)),
             }),
@@ -417,7 +406,9 @@ impl Upstream {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let again = (attempts < MAX_ATTEMPTS && (self.inner.may_be_h2 || idempotent))
+                // Kept until the answer comes, in case the upstream refuses
+                // the request unprocessed (only a body the proxy built).
+                let again = (attempts < MAX_ATTEMPTS)
                     .then(|| replayable_copy(&req))
                     .flatten();
                 let error = match client.request(*req).await {
@@ -439,8 +430,8 @@ impl Upstream {
         }
     }
 
-    /// Readies `req` for the client: the upstream's scheme and authority in
-    /// its target, and the upstream's `Host` instead of the caller's.
+    /// Readies `req` for hyper-util's client: the upstream's scheme and
+    /// authority in its target, and not the caller's `Host`.
     fn prepare(&self, req: &mut Request<OutboundBody>) -> Result<(), UpstreamError> {
         let mut parts = hyper::http::uri::Parts::default();
         parts.scheme = Some(self.inner.scheme.clone());
@@ -452,14 +443,9 @@ impl Upstream {
                 .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
         );
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Request(Box::new(e)))?;
-        match &self.inner.host {
-            Some(host) => {
-                req.headers_mut().insert(HOST, host.clone());
-            }
-            None => {
-                req.headers_mut().remove(HOST);
-            }
-        }
+        // HTTP/2 names the host in `:authority`; on an HTTP/1.1 connection
+        // (ALPN) hyper-util adds `Host` from the target itself.
+        req.headers_mut().remove(HOST);
         Ok(())
     }
 
