@@ -17,6 +17,7 @@ mod legacy_replay;
 mod logging;
 mod passthrough;
 mod report;
+mod starvation;
 mod stats;
 mod telemetry;
 mod trigger;
