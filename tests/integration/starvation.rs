@@ -186,7 +186,12 @@ async fn a_slow_body_is_the_clients_408() {
 async fn at_the_cap_the_longest_idle_connection_makes_room() {
     let fake = support::fake().await;
     let proxy = TestProxy::start(
-        &config("max_connections = 2", &fake.url(), ""),
+        // A head time-out long enough not to free a slot meanwhile.
+        &config(
+            "max_connections = 2\nheader_timeout_ms = 60000",
+            &fake.url(),
+            "",
+        ),
         Arc::new(pusher_cutover::SystemClock),
     )
     .await;
