@@ -11,12 +11,13 @@
 //! - **Places.** `in_flight` counts the app's trigger requests on the wire
 //!   (or about to be). A trigger takes a place with one compare-and-swap
 //!   when one is free; nothing else is touched on that path.
-//! - **No lost wake-up.** A place is given back only under the queue's lock
-//!   and only when the queue is empty; a trigger that found no place queues
-//!   under that lock and tries for a place once more before letting go of
-//!   it. So whenever the queue is not empty, every place is taken, and each
-//!   of those requests, when it returns (or its caller's future is
-//!   dropped: [`Place`]'s `Drop`), hands its place to the queue.
+//! - **No lost wake-up.** A place is given back only when no trigger
+//!   waits, and then the queue is looked at once more; a trigger that found
+//!   no place queues and tries for a place once more before it lets go of
+//!   the queue's lock (see [`Coalescer::release`]). So whenever the queue is
+//!   not empty, every place is taken, and each of those requests, when it
+//!   returns (or its caller's future is dropped: [`Place`]'s `Drop`), hands
+//!   its place to the queue.
 //! - **Nothing accepted is lost.** A batch is sent by a task of its own, not
 //!   by any caller's: a caller that goes away while queued (hyper drops its
 //!   future) drops only its answer's receiver; its event stays queued and
@@ -66,6 +67,9 @@ pub(crate) struct Coalescer {
     /// Trigger requests of the app on the wire, at most
     /// `batching.in_flight`.
     in_flight: AtomicUsize,
+    /// The queue's length, written under its lock, read without it: a
+    /// place is given back without the lock while nothing waits.
+    waiting: AtomicUsize,
     /// Triggers waiting for the next batch, oldest first. A std mutex: it
     /// is held for a push or a drain, never across an await, and must be
     /// taken in [`Place`]'s `Drop`.
@@ -211,6 +215,7 @@ impl Coalescer {
         Self {
             batching,
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
         }
     }
@@ -228,7 +233,7 @@ impl Coalescer {
     fn try_reserve(&self) -> bool {
         let limit = self.batching.in_flight;
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .is_ok()
@@ -243,16 +248,34 @@ impl Coalescer {
 
     /// Gives a place back: to the queue's next batch if triggers wait, else
     /// free.
+    ///
+    /// While nothing waits this is two atomic reads and a decrement, no
+    /// lock. A trigger that queued meanwhile stored its queue's length
+    /// before it tried for a place and found none, so (all sequentially
+    /// consistent) the second read sees it, and the place is taken back
+    /// for it.
     fn release(&self, state: &Arc<State>, app: &App) {
-        let group = {
-            let mut queue = self.lock();
-            if queue.is_empty() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The caller holds a place on every turn of this loop.
+        loop {
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if self.waiting.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
+                    return;
+                }
+            }
+            let group = {
+                let mut queue = self.lock();
+                let group = self.take_group(&mut queue);
+                self.waiting.store(queue.len(), Ordering::SeqCst);
+                group
+            };
+            if !group.is_empty() {
+                spawn_batch(state, app, group);
                 return;
             }
-            self.take_group(&mut queue)
-        };
-        spawn_batch(state, app, group);
+            // Another place's holder took the queue first: give this one
+            // back.
+        }
     }
 
     /// Queues `event` for the next batch; the receiver gets its batch's
@@ -268,14 +291,17 @@ impl Coalescer {
         let group = {
             let mut queue = self.lock();
             queue.push_back(Queued { event, reply });
+            self.waiting.store(queue.len(), Ordering::SeqCst);
             queued.queued().inc();
-            // A place freed since this trigger looked (its holder found the
-            // queue empty) is taken now, so the queue never waits with a
-            // place free.
+            // A place freed since this trigger looked (its holder saw no
+            // queue) is taken now, so the queue never waits with a place
+            // free.
             if !self.try_reserve() {
                 return answer;
             }
-            self.take_group(&mut queue)
+            let group = self.take_group(&mut queue);
+            self.waiting.store(queue.len(), Ordering::SeqCst);
+            group
         };
         spawn_batch(state, app, group);
         answer
@@ -477,7 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn places_are_bounded_and_given_back_only_when_the_queue_is_empty() {
+    fn places_are_bounded_and_kept_for_the_batch() {
         let c = Coalescer::new(Batching {
             in_flight: 2,
             max: 10,

@@ -526,3 +526,29 @@ async fn identical_concurrent_stats_share_one_upstream_request() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_queued_trigger_whose_caller_left_is_still_sent_and_the_queue_moves_on() {
+    let (fake, proxy) = setup("batch_in_flight = 1").await;
+    fake.set(|b| b.hold = true);
+    let first = occupy(&fake, &proxy, 0).await;
+    let trigs: Vec<Trig> = (0..3).map(Trig::nth).collect();
+    let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
+    let mut callers = queue(&proxy, trigs, 0).await;
+    // The middle caller goes away while queued: its connection closes.
+    let gone = callers.remove(1);
+    gone.abort();
+    assert!(gone.await.is_err_and(|e| e.is_cancelled()));
+    fake.release_all();
+    assert_accepted(&answered(first).await);
+    for c in callers {
+        assert_accepted(&answered(c).await);
+    }
+    let recorded = fake.wait_for_requests(2).await;
+    assert_eq!(batch_of(&recorded[1]), expected, "accepted, so sent");
+    // The queue is not stalled: the next trigger goes at once.
+    assert_accepted(&answered(Trig::nth(7).spawn(&proxy)).await);
+    assert_eq!(fake.recorded().len(), 3);
+    assert_eq!(value(&metrics(&proxy).await, QUEUED), 0.0);
+    proxy.stop().await;
+}
