@@ -37,12 +37,13 @@
 //! with the credentials they were accepted under.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -70,6 +71,10 @@ pub(crate) struct Coalescer {
     /// The queue's length, written under its lock, read without it: a
     /// place is given back without the lock while nothing waits.
     waiting: AtomicUsize,
+    /// The next queued trigger's ticket.
+    tickets: AtomicU64,
+    /// Queued triggers of every app (`pusher_cutover_queued_triggers`).
+    gauge: Gauge,
     /// Triggers waiting for the next batch, oldest first. A std mutex: it
     /// is held for a push or a drain, never across an await, and must be
     /// taken in [`Place`]'s `Drop`.
@@ -113,6 +118,10 @@ impl Pending {
 struct Queued {
     event: Pending,
     reply: oneshot::Sender<Answer>,
+    /// Its caller's deadline, counted from the call's arrival.
+    deadline: tokio::time::Instant,
+    /// Which caller's, to withdraw it at that deadline.
+    ticket: u64,
 }
 
 /// What a queued caller learns: its batch's answer (shared by the batch's
@@ -210,12 +219,15 @@ impl Drop for Place<'_> {
 }
 
 impl Coalescer {
-    /// An empty queue with every place free.
-    pub(crate) fn new(batching: Batching) -> Self {
+    /// An empty queue with every place free, counting its triggers in
+    /// `gauge`.
+    pub(crate) fn new(batching: Batching, gauge: Gauge) -> Self {
         Self {
             batching,
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            tickets: AtomicU64::new(0),
+            gauge,
             queue: Mutex::new(VecDeque::new()),
         }
     }
@@ -239,11 +251,45 @@ impl Coalescer {
             .is_ok()
     }
 
+    /// Records the queue's new length (under its lock).
+    fn queued(&self, queue: &VecDeque<Queued>) {
+        let before = self.waiting.swap(queue.len(), Ordering::SeqCst);
+        self.gauge.inc_by(queue.len() as i64 - before as i64);
+    }
+
     /// Up to `batch_max` of the oldest queued triggers, for the place the
-    /// caller holds.
+    /// caller holds. A trigger past its deadline (its caller left, or is
+    /// about to withdraw it) is not sent: it is answered 504, as a trigger
+    /// that found no upstream slot before its deadline is.
     fn take_group(&self, queue: &mut VecDeque<Queued>) -> Vec<Queued> {
-        let n = queue.len().min(self.batching.max);
-        queue.drain(..n).collect()
+        let now = tokio::time::Instant::now();
+        let mut group = Vec::with_capacity(queue.len().min(self.batching.max));
+        while group.len() < self.batching.max
+            && let Some(q) = queue.pop_front()
+        {
+            if q.deadline <= now {
+                let _ = q.reply.send(Answer {
+                    result: Err(UpstreamError::Timeout.into()),
+                    upstream_time: Duration::ZERO,
+                });
+            } else {
+                group.push(q);
+            }
+        }
+        self.queued(queue);
+        group
+    }
+
+    /// Takes the trigger of `ticket` out of the queue, if it is still
+    /// there (its caller's deadline passed while it waited).
+    pub(crate) fn withdraw(&self, ticket: u64) -> bool {
+        let mut queue = self.lock();
+        let Some(at) = queue.iter().position(|q| q.ticket == ticket) else {
+            return false;
+        };
+        queue.remove(at);
+        self.queued(&queue);
+        true
     }
 
     /// Gives a place back: to the queue's next batch if triggers wait, else
@@ -263,12 +309,7 @@ impl Coalescer {
                     return;
                 }
             }
-            let group = {
-                let mut queue = self.lock();
-                let group = self.take_group(&mut queue);
-                self.waiting.store(queue.len(), Ordering::SeqCst);
-                group
-            };
+            let group = self.take_group(&mut self.lock());
             if !group.is_empty() {
                 spawn_batch(state, app, group);
                 return;
@@ -278,44 +319,48 @@ impl Coalescer {
         }
     }
 
-    /// Queues `event` for the next batch; the receiver gets its batch's
-    /// answer. Dropping the receiver does not take the event out.
+    /// Queues `event`, whose caller's deadline is `deadline`, for the next
+    /// batch; the receiver gets its batch's answer, and the ticket
+    /// withdraws it ([`Coalescer::withdraw`]). Dropping the receiver does
+    /// not take the event out.
     pub(crate) fn enqueue(
         &self,
         state: &Arc<State>,
         app: &App,
         event: Pending,
-    ) -> oneshot::Receiver<Answer> {
+        deadline: tokio::time::Instant,
+    ) -> (oneshot::Receiver<Answer>, u64) {
         let (reply, answer) = oneshot::channel();
-        let queued = &state.telemetry.metrics().upstream;
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let group = {
             let mut queue = self.lock();
-            queue.push_back(Queued { event, reply });
-            self.waiting.store(queue.len(), Ordering::SeqCst);
-            queued.queued().inc();
+            queue.push_back(Queued {
+                event,
+                reply,
+                deadline,
+                ticket,
+            });
+            self.queued(&queue);
             // A place freed since this trigger looked (its holder saw no
             // queue) is taken now, so the queue never waits with a place
             // free.
             if !self.try_reserve() {
-                return answer;
+                return (answer, ticket);
             }
-            let group = self.take_group(&mut queue);
-            self.waiting.store(queue.len(), Ordering::SeqCst);
-            group
+            self.take_group(&mut queue)
         };
-        spawn_batch(state, app, group);
-        answer
+        if group.is_empty() {
+            // Only expired triggers were waiting: the place goes back.
+            self.release(state, app);
+        } else {
+            spawn_batch(state, app, group);
+        }
+        (answer, ticket)
     }
 }
 
 /// Sends `group` in a task of its own, holding the place its caller took.
 fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
-    state
-        .telemetry
-        .metrics()
-        .upstream
-        .queued()
-        .dec_by(group.len() as i64);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // Only while the runtime shuts down, when no answer can be sent.
         tracing::error!(app_id = %app.config.id, events = group.len(), "runtime gone: queued legacy triggers not sent");
@@ -347,7 +392,13 @@ async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         .upstream
         .trigger_request(group.len());
     let started = Instant::now();
-    let deadline = state.upstream.deadline();
+    // The oldest caller's: every caller's exchange is bounded by
+    // `upstream.timeout_ms` from its arrival, a batch's too.
+    let deadline = group
+        .iter()
+        .map(|q| q.deadline)
+        .min()
+        .unwrap_or_else(|| state.upstream.deadline());
     let result = match state.upstream.slot(deadline).await {
         Ok(slot) => {
             // Signed when it leaves, as every upstream request is.
@@ -469,6 +520,52 @@ mod tests {
         }
     }
 
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
+    fn queued(i: usize, reply: oneshot::Sender<Answer>, deadline: tokio::time::Instant) -> Queued {
+        Queued {
+            event: pending(i, None),
+            reply,
+            deadline,
+            ticket: i as u64,
+        }
+    }
+
+    #[test]
+    fn expired_triggers_are_answered_504_not_sent_and_withdrawn_ones_leave() {
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 1,
+                max: 10,
+            },
+            Gauge::default(),
+        );
+        let (reply, mut expired) = oneshot::channel();
+        c.lock()
+            .push_back(queued(0, reply, tokio::time::Instant::now()));
+        let mut receivers = Vec::new();
+        for i in 1..4 {
+            let (reply, answer) = oneshot::channel();
+            receivers.push(answer);
+            c.lock().push_back(queued(i, reply, later()));
+        }
+        c.queued(&c.lock());
+        assert_eq!(c.gauge.get(), 4);
+        assert!(c.withdraw(2));
+        assert!(!c.withdraw(2), "withdrawn once");
+        let group = c.take_group(&mut c.lock());
+        let names: Vec<_> = group.iter().map(|q| q.event.name.as_str()).collect();
+        assert_eq!(names, ["ev-1", "ev-3"]);
+        let answer = expired.try_recv().expect("answered");
+        assert!(matches!(
+            answer.result,
+            Err(ProxyError::Upstream(UpstreamError::Timeout))
+        ));
+        assert_eq!(c.gauge.get(), 0);
+    }
+
     #[test]
     fn batch_body_carries_each_event_with_its_own_fields_in_order() {
         let events = [pending(0, Some("1.2")), pending(1, None)];
@@ -504,18 +601,18 @@ mod tests {
 
     #[test]
     fn places_are_bounded_and_kept_for_the_batch() {
-        let c = Coalescer::new(Batching {
-            in_flight: 2,
-            max: 10,
-        });
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 2,
+                max: 10,
+            },
+            Gauge::default(),
+        );
         assert!(c.try_reserve());
         assert!(c.try_reserve());
         assert!(!c.try_reserve(), "both places taken");
         let (reply, _answer) = oneshot::channel();
-        c.lock().push_back(Queued {
-            event: pending(0, None),
-            reply,
-        });
+        c.lock().push_back(queued(0, reply, later()));
         let group = c.take_group(&mut c.lock());
         assert_eq!(group.len(), 1);
         assert_eq!(c.in_flight.load(Ordering::Acquire), 2, "kept for the batch");
@@ -523,18 +620,18 @@ mod tests {
 
     #[test]
     fn groups_are_fifo_and_at_most_batch_max() {
-        let c = Coalescer::new(Batching {
-            in_flight: 1,
-            max: 3,
-        });
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 1,
+                max: 3,
+            },
+            Gauge::default(),
+        );
         let mut receivers = Vec::new();
         for i in 0..5 {
             let (reply, answer) = oneshot::channel();
             receivers.push(answer);
-            c.lock().push_back(Queued {
-                event: pending(i, None),
-                reply,
-            });
+            c.lock().push_back(queued(i, reply, later()));
         }
         let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-0", "ev-1", "ev-2"]);
