@@ -14,9 +14,9 @@
 //! - **No lost wake-up.** A place is given back only when no trigger
 //!   waits, and then the queue is looked at once more; a trigger that found
 //!   no place queues and tries for a place once more before it lets go of
-//!   the queue's lock (see [`Coalescer::release`]). So whenever the queue is
+//!   the queue's lock (see `Coalescer::release`). So whenever the queue is
 //!   not empty, every place is taken, and each of those requests, when it
-//!   returns (or its caller's future is dropped: [`Place`]'s `Drop`), hands
+//!   returns (or its caller's future is dropped: `Place`'s `Drop`), hands
 //!   its place to the queue.
 //! - **Nothing accepted is lost.** A batch is sent by a task of its own, not
 //!   by any caller's: a caller that goes away while queued (hyper drops its
@@ -31,7 +31,7 @@
 //!   single trigger's would be ([`super::channel_event`]). A batch is never
 //!   re-sent.
 //!
-//! The queue lives with its [`App`], in one configuration's state: a reload
+//! The queue lives with its `App`, in one configuration's state: a reload
 //! starts the next state's apps with empty queues and free places, and the
 //! previous state's queue is drained by its own requests in flight, signed
 //! with the credentials they were accepted under.
