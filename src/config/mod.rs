@@ -184,6 +184,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
     /// Time a client has to send a body the proxy reads (408 beyond).
@@ -275,6 +277,35 @@ pub struct UpstreamConfig {
     /// `timeout`). Each worker keeps at most its share of this many idle
     /// connections.
     pub max_connections: usize,
+    /// The HTTP version spoken to the upstream (`upstream.protocol`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 when TLS negotiates it (ALPN) on `https://`, HTTP/1.1 on
+    /// `http://` (the default).
+    #[default]
+    Auto,
+    /// HTTP/2 with prior knowledge over cleartext `http://` (h2c): for
+    /// servers such as Sockudo that close every HTTP/1 connection after one
+    /// answer but keep an HTTP/2 one open.
+    H2c,
+    /// HTTP/1.1 only, also on `https://`.
+    Http1,
+}
+
+impl UpstreamProtocol {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::H2c => "h2c",
+            Self::Http1 => "http1",
+        }
+    }
 }
 
 /// Pusher's limit on events in one `POST /apps/{id}/batch_events`

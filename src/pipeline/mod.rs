@@ -313,7 +313,7 @@ impl State {
             if legacy {
                 self.deprecation_headers(response.headers_mut(), app);
             }
-            recorder.finish(response.status(), error.as_ref());
+            recorder.finish_response(&mut response, error.as_ref());
             Ok(response)
         }
     }

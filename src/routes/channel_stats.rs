@@ -268,12 +268,15 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
             state.telemetry.shadow_mismatch(&app_id, field);
         }
         if !differing.is_empty() {
+            // The two answers as the client would see them (JSON), not as
+            // Rust debug dumps.
+            let json = |s: &Stats| serde_json::to_string(s).unwrap_or_default();
             tracing::warn!(
                 app_id = %app_id,
                 channel = %channel,
-                fields = ?differing,
-                legacy = ?legacy,
-                translated = ?translated,
+                fields = %differing.join(","),
+                legacy = %json(&legacy),
+                translated = %translated.as_ref().map_or_else(|| "none".to_owned(), json),
                 "shadow: translated stats differ from the legacy answer"
             );
         }
