@@ -265,6 +265,8 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     );
     let (code, table, err) = report(&["--prometheus", &prom.url, "--since", "1h"]).await;
     assert_eq!(code, Some(0), "{err}");
+    // Shown with --nocapture (the README's sample is such a run).
+    println!("report --prometheus URL --since 1h:\n{table}");
     assert!(
         table.contains(&format!("Prometheus {}", prom.url)),
         "{table}"
@@ -282,6 +284,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(1), "{err}");
+    println!("report --prometheus URL --app 4242 --fail-if-used-since {WINDOW}: exit 1\n{err}");
     let named = format!(
         "app {} library {library} instance {}: 3 legacy_trigger call(s)",
         support::APP_ID,
@@ -310,6 +313,9 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(2), "{err}");
+    println!(
+        "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 2\n{err}"
+    );
     assert!(
         err.contains(&format!("gap: sidecar {b_admin} was not reachable for")),
         "{err}"
