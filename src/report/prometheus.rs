@@ -783,7 +783,7 @@ pub async fn fetch(
 }
 
 /// The gate's lines for stderr: each use (app, library, sidecar, route,
-/// calls), then each gap.
+/// calls), then each gap; or that zero is proven.
 pub fn render_gate(answer: &GateAnswer, window: Duration) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -801,6 +801,13 @@ pub fn render_gate(answer: &GateAnswer, window: Duration) -> String {
                 u.route
             );
         }
+    }
+    if answer.uses.is_empty() && answer.gaps.is_empty() {
+        let _ = writeln!(
+            out,
+            "no deprecated call in the last {window}, and every sidecar was scraped \
+             throughout its time in it: zero is proven"
+        );
     }
     if !answer.gaps.is_empty() {
         let _ = writeln!(

@@ -183,6 +183,10 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(0), "zero, with full coverage: {err}");
+    println!(
+        "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 0\n{err}"
+    );
+    assert!(err.contains("zero is proven"), "{err}");
     // Expecting a third sidecar makes its absence a gap.
     let (code, _, err) = report(&[
         "--prometheus",
