@@ -194,9 +194,9 @@ impl Api {
         }
     }
 
-    /// `GET path` (with `form` as its query when `post` is false) or
-    /// `POST path` with `form` as an urlencoded body; the envelope's
-    /// `data`.
+    /// `GET path` (without `form_body`) or `POST path` with `form_body`
+    /// urlencoded (the API takes a query's parameters either way; a body
+    /// has no URL length limit); the envelope's `data`.
     async fn call(&self, path: &str, form_body: Option<String>) -> Result<Value, PrometheusError> {
         use secrecy::ExposeSecret;
         let url = format!("{}{path}", self.base);
