@@ -454,10 +454,10 @@ fn answer_each(group: Vec<Queued>, result: Result<Buffered, ProxyError>, upstrea
 
 /// A copy of an upstream exchange's failure, for another caller that
 /// shared the exchange: the same variant, so the same status, body and log
-/// level. Errors whose cause cannot be copied are given the original's
-/// causes by reference ([`SharedCause`]); a failed connection mid-exchange
-/// (`Request`, whose hyper error cannot be built) becomes a `Body` failure,
-/// the same 502.
+/// level, its causes given by their text ([`SharedCause`]). An exchange
+/// fails with a timeout, a status, or a connect, request or body error;
+/// anything else (which an exchange does not return) is copied as a body
+/// failure, the same 502.
 pub(crate) fn copy_error(e: &ProxyError) -> ProxyError {
     let cause = || -> crate::upstream::BoxError { Box::new(SharedCause::of(e)) };
     match e {
@@ -466,6 +466,7 @@ pub(crate) fn copy_error(e: &ProxyError) -> ProxyError {
             UpstreamError::Status(s) => UpstreamError::Status(*s),
             UpstreamError::Aborted => UpstreamError::Aborted,
             UpstreamError::Connect(_) => UpstreamError::Connect(cause()),
+            UpstreamError::Request(_) => UpstreamError::Request(cause()),
             _ => UpstreamError::Body(cause()),
         }),
         ProxyError::RejectedCredentials { app_id } => ProxyError::RejectedCredentials {
@@ -646,6 +647,7 @@ mod tests {
             ProxyError::Upstream(UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE)),
             ProxyError::Upstream(UpstreamError::Connect("refused".into())),
             ProxyError::Upstream(UpstreamError::Body("reset".into())),
+            ProxyError::Upstream(UpstreamError::Request("stream reset".into())),
         ];
         for e in &cases {
             let c = copy_error(e);
