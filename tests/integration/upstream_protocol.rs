@@ -188,8 +188,20 @@ async fn serve_h2(
         }
         let (parts, mut body) = req.into_parts();
         if conduct == Conduct::DropAfterRequest {
-            while let Some(Ok(chunk)) = body.data().await {
-                let _ = body.flow_control().release_capacity(chunk.len());
+            // The body's frames arrive only while the connection is polled:
+            // poll it beside the body, or a body sent after its headers (in
+            // a write of its own) never comes.
+            loop {
+                let got = tokio::select! {
+                    chunk = body.data() => chunk.and_then(Result::ok).map(|c| c.len()),
+                    _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => None,
+                };
+                match got {
+                    Some(len) => {
+                        let _ = body.flow_control().release_capacity(len);
+                    }
+                    None => break,
+                }
             }
             // The whole request has arrived; the connection goes, unanswered.
             return;
