@@ -417,7 +417,7 @@ DESIGN = {
         ("legacy via pc / nginx, p99", "pusher-cutover", "nginx", "p99_us", "<=", 1.5),
         ("pc peak upstream connections", "pusher-cutover", None, "peak_up", "<=", 64),
         ("nginx peak upstream connections", "nginx", None, "peak_up", None, None),
-        ("pc peak RSS (VmHWM, MiB)", "pusher-cutover", None, "rss_mib", "<=", 30),
+        ("pc peak RSS (VmHWM, MB)", "pusher-cutover", None, "rss_mb", "<=", 30),
     ]),
     "njs": (["njs", "pusher-cutover"], [
         ("legacy via pc / via njs, req/s", "pusher-cutover", "njs", "rps", ">=", 1.5),
@@ -440,6 +440,7 @@ def load_design(path):
         for k in ("peak_up", "up_per_req", "rss_kb"):
             r[k] = float(r[k]) if r[k] not in ("", "-") else None
         r["rss_mib"] = r["rss_kb"] / 1024 if r["rss_kb"] is not None else None
+        r["rss_mb"] = r["rss_kb"] * 1024 / 1e6 if r["rss_kb"] is not None else None  # VmHWM is in KiB
         rows.append(r)
     return rows
 

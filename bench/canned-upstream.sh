@@ -10,20 +10,23 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # a shell variable, never passed on.
 export -n NGINX
 #
-# canned_upstream_server PORT [H2C_PORT]: the nginx `server` block of the
-# canned upstream, answering the current API's shapes (no signature checks),
-# on HTTP/1.1 at PORT and, with H2C_PORT, over HTTP/2 with prior knowledge
-# (h2c) there too:
+# canned_upstream_server PORT [H2C_PORT [PORT...]]: the nginx `server`
+# block of the canned upstream, answering the current API's shapes (no
+# signature checks), on HTTP/1.1 at PORT (and at each further PORT, so that
+# several clients' connections can be counted apart) and, with an H2C_PORT
+# other than 0, over HTTP/2 with prior knowledge (h2c) there:
 #   POST /apps/{id}/events                 → {}
 #   GET  /apps/{id}/channels/presence-…    → {"occupied":true,"user_count":3}
 #   GET  /apps/{id}/channels/…             → {"occupied":true,"subscription_count":3}
 #   anything else                          → {}
 canned_upstream_server() {
+  local listens="        listen 127.0.0.1:$1 backlog=4096;" p
+  if [ -n "${2:-}" ] && [ "$2" != 0 ]; then listens+=$'\n'"        listen 127.0.0.1:$2 backlog=4096 http2;"; fi
+  for p in "${@:3}"; do listens+=$'\n'"        listen 127.0.0.1:$p backlog=4096;"; done
   cat <<EOF
     default_type application/json;
     server {
-        listen 127.0.0.1:$1 backlog=4096;${2:+
-        listen 127.0.0.1:$2 backlog=4096 http2;}
+$listens
         location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
         location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
         location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }

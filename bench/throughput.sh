@@ -52,9 +52,12 @@
 #           (upstream.max_connections = 64). The peak number of established
 #           upstream connections of each target is sampled every 0.1 s (ss),
 #           the upstream's requests counted by its stub_status (up/req: how
-#           many upstream requests each client request cost).
+#           many upstream requests each client request cost; calls in
+#           flight when wrk stops, at most one per connection, reach the
+#           upstream but are not counted by wrk, so up/req is high by up to
+#           connections / requests: 1,000 / 30,000 at 3,000/s for 10 s).
 #           Targets: req/s ≥ 0.8 × nginx, p99 ≤ 1.5 × nginx's, peak upstream
-#           connections ≤ 64, pusher-cutover's VmHWM ≤ 30 MiB.
+#           connections ≤ 64, pusher-cutover's VmHWM ≤ 30 MB (10^6 bytes).
 #           Arithmetic: a request holds an upstream stream or connection for
 #           REMOTE_SLEEP, so pusher-cutover carries at most
 #           max_connections / REMOTE_SLEEP upstream requests a second
@@ -70,7 +73,9 @@
 #           forwards it to the canned loopback upstream (subrequest to a
 #           proxy_pass location with upstream keep-alive), answering 202
 #           `202 ACCEPTED\n`, against pusher-cutover in front of the same
-#           upstream. Before measuring, both get a correctly signed trigger
+#           upstream (a listener each, so that their upstream connections
+#           are counted apart; stub_status counts the upstream's requests).
+#           Before measuring, both get a correctly signed trigger
 #           (202 expected), one with the body changed and one with the
 #           event name changed after signing (401 expected); with Sockudo
 #           available, the njs peer's translation is also sent to Sockudo,
@@ -551,9 +556,9 @@ scenario_njs() {
   [ -n "$JS_MOD" ] || log "warning: no ngx_http_js_module.so (Debian libnginx-mod-http-js); nginx -t will say"
   local check=0
   if [ -x "$SOCKUDO" ]; then check=1; start_sockudo; fi
-  # ports: upstream h1, upstream h2c, njs, njs against Sockudo, pc, pc admin
-  mapfile -t P < <($PY ports 6)
-  local up=${P[0]} uph2=${P[1]} njs=${P[2]} njs_check=${P[3]} pcp=${P[4]} pca=${P[5]}
+  # ports: upstream h1 for njs, upstream h2c, njs, njs against Sockudo, pc, pc admin, upstream h1 for pc
+  mapfile -t P < <($PY ports 8)
+  local up=${P[0]} uph2=${P[1]} njs=${P[2]} njs_check=${P[3]} pcp=${P[4]} pca=${P[5]} uppc=${P[6]} st=${P[7]}
   mkdir -p "$WORK/njs-up" "$WORK/njs"
   cp "$HERE/njs/legacy_trigger.js" "$WORK/njs/"
   {
@@ -562,7 +567,8 @@ scenario_njs() {
     nginx_common "$WORK/njs-up"
     echo "http {"
     nginx_http_common "$WORK/njs-up"
-    canned_upstream_server "$up" "$uph2"
+    canned_upstream_server "$up" "$uph2" "$uppc"
+    echo "    server { listen 127.0.0.1:$st; location / { stub_status; } }"
     echo "}"
   } > "$WORK/njs-up/nginx.conf"
   start_nginx njs-up
@@ -588,7 +594,7 @@ scenario_njs() {
   start_nginx njs
   local njs_pid=$LAST_PID
   wait_http "http://127.0.0.1:$njs/" "$njs_pid" njs
-  local pc_up=$up
+  local pc_up=$uppc
   uses_h2c njs && pc_up=$uph2
   start_pc pc-njs "$pcp" "$pca" "http://127.0.0.1:$pc_up" njs
   local pc_pid=$LAST_PID
@@ -609,8 +615,8 @@ scenario_njs() {
   warm "$njs" legacy_trigger "$CONNS"
   warm "$pcp" legacy_trigger "$CONNS"
   rounds njs "$CONNS" \
-    "njs|legacy_trigger|$njs|$(pids_with_children "$njs_pid" | tr '\n' ' ')|$up|" \
-    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|"
+    "njs|legacy_trigger|$njs|$(pids_with_children "$njs_pid" | tr '\n' ' ')|$up|$st" \
+    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|$st"
   stop_pid "$pc_pid"; stop_pid "$njs_pid"; stop_pid "$up_pid"
 }
 
