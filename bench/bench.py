@@ -11,6 +11,7 @@ Subcommands:
                           two /metrics snapshots, as route/outcome=N,...
   summarize RESULTS       print the report table from run.sh's results file
   sign METHOD PATH        print a signed URL query for a current-API call
+  metric-sum FILE NAME    sum of a metric's samples in a /metrics snapshot
   design RESULTS          print bench/throughput.sh's tables, ratios and targets
 
 Signing follows spec A.2 (the same rules as
@@ -392,6 +393,23 @@ def cmd_summarize(a):
             p(f"{key[0]:<9} {key[1]:<16} {key[2]:<28} statuses {st:<24} outcomes {parts}")
 
 
+def cmd_metric_sum(a):
+    """The sum of every sample of metric `name` (any labels) in a /metrics
+    snapshot; nothing printed when it has none (a build without it)."""
+    total, seen = 0.0, False
+    try:
+        text = open(a.file).read()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(a.name) and line[len(a.name):len(a.name) + 1] in ("{", " "):
+            total += float(line.rsplit(None, 1)[1])
+            seen = True
+    if seen:
+        print(f"{total:.0f}")
+    return 0
+
+
 def cmd_sign(a):
     body = a.body.encode() if a.body is not None else None
     print(sign_query(a.key, a.secret, a.method, a.path, int(time.time()), body, {}))
@@ -529,6 +547,9 @@ def main():
     sg.add_argument("--body")
     sg.add_argument("--key", default="bench-app-key")
     sg.add_argument("--secret", default="bench-app-secret")
+    ms = sub.add_parser("metric-sum")
+    ms.add_argument("file")
+    ms.add_argument("name")
     de = sub.add_parser("design")
     de.add_argument("results")
     o = sub.add_parser("outcomes")
@@ -540,7 +561,8 @@ def main():
     s.add_argument("results")
     a = ap.parse_args()
     return {"gen": cmd_gen, "probe": cmd_probe, "outcomes": cmd_outcomes, "ports": cmd_ports,
-     "summarize": cmd_summarize, "sign": cmd_sign, "design": cmd_design}[a.cmd](a)
+     "summarize": cmd_summarize, "sign": cmd_sign, "design": cmd_design,
+     "metric-sum": cmd_metric_sum}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -256,13 +256,14 @@ upstream_requests() {
 
 # peak_connections PORT FILE: until killed, samples every 0.1 s the
 # established TCP connections to 127.0.0.1:PORT (the connecting side's
-# sockets only: `ss … dport = :PORT`) and keeps the largest count in FILE.
+# sockets only: `ss … dport = :PORT`) and keeps the largest count in FILE
+# (written aside and renamed, so that FILE is whole whenever it is killed).
 peak_connections() {
   local peak=0 n
   echo 0 > "$2"
   while :; do
     n=$(ss -Htn state established "( dport = :$1 )" 2>/dev/null | wc -l)
-    if [ "$n" -gt "$peak" ]; then peak=$n; echo "$peak" > "$2"; fi
+    if [ "$n" -gt "$peak" ]; then peak=$n; echo "$peak" > "$2.new" && mv -f "$2.new" "$2"; fi
     sleep 0.1
   done
 }

@@ -4,7 +4,7 @@
 # peer, each scenario printing its ratios from one run (issue 19's targets).
 #
 #   bench/throughput.sh                    all three scenarios: 3 rounds of 10 s per target (~6 min after the build)
-#   bench/throughput.sh --quick            3 rounds of 3 s (~3 min)
+#   bench/throughput.sh --quick            3 rounds of 3 s (~4 min)
 #   bench/throughput.sh --scenario sockudo|remote|njs|all [--scenario …]
 #   bench/throughput.sh --duration S --rounds N [--connections C] [--remote-connections C]
 #                       [--bin PATH | --pgo] [--no-build] [--out FILE] [--keep]
@@ -42,6 +42,8 @@
 #           over HTTP/1.1, the reference (Sockudo closes every HTTP/1.1
 #           connection); pc-legacy: legacy triggers through pusher-cutover to
 #           Sockudo; pc-passthrough: current-API triggers through it.
+#           up/req: the proxy's upstream requests per client request
+#           (pusher_cutover_upstream_requests_total, when the build has it).
 #           Targets: legacy ≥ 1.5 × direct, passthrough ≥ 1.2 × direct.
 #  remote   the canned upstream of bench/canned-upstream.sh answering after
 #           REMOTE_SLEEP (echo_sleep, Debian libnginx-mod-http-echo), on an
@@ -327,11 +329,19 @@ probe() {
 }
 
 CLK_TCK=$(getconf CLK_TCK)
-# run SCENARIO ROUND TARGET KIND CONNS PORT "PIDS" [PEAK_PORT] [STATUS_PORT]
+# The proxy's own count of its upstream requests (a build without that
+# metric: none, and up/req stays "-" where the upstream cannot count).
+UPSTREAM_METRIC=pusher_cutover_upstream_requests_total
+pc_upstream_requests() { # ADMIN_PORT
+  curl -s --max-time 5 "http://127.0.0.1:$1/metrics" > "$WORK/m.now" 2>/dev/null || true
+  $PY metric-sum "$WORK/m.now" "$UPSTREAM_METRIC"
+}
+# run SCENARIO ROUND TARGET KIND CONNS PORT "PIDS" [PEAK_PORT] [STATUS_PORT] [ADMIN_PORT]
 run() {
-  local sc=$1 round=$2 target=$3 kind=$4 conns=$5 port=$6 pids=$7 peak_port=${8:-} status_port=${9:-}
-  local out="$WORK/wrk.out" sampler="" peak="-" upr="-" u0=0 u1 c0 c1 line
+  local sc=$1 round=$2 target=$3 kind=$4 conns=$5 port=$6 pids=$7 peak_port=${8:-} status_port=${9:-} admin=${10:-}
+  local out="$WORK/wrk.out" sampler="" peak="-" upr="-" u0=0 u1 c0 c1 line m0=""
   gen "$kind"
+  [ -z "$admin" ] || [ -n "$status_port" ] || m0=$(pc_upstream_requests "$admin")
   # shellcheck disable=SC2086
   c0=$(ticks_of $pids)
   [ -z "$status_port" ] || u0=$(upstream_requests "$status_port")
@@ -346,7 +356,7 @@ run() {
   fi
   # shellcheck disable=SC2086
   c1=$(ticks_of $pids)
-  if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; peak=$(cat "$WORK/peak"); fi
+  if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; peak=$(cat "$WORK/peak"); [ -n "$peak" ] || peak=-; fi
   line=$(grep '^BENCH_RESULT' "$out" || true)
   [ -n "$line" ] || { cat "$out" >&2; die "no result from wrk against $target ($sc)"; }
   eval "$(echo "${line#BENCH_RESULT }" | tr ' ' '\n' | sed 's/^/local w_/')"
@@ -360,6 +370,10 @@ run() {
     done
     # stub_status counts its own queries: the first one and the n + 1 since
     upr=$(awk -v a="$u0" -v b="$u1" -v q=$(( n + 1 )) -v r="$w_requests" 'BEGIN { printf "%.3f", (r > 0 ? (b - a - q) / r : 0) }')
+  elif [ -n "$m0" ]; then
+    sleep 0.5   # calls in flight when wrk stopped
+    u1=$(pc_upstream_requests "$admin")
+    [ -z "$u1" ] || upr=$(awk -v a="$m0" -v b="$u1" -v r="$w_requests" 'BEGIN { printf "%.3f", (r > 0 ? (b - a) / r : 0) }')
   fi
   local rps cpu_us sockerr rss
   rps=$(awk -v r="$w_requests" -v d="$w_duration_us" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
@@ -373,7 +387,7 @@ run() {
     "$sc" "$round" "$target" "$kind" "$conns" "$rps" "$w_p50_us" "$w_p99_us" "$cpu_us" "$w_status" "$sockerr" "$peak" "$upr")"
   sleep 1
 }
-# rounds SCENARIO CONNS SPEC...: each SPEC is "target|kind|port|pids|peak_port|status_port";
+# rounds SCENARIO CONNS SPEC...: each SPEC is "target|kind|port|pids|peak_port|status_port|admin_port";
 # in round r the targets run in order starting at the r-th (rotating).
 rounds() {
   local sc=$1 conns=$2 r j k t
@@ -383,8 +397,8 @@ rounds() {
   for (( r=1; r<=ROUNDS; r++ )); do
     for (( j=0; j<k; j++ )); do
       t=$(( (j + r - 1) % k ))
-      IFS='|' read -r target kind port pids peak status <<<"${specs[$t]}"
-      run "$sc" "$r" "$target" "$kind" "$conns" "$port" "$pids" "$peak" "$status"
+      IFS='|' read -r target kind port pids peak status admin <<<"${specs[$t]}"
+      run "$sc" "$r" "$target" "$kind" "$conns" "$port" "$pids" "$peak" "$status" "$admin"
     done
   done
 }
@@ -475,8 +489,8 @@ scenario_sockudo() {
   warm "${P[0]}" legacy_trigger "$CONNS"
   rounds sockudo "$CONNS" \
     "direct|current_trigger|$SOCKUDO_PORT|$SOCKUDO_PID||" \
-    "pc-legacy|legacy_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT|" \
-    "pc-passthrough|current_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT|"
+    "pc-legacy|legacy_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT||${P[1]}" \
+    "pc-passthrough|current_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT||${P[1]}"
   curl -s --max-time 5 "http://127.0.0.1:${P[1]}/metrics" > "$WORK/pc-sockudo.metrics" || true
   stop_pid "$pc_pid"; stop_pid "$SOCKUDO_PID"
 }
