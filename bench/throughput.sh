@@ -7,7 +7,7 @@
 #   bench/throughput.sh --quick            3 rounds of 3 s (~4 min)
 #   bench/throughput.sh --scenario sockudo|remote|njs|all [--scenario …]
 #   bench/throughput.sh --duration S --rounds N [--connections C] [--remote-connections C]
-#                       [--bin PATH | --pgo] [--no-build] [--out FILE] [--keep]
+#                       [--bin PATH | --pgo] [--no-build] [--out FILE] [--keep] [--label TEXT]
 #   bench/run.sh --scenario sockudo|remote|njs|all …   the same, from bench/run.sh
 #
 #   --bin PATH: measure that pusher-cutover binary (no build); default
@@ -16,7 +16,8 @@
 #   target/pgo/release/pusher-cutover, built first unless --no-build.
 #   --out FILE: where the summary goes (default bench/last-throughput.txt,
 #   raw rows beside it as .tsv; --out "" for none). --keep keeps the temp
-#   dir (configs, logs).
+#   dir (configs, logs). --label TEXT: printed in the summary as what the
+#   binary is (e.g. the commit it was built from, for a --bin build).
 #
 # Environment:
 #   SOCKUDO_BIN            Sockudo 5.2.0 (default: `sockudo` on PATH, else ~/.cargo/bin/sockudo)
@@ -107,6 +108,7 @@ QUICK=0
 PGO=0
 BIN=""
 SCENARIOS=()
+LABEL=""
 UPSTREAM_MAX=${PC_MAX_CONNECTIONS:-64}
 REMOTE_SLEEP=${REMOTE_SLEEP:-0.02}
 CMDLINE="bench/throughput.sh $*"
@@ -126,6 +128,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --label) LABEL=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -650,6 +653,7 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo "pusher-cutover throughput by design — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command:  $CMDLINE (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, remote $REMOTE_CONNS connections, $NREQ signed requests per run)"
   echo "commit:   $GIT_REV ($GIT_DIRTY) of the tree the script ran from; binary $BIN (sha256 $BIN_SUM), $BUILD_KIND"
+  [ -z "$LABEL" ] || echo "build:    $LABEL"
   echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "versions: $(ver "$NGINX" -v) (njs $(dpkg-query -W -f '${Version}' libnginx-mod-http-js 2>/dev/null || echo ?), echo $(dpkg-query -W -f '${Version}' libnginx-mod-http-echo 2>/dev/null || echo ?)) | $( [ -x "$SOCKUDO" ] && ver "$SOCKUDO" --version || echo 'no sockudo') | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3)"
   echo "binary knows: upstream.protocol $( [ "$HAS_PROTOCOL" -eq 1 ] && echo yes || echo no), upstream.batch_in_flight $( [ "$HAS_BATCH_IN_FLIGHT" -eq 1 ] && echo yes || echo no), upstream.batch_max $( [ "$HAS_BATCH_MAX" -eq 1 ] && echo yes || echo no)"
