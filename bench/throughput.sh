@@ -111,7 +111,15 @@ SCENARIOS=()
 LABEL=""
 UPSTREAM_MAX=${PC_MAX_CONNECTIONS:-64}
 REMOTE_SLEEP=${REMOTE_SLEEP:-0.02}
-CMDLINE="bench/throughput.sh $*"
+# The command as the summary prints it: a --bin path outside the tree by
+# its file name only (the summary speaks of builds, not of machine paths).
+CMDLINE="bench/throughput.sh"
+shown_path() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; /*) basename "$1" ;; *) echo "$1" ;; esac; }
+prev=""
+for a in "$@"; do
+  if [ "$prev" = --bin ]; then CMDLINE+=" $(shown_path "$a")"; else CMDLINE+=" $a"; fi
+  prev=$a
+done
 
 usage() { sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -344,7 +352,8 @@ run() {
   local sc=$1 round=$2 target=$3 kind=$4 conns=$5 port=$6 pids=$7 peak_port=${8:-} status_port=${9:-} admin=${10:-}
   local out="$WORK/wrk.out" sampler="" peak="-" upr="-" u0=0 u1 c0 c1 line m0=""
   gen "$kind"
-  [ -z "$admin" ] || [ -n "$status_port" ] || m0=$(pc_upstream_requests "$admin")
+  # (legacy triggers only: the counter may leave passthrough calls out)
+  [ -z "$admin" ] || [ -n "$status_port" ] || [ "$kind" != legacy_trigger ] || m0=$(pc_upstream_requests "$admin")
   # shellcheck disable=SC2086
   c0=$(ticks_of $pids)
   [ -z "$status_port" ] || u0=$(upstream_requests "$status_port")
@@ -652,7 +661,7 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
 {
   echo "pusher-cutover throughput by design — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command:  $CMDLINE (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, remote $REMOTE_CONNS connections, $NREQ signed requests per run)"
-  echo "commit:   $GIT_REV ($GIT_DIRTY) of the tree the script ran from; binary $BIN (sha256 $BIN_SUM), $BUILD_KIND"
+  echo "commit:   $GIT_REV ($GIT_DIRTY) of the tree the script ran from; binary $(shown_path "$BIN") (sha256 $BIN_SUM), $BUILD_KIND"
   [ -z "$LABEL" ] || echo "build:    $LABEL"
   echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
   echo "versions: $(ver "$NGINX" -v) (njs $(dpkg-query -W -f '${Version}' libnginx-mod-http-js 2>/dev/null || echo ?), echo $(dpkg-query -W -f '${Version}' libnginx-mod-http-echo 2>/dev/null || echo ?)) | $( [ -x "$SOCKUDO" ] && ver "$SOCKUDO" --version || echo 'no sockudo') | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3)"
