@@ -22,7 +22,7 @@ use crate::telemetry::logging;
 /// per-channel trigger) in front of a current-API server, and records who
 /// still makes them.
 #[derive(Debug, Parser)]
-#[command(name = "pusher-cutover", version, about)]
+#[command(name = "pusher-cutover", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -44,20 +44,29 @@ enum Command {
     /// the PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET and
     /// PUSHER_CLUSTER (or PUSHER_HOST, PUSHER_PORT, PUSHER_SCHEME)
     /// environment variables.
+    #[command(after_help = EXIT_CODES)]
     Serve {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Check a configuration file; list every problem and exit 1 if any.
+    /// An unset variable named by `secret_env` or `token_env` is a warning
+    /// (exit 0), so a file can be linted where its secrets are not.
     Validate {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Treat an unset `secret_env` or `token_env` variable as an error
+        /// (as `serve` does).
+        #[arg(long)]
+        require_env: bool,
     },
     /// Report who still makes deprecated calls, from one or more ledgers
-    /// (merged). Exits 1 with --fail-if-used-since when calls were seen in
-    /// that window, 2 when a ledger cannot be read.
+    /// (merged) or from Prometheus. With --fail-if-used-since: exits 1
+    /// when calls were seen in that window, 2 when the evidence is
+    /// incomplete (a ledger starting inside the window, a gap in
+    /// Prometheus' scrapes) or cannot be read, 0 only for a proven zero.
     Report {
         /// Read the ledger in this config's [telemetry] data_dir.
         #[arg(long)]
@@ -68,20 +77,67 @@ enum Command {
         /// Read a running sidecar's admin /usage URL (repeatable).
         #[arg(long = "url", value_name = "URL")]
         urls: Vec<hyper::Uri>,
-        /// Only calls in this window, e.g. 7d, 24h (default: everything kept).
+        /// Only calls in this window, e.g. 7d, 24h (default: everything kept;
+        /// 7d with --prometheus).
         #[arg(long)]
         since: Option<humantime::Duration>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
-        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h.
+        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h;
+        /// 2 if no call was seen but the evidence does not cover the window
+        /// (a ledger started inside it, a gap in the scrapes); 0 otherwise.
         #[arg(long, value_name = "WINDOW")]
         fail_if_used_since: Option<humantime::Duration>,
         /// Send the token in this environment variable as `Authorization:
-        /// Bearer` to every --url (the sidecars' `[admin] token`).
+        /// Bearer` to every --url (the sidecars' `[admin] token`), or to
+        /// --prometheus.
         #[arg(long, value_name = "NAME")]
         token_env: Option<String>,
+        #[command(flatten)]
+        fleet: Box<FleetArgs>,
     },
+}
+
+/// `report --prometheus`: the fleet from Prometheus instead of ledgers.
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Read the fleet from this Prometheus (its HTTP API base URL)
+    /// instead of ledgers. The gate then exits 2 when the evidence is
+    /// incomplete (a sidecar not scraped for part of the window, the
+    /// window past retention, no sidecar), naming each gap.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "data_dirs", "urls"])]
+    prometheus: Option<hyper::Uri>,
+    /// The sidecars' scrape job.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "pusher-cutover",
+        requires = "prometheus"
+    )]
+    job: String,
+    /// Only this app (repeatable), for the report and the gate.
+    #[arg(long = "app", value_name = "ID", requires = "prometheus")]
+    apps: Vec<String>,
+    /// The target label that names a sidecar (`pod` with the Kubernetes
+    /// relabelling in deploy/README.md).
+    #[arg(
+        long,
+        value_name = "LABEL",
+        default_value = "instance",
+        requires = "prometheus"
+    )]
+    instance_label: String,
+    /// A gap unless at least N sidecars are up at the window's end.
+    #[arg(long, value_name = "N", requires = "prometheus")]
+    expect_instances: Option<usize>,
+    /// A gap unless every sidecar serves this app (repeatable; also
+    /// selects it, like --app).
+    #[arg(long = "expect-app", value_name = "ID", requires = "prometheus")]
+    expect_apps: Vec<String>,
+    /// The job's scrape interval, when Prometheus' targets do not say.
+    #[arg(long, value_name = "DURATION", requires = "prometheus")]
+    scrape_interval: Option<humantime::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,6 +145,35 @@ enum ReportFormat {
     Table,
     Json,
     Html,
+}
+
+/// The exit codes, as `--help` lists them.
+const EXIT_CODES: &str = "\
+Exit codes of serve:
+  0    stopped after SIGTERM or SIGINT, the ledger written
+  1    stopped, but the usage ledger could not be written (calls lost)
+  64   usage error: unknown subcommand, option or value (every subcommand)
+  69   runtime failure: a listener cannot be bound, the ledger cannot be opened
+  78   configuration error: the file cannot be read or is invalid, TLS files unusable
+  130  a second SIGINT during the graceful shutdown
+  143  a second SIGTERM during the graceful shutdown
+validate: 0 valid (warnings allowed), 1 invalid. report: 0, 1 with --fail-if-used-since
+when calls were seen, 2 when a source cannot be read.";
+
+/// The process's exit codes (sysexits.h where one fits), so a supervisor
+/// or a script can tell a typo from a bad config from a busy port.
+pub mod exit {
+    /// A usage error: unknown subcommand, option or value (`EX_USAGE`).
+    /// Not clap's default 2, which `report`'s gate means "evidence
+    /// incomplete".
+    pub const USAGE: u8 = 64;
+    /// A runtime failure: a listener cannot be bound or the ledger opened
+    /// (`EX_UNAVAILABLE`).
+    pub const UNAVAILABLE: u8 = 69;
+    /// The configuration cannot be read or is invalid (`EX_CONFIG`).
+    pub const CONFIG: u8 = 78;
+    /// `serve` stopped, but the usage ledger could not be written.
+    pub const LEDGER_LOST: u8 = 1;
 }
 
 /// The target of the lines `serve` logs itself: the crate root's, as when
@@ -116,6 +201,19 @@ enum ServeError {
     Run(#[source] RunError),
 }
 
+impl ServeError {
+    /// The process's exit code for this error (see [`exit`]).
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Run(RunError::Tls(_)) => exit::CONFIG,
+            Self::Bind { .. } | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_)) => {
+                exit::UNAVAILABLE
+            }
+            Self::Run(RunError::LedgerNotWritten { .. }) => exit::LEDGER_LOST,
+        }
+    }
+}
+
 /// Why `report` has nothing to read.
 #[derive(Debug, thiserror::Error)]
 enum SourcesError {
@@ -136,15 +234,32 @@ enum SourcesError {
     Nothing,
 }
 
-/// Parses the process's command line and runs it; its exit code: 0, or 1
-/// when `serve` fails, `validate` finds problems or `report
-/// --fail-if-used-since` finds calls, 2 when `report` has nothing it can
-/// read. Logging is set up for `serve` only: `validate` and `report` print
-/// their results.
+/// Parses the process's command line and runs it; its exit code is one of
+/// [`EXIT_CODES`]: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
+/// [`exit::UNAVAILABLE`] or [`exit::LEDGER_LOST`]; `validate` exits 1 when
+/// it finds problems; `report` 1 when `--fail-if-used-since` finds calls,
+/// 2 when it has nothing it can read or its gate's evidence is
+/// incomplete. Logging is set up for `serve` only:
+/// `validate` and `report` print their results.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` go to stdout and exit 0; a usage
+            // error is printed with clap's hint and gets its own code.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate {
+            config,
+            require_env,
+        } => validate(&config, require_env),
         Command::Report {
             config,
             data_dirs,
@@ -153,25 +268,39 @@ pub fn main() -> ExitCode {
             format,
             fail_if_used_since,
             token_env,
+            fleet,
         } => {
+            let token = match report_token(token_env) {
+                Ok(token) => token,
+                Err(name) => {
+                    eprintln!("report: --token-env {name}: the variable is not set");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(url) = fleet.prometheus {
+                let query = report::prometheus::FleetQuery {
+                    url,
+                    selector: report::promql::Selector {
+                        job: fleet.job,
+                        apps: fleet
+                            .apps
+                            .into_iter()
+                            .chain(fleet.expect_apps.iter().cloned())
+                            .collect(),
+                        instance_label: fleet.instance_label,
+                    },
+                    since: since.map_or(FLEET_DEFAULT_WINDOW, Into::into),
+                    gate: fail_if_used_since.map(Into::into),
+                    expect_instances: fleet.expect_instances,
+                    expect_apps: fleet.expect_apps,
+                    scrape_interval: fleet.scrape_interval.map(Into::into),
+                };
+                return fleet_report(&query, token.as_ref(), format);
+            }
             let (sources, configured) = match report_sources(config, data_dirs, urls) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("report: {}", ErrorChain(&e));
-                    return ExitCode::from(2);
-                }
-            };
-            let token = match token_env.map(|name| {
-                std::env::var(&name)
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .map(secrecy::SecretString::from)
-                    .ok_or(name)
-            }) {
-                None => None,
-                Some(Ok(token)) => Some(token),
-                Some(Err(name)) => {
-                    eprintln!("report: --token-env {name}: the variable is not set");
                     return ExitCode::from(2);
                 }
             };
@@ -192,8 +321,8 @@ pub fn main() -> ExitCode {
             match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(target: TARGET, "{}", ErrorChain(&e));
-                    ExitCode::FAILURE
+                    tracing::error!(target: TARGET, exit_code = e.exit_code(), "{}", ErrorChain(&e));
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -208,17 +337,26 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// `validate`: prints a summary and exits 0, or lists every problem on
-/// stderr and exits 1.
-fn validate(path: &Path) -> ExitCode {
-    match load(Some(path)) {
-        Ok(config) => {
+/// `validate`: prints a summary (and any warning, on stderr) and exits 0,
+/// or lists every problem on stderr and exits 1. Unless `require_env`, an
+/// unset secret variable is a warning ([`Config::lint_file`]).
+fn validate(path: &Path, require_env: bool) -> ExitCode {
+    match Config::lint_file(path, &config::process_env, require_env) {
+        Ok((config, warnings)) => {
             println!(
-                "{}: valid ({} app(s), upstream {})",
+                "{}: valid ({} app(s), upstream {}){}",
                 path.display(),
                 config.apps.len(),
-                config.upstream.url
+                config.upstream.url,
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", warnings.len())
+                }
             );
+            for warning in &warnings {
+                eprintln!("  warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -306,8 +444,80 @@ async fn report(
             );
             return ExitCode::FAILURE;
         }
+        let gaps = report::evidence::ledger_gaps(usage.recorded_since, cutoff);
+        if !gaps.is_empty() {
+            eprintln!(
+                "no deprecated call was seen in the last {}, but the evidence is incomplete, \
+                 so zero is not proven:",
+                humantime::format_duration(window)
+            );
+            for gap in &gaps {
+                eprintln!("  gap: {gap}");
+            }
+            return ExitCode::from(2);
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// The report window of `report --prometheus` without `--since`.
+const FLEET_DEFAULT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// The token `--token-env` names, or that name when it is not set.
+fn report_token(token_env: Option<String>) -> Result<Option<secrecy::SecretString>, String> {
+    match token_env {
+        None => Ok(None),
+        Some(name) => std::env::var(&name)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| Some(secrecy::SecretString::from(t)))
+            .ok_or(name),
+    }
+}
+
+/// `report --prometheus`: prints the fleet's report; with a gate, exits 1
+/// when calls were seen (naming app, library and sidecar), else 2 when
+/// its evidence has gaps (naming each) or Prometheus cannot be asked, 0
+/// for a proven zero.
+#[tokio::main(flavor = "current_thread")]
+async fn fleet_report(
+    query: &report::prometheus::FleetQuery,
+    token: Option<&secrecy::SecretString>,
+    format: ReportFormat,
+) -> ExitCode {
+    let now = OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let fleet = match report::prometheus::fetch(query, token, now).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("report: {}", ErrorChain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let mut built = report::build_for(&fleet.usage, now, Some(query.since), &fleet.apps);
+    built.prometheus = Some(fleet.evidence);
+    let text = match format {
+        ReportFormat::Table => report::render_table(&built),
+        ReportFormat::Json => report::render_json(&built),
+        ReportFormat::Html => report::render_html(&built),
+    };
+    if let Err(e) = print_out(&text) {
+        eprintln!("report: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
+    match (&fleet.gate, query.gate) {
+        (Some(answer), Some(window)) => {
+            eprint!("{}", report::prometheus::render_gate(answer, window));
+            if !answer.uses.is_empty() {
+                ExitCode::FAILURE
+            } else if !answer.gaps.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// Logs each configured app with its cutover stage, and warns when there

@@ -35,52 +35,155 @@ pub struct Reloader {
     source: ConfigSource,
     proxy: Proxy,
     telemetry: Arc<Telemetry>,
+    /// The hash of the configuration the process started with: its
+    /// restart-only settings stay in force until a restart.
+    started: String,
+    /// The settings the last applied reload left waiting for a restart.
+    pending: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+/// A reload that was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The hash of the configuration now in force: the file's, or, when
+    /// some of its settings wait for a restart, one of its own (the file's
+    /// with the started configuration's restart-only settings).
+    pub hash: String,
+    /// The hash of the file as read.
+    pub file_hash: String,
+    /// The settings whose new values wait for a restart (`listen`,
+    /// `workers`, …); empty when the file is in force as a whole.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Reloaded {
+    /// The answer's text: `reloaded config=<hash>`, and when settings wait
+    /// for a restart `; restart needed for: listen, workers (…)`.
+    pub fn summary(&self) -> String {
+        if self.restart_needed.is_empty() {
+            format!("reloaded config={}", self.hash)
+        } else {
+            format!(
+                "reloaded config={}; restart needed for: {} (the file's config={} is in force \
+                 only after a restart; until then these settings keep their running values)",
+                self.hash,
+                self.restart_needed.join(", "),
+                self.file_hash
+            )
+        }
+    }
 }
 
 impl Reloader {
     /// A reloader of `proxy` from `source`.
     pub fn new(source: ConfigSource, proxy: Proxy, telemetry: Arc<Telemetry>) -> Self {
+        let started = proxy.current().config().hash.clone();
         Self {
             source,
             proxy,
             telemetry,
+            started,
+            pending: Arc::default(),
         }
     }
 
+    /// The settings whose new values wait for a restart, as the last
+    /// applied reload found them (empty when the file is in force).
+    pub fn restart_needed(&self) -> Vec<&'static str> {
+        self.pending.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
     /// Re-reads and validates the configuration, then swaps it in for new
-    /// requests; returns its hash. On failure the running configuration is
-    /// kept and every problem is logged.
-    pub fn reload(&self) -> Result<String, ConfigError> {
+    /// requests: every setting a reload can change takes its new value,
+    /// the restart-only ones ([`restart_only_changes`]) keep theirs, and
+    /// the configuration's hash (in `/readyz` and `build_info`) says so.
+    /// Logs each app's changes, one line each. On failure the running
+    /// configuration is kept and the problems are logged on one line.
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         match self.source.load() {
-            Ok(config) => {
+            Ok(mut config) => {
                 let current = self.proxy.current();
-                let ignored = restart_only_changes(current.config(), &config);
-                if !ignored.is_empty() {
-                    tracing::warn!(
-                        settings = ?ignored,
-                        "these settings changed but take effect only after a restart"
-                    );
-                }
-                for change in app_changes(current.config(), &config) {
+                let running = current.config();
+                let restart_needed = restart_only_changes(running, &config);
+                for change in app_changes(running, &config) {
                     tracing::info!("{change}");
+                }
+                let file_hash = config.hash.clone();
+                if !restart_needed.is_empty() {
+                    keep_restart_only(running, &mut config);
+                    config.hash = Config::derived_hash(&[
+                        &file_hash,
+                        "restart-only settings of",
+                        &self.started,
+                    ]);
+                    tracing::warn!(
+                        settings = %restart_needed.join(", "),
+                        config_hash = %config.hash,
+                        file_config_hash = %file_hash,
+                        "configuration reloaded in part: restart needed for these settings, which keep their running values"
+                    );
                 }
                 let hash = config.hash.clone();
                 self.telemetry.configure(&config);
                 self.proxy.reload(config);
                 self.telemetry.reloaded(true);
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.clone_from(&restart_needed);
+                }
                 tracing::info!(config_hash = %hash, "configuration reloaded");
-                Ok(hash)
+                Ok(Reloaded {
+                    hash,
+                    file_hash,
+                    restart_needed,
+                })
             }
             Err(e) => {
                 self.telemetry.reloaded(false);
                 tracing::error!(
-                    problems = %e.problems().join("; "),
+                    problems = %one_line(&e.problems().join("; ")),
                     "configuration reload refused; the previous configuration keeps serving"
                 );
                 Err(e)
             }
         }
     }
+}
+
+/// `text` on one line: each run of line breaks (and the indentation after
+/// it) as ` | `, so a TOML syntax error's excerpt stays one log line.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str(" | ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Gives `new` the values of `running`'s restart-only settings (those
+/// [`restart_only_changes`] compares), which a reload cannot change.
+fn keep_restart_only(running: &Config, new: &mut Config) {
+    new.listen = running.listen;
+    new.admin.listen = running.admin.listen;
+    new.admin.token.clone_from(&running.admin.token);
+    new.workers = running.workers;
+    new.header_timeout = running.header_timeout;
+    new.max_header_bytes = running.max_header_bytes;
+    new.max_connections = running.max_connections;
+    new.tls.clone_from(&running.tls);
+    new.shutdown_grace = running.shutdown_grace;
+    let (o, n) = (&running.telemetry, &mut new.telemetry);
+    n.data_dir.clone_from(&o.data_dir);
+    n.max_callers_per_app = o.max_callers_per_app;
+    n.retention_days = o.retention_days;
+    n.flush_interval = o.flush_interval;
 }
 
 /// What a reload changes per app, one line each: `app 4242: mode observe →
@@ -153,7 +256,8 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Settings that a reload cannot change (they are bound at start).
+/// Settings that a reload cannot change (they are bound at start), by
+/// their keys.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.telemetry, &new.telemetry);
     [
@@ -165,6 +269,15 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             token(old) != token(new)
         }),
         ("workers", old.workers != new.workers),
+        (
+            "max_header_bytes",
+            old.max_header_bytes != new.max_header_bytes,
+        ),
+        (
+            "max_connections",
+            old.max_connections != new.max_connections,
+        ),
+        ("tls", old.tls != new.tls),
         (
             "header_timeout_ms",
             old.header_timeout != new.header_timeout,

@@ -567,7 +567,11 @@ fn container_config_parses_and_binds_for_a_container() {
     };
     let config = Config::from_toml_str(&text, &env)
         .unwrap_or_else(|e| panic!("deploy/config.toml: {:?}", e.problems()));
-    assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        config.listen.to_string(),
+        "127.0.0.1:8080",
+        "the proxy is for the app in the same Pod only"
+    );
     assert_eq!(
         config.admin.listen.map(|a| a.to_string()).as_deref(),
         Some("0.0.0.0:9090"),
@@ -649,4 +653,53 @@ fn kustomization_lists_every_manifest() {
 fn kustomization_resources_are_read_from_the_resources_key() {
     let text = "# c\napiVersion: v1\nresources:\n  - a.yaml\n  # skipped\n  - \"b.yaml\"\nimages:\n  - name: x\n";
     assert_eq!(kustomization_resources(text), ["a.yaml", "b.yaml"]);
+}
+
+/// The `port:` values of the NetworkPolicy's ingress rules that are not
+/// commented out.
+fn policy_ports(text: &str) -> Vec<u16> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            l.strip_prefix("port:")
+                .or_else(|| l.strip_prefix("- port:"))
+        })
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// The NetworkPolicy selects the Pod, restricts ingress, and admits only
+/// to the admin port of the shipped config, never to the proxy port (the
+/// full structural check, peers included, is in `.ci/deploy-checks`).
+#[test]
+fn network_policy_admits_only_to_the_admin_port() {
+    let config = Config::from_toml_str(&read_deploy("config.toml"), &|n| Some(format!("x-{n}")))
+        .expect("deploy/config.toml");
+    let admin = config.admin.listen.expect("admin listener").port();
+    let policy = read_deploy("kubernetes/networkpolicy.yaml");
+    assert!(policy.contains("kind: NetworkPolicy"), "{policy}");
+    assert!(policy.contains("policyTypes:\n    - Ingress"), "{policy}");
+    assert!(
+        policy.contains("podSelector:\n    matchLabels:\n      app.kubernetes.io/name: legacy-app"),
+        "selects the Pod"
+    );
+    assert!(
+        read_deploy("kubernetes/deployment.yaml")
+            .contains("    metadata:\n      labels:\n        app.kubernetes.io/name: legacy-app"),
+        "the Pod carries the label the policy selects"
+    );
+    assert!(
+        policy.contains("app.kubernetes.io/name: prometheus"),
+        "the scraper"
+    );
+    assert_eq!(policy_ports(&policy), [admin], "only the admin port");
+    assert!(!policy_ports(&policy).contains(&config.listen.port()));
+    assert!(!policy.contains("ipBlock"), "peers by labels only");
+}
+
+#[test]
+fn policy_ports_skip_comments() {
+    let text = "      ports:\n        - protocol: TCP\n          port: 9090\n    #   port: 8000\n        - port: 7\n";
+    assert_eq!(policy_ports(text), [9090, 7]);
 }

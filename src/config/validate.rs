@@ -12,9 +12,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::raw::{RawApp, RawConfig};
 use super::{
-    AdminConfig, AppConfig, Brownout, Collected, Config, ConfigError, Credentials, EnvLookup,
-    MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES, MIN_RETENTION_DAYS, Mode,
-    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, AppConfig, Batching, Brownout, Collected, Config, ConfigError, Credentials,
+    EnvLookup, MAX_BATCH_EVENTS, MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES,
+    MIN_RETENTION_DAYS, Mode, SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 
 impl RawConfig {
@@ -31,6 +32,7 @@ impl RawConfig {
         problems.positive("timestamp_window_secs", self.timestamp_window_secs);
         problems.positive("max_body_bytes", self.max_body_bytes as u64);
         problems.positive("header_timeout_ms", self.header_timeout_ms);
+        problems.positive("keepalive_timeout_ms", self.keepalive_timeout_ms);
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
         problems.positive("max_connections", self.max_connections as u64);
@@ -62,6 +64,19 @@ impl RawConfig {
             "upstream.max_connections",
             self.upstream.max_connections as u64,
         );
+        // Coalescing of legacy triggers.
+        problems.positive(
+            "upstream.batch_in_flight",
+            self.upstream.batch_in_flight as u64,
+        );
+        if !(1..=MAX_BATCH_EVENTS).contains(&self.upstream.batch_max) {
+            problems.add(
+                "upstream.batch_max",
+                format!(
+                    "must be 1 to {MAX_BATCH_EVENTS} (events per batch_events request; Pusher accepts at most {MAX_BATCH_EVENTS}; 1 turns coalescing off)"
+                ),
+            );
+        }
 
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
@@ -121,6 +136,15 @@ impl RawConfig {
                 Uri::from_static("http://invalid")
             }
         };
+        // upstream.protocol
+        if self.upstream.protocol == UpstreamProtocol::H2c && url.scheme_str() == Some("https") {
+            problems.add(
+                "upstream.protocol",
+                "`h2c` is HTTP/2 over cleartext and needs an `http://` url; \
+                 over `https://`, `auto` negotiates HTTP/2 by ALPN"
+                    .to_owned(),
+            );
+        }
         let is_pusher = url
             .host()
             .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
@@ -154,6 +178,7 @@ impl RawConfig {
             timestamp_window_secs: self.timestamp_window_secs,
             max_body_bytes: self.max_body_bytes,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             bypass: self.bypass,
@@ -169,6 +194,11 @@ impl RawConfig {
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 max_connections: self.upstream.max_connections,
+                protocol: self.upstream.protocol,
+            },
+            batching: Batching {
+                in_flight: self.upstream.batch_in_flight,
+                max: self.upstream.batch_max,
             },
             admin: AdminConfig {
                 listen: admin_listen,
@@ -463,4 +493,74 @@ pub(super) fn parse_upstream_url(text: &str) -> Result<Uri, String> {
         .path_and_query("/")
         .build()
         .map_err(|e| format!("`{text}` is not a URL ({e})"))
+}
+
+/// What [`Config::lint_file`] stands in for a secret whose environment
+/// variable is unset, so the rest of the file is still checked.
+const UNSET_PLACEHOLDER: &str = "unset-secret-placeholder";
+
+impl Config {
+    /// Loads and validates `path` for `validate`, which may run where the
+    /// secrets are not (a CI job linting the file). With `require_env`
+    /// false, an unset or empty variable named by `apps[].secret_env`,
+    /// `apps[].upstream.secret_env` or `admin.token_env` is returned as a
+    /// warning (one per key) instead of an error, and every other problem
+    /// is still reported; with `require_env` true this is
+    /// [`Config::from_file`]. The returned config is for the summary only:
+    /// its unset secrets are placeholders.
+    pub fn lint_file(
+        path: &std::path::Path,
+        env: EnvLookup<'_>,
+        require_env: bool,
+    ) -> Result<(Self, Vec<super::Problem>), ConfigError> {
+        if require_env {
+            return Self::from_file(path, env).map(|c| (c, Vec::new()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text)?;
+        let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+        let mut warnings = Vec::new();
+        let mut unset = HashSet::new();
+        let mut named = |key: String, var: &Option<String>| {
+            if let Some(var) = var
+                && !set(var)
+            {
+                warnings.push(super::Problem {
+                    key,
+                    message: format!(
+                        "environment variable `{var}` is not set or empty (required by `serve`; \
+                         `validate --require-env` makes this an error)"
+                    ),
+                });
+                unset.insert(var.clone());
+            }
+        };
+        named("admin.token_env".into(), &raw.admin.token_env);
+        for (i, app) in raw.apps.iter().enumerate() {
+            named(format!("apps[{i}].secret_env"), &app.secret_env);
+            if let Some(up) = &app.upstream {
+                named(format!("apps[{i}].upstream.secret_env"), &up.secret_env);
+            }
+        }
+        let lenient = |name: &str| {
+            if unset.contains(name) {
+                Some(UNSET_PLACEHOLDER.to_owned())
+            } else {
+                env(name)
+            }
+        };
+        Self::from_toml_str(&text, &lenient).map(|c| (c, warnings))
+    }
+}
+
+impl Config {
+    /// A configuration hash (as [`Config::hash`]) derived from `parts`,
+    /// for a configuration in force that is no file's as a whole (a reload
+    /// that keeps restart-only settings).
+    pub fn derived_hash(parts: &[&str]) -> String {
+        super::source_hash(&parts.join("\n"))
+    }
 }

@@ -238,11 +238,25 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => respond(StatusCode::OK, OPENMETRICS, admin.telemetry.metrics_text()),
         "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        "/readyz" if admin.ready.load(Ordering::Acquire) => respond(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            format!("ready config={}\n", admin.telemetry.config_hash()),
-        ),
+        "/readyz" if admin.ready.load(Ordering::Acquire) => {
+            // The hash in force; and the settings a reload could not
+            // apply, when there are any.
+            let pending = admin
+                .reloader
+                .as_ref()
+                .map(Reloader::restart_needed)
+                .unwrap_or_default();
+            let pending = if pending.is_empty() {
+                String::new()
+            } else {
+                format!(" restart_needed={}", pending.join(","))
+            };
+            respond(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                format!("ready config={}{pending}\n", admin.telemetry.config_hash()),
+            )
+        }
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
@@ -263,8 +277,9 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// `POST /reload`: re-read the configuration; 200 with the new hash, or 400
-/// with the problems (the previous configuration keeps serving).
+/// `POST /reload`: re-read the configuration; 200 with the hash now in
+/// force (and the settings that need a restart, if any), or 400 with the
+/// problems on one line (the previous configuration keeps serving).
 fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != Method::POST {
@@ -277,13 +292,13 @@ fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
         return respond(StatusCode::CONFLICT, TEXT, "reloading is not enabled\n");
     };
     match reloader.reload() {
-        Ok(hash) => respond(StatusCode::OK, TEXT, format!("reloaded config={hash}\n")),
+        Ok(reloaded) => respond(StatusCode::OK, TEXT, format!("{}\n", reloaded.summary())),
         Err(e) => respond(
             StatusCode::BAD_REQUEST,
             TEXT,
             format!(
                 "reload refused, previous configuration kept: {}\n",
-                e.problems().join("; ")
+                crate::reload::one_line(&e.problems().join("; "))
             ),
         ),
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
-use hyper::{Method, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::map_failure;
@@ -188,8 +188,8 @@ async fn exchange(
     // A loop rather than a second call after the first, so that no answer
     // is held while the next is awaited.
     let answer = loop {
-        let build = |call: &Call<'_>| call.signed_request(Method::GET, &path, None, info);
-        let answer = call.exchange(build, deadline).await?;
+        // Shared with identical concurrent queries (single flight).
+        let answer = super::single_flight::exchange(call, &path, channel, info, deadline).await?;
         if probing
             && info == Some("subscription_count")
             && counting_disabled(answer.status, &answer.body)
@@ -226,7 +226,12 @@ async fn exchange(
         let headers = http::answer_headers(HeaderValue::from_static(APPLICATION_JSON));
         return Ok((StatusCode::OK, headers, body));
     }
-    let r = map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+    let r = map_failure(
+        &app.config.id,
+        answer.status,
+        &answer.headers,
+        answer.body.clone(),
+    )?;
     Ok((r.status, r.headers, r.body))
 }
 
@@ -263,12 +268,15 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
             state.telemetry.shadow_mismatch(&app_id, field);
         }
         if !differing.is_empty() {
+            // The two answers as the client would see them (JSON), not as
+            // Rust debug dumps.
+            let json = |s: &Stats| serde_json::to_string(s).unwrap_or_default();
             tracing::warn!(
                 app_id = %app_id,
                 channel = %channel,
-                fields = ?differing,
-                legacy = ?legacy,
-                translated = ?translated,
+                fields = %differing.join(","),
+                legacy = %json(&legacy),
+                translated = %translated.as_ref().map_or_else(|| "none".to_owned(), json),
                 "shadow: translated stats differ from the legacy answer"
             );
         }

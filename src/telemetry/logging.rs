@@ -1,5 +1,6 @@
 //! Logging: the subscriber the binary installs ([`init`]), the text log
-//! format and the batching of log lines per worker thread.
+//! format, the batching of log lines per worker thread, and the writer
+//! thread that puts every thread's lines back in time order.
 //!
 //! Every line, the per-request one included, is a `tracing` event. Every
 //! request writes one line, so the line's cost is part of every request's
@@ -8,14 +9,18 @@
 //! fields; no spans, no colours), without its per-field formatting
 //! machinery: strings that need no escaping are copied as they are,
 //! numbers go through `itoa`, and the timestamp's date and time are formatted
-//! once per second per thread.
+//! once per second per thread. Durations (`f64` milliseconds) are written to
+//! the microsecond, in both formats.
 //!
 //! [`Batched`] collects a worker thread's lines in a buffer of its own and
-//! hands them to the sink (the non-blocking writer) in one piece when the
-//! buffer is full or when the worker's periodic [`flush_thread`] runs
-//! (every 100 ms), instead of one hand-off, and often one wake-up of the
-//! writer thread, per line. Threads that do not batch write each line
-//! straight to the sink.
+//! hands them to the sink in one piece when the buffer is full or when the
+//! worker's periodic [`flush_thread`] runs (every 100 ms), instead of one
+//! hand-off, and often one wake-up of the writer thread, per line. Threads
+//! that do not batch hand each line over at once. Each line travels with
+//! the timestamp it prints ([`STAMP`]), and the writer thread ([`Merger`])
+//! holds lines for [`HOLD`] (longer than a batch can wait) and writes them
+//! in timestamp order: one line per event, in time order across threads,
+//! while the batching keeps its benefit on the request path.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
@@ -33,16 +38,34 @@ use tracing_subscriber::registry::LookupSpan;
 /// A batch is handed on once it holds this much.
 const BATCH_BYTES: usize = 16 * 1024;
 
-/// Where finished lines (or batches of lines) go.
-type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+/// Where finished lines (or batches of lines) go: their bytes, and each
+/// line's timestamp (microseconds since the epoch) and end offset.
+type Sink = Box<dyn Fn(&[u8], &[LineEnd]) + Send + Sync>;
+
+/// A line in a batch: its timestamp (microseconds since the epoch) and the
+/// offset just past its newline.
+pub type LineEnd = (u64, usize);
+
+/// Lines not yet written: their bytes and each one's [`LineEnd`].
+type Lines = (Vec<u8>, Vec<LineEnd>);
+
+/// How long the writer thread holds a line before writing it, so that a
+/// line another thread stamped earlier but handed over later (in a batch,
+/// at most [`crate::http::server`]'s 100 ms flush later) is written first.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(250);
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 thread_local! {
     /// Whether this thread batches its lines.
     static BATCHING: Cell<bool> = const { Cell::new(false) };
-    /// This thread's lines not yet handed to the sink.
-    static PENDING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This thread's lines not yet handed to the sink, and each one's
+    /// timestamp and end.
+    static PENDING: RefCell<Lines> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The timestamp (microseconds since the epoch) of the line being
+    /// formatted on this thread, set by the formats and taken by the writer.
+    static STAMP: Cell<Option<u64>> = const { Cell::new(None) };
     /// The timestamp text of the last whole second this thread formatted.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     /// The line [`LineFormat`] is formatting.
@@ -60,31 +83,220 @@ pub enum Format {
 
 /// Installs the process's subscriber: `RUST_LOG` (default `info`) decides
 /// what is written, in `format`. Logs go to stderr through a background
-/// writer, so a request never waits on the terminal or a pipe; lines are
-/// never dropped (a full queue makes the writing thread wait instead).
-/// Worker threads hand their lines over in batches ([`Batched`]). The
-/// returned guard flushes on drop. Call once per process.
-pub fn init(format: Format) -> tracing_appender::non_blocking::WorkerGuard {
+/// writer ([`Merger`]), so a request never waits on the terminal or a
+/// pipe; lines are never dropped (a full queue makes the writing thread
+/// wait instead), and they are written in time order. Worker threads hand
+/// their lines over in batches ([`Batched`]). The returned guard writes
+/// what is held and flushes on drop. Call once per process.
+pub fn init(format: Format) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
-        // waiting for a slow stderr before writers wait.
-        .buffered_lines_limit(256)
-        .thread_name("pusher-cutover-log")
-        // What the log thread finds queued is written in one go.
-        .finish(io::BufWriter::with_capacity(64 * 1024, io::stderr()));
-    let sink = move |bytes: &[u8]| {
-        let _ = io::Write::write_all(&mut writer.clone(), bytes);
-    };
+    let (sink, guard) = Merger::spawn(io::stderr(), HOLD);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Batched::new(sink));
     match format {
         Format::Text => builder.event_format(LineFormat).init(),
-        Format::Json => builder.json().flatten_event(true).init(),
+        Format::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_timer(StampedTime)
+            .init(),
     }
     guard
+}
+
+/// The JSON format's timestamp: the same text as [`LineFormat`]'s,
+/// recorded as the line's [`STAMP`] so the writer can order it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StampedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for StampedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        STAMP.with(|s| s.set(Some(micros_of(since))));
+        timestamp(w, since.as_secs(), since.subsec_micros())
+    }
+}
+
+/// Microseconds since the epoch.
+fn micros_of(since: std::time::Duration) -> u64 {
+    since.as_secs() * 1_000_000 + u64::from(since.subsec_micros())
+}
+
+/// This line's timestamp: the one its format printed, else now.
+fn take_stamp() -> u64 {
+    STAMP.with(Cell::take).unwrap_or_else(|| {
+        micros_of(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+    })
+}
+
+/// Flushes the writer thread when dropped: every line held is written.
+#[derive(Debug)]
+pub struct Guard {
+    queue: std::sync::mpsc::SyncSender<Message>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.queue.send(Message::Finish);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the writer thread is sent.
+enum Message {
+    /// Lines: their bytes, each one's timestamp and end offset.
+    Lines(Vec<u8>, Vec<LineEnd>),
+    /// Write everything held and stop.
+    Finish,
+}
+
+/// The writer thread's state: batches of lines, each in its own order,
+/// merged by timestamp. A line is written once it is [`HOLD`] old (or at
+/// the end); one that arrives older than a line already written (its
+/// thread was held up longer than the hold) is written at once rather than
+/// kept back.
+pub struct Merger<W: io::Write> {
+    out: W,
+    hold_micros: u64,
+    /// Batches not yet written out, each with the index of its next line.
+    batches: std::collections::HashMap<u64, (Lines, usize)>,
+    /// The next line of each batch: (timestamp, batch id).
+    next: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+    ids: u64,
+}
+
+impl<W: io::Write> std::fmt::Debug for Merger<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Merger")
+            .field("batches", &self.batches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: io::Write> Merger<W> {
+    /// A merger writing to `out`, holding lines for `hold`.
+    pub fn new(out: W, hold: std::time::Duration) -> Self {
+        Self {
+            out,
+            hold_micros: u64::try_from(hold.as_micros()).unwrap_or(u64::MAX),
+            batches: std::collections::HashMap::new(),
+            next: std::collections::BinaryHeap::new(),
+            ids: 0,
+        }
+    }
+
+    /// Takes a batch of lines: `bytes`, with each line's timestamp and end
+    /// offset.
+    pub fn push(&mut self, bytes: Vec<u8>, lines: Vec<LineEnd>) {
+        let Some(&(first, _)) = lines.first() else {
+            return;
+        };
+        let id = self.ids;
+        self.ids += 1;
+        self.batches.insert(id, ((bytes, lines), 0));
+        self.next.push(std::cmp::Reverse((first, id)));
+    }
+
+    /// Writes, in timestamp order, every line stamped at or before
+    /// `now_micros` minus the hold (every line, with `u64::MAX`). Returns
+    /// the time the next held line is due, if any.
+    pub fn write_due(&mut self, now_micros: u64) -> io::Result<Option<u64>> {
+        let cutoff = now_micros.saturating_sub(self.hold_micros);
+        let mut wrote = false;
+        while let Some(&std::cmp::Reverse((stamp, id))) = self.next.peek() {
+            if stamp > cutoff && now_micros != u64::MAX {
+                break;
+            }
+            self.next.pop();
+            let Some(((bytes, lines), cursor)) = self.batches.get_mut(&id) else {
+                continue;
+            };
+            let start = match *cursor {
+                0 => 0,
+                i => lines[i - 1].1,
+            };
+            let end = lines[*cursor].1;
+            self.out
+                .write_all(bytes.get(start..end).unwrap_or_default())?;
+            wrote = true;
+            *cursor += 1;
+            match lines.get(*cursor) {
+                Some(&(stamp, _)) => self.next.push(std::cmp::Reverse((stamp, id))),
+                None => {
+                    self.batches.remove(&id);
+                }
+            }
+        }
+        if wrote {
+            self.out.flush()?;
+        }
+        Ok(self
+            .next
+            .peek()
+            .map(|std::cmp::Reverse((stamp, _))| stamp.saturating_add(self.hold_micros)))
+    }
+
+    /// Starts the writer thread on `out`; returns the sink that feeds it
+    /// and the guard that finishes it.
+    fn spawn(out: W, hold: std::time::Duration) -> (Sink, Guard)
+    where
+        W: Send + 'static,
+    {
+        // Entries are lines or batches of up to 16 KiB: at most ~4 MiB
+        // waiting for a slow stderr before writers wait.
+        let (queue, incoming) = std::sync::mpsc::sync_channel::<Message>(256);
+        let mut merger = Merger::new(io::BufWriter::with_capacity(64 * 1024, out), hold);
+        let thread = std::thread::Builder::new()
+            .name("pusher-cutover-log".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut due: Option<u64> = None;
+                loop {
+                    let now = take_now();
+                    let message = match due {
+                        None => incoming.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(at) => incoming
+                            .recv_timeout(std::time::Duration::from_micros(at.saturating_sub(now))),
+                    };
+                    match message {
+                        Ok(Message::Lines(bytes, lines)) => merger.push(bytes, lines),
+                        Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => {
+                            let _ = merger.write_due(u64::MAX);
+                            return;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                    // A stderr that cannot be written loses its lines; the
+                    // proxy keeps serving.
+                    due = merger.write_due(take_now()).unwrap_or(None);
+                }
+            })
+            .ok();
+        let sender = queue.clone();
+        let sink = move |bytes: &[u8], lines: &[LineEnd]| {
+            let _ = sender.send(Message::Lines(bytes.to_vec(), lines.to_vec()));
+        };
+        (Box::new(sink), Guard { queue, thread })
+    }
+}
+
+/// Now, in microseconds since the epoch.
+fn take_now() -> u64 {
+    micros_of(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// A [`MakeWriter`] whose lines go to the process's sink, batched on
@@ -95,7 +307,7 @@ pub struct Batched(());
 impl Batched {
     /// Sends lines to `sink`. The sink is set once per process: if one is
     /// set already, `sink` is dropped and lines keep going to the first.
-    pub fn new(sink: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+    pub fn new(sink: impl Fn(&[u8], &[LineEnd]) + Send + Sync + 'static) -> Self {
         let _ = SINK.set(Box::new(sink));
         Self(())
     }
@@ -112,10 +324,12 @@ pub fn flush_thread() {
     let Some(sink) = SINK.get() else { return };
     PENDING.with(|p| {
         if let Ok(mut pending) = p.try_borrow_mut()
-            && !pending.is_empty()
+            && !pending.0.is_empty()
         {
-            sink(&pending);
-            pending.clear();
+            let (bytes, lines) = &mut *pending;
+            sink(bytes, lines);
+            bytes.clear();
+            lines.clear();
         }
     });
 }
@@ -129,20 +343,24 @@ impl io::Write for LineWriter {
         let Some(sink) = SINK.get() else {
             return Ok(line.len());
         };
+        let stamp = take_stamp();
         if !BATCHING.with(Cell::get) {
-            sink(line);
+            sink(line, &[(stamp, line.len())]);
             return Ok(line.len());
         }
         PENDING.with(|p| match p.try_borrow_mut() {
             Ok(mut pending) => {
-                pending.extend_from_slice(line);
-                if pending.len() >= BATCH_BYTES {
-                    sink(&pending);
-                    pending.clear();
+                let (bytes, lines) = &mut *pending;
+                bytes.extend_from_slice(line);
+                lines.push((stamp, bytes.len()));
+                if bytes.len() >= BATCH_BYTES {
+                    sink(bytes, lines);
+                    bytes.clear();
+                    lines.clear();
                 }
             }
             // Only reachable if the sink itself logs: write through.
-            Err(_) => sink(line),
+            Err(_) => sink(line, &[(stamp, line.len())]),
         });
         Ok(line.len())
     }
@@ -212,6 +430,7 @@ fn head<W: fmt::Write + ?Sized>(w: &mut W, now: SystemTime, level: Level) -> fmt
     // A wall clock set before 1970 is the host's problem, not a broken
     // invariant of ours: such lines say 1970-01-01T00:00:00.000000Z.
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    STAMP.with(|s| s.set(Some(micros_of(since))));
     timestamp(w, since.as_secs(), since.subsec_micros())?;
     w.write_str(match level {
         Level::ERROR => " ERROR ",
@@ -335,8 +554,33 @@ impl<W: fmt::Write + ?Sized> Visit for Fields<'_, W> {
         });
     }
 
+    /// `%` and `?` values. Line breaks in them (a TOML error's excerpt,
+    /// say) are written as `\n` and `\r`: one event, one line.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field.name(), |w| write!(w, "{value:?}"));
+        self.put(field.name(), |w| write!(OneLine(w), "{value:?}"));
+    }
+}
+
+/// Writes through to `W`, with `\n` and `\r` escaped.
+struct OneLine<'w, W: fmt::Write + ?Sized>(&'w mut W);
+
+impl<W: fmt::Write + ?Sized> fmt::Write for OneLine<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !s.contains(['\n', '\r']) {
+            return self.0.write_str(s);
+        }
+        for (i, part) in s.split('\n').enumerate() {
+            if i > 0 {
+                self.0.write_str("\\n")?;
+            }
+            for (j, piece) in part.split('\r').enumerate() {
+                if j > 0 {
+                    self.0.write_str("\\r")?;
+                }
+                self.0.write_str(piece)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -361,6 +605,7 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::fmt::time::FormatTime as _;
 
     use super::*;
 
@@ -409,6 +654,7 @@ pub(crate) mod tests {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
+            .with_timer(StampedTime)
             .with_writer(out.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, emit);
@@ -472,6 +718,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn displayed_values_never_break_the_line() {
+        let line = line_of(|| tracing::error!(problems = %"a\n  b\r\nc", "m"));
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.ends_with(" ERROR m problems=a\\n  b\\r\\nc\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn fractions_keep_their_leading_zeros() {
         let line = line_of(|| tracing::info!(a = 2.0047, b = 0.0, "m"));
         assert!(line.ends_with(" INFO m a=2.005 b=0.000\n"), "{line}");
@@ -483,7 +739,14 @@ pub(crate) mod tests {
         use std::io::Write as _;
         let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let sink = got.clone();
-        let batched = Batched::new(move |b: &[u8]| sink.lock().expect("lock").push(b.to_vec()));
+        let batched = Batched::new(move |b: &[u8], lines: &[(u64, usize)]| {
+            assert_eq!(
+                lines.last().map(|l| l.1),
+                Some(b.len()),
+                "every line indexed"
+            );
+            sink.lock().expect("lock").push(b.to_vec());
+        });
         let handed = {
             let got = got.clone();
             move || got.lock().expect("lock").clone()
@@ -524,6 +787,72 @@ pub(crate) mod tests {
         .expect("thread")
         .expect("write");
         assert_eq!(handed().len(), 3, "a full batch goes at once");
+    }
+
+    /// Two threads' batches, handed over out of order, come out merged by
+    /// timestamp; lines are held until they are `HOLD` old.
+    #[test]
+    fn the_writer_merges_batches_in_time_order() {
+        let mut out = Vec::new();
+        {
+            let mut m = Merger::new(&mut out, std::time::Duration::from_micros(100));
+            // Thread B's batch arrives first, thread A's (earlier lines) later.
+            m.push(b"b20\nb40\n".to_vec(), vec![(20, 4), (40, 8)]);
+            m.push(
+                b"a10\na30\na50\n".to_vec(),
+                vec![(10, 4), (30, 8), (50, 12)],
+            );
+            m.push(b"c35\n".to_vec(), vec![(35, 4)]);
+            assert_eq!(
+                m.write_due(125).expect("write"),
+                Some(130),
+                "held from 30 on"
+            );
+            assert_eq!(m.write_due(u64::MAX).expect("write"), None);
+        }
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "a10\nb20\na30\nc35\nb40\na50\n"
+        );
+    }
+
+    /// A line arriving after later ones were written is written at once,
+    /// not lost.
+    #[test]
+    fn a_late_line_is_written_not_lost() {
+        let mut out = Vec::new();
+        {
+            let mut m = Merger::new(&mut out, std::time::Duration::ZERO);
+            m.push(b"b20\n".to_vec(), vec![(20, 4)]);
+            assert_eq!(m.write_due(20).expect("write"), None);
+            m.push(b"a10\n".to_vec(), vec![(10, 4)]);
+            assert_eq!(m.write_due(20).expect("write"), None);
+        }
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "b20\na10\n");
+    }
+
+    /// The JSON timestamp is the text format's, and it stamps the line.
+    #[test]
+    fn json_lines_carry_the_stamp_they_print() {
+        let value = json_of(|| tracing::info!("x"));
+        let printed = value["timestamp"].as_str().expect("timestamp").to_owned();
+        assert_eq!(
+            printed.len(),
+            "2026-11-28T20:58:32.918933Z".len(),
+            "{printed}"
+        );
+        let _ = STAMP.with(Cell::take);
+        let mut w = String::new();
+        StampedTime
+            .format_time(&mut Writer::new(&mut w))
+            .expect("format");
+        let stamp = STAMP.with(Cell::take).expect("stamped");
+        let at = crate::clock::datetime(stamp / 1_000_000);
+        assert!(w.starts_with(&format!("{:04}-", at.year())), "{w}");
+        assert!(
+            w.ends_with(&format!("{:06}Z", stamp % 1_000_000)),
+            "{w} {stamp}"
+        );
     }
 
     /// [`LineFormat`] at a fixed time.

@@ -1,0 +1,671 @@
+//! The client to the upstream server, over `http://` or `https://` (rustls
+//! with the webpki roots), HTTP/1.1 or HTTP/2 (`upstream.protocol`), with
+//! every exchange bounded by the configured timeout.
+//!
+//! Each worker thread (see [`crate::http::server`]) has connections of its
+//! own, so a connection's task runs on the runtime of the worker whose
+//! exchanges it carries:
+//! - HTTP/1.1 only (`http1`, or `auto` on `http://`): hyper's HTTP/1.1
+//!   client connections in a pool per worker ([`h1`]), which keeps at most
+//!   the worker's share of `max_connections` idle;
+//! - HTTP/2 (`h2c`, or `auto` on `https://`): hyper-util's client
+//!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
+//!   each carrying many exchanges at once (streams), taken in turn: one
+//!   per [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
+//!   `max_connections`. Should ALPN pick HTTP/1.1 on `auto`, the client
+//!   pools HTTP/1.1 connections like the above.
+//!
+//! The cap on exchanges in flight (`max_connections`) is shared by all
+//! workers: an exchange holds a [`Slot`] from before it is sent until its
+//! answer has been read.
+//!
+//! A request that failed is sent again only when it provably never reached
+//! the upstream, so that an event is never delivered twice:
+//! - HTTP/2: the upstream refused its stream (`REFUSED_STREAM`), or said
+//!   GOAWAY with a last stream id below the request's (h2 fails exactly
+//!   those streams with the remote GOAWAY);
+//! - HTTP/1.1: its pooled connection was found closed before the request
+//!   was written (hyper hands such a request back, and it is sent on
+//!   another connection).
+//!
+//! Either only with a body that can be sent again (built by the proxy, not
+//! streamed from the caller). Besides, a bodyless GET or HEAD whose
+//! connection broke under it is sent once more (it changes nothing
+//! upstream). Nothing else is retried.
+
+use std::cell::Cell;
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use hyper::header::{HOST, HeaderValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+
+mod h1;
+
+/// Body of a request sent upstream: built by the proxy, or streamed from
+/// the caller (passthrough), held to `max_body_bytes`. Only the first can
+/// be sent again after the upstream refused it.
+pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+/// A request for the upstream, boxed: it is handed down through several
+/// futures (proxy, exchange, timeout, retry loop), each of which would
+/// otherwise hold its own copy of it for as long as the request is in
+/// flight.
+pub type OutboundRequest = Box<Request<OutboundBody>>;
+
+/// An error from the connector, the connection or a body.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Largest upstream answer buffered for mapping back to a legacy caller.
+const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
+
+/// How long an idle pooled connection of hyper-util's client is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Exchanges one HTTP/2 connection is meant to carry at once: the least
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends a server allow,
+/// and what h2 assumes before the server's settings arrive.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Times one request is sent at most (the first time included) when the
+/// upstream refuses it unprocessed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// The client type: HTTP or HTTPS, HTTP/1.1 or HTTP/2.
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, OutboundBody>;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, DNS, TLS, connect
+    /// timeout).
+    #[error("upstream unreachable")]
+    Connect(#[source] BoxError),
+    /// The connection failed while sending or receiving (reset, malformed
+    /// response, HTTP/2 stream or connection error).
+    #[error("upstream request failed")]
+    Request(#[source] BoxError),
+    /// The response body could not be read.
+    #[error("upstream response body failed")]
+    Body(#[source] BoxError),
+    /// The upstream took longer than `upstream.timeout_ms`.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream answered a status the legacy route cannot pass on.
+    #[error("upstream answered {0}")]
+    Status(StatusCode),
+    /// The upstream's success body is not what the current API defines.
+    #[error("upstream returned a malformed response body")]
+    MalformedResponse(#[source] serde_json::Error),
+    /// No exchange slot could be had: only if the slot semaphore were
+    /// closed, which the proxy never does; kept so that case is an answer,
+    /// not a panic.
+    #[error("upstream exchange aborted")]
+    Aborted,
+}
+
+impl UpstreamError {
+    /// The status the caller gets: 504 for a timeout, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Connect(_)
+            | Self::Request(_)
+            | Self::Body(_)
+            | Self::Status(_)
+            | Self::MalformedResponse(_)
+            | Self::Aborted => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A buffered upstream answer.
+#[derive(Debug)]
+pub struct Buffered {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+thread_local! {
+    /// The worker thread's index: which clients its exchanges use.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// The worker's next HTTP/2 connection, in turn.
+    static NEXT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`, so its exchanges use the
+/// clients of worker `index` (modulo the number of workers).
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The connections and where they go. Cheap to clone; clones share the
+/// connections.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: Transport,
+    /// Scheme and authority of every upstream request.
+    scheme: hyper::http::uri::Scheme,
+    authority: hyper::http::uri::Authority,
+    timeout: Duration,
+    /// One permit per upstream exchange in progress: at most
+    /// `max_connections` at once, the rest wait.
+    slots: Arc<Semaphore>,
+}
+
+/// How requests travel.
+#[derive(Debug)]
+enum Transport {
+    /// HTTP/1.1 on `http://`: the pools of [`h1`].
+    Pool(Arc<h1::Pools>),
+    /// hyper-util's clients.
+    Clients {
+        /// `workers × per_worker` clients, worker by worker.
+        clients: Box<[UpstreamClient]>,
+        /// Clients (HTTP/2 connections) of each worker.
+        per_worker: usize,
+    },
+}
+
+/// The right to one upstream exchange: at most `max_connections` are held
+/// at once, by all workers together ([`Upstream::slot`]).
+#[derive(Debug)]
+pub struct Slot {
+    /// Held for its drop, which frees the slot.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// An upstream response body that holds its exchange's slot until it has
+/// been read to the end, failed or been dropped; then an HTTP/1.1
+/// connection of [`h1`] returns to its pool (only if read to the end). A
+/// body the upstream cut short ends with an error frame (an HTTP/1.1
+/// connection closed early, an HTTP/2 stream reset), so the caller's answer
+/// is cut too, not completed.
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Incoming,
+    slot: Option<Slot>,
+    lease: Option<h1::Lease>,
+}
+
+impl Drop for Guarded {
+    /// A body the server stopped reading because it knew it was complete
+    /// (its declared length was reached) still returns its connection.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => {
+                if let Some(lease) = self.lease.take() {
+                    lease.release();
+                }
+                self.slot = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+                self.slot = None;
+            }
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Upstream {
+    /// A client for `config`, with clients of its own for each of `workers`
+    /// threads.
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
+        let workers = workers.max(1);
+        let https = config.url.scheme_str() == Some("https");
+        let protocol = config.protocol;
+        let may_be_h2 = match protocol {
+            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => https,
+            UpstreamProtocol::Http1 => false,
+        };
+        let share = config.max_connections.div_ceil(workers).max(1);
+        let per_worker = if may_be_h2 {
+            share.div_ceil(STREAMS_PER_CONNECTION)
+        } else {
+            1
+        };
+        let connector = connector(config);
+        let transport = if !may_be_h2 {
+            Transport::Pool(Arc::new(h1::Pools::new(
+                connector,
+                config.url.clone(),
+                host_header(&config.url),
+                config.timeout,
+                workers,
+                share,
+            )))
+        } else {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .pool_max_idle_per_host(share)
+                .http2_only(protocol == UpstreamProtocol::H2c)
+                .retry_canceled_requests(true)
+                .set_host(true);
+            Transport::Clients {
+                clients: (0..workers * per_worker)
+                    .map(|_| builder.build(connector.clone()))
+                    .collect(),
+                per_worker,
+            }
+        };
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::Authority::from_static("localhost"));
+        let scheme = config
+            .url
+            .scheme()
+            .cloned()
+            .unwrap_or(hyper::http::uri::Scheme::HTTP);
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                scheme,
+                authority,
+                timeout: config.timeout,
+                slots: Arc::new(Semaphore::new(config.max_connections)),
+            }),
+        }
+    }
+
+    /// The deadline of an exchange starting now.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.inner.timeout
+    }
+
+    /// Sends `req`; the timeout covers everything up to the response
+    /// headers. The body then streams, holding the exchange's slot.
+    pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
+        let send = async {
+            let slot = self.wait_for_slot().await?;
+            let (resp, lease) = self.request(req).await?;
+            Ok(resp.map(|inner| Guarded {
+                inner,
+                slot: Some(slot),
+                lease,
+            }))
+        };
+        tokio::time::timeout(self.inner.timeout, send)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    /// Waits for a free exchange slot until `deadline`
+    /// ([`UpstreamError::Timeout`] then). A caller that builds its request
+    /// only once it holds a slot keeps nothing but what it builds it from
+    /// while it waits.
+    pub async fn slot(&self, deadline: tokio::time::Instant) -> Result<Slot, UpstreamError> {
+        tokio::time::timeout_at(deadline, self.wait_for_slot())
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    async fn wait_for_slot(&self) -> Result<Slot, UpstreamError> {
+        self.inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map(|permit| Slot { _permit: permit })
+            .map_err(|_| UpstreamError::Aborted)
+    }
+
+    /// Sends `req` on the calling worker's connections, again while the
+    /// upstream provably did not process it (see the module's doc); with
+    /// the [`h1`] connection to return once the answer has been read.
+    async fn request(
+        &self,
+        req: OutboundRequest,
+    ) -> Result<(Response<Incoming>, Option<h1::Lease>), UpstreamError> {
+        let worker = WORKER.with(Cell::get);
+        match &self.inner.transport {
+            Transport::Pool(pools) => {
+                let idempotent = is_bodyless_read(&req);
+                let (resp, lease) = pools.request(req, worker, idempotent).await?;
+                Ok((resp, Some(lease)))
+            }
+            Transport::Clients {
+                clients,
+                per_worker,
+            } => {
+                let client = pick(clients, *per_worker, worker);
+                Ok((self.send_with(client, req).await?, None))
+            }
+        }
+    }
+
+    /// Sends `req` with hyper-util's `client`, again while the upstream
+    /// provably did not process it (see the module's doc).
+    ///
+    /// Not an `async fn`: the request is prepared before the future is
+    /// built, and the future reuses the one box `req` is in for each
+    /// attempt.
+    fn send_with<'a>(
+        &'a self,
+        client: &'a UpstreamClient,
+        mut req: OutboundRequest,
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
+        let prepared = self.prepare(&mut req);
+        let idempotent = is_bodyless_read(&req);
+        async move {
+            prepared?;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                // Kept until the answer comes, in case the upstream refuses
+                // the request unprocessed (only a body the proxy built).
+                let again = (attempts < MAX_ATTEMPTS)
+                    .then(|| replayable_copy(&req))
+                    .flatten();
+                let error = match client.request(*req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(error) => error,
+                };
+                let Some(again) = again else {
+                    return Err(upstream_error(error));
+                };
+                if never_processed(&error) {
+                    tracing::debug!(%error, attempts, "the upstream refused the request unprocessed; sending it again");
+                } else if idempotent && attempts == 1 && is_stale_connection(&error) {
+                    tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
+                } else {
+                    return Err(upstream_error(error));
+                }
+                req = again;
+            }
+        }
+    }
+
+    /// Readies `req` for hyper-util's client: the upstream's scheme and
+    /// authority in its target, and not the caller's `Host`.
+    fn prepare(&self, req: &mut Request<OutboundBody>) -> Result<(), UpstreamError> {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(self.inner.scheme.clone());
+        parts.authority = Some(self.inner.authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Request(Box::new(e)))?;
+        // HTTP/2 names the host in `:authority`; on an HTTP/1.1 connection
+        // (ALPN) hyper-util adds `Host` from the target itself.
+        req.headers_mut().remove(HOST);
+        Ok(())
+    }
+
+    /// Sends `req` in `slot` and reads the whole answer, all before
+    /// `deadline`; the slot is free again when it returns.
+    pub async fn exchange(
+        &self,
+        slot: Slot,
+        req: OutboundRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<Buffered, UpstreamError> {
+        let exchange = async {
+            let _slot = slot;
+            let (resp, lease) = self.request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_MAPPED_RESPONSE)
+                .collect()
+                .await
+                .map_err(UpstreamError::Body)?
+                .to_bytes();
+            if let Some(lease) = lease {
+                lease.release();
+            }
+            Ok(Buffered {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// Worker `worker`'s client among `clients` (its next one, on HTTP/2).
+fn pick(clients: &[UpstreamClient], per_worker: usize, worker: usize) -> &UpstreamClient {
+    let workers = clients.len() / per_worker;
+    let turn = if per_worker > 1 {
+        NEXT.with(|n| {
+            let turn = n.get();
+            n.set(turn.wrapping_add(1));
+            turn % per_worker
+        })
+    } else {
+        0
+    };
+    &clients[(worker % workers) * per_worker + turn]
+}
+
+/// The connector for `config`: TCP with the connect timeout, TLS on
+/// `https://` offering by ALPN what `upstream.protocol` allows.
+fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let builder = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http();
+    match config.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2c => builder.enable_http2().wrap_connector(http),
+        UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
+    }
+}
+
+/// The upstream request target for a path and query the proxy built
+/// (`/apps/…?…`); the string becomes the URI's storage without a copy.
+pub fn target(path_and_query: String) -> Result<Uri, hyper::http::Error> {
+    Ok(Uri::try_from(path_and_query)?)
+}
+
+/// The origin form (`/path?query`) of a request target the server has
+/// parsed already (also when it came in absolute form): not parsed again.
+pub fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// `Host` for `url`: its host, and its port unless the scheme's default.
+fn host_header(url: &Uri) -> HeaderValue {
+    let host = url.host().unwrap_or("localhost");
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let text = match url.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+}
+
+/// The client's error as the proxy's.
+fn upstream_error(error: hyper_util::client::legacy::Error) -> UpstreamError {
+    if error.is_connect() {
+        UpstreamError::Connect(Box::new(error))
+    } else {
+        UpstreamError::Request(Box::new(error))
+    }
+}
+
+/// Whether `req` is a GET or HEAD without a body.
+fn is_bodyless_read(req: &Request<OutboundBody>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && matches!(req.body(), Either::Left(full) if full.size_hint().exact() == Some(0))
+}
+
+/// A copy of `req` to send again, if its body can be sent again (built by
+/// the proxy, not streamed from the caller); boxed, like the request.
+fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
+    let Either::Left(full) = req.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Either::Left(full.clone()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(Box::new(copy))
+}
+
+/// Whether a request failed in a way that proves the upstream did not
+/// process it: on HTTP/2, its stream was refused (`REFUSED_STREAM`, RFC
+/// 9113 §8.7), or the upstream's GOAWAY named a last stream below it (h2
+/// fails exactly those streams, and the requests not yet sent on that
+/// connection, with the remote GOAWAY; a stream at or below the last one
+/// that is cut afterwards fails with the connection's I/O error instead).
+/// Both only as the upstream's own word (`is_remote`), not h2's.
+///
+/// On HTTP/1.1 no error proves it: a request the connection never started
+/// writing is handed back by hyper and sent again by hyper-util's client
+/// before it fails.
+pub fn never_processed(error: &(dyn StdError + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
+    })
+}
+
+/// Whether a request failed because its connection was closed or reset
+/// under it, before any answer.
+fn is_stale_connection(e: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind;
+    chain(e).any(|s| {
+        s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+            || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::UnexpectedEof
+                )
+            })
+    })
+}
+
+/// `e` and the errors beneath it, nearest first.
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |&s| s.source())
+}
+
+/// The errors beneath `e`, nearest first.
+fn sources<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(e.source(), |&s| s.source())
+}
+
+/// Whether an upstream failure is the caller's body exceeding its limit.
+pub fn is_body_limit(e: &UpstreamError) -> bool {
+    sources(e).any(|s| s.is::<http_body_util::LengthLimitError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_error(reason: h2::Reason) -> h2::Error {
+        h2::Error::from(reason)
+    }
+
+    #[test]
+    fn only_the_upstreams_refusal_proves_a_request_unprocessed() {
+        // Made locally (h2's library errors), not the upstream's word.
+        assert!(!never_processed(&h2_error(h2::Reason::REFUSED_STREAM)));
+        assert!(!never_processed(&h2_error(h2::Reason::NO_ERROR)));
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
+        assert!(!never_processed(&io));
+    }
+
+    #[test]
+    fn a_bodyless_get_is_a_read_a_post_is_not() {
+        let get = Request::new(Either::Left(Full::new(Bytes::new())));
+        assert!(is_bodyless_read(&get));
+        let mut post = Request::new(Either::Left(Full::new(Bytes::new())));
+        *post.method_mut() = Method::POST;
+        assert!(!is_bodyless_read(&post));
+        let with_body = Request::new(Either::Left(Full::new(Bytes::from_static(b"x"))));
+        assert!(!is_bodyless_read(&with_body));
+    }
+
+    #[test]
+    fn a_built_body_is_copied_to_send_again() {
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = Method::POST;
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
+        let copy = replayable_copy(&req).expect("a built body is replayable");
+        assert_eq!(copy.method(), Method::POST);
+        assert_eq!(copy.headers()["x-a"], "1");
+        assert_eq!(copy.body().size_hint().exact(), Some(2));
+    }
+}
