@@ -3,7 +3,7 @@
 # Sockudo, a remote (20 ms) upstream and the do-it-yourself nginx + njs
 # peer, each scenario printing its ratios from one run (issue 19's targets).
 #
-#   bench/throughput.sh                    all three scenarios: 3 rounds of 10 s per target (~6 min after the build)
+#   bench/throughput.sh                    all three scenarios: 3 rounds of 10 s per target (~8 min after the build)
 #   bench/throughput.sh --quick            3 rounds of 3 s (~4 min)
 #   bench/throughput.sh --scenario sockudo|remote|njs|all [--scenario …]
 #   bench/throughput.sh --duration S --rounds N [--connections C] [--remote-connections C]
@@ -111,13 +111,13 @@ SCENARIOS=()
 LABEL=""
 UPSTREAM_MAX=${PC_MAX_CONNECTIONS:-64}
 REMOTE_SLEEP=${REMOTE_SLEEP:-0.02}
-# The command as the summary prints it: a --bin path outside the tree by
-# its file name only (the summary speaks of builds, not of machine paths).
+# The command as the summary prints it: a --bin or --out path outside the
+# tree by its file name only (the summary speaks of builds, not machine paths).
 CMDLINE="bench/throughput.sh"
 shown_path() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; /*) basename "$1" ;; *) echo "$1" ;; esac; }
 prev=""
 for a in "$@"; do
-  if [ "$prev" = --bin ]; then CMDLINE+=" $(shown_path "$a")"; else CMDLINE+=" $a"; fi
+  if [ "$prev" = --bin ] || [ "$prev" = --out ]; then CMDLINE+=" $(shown_path "$a")"; else CMDLINE+=" $a"; fi
   prev=$a
 done
 
