@@ -10,6 +10,9 @@ Subcommands:
   outcomes BEFORE AFTER   difference of pusher_cutover_requests_total between
                           two /metrics snapshots, as route/outcome=N,...
   summarize RESULTS       print the report table from run.sh's results file
+  sign METHOD PATH        print a signed URL query for a current-API call
+  metric-sum FILE NAME    sum of a metric's samples in a /metrics snapshot
+  design RESULTS          print bench/throughput.sh's tables, ratios and targets
 
 Signing follows spec A.2 (the same rules as
 pusher_cutover::pusher::signature::Signer): string to sign =
@@ -110,11 +113,29 @@ def read_records(path):
         pos = nl + 1 + n
 
 
+def tamper(req, how):
+    """The request with one thing changed after signing, the length kept:
+    `body` changes a byte of the body (body_md5 no longer matches),
+    `query` a byte of the event name (the signature no longer matches)."""
+    head, sep, body = req.partition(b"\r\n\r\n")
+    if how == "body":
+        if b"hello" not in body:
+            raise SystemExit("--tamper body needs a request whose body says hello")
+        return head + sep + body.replace(b"hello", b"jello", 1)
+    if how == "query":
+        if b"name=bench-event" not in head:
+            raise SystemExit("--tamper query needs a request with name=bench-event")
+        return head.replace(b"name=bench-event", b"name=bench-evenT", 1) + sep + body
+    raise SystemExit(f"unknown --tamper {how}")
+
+
 def cmd_probe(a):
     statuses, shown = [], []
     for i, req in enumerate(read_records(a.file)):
         if i >= a.count:
             break
+        if a.tamper:
+            req = tamper(req, a.tamper)
         with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
             s.sendall(req)
             resp = http.client.HTTPResponse(s)
@@ -372,6 +393,135 @@ def cmd_summarize(a):
             p(f"{key[0]:<9} {key[1]:<16} {key[2]:<28} statuses {st:<24} outcomes {parts}")
 
 
+def cmd_metric_sum(a):
+    """The sum of every sample of metric `name` (any labels) in a /metrics
+    snapshot; nothing printed when it has none (a build without it)."""
+    total, seen = 0.0, False
+    try:
+        text = open(a.file).read()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(a.name) and line[len(a.name):len(a.name) + 1] in ("{", " "):
+            total += float(line.rsplit(None, 1)[1])
+            seen = True
+    if seen:
+        print(f"{total:.0f}")
+    return 0
+
+
+def cmd_sign(a):
+    body = a.body.encode() if a.body is not None else None
+    print(sign_query(a.key, a.secret, a.method, a.path, int(time.time()), body, {}))
+
+
+# ------------------------------------------------------- throughput.sh
+
+DESIGN_FIELDS = ["scenario", "round", "target", "request", "conns", "rps", "p50_us", "p99_us",
+                 "non2xx", "sockerr", "cpu_us", "peak_up", "up_per_req", "rss_kb"]
+
+# Per scenario: the targets in the order printed, then the ratio lines:
+# (label, subject, reference, metric, target comparison, target value);
+# metric "peak_up" is the subject's own value, not a ratio (reference None).
+DESIGN = {
+    "sockudo": (["direct", "pc-legacy", "pc-passthrough"], [
+        ("legacy via pc / direct, req/s", "pc-legacy", "direct", "rps", ">=", 1.5),
+        ("passthrough via pc / direct, req/s", "pc-passthrough", "direct", "rps", ">=", 1.2),
+        ("legacy via pc / direct, p99", "pc-legacy", "direct", "p99_us", None, None),
+        ("passthrough via pc / direct, p99", "pc-passthrough", "direct", "p99_us", None, None),
+    ]),
+    "remote": (["nginx", "pusher-cutover"], [
+        ("legacy via pc / nginx, req/s", "pusher-cutover", "nginx", "rps", ">=", 0.8),
+        ("legacy via pc / nginx, p99", "pusher-cutover", "nginx", "p99_us", "<=", 1.5),
+        ("pc peak upstream connections", "pusher-cutover", None, "peak_up", "<=", 64),
+        ("nginx peak upstream connections", "nginx", None, "peak_up", None, None),
+        ("pc peak RSS (VmHWM, MB)", "pusher-cutover", None, "rss_mb", "<=", 30),
+    ]),
+    "njs": (["njs", "pusher-cutover"], [
+        ("legacy via pc / via njs, req/s", "pusher-cutover", "njs", "rps", ">=", 1.5),
+        ("legacy via pc / via njs, p99", "pusher-cutover", "njs", "p99_us", None, None),
+        ("legacy via pc / via njs, CPU/req", "pusher-cutover", "njs", "cpu_us", None, None),
+    ]),
+}
+
+
+def load_design(path):
+    rows = []
+    for line in open(path):
+        if not line.strip():
+            continue
+        r = dict(zip(DESIGN_FIELDS, line.rstrip("\n").split("\t")))
+        for k in ("round", "conns", "non2xx", "sockerr"):
+            r[k] = int(r[k])
+        for k in ("rps", "p50_us", "p99_us", "cpu_us"):
+            r[k] = float(r[k])
+        for k in ("peak_up", "up_per_req", "rss_kb"):
+            r[k] = float(r[k]) if r[k] not in ("", "-") else None
+        r["rss_mib"] = r["rss_kb"] / 1024 if r["rss_kb"] is not None else None
+        r["rss_mb"] = r["rss_kb"] * 1024 / 1e6 if r["rss_kb"] is not None else None  # VmHWM is in KiB
+        rows.append(r)
+    return rows
+
+
+def cmd_design(a):
+    rows = load_design(a.results)
+    p = print
+    for sc, (order, ratios) in DESIGN.items():
+        rs = [r for r in rows if r["scenario"] == sc]
+        if not rs:
+            continue
+        by = {}
+        for r in rs:
+            by.setdefault(r["target"], []).append(r)
+        rounds = max(r["round"] for r in rs)
+        conns = rs[0]["conns"]
+        p(f"== {sc}: {conns} connections, wrk -t2; median of {rounds} round(s); "
+          "non-2xx and socket errors summed over rounds ==")
+        p(f"{'target':<16} {'request':<16} {'req/s':>9} {'p50':>9} {'p99':>9} {'CPU/req':>8} {'non-2xx':>8} "
+          f"{'sockerr':>7} {'peak up':>8} {'up/req':>7} {'VmHWM':>9}   req/s per round")
+        for t in order + sorted(set(by) - set(order)):
+            if t not in by:
+                continue
+            g = sorted(by[t], key=lambda r: r["round"])
+            peaks = [r["peak_up"] for r in g if r["peak_up"] is not None]
+            ups = [r["up_per_req"] for r in g if r["up_per_req"] is not None]
+            rss = [r["rss_mib"] for r in g if r["rss_mib"] is not None]
+            p(f"{t:<16} {g[0]['request']:<16} {med(g, 'rps'):>9.0f} {fmt_lat(med(g, 'p50_us')):>9} "
+              f"{fmt_lat(med(g, 'p99_us')):>9} {med(g, 'cpu_us'):>7.1f}us {sum(r['non2xx'] for r in g):>8} "
+              f"{sum(r['sockerr'] for r in g):>7} {(f'{max(peaks):.0f}' if peaks else '-'):>8} "
+              f"{(f'{statistics.median(ups):.2f}' if ups else '-'):>7} "
+              f"{(f'{max(rss):.1f} MiB' if rss else '-'):>9}   "
+              + " ".join(f"{r['rps']:.0f}" for r in g))
+        p("")
+        p(f"{'':<38} {'value':>8} {'target':>8}  {'':<8}  per round")
+        for label, subj, ref, metric, cmp, want in ratios:
+            s_rows = by.get(subj)
+            if not s_rows:
+                continue
+            if ref is None:
+                vals = [r[metric] for r in s_rows if r[metric] is not None]
+                if not vals:
+                    continue
+                v = max(vals)  # a peak: the largest of the rounds
+                per = " ".join(f"{x:.0f}" if metric == "peak_up" else f"{x:.1f}"
+                               for x in (r[metric] for r in sorted(s_rows, key=lambda r: r["round"])) if x is not None)
+                shown = f"{v:.0f}" if metric == "peak_up" else f"{v:.1f}"
+            else:
+                o_rows = by.get(ref)
+                if not o_rows or not med(o_rows, metric):
+                    continue
+                v = med(s_rows, metric) / med(o_rows, metric)
+                per = " ".join(f"{x:.2f}" for x in per_round(s_rows, o_rows, metric))
+                shown = f"{v:.2f}"
+            if cmp is None:
+                verdict, tgt = "", ""
+            else:
+                ok = v >= want if cmp == ">=" else v <= want
+                verdict, tgt = ("met" if ok else "NOT MET"), f"{cmp} {want:g}"
+            p(f"{label:<38} {shown:>8} {tgt:>8}  {verdict:<8}  {per}")
+        p("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -390,6 +540,18 @@ def main():
     pr.add_argument("port", type=int)
     pr.add_argument("count", type=int, nargs="?", default=3)
     pr.add_argument("--expect", type=int, default=0, help="exit 1 unless every status is this")
+    pr.add_argument("--tamper", choices=("body", "query"), help="change the request after signing")
+    sg = sub.add_parser("sign")
+    sg.add_argument("method")
+    sg.add_argument("path")
+    sg.add_argument("--body")
+    sg.add_argument("--key", default="bench-app-key")
+    sg.add_argument("--secret", default="bench-app-secret")
+    ms = sub.add_parser("metric-sum")
+    ms.add_argument("file")
+    ms.add_argument("name")
+    de = sub.add_parser("design")
+    de.add_argument("results")
     o = sub.add_parser("outcomes")
     o.add_argument("before")
     o.add_argument("after")
@@ -399,7 +561,8 @@ def main():
     s.add_argument("results")
     a = ap.parse_args()
     return {"gen": cmd_gen, "probe": cmd_probe, "outcomes": cmd_outcomes, "ports": cmd_ports,
-     "summarize": cmd_summarize}[a.cmd](a)
+     "summarize": cmd_summarize, "sign": cmd_sign, "design": cmd_design,
+     "metric-sum": cmd_metric_sum}[a.cmd](a)
 
 
 if __name__ == "__main__":

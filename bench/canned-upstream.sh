@@ -10,17 +10,23 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # a shell variable, never passed on.
 export -n NGINX
 #
-# canned_upstream_server PORT: the nginx `server` block of the canned
-# upstream, answering the current API's shapes (no signature checks):
+# canned_upstream_server PORT [H2C_PORT [PORT...]]: the nginx `server`
+# block of the canned upstream, answering the current API's shapes (no
+# signature checks), on HTTP/1.1 at PORT (and at each further PORT, so that
+# several clients' connections can be counted apart) and, with an H2C_PORT
+# other than 0, over HTTP/2 with prior knowledge (h2c) there:
 #   POST /apps/{id}/events                 → {}
 #   GET  /apps/{id}/channels/presence-…    → {"occupied":true,"user_count":3}
 #   GET  /apps/{id}/channels/…             → {"occupied":true,"subscription_count":3}
 #   anything else                          → {}
 canned_upstream_server() {
+  local listens="        listen 127.0.0.1:$1 backlog=4096;" p
+  if [ -n "${2:-}" ] && [ "$2" != 0 ]; then listens+=$'\n'"        listen 127.0.0.1:$2 backlog=4096 http2;"; fi
+  for p in "${@:3}"; do listens+=$'\n'"        listen 127.0.0.1:$p backlog=4096;"; done
   cat <<EOF
     default_type application/json;
     server {
-        listen 127.0.0.1:$1 backlog=4096;
+$listens
         location ~ ^/apps/[^/]+/events\$ { return 200 '{}'; }
         location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { return 200 '{"occupied":true,"user_count":3}'; }
         location ~ ^/apps/[^/]+/channels/[^/]+\$ { return 200 '{"occupied":true,"subscription_count":3}'; }
@@ -197,4 +203,67 @@ apt_install() {
     || rc=$?
   if [ "$POLICY_CREATED" -eq 1 ]; then $sudo rm -f /usr/sbin/policy-rc.d; POLICY_CREATED=0; fi
   return "$rc"
+}
+
+# nginx_module PATH_OR_NAME: the `load_module` line for a dynamic module of
+# Debian's nginx (libnginx-mod-http-echo: ngx_http_echo_module.so,
+# libnginx-mod-http-js: ngx_http_js_module.so), from nginx's own
+# --modules-path; nothing when the module is built in or absent (nginx -t
+# then says which directive it does not know).
+nginx_module() {
+  local dir
+  dir=$(nginx -V 2>&1 | tr ' ' '\n' | sed -n 's/^--modules-path=//p')
+  [ -f "${dir:-/usr/lib/nginx/modules}/$1" ] && echo "load_module ${dir:-/usr/lib/nginx/modules}/$1;"
+  return 0
+}
+
+# remote_upstream_server SLEEP STATUS_PORT H2C_PORT H1_PORT...: the
+# canned upstream of the remote scenario: the same answer shapes as
+# canned_upstream_server (and `POST /apps/{id}/batch_events` → {}), each
+# after SLEEP seconds (echo_sleep, from libnginx-mod-http-echo: a timer, no
+# worker blocked), on one HTTP/1.1 listener per H1_PORT (one per target,
+# so that each target's upstream connections can be counted apart) and an
+# HTTP/2 listener with prior knowledge (h2c) on H2C_PORT (0: none); nginx's
+# stub_status on STATUS_PORT counts the requests the upstream served.
+remote_upstream_server() {
+  local sleep=$1 status=$2 h2=$3 p listens=""
+  shift 3
+  for p in "$@"; do listens+="        listen 127.0.0.1:$p backlog=4096;"$'\n'; done
+  # nginx 1.25.1+ spells h2c `http2 on;`; older ones, `listen … http2`.
+  [ "$h2" != 0 ] && listens+="        listen 127.0.0.1:$h2 backlog=4096 http2;"$'\n'
+  cat <<EOT
+    default_type application/json;
+    http2_max_concurrent_streams 1024;
+    server {
+$listens
+        location ~ ^/apps/[^/]+/(events|batch_events)\$ { echo_sleep $sleep; echo -n '{}'; }
+        location ~ ^/apps/[^/]+/channels/presence-[^/]+\$ { echo_sleep $sleep; echo -n '{"occupied":true,"user_count":3}'; }
+        location ~ ^/apps/[^/]+/channels/[^/]+\$ { echo_sleep $sleep; echo -n '{"occupied":true,"subscription_count":3}'; }
+        location / { echo_sleep $sleep; echo -n '{}'; }
+    }
+    server {
+        listen 127.0.0.1:$status;
+        location / { stub_status; }
+    }
+EOT
+}
+
+# upstream_requests STATUS_PORT: the requests nginx's stub_status has
+# counted so far (its own queries included: one per call).
+upstream_requests() {
+  curl -s --max-time 5 "http://127.0.0.1:$1/" | awk 'NR == 3 { print $3 }'
+}
+
+# peak_connections PORT FILE: until killed, samples every 0.1 s the
+# established TCP connections to 127.0.0.1:PORT (the connecting side's
+# sockets only: `ss … dport = :PORT`) and keeps the largest count in FILE
+# (written aside and renamed, so that FILE is whole whenever it is killed).
+peak_connections() {
+  local peak=0 n
+  echo 0 > "$2"
+  while :; do
+    n=$(ss -Htn state established "( dport = :$1 )" 2>/dev/null | wc -l)
+    if [ "$n" -gt "$peak" ]; then peak=$n; echo "$peak" > "$2.new" && mv -f "$2.new" "$2"; fi
+    sleep 0.1
+  done
 }

@@ -3,6 +3,9 @@
 #
 #   bench/run.sh                 default: 3 rounds of 10 s runs (~22-28 minutes on 2 cores, the profile-guided builds included)
 #   bench/run.sh --quick         smoke test: 1 round of 3 s runs (~2 minutes after the build; --no-build reuses the last one)
+#   bench/run.sh --scenario canned                      these canned-upstream scenarios (the default)
+#   bench/run.sh --scenario sockudo|remote|njs|all ...  bench/throughput.sh instead, with the same arguments
+#                (real Sockudo upstream, remote 20 ms upstream, the nginx + njs peer; see its header)
 #   bench/run.sh --duration S --rounds N [--connections C] [--big-connections C]
 #                [--requests N] [--out FILE] [--keep] [--no-install] [--no-build]
 #                [--log-compare]   (adds: legacy_trigger with default logging vs RUST_LOG=error, ~1.5 min)
@@ -44,6 +47,17 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 # shellcheck source=bench/canned-upstream.sh
 . "$HERE/canned-upstream.sh"
+
+# --scenario other than canned: the throughput-by-design scenarios of
+# bench/throughput.sh, which takes the rest of the arguments itself.
+for (( i=1; i<=$#; i++ )); do
+  if [ "${!i}" = --scenario ]; then
+    j=$(( i + 1 ))
+    if [ "${!j:-}" != canned ]; then exec bash "$HERE/throughput.sh" "$@"; fi
+    set -- "${@:1:i-1}" "${@:j+1}"
+    break
+  fi
+done
 
 DURATION=10
 ROUNDS=3
