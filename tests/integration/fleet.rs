@@ -169,20 +169,36 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     if let Some(rest) = covered.checked_sub(started.elapsed()) {
         tokio::time::sleep(rest).await;
     }
-    let (code, _, err) = report(&[
-        "--prometheus",
-        &prom.url,
-        "--app",
-        QUIET_APP,
-        "--expect-app",
-        QUIET_APP,
-        "--expect-instances",
-        "2",
-        "--fail-if-used-since",
-        WINDOW,
-    ])
-    .await;
-    assert_eq!(code, Some(0), "zero, with full coverage: {err}");
+    // On a loaded machine (the rest of the suite runs beside this test) a
+    // scrape can come late or be missed, which the gate rightly names as a
+    // gap (exit 2). Such a gap leaves the window after WINDOW_SECS, so the
+    // check is asked again, at most three times; anything but 0 or 2 fails
+    // at once, and so does a third gap.
+    let mut attempt = 0;
+    let err = loop {
+        attempt += 1;
+        let (code, _, err) = report(&[
+            "--prometheus",
+            &prom.url,
+            "--app",
+            QUIET_APP,
+            "--expect-app",
+            QUIET_APP,
+            "--expect-instances",
+            "2",
+            "--fail-if-used-since",
+            WINDOW,
+        ])
+        .await;
+        match code {
+            Some(0) => break err,
+            Some(2) if attempt < 3 => {
+                println!("attempt {attempt}: a gap, asking again after the window:\n{err}");
+                tokio::time::sleep(Duration::from_secs(WINDOW_SECS / 2)).await;
+            }
+            _ => panic!("zero, with full coverage: exit {code:?}: {err}"),
+        }
+    };
     println!(
         "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 0\n{err}"
     );
