@@ -22,3 +22,4 @@ mod stats;
 mod telemetry;
 mod trigger;
 mod vectors;
+mod walkthrough;
