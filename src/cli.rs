@@ -63,8 +63,10 @@ enum Command {
         require_env: bool,
     },
     /// Report who still makes deprecated calls, from one or more ledgers
-    /// (merged). Exits 1 with --fail-if-used-since when calls were seen in
-    /// that window, 2 when a ledger cannot be read.
+    /// (merged) or from Prometheus. With --fail-if-used-since: exits 1
+    /// when calls were seen in that window, 2 when the evidence is
+    /// incomplete (a ledger starting inside the window, a gap in
+    /// Prometheus' scrapes) or cannot be read, 0 only for a proven zero.
     Report {
         /// Read the ledger in this config's [telemetry] data_dir.
         #[arg(long)]
@@ -85,10 +87,54 @@ enum Command {
         #[arg(long, value_name = "WINDOW")]
         fail_if_used_since: Option<humantime::Duration>,
         /// Send the token in this environment variable as `Authorization:
-        /// Bearer` to every --url (the sidecars' `[admin] token`).
+        /// Bearer` to every --url (the sidecars' `[admin] token`), or to
+        /// --prometheus.
         #[arg(long, value_name = "NAME")]
         token_env: Option<String>,
+        #[command(flatten)]
+        fleet: Box<FleetArgs>,
     },
+}
+
+/// `report --prometheus`: the fleet from Prometheus instead of ledgers.
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Read the fleet from this Prometheus (its HTTP API base URL)
+    /// instead of ledgers. The gate then exits 2 when the evidence is
+    /// incomplete (a sidecar not scraped for part of the window, the
+    /// window past retention, no sidecar), naming each gap.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["config", "data_dirs", "urls"])]
+    prometheus: Option<hyper::Uri>,
+    /// The sidecars' scrape job.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "pusher-cutover",
+        requires = "prometheus"
+    )]
+    job: String,
+    /// Only this app (repeatable), for the report and the gate.
+    #[arg(long = "app", value_name = "ID", requires = "prometheus")]
+    apps: Vec<String>,
+    /// The target label that names a sidecar (`pod` with the Kubernetes
+    /// relabelling in deploy/README.md).
+    #[arg(
+        long,
+        value_name = "LABEL",
+        default_value = "instance",
+        requires = "prometheus"
+    )]
+    instance_label: String,
+    /// A gap unless at least N sidecars are up at the window's end.
+    #[arg(long, value_name = "N", requires = "prometheus")]
+    expect_instances: Option<usize>,
+    /// A gap unless every sidecar serves this app (repeatable; also
+    /// selects it, like --app).
+    #[arg(long = "expect-app", value_name = "ID", requires = "prometheus")]
+    expect_apps: Vec<String>,
+    /// The job's scrape interval, when Prometheus' targets do not say.
+    #[arg(long, value_name = "DURATION", requires = "prometheus")]
+    scrape_interval: Option<humantime::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -189,7 +235,8 @@ enum SourcesError {
 /// [`EXIT_CODES`]: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
 /// [`exit::UNAVAILABLE`] or [`exit::LEDGER_LOST`]; `validate` exits 1 when
 /// it finds problems; `report` 1 when `--fail-if-used-since` finds calls,
-/// 2 when it has nothing it can read. Logging is set up for `serve` only:
+/// 2 when it has nothing it can read or its gate's evidence is
+/// incomplete. Logging is set up for `serve` only:
 /// `validate` and `report` print their results.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -218,25 +265,39 @@ pub fn main() -> ExitCode {
             format,
             fail_if_used_since,
             token_env,
+            fleet,
         } => {
+            let token = match report_token(token_env) {
+                Ok(token) => token,
+                Err(name) => {
+                    eprintln!("report: --token-env {name}: the variable is not set");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(url) = fleet.prometheus {
+                let query = report::prometheus::FleetQuery {
+                    url,
+                    selector: report::promql::Selector {
+                        job: fleet.job,
+                        apps: fleet
+                            .apps
+                            .into_iter()
+                            .chain(fleet.expect_apps.iter().cloned())
+                            .collect(),
+                        instance_label: fleet.instance_label,
+                    },
+                    since: since.map_or(FLEET_DEFAULT_WINDOW, Into::into),
+                    gate: fail_if_used_since.map(Into::into),
+                    expect_instances: fleet.expect_instances,
+                    expect_apps: fleet.expect_apps,
+                    scrape_interval: fleet.scrape_interval.map(Into::into),
+                };
+                return fleet_report(&query, token.as_ref(), format);
+            }
             let (sources, configured) = match report_sources(config, data_dirs, urls) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("report: {}", ErrorChain(&e));
-                    return ExitCode::from(2);
-                }
-            };
-            let token = match token_env.map(|name| {
-                std::env::var(&name)
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .map(secrecy::SecretString::from)
-                    .ok_or(name)
-            }) {
-                None => None,
-                Some(Ok(token)) => Some(token),
-                Some(Err(name)) => {
-                    eprintln!("report: --token-env {name}: the variable is not set");
                     return ExitCode::from(2);
                 }
             };
@@ -381,8 +442,80 @@ async fn report(
             );
             return ExitCode::FAILURE;
         }
+        let gaps = report::evidence::ledger_gaps(usage.recorded_since, cutoff);
+        if !gaps.is_empty() {
+            eprintln!(
+                "no deprecated call was seen in the last {}, but the evidence is incomplete, \
+                 so zero is not proven:",
+                humantime::format_duration(window)
+            );
+            for gap in &gaps {
+                eprintln!("  gap: {gap}");
+            }
+            return ExitCode::from(2);
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// The report window of `report --prometheus` without `--since`.
+const FLEET_DEFAULT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// The token `--token-env` names, or that name when it is not set.
+fn report_token(token_env: Option<String>) -> Result<Option<secrecy::SecretString>, String> {
+    match token_env {
+        None => Ok(None),
+        Some(name) => std::env::var(&name)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| Some(secrecy::SecretString::from(t)))
+            .ok_or(name),
+    }
+}
+
+/// `report --prometheus`: prints the fleet's report; with a gate, exits 1
+/// when calls were seen (naming app, library and sidecar), else 2 when
+/// its evidence has gaps (naming each) or Prometheus cannot be asked, 0
+/// for a proven zero.
+#[tokio::main(flavor = "current_thread")]
+async fn fleet_report(
+    query: &report::prometheus::FleetQuery,
+    token: Option<&secrecy::SecretString>,
+    format: ReportFormat,
+) -> ExitCode {
+    let now = OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let fleet = match report::prometheus::fetch(query, token, now).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("report: {}", ErrorChain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let mut built = report::build_for(&fleet.usage, now, Some(query.since), &fleet.apps);
+    built.prometheus = Some(fleet.evidence);
+    let text = match format {
+        ReportFormat::Table => report::render_table(&built),
+        ReportFormat::Json => report::render_json(&built),
+        ReportFormat::Html => report::render_html(&built),
+    };
+    if let Err(e) = print_out(&text) {
+        eprintln!("report: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
+    match (&fleet.gate, query.gate) {
+        (Some(answer), Some(window)) => {
+            eprint!("{}", report::prometheus::render_gate(answer, window));
+            if !answer.uses.is_empty() {
+                ExitCode::FAILURE
+            } else if !answer.gaps.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// Logs each configured app with its cutover stage, and warns when there

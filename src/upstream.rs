@@ -1,38 +1,61 @@
 //! The client to the upstream server, over `http://` or `https://` (rustls
-//! with the webpki roots), with every exchange bounded by the configured
-//! timeout.
+//! with the webpki roots), HTTP/1.1 or HTTP/2 (`upstream.protocol`), with
+//! every exchange bounded by the configured timeout.
 //!
-//! Connections are HTTP/1.1 keep-alive connections (`hyper`'s client
-//! connections), pooled per worker thread (see [`crate::http::server`]): an
-//! exchange takes the most recently used idle connection of its own
-//! thread, whose connection task runs on that thread's runtime, or opens
-//! one. A connection goes back to its pool once its response has been read
-//! to the end. The cap on exchanges in flight is shared by all workers;
-//! each worker keeps at most its share of that cap in idle connections.
+//! The connections are hyper-util's client's ([`Client`]): HTTP/1.1
+//! keep-alive connections pooled, or HTTP/2 connections each carrying many
+//! exchanges at once (streams). Each worker thread (see
+//! [`crate::http::server`]) has clients of its own, so a connection's task
+//! runs on the runtime of the worker whose exchanges it carries:
+//! - HTTP/1.1: one client per worker, whose pool keeps at most the
+//!   worker's share of `max_connections` idle connections;
+//! - HTTP/2 (`h2c`, or `auto` on `https://` when ALPN picks it): a few
+//!   clients per worker, one HTTP/2 connection each, taken in turn; one per
+//!   [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
+//!   `max_connections`.
+//!
+//! The cap on exchanges in flight (`max_connections`) is shared by all
+//! workers: an exchange holds a [`Slot`] from before it is sent until its
+//! answer has been read.
+//!
+//! A request that failed is sent again only when it provably never reached
+//! the upstream, so that an event is never delivered twice:
+//! - HTTP/2: the upstream refused its stream (`REFUSED_STREAM`), or said
+//!   GOAWAY with a last stream id below the request's (h2 fails exactly
+//!   those streams with the remote GOAWAY);
+//! - HTTP/1.1: its pooled connection was found closed before the request
+//!   was written (hyper hands such a request back, and hyper-util's client
+//!   sends it on another connection).
+//!
+//! Either only with a body that can be sent again (built by the proxy, not
+//! streamed from the caller). Besides, a bodyless GET or HEAD whose
+//! connection broke under it is sent once more (it changes nothing
+//! upstream). Nothing else is retried.
 
 use std::cell::Cell;
 use std::error::Error as StdError;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HOST, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower_service::Service as _;
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 
 /// Body of a request sent upstream: built by the proxy, or streamed from
-/// the caller (passthrough), held to `max_body_bytes`.
+/// the caller (passthrough), held to `max_body_bytes`. Only the first can
+/// be sent again after the upstream refused it.
 pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
 
 /// A request for the upstream, boxed: it is handed down through several
@@ -50,9 +73,17 @@ const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Pooled connections tried for one request before opening a new one
-/// (each may turn out closed by the upstream meanwhile).
-const MAX_REUSE_ATTEMPTS: usize = 3;
+/// Exchanges one HTTP/2 connection is meant to carry at once: the least
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends a server allow,
+/// and what h2 assumes before the server's settings arrive.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Times one request is sent at most (the first time included) when the
+/// upstream refuses it unprocessed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// The client type: HTTP or HTTPS, HTTP/1.1 or HTTP/2.
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, OutboundBody>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +93,9 @@ pub enum UpstreamError {
     #[error("upstream unreachable")]
     Connect(#[source] BoxError),
     /// The connection failed while sending or receiving (reset, malformed
-    /// response).
+    /// response, HTTP/2 stream or connection error).
     #[error("upstream request failed")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
     /// The response body could not be read.
     #[error("upstream response body failed")]
     Body(#[source] BoxError),
@@ -111,31 +142,20 @@ pub struct Buffered {
 }
 
 thread_local! {
-    /// The worker thread's index: which pool its exchanges use.
+    /// The worker thread's index: which clients its exchanges use.
     static WORKER: Cell<usize> = const { Cell::new(0) };
+    /// The worker's next HTTP/2 connection, in turn.
+    static NEXT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as worker `index`, so its exchanges use pool
-/// `index` (modulo the number of pools).
+/// Marks the calling thread as worker `index`, so its exchanges use the
+/// clients of worker `index` (modulo the number of workers).
 pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// An idle connection in a pool.
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<OutboundBody>,
-    since: Instant,
-}
-
-/// One worker's idle connections, most recently used last.
-#[derive(Debug, Default)]
-struct Pool {
-    idle: Mutex<Vec<Idle>>,
-}
-
-/// The connector, the pools and where they point. Cheap to clone; clones
-/// share the pools.
+/// The clients and where they point. Cheap to clone; clones share the
+/// clients and their connections.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     inner: Arc<Inner>,
@@ -143,34 +163,25 @@ pub struct Upstream {
 
 #[derive(Debug)]
 struct Inner {
-    connector: HttpsConnector<HttpConnector>,
-    /// Scheme and authority connections are opened to.
-    base: Uri,
-    /// The `Host` header of every upstream request.
-    host: HeaderValue,
+    /// `workers × per_worker` clients, worker by worker.
+    clients: Box<[UpstreamClient]>,
+    /// Clients (HTTP/2 connections) of each worker.
+    per_worker: usize,
+    /// Scheme and authority of every upstream request.
+    scheme: hyper::http::uri::Scheme,
+    authority: hyper::http::uri::Authority,
+    /// The `Host` header of a request known to go over HTTP/1.1; `None`
+    /// where it may go over HTTP/2, which names the host in `:authority`
+    /// (hyper-util then adds `Host` on an HTTP/1.1 connection itself).
+    host: Option<HeaderValue>,
+    /// Whether a connection may speak HTTP/2: then a request whose body
+    /// can be sent again is kept until its answer comes, in case the
+    /// upstream refuses it.
+    may_be_h2: bool,
     timeout: Duration,
     /// One permit per upstream exchange in progress: at most
     /// `max_connections` at once, the rest wait.
     slots: Arc<Semaphore>,
-    /// One pool per worker thread.
-    pools: Box<[Pool]>,
-    /// Idle connections each pool keeps at most.
-    max_idle_per_pool: usize,
-}
-
-/// A connection lent to one exchange: back to its pool when the answer
-/// has been read to the end, closed if it is dropped before.
-#[derive(Debug)]
-struct Lease {
-    upstream: Upstream,
-    sender: SendRequest<OutboundBody>,
-    pool: usize,
-}
-
-impl Lease {
-    fn release(self) {
-        self.upstream.put_back(self.pool, self.sender);
-    }
 }
 
 /// The right to one upstream exchange: at most `max_connections` are held
@@ -181,26 +192,14 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
-/// An upstream response body that holds its exchange's connection slot
-/// until it has been read to the end (or dropped), and then returns the
-/// connection to its pool.
+/// An upstream response body that holds its exchange's slot until it has
+/// been read to the end, failed or been dropped. A body the upstream cut
+/// short ends with an error frame (an HTTP/1.1 connection closed early, an
+/// HTTP/2 stream reset), so the caller's answer is cut too, not completed.
 #[derive(Debug)]
 pub struct Guarded {
     inner: Incoming,
     slot: Option<Slot>,
-    lease: Option<Lease>,
-}
-
-impl Drop for Guarded {
-    /// A body the server stopped reading because it knew it was complete
-    /// (its declared length was reached) still returns its connection.
-    fn drop(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(lease) = self.lease.take()
-        {
-            lease.release();
-        }
-    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -212,18 +211,8 @@ impl hyper::body::Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => {
-                if let Some(lease) = self.lease.take() {
-                    lease.release();
-                }
-                self.slot = None;
-            }
-            Poll::Ready(Some(Err(_))) => {
-                self.lease = None;
-                self.slot = None;
-            }
-            _ => {}
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            self.slot = None;
         }
         frame
     }
@@ -238,27 +227,55 @@ impl hyper::body::Body for Guarded {
 }
 
 impl Upstream {
-    /// A client for `config`, with one pool for each of `workers` threads.
+    /// A client for `config`, with clients of its own for each of `workers`
+    /// threads.
     pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
         let workers = workers.max(1);
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let connector = HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = config.url.scheme_str() == Some("https");
+        let protocol = config.protocol;
+        let may_be_h2 = match protocol {
+            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => https,
+            UpstreamProtocol::Http1 => false,
+        };
+        let share = config.max_connections.div_ceil(workers).max(1);
+        let per_worker = if may_be_h2 {
+            share.div_ceil(STREAMS_PER_CONNECTION)
+        } else {
+            1
+        };
+        let connector = connector(config);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(share)
+            .http2_only(protocol == UpstreamProtocol::H2c)
+            .retry_canceled_requests(true)
+            .set_host(true);
+        let clients = (0..workers * per_worker)
+            .map(|_| builder.build(connector.clone()))
+            .collect();
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::Authority::from_static("localhost"));
+        let scheme = config
+            .url
+            .scheme()
+            .cloned()
+            .unwrap_or(hyper::http::uri::Scheme::HTTP);
         Self {
             inner: Arc::new(Inner {
-                connector,
-                base: config.url.clone(),
-                host: host_header(&config.url),
+                clients,
+                per_worker,
+                host: (!may_be_h2).then(|| host_header(&config.url)),
+                scheme,
+                authority,
+                may_be_h2,
                 timeout: config.timeout,
                 slots: Arc::new(Semaphore::new(config.max_connections)),
-                pools: (0..workers).map(|_| Pool::default()).collect(),
-                max_idle_per_pool: config.max_connections.div_ceil(workers),
             }),
         }
     }
@@ -269,15 +286,14 @@ impl Upstream {
     }
 
     /// Sends `req`; the timeout covers everything up to the response
-    /// headers. The body then streams.
+    /// headers. The body then streams, holding the exchange's slot.
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let send = async {
             let slot = self.wait_for_slot().await?;
-            let (resp, lease) = self.request(req).await?;
+            let resp = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
                 slot: Some(slot),
-                lease: Some(lease),
             }))
         };
         tokio::time::timeout(self.inner.timeout, send)
@@ -305,145 +321,85 @@ impl Upstream {
             .map_err(|_| UpstreamError::Aborted)
     }
 
-    /// Sends `req` on a pooled connection or a new one.
-    ///
-    /// A request the pooled connection never started writing (it had been
-    /// closed meanwhile) is sent again on another, whatever its method. A
-    /// bodyless GET or HEAD that fails because its pooled connection turned
-    /// out to be closed is sent once more on a fresh one; nothing else is
-    /// retried, so a POST can never deliver an event twice.
+    /// Sends `req` with the calling worker's client, again while the
+    /// upstream provably did not process it (see the module's doc).
     ///
     /// Not an `async fn`: the request is prepared before the future is
-    /// built, and the future reuses the one slot `req` is captured in for
-    /// each attempt (an `async fn` would hold the argument and a mutable
-    /// copy of it side by side, in every request in flight).
+    /// built, and the future reuses the one box `req` is in for each
+    /// attempt.
     fn request(
         &self,
         mut req: OutboundRequest,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + '_ {
-        req.headers_mut().insert(HOST, self.inner.host.clone());
-        let mut retry = retryable_copy(&req);
-        let pool = self.pool_index();
-        let mut attempts = 0;
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + '_ {
+        let prepared = self.prepare(&mut req);
+        let client = self.client();
+        let idempotent = is_bodyless_read(&req);
         async move {
+            prepared?;
+            let mut attempts = 0;
             loop {
                 attempts += 1;
-                let pooled = if attempts <= MAX_REUSE_ATTEMPTS {
-                    self.take_idle(pool)
+                let again = (attempts < MAX_ATTEMPTS && (self.inner.may_be_h2 || idempotent))
+                    .then(|| replayable_copy(&req))
+                    .flatten();
+                let error = match client.request(*req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(error) => error,
+                };
+                let Some(again) = again else {
+                    return Err(upstream_error(error));
+                };
+                if never_processed(&error) {
+                    tracing::debug!(%error, attempts, "the upstream refused the request unprocessed; sending it again");
+                } else if idempotent && attempts == 1 && is_stale_connection(&error) {
+                    tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
                 } else {
-                    None
-                };
-                let reused = pooled.is_some();
-                let mut sender = match pooled {
-                    Some(sender) => sender,
-                    // Boxed: opening a connection is rare, and its future is
-                    // large; every request's future would otherwise carry it.
-                    None => Box::pin(self.connect()).await?,
-                };
-                match sender.try_send_request(*req).await {
-                    Ok(resp) => {
-                        let lease = Lease {
-                            upstream: self.clone(),
-                            sender,
-                            pool,
-                        };
-                        return Ok((resp, lease));
-                    }
-                    Err(mut failed) => {
-                        if reused && let Some(unsent) = failed.take_message() {
-                            tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
-                            *req = unsent;
-                            continue;
-                        }
-                        let error = failed.into_error();
-                        if reused
-                            && is_stale_connection(&error)
-                            && let Some(again) = retry.take()
-                        {
-                            tracing::debug!(%error, "stale upstream connection; retrying the GET once");
-                            req = again;
-                            attempts = MAX_REUSE_ATTEMPTS;
-                            continue;
-                        }
-                        return Err(UpstreamError::Request(error));
-                    }
+                    return Err(upstream_error(error));
                 }
+                req = again;
             }
         }
     }
 
-    /// The calling worker thread's pool.
-    fn pool_index(&self) -> usize {
-        WORKER.with(Cell::get) % self.inner.pools.len()
-    }
-
-    /// The most recently used idle connection of pool `index` that is
-    /// still open and ready.
-    fn take_idle(&self, index: usize) -> Option<SendRequest<OutboundBody>> {
-        let mut idle = self.inner.pools[index].idle.lock().ok()?;
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(sender);
+    /// Readies `req` for the client: the upstream's scheme and authority in
+    /// its target, and the upstream's `Host` instead of the caller's.
+    fn prepare(&self, req: &mut Request<OutboundBody>) -> Result<(), UpstreamError> {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(self.inner.scheme.clone());
+        parts.authority = Some(self.inner.authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Request(Box::new(e)))?;
+        match &self.inner.host {
+            Some(host) => {
+                req.headers_mut().insert(HOST, host.clone());
+            }
+            None => {
+                req.headers_mut().remove(HOST);
             }
         }
-        None
+        Ok(())
     }
 
-    /// Returns a connection whose exchange is complete to pool `index`. One
-    /// that has not yet seen the end of its exchange is waited for in a task
-    /// of its own.
-    fn put_back(&self, index: usize, mut sender: SendRequest<OutboundBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if !sender.is_ready() {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let upstream = self.clone();
-            runtime.spawn(async move {
-                let ready = tokio::time::timeout(upstream.inner.timeout, sender.ready()).await;
-                if let Ok(Ok(())) = ready {
-                    upstream.put_back(index, sender);
-                }
-            });
-            return;
-        }
-        let Ok(mut idle) = self.inner.pools[index].idle.lock() else {
-            return;
+    /// The calling worker's client (its next one, on HTTP/2).
+    fn client(&self) -> &UpstreamClient {
+        let per_worker = self.inner.per_worker;
+        let workers = self.inner.clients.len() / per_worker;
+        let worker = WORKER.with(Cell::get) % workers;
+        let turn = if per_worker > 1 {
+            NEXT.with(|n| {
+                let turn = n.get();
+                n.set(turn.wrapping_add(1));
+                turn % per_worker
+            })
+        } else {
+            0
         };
-        // Connections idle too long are closed (dropped) here, oldest first.
-        let now = Instant::now();
-        let expired = idle
-            .iter()
-            .take_while(|i| now.duration_since(i.since) >= POOL_IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
-        if idle.len() < self.inner.max_idle_per_pool {
-            idle.push(Idle { sender, since: now });
-        }
-    }
-
-    /// Opens a connection; its task runs on the calling thread's runtime.
-    async fn connect(&self) -> Result<SendRequest<OutboundBody>, UpstreamError> {
-        let mut connector = self.inner.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let io = connector
-            .call(self.inner.base.clone())
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| UpstreamError::Connect(Box::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        &self.inner.clients[worker * per_worker + turn]
     }
 
     /// Sends `req` in `slot` and reads the whole answer, all before
@@ -456,14 +412,13 @@ impl Upstream {
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
             let _slot = slot;
-            let (resp, lease) = self.request(req).await?;
+            let resp = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
                 .await
                 .map_err(UpstreamError::Body)?
                 .to_bytes();
-            lease.release();
             Ok(Buffered {
                 status: parts.status,
                 headers: parts.headers,
@@ -473,6 +428,23 @@ impl Upstream {
         tokio::time::timeout_at(deadline, exchange)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// The connector for `config`: TCP with the connect timeout, TLS on
+/// `https://` offering by ALPN what `upstream.protocol` allows.
+fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    let builder = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http();
+    match config.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2c => builder.enable_http2().wrap_connector(http),
+        UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
     }
 }
 
@@ -504,17 +476,28 @@ fn host_header(url: &Uri) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("localhost"))
 }
 
-/// A copy of `req` to send again, if it is a GET or HEAD without a body
-/// (boxed: most requests have none, and their futures need not carry room
-/// for one).
-fn retryable_copy(req: &Request<OutboundBody>) -> Option<Box<Request<OutboundBody>>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return None;
+/// The client's error as the proxy's.
+fn upstream_error(error: hyper_util::client::legacy::Error) -> UpstreamError {
+    if error.is_connect() {
+        UpstreamError::Connect(Box::new(error))
+    } else {
+        UpstreamError::Request(Box::new(error))
     }
-    if !matches!(req.body(), Either::Left(full) if full.size_hint().exact() == Some(0)) {
+}
+
+/// Whether `req` is a GET or HEAD without a body.
+fn is_bodyless_read(req: &Request<OutboundBody>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && matches!(req.body(), Either::Left(full) if full.size_hint().exact() == Some(0))
+}
+
+/// A copy of `req` to send again, if its body can be sent again (built by
+/// the proxy, not streamed from the caller); boxed, like the request.
+fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
+    let Either::Left(full) = req.body() else {
         return None;
-    }
-    let mut copy = Request::new(Either::Left(Full::new(Bytes::new())));
+    };
+    let mut copy = Request::new(Either::Left(full.clone()));
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -522,14 +505,32 @@ fn retryable_copy(req: &Request<OutboundBody>) -> Option<Box<Request<OutboundBod
     Some(Box::new(copy))
 }
 
-/// Whether a request failed because the (pooled) connection was closed
-/// or reset under it, before any answer.
-fn is_stale_connection(e: &hyper::Error) -> bool {
+/// Whether a request failed in a way that proves the upstream did not
+/// process it: on HTTP/2, its stream was refused (`REFUSED_STREAM`, RFC
+/// 9113 §8.7), or the upstream's GOAWAY named a last stream below it (h2
+/// fails exactly those streams, and the requests not yet sent on that
+/// connection, with the remote GOAWAY; a stream at or below the last one
+/// that is cut afterwards fails with the connection's I/O error instead).
+/// Both only as the upstream's own word (`is_remote`), not h2's.
+///
+/// On HTTP/1.1 no error proves it: a request the connection never started
+/// writing is handed back by hyper and sent again by hyper-util's client
+/// before it fails.
+pub fn never_processed(error: &(dyn StdError + 'static)) -> bool {
+    chain(error).any(|e| {
+        e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
+    })
+}
+
+/// Whether a request failed because its connection was closed or reset
+/// under it, before any answer.
+fn is_stale_connection(e: &(dyn StdError + 'static)) -> bool {
     use std::io::ErrorKind;
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    sources(e).any(|s| {
+    chain(e).any(|s| {
         s.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
             || s.downcast_ref::<std::io::Error>().is_some_and(|io| {
@@ -544,6 +545,13 @@ fn is_stale_connection(e: &hyper::Error) -> bool {
     })
 }
 
+/// `e` and the errors beneath it, nearest first.
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |&s| s.source())
+}
+
 /// The errors beneath `e`, nearest first.
 fn sources<'a>(
     e: &'a (dyn StdError + 'static),
@@ -554,4 +562,45 @@ fn sources<'a>(
 /// Whether an upstream failure is the caller's body exceeding its limit.
 pub fn is_body_limit(e: &UpstreamError) -> bool {
     sources(e).any(|s| s.is::<http_body_util::LengthLimitError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_error(reason: h2::Reason) -> h2::Error {
+        h2::Error::from(reason)
+    }
+
+    #[test]
+    fn only_the_upstreams_refusal_proves_a_request_unprocessed() {
+        // Made locally (h2's library errors), not the upstream's word.
+        assert!(!never_processed(&h2_error(h2::Reason::REFUSED_STREAM)));
+        assert!(!never_processed(&h2_error(h2::Reason::NO_ERROR)));
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
+        assert!(!never_processed(&io));
+    }
+
+    #[test]
+    fn a_bodyless_get_is_a_read_a_post_is_not() {
+        let get = Request::new(Either::Left(Full::new(Bytes::new())));
+        assert!(is_bodyless_read(&get));
+        let mut post = Request::new(Either::Left(Full::new(Bytes::new())));
+        *post.method_mut() = Method::POST;
+        assert!(!is_bodyless_read(&post));
+        let with_body = Request::new(Either::Left(Full::new(Bytes::from_static(b"x"))));
+        assert!(!is_bodyless_read(&with_body));
+    }
+
+    #[test]
+    fn a_built_body_is_copied_to_send_again() {
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = Method::POST;
+        req.headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
+        let copy = replayable_copy(&req).expect("a built body is replayable");
+        assert_eq!(copy.method(), Method::POST);
+        assert_eq!(copy.headers()["x-a"], "1");
+        assert_eq!(copy.body().size_hint().exact(), Some(2));
+    }
 }

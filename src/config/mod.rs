@@ -184,6 +184,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
     /// Time a client has to send a body the proxy reads (408 beyond).
@@ -200,6 +202,11 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where requests go.
     pub upstream: UpstreamConfig,
+    /// How legacy triggers are coalesced into `batch_events` requests
+    /// (`upstream.batch_in_flight`, `upstream.batch_max`). Kept out of
+    /// [`UpstreamConfig`], so that changing them on reload keeps the
+    /// upstream's connections.
+    pub batching: Batching,
     /// The admin listener.
     pub admin: AdminConfig,
     /// Metrics, ledger and deprecation headers.
@@ -270,6 +277,59 @@ pub struct UpstreamConfig {
     /// `timeout`). Each worker keeps at most its share of this many idle
     /// connections.
     pub max_connections: usize,
+    /// The HTTP version spoken to the upstream (`upstream.protocol`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// The HTTP version spoken to the upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 when TLS negotiates it (ALPN) on `https://`, HTTP/1.1 on
+    /// `http://` (the default).
+    #[default]
+    Auto,
+    /// HTTP/2 with prior knowledge over cleartext `http://` (h2c): for
+    /// servers such as Sockudo that close every HTTP/1 connection after one
+    /// answer but keep an HTTP/2 one open.
+    H2c,
+    /// HTTP/1.1 only, also on `https://`.
+    Http1,
+}
+
+impl UpstreamProtocol {
+    /// The name used in the config file and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::H2c => "h2c",
+            Self::Http1 => "http1",
+        }
+    }
+}
+
+/// Pusher's limit on events in one `POST /apps/{id}/batch_events`
+/// (sockudo's and soketi's default too).
+pub const MAX_BATCH_EVENTS: usize = 10;
+
+/// Coalescing of legacy triggers, per app, like a database's group commit:
+/// while `in_flight` trigger requests are on the wire, further triggers
+/// queue, and the queue leaves as one `batch_events` request of at most
+/// `max` events when one of them returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Trigger requests on the wire per app before triggers queue (≥ 1).
+    pub in_flight: usize,
+    /// Events in one batch, 1 to [`MAX_BATCH_EVENTS`]; 1 turns coalescing
+    /// off.
+    pub max: usize,
+}
+
+impl Batching {
+    /// Whether triggers are coalesced at all.
+    pub fn enabled(&self) -> bool {
+        self.max > 1
+    }
 }
 
 /// One app's credentials and translation settings.

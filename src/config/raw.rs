@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub(super) max_body_bytes: usize,
     #[serde(default = "default_header_timeout")]
     pub(super) header_timeout_ms: u64,
+    #[serde(default = "default_keepalive_timeout")]
+    pub(super) keepalive_timeout_ms: u64,
     #[serde(default = "default_shutdown_grace")]
     pub(super) shutdown_grace_ms: u64,
     #[serde(default = "default_body_timeout")]
@@ -107,6 +109,14 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_upstream_connections")]
     pub(super) max_connections: usize,
+    // upstream.protocol
+    #[serde(default)]
+    pub(super) protocol: super::UpstreamProtocol,
+    // Coalescing of legacy triggers (see `Batching`).
+    #[serde(default = "default_batch_in_flight")]
+    pub(super) batch_in_flight: usize,
+    #[serde(default = "default_batch_max")]
+    pub(super) batch_max: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +186,10 @@ pub(super) fn default_max_body() -> usize {
 pub(super) fn default_header_timeout() -> u64 {
     10_000
 }
+/// nginx's `keepalive_timeout`.
+pub(super) fn default_keepalive_timeout() -> u64 {
+    75_000
+}
 pub(super) fn default_max_header_bytes() -> usize {
     32 * 1024
 }
@@ -195,6 +209,15 @@ pub(super) fn default_upstream_timeout() -> u64 {
 /// (Pusher over the internet) and far more on a nearby upstream.
 pub(super) fn default_upstream_connections() -> usize {
     64
+}
+/// Trigger requests an app keeps on the wire before further legacy
+/// triggers queue for the next batch.
+pub(super) fn default_batch_in_flight() -> usize {
+    2
+}
+/// Pusher's limit on events in one `batch_events` request.
+pub(super) fn default_batch_max() -> usize {
+    super::MAX_BATCH_EVENTS
 }
 pub(super) fn default_connect_timeout() -> u64 {
     3_000

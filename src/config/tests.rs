@@ -290,3 +290,74 @@ fn admin_token_problems_are_named() {
         assert!(!problems[0].contains("tok\n"), "the value is never shown");
     }
 }
+
+// upstream.protocol
+#[test]
+fn upstream_protocol_defaults_to_auto_and_sockudo_examples_use_h2c() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:6001\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    let c = Config::from_toml_str(base, &env(&[])).expect("valid");
+    assert_eq!(c.upstream.protocol, UpstreamProtocol::Auto);
+    for (text, expected) in [
+        ("h2c", UpstreamProtocol::H2c),
+        ("http1", UpstreamProtocol::Http1),
+        ("auto", UpstreamProtocol::Auto),
+    ] {
+        let toml = base.replace("[[apps]]", &format!("protocol = \"{text}\"\n[[apps]]"));
+        let c = Config::from_toml_str(&toml, &env(&[])).expect("valid");
+        assert_eq!(c.upstream.protocol, expected);
+        assert_eq!(expected.as_str(), text);
+    }
+    let https = base
+        .replace("http://", "https://")
+        .replace("[[apps]]", "protocol = \"h2c\"\n[[apps]]");
+    let err = Config::from_toml_str(&https, &env(&[]))
+        .expect_err("h2c needs http://")
+        .to_string();
+    assert!(err.contains("upstream.protocol"), "{err}");
+    let local = Config::from_toml_str(include_str!("../../config/sockudo-local.toml"), &env(&[]))
+        .expect("valid");
+    assert_eq!(local.upstream.protocol, UpstreamProtocol::H2c);
+}
+
+#[test]
+fn batching_defaults_and_limits() {
+    let parse = |extra: &str| {
+        Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n\
+                 [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &env(&[]),
+        )
+    };
+    let c = parse("").expect("valid");
+    assert_eq!(
+        c.batching,
+        Batching {
+            in_flight: 2,
+            max: 10
+        }
+    );
+    assert!(c.batching.enabled());
+    let c = parse("batch_in_flight = 1\nbatch_max = 1").expect("valid");
+    assert_eq!(
+        c.batching,
+        Batching {
+            in_flight: 1,
+            max: 1
+        }
+    );
+    assert!(!c.batching.enabled(), "batch_max = 1 turns coalescing off");
+    for (extra, key, says) in [
+        (
+            "batch_in_flight = 0",
+            "upstream.batch_in_flight",
+            "greater than 0",
+        ),
+        ("batch_max = 0", "upstream.batch_max", "1 to 10"),
+        ("batch_max = 11", "upstream.batch_max", "at most 10"),
+    ] {
+        let e = parse(extra).expect_err(extra).to_string();
+        assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+}

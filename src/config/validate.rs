@@ -12,9 +12,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::raw::{RawApp, RawConfig};
 use super::{
-    AdminConfig, AppConfig, Brownout, Collected, Config, ConfigError, Credentials, EnvLookup,
-    MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES, MIN_RETENTION_DAYS, Mode,
-    SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, AppConfig, Batching, Brownout, Collected, Config, ConfigError, Credentials,
+    EnvLookup, MAX_BATCH_EVENTS, MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES,
+    MIN_RETENTION_DAYS, Mode, SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 
 impl RawConfig {
@@ -31,6 +32,7 @@ impl RawConfig {
         problems.positive("timestamp_window_secs", self.timestamp_window_secs);
         problems.positive("max_body_bytes", self.max_body_bytes as u64);
         problems.positive("header_timeout_ms", self.header_timeout_ms);
+        problems.positive("keepalive_timeout_ms", self.keepalive_timeout_ms);
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
         problems.positive("max_connections", self.max_connections as u64);
@@ -62,6 +64,19 @@ impl RawConfig {
             "upstream.max_connections",
             self.upstream.max_connections as u64,
         );
+        // Coalescing of legacy triggers.
+        problems.positive(
+            "upstream.batch_in_flight",
+            self.upstream.batch_in_flight as u64,
+        );
+        if !(1..=MAX_BATCH_EVENTS).contains(&self.upstream.batch_max) {
+            problems.add(
+                "upstream.batch_max",
+                format!(
+                    "must be 1 to {MAX_BATCH_EVENTS} (events per batch_events request; Pusher accepts at most {MAX_BATCH_EVENTS}; 1 turns coalescing off)"
+                ),
+            );
+        }
 
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
@@ -121,6 +136,15 @@ impl RawConfig {
                 Uri::from_static("http://invalid")
             }
         };
+        // upstream.protocol
+        if self.upstream.protocol == UpstreamProtocol::H2c && url.scheme_str() == Some("https") {
+            problems.add(
+                "upstream.protocol",
+                "`h2c` is HTTP/2 over cleartext and needs an `http://` url; \
+                 over `https://`, `auto` negotiates HTTP/2 by ALPN"
+                    .to_owned(),
+            );
+        }
         let is_pusher = url
             .host()
             .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
@@ -154,6 +178,7 @@ impl RawConfig {
             timestamp_window_secs: self.timestamp_window_secs,
             max_body_bytes: self.max_body_bytes,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             bypass: self.bypass,
@@ -169,6 +194,11 @@ impl RawConfig {
                 timeout: Duration::from_millis(self.upstream.timeout_ms),
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 max_connections: self.upstream.max_connections,
+                protocol: self.upstream.protocol,
+            },
+            batching: Batching {
+                in_flight: self.upstream.batch_in_flight,
+                max: self.upstream.batch_max,
             },
             admin: AdminConfig {
                 listen: admin_listen,

@@ -6,18 +6,90 @@ pub mod admin;
 pub mod headers;
 pub mod server;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::upstream::{Buffered, Guarded};
 
 /// Body of every answer the proxy gives: its own, or the upstream's streamed.
-pub type ResponseBody = Either<Full<Bytes>, Guarded>;
+pub type ResponseBody = Either<Full<Bytes>, Streamed>;
+
+/// Told how a streamed answer's body ended: the request's recorder, which
+/// records the request then (see `Recorder::finish_response`). A body that
+/// ends, or that hyper lets go of, drops it; one the upstream cut short
+/// calls [`StreamEnd::cut`] first.
+pub trait StreamEnd: Send {
+    /// The upstream's body failed with `error` while it streamed.
+    fn cut(self: Box<Self>, error: &(dyn std::error::Error + 'static));
+}
+
+/// An upstream answer's body streamed to the caller, reporting how it
+/// ended to whoever [`Streamed::report_to`] names.
+pub struct Streamed {
+    inner: Guarded,
+    report: Option<Box<dyn StreamEnd>>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("inner", &self.inner)
+            .field("report", &self.report.is_some())
+            .finish()
+    }
+}
+
+impl Streamed {
+    /// `inner`, streamed, reporting to no one yet.
+    pub fn new(inner: Guarded) -> Self {
+        Self {
+            inner,
+            report: None,
+        }
+    }
+
+    /// Reports how the body ends to `end`.
+    pub fn report_to(&mut self, end: Box<dyn StreamEnd>) {
+        self.report = Some(end);
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = <Guarded as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(report) = self.report.take() {
+                    report.cut(error);
+                }
+            }
+            Poll::Ready(None) => self.report = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// `Content-Type` of the proxy's plain-text answers.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";

@@ -41,6 +41,8 @@ use crate::http::{self, APPLICATION_JSON, ResponseBody};
 use crate::pusher::query::QueryParams;
 use crate::pusher::signature::{Expected, Signer, Unsigned};
 use crate::routes::channel_stats::OffUntil;
+use crate::routes::coalesce::{self, Coalescer};
+use crate::routes::single_flight::Flights;
 use crate::routes::{self, TranslateError, channel_event, channel_stats, passthrough};
 use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Telemetry, call_site};
@@ -71,6 +73,15 @@ pub(crate) struct App {
     /// The upstream path its translated triggers go to
     /// (`/apps/{upstream id}/events`), built once.
     pub(crate) events_path: String,
+    /// The upstream path its coalesced triggers go to
+    /// (`/apps/{upstream id}/batch_events`), built once.
+    pub(crate) batch_path: String,
+    /// Its trigger queue and places on the wire (`upstream.batch_*`):
+    /// fresh for each configuration, see [`coalesce`].
+    pub(crate) coalescer: Coalescer,
+    /// Its stats queries on the wire (single flight), fresh for each
+    /// configuration.
+    pub(crate) stats_flights: Flights,
 }
 
 impl App {
@@ -143,6 +154,9 @@ impl State {
                     presence_counting_off: carried(|p| &p.presence_counting_off),
                     series: telemetry.app_series(&a.id),
                     events_path: channel_event::upstream_path(&a.upstream.id),
+                    batch_path: coalesce::batch_path(&a.upstream.id),
+                    coalescer: Coalescer::new(config.batching),
+                    stats_flights: Flights::default(),
                 };
                 (a.id.clone(), app)
             })
@@ -296,7 +310,7 @@ impl State {
             if legacy {
                 self.deprecation_headers(response.headers_mut(), app);
             }
-            recorder.finish(response.status(), error.as_ref());
+            recorder.finish_response(&mut response, error.as_ref());
             Ok(response)
         }
     }

@@ -5,17 +5,21 @@
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::{Method, StatusCode};
+use http_body_util::Either;
+use hyper::{Method, Response, StatusCode};
 
 use super::cutover::Path;
 use crate::chain::ErrorChain;
 use crate::error::{Fault, ProxyError};
+use crate::http::{ResponseBody, StreamEnd};
 use crate::pipeline::classify::RouteKind;
 use crate::telemetry::fingerprint::{FingerprintId, Library};
 use crate::telemetry::metrics::AppSeries;
 use crate::telemetry::{Observation, Outcome, Telemetry, VerifiedCaller};
+use crate::upstream::UpstreamError;
 
 /// Longest caller-supplied value (app id, `auth_key`, user agent) kept for
 /// logs and the ledger; longer ones are cut, so hostile input cannot bloat
@@ -25,6 +29,9 @@ pub const MAX_LOGGED_LEN: usize = 128;
 /// The status logged for a request whose client left before the answer
 /// (nginx's convention; never sent).
 const CLIENT_CLOSED: u16 = 499;
+
+/// The status logged for a request cut by the drain deadline (never sent).
+const DRAIN_CUT: u16 = 503;
 
 /// Cuts `s` to at most [`MAX_LOGGED_LEN`] bytes on a character boundary.
 pub fn truncate(s: &str) -> &str {
@@ -122,12 +129,24 @@ impl Record {
     }
 }
 
-/// Records a request exactly once: on [`Recorder::finish`], or on drop if
-/// the request never got that far.
+/// Where a [`Recorder`] records: the request's own borrow of the telemetry
+/// (and its app's series), or, once the request has handed its streamed
+/// answer to hyper, a handle of its own.
+#[derive(Debug)]
+enum Sink<'a> {
+    Borrowed {
+        telemetry: &'a Arc<Telemetry>,
+        series: Option<&'a AppSeries>,
+    },
+    Owned(Arc<Telemetry>),
+}
+
+/// Records a request exactly once: on [`Recorder::finish`]; for a streamed
+/// answer once its body has ended ([`Recorder::finish_response`]); or on
+/// drop if the request never got that far.
 #[derive(Debug)]
 pub struct Recorder<'a> {
-    telemetry: &'a Telemetry,
-    series: Option<&'a AppSeries>,
+    sink: Sink<'a>,
     started: Instant,
     now: u64,
     method: Method,
@@ -137,6 +156,11 @@ pub struct Recorder<'a> {
     client_addr: IpText,
     /// Filled in by the pipeline.
     pub record: Record,
+    /// The status and latency of a streamed answer whose head has gone
+    /// out, recorded when its body ends.
+    answered: Option<(StatusCode, Duration)>,
+    /// Dropped unanswered because the drain deadline passed.
+    drain_cut: bool,
     done: bool,
 }
 
@@ -145,7 +169,7 @@ impl<'a> Recorder<'a> {
     /// `series` (the configured app its path names; `None` for `other`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        telemetry: &'a Telemetry,
+        telemetry: &'a Arc<Telemetry>,
         series: Option<&'a AppSeries>,
         now: u64,
         method: &Method,
@@ -155,8 +179,7 @@ impl<'a> Recorder<'a> {
         peer: SocketAddr,
     ) -> Self {
         Self {
-            telemetry,
-            series,
+            sink: Sink::Borrowed { telemetry, series },
             started: Instant::now(),
             now,
             method: method.clone(),
@@ -165,6 +188,8 @@ impl<'a> Recorder<'a> {
             user_agent: user_agent.map(|v| truncate(&String::from_utf8_lossy(v)).to_owned()),
             client_addr: IpText::new(peer.ip()),
             record: Record::default(),
+            answered: None,
+            drain_cut: false,
             done: false,
         }
     }
@@ -175,13 +200,64 @@ impl<'a> Recorder<'a> {
         self.emit(status.as_u16(), error, outcome(status, error));
     }
 
+    /// Records `response`, the answer: at once, unless it streams the
+    /// upstream's body (passthrough). Then the recorder goes with the body
+    /// and records once the body has ended, so that a body the upstream
+    /// cut short is recorded as the upstream error it is (the caller got
+    /// a truncated answer), not as the status its head announced. The
+    /// latency is still the time to the answer's head.
+    pub fn finish_response(
+        self,
+        response: &mut Response<ResponseBody>,
+        error: Option<&ProxyError>,
+    ) {
+        let status = response.status();
+        match response.body_mut() {
+            Either::Right(streamed) if error.is_none() => {
+                streamed.report_to(Box::new(self.detach(status)));
+            }
+            _ => self.finish(status, error),
+        }
+    }
+
+    /// This recorder, owning what it records into, for an answer with
+    /// `status` whose head is going out now.
+    fn detach(mut self, status: StatusCode) -> Recorder<'static> {
+        self.done = true;
+        let telemetry = match &self.sink {
+            Sink::Borrowed { telemetry, .. } => Arc::clone(telemetry),
+            Sink::Owned(telemetry) => telemetry.clone(),
+        };
+        Recorder {
+            sink: Sink::Owned(telemetry),
+            started: self.started,
+            now: self.now,
+            method: std::mem::take(&mut self.method),
+            kind: self.kind,
+            app_id: self.app_id.take(),
+            user_agent: self.user_agent.take(),
+            client_addr: self.client_addr,
+            record: std::mem::take(&mut self.record),
+            answered: Some((status, self.started.elapsed())),
+            drain_cut: false,
+            done: false,
+        }
+    }
+
     fn emit(&self, status: u16, error: Option<&ProxyError>, outcome: Outcome) {
-        let duration = self.started.elapsed();
+        let duration = self
+            .answered
+            .map_or_else(|| self.started.elapsed(), |(_, latency)| latency);
         let record = &self.record;
-        self.telemetry.observe(&Observation {
+        let (telemetry, series) = match &self.sink {
+            Sink::Borrowed { telemetry, series } => (&***telemetry, *series),
+            // Found again by app id, as the series of every app are.
+            Sink::Owned(telemetry) => (&**telemetry, None),
+        };
+        telemetry.observe(&Observation {
             route: self.kind,
             app_id: self.app_id.as_deref(),
-            series: self.series,
+            series,
             outcome,
             duration,
             upstream_duration: record.upstream_time,
@@ -219,8 +295,15 @@ impl<'a> Recorder<'a> {
     fn log(&self, status: u16, error: Option<&ProxyError>, duration: Duration) {
         let fault = error.map(ProxyError::fault);
         let error = error.map(|e| ErrorChain(e).to_string()).or_else(|| {
-            (status == CLIENT_CLOSED)
-                .then(|| "client closed the connection before the answer".into())
+            if self.drain_cut {
+                Some(
+                    "cut by the drain deadline (shutdown_grace_ms ran out) before the answer"
+                        .into(),
+                )
+            } else {
+                (status == CLIENT_CLOSED)
+                    .then(|| "client closed the connection before the answer".into())
+            }
         });
         let line = LineValues {
             status,
@@ -229,6 +312,7 @@ impl<'a> Recorder<'a> {
         };
         let level = match (fault, self.kind.is_legacy()) {
             (Some(Fault::Upstream | Fault::Internal), _) => tracing::Level::ERROR,
+            (None, _) if self.drain_cut => tracing::Level::ERROR,
             (_, true) => tracing::Level::WARN,
             (_, false) => tracing::Level::INFO,
         };
@@ -294,10 +378,34 @@ struct LineValues<'e> {
 }
 
 impl Drop for Recorder<'_> {
+    /// A streamed answer's body ended (or its client left while it
+    /// streamed): recorded with the status its head had. A request dropped
+    /// before its answer: its client left, or the worker's drain deadline
+    /// passed (then it is the proxy's cut, counted with the proxy's faults,
+    /// as `upstream_error`).
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            return;
+        }
+        if let Some((status, _)) = self.answered {
+            self.emit(status.as_u16(), None, outcome(status, None));
+        } else if crate::http::server::drain_deadline_passed() {
+            self.drain_cut = true;
+            self.emit(DRAIN_CUT, None, Outcome::UpstreamError);
+        } else {
             self.emit(CLIENT_CLOSED, None, Outcome::ClientError);
         }
+    }
+}
+
+impl StreamEnd for Recorder<'static> {
+    /// The upstream's body failed while it streamed: the caller got a
+    /// truncated answer; recorded as the upstream's error.
+    fn cut(mut self: Box<Self>, error: &(dyn std::error::Error + 'static)) {
+        self.done = true;
+        let status = self.answered.map_or(StatusCode::OK, |(status, _)| status);
+        let error = ProxyError::Upstream(UpstreamError::Body(ErrorChain(error).to_string().into()));
+        self.emit(status.as_u16(), Some(&error), outcome(status, Some(&error)));
     }
 }
 
@@ -354,7 +462,7 @@ mod tests {
             &|_: &str| None,
         )
         .expect("a valid config");
-        let telemetry = Telemetry::new(&config);
+        let telemetry = Arc::new(Telemetry::new(&config));
         let at = std::time::UNIX_EPOCH + Duration::new(1_764_000_000, 5_000);
         let peer: SocketAddr = "[2001:db8::1]:4000".parse().expect("an address");
         for (kind, method, app_id, agent, auth_key, upstream, error, expected) in [

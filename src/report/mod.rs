@@ -29,9 +29,12 @@ use crate::telemetry::fingerprint::Library;
 use crate::telemetry::usage::{AppUsage, CallSite, Caller, Usage};
 
 mod chart;
+pub mod evidence;
 mod gate;
 mod html;
 mod progress;
+pub mod prometheus;
+pub mod promql;
 pub mod sources;
 mod table;
 mod text;
@@ -56,7 +59,7 @@ pub const HOURLY_WINDOW: Duration = Duration::days(3);
 pub const QUIET_AFTER: Duration = Duration::hours(24);
 
 /// A report over a window of the usage ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// When the report was built (the `now` given to [`build`]); RFC 3339
     /// (UTC) in JSON.
@@ -81,6 +84,10 @@ pub struct Report {
     /// How [`AppReport::chart`] is bucketed: by the hour for windows of
     /// [`HOURLY_WINDOW`] or less, by the day otherwise.
     pub resolution: Resolution,
+    /// The evidence Prometheus gave, for a report from `--prometheus`
+    /// (absent from a ledger's JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<prometheus::FleetEvidence>,
     /// Every app in the ledger or configured: active first, then quiet,
     /// unproven and done, each by most calls in the window, then app id.
     /// Apps without calls in the window are kept (with zeros), so an app
@@ -384,6 +391,7 @@ pub fn build_for(
         instance: usage.instance.clone(),
         merged: instances.len() > 1,
         resolution,
+        prometheus: None,
         apps,
     }
 }

@@ -109,6 +109,23 @@ pub(super) fn window_text(report: &Report) -> String {
 
 /// What the ledger's span means for the statuses.
 pub(super) fn coverage_text(report: &Report) -> String {
+    if let Some(e) = &report.prometheus {
+        let head = format!(
+            "Prometheus {}, job {}: {} sidecar(s) scraped in the window",
+            e.prometheus,
+            e.job,
+            e.instances.len()
+        );
+        if e.gaps.is_empty() {
+            return format!("{head}, each throughout its time in it: covers the window");
+        }
+        let gaps: Vec<&str> = e.gaps.iter().map(|g| g.message.as_str()).collect();
+        return format!(
+            "{head}; the evidence has gaps, so an app without calls shows as unproven, not \
+             done: {}",
+            gaps.join("; ")
+        );
+    }
     match (report.recorded_since, report.since) {
         (Some(r), _) if report.covers_window => {
             format!("ledger recorded since {}: covers the window", rfc3339(r))

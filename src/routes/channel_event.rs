@@ -8,11 +8,13 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use super::coalesce::{self, Pending, Place};
 use super::{TranslateError, map_failure};
 use crate::error::ProxyError;
 use crate::http::{self, ResponseBody, TEXT_PLAIN};
 use crate::pipeline::Call;
 use crate::pusher::query::QueryParams;
+use crate::upstream::{Buffered, UpstreamError};
 
 /// The body every legacy trigger gets on success, with status 202: what the
 /// old API sent, and what the pre-2.x PHP clients compare against (spec E.3).
@@ -86,7 +88,18 @@ impl<'a> Trigger<'a> {
     }
 }
 
-/// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`.
+/// How a trigger leaves, decided before anything is awaited.
+enum Leaving<'a> {
+    /// Alone, now, as `POST /events`: its JSON body, and the place on the
+    /// wire it holds when coalescing is on.
+    Alone(Bytes, Option<Place<'a>>),
+    /// Queued for the next batch.
+    Queued(Pending),
+}
+
+/// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`, or joins
+/// the next `POST /apps/{id}/batch_events` while the app's trigger requests
+/// are all on the wire ([`super::coalesce`]).
 pub(crate) async fn translate(
     call: &mut Call<'_>,
     channel: &str,
@@ -94,10 +107,10 @@ pub(crate) async fn translate(
     body: &[u8],
 ) -> Result<Response<ResponseBody>, ProxyError> {
     super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
-    let app = call.app;
-    // Translated in a block of its own, so that only the JSON body is held
-    // while the upstream answers.
-    let json = {
+    let (state, app) = (call.state, call.app);
+    // Translated in a block of its own, so that only the JSON body (or the
+    // queued event) is held while the upstream answers.
+    let leaving = {
         let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
         if channel.starts_with("private-encrypted-") {
             // Old clients never encrypt; subscribers will fail to decrypt
@@ -108,12 +121,55 @@ pub(crate) async fn translate(
                 "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
             );
         }
-        Bytes::from(trigger.upstream_body(channel))
+        if !app.coalescer.enabled() || !coalesce::batchable(&trigger) {
+            // Coalescing off, or an event the upstream could refuse: sent
+            // alone, outside the places, as it always was.
+            Leaving::Alone(Bytes::from(trigger.upstream_body(channel)), None)
+        } else if let Some(place) = Place::reserve(state, app) {
+            Leaving::Alone(Bytes::from(trigger.upstream_body(channel)), Some(place))
+        } else {
+            Leaving::Queued(Pending::new(&trigger, channel))
+        }
     };
-    let path = &app.events_path;
+    match leaving {
+        Leaving::Alone(json, place) => {
+            let answer = alone(call, json).await;
+            // The place is handed on once the answer is in.
+            drop(place);
+            answer
+        }
+        Leaving::Queued(event) => queued(call, event).await,
+    }
+}
+
+/// Sends one trigger as `POST /events` and maps its answer.
+async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody>, ProxyError> {
+    let state = call.state;
+    let path = &call.app.events_path;
     let build = |call: &Call<'_>| call.signed_request(Method::POST, path, Some(json), None);
-    let deadline = call.state.upstream.deadline();
+    let deadline = state.upstream.deadline();
+    state.telemetry.metrics().upstream.trigger_request(1);
     let answer = call.exchange(build, deadline).await?;
+    answer_caller(&call.app.config.id, &answer)
+}
+
+/// Queues one trigger for the next batch and maps the batch's answer.
+async fn queued(call: &mut Call<'_>, event: Pending) -> Result<Response<ResponseBody>, ProxyError> {
+    let answer = call.app.coalescer.enqueue(call.state, call.app, event);
+    // Dropping this future (the caller left) leaves the event queued.
+    let Ok(answer) = answer.await else {
+        return Err(UpstreamError::Aborted.into());
+    };
+    call.record.add_upstream_time(answer.upstream_time);
+    let answer = answer.result?;
+    call.record.upstream_status = Some(answer.status.as_u16());
+    answer_caller(&call.app.config.id, &answer)
+}
+
+/// A trigger's answer from its request's upstream answer: 202 on a 2xx,
+/// else the mapped failure (spec E.4). The same for a trigger sent alone
+/// and for each of a batch's callers.
+fn answer_caller(app_id: &str, answer: &Buffered) -> Result<Response<ResponseBody>, ProxyError> {
     if answer.status.is_success() {
         return Ok(http::respond(
             StatusCode::ACCEPTED,
@@ -121,7 +177,7 @@ pub(crate) async fn translate(
             Bytes::from_static(ACCEPTED_BODY),
         ));
     }
-    let r = map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+    let r = map_failure(app_id, answer.status, &answer.headers, answer.body.clone())?;
     Ok(http::respond_with(r.status, r.headers, r.body))
 }
 

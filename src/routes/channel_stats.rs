@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
-use hyper::{Method, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::map_failure;
@@ -188,8 +188,8 @@ async fn exchange(
     // A loop rather than a second call after the first, so that no answer
     // is held while the next is awaited.
     let answer = loop {
-        let build = |call: &Call<'_>| call.signed_request(Method::GET, &path, None, info);
-        let answer = call.exchange(build, deadline).await?;
+        // Shared with identical concurrent queries (single flight).
+        let answer = super::single_flight::exchange(call, &path, channel, info, deadline).await?;
         if probing
             && info == Some("subscription_count")
             && counting_disabled(answer.status, &answer.body)
@@ -226,7 +226,12 @@ async fn exchange(
         let headers = http::answer_headers(HeaderValue::from_static(APPLICATION_JSON));
         return Ok((StatusCode::OK, headers, body));
     }
-    let r = map_failure(&app.config.id, answer.status, &answer.headers, answer.body)?;
+    let r = map_failure(
+        &app.config.id,
+        answer.status,
+        &answer.headers,
+        answer.body.clone(),
+    )?;
     Ok((r.status, r.headers, r.body))
 }
 

@@ -9,7 +9,9 @@
 
 pub mod channel_event;
 pub mod channel_stats;
+pub mod coalesce;
 pub mod passthrough;
+pub(crate) mod single_flight;
 
 use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -148,6 +150,11 @@ pub(crate) async fn observe(
         }
     };
     let deadline = call.state.upstream.deadline();
+    call.state
+        .telemetry
+        .metrics()
+        .upstream
+        .request(crate::telemetry::metrics::UpstreamRoute::Legacy);
     call.exchange(build, deadline).await
 }
 

@@ -6,10 +6,10 @@
 //! are verified, then re-signed.
 
 use bytes::Bytes;
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use hyper::http::request::Parts;
@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::error::ProxyError;
 use crate::http::headers::strip_hop_by_hop;
-use crate::http::{BodyError, ResponseBody};
+use crate::http::{BodyError, ResponseBody, Streamed, read_body};
 use crate::pipeline::{App, Call, Record, State};
 use crate::pusher::query::QueryParams;
 use crate::pusher::route::RouteKind;
@@ -32,12 +32,27 @@ use crate::upstream::{self, Guarded, OutboundRequest};
 /// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
 /// path (`OPTIONS *`, authority form): a Pusher API has no use for them.
 ///
-/// A body declared larger than `max_body` is refused (413); one that turns
-/// out larger while streaming is cut.
-pub fn upstream_request(
+/// The body is read whole first, within `max_body` bytes (413 beyond; up
+/// front when `Content-Length` says so) and `timeout` (408, the caller's
+/// fault), and only then is an upstream slot taken ([`forward`]).
+///
+/// Why read first rather than give each route class its own share of
+/// `upstream.max_connections`: a share only moves the starvation inside
+/// the class (64 clients sending a body at 1 byte/s would still hold every
+/// passthrough slot until `upstream.timeout_ms`, and each of their 504s
+/// would blame the upstream), and its size would be one more setting to
+/// get right. Read first, a slot is held only while the upstream itself
+/// works, whatever the callers' pace; a slow body is cut by
+/// `body_timeout_ms` as on the legacy routes and counted as the client's
+/// error; and the buffered body can be sent again (retries over a fresh
+/// connection). The cost is memory: at most `max_body_bytes` per request
+/// in flight, for an API whose bodies are a few KiB (an event's data is
+/// capped at 10 KiB by Pusher, a batch at ten of them).
+pub async fn upstream_request(
     mut parts: Parts,
     body: Incoming,
     max_body: usize,
+    timeout: Duration,
 ) -> Result<OutboundRequest, ProxyError> {
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed(parts.method));
@@ -45,24 +60,24 @@ pub fn upstream_request(
     if !parts.uri.path().starts_with('/') || parts.uri.path_and_query().is_none() {
         return Err(ProxyError::NotAPath);
     }
-    let declared = body.size_hint().exact();
-    if declared.is_some_and(|n| n > max_body as u64) {
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > max_body as u64)
+    {
         return Err(BodyError::TooLarge { limit: max_body }.into());
     }
+    let body = read_body(body, max_body, timeout).await?;
     // The upstream gets the path and query in origin form (already parsed
     // and validated, so not parsed again).
     parts.uri = upstream::origin_form(&parts.uri);
     prepare_headers(&mut parts);
-    // A known-empty GET or HEAD gets an empty body the upstream client can
-    // send again after a stale pooled connection.
-    let bodyless =
-        declared == Some(0) && (parts.method == Method::GET || parts.method == Method::HEAD);
-    let body = if bodyless {
-        Either::Left(Full::new(Bytes::new()))
-    } else {
-        Either::Right(Limited::new(body, max_body))
-    };
-    Ok(Box::new(Request::from_parts(parts, body)))
+    // The body is here already: nothing to wait for a `100 Continue` for.
+    parts.headers.remove(EXPECT);
+    Ok(Box::new(Request::from_parts(
+        parts,
+        Either::Left(Full::new(body)),
+    )))
 }
 
 /// A passthrough request the proxy verifies and re-signs rather than
@@ -129,7 +144,8 @@ pub(crate) async fn forward_unchanged(
     body: Incoming,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let req = upstream_request(parts, body, state.config.max_body_bytes)?;
+    let config = &state.config;
+    let req = upstream_request(parts, body, config.max_body_bytes, config.body_timeout).await?;
     forward(state, req, record).await
 }
 
@@ -142,15 +158,7 @@ async fn forward(
     let started = Instant::now();
     let resp = state.upstream.send(req).await;
     record.add_upstream_time(started.elapsed());
-    let resp = match resp {
-        Err(e) if upstream::is_body_limit(&e) => {
-            return Err(BodyError::TooLarge {
-                limit: state.config.max_body_bytes,
-            }
-            .into());
-        }
-        other => other?,
-    };
+    let resp = resp?;
     record.upstream_status = Some(resp.status().as_u16());
     Ok(downstream_response(resp))
 }
@@ -231,7 +239,7 @@ fn prepare_headers(parts: &mut Parts) {
 pub fn downstream_response(resp: Response<Guarded>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Right(body))
+    Response::from_parts(parts, Either::Right(Streamed::new(body)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 
 use super::Outcome;
@@ -323,6 +323,8 @@ pub struct Metrics {
     pub connection_errors: Family<KindLabel, Counter>,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
+    /// The deprecated routes' upstream requests and trigger coalescing.
+    pub upstream: UpstreamRequests,
     request_durations: RouteHistograms,
     upstream_durations: RouteHistograms,
 }
@@ -355,6 +357,7 @@ impl Metrics {
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let ledger_unwritten_calls = Gauge::default();
         let connection_errors = Family::<KindLabel, Counter>::default();
+        let upstream = UpstreamRequests::register(&mut registry);
 
         registry.register(
             names::DEPRECATED_CALLS,
@@ -440,6 +443,7 @@ impl Metrics {
             ledger_unwritten_calls,
             connection_errors,
             build_info,
+            upstream,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),
         }
@@ -482,5 +486,126 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+// ---- Upstream requests of the deprecated routes, and trigger coalescing ----
+
+/// Names of the coalescing block's metrics (counters gain `_total`).
+pub mod upstream_names {
+    /// Upstream requests the deprecated routes made, by upstream route.
+    pub const UPSTREAM_REQUESTS: &str = "pusher_cutover_upstream_requests";
+    /// Events carried by each upstream trigger request (`events`: 1,
+    /// `batch_events`: 1 to `batch_max`).
+    pub const UPSTREAM_BATCH_EVENTS: &str = "pusher_cutover_upstream_batch_events";
+    /// Legacy triggers queued for the next `batch_events` request.
+    pub const QUEUED_TRIGGERS: &str = "pusher_cutover_queued_triggers";
+    /// Legacy stats calls answered from another identical call's upstream
+    /// request (single flight).
+    pub const SHARED_STATS: &str = "pusher_cutover_shared_stats_answers";
+}
+
+/// The upstream route a deprecated call's request took: its `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamRoute {
+    /// `POST /apps/{id}/events`: one translated trigger.
+    Events,
+    /// `POST /apps/{id}/batch_events`: coalesced triggers.
+    BatchEvents,
+    /// `GET /apps/{id}/channels/{channel}`: translated stats.
+    Channel,
+    /// A deprecated call forwarded in its legacy form (`observe`, `shadow`).
+    Legacy,
+}
+
+impl UpstreamRoute {
+    /// Every route, in label order.
+    pub const ALL: [Self; 4] = [Self::Events, Self::BatchEvents, Self::Channel, Self::Legacy];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::BatchEvents => "batch_events",
+            Self::Channel => "channel",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+/// The coalescing block: counters resolved once, so counting a request
+/// hashes no labels.
+#[derive(Debug)]
+pub struct UpstreamRequests {
+    by_route: [Counter; UpstreamRoute::ALL.len()],
+    batch_events: Histogram,
+    queued: Gauge,
+    shared_stats: Counter,
+}
+
+impl UpstreamRequests {
+    /// Registers the block's metrics in `registry`, every series at 0.
+    fn register(registry: &mut Registry) -> Self {
+        let family = Family::<RouteLabel, Counter>::default();
+        let by_route = UpstreamRoute::ALL.map(|r| {
+            family
+                .get_or_create(&RouteLabel { route: r.as_str() })
+                .clone()
+        });
+        registry.register(
+            upstream_names::UPSTREAM_REQUESTS,
+            "Upstream requests made for deprecated calls, by upstream route",
+            family,
+        );
+        let batch_events = Histogram::new(linear_buckets(1.0, 1.0, 10));
+        registry.register(
+            upstream_names::UPSTREAM_BATCH_EVENTS,
+            "Events per upstream trigger request (events: 1; batch_events: up to upstream.batch_max)",
+            batch_events.clone(),
+        );
+        let queued = Gauge::default();
+        registry.register(
+            upstream_names::QUEUED_TRIGGERS,
+            "Legacy triggers waiting for the next batch_events request",
+            queued.clone(),
+        );
+        let shared_stats = Counter::default();
+        registry.register(
+            upstream_names::SHARED_STATS,
+            "Legacy stats calls answered from an identical concurrent call's upstream request",
+            shared_stats.clone(),
+        );
+        Self {
+            by_route,
+            batch_events,
+            queued,
+            shared_stats,
+        }
+    }
+
+    /// Counts one upstream request on `route`.
+    pub fn request(&self, route: UpstreamRoute) {
+        self.by_route[route as usize].inc();
+    }
+
+    /// Counts one upstream trigger request carrying `events` events.
+    pub fn trigger_request(&self, events: usize) {
+        let route = if events > 1 {
+            UpstreamRoute::BatchEvents
+        } else {
+            UpstreamRoute::Events
+        };
+        self.request(route);
+        self.batch_events.observe(events as f64);
+    }
+
+    /// Legacy triggers queued now.
+    pub fn queued(&self) -> &Gauge {
+        &self.queued
+    }
+
+    /// Counts a stats call answered from another call's request.
+    pub fn shared_stats(&self) {
+        self.shared_stats.inc();
     }
 }

@@ -291,6 +291,12 @@ impl Telemetry {
         }
     }
 
+    /// The metrics, for the routes that count their own (the coalescing
+    /// block, [`metrics::UpstreamRequests`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()

@@ -12,6 +12,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod coalesce;
 mod sockudo;
 mod ws;
 
@@ -68,7 +69,7 @@ impl Env {
         let sockudo = Sockudo::start(&sockudo::binary()).await;
         let proxy = TestProxy::for_upstream(
             &sockudo.url(),
-            "timeout_ms = 10000",
+            "timeout_ms = 10000\nprotocol = \"h2c\"",
             "subscription_count = \"on\"",
         )
         .await;

@@ -249,7 +249,13 @@ async fn sigterm_drains_200_requests_in_flight() {
     fake.set(|b| b.delay = std::time::Duration::from_millis(1500));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
+    // Coalescing off (`batch_max = 1`): 200 triggers are 200 upstream
+    // requests in flight, not 200 callers queued behind two batches.
+    std::fs::write(
+        &config,
+        support::config_toml(&fake.url(), "batch_max = 1", ""),
+    )
+    .expect("write config");
     let served = Served::start(&config).await;
     let mut tasks = Vec::new();
     for i in 0..200 {

@@ -220,15 +220,20 @@ async fn rollout_is_sticky_per_channel() {
         t.await.expect("task");
     }
     let translated = |recorded: &[support::fake::Recorded]| -> std::collections::HashSet<String> {
+        // Concurrent triggers may leave coalesced, as batch_events.
         recorded
             .iter()
-            .filter(|r| r.path == "/apps/4242/events")
-            .map(|r| {
-                r.json()["channels"][0]
-                    .as_str()
-                    .expect("channel")
-                    .to_owned()
+            .flat_map(|r| match r.path.as_str() {
+                "/apps/4242/events" => vec![r.json()["channels"][0].clone()],
+                "/apps/4242/batch_events" => r.json()["batch"]
+                    .as_array()
+                    .expect("batch")
+                    .iter()
+                    .map(|e| e["channel"].clone())
+                    .collect(),
+                _ => Vec::new(),
             })
+            .map(|c| c.as_str().expect("channel").to_owned())
             .collect()
     };
     let first = translated(&fake.recorded());

@@ -90,7 +90,7 @@ async fn slow_header_client_is_cut_while_others_are_served() {
 async fn idle_keep_alive_connections_are_closed() {
     let fake = support::fake().await;
     let proxy = TestProxy::start(
-        &with_top_level("header_timeout_ms = 300", &fake.url()),
+        &with_top_level("keepalive_timeout_ms = 300", &fake.url()),
         Arc::new(pusher_cutover::SystemClock),
     )
     .await;
@@ -172,7 +172,7 @@ async fn hostile_requests_get_4xx_and_reach_nothing() {
 }
 
 #[tokio::test]
-async fn past_max_connections_new_connections_wait() {
+async fn past_max_connections_new_connections_wait_while_all_are_busy() {
     let fake = support::fake().await;
     let proxy = TestProxy::start(
         &with_top_level("max_connections = 2", &fake.url()),
@@ -180,13 +180,16 @@ async fn past_max_connections_new_connections_wait() {
     )
     .await;
     let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Each held connection has a request in flight (its body not sent
+    // yet), so none is idle to be closed for the newcomer.
+    let busy = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n";
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-        s.write_all(request).await.expect("write");
-        assert_eq!(support::read_response(&mut s).await.status.as_u16(), 401);
+        s.write_all(busy).await.expect("write");
         held.push(s);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = TcpStream::connect(proxy.addr)
         .await
         .expect("connect (queued)");
@@ -201,7 +204,7 @@ async fn past_max_connections_new_connections_wait() {
         "the third connection was served past the cap"
     );
     // The held connections are still served.
-    held[0].write_all(request).await.expect("write");
+    held[0].write_all(b"x").await.expect("write");
     assert_eq!(
         support::read_response(&mut held[0]).await.status.as_u16(),
         401

@@ -69,6 +69,10 @@ pub struct Behaviour {
     pub fixed: Option<(u16, &'static str, String)>,
     /// The `connection_count` the emulated legacy stats route answers.
     pub legacy_connection_count: u64,
+    /// Hold every request, once recorded, until [`FakeUpstream::release`]
+    /// lets it go (how it is answered is decided after that): a test can
+    /// keep requests on the wire and build a queue behind them.
+    pub hold: bool,
 }
 
 impl Default for Behaviour {
@@ -81,6 +85,7 @@ impl Default for Behaviour {
             presence_subscription_count: true,
             fixed: None,
             legacy_connection_count: 3,
+            hold: false,
         }
     }
 }
@@ -92,6 +97,8 @@ struct State {
     behaviour: Mutex<Behaviour>,
     recorded: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
+    /// Permits for held requests ([`Behaviour::hold`]).
+    gate: tokio::sync::Semaphore,
 }
 
 /// A running fake upstream.
@@ -125,6 +132,7 @@ impl FakeUpstream {
             behaviour: Mutex::new(Behaviour::default()),
             recorded: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -166,6 +174,39 @@ impl FakeUpstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held requests (or the next `n` to be held) be answered,
+    /// oldest waiter first.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+
+    /// Stops holding, and answers every request held so far.
+    pub fn release_all(&self) {
+        self.set(|b| b.hold = false);
+        self.state
+            .gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Waits (at most 10 s) until `n` requests have been received, and
+    /// returns them.
+    pub async fn wait_for_requests(&self, n: usize) -> Vec<Recorded> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let recorded = self.recorded();
+            if recorded.len() >= n {
+                return recorded;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fake received {} requests, not {n}: {:?}",
+                recorded.len(),
+                recorded.iter().map(|r| &r.path).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -218,6 +259,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         received: std::time::Instant::now(),
     };
     state.recorded.lock().expect("lock").push(recorded.clone());
+    let hold = state.behaviour.lock().expect("lock").hold;
+    if hold && let Ok(permit) = state.gate.acquire().await {
+        permit.forget();
+    }
     let (behaviour, delay) = {
         let mut behaviour = state.behaviour.lock().expect("lock");
         let delay = behaviour.next_delays.pop_front().unwrap_or(behaviour.delay);
@@ -265,6 +310,33 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
                 );
             }
             json(200, serde_json::json!({"ok": true}))
+        }
+        // Spec B.2, as sockudo answers it: each event with one channel, at
+        // most 10, `{}` on success.
+        ("POST", ["", "apps", _, "batch_events"]) => {
+            let body: serde_json::Value = match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(_) => return json(400, serde_json::json!({"error": "invalid JSON"})),
+            };
+            let Some(batch) = body["batch"].as_array() else {
+                return json(400, serde_json::json!({"error": "batch is required"}));
+            };
+            if batch.len() > 10 {
+                return json(
+                    400,
+                    serde_json::json!({"error": "Batch size exceeds limit (10)", "code": "limit_exceeded", "status": 400}),
+                );
+            }
+            let valid = |e: &serde_json::Value| {
+                e["name"].is_string() && e["data"].is_string() && e["channel"].is_string()
+            };
+            if !batch.iter().all(valid) {
+                return json(
+                    400,
+                    serde_json::json!({"error": "each event needs name, channel and data"}),
+                );
+            }
+            json(200, serde_json::json!({}))
         }
         ("GET", ["", "apps", _, "channels", channel]) => {
             let info = req.param("info").unwrap_or_default();

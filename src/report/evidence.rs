@@ -1,0 +1,548 @@
+//! Whether the evidence behind a zero is complete: for Prometheus, every
+//! sidecar of the job scraped throughout its existence in the window, the
+//! window inside what Prometheus keeps; for ledgers, a ledger recording
+//! since before the window. Each shortfall is a [`Gap`], named so an
+//! operator can go and look. Pure functions over numbers already fetched,
+//! so the rules are unit-tested without a Prometheus.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::text::rfc3339;
+
+/// Why a window's zero is not proven.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Gap {
+    /// No sidecar of the job was scraped in the window.
+    NoSidecar {
+        /// The scrape job.
+        job: String,
+    },
+    /// No sidecar of the job was scraped around the window's start:
+    /// Prometheus' data for the job starts inside the window (it was
+    /// started, or the job added, or the data dropped, since).
+    NotWatchedAtStart {
+        /// The scrape job.
+        job: String,
+        /// The window's start (Unix seconds).
+        start: i64,
+    },
+    /// The window reaches back further than Prometheus keeps samples.
+    Retention {
+        /// Prometheus' `storage.tsdb.retention.time`, as it says it.
+        retention: String,
+        /// The window, in seconds.
+        window_seconds: u64,
+    },
+    /// A sidecar's scrapes failed (`up == 0`) for part of the window.
+    ScrapesFailed {
+        /// The sidecar (its instance label).
+        instance: String,
+        /// Scrapes with `up == 0`.
+        failed: u64,
+        /// All its scrapes in the window.
+        scrapes: u64,
+    },
+    /// A sidecar has fewer scrapes than its time in the window and the
+    /// scrape interval call for.
+    ScrapesMissing {
+        /// The sidecar.
+        instance: String,
+        /// Scrapes seen.
+        scrapes: u64,
+        /// Scrapes expected between its first and last in the window.
+        expected: u64,
+    },
+    /// Fewer sidecars up at the window's end than `--expect-instances`.
+    FewerInstances {
+        /// `--expect-instances`.
+        expected: usize,
+        /// Sidecars whose last scrape in the window succeeded.
+        seen: usize,
+    },
+    /// An `--expect-app` that a sidecar does not serve (its calls would
+    /// pass through that sidecar uncounted), or that none does.
+    AppNotServed {
+        /// The app id.
+        app_id: String,
+        /// The sidecars without it; empty when there is no sidecar at all.
+        instances: Vec<String>,
+    },
+    /// The job's scrape interval is unknown (no active target, and no
+    /// `--scrape-interval`), so missing scrapes cannot be counted.
+    ScrapeIntervalUnknown {
+        /// The scrape job.
+        job: String,
+    },
+    /// The ledger started recording inside the window.
+    LedgerStartsInWindow {
+        /// When it started (Unix seconds).
+        recorded_since: i64,
+        /// The window's start (Unix seconds).
+        start: i64,
+    },
+    /// The ledger does not say since when it records.
+    LedgerStartUnknown,
+}
+
+fn unix_text(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t).map_or_else(|_| t.to_string(), rfc3339)
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSidecar { job } => {
+                write!(f, "no sidecar of job {job} was scraped in the window")
+            }
+            Self::NotWatchedAtStart { job, start } => write!(
+                f,
+                "no sidecar of job {job} was scraped at the window's start ({}): Prometheus' \
+                 data for the job begins inside the window",
+                unix_text(*start)
+            ),
+            Self::Retention {
+                retention,
+                window_seconds,
+            } => write!(
+                f,
+                "the window ({}) is longer than Prometheus keeps samples (retention {retention})",
+                humantime::format_duration(std::time::Duration::from_secs(*window_seconds))
+            ),
+            Self::ScrapesFailed {
+                instance,
+                failed,
+                scrapes,
+            } => write!(
+                f,
+                "sidecar {instance} was not reachable for {failed} of its {scrapes} scrapes \
+                 (up == 0)"
+            ),
+            Self::ScrapesMissing {
+                instance,
+                scrapes,
+                expected,
+            } => write!(
+                f,
+                "sidecar {instance} has {scrapes} scrapes in the window where its time in it \
+                 calls for {expected}"
+            ),
+            Self::FewerInstances { expected, seen } => write!(
+                f,
+                "{seen} sidecar(s) up at the window's end, {expected} expected \
+                 (--expect-instances)"
+            ),
+            Self::AppNotServed { app_id, instances } if instances.is_empty() => {
+                write!(f, "app {app_id} is served by no sidecar (--expect-app)")
+            }
+            Self::AppNotServed { app_id, instances } => write!(
+                f,
+                "app {app_id} is not configured on sidecar(s) {} (--expect-app): its calls \
+                 there are not counted",
+                instances.join(", ")
+            ),
+            Self::ScrapeIntervalUnknown { job } => write!(
+                f,
+                "the scrape interval of job {job} is unknown (no active target; give \
+                 --scrape-interval)"
+            ),
+            Self::LedgerStartsInWindow {
+                recorded_since,
+                start,
+            } => write!(
+                f,
+                "the ledger records since {}, after the window's start ({}): it cannot prove \
+                 there was no call before",
+                unix_text(*recorded_since),
+                unix_text(*start)
+            ),
+            Self::LedgerStartUnknown => {
+                write!(f, "the ledger does not say since when it records")
+            }
+        }
+    }
+}
+
+/// A ledger's evidence for a window starting at `start`: none missing
+/// when it records since then or earlier.
+pub fn ledger_gaps(recorded_since: Option<OffsetDateTime>, start: OffsetDateTime) -> Vec<Gap> {
+    match recorded_since {
+        Some(r) if r <= start => Vec::new(),
+        Some(r) => vec![Gap::LedgerStartsInWindow {
+            recorded_since: r.unix_timestamp(),
+            start: start.unix_timestamp(),
+        }],
+        None => vec![Gap::LedgerStartUnknown],
+    }
+}
+
+/// One sidecar's scrapes in a window, as Prometheus answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Scrapes {
+    /// `count_over_time(up[…])`.
+    pub scrapes: u64,
+    /// `sum_over_time(up[…])`: the successful ones.
+    pub up: u64,
+    /// Its first scrape in the window (Unix seconds), when known.
+    pub first: Option<f64>,
+    /// Its last scrape in the window (Unix seconds), when known.
+    pub last: Option<f64>,
+}
+
+/// What Prometheus answered about a window, for [`gaps`].
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The scrape job.
+    pub job: String,
+    /// The window's start and end (Unix seconds).
+    pub start: i64,
+    /// The window's end.
+    pub end: i64,
+    /// The job's scrape interval in seconds, when known.
+    pub scrape_interval: Option<f64>,
+    /// Prometheus' retention time as it says it, and parsed.
+    pub retention: Option<(String, std::time::Duration)>,
+    /// Sidecars scraped just before the window's start.
+    pub watched_at_start: usize,
+    /// Each sidecar scraped in the window.
+    pub instances: BTreeMap<String, Scrapes>,
+    /// Which apps each sidecar serves.
+    pub apps_served: BTreeMap<String, BTreeSet<String>>,
+    /// `--expect-instances`.
+    pub expect_instances: Option<usize>,
+    /// `--expect-app`.
+    pub expect_apps: Vec<String>,
+}
+
+/// Scrapes expected from `first` to `last` at `interval`.
+pub fn expected_scrapes(first: f64, last: f64, interval: f64) -> u64 {
+    if interval <= 0.0 || last < first {
+        return 1;
+    }
+    // Truncation is the intent: whole intervals between the two.
+    ((last - first) / interval).floor() as u64 + 1
+}
+
+/// Missing scrapes tolerated before they are a gap: one, and 2 % of the
+/// expected, for the jitter of scrape times against the window's edges.
+fn tolerance(expected: u64) -> u64 {
+    1 + expected / 50
+}
+
+/// Every gap in `facts`, in a stable order: the job, retention, each
+/// sidecar (by name), the expectations.
+pub fn gaps(facts: &Facts) -> Vec<Gap> {
+    let mut out = Vec::new();
+    if facts.instances.is_empty() {
+        out.push(Gap::NoSidecar {
+            job: facts.job.clone(),
+        });
+    } else if facts.watched_at_start == 0 {
+        out.push(Gap::NotWatchedAtStart {
+            job: facts.job.clone(),
+            start: facts.start,
+        });
+    }
+    let window_seconds = u64::try_from(facts.end - facts.start).unwrap_or(0);
+    if let Some((text, retention)) = &facts.retention
+        && !retention.is_zero()
+        && window_seconds > retention.as_secs()
+    {
+        out.push(Gap::Retention {
+            retention: text.clone(),
+            window_seconds,
+        });
+    }
+    if facts.scrape_interval.is_none() && !facts.instances.is_empty() {
+        out.push(Gap::ScrapeIntervalUnknown {
+            job: facts.job.clone(),
+        });
+    }
+    for (instance, s) in &facts.instances {
+        if s.up < s.scrapes {
+            out.push(Gap::ScrapesFailed {
+                instance: instance.clone(),
+                failed: s.scrapes - s.up,
+                scrapes: s.scrapes,
+            });
+        }
+        if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
+        {
+            let expected = expected_scrapes(first, last, interval);
+            if s.scrapes + tolerance(expected) < expected {
+                out.push(Gap::ScrapesMissing {
+                    instance: instance.clone(),
+                    scrapes: s.scrapes,
+                    expected,
+                });
+            }
+        }
+    }
+    if let Some(expected) = facts.expect_instances {
+        let seen = facts
+            .instances
+            .values()
+            .filter(|s| up_at_end(s, facts))
+            .count();
+        if seen < expected {
+            out.push(Gap::FewerInstances { expected, seen });
+        }
+    }
+    for app in &facts.expect_apps {
+        let without: Vec<String> = facts
+            .instances
+            .keys()
+            .filter(|i| {
+                facts
+                    .apps_served
+                    .get(*i)
+                    .is_none_or(|apps| !apps.contains(app))
+            })
+            .cloned()
+            .collect();
+        if facts.instances.is_empty() || !without.is_empty() {
+            out.push(Gap::AppNotServed {
+                app_id: app.clone(),
+                instances: without,
+            });
+        }
+    }
+    out
+}
+
+/// Whether a sidecar was scraped at the window's end (within two scrape
+/// intervals) and its scrapes all succeeded.
+fn up_at_end(s: &Scrapes, facts: &Facts) -> bool {
+    let interval = facts.scrape_interval.unwrap_or(60.0);
+    let recent = s
+        .last
+        .is_some_and(|last| last >= facts.end as f64 - 2.0 * interval - 1.0);
+    recent && s.up == s.scrapes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrapes(n: u64, up: u64, first: f64, last: f64) -> Scrapes {
+        Scrapes {
+            scrapes: n,
+            up,
+            first: Some(first),
+            last: Some(last),
+        }
+    }
+
+    /// Two sidecars scraped every second through a 60 s window.
+    fn full() -> Facts {
+        let mut instances = BTreeMap::new();
+        instances.insert("a:9090".into(), scrapes(60, 60, 1000.5, 1059.5));
+        instances.insert("b:9090".into(), scrapes(61, 61, 1000.0, 1060.0));
+        let apps: BTreeSet<String> = ["4242".to_owned()].into();
+        Facts {
+            job: "pusher-cutover".into(),
+            start: 1000,
+            end: 1060,
+            scrape_interval: Some(1.0),
+            retention: Some(("15d".into(), std::time::Duration::from_secs(15 * 86_400))),
+            watched_at_start: 2,
+            apps_served: [
+                ("a:9090".to_owned(), apps.clone()),
+                ("b:9090".to_owned(), apps),
+            ]
+            .into(),
+            instances,
+            expect_instances: None,
+            expect_apps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn full_coverage_has_no_gap() {
+        assert_eq!(gaps(&full()), vec![]);
+    }
+
+    #[test]
+    fn no_sidecar_is_a_gap() {
+        let mut f = full();
+        f.instances.clear();
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::NoSidecar {
+                job: "pusher-cutover".into()
+            }]
+        );
+        assert_eq!(
+            gaps(&f)[0].to_string(),
+            "no sidecar of job pusher-cutover was scraped in the window"
+        );
+    }
+
+    #[test]
+    fn failed_scrapes_name_the_sidecar() {
+        let mut f = full();
+        f.instances
+            .insert("b:9090".into(), scrapes(61, 50, 1000.0, 1060.0));
+        let g = gaps(&f);
+        assert_eq!(
+            g,
+            vec![Gap::ScrapesFailed {
+                instance: "b:9090".into(),
+                failed: 11,
+                scrapes: 61
+            }]
+        );
+        assert_eq!(
+            g[0].to_string(),
+            "sidecar b:9090 was not reachable for 11 of its 61 scrapes (up == 0)"
+        );
+    }
+
+    #[test]
+    fn missing_scrapes_beyond_the_tolerance_are_a_gap() {
+        let mut f = full();
+        // 59 of 61: within one and 2 %.
+        f.instances
+            .insert("b:9090".into(), scrapes(59, 59, 1000.0, 1060.0));
+        assert_eq!(gaps(&f), vec![]);
+        f.instances
+            .insert("b:9090".into(), scrapes(40, 40, 1000.0, 1060.0));
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::ScrapesMissing {
+                instance: "b:9090".into(),
+                scrapes: 40,
+                expected: 61
+            }]
+        );
+    }
+
+    #[test]
+    fn a_sidecar_that_started_or_ended_inside_the_window_is_covered_for_its_time() {
+        let mut f = full();
+        // Replaced at 1030: the old one scraped until then, the new one since.
+        f.instances
+            .insert("a:9090".into(), scrapes(31, 31, 1000.0, 1030.0));
+        f.instances
+            .insert("c:9090".into(), scrapes(30, 30, 1031.0, 1060.0));
+        assert_eq!(gaps(&f), vec![]);
+    }
+
+    #[test]
+    fn data_starting_inside_the_window_is_a_gap() {
+        let mut f = full();
+        f.watched_at_start = 0;
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::NotWatchedAtStart {
+                job: "pusher-cutover".into(),
+                start: 1000
+            }]
+        );
+    }
+
+    #[test]
+    fn a_window_longer_than_retention_is_a_gap() {
+        let mut f = full();
+        f.retention = Some(("30s".into(), std::time::Duration::from_secs(30)));
+        let g = gaps(&f);
+        assert_eq!(
+            g,
+            vec![Gap::Retention {
+                retention: "30s".into(),
+                window_seconds: 60
+            }]
+        );
+        assert!(g[0].to_string().contains("retention 30s"), "{}", g[0]);
+        // 0s: no time-based retention (size only) says nothing.
+        f.retention = Some(("0s".into(), std::time::Duration::ZERO));
+        assert_eq!(gaps(&f), vec![]);
+    }
+
+    #[test]
+    fn expected_instances_count_those_up_at_the_end() {
+        let mut f = full();
+        f.expect_instances = Some(2);
+        assert_eq!(gaps(&f), vec![]);
+        f.expect_instances = Some(3);
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::FewerInstances {
+                expected: 3,
+                seen: 2
+            }]
+        );
+        // One gone at 1030 is not up at the end.
+        f.expect_instances = Some(2);
+        f.instances
+            .insert("a:9090".into(), scrapes(31, 31, 1000.0, 1030.0));
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::FewerInstances {
+                expected: 2,
+                seen: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn an_expected_app_must_be_served_by_every_sidecar() {
+        let mut f = full();
+        f.expect_apps = vec!["4242".into()];
+        assert_eq!(gaps(&f), vec![]);
+        f.expect_apps = vec!["7000".into()];
+        let g = gaps(&f);
+        assert_eq!(
+            g,
+            vec![Gap::AppNotServed {
+                app_id: "7000".into(),
+                instances: vec!["a:9090".into(), "b:9090".into()]
+            }]
+        );
+        assert!(g[0].to_string().contains("a:9090, b:9090"), "{}", g[0]);
+    }
+
+    #[test]
+    fn an_unknown_scrape_interval_is_a_gap() {
+        let mut f = full();
+        f.scrape_interval = None;
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::ScrapeIntervalUnknown {
+                job: "pusher-cutover".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_ledger_proves_zero_only_from_before_the_window() {
+        let t = |s| OffsetDateTime::from_unix_timestamp(s).expect("time");
+        assert_eq!(ledger_gaps(Some(t(900)), t(1000)), vec![]);
+        assert_eq!(ledger_gaps(Some(t(1000)), t(1000)), vec![]);
+        let g = ledger_gaps(Some(t(1001)), t(1000));
+        assert_eq!(
+            g,
+            vec![Gap::LedgerStartsInWindow {
+                recorded_since: 1001,
+                start: 1000
+            }]
+        );
+        assert!(
+            g[0].to_string().contains("1970-01-01T00:16:41Z"),
+            "{}",
+            g[0]
+        );
+        assert_eq!(ledger_gaps(None, t(1000)), vec![Gap::LedgerStartUnknown]);
+    }
+
+    #[test]
+    fn expected_scrapes_counts_both_ends() {
+        assert_eq!(expected_scrapes(0.0, 60.0, 15.0), 5);
+        assert_eq!(expected_scrapes(0.0, 59.0, 15.0), 4);
+        assert_eq!(expected_scrapes(10.0, 10.0, 15.0), 1);
+    }
+}

@@ -1,0 +1,229 @@
+//! Every PromQL query `report --prometheus` sends, in one place (and
+//! quoted in docs/migration.md, to paste into Grafana).
+//!
+//! A [`Selector`] names the scrape job, the apps (none: all) and the
+//! target label that names a sidecar (`instance`, or `pod` with the
+//! Kubernetes relabelling). Ranges are in whole seconds. A range over the
+//! counters is widened by one scrape interval (`reach`): `increase()` only
+//! sees steps between samples inside its range, so without it a call
+//! between the last scrape before a window's start and the first one in it
+//! would count nowhere; with it, such a call counts in the window (for the
+//! gate: on the side of "used").
+
+use std::fmt::Write as _;
+
+/// The counter of deprecated calls, as Prometheus stores it.
+pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls_total";
+
+/// The counter used to tell which apps a sidecar serves: one series per
+/// configured app, created at 0 at startup.
+pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
+
+/// What the queries select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The scrape job (`job` label).
+    pub job: String,
+    /// Only these app ids; empty for all.
+    pub apps: Vec<String>,
+    /// The target label naming a sidecar.
+    pub instance_label: String,
+}
+
+impl Selector {
+    /// `{job="…"}` (with `app_id=~"…"` when apps are selected and
+    /// `with_apps`) plus `extra` matchers.
+    fn matchers(&self, with_apps: bool, extra: &str) -> String {
+        let mut m = format!("job=\"{}\"", escape_string(&self.job));
+        if with_apps && !self.apps.is_empty() {
+            let alternatives: Vec<String> = self.apps.iter().map(|a| escape_regex(a)).collect();
+            let _ = write!(m, ",app_id=~\"{}\"", escape_string(&alternatives.join("|")));
+        }
+        if !extra.is_empty() {
+            m.push(',');
+            m.push_str(extra);
+        }
+        format!("{{{m}}}")
+    }
+
+    fn calls(&self) -> String {
+        format!("{DEPRECATED_CALLS}{}", self.matchers(true, ""))
+    }
+
+    fn up(&self) -> String {
+        format!("up{}", self.matchers(false, ""))
+    }
+
+    /// The grouping of the per-caller queries.
+    fn by_caller(&self) -> String {
+        format!("app_id, route, library, {}", self.instance_label)
+    }
+
+    /// Deprecated calls in the `range` seconds ending at the evaluation
+    /// time, by app, route, library and sidecar, only where there were
+    /// some: `sum by (app_id, route, library, instance)
+    /// (increase(pusher_cutover_deprecated_calls_total{job="…"}[Ns])) > 0`.
+    /// With `range` an hour plus a scrape interval, evaluated at every
+    /// hour's end by `query_range`, these are the hourly buckets.
+    pub fn calls_by_caller(&self, range: u64) -> String {
+        format!(
+            "sum by ({}) (increase({}[{range}s])) > 0",
+            self.by_caller(),
+            self.calls()
+        )
+    }
+
+    /// Calls made by a sidecar before its first scrape inside the window:
+    /// series with no sample `range` seconds ago (the sidecar started in
+    /// the window, with its counters at 0) whose highest value is above 0.
+    /// `increase()` cannot see those, as it starts from the first sample.
+    pub fn calls_before_first_scrape(&self, range: u64) -> String {
+        format!(
+            "sum by ({by}) (max_over_time({c}[{range}s]) unless {c} offset {range}s) > 0",
+            by = self.by_caller(),
+            c = self.calls()
+        )
+    }
+
+    /// Each sidecar's scrapes in the window: how many (`count_over_time`).
+    pub fn scrapes(&self, range: u64) -> String {
+        format!("count_over_time({}[{range}s])", self.up())
+    }
+
+    /// Each sidecar's successful scrapes in the window (`up` is 1 or 0).
+    pub fn scrapes_up(&self, range: u64) -> String {
+        format!("sum_over_time({}[{range}s])", self.up())
+    }
+
+    /// Each sidecar's first scrape in the window, to a `step`: the
+    /// earliest `timestamp(up)` a subquery sees.
+    pub fn first_scrape(&self, range: u64, step: u64) -> String {
+        format!("min_over_time(timestamp({})[{range}s:{step}s])", self.up())
+    }
+
+    /// Each sidecar's last scrape in the window, to a `step`.
+    pub fn last_scrape(&self, range: u64, step: u64) -> String {
+        format!("max_over_time(timestamp({})[{range}s:{step}s])", self.up())
+    }
+
+    /// The sidecars scraped in the `range` seconds before the evaluation
+    /// time; evaluated at the window's start, it tells whether Prometheus
+    /// was watching the job then.
+    pub fn scraped_in(&self, range: u64) -> String {
+        format!("count_over_time({}[{range}s])", self.up())
+    }
+
+    /// Which apps each sidecar serves in the window (one series per
+    /// configured app, present from startup).
+    pub fn apps_served(&self, range: u64) -> String {
+        format!(
+            "count by (app_id, {}) (count_over_time({APP_PRESENCE}{}[{range}s]))",
+            self.instance_label,
+            self.matchers(true, "route=\"legacy_trigger\",outcome=\"ok\"")
+        )
+    }
+}
+
+/// `s` inside a PromQL double-quoted string.
+pub fn escape_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` as a literal in a (RE2) regular expression.
+pub fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(apps: &[&str]) -> Selector {
+        Selector {
+            job: "pusher-cutover".into(),
+            apps: apps.iter().map(|a| (*a).to_owned()).collect(),
+            instance_label: "instance".into(),
+        }
+    }
+
+    #[test]
+    fn calls_by_caller_sums_increase_by_app_route_library_and_instance() {
+        assert_eq!(
+            sel(&[]).calls_by_caller(86_401),
+            "sum by (app_id, route, library, instance) \
+             (increase(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[86401s])) > 0"
+        );
+    }
+
+    #[test]
+    fn apps_are_a_regex_of_escaped_literals() {
+        let q = sel(&["4242", "a.b"]).calls_by_caller(60);
+        assert!(
+            q.contains(r#"{job="pusher-cutover",app_id=~"4242|a\\.b"}"#),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let s = Selector {
+            job: "we\"ird\\job".into(),
+            apps: vec![],
+            instance_label: "pod".into(),
+        };
+        assert_eq!(
+            s.scrapes(20),
+            r#"count_over_time(up{job="we\"ird\\job"}[20s])"#
+        );
+        assert!(
+            s.calls_by_caller(1)
+                .starts_with("sum by (app_id, route, library, pod)")
+        );
+    }
+
+    #[test]
+    fn up_queries_ignore_the_app_selection() {
+        let s = sel(&["4242"]);
+        assert!(!s.scrapes_up(5).contains("app_id"));
+        assert!(!s.first_scrape(5, 1).contains("app_id"));
+        assert_eq!(
+            s.first_scrape(20, 1),
+            "min_over_time(timestamp(up{job=\"pusher-cutover\"})[20s:1s])"
+        );
+    }
+
+    #[test]
+    fn calls_before_first_scrape_needs_no_sample_at_the_start() {
+        assert_eq!(
+            sel(&[]).calls_before_first_scrape(30),
+            "sum by (app_id, route, library, instance) \
+             (max_over_time(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[30s]) \
+             unless pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"} offset 30s) > 0"
+        );
+    }
+
+    #[test]
+    fn apps_served_counts_one_presence_series_per_app() {
+        assert_eq!(
+            sel(&["7"]).apps_served(60),
+            "count by (app_id, instance) (count_over_time(pusher_cutover_requests_total\
+             {job=\"pusher-cutover\",app_id=~\"7\",route=\"legacy_trigger\",outcome=\"ok\"}[60s]))"
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! Coalescing of legacy triggers, per app, like a database's group commit.
+//!
+//! While `upstream.batch_in_flight` trigger requests of an app are on the
+//! wire, further legacy triggers queue. When one of those requests returns,
+//! the queue leaves as the next `POST /apps/{id}/batch_events` of at most
+//! `upstream.batch_max` events (one left alone goes as `POST /events`),
+//! each event with its own channel, name, data and `socket_id`. There is no
+//! timer: a trigger that finds a free place goes at once, alone, in its own
+//! task, as it always did.
+//!
+//! - **Places.** `in_flight` counts the app's trigger requests on the wire
+//!   (or about to be). A trigger takes a place with one compare-and-swap
+//!   when one is free; nothing else is touched on that path.
+//! - **No lost wake-up.** A place is given back only under the queue's lock
+//!   and only when the queue is empty; a trigger that found no place queues
+//!   under that lock and tries for a place once more before letting go of
+//!   it. So whenever the queue is not empty, every place is taken, and each
+//!   of those requests, when it returns (or its caller's future is
+//!   dropped: [`Place`]'s `Drop`), hands its place to the queue.
+//! - **Nothing accepted is lost.** A batch is sent by a task of its own, not
+//!   by any caller's: a caller that goes away while queued (hyper drops its
+//!   future) drops only its answer's receiver; its event stays queued and
+//!   is sent, and its batch's other callers are answered as usual.
+//! - **Order.** The queue is FIFO and a batch carries its events in queue
+//!   order. A client connection has one request in flight at a time (HTTP/1)
+//!   and its caller waits for its own batch's answer, so the triggers of one
+//!   connection reach the upstream in the order they were sent.
+//! - **Answers.** Each caller gets its 202 only after its batch's 2xx; a
+//!   batch's 4xx, 5xx or time-out is answered to each of its callers as a
+//!   single trigger's would be ([`super::channel_event`]). A batch is never
+//!   re-sent.
+//!
+//! The queue lives with its [`App`], in one configuration's state: a reload
+//! starts the next state's apps with empty queues and free places, and the
+//! previous state's queue is drained by its own requests in flight, signed
+//! with the credentials they were accepted under.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::channel_event::Trigger;
+use crate::config::Batching;
+use crate::error::ProxyError;
+use crate::pipeline::{App, Call, Record, State};
+use crate::upstream::{Buffered, UpstreamError};
+
+/// Longest event name the upstreams accept (Pusher, sockudo: 200 bytes).
+pub const MAX_EVENT_NAME_BYTES: usize = 200;
+
+/// Largest event data every known upstream accepts (Pusher's 10 KB; sockudo
+/// and soketi allow 100 KB). Larger data (an app whose `max_data_bytes` is
+/// raised for a dedicated cluster) is sent alone.
+pub const MAX_BATCHED_DATA_BYTES: usize = 10_240;
+
+/// An app's trigger queue and its places on the wire.
+#[derive(Debug)]
+pub(crate) struct Coalescer {
+    batching: Batching,
+    /// Trigger requests of the app on the wire, at most
+    /// `batching.in_flight`.
+    in_flight: AtomicUsize,
+    /// Triggers waiting for the next batch, oldest first. A std mutex: it
+    /// is held for a push or a drain, never across an await, and must be
+    /// taken in [`Place`]'s `Drop`.
+    queue: Mutex<VecDeque<Queued>>,
+}
+
+/// One legacy trigger's event, owned, as it waits in the queue.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The (decoded, validated) channel.
+    pub(crate) channel: String,
+    /// The event name.
+    pub(crate) name: String,
+    /// The event data, verbatim.
+    pub(crate) data: String,
+    /// The connection to exclude.
+    pub(crate) socket_id: Option<String>,
+}
+
+impl Pending {
+    /// The owned event of `trigger` on `channel`.
+    pub(crate) fn new(trigger: &Trigger<'_>, channel: &str) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            name: trigger.name.to_owned(),
+            data: trigger.data.to_owned(),
+            socket_id: trigger.socket_id.map(str::to_owned),
+        }
+    }
+
+    fn trigger(&self) -> Trigger<'_> {
+        Trigger {
+            name: &self.name,
+            socket_id: self.socket_id.as_deref(),
+            data: &self.data,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    event: Pending,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// What a queued caller learns: its batch's answer (shared by the batch's
+/// callers) or failure, and how long the upstream took.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The batch's upstream answer, or why there is none.
+    pub(crate) result: Result<Arc<Buffered>, ProxyError>,
+    /// The batch's exchange time.
+    pub(crate) upstream_time: Duration,
+}
+
+/// One event of a `batch_events` body (spec B.2): a single channel.
+#[derive(Serialize)]
+struct BatchItem<'a> {
+    name: &'a str,
+    channel: &'a str,
+    data: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    batch: Vec<BatchItem<'a>>,
+}
+
+/// The current-API path for batches of `app_id`.
+pub fn batch_path(app_id: &str) -> String {
+    format!("/apps/{app_id}/batch_events")
+}
+
+/// Whether `trigger` may join a batch: every check the upstream makes of an
+/// event that the proxy has not made already (the channel's rules and its
+/// Pusher length, and `max_data_bytes`, were checked before this). Sockudo
+/// validates a batch's events one by one and broadcasts those before a bad
+/// one, so an event that could be refused never joins one: it is sent
+/// alone, as a single trigger, and its caller gets the upstream's own
+/// answer (whose wording and limits differ between upstreams).
+pub fn batchable(trigger: &Trigger<'_>) -> bool {
+    trigger.name.len() <= MAX_EVENT_NAME_BYTES
+        && trigger.data.len() <= MAX_BATCHED_DATA_BYTES
+        && trigger.socket_id.is_none_or(valid_socket_id)
+}
+
+/// Pusher's socket id format, `digits.digits` (it answers 400 otherwise;
+/// sockudo ignores an id it cannot read).
+fn valid_socket_id(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// The `batch_events` body of `events`, in their order.
+fn batch_body<'a>(events: impl Iterator<Item = &'a Pending>) -> Vec<u8> {
+    let body = BatchBody {
+        batch: events
+            .map(|e| BatchItem {
+                name: &e.name,
+                channel: &e.channel,
+                data: &e.data,
+                socket_id: e.socket_id.as_deref(),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&body)
+        .expect("invariant: serialising borrowed strings into a Vec cannot fail")
+}
+
+/// A place on the wire held by one trigger request; dropping it (answer
+/// read, failed, or the caller's future dropped) hands it to the queue.
+#[derive(Debug)]
+pub(crate) struct Place<'a> {
+    state: &'a Arc<State>,
+    app: &'a App,
+}
+
+impl<'a> Place<'a> {
+    /// A free place for `app`'s next trigger, if there is one: one
+    /// compare-and-swap.
+    pub(crate) fn reserve(state: &'a Arc<State>, app: &'a App) -> Option<Self> {
+        // `then`, not `then_some`: a place built and dropped when none was
+        // free would give back a place never taken.
+        app.coalescer.try_reserve().then(|| Self { state, app })
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.app.coalescer.release(self.state, self.app);
+    }
+}
+
+impl Coalescer {
+    /// An empty queue with every place free.
+    pub(crate) fn new(batching: Batching) -> Self {
+        Self {
+            batching,
+            in_flight: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Whether triggers are coalesced (`batch_max` > 1).
+    pub(crate) fn enabled(&self) -> bool {
+        self.batching.enabled()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Queued>> {
+        // Nothing panics under the lock; a poisoned queue is still whole.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn try_reserve(&self) -> bool {
+        let limit = self.batching.in_flight;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Up to `batch_max` of the oldest queued triggers, for the place the
+    /// caller holds.
+    fn take_group(&self, queue: &mut VecDeque<Queued>) -> Vec<Queued> {
+        let n = queue.len().min(self.batching.max);
+        queue.drain(..n).collect()
+    }
+
+    /// Gives a place back: to the queue's next batch if triggers wait, else
+    /// free.
+    fn release(&self, state: &Arc<State>, app: &App) {
+        let group = {
+            let mut queue = self.lock();
+            if queue.is_empty() {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            self.take_group(&mut queue)
+        };
+        spawn_batch(state, app, group);
+    }
+
+    /// Queues `event` for the next batch; the receiver gets its batch's
+    /// answer. Dropping the receiver does not take the event out.
+    pub(crate) fn enqueue(
+        &self,
+        state: &Arc<State>,
+        app: &App,
+        event: Pending,
+    ) -> oneshot::Receiver<Answer> {
+        let (reply, answer) = oneshot::channel();
+        let queued = &state.telemetry.metrics().upstream;
+        let group = {
+            let mut queue = self.lock();
+            queue.push_back(Queued { event, reply });
+            queued.queued().inc();
+            // A place freed since this trigger looked (its holder found the
+            // queue empty) is taken now, so the queue never waits with a
+            // place free.
+            if !self.try_reserve() {
+                return answer;
+            }
+            self.take_group(&mut queue)
+        };
+        spawn_batch(state, app, group);
+        answer
+    }
+}
+
+/// Sends `group` in a task of its own, holding the place its caller took.
+fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+    state
+        .telemetry
+        .metrics()
+        .upstream
+        .queued()
+        .dec_by(group.len() as i64);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Only while the runtime shuts down, when no answer can be sent.
+        tracing::error!(app_id = %app.config.id, events = group.len(), "runtime gone: queued legacy triggers not sent");
+        return;
+    };
+    let state = state.clone();
+    let app_id = app.config.id.clone();
+    runtime.spawn(async move {
+        if let Some(app) = state.app(&app_id) {
+            send_batch(&state, app, group).await;
+        }
+    });
+}
+
+/// Sends one batch and answers each of its callers; its place is handed
+/// on when it is done.
+async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+    let _place = Place { state, app };
+    let (path, body) = match group.as_slice() {
+        [one] => (
+            &app.events_path,
+            one.event.trigger().upstream_body(&one.event.channel),
+        ),
+        _ => (&app.batch_path, batch_body(group.iter().map(|q| &q.event))),
+    };
+    state
+        .telemetry
+        .metrics()
+        .upstream
+        .trigger_request(group.len());
+    let started = Instant::now();
+    let deadline = state.upstream.deadline();
+    let result = match state.upstream.slot(deadline).await {
+        Ok(slot) => {
+            // Signed when it leaves, as every upstream request is.
+            let mut record = Record::default();
+            let call = Call::new(state, app, &mut record);
+            match call.signed_request(Method::POST, path, Some(Bytes::from(body)), None) {
+                Ok(req) => state
+                    .upstream
+                    .exchange(slot, req, deadline)
+                    .await
+                    .map_err(ProxyError::from),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e.into()),
+    };
+    answer_each(group, result, started.elapsed());
+}
+
+/// Gives each caller of a batch its answer: the shared upstream answer, or
+/// the failure (the first caller gets the error itself, the others copies).
+/// A caller that left has dropped its receiver; the send to it fails, and
+/// nothing else depends on it.
+fn answer_each(group: Vec<Queued>, result: Result<Buffered, ProxyError>, upstream_time: Duration) {
+    match result {
+        Ok(answer) => {
+            let answer = Arc::new(answer);
+            for q in group {
+                let _ = q.reply.send(Answer {
+                    result: Ok(answer.clone()),
+                    upstream_time,
+                });
+            }
+        }
+        Err(error) => {
+            let mut group = group.into_iter();
+            let first = group.next();
+            for q in group {
+                let _ = q.reply.send(Answer {
+                    result: Err(copy_error(&error)),
+                    upstream_time,
+                });
+            }
+            if let Some(q) = first {
+                let _ = q.reply.send(Answer {
+                    result: Err(error),
+                    upstream_time,
+                });
+            }
+        }
+    }
+}
+
+/// A copy of an upstream exchange's failure, for another caller that
+/// shared the exchange: the same variant, so the same status, body and log
+/// level. Errors whose cause cannot be copied are given the original's
+/// causes by reference ([`SharedCause`]); a failed connection mid-exchange
+/// (`Request`, whose hyper error cannot be built) becomes a `Body` failure,
+/// the same 502.
+pub(crate) fn copy_error(e: &ProxyError) -> ProxyError {
+    let cause = || -> crate::upstream::BoxError { Box::new(SharedCause::of(e)) };
+    match e {
+        ProxyError::Upstream(u) => ProxyError::Upstream(match u {
+            UpstreamError::Timeout => UpstreamError::Timeout,
+            UpstreamError::Status(s) => UpstreamError::Status(*s),
+            UpstreamError::Aborted => UpstreamError::Aborted,
+            UpstreamError::Connect(_) => UpstreamError::Connect(cause()),
+            _ => UpstreamError::Body(cause()),
+        }),
+        ProxyError::RejectedCredentials { app_id } => ProxyError::RejectedCredentials {
+            app_id: app_id.clone(),
+        },
+        _ => ProxyError::Upstream(UpstreamError::Body(cause())),
+    }
+}
+
+/// The causes of one error, shown for another: its first cause's message,
+/// then that cause's own causes.
+#[derive(Debug)]
+struct SharedCause {
+    message: String,
+    source: Option<String>,
+}
+
+impl SharedCause {
+    fn of(e: &ProxyError) -> Self {
+        use std::error::Error as _;
+        let first = e.source();
+        let message = first.map_or_else(|| e.to_string(), ToString::to_string);
+        let source = first
+            .and_then(|f| f.source())
+            .map(|s| crate::chain::ErrorChain(s).to_string());
+        Self { message, source }
+    }
+}
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SharedCause {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(i: usize, socket_id: Option<&str>) -> Pending {
+        Pending {
+            channel: format!("room-{i}"),
+            name: format!("ev-{i}"),
+            data: format!("{{\"i\":{i}}}"),
+            socket_id: socket_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn batch_body_carries_each_event_with_its_own_fields_in_order() {
+        let events = [pending(0, Some("1.2")), pending(1, None)];
+        let body = batch_body(events.iter());
+        assert_eq!(
+            String::from_utf8(body).ok().as_deref(),
+            Some(
+                r#"{"batch":[{"name":"ev-0","channel":"room-0","data":"{\"i\":0}","socket_id":"1.2"},{"name":"ev-1","channel":"room-1","data":"{\"i\":1}"}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn only_events_every_upstream_accepts_are_batchable() {
+        let name = "e".repeat(MAX_EVENT_NAME_BYTES);
+        let long_name = "e".repeat(MAX_EVENT_NAME_BYTES + 1);
+        let data = "d".repeat(MAX_BATCHED_DATA_BYTES);
+        let long_data = "d".repeat(MAX_BATCHED_DATA_BYTES + 1);
+        fn t<'a>(name: &'a str, socket_id: Option<&'a str>, data: &'a str) -> Trigger<'a> {
+            Trigger {
+                name,
+                socket_id,
+                data,
+            }
+        }
+        assert!(batchable(&t(&name, Some("123.456"), &data)));
+        assert!(!batchable(&t(&long_name, None, "x")));
+        assert!(!batchable(&t("e", None, &long_data)));
+        for bad in ["1", "1.", ".1", "a.1", "1.2.3", "1 .2", "-1.2"] {
+            assert!(!batchable(&t("e", Some(bad), "x")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn places_are_bounded_and_given_back_only_when_the_queue_is_empty() {
+        let c = Coalescer::new(Batching {
+            in_flight: 2,
+            max: 10,
+        });
+        assert!(c.try_reserve());
+        assert!(c.try_reserve());
+        assert!(!c.try_reserve(), "both places taken");
+        let (reply, _answer) = oneshot::channel();
+        c.lock().push_back(Queued {
+            event: pending(0, None),
+            reply,
+        });
+        let group = c.take_group(&mut c.lock());
+        assert_eq!(group.len(), 1);
+        assert_eq!(c.in_flight.load(Ordering::Acquire), 2, "kept for the batch");
+    }
+
+    #[test]
+    fn groups_are_fifo_and_at_most_batch_max() {
+        let c = Coalescer::new(Batching {
+            in_flight: 1,
+            max: 3,
+        });
+        let mut receivers = Vec::new();
+        for i in 0..5 {
+            let (reply, answer) = oneshot::channel();
+            receivers.push(answer);
+            c.lock().push_back(Queued {
+                event: pending(i, None),
+                reply,
+            });
+        }
+        let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
+        assert_eq!(names(c.take_group(&mut c.lock())), ["ev-0", "ev-1", "ev-2"]);
+        assert_eq!(names(c.take_group(&mut c.lock())), ["ev-3", "ev-4"]);
+    }
+
+    #[test]
+    fn copies_keep_status_and_body() {
+        use hyper::StatusCode;
+        let cases = [
+            ProxyError::Upstream(UpstreamError::Timeout),
+            ProxyError::Upstream(UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            ProxyError::Upstream(UpstreamError::Connect("refused".into())),
+            ProxyError::Upstream(UpstreamError::Body("reset".into())),
+        ];
+        for e in &cases {
+            let c = copy_error(e);
+            assert_eq!((c.status(), c.body()), (e.status(), e.body()), "{e:?}");
+            assert_eq!(
+                crate::chain::ErrorChain(&c).to_string(),
+                crate::chain::ErrorChain(e).to_string()
+            );
+        }
+    }
+}

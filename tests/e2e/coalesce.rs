@@ -1,0 +1,152 @@
+//! Coalescing against real Sockudo: legacy triggers from many client
+//! connections at once leave as `batch_events` (whatever protocol the
+//! proxy speaks to Sockudo), and every event reaches a real subscriber
+//! exactly once, each connection's in the order it sent them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper_util::rt::TokioIo;
+
+use crate::support::{self, APP_ID};
+use crate::{Env, SILENCE, channel, signed};
+
+/// Sends `seqs` (the client's share of the triggers, in order) on one
+/// client connection of its own, each only after the previous answer, as a
+/// legacy client on one keep-alive connection does. Returns the failures.
+async fn one_connection(
+    proxy: std::net::SocketAddr,
+    ch: String,
+    client: usize,
+    count: usize,
+) -> Vec<String> {
+    let stream = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let path = format!("/apps/{APP_ID}/channels/{ch}/events");
+    let mut failures = Vec::new();
+    for seq in 0..count {
+        let data = format!("{client}:{seq}");
+        let target = signed(
+            "",
+            "POST",
+            &path,
+            &[("name", "ordered")],
+            Some(data.as_bytes()),
+        );
+        let req = hyper::Request::post(target)
+            .header("host", "proxy")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(data)))
+            .expect("request");
+        let answer = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+            .await
+            .expect("answered within 30 s")
+            .expect("answered");
+        let status = answer.status().as_u16();
+        let body = answer.into_body().collect().await.expect("body").to_bytes();
+        if status != 202 {
+            failures.push(format!(
+                "{client}:{seq}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    failures
+}
+
+/// 2,000 legacy triggers from 32 concurrent client connections, coalesced:
+/// each delivered exactly once, each connection's in order, and the
+/// upstream saw batches (more than one event per request on average).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
+async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order() {
+    const TOTAL: usize = 2000;
+    const CLIENTS: usize = 32;
+    let env = Env::start().await;
+    let ch = channel("");
+    let mut sub = env.subscriber().await;
+    sub.subscribe(&ch, None).await;
+
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            // Client c's share: 63 or 62 of the 2,000.
+            let count = (c..TOTAL).step_by(CLIENTS).count();
+            tokio::spawn(one_connection(env.proxy.addr, ch.clone(), c, count))
+        })
+        .collect();
+
+    // What each connection's events look like on arrival: their sequence
+    // numbers, in arrival order.
+    let mut arrived: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut received = 0;
+    while received < TOTAL {
+        let Some(e) = sub.next_event(Duration::from_secs(15)).await else {
+            break;
+        };
+        received += 1;
+        assert_eq!(
+            (e.event.as_str(), e.channel.as_str()),
+            ("ordered", ch.as_str())
+        );
+        let (c, seq) = e.data.split_once(':').expect("client:seq");
+        arrived
+            .entry(c.parse().expect("client"))
+            .or_default()
+            .push(seq.parse().expect("seq"));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.expect("client task"));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(received, TOTAL, "every event delivered");
+    assert_eq!(sub.next_event(SILENCE).await, None, "nothing extra");
+    for c in 0..CLIENTS {
+        let count = (c..TOTAL).step_by(CLIENTS).count();
+        assert_eq!(
+            arrived.get(&c).cloned().unwrap_or_default(),
+            (0..count).collect::<Vec<_>>(),
+            "connection {c}: each event once, in the order sent"
+        );
+    }
+
+    let metrics = support::send(
+        Method::GET,
+        &format!("{}/metrics", env.proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .text();
+    let value =
+        |series: &str| support::metric(&metrics, series).unwrap_or_else(|| panic!("no {series}"));
+    let events = value("pusher_cutover_upstream_batch_events_sum");
+    let requests = value("pusher_cutover_upstream_batch_events_count");
+    assert_eq!(events, TOTAL as f64, "every trigger counted once");
+    assert!(
+        value(r#"pusher_cutover_upstream_requests_total{route="batch_events"}"#) > 0.0,
+        "batches were sent"
+    );
+    assert!(
+        events / requests > 1.0,
+        "{events} events in {requests} upstream requests"
+    );
+    println!(
+        "{TOTAL} triggers in {requests} upstream requests ({:.2} events per request)",
+        events / requests
+    );
+    env.stop().await;
+}

@@ -1,0 +1,541 @@
+//! `upstream.protocol`: HTTP/2 with prior knowledge (h2c) multiplexed over
+//! few connections, HTTP/1.1 otherwise on `http://`, and which failed
+//! requests are sent again (only those the upstream provably did not
+//! process).
+//!
+//! The upstream here is a front on a loopback port that speaks HTTP/2
+//! (the `h2` crate, so it can refuse a stream) or HTTP/1.1, counts its
+//! connections, notes each request's HTTP version, and hands every request
+//! it serves to the fake upstream of `tests/support/fake.rs`, which checks
+//! its signature independently. Some fronts misbehave on purpose (refuse a
+//! stream, say GOAWAY, drop a connection after a request was sent).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{self, APP_ID, TestProxy, fake::FakeUpstream};
+
+/// What a front does with a connection, by its number (0 first).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Conduct {
+    /// Serve every request (HTTP/2 or HTTP/1.1, as the client speaks).
+    Serve,
+    /// HTTP/2: refuse the connection's first stream (`REFUSED_STREAM`),
+    /// serve the rest.
+    RefuseFirstStream,
+    /// HTTP/2, raw frames: on the first request's HEADERS, say GOAWAY with
+    /// last stream id 0 (none processed) and close.
+    GoAwayBelow,
+    /// HTTP/2: read the first request whole, then drop the connection
+    /// without answering.
+    DropAfterRequest,
+}
+
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    /// Requests (streams) that reached the front, served or not.
+    requests: AtomicUsize,
+    versions: Mutex<Vec<Version>>,
+}
+
+/// An upstream front on a loopback port, in front of a fake.
+struct Front {
+    url: String,
+    seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Front {
+    /// A front whose connection `n` is handled as `conduct(n)`, serving
+    /// through `fake`.
+    async fn start(fake: &FakeUpstream, conduct: fn(usize) -> Conduct) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Seen::default());
+        let backend = fake.url();
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            let client: Client<HttpConnector, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let n = shared.connections.fetch_add(1, Ordering::SeqCst);
+                let (seen, client, backend) = (shared.clone(), client.clone(), backend.clone());
+                tokio::spawn(async move {
+                    match conduct(n) {
+                        Conduct::GoAwayBelow => go_away_below(stream, &seen).await,
+                        conduct if is_h2(&stream).await => {
+                            serve_h2(stream, conduct, seen, client, backend).await
+                        }
+                        _ => serve_h1(stream, seen, client, backend).await,
+                    }
+                });
+            }
+        });
+        Self { url, seen, task }
+    }
+
+    fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    fn versions(&self) -> Vec<Version> {
+        self.seen.versions.lock().expect("lock").clone()
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opened with the HTTP/2 connection preface.
+async fn is_h2(stream: &TcpStream) -> bool {
+    let mut head = [0u8; PREFACE.len()];
+    for _ in 0..100 {
+        match stream.peek(&mut head).await {
+            Ok(n) if n >= PREFACE.len() || !PREFACE.starts_with(&head[..n]) => break,
+            Ok(0) | Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    head == PREFACE
+}
+
+/// Passes one request on to the fake (over HTTP/1.1) and returns its
+/// answer.
+async fn forward(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    backend: &str,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Response<Bytes> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method;
+    *req.uri_mut() = format!("{backend}{target}").parse().expect("uri");
+    for (name, value) in &parts.headers {
+        if name != hyper::header::HOST {
+            req.headers_mut().append(name, value.clone());
+        }
+    }
+    let resp = client.request(req).await.expect("fake answers");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("fake body").to_bytes();
+    Response::from_parts(parts, body)
+}
+
+async fn serve_h1(
+    stream: TcpStream,
+    seen: Arc<Seen>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    backend: String,
+) {
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (seen, client, backend) = (seen.clone(), client.clone(), backend.clone());
+        async move {
+            seen.requests.fetch_add(1, Ordering::SeqCst);
+            seen.versions.lock().expect("lock").push(req.version());
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let resp = forward(&client, &backend, parts, body).await;
+            Ok::<_, hyper::Error>(resp.map(Full::new))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn serve_h2(
+    stream: TcpStream,
+    conduct: Conduct,
+    seen: Arc<Seen>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    backend: String,
+) {
+    let Ok(mut conn) = h2::server::handshake(stream).await else {
+        return;
+    };
+    let mut streams = 0;
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        streams += 1;
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        seen.versions.lock().expect("lock").push(req.version());
+        if conduct == Conduct::RefuseFirstStream && streams == 1 {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        let (parts, mut body) = req.into_parts();
+        if conduct == Conduct::DropAfterRequest {
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            // The whole request has arrived; the connection goes, unanswered.
+            return;
+        }
+        let (client, backend) = (client.clone(), backend.clone());
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else { return };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+            }
+            let resp = forward(&client, &backend, parts, buf.freeze()).await;
+            let (parts, body) = resp.into_parts();
+            let mut head = Response::new(());
+            *head.status_mut() = parts.status;
+            if let Some(ct) = parts.headers.get(hyper::header::CONTENT_TYPE) {
+                head.headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, ct.clone());
+            }
+            if let Ok(mut send) = respond.send_response(head, body.is_empty())
+                && !body.is_empty()
+            {
+                let _ = send.send_data(body, true);
+            }
+        });
+    }
+}
+
+/// An HTTP/2 server in raw frames: settles the settings, and on the first
+/// HEADERS frame says GOAWAY(last stream id 0, NO_ERROR): the stream was
+/// not processed. Then closes.
+async fn go_away_below(mut stream: TcpStream, seen: &Seen) {
+    let mut preface = [0u8; PREFACE.len()];
+    if stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+        return;
+    }
+    // Our (empty) SETTINGS.
+    let _ = stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+    loop {
+        let mut header = [0u8; 9];
+        if stream.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        match (header[3], header[4] & 1) {
+            // SETTINGS, not an ACK: acknowledge it.
+            (4, 0) => {
+                let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+            }
+            // HEADERS: GOAWAY, last stream 0, NO_ERROR.
+            (1, _) => {
+                seen.requests.fetch_add(1, Ordering::SeqCst);
+                let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let _ = stream.write_all(&goaway).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A proxy for the fixture app in front of `url` with two workers and
+/// `protocol` (none: the default).
+/// A proxy to `url` speaking `protocol`, with coalescing off
+/// (`batch_max = 1`): these tests count one upstream request per trigger.
+/// Coalesced triggers over h2c are the e2e suite's (tests/e2e/coalesce.rs).
+async fn proxy(url: &str, protocol: Option<&str>) -> TestProxy {
+    let protocol = protocol.map_or(String::new(), |p| format!("protocol = \"{p}\"\n"));
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{url}\"\nmax_connections = 64\nbatch_max = 1\n{protocol}\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        support::KEY,
+        support::SECRET,
+    );
+    TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await
+}
+
+async fn legacy_trigger(proxy: &TestProxy, channel: &str, data: &str) -> support::Answer {
+    let uri =
+        support::legacy_trigger_uri(channel, &[("name", "ev")], data.as_bytes(), support::now());
+    support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        support::JSON,
+        data.to_owned(),
+    )
+    .await
+}
+
+async fn current_trigger(proxy: &TestProxy, channel: &str) -> support::Answer {
+    let body = format!(r#"{{"name":"ev","channels":["{channel}"],"data":"{{}}"}}"#);
+    let uri = support::current_trigger_uri(body.as_bytes(), support::now());
+    support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        support::JSON,
+        body,
+    )
+    .await
+}
+
+/// The channels of the triggers the fake received.
+fn delivered(fake: &FakeUpstream) -> Vec<String> {
+    fake.recorded()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .map(|r| {
+            assert_eq!(r.signature, Ok(()), "{}", r.query);
+            r.json()["channels"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn h2c_multiplexes_legacy_triggers_stats_and_passthrough_over_few_connections() {
+    let fake = support::fake().await;
+    let front = Front::start(&fake, |_| Conduct::Serve).await;
+    let owned = proxy(&front.url, Some("h2c")).await;
+    let proxy = &owned;
+    let legacy = (0..40).map(|i| async move {
+        let a = legacy_trigger(proxy, &format!("legacy-{i}"), r#"{"i":1}"#).await;
+        assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    });
+    let current = (0..10).map(|i| async move {
+        let a = current_trigger(proxy, &format!("current-{i}")).await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+        assert_eq!(a.json(), serde_json::json!({"ok": true}));
+    });
+    let stats = (0..10).map(|i| async move {
+        let uri = support::legacy_stats_uri(&format!("stats-{i}"), support::now());
+        let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+        assert_eq!(a.json()["occupied"], true);
+    });
+    tokio::join!(
+        futures_util::future::join_all(legacy),
+        futures_util::future::join_all(current),
+        futures_util::future::join_all(stats),
+    );
+
+    let mut channels = delivered(&fake);
+    channels.sort();
+    let mut expected: Vec<String> = (0..40)
+        .map(|i| format!("legacy-{i}"))
+        .chain((0..10).map(|i| format!("current-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(channels, expected, "each trigger delivered once");
+    assert_eq!(front.requests(), 60);
+    assert!(
+        front.versions().iter().all(|v| *v == Version::HTTP_2),
+        "{:?}",
+        front.versions()
+    );
+    // 60 exchanges, many at once, on at most one connection per worker.
+    assert!(
+        (1..=2).contains(&front.connections()),
+        "{} connections",
+        front.connections()
+    );
+    owned.stop().await;
+}
+
+#[tokio::test]
+async fn http1_and_auto_on_http_speak_http_1_1() {
+    for protocol in [Some("http1"), Some("auto"), None] {
+        let fake = support::fake().await;
+        let front = Front::start(&fake, |_| Conduct::Serve).await;
+        let proxy = proxy(&front.url, protocol).await;
+        let a = legacy_trigger(&proxy, "room", "{}").await;
+        assert_eq!(a.status.as_u16(), 202, "{protocol:?}: {}", a.text());
+        let a = current_trigger(&proxy, "room2").await;
+        assert_eq!(a.status.as_u16(), 200, "{protocol:?}: {}", a.text());
+        assert_eq!(delivered(&fake), ["room", "room2"], "{protocol:?}");
+        assert_eq!(
+            front.versions(),
+            [Version::HTTP_11, Version::HTTP_11],
+            "{protocol:?}"
+        );
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_and_delivered_once() {
+    let fake = support::fake().await;
+    let front = Front::start(&fake, |_| Conduct::RefuseFirstStream).await;
+    let proxy = proxy(&front.url, Some("h2c")).await;
+    let a = legacy_trigger(&proxy, "refused", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(delivered(&fake), ["refused"]);
+    // The refused stream, then the one served.
+    assert_eq!(front.requests(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_delivered_once() {
+    let fake = support::fake().await;
+    let front = Front::start(&fake, |n| {
+        if n == 0 {
+            Conduct::GoAwayBelow
+        } else {
+            Conduct::Serve
+        }
+    })
+    .await;
+    let proxy = proxy(&front.url, Some("h2c")).await;
+    let a = legacy_trigger(&proxy, "gone-away", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(delivered(&fake), ["gone-away"]);
+    assert_eq!(front.requests(), 2);
+    assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2_post_whose_connection_dies_after_it_was_sent_is_not_sent_again() {
+    let fake = support::fake().await;
+    let front = Front::start(&fake, |n| {
+        if n == 0 {
+            Conduct::DropAfterRequest
+        } else {
+            Conduct::Serve
+        }
+    })
+    .await;
+    let proxy = proxy(&front.url, Some("h2c")).await;
+    let a = legacy_trigger(&proxy, "cut", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert_eq!(front.requests(), 1, "sent once, never again");
+    assert_eq!(front.connections(), 1);
+    assert!(delivered(&fake).is_empty());
+    proxy.stop().await;
+}
+
+/// An HTTP/1.1 upstream in raw bytes that answers its connection's first
+/// request (keep-alive) and reads the second whole, then closes without
+/// answering. Returns the URL and the count of requests read.
+async fn h1_cutting_second_request() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                loop {
+                    let Some(len) = read_request(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    buf.drain(..len);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    served += 1;
+                    if served > 1 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests, task)
+}
+
+/// Reads one whole request (head and `content-length` body) into `buf`;
+/// its length, or `None` at the end of the connection.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + body {
+                return Some(end + 4 + body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http1_post_whose_pooled_connection_dies_after_it_was_sent_is_not_sent_again() {
+    let (url, requests, task) = h1_cutting_second_request().await;
+    // One worker: both triggers take the same pool.
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{url}\"\nprotocol = \"http1\"\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        support::KEY,
+        support::SECRET,
+    );
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let a = legacy_trigger(&proxy, "first", "{}").await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    let a = legacy_trigger(&proxy, "second", "{}").await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "the second sent once");
+    proxy.stop().await;
+    task.abort();
+}
+
+#[test]
+fn h2c_needs_an_http_url() {
+    let toml = support::config_toml("https://127.0.0.1:6001", "protocol = \"h2c\"", "");
+    let err = pusher_cutover::Config::from_toml_str(&toml, &|_| None)
+        .expect_err("h2c over https is refused")
+        .to_string();
+    assert!(err.contains("upstream.protocol"), "{err}");
+    assert!(err.contains("http://"), "{err}");
+    let toml = support::config_toml("https://127.0.0.1:6001", "protocol = \"h3\"", "");
+    let err = pusher_cutover::Config::from_toml_str(&toml, &|_| None)
+        .expect_err("an unknown protocol is refused")
+        .to_string();
+    assert!(err.contains("h2c"), "{err}");
+    for protocol in ["auto", "http1"] {
+        let toml = support::config_toml(
+            "https://127.0.0.1:6001",
+            &format!("protocol = \"{protocol}\""),
+            "",
+        );
+        assert!(pusher_cutover::Config::from_toml_str(&toml, &|_| None).is_ok());
+    }
+}
