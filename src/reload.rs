@@ -175,6 +175,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     new.admin.token.clone_from(&running.admin.token);
     new.workers = running.workers;
     new.header_timeout = running.header_timeout;
+    new.keepalive_timeout = running.keepalive_timeout;
     new.max_header_bytes = running.max_header_bytes;
     new.max_connections = running.max_connections;
     new.tls.clone_from(&running.tls);
@@ -284,6 +285,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.header_timeout != new.header_timeout,
         ),
         (
+            "keepalive_timeout_ms",
+            old.keepalive_timeout != new.keepalive_timeout,
+        ),
+        (
             "shutdown_grace_ms",
             old.shutdown_grace != new.shutdown_grace,
         ),
@@ -347,6 +352,7 @@ mod tests {
         let changed = Config::from_toml_str(
             "listen = \"127.0.0.1:1\"\nworkers = 3\nheader_timeout_ms = 7\n\
              max_header_bytes = 9000\nmax_connections = 5\nshutdown_grace_ms = 8\n\
+             keepalive_timeout_ms = 11\n\
              [admin]\nlisten = \"127.0.0.1:2\"\ntoken = \"t\"\n\
              [telemetry]\ndata_dir = \"/nowhere\"\nmax_callers_per_app = 3\n\
              retention_days = 40\nflush_interval_ms = 10\ninstance = \"other\"\n\
@@ -366,6 +372,7 @@ mod tests {
                 "max_header_bytes",
                 "max_connections",
                 "header_timeout_ms",
+                "keepalive_timeout_ms",
                 "shutdown_grace_ms",
                 "telemetry.data_dir",
                 "telemetry.max_callers_per_app",
