@@ -77,13 +77,16 @@ enum Command {
         /// Read a running sidecar's admin /usage URL (repeatable).
         #[arg(long = "url", value_name = "URL")]
         urls: Vec<hyper::Uri>,
-        /// Only calls in this window, e.g. 7d, 24h (default: everything kept).
+        /// Only calls in this window, e.g. 7d, 24h (default: everything kept;
+        /// 7d with --prometheus).
         #[arg(long)]
         since: Option<humantime::Duration>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
-        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h.
+        /// Exit 1 if any deprecated call was seen in this window, e.g. 24h;
+        /// 2 if no call was seen but the evidence does not cover the window
+        /// (a ledger started inside it, a gap in the scrapes); 0 otherwise.
         #[arg(long, value_name = "WINDOW")]
         fail_if_used_since: Option<humantime::Duration>,
         /// Send the token in this environment variable as `Authorization:

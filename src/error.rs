@@ -154,6 +154,9 @@ mod tests {
                 Fault::Client,
             ),
             (BodyError::TooLarge { limit: 1 }.into(), 413, Fault::Client),
+            // A body the caller did not send in time is the caller's fault,
+            // whichever route it was sent to.
+            (BodyError::Timeout.into(), 408, Fault::Client),
             (
                 TranslateError::DataTooLarge { limit: 1 }.into(),
                 413,

@@ -40,6 +40,10 @@ DEBIAN_PACKAGES=(
   # The report test (tests/integration/report.rs) loads the HTML report
   # in headless Chromium and checks that its SVG chart renders.
   chromium
+  # The fleet test (tests/integration/fleet.rs) runs /usr/bin/prometheus
+  # scraping two sidecars; installed without starting the packaged
+  # service (see install_debian_packages).
+  prometheus
 )
 
 as_root() {
@@ -64,9 +68,18 @@ install_debian_packages() {
     return
   fi
   echo "installing ${missing[*]}"
+  # No package's service is started (Debian's prometheus would start one
+  # on port 9090): policy-rc.d refuses every start while installing.
+  local policy=/usr/sbin/policy-rc.d made_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 0755 "$policy"
+    made_policy=true
+  fi
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ "$made_policy" = true ]; then as_root rm -f "$policy"; fi
 }
 
 # What the packages are for, tried the way the builds use it; fails saying
@@ -100,6 +113,16 @@ check_debian_parts() {
     return 1
   fi
   echo "$(chromium --version 2>/dev/null), renders SVG headless"
+  if [ ! -x /usr/bin/prometheus ] || ! command -v promtool >/dev/null; then
+    echo "/usr/bin/prometheus or promtool not found (Debian: prometheus)" >&2
+    return 1
+  fi
+  printf 'global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: check\n    static_configs:\n      - targets: [127.0.0.1:9]\n' >"$work/prometheus.yml"
+  if ! promtool check config "$work/prometheus.yml" >/dev/null; then
+    echo "promtool rejects a one-job configuration (Debian: prometheus)" >&2
+    return 1
+  fi
+  echo "$(/usr/bin/prometheus --version 2>&1 | head -n 1), config checked by promtool"
 }
 
 sockudo_bin() {

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -484,6 +484,9 @@ impl Phase {
 #[derive(Debug)]
 struct Tracker {
     phase: AtomicU8,
+    /// Moves so far: a task that sees the same phase after a wake can tell
+    /// whether it is a new one (another request came and went meanwhile).
+    moves: AtomicU32,
     /// Set by the accept loop: close if still idle.
     evict: AtomicBool,
     wake: Notify,
@@ -493,6 +496,7 @@ impl Tracker {
     fn new() -> Self {
         Self {
             phase: AtomicU8::new(Phase::Fresh as u8),
+            moves: AtomicU32::new(0),
             evict: AtomicBool::new(false),
             wake: Notify::new(),
         }
@@ -504,7 +508,12 @@ impl Tracker {
 
     fn set(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+        self.moves.fetch_add(1, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    fn moves(&self) -> u32 {
+        self.moves.load(Ordering::Acquire)
     }
 
     /// Bytes arrived: an idle connection is receiving a request head.
@@ -689,12 +698,14 @@ where
     let mut draining = false;
     // Listed from the start: a connection that has sent nothing yet is as
     // idle as one between requests (nginx reuses both).
-    let mut listed = Some((Instant::now(), id));
-    shared.idle.insert((Instant::now(), id), &tracker);
+    let key = (Instant::now(), id);
+    shared.idle.insert(key, &tracker);
+    let mut listed = Some(key);
     let deadline = tokio::time::sleep(settings.header_timeout);
     tokio::pin!(deadline);
     let mut armed = true;
     let mut phase = Phase::Fresh;
+    let mut moves = 0;
     let result = loop {
         tokio::select! {
             biased;
@@ -711,12 +722,14 @@ where
                     Phase::Busy => {}
                 }
             }
-            changed = drain.changed(), if !draining => {
+            _ = drain.changed(), if !draining => {
                 draining = true;
-                let _ = changed;
                 conn.as_mut().graceful_shutdown();
             }
         }
+        // The count before the phase: a move between the two reads is
+        // counted anew on the next wake, and handled then.
+        let moved = tracker.moves();
         let now = tracker.phase();
         if tracker.evict.swap(false, Ordering::AcqRel) {
             // Still idle: closed now (hyper closes an idle connection at
@@ -728,32 +741,35 @@ where
                 conn.as_mut().graceful_shutdown();
             }
         }
-        if now == phase {
+        if moved == moves {
             continue;
         }
+        moves = moved;
         let since = Instant::now();
         match now {
             Phase::Idle => {
                 deadline.as_mut().reset(since + settings.keepalive_timeout);
                 armed = true;
             }
-            // From the first byte of a later request; a first request's
-            // time runs from the connection's start.
-            Phase::Head if phase == Phase::Idle => {
+            // A first request's time runs from the connection's start; a
+            // later one's from its first byte (seen now, also when the
+            // answer before it and that byte came in one go).
+            Phase::Head if phase != Phase::Fresh => {
                 deadline.as_mut().reset(since + settings.header_timeout);
                 armed = true;
             }
             Phase::Head | Phase::Fresh => {}
             Phase::Busy => armed = false,
         }
-        if now.is_idle() != phase.is_idle() {
-            if let Some(key) = listed.take() {
-                shared.idle.remove(key);
-            }
-            if now.is_idle() && !draining {
-                listed = Some((since, id));
-                shared.idle.insert((since, id), &tracker);
-            }
+        // Listed anew from the start of each idle spell (a connection that
+        // moves is never `Fresh` again).
+        if let Some(key) = listed.take() {
+            shared.idle.remove(key);
+        }
+        if now == Phase::Idle && !draining {
+            let key = (since, id);
+            shared.idle.insert(key, &tracker);
+            listed = Some(key);
         }
         phase = now;
     };

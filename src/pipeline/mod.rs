@@ -155,7 +155,10 @@ impl State {
                     series: telemetry.app_series(&a.id),
                     events_path: channel_event::upstream_path(&a.upstream.id),
                     batch_path: coalesce::batch_path(&a.upstream.id),
-                    coalescer: Coalescer::new(config.batching),
+                    coalescer: Coalescer::new(
+                        config.batching,
+                        telemetry.metrics().upstream.queued().clone(),
+                    ),
                     stats_flights: Flights::default(),
                 };
                 (a.id.clone(), app)

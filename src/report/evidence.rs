@@ -204,6 +204,8 @@ pub struct Facts {
     pub end: i64,
     /// The job's scrape interval in seconds, when known.
     pub scrape_interval: Option<f64>,
+    /// The step (seconds) to which first and last scrapes are known.
+    pub timestamp_step: f64,
     /// Prometheus' retention time as it says it, and parsed.
     pub retention: Option<(String, std::time::Duration)>,
     /// Sidecars scraped just before the window's start.
@@ -228,9 +230,16 @@ pub fn expected_scrapes(first: f64, last: f64, interval: f64) -> u64 {
 }
 
 /// Missing scrapes tolerated before they are a gap: one, and 2 % of the
-/// expected, for the jitter of scrape times against the window's edges.
-fn tolerance(expected: u64) -> u64 {
-    1 + expected / 50
+/// expected, for the jitter of scrape times against the window's edges,
+/// plus the scrapes two `step`s of imprecision in first and last hold.
+fn tolerance(expected: u64, step: f64, interval: f64) -> u64 {
+    let imprecision = if interval > 0.0 && step > interval {
+        // Whole scrapes: the intent.
+        (2.0 * step / interval).ceil() as u64
+    } else {
+        0
+    };
+    1 + expected / 50 + imprecision
 }
 
 /// Every gap in `facts`, in a stable order: the job, retention, each
@@ -273,7 +282,7 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
         if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
         {
             let expected = expected_scrapes(first, last, interval);
-            if s.scrapes + tolerance(expected) < expected {
+            if s.scrapes + tolerance(expected, facts.timestamp_step, interval) < expected {
                 out.push(Gap::ScrapesMissing {
                     instance: instance.clone(),
                     scrapes: s.scrapes,
@@ -348,6 +357,7 @@ mod tests {
             start: 1000,
             end: 1060,
             scrape_interval: Some(1.0),
+            timestamp_step: 1.0,
             retention: Some(("15d".into(), std::time::Duration::from_secs(15 * 86_400))),
             watched_at_start: 2,
             apps_served: [
@@ -418,6 +428,20 @@ mod tests {
                 scrapes: 40,
                 expected: 61
             }]
+        );
+    }
+
+    #[test]
+    fn a_coarse_timestamp_step_widens_the_tolerance() {
+        let mut f = full();
+        f.instances
+            .insert("b:9090".into(), scrapes(50, 50, 1000.0, 1060.0));
+        assert_eq!(gaps(&f).len(), 1, "11 missing of 61 at a 1 s step");
+        f.timestamp_step = 5.0;
+        assert_eq!(
+            gaps(&f),
+            vec![],
+            "first and last known to 5 s: 10 more allowed"
         );
     }
 

@@ -206,10 +206,13 @@ fn html_app(out: &mut String, report: &Report, app: &AppReport) {
                 .collect();
             html_callers(out, report, &callers);
         }
-        out.push_str(
+        out.push_str(if report.prometheus.is_some() {
+            "<p class=\"note\">Calls are in the window: increase() of Prometheus' counters, \
+             by library and sidecar.</p>\n"
+        } else {
             "<p class=\"note\">Calls are lifetime totals of the callers seen in the \
-             window.</p>\n",
-        );
+             window.</p>\n"
+        });
     }
     if !app.chart.is_empty() {
         let _ = writeln!(

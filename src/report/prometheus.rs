@@ -194,9 +194,9 @@ impl Api {
         }
     }
 
-    /// `GET path` (with `form` as its query when `post` is false) or
-    /// `POST path` with `form` as an urlencoded body; the envelope's
-    /// `data`.
+    /// `GET path` (without `form_body`) or `POST path` with `form_body`
+    /// urlencoded (the API takes a query's parameters either way; a body
+    /// has no URL length limit); the envelope's `data`.
     async fn call(&self, path: &str, form_body: Option<String>) -> Result<Value, PrometheusError> {
         use secrecy::ExposeSecret;
         let url = format!("{}{path}", self.base);
@@ -654,10 +654,14 @@ async fn window_facts(
     let w = secs(window);
     let reach = job.reach();
     let start = now - i64::try_from(w).unwrap_or(i64::MAX / 2);
+    // The subqueries finding first and last scrapes evaluate at most
+    // about 1,000 steps: finer than a scrape interval is no use, and a
+    // coarser step is allowed for in the tolerance of missing scrapes.
+    let step = reach.max(w.div_ceil(1000));
     let count = api.query(&sel.scrapes(w), now).await?;
     let up = api.query(&sel.scrapes_up(w), now).await?;
-    let first = api.query(&sel.first_scrape(w, reach), now).await?;
-    let last = api.query(&sel.last_scrape(w, reach), now).await?;
+    let first = api.query(&sel.first_scrape(w, step), now).await?;
+    let last = api.query(&sel.last_scrape(w, step), now).await?;
     let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
     let served = api.query(&sel.apps_served(w), now).await?;
     Ok(Facts {
@@ -665,6 +669,7 @@ async fn window_facts(
         start,
         end: now,
         scrape_interval: job.scrape_interval.map(|d| d.as_secs_f64()),
+        timestamp_step: step as f64,
         retention: job.retention.clone(),
         watched_at_start: at_start.len(),
         instances: scrapes_of(&count, &up, &first, &last, il),
@@ -778,7 +783,7 @@ pub async fn fetch(
 }
 
 /// The gate's lines for stderr: each use (app, library, sidecar, route,
-/// calls), then each gap.
+/// calls), then each gap; or that zero is proven.
 pub fn render_gate(answer: &GateAnswer, window: Duration) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -796,6 +801,13 @@ pub fn render_gate(answer: &GateAnswer, window: Duration) -> String {
                 u.route
             );
         }
+    }
+    if answer.uses.is_empty() && answer.gaps.is_empty() {
+        let _ = writeln!(
+            out,
+            "no deprecated call in the last {window}, and every sidecar was scraped \
+             throughout its time in it: zero is proven"
+        );
     }
     if !answer.gaps.is_empty() {
         let _ = writeln!(

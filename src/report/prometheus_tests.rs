@@ -141,6 +141,15 @@ fn render_gate_names_each_use_then_each_gap() {
          the evidence for the last 1day is incomplete, so zero is not proven:\n  \
          gap: no sidecar of job j was scraped in the window\n"
     );
+    let proven = GateAnswer {
+        uses: vec![],
+        gaps: vec![],
+    };
+    assert_eq!(
+        render_gate(&proven, Duration::from_secs(20)),
+        "no deprecated call in the last 20s, and every sidecar was scraped throughout its \
+         time in it: zero is proven\n"
+    );
 }
 
 #[test]

@@ -192,7 +192,11 @@ fn table_libraries(out: &mut String, report: &Report, app: &AppReport) {
             .collect();
         table_callers(out, report.merged, &callers);
     }
-    out.push_str("(caller calls are lifetime totals)\n");
+    out.push_str(if report.prometheus.is_some() {
+        "(caller calls are in the window: increase() of Prometheus' counters, by library and sidecar)\n"
+    } else {
+        "(caller calls are lifetime totals)\n"
+    });
 }
 
 fn table_library(out: &mut String, report: &Report, lib: &LibraryReport) {

@@ -154,10 +154,23 @@ async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody
 }
 
 /// Queues one trigger for the next batch and maps the batch's answer.
+///
+/// Its deadline counts from now, as a single trigger's: if it passes while
+/// the trigger waits, the trigger is withdrawn, never sent, and answered
+/// 504 (as one that found no upstream slot in time); once its batch has
+/// left, the batch's answer is awaited (its deadline is its oldest
+/// caller's, so no later than this one's).
 async fn queued(call: &mut Call<'_>, event: Pending) -> Result<Response<ResponseBody>, ProxyError> {
-    let answer = call.app.coalescer.enqueue(call.state, call.app, event);
+    let coalescer = &call.app.coalescer;
+    let deadline = call.state.upstream.deadline();
+    let (mut answer, ticket) = coalescer.enqueue(call.state, call.app, event, deadline);
     // Dropping this future (the caller left) leaves the event queued.
-    let Ok(answer) = answer.await else {
+    let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
+        Ok(answer) => answer,
+        Err(_) if coalescer.withdraw(ticket) => return Err(UpstreamError::Timeout.into()),
+        Err(_) => answer.await,
+    };
+    let Ok(answer) = answer else {
         return Err(UpstreamError::Aborted.into());
     };
     call.record.add_upstream_time(answer.upstream_time);

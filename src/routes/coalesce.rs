@@ -11,12 +11,13 @@
 //! - **Places.** `in_flight` counts the app's trigger requests on the wire
 //!   (or about to be). A trigger takes a place with one compare-and-swap
 //!   when one is free; nothing else is touched on that path.
-//! - **No lost wake-up.** A place is given back only under the queue's lock
-//!   and only when the queue is empty; a trigger that found no place queues
-//!   under that lock and tries for a place once more before letting go of
-//!   it. So whenever the queue is not empty, every place is taken, and each
-//!   of those requests, when it returns (or its caller's future is
-//!   dropped: [`Place`]'s `Drop`), hands its place to the queue.
+//! - **No lost wake-up.** A place is given back only when no trigger
+//!   waits, and then the queue is looked at once more; a trigger that found
+//!   no place queues and tries for a place once more before it lets go of
+//!   the queue's lock (see `Coalescer::release`). So whenever the queue is
+//!   not empty, every place is taken, and each of those requests, when it
+//!   returns (or its caller's future is dropped: `Place`'s `Drop`), hands
+//!   its place to the queue.
 //! - **Nothing accepted is lost.** A batch is sent by a task of its own, not
 //!   by any caller's: a caller that goes away while queued (hyper drops its
 //!   future) drops only its answer's receiver; its event stays queued and
@@ -30,18 +31,19 @@
 //!   single trigger's would be ([`super::channel_event`]). A batch is never
 //!   re-sent.
 //!
-//! The queue lives with its [`App`], in one configuration's state: a reload
+//! The queue lives with its `App`, in one configuration's state: a reload
 //! starts the next state's apps with empty queues and free places, and the
 //! previous state's queue is drained by its own requests in flight, signed
 //! with the credentials they were accepted under.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -66,6 +68,13 @@ pub(crate) struct Coalescer {
     /// Trigger requests of the app on the wire, at most
     /// `batching.in_flight`.
     in_flight: AtomicUsize,
+    /// The queue's length, written under its lock, read without it: a
+    /// place is given back without the lock while nothing waits.
+    waiting: AtomicUsize,
+    /// The next queued trigger's ticket.
+    tickets: AtomicU64,
+    /// Queued triggers of every app (`pusher_cutover_queued_triggers`).
+    gauge: Gauge,
     /// Triggers waiting for the next batch, oldest first. A std mutex: it
     /// is held for a push or a drain, never across an await, and must be
     /// taken in [`Place`]'s `Drop`.
@@ -109,6 +118,10 @@ impl Pending {
 struct Queued {
     event: Pending,
     reply: oneshot::Sender<Answer>,
+    /// Its caller's deadline, counted from the call's arrival.
+    deadline: tokio::time::Instant,
+    /// Which caller's, to withdraw it at that deadline.
+    ticket: u64,
 }
 
 /// What a queued caller learns: its batch's answer (shared by the batch's
@@ -206,11 +219,15 @@ impl Drop for Place<'_> {
 }
 
 impl Coalescer {
-    /// An empty queue with every place free.
-    pub(crate) fn new(batching: Batching) -> Self {
+    /// An empty queue with every place free, counting its triggers in
+    /// `gauge`.
+    pub(crate) fn new(batching: Batching, gauge: Gauge) -> Self {
         Self {
             batching,
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            tickets: AtomicU64::new(0),
+            gauge,
             queue: Mutex::new(VecDeque::new()),
         }
     }
@@ -228,68 +245,122 @@ impl Coalescer {
     fn try_reserve(&self) -> bool {
         let limit = self.batching.in_flight;
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .is_ok()
     }
 
+    /// Records the queue's new length (under its lock).
+    fn queued(&self, queue: &VecDeque<Queued>) {
+        let before = self.waiting.swap(queue.len(), Ordering::SeqCst);
+        self.gauge.inc_by(queue.len() as i64 - before as i64);
+    }
+
     /// Up to `batch_max` of the oldest queued triggers, for the place the
-    /// caller holds.
+    /// caller holds. A trigger past its deadline (its caller left, or is
+    /// about to withdraw it) is not sent: it is answered 504, as a trigger
+    /// that found no upstream slot before its deadline is.
     fn take_group(&self, queue: &mut VecDeque<Queued>) -> Vec<Queued> {
-        let n = queue.len().min(self.batching.max);
-        queue.drain(..n).collect()
+        let now = tokio::time::Instant::now();
+        let mut group = Vec::with_capacity(queue.len().min(self.batching.max));
+        while group.len() < self.batching.max
+            && let Some(q) = queue.pop_front()
+        {
+            if q.deadline <= now {
+                let _ = q.reply.send(Answer {
+                    result: Err(UpstreamError::Timeout.into()),
+                    upstream_time: Duration::ZERO,
+                });
+            } else {
+                group.push(q);
+            }
+        }
+        self.queued(queue);
+        group
+    }
+
+    /// Takes the trigger of `ticket` out of the queue, if it is still
+    /// there (its caller's deadline passed while it waited).
+    pub(crate) fn withdraw(&self, ticket: u64) -> bool {
+        let mut queue = self.lock();
+        let Some(at) = queue.iter().position(|q| q.ticket == ticket) else {
+            return false;
+        };
+        queue.remove(at);
+        self.queued(&queue);
+        true
     }
 
     /// Gives a place back: to the queue's next batch if triggers wait, else
     /// free.
+    ///
+    /// While nothing waits this is two atomic reads and a decrement, no
+    /// lock. A trigger that queued meanwhile stored its queue's length
+    /// before it tried for a place and found none, so (all sequentially
+    /// consistent) the second read sees it, and the place is taken back
+    /// for it.
     fn release(&self, state: &Arc<State>, app: &App) {
-        let group = {
-            let mut queue = self.lock();
-            if queue.is_empty() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The caller holds a place on every turn of this loop.
+        loop {
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if self.waiting.load(Ordering::SeqCst) == 0 || !self.try_reserve() {
+                    return;
+                }
+            }
+            let group = self.take_group(&mut self.lock());
+            if !group.is_empty() {
+                spawn_batch(state, app, group);
                 return;
             }
-            self.take_group(&mut queue)
-        };
-        spawn_batch(state, app, group);
+            // Another place's holder took the queue first: give this one
+            // back.
+        }
     }
 
-    /// Queues `event` for the next batch; the receiver gets its batch's
-    /// answer. Dropping the receiver does not take the event out.
+    /// Queues `event`, whose caller's deadline is `deadline`, for the next
+    /// batch; the receiver gets its batch's answer, and the ticket
+    /// withdraws it ([`Coalescer::withdraw`]). Dropping the receiver does
+    /// not take the event out.
     pub(crate) fn enqueue(
         &self,
         state: &Arc<State>,
         app: &App,
         event: Pending,
-    ) -> oneshot::Receiver<Answer> {
+        deadline: tokio::time::Instant,
+    ) -> (oneshot::Receiver<Answer>, u64) {
         let (reply, answer) = oneshot::channel();
-        let queued = &state.telemetry.metrics().upstream;
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let group = {
             let mut queue = self.lock();
-            queue.push_back(Queued { event, reply });
-            queued.queued().inc();
-            // A place freed since this trigger looked (its holder found the
-            // queue empty) is taken now, so the queue never waits with a
-            // place free.
+            queue.push_back(Queued {
+                event,
+                reply,
+                deadline,
+                ticket,
+            });
+            self.queued(&queue);
+            // A place freed since this trigger looked (its holder saw no
+            // queue) is taken now, so the queue never waits with a place
+            // free.
             if !self.try_reserve() {
-                return answer;
+                return (answer, ticket);
             }
             self.take_group(&mut queue)
         };
-        spawn_batch(state, app, group);
-        answer
+        if group.is_empty() {
+            // Only expired triggers were waiting: the place goes back.
+            self.release(state, app);
+        } else {
+            spawn_batch(state, app, group);
+        }
+        (answer, ticket)
     }
 }
 
 /// Sends `group` in a task of its own, holding the place its caller took.
 fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
-    state
-        .telemetry
-        .metrics()
-        .upstream
-        .queued()
-        .dec_by(group.len() as i64);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // Only while the runtime shuts down, when no answer can be sent.
         tracing::error!(app_id = %app.config.id, events = group.len(), "runtime gone: queued legacy triggers not sent");
@@ -321,7 +392,13 @@ async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         .upstream
         .trigger_request(group.len());
     let started = Instant::now();
-    let deadline = state.upstream.deadline();
+    // The oldest caller's: every caller's exchange is bounded by
+    // `upstream.timeout_ms` from its arrival, a batch's too.
+    let deadline = group
+        .iter()
+        .map(|q| q.deadline)
+        .min()
+        .unwrap_or_else(|| state.upstream.deadline());
     let result = match state.upstream.slot(deadline).await {
         Ok(slot) => {
             // Signed when it leaves, as every upstream request is.
@@ -443,6 +520,52 @@ mod tests {
         }
     }
 
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
+    fn queued(i: usize, reply: oneshot::Sender<Answer>, deadline: tokio::time::Instant) -> Queued {
+        Queued {
+            event: pending(i, None),
+            reply,
+            deadline,
+            ticket: i as u64,
+        }
+    }
+
+    #[test]
+    fn expired_triggers_are_answered_504_not_sent_and_withdrawn_ones_leave() {
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 1,
+                max: 10,
+            },
+            Gauge::default(),
+        );
+        let (reply, mut expired) = oneshot::channel();
+        c.lock()
+            .push_back(queued(0, reply, tokio::time::Instant::now()));
+        let mut receivers = Vec::new();
+        for i in 1..4 {
+            let (reply, answer) = oneshot::channel();
+            receivers.push(answer);
+            c.lock().push_back(queued(i, reply, later()));
+        }
+        c.queued(&c.lock());
+        assert_eq!(c.gauge.get(), 4);
+        assert!(c.withdraw(2));
+        assert!(!c.withdraw(2), "withdrawn once");
+        let group = c.take_group(&mut c.lock());
+        let names: Vec<_> = group.iter().map(|q| q.event.name.as_str()).collect();
+        assert_eq!(names, ["ev-1", "ev-3"]);
+        let answer = expired.try_recv().expect("answered");
+        assert!(matches!(
+            answer.result,
+            Err(ProxyError::Upstream(UpstreamError::Timeout))
+        ));
+        assert_eq!(c.gauge.get(), 0);
+    }
+
     #[test]
     fn batch_body_carries_each_event_with_its_own_fields_in_order() {
         let events = [pending(0, Some("1.2")), pending(1, None)];
@@ -477,19 +600,19 @@ mod tests {
     }
 
     #[test]
-    fn places_are_bounded_and_given_back_only_when_the_queue_is_empty() {
-        let c = Coalescer::new(Batching {
-            in_flight: 2,
-            max: 10,
-        });
+    fn places_are_bounded_and_kept_for_the_batch() {
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 2,
+                max: 10,
+            },
+            Gauge::default(),
+        );
         assert!(c.try_reserve());
         assert!(c.try_reserve());
         assert!(!c.try_reserve(), "both places taken");
         let (reply, _answer) = oneshot::channel();
-        c.lock().push_back(Queued {
-            event: pending(0, None),
-            reply,
-        });
+        c.lock().push_back(queued(0, reply, later()));
         let group = c.take_group(&mut c.lock());
         assert_eq!(group.len(), 1);
         assert_eq!(c.in_flight.load(Ordering::Acquire), 2, "kept for the batch");
@@ -497,18 +620,18 @@ mod tests {
 
     #[test]
     fn groups_are_fifo_and_at_most_batch_max() {
-        let c = Coalescer::new(Batching {
-            in_flight: 1,
-            max: 3,
-        });
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 1,
+                max: 3,
+            },
+            Gauge::default(),
+        );
         let mut receivers = Vec::new();
         for i in 0..5 {
             let (reply, answer) = oneshot::channel();
             receivers.push(answer);
-            c.lock().push_back(Queued {
-                event: pending(i, None),
-                reply,
-            });
+            c.lock().push_back(queued(i, reply, later()));
         }
         let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-0", "ev-1", "ev-2"]);

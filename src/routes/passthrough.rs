@@ -156,6 +156,8 @@ async fn forward(
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
+    let counted = crate::telemetry::metrics::UpstreamRoute::Passthrough;
+    state.telemetry.metrics().upstream.request(counted);
     let resp = state.upstream.send(req).await;
     record.add_upstream_time(started.elapsed());
     let resp = resp?;

@@ -493,7 +493,8 @@ impl Metrics {
 
 /// Names of the coalescing block's metrics (counters gain `_total`).
 pub mod upstream_names {
-    /// Upstream requests the deprecated routes made, by upstream route.
+    /// Upstream requests, by upstream route (the deprecated calls' routes,
+    /// and passthrough).
     pub const UPSTREAM_REQUESTS: &str = "pusher_cutover_upstream_requests";
     /// Events carried by each upstream trigger request (`events`: 1,
     /// `batch_events`: 1 to `batch_max`).
@@ -516,11 +517,19 @@ pub enum UpstreamRoute {
     Channel,
     /// A deprecated call forwarded in its legacy form (`observe`, `shadow`).
     Legacy,
+    /// Any other request, passed through.
+    Passthrough,
 }
 
 impl UpstreamRoute {
     /// Every route, in label order.
-    pub const ALL: [Self; 4] = [Self::Events, Self::BatchEvents, Self::Channel, Self::Legacy];
+    pub const ALL: [Self; 5] = [
+        Self::Events,
+        Self::BatchEvents,
+        Self::Channel,
+        Self::Legacy,
+        Self::Passthrough,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -529,6 +538,7 @@ impl UpstreamRoute {
             Self::BatchEvents => "batch_events",
             Self::Channel => "channel",
             Self::Legacy => "legacy",
+            Self::Passthrough => "passthrough",
         }
     }
 }
@@ -554,7 +564,7 @@ impl UpstreamRequests {
         });
         registry.register(
             upstream_names::UPSTREAM_REQUESTS,
-            "Upstream requests made for deprecated calls, by upstream route",
+            "Upstream requests by upstream route: events, batch_events (coalesced legacy triggers), channel (legacy stats), legacy (observe, shadow), passthrough",
             family,
         );
         let batch_events = Histogram::new(linear_buckets(1.0, 1.0, 10));

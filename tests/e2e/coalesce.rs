@@ -22,6 +22,7 @@ async fn one_connection(
     ch: String,
     client: usize,
     count: usize,
+    socket_id: Option<String>,
 ) -> Vec<String> {
     let stream = tokio::net::TcpStream::connect(proxy)
         .await
@@ -34,13 +35,11 @@ async fn one_connection(
     let mut failures = Vec::new();
     for seq in 0..count {
         let data = format!("{client}:{seq}");
-        let target = signed(
-            "",
-            "POST",
-            &path,
-            &[("name", "ordered")],
-            Some(data.as_bytes()),
-        );
+        let mut params = vec![("name", "ordered")];
+        if let Some(s) = &socket_id {
+            params.push(("socket_id", s));
+        }
+        let target = signed("", "POST", &path, &params, Some(data.as_bytes()));
         let req = hyper::Request::post(target)
             .header("host", "proxy")
             .header("content-type", "application/json")
@@ -62,6 +61,17 @@ async fn one_connection(
     failures
 }
 
+async fn metrics(env: &Env) -> String {
+    support::send(
+        Method::GET,
+        &format!("{}/metrics", env.proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .text()
+}
+
 /// 2,000 legacy triggers from 32 concurrent client connections, coalesced:
 /// each delivered exactly once, each connection's in order, and the
 /// upstream saw batches (more than one event per request on average).
@@ -79,7 +89,7 @@ async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order()
         .map(|c| {
             // Client c's share: 63 or 62 of the 2,000.
             let count = (c..TOTAL).step_by(CLIENTS).count();
-            tokio::spawn(one_connection(env.proxy.addr, ch.clone(), c, count))
+            tokio::spawn(one_connection(env.proxy.addr, ch.clone(), c, count, None))
         })
         .collect();
 
@@ -147,6 +157,64 @@ async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order()
     println!(
         "{TOTAL} triggers in {requests} upstream requests ({:.2} events per request)",
         events / requests
+    );
+    env.stop().await;
+}
+
+/// Sockudo honours each batched event's own `socket_id`: triggers that
+/// exclude one subscriber, coalesced, reach the other and not it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
+async fn a_batched_events_socket_id_excludes_that_connection_only() {
+    const CLIENTS: usize = 32;
+    const EACH: usize = 10;
+    let env = Env::start().await;
+    let ch = channel("");
+    let mut excluded = env.subscriber().await;
+    excluded.subscribe(&ch, None).await;
+    let mut other = env.subscriber().await;
+    other.subscribe(&ch, None).await;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let socket_id = Some(excluded.socket_id.clone());
+            tokio::spawn(one_connection(
+                env.proxy.addr,
+                ch.clone(),
+                c,
+                EACH,
+                socket_id,
+            ))
+        })
+        .collect();
+    let mut received = 0;
+    while received < CLIENTS * EACH {
+        if other.next_event(Duration::from_secs(15)).await.is_none() {
+            break;
+        }
+        received += 1;
+    }
+    for t in tasks {
+        let failures = t.await.expect("client task");
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert_eq!(
+        received,
+        CLIENTS * EACH,
+        "the other subscriber got every event"
+    );
+    assert_eq!(
+        excluded.next_event(SILENCE).await,
+        None,
+        "the excluded got none"
+    );
+    let m = metrics(&env).await;
+    assert!(
+        support::metric(
+            &m,
+            r#"pusher_cutover_upstream_requests_total{route="batch_events"}"#
+        )
+        .is_some_and(|n| n > 0.0),
+        "the triggers were batched"
     );
     env.stop().await;
 }

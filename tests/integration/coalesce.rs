@@ -314,9 +314,10 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
 
     let first = occupy(&fake, &proxy, 1).await;
     let callers = queue(&proxy, (0..4).map(Trig::nth).collect(), 0).await;
-    // Nothing is released: the first times out, its place goes to the
-    // batch, which times out too.
-    assert_eq!(seen(&answered(first).await), single);
+    // The first is answered; the batch leaves and is held past its
+    // callers' deadlines.
+    fake.release(1);
+    assert_accepted(&answered(first).await);
     let recorded = fake.wait_for_requests(3).await;
     assert_eq!(batch_of(&recorded[2]).len(), 4);
     for c in callers {
@@ -330,7 +331,7 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
             &m,
             r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="upstream_error"}"#
         ),
-        6.0,
+        5.0,
         "each caller recorded"
     );
     fake.release_all();
@@ -524,5 +525,77 @@ async fn identical_concurrent_stats_share_one_upstream_request() {
         8.0,
         "each caller recorded"
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_trigger_whose_caller_left_is_still_sent_and_the_queue_moves_on() {
+    let (fake, proxy) = setup("batch_in_flight = 1").await;
+    fake.set(|b| b.hold = true);
+    let first = occupy(&fake, &proxy, 0).await;
+    let trigs: Vec<Trig> = (0..3).map(Trig::nth).collect();
+    let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
+    let mut callers = queue(&proxy, trigs, 0).await;
+    // The middle caller goes away while queued: its connection closes.
+    let gone = callers.remove(1);
+    gone.abort();
+    assert!(gone.await.is_err_and(|e| e.is_cancelled()));
+    fake.release_all();
+    assert_accepted(&answered(first).await);
+    for c in callers {
+        assert_accepted(&answered(c).await);
+    }
+    let recorded = fake.wait_for_requests(2).await;
+    assert_eq!(batch_of(&recorded[1]), expected, "accepted, so sent");
+    // The queue is not stalled: the next trigger goes at once.
+    assert_accepted(&answered(Trig::nth(7).spawn(&proxy)).await);
+    assert_eq!(fake.recorded().len(), 3);
+    assert_eq!(value(&metrics(&proxy).await, QUEUED), 0.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_requests_are_counted_by_route() {
+    let fake = support::fake().await;
+    let observed = TestProxy::for_upstream(&fake.url(), "", "mode = \"observe\"").await;
+    assert_eq!(
+        answered(Trig::nth(0).spawn(&observed))
+            .await
+            .status
+            .as_u16(),
+        202
+    );
+    let m = metrics(&observed).await;
+    let count = |m: &str, route: &str| {
+        value(
+            m,
+            &format!("pusher_cutover_upstream_requests_total{{route=\"{route}\"}}"),
+        )
+    };
+    assert_eq!(
+        count(&m, "legacy"),
+        1.0,
+        "observe forwards in the legacy form"
+    );
+    assert_eq!(count(&m, "events"), 0.0);
+    observed.stop().await;
+
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    assert_eq!(
+        answered(spawn_stats(&proxy, "room")).await.status.as_u16(),
+        200
+    );
+    let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+    let url = format!(
+        "{}{}",
+        proxy.url(),
+        support::current_trigger_uri(body, support::now())
+    );
+    let a = support::send(Method::POST, &url, support::JSON, &body[..]).await;
+    assert_eq!(a.status.as_u16(), 200);
+    let m = metrics(&proxy).await;
+    assert_eq!(count(&m, "channel"), 1.0);
+    assert_eq!(count(&m, "passthrough"), 1.0);
+    assert_eq!(count(&m, "legacy") + count(&m, "events"), 0.0);
     proxy.stop().await;
 }

@@ -183,6 +183,10 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(0), "zero, with full coverage: {err}");
+    println!(
+        "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 0\n{err}"
+    );
+    assert!(err.contains("zero is proven"), "{err}");
     // Expecting a third sidecar makes its absence a gap.
     let (code, _, err) = report(&[
         "--prometheus",
@@ -265,6 +269,8 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     );
     let (code, table, err) = report(&["--prometheus", &prom.url, "--since", "1h"]).await;
     assert_eq!(code, Some(0), "{err}");
+    // Shown with --nocapture (the README's sample is such a run).
+    println!("report --prometheus URL --since 1h:\n{table}");
     assert!(
         table.contains(&format!("Prometheus {}", prom.url)),
         "{table}"
@@ -282,6 +288,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(1), "{err}");
+    println!("report --prometheus URL --app 4242 --fail-if-used-since {WINDOW}: exit 1\n{err}");
     let named = format!(
         "app {} library {library} instance {}: 3 legacy_trigger call(s)",
         support::APP_ID,
@@ -310,6 +317,9 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     ])
     .await;
     assert_eq!(code, Some(2), "{err}");
+    println!(
+        "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 2\n{err}"
+    );
     assert!(
         err.contains(&format!("gap: sidecar {b_admin} was not reachable for")),
         "{err}"
@@ -362,4 +372,148 @@ async fn a_ledger_starting_inside_the_window_cannot_prove_zero() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (code, _, err) = report(&["--data-dir", &data_arg, "--fail-if-used-since", "1s"]).await;
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// An in-process stand-in for Prometheus' HTTP API: every query answers
+/// an empty result, the job has one active target scraped every 15 s;
+/// with `token`, anything without `Authorization: Bearer <token>` gets
+/// 401. Returns its URL and the request lines it received.
+fn fake_prometheus(
+    token: Option<&'static str>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 8192];
+            let mut req = Vec::new();
+            // Head, then the body its content-length announces.
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&req).to_string();
+            let line = text.lines().next().unwrap_or_default().to_owned();
+            log.lock().expect("lock").push(text.clone());
+            let authorised = token.is_none_or(|t| {
+                text.lines()
+                    .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {t}")))
+            });
+            let (status, body) = if !authorised {
+                (
+                    "401 Unauthorized",
+                    r#"{"status":"error","errorType":"unauthorized","error":"no token"}"#
+                        .to_owned(),
+                )
+            } else if line.contains("/api/v1/targets") {
+                ("200 OK", r#"{"status":"success","data":{"activeTargets":[{"labels":{"job":"pusher-cutover","instance":"a:9090"},"scrapePool":"pusher-cutover","scrapeInterval":"15s"}],"droppedTargets":[]}}"#.to_owned())
+            } else if line.contains("/api/v1/status/runtimeinfo") {
+                (
+                    "200 OK",
+                    r#"{"status":"success","data":{"storageRetention":"15d"}}"#.to_owned(),
+                )
+            } else if line.contains("/api/v1/query_range") {
+                (
+                    "200 OK",
+                    r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#.to_owned(),
+                )
+            } else {
+                (
+                    "200 OK",
+                    r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.to_owned(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// No sidecar at all is a gap (exit 2), and `--token-env` sends the
+/// bearer token to Prometheus (without it: 401, exit 2 naming it). The
+/// PromQL goes in the urlencoded body of POST /api/v1/query.
+#[tokio::test]
+async fn no_sidecar_is_a_gap_and_the_token_is_sent() {
+    let (url, seen) = fake_prometheus(Some("s3cret"));
+    let out = Command::new(BIN)
+        .args([
+            "report",
+            "--prometheus",
+            &url,
+            "--token-env",
+            "FLEET_TEST_TOKEN",
+        ])
+        .args([
+            "--job",
+            "pusher-cutover",
+            "--app",
+            "4242",
+            "--fail-if-used-since",
+            "24h",
+        ])
+        .env("FLEET_TEST_TOKEN", "s3cret")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("report runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("gap: no sidecar of job pusher-cutover was scraped in the window"),
+        "{err}"
+    );
+    let requests = seen.lock().expect("lock").clone();
+    let increase = requests
+        .iter()
+        .find(|r| r.starts_with("POST /api/v1/query ") && r.contains("increase"))
+        .expect("an increase() query");
+    let body = increase
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let query = &form.iter().find(|(k, _)| k == "query").expect("query").1;
+    assert!(
+        query.contains(
+            r#"pusher_cutover_deprecated_calls_total{job="pusher-cutover",app_id=~"4242"}"#
+        ),
+        "{query}"
+    );
+    // 24 h plus the 15 s scrape interval.
+    assert!(query.contains("[86415s]"), "{query}");
+
+    let (code, _, err) = report(&["--prometheus", &url, "--fail-if-used-since", "24h"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("401 Unauthorized") && err.contains("no token"),
+        "{err}"
+    );
 }

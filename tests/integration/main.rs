@@ -20,6 +20,7 @@ mod logging;
 mod operations;
 mod passthrough;
 mod report;
+mod starvation;
 mod stats;
 mod telemetry;
 mod trigger;

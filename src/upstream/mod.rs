@@ -2,17 +2,18 @@
 //! with the webpki roots), HTTP/1.1 or HTTP/2 (`upstream.protocol`), with
 //! every exchange bounded by the configured timeout.
 //!
-//! The connections are hyper-util's client's ([`Client`]): HTTP/1.1
-//! keep-alive connections pooled, or HTTP/2 connections each carrying many
-//! exchanges at once (streams). Each worker thread (see
-//! [`crate::http::server`]) has clients of its own, so a connection's task
-//! runs on the runtime of the worker whose exchanges it carries:
-//! - HTTP/1.1: one client per worker, whose pool keeps at most the
-//!   worker's share of `max_connections` idle connections;
-//! - HTTP/2 (`h2c`, or `auto` on `https://` when ALPN picks it): a few
-//!   clients per worker, one HTTP/2 connection each, taken in turn; one per
-//!   [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
-//!   `max_connections`.
+//! Each worker thread (see [`crate::http::server`]) has connections of its
+//! own, so a connection's task runs on the runtime of the worker whose
+//! exchanges it carries:
+//! - HTTP/1.1 only (`http1`, or `auto` on `http://`): hyper's HTTP/1.1
+//!   client connections in a pool per worker ([`h1`]), which keeps at most
+//!   the worker's share of `max_connections` idle;
+//! - HTTP/2 (`h2c`, or `auto` on `https://`): hyper-util's client
+//!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
+//!   each carrying many exchanges at once (streams), taken in turn: one
+//!   per [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
+//!   `max_connections`. Should ALPN pick HTTP/1.1 on `auto`, the client
+//!   pools HTTP/1.1 connections like the above.
 //!
 //! The cap on exchanges in flight (`max_connections`) is shared by all
 //! workers: an exchange holds a [`Slot`] from before it is sent until its
@@ -24,8 +25,8 @@
 //!   GOAWAY with a last stream id below the request's (h2 fails exactly
 //!   those streams with the remote GOAWAY);
 //! - HTTP/1.1: its pooled connection was found closed before the request
-//!   was written (hyper hands such a request back, and hyper-util's client
-//!   sends it on another connection).
+//!   was written (hyper hands such a request back, and it is sent on
+//!   another connection).
 //!
 //! Either only with a body that can be sent again (built by the proxy, not
 //! streamed from the caller). Besides, a bodyless GET or HEAD whose
@@ -53,6 +54,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 
+mod h1;
+
 /// Body of a request sent upstream: built by the proxy, or streamed from
 /// the caller (passthrough), held to `max_body_bytes`. Only the first can
 /// be sent again after the upstream refused it.
@@ -70,7 +73,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Largest upstream answer buffered for mapping back to a legacy caller.
 const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
 
-/// How long an idle pooled connection is kept.
+/// How long an idle pooled connection of hyper-util's client is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Exchanges one HTTP/2 connection is meant to carry at once: the least
@@ -154,8 +157,8 @@ pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// The clients and where they point. Cheap to clone; clones share the
-/// clients and their connections.
+/// The connections and where they go. Cheap to clone; clones share the
+/// connections.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     inner: Arc<Inner>,
@@ -163,25 +166,28 @@ pub struct Upstream {
 
 #[derive(Debug)]
 struct Inner {
-    /// `workers × per_worker` clients, worker by worker.
-    clients: Box<[UpstreamClient]>,
-    /// Clients (HTTP/2 connections) of each worker.
-    per_worker: usize,
+    transport: Transport,
     /// Scheme and authority of every upstream request.
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
-    /// The `Host` header of a request known to go over HTTP/1.1; `None`
-    /// where it may go over HTTP/2, which names the host in `:authority`
-    /// (hyper-util then adds `Host` on an HTTP/1.1 connection itself).
-    host: Option<HeaderValue>,
-    /// Whether a connection may speak HTTP/2: then a request whose body
-    /// can be sent again is kept until its answer comes, in case the
-    /// upstream refuses it.
-    may_be_h2: bool,
     timeout: Duration,
     /// One permit per upstream exchange in progress: at most
     /// `max_connections` at once, the rest wait.
     slots: Arc<Semaphore>,
+}
+
+/// How requests travel.
+#[derive(Debug)]
+enum Transport {
+    /// HTTP/1.1 on `http://`: the pools of [`h1`].
+    Pool(Arc<h1::Pools>),
+    /// hyper-util's clients.
+    Clients {
+        /// `workers × per_worker` clients, worker by worker.
+        clients: Box<[UpstreamClient]>,
+        /// Clients (HTTP/2 connections) of each worker.
+        per_worker: usize,
+    },
 }
 
 /// The right to one upstream exchange: at most `max_connections` are held
@@ -193,13 +199,28 @@ pub struct Slot {
 }
 
 /// An upstream response body that holds its exchange's slot until it has
-/// been read to the end, failed or been dropped. A body the upstream cut
-/// short ends with an error frame (an HTTP/1.1 connection closed early, an
-/// HTTP/2 stream reset), so the caller's answer is cut too, not completed.
+/// been read to the end, failed or been dropped; then an HTTP/1.1
+/// connection of [`h1`] returns to its pool (only if read to the end). A
+/// body the upstream cut short ends with an error frame (an HTTP/1.1
+/// connection closed early, an HTTP/2 stream reset), so the caller's answer
+/// is cut too, not completed.
 #[derive(Debug)]
 pub struct Guarded {
     inner: Incoming,
     slot: Option<Slot>,
+    lease: Option<h1::Lease>,
+}
+
+impl Drop for Guarded {
+    /// A body the server stopped reading because it knew it was complete
+    /// (its declared length was reached) still returns its connection.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -211,8 +232,18 @@ impl hyper::body::Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            self.slot = None;
+        match &frame {
+            Poll::Ready(None) => {
+                if let Some(lease) = self.lease.take() {
+                    lease.release();
+                }
+                self.slot = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.lease = None;
+                self.slot = None;
+            }
+            _ => {}
         }
         frame
     }
@@ -245,17 +276,31 @@ impl Upstream {
             1
         };
         let connector = connector(config);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(share)
-            .http2_only(protocol == UpstreamProtocol::H2c)
-            .retry_canceled_requests(true)
-            .set_host(true);
-        let clients = (0..workers * per_worker)
-            .map(|_| builder.build(connector.clone()))
-            .collect();
+        let transport = if !may_be_h2 {
+            Transport::Pool(Arc::new(h1::Pools::new(
+                connector,
+                config.url.clone(),
+                host_header(&config.url),
+                config.timeout,
+                workers,
+                share,
+            )))
+        } else {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .pool_max_idle_per_host(share)
+                .http2_only(protocol == UpstreamProtocol::H2c)
+                .retry_canceled_requests(true)
+                .set_host(true);
+            Transport::Clients {
+                clients: (0..workers * per_worker)
+                    .map(|_| builder.build(connector.clone()))
+                    .collect(),
+                per_worker,
+            }
+        };
         let authority = config
             .url
             .authority()
@@ -268,12 +313,9 @@ impl Upstream {
             .unwrap_or(hyper::http::uri::Scheme::HTTP);
         Self {
             inner: Arc::new(Inner {
-                clients,
-                per_worker,
-                host: (!may_be_h2).then(|| host_header(&config.url)),
+                transport,
                 scheme,
                 authority,
-                may_be_h2,
                 timeout: config.timeout,
                 slots: Arc::new(Semaphore::new(config.max_connections)),
             }),
@@ -290,10 +332,11 @@ impl Upstream {
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let send = async {
             let slot = self.wait_for_slot().await?;
-            let resp = self.request(req).await?;
+            let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
                 slot: Some(slot),
+                lease,
             }))
         };
         tokio::time::timeout(self.inner.timeout, send)
@@ -321,25 +364,51 @@ impl Upstream {
             .map_err(|_| UpstreamError::Aborted)
     }
 
-    /// Sends `req` with the calling worker's client, again while the
-    /// upstream provably did not process it (see the module's doc).
+    /// Sends `req` on the calling worker's connections, again while the
+    /// upstream provably did not process it (see the module's doc); with
+    /// the [`h1`] connection to return once the answer has been read.
+    async fn request(
+        &self,
+        req: OutboundRequest,
+    ) -> Result<(Response<Incoming>, Option<h1::Lease>), UpstreamError> {
+        let worker = WORKER.with(Cell::get);
+        match &self.inner.transport {
+            Transport::Pool(pools) => {
+                let idempotent = is_bodyless_read(&req);
+                let (resp, lease) = pools.request(req, worker, idempotent).await?;
+                Ok((resp, Some(lease)))
+            }
+            Transport::Clients {
+                clients,
+                per_worker,
+            } => {
+                let client = pick(clients, *per_worker, worker);
+                Ok((self.send_with(client, req).await?, None))
+            }
+        }
+    }
+
+    /// Sends `req` with hyper-util's `client`, again while the upstream
+    /// provably did not process it (see the module's doc).
     ///
     /// Not an `async fn`: the request is prepared before the future is
     /// built, and the future reuses the one box `req` is in for each
     /// attempt.
-    fn request(
-        &self,
+    fn send_with<'a>(
+        &'a self,
+        client: &'a UpstreamClient,
         mut req: OutboundRequest,
-    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
         let prepared = self.prepare(&mut req);
-        let client = self.client();
         let idempotent = is_bodyless_read(&req);
         async move {
             prepared?;
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let again = (attempts < MAX_ATTEMPTS && (self.inner.may_be_h2 || idempotent))
+                // Kept until the answer comes, in case the upstream refuses
+                // the request unprocessed (only a body the proxy built).
+                let again = (attempts < MAX_ATTEMPTS)
                     .then(|| replayable_copy(&req))
                     .flatten();
                 let error = match client.request(*req).await {
@@ -361,8 +430,8 @@ impl Upstream {
         }
     }
 
-    /// Readies `req` for the client: the upstream's scheme and authority in
-    /// its target, and the upstream's `Host` instead of the caller's.
+    /// Readies `req` for hyper-util's client: the upstream's scheme and
+    /// authority in its target, and not the caller's `Host`.
     fn prepare(&self, req: &mut Request<OutboundBody>) -> Result<(), UpstreamError> {
         let mut parts = hyper::http::uri::Parts::default();
         parts.scheme = Some(self.inner.scheme.clone());
@@ -374,32 +443,10 @@ impl Upstream {
                 .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
         );
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Request(Box::new(e)))?;
-        match &self.inner.host {
-            Some(host) => {
-                req.headers_mut().insert(HOST, host.clone());
-            }
-            None => {
-                req.headers_mut().remove(HOST);
-            }
-        }
+        // HTTP/2 names the host in `:authority`; on an HTTP/1.1 connection
+        // (ALPN) hyper-util adds `Host` from the target itself.
+        req.headers_mut().remove(HOST);
         Ok(())
-    }
-
-    /// The calling worker's client (its next one, on HTTP/2).
-    fn client(&self) -> &UpstreamClient {
-        let per_worker = self.inner.per_worker;
-        let workers = self.inner.clients.len() / per_worker;
-        let worker = WORKER.with(Cell::get) % workers;
-        let turn = if per_worker > 1 {
-            NEXT.with(|n| {
-                let turn = n.get();
-                n.set(turn.wrapping_add(1));
-                turn % per_worker
-            })
-        } else {
-            0
-        };
-        &self.inner.clients[worker * per_worker + turn]
     }
 
     /// Sends `req` in `slot` and reads the whole answer, all before
@@ -412,13 +459,16 @@ impl Upstream {
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
             let _slot = slot;
-            let resp = self.request(req).await?;
+            let (resp, lease) = self.request(req).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
                 .await
                 .map_err(UpstreamError::Body)?
                 .to_bytes();
+            if let Some(lease) = lease {
+                lease.release();
+            }
             Ok(Buffered {
                 status: parts.status,
                 headers: parts.headers,
@@ -429,6 +479,21 @@ impl Upstream {
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
+}
+
+/// Worker `worker`'s client among `clients` (its next one, on HTTP/2).
+fn pick(clients: &[UpstreamClient], per_worker: usize, worker: usize) -> &UpstreamClient {
+    let workers = clients.len() / per_worker;
+    let turn = if per_worker > 1 {
+        NEXT.with(|n| {
+            let turn = n.get();
+            n.set(turn.wrapping_add(1));
+            turn % per_worker
+        })
+    } else {
+        0
+    };
+    &clients[(worker % workers) * per_worker + turn]
 }
 
 /// The connector for `config`: TCP with the connect timeout, TLS on

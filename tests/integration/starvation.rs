@@ -1,0 +1,399 @@
+//! No starvation, every refusal visible: slow clients hold no upstream
+//! slot and their time-outs are theirs; at the connection cap the
+//! longest-idle connection makes room; idle keep-alive connections have a
+//! timeout of their own; a truncated upstream body and a cut by the drain
+//! deadline are recorded as what they are.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{self, TestProxy};
+
+/// The fixture config with `top` as top-level keys and `upstream` in
+/// `[upstream]`.
+fn config(top: &str, upstream_url: &str, upstream: &str) -> String {
+    format!(
+        "{top}\n{}",
+        support::config_toml(upstream_url, upstream, "")
+    )
+}
+
+/// Reads until the peer closes or `limit` passes: whether it closed.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One request on `stream` and its answer, bounded.
+async fn exchange(stream: &mut TcpStream, raw: &[u8]) -> support::Answer {
+    stream.write_all(raw).await.expect("write");
+    tokio::time::timeout(support::REQUEST_TIMEOUT, support::read_response(stream))
+        .await
+        .expect("answered")
+}
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// The head of a passthrough POST announcing a 9-byte body (`{"a":"b"}`).
+const SLOW_HEAD: &[u8] =
+    b"POST /apps/4242/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n";
+
+async fn metrics(proxy: &TestProxy) -> String {
+    support::send(
+        Method::GET,
+        &format!("{}/metrics", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await
+    .text()
+}
+
+fn requests(text: &str, route: &str, outcome: &str) -> f64 {
+    let series = format!(
+        "pusher_cutover_requests_total{{app_id=\"4242\",route=\"{route}\",outcome=\"{outcome}\"}}"
+    );
+    support::metric(text, &series).unwrap_or(0.0)
+}
+
+/// The captured log lines containing every one of `needles`, polled
+/// until one shows up (worker threads hand their lines over in batches)
+/// or 5 s pass.
+async fn log_lines(needles: &[&str]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<String> = support::logs()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect();
+        if !found.is_empty() || tokio::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_passthrough_bodies_hold_no_upstream_slot() {
+    let fake = support::fake().await;
+    // Two upstream slots; a request waiting for one gives up after 2 s.
+    let proxy = TestProxy::start(
+        &config(
+            "body_timeout_ms = 60000",
+            &fake.url(),
+            "max_connections = 2\ntimeout_ms = 2000",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    // Two clients that announce a body and send one byte of it.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(SLOW_HEAD).await.expect("head");
+        s.write_all(b"{").await.expect("first byte");
+        slow.push(s);
+    }
+    // Time for the proxy to take both heads (setup, not a measurement).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = br#"{"n":1}"#;
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], body, support::now());
+    let a = support::send(
+        Method::POST,
+        &format!("{}{uri}", proxy.url()),
+        &[],
+        &body[..],
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+
+    // The slow clients are still mid-body: nothing answered them yet, and
+    // nothing of theirs went upstream.
+    for s in &slow {
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a slow client was answered before its body was complete"
+        );
+    }
+    assert!(
+        fake.recorded().iter().all(|r| r.path != "/apps/4242/slow"),
+        "a passthrough body went upstream before it was complete"
+    );
+    // Once their bodies are complete, they are forwarded whole.
+    for s in &mut slow {
+        s.write_all(br#""a":"b"}"#).await.expect("rest of the body");
+        let a = tokio::time::timeout(support::REQUEST_TIMEOUT, support::read_response(s))
+            .await
+            .expect("answered");
+        assert_eq!(a.status.as_u16(), 401, "the fake's verdict: {}", a.text());
+    }
+    let forwarded: Vec<_> = fake
+        .recorded()
+        .into_iter()
+        .filter(|r| r.path == "/apps/4242/slow")
+        .collect();
+    assert_eq!(forwarded.len(), 2);
+    assert!(forwarded.iter().all(|r| &r.body[..] == br#"{"a":"b"}"#));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_body_is_the_clients_408() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        &config("body_timeout_ms = 300", &fake.url(), "timeout_ms = 2000"),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(SLOW_HEAD).await.expect("head");
+    s.write_all(b"{").await.expect("first byte");
+    let a = tokio::time::timeout(support::REQUEST_TIMEOUT, support::read_response(&mut s))
+        .await
+        .expect("answered");
+    assert_eq!(a.status.as_u16(), 408, "{}", a.text());
+    assert!(a.text().contains("did not arrive in time"), "{}", a.text());
+    assert!(
+        fake.recorded().is_empty(),
+        "nothing of an incomplete body goes upstream"
+    );
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        requests(&text, "passthrough", "client_error"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(requests(&text, "passthrough", "upstream_error"), 0.0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_longest_idle_connection_makes_room() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::start(
+        // A head time-out long enough not to free a slot meanwhile.
+        &config(
+            "max_connections = 2\nheader_timeout_ms = 60000",
+            &fake.url(),
+            "",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    // Two keep-alive connections, idle since their answers: `oldest` first.
+    let mut oldest = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut oldest, GET).await.status.as_u16(), 401);
+    let mut newer = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut newer, GET).await.status.as_u16(), 401);
+
+    // A third client is served at once, in the slot of the longest idle.
+    let mut third = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut third, GET).await.status.as_u16(), 401);
+    assert!(
+        closed_within(&mut oldest, Duration::from_secs(5)).await,
+        "the longest-idle connection was not closed"
+    );
+    // The newer idle connection was left alone.
+    assert_eq!(exchange(&mut newer, GET).await.status.as_u16(), 401);
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        support::metric(
+            &text,
+            r#"pusher_cutover_connection_errors_total{kind="idle_evicted"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_have_their_own_timeout() {
+    let fake = support::fake().await;
+    // A short head time-out does not cut an idle keep-alive connection...
+    let proxy = TestProxy::start(
+        &config(
+            "header_timeout_ms = 200\nkeepalive_timeout_ms = 60000",
+            &fake.url(),
+            "",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut s, GET).await.status.as_u16(), 401);
+    assert!(
+        !closed_within(&mut s, Duration::from_millis(800)).await,
+        "an idle connection was cut by header_timeout_ms"
+    );
+    assert_eq!(exchange(&mut s, GET).await.status.as_u16(), 401);
+    // ...while a head that does not arrive in time still is.
+    let mut dripper = TcpStream::connect(proxy.addr).await.expect("connect");
+    dripper
+        .write_all(b"GET /x HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_within(&mut dripper, Duration::from_secs(5)).await,
+        "an incomplete head outlived header_timeout_ms"
+    );
+    proxy.stop().await;
+
+    // ...and keepalive_timeout_ms closes it.
+    let proxy = TestProxy::start(
+        &config(
+            "header_timeout_ms = 60000\nkeepalive_timeout_ms = 200",
+            &fake.url(),
+            "",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut s, GET).await.status.as_u16(), 401);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "an idle keep-alive connection outlived keepalive_timeout_ms"
+    );
+    proxy.stop().await;
+}
+
+/// An upstream that answers every request with a 200 announcing 100 bytes,
+/// sends 10, and closes.
+async fn truncating_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_truncated_upstream_body_is_an_upstream_error() {
+    support::capture_logs();
+    let upstream = truncating_upstream().await;
+    let proxy = TestProxy::start(
+        &config("", &format!("http://{upstream}"), ""),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let target = "/apps/4242/channels/truncated-marker";
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(support::REQUEST_TIMEOUT, read)
+        .await
+        .expect("the connection ends");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("0123456789"),
+        "the caller got a cut body: {text}"
+    );
+
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        requests(&text, "passthrough", "upstream_error"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(requests(&text, "passthrough", "ok"), 0.0, "{text}");
+    let lines = log_lines(&["route=\"passthrough\"", "app_id=\"4242\"", "status=200"]).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("upstream response body failed"),
+        "{}",
+        lines[0]
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_by_the_drain_deadline_is_logged_as_such() {
+    support::capture_logs();
+    let fake = support::fake().await;
+    fake.set(|b| b.delay = Duration::from_secs(5));
+    let mut proxy = TestProxy::start(
+        &config("shutdown_grace_ms = 300", &fake.url(), "timeout_ms = 20000"),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let body = br#"{"n":1}"#;
+    let uri =
+        support::legacy_trigger_uri("room", &[("name", "drain-cut-ev")], body, support::now());
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let peer = s.local_addr().expect("local addr").to_string();
+    let raw = format!(
+        "POST {uri} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(raw.as_bytes()).await.expect("head");
+    s.write_all(body).await.expect("body");
+    // The trigger is in flight once the fake has it.
+    let deadline = tokio::time::Instant::now() + support::REQUEST_TIMEOUT;
+    while fake.recorded().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trigger never went upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.begin_shutdown();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "the connection outlived the grace period"
+    );
+    proxy.stop().await;
+
+    let lines = log_lines(&["event=\"drain-cut-ev\""]).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("cut by the drain deadline") && !lines[0].contains("client closed"),
+        "{}",
+        lines[0]
+    );
+    let lines = log_lines(&["connection cut by the drain deadline", &peer]).await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("drain_deadline"), "{}", lines[0]);
+}
