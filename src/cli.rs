@@ -343,7 +343,8 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 fn validate(path: &Path, require_env: bool) -> ExitCode {
     match Config::lint_file(path, &config::process_env, require_env) {
         Ok((config, warnings)) => {
-            println!(
+            // A closed stdout (`validate … | head -0`) is no reason to fail.
+            let _ = print_out(&format!(
                 "{}: valid ({} app(s), upstream {}){}",
                 path.display(),
                 config.apps.len(),
@@ -353,7 +354,7 @@ fn validate(path: &Path, require_env: bool) -> ExitCode {
                 } else {
                     format!(", {} warning(s)", warnings.len())
                 }
-            );
+            ));
             for warning in &warnings {
                 eprintln!("  warning: {warning}");
             }

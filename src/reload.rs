@@ -175,6 +175,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     new.admin.token.clone_from(&running.admin.token);
     new.workers = running.workers;
     new.header_timeout = running.header_timeout;
+    new.keepalive_timeout = running.keepalive_timeout;
     new.max_header_bytes = running.max_header_bytes;
     new.max_connections = running.max_connections;
     new.tls.clone_from(&running.tls);
@@ -184,6 +185,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     n.max_callers_per_app = o.max_callers_per_app;
     n.retention_days = o.retention_days;
     n.flush_interval = o.flush_interval;
+    n.instance.clone_from(&o.instance);
 }
 
 /// What a reload changes per app, one line each: `app 4242: mode observe →
@@ -283,6 +285,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.header_timeout != new.header_timeout,
         ),
         (
+            "keepalive_timeout_ms",
+            old.keepalive_timeout != new.keepalive_timeout,
+        ),
+        (
             "shutdown_grace_ms",
             old.shutdown_grace != new.shutdown_grace,
         ),
@@ -299,6 +305,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "telemetry.flush_interval_ms",
             o.flush_interval != n.flush_interval,
         ),
+        ("telemetry.instance", o.instance != n.instance),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -335,5 +342,49 @@ mod tests {
         );
         assert!(changes.iter().all(|c| !c.contains("s2")), "no secret shown");
         assert!(app_changes(&new, &new).is_empty());
+    }
+
+    /// Every setting `restart_only_changes` names is one
+    /// `keep_restart_only` restores, and nothing else is touched.
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let running = config("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n");
+        let changed = Config::from_toml_str(
+            "listen = \"127.0.0.1:1\"\nworkers = 3\nheader_timeout_ms = 7\n\
+             max_header_bytes = 9000\nmax_connections = 5\nshutdown_grace_ms = 8\n\
+             keepalive_timeout_ms = 11\n\
+             [admin]\nlisten = \"127.0.0.1:2\"\ntoken = \"t\"\n\
+             [telemetry]\ndata_dir = \"/nowhere\"\nmax_callers_per_app = 3\n\
+             retention_days = 40\nflush_interval_ms = 10\ninstance = \"other\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:6001\"\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nmode = \"reject\"\n",
+            &|_: &str| None,
+        )
+        .expect("valid");
+        let named = restart_only_changes(&running, &changed);
+        assert_eq!(
+            named,
+            [
+                "listen",
+                "admin.listen",
+                "admin.token",
+                "workers",
+                "max_header_bytes",
+                "max_connections",
+                "header_timeout_ms",
+                "keepalive_timeout_ms",
+                "shutdown_grace_ms",
+                "telemetry.data_dir",
+                "telemetry.max_callers_per_app",
+                "telemetry.retention_days",
+                "telemetry.flush_interval_ms",
+                "telemetry.instance",
+            ]
+        );
+        let mut kept = changed.clone();
+        keep_restart_only(&running, &mut kept);
+        assert!(restart_only_changes(&running, &kept).is_empty());
+        assert_eq!(kept.apps[0].mode.as_str(), "reject", "the rest is applied");
+        assert_eq!(one_line("a\n  b\r\n\nc"), "a | b | c");
     }
 }

@@ -26,3 +26,4 @@ mod telemetry;
 mod trigger;
 mod upstream_protocol;
 mod vectors;
+mod walkthrough;

@@ -85,6 +85,28 @@ fn validate_warns_on_unset_secret_variables_unless_required() {
     );
 }
 
+/// `validate … | head -0`: a closed stdout is no panic, and the verdict
+/// (the exit code) stands.
+#[test]
+fn validate_into_a_closed_pipe_does_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_with_env_secrets(dir.path());
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("OPS_TEST_UNSET_SECRET")
+        .env_remove("OPS_TEST_UNSET_TOKEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 /// `serve` exits 64 for a usage error, 78 for a config error and 69 when
 /// its listener cannot be bound; none of them is 1 or 2 (`report`'s gate);
 /// `--help` lists them.
