@@ -226,7 +226,7 @@ pub async fn serve(
             Err(TryAcquireError::Closed) => break,
             Err(TryAcquireError::NoPermits) => loop {
                 let evicted = evict_longest_idle(&workers);
-                if evicted {
+                for _ in 0..evicted {
                     proxy.current().telemetry.connection_error(IDLE_EVICTED);
                 }
                 tokio::select! {
@@ -286,14 +286,26 @@ pub async fn serve(
     }
 }
 
-/// Asks the connection idle the longest, over all workers, to close.
-/// Whether there was one.
-fn evict_longest_idle(workers: &[Worker]) -> bool {
-    let oldest = workers
-        .iter()
-        .filter_map(|w| w.idle.oldest().map(|key| (key, &w.idle)))
-        .min_by_key(|(key, _)| *key);
-    oldest.is_some_and(|(key, registry)| registry.evict(key))
+/// Asks the connections idle the longest, over all workers, to close: an
+/// eighth of the idle ones, at least 1 and at most 32 (nginx's
+/// `ngx_drain_connections`), so that a burst of newcomers does not wait
+/// for one close after another. How many were asked.
+fn evict_longest_idle(workers: &[Worker]) -> usize {
+    let idle: usize = workers.iter().map(|w| w.idle.len()).sum();
+    let batch = (idle / 8).clamp(1, 32);
+    let mut evicted = 0;
+    for _ in 0..batch {
+        let oldest = workers
+            .iter()
+            .filter_map(|w| w.idle.oldest().map(|key| (key, &w.idle)))
+            .min_by_key(|(key, _)| *key);
+        match oldest {
+            Some((key, registry)) if registry.evict(key) => evicted += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    evicted
 }
 
 /// The `kind` of `connection_errors_total` counting idle connections closed
@@ -429,7 +441,11 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
     match shared.settings.tls.clone() {
         None => {
             tokio::spawn(async move {
-                serve_connection(&shared, stream, peer, id).await;
+                let tracker = Arc::new(Tracker::new());
+                let started = Instant::now();
+                if first_byte(&shared, &stream, &tracker, peer, id).await {
+                    serve_connection(&shared, stream, peer, id, tracker, started, None).await;
+                }
                 drop(permit);
             });
         }
@@ -437,7 +453,14 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
             let handshake_timeout = shared.settings.header_timeout;
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(&shared, tls, peer, id).await,
+                    Ok(Ok(tls)) => {
+                        let tracker = Arc::new(Tracker::new());
+                        let started = Instant::now();
+                        let key = (started, id);
+                        shared.idle.insert(key, &tracker);
+                        let listed = Some(key);
+                        serve_connection(&shared, tls, peer, id, tracker, started, listed).await;
+                    }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -543,6 +566,11 @@ impl IdleRegistry {
         if let Ok(mut idle) = self.idle.lock() {
             idle.remove(&key);
         }
+    }
+
+    /// How many are listed.
+    fn len(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
     }
 
     /// The key of the connection idle the longest.
@@ -671,11 +699,61 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-/// Serves one connection (plain or after its TLS handshake) until it ends:
-/// its phases timed, listed in the idle registry while idle, closed when
+/// Waits, without a buffer, for a plain connection's first byte (or its
+/// end), listed as idle meanwhile: a connection that never sends costs its
+/// socket and a task, not an HTTP connection's buffers. Whether to serve
+/// it; not when it is asked to make room, its head time runs out or the
+/// worker drains.
+async fn first_byte(
+    shared: &Shared,
+    stream: &TcpStream,
+    tracker: &Arc<Tracker>,
+    peer: SocketAddr,
+    id: u64,
+) -> bool {
+    let key = (Instant::now(), id);
+    shared.idle.insert(key, tracker);
+    let mut drain = shared.drain.clone();
+    let deadline = tokio::time::sleep(shared.settings.header_timeout);
+    tokio::pin!(deadline);
+    let serve = loop {
+        tokio::select! {
+            biased;
+            readable = stream.readable() => break readable.is_ok(),
+            () = tracker.wake.notified() => {
+                if tracker.evict.swap(false, Ordering::AcqRel) {
+                    tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
+                    return false;
+                }
+            }
+            () = &mut deadline => {
+                let kind = "header_timeout";
+                shared.proxy.current().telemetry.connection_error(kind);
+                tracing::info!(%peer, kind, "request head not received within header_timeout_ms; connection closed");
+                break false;
+            }
+            _ = drain.changed() => break false,
+        }
+    };
+    shared.idle.remove(key);
+    if serve {
+        tracker.set(Phase::Head);
+    }
+    serve
+}
+
+/// Serves one connection (plain from its first byte, or after its TLS
+/// handshake) until it ends: its phases timed, listed in the idle registry while idle, closed when
 /// the accept loop asks or the worker drains.
-async fn serve_connection<I>(shared: &Shared, io: I, peer: SocketAddr, id: u64)
-where
+async fn serve_connection<I>(
+    shared: &Shared,
+    io: I,
+    peer: SocketAddr,
+    id: u64,
+    tracker: Arc<Tracker>,
+    started: Instant,
+    mut listed: Option<(Instant, u64)>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &shared.settings;
@@ -684,7 +762,6 @@ where
         peer,
         ended: false,
     };
-    let tracker = Arc::new(Tracker::new());
     let io = TrackedIo {
         io,
         tracker: tracker.clone(),
@@ -696,12 +773,10 @@ where
     tokio::pin!(conn);
     let mut drain = shared.drain.clone();
     let mut draining = false;
-    // Listed from the start: a connection that has sent nothing yet is as
-    // idle as one between requests (nginx reuses both).
-    let key = (Instant::now(), id);
-    shared.idle.insert(key, &tracker);
-    let mut listed = Some(key);
-    let deadline = tokio::time::sleep(settings.header_timeout);
+    // A connection that has sent nothing yet is as idle as one between
+    // requests (nginx reuses both): listed by the caller (under `listed`,
+    // or no longer). Its first head's time runs from `started`.
+    let deadline = tokio::time::sleep_until(started + settings.header_timeout);
     tokio::pin!(deadline);
     let mut armed = true;
     let mut phase = Phase::Fresh;
