@@ -173,7 +173,9 @@ pub(super) fn trend_text(trend: Option<&Trend>) -> String {
         let _ = write!(s, " ({p:+}%)");
     }
     if !t.previous_covered {
-        s.push_str(", which the ledger did not fully record");
+        // Source-neutral: a ledger that started late, or Prometheus data that
+        // begins inside the previous window.
+        s.push_str(", which was not fully recorded");
     }
     s
 }
