@@ -167,27 +167,6 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
-/// Gives `new` the values of `running`'s restart-only settings (those
-/// [`restart_only_changes`] compares), which a reload cannot change.
-fn keep_restart_only(running: &Config, new: &mut Config) {
-    new.listen = running.listen;
-    new.admin.listen = running.admin.listen;
-    new.admin.token.clone_from(&running.admin.token);
-    new.workers = running.workers;
-    new.header_timeout = running.header_timeout;
-    new.keepalive_timeout = running.keepalive_timeout;
-    new.max_header_bytes = running.max_header_bytes;
-    new.max_connections = running.max_connections;
-    new.tls.clone_from(&running.tls);
-    new.shutdown_grace = running.shutdown_grace;
-    let (o, n) = (&running.telemetry, &mut new.telemetry);
-    n.data_dir.clone_from(&o.data_dir);
-    n.max_callers_per_app = o.max_callers_per_app;
-    n.retention_days = o.retention_days;
-    n.flush_interval = o.flush_interval;
-    n.instance.clone_from(&o.instance);
-}
-
 /// What a reload changes per app, one line each: `app 4242: mode observe →
 /// translate`, `app 7: added (mode translate)`, `app 9: removed`. Secrets
 /// are never shown, only that they changed.
@@ -258,58 +237,84 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Settings that a reload cannot change (they are bound at start), by
-/// their keys.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.telemetry, &new.telemetry);
-    [
-        ("listen", old.listen != new.listen),
-        ("admin.listen", old.admin.listen != new.admin.listen),
-        ("admin.token", {
-            use secrecy::ExposeSecret;
-            let token = |c: &Config| c.admin.token.as_ref().map(|t| t.expose_secret().to_owned());
-            token(old) != token(new)
-        }),
-        ("workers", old.workers != new.workers),
-        (
-            "max_header_bytes",
-            old.max_header_bytes != new.max_header_bytes,
-        ),
-        (
-            "max_connections",
-            old.max_connections != new.max_connections,
-        ),
-        ("tls", old.tls != new.tls),
-        (
-            "header_timeout_ms",
-            old.header_timeout != new.header_timeout,
-        ),
-        (
-            "keepalive_timeout_ms",
-            old.keepalive_timeout != new.keepalive_timeout,
-        ),
-        (
-            "shutdown_grace_ms",
-            old.shutdown_grace != new.shutdown_grace,
-        ),
-        ("telemetry.data_dir", o.data_dir != n.data_dir),
-        (
-            "telemetry.max_callers_per_app",
-            o.max_callers_per_app != n.max_callers_per_app,
-        ),
-        (
-            "telemetry.retention_days",
-            o.retention_days != n.retention_days,
-        ),
-        (
-            "telemetry.flush_interval_ms",
-            o.flush_interval != n.flush_interval,
-        ),
-        ("telemetry.instance", o.instance != n.instance),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
+/// Whether a restart-only setting differs between two configs: `!=` for
+/// the plain types, the exposed values for the admin token (a secret, which
+/// has no `==`).
+trait Differs {
+    fn differs(&self, other: &Self) -> bool;
+}
+
+macro_rules! differs_by_eq {
+    ($($t:ty),*) => {
+        $(impl Differs for $t {
+            fn differs(&self, other: &Self) -> bool {
+                self != other
+            }
+        })*
+    };
+}
+
+differs_by_eq!(
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    usize,
+    u64,
+    std::time::Duration,
+    Option<crate::config::TlsConfig>,
+    Option<std::path::PathBuf>,
+    String
+);
+
+impl Differs for Option<secrecy::SecretString> {
+    fn differs(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.as_ref().map(|t| t.expose_secret()) != other.as_ref().map(|t| t.expose_secret())
+    }
+}
+
+/// The settings a reload cannot change (they are bound at start), in one
+/// list, from which both [`restart_only_changes`] (which of them a new file
+/// changes) and [`keep_restart_only`] (the running values put back) are
+/// made, so the two cannot drift apart.
+macro_rules! restart_only {
+    ($($key:literal => $($field:ident).+;)*) => {
+        /// Settings that a reload cannot change, by their keys: those that
+        /// differ between `old` and `new`.
+        fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+            let mut changed = Vec::new();
+            $(
+                if old.$($field).+.differs(&new.$($field).+) {
+                    changed.push($key);
+                }
+            )*
+            changed
+        }
+
+        /// Gives `new` the values of `running`'s restart-only settings
+        /// (those [`restart_only_changes`] compares), which a reload cannot
+        /// change.
+        fn keep_restart_only(running: &Config, new: &mut Config) {
+            $( new.$($field).+.clone_from(&running.$($field).+); )*
+        }
+    };
+}
+
+restart_only! {
+    "listen" => listen;
+    "admin.listen" => admin.listen;
+    "admin.token" => admin.token;
+    "workers" => workers;
+    "max_header_bytes" => max_header_bytes;
+    "max_connections" => max_connections;
+    "tls" => tls;
+    "header_timeout_ms" => header_timeout;
+    "keepalive_timeout_ms" => keepalive_timeout;
+    "shutdown_grace_ms" => shutdown_grace;
+    "telemetry.data_dir" => telemetry.data_dir;
+    "telemetry.max_callers_per_app" => telemetry.max_callers_per_app;
+    "telemetry.retention_days" => telemetry.retention_days;
+    "telemetry.flush_interval_ms" => telemetry.flush_interval;
+    "telemetry.instance" => telemetry.instance;
 }
 
 #[cfg(test)]
