@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Method;
 use hyper_util::rt::TokioIo;
 
 use crate::support::{self, APP_ID};
@@ -59,17 +58,6 @@ async fn one_connection(
         }
     }
     failures
-}
-
-async fn metrics(env: &Env) -> String {
-    support::send(
-        Method::GET,
-        &format!("{}/metrics", env.proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await
-    .text()
 }
 
 /// 2,000 legacy triggers from 32 concurrent client connections, coalesced:
@@ -133,14 +121,7 @@ async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order()
         );
     }
 
-    let metrics = support::send(
-        Method::GET,
-        &format!("{}/metrics", env.proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await
-    .text();
+    let metrics = env.proxy.metrics().await;
     let value =
         |series: &str| support::metric(&metrics, series).unwrap_or_else(|| panic!("no {series}"));
     let events = value("pusher_cutover_upstream_batch_events_sum");
@@ -207,7 +188,7 @@ async fn a_batched_events_socket_id_excludes_that_connection_only() {
         None,
         "the excluded got none"
     );
-    let m = metrics(&env).await;
+    let m = env.proxy.metrics().await;
     assert!(
         support::metric(
             &m,

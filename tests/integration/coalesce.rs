@@ -76,11 +76,6 @@ impl Trig {
     }
 }
 
-async fn metrics(proxy: &TestProxy) -> String {
-    let url = format!("{}/metrics", proxy.admin_url());
-    support::send(Method::GET, &url, &[], "").await.text()
-}
-
 fn value(text: &str, series: &str) -> f64 {
     support::metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
@@ -88,14 +83,14 @@ fn value(text: &str, series: &str) -> f64 {
 /// Waits (bounded) until the proxy's trigger queue holds `n`.
 async fn wait_queued(proxy: &TestProxy, n: usize) {
     for _ in 0..1000 {
-        if support::metric(&metrics(proxy).await, QUEUED) == Some(n as f64) {
+        if support::metric(&proxy.metrics().await, QUEUED) == Some(n as f64) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!(
         "the queue never held {n}: {:?}",
-        support::metric(&metrics(proxy).await, QUEUED)
+        support::metric(&proxy.metrics().await, QUEUED)
     );
 }
 
@@ -155,7 +150,7 @@ async fn at_low_load_each_trigger_goes_alone_at_once() {
         assert_eq!(body["channels"], serde_json::json!([expected["channel"]]));
         assert_eq!(body["name"], expected["name"]);
     }
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     let requests = |route: &str| {
         value(
             &m,
@@ -188,7 +183,7 @@ async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
         callers.iter().all(|c| !c.is_finished()),
         "no caller is answered before its batch's 2xx"
     );
-    assert_eq!(support::metric(&metrics(&proxy).await, QUEUED), Some(2.0));
+    assert_eq!(support::metric(&proxy.metrics().await, QUEUED), Some(2.0));
 
     // Its 2xx answers its 10 callers, and the other 2 leave.
     fake.release(1);
@@ -205,7 +200,7 @@ async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
     }
 
     assert_eq!(fake.recorded().len(), 3, "13 triggers, 3 upstream requests");
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         value(
             &m,
@@ -290,7 +285,7 @@ async fn a_batch_failure_reaches_each_caller_as_a_single_triggers_would() {
     }
     // Every caller recorded as its answer says: 4xx the callers' (but the
     // 401, the proxy's), the others the upstream's.
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     let outcome = |o: &str| {
         value(
             &m,
@@ -325,7 +320,7 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(fake.recorded().len(), 3, "the batch is never re-sent");
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         value(
             &m,
@@ -387,7 +382,7 @@ async fn batch_max_1_never_batches_nor_queues() {
     for c in callers {
         assert_accepted(&answered(c).await);
     }
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         value(
             &m,
@@ -515,7 +510,7 @@ async fn identical_concurrent_stats_share_one_upstream_request() {
         200
     );
     assert_eq!(fake.recorded().len(), 4);
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(value(&m, "pusher_cutover_shared_stats_answers_total"), 4.0);
     assert_eq!(
         value(
@@ -550,7 +545,7 @@ async fn a_queued_trigger_whose_caller_left_is_still_sent_and_the_queue_moves_on
     // The queue is not stalled: the next trigger goes at once.
     assert_accepted(&answered(Trig::nth(7).spawn(&proxy)).await);
     assert_eq!(fake.recorded().len(), 3);
-    assert_eq!(value(&metrics(&proxy).await, QUEUED), 0.0);
+    assert_eq!(value(&proxy.metrics().await, QUEUED), 0.0);
     proxy.stop().await;
 }
 
@@ -565,7 +560,7 @@ async fn upstream_requests_are_counted_by_route() {
             .as_u16(),
         202
     );
-    let m = metrics(&observed).await;
+    let m = observed.metrics().await;
     let count = |m: &str, route: &str| {
         value(
             m,
@@ -593,7 +588,7 @@ async fn upstream_requests_are_counted_by_route() {
     );
     let a = support::send(Method::POST, &url, support::JSON, &body[..]).await;
     assert_eq!(a.status.as_u16(), 200);
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(count(&m, "channel"), 1.0);
     assert_eq!(count(&m, "passthrough"), 1.0);
     assert_eq!(count(&m, "legacy") + count(&m, "events"), 0.0);

@@ -26,17 +26,6 @@ async fn stats(proxy: &TestProxy, channel: &str, ts: u64) -> support::Answer {
     support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await
 }
 
-async fn metrics(proxy: &TestProxy) -> String {
-    support::send(
-        Method::GET,
-        &format!("{}/metrics", proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await
-    .text()
-}
-
 #[tokio::test]
 async fn observe_forwards_the_legacy_call_unchanged() {
     let fake = support::fake().await;
@@ -75,7 +64,7 @@ async fn observe_forwards_the_legacy_call_unchanged() {
             .ends_with("/stats")
     );
 
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     for (series, v) in [
         (
             r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="observed"}"#,
@@ -120,7 +109,7 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     );
     let mut seen = None;
     for _ in 0..50 {
-        seen = support::metric(&metrics(&proxy).await, series);
+        seen = support::metric(&proxy.metrics().await, series);
         if seen == Some(1.0) {
             break;
         }
@@ -137,7 +126,7 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
         2,
         "{paths:?}"
     );
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         support::metric(
             &m,
@@ -180,7 +169,7 @@ async fn reject_answers_410_naming_the_replacement() {
     assert!(fake.recorded().is_empty(), "nothing forwarded");
     // A forged call is still a 401, not a 410.
     assert_eq!(trigger(&proxy, "room", 0).await.status.as_u16(), 401);
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         support::metric(
             &m,
@@ -524,7 +513,7 @@ async fn reload_under_load() {
         Some("Fri, 01 Jan 2027 00:00:00 GMT"),
         "the reloaded config is in effect"
     );
-    let m = metrics(&proxy).await;
+    let m = proxy.metrics().await;
     assert_eq!(
         support::metric(
             &m,

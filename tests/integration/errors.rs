@@ -580,14 +580,7 @@ async fn client_leaving_mid_request_is_recorded() {
         line.contains("status=202") && line.contains("upstream_status=200"),
         "{line}"
     );
-    let metrics = support::send(
-        Method::GET,
-        &format!("{}/metrics", proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await
-    .text();
+    let metrics = proxy.metrics().await;
     assert!(
         metrics.contains(
             r#"pusher_cutover_deprecated_calls_total{app_id="4242",route="legacy_trigger",library="unknown",path="translated"} 1"#

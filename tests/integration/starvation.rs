@@ -50,17 +50,6 @@ const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
 const SLOW_HEAD: &[u8] =
     b"POST /apps/4242/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n";
 
-async fn metrics(proxy: &TestProxy) -> String {
-    support::send(
-        Method::GET,
-        &format!("{}/metrics", proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await
-    .text()
-}
-
 fn requests(text: &str, route: &str, outcome: &str) -> f64 {
     let series = format!(
         "pusher_cutover_requests_total{{app_id=\"4242\",route=\"{route}\",outcome=\"{outcome}\"}}"
@@ -172,7 +161,7 @@ async fn a_slow_body_is_the_clients_408() {
         fake.recorded().is_empty(),
         "nothing of an incomplete body goes upstream"
     );
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert_eq!(
         requests(&text, "passthrough", "client_error"),
         1.0,
@@ -210,7 +199,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
     );
     // The newer idle connection was left alone.
     assert_eq!(exchange(&mut newer, GET).await.status.as_u16(), 401);
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert_eq!(
         support::metric(
             &text,
@@ -335,13 +324,13 @@ async fn a_truncated_upstream_body_is_an_upstream_error() {
 
     // The answer is recorded once hyper has seen its body end, which may
     // come just after the caller read the last byte: wait for it (bounded).
-    let mut text = metrics(&proxy).await;
+    let mut text = proxy.metrics().await;
     for _ in 0..50 {
         if requests(&text, "passthrough", "upstream_error") >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        text = metrics(&proxy).await;
+        text = proxy.metrics().await;
     }
     assert_eq!(
         requests(&text, "passthrough", "upstream_error"),

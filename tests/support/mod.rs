@@ -121,6 +121,18 @@ impl TestProxy {
         format!("http://{}", self.admin)
     }
 
+    /// The text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        send(
+            Method::GET,
+            &format!("{}/metrics", self.admin_url()),
+            &[],
+            "",
+        )
+        .await
+        .text()
+    }
+
     /// Signals shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
