@@ -727,9 +727,7 @@ async fn first_byte(
                 }
             }
             () = &mut deadline => {
-                let kind = "header_timeout";
-                shared.proxy.current().telemetry.connection_error(kind);
-                tracing::info!(%peer, kind, "request head not received within header_timeout_ms; connection closed");
+                head_timed_out(&shared.proxy, peer, Phase::Fresh);
                 break false;
             }
             _ = drain.changed() => break false,
@@ -866,17 +864,22 @@ async fn serve_connection<I>(
                 tracing::info!(%error, %peer, kind, "connection refused or cut by the HTTP layer");
             }
         }
-        None => {
-            let kind = "header_timeout";
-            proxy.current().telemetry.connection_error(kind);
-            tracing::info!(
-                %peer,
-                kind,
-                phase = ?phase,
-                "request head not received within header_timeout_ms; connection closed"
-            );
-        }
+        None => head_timed_out(proxy, peer, phase),
     }
+}
+
+/// Counts and logs a connection closed because its request head did not
+/// arrive within `header_timeout_ms` (while waiting for its first byte,
+/// or in `phase`).
+fn head_timed_out(proxy: &Proxy, peer: SocketAddr, phase: Phase) {
+    let kind = "header_timeout";
+    proxy.current().telemetry.connection_error(kind);
+    tracing::info!(
+        %peer,
+        kind,
+        phase = ?phase,
+        "request head not received within header_timeout_ms; connection closed"
+    );
 }
 
 /// The `kind` label of a connection hyper ended with an error: `parse`
