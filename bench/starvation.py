@@ -2,6 +2,7 @@
 """The hostile load of bench/starvation.sh (Python 3 standard library only).
 
     starvation.py PORT REQUESTS_FILE SECONDS [--idle N] [--slow N] [--probe-every S]
+                  [--role all|load|probe]
 
 Against the proxy on 127.0.0.1:PORT, for SECONDS:
   - holds N idle TCP connections open (they send nothing); one the proxy
@@ -16,6 +17,11 @@ Against the proxy on 127.0.0.1:PORT, for SECONDS:
 
 Prints one line of JSON: connections held (peak), closed by the proxy,
 slow clients' answers by status, and the probes' latency percentiles.
+
+`--role load` runs only the hostile clients and `--role probe` only the
+probes. bench/starvation.sh runs them as two processes: in one, a probe's
+time would include waiting for an event loop busy with thousands of
+hostile connections, which is the load generator's delay, not the proxy's.
 """
 
 import argparse
@@ -161,25 +167,34 @@ async def main_async(a):
     requests = list(bench.read_records(a.requests))
     now = time.monotonic()
     until = now + a.seconds
-    tasks = [asyncio.ensure_future(idle_client(a.port, stats, until)) for _ in range(a.idle)]
-    tasks += [asyncio.ensure_future(slow_client(a.port, stats, until)) for _ in range(a.slow)]
-    tasks.append(asyncio.ensure_future(prober(a.port, requests, a.probe_every, stats, now + a.warmup, until)))
+    tasks = []
+    if a.role in ("all", "load"):
+        tasks += [asyncio.ensure_future(idle_client(a.port, stats, until)) for _ in range(a.idle)]
+        tasks += [asyncio.ensure_future(slow_client(a.port, stats, until)) for _ in range(a.slow)]
+    if a.role in ("all", "probe"):
+        tasks.append(asyncio.ensure_future(prober(a.port, requests, a.probe_every, stats, now + a.warmup, until)))
     await asyncio.gather(*tasks)
-    print(
-        json.dumps(
+    out = {}
+    if a.role in ("all", "load"):
+        out.update(
             {
                 "idle_peak": stats.idle_peak,
                 "idle_closed_by_proxy": stats.idle_closed,
                 "idle_connect_failed": stats.idle_connect_failed,
                 "slow_peak": stats.slow_peak,
                 "slow_answers": stats.slow_answers,
+            }
+        )
+    if a.role in ("all", "probe"):
+        out.update(
+            {
                 "probes": len(stats.probe_ms),
                 "probe_statuses": stats.probe_statuses,
                 "probe_p50_ms": percentile(stats.probe_ms, 50),
                 "probe_p99_ms": percentile(stats.probe_ms, 99),
             }
         )
-    )
+    print(json.dumps(out))
 
 
 def main():
@@ -191,6 +206,7 @@ def main():
     ap.add_argument("--slow", type=int, default=200)
     ap.add_argument("--probe-every", type=float, default=0.05)
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the first probe")
+    ap.add_argument("--role", choices=("all", "load", "probe"), default="all")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = a.idle + a.slow + 1000

@@ -73,14 +73,20 @@ for (( r=1; r<=ROUNDS; r++ )); do
   PID=$!
   PIDS=("$PID")
   wait_ready "http://127.0.0.1:$ADMIN/readyz" "$PID"
+  # The hostile load and the fresh-connection probes are two processes, so
+  # that a probe never waits for the load's busy event loop.
   python3 "$HERE/starvation.py" "$PC" "$WORK/legacy_trigger.reqs" $(( WARMUP + DURATION )) \
-    --idle "$IDLE" --slow "$SLOW" --warmup "$WARMUP" > "$WORK/load.json" &
+    --idle "$IDLE" --slow "$SLOW" --warmup "$WARMUP" --role load > "$WORK/load.json" &
   LOAD=$!
-  PIDS+=("$LOAD")
+  python3 "$HERE/starvation.py" "$PC" "$WORK/legacy_trigger.reqs" $(( WARMUP + DURATION )) \
+    --warmup "$WARMUP" --role probe > "$WORK/probe.json" &
+  PROBE=$!
+  PIDS+=("$LOAD" "$PROBE")
   sleep "$WARMUP"
   timeout $(( DURATION + 60 )) wrk -t1 -c4 -d"${DURATION}s" --timeout 15s -s "$HERE/requests.lua" \
     "http://127.0.0.1:$PC/" -- "$WORK/legacy_trigger.reqs" > "$WORK/wrk.out" 2>&1 || true
   wait "$LOAD" || true
+  wait "$PROBE" || true
   curl -s "http://127.0.0.1:$ADMIN/metrics" > "$WORK/metrics.txt" || true
   hwm=$(awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$PID/status")
   kill "$PID"
@@ -92,10 +98,10 @@ for (( r=1; r<=ROUNDS; r++ )); do
     "$(metric "$WORK/metrics.txt" 'pusher_cutover_connection_errors_total{kind="idle_evicted"}')" \
     "$(metric "$WORK/metrics.txt" 'pusher_cutover_requests_total{app_id="4242",route="passthrough",outcome="client_error"}')" \
     "$(metric "$WORK/metrics.txt" 'pusher_cutover_requests_total{app_id="4242",route="passthrough",outcome="upstream_error"}')" \
-    "$WORK/load.json" "$RESULTS" <<'PY'
+    "$WORK/load.json" "$WORK/probe.json" "$RESULTS" <<'PY'
 import json, sys
-r, hwm, reqs, bad, p50, p99, evicted, slow_4xx, slow_5xx, load, results = sys.argv[1:]
-l = json.load(open(load))
+r, hwm, reqs, bad, p50, p99, evicted, slow_4xx, slow_5xx, load, probe, results = sys.argv[1:]
+l = {**json.load(open(load)), **json.load(open(probe))}
 print(f"round {r}: keep-alive legacy triggers {int(reqs)} (non-2xx {bad}) p50 {int(p50)/1000:.2f} ms p99 {int(p99)/1000:.2f} ms | "
       f"fresh-connection triggers {l['probes']} {l['probe_statuses']} p50 {l['probe_p50_ms']:.2f} ms p99 {l['probe_p99_ms']:.2f} ms | "
       f"peak RSS {hwm} MiB | idle held (peak) {l['idle_peak']}, closed by the proxy {l['idle_closed_by_proxy']}, "
