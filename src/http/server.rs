@@ -2,17 +2,25 @@
 //! per connection, a cap on connections served at once, and a graceful
 //! shutdown that stops accepting and lets requests in flight finish.
 //!
-//! Each connection's task tracks where the connection is (see [`Tracker`]):
-//! waiting for its first request, receiving a request head, serving a
-//! request, or idle between an answer and the next request. The first two
-//! are bounded by `header_timeout_ms`, idleness by `keepalive_timeout_ms`
-//! (hyper's own `header_read_timeout` runs from the end of the previous
-//! answer, so it would bound idleness and the head together; it is off).
-//! Idle connections, and those still waiting for a first byte, are listed
-//! in their worker's [`IdleRegistry`]: at `max_connections`, the accept
-//! loop closes the one idle the longest to admit the new one, as nginx
-//! reuses connections, rather than leaving the newcomer in the accept
-//! queue behind connections that do nothing.
+//! Each connection's [`Tracker`] holds where the connection is, and since
+//! when: waiting for its first request, receiving a request head, serving
+//! a request, or idle between an answer and the next request. The first
+//! two are bounded by `header_timeout_ms`, idleness by
+//! `keepalive_timeout_ms` (hyper's own `header_read_timeout` runs from the
+//! end of the previous answer, so it would bound idleness and the head
+//! together; it is off). Every phase move happens inside the poll of the
+//! connection's own task (its reads, its service, its answer's body), so
+//! the task reads the tracker after each poll instead of being woken for
+//! each move, and it re-arms its one timer only when a deadline comes
+//! earlier than the armed one: a keep-alive request costs a few atomic
+//! stores, no wake and no timer operation.
+//!
+//! Each connection is listed once, for its whole life, in its worker's
+//! [`Registry`]: at `max_connections`, the accept loop scans the lists for
+//! the connections idle the longest (those between requests and those
+//! still waiting for a first byte) and closes them to admit the new one,
+//! as nginx reuses connections, rather than leaving the newcomer in the
+//! accept queue behind connections that do nothing.
 //!
 //! Connections are served by worker threads, one per core by default, each
 //! running its own single-threaded tokio runtime. The accept loop hands
@@ -22,13 +30,13 @@
 //! request's path wakes another thread, and no task migrates between cores.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -159,7 +167,7 @@ struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    /// Unique among the process's connections (orders the idle registry).
+    /// Unique among the process's connections (its key in the registry).
     id: u64,
 }
 
@@ -290,22 +298,24 @@ pub async fn serve(
 /// eighth of the idle ones, at least 1 and at most 32 (nginx's
 /// `ngx_drain_connections`), so that a burst of newcomers does not wait
 /// for one close after another. How many were asked.
+///
+/// One scan of every worker's list per batch: it runs only at the cap.
 fn evict_longest_idle(workers: &[Worker]) -> usize {
-    let idle: usize = workers.iter().map(|w| w.idle.len()).sum();
-    let batch = (idle / 8).clamp(1, 32);
-    let mut evicted = 0;
-    for _ in 0..batch {
-        let oldest = workers
-            .iter()
-            .filter_map(|w| w.idle.oldest().map(|key| (key, &w.idle)))
-            .min_by_key(|(key, _)| *key);
-        match oldest {
-            Some((key, registry)) if registry.evict(key) => evicted += 1,
-            Some(_) => {}
-            None => break,
-        }
+    let mut idle: Vec<(u64, Arc<Tracker>)> = Vec::new();
+    for worker in workers {
+        worker.registry.idle_into(&mut idle);
     }
-    evicted
+    if idle.is_empty() {
+        return 0;
+    }
+    let batch = (idle.len() / 8).clamp(1, 32);
+    if batch < idle.len() {
+        idle.select_nth_unstable_by_key(batch - 1, |(since, _)| *since);
+        idle.truncate(batch);
+    }
+    idle.iter()
+        .filter(|(_, tracker)| tracker.ask_to_close())
+        .count()
 }
 
 /// The `kind` of `connection_errors_total` counting idle connections closed
@@ -333,8 +343,8 @@ pub fn drain_deadline_passed() -> bool {
 /// connections it is handed.
 struct Worker {
     connections: tokio::sync::mpsc::UnboundedSender<Handoff>,
-    /// Its idle connections.
-    idle: Arc<IdleRegistry>,
+    /// Its open connections.
+    registry: Arc<Registry>,
     /// Resolves when the thread has drained its connections.
     done: tokio::sync::oneshot::Receiver<()>,
 }
@@ -344,7 +354,7 @@ struct Shared {
     http: http1::Builder,
     proxy: Proxy,
     settings: Settings,
-    idle: Arc<IdleRegistry>,
+    registry: Arc<Registry>,
     /// Changes once, when the worker starts draining.
     drain: watch::Receiver<()>,
 }
@@ -361,13 +371,13 @@ impl Worker {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let idle = Arc::new(IdleRegistry::default());
+        let registry = Arc::new(Registry::default());
         let (drain_tx, drain) = watch::channel(());
         let shared = Arc::new(Shared {
             http: http.clone(),
             proxy: proxy.clone(),
             settings: settings.clone(),
-            idle: idle.clone(),
+            registry: registry.clone(),
             drain,
         });
         std::thread::Builder::new()
@@ -414,7 +424,7 @@ impl Worker {
             })?;
         Ok(Self {
             connections,
-            idle,
+            registry,
             done,
         })
     }
@@ -442,9 +452,9 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
         None => {
             tokio::spawn(async move {
                 let tracker = Arc::new(Tracker::new());
-                let started = Instant::now();
-                if first_byte(&shared, &stream, &tracker, peer, id).await {
-                    serve_connection(&shared, stream, peer, id, tracker, started, None).await;
+                let _listed = Listed::new(&shared.registry, id, &tracker);
+                if first_byte(&shared, &stream, &tracker, peer).await {
+                    serve_connection(&shared, stream, peer, tracker).await;
                 }
                 drop(permit);
             });
@@ -455,11 +465,8 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let tracker = Arc::new(Tracker::new());
-                        let started = Instant::now();
-                        let key = (started, id);
-                        shared.idle.insert(key, &tracker);
-                        let listed = Some(key);
-                        serve_connection(&shared, tls, peer, id, tracker, started, listed).await;
+                        let _listed = Listed::new(&shared.registry, id, &tracker);
+                        serve_connection(&shared, tls, peer, tracker).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -501,17 +508,39 @@ impl Phase {
     }
 }
 
-/// One connection's phase, moved on by what its reads ([`TrackedIo`]),
-/// its service and its answers' bodies ([`Answer`]) see, and watched by
-/// its task, which each move wakes.
+/// Nanoseconds since the process's first call: a tracker's `since` in a
+/// form an atomic holds, comparable across workers.
+fn now_nanos() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant `nanos` (from [`now_nanos`]) stands for; a year from now
+/// for one too far ahead to represent.
+fn instant_of(nanos: u64) -> Instant {
+    let (at, now) = (Instant::now(), now_nanos());
+    let far = Duration::from_secs(365 * 24 * 3600);
+    if nanos >= now {
+        at.checked_add(Duration::from_nanos(nanos - now).min(far))
+    } else {
+        at.checked_sub(Duration::from_nanos(now - nanos))
+    }
+    .unwrap_or(at)
+}
+
+/// One connection's phase and since when it holds, moved on by what its
+/// reads ([`TrackedIo`]), its service and its answers' bodies ([`Answer`])
+/// see, all inside the poll of the connection's task; read by that task
+/// after each poll, and by the accept loop looking for idle connections.
 #[derive(Debug)]
 struct Tracker {
     phase: AtomicU8,
-    /// Moves so far: a task that sees the same phase after a wake can tell
-    /// whether it is a new one (another request came and went meanwhile).
-    moves: AtomicU32,
+    /// When the phase began ([`now_nanos`]); for a first request's head,
+    /// when the connection started.
+    since: AtomicU64,
     /// Set by the accept loop: close if still idle.
     evict: AtomicBool,
+    /// Wakes the connection's task when `evict` is set.
     wake: Notify,
 }
 
@@ -519,7 +548,7 @@ impl Tracker {
     fn new() -> Self {
         Self {
             phase: AtomicU8::new(Phase::Fresh as u8),
-            moves: AtomicU32::new(0),
+            since: AtomicU64::new(now_nanos()),
             evict: AtomicBool::new(false),
             wake: Notify::new(),
         }
@@ -529,65 +558,97 @@ impl Tracker {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
+    /// The phase, and since when.
+    fn state(&self) -> (Phase, u64) {
+        let phase = self.phase();
+        (phase, self.since.load(Ordering::Acquire))
+    }
+
     fn set(&self, phase: Phase) {
+        if phase != Phase::Busy {
+            self.since.store(now_nanos(), Ordering::Release);
+        }
         self.phase.store(phase as u8, Ordering::Release);
-        self.moves.fetch_add(1, Ordering::Release);
-        self.wake.notify_one();
     }
 
-    fn moves(&self) -> u32 {
-        self.moves.load(Ordering::Acquire)
-    }
-
-    /// Bytes arrived: an idle connection is receiving a request head.
+    /// Bytes arrived: an idle connection is receiving a request head. A
+    /// first request's time keeps running from the connection's start.
     fn received(&self) {
-        if self.phase().is_idle() {
-            self.set(Phase::Head);
-        }
-    }
-}
-
-/// One worker's idle connections (and those waiting for their first
-/// byte), oldest first: the key is when they became idle, then the
-/// connection's id.
-#[derive(Debug, Default)]
-struct IdleRegistry {
-    idle: Mutex<BTreeMap<(Instant, u64), Arc<Tracker>>>,
-}
-
-impl IdleRegistry {
-    fn insert(&self, key: (Instant, u64), tracker: &Arc<Tracker>) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.insert(key, tracker.clone());
+        match self.phase() {
+            Phase::Fresh => self.phase.store(Phase::Head as u8, Ordering::Release),
+            Phase::Idle => self.set(Phase::Head),
+            Phase::Head | Phase::Busy => {}
         }
     }
 
-    fn remove(&self, key: (Instant, u64)) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.remove(&key);
-        }
-    }
-
-    /// How many are listed.
-    fn len(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
-
-    /// The key of the connection idle the longest.
-    fn oldest(&self) -> Option<(Instant, u64)> {
-        let idle = self.idle.lock().ok()?;
-        idle.first_key_value().map(|(key, _)| *key)
-    }
-
-    /// Asks the connection under `key`, if still listed, to close. Whether
-    /// it was.
-    fn evict(&self, key: (Instant, u64)) -> bool {
-        let Some(tracker) = self.idle.lock().ok().and_then(|mut idle| idle.remove(&key)) else {
-            return false;
+    /// When the current phase must end ([`now_nanos`]), if it has a
+    /// bound. Arithmetic only, no clock read: it runs after every poll.
+    fn deadline(&self, settings: &Settings) -> Option<u64> {
+        let (phase, since) = self.state();
+        let bound = match phase {
+            Phase::Fresh | Phase::Head => settings.header_timeout,
+            Phase::Idle => settings.keepalive_timeout,
+            Phase::Busy => return None,
         };
-        tracker.evict.store(true, Ordering::Release);
-        tracker.wake.notify_one();
+        let bound = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+        Some(since.saturating_add(bound))
+    }
+
+    /// The accept loop asks the connection to close if it is still idle.
+    /// Whether it was asked now (not already, and idle when asked).
+    fn ask_to_close(&self) -> bool {
+        if !self.phase().is_idle() || self.evict.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.wake.notify_one();
         true
+    }
+}
+
+/// One worker's open connections, each listed once for its life by its
+/// [`Listed`] guard, by id.
+#[derive(Debug, Default)]
+struct Registry {
+    connections: Mutex<HashMap<u64, Arc<Tracker>>>,
+}
+
+impl Registry {
+    /// Adds the connections idle now (not already asked to close) to
+    /// `out`, each with since when.
+    fn idle_into(&self, out: &mut Vec<(u64, Arc<Tracker>)>) {
+        let Ok(connections) = self.connections.lock() else {
+            return;
+        };
+        for tracker in connections.values() {
+            let (phase, since) = tracker.state();
+            if phase.is_idle() && !tracker.evict.load(Ordering::Acquire) {
+                out.push((since, tracker.clone()));
+            }
+        }
+    }
+}
+
+/// A connection's entry in its worker's [`Registry`], removed when the
+/// connection's task ends (or is dropped).
+struct Listed<'a> {
+    registry: &'a Registry,
+    id: u64,
+}
+
+impl<'a> Listed<'a> {
+    fn new(registry: &'a Registry, id: u64, tracker: &Arc<Tracker>) -> Self {
+        if let Ok(mut connections) = registry.connections.lock() {
+            connections.insert(id, tracker.clone());
+        }
+        Self { registry, id }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut connections) = self.registry.connections.lock() {
+            connections.remove(&self.id);
+        }
     }
 }
 
@@ -700,19 +761,15 @@ impl Drop for OpenConnection<'_> {
 }
 
 /// Waits, without a buffer, for a plain connection's first byte (or its
-/// end), listed as idle meanwhile: a connection that never sends costs its
-/// socket and a task, not an HTTP connection's buffers. Whether to serve
-/// it; not when it is asked to make room, its head time runs out or the
-/// worker drains.
+/// end): a connection that never sends costs its socket and a task, not an
+/// HTTP connection's buffers. Whether to serve it; not when it is asked to
+/// make room, its head time runs out or the worker drains.
 async fn first_byte(
     shared: &Shared,
     stream: &TcpStream,
     tracker: &Arc<Tracker>,
     peer: SocketAddr,
-    id: u64,
 ) -> bool {
-    let key = (Instant::now(), id);
-    shared.idle.insert(key, tracker);
     let mut drain = shared.drain.clone();
     let deadline = tokio::time::sleep(shared.settings.header_timeout);
     tokio::pin!(deadline);
@@ -733,25 +790,22 @@ async fn first_byte(
             _ = drain.changed() => break false,
         }
     };
-    shared.idle.remove(key);
     if serve {
-        tracker.set(Phase::Head);
+        tracker.received();
     }
     serve
 }
 
 /// Serves one connection (plain from its first byte, or after its TLS
-/// handshake) until it ends: its phases timed, listed in the idle registry while idle, closed when
-/// the accept loop asks or the worker drains.
-async fn serve_connection<I>(
-    shared: &Shared,
-    io: I,
-    peer: SocketAddr,
-    id: u64,
-    tracker: Arc<Tracker>,
-    started: Instant,
-    mut listed: Option<(Instant, u64)>,
-) where
+/// handshake) until it ends: its phases timed, closed when the accept loop
+/// asks while it is idle, or when the worker drains.
+///
+/// A hand-written poll loop rather than `select!`, so that after every
+/// poll of the connection it reads the tracker (which that poll moved) and
+/// re-arms its timer only when the phase's deadline comes before the armed
+/// one; a later deadline is taken up when the armed one fires.
+async fn serve_connection<I>(shared: &Shared, io: I, peer: SocketAddr, tracker: Arc<Tracker>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &shared.settings;
@@ -770,85 +824,71 @@ async fn serve_connection<I>(
     );
     tokio::pin!(conn);
     let mut drain = shared.drain.clone();
-    let mut draining = false;
-    // A connection that has sent nothing yet is as idle as one between
-    // requests (nginx reuses both): listed by the caller (under `listed`,
-    // or no longer). Its first head's time runs from `started`.
-    let deadline = tokio::time::sleep_until(started + settings.header_timeout);
-    tokio::pin!(deadline);
-    let mut armed = true;
-    let mut phase = Phase::Fresh;
-    let mut moves = 0;
-    let result = loop {
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => break Some(result),
-            () = tracker.wake.notified() => {}
-            () = &mut deadline, if armed => {
-                armed = false;
-                match tracker.phase() {
-                    Phase::Fresh | Phase::Head => break None,
-                    Phase::Idle => {
+    let drained = drain.changed();
+    tokio::pin!(drained);
+    let asked = tracker.wake.notified();
+    tokio::pin!(asked);
+    // The deadline the timer is armed for ([`now_nanos`]), if any.
+    let mut armed = tracker.deadline(settings);
+    let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
+    tokio::pin!(timer);
+    // Whether the connection was asked to close once it has answered.
+    let mut closing = false;
+    let result = std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if asked.as_mut().poll(cx).is_ready() {
+                asked.set(tracker.wake.notified());
+                // Still idle: closed now (hyper closes an idle connection
+                // at once). One that has just started a request is left to
+                // it; the accept loop looks for another.
+                if tracker.evict.swap(false, Ordering::AcqRel)
+                    && tracker.phase().is_idle()
+                    && !closing
+                {
+                    tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                continue;
+            }
+            if !closing && drained.as_mut().poll(cx).is_ready() {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                continue;
+            }
+            let due = tracker.deadline(settings);
+            if let Some(due) = due
+                && armed.is_none_or(|armed| due < armed)
+            {
+                timer.as_mut().reset(instant_of(due));
+                armed = Some(due);
+            }
+            if armed.is_none() || timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The armed deadline passed: is the phase's own one past too?
+            armed = None;
+            match due {
+                Some(due) if due <= now_nanos() => match tracker.phase() {
+                    Phase::Fresh | Phase::Head => return Poll::Ready(None),
+                    Phase::Idle if !closing => {
                         tracing::debug!(%peer, "idle keep-alive connection closed (keepalive_timeout_ms)");
+                        closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    Phase::Busy => {}
-                }
-            }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-        // The count before the phase: a move between the two reads is
-        // counted anew on the next wake, and handled then.
-        let moved = tracker.moves();
-        let now = tracker.phase();
-        if tracker.evict.swap(false, Ordering::AcqRel) {
-            // Still idle: closed now (hyper closes an idle connection at
-            // once). One that has just started a request is left to it;
-            // the accept loop looks for another.
-            listed = None;
-            if now.is_idle() {
-                tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
-                conn.as_mut().graceful_shutdown();
+                    Phase::Idle | Phase::Busy => return Poll::Pending,
+                },
+                // Later (the phase moved on since the timer was armed), or
+                // none while a request is served: armed anew on the next
+                // round, or when the phase has a deadline again.
+                Some(_) | None => {}
             }
         }
-        if moved == moves {
-            continue;
-        }
-        moves = moved;
-        let since = Instant::now();
-        match now {
-            Phase::Idle => {
-                deadline.as_mut().reset(since + settings.keepalive_timeout);
-                armed = true;
-            }
-            // A first request's time runs from the connection's start; a
-            // later one's from its first byte (seen now, also when the
-            // answer before it and that byte came in one go).
-            Phase::Head if phase != Phase::Fresh => {
-                deadline.as_mut().reset(since + settings.header_timeout);
-                armed = true;
-            }
-            Phase::Head | Phase::Fresh => {}
-            Phase::Busy => armed = false,
-        }
-        // Listed anew from the start of each idle spell (a connection that
-        // moves is never `Fresh` again).
-        if let Some(key) = listed.take() {
-            shared.idle.remove(key);
-        }
-        if now == Phase::Idle && !draining {
-            let key = (since, id);
-            shared.idle.insert(key, &tracker);
-            listed = Some(key);
-        }
-        phase = now;
-    };
-    if let Some(key) = listed {
-        shared.idle.remove(key);
-    }
+    })
+    .await;
     open.ended = true;
     let proxy = &shared.proxy;
     match result {
@@ -864,7 +904,7 @@ async fn serve_connection<I>(
                 tracing::info!(%error, %peer, kind, "connection refused or cut by the HTTP layer");
             }
         }
-        None => head_timed_out(proxy, peer, phase),
+        None => head_timed_out(proxy, peer, tracker.phase()),
     }
 }
 

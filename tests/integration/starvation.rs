@@ -241,6 +241,16 @@ async fn idle_keep_alive_connections_have_their_own_timeout() {
         closed_within(&mut dripper, Duration::from_secs(5)).await,
         "an incomplete head outlived header_timeout_ms"
     );
+    // A later request's head on a kept-alive connection is bounded by
+    // header_timeout_ms from its first byte, not by the idle time-out.
+    let mut kept = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(exchange(&mut kept, GET).await.status.as_u16(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kept.write_all(b"GET /x HTTP/1.1\r\n").await.expect("write");
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)).await,
+        "a second request's incomplete head outlived header_timeout_ms"
+    );
     proxy.stop().await;
 
     // ...and keepalive_timeout_ms closes it.
