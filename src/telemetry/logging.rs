@@ -20,7 +20,9 @@
 //! the timestamp it prints ([`STAMP`]), and the writer thread ([`Merger`])
 //! holds lines for [`HOLD`] (longer than a batch can wait) and writes them
 //! in timestamp order: one line per event, in time order across threads,
-//! while the batching keeps its benefit on the request path.
+//! while the batching keeps its benefit on the request path. It writes
+//! what has come of age at most every 50 ms, in one write: woken for each
+//! line as it came of age, it cost a wake-up and a write per request.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
@@ -53,6 +55,11 @@ type Lines = (Vec<u8>, Vec<LineEnd>);
 /// line another thread stamped earlier but handed over later (in a batch,
 /// at most [`crate::http::server`]'s 100 ms flush later) is written first.
 pub const HOLD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The writer thread writes at most this often (microseconds): what is due
+/// goes out together, in one write, instead of a wake-up and a write per
+/// line as each line comes of age.
+const WRITE_EVERY_MICROS: u64 = 50_000;
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
@@ -207,6 +214,14 @@ impl<W: io::Write> Merger<W> {
         self.next.push(std::cmp::Reverse((first, id)));
     }
 
+    /// When the next held line is due (microseconds since the epoch), if
+    /// any line is held.
+    pub fn next_due(&self) -> Option<u64> {
+        self.next
+            .peek()
+            .map(|std::cmp::Reverse((stamp, _))| stamp.saturating_add(self.hold_micros))
+    }
+
     /// Writes, in timestamp order, every line stamped at or before
     /// `now_micros` minus the hold (every line, with `u64::MAX`). Returns
     /// the time the next held line is due, if any.
@@ -240,10 +255,7 @@ impl<W: io::Write> Merger<W> {
         if wrote {
             self.out.flush()?;
         }
-        Ok(self
-            .next
-            .peek()
-            .map(|std::cmp::Reverse((stamp, _))| stamp.saturating_add(self.hold_micros)))
+        Ok(self.next_due())
     }
 
     /// Starts the writer thread on `out`; returns the sink that feeds it
@@ -260,13 +272,15 @@ impl<W: io::Write> Merger<W> {
             .name("pusher-cutover-log".into())
             .spawn(move || {
                 use std::sync::mpsc::RecvTimeoutError;
-                let mut due: Option<u64> = None;
+                // When to write next: when the oldest held line is due, but
+                // at most every WRITE_EVERY_MICROS.
+                let mut write_at: Option<u64> = None;
                 loop {
-                    let now = take_now();
-                    let message = match due {
+                    let message = match write_at {
                         None => incoming.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                        Some(at) => incoming
-                            .recv_timeout(std::time::Duration::from_micros(at.saturating_sub(now))),
+                        Some(at) => incoming.recv_timeout(std::time::Duration::from_micros(
+                            at.saturating_sub(take_now()),
+                        )),
                     };
                     match message {
                         Ok(Message::Lines(bytes, lines)) => merger.push(bytes, lines),
@@ -276,9 +290,17 @@ impl<W: io::Write> Merger<W> {
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                     }
-                    // A stderr that cannot be written loses its lines; the
-                    // proxy keeps serving.
-                    due = merger.write_due(take_now()).unwrap_or(None);
+                    let now = take_now();
+                    match write_at {
+                        Some(at) if now >= at => {
+                            // A stderr that cannot be written loses its
+                            // lines; the proxy keeps serving.
+                            let due = merger.write_due(now).unwrap_or(None);
+                            write_at = due.map(|due| due.max(now + WRITE_EVERY_MICROS));
+                        }
+                        Some(_) => {}
+                        None => write_at = merger.next_due(),
+                    }
                 }
             })
             .ok();
@@ -818,6 +840,48 @@ pub(crate) mod tests {
 
     /// A line arriving after later ones were written is written at once,
     /// not lost.
+    #[test]
+    fn the_writer_thread_writes_lines_together_not_one_by_one() {
+        /// Counts the writes that reach it.
+        struct Counting(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+        impl io::Write for Counting {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().expect("lock").push(b.len());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, guard) = Merger::spawn(
+            Counting(writes.clone()),
+            std::time::Duration::from_millis(10),
+        );
+        // 200 lines handed over one at a time, about 1 ms apart: ~200 ms.
+        let started = std::time::Instant::now();
+        for i in 0..200 {
+            let line = format!("line {i}\n");
+            sink(line.as_bytes(), &[(take_now(), line.len())]);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let took = started.elapsed();
+        drop(guard);
+        let writes = writes.lock().expect("lock");
+        assert_eq!(
+            writes.iter().sum::<usize>(),
+            (0..200).map(|i| format!("line {i}\n").len()).sum::<usize>(),
+            "every line written"
+        );
+        // One write per 50 ms at most, plus the final one.
+        let bound = took.as_millis() as usize / 50 + 2;
+        assert!(
+            writes.len() <= bound,
+            "{} writes in {took:?} (at most {bound})",
+            writes.len()
+        );
+    }
+
     #[test]
     fn a_late_line_is_written_not_lost() {
         let mut out = Vec::new();
