@@ -832,6 +832,12 @@ where
     let mut armed = tracker.deadline(settings);
     let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
     tokio::pin!(timer);
+    // Whether `asked` is listed as a waiter of the tracker's Notify: from
+    // then on it need not be polled until `evict` is set.
+    let mut listening = false;
+    // Whether the timer was polled since it was last reset: from then on
+    // it need not be polled until it has elapsed.
+    let mut timer_polled = false;
     // Whether the connection was asked to close once it has answered.
     let mut closing = false;
     let result = std::future::poll_fn(|cx| {
@@ -839,20 +845,25 @@ where
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Some(result));
             }
-            if asked.as_mut().poll(cx).is_ready() {
-                asked.set(tracker.wake.notified());
-                // Still idle: closed now (hyper closes an idle connection
-                // at once). One that has just started a request is left to
-                // it; the accept loop looks for another.
-                if tracker.evict.swap(false, Ordering::AcqRel)
-                    && tracker.phase().is_idle()
-                    && !closing
-                {
-                    tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+            if !listening || tracker.evict.load(Ordering::Acquire) {
+                if asked.as_mut().poll(cx).is_ready() {
+                    asked.set(tracker.wake.notified());
+                    listening = false;
+                    // Still idle: closed now (hyper closes an idle
+                    // connection at once). One that has just started a
+                    // request is left to it; the accept loop looks for
+                    // another.
+                    if tracker.evict.swap(false, Ordering::AcqRel)
+                        && tracker.phase().is_idle()
+                        && !closing
+                    {
+                        tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    continue;
                 }
-                continue;
+                listening = true;
             }
             if !closing && drained.as_mut().poll(cx).is_ready() {
                 closing = true;
@@ -865,8 +876,13 @@ where
             {
                 timer.as_mut().reset(instant_of(due));
                 armed = Some(due);
+                timer_polled = false;
             }
-            if armed.is_none() || timer.as_mut().poll(cx).is_pending() {
+            if armed.is_none() || (timer_polled && !timer.is_elapsed()) {
+                return Poll::Pending;
+            }
+            timer_polled = true;
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             // The armed deadline passed: is the phase's own one past too?
