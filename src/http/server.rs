@@ -824,8 +824,12 @@ where
     );
     tokio::pin!(conn);
     let mut drain = shared.drain.clone();
+    // Read, without a wait list's lock, to tell whether `drained` needs a
+    // poll.
+    let drain_probe = shared.drain.clone();
     let drained = drain.changed();
     tokio::pin!(drained);
+    let mut drain_listening = false;
     let asked = tracker.wake.notified();
     tokio::pin!(asked);
     // The deadline the timer is armed for ([`now_nanos`]), if any.
@@ -865,10 +869,13 @@ where
                 }
                 listening = true;
             }
-            if !closing && drained.as_mut().poll(cx).is_ready() {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-                continue;
+            if !closing && (!drain_listening || !matches!(drain_probe.has_changed(), Ok(false))) {
+                if drained.as_mut().poll(cx).is_ready() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                drain_listening = true;
             }
             let due = tracker.deadline(settings);
             if let Some(due) = due
