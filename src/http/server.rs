@@ -837,7 +837,10 @@ where
     let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
     tokio::pin!(timer);
     // Whether `asked` is listed as a waiter of the tracker's Notify: from
-    // then on it need not be polled until `evict` is set.
+    // then on it need not be polled until `evict` is set. (The drain watch
+    // and the timer, which are polled once and then only when they have
+    // fired, are polled outside tokio's cooperative budget: a poll the
+    // budget refused would leave them without a waker.)
     let mut listening = false;
     // Whether the timer was polled since it was last reset: from then on
     // it need not be polled until it has elapsed.
@@ -870,7 +873,7 @@ where
                 listening = true;
             }
             if !closing && (!drain_listening || !matches!(drain_probe.has_changed(), Ok(false))) {
-                if drained.as_mut().poll(cx).is_ready() {
+                if unbudgeted(drained.as_mut(), cx).is_ready() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                     continue;
@@ -889,7 +892,7 @@ where
                 return Poll::Pending;
             }
             timer_polled = true;
-            if timer.as_mut().poll(cx).is_pending() {
+            if unbudgeted(timer.as_mut(), cx).is_pending() {
                 return Poll::Pending;
             }
             // The armed deadline passed: is the phase's own one past too?
@@ -929,6 +932,13 @@ where
         }
         None => head_timed_out(proxy, peer, tracker.phase()),
     }
+}
+
+/// Polls `future` outside tokio's cooperative budget, so that a `Pending`
+/// answer means its waker is registered.
+fn unbudgeted<F: Future + Unpin>(future: F, cx: &mut Context<'_>) -> Poll<F::Output> {
+    let mut future = tokio::task::coop::unconstrained(future);
+    Pin::new(&mut future).poll(cx)
 }
 
 /// Counts and logs a connection closed because its request head did not
