@@ -100,18 +100,23 @@ enum Leaving<'a> {
 /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`, or joins
 /// the next `POST /apps/{id}/batch_events` while the app's trigger requests
 /// are all on the wire ([`super::coalesce`]).
+///
+/// Takes the verified query and body: both are let go of once the trigger
+/// is translated, before the upstream is waited on.
 pub(crate) async fn translate(
     call: &mut Call<'_>,
     channel: &str,
-    query: &QueryParams,
-    body: &[u8],
+    query: QueryParams,
+    body: Bytes,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
     let (state, app) = (call.state, call.app);
-    // Translated in a block of its own, so that only the JSON body (or the
-    // queued event) is held while the upstream answers.
+    // Translated in a block of its own, which takes the query and body, so
+    // that only the JSON body (or the queued event) is held while the
+    // upstream answers: the decoded query's buffers are freed first.
     let leaving = {
-        let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
+        let (query, body) = (query, body);
+        let trigger = Trigger::parse(&query, &body, app.config.max_data_bytes)?;
         if channel.starts_with("private-encrypted-") {
             // Old clients never encrypt; subscribers will fail to decrypt
             // (spec E.5 item 12). The proxy has no master key: forward, warn.
@@ -133,7 +138,11 @@ pub(crate) async fn translate(
     };
     match leaving {
         Leaving::Alone(json, place) => {
-            let answer = alone(call, json).await;
+            // Boxed: a trigger sent at once keeps its exchange's state in a
+            // box of its own, so the request future (allocated for every
+            // connection, whatever its request) is sized for the queued
+            // trigger's wait, the longest one under load, not for this.
+            let answer = Box::pin(alone(call, json)).await;
             // The place is handed on once the answer is in.
             drop(place);
             answer
