@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::coalesce::{self, Pending, Place};
 use super::{TranslateError, map_failure};
@@ -93,8 +94,13 @@ enum Leaving<'a> {
     /// Alone, now, as `POST /events`: its JSON body, and the place on the
     /// wire it holds when coalescing is on.
     Alone(Bytes, Option<Place<'a>>),
-    /// Queued for the next batch.
-    Queued(Pending),
+    /// Queued for the next batch (already in the queue): the receiver of
+    /// its batch's answer, its ticket and its deadline.
+    Queued {
+        answer: oneshot::Receiver<coalesce::Answer>,
+        ticket: u64,
+        deadline: tokio::time::Instant,
+    },
 }
 
 /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`, or joins
@@ -133,7 +139,16 @@ pub(crate) async fn translate(
         } else if let Some(place) = Place::reserve(state, app) {
             Leaving::Alone(Bytes::from(trigger.upstream_body(channel)), Some(place))
         } else {
-            Leaving::Queued(Pending::new(&trigger, channel))
+            // Queued here, not in `queued`: the owned event then lives in
+            // the queue alone, not also in the waiting future's state.
+            let deadline = state.upstream.deadline();
+            let event = Pending::new(&trigger, channel);
+            let (answer, ticket) = app.coalescer.enqueue(state, app, event, deadline);
+            Leaving::Queued {
+                answer,
+                ticket,
+                deadline,
+            }
         }
     };
     match leaving {
@@ -147,7 +162,11 @@ pub(crate) async fn translate(
             drop(place);
             answer
         }
-        Leaving::Queued(event) => queued(call, event).await,
+        Leaving::Queued {
+            answer,
+            ticket,
+            deadline,
+        } => queued(call, answer, ticket, deadline).await,
     }
 }
 
@@ -162,17 +181,21 @@ async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody
     answer_caller(&call.app.config.id, &answer)
 }
 
-/// Queues one trigger for the next batch and maps the batch's answer.
+/// Waits for the batch answer of a trigger queued with `ticket` (see
+/// [`coalesce::Coalescer::enqueue`]) and maps it.
 ///
-/// Its deadline counts from now, as a single trigger's: if it passes while
-/// the trigger waits, the trigger is withdrawn, never sent, and answered
-/// 504 (as one that found no upstream slot in time); once its batch has
-/// left, the batch's answer is awaited (its deadline is its oldest
-/// caller's, so no later than this one's).
-async fn queued(call: &mut Call<'_>, event: Pending) -> Result<Response<ResponseBody>, ProxyError> {
+/// Its deadline counts from its arrival in the queue, as a single
+/// trigger's: if it passes while the trigger waits, the trigger is
+/// withdrawn, never sent, and answered 504 (as one that found no upstream
+/// slot in time); once its batch has left, the batch's answer is awaited
+/// (its deadline is its oldest caller's, so no later than this one's).
+async fn queued(
+    call: &mut Call<'_>,
+    mut answer: oneshot::Receiver<coalesce::Answer>,
+    ticket: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let coalescer = &call.app.coalescer;
-    let deadline = call.state.upstream.deadline();
-    let (mut answer, ticket) = coalescer.enqueue(call.state, call.app, event, deadline);
     // Dropping this future (the caller left) leaves the event queued.
     let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
         Ok(answer) => answer,
