@@ -118,8 +118,9 @@ pub(crate) async fn translate(
     super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
     let (state, app) = (call.state, call.app);
     // Translated in a block of its own, which takes the query and body, so
-    // that only the JSON body (or the queued event) is held while the
-    // upstream answers: the decoded query's buffers are freed first.
+    // that only the JSON body (or the queued event's receiver) is held
+    // while the upstream answers: the decoded query's buffers are freed
+    // first.
     let leaving = {
         let (query, body) = (query, body);
         let trigger = Trigger::parse(&query, &body, app.config.max_data_bytes)?;
