@@ -302,9 +302,11 @@ impl State {
                     app,
                     record,
                 };
-                passthrough::resigned(&mut call, query, &parts, body).await
+                // Boxed, as the legacy paths other than a trigger are
+                // (see `legacy`).
+                Box::pin(passthrough::resigned(&mut call, query, &parts, body)).await
             } else {
-                passthrough::forward_unchanged(&self, parts, body, record).await
+                Box::pin(passthrough::forward_unchanged(&self, parts, body, record)).await
             };
             let (mut response, error) = match result {
                 Ok(response) => (response, None),
@@ -370,21 +372,24 @@ impl State {
                 app_id: app.config.id.clone(),
                 channel,
             }),
+            // The paths other than a translated trigger are boxed: the
+            // request future is allocated for every connection, sized for
+            // its largest branch, and the trigger's is the common one.
             Path::Observe => {
-                let answer =
-                    routes::observe(&mut call, parts, canonical, &query, body, now).await?;
+                let observe = routes::observe(&mut call, parts, canonical, &query, body, now);
+                let answer = Box::pin(observe).await?;
                 Ok(http::verbatim(answer))
             }
             Path::Shadow => {
-                let answer =
-                    routes::observe(&mut call, parts, canonical, &query, body, now).await?;
+                let observe = routes::observe(&mut call, parts, canonical, &query, body, now);
+                let answer = Box::pin(observe).await?;
                 channel_stats::spawn_shadow_compare(&call, &channel, now, &answer);
                 Ok(http::verbatim(answer))
             }
             Path::Translate if route.kind == RouteKind::LegacyStats => {
-                channel_stats::translate(&mut call, &channel, now).await
+                Box::pin(channel_stats::translate(&mut call, &channel, now)).await
             }
-            Path::Translate => channel_event::translate(&mut call, &channel, &query, &body).await,
+            Path::Translate => channel_event::translate(&mut call, &channel, query, body).await,
         }
     }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::coalesce::{self, Pending, Place};
 use super::{TranslateError, map_failure};
@@ -93,25 +94,36 @@ enum Leaving<'a> {
     /// Alone, now, as `POST /events`: its JSON body, and the place on the
     /// wire it holds when coalescing is on.
     Alone(Bytes, Option<Place<'a>>),
-    /// Queued for the next batch.
-    Queued(Pending),
+    /// Queued for the next batch (already in the queue): the receiver of
+    /// its batch's answer, its ticket and its deadline.
+    Queued {
+        answer: oneshot::Receiver<coalesce::Answer>,
+        ticket: u64,
+        deadline: tokio::time::Instant,
+    },
 }
 
 /// Spec E.3: a legacy trigger becomes `POST /apps/{id}/events`, or joins
 /// the next `POST /apps/{id}/batch_events` while the app's trigger requests
 /// are all on the wire ([`super::coalesce`]).
+///
+/// Takes the verified query and body: both are let go of once the trigger
+/// is translated, before the upstream is waited on.
 pub(crate) async fn translate(
     call: &mut Call<'_>,
     channel: &str,
-    query: &QueryParams,
-    body: &[u8],
+    query: QueryParams,
+    body: Bytes,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
     let (state, app) = (call.state, call.app);
-    // Translated in a block of its own, so that only the JSON body (or the
-    // queued event) is held while the upstream answers.
+    // Translated in a block of its own, which takes the query and body, so
+    // that only the JSON body (or the queued event's receiver) is held
+    // while the upstream answers: the decoded query's buffers are freed
+    // first.
     let leaving = {
-        let trigger = Trigger::parse(query, body, app.config.max_data_bytes)?;
+        let (query, body) = (query, body);
+        let trigger = Trigger::parse(&query, &body, app.config.max_data_bytes)?;
         if channel.starts_with("private-encrypted-") {
             // Old clients never encrypt; subscribers will fail to decrypt
             // (spec E.5 item 12). The proxy has no master key: forward, warn.
@@ -128,17 +140,34 @@ pub(crate) async fn translate(
         } else if let Some(place) = Place::reserve(state, app) {
             Leaving::Alone(Bytes::from(trigger.upstream_body(channel)), Some(place))
         } else {
-            Leaving::Queued(Pending::new(&trigger, channel))
+            // Queued here, not in `queued`: the owned event then lives in
+            // the queue alone, not also in the waiting future's state.
+            let deadline = state.upstream.deadline();
+            let event = Pending::new(&trigger, channel);
+            let (answer, ticket) = app.coalescer.enqueue(state, app, event, deadline);
+            Leaving::Queued {
+                answer,
+                ticket,
+                deadline,
+            }
         }
     };
     match leaving {
         Leaving::Alone(json, place) => {
-            let answer = alone(call, json).await;
+            // Boxed: a trigger sent at once keeps its exchange's state in a
+            // box of its own, so the request future (allocated for every
+            // connection, whatever its request) is sized for the queued
+            // trigger's wait, the longest one under load, not for this.
+            let answer = Box::pin(alone(call, json)).await;
             // The place is handed on once the answer is in.
             drop(place);
             answer
         }
-        Leaving::Queued(event) => queued(call, event).await,
+        Leaving::Queued {
+            answer,
+            ticket,
+            deadline,
+        } => queued(call, answer, ticket, deadline).await,
     }
 }
 
@@ -153,17 +182,21 @@ async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody
     answer_caller(&call.app.config.id, &answer)
 }
 
-/// Queues one trigger for the next batch and maps the batch's answer.
+/// Waits for the batch answer of a trigger queued with `ticket` (see
+/// [`coalesce::Coalescer::enqueue`]) and maps it.
 ///
-/// Its deadline counts from now, as a single trigger's: if it passes while
-/// the trigger waits, the trigger is withdrawn, never sent, and answered
-/// 504 (as one that found no upstream slot in time); once its batch has
-/// left, the batch's answer is awaited (its deadline is its oldest
-/// caller's, so no later than this one's).
-async fn queued(call: &mut Call<'_>, event: Pending) -> Result<Response<ResponseBody>, ProxyError> {
+/// Its deadline counts from its arrival in the queue, as a single
+/// trigger's: if it passes while the trigger waits, the trigger is
+/// withdrawn, never sent, and answered 504 (as one that found no upstream
+/// slot in time); once its batch has left, the batch's answer is awaited
+/// (its deadline is its oldest caller's, so no later than this one's).
+async fn queued(
+    call: &mut Call<'_>,
+    mut answer: oneshot::Receiver<coalesce::Answer>,
+    ticket: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let coalescer = &call.app.coalescer;
-    let deadline = call.state.upstream.deadline();
-    let (mut answer, ticket) = coalescer.enqueue(call.state, call.app, event, deadline);
     // Dropping this future (the caller left) leaves the event queued.
     let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
         Ok(answer) => answer,
