@@ -1005,14 +1005,17 @@ fn service(
     Future = impl Future<Output = Result<hyper::Response<Answer>, std::convert::Infallible>> + Send,
 > + Send
 + 'static {
+    use futures_util::FutureExt as _;
     let proxy = proxy.clone();
+    // `map`, not an `async` block awaiting the answer: such a block holds
+    // the request future twice (as its capture and as the awaited state),
+    // and hyper allocates the service's future once per connection (a
+    // connection's largest piece after hyper's two 8 KiB buffers).
     service_fn(move |req| {
         tracker.set(Phase::Busy);
-        let answer = proxy.handle(req, peer);
         let tracker = tracker.clone();
-        async move {
-            let resp = answer.await?;
-            Ok(resp.map(|body| Answer { body, tracker }))
-        }
+        proxy
+            .handle(req, peer)
+            .map(move |answer| answer.map(|resp| resp.map(|body| Answer { body, tracker })))
     })
 }
