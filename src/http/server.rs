@@ -454,7 +454,10 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
                 let tracker = Arc::new(Tracker::new());
                 let _listed = Listed::new(&shared.registry, id, &tracker);
                 if first_byte(&shared, &stream, &tracker, peer).await {
-                    serve_connection(&shared, stream, peer, tracker).await;
+                    // Boxed: a task is as large as its largest state, and
+                    // this one (hyper's connection) would otherwise be
+                    // held by every connection that has sent nothing yet.
+                    Box::pin(serve_connection(&shared, stream, peer, tracker)).await;
                 }
                 drop(permit);
             });
