@@ -511,24 +511,26 @@ impl Phase {
     }
 }
 
-/// Nanoseconds since the process's first call: a tracker's `since` in a
-/// form an atomic holds, comparable across workers.
+/// The instant trackers count from: their `since` is nanoseconds after
+/// it, a form an atomic holds, comparable across workers.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Now, in nanoseconds since [`EPOCH`].
 fn now_nanos() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The instant `nanos` (from [`now_nanos`]) stands for; a year from now
-/// for one too far ahead to represent.
+/// The instant `nanos` (since [`EPOCH`]) stands for; a year after the
+/// epoch's for one too far ahead to represent.
 fn instant_of(nanos: u64) -> Instant {
-    let (at, now) = (Instant::now(), now_nanos());
-    let far = Duration::from_secs(365 * 24 * 3600);
-    if nanos >= now {
-        at.checked_add(Duration::from_nanos(nanos - now).min(far))
-    } else {
-        at.checked_sub(Duration::from_nanos(now - nanos))
-    }
-    .unwrap_or(at)
+    EPOCH
+        .checked_add(Duration::from_nanos(nanos))
+        .unwrap_or_else(|| *EPOCH + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// `d` in nanoseconds, saturating.
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One connection's phase and since when it holds, moved on by what its
@@ -585,15 +587,16 @@ impl Tracker {
     }
 
     /// When the current phase must end ([`now_nanos`]), if it has a
-    /// bound. Arithmetic only, no clock read: it runs after every poll.
-    fn deadline(&self, settings: &Settings) -> Option<u64> {
+    /// bound: `head` for a head (or the wait for one), `idle` between
+    /// requests, both in nanoseconds. Arithmetic only, no clock read: it
+    /// runs after every poll.
+    fn deadline(&self, head: u64, idle: u64) -> Option<u64> {
         let (phase, since) = self.state();
         let bound = match phase {
-            Phase::Fresh | Phase::Head => settings.header_timeout,
-            Phase::Idle => settings.keepalive_timeout,
+            Phase::Fresh | Phase::Head => head,
+            Phase::Idle => idle,
             Phase::Busy => return None,
         };
-        let bound = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
         Some(since.saturating_add(bound))
     }
 
@@ -827,16 +830,17 @@ where
     );
     tokio::pin!(conn);
     let mut drain = shared.drain.clone();
-    // Read, without a wait list's lock, to tell whether `drained` needs a
-    // poll.
-    let drain_probe = shared.drain.clone();
     let drained = drain.changed();
     tokio::pin!(drained);
     let mut drain_listening = false;
     let asked = tracker.wake.notified();
     tokio::pin!(asked);
+    let (head, idle) = (
+        nanos_of(settings.header_timeout),
+        nanos_of(settings.keepalive_timeout),
+    );
     // The deadline the timer is armed for ([`now_nanos`]), if any.
-    let mut armed = tracker.deadline(settings);
+    let mut armed = tracker.deadline(head, idle);
     let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
     tokio::pin!(timer);
     // Whether `asked` is listed as a waiter of the tracker's Notify: from
@@ -875,7 +879,9 @@ where
                 }
                 listening = true;
             }
-            if !closing && (!drain_listening || !matches!(drain_probe.has_changed(), Ok(false))) {
+            // `has_changed` on the worker's own receiver (never marked
+            // seen) reads a version, without the wait list's lock.
+            if !closing && (!drain_listening || !matches!(shared.drain.has_changed(), Ok(false))) {
                 if unbudgeted(drained.as_mut(), cx).is_ready() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -883,7 +889,7 @@ where
                 }
                 drain_listening = true;
             }
-            let due = tracker.deadline(settings);
+            let due = tracker.deadline(head, idle);
             if let Some(due) = due
                 && armed.is_none_or(|armed| due < armed)
             {

@@ -840,8 +840,8 @@ pub(crate) mod tests {
         );
     }
 
-    /// A line arriving after later ones were written is written at once,
-    /// not lost.
+    /// The writer thread writes what has come of age in one write per
+    /// interval, not a write per line.
     #[test]
     fn the_writer_thread_writes_lines_together_not_one_by_one() {
         /// Counts the writes that reach it.
@@ -884,6 +884,8 @@ pub(crate) mod tests {
         );
     }
 
+    /// A line arriving after later ones were written is written at once,
+    /// not lost.
     #[test]
     fn a_late_line_is_written_not_lost() {
         let mut out = Vec::new();
