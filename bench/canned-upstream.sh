@@ -167,6 +167,12 @@ wait_ready() {
   done
 }
 
+# proxy_requests ADMIN_PORT: the requests pusher-cutover has counted so far
+# (pusher_cutover_requests_total, every series summed).
+proxy_requests() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '/^pusher_cutover_requests_total/ {s+=$2} END {print s+0}'
+}
+
 # ticks_of PID...: the processes' user+system CPU time (all threads), in
 # clock ticks (getconf CLK_TCK per second).
 ticks_of() {

@@ -37,9 +37,6 @@ VARIANTS=("")
 [ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
 mkdir -p "$WORK/data"
 
-requests() {
-  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^pusher_cutover_requests_total/ {s+=$2} END {print s+0}'
-}
 
 for sc in "${SCENARIOS[@]}"; do
  for data_dir in "${VARIANTS[@]}"; do
@@ -55,11 +52,11 @@ for sc in "${SCENARIOS[@]}"; do
   wait_ready "http://127.0.0.1:$ADMIN/healthz" "$PID" 60
   python3 "$HERE/bench.py" gen --scenario "$sc" --n 3000 --out "$WORK/$sc.reqs" >/dev/null
   timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
-  before=$(requests)
+  before=$(proxy_requests "$ADMIN")
   callgrind_control -z "$PID" >/dev/null 2>&1
   timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
   callgrind_control -d "$PID" >/dev/null 2>&1
-  after=$(requests)
+  after=$(proxy_requests "$ADMIN")
   sleep 1
   ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   n=$((after - before))

@@ -39,11 +39,8 @@ PID=$!
 PIDS=("$PID")
 wait_ready "http://127.0.0.1:$ADMIN/healthz" "$PID" 60
 python3 "$HERE/bench.py" gen --scenario "$SC" --n 3000 --out "$WORK/r.reqs" >/dev/null
-requests() {
-  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^pusher_cutover_requests_total/ {s+=$2} END {print s+0}'
-}
 timeout 60 wrk -t1 -c"$CONNECTIONS" -d2s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/r.reqs" >/dev/null 2>&1
-before=$(requests)
+before=$(proxy_requests "$ADMIN")
 timeout $(( DURATION + 30 )) strace -f -c -p "$PID" -o "$WORK/strace.txt" 2>/dev/null &
 ST=$!
 PIDS+=("$ST")
@@ -52,7 +49,7 @@ timeout $(( DURATION + 60 )) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$HERE
   "http://127.0.0.1:$PC/" -- "$WORK/r.reqs" >/dev/null 2>&1
 kill -INT "$ST" 2>/dev/null || true
 wait "$ST" 2>/dev/null || true
-n=$(( $(requests) - before ))
+n=$(( $(proxy_requests "$ADMIN") - before ))
 [ "$n" -gt 0 ] || { echo "no requests counted" >&2; exit 1; }
 echo "bench/syscalls.sh: $SC, $CONNECTIONS connections, ${DURATION}s under strace; $n requests; $BIN"
 # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall.
