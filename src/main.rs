@@ -4,6 +4,13 @@
 
 use std::process::ExitCode;
 
+/// The process's allocator: mimalloc, built without transparent huge pages
+/// (Cargo.toml says why; BENCHMARKS.md, "The allocator", has the
+/// measurements). The library leaves the choice to the binary: tests and
+/// embedders keep their own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     pusher_cutover::cli::main()
 }
