@@ -60,7 +60,7 @@ use crate::pipeline::Proxy;
 
 /// Longest a log line written on a worker thread waits to be handed to the
 /// log writer.
-const LOG_FLUSH_EVERY: Duration = Duration::from_millis(25);
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(10);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin while the condition lasts.
