@@ -7,7 +7,9 @@ use std::process::ExitCode;
 /// The process's allocator: mimalloc, built without transparent huge pages
 /// (Cargo.toml says why; BENCHMARKS.md, "The allocator", has the
 /// measurements). The library leaves the choice to the binary: tests and
-/// embedders keep their own.
+/// embedders keep their own. `--no-default-features` leaves it out, for
+/// the comparison with the system allocator.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
