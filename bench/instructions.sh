@@ -7,6 +7,7 @@
 #   RUST_LOG=warn bench/instructions.sh current_trigger   # without the per-request INFO lines
 #   bench/instructions.sh --data-dir legacy_trigger        # each scenario without, then with [telemetry] data_dir
 #   PUSHER_CUTOVER_BIN=path/to/build bench/instructions.sh # another build (default: target/release)
+#   KEEP=dir bench/instructions.sh legacy_stats            # also keeps each callgrind profile (dir/SCENARIO.cg)
 #
 # Runs pusher-cutover (target/release, built if missing) under callgrind in
 # front of a canned nginx upstream on loopback, warms up, zeroes the
@@ -60,6 +61,7 @@ for sc in "${SCENARIOS[@]}"; do
   sleep 1
   ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   n=$((after - before))
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$WORK/cg.$PID.1" "$KEEP/${label// /_}.cg"; }
   printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "$label" "$n" "$ir" $((ir / n))
   kill "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true

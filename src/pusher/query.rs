@@ -58,13 +58,50 @@ impl QueryParams {
         let mut buf = String::with_capacity(raw.len());
         let mut pairs = Vec::with_capacity(8);
         let mut scratch = Vec::new();
-        for pair in raw.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bytes = raw.as_bytes();
+        let mut at = 0;
+        // One pass over the bytes finds each pair's `&`, its first `=`, and
+        // whether its key or value needs decoding or its key lower-casing.
+        // The delimiters are ASCII, so every cut is on a character boundary.
+        while at < bytes.len() {
+            let begin = at;
+            let mut eq = None;
+            let (mut key_escaped, mut key_upper, mut value_escaped) = (false, false, false);
+            while let Some(&b) = bytes.get(at) {
+                match (b, eq) {
+                    (b'&', _) => break,
+                    (b'=', None) => eq = Some(at),
+                    (b'%' | b'+', None) => key_escaped = true,
+                    (b'A'..=b'Z', None) => key_upper = true,
+                    (b'%' | b'+', Some(_)) => value_escaped = true,
+                    _ => {}
+                }
+                at += 1;
+            }
+            let end = at;
+            at += 1;
+            if end == begin {
+                continue;
+            }
+            let (key, value) = match eq {
+                Some(eq) => (&raw[begin..eq], &raw[eq + 1..end]),
+                None => (&raw[begin..end], ""),
+            };
             let start = buf.len();
-            form_decode_into(&mut buf, &mut scratch, key, "a query key")?;
-            buf[start..].make_ascii_lowercase();
+            if key_escaped {
+                form_decode_into(&mut buf, &mut scratch, key, "a query key")?;
+            } else {
+                buf.push_str(key);
+            }
+            if key_escaped || key_upper {
+                buf[start..].make_ascii_lowercase();
+            }
             let split = buf.len();
-            form_decode_into(&mut buf, &mut scratch, value, "a query value")?;
+            if value_escaped {
+                form_decode_into(&mut buf, &mut scratch, value, "a query value")?;
+            } else {
+                buf.push_str(value);
+            }
             pairs.push(Span {
                 start,
                 split,

@@ -314,7 +314,7 @@ pub fn classify(parts: &Parts, query: &QueryParams, body: &[u8]) -> Fingerprint 
 #[derive(Debug, Clone, Copy)]
 pub struct Traits<'a> {
     headers: &'a HeaderMap,
-    raw_query: &'a str,
+    query: RawQuery<'a>,
     host: HostClass,
     connection: Connection,
     accept_encoding: AcceptEncoding,
@@ -338,22 +338,23 @@ impl<'a> Traits<'a> {
                 .get(name)
                 .map(|v| v.to_str().map(str::trim).unwrap_or("\u{0}"))
         };
+        let raw = RawQuery::of(raw_query);
         Self {
             headers,
-            raw_query,
+            query: raw,
             host: HostClass::of(value(header::HOST)),
             connection: Connection::of(value(header::CONNECTION)),
             accept_encoding: AcceptEncoding::of(value(header::ACCEPT_ENCODING)),
             content_type: ContentType::of(value(header::CONTENT_TYPE)),
             accept: Accept::of(value(header::ACCEPT)),
-            order: Order::of(raw_query),
+            order: Order::of_keys(&raw),
             socket_id: match query.get("socket_id") {
                 None => SocketId::Absent,
                 Some("") => SocketId::Empty,
                 Some(_) => SocketId::Present,
             },
             path: Encoding::of_path(uri.path()),
-            query_values: Encoding::of_query_values(raw_query),
+            query_values: raw.values(),
             body: Body::of(body),
         }
     }
@@ -423,15 +424,14 @@ impl<'a> Traits<'a> {
             out.put(class);
         }
         out.put(";q=");
-        for (i, key) in raw_keys(self.raw_query).enumerate() {
-            if i == MAX_QUERY_KEYS {
-                out.put(",+");
-                break;
-            }
+        for (i, key) in self.query.keys().iter().enumerate() {
             if i > 0 {
                 out.put(",");
             }
             put_key(out, key);
+        }
+        if self.query.more() {
+            out.put(",+");
         }
         for (field, class) in [
             (";sid=", self.socket_id.as_str()),
@@ -504,8 +504,8 @@ impl<'a> Traits<'a> {
 /// Where the canonical string goes: a `String`, or straight into the hash.
 trait Sink {
     fn put(&mut self, s: &str);
-    /// An ASCII byte.
-    fn put_byte(&mut self, b: u8);
+    /// ASCII bytes.
+    fn put_bytes(&mut self, b: &[u8]);
 }
 
 impl Sink for String {
@@ -513,8 +513,8 @@ impl Sink for String {
         self.push_str(s);
     }
 
-    fn put_byte(&mut self, b: u8) {
-        self.push(char::from(b));
+    fn put_bytes(&mut self, b: &[u8]) {
+        self.extend(b.iter().copied().map(char::from));
     }
 }
 
@@ -523,33 +523,29 @@ impl Sink for Sha256 {
         self.update(s.as_bytes());
     }
 
-    fn put_byte(&mut self, b: u8) {
-        self.update([b]);
+    fn put_bytes(&mut self, b: &[u8]) {
+        self.update(b);
     }
 }
 
 /// A query key as the canonical string holds it: at most [`MAX_KEY_LEN`]
 /// bytes, anything but `[A-Za-z0-9_.~-]` as `%XX`, so that no key can
 /// forge the string's `,`, `;` and `=`.
+/// Runs of unreserved bytes go to the sink in one piece (the hash takes
+/// a slice per call, not a byte).
 fn put_key(out: &mut impl Sink, key: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in key.as_bytes().iter().take(MAX_KEY_LEN) {
+    let bytes = &key.as_bytes()[..key.len().min(MAX_KEY_LEN)];
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if is_unreserved(b) {
-            out.put_byte(b);
-        } else {
-            out.put_byte(b'%');
-            out.put_byte(HEX[usize::from(b >> 4)]);
-            out.put_byte(HEX[usize::from(b & 0xf)]);
+            continue;
         }
+        out.put_bytes(&bytes[run..i]);
+        out.put_bytes(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        run = i + 1;
     }
-}
-
-/// The raw keys of a raw query, in order; empty pairs are skipped, as
-/// [`QueryParams::parse`] skips them.
-fn raw_keys(raw: &str) -> impl Iterator<Item = &str> {
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+    out.put_bytes(&bytes[run..]);
 }
 
 /// RFC 3986 unreserved characters.
@@ -559,7 +555,8 @@ fn is_unreserved(b: u8) -> bool {
 
 mod classes;
 use classes::{
-    Accept, AcceptEncoding, Body, Connection, ContentType, Encoding, HostClass, Order, SocketId,
+    Accept, AcceptEncoding, Body, Connection, ContentType, Encoding, HostClass, Order, RawQuery,
+    SocketId,
 };
 
 #[cfg(test)]

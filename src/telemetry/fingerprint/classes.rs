@@ -1,7 +1,7 @@
 //! The classes a request's traits are reduced to: a few shapes per
 //! header value, the query's order, its encoding, the body's spacing.
 
-use super::{MAX_QUERY_KEYS, is_unreserved, raw_keys};
+use super::{MAX_QUERY_KEYS, is_unreserved};
 
 /// The class of the `Host` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +183,78 @@ pub(super) enum Order {
     Other,
 }
 
+/// What the fingerprint reads of the raw query, in one pass over it: its
+/// keys as sent, in order (the first [`MAX_QUERY_KEYS`], and whether there
+/// were more), and how its values are encoded. Empty pairs are skipped, as
+/// [`crate::pusher::query::QueryParams::parse`] skips them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RawQuery<'a> {
+    keys: [&'a str; MAX_QUERY_KEYS],
+    len: usize,
+    more: bool,
+    values: Encoding,
+}
+
+impl<'a> RawQuery<'a> {
+    pub(super) fn of(raw: &'a str) -> Self {
+        let mut keys = [""; MAX_QUERY_KEYS];
+        let mut len = 0;
+        let mut more = false;
+        let (mut escaped, mut reserved) = (false, false);
+        // `&` and `=` are ASCII, so every cut is on a character boundary.
+        for pair in raw.split('&') {
+            if pair.is_empty() {
+                continue;
+            }
+            let key = match pair.bytes().position(|b| b == b'=') {
+                Some(eq) => {
+                    for &b in &pair.as_bytes()[eq + 1..] {
+                        escaped |= b == b'%';
+                        reserved |= b != b'%' && b != b'=' && !is_unreserved(b);
+                    }
+                    &pair[..eq]
+                }
+                None => pair,
+            };
+            match keys.get_mut(len) {
+                Some(slot) => {
+                    *slot = key;
+                    len += 1;
+                }
+                None => more = true,
+            }
+        }
+        Self {
+            keys,
+            len,
+            more,
+            values: Encoding::from_flags((escaped, reserved)),
+        }
+    }
+
+    /// The first [`MAX_QUERY_KEYS`] keys, as sent.
+    pub(super) fn keys(&self) -> &[&'a str] {
+        &self.keys[..self.len]
+    }
+
+    /// Whether there were more keys than [`RawQuery::keys`] holds.
+    pub(super) fn more(&self) -> bool {
+        self.more
+    }
+
+    /// How the values are encoded (a pair without `=` has none).
+    pub(super) fn values(&self) -> Encoding {
+        self.values
+    }
+}
+
 impl Order {
+    #[cfg(test)]
     pub(super) fn of(raw_query: &str) -> Self {
+        Self::of_keys(&RawQuery::of(raw_query))
+    }
+
+    pub(super) fn of_keys(query: &RawQuery<'_>) -> Self {
         const PUSHER: [&str; 6] = [
             "auth_key",
             "auth_timestamp",
@@ -232,16 +302,10 @@ impl Order {
             "auth_version",
         ];
 
-        let mut keys = [""; MAX_QUERY_KEYS];
-        let mut n = 0;
-        for key in raw_keys(raw_query) {
-            let Some(slot) = keys.get_mut(n) else {
-                return Self::Other;
-            };
-            *slot = key;
-            n += 1;
+        if query.more() {
+            return Self::Other;
         }
-        let keys = &keys[..n];
+        let keys = query.keys();
         if keys == PUSHER || keys == PUSHER_SID {
             Self::Pusher
         } else if keys == RUBY || keys == RUBY_SID || keys == RUBY_STATS {
@@ -309,13 +373,9 @@ impl Encoding {
         Self::from_flags(Self::of_bytes(path.as_bytes(), b'/'))
     }
 
+    #[cfg(test)]
     pub(super) fn of_query_values(raw_query: &str) -> Self {
-        let flags = raw_query
-            .split('&')
-            .filter_map(|p| p.split_once('=').map(|(_, v)| v))
-            .map(|v| Self::of_bytes(v.as_bytes(), b'='))
-            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
-        Self::from_flags(flags)
+        RawQuery::of(raw_query).values()
     }
 
     pub(super) fn as_str(self) -> &'static str {

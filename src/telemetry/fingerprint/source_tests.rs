@@ -355,3 +355,28 @@ proptest::proptest! {
         proptest::prop_assert!(traits.canonical().is_ascii());
     }
 }
+
+proptest::proptest! {
+    /// The one-pass reader agrees with reading the query the plain way:
+    /// split on `&`, empty pairs skipped, each key up to its first `=`.
+    #[test]
+    fn raw_query_reads_keys_and_value_encoding_as_splitting_does(
+        raw in "([a-c=&%+,@é]|%[0-9A-F]{2}){0,80}",
+    ) {
+        let keys: Vec<&str> = raw
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+            .collect();
+        let (escaped, reserved) = raw
+            .split('&')
+            .filter_map(|p| p.split_once('=').map(|(_, v)| v))
+            .map(|v| Encoding::of_bytes(v.as_bytes(), b'='))
+            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
+        let read = RawQuery::of(&raw);
+        let kept = keys.len().min(MAX_QUERY_KEYS);
+        proptest::prop_assert_eq!(read.keys(), &keys[..kept]);
+        proptest::prop_assert_eq!(read.more(), keys.len() > MAX_QUERY_KEYS);
+        proptest::prop_assert_eq!(read.values(), Encoding::from_flags((escaped, reserved)));
+    }
+}
