@@ -12,6 +12,30 @@ use percent_encoding::percent_decode_str;
 /// Longest part of a caller's key repeated in an error message.
 const MAX_ECHOED_KEY: usize = 64;
 
+/// [`BYTE_CLASS`]: the pair separator.
+const AMPERSAND: u8 = 1;
+/// [`BYTE_CLASS`]: the key-value separator.
+const EQUALS: u8 = 2;
+/// [`BYTE_CLASS`]: `%` or `+`, so the text needs form-decoding.
+const ESCAPE: u8 = 4;
+/// [`BYTE_CLASS`]: an upper-case ASCII letter, so a key needs lower-casing.
+const UPPER: u8 = 8;
+
+/// What [`QueryParams::parse`] looks for in each byte of a query.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    table[b'&' as usize] = AMPERSAND;
+    table[b'=' as usize] = EQUALS;
+    table[b'%' as usize] = ESCAPE;
+    table[b'+' as usize] = ESCAPE;
+    let mut b = b'A';
+    while b <= b'Z' {
+        table[b as usize] = UPPER;
+        b += 1;
+    }
+    table
+};
+
 /// Why a raw query string or path segment could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -61,23 +85,28 @@ impl QueryParams {
         let bytes = raw.as_bytes();
         let mut at = 0;
         // One pass over the bytes finds each pair's `&`, its first `=`, and
-        // whether its key or value needs decoding or its key lower-casing.
-        // The delimiters are ASCII, so every cut is on a character boundary.
+        // whether its key or value needs decoding or its key lower-casing;
+        // most bytes are of no class and cost one table lookup. The
+        // delimiters are ASCII, so every cut is on a character boundary.
         while at < bytes.len() {
             let begin = at;
             let mut eq = None;
-            let (mut key_escaped, mut key_upper, mut value_escaped) = (false, false, false);
+            let (mut key_class, mut value_class) = (0, 0);
             while let Some(&b) = bytes.get(at) {
-                match (b, eq) {
-                    (b'&', _) => break,
-                    (b'=', None) => eq = Some(at),
-                    (b'%' | b'+', None) => key_escaped = true,
-                    (b'A'..=b'Z', None) => key_upper = true,
-                    (b'%' | b'+', Some(_)) => value_escaped = true,
-                    _ => {}
+                let class = BYTE_CLASS[usize::from(b)];
+                if class != 0 {
+                    match (class, eq) {
+                        (AMPERSAND, _) => break,
+                        (EQUALS, None) => eq = Some(at),
+                        (_, None) => key_class |= class,
+                        (_, Some(_)) => value_class |= class,
+                    }
                 }
                 at += 1;
             }
+            let key_escaped = key_class & ESCAPE != 0;
+            let key_upper = key_class & UPPER != 0;
+            let value_escaped = value_class & ESCAPE != 0;
             let end = at;
             at += 1;
             if end == begin {

@@ -549,7 +549,7 @@ fn put_key(out: &mut impl Sink, key: &str) {
 }
 
 /// RFC 3986 unreserved characters.
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 

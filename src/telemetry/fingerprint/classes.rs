@@ -183,6 +183,29 @@ pub(super) enum Order {
     Other,
 }
 
+/// [`VALUE_CLASS`]: a `%`, an escape.
+const VALUE_ESCAPE: u8 = 1;
+/// [`VALUE_CLASS`]: a reserved character, left as it is (`=` in a value is
+/// not counted: some senders leave it, and it tells nothing).
+const VALUE_RESERVED: u8 = 2;
+
+/// The class of each byte of a query value, for [`Encoding`].
+static VALUE_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if b == b'%' as usize {
+            VALUE_ESCAPE
+        } else if b == b'=' as usize || is_unreserved(b as u8) {
+            0
+        } else {
+            VALUE_RESERVED
+        };
+        b += 1;
+    }
+    table
+};
+
 /// What the fingerprint reads of the raw query, in one pass over it: its
 /// keys as sent, in order (the first [`MAX_QUERY_KEYS`], and whether there
 /// were more), and how its values are encoded. Empty pairs are skipped, as
@@ -200,7 +223,7 @@ impl<'a> RawQuery<'a> {
         let mut keys = [""; MAX_QUERY_KEYS];
         let mut len = 0;
         let mut more = false;
-        let (mut escaped, mut reserved) = (false, false);
+        let mut value_class = 0;
         // `&` and `=` are ASCII, so every cut is on a character boundary.
         for pair in raw.split('&') {
             if pair.is_empty() {
@@ -209,8 +232,7 @@ impl<'a> RawQuery<'a> {
             let key = match pair.bytes().position(|b| b == b'=') {
                 Some(eq) => {
                     for &b in &pair.as_bytes()[eq + 1..] {
-                        escaped |= b == b'%';
-                        reserved |= b != b'%' && b != b'=' && !is_unreserved(b);
+                        value_class |= VALUE_CLASS[usize::from(b)];
                     }
                     &pair[..eq]
                 }
@@ -228,7 +250,10 @@ impl<'a> RawQuery<'a> {
             keys,
             len,
             more,
-            values: Encoding::from_flags((escaped, reserved)),
+            values: Encoding::from_flags((
+                value_class & VALUE_ESCAPE != 0,
+                value_class & VALUE_RESERVED != 0,
+            )),
         }
     }
 
