@@ -28,6 +28,7 @@
 //! - [`config`], [`reload`], [`clock`]: settings, their reloading, time;
 //! - [`error`]: every way a request fails and the one table mapping that
 //!   to a status and a fault; [`chain`]: an error with its causes.
+#![forbid(unsafe_code)]
 
 pub mod chain;
 pub mod cli;
