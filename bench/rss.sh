@@ -9,12 +9,17 @@
 #   CONNECTIONS=1000 DURATION=10 ROUNDS=3 bench/rss.sh old/pusher-cutover new/pusher-cutover
 #   PRELOAD=30 bench/rss.sh          first 30 s per scenario at 64 connections
 #   MAPPINGS=1 bench/rss.sh          also the resident set by mapping
+#   A BIN may be a script that execs a build with an environment of its own
+#   (`MIMALLOC_PURGE_DELAY=1000 exec target/release/pusher-cutover "$@"`):
+#   the process it becomes is the one measured.
 #
 # For each round and each build: starts the build on loopback in front of
 # the canned nginx upstream (with a [telemetry] data_dir, like bench/run.sh),
 # optionally preloads it, drives legacy triggers from CONNECTIONS
 # connections for DURATION seconds with wrk, and prints VmHWM, RssAnon and
-# RssFile read right after. Runs of one build spread by about 0.8 MiB on a
+# RssFile read right after, and the CPU time and minor page faults per
+# request of that run (an allocator that gives memory back sooner faults
+# it in again). Runs of one build spread by about 0.8 MiB on a
 # shared machine: compare builds within one invocation.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,6 +54,15 @@ if [ "$PRELOAD" -gt 0 ]; then
   done
 fi
 
+# counters PID: requests served, minor page faults, user+system CPU ticks.
+counters() { echo "$(proxy_requests "$ADMIN") $(awk '{print $10, $14 + $15}' "/proc/$1/stat")"; }
+# per_request BEFORE AFTER: CPU time and minor page faults per request between them.
+per_request() {
+  awk -v b="$1" -v a="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(b, x, " "); split(a, y, " "); n = y[1] - x[1]
+    if (n <= 0) { printf "cpu ?  faults ?  "; exit }
+    printf "cpu %5.1f us/req  faults %.3f/req  ", (y[3] - x[3]) / hz * 1e6 / n, (y[2] - x[2]) / n }'
+}
 status() { grep -E '^(VmHWM|RssAnon|RssFile):' "/proc/$1/status" | awk '{printf "%s %6.1f MiB  ", $1, $2 / 1024}'; }
 
 echo "bench/rss.sh: $CONNECTIONS connections, legacy_trigger for ${DURATION}s, ${PRELOAD}s preload per scenario, $ROUNDS round(s)"
@@ -66,10 +80,13 @@ for (( r=1; r<=ROUNDS; r++ )); do
           "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null
       done
     fi
+    before=$(counters "$PID")
     timeout $(( DURATION + 60 )) wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$HERE/requests.lua" \
       "http://127.0.0.1:$PC/" -- "$WORK/legacy_trigger.reqs" >"$WORK/wrk.out" 2>&1 || true
+    after=$(counters "$PID")
     rps=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$WORK/wrk.out")
-    printf 'round %d  build %d  %7s req/s  %s %s\n' "$r" "$((i + 1))" "${rps:-?}" "$(status "$PID")" "${BINS[$i]}"
+    printf 'round %d  build %d  %7s req/s  %s %s %s\n' "$r" "$((i + 1))" "${rps:-?}" "$(status "$PID")" \
+      "$(per_request "$before" "$after")" "${BINS[$i]}"
     if [ -n "${MAPPINGS:-}" ]; then
       awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6; if (name == "") name = "[anon]"}
            /^Rss:/ {rss[name] += $2}
