@@ -29,9 +29,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The purge delay the binary runs with, in milliseconds: mimalloc 2's
 /// default. mimalloc 3's own default (1,000 ms) keeps a second of freed
 /// pages resident, and with 1,000 connections coming and going the peak
-/// resident set then rose from 28 to 36 MiB; with 10 ms it stayed at 26–27
-/// MiB, at no CPU cost that the benchmark could tell apart from its noise
-/// (BENCHMARKS.md, "mimalloc's purge delay").
+/// resident set then read 28 to 37 MiB; with 10 ms it stayed at 26–27
+/// MiB, for 4–11 % more CPU per request at 1,000 connections (none seen at
+/// 64; BENCHMARKS.md, "mimalloc's purge delay"). `MIMALLOC_PURGE_DELAY=1000`
+/// in the environment takes the other side of that trade.
 #[cfg(feature = "mimalloc")]
 const PURGE_DELAY_MS: std::os::raw::c_long = 10;
 
