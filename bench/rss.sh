@@ -54,8 +54,15 @@ if [ "$PRELOAD" -gt 0 ]; then
   done
 fi
 
-# counters PID: requests served, minor page faults, user+system CPU ticks.
-counters() { echo "$(proxy_requests "$ADMIN") $(awk '{print $10, $14 + $15}' "/proc/$1/stat")"; }
+# counters PID: requests served, minor page faults, user+system CPU ticks
+# (ticks_of); the fields are counted after "pid (comm)", as ticks_of does.
+counters() {
+  local pid=$1 f
+  f=$(cut -d')' -f2- "/proc/$pid/stat")
+  # shellcheck disable=SC2086
+  set -- $f   # state=1 ... minflt=8
+  echo "$(proxy_requests "$ADMIN") $8 $(ticks_of "$pid")"
+}
 # per_request BEFORE AFTER: CPU time and minor page faults per request between them.
 per_request() {
   awk -v b="$1" -v a="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {

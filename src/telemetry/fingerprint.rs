@@ -531,6 +531,7 @@ impl Sink for Sha256 {
 /// A query key as the canonical string holds it: at most [`MAX_KEY_LEN`]
 /// bytes, anything but `[A-Za-z0-9_.~-]` as `%XX`, so that no key can
 /// forge the string's `,`, `;` and `=`.
+///
 /// Runs of unreserved bytes go to the sink in one piece (the hash takes
 /// a slice per call, not a byte).
 fn put_key(out: &mut impl Sink, key: &str) {
