@@ -24,10 +24,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut connection = false;
     let mut others = false;
     for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
-        } else if name == header::UPGRADE || HOP_BY_HOP[1..].contains(name) {
-            others = true;
+        // One string match (by length first), not a comparison per name.
+        match name.as_str() {
+            "connection" => connection = true,
+            "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade" => others = true,
+            _ => {}
         }
     }
     let mut named = Vec::new();
@@ -88,6 +96,18 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["content-type", "user-agent"]);
+    }
+
+    #[test]
+    fn the_match_names_the_list() {
+        // `strip_hop_by_hop` finds the names by a string match: each name
+        // of the list (and `upgrade`) must be found there, alone.
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.is_empty(), "{name}");
+        }
     }
 
     #[test]

@@ -43,25 +43,29 @@ pub fn canonical_path(path: &str) -> Cow<'_, str> {
 /// Classifies a request by method and (canonical, see [`canonical_path`])
 /// path.
 pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
-    let mut segments = path.split('/');
-    let app_id = match (segments.next(), segments.next(), segments.next()) {
-        (Some(""), Some("apps"), Some(app)) => Some(app),
-        _ => None,
+    // `/apps/{app_id}` and what follows it, if anything.
+    let Some(after) = path.strip_prefix("/apps/") else {
+        return Route {
+            kind: RouteKind::Passthrough,
+            app_id: None,
+            channel: None,
+        };
+    };
+    let (app_id, rest) = match after.split_once('/') {
+        Some((app, rest)) => (app, Some(rest)),
+        None => (after, None),
     };
     let passthrough = Route {
         kind: RouteKind::Passthrough,
-        app_id,
+        app_id: Some(app_id),
         channel: None,
     };
-    if app_id.is_none() {
-        return passthrough;
-    }
-    let (Some("channels"), Some(channel), Some(action), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    // Exactly `channels/{channel}/{action}`, nothing after the action.
+    let Some((channel, action)) = rest
+        .and_then(|r| r.strip_prefix("channels/"))
+        .and_then(|r| r.split_once('/'))
+        .filter(|(_, action)| !action.contains('/'))
+    else {
         return passthrough;
     };
     let kind = match (action, method) {
@@ -71,7 +75,7 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     };
     Route {
         kind,
-        app_id,
+        app_id: Some(app_id),
         channel: Some(channel),
     }
 }
@@ -206,7 +210,49 @@ mod tests {
         );
     }
 
+    /// The route as a split at every `/` reads it: the reference the
+    /// prefix matching of [`classify`] is held to.
+    fn by_segments<'a>(method: &Method, path: &'a str) -> Route<'a> {
+        let mut segments = path.split('/');
+        let app_id = match (segments.next(), segments.next(), segments.next()) {
+            (Some(""), Some("apps"), Some(app)) => Some(app),
+            _ => None,
+        };
+        let passthrough = Route {
+            kind: RouteKind::Passthrough,
+            app_id,
+            channel: None,
+        };
+        let rest: Vec<&str> = segments.collect();
+        let kind = match (app_id, rest.as_slice(), method) {
+            (Some(_), ["channels", _, "stats"], &Method::GET) => RouteKind::LegacyStats,
+            (Some(_), ["channels", _, "events"], &Method::POST) => RouteKind::LegacyTrigger,
+            _ => return passthrough,
+        };
+        Route {
+            kind,
+            app_id,
+            channel: Some(rest[1]),
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn matches_the_segment_reading(
+            lead in proptest::bool::ANY,
+            segments in proptest::collection::vec(
+                proptest::sample::select(
+                    &["", "apps", "channels", "1", "c", "stats", "events", "a%2Fb", "/"][..],
+                ),
+                0..7,
+            ),
+            post in proptest::bool::ANY,
+        ) {
+            let method = if post { Method::POST } else { Method::GET };
+            let path = format!("{}{}", if lead { "/" } else { "" }, segments.join("/"));
+            proptest::prop_assert_eq!(classify(&method, &path), by_segments(&method, &path), "{}", path);
+        }
+
         #[test]
         fn never_panics(path in "\\PC*", post in proptest::bool::ANY) {
             let method = if post { Method::POST } else { Method::GET };

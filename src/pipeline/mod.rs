@@ -279,12 +279,12 @@ impl State {
             let app = route.app_id.and_then(|id| self.apps.get(id));
             let mut recorder = Recorder::new(
                 &self.telemetry,
-                app.map(|a| &*a.series),
+                app.map(|a| &a.series),
                 self.clock.unix_now(),
                 &parts.method,
                 kind,
                 route.app_id,
-                parts.headers.get(USER_AGENT).map(HeaderValue::as_bytes),
+                parts.headers.get(USER_AGENT),
                 peer,
             );
             let record = &mut recorder.record;

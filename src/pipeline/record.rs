@@ -3,12 +3,14 @@
 //! before the answer (hyper then drops the request future, and the guard
 //! records it on drop).
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::Either;
+use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 
 use super::cutover::Path;
@@ -131,14 +133,17 @@ impl Record {
 
 /// Where a [`Recorder`] records: the request's own borrow of the telemetry
 /// (and its app's series), or, once the request has handed its streamed
-/// answer to hyper, a handle of its own.
+/// answer to hyper, handles of its own on both.
 #[derive(Debug)]
 enum Sink<'a> {
     Borrowed {
         telemetry: &'a Arc<Telemetry>,
-        series: Option<&'a AppSeries>,
+        series: Option<&'a Arc<AppSeries>>,
     },
-    Owned(Arc<Telemetry>),
+    Owned {
+        telemetry: Arc<Telemetry>,
+        series: Option<Arc<AppSeries>>,
+    },
 }
 
 /// Records a request exactly once: on [`Recorder::finish`]; for a streamed
@@ -152,8 +157,11 @@ pub struct Recorder<'a> {
     method: Method,
     kind: RouteKind,
     app_id: Option<String>,
-    user_agent: Option<String>,
-    client_addr: IpText,
+    /// The `User-Agent` header as received (a handle on the request's
+    /// bytes): made text only where a line or the ledger takes it.
+    user_agent: Option<HeaderValue>,
+    /// The peer's address, made text only where it is written.
+    client_addr: IpAddr,
     /// Filled in by the pipeline.
     pub record: Record,
     /// The status and latency of a streamed answer whose head has gone
@@ -170,12 +178,12 @@ impl<'a> Recorder<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         telemetry: &'a Arc<Telemetry>,
-        series: Option<&'a AppSeries>,
+        series: Option<&'a Arc<AppSeries>>,
         now: u64,
         method: &Method,
         kind: RouteKind,
         app_id: Option<&str>,
-        user_agent: Option<&[u8]>,
+        user_agent: Option<&HeaderValue>,
         peer: SocketAddr,
     ) -> Self {
         Self {
@@ -185,8 +193,8 @@ impl<'a> Recorder<'a> {
             method: method.clone(),
             kind,
             app_id: app_id.map(|a| truncate(a).to_owned()),
-            user_agent: user_agent.map(|v| truncate(&String::from_utf8_lossy(v)).to_owned()),
-            client_addr: IpText::new(peer.ip()),
+            user_agent: user_agent.cloned(),
+            client_addr: peer.ip(),
             record: Record::default(),
             answered: None,
             drain_cut: false,
@@ -224,12 +232,12 @@ impl<'a> Recorder<'a> {
     /// `status` whose head is going out now.
     fn detach(mut self, status: StatusCode) -> Recorder<'static> {
         self.done = true;
-        let telemetry = match &self.sink {
-            Sink::Borrowed { telemetry, .. } => Arc::clone(telemetry),
-            Sink::Owned(telemetry) => telemetry.clone(),
+        let (telemetry, series) = match &self.sink {
+            Sink::Borrowed { telemetry, series } => (Arc::clone(telemetry), series.cloned()),
+            Sink::Owned { telemetry, series } => (telemetry.clone(), series.clone()),
         };
         Recorder {
-            sink: Sink::Owned(telemetry),
+            sink: Sink::Owned { telemetry, series },
             started: self.started,
             now: self.now,
             method: std::mem::take(&mut self.method),
@@ -250,10 +258,13 @@ impl<'a> Recorder<'a> {
             .map_or_else(|| self.started.elapsed(), |(_, latency)| latency);
         let record = &self.record;
         let (telemetry, series) = match &self.sink {
-            Sink::Borrowed { telemetry, series } => (&***telemetry, *series),
-            // Found again by app id, as the series of every app are.
-            Sink::Owned(telemetry) => (&**telemetry, None),
+            Sink::Borrowed { telemetry, series } => (&***telemetry, series.map(|s| &**s)),
+            Sink::Owned { telemetry, series } => (&**telemetry, series.as_deref()),
         };
+        // Made text once, and only for a verified caller: a line that is
+        // written makes its own (`event`).
+        let agent = record.verified.then(|| self.user_agent_text());
+        let addr = record.verified.then(|| IpText::new(self.client_addr));
         telemetry.observe(&Observation {
             route: self.kind,
             app_id: self.app_id.as_deref(),
@@ -271,8 +282,11 @@ impl<'a> Recorder<'a> {
                     .as_deref()
                     .expect("invariant: a verified request names its auth_key"),
                 // A request without a User-Agent header: none to record.
-                user_agent: self.user_agent.as_deref().unwrap_or_default(),
-                client_address: self.client_addr.as_str(),
+                user_agent: agent
+                    .as_ref()
+                    .and_then(Option::as_deref)
+                    .unwrap_or_default(),
+                client_address: addr.as_ref().map_or("", IpText::as_str),
                 library: record.library.unwrap_or(Library::Unknown),
                 fingerprint: record
                     .fingerprint
@@ -319,6 +333,17 @@ impl<'a> Recorder<'a> {
         self.event(level, &line);
     }
 
+    /// The `User-Agent` as text: invalid UTF-8 replaced, cut to
+    /// [`MAX_LOGGED_LEN`] bytes. Borrowed when it is valid (nearly always).
+    fn user_agent_text(&self) -> Option<Cow<'_, str>> {
+        self.user_agent
+            .as_ref()
+            .map(|v| match String::from_utf8_lossy(v.as_bytes()) {
+                Cow::Borrowed(s) => Cow::Borrowed(truncate(s)),
+                Cow::Owned(s) => Cow::Owned(truncate(&s).to_owned()),
+            })
+    }
+
     fn message(&self) -> &'static str {
         if self.kind.is_legacy() {
             "legacy call"
@@ -345,8 +370,8 @@ impl<'a> Recorder<'a> {
                     upstream_status = self.record.upstream_status,
                     latency_ms = line.latency_ms,
                     auth_key = self.record.auth_key.as_deref(),
-                    user_agent = self.user_agent.as_deref(),
-                    client_addr = %self.client_addr.as_str(),
+                    user_agent = self.user_agent_text().as_deref(),
+                    client_addr = %IpText::new(self.client_addr).as_str(),
                     library = self.record.library.map(Library::as_str),
                     fingerprint = self.record.fingerprint.as_ref().map(FingerprintId::as_str),
                     event = self.record.event.as_deref(),
@@ -435,6 +460,36 @@ mod tests {
     }
 
     #[test]
+    fn the_user_agent_is_cut_at_a_character_boundary() {
+        let config = crate::config::Config::from_toml_str(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n",
+            &|_: &str| None,
+        )
+        .expect("a valid config");
+        let telemetry = Arc::new(Telemetry::new(&config));
+        let peer: SocketAddr = "127.0.0.1:4000".parse().expect("an address");
+        let text = |agent: &[u8]| {
+            let agent = HeaderValue::from_bytes(agent).expect("a header value");
+            let mut rec = Recorder::new(
+                &telemetry,
+                None,
+                0,
+                &Method::POST,
+                RouteKind::LegacyTrigger,
+                None,
+                Some(&agent),
+                peer,
+            );
+            rec.done = true; // not recorded on drop
+            rec.user_agent_text().map(Cow::into_owned)
+        };
+        let long = "a".repeat(MAX_LOGGED_LEN - 1) + "é and more";
+        assert_eq!(text(long.as_bytes()), Some("a".repeat(MAX_LOGGED_LEN - 1)));
+        assert_eq!(text(b"ok/1.0"), Some("ok/1.0".to_owned()));
+        assert_eq!(text(b"bad \xff"), Some("bad \u{fffd}".to_owned()));
+    }
+
+    #[test]
     fn ip_text_is_display() {
         for ip in [
             "0.0.0.0",
@@ -470,7 +525,7 @@ mod tests {
                 RouteKind::LegacyTrigger,
                 Method::POST,
                 Some("4242"),
-                Some(&b"pusher-php-server/2.1.2"[..]),
+                Some(HeaderValue::from_static("pusher-php-server/2.1.2")),
                 Some("key"),
                 Some(200),
                 None,
@@ -482,13 +537,13 @@ mod tests {
                 RouteKind::LegacyStats,
                 Method::GET,
                 Some("app \"x\""),
-                Some(&b"ua\n\xff"[..]),
+                Some(HeaderValue::from_bytes(b"ua \"q\"\xff").expect("a header value")),
                 None,
                 None,
                 Some("invalid signature:\n \"quoted\""),
                 "legacy call method=GET route=\"/apps/{app_id}/channels/{channel}/stats\" \
                  app_id=\"app \\\"x\\\"\" status=401 latency_ms=0.250 \
-                 user_agent=\"ua\\n\u{fffd}\" client_addr=2001:db8::1 \
+                 user_agent=\"ua \\\"q\\\"\u{fffd}\" client_addr=2001:db8::1 \
                  error=\"invalid signature:\\n \\\"quoted\\\"\"",
             ),
             (
@@ -503,7 +558,16 @@ mod tests {
                  latency_ms=0.250 client_addr=2001:db8::1 error=\"e\"",
             ),
         ] {
-            let mut rec = Recorder::new(&telemetry, None, 0, &method, kind, app_id, agent, peer);
+            let mut rec = Recorder::new(
+                &telemetry,
+                None,
+                0,
+                &method,
+                kind,
+                app_id,
+                agent.as_ref(),
+                peer,
+            );
             rec.record.auth_key = auth_key.map(str::to_owned);
             rec.record.upstream_status = upstream;
             rec.done = true; // not recorded on drop
@@ -536,7 +600,7 @@ mod tests {
             assert_eq!(text("auth_key").as_deref(), auth_key, "{json}");
             assert_eq!(
                 text("user_agent"),
-                agent.map(|a| String::from_utf8_lossy(a).into())
+                agent.map(|a| String::from_utf8_lossy(a.as_bytes()).into())
             );
             assert_eq!(
                 text("client_addr").as_deref(),
