@@ -312,6 +312,23 @@ def cmd_summarize(a):
                      ("floor/nginx p99", "nginx", 15), ("floor/nginx CPU/req", "nginx", 19)],
                     subject="hyper-floor", metrics=["rps", "rps", "p99_us", "cpu_us"])
 
+    acc = group(rows, "accesslog")
+    floor = main.get(("current_trigger", "hyper-floor"))
+    if acc and floor:
+        p("")
+        p("== Passthrough CPU per request against hyper-floor (current_trigger), pusher-cutover's access log "
+          "for current-API calls on (its default) and off (RUST_LOG=info,pusher_cutover::request=warn; "
+          "nginx and HAProxy run with access_log off here, hyper-floor logs nothing) ==")
+        p(HEADER)
+        for (sc, t), rs in sorted(acc.items()):
+            p(line_for(t, sc, rs))
+        p(f"{'access log':<16} {'CPU/req / hyper-floor':>22}   per round")
+        for label, rs in [("on", main.get(("current_trigger", "pusher-cutover"))),
+                          ("off", acc.get(("current_trigger", "pusher-cutover access-log-off")))]:
+            if rs and med(floor, "cpu_us"):
+                rounds_ = " ".join(f"{x:.2f}" for x in per_round(rs, floor, "cpu_us"))
+                p(f"{label:<16} {med(rs, 'cpu_us') / med(floor, 'cpu_us'):>22.2f}   {rounds_}")
+
     tel = group(rows, "telemetry")
     if tel:
         p("")

@@ -27,8 +27,10 @@
 #     signatures not checked), nginx as a plain proxy_pass reverse proxy with
 #     upstream keepalive, HAProxy in mode http, hyper-floor (the bare hyper
 #     forwarder of examples/hyper_floor.rs: what any proxy built on hyper
-#     costs before doing anything) and pusher-cutover twice (with and
-#     without [telemetry] data_dir), each on a free high port;
+#     costs before doing anything) and pusher-cutover three times (with and
+#     without [telemetry] data_dir, and with data_dir but its access log for
+#     current-API calls off, for the passthrough CPU comparison with
+#     hyper-floor), each on a free high port;
 #  3. drives each target with wrk (-t2) through bench/requests.lua, which
 #     cycles through requests signed by bench/bench.py right before each run
 #     (legacy trigger, legacy stats, current-API trigger);
@@ -200,10 +202,11 @@ RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 PY="python3 $HERE/bench.py"
 
-mapfile -t P < <($PY ports 10)
+mapfile -t P < <($PY ports 12)
 UP_PORT=${P[0]}; NGX_PORT=${P[1]}; HAP_PORT=${P[2]}
 PC_PORT=${P[3]}; PC_ADMIN=${P[4]}; PC2_PORT=${P[5]}; PC2_ADMIN=${P[6]}
 PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""; FLOOR_PORT=${P[9]}
+PC4_PORT=${P[10]}; PC4_ADMIN=${P[11]}
 log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN)"
 
 # ------------------------------------------------------------------ 2. configs
@@ -248,6 +251,8 @@ pc_config "$PC_PORT" "$PC_ADMIN" "$WORK/pc-data" > "$WORK/pc.toml"
 pc_config "$PC2_PORT" "$PC2_ADMIN" "" > "$WORK/pc-nodata.toml"
 mkdir -p "$WORK/pc-quiet-data"
 pc_config "$PC3_PORT" "$PC3_ADMIN" "$WORK/pc-quiet-data" > "$WORK/pc-quiet.toml"
+mkdir -p "$WORK/pc-nolog-data"
+pc_config "$PC4_PORT" "$PC4_ADMIN" "$WORK/pc-nolog-data" > "$WORK/pc-nolog.toml"
 
 "$NGINX" -t -q -p "$WORK/nginx-up/" -e "$WORK/nginx-up/error.log" -c "$WORK/nginx-up/nginx.conf" >&2 || die "canned upstream config"
 "$NGINX" -t -q -p "$WORK/nginx-proxy/" -e "$WORK/nginx-proxy/error.log" -c "$WORK/nginx-proxy/nginx.conf" >&2 || die "nginx proxy config"
@@ -286,7 +291,13 @@ wait_http "http://127.0.0.1:$PC_ADMIN/readyz" "$PC_PID" pc
 start_bg pc-nodata "$WORK/pusher-cutover" serve --config "$WORK/pc-nodata.toml"
 PC2_PID=$LAST_PID
 wait_http "http://127.0.0.1:$PC2_ADMIN/readyz" "$PC2_PID" pc-nodata
-EXTRA_TARGETS=("pusher-cutover no-data_dir")
+# Its access log off for current-API calls (README: legacy calls still
+# logged), as nginx and HAProxy run here: the passthrough CPU comparison
+# with hyper-floor, which logs nothing either.
+start_bg pc-nolog env RUST_LOG=info,pusher_cutover::request=warn "$WORK/pusher-cutover" serve --config "$WORK/pc-nolog.toml"
+PC4_PID=$LAST_PID
+wait_http "http://127.0.0.1:$PC4_ADMIN/readyz" "$PC4_PID" pc-nolog
+EXTRA_TARGETS=("pusher-cutover no-data_dir" "pusher-cutover access-log-off")
 if [ "$LOG_COMPARE" -eq 1 ]; then
   start_bg pc-quiet env RUST_LOG=error "$WORK/pusher-cutover" serve --config "$WORK/pc-quiet.toml"
   PC3_PID=$LAST_PID
@@ -304,6 +315,7 @@ port_of() {
     pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PORT" ;;
     pusher-cutover*no-data_dir) echo "$PC2_PORT" ;;
     *RUST_LOG=error) echo "$PC3_PORT" ;;
+    *access-log-off) echo "$PC4_PORT" ;;
   esac
 }
 admin_of() {
@@ -311,6 +323,7 @@ admin_of() {
     pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_ADMIN" ;;
     pusher-cutover*no-data_dir) echo "$PC2_ADMIN" ;;
     *RUST_LOG=error) echo "$PC3_ADMIN" ;;
+    *access-log-off) echo "$PC4_ADMIN" ;;
     *) echo "" ;;
   esac
 }
@@ -323,6 +336,7 @@ pids_of() { # the target's processes (nginx: master and its workers)
     pusher-cutover|pusher-cutover*with-data_dir|*distinct-UAs|*log=info) echo "$PC_PID" ;;
     pusher-cutover*no-data_dir) echo "$PC2_PID" ;;
     *RUST_LOG=error) echo "$PC3_PID" ;;
+    *access-log-off) echo "$PC4_PID" ;;
   esac
 }
 CLK_TCK=$(getconf CLK_TCK)
@@ -357,6 +371,7 @@ run() {
     # keep the proxy's log bounded (it logs every request): keep a tail, truncate
     lf="$WORK/pc.log"; [[ $target == *no-data_dir ]] && lf="$WORK/pc-nodata.log"
     [[ $target == *RUST_LOG=error ]] && lf="$WORK/pc-quiet.log"
+    [[ $target == *access-log-off ]] && lf="$WORK/pc-nolog.log"
     tail -n 5 "$lf" >> "$lf.tails" 2>/dev/null || true; : > "$lf"
   fi
   out="$WORK/wrk.out"
@@ -422,6 +437,11 @@ for (( r=1; r<=ROUNDS; r++ )); do
     for t in "${TARGETS[@]}"; do
       run main "$r" "$t" "$sc" "$CONNS" "$DURATION"
     done
+    # right after hyper-floor and pusher-cutover, so the three share the
+    # machine's state of the moment
+    if [ "$sc" = current_trigger ]; then
+      run accesslog "$r" "pusher-cutover access-log-off" "$sc" "$CONNS" "$DURATION"
+    fi
   done
   # with vs without data_dir; the order alternates between rounds
   if (( r % 2 )); then tel=("pusher-cutover with-data_dir" "pusher-cutover no-data_dir")
