@@ -390,7 +390,7 @@ def cmd_summarize(a):
         p("== pusher-cutover: its answers' statuses (from its per-request log) and outcomes "
           "(pusher_cutover_requests_total deltas), summed over runs ==")
         p("   (499 = wrk closed the connection with the call in flight when a run ended: at most one per connection per run;")
-        p("    RUST_LOG=error writes no per-request lines, so it has no statuses)")
+        p("    RUST_LOG=error and the access-log-off target write no INFO lines, so they have (almost) no statuses)")
         agg, sts = {}, {}
         for r in pcs:
             key = (r["kind"], r["scenario"], r["target"])

@@ -29,7 +29,9 @@ case "${1:-}" in
   --floor) FLOOR=1; shift ;;
 esac
 SCENARIOS=("$@")
-if [ "$FLOOR" -eq 1 ]; then SCENARIOS=(current_trigger)
+if [ "$FLOOR" -eq 1 ]; then
+  [ ${#SCENARIOS[@]} -eq 0 ] || { echo "--floor measures current_trigger only; it takes no scenarios" >&2; exit 2; }
+  SCENARIOS=(current_trigger)
 elif [ ${#SCENARIOS[@]} -eq 0 ]; then SCENARIOS=(legacy_trigger legacy_stats current_trigger); fi
 
 for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl python3; do
@@ -87,11 +89,13 @@ if [ "$FLOOR" -eq 1 ]; then
     "$FLOOR_BIN" "127.0.0.1:$PC" "127.0.0.1:$UP" 2>"$WORK/floor.log" &
   PID=$!
   PIDS=("$PID")
+  up=0
   for _ in $(seq 1 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$PC/" && break
+    if curl -s -o /dev/null "http://127.0.0.1:$PC/"; then up=1; break; fi
     kill -0 "$PID" 2>/dev/null || { echo "hyper-floor exited: $(cat "$WORK/floor.log")" >&2; exit 1; }
     sleep 0.1
   done
+  [ "$up" -eq 1 ] || { echo "hyper-floor did not answer within 60 s" >&2; exit 1; }
   timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
   callgrind_control -z "$PID" >/dev/null 2>&1
   out=$(timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" 2>&1)

@@ -207,7 +207,7 @@ UP_PORT=${P[0]}; NGX_PORT=${P[1]}; HAP_PORT=${P[2]}
 PC_PORT=${P[3]}; PC_ADMIN=${P[4]}; PC2_PORT=${P[5]}; PC2_ADMIN=${P[6]}
 PC3_PORT=${P[7]}; PC3_ADMIN=${P[8]}; PC3_PID=""; FLOOR_PORT=${P[9]}
 PC4_PORT=${P[10]}; PC4_ADMIN=${P[11]}
-log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN)"
+log "work dir $WORK; ports: upstream $UP_PORT nginx $NGX_PORT haproxy $HAP_PORT pusher-cutover $PC_PORT (admin $PC_ADMIN), without data_dir $PC2_PORT (admin $PC2_ADMIN), access log off $PC4_PORT (admin $PC4_ADMIN)"
 
 # ------------------------------------------------------------------ 2. configs
 mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/haproxy" "$WORK/pc-data"
@@ -259,6 +259,7 @@ pc_config "$PC4_PORT" "$PC4_ADMIN" "$WORK/pc-nolog-data" > "$WORK/pc-nolog.toml"
 "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" >&2 || die "haproxy config"
 "$WORK/pusher-cutover" validate --config "$WORK/pc.toml" >&2 || die "pusher-cutover config"
 "$WORK/pusher-cutover" validate --config "$WORK/pc-nodata.toml" >&2 || die "pusher-cutover config (no data_dir)"
+"$WORK/pusher-cutover" validate --config "$WORK/pc-nolog.toml" >&2 || die "pusher-cutover config (access log off)"
 
 # ------------------------------------------------------------------ 3. start
 start_bg() { # $1 name, rest: command; sets LAST_PID
@@ -304,7 +305,7 @@ if [ "$LOG_COMPARE" -eq 1 ]; then
   wait_http "http://127.0.0.1:$PC3_ADMIN/readyz" "$PC3_PID" pc-quiet
   EXTRA_TARGETS+=("pusher-cutover RUST_LOG=error")
 fi
-log "all targets up (pids: upstream $UP_PID nginx $NGX_PID haproxy $HAP_PID hyper-floor $FLOOR_PID pusher-cutover $PC_PID / $PC2_PID)"
+log "all targets up (pids: upstream $UP_PID nginx $NGX_PID haproxy $HAP_PID hyper-floor $FLOOR_PID pusher-cutover $PC_PID / $PC2_PID / $PC4_PID)"
 
 port_of() {
   case "$1" in

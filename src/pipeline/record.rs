@@ -47,8 +47,9 @@ pub fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
-/// A client address as text, formatted once per request for both the log
-/// line and the ledger; IPv4 (the common case) without `fmt`'s machinery.
+/// A client address as text, formatted at most once per request (for a
+/// verified caller, whose ledger entry and log line both name it); IPv4
+/// (the common case) without `fmt`'s machinery.
 #[derive(Clone, Copy)]
 pub struct IpText {
     buf: [u8; 48],
@@ -261,10 +262,13 @@ impl<'a> Recorder<'a> {
             Sink::Borrowed { telemetry, series } => (&***telemetry, series.map(|s| &**s)),
             Sink::Owned { telemetry, series } => (&**telemetry, series.as_deref()),
         };
-        // Made text once, and only for a verified caller: a line that is
-        // written makes its own (`event`).
-        let agent = record.verified.then(|| self.user_agent_text());
-        let addr = record.verified.then(|| IpText::new(self.client_addr));
+        // Made text once, and only for a verified caller (the ledger and
+        // the line share it); any other request's line, if written, makes
+        // its own (`event`).
+        let texts = record.verified.then(|| CallerText {
+            agent: self.user_agent_text(),
+            addr: IpText::new(self.client_addr),
+        });
         telemetry.observe(&Observation {
             route: self.kind,
             app_id: self.app_id.as_deref(),
@@ -282,11 +286,11 @@ impl<'a> Recorder<'a> {
                     .as_deref()
                     .expect("invariant: a verified request names its auth_key"),
                 // A request without a User-Agent header: none to record.
-                user_agent: agent
+                user_agent: texts
                     .as_ref()
-                    .and_then(Option::as_deref)
+                    .and_then(|t| t.agent.as_deref())
                     .unwrap_or_default(),
-                client_address: addr.as_ref().map_or("", IpText::as_str),
+                client_address: texts.as_ref().map_or("", |t| t.addr.as_str()),
                 library: record.library.unwrap_or(Library::Unknown),
                 fingerprint: record
                     .fingerprint
@@ -298,7 +302,7 @@ impl<'a> Recorder<'a> {
             }),
             now: self.now,
         });
-        self.log(status, error, duration);
+        self.log(status, error, duration, texts.as_ref());
     }
 
     /// Legacy calls log at WARN with the caller's identity (app, key, user
@@ -306,7 +310,13 @@ impl<'a> Recorder<'a> {
     /// and internal failures at ERROR; other requests at INFO. Neither
     /// secrets nor `auth_signature` are fields of the line, and error
     /// messages never contain them.
-    fn log(&self, status: u16, error: Option<&ProxyError>, duration: Duration) {
+    fn log(
+        &self,
+        status: u16,
+        error: Option<&ProxyError>,
+        duration: Duration,
+        texts: Option<&CallerText<'_>>,
+    ) {
         let fault = error.map(ProxyError::fault);
         let error = error.map(|e| ErrorChain(e).to_string()).or_else(|| {
             if self.drain_cut {
@@ -323,6 +333,7 @@ impl<'a> Recorder<'a> {
             status,
             latency_ms: latency_ms(duration),
             error: error.as_deref(),
+            texts,
         };
         let level = match (fault, self.kind.is_legacy()) {
             (Some(Fault::Upstream | Fault::Internal), _) => tracing::Level::ERROR,
@@ -370,8 +381,15 @@ impl<'a> Recorder<'a> {
                     upstream_status = self.record.upstream_status,
                     latency_ms = line.latency_ms,
                     auth_key = self.record.auth_key.as_deref(),
-                    user_agent = self.user_agent_text().as_deref(),
-                    client_addr = %IpText::new(self.client_addr).as_str(),
+                    user_agent = line.texts.map_or_else(
+                        || self.user_agent_text(),
+                        |t| t.agent.clone(),
+                    )
+                    .as_deref(),
+                    client_addr = %line
+                        .texts
+                        .map_or_else(|| IpText::new(self.client_addr), |t| t.addr)
+                        .as_str(),
                     library = self.record.library.map(Library::as_str),
                     fingerprint = self.record.fingerprint.as_ref().map(FingerprintId::as_str),
                     event = self.record.event.as_deref(),
@@ -395,11 +413,21 @@ fn latency_ms(d: Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
+/// A verified caller's `User-Agent` and address as text, made once for
+/// both its ledger entry and its line.
+struct CallerText<'a> {
+    agent: Option<Cow<'a, str>>,
+    addr: IpText,
+}
+
 /// What a request's line says beyond what its [`Recorder`] holds.
 struct LineValues<'e> {
     status: u16,
     latency_ms: f64,
     error: Option<&'e str>,
+    /// The caller's agent and address as text, when `emit` made them for
+    /// the ledger already.
+    texts: Option<&'e CallerText<'e>>,
 }
 
 impl Drop for Recorder<'_> {
@@ -487,6 +515,11 @@ mod tests {
         assert_eq!(text(long.as_bytes()), Some("a".repeat(MAX_LOGGED_LEN - 1)));
         assert_eq!(text(b"ok/1.0"), Some("ok/1.0".to_owned()));
         assert_eq!(text(b"bad \xff"), Some("bad \u{fffd}".to_owned()));
+        // Replaced first, then cut: U+FFFD (3 bytes) does not fit in the
+        // last byte, so it goes whole.
+        let mut invalid = vec![b'a'; MAX_LOGGED_LEN - 1];
+        invalid.extend_from_slice(b"\xff and more");
+        assert_eq!(text(&invalid), Some("a".repeat(MAX_LOGGED_LEN - 1)));
     }
 
     #[test]
@@ -575,6 +608,7 @@ mod tests {
                 status: 401,
                 latency_ms: 0.25,
                 error,
+                texts: None,
             };
             for (level, shown) in [
                 (tracing::Level::ERROR, "ERROR"),
@@ -586,6 +620,21 @@ mod tests {
                     format!("2025-11-24T16:00:00.000005Z {shown} {expected}\n")
                 );
             }
+
+            // The texts `emit` made for a verified caller's ledger entry
+            // give the same line.
+            let texts = CallerText {
+                agent: rec.user_agent_text(),
+                addr: IpText::new(rec.client_addr),
+            };
+            let shared = LineValues {
+                texts: Some(&texts),
+                ..line
+            };
+            assert_eq!(
+                event_at(at, || rec.event(tracing::Level::WARN, &shared)),
+                format!("2025-11-24T16:00:00.000005Z  WARN {expected}\n")
+            );
 
             let json = json_of(|| rec.event(tracing::Level::WARN, &line));
             let text = |key: &str| json[key].as_str().map(str::to_owned);
