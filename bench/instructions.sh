@@ -50,6 +50,32 @@ VARIANTS=("")
 [ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
 mkdir -p "$WORK/data"
 
+# warm_up SCENARIO: 3 s of SCENARIO's requests to 127.0.0.1:$PC.
+warm_up() {
+  timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$1.reqs" >/dev/null 2>&1
+}
+
+# measure PID SCENARIO: zeroes PID's counters, drives 6 s of SCENARIO's
+# requests to 127.0.0.1:$PC (wrk's output in $WORK/wrk.out) and dumps its
+# profile.
+measure() {
+  callgrind_control -z "$1" >/dev/null 2>&1
+  timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$2.reqs" >"$WORK/wrk.out" 2>&1
+  callgrind_control -d "$1" >/dev/null 2>&1
+  sleep 1
+}
+
+# report LABEL PID REQUESTS: prints the instructions per request of PID's
+# profile (kept in $KEEP if set), then stops PID.
+report() {
+  local ir
+  ir=$(callgrind_annotate "$WORK/cg.$2.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$WORK/cg.$2.1" "$KEEP/${1//[ ()]/_}.cg"; }
+  printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "$1" "$3" "$ir" $((ir / $3))
+  kill "$2" 2>/dev/null || true
+  wait "$2" 2>/dev/null || true
+  PIDS=()
+}
 
 for sc in "${SCENARIOS[@]}"; do
  for data_dir in "${VARIANTS[@]}"; do
@@ -64,50 +90,26 @@ for sc in "${SCENARIOS[@]}"; do
   PIDS=("$PID")
   wait_ready "http://127.0.0.1:$ADMIN/healthz" "$PID" 60
   python3 "$HERE/bench.py" gen --scenario "$sc" --n 3000 --out "$WORK/$sc.reqs" >/dev/null
-  timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
+  warm_up "$sc"
   before=$(proxy_requests "$ADMIN")
-  callgrind_control -z "$PID" >/dev/null 2>&1
-  timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
-  callgrind_control -d "$PID" >/dev/null 2>&1
+  measure "$PID" "$sc"
   after=$(proxy_requests "$ADMIN")
-  sleep 1
-  ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-  n=$((after - before))
-  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$WORK/cg.$PID.1" "$KEEP/${label// /_}.cg"; }
-  printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "$label" "$n" "$ir" $((ir / n))
-  kill "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  PIDS=()
+  report "$label" "$PID" $((after - before))
  done
 done
 
 # hyper-floor counts nothing itself: its requests are the ones wrk saw
-# answered, less any it reports as errors.
+# answered, with no error of any kind allowed.
 if [ "$FLOOR" -eq 1 ]; then
   sc=current_trigger
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
     "$FLOOR_BIN" "127.0.0.1:$PC" "127.0.0.1:$UP" 2>"$WORK/floor.log" &
   PID=$!
   PIDS=("$PID")
-  up=0
-  for _ in $(seq 1 600); do
-    if curl -s -o /dev/null "http://127.0.0.1:$PC/"; then up=1; break; fi
-    kill -0 "$PID" 2>/dev/null || { echo "hyper-floor exited: $(cat "$WORK/floor.log")" >&2; exit 1; }
-    sleep 0.1
-  done
-  [ "$up" -eq 1 ] || { echo "hyper-floor did not answer within 60 s" >&2; exit 1; }
-  timeout 60 wrk -t1 -c8 -d3s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" >/dev/null 2>&1
-  callgrind_control -z "$PID" >/dev/null 2>&1
-  out=$(timeout 60 wrk -t1 -c8 -d6s -s "$HERE/requests.lua" "http://127.0.0.1:$PC/" -- "$WORK/$sc.reqs" 2>&1)
-  callgrind_control -d "$PID" >/dev/null 2>&1
-  sleep 1
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  bad=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print "socket errors"}' <<<"$out")
+  wait_ready "http://127.0.0.1:$PC/" "$PID" 60
+  warm_up "$sc"
+  measure "$PID" "$sc"
+  bad=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print "socket errors"}' "$WORK/wrk.out")
   [ -z "$bad" ] || { echo "hyper-floor: wrk saw $bad" >&2; exit 1; }
-  ir=$(callgrind_annotate "$WORK/cg.$PID.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-  [ -z "${KEEP:-}" ] || cp "$WORK/cg.$PID.1" "$KEEP/hyper_floor.cg"
-  printf '%-34s %6d requests  %12d Ir  %8d Ir/request\n' "hyper-floor ($sc)" "$n" "$ir" $((ir / n))
-  kill "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  PIDS=()
+  report "hyper-floor ($sc)" "$PID" "$(awk '/requests in/ {print $1}' "$WORK/wrk.out")"
 fi

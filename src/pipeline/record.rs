@@ -265,10 +265,7 @@ impl<'a> Recorder<'a> {
         // Made text once, and only for a verified caller (the ledger and
         // the line share it); any other request's line, if written, makes
         // its own (`event`).
-        let texts = record.verified.then(|| CallerText {
-            agent: self.user_agent_text(),
-            addr: IpText::new(self.client_addr),
-        });
+        let texts = record.verified.then(|| CallerText::of(self));
         telemetry.observe(&Observation {
             route: self.kind,
             app_id: self.app_id.as_deref(),
@@ -420,6 +417,15 @@ struct CallerText<'a> {
     addr: IpText,
 }
 
+impl<'a> CallerText<'a> {
+    fn of(recorder: &'a Recorder<'_>) -> Self {
+        Self {
+            agent: recorder.user_agent_text(),
+            addr: IpText::new(recorder.client_addr),
+        }
+    }
+}
+
 /// What a request's line says beyond what its [`Recorder`] holds.
 struct LineValues<'e> {
     status: u16,
@@ -487,14 +493,19 @@ mod tests {
         assert_eq!(truncate("short"), "short");
     }
 
-    #[test]
-    fn the_user_agent_is_cut_at_a_character_boundary() {
+    /// The telemetry of a config with nothing but an upstream.
+    fn telemetry() -> Arc<Telemetry> {
         let config = crate::config::Config::from_toml_str(
             "[upstream]\nurl = \"http://127.0.0.1:6001\"\n",
             &|_: &str| None,
         )
         .expect("a valid config");
-        let telemetry = Arc::new(Telemetry::new(&config));
+        Arc::new(Telemetry::new(&config))
+    }
+
+    #[test]
+    fn the_user_agent_is_cut_at_a_character_boundary() {
+        let telemetry = telemetry();
         let peer: SocketAddr = "127.0.0.1:4000".parse().expect("an address");
         let text = |agent: &[u8]| {
             let agent = HeaderValue::from_bytes(agent).expect("a header value");
@@ -545,12 +556,7 @@ mod tests {
     #[test]
     fn the_line_is_the_expected_text() {
         use crate::telemetry::logging::tests::{event_at, json_of};
-        let config = crate::config::Config::from_toml_str(
-            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n",
-            &|_: &str| None,
-        )
-        .expect("a valid config");
-        let telemetry = Arc::new(Telemetry::new(&config));
+        let telemetry = telemetry();
         let at = std::time::UNIX_EPOCH + Duration::new(1_764_000_000, 5_000);
         let peer: SocketAddr = "[2001:db8::1]:4000".parse().expect("an address");
         for (kind, method, app_id, agent, auth_key, upstream, error, expected) in [
@@ -623,10 +629,7 @@ mod tests {
 
             // The texts `emit` made for a verified caller's ledger entry
             // give the same line.
-            let texts = CallerText {
-                agent: rec.user_agent_text(),
-                addr: IpText::new(rec.client_addr),
-            };
+            let texts = CallerText::of(&rec);
             let shared = LineValues {
                 texts: Some(&texts),
                 ..line
