@@ -427,6 +427,54 @@ def cmd_metric_sum(a):
     return 0
 
 
+def metric_value(text, name, labels=""):
+    """The value of the sample `name{labels}` (labels as printed, without
+    braces; "" for none) in a /metrics snapshot, or None."""
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.rsplit(None, 1)[1])
+    return None
+
+
+def cmd_ceiling(a):
+    """pusher-cutover's stream-budget ceiling over one run, from /metrics
+    snapshots taken before and after it: every upstream request holds one
+    of `max_connections` streams (or connections) for its upstream time,
+    so at most max_connections x (events per upstream request) / (upstream
+    time per request) legacy triggers a second can pass. Prints the
+    ceiling in req/s, the mean upstream time per request in ms and the
+    mean events per upstream request; nothing when the build lacks the
+    metrics or the run sent no triggers upstream."""
+    try:
+        before, after = open(a.before).read(), open(a.after).read()
+    except OSError:
+        return 0
+    route = 'route="legacy_trigger"'
+    names = [("pusher_cutover_upstream_duration_seconds_sum", route),
+             ("pusher_cutover_upstream_duration_seconds_count", route),
+             ("pusher_cutover_upstream_batch_events_sum", ""),
+             ("pusher_cutover_upstream_batch_events_count", "")]
+    deltas = []
+    for name, labels in names:
+        b, f = metric_value(before, name, labels), metric_value(after, name, labels)
+        if b is None or f is None:
+            return 0
+        deltas.append(f - b)
+    seconds, events_timed, events, requests = deltas
+    if events_timed <= 0 or requests <= 0:
+        return 0
+    # each event records its upstream request's time: the mean over events
+    # weights a request by its events, close to the mean per request when
+    # (as here) nearly every request is full
+    per_request = seconds / events_timed
+    per = events / requests
+    if per_request <= 0:
+        return 0
+    print(f"{a.max_connections * per / per_request:.0f} {per_request * 1e3:.2f} {per:.2f}")
+    return 0
+
+
 def cmd_sign(a):
     body = a.body.encode() if a.body is not None else None
     print(sign_query(a.key, a.secret, a.method, a.path, int(time.time()), body, {}))
@@ -435,7 +483,8 @@ def cmd_sign(a):
 # ------------------------------------------------------- throughput.sh
 
 DESIGN_FIELDS = ["scenario", "round", "target", "request", "conns", "rps", "p50_us", "p99_us",
-                 "non2xx", "sockerr", "cpu_us", "peak_up", "up_per_req", "rss_kb"]
+                 "non2xx", "sockerr", "cpu_us", "peak_up", "up_per_req", "rss_kb", "ceiling",
+                 "up_ms"]
 
 # Per scenario: the targets in the order printed, then the ratio lines:
 # (label, subject, reference, metric, target comparison, target value);
@@ -451,6 +500,9 @@ DESIGN = {
         ("legacy via pc / nginx, req/s", "pusher-cutover", "nginx", "rps", ">=", 0.8),
         ("legacy via pc / nginx, p99", "pusher-cutover", "nginx", "p99_us", "<=", 1.5),
         ("pc peak upstream connections", "pusher-cutover", None, "peak_up", "<=", 64),
+        ("pc upstream time per request, ms", "pusher-cutover", None, "up_ms", None, None),
+        ("pc stream-budget ceiling, req/s", "pusher-cutover", None, "ceiling", None, None),
+        ("legacy via pc / its ceiling, req/s", "pusher-cutover", None, "of_ceiling", None, None),
         ("nginx peak upstream connections", "nginx", None, "peak_up", None, None),
         ("pc peak RSS (VmHWM, MB)", "pusher-cutover", None, "rss_mb", "<=", 30),
     ]),
@@ -460,6 +512,12 @@ DESIGN = {
         ("legacy via pc / via njs, CPU/req", "pusher-cutover", "njs", "cpu_us", None, None),
     ]),
 }
+
+
+# Values of the subject's own (reference None): peaks take the largest
+# round, the others the median; how each is printed.
+PEAKS = ("peak_up", "rss_mb")
+VALUE_FORMAT = {"peak_up": "{:.0f}", "ceiling": "{:.0f}", "up_ms": "{:.2f}", "of_ceiling": "{:.2f}"}
 
 
 def load_design(path):
@@ -472,8 +530,9 @@ def load_design(path):
             r[k] = int(r[k])
         for k in ("rps", "p50_us", "p99_us", "cpu_us"):
             r[k] = float(r[k])
-        for k in ("peak_up", "up_per_req", "rss_kb"):
-            r[k] = float(r[k]) if r[k] not in ("", "-") else None
+        for k in ("peak_up", "up_per_req", "rss_kb", "ceiling", "up_ms"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "", "-") else None
+        r["of_ceiling"] = r["rps"] / r["ceiling"] if r["ceiling"] else None
         r["rss_mib"] = r["rss_kb"] / 1024 if r["rss_kb"] is not None else None
         r["rss_mb"] = r["rss_kb"] * 1024 / 1e6 if r["rss_kb"] is not None else None  # VmHWM is in KiB
         rows.append(r)
@@ -519,10 +578,12 @@ def cmd_design(a):
                 vals = [r[metric] for r in s_rows if r[metric] is not None]
                 if not vals:
                     continue
-                v = max(vals)  # a peak: the largest of the rounds
-                per = " ".join(f"{x:.0f}" if metric == "peak_up" else f"{x:.1f}"
-                               for x in (r[metric] for r in sorted(s_rows, key=lambda r: r["round"])) if x is not None)
-                shown = f"{v:.0f}" if metric == "peak_up" else f"{v:.1f}"
+                # a peak is the largest of the rounds; anything else their median
+                v = max(vals) if metric in PEAKS else statistics.median(vals)
+                form = VALUE_FORMAT.get(metric, "{:.1f}")
+                per = " ".join(form.format(x) for x in
+                               (r[metric] for r in sorted(s_rows, key=lambda r: r["round"])) if x is not None)
+                shown = form.format(v)
             else:
                 o_rows = by.get(ref)
                 if not o_rows or not med(o_rows, metric):
@@ -552,6 +613,10 @@ def main():
     g.add_argument("--user-agents", type=int, default=10, help="distinct User-Agent values")
     g.add_argument("--ua-prefix", default="pusher-php-server/2.1.2 bench")
     g.add_argument("--ts-offset", type=int, default=0, help="seconds added to now in auth_timestamp")
+    c = sub.add_parser("ceiling", help="pusher-cutover's stream-budget ceiling over a run")
+    c.add_argument("before")
+    c.add_argument("after")
+    c.add_argument("max_connections", type=int)
     pr = sub.add_parser("probe")
     pr.add_argument("file")
     pr.add_argument("port", type=int)
@@ -579,7 +644,7 @@ def main():
     a = ap.parse_args()
     return {"gen": cmd_gen, "probe": cmd_probe, "outcomes": cmd_outcomes, "ports": cmd_ports,
      "summarize": cmd_summarize, "sign": cmd_sign, "design": cmd_design,
-     "metric-sum": cmd_metric_sum}[a.cmd](a)
+     "metric-sum": cmd_metric_sum, "ceiling": cmd_ceiling}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,14 @@
 #           32,000/s), and at most batch_in_flight batches per app are on
 #           the wire: one app here, so batch_in_flight defaults to
 #           max_connections in this scenario (2 would allow 2 × 10 / 20 ms
-#           = 1,000 events/s).
+#           = 1,000 events/s). The same arithmetic on what each run
+#           measured (pusher-cutover's /metrics before and after it):
+#           its upstream time per request (REMOTE_SLEEP plus the
+#           upstream's and the proxy's own delays), its events per
+#           upstream request, the ceiling they set (max_connections ×
+#           events per request / upstream time) and its req/s as a share
+#           of that ceiling: how close it came to what its stream budget
+#           allows, whatever nginx's req/s was in that round.
 #  njs      nginx with njs (Debian libnginx-mod-http-js) running
 #           bench/njs/legacy_trigger.js: it verifies the legacy trigger,
 #           translates it into POST /apps/{id}/events, re-signs it and
@@ -350,8 +357,12 @@ pc_upstream_requests() { # ADMIN_PORT
 # run SCENARIO ROUND TARGET KIND CONNS PORT "PIDS" [PEAK_PORT] [STATUS_PORT] [ADMIN_PORT]
 run() {
   local sc=$1 round=$2 target=$3 kind=$4 conns=$5 port=$6 pids=$7 peak_port=${8:-} status_port=${9:-} admin=${10:-}
-  local out="$WORK/wrk.out" sampler="" peak="-" upr="-" u0=0 u1 c0 c1 line m0=""
+  local out="$WORK/wrk.out" sampler="" peak="-" upr="-" u0=0 u1 c0 c1 line m0="" ceiling="-" up_ms="-"
   gen "$kind"
+  # pusher-cutover's metrics around the run, for its stream-budget ceiling
+  # (bench.py ceiling); legacy triggers only
+  [ -z "$admin" ] || [ "$kind" != legacy_trigger ] \
+    || curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" > "$WORK/m.before" 2>/dev/null || true
   # (legacy triggers only: the counter may leave passthrough calls out)
   [ -z "$admin" ] || [ -n "$status_port" ] || [ "$kind" != legacy_trigger ] || m0=$(pc_upstream_requests "$admin")
   # shellcheck disable=SC2086
@@ -387,14 +398,21 @@ run() {
     u1=$(pc_upstream_requests "$admin")
     [ -z "$u1" ] || upr=$(awk -v a="$m0" -v b="$u1" -v r="$w_requests" 'BEGIN { printf "%.3f", (r > 0 ? (b - a) / r : 0) }')
   fi
+  if [ -n "$admin" ] && [ "$kind" = legacy_trigger ]; then
+    [ -n "$status_port" ] || [ -n "$m0" ] || sleep 0.5   # calls in flight when wrk stopped
+    curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" > "$WORK/m.after" 2>/dev/null || true
+    local c
+    c=$($PY ceiling "$WORK/m.before" "$WORK/m.after" "$UPSTREAM_MAX")
+    [ -z "$c" ] || read -r ceiling up_ms _ <<<"$c"
+  fi
   local rps cpu_us sockerr rss
   rps=$(awk -v r="$w_requests" -v d="$w_duration_us" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
   cpu_us=$(awk -v t=$(( c1 - c0 )) -v hz="$CLK_TCK" -v r="$w_requests" 'BEGIN { printf "%.1f", (r > 0 ? t / hz * 1e6 / r : 0) }')
   sockerr=$(( w_connect + w_read + w_write + w_timeout ))
   # shellcheck disable=SC2086
   rss=$(hwm_kb $pids)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$target" "$kind" "$conns" \
-    "$rps" "$w_p50_us" "$w_p99_us" "$w_status" "$sockerr" "$cpu_us" "$peak" "$upr" "$rss" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$round" "$target" "$kind" "$conns" \
+    "$rps" "$w_p50_us" "$w_p99_us" "$w_status" "$sockerr" "$cpu_us" "$peak" "$upr" "$rss" "$ceiling" "$up_ms" >> "$RESULTS"
   log "$(printf '%-8s r%s %-15s %-15s c=%-5s %9s req/s p50 %7sus p99 %8sus cpu %6sus/req non-2xx %s sockerr %s peak-up %s up/req %s' \
     "$sc" "$round" "$target" "$kind" "$conns" "$rps" "$w_p50_us" "$w_p99_us" "$cpu_us" "$w_status" "$sockerr" "$peak" "$upr")"
   sleep 1
@@ -543,7 +561,7 @@ scenario_remote() {
   # shellcheck disable=SC2046
   rounds remote "$REMOTE_CONNS" \
     "nginx|legacy_trigger|$ngx|$(pids_with_children "$ngx_pid" | tr '\n' ' ')|$h1n|$st" \
-    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|$st"
+    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|$st|$pca"
   curl -s --max-time 5 "http://127.0.0.1:$pca/metrics" > "$WORK/pc-remote.metrics" || true
   stop_pid "$pc_pid"; stop_pid "$ngx_pid"; stop_pid "$up_pid"
 }
@@ -642,7 +660,7 @@ scenario_njs() {
   warm "$pcp" legacy_trigger "$CONNS"
   rounds njs "$CONNS" \
     "njs|legacy_trigger|$njs|$(pids_with_children "$njs_pid" | tr '\n' ' ')|$up|$st" \
-    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|$st"
+    "pusher-cutover|legacy_trigger|$pcp|$pc_pid|$pc_up|$st|$pca"
   stop_pid "$pc_pid"; stop_pid "$njs_pid"; stop_pid "$up_pid"
 }
 
