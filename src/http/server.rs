@@ -453,10 +453,13 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
             tokio::spawn(async move {
                 let tracker = Arc::new(Tracker::new());
                 let _listed = Listed::new(&shared.registry, id, &tracker);
-                if first_byte(&shared, &stream, &tracker, peer).await {
-                    // Boxed: a task is as large as its largest state, and
-                    // this one (hyper's connection) would otherwise be
-                    // held by every connection that has sent nothing yet.
+                // Both phases boxed: a task is as large as its largest
+                // state, held for as long as the connection is open. Inline,
+                // the wait for the first byte (its timer and wake-ups,
+                // 616 bytes) would stay in every served connection's task,
+                // and hyper's connection (1,360) in every one that has sent
+                // nothing yet; boxed, each is freed when its phase ends.
+                if Box::pin(first_byte(&shared, &stream, &tracker, peer)).await {
                     Box::pin(serve_connection(&shared, stream, peer, tracker)).await;
                 }
                 drop(permit);
