@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pusher_cutover::pusher::signature::{Signer, Unsigned};
+use pusher_cutover::pusher::signature::{Signer, SigningKey, Unsigned};
 use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
@@ -50,7 +50,7 @@ enum Route {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let secret = SecretString::from(args.secret.clone());
+    let secret = SigningKey::new(&SecretString::from(args.secret.clone()));
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for i in 0..args.calls {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

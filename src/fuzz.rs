@@ -13,7 +13,7 @@ use secrecy::SecretString;
 
 use crate::pipeline::classify::{RouteKind, classify};
 use crate::pusher::query::QueryParams;
-use crate::pusher::signature::{self, Expected, Signer, Unsigned};
+use crate::pusher::signature::{self, Expected, Signer, SigningKey, Unsigned};
 use crate::routes::{self, channel_stats};
 
 /// The query parser and the verifier: the input is split into a raw path,
@@ -34,7 +34,9 @@ pub fn query_and_verify(data: &[u8]) {
     };
     let keys: Vec<&str> = query.iter().map(|(k, _)| k).collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
-    let secrets = [SecretString::from("fuzz-secret".to_owned())];
+    let secrets = [SigningKey::new(&SecretString::from(
+        "fuzz-secret".to_owned(),
+    ))];
     let expected = Expected {
         app_id: "1",
         key: query.get("auth_key").unwrap_or("k"),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use pusher_cutover::pusher::signature::{Signer, Unsigned};
+use pusher_cutover::pusher::signature::{Signer, SigningKey, Unsigned};
 use pusher_cutover::{Config, SystemClock};
 use secrecy::SecretString;
 
@@ -460,7 +460,7 @@ async fn every_metric_queried_in_deploy_is_exposed() {
     // A legacy trigger, translated: deprecated calls, requests, both
     // latency histograms.
     let path = "/apps/4242/channels/room/events";
-    let secret = SecretString::from("deploy-secret");
+    let secret = SigningKey::new(&SecretString::from("deploy-secret"));
     let q = Signer::new("deploy-key", &secret).query(&Unsigned {
         method: "POST",
         path,
@@ -478,7 +478,7 @@ async fn every_metric_queried_in_deploy_is_exposed() {
 
     // A legacy stats call of the shadow app: the translated answer differs.
     let path = "/apps/4343/channels/room/stats";
-    let secret = SecretString::from("shadow-secret");
+    let secret = SigningKey::new(&SecretString::from("shadow-secret"));
     let q = Signer::new("shadow-key", &secret).query(&Unsigned {
         method: "GET",
         path,

@@ -39,7 +39,7 @@ use crate::config::{AppConfig, Config, DEFAULT_DEPRECATION_LINK, SubscriptionCou
 use crate::error::ProxyError;
 use crate::http::{self, APPLICATION_JSON, ResponseBody};
 use crate::pusher::query::QueryParams;
-use crate::pusher::signature::{Expected, Signer, Unsigned};
+use crate::pusher::signature::{Expected, Signer, SigningKey, Unsigned};
 use crate::routes::channel_stats::OffUntil;
 use crate::routes::coalesce::{self, Coalescer};
 use crate::routes::single_flight::Flights;
@@ -60,6 +60,10 @@ const OUTBOUND_HEADERS: usize = 3;
 pub(crate) struct App {
     /// Its settings.
     pub(crate) config: AppConfig,
+    /// The keys of the secrets its callers may sign with, in
+    /// `config.secrets`' order, and of its upstream secret: each keyed
+    /// once per configuration, not once per request.
+    keys: Keys,
     /// The `Sunset` header of its legacy answers, when it has a sunset.
     sunset: Option<HeaderValue>,
     /// `probe` mode's memory of an upstream that does not count
@@ -99,7 +103,7 @@ impl App {
         Expected {
             app_id: &self.config.id,
             key: &self.config.key,
-            secrets: &self.config.secrets,
+            secrets: &self.keys.callers,
             now,
             window_secs,
         }
@@ -107,8 +111,25 @@ impl App {
 
     /// The signer of its upstream requests.
     pub(crate) fn upstream_signer(&self) -> Signer<'_> {
-        let up = &self.config.upstream;
-        Signer::new(&up.key, &up.secret)
+        Signer::new(&self.config.upstream.key, &self.keys.upstream)
+    }
+}
+
+/// An app's [`SigningKey`]s.
+#[derive(Debug)]
+struct Keys {
+    /// Of `secrets`, for verifying its callers.
+    callers: Vec<SigningKey>,
+    /// Of its upstream secret, for signing its upstream requests.
+    upstream: SigningKey,
+}
+
+impl Keys {
+    fn of(app: &AppConfig) -> Self {
+        Self {
+            callers: app.secrets.iter().map(SigningKey::new).collect(),
+            upstream: SigningKey::new(&app.upstream.secret),
+        }
     }
 }
 
@@ -149,6 +170,7 @@ impl State {
                 };
                 let app = App {
                     config: a.clone(),
+                    keys: Keys::of(a),
                     sunset: a.sunset.and_then(sunset_header),
                     counting_off: carried(|p| &p.counting_off),
                     presence_counting_off: carried(|p| &p.presence_counting_off),

@@ -77,16 +77,45 @@ pub fn string_to_sign<'a>(
     out
 }
 
+/// A secret made ready to sign and verify with: the HMAC-SHA256 state
+/// after the secret's two key blocks (inner and outer pad), hashed once
+/// here instead of for every signature, so a signature hashes its message
+/// only (two SHA-256 blocks fewer each). Derived from the secret and as
+/// good as it for signing, so it is kept like it: never printed (its
+/// `Debug` shows nothing of it), never logged.
+#[derive(Clone)]
+pub struct SigningKey(HmacSha256);
+
+impl SigningKey {
+    /// The key of `secret`.
+    pub fn new(secret: &SecretString) -> Self {
+        // HMAC takes keys of any length, so this constructor cannot fail.
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Self(mac)
+    }
+}
+
+impl From<&SecretString> for SigningKey {
+    fn from(secret: &SecretString) -> Self {
+        Self::new(secret)
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
 /// Raw HMAC-SHA256 over the string to sign.
 fn mac<'a>(
-    secret: &SecretString,
+    key: &SigningKey,
     method: &str,
     path: &str,
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> [u8; 32] {
-    // HMAC takes keys of any length, so this constructor cannot fail.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    let mut mac = key.0.clone();
     mac.update(method.as_bytes());
     mac.update(b"\n");
     mac.update(path.as_bytes());
@@ -109,7 +138,7 @@ pub fn sign<'a>(
     path: &str,
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> String {
-    base16ct::lower::encode_string(&mac(secret, method, path, params))
+    base16ct::lower::encode_string(&mac(&SigningKey::new(secret), method, path, params))
 }
 
 /// Whether `candidate` is the lower-case hex signature of the request.
@@ -123,8 +152,19 @@ pub fn signature_matches<'a>(
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
     candidate: &str,
 ) -> bool {
+    key_matches(&SigningKey::new(secret), method, path, params, candidate)
+}
+
+/// [`signature_matches`] with the secret's [`SigningKey`].
+fn key_matches<'a>(
+    key: &SigningKey,
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    candidate: &str,
+) -> bool {
     let mut expected = [0u8; 64];
-    let Ok(expected) = base16ct::lower::encode(&mac(secret, method, path, params), &mut expected)
+    let Ok(expected) = base16ct::lower::encode(&mac(key, method, path, params), &mut expected)
     else {
         return false;
     };
@@ -202,8 +242,9 @@ pub struct Expected<'a> {
     pub app_id: &'a str,
     /// The app's key; `auth_key` must equal it.
     pub key: &'a str,
-    /// Secrets accepted for the app (more than one during a rotation).
-    pub secrets: &'a [SecretString],
+    /// The keys of the secrets accepted for the app (more than one during
+    /// a rotation).
+    pub secrets: &'a [SigningKey],
     /// The proxy's current Unix time in seconds.
     pub now: u64,
     /// Timestamps at or beyond this many seconds from `now` are refused.
@@ -258,7 +299,7 @@ pub fn verify(
     let ok = expected
         .secrets
         .iter()
-        .any(|secret| signature_matches(secret, method, raw_path, signed(), signature));
+        .any(|key| key_matches(key, method, raw_path, signed(), signature));
     if ok {
         Ok(())
     } else {
@@ -287,7 +328,7 @@ pub struct Unsigned<'a> {
 #[derive(Clone, Copy)]
 pub struct Signer<'a> {
     key: &'a str,
-    secret: &'a SecretString,
+    secret: &'a SigningKey,
 }
 
 impl std::fmt::Debug for Signer<'_> {
@@ -299,8 +340,9 @@ impl std::fmt::Debug for Signer<'_> {
 }
 
 impl<'a> Signer<'a> {
-    /// A signer for the app with `key` and `secret`.
-    pub fn new(key: &'a str, secret: &'a SecretString) -> Self {
+    /// A signer for the app with `key` and the [`SigningKey`] of its
+    /// secret.
+    pub fn new(key: &'a str, secret: &'a SigningKey) -> Self {
         Self { key, secret }
     }
 

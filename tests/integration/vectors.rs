@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use pusher_cutover::pusher::query::QueryParams;
-use pusher_cutover::pusher::signature::{self, Expected};
+use pusher_cutover::pusher::signature::{self, Expected, SigningKey};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -94,7 +94,7 @@ fn verifier_accepts_every_vector_on_the_wire() {
             .collect();
         raw.push(format!("auth_signature={}", v.expected_signature));
         let query = QueryParams::parse(&raw.join("&")).expect("vector query parses");
-        let secrets = [SecretString::from(v.secret.clone())];
+        let secrets = [SigningKey::new(&SecretString::from(v.secret.clone()))];
         let body = v.body.as_deref().unwrap_or("").as_bytes();
         let at = |now| Expected {
             app_id: "3",

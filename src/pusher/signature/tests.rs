@@ -6,6 +6,10 @@ fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
+fn key(s: &str) -> SigningKey {
+    SigningKey::new(&secret(s))
+}
+
 /// [`Signer::query`] with its arguments spelled out.
 fn signed_query(
     key: &str,
@@ -23,7 +27,7 @@ fn signed_query(
         body,
         params,
     };
-    Signer::new(key, secret).query(&req)
+    Signer::new(key, &SigningKey::new(secret)).query(&req)
 }
 
 const SECRET: &str = "7ad3773142a6692b25b8";
@@ -73,7 +77,7 @@ fn signed_request(body: &[u8], now: u64) -> (QueryParams, String) {
     (QueryParams::parse(&q).expect("own output parses"), q)
 }
 
-fn expected(now: u64, secrets: &[SecretString]) -> Expected<'_> {
+fn expected(now: u64, secrets: &[SigningKey]) -> Expected<'_> {
     Expected {
         app_id: "3",
         key: KEY,
@@ -91,7 +95,7 @@ fn verify_accepts_what_signed_query_produces() {
         q.get("auth_signature").unwrap()
     )));
     assert!(wire.contains("name=ev%20ent"), "{wire}");
-    let secrets = [secret(SECRET)];
+    let secrets = [key(SECRET)];
     verify(
         "POST",
         "/apps/3/channels/c/events",
@@ -107,8 +111,8 @@ fn verify_refusals() {
     let body = b"data";
     let (q, _) = signed_request(body, 1000);
     let path = "/apps/3/channels/c/events";
-    let good = [secret(SECRET)];
-    let other = [secret("other")];
+    let good = [key(SECRET)];
+    let other = [key("other")];
     let check = |path: &str, body: &[u8], e: &Expected<'_>| verify("POST", path, &q, body, e);
 
     assert_eq!(
@@ -133,7 +137,7 @@ fn verify_refusals() {
         check(path, body, &expected(400, &good)),
         Err(SignatureError::TimestampExpired { .. })
     ));
-    let rotated = [secret("old"), secret(SECRET)];
+    let rotated = [key("old"), key(SECRET)];
     assert!(check(path, body, &expected(1000, &rotated)).is_ok());
     let wrong_key = Expected {
         key: "nope",
@@ -143,6 +147,43 @@ fn verify_refusals() {
         check(path, body, &wrong_key),
         Err(SignatureError::UnknownKey("3".into()))
     );
+}
+
+#[test]
+fn a_signing_key_signs_as_its_secret_and_again_the_same() {
+    // A key signs as its secret does, and signs the same again: each
+    // signature starts from a copy of the key's state.
+    let params = [
+        ("auth_key", KEY),
+        ("auth_timestamp", "1000"),
+        ("auth_version", AUTH_VERSION),
+    ];
+    let fresh = sign(&secret(SECRET), "GET", "/x", params);
+    let k = key(SECRET);
+    let signer = Signer::new(KEY, &k);
+    let req = Unsigned {
+        method: "GET",
+        path: "/x",
+        timestamp: 1000,
+        body: None,
+        params: &[],
+    };
+    let first = signer.query(&req);
+    assert!(
+        first.ends_with(&format!("auth_signature={fresh}")),
+        "{first}"
+    );
+    assert_eq!(signer.query(&req), first);
+    assert!(key_matches(&k, "GET", "/x", params, &fresh));
+    assert!(!key_matches(&key("other"), "GET", "/x", params, &fresh));
+}
+
+#[test]
+fn a_signing_key_prints_nothing_of_its_secret() {
+    let k = key(SECRET);
+    assert_eq!(format!("{k:?}"), "SigningKey(..)");
+    let signer = format!("{:?}", Signer::new(KEY, &k));
+    assert!(!signer.contains(SECRET), "{signer}");
 }
 
 #[test]
@@ -174,7 +215,7 @@ fn upper_case_hex_is_refused() {
 
 #[test]
 fn empty_body_rules() {
-    let secrets = [secret(SECRET)];
+    let secrets = [key(SECRET)];
     let e = expected(1000, &secrets);
     let sign_get = |extra: &[(&str, &str)]| {
         let mut params = vec![
@@ -212,7 +253,7 @@ fn signed_target_is_path_and_signed_query() {
     let s = secret(SECRET);
     let extra = [("info", "user_count,subscription_count"), ("x", "a b~")];
     let body = Some(&b"{}"[..]);
-    let target = Signer::new(KEY, &s).target(&Unsigned {
+    let target = Signer::new(KEY, &SigningKey::new(&s)).target(&Unsigned {
         method: "POST",
         path: "/apps/3/events",
         timestamp: 7,
@@ -227,7 +268,7 @@ fn signed_target_is_path_and_signed_query() {
     );
     // The signature covers the path that prefixes the target.
     let q = QueryParams::parse(&query).expect("own output parses");
-    let secrets = [secret(SECRET)];
+    let secrets = [key(SECRET)];
     verify("POST", "/apps/3/events", &q, b"{}", &expected(7, &secrets))
         .expect("verifies against its own path");
     assert_eq!(
@@ -287,8 +328,8 @@ proptest::proptest! {
     /// Anything a client could send round-trips through encode, parse, verify.
     #[test]
     fn round_trip(value in "\\PC{0,32}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-        let s = [secret(SECRET)];
-        let wire = signed_query(KEY, &s[0], "POST", "/p", 1000, Some(&body), &[("name", value.as_str())]);
+        let s = [key(SECRET)];
+        let wire = signed_query(KEY, &secret(SECRET), "POST", "/p", 1000, Some(&body), &[("name", value.as_str())]);
         let q = QueryParams::parse(&wire).expect("own output parses");
         proptest::prop_assert_eq!(q.get("name"), Some(value.as_str()));
         proptest::prop_assert!(verify("POST", "/p", &q, &body, &expected(1000, &s)).is_ok());
