@@ -40,7 +40,7 @@ pub fn query_and_verify(data: &[u8]) {
     let expected = Expected {
         app_id: "1",
         key: query.get("auth_key").unwrap_or("k"),
-        secrets: &secrets,
+        keys: &secrets,
         now: query
             .get("auth_timestamp")
             .and_then(|t| t.parse().ok())

@@ -103,7 +103,7 @@ impl App {
         Expected {
             app_id: &self.config.id,
             key: &self.config.key,
-            secrets: &self.keys.callers,
+            keys: &self.keys.callers,
             now,
             window_secs,
         }
@@ -118,7 +118,7 @@ impl App {
 /// An app's [`SigningKey`]s.
 #[derive(Debug)]
 struct Keys {
-    /// Of `secrets`, for verifying its callers.
+    /// Of `config.secrets`, for verifying its callers.
     callers: Vec<SigningKey>,
     /// Of its upstream secret, for signing its upstream requests.
     upstream: SigningKey,

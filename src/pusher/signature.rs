@@ -244,7 +244,7 @@ pub struct Expected<'a> {
     pub key: &'a str,
     /// The keys of the secrets accepted for the app (more than one during
     /// a rotation).
-    pub secrets: &'a [SigningKey],
+    pub keys: &'a [SigningKey],
     /// The proxy's current Unix time in seconds.
     pub now: u64,
     /// Timestamps at or beyond this many seconds from `now` are refused.
@@ -297,7 +297,7 @@ pub fn verify(
 
     let signed = || query.iter().filter(|(k, _)| *k != "auth_signature");
     let ok = expected
-        .secrets
+        .keys
         .iter()
         .any(|key| key_matches(key, method, raw_path, signed(), signature));
     if ok {
@@ -328,7 +328,7 @@ pub struct Unsigned<'a> {
 #[derive(Clone, Copy)]
 pub struct Signer<'a> {
     key: &'a str,
-    secret: &'a SigningKey,
+    signing_key: &'a SigningKey,
 }
 
 impl std::fmt::Debug for Signer<'_> {
@@ -342,8 +342,8 @@ impl std::fmt::Debug for Signer<'_> {
 impl<'a> Signer<'a> {
     /// A signer for the app with `key` and the [`SigningKey`] of its
     /// secret.
-    pub fn new(key: &'a str, secret: &'a SigningKey) -> Self {
-        Self { key, secret }
+    pub fn new(key: &'a str, signing_key: &'a SigningKey) -> Self {
+        Self { key, signing_key }
     }
 
     /// The signed query string of `req`: the part of [`Signer::target`]
@@ -374,7 +374,12 @@ impl<'a> Signer<'a> {
         params.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
         let mut signature = [0u8; 64];
-        let mac = mac(self.secret, req.method, req.path, params.iter().copied());
+        let mac = mac(
+            self.signing_key,
+            req.method,
+            req.path,
+            params.iter().copied(),
+        );
         let signature = base16ct::lower::encode_str(&mac, &mut signature)
             .expect("invariant: 32 bytes of HMAC-SHA256 always fit 64 hex digits");
         let mut out = String::with_capacity(req.path.len() + 257);

@@ -99,7 +99,7 @@ fn verifier_accepts_every_vector_on_the_wire() {
         let at = |now| Expected {
             app_id: "3",
             key: &v.key,
-            secrets: &secrets,
+            keys: &secrets,
             now,
             window_secs: 600,
         };

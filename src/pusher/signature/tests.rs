@@ -81,7 +81,7 @@ fn expected(now: u64, secrets: &[SigningKey]) -> Expected<'_> {
     Expected {
         app_id: "3",
         key: KEY,
-        secrets,
+        keys: secrets,
         now,
         window_secs: 600,
     }
