@@ -308,9 +308,16 @@ impl UpstreamProtocol {
     }
 }
 
-/// Pusher's limit on events in one `POST /apps/{id}/batch_events`
-/// (sockudo's and soketi's default too).
-pub const MAX_BATCH_EVENTS: usize = 10;
+/// Pusher's limit on events in one `POST /apps/{id}/batch_events`, and
+/// `upstream.batch_max`'s default and its ceiling when the upstream is
+/// Pusher's own service.
+pub const PUSHER_MAX_BATCH_EVENTS: usize = 10;
+
+/// The ceiling of `upstream.batch_max` for any other upstream: Sockudo's
+/// default app limit (`max_event_batch_size`, 100). Batched events carry at
+/// most 10 KiB of data each (`routes::coalesce::MAX_BATCHED_DATA_BYTES`),
+/// so a batch stays near 1 MiB, a tenth of Sockudo's request limit.
+pub const MAX_BATCH_EVENTS: usize = 100;
 
 /// Coalescing of legacy triggers, per app, like a database's group commit:
 /// while `in_flight` trigger requests are on the wire, further triggers
@@ -320,7 +327,8 @@ pub const MAX_BATCH_EVENTS: usize = 10;
 pub struct Batching {
     /// Trigger requests on the wire per app before triggers queue (≥ 1).
     pub in_flight: usize,
-    /// Events in one batch, 1 to [`MAX_BATCH_EVENTS`]; 1 turns coalescing
+    /// Events in one batch, 1 to [`PUSHER_MAX_BATCH_EVENTS`] on Pusher,
+    /// to [`MAX_BATCH_EVENTS`] on any other upstream; 1 turns coalescing
     /// off.
     pub max: usize,
 }

@@ -217,7 +217,7 @@ pub(super) fn default_batch_in_flight() -> usize {
 }
 /// Pusher's limit on events in one `batch_events` request.
 pub(super) fn default_batch_max() -> usize {
-    super::MAX_BATCH_EVENTS
+    super::PUSHER_MAX_BATCH_EVENTS
 }
 pub(super) fn default_connect_timeout() -> u64 {
     3_000

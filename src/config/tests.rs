@@ -354,10 +354,48 @@ fn batching_defaults_and_limits() {
             "upstream.batch_in_flight",
             "greater than 0",
         ),
-        ("batch_max = 0", "upstream.batch_max", "1 to 10"),
-        ("batch_max = 11", "upstream.batch_max", "at most 10"),
+        ("batch_max = 0", "upstream.batch_max", "1 to 100"),
+        ("batch_max = 101", "upstream.batch_max", "1 to 100"),
     ] {
         let e = parse(extra).expect_err(extra).to_string();
         assert!(e.contains(key) && e.contains(says), "{extra}: {e}");
+    }
+    // A self-hosted upstream (Sockudo) takes more than Pusher's 10.
+    for max in [11, 50, 100] {
+        let c = parse(&format!("batch_max = {max}")).expect("valid");
+        assert_eq!(c.batching.max, max);
+    }
+}
+
+#[test]
+fn batch_max_stays_within_pushers_limit_on_pusher() {
+    let on = |host: &str, max: usize| {
+        Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"https://{host}\"\nbatch_max = {max}\n\
+                 [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &env(&[]),
+        )
+    };
+    for host in [
+        "api-mt1.pusher.com",
+        "API-EU.Pusher.com.",
+        "api.pusherapp.com",
+    ] {
+        assert_eq!(on(host, 10).expect(host).batching.max, 10);
+        let e = on(host, 11).expect_err(host).to_string();
+        assert!(
+            e.contains("upstream.batch_max") && e.contains("1 to 10") && e.contains("Pusher"),
+            "{host}: {e}"
+        );
+    }
+    // Only Pusher's own domains are held to its limit.
+    for host in [
+        "notpusher.com",
+        "pusher.com.example.org",
+        "sockudo.internal",
+    ] {
+        assert_eq!(on(host, 50).expect(host).batching.max, 50);
     }
 }

@@ -14,9 +14,10 @@ use super::raw::{RawApp, RawConfig};
 use super::{
     AdminConfig, AppConfig, Batching, Brownout, Collected, Config, ConfigError, Credentials,
     EnvLookup, MAX_BATCH_EVENTS, MAX_FLUSH_INTERVAL_MS, MAX_WORKERS, MIN_HEADER_BYTES,
-    MIN_RETENTION_DAYS, Mode, SubscriptionCounting, TelemetryConfig, TlsConfig, UpstreamConfig,
-    UpstreamProtocol,
+    MIN_RETENTION_DAYS, Mode, PUSHER_MAX_BATCH_EVENTS, SubscriptionCounting, TelemetryConfig,
+    TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
+use crate::pusher::channel::is_pusher_host;
 
 impl RawConfig {
     pub(super) fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
@@ -69,14 +70,6 @@ impl RawConfig {
             "upstream.batch_in_flight",
             self.upstream.batch_in_flight as u64,
         );
-        if !(1..=MAX_BATCH_EVENTS).contains(&self.upstream.batch_max) {
-            problems.add(
-                "upstream.batch_max",
-                format!(
-                    "must be 1 to {MAX_BATCH_EVENTS} (events per batch_events request; Pusher accepts at most {MAX_BATCH_EVENTS}; 1 turns coalescing off)"
-                ),
-            );
-        }
 
         let admin_listen = if self.admin.enabled {
             match self.admin.listen.parse::<SocketAddr>() {
@@ -145,9 +138,29 @@ impl RawConfig {
                     .to_owned(),
             );
         }
-        let is_pusher = url
-            .host()
-            .is_some_and(|h| h.ends_with(".pusher.com") || h.ends_with(".pusherapp.com"));
+        let is_pusher = url.host().is_some_and(is_pusher_host);
+        // Events per batch_events request: Pusher refuses more than 10;
+        // Sockudo takes its app's `max_event_batch_size` (100 by default).
+        let batch_ceiling = if is_pusher {
+            PUSHER_MAX_BATCH_EVENTS
+        } else {
+            MAX_BATCH_EVENTS
+        };
+        if !(1..=batch_ceiling).contains(&self.upstream.batch_max) {
+            let why = if is_pusher {
+                format!("Pusher accepts at most {PUSHER_MAX_BATCH_EVENTS}")
+            } else {
+                format!(
+                    "Pusher accepts at most {PUSHER_MAX_BATCH_EVENTS}, a self-hosted server its app's limit (Sockudo's `max_event_batch_size`, 100 by default)"
+                )
+            };
+            problems.add(
+                "upstream.batch_max",
+                format!(
+                    "must be 1 to {batch_ceiling} for this upstream (events per batch_events request; {why}; 1 turns coalescing off)"
+                ),
+            );
+        }
         let default_counting = if is_pusher {
             SubscriptionCounting::Probe
         } else {

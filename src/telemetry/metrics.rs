@@ -567,7 +567,11 @@ impl UpstreamRequests {
             "Upstream requests by upstream route: events, batch_events (coalesced legacy triggers), channel (legacy stats), legacy (observe, shadow), passthrough",
             family,
         );
-        let batch_events = Histogram::new(linear_buckets(1.0, 1.0, 10));
+        // One bucket per size up to Pusher's 10, coarser up to the
+        // ceiling a self-hosted upstream allows (config::MAX_BATCH_EVENTS).
+        let batch_events = Histogram::new(
+            linear_buckets(1.0, 1.0, 10).chain([15.0, 20.0, 30.0, 50.0, 75.0, 100.0]),
+        );
         registry.register(
             upstream_names::UPSTREAM_BATCH_EVENTS,
             "Events per upstream trigger request (events: 1; batch_events: up to upstream.batch_max)",

@@ -60,15 +60,21 @@ async fn one_connection(
     failures
 }
 
-/// 2,000 legacy triggers from 32 concurrent client connections, coalesced:
-/// each delivered exactly once, each connection's in order, and the
-/// upstream saw batches (more than one event per request on average).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
-async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order() {
+/// What [`deliver_2000_from_32`] saw of the upstream requests.
+struct Batches {
+    /// Upstream trigger requests (`events` and `batch_events`).
+    requests: f64,
+    /// Those that carried more than Pusher's 10 events.
+    over_10: f64,
+}
+
+/// 2,000 legacy triggers from 32 concurrent client connections through
+/// `env`'s proxy: asserts each was answered 202 and delivered exactly once,
+/// each connection's in order, and that the upstream saw batches (more than
+/// one event per request on average).
+async fn deliver_2000_from_32(env: &Env) -> Batches {
     const TOTAL: usize = 2000;
     const CLIENTS: usize = 32;
-    let env = Env::start().await;
     let ch = channel("");
     let mut sub = env.subscriber().await;
     sub.subscribe(&ch, None).await;
@@ -135,9 +141,45 @@ async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order()
         events / requests > 1.0,
         "{events} events in {requests} upstream requests"
     );
+    let over_10 = requests - value(r#"pusher_cutover_upstream_batch_events_bucket{le="10.0"}"#);
     println!(
-        "{TOTAL} triggers in {requests} upstream requests ({:.2} events per request)",
+        "{TOTAL} triggers in {requests} upstream requests ({:.2} events per request; {over_10} with more than 10)",
         events / requests
+    );
+    Batches { requests, over_10 }
+}
+
+/// 2,000 legacy triggers from 32 concurrent client connections, coalesced
+/// with the defaults (Pusher's 10 per batch): each delivered exactly once,
+/// each connection's in order, and no batch above 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
+async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order() {
+    let env = Env::start().await;
+    let batches = deliver_2000_from_32(&env).await;
+    assert_eq!(batches.over_10, 0.0, "batch_max defaults to 10");
+    env.stop().await;
+}
+
+/// The same with `batch_max` at the Sockudo app's own limit
+/// (`max_event_batch_size`, above Pusher's 10) and one batch on the wire:
+/// Sockudo takes batches of more than 10 events, and every event still
+/// arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
+async fn batches_above_10_up_to_sockudos_app_limit_arrive_once_each_in_order() {
+    let env = Env::start_with(&format!(
+        "batch_in_flight = 1\nbatch_max = {}",
+        crate::sockudo::MAX_EVENT_BATCH_SIZE
+    ))
+    .await;
+    let batches = deliver_2000_from_32(&env).await;
+    // 32 connections wait behind one batch on the wire: batches of up to
+    // 31 form as soon as the first answer is in.
+    assert!(
+        batches.over_10 > 0.0,
+        "no batch above 10 in {} upstream requests",
+        batches.requests
     );
     env.stop().await;
 }

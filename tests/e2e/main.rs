@@ -66,10 +66,15 @@ struct Env {
 impl Env {
     /// Starts both; panics when Sockudo 5.2.0 cannot be found or started.
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts both, with `upstream_extra` added to the proxy's `[upstream]`.
+    async fn start_with(upstream_extra: &str) -> Self {
         let sockudo = Sockudo::start(&sockudo::binary()).await;
         let proxy = TestProxy::for_upstream(
             &sockudo.url(),
-            "timeout_ms = 10000\nprotocol = \"h2c\"",
+            &format!("timeout_ms = 10000\nprotocol = \"h2c\"\n{upstream_extra}"),
             "subscription_count = \"on\"",
         )
         .await;

@@ -89,6 +89,10 @@ fn free_port() -> u16 {
 /// limiter, no metrics listener, immediate shutdown. Sockudo silently runs
 /// on its defaults when its config does not load, so readiness is checked
 /// with a signed request for this app.
+/// The app's limit on events per `batch_events` request: half of
+/// Sockudo's default app's 100, so a proxy batch above it would be refused.
+pub const MAX_EVENT_BATCH_SIZE: usize = 50;
+
 fn config(port: u16) -> String {
     format!(
         r#"debug = false
@@ -125,6 +129,7 @@ secret = "{SECRET}"
 enabled = true
 
 [app_manager.array.apps.policy.limits]
+max_event_batch_size = {MAX_EVENT_BATCH_SIZE}
 max_connections = 0
 max_client_events_per_second = 0
 

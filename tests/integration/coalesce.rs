@@ -230,6 +230,60 @@ async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
     proxy.stop().await;
 }
 
+/// A self-hosted upstream's batches may be larger than Pusher's 10
+/// (`batch_max` up to 100 off Pusher): 30 queued triggers leave as one
+/// batch of 25, in queue order, then one of 5, and every caller gets its
+/// 202 after its own batch's 2xx.
+#[tokio::test]
+async fn batches_larger_than_pushers_10_leave_whole_to_a_self_hosted_upstream() {
+    let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 25").await;
+    fake.set(|b| {
+        b.hold = true;
+        b.batch_limit = 100;
+    });
+    let first = occupy(&fake, &proxy, 0).await;
+    let trigs: Vec<Trig> = (0..30).map(Trig::nth).collect();
+    let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
+    let mut callers = queue(&proxy, trigs, 0).await;
+
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    let recorded = fake.wait_for_requests(2).await;
+    assert_eq!(batch_of(&recorded[1]), expected[..25], "25 in one request");
+    fake.release(1);
+    let rest = callers.split_off(25);
+    for c in callers {
+        assert_accepted(&answered(c).await);
+    }
+    let recorded = fake.wait_for_requests(3).await;
+    assert_eq!(batch_of(&recorded[2]), expected[25..]);
+    fake.release(1);
+    for c in rest {
+        assert_accepted(&answered(c).await);
+    }
+    assert_eq!(fake.recorded().len(), 3, "31 triggers, 3 upstream requests");
+    let m = proxy.metrics().await;
+    assert_eq!(value(&m, "pusher_cutover_upstream_batch_events_sum"), 31.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"pusher_cutover_upstream_batch_events_bucket{le="20.0"}"#
+        ),
+        2.0,
+        "the lone first trigger and the batch of 5"
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"pusher_cutover_upstream_batch_events_bucket{le="30.0"}"#
+        ),
+        3.0,
+        "and the batch of 25"
+    );
+    fake.release_all();
+    proxy.stop().await;
+}
+
 /// What a caller sees of an answer: status, content type, body.
 fn seen(a: &Answer) -> (u16, Option<String>, String) {
     let ct = a

@@ -73,6 +73,9 @@ pub struct Behaviour {
     /// lets it go (how it is answered is decided after that): a test can
     /// keep requests on the wire and build a queue behind them.
     pub hold: bool,
+    /// The most events a `batch_events` request may carry: Pusher's 10 by
+    /// default; Sockudo's default app takes 100.
+    pub batch_limit: usize,
 }
 
 impl Default for Behaviour {
@@ -86,6 +89,7 @@ impl Default for Behaviour {
             fixed: None,
             legacy_connection_count: 3,
             hold: false,
+            batch_limit: 10,
         }
     }
 }
@@ -312,7 +316,7 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
             json(200, serde_json::json!({"ok": true}))
         }
         // Spec B.2, as sockudo answers it: each event with one channel, at
-        // most 10, `{}` on success.
+        // most `batch_limit`, `{}` on success.
         ("POST", ["", "apps", _, "batch_events"]) => {
             let body: serde_json::Value = match serde_json::from_slice(&req.body) {
                 Ok(v) => v,
@@ -321,10 +325,11 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
             let Some(batch) = body["batch"].as_array() else {
                 return json(400, serde_json::json!({"error": "batch is required"}));
             };
-            if batch.len() > 10 {
+            let limit = behaviour.batch_limit;
+            if batch.len() > limit {
                 return json(
                     400,
-                    serde_json::json!({"error": "Batch size exceeds limit (10)", "code": "limit_exceeded", "status": 400}),
+                    serde_json::json!({"error": format!("Batch size ({}) exceeds limit ({limit})", batch.len()), "code": "limit_exceeded", "status": 400}),
                 );
             }
             let valid = |e: &serde_json::Value| {
