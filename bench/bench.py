@@ -490,10 +490,15 @@ DESIGN_FIELDS = ["scenario", "round", "target", "request", "conns", "rps", "p50_
 # (label, subject, reference, metric, target comparison, target value);
 # metric "peak_up" is the subject's own value, not a ratio (reference None).
 DESIGN = {
-    "sockudo": (["direct", "pc-legacy", "pc-passthrough"], [
+    # pc-legacy-10: pc-legacy's pusher-cutover with Pusher's batch_max = 10
+    # (throughput.sh runs it when pc-legacy's batch_max is larger).
+    "sockudo": (["direct", "pc-legacy", "pc-legacy-10", "pc-passthrough"], [
         ("legacy via pc / direct, req/s", "pc-legacy", "direct", "rps", ">=", 1.5),
         ("passthrough via pc / direct, req/s", "pc-passthrough", "direct", "rps", ">=", 1.2),
+        ("pc-legacy-10 / direct, req/s", "pc-legacy-10", "direct", "rps", None, None),
+        ("pc-legacy / pc-legacy-10, req/s", "pc-legacy", "pc-legacy-10", "rps", None, None),
         ("legacy via pc / direct, p99", "pc-legacy", "direct", "p99_us", None, None),
+        ("pc-legacy-10 / direct, p99", "pc-legacy-10", "direct", "p99_us", None, None),
         ("passthrough via pc / direct, p99", "pc-passthrough", "direct", "p99_us", None, None),
     ]),
     "remote": (["nginx", "pusher-cutover"], [

@@ -26,7 +26,9 @@
 #                          a binary without upstream.protocol runs without it (HTTP/1.1)
 #   PC_BATCH_IN_FLIGHT     upstream.batch_in_flight for every scenario; default: the binary's default
 #                          for sockudo and njs, upstream.max_connections for remote (see below)
-#   PC_BATCH_MAX           upstream.batch_max for every scenario; default: the binary's default
+#   PC_BATCH_MAX           upstream.batch_max for every scenario; default: 50 for sockudo (its app's
+#                          max_event_batch_size here, as in config/sockudo-*.toml; with a second
+#                          pusher-cutover at 10 beside it), the binary's default (10) for the others
 #   PC_MAX_CONNECTIONS     upstream.max_connections in every scenario (default 64)
 #   REMOTE_SLEEP           the remote upstream's added latency in seconds (default 0.02)
 #   NREQ                   signed requests per run, cycled through by wrk (default 20000)
@@ -42,7 +44,12 @@
 #           direct: current-API triggers (POST /apps/{id}/events) to Sockudo
 #           over HTTP/1.1, the reference (Sockudo closes every HTTP/1.1
 #           connection); pc-legacy: legacy triggers through pusher-cutover to
-#           Sockudo; pc-passthrough: current-API triggers through it.
+#           Sockudo, with the example configs' batch_max = 50 (the app's
+#           max_event_batch_size); pc-legacy-10: the same through a second
+#           pusher-cutover with Pusher's batch_max = 10 (the default);
+#           pc-passthrough: current-API triggers through the first.
+#           peak up counts every connection to Sockudo, so with both
+#           proxies running it is the two's sum (each keeps its own).
 #           up/req: the proxy's upstream requests per client request
 #           (pusher_cutover_upstream_requests_total, when the build has it).
 #           Targets: legacy ≥ 1.5 × direct, passthrough ≥ 1.2 × direct.
@@ -268,6 +275,12 @@ HAS_PROTOCOL=0; HAS_BATCH_IN_FLIGHT=0; HAS_BATCH_MAX=0
 accepts 'protocol = "h2c"' && HAS_PROTOCOL=1
 accepts 'batch_in_flight = 2' && HAS_BATCH_IN_FLIGHT=1
 accepts 'batch_max = 10' && HAS_BATCH_MAX=1
+# Sockudo's app limit on events per batch_events request in the sockudo
+# scenario, and pusher-cutover's batch_max there (config/sockudo-local.toml's
+# and config/sockudo-server.toml's 50), when the binary takes more than
+# Pusher's 10; a second pusher-cutover runs beside it with batch_max = 10.
+SOCKUDO_BATCH=50; HAS_BIG_BATCH=0
+[ "$HAS_BATCH_MAX" -eq 1 ] && accepts "batch_max = $SOCKUDO_BATCH" && HAS_BIG_BATCH=1
 accepts '' || { "$PC" validate --config "$WORK/probe.toml" >&2 || true; die "the binary refuses the benchmark's config"; }
 if [ -n "${PC_PROTOCOL:-}" ] && [ "$HAS_PROTOCOL" -eq 0 ]; then die "PC_PROTOCOL=$PC_PROTOCOL, but this binary has no upstream.protocol"; fi
 if [ -n "${PC_PROTOCOL:-}" ] && ! accepts "protocol = \"$PC_PROTOCOL\""; then die "the binary refuses upstream.protocol = \"$PC_PROTOCOL\""; fi
@@ -285,7 +298,10 @@ upstream_settings() {
     bif=${PC_BATCH_IN_FLIGHT:-}
     [ -n "$bif" ] || { [ "$1" = remote ] && bif=$UPSTREAM_MAX; }
   fi
-  [ "$HAS_BATCH_MAX" -eq 1 ] && bmax=${PC_BATCH_MAX:-}
+  if [ "$HAS_BATCH_MAX" -eq 1 ]; then
+    bmax=${PC_BATCH_MAX:-}
+    [ -n "$bmax" ] || { [ "$1" = sockudo ] && [ "$HAS_BIG_BATCH" -eq 1 ] && bmax=$SOCKUDO_BATCH; }
+  fi
   [ -z "$proto" ] || echo "protocol = \"$proto\""
   [ -z "$bif" ] || echo "batch_in_flight = $bif"
   [ -z "$bmax" ] || echo "batch_max = $bmax"
@@ -322,9 +338,9 @@ start_nginx() { # $1 name (config in $WORK/$1/nginx.conf); sets LAST_PID
   "$NGINX" -t -q -p "$WORK/$1/" -e "$WORK/$1/error.log" -c "$WORK/$1/nginx.conf" >&2 || die "$1: nginx config"
   start_bg "$1" "$NGINX" -p "$WORK/$1/" -e "$WORK/$1/error.log" -c "$WORK/$1/nginx.conf" -g 'daemon off;'
 }
-start_pc() { # $1 name, $2 listen port, $3 admin port, $4 upstream URL, $5 scenario; sets LAST_PID
+start_pc() { # $1 name, $2 listen port, $3 admin port, $4 upstream URL, $5 scenario[, $6 its [upstream] lines]; sets LAST_PID
   mkdir -p "$WORK/$1-data"
-  pc_config "$2" "$3" "$4" "$WORK/$1-data" "$(upstream_settings "$5")" > "$WORK/$1.toml"
+  pc_config "$2" "$3" "$4" "$WORK/$1-data" "${6-$(upstream_settings "$5")}" > "$WORK/$1.toml"
   "$PC" validate --config "$WORK/$1.toml" >&2 || die "$1: pusher-cutover config"
   start_bg "$1" "$PC" serve --config "$WORK/$1.toml"
   wait_http "http://127.0.0.1:$3/readyz" "$LAST_PID" "$1"
@@ -481,6 +497,7 @@ secret = "bench-app-secret"
 enabled = true
 
 [app_manager.array.apps.policy.limits]
+max_event_batch_size = $SOCKUDO_BATCH
 max_connections = 0
 max_client_events_per_second = 0
 
@@ -511,17 +528,29 @@ scenario_sockudo() {
   start_sockudo
   mapfile -t P < <($PY ports 2)
   start_pc pc-sockudo "${P[0]}" "${P[1]}" "http://127.0.0.1:$SOCKUDO_PORT" sockudo
-  local pc_pid=$LAST_PID
+  local pc_pid=$LAST_PID pc10_pid="" extra=()
   probe direct "$SOCKUDO_PORT" current_trigger 200
   probe pc-legacy "${P[0]}" legacy_trigger 202
   probe pc-passthrough "${P[0]}" current_trigger 200
   warm "$SOCKUDO_PORT" current_trigger "$CONNS"
   warm "${P[0]}" legacy_trigger "$CONNS"
+  # The same with Pusher's batch_max (the default), when pc-legacy's is larger.
+  if upstream_settings sockudo | grep -q "^batch_max = $SOCKUDO_BATCH\$"; then
+    mapfile -t Q < <($PY ports 2)
+    start_pc pc-sockudo-10 "${Q[0]}" "${Q[1]}" "http://127.0.0.1:$SOCKUDO_PORT" sockudo \
+      "$(upstream_settings sockudo | sed 's/^batch_max = .*/batch_max = 10/')"
+    pc10_pid=$LAST_PID
+    probe pc-legacy-10 "${Q[0]}" legacy_trigger 202
+    warm "${Q[0]}" legacy_trigger "$CONNS"
+    extra=("pc-legacy-10|legacy_trigger|${Q[0]}|$pc10_pid|$SOCKUDO_PORT||${Q[1]}")
+  fi
   rounds sockudo "$CONNS" \
     "direct|current_trigger|$SOCKUDO_PORT|$SOCKUDO_PID||" \
     "pc-legacy|legacy_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT||${P[1]}" \
+    "${extra[@]}" \
     "pc-passthrough|current_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT||${P[1]}"
   curl -s --max-time 5 "http://127.0.0.1:${P[1]}/metrics" > "$WORK/pc-sockudo.metrics" || true
+  [ -z "$pc10_pid" ] || stop_pid "$pc10_pid"
   stop_pid "$pc_pid"; stop_pid "$SOCKUDO_PID"
 }
 
