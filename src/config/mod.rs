@@ -313,10 +313,17 @@ impl UpstreamProtocol {
 /// Pusher's own service.
 pub const PUSHER_MAX_BATCH_EVENTS: usize = 10;
 
-/// The ceiling of `upstream.batch_max` for any other upstream: Sockudo's
-/// default app limit (`max_event_batch_size`, 100). Batched events carry at
-/// most 10 KiB of data each (`routes::coalesce::MAX_BATCHED_DATA_BYTES`),
-/// so a batch stays near 1 MiB, a tenth of Sockudo's request limit.
+/// The ceiling of `upstream.batch_max` for any other upstream: the limit
+/// of the app Sockudo builds from its environment (`max_event_batch_size`,
+/// 100; an app from its config file has none unless set; soketi's default
+/// is 10). The operator sets `batch_max` no higher than the upstream app's
+/// limit, which refuses a larger batch whole.
+///
+/// Batched events carry at most 10 KiB of data each
+/// (`routes::coalesce::MAX_BATCHED_DATA_BYTES`) and names of at most 200
+/// bytes, so a batch of 100 is about 1 MiB of plain JSON, and at most
+/// about 6 MiB where every byte of data needs a JSON escape: under
+/// Sockudo's default request limit (`request_limit_in_mb`, 10).
 pub const MAX_BATCH_EVENTS: usize = 100;
 
 /// Coalescing of legacy triggers, per app, like a database's group commit:

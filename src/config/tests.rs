@@ -59,12 +59,60 @@ fn minimal_config_and_defaults() {
 
 #[test]
 fn pusher_upstream_probes_by_default() {
-    let c = Config::from_toml_str(
-        "[upstream]\nurl = \"https://api-eu.pusher.com\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
-        &env(&[]),
-    )
-    .expect("valid");
-    assert_eq!(c.apps[0].subscription_count, SubscriptionCounting::Probe);
+    let counting = |host: &str| {
+        Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"https://{host}\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &env(&[]),
+        )
+        .expect("valid")
+        .apps[0]
+            .subscription_count
+    };
+    // Pusher's hosts, as `pusher::channel::is_pusher_host` knows them:
+    // either domain, bare or under it, in any case, with a trailing dot.
+    for host in [
+        "api-eu.pusher.com",
+        "API-MT1.PUSHER.COM",
+        "api-mt1.pusher.com.",
+        "pusher.com",
+        "api.pusherapp.com",
+    ] {
+        assert_eq!(counting(host), SubscriptionCounting::Probe, "{host}");
+    }
+    for host in [
+        "sockudo.internal",
+        "notpusher.com",
+        "pusher.com.example.org",
+    ] {
+        assert_eq!(counting(host), SubscriptionCounting::On, "{host}");
+    }
+}
+
+/// The shipped self-hosted pair: the proxy's `batch_max` is within the
+/// Sockudo app's `max_event_batch_size`, which refuses a larger batch.
+#[test]
+fn sockudo_example_batches_fit_its_apps_limit() {
+    let local = Config::from_toml_str(include_str!("../../config/sockudo-local.toml"), &env(&[]))
+        .expect("valid");
+    let server: toml::Value =
+        toml::from_str(include_str!("../../config/sockudo-server.toml")).expect("Sockudo's TOML");
+    let apps = server["app_manager"]["array"]["apps"]
+        .as_array()
+        .expect("Sockudo's apps");
+    for app in apps {
+        let limit = app["policy"]["limits"]["max_event_batch_size"]
+            .as_integer()
+            .expect("each app sets max_event_batch_size");
+        assert!(
+            local.batching.max as i64 <= limit,
+            "batch_max {} above app {}'s limit {limit}",
+            local.batching.max,
+            app["id"]
+        );
+    }
+    assert!(local.batching.max > 10, "the example uses Sockudo's room");
 }
 
 #[test]

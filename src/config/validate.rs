@@ -140,24 +140,20 @@ impl RawConfig {
         }
         let is_pusher = url.host().is_some_and(is_pusher_host);
         // Events per batch_events request: Pusher refuses more than 10;
-        // Sockudo takes its app's `max_event_batch_size` (100 by default).
-        let batch_ceiling = if is_pusher {
-            PUSHER_MAX_BATCH_EVENTS
+        // a self-hosted server its app's limit (see MAX_BATCH_EVENTS).
+        let (batch_ceiling, other) = if is_pusher {
+            (PUSHER_MAX_BATCH_EVENTS, "")
         } else {
-            MAX_BATCH_EVENTS
+            (
+                MAX_BATCH_EVENTS,
+                ", a self-hosted server its app's limit (Sockudo: `max_event_batch_size`), which must not be exceeded",
+            )
         };
         if !(1..=batch_ceiling).contains(&self.upstream.batch_max) {
-            let why = if is_pusher {
-                format!("Pusher accepts at most {PUSHER_MAX_BATCH_EVENTS}")
-            } else {
-                format!(
-                    "Pusher accepts at most {PUSHER_MAX_BATCH_EVENTS}, a self-hosted server its app's limit (Sockudo's `max_event_batch_size`, 100 by default)"
-                )
-            };
             problems.add(
                 "upstream.batch_max",
                 format!(
-                    "must be 1 to {batch_ceiling} for this upstream (events per batch_events request; {why}; 1 turns coalescing off)"
+                    "must be 1 to {batch_ceiling} for this upstream (events per batch_events request; Pusher accepts at most {PUSHER_MAX_BATCH_EVENTS}{other}; 1 turns coalescing off)"
                 ),
             );
         }

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::Outcome;
 use super::fingerprint::Library;
+use crate::config::MAX_BATCH_EVENTS;
 use crate::pipeline::cutover::Path;
 use crate::pusher::route::RouteKind;
 use crate::pusher::signature::SignatureError;
@@ -568,10 +569,15 @@ impl UpstreamRequests {
             family,
         );
         // One bucket per size up to Pusher's 10, coarser up to the
-        // ceiling a self-hosted upstream allows (config::MAX_BATCH_EVENTS).
-        let batch_events = Histogram::new(
-            linear_buckets(1.0, 1.0, 10).chain([15.0, 20.0, 30.0, 50.0, 75.0, 100.0]),
-        );
+        // ceiling a self-hosted upstream allows.
+        let batch_events = Histogram::new(linear_buckets(1.0, 1.0, 10).chain([
+            15.0,
+            20.0,
+            30.0,
+            50.0,
+            75.0,
+            MAX_BATCH_EVENTS as f64,
+        ]));
         registry.register(
             upstream_names::UPSTREAM_BATCH_EVENTS,
             "Events per upstream trigger request (events: 1; batch_events: up to upstream.batch_max)",

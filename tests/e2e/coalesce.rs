@@ -66,23 +66,24 @@ struct Batches {
     requests: f64,
     /// Those that carried more than Pusher's 10 events.
     over_10: f64,
+    /// Those that carried more than 30.
+    over_30: f64,
 }
 
-/// 2,000 legacy triggers from 32 concurrent client connections through
-/// `env`'s proxy: asserts each was answered 202 and delivered exactly once,
-/// each connection's in order, and that the upstream saw batches (more than
-/// one event per request on average).
-async fn deliver_2000_from_32(env: &Env) -> Batches {
+/// 2,000 legacy triggers from `clients` concurrent client connections
+/// through `env`'s proxy: asserts each was answered 202 and delivered
+/// exactly once, each connection's in order, and that the upstream saw
+/// batches (more than one event per request on average).
+async fn deliver_2000(env: &Env, clients: usize) -> Batches {
     const TOTAL: usize = 2000;
-    const CLIENTS: usize = 32;
     let ch = channel("");
     let mut sub = env.subscriber().await;
     sub.subscribe(&ch, None).await;
 
-    let tasks: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            // Client c's share: 63 or 62 of the 2,000.
-            let count = (c..TOTAL).step_by(CLIENTS).count();
+            // Client c's share of the 2,000, every `clients`-th.
+            let count = (c..TOTAL).step_by(clients).count();
             tokio::spawn(one_connection(env.proxy.addr, ch.clone(), c, count, None))
         })
         .collect();
@@ -118,8 +119,8 @@ async fn deliver_2000_from_32(env: &Env) -> Batches {
     );
     assert_eq!(received, TOTAL, "every event delivered");
     assert_eq!(sub.next_event(SILENCE).await, None, "nothing extra");
-    for c in 0..CLIENTS {
-        let count = (c..TOTAL).step_by(CLIENTS).count();
+    for c in 0..clients {
+        let count = (c..TOTAL).step_by(clients).count();
         assert_eq!(
             arrived.get(&c).cloned().unwrap_or_default(),
             (0..count).collect::<Vec<_>>(),
@@ -141,12 +142,22 @@ async fn deliver_2000_from_32(env: &Env) -> Batches {
         events / requests > 1.0,
         "{events} events in {requests} upstream requests"
     );
-    let over_10 = requests - value(r#"pusher_cutover_upstream_batch_events_bucket{le="10.0"}"#);
+    let over = |n: &str| {
+        requests
+            - value(&format!(
+                r#"pusher_cutover_upstream_batch_events_bucket{{le="{n}"}}"#
+            ))
+    };
+    let (over_10, over_30) = (over("10.0"), over("30.0"));
     println!(
-        "{TOTAL} triggers in {requests} upstream requests ({:.2} events per request; {over_10} with more than 10)",
+        "{TOTAL} triggers from {clients} connections in {requests} upstream requests ({:.2} events per request; {over_10} with more than 10, {over_30} more than 30)",
         events / requests
     );
-    Batches { requests, over_10 }
+    Batches {
+        requests,
+        over_10,
+        over_30,
+    }
 }
 
 /// 2,000 legacy triggers from 32 concurrent client connections, coalesced
@@ -156,29 +167,30 @@ async fn deliver_2000_from_32(env: &Env) -> Batches {
 #[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
 async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order() {
     let env = Env::start().await;
-    let batches = deliver_2000_from_32(&env).await;
+    let batches = deliver_2000(&env, 32).await;
     assert_eq!(batches.over_10, 0.0, "batch_max defaults to 10");
     env.stop().await;
 }
 
 /// The same with `batch_max` at the Sockudo app's own limit
-/// (`max_event_batch_size`, above Pusher's 10) and one batch on the wire:
-/// Sockudo takes batches of more than 10 events, and every event still
-/// arrives once, in order.
+/// (`max_event_batch_size` 50, above Pusher's 10), one batch on the wire and
+/// 64 connections, so that batches fill up to the limit: Sockudo takes them,
+/// and every event still arrives once, in order. A batch above the limit
+/// would be refused whole, and its callers' 400s fail the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
-async fn batches_above_10_up_to_sockudos_app_limit_arrive_once_each_in_order() {
+async fn batches_up_to_sockudos_app_limit_arrive_once_each_in_order() {
     let env = Env::start_with(&format!(
         "batch_in_flight = 1\nbatch_max = {}",
         crate::sockudo::MAX_EVENT_BATCH_SIZE
     ))
     .await;
-    let batches = deliver_2000_from_32(&env).await;
-    // 32 connections wait behind one batch on the wire: batches of up to
-    // 31 form as soon as the first answer is in.
+    let batches = deliver_2000(&env, 64).await;
+    // 64 connections wait behind one batch on the wire: once the first
+    // answer is in, batches of up to 63 form, cut at 50.
     assert!(
-        batches.over_10 > 0.0,
-        "no batch above 10 in {} upstream requests",
+        batches.over_30 > 0.0,
+        "no batch above 30 in {} upstream requests",
         batches.requests
     );
     env.stop().await;

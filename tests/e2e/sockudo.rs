@@ -85,14 +85,15 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The app's limit on events per `batch_events` request
+/// (`max_event_batch_size`), as in `config/sockudo-server.toml`: Sockudo
+/// refuses a larger batch whole.
+pub const MAX_EVENT_BATCH_SIZE: usize = 50;
+
 /// The config: one app, loopback only, in-memory everything, no rate
 /// limiter, no metrics listener, immediate shutdown. Sockudo silently runs
 /// on its defaults when its config does not load, so readiness is checked
 /// with a signed request for this app.
-/// The app's limit on events per `batch_events` request: half of
-/// Sockudo's default app's 100, so a proxy batch above it would be refused.
-pub const MAX_EVENT_BATCH_SIZE: usize = 50;
-
 fn config(port: u16) -> String {
     format!(
         r#"debug = false

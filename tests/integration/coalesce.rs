@@ -284,6 +284,43 @@ async fn batches_larger_than_pushers_10_leave_whole_to_a_self_hosted_upstream() 
     proxy.stop().await;
 }
 
+/// `batch_max` above the upstream's own limit (the fake keeps Pusher's
+/// 10): at low load triggers go alone and succeed, but a full batch is
+/// refused whole, each of its callers gets the upstream's 400, and it is
+/// not sent again.
+#[tokio::test]
+async fn a_batch_above_the_upstreams_limit_fails_each_of_its_callers() {
+    let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 25").await;
+    assert_accepted(&answered(Trig::nth(99).spawn(&proxy)).await);
+    fake.set(|b| b.hold = true);
+    let first = occupy(&fake, &proxy, 1).await;
+    let callers = queue(&proxy, (0..12).map(Trig::nth).collect(), 0).await;
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    let recorded = fake.wait_for_requests(3).await;
+    assert_eq!(batch_of(&recorded[2]).len(), 12, "one batch of 12");
+    fake.release(1);
+    for c in callers {
+        let (status, _, body) = seen(&answered(c).await);
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("Batch size (12) exceeds limit (10)"),
+            "the upstream's reason reaches the caller: {body}"
+        );
+    }
+    assert_eq!(fake.recorded().len(), 3, "never re-sent");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        value(
+            &m,
+            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="client_error"}"#
+        ),
+        12.0
+    );
+    fake.release_all();
+    proxy.stop().await;
+}
+
 /// What a caller sees of an answer: status, content type, body.
 fn seen(a: &Answer) -> (u16, Option<String>, String) {
     let ct = a
