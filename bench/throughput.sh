@@ -27,8 +27,9 @@
 #   PC_BATCH_IN_FLIGHT     upstream.batch_in_flight for every scenario; default: the binary's default
 #                          for sockudo and njs, upstream.max_connections for remote (see below)
 #   PC_BATCH_MAX           upstream.batch_max for every scenario; default: 50 for sockudo (its app's
-#                          max_event_batch_size here, as in config/sockudo-*.toml; with a second
-#                          pusher-cutover at 10 beside it), the binary's default (10) for the others
+#                          max_event_batch_size here, as in config/sockudo-*.toml, raised to a larger
+#                          PC_BATCH_MAX; with a second pusher-cutover at 10 beside it whenever the
+#                          first's is above 10), the binary's default (10) for the others
 #   PC_MAX_CONNECTIONS     upstream.max_connections in every scenario (default 64)
 #   REMOTE_SLEEP           the remote upstream's added latency in seconds (default 0.02)
 #   NREQ                   signed requests per run, cycled through by wrk (default 20000)
@@ -279,8 +280,11 @@ accepts 'batch_max = 10' && HAS_BATCH_MAX=1
 # scenario, and pusher-cutover's batch_max there (config/sockudo-local.toml's
 # and config/sockudo-server.toml's 50), when the binary takes more than
 # Pusher's 10; a second pusher-cutover runs beside it with batch_max = 10.
+# A larger PC_BATCH_MAX raises the app's limit with it (Sockudo refuses a
+# batch above the limit whole).
 SOCKUDO_BATCH=50; HAS_BIG_BATCH=0
 [ "$HAS_BATCH_MAX" -eq 1 ] && accepts "batch_max = $SOCKUDO_BATCH" && HAS_BIG_BATCH=1
+if [[ "${PC_BATCH_MAX:-}" =~ ^[0-9]+$ ]] && [ "$PC_BATCH_MAX" -gt "$SOCKUDO_BATCH" ]; then SOCKUDO_BATCH=$PC_BATCH_MAX; fi
 accepts '' || { "$PC" validate --config "$WORK/probe.toml" >&2 || true; die "the binary refuses the benchmark's config"; }
 if [ -n "${PC_PROTOCOL:-}" ] && [ "$HAS_PROTOCOL" -eq 0 ]; then die "PC_PROTOCOL=$PC_PROTOCOL, but this binary has no upstream.protocol"; fi
 if [ -n "${PC_PROTOCOL:-}" ] && ! accepts "protocol = \"$PC_PROTOCOL\""; then die "the binary refuses upstream.protocol = \"$PC_PROTOCOL\""; fi
@@ -535,7 +539,9 @@ scenario_sockudo() {
   warm "$SOCKUDO_PORT" current_trigger "$CONNS"
   warm "${P[0]}" legacy_trigger "$CONNS"
   # The same with Pusher's batch_max (the default), when pc-legacy's is larger.
-  if upstream_settings sockudo | grep -q "^batch_max = $SOCKUDO_BATCH\$"; then
+  local bmax
+  bmax=$(upstream_settings sockudo | sed -n 's/^batch_max = //p')
+  if [ -n "$bmax" ] && [ "$bmax" -gt 10 ]; then
     mapfile -t Q < <($PY ports 2)
     start_pc pc-sockudo-10 "${Q[0]}" "${Q[1]}" "http://127.0.0.1:$SOCKUDO_PORT" sockudo \
       "$(upstream_settings sockudo | sed 's/^batch_max = .*/batch_max = 10/')"
@@ -550,6 +556,7 @@ scenario_sockudo() {
     "${extra[@]}" \
     "pc-passthrough|current_trigger|${P[0]}|$pc_pid|$SOCKUDO_PORT||${P[1]}"
   curl -s --max-time 5 "http://127.0.0.1:${P[1]}/metrics" > "$WORK/pc-sockudo.metrics" || true
+  [ -z "$pc10_pid" ] || curl -s --max-time 5 "http://127.0.0.1:${Q[1]}/metrics" > "$WORK/pc-sockudo-10.metrics" || true
   [ -z "$pc10_pid" ] || stop_pid "$pc10_pid"
   stop_pid "$pc_pid"; stop_pid "$SOCKUDO_PID"
 }
