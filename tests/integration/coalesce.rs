@@ -137,6 +137,25 @@ async fn queue(proxy: &TestProxy, trigs: Vec<Trig>, already: usize) -> Vec<JoinH
     handles
 }
 
+/// Holds one trigger on the wire (`seen` upstream requests before it),
+/// queues `trigs` behind it, then lets it go and checks its 202. Returns
+/// the queued callers and what the upstream has received once their first
+/// batch is on the wire (held).
+async fn first_batch_behind_one(
+    fake: &FakeUpstream,
+    proxy: &TestProxy,
+    seen: usize,
+    trigs: Vec<Trig>,
+) -> (Vec<JoinHandle<Answer>>, Vec<Recorded>) {
+    fake.set(|b| b.hold = true);
+    let first = occupy(fake, proxy, seen).await;
+    let callers = queue(proxy, trigs, 0).await;
+    // The first answer frees the place: the oldest queued leave as one batch.
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    (callers, fake.wait_for_requests(seen + 2).await)
+}
+
 #[tokio::test]
 async fn at_low_load_each_trigger_goes_alone_at_once() {
     let (fake, proxy) = setup("").await;
@@ -167,16 +186,10 @@ async fn at_low_load_each_trigger_goes_alone_at_once() {
 #[tokio::test]
 async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
     let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 10").await;
-    fake.set(|b| b.hold = true);
-    let first = occupy(&fake, &proxy, 0).await;
     let trigs: Vec<Trig> = (0..12).map(Trig::nth).collect();
     let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
-    let mut callers = queue(&proxy, trigs, 0).await;
-
     // The first answer frees the place: the 10 oldest leave as one batch.
-    fake.release(1);
-    assert_accepted(&answered(first).await);
-    let recorded = fake.wait_for_requests(2).await;
+    let (mut callers, recorded) = first_batch_behind_one(&fake, &proxy, 0, trigs).await;
     assert_eq!(batch_of(&recorded[1]), expected[..10]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -237,18 +250,10 @@ async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
 #[tokio::test]
 async fn batches_larger_than_pushers_10_leave_whole_to_a_self_hosted_upstream() {
     let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 25").await;
-    fake.set(|b| {
-        b.hold = true;
-        b.batch_limit = 100;
-    });
-    let first = occupy(&fake, &proxy, 0).await;
+    fake.set(|b| b.batch_limit = 100);
     let trigs: Vec<Trig> = (0..30).map(Trig::nth).collect();
     let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
-    let mut callers = queue(&proxy, trigs, 0).await;
-
-    fake.release(1);
-    assert_accepted(&answered(first).await);
-    let recorded = fake.wait_for_requests(2).await;
+    let (mut callers, recorded) = first_batch_behind_one(&fake, &proxy, 0, trigs).await;
     assert_eq!(batch_of(&recorded[1]), expected[..25], "25 in one request");
     fake.release(1);
     let rest = callers.split_off(25);
@@ -292,12 +297,8 @@ async fn batches_larger_than_pushers_10_leave_whole_to_a_self_hosted_upstream() 
 async fn a_batch_above_the_upstreams_limit_fails_each_of_its_callers() {
     let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 25").await;
     assert_accepted(&answered(Trig::nth(99).spawn(&proxy)).await);
-    fake.set(|b| b.hold = true);
-    let first = occupy(&fake, &proxy, 1).await;
-    let callers = queue(&proxy, (0..12).map(Trig::nth).collect(), 0).await;
-    fake.release(1);
-    assert_accepted(&answered(first).await);
-    let recorded = fake.wait_for_requests(3).await;
+    let trigs = (0..12).map(Trig::nth).collect();
+    let (callers, recorded) = first_batch_behind_one(&fake, &proxy, 1, trigs).await;
     assert_eq!(batch_of(&recorded[2]).len(), 12, "one batch of 12");
     fake.release(1);
     for c in callers {
