@@ -13,10 +13,14 @@ pub const PUSHER_MAX_CHANNEL_LEN: usize = 164;
 /// (its older API domain) or any subdomain of either (`api-mt1.pusher.com`).
 /// Matched case-insensitively, ignoring a trailing dot.
 pub fn is_pusher_host(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    ["pusher.com", "pusherapp.com"]
-        .iter()
-        .any(|d| host == *d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
+    let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
+    ["pusher.com", "pusherapp.com"].iter().any(|domain| {
+        let domain = domain.as_bytes();
+        host.eq_ignore_ascii_case(domain)
+            || (host.len() > domain.len()
+                && host[host.len() - domain.len() - 1] == b'.'
+                && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain))
+    })
 }
 
 /// The longest channel name to forward to an upstream at `host`:

@@ -22,15 +22,7 @@ impl HostClass {
         } else {
             value.split(':').next().unwrap_or(value)
         };
-        let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
-        let under = |domain: &str| {
-            let domain = domain.as_bytes();
-            host.eq_ignore_ascii_case(domain)
-                || (host.len() > domain.len()
-                    && host[host.len() - domain.len() - 1] == b'.'
-                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain))
-        };
-        if under("pusherapp.com") || under("pusher.com") {
+        if crate::pusher::channel::is_pusher_host(host) {
             Self::Pusher
         } else {
             Self::Other
