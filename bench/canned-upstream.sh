@@ -35,8 +35,9 @@ $listens
 EOF
 }
 
-# start_canned_upstream DIR PORT: the canned upstream as a one-worker nginx
-# on 127.0.0.1:PORT, its config, pid file and error log in DIR.
+# start_canned_upstream DIR PORT [H2C_PORT]: the canned upstream as a
+# one-worker nginx on 127.0.0.1:PORT (and over h2c on H2C_PORT, if given),
+# its config, pid file and error log in DIR.
 start_canned_upstream() {
   cat > "$1/up.conf" <<CONF
 worker_processes 1;
@@ -46,7 +47,7 @@ events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 100000000;
-$(canned_upstream_server "$2")
+$(canned_upstream_server "$2" "${3:-0}")
 }
 CONF
   nginx -p "$1/" -c "$1/up.conf" -e "$1/up.err"
@@ -139,13 +140,18 @@ nginx_proxy_conf() {
 # bench_begin N: a fresh temp dir in $WORK, N free loopback ports in
 # $PORTS (the first one the canned upstream's, started on it), $PIDS for
 # the processes the script starts, and an EXIT trap (bench_end) that stops
-# those and the upstream and removes $WORK.
+# those and the upstream and removes $WORK. `bench_begin N h2c`: the
+# canned upstream also speaks h2c on the last of the N ports.
 bench_begin() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/pusher-cutover-bench.XXXXXX")
   PIDS=()
   trap bench_end EXIT
   mapfile -t PORTS < <(python3 "$BENCH_DIR/bench.py" ports "$1")
-  start_canned_upstream "$WORK" "${PORTS[0]}"
+  if [ "${2:-}" = h2c ]; then
+    start_canned_upstream "$WORK" "${PORTS[0]}" "${PORTS[$1 - 1]}"
+  else
+    start_canned_upstream "$WORK" "${PORTS[0]}"
+  fi
 }
 
 bench_end() {

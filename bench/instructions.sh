@@ -10,6 +10,8 @@
 #   KEEP=dir bench/instructions.sh legacy_stats            # also keeps each callgrind profile (dir/SCENARIO.cg)
 #   bench/instructions.sh --floor                          # current_trigger, then the same through hyper-floor
 #                                                          # (examples/hyper_floor.rs, built if missing)
+#   bench/instructions.sh --h2c current_trigger            # pusher-cutover speaking h2c (upstream.protocol = "h2c")
+#                                                          # to the canned upstream's HTTP/2 listener, as to Sockudo
 #
 # Runs pusher-cutover (target/release, built if missing) under callgrind in
 # front of a canned nginx upstream on loopback, warms up, zeroes the
@@ -23,12 +25,19 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 # shellcheck source=bench/canned-upstream.sh
 . "$HERE/canned-upstream.sh"
-DATA_DIR_TOO=0 FLOOR=0
-case "${1:-}" in
-  --data-dir) DATA_DIR_TOO=1; shift ;;
-  --floor) FLOOR=1; shift ;;
-esac
+DATA_DIR_TOO=0 FLOOR=0 H2C=0
+while :; do
+  case "${1:-}" in
+    --data-dir) DATA_DIR_TOO=1; shift ;;
+    --floor) FLOOR=1; shift ;;
+    --h2c) H2C=1; shift ;;
+    *) break ;;
+  esac
+done
 SCENARIOS=("$@")
+if [ "$FLOOR" -eq 1 ] && [ "$H2C" -eq 1 ]; then
+  echo "--floor measures hyper-floor, which speaks HTTP/1.1 only; it takes no --h2c" >&2; exit 2
+fi
 if [ "$FLOOR" -eq 1 ]; then
   [ ${#SCENARIOS[@]} -eq 0 ] || { echo "--floor measures current_trigger only; it takes no scenarios" >&2; exit 2; }
   SCENARIOS=(current_trigger)
@@ -44,7 +53,7 @@ if [ "$FLOOR" -eq 1 ] && [ ! -x "$FLOOR_BIN" ]; then
   (cd "$ROOT" && cargo build --release --locked --example hyper_floor)
 fi
 
-bench_begin 3
+if [ "$H2C" -eq 1 ]; then bench_begin 4 h2c; else bench_begin 3; fi
 UP=${PORTS[0]} PC=${PORTS[1]} ADMIN=${PORTS[2]}
 VARIANTS=("")
 [ "$DATA_DIR_TOO" -eq 0 ] || VARIANTS=("" "$WORK/data")
@@ -81,6 +90,10 @@ for sc in "${SCENARIOS[@]}"; do
  for data_dir in "${VARIANTS[@]}"; do
   bench_proxy_config "$PC" "$ADMIN" "$UP" "$data_dir" > "$WORK/pc.toml"
   label=$sc
+  if [ "$H2C" -eq 1 ]; then
+    sed -i "s|^url = .*|url = \"http://127.0.0.1:${PORTS[3]}\"\nprotocol = \"h2c\"|" "$WORK/pc.toml"
+    label="$sc (h2c)"
+  fi
   if [ "$DATA_DIR_TOO" -eq 1 ]; then
     if [ -n "$data_dir" ]; then label="$sc with data_dir"; else label="$sc without data_dir"; fi
   fi

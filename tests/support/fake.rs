@@ -74,7 +74,7 @@ pub struct Behaviour {
     /// keep requests on the wire and build a queue behind them.
     pub hold: bool,
     /// The most events a `batch_events` request may carry: Pusher's 10 by
-    /// default; Sockudo's default app takes 100.
+    /// default (a Sockudo app's is its `max_event_batch_size`).
     pub batch_limit: usize,
 }
 
