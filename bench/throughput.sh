@@ -26,8 +26,8 @@
 #                          a binary without upstream.protocol runs without it (HTTP/1.1)
 #   PC_BATCH_IN_FLIGHT     upstream.batch_in_flight for every scenario; default: the binary's default
 #                          for sockudo and njs, upstream.max_connections for remote (see below)
-#   PC_BATCH_MAX           upstream.batch_max for every scenario; default: 50 for sockudo (its app's
-#                          max_event_batch_size here, as in config/sockudo-*.toml, raised to a larger
+#   PC_BATCH_MAX           upstream.batch_max for every scenario; default: 50 for sockudo (config/
+#                          sockudo-local.toml's, its app's max_event_batch_size here, raised to a larger
 #                          PC_BATCH_MAX; with a second pusher-cutover at 10 beside it whenever the
 #                          first's is above 10), the binary's default (10) for the others
 #   PC_MAX_CONNECTIONS     upstream.max_connections in every scenario (default 64)
@@ -277,12 +277,15 @@ accepts 'protocol = "h2c"' && HAS_PROTOCOL=1
 accepts 'batch_in_flight = 2' && HAS_BATCH_IN_FLIGHT=1
 accepts 'batch_max = 10' && HAS_BATCH_MAX=1
 # Sockudo's app limit on events per batch_events request in the sockudo
-# scenario, and pusher-cutover's batch_max there (config/sockudo-local.toml's
-# and config/sockudo-server.toml's 50), when the binary takes more than
-# Pusher's 10; a second pusher-cutover runs beside it with batch_max = 10.
-# A larger PC_BATCH_MAX raises the app's limit with it (Sockudo refuses a
-# batch above the limit whole).
-SOCKUDO_BATCH=50; HAS_BIG_BATCH=0
+# scenario, and pusher-cutover's batch_max there: config/sockudo-local.toml's
+# batch_max (50, within config/sockudo-server.toml's app limit, which a
+# config test checks), when the binary takes more than Pusher's 10; a second
+# pusher-cutover runs beside it with batch_max = 10. A larger PC_BATCH_MAX
+# raises the app's limit with it (Sockudo refuses a batch above the limit
+# whole).
+SOCKUDO_BATCH=$(sed -n 's/^batch_max = \([0-9][0-9]*\).*/\1/p' "$ROOT/config/sockudo-local.toml")
+[[ $SOCKUDO_BATCH =~ ^[0-9]+$ ]] || die "no batch_max in config/sockudo-local.toml"
+HAS_BIG_BATCH=0
 [ "$HAS_BATCH_MAX" -eq 1 ] && accepts "batch_max = $SOCKUDO_BATCH" && HAS_BIG_BATCH=1
 if [[ "${PC_BATCH_MAX:-}" =~ ^[0-9]+$ ]] && [ "$PC_BATCH_MAX" -gt "$SOCKUDO_BATCH" ]; then SOCKUDO_BATCH=$PC_BATCH_MAX; fi
 accepts '' || { "$PC" validate --config "$WORK/probe.toml" >&2 || true; die "the binary refuses the benchmark's config"; }

@@ -173,21 +173,23 @@ async fn coalesced_2000_triggers_from_32_connections_arrive_once_each_in_order()
 }
 
 /// The same with `batch_max` at the Sockudo app's own limit
-/// (`max_event_batch_size` 50, above Pusher's 10), one batch on the wire and
-/// 64 connections, so that batches fill up to the limit: Sockudo takes them,
-/// and every event still arrives once, in order. A batch above the limit
-/// would be refused whole, and its callers' 400s fail the test.
+/// (`max_event_batch_size`, 50 in `config/sockudo-server.toml`, above
+/// Pusher's 10), one batch on the wire and 64 connections, so that batches
+/// fill up to the limit: Sockudo takes them, and every event still arrives
+/// once, in order. A batch above the limit would be refused whole, and its
+/// callers' 400s fail the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Sockudo 5.2.0 (SOCKUDO_BIN or PATH; tests/install-parts.sh installs it); run with -- --include-ignored"]
 async fn batches_up_to_sockudos_app_limit_arrive_once_each_in_order() {
-    let env = Env::start_with(&format!(
-        "batch_in_flight = 1\nbatch_max = {}",
-        crate::sockudo::MAX_EVENT_BATCH_SIZE
-    ))
-    .await;
+    let limit = crate::sockudo::max_event_batch_size();
+    assert!(
+        limit > 30,
+        "the example app's limit {limit} leaves no room for batches above 30"
+    );
+    let env = Env::start_with(&format!("batch_in_flight = 1\nbatch_max = {limit}")).await;
     let batches = deliver_2000(&env, 64).await;
     // 64 connections wait behind one batch on the wire: once the first
-    // answer is in, batches of up to 63 form, cut at 50.
+    // answer is in, batches of up to 63 form, cut at the limit.
     assert!(
         batches.over_30 > 0.0,
         "no batch above 30 in {} upstream requests",

@@ -86,15 +86,24 @@ fn free_port() -> u16 {
 }
 
 /// The app's limit on events per `batch_events` request
-/// (`max_event_batch_size`), as in `config/sockudo-server.toml`: Sockudo
-/// refuses a larger batch whole.
-pub const MAX_EVENT_BATCH_SIZE: usize = 50;
+/// (`max_event_batch_size`), read from the example Sockudo config,
+/// `config/sockudo-server.toml` (its first app), so that the suite runs
+/// Sockudo as the example does: Sockudo refuses a larger batch whole.
+pub fn max_event_batch_size() -> usize {
+    let server: toml::Value = toml::from_str(include_str!("../../config/sockudo-server.toml"))
+        .expect("config/sockudo-server.toml is TOML");
+    server["app_manager"]["array"]["apps"][0]["policy"]["limits"]["max_event_batch_size"]
+        .as_integer()
+        .and_then(|n| usize::try_from(n).ok())
+        .expect("config/sockudo-server.toml's first app sets max_event_batch_size")
+}
 
 /// The config: one app, loopback only, in-memory everything, no rate
 /// limiter, no metrics listener, immediate shutdown. Sockudo silently runs
 /// on its defaults when its config does not load, so readiness is checked
 /// with a signed request for this app.
 fn config(port: u16) -> String {
+    let max_event_batch_size = max_event_batch_size();
     format!(
         r#"debug = false
 host = "127.0.0.1"
@@ -130,7 +139,7 @@ secret = "{SECRET}"
 enabled = true
 
 [app_manager.array.apps.policy.limits]
-max_event_batch_size = {MAX_EVENT_BATCH_SIZE}
+max_event_batch_size = {max_event_batch_size}
 max_connections = 0
 max_client_events_per_second = 0
 
