@@ -279,7 +279,18 @@ pub struct UpstreamConfig {
     pub max_connections: usize,
     /// The HTTP version spoken to the upstream (`upstream.protocol`).
     pub protocol: UpstreamProtocol,
+    /// `upstream.ping_interval_ms`: an HTTP/2 connection from which
+    /// nothing has been read for this long is sent a PING, and closed when
+    /// the PING is not answered within as long again; also the idle time
+    /// after which TCP keep-alive probes start on every upstream
+    /// connection. `None` (0 in the file): neither.
+    pub ping_interval: Option<Duration>,
 }
+
+/// The most `upstream.max_connections` may be: far above any upstream's
+/// appetite, and low enough that the exchange slots and the per-worker
+/// HTTP/2 clients built for it stay small.
+pub const MAX_UPSTREAM_EXCHANGES: usize = 65_536;
 
 /// The HTTP version spoken to the upstream (`upstream.protocol`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

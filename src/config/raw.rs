@@ -109,6 +109,8 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout_ms: u64,
     #[serde(default = "default_upstream_connections")]
     pub(super) max_connections: usize,
+    #[serde(default = "default_ping_interval")]
+    pub(super) ping_interval_ms: u64,
     // upstream.protocol
     #[serde(default)]
     pub(super) protocol: super::UpstreamProtocol,
@@ -221,6 +223,9 @@ pub(super) fn default_batch_max() -> usize {
 }
 pub(super) fn default_connect_timeout() -> u64 {
     3_000
+}
+pub(super) fn default_ping_interval() -> u64 {
+    10_000
 }
 pub(super) fn default_max_data() -> usize {
     10_240

@@ -65,6 +65,16 @@ impl RawConfig {
             "upstream.max_connections",
             self.upstream.max_connections as u64,
         );
+        if self.upstream.max_connections > super::MAX_UPSTREAM_EXCHANGES {
+            problems.add(
+                "upstream.max_connections",
+                format!(
+                    "{} is above the most allowed, {}",
+                    self.upstream.max_connections,
+                    super::MAX_UPSTREAM_EXCHANGES
+                ),
+            );
+        }
         // Coalescing of legacy triggers.
         problems.positive(
             "upstream.batch_in_flight",
@@ -204,6 +214,8 @@ impl RawConfig {
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 max_connections: self.upstream.max_connections,
                 protocol: self.upstream.protocol,
+                ping_interval: (self.upstream.ping_interval_ms > 0)
+                    .then(|| Duration::from_millis(self.upstream.ping_interval_ms)),
             },
             batching: Batching {
                 in_flight: self.upstream.batch_in_flight,

@@ -73,7 +73,7 @@ impl Body for Streamed {
         match &frame {
             Poll::Ready(Some(Err(error))) => {
                 if let Some(report) = self.report.take() {
-                    report.cut(error);
+                    report.cut(error.as_ref());
                 }
             }
             Poll::Ready(None) => self.report = None,

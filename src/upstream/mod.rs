@@ -204,11 +204,20 @@ pub struct Slot {
 /// body the upstream cut short ends with an error frame (an HTTP/1.1
 /// connection closed early, an HTTP/2 stream reset), so the caller's answer
 /// is cut too, not completed.
+///
+/// The exchange's deadline (`upstream.timeout_ms` from its start) covers
+/// the body too: a body still not complete then ends with an
+/// [`UpstreamError::Timeout`] error frame and lets its slot go, so an
+/// upstream that stalls mid-answer cannot hold slots for ever. Its timer is
+/// made only when the body is not all there at once (most answers arrive
+/// with their head).
 #[derive(Debug)]
 pub struct Guarded {
     inner: Incoming,
     slot: Option<Slot>,
     lease: Option<h1::Lease>,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Drop for Guarded {
@@ -225,27 +234,46 @@ impl Drop for Guarded {
 
 impl hyper::body::Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        match &frame {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                if let Some(lease) = self.lease.take() {
+                if let Some(lease) = this.lease.take() {
                     lease.release();
                 }
-                self.slot = None;
+                this.slot = None;
+                this.timer = None;
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(_))) => {
-                self.lease = None;
-                self.slot = None;
+            Poll::Ready(Some(Err(error))) => {
+                this.lease = None;
+                this.slot = None;
+                this.timer = None;
+                Poll::Ready(Some(Err(error.into())))
             }
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Past the exchange's deadline with the body unfinished:
+                // the connection is not reused (the lease goes without
+                // being released) and the slot is free again.
+                this.lease = None;
+                this.slot = None;
+                this.timer = None;
+                Poll::Ready(Some(Err(UpstreamError::Timeout.into())))
+            }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -294,6 +322,18 @@ impl Upstream {
                 .http2_only(protocol == UpstreamProtocol::H2c)
                 .retry_canceled_requests(true)
                 .set_host(true);
+            // An HTTP/2 connection carries every exchange of its client,
+            // and a timed-out exchange resets only its stream: a connection
+            // whose peer went silent (host gone, flow dropped by a
+            // firewall) is found by an unanswered PING and closed, and the
+            // next exchange opens another.
+            if let Some(interval) = config.ping_interval {
+                builder
+                    .timer(TokioTimer::new())
+                    .http2_keep_alive_interval(interval)
+                    .http2_keep_alive_timeout(interval)
+                    .http2_keep_alive_while_idle(true);
+            }
             Transport::Clients {
                 clients: (0..workers * per_worker)
                     .map(|_| builder.build(connector.clone()))
@@ -327,9 +367,11 @@ impl Upstream {
         tokio::time::Instant::now() + self.inner.timeout
     }
 
-    /// Sends `req`; the timeout covers everything up to the response
-    /// headers. The body then streams, holding the exchange's slot.
+    /// Sends `req`; the timeout covers the whole exchange: the wait for a
+    /// slot, the response headers and then the body, which streams
+    /// ([`Guarded`]), holding the exchange's slot.
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
+        let deadline = self.deadline();
         let send = async {
             let slot = self.wait_for_slot().await?;
             let (resp, lease) = self.request(req).await?;
@@ -337,9 +379,11 @@ impl Upstream {
                 inner,
                 slot: Some(slot),
                 lease,
+                deadline,
+                timer: None,
             }))
         };
-        tokio::time::timeout(self.inner.timeout, send)
+        tokio::time::timeout_at(deadline, send)
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
@@ -503,6 +547,7 @@ fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(config.ping_interval);
     let builder = HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http();

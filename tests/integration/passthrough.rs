@@ -305,3 +305,80 @@ async fn resigned_get_edges() {
     );
     proxy.stop().await;
 }
+
+/// An upstream in raw HTTP/1.1 whose first connection sends an answer's
+/// head and one byte of its ten, then stalls with the connection open;
+/// every later connection answers `{}` whole. Returns its URL.
+async fn stalling_first_answer() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            n += 1;
+            let first = n == 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while support::read_http_request(&mut stream, &mut buf)
+                    .await
+                    .is_some()
+                {
+                    buf.clear();
+                    if first {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{")
+                            .await;
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        return;
+                    }
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+/// `upstream.timeout_ms` bounds the whole exchange, the streamed answer's
+/// body included: an upstream that stalls mid-answer has the caller's
+/// answer cut at the deadline, and the exchange's slot is free again, so
+/// with `max_connections = 1` the next call is answered instead of waiting
+/// for a slot that never comes back.
+#[tokio::test]
+async fn an_answer_stalled_mid_body_is_cut_at_the_deadline_and_frees_its_slot() {
+    let (url, task) = stalling_first_answer().await;
+    let proxy = TestProxy::for_upstream(
+        &url,
+        "max_connections = 1\ntimeout_ms = 500\nprotocol = \"http1\"",
+        "",
+    )
+    .await;
+    let body = r#"{"name":"ev","channels":["a"],"data":"{}"}"#;
+    let target = |body: &str| {
+        format!(
+            "{}{}",
+            proxy.url(),
+            support::current_trigger_uri(body.as_bytes(), support::now())
+        )
+    };
+    let started = std::time::Instant::now();
+    let cut = support::try_send(Method::POST, &target(body), support::JSON, body.to_owned()).await;
+    let err = cut.expect_err("the answer's body is cut, not completed");
+    assert!(err.contains("body not read"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "cut at upstream.timeout_ms, not later: {:?}",
+        started.elapsed()
+    );
+    let a = support::send(Method::POST, &target(body), support::JSON, body.to_owned()).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), "{}");
+    proxy.stop().await;
+    task.abort();
+}

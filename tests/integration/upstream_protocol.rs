@@ -39,6 +39,10 @@ enum Conduct {
     /// HTTP/2: read the first request whole, then drop the connection
     /// without answering.
     DropAfterRequest,
+    /// HTTP/2: serve the first request, then go silent with the connection
+    /// open: nothing more is read or answered, PINGs included (a peer gone
+    /// behind a firewall that drops the flow).
+    SilentAfterFirst,
 }
 
 #[derive(Default)]
@@ -178,7 +182,19 @@ async fn serve_h2(
         return;
     };
     let mut streams = 0;
-    while let Some(Ok((req, mut respond))) = conn.accept().await {
+    loop {
+        let accepted = if conduct == Conduct::SilentAfterFirst && streams == 1 {
+            // The first answer goes out while the connection is polled a
+            // little longer; then it is held, never polled again.
+            let _ = tokio::time::timeout(Duration::from_millis(150), conn.accept()).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        } else {
+            conn.accept().await
+        };
+        let Some(Ok((req, mut respond))) = accepted else {
+            return;
+        };
         streams += 1;
         seen.requests.fetch_add(1, Ordering::SeqCst);
         seen.versions.lock().expect("lock").push(req.version());
@@ -430,6 +446,44 @@ async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_deliver
     proxy.stop().await;
 }
 
+/// An HTTP/2 upstream that goes silent with its connection open is found
+/// by an unanswered PING (`upstream.ping_interval_ms`) and its connection
+/// closed, so the next trigger opens another and is delivered, instead of
+/// waiting on the dead one until `upstream.timeout_ms`.
+#[tokio::test]
+async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
+    let fake = support::fake().await;
+    let front = Front::start(&fake, |n| {
+        if n == 0 {
+            Conduct::SilentAfterFirst
+        } else {
+            Conduct::Serve
+        }
+    })
+    .await;
+    // One worker with one client: every exchange takes the same connection.
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\n\
+         timeout_ms = 1000\nping_interval_ms = 100\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        front.url,
+        support::KEY,
+        support::SECRET,
+    );
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let a = legacy_trigger(&proxy, "before", "{}").await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    // The front goes silent 150 ms after its answer; the proxy's PING, sent
+    // after 100 ms without a frame, then goes unanswered for 100 ms.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let a = legacy_trigger(&proxy, "after", "{}").await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(delivered(&fake), ["before", "after"]);
+    assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn an_h2_post_whose_connection_dies_after_it_was_sent_is_not_sent_again() {
     let fake = support::fake().await;
@@ -465,7 +519,7 @@ async fn h1_cutting_second_request() -> (String, Arc<AtomicUsize>, tokio::task::
                 let mut buf = Vec::new();
                 let mut served = 0;
                 loop {
-                    let Some(len) = read_request(&mut stream, &mut buf).await else {
+                    let Some(len) = support::read_http_request(&mut stream, &mut buf).await else {
                         return;
                     };
                     buf.drain(..len);
@@ -483,29 +537,6 @@ async fn h1_cutting_second_request() -> (String, Arc<AtomicUsize>, tokio::task::
         }
     });
     (url, requests, task)
-}
-
-/// Reads one whole request (head and `content-length` body) into `buf`;
-/// its length, or `None` at the end of the connection.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let body = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + body {
-                return Some(end + 4 + body);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 #[tokio::test]
