@@ -359,26 +359,46 @@ impl Coalescer {
     }
 }
 
+/// The place a batch's task holds, owned by the task from before it is
+/// spawned: handed on when the task ends, also when it is dropped without
+/// ever running (its runtime shutting down), so no place is lost.
+struct BatchPlace {
+    state: Arc<State>,
+    app_id: String,
+}
+
+impl Drop for BatchPlace {
+    fn drop(&mut self) {
+        if let Some(app) = self.state.app(&self.app_id) {
+            app.coalescer.release(&self.state, app);
+        }
+    }
+}
+
 /// Sends `group` in a task of its own, holding the place its caller took.
 fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+    let place = BatchPlace {
+        state: state.clone(),
+        app_id: app.config.id.clone(),
+    };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // Only while the runtime shuts down, when no answer can be sent.
+        // Only while the runtime shuts down, when no answer can be sent:
+        // the callers get 502 (their answers' senders dropped), and the
+        // place goes on to the next group, which meets the same.
         tracing::error!(app_id = %app.config.id, events = group.len(), "runtime gone: queued legacy triggers not sent");
         return;
     };
-    let state = state.clone();
-    let app_id = app.config.id.clone();
     runtime.spawn(async move {
-        if let Some(app) = state.app(&app_id) {
-            send_batch(&state, app, group).await;
+        let place = place;
+        if let Some(app) = place.state.app(&place.app_id) {
+            send_batch(&place.state, app, group).await;
         }
     });
 }
 
-/// Sends one batch and answers each of its callers; its place is handed
-/// on when it is done.
+/// Sends one batch and answers each of its callers (the place is the
+/// caller's to hand on, when this is done).
 async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
-    let _place = Place { state, app };
     let (path, body) = match group.as_slice() {
         [one] => (
             &app.events_path,
@@ -392,12 +412,15 @@ async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         .upstream
         .trigger_request(group.len());
     let started = Instant::now();
-    // The oldest caller's: every caller's exchange is bounded by
-    // `upstream.timeout_ms` from its arrival, a batch's too.
+    // The newest caller's: each event has as long as it would have had sent
+    // alone, so a caller that has just queued is not cut short by an older
+    // one's deadline (an event then sent, perhaps delivered, and its caller
+    // told 504). Each caller still waits only until its own deadline
+    // (`channel_event::queued`), as it would for a trigger of its own.
     let deadline = group
         .iter()
         .map(|q| q.deadline)
-        .min()
+        .max()
         .unwrap_or_else(|| state.upstream.deadline());
     let result = match state.upstream.slot(deadline).await {
         Ok(slot) => {
@@ -565,6 +588,39 @@ mod tests {
             Err(ProxyError::Upstream(UpstreamError::Timeout))
         ));
         assert_eq!(c.gauge.get(), 0);
+    }
+
+    /// A batch task dropped before it ever runs (its worker's runtime
+    /// shutting down) still hands its place on: the app's next trigger is
+    /// not left waiting for a place that never comes back.
+    #[test]
+    fn a_batch_task_that_never_runs_gives_its_place_back() {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\nbatch_in_flight = 1\n\
+                    [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let config = crate::Config::from_toml_str(text, &|_| None).expect("valid");
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(&config));
+        let proxy = crate::pipeline::Proxy::new(config, Arc::new(crate::SystemClock), telemetry);
+        let state = proxy.current();
+        let app = state.app("1").expect("the app");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let entered = runtime.enter();
+        // Every place is free: the trigger takes one, and its batch task is
+        // spawned, not yet run.
+        let (mut answer, _) = app
+            .coalescer
+            .enqueue(&state, app, pending(0, None), later());
+        drop(entered);
+        assert_eq!(app.coalescer.in_flight.load(Ordering::SeqCst), 1);
+        drop(runtime);
+        assert_eq!(
+            app.coalescer.in_flight.load(Ordering::SeqCst),
+            0,
+            "the place is back"
+        );
+        assert!(answer.try_recv().is_err(), "its caller is told, not kept");
     }
 
     #[test]

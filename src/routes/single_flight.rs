@@ -7,7 +7,8 @@
 //!
 //! A leader whose future is dropped before its answer (its caller went
 //! away) takes its flight with it; its followers then ask again, one of
-//! them leading. Each caller keeps its own record (upstream status and the
+//! them leading. So do followers whose leader timed out before their own
+//! deadlines. Each caller keeps its own record (upstream status and the
 //! time it waited) and builds its own answer from the shared one.
 
 use std::collections::HashMap;
@@ -139,6 +140,16 @@ pub(crate) async fn exchange(
                     Some(Ok(answer)) => {
                         call.record.upstream_status = Some(answer.status.as_u16());
                         return Ok(answer);
+                    }
+                    // The leader's deadline, earlier than this caller's,
+                    // cut the flight: this one asks again with its own time
+                    // (a query that has too little left is not sent, and
+                    // ends in its own 504).
+                    Some(Err(e))
+                        if matches!(*e, ProxyError::Upstream(UpstreamError::Timeout))
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        continue;
                     }
                     Some(Err(e)) => return Err(copy_error(&e)),
                     None => continue,

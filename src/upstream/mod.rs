@@ -374,6 +374,7 @@ impl Upstream {
         let deadline = self.deadline();
         let send = async {
             let slot = self.wait_for_slot().await?;
+            self.enough_left(deadline)?;
             let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
@@ -392,10 +393,31 @@ impl Upstream {
     /// ([`UpstreamError::Timeout`] then). A caller that builds its request
     /// only once it holds a slot keeps nothing but what it builds it from
     /// while it waits.
+    ///
+    /// A slot had with less than [`Self::enough_left`] before `deadline` is
+    /// given back, and the wait ends in [`UpstreamError::Timeout`]: the
+    /// request is not sent.
     pub async fn slot(&self, deadline: tokio::time::Instant) -> Result<Slot, UpstreamError> {
-        tokio::time::timeout_at(deadline, self.wait_for_slot())
+        let slot = tokio::time::timeout_at(deadline, self.wait_for_slot())
             .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+            .unwrap_or(Err(UpstreamError::Timeout))?;
+        self.enough_left(deadline)?;
+        Ok(slot)
+    }
+
+    /// Whether an exchange that ends at `deadline` still has a tenth of
+    /// `upstream.timeout_ms` left, the least it is sent with. One with less
+    /// (it waited for a slot, or in a trigger queue, for most of its time)
+    /// is answered 504 unsent, rather than sent to be cut at its deadline
+    /// while the upstream may act on it: a trigger would then be delivered
+    /// although its caller was told it timed out, and again when the caller
+    /// retries.
+    fn enough_left(&self, deadline: tokio::time::Instant) -> Result<(), UpstreamError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left < self.inner.timeout / 10 {
+            return Err(UpstreamError::Timeout);
+        }
+        Ok(())
     }
 
     async fn wait_for_slot(&self) -> Result<Slot, UpstreamError> {

@@ -425,6 +425,62 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
     proxy.stop().await;
 }
 
+/// A batch has as long as its newest caller's trigger would have had
+/// alone: a caller that queued just before the batch left is not cut short
+/// by an older caller's deadline. The older one is answered 504 at its own
+/// deadline, as a trigger of its own would be.
+#[tokio::test]
+async fn a_batch_runs_to_its_newest_callers_deadline_and_each_caller_to_its_own() {
+    let (fake, proxy) = setup("batch_in_flight = 1\ntimeout_ms = 1000").await;
+    fake.set(|b| b.hold = true);
+    let first = occupy(&fake, &proxy, 0).await;
+    let started = std::time::Instant::now();
+    let older = queue(&proxy, vec![Trig::nth(0)], 0).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let newer = queue(&proxy, vec![Trig::nth(1)], 1).await;
+    // The batch of both leaves with about 300 ms left of the older
+    // caller's time and 1,000 of the newer's, and is held past the older
+    // one's deadline.
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    let recorded = fake.wait_for_requests(2).await;
+    assert_eq!(batch_of(&recorded[1]).len(), 2);
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(started.elapsed())).await;
+    fake.release(1);
+    for c in older {
+        let a = answered(c).await;
+        assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    }
+    for c in newer {
+        assert_accepted(&answered(c).await);
+    }
+    assert_eq!(fake.recorded().len(), 2, "the batch is sent once");
+    proxy.stop().await;
+}
+
+/// A trigger that gets its place with less than a tenth of
+/// `upstream.timeout_ms` left is answered 504 and never sent, rather than
+/// sent to be cut at its deadline while the upstream may deliver it.
+#[tokio::test]
+async fn a_trigger_with_almost_no_time_left_is_not_sent() {
+    let (fake, proxy) = setup("batch_in_flight = 1\ntimeout_ms = 1000").await;
+    fake.set(|b| b.hold = true);
+    let first = occupy(&fake, &proxy, 0).await;
+    let late = queue(&proxy, vec![Trig::nth(0)], 0).await;
+    // The place comes back when the queued trigger has about 50 ms left.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    for c in late {
+        let a = answered(c).await;
+        assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.recorded().len(), 1, "the late trigger was never sent");
+    fake.release_all();
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn an_event_the_upstream_could_refuse_never_joins_a_batch() {
     let (fake, proxy) = setup("batch_in_flight = 1").await;
@@ -611,6 +667,30 @@ async fn identical_concurrent_stats_share_one_upstream_request() {
         ),
         8.0,
         "each caller recorded"
+    );
+    proxy.stop().await;
+}
+
+/// A stats caller that joined a flight whose leader timed out asks again
+/// with its own time, instead of taking the leader's 504.
+#[tokio::test]
+async fn a_stats_follower_outlives_its_leaders_time_out() {
+    let (fake, proxy) = setup("timeout_ms = 1000").await;
+    fake.set(|b| b.hold = true);
+    let leader = spawn_stats(&proxy, "room");
+    fake.wait_for_requests(1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let follower = spawn_stats(&proxy, "room");
+    let a = answered(leader).await;
+    assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    // The follower, with about 600 ms of its own left, asks again.
+    fake.wait_for_requests(2).await;
+    fake.release_all();
+    let a = answered(follower).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"occupied": true, "connection_count": 3})
     );
     proxy.stop().await;
 }
