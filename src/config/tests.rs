@@ -447,3 +447,39 @@ fn batch_max_stays_within_pushers_limit_on_pusher() {
         assert_eq!(on(host, 50).expect(host).batching.max, 50);
     }
 }
+
+#[test]
+fn upstream_pings_default_to_10_s_and_0_turns_them_off() {
+    let text = |extra: &str| {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+        )
+    };
+    let ping = |extra: &str| {
+        Config::from_toml_str(&text(extra), &env(&[]))
+            .expect("valid")
+            .upstream
+            .ping_interval
+    };
+    assert_eq!(ping(""), Some(Duration::from_secs(10)));
+    assert_eq!(
+        ping("ping_interval_ms = 250"),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(ping("ping_interval_ms = 0"), None);
+}
+
+#[test]
+fn upstream_max_connections_has_a_ceiling() {
+    let text = |n: usize| {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\nmax_connections = {n}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+        )
+    };
+    assert!(Config::from_toml_str(&text(MAX_UPSTREAM_EXCHANGES), &env(&[])).is_ok());
+    let err = Config::from_toml_str(&text(MAX_UPSTREAM_EXCHANGES + 1), &env(&[]))
+        .expect_err("above the ceiling")
+        .to_string();
+    assert!(err.contains("upstream.max_connections"), "{err}");
+    assert!(err.contains("65536"), "{err}");
+}
