@@ -29,7 +29,7 @@
 //! upstream connections they use stay on that one thread. Nothing on a
 //! request's path wakes another thread, and no task migrates between cores.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -330,6 +330,17 @@ thread_local! {
     /// Set on a worker thread once its grace period has run out, just
     /// before what is left of its connections is dropped.
     static DRAIN_DEADLINE_PASSED: Cell<bool> = const { Cell::new(false) };
+    /// The worker's drain signal, from which [`drain_hold`] takes holds.
+    static DRAIN: RefCell<Option<watch::Sender<()>>> = const { RefCell::new(None) };
+}
+
+/// A hold on the calling worker's shutdown, for work of its runtime that
+/// is not a connection but must finish before the runtime goes (a
+/// coalesced batch's task, which may carry other workers' callers): while
+/// a hold lives, the worker's drain waits for it as for a connection,
+/// within `shutdown_grace_ms`. `None` off a worker thread.
+pub fn drain_hold() -> Option<watch::Receiver<()>> {
+    DRAIN.with(|d| d.borrow().as_ref().map(watch::Sender::subscribe))
 }
 
 /// Whether the calling worker thread is cutting its remaining connections
@@ -385,6 +396,7 @@ impl Worker {
             .spawn(move || {
                 crate::upstream::set_worker_index(index);
                 crate::telemetry::logging::batch_this_thread();
+                DRAIN.with(|d| *d.borrow_mut() = Some(drain_tx.clone()));
                 let grace = shared.settings.grace;
                 runtime.block_on(async {
                     // This thread's log lines go out in batches: when 16 KiB
@@ -399,8 +411,9 @@ impl Worker {
                     while let Some(handoff) = incoming.recv().await {
                         accept(&shared, handoff);
                     }
-                    // Every connection holds a receiver: once all are gone,
-                    // every connection has ended.
+                    // Every connection holds a receiver, and so does every
+                    // drain hold: once all are gone, every connection (and
+                    // batch task) has ended.
                     let _ = drain_tx.send(());
                     drop(shared);
                     if tokio::time::timeout(grace, drain_tx.closed())

@@ -388,7 +388,13 @@ fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         tracing::error!(app_id = %app.config.id, events = group.len(), "runtime gone: queued legacy triggers not sent");
         return;
     };
+    // The worker's shutdown waits for this batch, which may carry other
+    // workers' callers, as for one of its own connections.
+    let hold = crate::http::server::drain_hold();
     runtime.spawn(async move {
+        let _hold = hold;
+        // Dropped before the hold: the next group it may spawn takes a hold
+        // of its own first.
         let place = place;
         if let Some(app) = place.state.app(&place.app_id) {
             send_batch(&place.state, app, group).await;

@@ -481,6 +481,58 @@ async fn a_trigger_with_almost_no_time_left_is_not_sent() {
     proxy.stop().await;
 }
 
+/// A batch sent by one worker for a caller of another is finished before
+/// the first worker's runtime goes at shutdown: the worker's drain waits
+/// for the batch as for a connection, and its caller gets its 202 (not a
+/// 502 for an event the upstream may have delivered).
+#[tokio::test]
+async fn a_batch_on_the_wire_at_shutdown_is_finished_before_its_worker_stops() {
+    let fake = support::fake().await;
+    // Two workers, handed connections in turn: the first to the first.
+    let mut proxy = TestProxy::start(
+        &format!(
+            "listen = \"127.0.0.1:0\"\nworkers = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\nbatch_in_flight = 1\n\
+             [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+            fake.url(),
+            support::KEY,
+            support::SECRET
+        ),
+        std::sync::Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let raw = |t: &Trig| {
+        format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{}",
+            t.uri(),
+            t.data.len(),
+            t.data
+        )
+    };
+    let addr = proxy.addr;
+    fake.set(|b| b.hold = true);
+    // The first worker's only connection holds the app's one place.
+    let first = raw(&Trig::nth(0));
+    let first = tokio::spawn(async move { support::raw_exchange(addr, first.as_bytes()).await });
+    fake.wait_for_requests(1).await;
+    // The second worker's caller queues behind it.
+    let second = raw(&Trig::nth(1));
+    let second = tokio::spawn(async move { support::raw_exchange(addr, second.as_bytes()).await });
+    wait_queued(&proxy, 1).await;
+    proxy.begin_shutdown();
+    // The first answer frees the place: its worker sends the queued trigger
+    // and closes its last connection (the caller asked to), then drains.
+    fake.release(1);
+    assert_accepted(&answered(first).await);
+    fake.wait_for_requests(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.release(1);
+    assert_accepted(&answered(second).await);
+    assert_eq!(fake.recorded().len(), 2);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn an_event_the_upstream_could_refuse_never_joins_a_batch() {
     let (fake, proxy) = setup("batch_in_flight = 1").await;
