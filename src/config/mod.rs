@@ -281,7 +281,8 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// `upstream.ping_interval_ms`: an HTTP/2 connection from which
     /// nothing has been read for this long is sent a PING, and closed when
-    /// the PING is not answered within as long again; also the idle time
+    /// the PING is not answered within as long again (at least
+    /// [`crate::upstream::MIN_PING_ACK_WAIT`]); also the idle time
     /// after which TCP keep-alive probes start on every upstream
     /// connection. `None` (0 in the file): neither.
     pub ping_interval: Option<Duration>,

@@ -26,8 +26,13 @@
 //! running its own single-threaded tokio runtime. The accept loop hands
 //! each new connection to the next worker in turn; from then on the
 //! connection, its requests, their upstream exchanges and the pooled
-//! upstream connections they use stay on that one thread. Nothing on a
-//! request's path wakes another thread, and no task migrates between cores.
+//! upstream connections they use stay on that one thread, and no task
+//! migrates between cores. The exception is coalescing
+//! ([`crate::routes::coalesce`]): an app's queued legacy triggers may
+//! come from several workers, and the batch carrying them is sent by the
+//! worker whose exchange freed the place, which then wakes the others'
+//! callers with their answers (and, at shutdown, waits for the batch:
+//! [`drain_hold`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -423,7 +428,7 @@ impl Worker {
                         tracing::warn!(
                             grace_ms = grace.as_millis() as u64,
                             worker = index,
-                            "connections still open after the grace period: cutting them"
+                            "connections (or coalesced batches) still open after the grace period: cutting them"
                         );
                     }
                 });

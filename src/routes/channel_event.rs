@@ -186,11 +186,12 @@ async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody
 /// [`coalesce::Coalescer::enqueue`]) and maps it.
 ///
 /// Its deadline counts from its arrival in the queue, as a single
-/// trigger's, and it is answered 504 when it passes: withdrawn and never
-/// sent if the trigger still waits (as one that found no upstream slot in
-/// time), or with its batch still on the wire (as a trigger of its own cut
-/// by its deadline; the batch goes on for its newer callers, to the newest
-/// one's deadline).
+/// trigger's: if it passes while the trigger waits, the trigger is
+/// withdrawn, never sent, and answered 504 (as one that found no upstream
+/// slot in time). Once its batch has taken it, the batch answers it by its
+/// deadline: 504 unsent if it is too late to be sent when the batch gets a
+/// slot, else the batch's answer (the batch's deadline is its oldest
+/// event's, so no later than this one's).
 async fn queued(
     call: &mut Call<'_>,
     mut answer: oneshot::Receiver<coalesce::Answer>,
@@ -201,11 +202,10 @@ async fn queued(
     // Dropping this future (the caller left) leaves the event queued.
     let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
         Ok(answer) => answer,
-        Err(_) => {
-            // Out of the queue if still there, so it is never sent.
-            coalescer.withdraw(ticket);
-            return Err(UpstreamError::Timeout.into());
-        }
+        Err(_) if coalescer.withdraw(ticket) => return Err(UpstreamError::Timeout.into()),
+        // In a batch, which answers by this deadline (at most a moment
+        // after it, when the batch's exchange ends right at it).
+        Err(_) => answer.await,
     };
     let Ok(answer) = answer else {
         return Err(UpstreamError::Aborted.into());

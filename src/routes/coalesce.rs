@@ -30,6 +30,12 @@
 //!   batch's 4xx, 5xx or time-out is answered to each of its callers as a
 //!   single trigger's would be ([`super::channel_event`]). A batch is never
 //!   re-sent.
+//! - **Deadlines.** Each caller's time counts from its arrival. A batch
+//!   waits for an upstream slot no longer than its oldest event may still
+//!   be sent (`Upstream::send_by`); an event too late then is answered 504
+//!   and left out, never sent, and the wait goes on for the rest. The batch
+//!   that leaves is bounded by its oldest event's deadline, so each caller
+//!   has its answer by its own.
 //!
 //! The queue lives with its `App`, in one configuration's state: a reload
 //! starts the next state's apps with empty queues and free places, and the
@@ -404,7 +410,44 @@ fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
 
 /// Sends one batch and answers each of its callers (the place is the
 /// caller's to hand on, when this is done).
-async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+async fn send_batch(state: &Arc<State>, app: &App, mut group: Vec<Queued>) {
+    let started = Instant::now();
+    // Each event is sent only while its own caller has the least time left
+    // that any exchange is sent with (`Upstream::send_by`); one that has
+    // less by the time a slot is free is answered 504, never sent. The
+    // slot is waited for until the oldest remaining event's last moment;
+    // past it, that one goes and the wait goes on for the rest, so a
+    // caller that has just queued is not cut short by an older one.
+    let slot = loop {
+        let now = tokio::time::Instant::now();
+        let (late, on_time): (Vec<Queued>, Vec<Queued>) = group
+            .into_iter()
+            .partition(|q| state.upstream.send_by(q.deadline) <= now);
+        group = on_time;
+        for q in late {
+            let _ = q.reply.send(Answer {
+                result: Err(UpstreamError::Timeout.into()),
+                upstream_time: started.elapsed(),
+            });
+        }
+        let Some(oldest) = group.iter().map(|q| q.deadline).min() else {
+            // None left to send; the place goes on.
+            return;
+        };
+        match state.upstream.slot_by(state.upstream.send_by(oldest)).await {
+            Ok(slot) => break slot,
+            Err(UpstreamError::Timeout) => continue,
+            Err(e) => return answer_each(group, Err(e.into()), started.elapsed()),
+        }
+    };
+    // The oldest event's deadline bounds the batch, so every caller has its
+    // batch's answer by its own deadline and waits for it: the next
+    // trigger of its connection leaves only after this batch is settled.
+    let deadline = group
+        .iter()
+        .map(|q| q.deadline)
+        .min()
+        .unwrap_or_else(|| state.upstream.deadline());
     let (path, body) = match group.as_slice() {
         [one] => (
             &app.events_path,
@@ -417,32 +460,16 @@ async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         .metrics()
         .upstream
         .trigger_request(group.len());
-    let started = Instant::now();
-    // The newest caller's: each event has as long as it would have had sent
-    // alone, so a caller that has just queued is not cut short by an older
-    // one's deadline (an event then sent, perhaps delivered, and its caller
-    // told 504). Each caller still waits only until its own deadline
-    // (`channel_event::queued`), as it would for a trigger of its own.
-    let deadline = group
-        .iter()
-        .map(|q| q.deadline)
-        .max()
-        .unwrap_or_else(|| state.upstream.deadline());
-    let result = match state.upstream.slot(deadline).await {
-        Ok(slot) => {
-            // Signed when it leaves, as every upstream request is.
-            let mut record = Record::default();
-            let call = Call::new(state, app, &mut record);
-            match call.signed_request(Method::POST, path, Some(Bytes::from(body)), None) {
-                Ok(req) => state
-                    .upstream
-                    .exchange(slot, req, deadline)
-                    .await
-                    .map_err(ProxyError::from),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e.into()),
+    // Signed when it leaves, as every upstream request is.
+    let mut record = Record::default();
+    let call = Call::new(state, app, &mut record);
+    let result = match call.signed_request(Method::POST, path, Some(Bytes::from(body)), None) {
+        Ok(req) => state
+            .upstream
+            .exchange(slot, req, deadline)
+            .await
+            .map_err(ProxyError::from),
+        Err(e) => Err(e),
     };
     answer_each(group, result, started.elapsed());
 }
@@ -626,7 +653,10 @@ mod tests {
             0,
             "the place is back"
         );
-        assert!(answer.try_recv().is_err(), "its caller is told, not kept");
+        assert!(
+            matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "its caller is told, not kept waiting"
+        );
     }
 
     #[test]

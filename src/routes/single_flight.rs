@@ -135,9 +135,9 @@ pub(crate) async fn exchange(
                     Ok(Err(_)) => continue,
                     Ok(Ok(shared)) => shared.clone(),
                 };
-                metrics.shared_stats();
                 match shared {
                     Some(Ok(answer)) => {
+                        metrics.shared_stats();
                         call.record.upstream_status = Some(answer.status.as_u16());
                         return Ok(answer);
                     }
@@ -151,7 +151,10 @@ pub(crate) async fn exchange(
                     {
                         continue;
                     }
-                    Some(Err(e)) => return Err(copy_error(&e)),
+                    Some(Err(e)) => {
+                        metrics.shared_stats();
+                        return Err(copy_error(&e));
+                    }
                     None => continue,
                 }
             }

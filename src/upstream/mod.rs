@@ -76,6 +76,12 @@ const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
 /// How long an idle pooled connection of hyper-util's client is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The least time an HTTP/2 upstream is given to answer a PING
+/// (`upstream.ping_interval_ms`, when shorter): a busy but healthy upstream
+/// that answers late does not lose its connection, and with it the
+/// exchanges on it.
+pub const MIN_PING_ACK_WAIT: Duration = Duration::from_secs(1);
+
 /// Exchanges one HTTP/2 connection is meant to carry at once: the least
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends a server allow,
 /// and what h2 assumes before the server's settings arrive.
@@ -331,7 +337,7 @@ impl Upstream {
                 builder
                     .timer(TokioTimer::new())
                     .http2_keep_alive_interval(interval)
-                    .http2_keep_alive_timeout(interval)
+                    .http2_keep_alive_timeout(interval.max(MIN_PING_ACK_WAIT))
                     .http2_keep_alive_while_idle(true);
             }
             Transport::Clients {
@@ -373,8 +379,7 @@ impl Upstream {
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let deadline = self.deadline();
         let send = async {
-            let slot = self.wait_for_slot().await?;
-            self.enough_left(deadline)?;
+            let slot = self.slot_by(self.send_by(deadline)).await?;
             let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
@@ -389,35 +394,35 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    /// Waits for a free exchange slot until `deadline`
-    /// ([`UpstreamError::Timeout`] then). A caller that builds its request
-    /// only once it holds a slot keeps nothing but what it builds it from
-    /// while it waits.
-    ///
-    /// A slot had with less than [`Self::enough_left`] before `deadline` is
-    /// given back, and the wait ends in [`UpstreamError::Timeout`]: the
-    /// request is not sent.
+    /// Waits for a free exchange slot for an exchange that ends at
+    /// `deadline`, until the last moment it may still be sent
+    /// ([`Self::send_by`]); [`UpstreamError::Timeout`] then, and the
+    /// request is not sent. A caller that builds its request only once it
+    /// holds a slot keeps nothing but what it builds it from while it
+    /// waits.
     pub async fn slot(&self, deadline: tokio::time::Instant) -> Result<Slot, UpstreamError> {
-        let slot = tokio::time::timeout_at(deadline, self.wait_for_slot())
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout))?;
-        self.enough_left(deadline)?;
-        Ok(slot)
+        self.slot_by(self.send_by(deadline)).await
     }
 
-    /// Whether an exchange that ends at `deadline` still has a tenth of
-    /// `upstream.timeout_ms` left, the least it is sent with. One with less
-    /// (it waited for a slot, or in a trigger queue, for most of its time)
-    /// is answered 504 unsent, rather than sent to be cut at its deadline
-    /// while the upstream may act on it: a trigger would then be delivered
-    /// although its caller was told it timed out, and again when the caller
-    /// retries.
-    fn enough_left(&self, deadline: tokio::time::Instant) -> Result<(), UpstreamError> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left < self.inner.timeout / 10 {
-            return Err(UpstreamError::Timeout);
-        }
-        Ok(())
+    /// Waits for a free exchange slot until `send_by`
+    /// ([`UpstreamError::Timeout`] then).
+    pub async fn slot_by(&self, send_by: tokio::time::Instant) -> Result<Slot, UpstreamError> {
+        tokio::time::timeout_at(send_by, self.wait_for_slot())
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    /// The last moment an exchange that ends at `deadline` is sent: while
+    /// a tenth of `upstream.timeout_ms` is left, the least it is sent with.
+    /// One that would have less (it waited for a slot, or in a trigger
+    /// queue, for most of its time) is answered 504 unsent, rather than
+    /// sent to be cut at its deadline while the upstream may act on it: a
+    /// trigger would then be delivered although its caller was told it
+    /// timed out, and again when the caller retries.
+    pub fn send_by(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline
+            .checked_sub(self.inner.timeout / 10)
+            .unwrap_or(deadline)
     }
 
     async fn wait_for_slot(&self) -> Result<Slot, UpstreamError> {

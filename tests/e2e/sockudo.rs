@@ -92,8 +92,16 @@ fn free_port() -> u16 {
 pub fn max_event_batch_size() -> usize {
     let server: toml::Value = toml::from_str(include_str!("../../config/sockudo-server.toml"))
         .expect("config/sockudo-server.toml is TOML");
-    server["app_manager"]["array"]["apps"][0]["policy"]["limits"]["max_event_batch_size"]
-        .as_integer()
+    ["app_manager", "array", "apps"]
+        .iter()
+        .try_fold(&server, |v, key| v.get(key))
+        .and_then(|apps| apps.get(0))
+        .and_then(|app| {
+            app.get("policy")?
+                .get("limits")?
+                .get("max_event_batch_size")
+        })
+        .and_then(toml::Value::as_integer)
         .and_then(|n| usize::try_from(n).ok())
         .expect("config/sockudo-server.toml's first app sets max_event_batch_size")
 }

@@ -425,36 +425,40 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
     proxy.stop().await;
 }
 
-/// A batch has as long as its newest caller's trigger would have had
-/// alone: a caller that queued just before the batch left is not cut short
-/// by an older caller's deadline. The older one is answered 504 at its own
-/// deadline, as a trigger of its own would be.
+/// An event whose caller has less than a tenth of `upstream.timeout_ms`
+/// left when its batch gets a slot is answered 504 and left out, never
+/// sent; the rest leave without it, bounded by their own deadlines, so a
+/// caller that has just queued is not cut short by an older one that was
+/// about to run out.
 #[tokio::test]
-async fn a_batch_runs_to_its_newest_callers_deadline_and_each_caller_to_its_own() {
+async fn an_event_too_late_to_send_is_left_out_and_the_rest_keep_their_time() {
     let (fake, proxy) = setup("batch_in_flight = 1\ntimeout_ms = 1000").await;
     fake.set(|b| b.hold = true);
     let first = occupy(&fake, &proxy, 0).await;
     let started = std::time::Instant::now();
     let older = queue(&proxy, vec![Trig::nth(0)], 0).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let newer = queue(&proxy, vec![Trig::nth(1)], 1).await;
-    // The batch of both leaves with about 300 ms left of the older
-    // caller's time and 1,000 of the newer's, and is held past the older
-    // one's deadline.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    let newer_trig = Trig::nth(1);
+    let expected = newer_trig.batch_item();
+    let newer = queue(&proxy, vec![newer_trig], 1).await;
+    // The place comes back with about 50 ms left of the older caller's
+    // time (less than its 100 ms to be sent with) and 1,000 of the newer's.
     fake.release(1);
     assert_accepted(&answered(first).await);
-    let recorded = fake.wait_for_requests(2).await;
-    assert_eq!(batch_of(&recorded[1]).len(), 2);
-    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(started.elapsed())).await;
-    fake.release(1);
     for c in older {
         let a = answered(c).await;
         assert_eq!(a.status.as_u16(), 504, "{}", a.text());
     }
+    let recorded = fake.wait_for_requests(2).await;
+    assert_eq!(recorded[1].path, EVENTS, "the newer event alone");
+    assert_eq!(recorded[1].json()["channels"][0], expected["channel"]);
+    // Held past the older caller's deadline, within the newer's.
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(started.elapsed())).await;
+    fake.release(1);
     for c in newer {
         assert_accepted(&answered(c).await);
     }
-    assert_eq!(fake.recorded().len(), 2, "the batch is sent once");
+    assert_eq!(fake.recorded().len(), 2, "the older event is never sent");
     proxy.stop().await;
 }
 

@@ -474,9 +474,10 @@ async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
     let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
     let a = legacy_trigger(&proxy, "before", "{}").await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
-    // The front goes silent 150 ms after its answer; the proxy's PING, sent
-    // after 100 ms without a frame, then goes unanswered for 100 ms.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The front goes silent 150 ms after its answer; the proxy's next
+    // PING, sent after 100 ms without a frame, then goes unanswered for the
+    // 1 s the proxy waits at least.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let a = legacy_trigger(&proxy, "after", "{}").await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert_eq!(delivered(&fake), ["before", "after"]);
