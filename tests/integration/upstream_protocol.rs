@@ -69,7 +69,10 @@ impl Drop for Front {
 impl Front {
     /// A front whose connection `n` is handled as `conduct(n)`, serving
     /// through `fake`.
-    async fn start(fake: &FakeUpstream, conduct: fn(usize) -> Conduct) -> Self {
+    async fn start(
+        fake: &FakeUpstream,
+        conduct: impl Fn(usize) -> Conduct + Copy + Send + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = Arc::new(Seen::default());
@@ -96,6 +99,12 @@ impl Front {
             }
         });
         Self { url, seen, task }
+    }
+
+    /// A front whose first connection is handled as `first` and every
+    /// later one served.
+    async fn first_then_serve(fake: &FakeUpstream, first: Conduct) -> Self {
+        Self::start(fake, move |n| if n == 0 { first } else { Conduct::Serve }).await
     }
 
     fn connections(&self) -> usize {
@@ -429,14 +438,7 @@ async fn a_refused_stream_is_sent_again_and_delivered_once() {
 #[tokio::test]
 async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_delivered_once() {
     let fake = support::fake().await;
-    let front = Front::start(&fake, |n| {
-        if n == 0 {
-            Conduct::GoAwayBelow
-        } else {
-            Conduct::Serve
-        }
-    })
-    .await;
+    let front = Front::first_then_serve(&fake, Conduct::GoAwayBelow).await;
     let proxy = proxy(&front.url, Some("h2c")).await;
     let a = legacy_trigger(&proxy, "gone-away", r#"{"n":1}"#).await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
@@ -453,14 +455,7 @@ async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_deliver
 #[tokio::test]
 async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
     let fake = support::fake().await;
-    let front = Front::start(&fake, |n| {
-        if n == 0 {
-            Conduct::SilentAfterFirst
-        } else {
-            Conduct::Serve
-        }
-    })
-    .await;
+    let front = Front::first_then_serve(&fake, Conduct::SilentAfterFirst).await;
     // One worker with one client: every exchange takes the same connection.
     let toml = format!(
         "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -488,14 +483,7 @@ async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
 #[tokio::test]
 async fn an_h2_post_whose_connection_dies_after_it_was_sent_is_not_sent_again() {
     let fake = support::fake().await;
-    let front = Front::start(&fake, |n| {
-        if n == 0 {
-            Conduct::DropAfterRequest
-        } else {
-            Conduct::Serve
-        }
-    })
-    .await;
+    let front = Front::first_then_serve(&fake, Conduct::DropAfterRequest).await;
     let proxy = proxy(&front.url, Some("h2c")).await;
     let a = legacy_trigger(&proxy, "cut", r#"{"n":1}"#).await;
     assert_eq!(a.status.as_u16(), 502, "{}", a.text());
