@@ -420,11 +420,7 @@ async fn send_batch(state: &Arc<State>, app: &App, mut group: Vec<Queued>) {
     // caller that has just queued is not cut short by an older one.
     let slot = loop {
         let now = tokio::time::Instant::now();
-        let (late, on_time): (Vec<Queued>, Vec<Queued>) = group
-            .into_iter()
-            .partition(|q| state.upstream.send_by(q.deadline) <= now);
-        group = on_time;
-        for q in late {
+        for q in group.extract_if(.., |q| state.upstream.send_by(q.deadline) <= now) {
             let _ = q.reply.send(Answer {
                 result: Err(UpstreamError::Timeout.into()),
                 upstream_time: started.elapsed(),
