@@ -80,6 +80,34 @@ fn value(text: &str, series: &str) -> f64 {
     support::metric(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
+/// Upstream requests of `route` (`pusher_cutover_upstream_requests_total`).
+fn upstream_requests(m: &str, route: &str) -> f64 {
+    value(
+        m,
+        &format!("pusher_cutover_upstream_requests_total{{route=\"{route}\"}}"),
+    )
+}
+
+/// The fixture app's calls of `route` that ended as `outcome`
+/// (`pusher_cutover_requests_total`).
+fn calls(m: &str, route: &str, outcome: &str) -> f64 {
+    value(
+        m,
+        &format!(
+            "pusher_cutover_requests_total{{app_id=\"{APP_ID}\",route=\"{route}\",outcome=\"{outcome}\"}}"
+        ),
+    )
+}
+
+/// Trigger requests of at most `le` events (a bucket of
+/// `pusher_cutover_upstream_batch_events`).
+fn batch_bucket(m: &str, le: &str) -> f64 {
+    value(
+        m,
+        &format!("pusher_cutover_upstream_batch_events_bucket{{le=\"{le}\"}}"),
+    )
+}
+
 /// Waits (bounded) until the proxy's trigger queue holds `n`.
 async fn wait_queued(proxy: &TestProxy, n: usize) {
     for _ in 0..1000 {
@@ -170,12 +198,7 @@ async fn at_low_load_each_trigger_goes_alone_at_once() {
         assert_eq!(body["name"], expected["name"]);
     }
     let m = proxy.metrics().await;
-    let requests = |route: &str| {
-        value(
-            &m,
-            &format!("pusher_cutover_upstream_requests_total{{route=\"{route}\"}}"),
-        )
-    };
+    let requests = |route: &str| upstream_requests(&m, route);
     assert_eq!(requests("events"), 5.0);
     assert_eq!(requests("batch_events"), 0.0);
     assert_eq!(value(&m, "pusher_cutover_upstream_batch_events_count"), 5.0);
@@ -214,28 +237,13 @@ async fn queued_triggers_leave_as_batches_and_are_answered_after_their_2xx() {
 
     assert_eq!(fake.recorded().len(), 3, "13 triggers, 3 upstream requests");
     let m = proxy.metrics().await;
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_requests_total{route="batch_events"}"#
-        ),
-        2.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_requests_total{route="events"}"#
-        ),
-        1.0
-    );
+    assert_eq!(upstream_requests(&m, "batch_events"), 2.0);
+    assert_eq!(upstream_requests(&m, "events"), 1.0);
     assert_eq!(value(&m, "pusher_cutover_upstream_batch_events_sum"), 13.0);
     assert_eq!(value(&m, "pusher_cutover_upstream_batch_events_count"), 3.0);
     assert_eq!(value(&m, QUEUED), 0.0);
     assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="ok"}"#
-        ),
+        calls(&m, "legacy_trigger", "ok"),
         13.0,
         "each caller recorded"
     );
@@ -270,21 +278,11 @@ async fn batches_larger_than_pushers_10_leave_whole_to_a_self_hosted_upstream() 
     let m = proxy.metrics().await;
     assert_eq!(value(&m, "pusher_cutover_upstream_batch_events_sum"), 31.0);
     assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_batch_events_bucket{le="20.0"}"#
-        ),
+        batch_bucket(&m, "20.0"),
         2.0,
         "the lone first trigger and the batch of 5"
     );
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_batch_events_bucket{le="30.0"}"#
-        ),
-        3.0,
-        "and the batch of 25"
-    );
+    assert_eq!(batch_bucket(&m, "30.0"), 3.0, "and the batch of 25");
     fake.release_all();
     proxy.stop().await;
 }
@@ -311,13 +309,7 @@ async fn a_batch_above_the_upstreams_limit_fails_each_of_its_callers() {
     }
     assert_eq!(fake.recorded().len(), 3, "never re-sent");
     let m = proxy.metrics().await;
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="client_error"}"#
-        ),
-        12.0
-    );
+    assert_eq!(calls(&m, "legacy_trigger", "client_error"), 12.0);
     fake.release_all();
     proxy.stop().await;
 }
@@ -378,14 +370,7 @@ async fn a_batch_failure_reaches_each_caller_as_a_single_triggers_would() {
     // Every caller recorded as its answer says: 4xx the callers' (but the
     // 401, the proxy's), the others the upstream's.
     let m = proxy.metrics().await;
-    let outcome = |o: &str| {
-        value(
-            &m,
-            &format!(
-                "pusher_cutover_requests_total{{app_id=\"{APP_ID}\",route=\"legacy_trigger\",outcome=\"{o}\"}}"
-            ),
-        )
-    };
+    let outcome = |o: &str| calls(&m, "legacy_trigger", o);
     assert_eq!(outcome("client_error"), 3.0 * 5.0);
     assert_eq!(outcome("upstream_error"), 2.0 * 5.0);
     fake.release_all();
@@ -414,10 +399,7 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
     assert_eq!(fake.recorded().len(), 3, "the batch is never re-sent");
     let m = proxy.metrics().await;
     assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_trigger",outcome="upstream_error"}"#
-        ),
+        calls(&m, "legacy_trigger", "upstream_error"),
         5.0,
         "each caller recorded"
     );
@@ -587,20 +569,8 @@ async fn batch_max_1_never_batches_nor_queues() {
         assert_accepted(&answered(c).await);
     }
     let m = proxy.metrics().await;
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_requests_total{route="events"}"#
-        ),
-        4.0
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_upstream_requests_total{route="batch_events"}"#
-        ),
-        0.0
-    );
+    assert_eq!(upstream_requests(&m, "events"), 4.0);
+    assert_eq!(upstream_requests(&m, "batch_events"), 0.0);
     proxy.stop().await;
 }
 
@@ -716,14 +686,7 @@ async fn identical_concurrent_stats_share_one_upstream_request() {
     assert_eq!(fake.recorded().len(), 4);
     let m = proxy.metrics().await;
     assert_eq!(value(&m, "pusher_cutover_shared_stats_answers_total"), 4.0);
-    assert_eq!(
-        value(
-            &m,
-            r#"pusher_cutover_requests_total{app_id="4242",route="legacy_stats",outcome="ok"}"#
-        ),
-        8.0,
-        "each caller recorded"
-    );
+    assert_eq!(calls(&m, "legacy_stats", "ok"), 8.0, "each caller recorded");
     proxy.stop().await;
 }
 
@@ -789,18 +752,12 @@ async fn upstream_requests_are_counted_by_route() {
         202
     );
     let m = observed.metrics().await;
-    let count = |m: &str, route: &str| {
-        value(
-            m,
-            &format!("pusher_cutover_upstream_requests_total{{route=\"{route}\"}}"),
-        )
-    };
     assert_eq!(
-        count(&m, "legacy"),
+        upstream_requests(&m, "legacy"),
         1.0,
         "observe forwards in the legacy form"
     );
-    assert_eq!(count(&m, "events"), 0.0);
+    assert_eq!(upstream_requests(&m, "events"), 0.0);
     observed.stop().await;
 
     let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
@@ -817,8 +774,11 @@ async fn upstream_requests_are_counted_by_route() {
     let a = support::send(Method::POST, &url, support::JSON, &body[..]).await;
     assert_eq!(a.status.as_u16(), 200);
     let m = proxy.metrics().await;
-    assert_eq!(count(&m, "channel"), 1.0);
-    assert_eq!(count(&m, "passthrough"), 1.0);
-    assert_eq!(count(&m, "legacy") + count(&m, "events"), 0.0);
+    assert_eq!(upstream_requests(&m, "channel"), 1.0);
+    assert_eq!(upstream_requests(&m, "passthrough"), 1.0);
+    assert_eq!(
+        upstream_requests(&m, "legacy") + upstream_requests(&m, "events"),
+        0.0
+    );
     proxy.stop().await;
 }
