@@ -379,7 +379,7 @@ impl Upstream {
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let deadline = self.deadline();
         let send = async {
-            let slot = self.slot_by(self.send_by(deadline)).await?;
+            let slot = self.slot(deadline).await?;
             let (resp, lease) = self.request(req).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
