@@ -286,6 +286,11 @@ pub struct UpstreamConfig {
     /// after which TCP keep-alive probes start on every upstream
     /// connection. `None` (0 in the file): neither.
     pub ping_interval: Option<Duration>,
+    /// `upstream.idle_timeout_ms`: how long an upstream connection with
+    /// no exchange on it is kept for the next one. Meant to be shorter
+    /// than the upstream's own keep-alive timeout, so that a request is
+    /// not sent on a connection the upstream is closing.
+    pub idle_timeout: Duration,
 }
 
 /// The most `upstream.max_connections` may be: far above any upstream's

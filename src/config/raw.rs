@@ -111,6 +111,8 @@ pub(super) struct RawUpstream {
     pub(super) max_connections: usize,
     #[serde(default = "default_ping_interval")]
     pub(super) ping_interval_ms: u64,
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub(super) idle_timeout_ms: u64,
     // upstream.protocol
     #[serde(default)]
     pub(super) protocol: super::UpstreamProtocol,
@@ -226,6 +228,9 @@ pub(super) fn default_connect_timeout() -> u64 {
 }
 pub(super) fn default_ping_interval() -> u64 {
     10_000
+}
+pub(super) fn default_upstream_idle_timeout() -> u64 {
+    60_000
 }
 pub(super) fn default_max_data() -> usize {
     10_240

@@ -470,6 +470,27 @@ fn upstream_pings_default_to_10_s_and_0_turns_them_off() {
 }
 
 #[test]
+fn upstream_idle_timeout_defaults_to_a_minute_and_is_positive() {
+    let text = |extra: &str| {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+        )
+    };
+    let idle = |extra: &str| {
+        Config::from_toml_str(&text(extra), &env(&[]))
+            .expect("valid")
+            .upstream
+            .idle_timeout
+    };
+    assert_eq!(idle(""), Duration::from_secs(60));
+    assert_eq!(idle("idle_timeout_ms = 4000"), Duration::from_secs(4));
+    let err = Config::from_toml_str(&text("idle_timeout_ms = 0"), &env(&[]))
+        .expect_err("zero")
+        .to_string();
+    assert!(err.contains("upstream.idle_timeout_ms"), "{err}");
+}
+
+#[test]
 fn upstream_max_connections_has_a_ceiling() {
     let text = |n: usize| {
         format!(

@@ -65,6 +65,7 @@ impl RawConfig {
             "upstream.max_connections",
             self.upstream.max_connections as u64,
         );
+        problems.positive("upstream.idle_timeout_ms", self.upstream.idle_timeout_ms);
         if self.upstream.max_connections > super::MAX_UPSTREAM_EXCHANGES {
             problems.add(
                 "upstream.max_connections",
@@ -216,6 +217,7 @@ impl RawConfig {
                 protocol: self.upstream.protocol,
                 ping_interval: (self.upstream.ping_interval_ms > 0)
                     .then(|| Duration::from_millis(self.upstream.ping_interval_ms)),
+                idle_timeout: Duration::from_millis(self.upstream.idle_timeout_ms),
             },
             batching: Batching {
                 in_flight: self.upstream.batch_in_flight,

@@ -23,9 +23,6 @@ use tower_service::Service as _;
 
 use super::{OutboundBody, OutboundRequest, UpstreamError, is_stale_connection, replayable_copy};
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Pooled connections tried for one request before opening a new one
 /// (each may turn out closed by the upstream meanwhile).
 const MAX_REUSE_ATTEMPTS: usize = 3;
@@ -54,6 +51,8 @@ pub(super) struct Pools {
     /// How long a connection not yet done with its last exchange is waited
     /// for before it is given up.
     timeout: Duration,
+    /// How long an idle connection is kept (`upstream.idle_timeout_ms`).
+    idle_timeout: Duration,
     pools: Box<[Pool]>,
     /// Idle connections each pool keeps at most.
     max_idle_per_pool: usize,
@@ -81,6 +80,7 @@ impl Pools {
         base: Uri,
         host: HeaderValue,
         timeout: Duration,
+        idle_timeout: Duration,
         workers: usize,
         max_idle_per_pool: usize,
     ) -> Self {
@@ -89,6 +89,7 @@ impl Pools {
             base,
             host,
             timeout,
+            idle_timeout,
             pools: (0..workers.max(1)).map(|_| Pool::default()).collect(),
             max_idle_per_pool,
         }
@@ -171,7 +172,7 @@ impl Pools {
     fn take_idle(&self, index: usize) -> Option<SendRequest<OutboundBody>> {
         let mut idle = self.pools[index].idle.lock().ok()?;
         while let Some(Idle { sender, since }) = idle.pop() {
-            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+            if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
             }
         }
@@ -205,7 +206,7 @@ impl Pools {
         let now = Instant::now();
         let expired = idle
             .iter()
-            .take_while(|i| now.duration_since(i.since) >= POOL_IDLE_TIMEOUT)
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
             .count();
         idle.drain(..expired);
         if idle.len() < self.max_idle_per_pool {

@@ -73,9 +73,6 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Largest upstream answer buffered for mapping back to a legacy caller.
 const MAX_MAPPED_RESPONSE: usize = 1024 * 1024;
 
-/// How long an idle pooled connection of hyper-util's client is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The least time an HTTP/2 upstream is given to answer a PING
 /// (`upstream.ping_interval_ms`, when shorter): a busy but healthy upstream
 /// that answers late does not lose its connection, and with it the
@@ -316,13 +313,14 @@ impl Upstream {
                 config.url.clone(),
                 host_header(&config.url),
                 config.timeout,
+                config.idle_timeout,
                 workers,
                 share,
             )))
         } else {
             let mut builder = Client::builder(TokioExecutor::new());
             builder
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_idle_timeout(config.idle_timeout)
                 .pool_timer(TokioTimer::new())
                 .pool_max_idle_per_host(share)
                 .http2_only(protocol == UpstreamProtocol::H2c)

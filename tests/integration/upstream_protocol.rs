@@ -549,6 +549,43 @@ async fn an_http1_post_whose_pooled_connection_dies_after_it_was_sent_is_not_sen
     task.abort();
 }
 
+/// `upstream.idle_timeout_ms`: a pooled upstream connection that has
+/// carried no exchange for that long is not used again (the next trigger
+/// opens another), over HTTP/1.1 and over h2c; one used sooner is. With
+/// the default (60 s) the same pause reuses the connection.
+#[tokio::test]
+async fn an_upstream_connection_idle_past_idle_timeout_ms_is_not_used_again() {
+    for protocol in ["http1", "h2c"] {
+        for (idle, pause, connections) in [
+            ("idle_timeout_ms = 300\n", 50, 1),
+            ("idle_timeout_ms = 300\n", 800, 2),
+            ("", 800, 1),
+        ] {
+            let fake = support::fake().await;
+            let front = Front::start(&fake, |_| Conduct::Serve).await;
+            // One worker: every exchange takes the same pool.
+            let toml = format!(
+                "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [upstream]\nurl = \"{}\"\nprotocol = \"{protocol}\"\nbatch_max = 1\n{idle}\
+                 [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+                front.url,
+                support::KEY,
+                support::SECRET,
+            );
+            let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+            let case = format!("{protocol}, {idle:?}, {pause} ms");
+            let a = legacy_trigger(&proxy, "before", "{}").await;
+            assert_eq!(a.status.as_u16(), 202, "{case}: {}", a.text());
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let a = legacy_trigger(&proxy, "after", "{}").await;
+            assert_eq!(a.status.as_u16(), 202, "{case}: {}", a.text());
+            assert_eq!(delivered(&fake), ["before", "after"], "{case}");
+            assert_eq!(front.connections(), connections, "{case}");
+            proxy.stop().await;
+        }
+    }
+}
+
 #[test]
 fn h2c_needs_an_http_url() {
     let toml = support::config_toml("https://127.0.0.1:6001", "protocol = \"h2c\"", "");
