@@ -13,6 +13,18 @@ fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |k| map.get(k).cloned()
 }
 
+/// A configuration of one app in front of a loopback `http://` upstream,
+/// with `extra` lines in its `[upstream]` table.
+fn with_upstream(extra: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(
+        &format!(
+            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n\
+             [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
+        ),
+        &env(&[]),
+    )
+}
+
 #[test]
 fn shipped_examples_are_valid() {
     let vars = env(&[("PUSHER_APP_SECRET", "s")]);
@@ -369,15 +381,7 @@ fn upstream_protocol_defaults_to_auto_and_sockudo_examples_use_h2c() {
 
 #[test]
 fn batching_defaults_and_limits() {
-    let parse = |extra: &str| {
-        Config::from_toml_str(
-            &format!(
-                "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n\
-                 [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
-            ),
-            &env(&[]),
-        )
-    };
+    let parse = with_upstream;
     let c = parse("").expect("valid");
     assert_eq!(
         c.batching,
@@ -450,17 +454,7 @@ fn batch_max_stays_within_pushers_limit_on_pusher() {
 
 #[test]
 fn upstream_pings_default_to_10_s_and_0_turns_them_off() {
-    let text = |extra: &str| {
-        format!(
-            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
-        )
-    };
-    let ping = |extra: &str| {
-        Config::from_toml_str(&text(extra), &env(&[]))
-            .expect("valid")
-            .upstream
-            .ping_interval
-    };
+    let ping = |extra: &str| with_upstream(extra).expect("valid").upstream.ping_interval;
     assert_eq!(ping(""), Some(Duration::from_secs(10)));
     assert_eq!(
         ping("ping_interval_ms = 250"),
@@ -471,20 +465,10 @@ fn upstream_pings_default_to_10_s_and_0_turns_them_off() {
 
 #[test]
 fn upstream_idle_timeout_defaults_to_a_minute_and_is_positive() {
-    let text = |extra: &str| {
-        format!(
-            "[upstream]\nurl = \"http://127.0.0.1:6001\"\n{extra}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
-        )
-    };
-    let idle = |extra: &str| {
-        Config::from_toml_str(&text(extra), &env(&[]))
-            .expect("valid")
-            .upstream
-            .idle_timeout
-    };
+    let idle = |extra: &str| with_upstream(extra).expect("valid").upstream.idle_timeout;
     assert_eq!(idle(""), Duration::from_secs(60));
     assert_eq!(idle("idle_timeout_ms = 4000"), Duration::from_secs(4));
-    let err = Config::from_toml_str(&text("idle_timeout_ms = 0"), &env(&[]))
+    let err = with_upstream("idle_timeout_ms = 0")
         .expect_err("zero")
         .to_string();
     assert!(err.contains("upstream.idle_timeout_ms"), "{err}");
@@ -492,13 +476,9 @@ fn upstream_idle_timeout_defaults_to_a_minute_and_is_positive() {
 
 #[test]
 fn upstream_max_connections_has_a_ceiling() {
-    let text = |n: usize| {
-        format!(
-            "[upstream]\nurl = \"http://127.0.0.1:6001\"\nmax_connections = {n}\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
-        )
-    };
-    assert!(Config::from_toml_str(&text(MAX_UPSTREAM_EXCHANGES), &env(&[])).is_ok());
-    let err = Config::from_toml_str(&text(MAX_UPSTREAM_EXCHANGES + 1), &env(&[]))
+    let max = |n: usize| with_upstream(&format!("max_connections = {n}"));
+    assert!(max(MAX_UPSTREAM_EXCHANGES).is_ok());
+    let err = max(MAX_UPSTREAM_EXCHANGES + 1)
         .expect_err("above the ceiling")
         .to_string();
     assert!(err.contains("upstream.max_connections"), "{err}");
