@@ -188,7 +188,11 @@ impl State {
             .collect();
         let upstream = match previous {
             Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
-            _ => Upstream::new(&config.upstream, config.workers()),
+            _ => Upstream::new(
+                &config.upstream,
+                config.workers(),
+                telemetry.metrics().upstream.slots(),
+            ),
         };
         // Validated as an absolute URL without `<`, `>` or `"`.
         let link = |url: &str| HeaderValue::try_from(format!("<{url}>; rel=\"deprecation\""));

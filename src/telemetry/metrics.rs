@@ -2,7 +2,7 @@
 //! app id only for configured apps (everything else is `other`), the route
 //! label, the outcome, and the signature-failure reason.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use super::Outcome;
 use super::fingerprint::Library;
@@ -483,6 +484,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        self.upstream.slots.read_in_use();
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -505,6 +507,101 @@ pub mod upstream_names {
     /// Legacy stats calls answered from another identical call's upstream
     /// request (single flight).
     pub const SHARED_STATS: &str = "pusher_cutover_shared_stats_answers";
+    /// Upstream exchange slots: `upstream.max_connections` of the
+    /// configuration in force.
+    pub const UPSTREAM_SLOTS: &str = "pusher_cutover_upstream_slots";
+    /// Upstream exchange slots held now (read when scraped).
+    pub const UPSTREAM_SLOTS_IN_USE: &str = "pusher_cutover_upstream_slots_in_use";
+    /// Upstream exchanges waiting for a slot now.
+    pub const UPSTREAM_SLOT_WAITERS: &str = "pusher_cutover_upstream_slot_waiters";
+    /// Waits for an upstream slot that ran out of time: the exchange (or a
+    /// coalesced batch's events too late to wait longer) answered 504,
+    /// never sent.
+    pub const UPSTREAM_SLOT_TIMEOUTS: &str = "pusher_cutover_upstream_slot_timeouts";
+}
+
+/// The upstream exchange slots (`upstream.max_connections`), for an
+/// operator to tell whether the cap is what holds throughput back: how many
+/// there are, how many are held, how many exchanges wait for one and how
+/// many waits ran out of time. Clones share their series.
+#[derive(Debug, Clone, Default)]
+pub struct SlotMetrics {
+    size: Gauge,
+    in_use: Gauge,
+    waiters: Gauge,
+    timeouts: Counter,
+    /// The semaphore of the upstream in force, whose free permits give
+    /// `in_use` when the metrics are read: nothing is counted per exchange.
+    current: Arc<Mutex<Weak<Semaphore>>>,
+}
+
+impl SlotMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            upstream_names::UPSTREAM_SLOTS,
+            "Upstream exchange slots (upstream.max_connections): exchanges in flight at once",
+            self.size.clone(),
+        );
+        registry.register(
+            upstream_names::UPSTREAM_SLOTS_IN_USE,
+            "Upstream exchange slots held now",
+            self.in_use.clone(),
+        );
+        registry.register(
+            upstream_names::UPSTREAM_SLOT_WAITERS,
+            "Upstream exchanges waiting for a free slot now",
+            self.waiters.clone(),
+        );
+        registry.register(
+            upstream_names::UPSTREAM_SLOT_TIMEOUTS,
+            "Waits for an upstream slot that ran out of time: answered 504, never sent",
+            self.timeouts.clone(),
+        );
+    }
+
+    /// Follows `slots`, an upstream's semaphore of `size` permits, from
+    /// now on (a new configuration's upstream).
+    pub fn follow(&self, slots: &Arc<Semaphore>, size: usize) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(slots);
+        self.size.set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `in_use` from the followed semaphore.
+    fn read_in_use(&self) {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        // None held once the upstream is gone.
+        let in_use = current.map_or(0, |s| {
+            let free = i64::try_from(s.available_permits()).unwrap_or(i64::MAX);
+            (self.size.get() - free).max(0)
+        });
+        self.in_use.set(in_use);
+    }
+
+    /// One exchange waits for a slot until the guard is dropped.
+    pub fn waiting(&self) -> Waiting {
+        self.waiters.inc();
+        Waiting(self.waiters.clone())
+    }
+
+    /// Counts a wait for a slot that ran out of time.
+    pub fn timed_out(&self) {
+        self.timeouts.inc();
+    }
+}
+
+/// An exchange waiting for a slot ([`SlotMetrics::waiting`]): counted in
+/// `slot_waiters` while it lives.
+#[derive(Debug)]
+pub struct Waiting(Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The upstream route a deprecated call's request took: its `route` label.
@@ -552,6 +649,7 @@ pub struct UpstreamRequests {
     batch_events: Histogram,
     queued: Gauge,
     shared_stats: Counter,
+    slots: SlotMetrics,
 }
 
 impl UpstreamRequests {
@@ -595,11 +693,14 @@ impl UpstreamRequests {
             "Legacy stats calls answered from an identical concurrent call's upstream request",
             shared_stats.clone(),
         );
+        let slots = SlotMetrics::default();
+        slots.register(registry);
         Self {
             by_route,
             batch_events,
             queued,
             shared_stats,
+            slots,
         }
     }
 
@@ -627,5 +728,46 @@ impl UpstreamRequests {
     /// Counts a stats call answered from another call's request.
     pub fn shared_stats(&self) {
         self.shared_stats.inc();
+    }
+
+    /// The upstream exchange slots' metrics.
+    pub fn slots(&self) -> &SlotMetrics {
+        &self.slots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `slots_in_use` follows the upstream in force: a new configuration's
+    /// upstream replaces the one before, and one dropped reads as none held.
+    #[test]
+    fn slots_in_use_follow_the_upstream_in_force() {
+        let metrics = Metrics::new();
+        let slots = metrics.upstream.slots();
+        let read = |m: &Metrics| {
+            let text = m.encode();
+            [
+                "pusher_cutover_upstream_slots ",
+                "pusher_cutover_upstream_slots_in_use ",
+            ]
+            .map(|series| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series))
+                    .map(str::to_owned)
+            })
+        };
+        let first = Arc::new(Semaphore::new(4));
+        slots.follow(&first, 4);
+        let _held = first.clone().try_acquire_many_owned(3).expect("permits");
+        assert_eq!(read(&metrics), [Some("4".into()), Some("3".into())]);
+        let second = Arc::new(Semaphore::new(8));
+        slots.follow(&second, 8);
+        let _one = second.clone().try_acquire_owned().expect("permit");
+        assert_eq!(read(&metrics), [Some("8".into()), Some("1".into())]);
+        drop(_one);
+        drop(second);
+        assert_eq!(read(&metrics), [Some("8".into()), Some("0".into())]);
     }
 }

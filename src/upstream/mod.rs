@@ -17,7 +17,10 @@
 //!
 //! The cap on exchanges in flight (`max_connections`) is shared by all
 //! workers: an exchange holds a [`Slot`] from before it is sent until its
-//! answer has been read.
+//! answer has been read. A free slot is taken at once; an exchange that
+//! finds none waits, counted in `pusher_cutover_upstream_slot_waiters`,
+//! and a wait that runs out in `pusher_cutover_upstream_slot_timeouts_total`
+//! ([`SlotMetrics`]).
 //!
 //! A request that failed is sent again only when it provably never reached
 //! the upstream, so that an event is never delivered twice:
@@ -50,9 +53,10 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::telemetry::metrics::SlotMetrics;
 
 mod h1;
 
@@ -177,6 +181,8 @@ struct Inner {
     /// One permit per upstream exchange in progress: at most
     /// `max_connections` at once, the rest wait.
     slots: Arc<Semaphore>,
+    /// Waits for a slot, and those that ran out of time.
+    slot_metrics: SlotMetrics,
 }
 
 /// How requests travel.
@@ -290,8 +296,8 @@ impl hyper::body::Body for Guarded {
 
 impl Upstream {
     /// A client for `config`, with clients of its own for each of `workers`
-    /// threads.
-    pub fn new(config: &UpstreamConfig, workers: usize) -> Self {
+    /// threads, whose exchange slots `slot_metrics` follows from now on.
+    pub fn new(config: &UpstreamConfig, workers: usize, slot_metrics: &SlotMetrics) -> Self {
         let workers = workers.max(1);
         let https = config.url.scheme_str() == Some("https");
         let protocol = config.protocol;
@@ -355,13 +361,16 @@ impl Upstream {
             .scheme()
             .cloned()
             .unwrap_or(hyper::http::uri::Scheme::HTTP);
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        slot_metrics.follow(&slots, config.max_connections);
         Self {
             inner: Arc::new(Inner {
                 transport,
                 scheme,
                 authority,
                 timeout: config.timeout,
-                slots: Arc::new(Semaphore::new(config.max_connections)),
+                slots,
+                slot_metrics: slot_metrics.clone(),
             }),
         }
     }
@@ -405,9 +414,19 @@ impl Upstream {
     /// Waits for a free exchange slot until `send_by`
     /// ([`UpstreamError::Timeout`] then).
     pub async fn slot_by(&self, send_by: tokio::time::Instant) -> Result<Slot, UpstreamError> {
+        // A free slot is taken without a timer or a count.
+        match self.inner.slots.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(Slot { _permit: permit }),
+            Err(TryAcquireError::Closed) => return Err(UpstreamError::Aborted),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let _waiting = self.inner.slot_metrics.waiting();
         tokio::time::timeout_at(send_by, self.wait_for_slot())
             .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+            .unwrap_or_else(|_| {
+                self.inner.slot_metrics.timed_out();
+                Err(UpstreamError::Timeout)
+            })
     }
 
     /// The last moment an exchange that ends at `deadline` is sent: while

@@ -589,3 +589,93 @@ async fn client_leaving_mid_request_is_recorded() {
     );
     proxy.stop().await;
 }
+
+/// The four slot series of a metrics exposition: slots, held, waiting,
+/// waits that ran out.
+fn slots(m: &str) -> [Option<f64>; 4] {
+    [
+        "pusher_cutover_upstream_slots",
+        "pusher_cutover_upstream_slots_in_use",
+        "pusher_cutover_upstream_slot_waiters",
+        "pusher_cutover_upstream_slot_timeouts_total",
+    ]
+    .map(|series| support::metric(m, series))
+}
+
+/// Polls (bounded) until the proxy's slot series read `want`.
+async fn wait_slots(proxy: &TestProxy, want: [f64; 4]) {
+    let mut seen = [None; 4];
+    for _ in 0..500 {
+        seen = slots(&proxy.metrics().await);
+        if seen == want.map(Some) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("slot metrics {seen:?}, not {want:?}");
+}
+
+/// A passthrough trigger to `channel`, freshly signed.
+async fn current_trigger(proxy: &TestProxy, channel: &str) -> support::Answer {
+    let body = format!(r#"{{"name":"ev","channels":["{channel}"],"data":"{{}}"}}"#);
+    post(
+        proxy,
+        &support::current_trigger_uri(body.as_bytes(), support::now()),
+        body,
+    )
+    .await
+}
+
+/// The slot metrics tell an operator whether `upstream.max_connections`
+/// holds calls back: the slots, those held, the exchanges waiting for one,
+/// and the waits that ran out of time (answered 504, never sent).
+#[tokio::test]
+async fn slot_metrics_show_exchanges_held_waiting_and_timed_out() {
+    let fake = support::fake().await;
+    fake.set(|b| b.hold = true);
+    let proxy = Arc::new(
+        TestProxy::for_upstream(&fake.url(), "max_connections = 2\ntimeout_ms = 5000", "").await,
+    );
+    assert_eq!(
+        slots(&proxy.metrics().await),
+        [Some(2.0), Some(0.0), Some(0.0), Some(0.0)]
+    );
+    // Three exchanges for two slots: two held by the upstream, one waiting.
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let proxy = proxy.clone();
+            tokio::spawn(async move { current_trigger(&proxy, &format!("room-{i}")).await })
+        })
+        .collect();
+    fake.wait_for_requests(2).await;
+    wait_slots(&proxy, [2.0, 2.0, 1.0, 0.0]).await;
+    fake.release_all();
+    for call in calls {
+        let a = call.await.expect("call task");
+        assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    }
+    assert_eq!(fake.recorded().len(), 3);
+    wait_slots(&proxy, [2.0, 0.0, 0.0, 0.0]).await;
+    support::stop_shared(proxy).await;
+
+    // One slot, held until its exchange times out: the call waiting for
+    // it runs out of time first (a tenth of the timeout before its
+    // deadline), is answered 504 and never sent.
+    let fake = support::fake().await;
+    fake.set(|b| b.hold = true);
+    let proxy = Arc::new(
+        TestProxy::for_upstream(&fake.url(), "max_connections = 1\ntimeout_ms = 1000", "").await,
+    );
+    let first = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { current_trigger(&proxy, "held").await }
+    });
+    fake.wait_for_requests(1).await;
+    let waiting = current_trigger(&proxy, "waiting").await;
+    assert_eq!(waiting.status.as_u16(), 504, "{}", waiting.text());
+    let first = first.await.expect("call task");
+    assert_eq!(first.status.as_u16(), 504, "{}", first.text());
+    assert_eq!(fake.recorded().len(), 1, "the waiting call was never sent");
+    wait_slots(&proxy, [1.0, 0.0, 0.0, 1.0]).await;
+    support::stop_shared(proxy).await;
+}
