@@ -42,6 +42,7 @@
 //! previous state's queue is drained by its own requests in flight, signed
 //! with the credentials they were accepted under.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -373,10 +374,69 @@ struct BatchPlace {
     app_id: String,
 }
 
-impl Drop for BatchPlace {
+/// A place to hand on: its state, and its app's id.
+type Handed = (Arc<State>, String);
+
+thread_local! {
+    /// Places whose drop came while this thread was already handing one on
+    /// (`Some`): left here for that outer hand-on to take in turn.
+    static HANDED_ON_LATER: RefCell<Option<Vec<Handed>>> = const { RefCell::new(None) };
+}
+
+/// Ends this thread's hand-on of places, also if one panicked.
+struct HandingOn;
+
+impl Drop for HandingOn {
     fn drop(&mut self) {
-        if let Some(app) = self.state.app(&self.app_id) {
-            app.coalescer.release(&self.state, app);
+        let _ = HANDED_ON_LATER.try_with(|later| later.borrow_mut().take());
+    }
+}
+
+/// Hands `app_id`'s place on to its queue.
+fn hand_on(state: &Arc<State>, app_id: &str) {
+    if let Some(app) = state.app(app_id) {
+        app.coalescer.release(state, app);
+    }
+}
+
+impl Drop for BatchPlace {
+    /// Hands the place on to the queue. Handing it on spawns the next
+    /// batch's task; while a runtime shuts down that task is dropped at
+    /// once, which hands its place on in turn, and so on down the queue.
+    /// Those nested drops only leave their place for the outermost, which
+    /// hands each on in a loop: the stack stays one hand-on deep however
+    /// long the queue is.
+    fn drop(&mut self) {
+        let (state, app_id) = (self.state.clone(), std::mem::take(&mut self.app_id));
+        let nested = HANDED_ON_LATER.try_with(|later| {
+            let mut later = later.borrow_mut();
+            let nested = later.is_some();
+            if !nested {
+                *later = Some(Vec::new());
+            }
+            nested
+        });
+        match nested {
+            Ok(true) => {
+                let _ = HANDED_ON_LATER.try_with(|later| {
+                    if let Some(places) = later.borrow_mut().as_mut() {
+                        places.push((state, app_id));
+                    }
+                });
+            }
+            Ok(false) => {
+                let _handing_on = HandingOn;
+                hand_on(&state, &app_id);
+                while let Some((state, app_id)) = HANDED_ON_LATER
+                    .try_with(|later| later.borrow_mut().as_mut().and_then(Vec::pop))
+                    .ok()
+                    .flatten()
+                {
+                    hand_on(&state, &app_id);
+                }
+            }
+            // The thread is ending and its locals are gone.
+            Err(_) => hand_on(&state, &app_id),
         }
     }
 }
@@ -652,6 +712,55 @@ mod tests {
         assert!(
             matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
             "its caller is told, not kept waiting"
+        );
+    }
+
+    /// A long queue whose batch tasks are each dropped as soon as they
+    /// are spawned (their runtime shutting down) is handed on in a loop,
+    /// not in a recursion as deep as the queue is long, which would
+    /// overflow the thread's stack: every caller is told, and the place
+    /// comes back.
+    #[test]
+    fn a_long_queue_dropped_at_shutdown_is_handed_on_without_recursing() {
+        const QUEUED: usize = 20_000;
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\nbatch_in_flight = 1\nbatch_max = 2\n\
+                    [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let config = crate::Config::from_toml_str(text, &|_| None).expect("valid");
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(&config));
+        let proxy = crate::pipeline::Proxy::new(config, Arc::new(crate::SystemClock), telemetry);
+        let state = proxy.current();
+        let app = state.app("1").expect("the app");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let entered = runtime.enter();
+        // The first takes the only place; the rest queue behind it.
+        let mut answers: Vec<_> = (0..=QUEUED)
+            .map(|i| {
+                app.coalescer
+                    .enqueue(&state, app, pending(i, None), later())
+                    .0
+            })
+            .collect();
+        assert_eq!(app.coalescer.lock().len(), QUEUED);
+        drop(entered);
+        drop(runtime);
+        assert_eq!(
+            app.coalescer.lock().len(),
+            0,
+            "the queue is handed on whole"
+        );
+        assert_eq!(
+            app.coalescer.in_flight.load(Ordering::SeqCst),
+            0,
+            "the place is back"
+        );
+        assert!(
+            answers
+                .iter_mut()
+                .all(|a| matches!(a.try_recv(), Err(oneshot::error::TryRecvError::Closed))),
+            "every caller is told, none kept waiting"
         );
     }
 
