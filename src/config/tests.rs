@@ -2,6 +2,7 @@
 
 use super::validate::parse_upstream_url;
 use super::*;
+use crate::pusher::channel::{OTHER_HOSTS, PUSHER_HOSTS};
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
@@ -82,22 +83,10 @@ fn pusher_upstream_probes_by_default() {
         .apps[0]
             .subscription_count
     };
-    // Pusher's hosts, as `pusher::channel::is_pusher_host` knows them:
-    // either domain, bare or under it, in any case, with a trailing dot.
-    for host in [
-        "api-eu.pusher.com",
-        "API-MT1.PUSHER.COM",
-        "api-mt1.pusher.com.",
-        "pusher.com",
-        "api.pusherapp.com",
-    ] {
+    for host in PUSHER_HOSTS {
         assert_eq!(counting(host), SubscriptionCounting::Probe, "{host}");
     }
-    for host in [
-        "sockudo.internal",
-        "notpusher.com",
-        "pusher.com.example.org",
-    ] {
+    for host in OTHER_HOSTS {
         assert_eq!(counting(host), SubscriptionCounting::On, "{host}");
     }
 }
@@ -430,11 +419,7 @@ fn batch_max_stays_within_pushers_limit_on_pusher() {
             &env(&[]),
         )
     };
-    for host in [
-        "api-mt1.pusher.com",
-        "API-EU.Pusher.com.",
-        "api.pusherapp.com",
-    ] {
+    for host in PUSHER_HOSTS {
         assert_eq!(on(host, 10).expect(host).batching.max, 10);
         let e = on(host, 11).expect_err(host).to_string();
         assert!(
@@ -443,11 +428,7 @@ fn batch_max_stays_within_pushers_limit_on_pusher() {
         );
     }
     // Only Pusher's own domains are held to its limit.
-    for host in [
-        "notpusher.com",
-        "pusher.com.example.org",
-        "sockudo.internal",
-    ] {
+    for host in OTHER_HOSTS {
         assert_eq!(on(host, 50).expect(host).batching.max, 50);
     }
 }

@@ -48,6 +48,33 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b))
 }
 
+/// Pusher's own hosts in the forms a configuration may spell them (either
+/// domain, bare or under it, in any case, with a trailing dot), for the
+/// tests of everything that treats Pusher apart.
+#[cfg(test)]
+pub(crate) const PUSHER_HOSTS: [&str; 9] = [
+    "pusher.com",
+    "pusherapp.com",
+    "api-mt1.pusher.com",
+    "api-eu.pusher.com",
+    "API-EU.Pusher.com",
+    "API-MT1.PUSHER.COM",
+    "api.pusherapp.com",
+    "api.pusher.com.",
+    "API-EU.PUSHER.COM.",
+];
+
+/// Hosts that are not Pusher's, some of them close to its names.
+#[cfg(test)]
+pub(crate) const OTHER_HOSTS: [&str; 6] = [
+    "notpusher.com",
+    "pusher.com.evil",
+    "pusher.com.example.org",
+    "127.0.0.1",
+    "sockudo.internal",
+    "pusher",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,24 +96,11 @@ mod tests {
 
     #[test]
     fn pusher_hosts_and_limits() {
-        for h in [
-            "pusher.com",
-            "api-mt1.pusher.com",
-            "API-EU.Pusher.com",
-            "api.pusherapp.com",
-            "pusherapp.com",
-            "api.pusher.com.",
-        ] {
+        for h in PUSHER_HOSTS {
             assert!(is_pusher_host(h), "{h}");
             assert_eq!(max_len_for(Some(h)), PUSHER_MAX_CHANNEL_LEN, "{h}");
         }
-        for h in [
-            "notpusher.com",
-            "pusher.com.evil",
-            "127.0.0.1",
-            "sockudo.internal",
-            "pusher",
-        ] {
+        for h in OTHER_HOSTS {
             assert!(!is_pusher_host(h), "{h}");
             assert_eq!(max_len_for(Some(h)), MAX_CHANNEL_LEN, "{h}");
         }

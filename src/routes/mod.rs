@@ -207,7 +207,7 @@ pub fn map_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pusher::channel::MAX_CHANNEL_LEN;
+    use crate::pusher::channel::{MAX_CHANNEL_LEN, OTHER_HOSTS, PUSHER_HOSTS};
 
     #[test]
     fn channel_segments() {
@@ -248,22 +248,13 @@ mod tests {
     #[test]
     fn pusher_upstreams_hold_names_to_164() {
         let at = |n: usize| "a".repeat(n);
-        for host in [
-            "api-mt1.pusher.com",
-            "API-EU.PUSHER.COM.",
-            "api.pusherapp.com",
-        ] {
+        for host in PUSHER_HOSTS {
             assert!(check_upstream_len(&at(164), Some(host)).is_ok(), "{host}");
             let e = check_upstream_len(&at(165), Some(host)).expect_err(host);
             assert_eq!(e.status(), StatusCode::BAD_REQUEST);
             assert!(e.to_string().contains("164"), "{e}");
         }
-        for host in [
-            Some("127.0.0.1"),
-            Some("sockudo.internal"),
-            Some("notpusher.com"),
-            None,
-        ] {
+        for host in OTHER_HOSTS.map(Some).into_iter().chain([None]) {
             assert!(check_upstream_len(&at(200), host).is_ok(), "{host:?}");
         }
     }
