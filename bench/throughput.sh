@@ -27,9 +27,10 @@
 #   PC_BATCH_IN_FLIGHT     upstream.batch_in_flight for every scenario; default: the binary's default
 #                          for sockudo and njs, upstream.max_connections for remote (see below)
 #   PC_BATCH_MAX           upstream.batch_max for every scenario; default: 50 for sockudo (config/
-#                          sockudo-local.toml's, its app's max_event_batch_size here, raised to a larger
-#                          PC_BATCH_MAX; with a second pusher-cutover at 10 beside it whenever the
-#                          first's is above 10), the binary's default (10) for the others
+#                          sockudo-local.toml's; its app's max_event_batch_size is config/sockudo-
+#                          server.toml's, raised to a larger PC_BATCH_MAX; with a second pusher-cutover
+#                          at 10 beside it whenever the first's is above 10), the binary's default (10)
+#                          for the others
 #   PC_MAX_CONNECTIONS     upstream.max_connections in every scenario (default 64)
 #   REMOTE_SLEEP           the remote upstream's added latency in seconds (default 0.02)
 #   NREQ                   signed requests per run, cycled through by wrk (default 20000)
@@ -276,18 +277,21 @@ HAS_PROTOCOL=0; HAS_BATCH_IN_FLIGHT=0; HAS_BATCH_MAX=0
 accepts 'protocol = "h2c"' && HAS_PROTOCOL=1
 accepts 'batch_in_flight = 2' && HAS_BATCH_IN_FLIGHT=1
 accepts 'batch_max = 10' && HAS_BATCH_MAX=1
-# Sockudo's app limit on events per batch_events request in the sockudo
-# scenario, and pusher-cutover's batch_max there: config/sockudo-local.toml's
-# batch_max (50, within config/sockudo-server.toml's app limit, which a
-# config test checks), when the binary takes more than Pusher's 10; a second
-# pusher-cutover runs beside it with batch_max = 10. A larger PC_BATCH_MAX
-# raises the app's limit with it (Sockudo refuses a batch above the limit
-# whole).
+# The sockudo scenario's two batch sizes, each from its own example config:
+# pusher-cutover's batch_max from config/sockudo-local.toml (50), used when
+# the binary takes more than Pusher's 10 (a second pusher-cutover runs
+# beside it with batch_max = 10), and the Sockudo app's limit on events per
+# batch_events request from config/sockudo-server.toml's
+# max_event_batch_size (50; a config test keeps the first within it). A
+# larger PC_BATCH_MAX raises the app's limit with it (Sockudo refuses a
+# batch above its limit whole).
 SOCKUDO_BATCH=$(sed -n 's/^batch_max = \([0-9][0-9]*\).*/\1/p' "$ROOT/config/sockudo-local.toml")
 [[ $SOCKUDO_BATCH =~ ^[0-9]+$ ]] || die "no batch_max in config/sockudo-local.toml"
+SOCKUDO_APP_LIMIT=$(sed -n 's/^max_event_batch_size = \([0-9][0-9]*\).*/\1/p' "$ROOT/config/sockudo-server.toml")
+[[ $SOCKUDO_APP_LIMIT =~ ^[0-9]+$ ]] || die "no max_event_batch_size in config/sockudo-server.toml"
 HAS_BIG_BATCH=0
 [ "$HAS_BATCH_MAX" -eq 1 ] && accepts "batch_max = $SOCKUDO_BATCH" && HAS_BIG_BATCH=1
-if [[ "${PC_BATCH_MAX:-}" =~ ^[0-9]+$ ]] && [ "$PC_BATCH_MAX" -gt "$SOCKUDO_BATCH" ]; then SOCKUDO_BATCH=$PC_BATCH_MAX; fi
+if [[ "${PC_BATCH_MAX:-}" =~ ^[0-9]+$ ]] && [ "$PC_BATCH_MAX" -gt "$SOCKUDO_APP_LIMIT" ]; then SOCKUDO_APP_LIMIT=$PC_BATCH_MAX; fi
 accepts '' || { "$PC" validate --config "$WORK/probe.toml" >&2 || true; die "the binary refuses the benchmark's config"; }
 if [ -n "${PC_PROTOCOL:-}" ] && [ "$HAS_PROTOCOL" -eq 0 ]; then die "PC_PROTOCOL=$PC_PROTOCOL, but this binary has no upstream.protocol"; fi
 if [ -n "${PC_PROTOCOL:-}" ] && ! accepts "protocol = \"$PC_PROTOCOL\""; then die "the binary refuses upstream.protocol = \"$PC_PROTOCOL\""; fi
@@ -504,7 +508,7 @@ secret = "bench-app-secret"
 enabled = true
 
 [app_manager.array.apps.policy.limits]
-max_event_batch_size = $SOCKUDO_BATCH
+max_event_batch_size = $SOCKUDO_APP_LIMIT
 max_connections = 0
 max_client_events_per_second = 0
 
