@@ -266,15 +266,22 @@ upstream_requests() {
   curl -s --max-time 5 "http://127.0.0.1:$1/" | awk 'NR == 3 { print $3 }'
 }
 
-# peak_connections PORT FILE: until killed, samples every 0.1 s the
+# peak_connections PORT FILE [PIDS]: until killed, samples every 0.1 s the
 # established TCP connections to 127.0.0.1:PORT (the connecting side's
 # sockets only: `ss … dport = :PORT`) and keeps the largest count in FILE
 # (written aside and renamed, so that FILE is whole whenever it is killed).
+# With PIDS (space-separated), only the connections those processes hold
+# (`ss -p`, as root): one of several clients of the same port.
 peak_connections() {
-  local peak=0 n
+  local peak=0 n owners=""
+  [ -z "${3:-}" ] || owners="pid=($(tr ' ' '|' <<<"$3")),"
   echo 0 > "$2"
   while :; do
-    n=$(ss -Htn state established "( dport = :$1 )" 2>/dev/null | wc -l)
+    if [ -n "$owners" ]; then
+      n=$(ss -Htnp state established "( dport = :$1 )" 2>/dev/null | grep -cE "$owners" || true)
+    else
+      n=$(ss -Htn state established "( dport = :$1 )" 2>/dev/null | wc -l)
+    fi
     if [ "$n" -gt "$peak" ]; then peak=$n; echo "$peak" > "$2.new" && mv -f "$2.new" "$2"; fi
     sleep 0.1
   done

@@ -50,8 +50,8 @@
 #           max_event_batch_size); pc-legacy-10: the same through a second
 #           pusher-cutover with Pusher's batch_max = 10 (the default);
 #           pc-passthrough: current-API triggers through the first.
-#           peak up counts every connection to Sockudo, so with both
-#           proxies running it is the two's sum (each keeps its own).
+#           peak up counts the target's own connections to Sockudo
+#           (`ss -p`), not the other proxy's running beside it.
 #           up/req: the proxy's upstream requests per client request
 #           (pusher_cutover_upstream_requests_total, when the build has it).
 #           Targets: legacy ≥ 1.5 × direct, passthrough ≥ 1.2 × direct.
@@ -396,7 +396,9 @@ run() {
   c0=$(ticks_of $pids)
   [ -z "$status_port" ] || u0=$(upstream_requests "$status_port")
   if [ -n "$peak_port" ]; then
-    peak_connections "$peak_port" "$WORK/peak" &
+    # Sockudo's clients run side by side: each counts only its own.
+    # shellcheck disable=SC2086
+    peak_connections "$peak_port" "$WORK/peak" "$( [ "$sc" != sockudo ] || echo $pids)" &
     sampler=$!
   fi
   if ! timeout $(( DURATION + 120 )) "$WRK" -t2 -c"$conns" -d"${DURATION}s" --timeout 5s \
