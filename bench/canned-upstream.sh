@@ -196,6 +196,12 @@ ticks_of() {
 # nginx and haproxy), or nothing.
 find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
 
+# machine_line: the "machine:" line of a summary: cores, the CPU's model
+# name and model number (VMs of one model name differ by it), the kernel.
+machine_line() {
+  echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') (model $(awk -F': ' '/^model\t/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r)"
+}
+
 # apt_install PKG...: installs Debian packages (as root, or with sudo) with
 # the packages' own services kept from starting (the standard policy-rc.d
 # hook; POLICY_CREATED=1 while it is ours, for a caller's cleanup). Where a

@@ -488,7 +488,7 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo "pusher-cutover benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command:  bench/run.sh$( [ $QUICK -eq 1 ] && echo " --quick")$( [ $LOG_COMPARE -eq 1 ] && echo " --log-compare")$( [ $PGO -eq 1 ] || echo " --no-pgo") (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, $NREQ signed requests per run)"
   echo "commit:   $GIT_REV ($GIT_DIRTY); build: $BUILD_KIND"
-  echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+  machine_line
   echo "versions: $(ver "$NGINX" -v) | $(ver "$HAPROXY" -v) | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3) | $(rustc --version 2>/dev/null || echo rustc ?)"
   echo "setup:    canned upstream nginx (1 worker); nginx proxy (2 workers, keepalive 1024); haproxy (nbthread 2,"
   echo "          http-reuse always); hyper-floor (examples/hyper_floor.rs, built like pusher-cutover: hyper server -> hyper"

@@ -726,7 +726,7 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
   echo "command:  $CMDLINE (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, remote $REMOTE_CONNS connections, $NREQ signed requests per run)"
   echo "commit:   $GIT_REV ($GIT_DIRTY) of the tree the script ran from; binary $(shown_path "$BIN") (sha256 $BIN_SUM), $BUILD_KIND"
   [ -z "$LABEL" ] || echo "build:    $LABEL"
-  echo "machine:  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+  machine_line
   echo "versions: $(ver "$NGINX" -v) (njs $(dpkg-query -W -f '${Version}' libnginx-mod-http-js 2>/dev/null || echo ?), echo $(dpkg-query -W -f '${Version}' libnginx-mod-http-echo 2>/dev/null || echo ?)) | $( [ -x "$SOCKUDO" ] && ver "$SOCKUDO" --version || echo 'no sockudo') | $("$WRK" -v 2>&1 | head -n1 | cut -d' ' -f1-3)"
   echo "binary knows: upstream.protocol $( [ "$HAS_PROTOCOL" -eq 1 ] && echo yes || echo no), upstream.batch_in_flight $( [ "$HAS_BATCH_IN_FLIGHT" -eq 1 ] && echo yes || echo no), upstream.batch_max $( [ "$HAS_BATCH_MAX" -eq 1 ] && echo yes || echo no)"
   for s in "${SCENARIOS[@]}"; do echo "upstream settings, $s: $(settings_line "$s")"; done
