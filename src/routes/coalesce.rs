@@ -679,22 +679,31 @@ mod tests {
         assert_eq!(c.gauge.get(), 0);
     }
 
+    /// The state of a proxy for app "1" with `upstream` lines in its
+    /// `[upstream]` table, and a runtime for its batch tasks to be spawned
+    /// on (and dropped with, unrun).
+    fn state_and_runtime(upstream: &str) -> (Arc<State>, tokio::runtime::Runtime) {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n{upstream}\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+        );
+        let config = crate::Config::from_toml_str(&text, &|_| None).expect("valid");
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(&config));
+        let proxy = crate::pipeline::Proxy::new(config, Arc::new(crate::SystemClock), telemetry);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        (proxy.current(), runtime)
+    }
+
     /// A batch task dropped before it ever runs (its worker's runtime
     /// shutting down) still hands its place on: the app's next trigger is
     /// not left waiting for a place that never comes back.
     #[test]
     fn a_batch_task_that_never_runs_gives_its_place_back() {
-        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\nbatch_in_flight = 1\n\
-                    [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
-        let config = crate::Config::from_toml_str(text, &|_| None).expect("valid");
-        let telemetry = Arc::new(crate::telemetry::Telemetry::new(&config));
-        let proxy = crate::pipeline::Proxy::new(config, Arc::new(crate::SystemClock), telemetry);
-        let state = proxy.current();
+        let (state, runtime) = state_and_runtime("batch_in_flight = 1");
         let app = state.app("1").expect("the app");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
         let entered = runtime.enter();
         // Every place is free: the trigger takes one, and its batch task is
         // spawned, not yet run.
@@ -723,17 +732,8 @@ mod tests {
     #[test]
     fn a_long_queue_dropped_at_shutdown_is_handed_on_without_recursing() {
         const QUEUED: usize = 20_000;
-        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\nbatch_in_flight = 1\nbatch_max = 2\n\
-                    [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
-        let config = crate::Config::from_toml_str(text, &|_| None).expect("valid");
-        let telemetry = Arc::new(crate::telemetry::Telemetry::new(&config));
-        let proxy = crate::pipeline::Proxy::new(config, Arc::new(crate::SystemClock), telemetry);
-        let state = proxy.current();
+        let (state, runtime) = state_and_runtime("batch_in_flight = 1\nbatch_max = 2");
         let app = state.app("1").expect("the app");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
         let entered = runtime.enter();
         // The first takes the only place; the rest queue behind it.
         let mut answers: Vec<_> = (0..=QUEUED)
