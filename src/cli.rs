@@ -235,7 +235,7 @@ enum SourcesError {
 }
 
 /// Parses the process's command line and runs it; its exit code is one of
-/// [`EXIT_CODES`]: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
+/// `EXIT_CODES`: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
 /// [`exit::UNAVAILABLE`] or [`exit::LEDGER_LOST`]; `validate` exits 1 when
 /// it finds problems; `report` 1 when `--fail-if-used-since` finds calls,
 /// 2 when it has nothing it can read or its gate's evidence is

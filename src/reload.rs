@@ -95,7 +95,7 @@ impl Reloader {
 
     /// Re-reads and validates the configuration, then swaps it in for new
     /// requests: every setting a reload can change takes its new value,
-    /// the restart-only ones ([`restart_only_changes`]) keep theirs, and
+    /// the restart-only ones (`restart_only_changes`) keep theirs, and
     /// the configuration's hash (in `/readyz` and `build_info`) says so.
     /// Logs each app's changes, one line each. On failure the running
     /// configuration is kept and the problems are logged on one line.

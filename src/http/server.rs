@@ -2,7 +2,7 @@
 //! per connection, a cap on connections served at once, and a graceful
 //! shutdown that stops accepting and lets requests in flight finish.
 //!
-//! Each connection's [`Tracker`] holds where the connection is, and since
+//! Each connection's `Tracker` holds where the connection is, and since
 //! when: waiting for its first request, receiving a request head, serving
 //! a request, or idle between an answer and the next request. The first
 //! two are bounded by `header_timeout_ms`, idleness by
@@ -16,7 +16,7 @@
 //! stores, no wake and no timer operation.
 //!
 //! Each connection is listed once, for its whole life, in its worker's
-//! [`Registry`]: at `max_connections`, the accept loop scans the lists for
+//! `Registry`: at `max_connections`, the accept loop scans the lists for
 //! the connections idle the longest (those between requests and those
 //! still waiting for a first byte) and closes them to admit the new one,
 //! as nginx reuses connections, rather than leaving the newcomer in the

@@ -1,7 +1,7 @@
 //! The request pipeline, once for every request: classify → verify →
 //! dispatch → record.
 //!
-//! - [`classify`]: which route a request takes, from its method and path;
+//! - [`classify`](mod@classify): which route a request takes, from its method and path;
 //! - verify (`verify.rs`): the body read within its limits and the
 //!   signature checked (spec A.6);
 //! - [`cutover`]: which path a verified legacy call takes (observe,

@@ -2,7 +2,7 @@
 //! unchanged (method, path, query, headers minus hop-by-hop ones, body
 //! streamed both ways). Host and scheme are not signed, so a valid
 //! current-API request stays valid (spec E.1). The exception: a configured
-//! app's calls that must be re-signed to be accepted ([`resign_target`])
+//! app's calls that must be re-signed to be accepted (`resign_target`)
 //! are verified, then re-signed.
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::upstream::{self, Guarded, OutboundRequest};
 
 /// The upstream request for a passthrough: same method, path, query and
 /// body; the caller's `Host` is replaced by the upstream's (set by
-/// [`Upstream`] on every request), so TLS and virtual hosting see the right
+/// [`crate::upstream::Upstream`] on every request), so TLS and virtual hosting see the right
 /// name.
 ///
 /// `CONNECT` and `TRACE` are refused (405), as are targets that are not a
@@ -34,7 +34,7 @@ use crate::upstream::{self, Guarded, OutboundRequest};
 ///
 /// The body is read whole first, within `max_body` bytes (413 beyond; up
 /// front when `Content-Length` says so) and `timeout` (408, the caller's
-/// fault), and only then is an upstream slot taken ([`forward`]).
+/// fault), and only then is an upstream slot taken (`forward`).
 ///
 /// Why read first rather than give each route class its own share of
 /// `upstream.max_connections`: a share only moves the starvation inside

@@ -17,7 +17,7 @@
 //! worker's periodic [`flush_thread`] runs (every 10 ms), instead of one
 //! hand-off, and often one wake-up of the writer thread, per line. Threads
 //! that do not batch hand each line over at once. Each line travels with
-//! the timestamp it prints ([`STAMP`]), and the writer thread ([`Merger`])
+//! the timestamp it prints (`STAMP`), and the writer thread ([`Merger`])
 //! holds lines for [`HOLD`] (longer than a batch can wait) and writes them
 //! in timestamp order: one line per event, in time order across threads,
 //! while the batching keeps its benefit on the request path. It writes
@@ -116,7 +116,7 @@ pub fn init(format: Format) -> Guard {
 }
 
 /// The JSON format's timestamp: the same text as [`LineFormat`]'s,
-/// recorded as the line's [`STAMP`] so the writer can order it.
+/// recorded as the line's `STAMP` so the writer can order it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StampedTime;
 

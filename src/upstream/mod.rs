@@ -6,7 +6,7 @@
 //! own, so a connection's task runs on the runtime of the worker whose
 //! exchanges it carries:
 //! - HTTP/1.1 only (`http1`, or `auto` on `http://`): hyper's HTTP/1.1
-//!   client connections in a pool per worker ([`h1`]), which keeps at most
+//!   client connections in a pool per worker (`h1`), which keeps at most
 //!   the worker's share of `max_connections` idle;
 //! - HTTP/2 (`h2c`, or `auto` on `https://`): hyper-util's client
 //!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
@@ -209,7 +209,7 @@ pub struct Slot {
 
 /// An upstream response body that holds its exchange's slot until it has
 /// been read to the end, failed or been dropped; then an HTTP/1.1
-/// connection of [`h1`] returns to its pool (only if read to the end). A
+/// connection of `h1` returns to its pool (only if read to the end). A
 /// body the upstream cut short ends with an error frame (an HTTP/1.1
 /// connection closed early, an HTTP/2 stream reset), so the caller's answer
 /// is cut too, not completed.
