@@ -412,8 +412,13 @@ impl Upstream {
     }
 
     /// Waits for a free exchange slot until `send_by`
-    /// ([`UpstreamError::Timeout`] then).
+    /// ([`UpstreamError::Timeout`] then). Past `send_by` no slot is taken,
+    /// free or not: every exchange, whichever route it comes from, is sent
+    /// only while it has the least time left ([`Self::send_by`]).
     pub async fn slot_by(&self, send_by: tokio::time::Instant) -> Result<Slot, UpstreamError> {
+        if tokio::time::Instant::now() >= send_by {
+            return Err(UpstreamError::Timeout);
+        }
         // A free slot is taken without a timer or a count.
         match self.inner.slots.clone().try_acquire_owned() {
             Ok(permit) => return Ok(Slot { _permit: permit }),
@@ -721,6 +726,35 @@ pub fn is_body_limit(e: &UpstreamError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No slot is taken past the moment an exchange may still be sent,
+    /// even a free one; before it, a free slot is taken at once.
+    #[tokio::test]
+    async fn no_slot_is_taken_past_the_last_moment_to_send() {
+        let config = crate::Config::from_toml_str(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\nmax_connections = 1\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            &|_| None,
+        )
+        .expect("valid");
+        let metrics = SlotMetrics::default();
+        let upstream = Upstream::new(&config.upstream, 1, &metrics);
+        let now = tokio::time::Instant::now();
+        assert!(matches!(
+            upstream.slot_by(now).await,
+            Err(UpstreamError::Timeout)
+        ));
+        // A deadline with less than a tenth of the timeout (10 s) left.
+        assert!(matches!(
+            upstream.slot(now + Duration::from_millis(900)).await,
+            Err(UpstreamError::Timeout)
+        ));
+        let slot = upstream
+            .slot(now + Duration::from_secs(5))
+            .await
+            .expect("a free slot, in time");
+        drop(slot);
+    }
 
     fn h2_error(reason: h2::Reason) -> h2::Error {
         h2::Error::from(reason)
