@@ -478,7 +478,7 @@ async fn send_batch(state: &Arc<State>, app: &App, mut group: Vec<Queued>) {
     // slot is waited for until the oldest remaining event's last moment;
     // past it, that one goes and the wait goes on for the rest, so a
     // caller that has just queued is not cut short by an older one.
-    let slot = loop {
+    let (slot, deadline) = loop {
         let now = tokio::time::Instant::now();
         for q in group.extract_if(.., |q| state.upstream.send_by(q.deadline) <= now) {
             let _ = q.reply.send(Answer {
@@ -491,19 +491,15 @@ async fn send_batch(state: &Arc<State>, app: &App, mut group: Vec<Queued>) {
             return;
         };
         match state.upstream.slot_by(state.upstream.send_by(oldest)).await {
-            Ok(slot) => break slot,
+            // The oldest event's deadline bounds the batch, so every caller
+            // has its batch's answer by its own deadline and waits for it:
+            // the next trigger of its connection leaves only after this
+            // batch is settled.
+            Ok(slot) => break (slot, oldest),
             Err(UpstreamError::Timeout) => continue,
             Err(e) => return answer_each(group, Err(e.into()), started.elapsed()),
         }
     };
-    // The oldest event's deadline bounds the batch, so every caller has its
-    // batch's answer by its own deadline and waits for it: the next
-    // trigger of its connection leaves only after this batch is settled.
-    let deadline = group
-        .iter()
-        .map(|q| q.deadline)
-        .min()
-        .unwrap_or_else(|| state.upstream.deadline());
     let (path, body) = match group.as_slice() {
         [one] => (
             &app.events_path,
