@@ -7,6 +7,8 @@
 #   RUST_LOG=warn bench/instructions.sh current_trigger   # without the per-request INFO lines
 #   bench/instructions.sh --data-dir legacy_trigger        # each scenario without, then with [telemetry] data_dir
 #   PUSHER_CUTOVER_BIN=path/to/build bench/instructions.sh # another build (default: target/release)
+#   HYPER_FLOOR_BIN=path/to/build bench/instructions.sh --floor   # another hyper-floor build
+#                                                          # (default: target/release/examples/hyper_floor)
 #   KEEP=dir bench/instructions.sh legacy_stats            # also keeps each callgrind profile (dir/SCENARIO.cg)
 #   bench/instructions.sh --floor                          # current_trigger, then the same through hyper-floor
 #                                                          # (examples/hyper_floor.rs, built if missing)
@@ -48,7 +50,7 @@ for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl python3
 done
 BIN=${PUSHER_CUTOVER_BIN:-"$ROOT/target/release/pusher-cutover"}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --locked)
-FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"
+FLOOR_BIN=${HYPER_FLOOR_BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"}
 if [ "$FLOOR" -eq 1 ] && [ ! -x "$FLOOR_BIN" ]; then
   (cd "$ROOT" && cargo build --release --locked --example hyper_floor)
 fi

@@ -11,8 +11,8 @@
 #                [--log-compare]   (adds: legacy_trigger with default logging vs RUST_LOG=error, ~1.5 min)
 #                [--no-pgo]        (measure the plain release build instead of bench/pgo.sh's)
 #                [--no-instructions | --instructions]
-#   --no-instructions: skip the telemetry pair under callgrind (bench/instructions.sh --data-dir,
-#   ~3 min; on by default when valgrind is installed, off with --quick unless --instructions).
+#   --no-instructions: skip the counts under callgrind (bench/instructions.sh --data-dir and --floor,
+#   ~5 min; on by default when valgrind is installed, off with --quick unless --instructions).
 #   --out FILE: where the summary goes (default bench/last-run.txt, raw rows beside it as .tsv;
 #   --out "" for none). --keep keeps the temp dir (configs, logs).
 #
@@ -38,9 +38,11 @@
 #     pusher-cutover/nginx and pusher-cutover/HAProxy, a 1,000-connection run
 #     with peak RSS, a with/without data_dir run, and 10 vs 100,000 distinct
 #     User-Agent values;
-#  5. counts instructions per request with and without [telemetry] data_dir
-#     under callgrind (bench/instructions.sh --data-dir), a comparison the
-#     machine's load does not move.
+#  5. counts instructions per request under callgrind, comparisons the
+#     machine's load does not move: with and without [telemetry] data_dir
+#     (bench/instructions.sh --data-dir), and a passthrough call with the
+#     access log off against hyper-floor (bench/instructions.sh --floor,
+#     both builds the ones measured above).
 # It stops only the processes it started (by pid, trap on EXIT). Every wait
 # has a timeout.
 set -euo pipefail
@@ -295,7 +297,8 @@ wait_http "http://127.0.0.1:$PC2_ADMIN/readyz" "$PC2_PID" pc-nodata
 # Its access log off for current-API calls (README: legacy calls still
 # logged), as nginx and HAProxy run here: the passthrough CPU comparison
 # with hyper-floor, which logs nothing either.
-start_bg pc-nolog env RUST_LOG=info,pusher_cutover::request=warn "$WORK/pusher-cutover" serve --config "$WORK/pc-nolog.toml"
+LOG_OFF="info,pusher_cutover::request=warn"
+start_bg pc-nolog env RUST_LOG="$LOG_OFF" "$WORK/pusher-cutover" serve --config "$WORK/pc-nolog.toml"
 PC4_PID=$LAST_PID
 wait_http "http://127.0.0.1:$PC4_ADMIN/readyz" "$PC4_PID" pc-nolog
 EXTRA_TARGETS=("pusher-cutover no-data_dir" "pusher-cutover access-log-off")
@@ -478,6 +481,19 @@ if [ "$INSTR" -eq 1 ]; then
     cat "$WORK/instructions.err" >&2
     : > "$WORK/instructions.txt"
   fi
+  # The passthrough CPU target's repeatable companion: the same call
+  # through pusher-cutover with its access log off and through hyper-floor,
+  # both the builds measured above (the access log on is the telemetry
+  # pair's current_trigger without data_dir).
+  log "passthrough against hyper-floor under callgrind: bench/instructions.sh --floor, access log off"
+  if ! PATH="$(dirname "$NGINX"):$PATH" PUSHER_CUTOVER_BIN="$WORK/pusher-cutover" \
+      HYPER_FLOOR_BIN="$WORK/hyper_floor" RUST_LOG="$LOG_OFF" timeout 900 \
+      bash "$HERE/instructions.sh" --floor \
+      > "$WORK/floor-instructions.txt" 2> "$WORK/floor-instructions.err"; then
+    log "bench/instructions.sh --floor failed; its output:"
+    cat "$WORK/floor-instructions.err" >&2
+    : > "$WORK/floor-instructions.txt"
+  fi
 fi
 
 # ------------------------------------------------------------------ 5. report
@@ -504,6 +520,19 @@ GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2
          END { for (s in sc) if ((s " with") in ir && (s " without") in ir)
                  printf "ratio with/without data_dir, %s: %.3f\n", s, ir[s " with"] / ir[s " without"] }' \
       "$WORK/instructions.txt" | sort
+    echo ""
+  fi
+  if [ -s "$WORK/floor-instructions.txt" ]; then
+    echo "== Passthrough instructions per request against hyper-floor (callgrind, bench/instructions.sh --floor with"
+    echo "   RUST_LOG=$LOG_OFF; the access log on is the line current_trigger without data_dir above) =="
+    sed -E 's/^current_trigger {9}/current_trigger, log off/' "$WORK/floor-instructions.txt"
+    awk '$1 == "current_trigger" && $2 == "without" { on = $(NF - 1) }
+         FILENAME ~ /floor/ && $1 == "current_trigger" { off = $(NF - 1) }
+         FILENAME ~ /floor/ && $1 == "hyper-floor" { floor = $(NF - 1) }
+         END { if (floor > 0) {
+                 if (on > 0) printf "instructions / hyper-floor'"'"'s, access log on:  %.2f\n", on / floor
+                 if (off > 0) printf "instructions / hyper-floor'"'"'s, access log off: %.2f\n", off / floor } }' \
+      "$WORK/instructions.txt" "$WORK/floor-instructions.txt"
     echo ""
   fi
   echo "pusher-cutover VmHWM before the $BIG_CONNS-connection run: $(awk -v k="$PC_HWM_BEFORE_BIG" 'BEGIN { printf "%.1f MiB", k / 1024 }')"
