@@ -665,23 +665,34 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 }
 
 /// Whether a request failed in a way that proves the upstream did not
-/// process it: on HTTP/2, its stream was refused (`REFUSED_STREAM`, RFC
-/// 9113 §8.7), or the upstream's GOAWAY named a last stream below it (h2
-/// fails exactly those streams, and the requests not yet sent on that
-/// connection, with the remote GOAWAY; a stream at or below the last one
-/// that is cut afterwards fails with the connection's I/O error instead).
-/// Both only as the upstream's own word (`is_remote`), not h2's.
+/// process it:
+/// - on HTTP/2, its stream was refused (`REFUSED_STREAM`, RFC 9113 §8.7),
+///   or the upstream's GOAWAY named a last stream below it (h2 fails
+///   exactly those streams, and the requests not yet sent on that
+///   connection, with the remote GOAWAY; a stream at or below the last one
+///   that is cut afterwards fails with the connection's I/O error
+///   instead). Both only as the upstream's own word (`is_remote`), not
+///   h2's;
+/// - hyper canceled it before it was dispatched to the connection
+///   ([`hyper::Error::is_canceled`]). Since hyper 1.13 this is how a
+///   request fails that was still waiting for its HTTP/2 stream to open
+///   (the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the
+///   upstream said GOAWAY gracefully; hyper 1.12 dropped it as "dispatch
+///   gone", which proves nothing. hyper hands no such request back.
 ///
-/// On HTTP/1.1 no error proves it: a request the connection never started
-/// writing is handed back by hyper and sent again by hyper-util's client
-/// before it fails.
+/// On HTTP/1.1 a request the connection never started writing is handed
+/// back by hyper and sent again by hyper-util's client before it fails;
+/// should it fail all the same (its connection was not a reused one), it
+/// fails as canceled, and is sent again here.
 pub fn never_processed(error: &(dyn StdError + 'static)) -> bool {
     chain(error).any(|e| {
         e.downcast_ref::<h2::Error>().is_some_and(|h2| {
             h2.is_remote()
                 && (h2.is_go_away()
                     || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
-        })
+        }) || e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
     })
 }
 

@@ -43,6 +43,10 @@ enum Conduct {
     /// open: nothing more is read or answered, PINGs included (a peer gone
     /// behind a firewall that drops the flow).
     SilentAfterFirst,
+    /// HTTP/2 with one stream at a time: hold the first request's answer
+    /// while the next request waits for a stream, then say GOAWAY
+    /// (graceful), answer the first and close.
+    GoAwayWithAStreamWaiting,
 }
 
 #[derive(Default)]
@@ -90,6 +94,9 @@ impl Front {
                 tokio::spawn(async move {
                     match conduct(n) {
                         Conduct::GoAwayBelow => go_away_below(stream, &seen).await,
+                        Conduct::GoAwayWithAStreamWaiting => {
+                            go_away_with_a_stream_waiting(stream, seen, client, backend).await
+                        }
                         conduct if is_h2(&stream).await => {
                             serve_h2(stream, conduct, seen, client, backend).await
                         }
@@ -231,29 +238,86 @@ async fn serve_h2(
             // The whole request has arrived; the connection goes, unanswered.
             return;
         }
-        let (client, backend) = (client.clone(), backend.clone());
-        tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = body.data().await {
-                let Ok(chunk) = chunk else { return };
-                let _ = body.flow_control().release_capacity(chunk.len());
-                buf.extend_from_slice(&chunk);
-            }
-            let resp = forward(&client, &backend, parts, buf.freeze()).await;
-            let (parts, body) = resp.into_parts();
-            let mut head = Response::new(());
-            *head.status_mut() = parts.status;
-            if let Some(ct) = parts.headers.get(hyper::header::CONTENT_TYPE) {
-                head.headers_mut()
-                    .insert(hyper::header::CONTENT_TYPE, ct.clone());
-            }
-            if let Ok(mut send) = respond.send_response(head, body.is_empty())
-                && !body.is_empty()
-            {
-                let _ = send.send_data(body, true);
-            }
-        });
+        let req = Request::from_parts(parts, body);
+        tokio::spawn(answer_stream(req, respond, client.clone(), backend.clone()));
     }
+}
+
+/// Reads an HTTP/2 stream's request whole, passes it on to the fake and
+/// sends the fake's answer back on the stream.
+async fn answer_stream(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    backend: String,
+) {
+    let (parts, mut body) = req.into_parts();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { return };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+    }
+    let resp = forward(&client, &backend, parts, buf.freeze()).await;
+    let (parts, body) = resp.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    if let Some(ct) = parts.headers.get(hyper::header::CONTENT_TYPE) {
+        head.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, ct.clone());
+    }
+    if let Ok(mut send) = respond.send_response(head, body.is_empty())
+        && !body.is_empty()
+    {
+        let _ = send.send_data(body, true);
+    }
+}
+
+/// HTTP/2 allowing one stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS`
+/// 1): holds the first request's answer for 400 ms, in which the next
+/// request on the connection waits for a stream and is not sent; then
+/// says GOAWAY gracefully (NO_ERROR; h2 names the first stream as the last
+/// one processed once its PING comes back), answers the first request
+/// and closes. A stream opened all the same is counted and refused.
+async fn go_away_with_a_stream_waiting(
+    stream: TcpStream,
+    seen: Arc<Seen>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    backend: String,
+) {
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(1)
+        .handshake(stream)
+        .await;
+    let Ok(mut conn) = handshake else {
+        return;
+    };
+    let Some(Ok((req, respond))) = conn.accept().await else {
+        return;
+    };
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.versions.lock().expect("lock").push(req.version());
+    // The connection is polled meanwhile, so that the next request finds
+    // the one stream taken.
+    if let Ok(Some(Ok((_, mut refused)))) =
+        tokio::time::timeout(Duration::from_millis(400), conn.accept()).await
+    {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        refused.send_reset(h2::Reason::REFUSED_STREAM);
+    }
+    conn.graceful_shutdown();
+    let answer = tokio::spawn(async move {
+        // After the final GOAWAY (one PING's round trip on loopback).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer_stream(req, respond, client, backend).await;
+    });
+    while let Some(next) = conn.accept().await {
+        if let Ok((_, mut refused)) = next {
+            seen.requests.fetch_add(1, Ordering::SeqCst);
+            refused.send_reset(h2::Reason::REFUSED_STREAM);
+        }
+    }
+    let _ = answer.await;
 }
 
 /// An HTTP/2 server in raw frames: settles the settings, and on the first
@@ -443,6 +507,42 @@ async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_deliver
     let a = legacy_trigger(&proxy, "gone-away", r#"{"n":1}"#).await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert_eq!(delivered(&fake), ["gone-away"]);
+    assert_eq!(front.requests(), 2);
+    assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+/// A trigger waiting for an HTTP/2 stream (the upstream allows one at a
+/// time, and it is taken) when the upstream says GOAWAY was never sent:
+/// it is sent again on a new connection and delivered once, not answered
+/// 502.
+#[tokio::test]
+async fn a_trigger_waiting_for_a_stream_at_a_goaway_is_sent_again_and_delivered_once() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::GoAwayWithAStreamWaiting).await;
+    // One worker with one client: both triggers take the same connection.
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        front.url,
+        support::KEY,
+        support::SECRET,
+    );
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
+    let second = async {
+        // While the first holds the one stream.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status.as_u16(), 202, "{}", first.text());
+    assert_eq!(second.status.as_u16(), 202, "{}", second.text());
+    let mut channels = delivered(&fake);
+    channels.sort();
+    assert_eq!(channels, ["first", "second"], "each delivered once");
+    // The second reached a front once: on the second connection.
     assert_eq!(front.requests(), 2);
     assert_eq!(front.connections(), 2);
     proxy.stop().await;
