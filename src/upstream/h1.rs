@@ -102,6 +102,8 @@ impl Pools {
     /// bodyless GET or HEAD (`idempotent`) that fails because its pooled
     /// connection turned out to be closed is sent once more on a fresh one;
     /// nothing else is retried, so a POST can never deliver an event twice.
+    /// Past `send_by`, a second attempt, or a first on a connection opened
+    /// for it, is not sent: [`UpstreamError::Timeout`].
     ///
     /// Not an `async fn`: the request is prepared before the future is
     /// built, and the future reuses the one box `req` is in for each
@@ -111,6 +113,7 @@ impl Pools {
         mut req: OutboundRequest,
         worker: usize,
         idempotent: bool,
+        send_by: tokio::time::Instant,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + '_ {
         req.headers_mut().insert(HOST, self.host.clone());
         let mut retry = if idempotent {
@@ -135,6 +138,11 @@ impl Pools {
                     // large; every request's future would otherwise carry it.
                     None => Box::pin(self.connect()).await?,
                 };
+                // A second attempt, or a first on a connection that took
+                // its time to open, is sent only before `send_by`.
+                if (attempts > 1 || !reused) && tokio::time::Instant::now() >= send_by {
+                    return Err(UpstreamError::Timeout);
+                }
                 match sender.try_send_request(*req).await {
                     Ok(resp) => {
                         let lease = Lease {

@@ -385,9 +385,10 @@ impl Upstream {
     /// ([`Guarded`]), holding the exchange's slot.
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let deadline = self.deadline();
+        let send_by = self.send_by(deadline);
         let send = async {
-            let slot = self.slot(deadline).await?;
-            let (resp, lease) = self.request(req).await?;
+            let slot = self.slot_by(send_by).await?;
+            let (resp, lease) = self.request(req, send_by).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
                 slot: Some(slot),
@@ -458,17 +459,20 @@ impl Upstream {
     }
 
     /// Sends `req` on the calling worker's connections, again while the
-    /// upstream provably did not process it (see the module's doc); with
-    /// the [`h1`] connection to return once the answer has been read.
+    /// upstream provably did not process it (see the module's doc) and
+    /// `send_by` has not passed (past it, [`UpstreamError::Timeout`]: the
+    /// request was not processed); with the [`h1`] connection to return
+    /// once the answer has been read.
     async fn request(
         &self,
         req: OutboundRequest,
+        send_by: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Option<h1::Lease>), UpstreamError> {
         let worker = WORKER.with(Cell::get);
         match &self.inner.transport {
             Transport::Pool(pools) => {
                 let idempotent = is_bodyless_read(&req);
-                let (resp, lease) = pools.request(req, worker, idempotent).await?;
+                let (resp, lease) = pools.request(req, worker, idempotent, send_by).await?;
                 Ok((resp, Some(lease)))
             }
             Transport::Clients {
@@ -476,13 +480,15 @@ impl Upstream {
                 per_worker,
             } => {
                 let client = pick(clients, *per_worker, worker);
-                Ok((self.send_with(client, req).await?, None))
+                Ok((self.send_with(client, req, send_by).await?, None))
             }
         }
     }
 
     /// Sends `req` with hyper-util's `client`, again while the upstream
-    /// provably did not process it (see the module's doc).
+    /// provably did not process it (see the module's doc) and `send_by`
+    /// has not passed. (hyper-util's own retry of a request hyper handed
+    /// back unsent follows at once, with no such check.)
     ///
     /// Not an `async fn`: the request is prepared before the future is
     /// built, and the future reuses the one box `req` is in for each
@@ -491,6 +497,7 @@ impl Upstream {
         &'a self,
         client: &'a UpstreamClient,
         mut req: OutboundRequest,
+        send_by: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
         let prepared = self.prepare(&mut req);
         let idempotent = is_bodyless_read(&req);
@@ -517,6 +524,9 @@ impl Upstream {
                     tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
                 } else {
                     return Err(upstream_error(error));
+                }
+                if tokio::time::Instant::now() >= send_by {
+                    return Err(UpstreamError::Timeout);
                 }
                 req = again;
             }
@@ -552,7 +562,7 @@ impl Upstream {
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
             let _slot = slot;
-            let (resp, lease) = self.request(req).await?;
+            let (resp, lease) = self.request(req, self.send_by(deadline)).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()

@@ -33,6 +33,9 @@ enum Conduct {
     /// HTTP/2: refuse the connection's first stream (`REFUSED_STREAM`),
     /// serve the rest.
     RefuseFirstStream,
+    /// HTTP/2: refuse the connection's first stream 1.85 s after it came,
+    /// serve the rest.
+    RefuseFirstStreamLate,
     /// HTTP/2, raw frames: on the first request's HEADERS, say GOAWAY with
     /// last stream id 0 (none processed) and close.
     GoAwayBelow,
@@ -216,6 +219,13 @@ async fn serve_h2(
         seen.versions.lock().expect("lock").push(req.version());
         if conduct == Conduct::RefuseFirstStream && streams == 1 {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        if conduct == Conduct::RefuseFirstStreamLate && streams == 1 {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1850)).await;
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            });
             continue;
         }
         let (parts, mut body) = req.into_parts();
@@ -496,6 +506,32 @@ async fn a_refused_stream_is_sent_again_and_delivered_once() {
     assert_eq!(delivered(&fake), ["refused"]);
     // The refused stream, then the one served.
     assert_eq!(front.requests(), 2);
+    proxy.stop().await;
+}
+
+/// A request refused unprocessed is sent again only while a tenth of
+/// `upstream.timeout_ms` is left: refused after 1.85 s of 2 s, it is
+/// answered 504 and not sent again, so that it cannot be delivered after
+/// its caller was told it timed out.
+#[tokio::test]
+async fn a_stream_refused_past_the_last_moment_to_send_is_not_sent_again() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::RefuseFirstStreamLate).await;
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\ntimeout_ms = 2000\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        front.url,
+        support::KEY,
+        support::SECRET,
+    );
+    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let a = legacy_trigger(&proxy, "late", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    // Nothing is sent after the answer either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(front.requests(), 1, "refused, never sent again");
+    assert!(delivered(&fake).is_empty());
     proxy.stop().await;
 }
 
