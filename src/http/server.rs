@@ -607,18 +607,19 @@ impl Tracker {
         }
     }
 
-    /// When the current phase must end ([`now_nanos`]), if it has a
-    /// bound: `head` for a head (or the wait for one), `idle` between
-    /// requests, both in nanoseconds. Arithmetic only, no clock read: it
-    /// runs after every poll.
-    fn deadline(&self, head: u64, idle: u64) -> Option<u64> {
+    /// When the current phase must end ([`now_nanos`]): `bounds.head`
+    /// after a head began (or the wait for one), `bounds.idle` after the
+    /// last answer, `bounds.busy` after a request's head began, while it
+    /// is served and its answer written (a request's phase keeps its head's
+    /// start). Arithmetic only, no clock read: it runs after every poll.
+    fn deadline(&self, bounds: Bounds) -> u64 {
         let (phase, since) = self.state();
         let bound = match phase {
-            Phase::Fresh | Phase::Head => head,
-            Phase::Idle => idle,
-            Phase::Busy => return None,
+            Phase::Fresh | Phase::Head => bounds.head,
+            Phase::Idle => bounds.idle,
+            Phase::Busy => bounds.busy,
         };
-        Some(since.saturating_add(bound))
+        since.saturating_add(bound)
     }
 
     /// The accept loop asks the connection to close if it is still idle.
@@ -631,6 +632,27 @@ impl Tracker {
         true
     }
 }
+
+/// How long each phase of a connection may last, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// A request's head, from its first byte (a first request's from the
+    /// connection's start): `header_timeout_ms`.
+    head: u64,
+    /// Idle between requests: `keepalive_timeout_ms`.
+    idle: u64,
+    /// A request, from its head's start until its answer is written: the
+    /// time its head, its body and its upstream exchange may take, and
+    /// [`ANSWER_WRITE_TIME`] to write the answer. Only a caller that does
+    /// not read its answer reaches it (a passthrough answer's body is
+    /// otherwise cut at the exchange's deadline); its connection is then
+    /// closed, which frees the upstream slot the answer's body held.
+    busy: u64,
+}
+
+/// The time [`Bounds::busy`] leaves to write an answer once everything
+/// before it has had all its time.
+const ANSWER_WRITE_TIME: Duration = Duration::from_secs(1);
 
 /// One worker's open connections, each listed once for its life by its
 /// [`Listed`] guard, by id.
@@ -856,12 +878,21 @@ where
     let mut drain_listening = false;
     let asked = tracker.wake.notified();
     tokio::pin!(asked);
-    let (head, idle) = (
-        nanos_of(settings.header_timeout),
-        nanos_of(settings.keepalive_timeout),
-    );
+    // Of the configuration in force when the connection opened.
+    let config = shared.proxy.current();
+    let config = config.config();
+    let bounds = Bounds {
+        head: nanos_of(settings.header_timeout),
+        idle: nanos_of(settings.keepalive_timeout),
+        busy: nanos_of(
+            settings.header_timeout
+                + config.body_timeout
+                + config.upstream.timeout
+                + ANSWER_WRITE_TIME,
+        ),
+    };
     // The deadline the timer is armed for ([`now_nanos`]), if any.
-    let mut armed = tracker.deadline(head, idle);
+    let mut armed = Some(tracker.deadline(bounds));
     let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
     tokio::pin!(timer);
     // Whether `asked` is listed as a waiter of the tracker's Notify: from
@@ -878,7 +909,7 @@ where
     let result = std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
+                return Poll::Ready(Ended::Served(result));
             }
             if !listening || tracker.evict.load(Ordering::Acquire) {
                 if asked.as_mut().poll(cx).is_ready() {
@@ -910,10 +941,8 @@ where
                 }
                 drain_listening = true;
             }
-            let due = tracker.deadline(head, idle);
-            if let Some(due) = due
-                && armed.is_none_or(|armed| due < armed)
-            {
+            let due = tracker.deadline(bounds);
+            if armed.is_none_or(|armed| due < armed) {
                 timer.as_mut().reset(instant_of(due));
                 armed = Some(due);
                 timer_polled = false;
@@ -926,21 +955,20 @@ where
                 return Poll::Pending;
             }
             // The armed deadline passed: is the phase's own one past too?
+            // If not (the phase moved on since the timer was armed), it is
+            // armed anew on the next round.
             armed = None;
-            match due {
-                Some(due) if due <= now_nanos() => match tracker.phase() {
-                    Phase::Fresh | Phase::Head => return Poll::Ready(None),
+            if due <= now_nanos() {
+                match tracker.phase() {
+                    Phase::Fresh | Phase::Head => return Poll::Ready(Ended::HeadTimedOut),
+                    Phase::Busy => return Poll::Ready(Ended::AnswerNotTaken),
                     Phase::Idle if !closing => {
                         tracing::debug!(%peer, "idle keep-alive connection closed (keepalive_timeout_ms)");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    Phase::Idle | Phase::Busy => return Poll::Pending,
-                },
-                // Later (the phase moved on since the timer was armed), or
-                // none while a request is served: armed anew on the next
-                // round, or when the phase has a deadline again.
-                Some(_) | None => {}
+                    Phase::Idle => return Poll::Pending,
+                }
             }
         }
     })
@@ -948,8 +976,8 @@ where
     open.ended = true;
     let proxy = &shared.proxy;
     match result {
-        Some(Ok(())) => {}
-        Some(Err(error)) => {
+        Ended::Served(Ok(())) => {}
+        Ended::Served(Err(error)) => {
             let kind = connection_error_kind(&error);
             proxy.current().telemetry.connection_error(kind);
             if kind == "closed" {
@@ -960,8 +988,27 @@ where
                 tracing::info!(%error, %peer, kind, "connection refused or cut by the HTTP layer");
             }
         }
-        None => head_timed_out(proxy, peer, tracker.phase()),
+        Ended::HeadTimedOut => head_timed_out(proxy, peer, tracker.phase()),
+        Ended::AnswerNotTaken => {
+            let kind = "answer_timeout";
+            proxy.current().telemetry.connection_error(kind);
+            tracing::info!(
+                %peer,
+                kind,
+                "answer not taken by the client in time (header_timeout_ms + body_timeout_ms + upstream.timeout_ms + 1 s from its request's start); connection closed"
+            );
+        }
     }
+}
+
+/// How a connection's task ended.
+enum Ended {
+    /// hyper finished with the connection.
+    Served(Result<(), hyper::Error>),
+    /// A request head did not arrive within `header_timeout_ms`.
+    HeadTimedOut,
+    /// A request's answer was not taken within [`Bounds::busy`].
+    AnswerNotTaken,
 }
 
 /// Polls `future` outside tokio's cooperative budget, so that a `Pending`

@@ -274,6 +274,111 @@ async fn idle_keep_alive_connections_have_their_own_timeout() {
 
 /// An upstream that answers every request with a 200 announcing 100 bytes,
 /// sends 10, and closes.
+/// An upstream whose connection's first answer has a 64 MiB body, far
+/// more than the sockets and buffers between it and a client can hold,
+/// and whose later answers are `{}`.
+async fn large_answer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let large = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
+                    buf.drain(..len);
+                    if large {
+                        const SIZE: usize = 64 << 20;
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'x'; 1 << 20];
+                        for _ in 0..SIZE / chunk.len() {
+                            if s.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that never reads its answer holds its upstream slot (through
+/// the answer's body) only until its request's time is up: the head's,
+/// the body's and the upstream's, and a second to write the answer. Then
+/// its connection is closed, counted and logged, and the slot serves
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
+    support::capture_logs();
+    let upstream = large_answer_upstream().await;
+    // One upstream slot; 300 ms for a head, a body and an exchange each:
+    // a request's answer must be written 1.9 s after its head began.
+    let proxy = TestProxy::start(
+        &config(
+            "header_timeout_ms = 300\nbody_timeout_ms = 300",
+            &format!("http://{upstream}"),
+            "max_connections = 1\ntimeout_ms = 300",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut stalled = TcpStream::connect(proxy.addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /apps/4242/channels HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    // Its answer's body holds the one slot: another call waits for it, and
+    // is answered 504 when its own time is up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other_url = format!("{}/apps/4242/channels/other", proxy.url());
+    let other = || support::send(Method::GET, &other_url, &[], "");
+    let a = other().await;
+    assert_eq!(a.status.as_u16(), 504, "the slot is held: {}", a.text());
+    // Past the stalled request's time, its connection is closed and the
+    // slot free.
+    tokio::time::sleep_until(started + Duration::from_millis(2400)).await;
+    let a = other().await;
+    assert_eq!(
+        a.status.as_u16(),
+        200,
+        "the slot serves again: {}",
+        a.text()
+    );
+    assert_eq!(a.text(), "{}");
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(5)).await,
+        "the stalled client's connection is closed"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            r#"pusher_cutover_connection_errors_total{kind="answer_timeout"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        log_lines(&["answer_timeout", "connection closed"])
+            .await
+            .len(),
+        1
+    );
+    proxy.stop().await;
+}
+
 async fn truncating_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
