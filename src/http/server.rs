@@ -331,6 +331,10 @@ const IDLE_EVICTED: &str = "idle_evicted";
 /// when `shutdown_grace_ms` ran out, and cut.
 const DRAIN_DEADLINE: &str = "drain_deadline";
 
+/// The `kind` of `connection_errors_total` counting connections closed
+/// because a request's answer was not taken in time ([`Bounds::busy`]).
+const ANSWER_TIMEOUT: &str = "answer_timeout";
+
 thread_local! {
     /// Set on a worker thread once its grace period has run out, just
     /// before what is left of its connections is dropped.
@@ -990,7 +994,7 @@ where
         }
         Ended::HeadTimedOut => head_timed_out(proxy, peer, tracker.phase()),
         Ended::AnswerNotTaken => {
-            let kind = "answer_timeout";
+            let kind = ANSWER_TIMEOUT;
             proxy.current().telemetry.connection_error(kind);
             tracing::info!(
                 %peer,
@@ -1055,9 +1059,10 @@ pub fn connection_error_kind(error: &hyper::Error) -> &'static str {
 
 /// Every `kind` of `connection_errors_total`: each
 /// [`connection_error_kind`], plus `idle_evicted` (an idle connection
-/// closed to admit a new one at `max_connections`) and `drain_deadline`
-/// (open when `shutdown_grace_ms` ran out, and cut).
-pub const CONNECTION_ERROR_KINDS: [&str; 8] = [
+/// closed to admit a new one at `max_connections`), `drain_deadline`
+/// (open when `shutdown_grace_ms` ran out, and cut) and `answer_timeout`
+/// (an answer not taken in time).
+pub const CONNECTION_ERROR_KINDS: [&str; 9] = [
     "parse",
     "too_large",
     "header_timeout",
@@ -1066,6 +1071,7 @@ pub const CONNECTION_ERROR_KINDS: [&str; 8] = [
     "other",
     IDLE_EVICTED,
     DRAIN_DEADLINE,
+    ANSWER_TIMEOUT,
 ];
 
 /// The connection's service: the proxy, with the connection marked busy

@@ -333,6 +333,14 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
         Arc::new(pusher_cutover::SystemClock),
     )
     .await;
+    assert_eq!(
+        support::metric(
+            &proxy.metrics().await,
+            r#"pusher_cutover_connection_errors_total{kind="answer_timeout"}"#
+        ),
+        Some(0.0),
+        "present from startup"
+    );
     let started = tokio::time::Instant::now();
     let mut stalled = TcpStream::connect(proxy.addr).await.expect("connect");
     stalled
