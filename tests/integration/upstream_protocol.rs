@@ -387,6 +387,20 @@ async fn proxy(url: &str, protocol: Option<&str>) -> TestProxy {
     TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await
 }
 
+/// A proxy to `url` with one worker (so every exchange takes the same
+/// upstream pool, and over HTTP/2 the same connection) and `upstream`'s
+/// lines in `[upstream]`.
+async fn one_worker_proxy(url: &str, upstream: &str) -> TestProxy {
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{url}\"\n{upstream}\n\
+         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
+        support::KEY,
+        support::SECRET,
+    );
+    TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await
+}
+
 async fn legacy_trigger(proxy: &TestProxy, channel: &str, data: &str) -> support::Answer {
     let uri =
         support::legacy_trigger_uri(channel, &[("name", "ev")], data.as_bytes(), support::now());
@@ -517,15 +531,11 @@ async fn a_refused_stream_is_sent_again_and_delivered_once() {
 async fn a_stream_refused_past_the_last_moment_to_send_is_not_sent_again() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::RefuseFirstStreamLate).await;
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\ntimeout_ms = 2000\n\
-         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-        front.url,
-        support::KEY,
-        support::SECRET,
-    );
-    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let proxy = one_worker_proxy(
+        &front.url,
+        "protocol = \"h2c\"\nbatch_max = 1\ntimeout_ms = 2000",
+    )
+    .await;
     let a = legacy_trigger(&proxy, "late", r#"{"n":1}"#).await;
     assert_eq!(a.status.as_u16(), 504, "{}", a.text());
     // Nothing is sent after the answer either.
@@ -557,15 +567,7 @@ async fn a_trigger_waiting_for_a_stream_at_a_goaway_is_sent_again_and_delivered_
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::GoAwayWithAStreamWaiting).await;
     // One worker with one client: both triggers take the same connection.
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\n\
-         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-        front.url,
-        support::KEY,
-        support::SECRET,
-    );
-    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
     let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
     let second = async {
         // While the first holds the one stream.
@@ -593,16 +595,11 @@ async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::SilentAfterFirst).await;
     // One worker with one client: every exchange takes the same connection.
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{}\"\nprotocol = \"h2c\"\nbatch_max = 1\n\
-         timeout_ms = 1000\nping_interval_ms = 100\n\
-         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-        front.url,
-        support::KEY,
-        support::SECRET,
-    );
-    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let proxy = one_worker_proxy(
+        &front.url,
+        "protocol = \"h2c\"\nbatch_max = 1\ntimeout_ms = 1000\nping_interval_ms = 100",
+    )
+    .await;
     let a = legacy_trigger(&proxy, "before", "{}").await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     // The front goes silent 150 ms after its answer; the proxy's next
@@ -668,14 +665,7 @@ async fn h1_cutting_second_request() -> (String, Arc<AtomicUsize>, tokio::task::
 async fn an_http1_post_whose_pooled_connection_dies_after_it_was_sent_is_not_sent_again() {
     let (url, requests, task) = h1_cutting_second_request().await;
     // One worker: both triggers take the same pool.
-    let toml = format!(
-        "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{url}\"\nprotocol = \"http1\"\n\
-         [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-        support::KEY,
-        support::SECRET,
-    );
-    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let proxy = one_worker_proxy(&url, "protocol = \"http1\"").await;
     let a = legacy_trigger(&proxy, "first", "{}").await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     let a = legacy_trigger(&proxy, "second", "{}").await;
@@ -700,15 +690,8 @@ async fn an_upstream_connection_idle_past_idle_timeout_ms_is_not_used_again() {
             let fake = support::fake().await;
             let front = Front::start(&fake, |_| Conduct::Serve).await;
             // One worker: every exchange takes the same pool.
-            let toml = format!(
-                "listen = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [upstream]\nurl = \"{}\"\nprotocol = \"{protocol}\"\nbatch_max = 1\n{idle}\
-                 [[apps]]\nid = \"{APP_ID}\"\nkey = \"{}\"\nsecret = \"{}\"\n",
-                front.url,
-                support::KEY,
-                support::SECRET,
-            );
-            let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+            let upstream = format!("protocol = \"{protocol}\"\nbatch_max = 1\n{idle}");
+            let proxy = one_worker_proxy(&front.url, &upstream).await;
             let case = format!("{protocol}, {idle:?}, {pause} ms");
             let a = legacy_trigger(&proxy, "before", "{}").await;
             assert_eq!(a.status.as_u16(), 202, "{case}: {}", a.text());
