@@ -658,6 +658,16 @@ struct Bounds {
 /// before it has had all its time.
 const ANSWER_WRITE_TIME: Duration = Duration::from_secs(1);
 
+/// [`Bounds::busy`] under `proxy`'s configuration in force (its
+/// `body_timeout_ms` and `upstream.timeout_ms` may be reloaded).
+fn busy_bound(settings: &Settings, proxy: &Proxy) -> u64 {
+    let state = proxy.current();
+    let config = state.config();
+    nanos_of(
+        settings.header_timeout + config.body_timeout + config.upstream.timeout + ANSWER_WRITE_TIME,
+    )
+}
+
 /// One worker's open connections, each listed once for its life by its
 /// [`Listed`] guard, by id.
 #[derive(Debug, Default)]
@@ -882,18 +892,10 @@ where
     let mut drain_listening = false;
     let asked = tracker.wake.notified();
     tokio::pin!(asked);
-    // Of the configuration in force when the connection opened.
-    let config = shared.proxy.current();
-    let config = config.config();
-    let bounds = Bounds {
+    let mut bounds = Bounds {
         head: nanos_of(settings.header_timeout),
         idle: nanos_of(settings.keepalive_timeout),
-        busy: nanos_of(
-            settings.header_timeout
-                + config.body_timeout
-                + config.upstream.timeout
-                + ANSWER_WRITE_TIME,
-        ),
+        busy: busy_bound(settings, &shared.proxy),
     };
     // The deadline the timer is armed for ([`now_nanos`]), if any.
     let mut armed = Some(tracker.deadline(bounds));
@@ -965,7 +967,15 @@ where
             if due <= now_nanos() {
                 match tracker.phase() {
                     Phase::Fresh | Phase::Head => return Poll::Ready(Ended::HeadTimedOut),
-                    Phase::Busy => return Poll::Ready(Ended::AnswerNotTaken),
+                    Phase::Busy => {
+                        // Of the configuration in force now: a reload may
+                        // have given requests more time since the
+                        // connection opened.
+                        bounds.busy = busy_bound(settings, &shared.proxy);
+                        if tracker.deadline(bounds) <= now_nanos() {
+                            return Poll::Ready(Ended::AnswerNotTaken);
+                        }
+                    }
                     Phase::Idle if !closing => {
                         tracing::debug!(%peer, "idle keep-alive connection closed (keepalive_timeout_ms)");
                         closing = true;

@@ -387,6 +387,68 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
     proxy.stop().await;
 }
 
+/// A request's time to have its answer taken is that of the
+/// configuration in force: a reload that gives requests more time gives
+/// it to connections opened before it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
+    // Answers `{}`: at once to a path ending in `/fast`, else after 2.2 s.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
+                    let fast = buf[..len].windows(10).any(|w| w == b"/fast HTTP");
+                    buf.drain(..len);
+                    if !fast {
+                        tokio::time::sleep(Duration::from_millis(2200)).await;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    let top = "header_timeout_ms = 300\nbody_timeout_ms = 300";
+    let url = format!("http://{upstream}");
+    // 1.9 s for a request's answer to be taken.
+    std::fs::write(&path, config(top, &url, "timeout_ms = 300")).expect("write");
+    let proxy = TestProxy::start_file(&path).await;
+    // A connection served before the reload.
+    let mut open = TcpStream::connect(proxy.addr).await.expect("connect");
+    let a = exchange(
+        &mut open,
+        b"GET /apps/4242/channels/fast HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    // 6.6 s.
+    std::fs::write(&path, config(top, &url, "timeout_ms = 5000")).expect("write");
+    let reloaded = support::send(
+        Method::POST,
+        &format!("{}/reload", proxy.admin_url()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
+    let a = exchange(
+        &mut open,
+        b"GET /apps/4242/channels HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), "{}");
+    proxy.stop().await;
+    task.abort();
+}
+
 async fn truncating_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
