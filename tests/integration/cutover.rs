@@ -460,17 +460,13 @@ async fn reload_under_load() {
             failures
         }));
     }
-    let reload = || {
-        let url = format!("{}/reload", proxy.admin_url());
-        async move { support::send(Method::POST, &url, &[], "").await }
-    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(
         &path,
         base.replace("[[apps]]", "[[apps]]\nsunset = \"2027-01-01T00:00:00Z\""),
     )
     .expect("write valid");
-    let ok = reload().await;
+    let ok = proxy.reload().await;
     assert_eq!(ok.status.as_u16(), 200, "{}", ok.text());
     let second = hash(&proxy).await;
     assert_ne!(first, second, "the new config's hash is served");
@@ -481,7 +477,7 @@ async fn reload_under_load() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(&path, base.replace("secret = ", "secretx = ")).expect("write invalid");
-    let refused = reload().await;
+    let refused = proxy.reload().await;
     assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());
     assert!(
         refused.text().contains("secretx"),

@@ -253,16 +253,12 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
         let url = format!("{}{path}", proxy.admin_url());
         async move { support::send(Method::GET, &url, &[], "").await.text() }
     };
-    let reload = || {
-        let url = format!("{}/reload", proxy.admin_url());
-        async move { support::send(Method::POST, &url, &[], "").await }
-    };
     let started = get("/readyz").await;
 
     // Only an app's mode: applied in full.
     let translate = base.replace("mode = \"observe\"", "mode = \"translate\"");
     std::fs::write(&path, &translate).expect("write");
-    let full = reload().await;
+    let full = proxy.reload().await;
     assert_eq!(full.status.as_u16(), 200, "{}", full.text());
     let file_hash = full
         .text()
@@ -286,7 +282,7 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
         1,
     );
     std::fs::write(&path, &restart).expect("write");
-    let partial = reload().await;
+    let partial = proxy.reload().await;
     let text = partial.text();
     assert_eq!(partial.status.as_u16(), 200, "{text}");
     assert!(
@@ -324,13 +320,13 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
 
     // The file back to what runs: its own hash, nothing pending.
     std::fs::write(&path, &translate).expect("write");
-    let back = reload().await;
+    let back = proxy.reload().await;
     assert_eq!(back.text(), format!("reloaded config={file_hash}\n"));
     assert_eq!(get("/readyz").await, format!("ready config={file_hash}\n"));
 
     // A syntax error spanning several lines is one line of answer and log.
     std::fs::write(&path, "[upstream\nurl = 1\n").expect("write");
-    let refused = reload().await;
+    let refused = proxy.reload().await;
     assert_eq!(refused.status.as_u16(), 400);
     assert_eq!(refused.text().lines().count(), 1, "{}", refused.text());
     let logs = support::logs();

@@ -430,13 +430,7 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
     // 6.6 s.
     std::fs::write(&path, config(top, &url, "timeout_ms = 5000")).expect("write");
-    let reloaded = support::send(
-        Method::POST,
-        &format!("{}/reload", proxy.admin_url()),
-        &[],
-        "",
-    )
-    .await;
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
     let a = exchange(
         &mut open,

@@ -121,6 +121,17 @@ impl TestProxy {
         format!("http://{}", self.admin)
     }
 
+    /// `POST /reload` on the admin listener: its answer.
+    pub async fn reload(&self) -> Answer {
+        send(
+            Method::POST,
+            &format!("{}/reload", self.admin_url()),
+            &[],
+            "",
+        )
+        .await
+    }
+
     /// The text of the admin listener's `/metrics`.
     pub async fn metrics(&self) -> String {
         send(
