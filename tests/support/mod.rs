@@ -121,27 +121,19 @@ impl TestProxy {
         format!("http://{}", self.admin)
     }
 
+    /// `method path` on the admin listener, without a body: its answer.
+    async fn admin_call(&self, method: Method, path: &str) -> Answer {
+        send(method, &format!("{}{path}", self.admin_url()), &[], "").await
+    }
+
     /// `POST /reload` on the admin listener: its answer.
     pub async fn reload(&self) -> Answer {
-        send(
-            Method::POST,
-            &format!("{}/reload", self.admin_url()),
-            &[],
-            "",
-        )
-        .await
+        self.admin_call(Method::POST, "/reload").await
     }
 
     /// The text of the admin listener's `/metrics`.
     pub async fn metrics(&self) -> String {
-        send(
-            Method::GET,
-            &format!("{}/metrics", self.admin_url()),
-            &[],
-            "",
-        )
-        .await
-        .text()
+        self.admin_call(Method::GET, "/metrics").await.text()
     }
 
     /// Signals shutdown without waiting for it.
