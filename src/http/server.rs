@@ -8,7 +8,10 @@
 //! two are bounded by `header_timeout_ms`, idleness by
 //! `keepalive_timeout_ms` (hyper's own `header_read_timeout` runs from the
 //! end of the previous answer, so it would bound idleness and the head
-//! together; it is off). Every phase move happens inside the poll of the
+//! together; it is off), and serving a request by the time its head, body
+//! and upstream exchange may take and a second to write its answer, which
+//! only a client that does not read its answer reaches (`Bounds`). Every
+//! phase move happens inside the poll of the
 //! connection's own task (its reads, its service, its answer's body), so
 //! the task reads the tracker after each poll instead of being woken for
 //! each move, and it re-arms its one timer only when a deadline comes
