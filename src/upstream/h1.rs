@@ -21,7 +21,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-use super::{OutboundBody, OutboundRequest, UpstreamError, is_stale_connection, replayable_copy};
+use super::{
+    OutboundBody, OutboundRequest, Slot, UpstreamError, is_stale_connection, replayable_copy,
+};
 
 /// Pooled connections tried for one request before opening a new one
 /// (each may turn out closed by the upstream meanwhile).
@@ -102,19 +104,19 @@ impl Pools {
     /// bodyless GET or HEAD (`idempotent`) that fails because its pooled
     /// connection turned out to be closed is sent once more on a fresh one;
     /// nothing else is retried, so a POST can never deliver an event twice.
-    /// Past `send_by`, a second attempt, or a first on a connection opened
-    /// for it, is not sent: [`UpstreamError::Timeout`].
+    /// A second attempt, or a first on a connection opened for it, is sent
+    /// only while `slot` is in time ([`UpstreamError::Timeout`] past it).
     ///
     /// Not an `async fn`: the request is prepared before the future is
     /// built, and the future reuses the one box `req` is in for each
     /// attempt.
-    pub(super) fn request(
-        self: &Arc<Self>,
+    pub(super) fn request<'a>(
+        self: &'a Arc<Self>,
         mut req: OutboundRequest,
         worker: usize,
         idempotent: bool,
-        send_by: tokio::time::Instant,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + '_ {
+        slot: &'a Slot,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + 'a {
         req.headers_mut().insert(HOST, self.host.clone());
         let mut retry = if idempotent {
             replayable_copy(&req)
@@ -139,9 +141,9 @@ impl Pools {
                     None => Box::pin(self.connect()).await?,
                 };
                 // A second attempt, or a first on a connection that took
-                // its time to open, is sent only before `send_by`.
-                if (attempts > 1 || !reused) && tokio::time::Instant::now() >= send_by {
-                    return Err(UpstreamError::Timeout);
+                // its time to open, is sent only while the slot is in time.
+                if attempts > 1 || !reused {
+                    slot.in_time()?;
                 }
                 match sender.try_send_request(*req).await {
                     Ok(resp) => {

@@ -200,11 +200,32 @@ enum Transport {
 }
 
 /// The right to one upstream exchange: at most `max_connections` are held
-/// at once, by all workers together ([`Upstream::slot`]).
+/// at once, by all workers together ([`Upstream::slot`]). It is taken, and
+/// its request sent (and sent again), only before its last moment to send
+/// ([`Upstream::send_by`]).
 #[derive(Debug)]
 pub struct Slot {
     /// Held for its drop, which frees the slot.
     _permit: OwnedSemaphorePermit,
+    /// The last moment its request is sent.
+    send_by: tokio::time::Instant,
+}
+
+impl Slot {
+    /// [`UpstreamError::Timeout`] once the slot's last moment to send has
+    /// passed: what was to be sent is not.
+    fn in_time(&self) -> Result<(), UpstreamError> {
+        in_time(self.send_by)
+    }
+}
+
+/// [`UpstreamError::Timeout`] once `send_by` has passed.
+fn in_time(send_by: tokio::time::Instant) -> Result<(), UpstreamError> {
+    if tokio::time::Instant::now() >= send_by {
+        Err(UpstreamError::Timeout)
+    } else {
+        Ok(())
+    }
 }
 
 /// An upstream response body that holds its exchange's slot until it has
@@ -385,10 +406,9 @@ impl Upstream {
     /// ([`Guarded`]), holding the exchange's slot.
     pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
         let deadline = self.deadline();
-        let send_by = self.send_by(deadline);
         let send = async {
-            let slot = self.slot_by(send_by).await?;
-            let (resp, lease) = self.request(req, send_by).await?;
+            let slot = self.slot(deadline).await?;
+            let (resp, lease) = self.request(req, &slot).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,
                 slot: Some(slot),
@@ -417,22 +437,25 @@ impl Upstream {
     /// free or not: every exchange, whichever route it comes from, is sent
     /// only while it has the least time left ([`Self::send_by`]).
     pub async fn slot_by(&self, send_by: tokio::time::Instant) -> Result<Slot, UpstreamError> {
-        if tokio::time::Instant::now() >= send_by {
-            return Err(UpstreamError::Timeout);
-        }
+        in_time(send_by)?;
         // A free slot is taken without a timer or a count.
-        match self.inner.slots.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(Slot { _permit: permit }),
+        let permit = match self.inner.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(UpstreamError::Aborted),
-            Err(TryAcquireError::NoPermits) => {}
-        }
-        let _waiting = self.inner.slot_metrics.waiting();
-        tokio::time::timeout_at(send_by, self.wait_for_slot())
-            .await
-            .unwrap_or_else(|_| {
-                self.inner.slot_metrics.timed_out();
-                Err(UpstreamError::Timeout)
-            })
+            Err(TryAcquireError::NoPermits) => {
+                let _waiting = self.inner.slot_metrics.waiting();
+                tokio::time::timeout_at(send_by, self.wait_for_slot())
+                    .await
+                    .unwrap_or_else(|_| {
+                        self.inner.slot_metrics.timed_out();
+                        Err(UpstreamError::Timeout)
+                    })?
+            }
+        };
+        Ok(Slot {
+            _permit: permit,
+            send_by,
+        })
     }
 
     /// The last moment an exchange that ends at `deadline` is sent: while
@@ -448,31 +471,30 @@ impl Upstream {
             .unwrap_or(deadline)
     }
 
-    async fn wait_for_slot(&self) -> Result<Slot, UpstreamError> {
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
         self.inner
             .slots
             .clone()
             .acquire_owned()
             .await
-            .map(|permit| Slot { _permit: permit })
             .map_err(|_| UpstreamError::Aborted)
     }
 
-    /// Sends `req` on the calling worker's connections, again while the
-    /// upstream provably did not process it (see the module's doc) and
-    /// `send_by` has not passed (past it, [`UpstreamError::Timeout`]: the
-    /// request was not processed); with the [`h1`] connection to return
-    /// once the answer has been read.
+    /// Sends `req` in `slot` on the calling worker's connections, again
+    /// while the upstream provably did not process it (see the module's
+    /// doc) and the slot is in time ([`Slot::in_time`]; past it,
+    /// [`UpstreamError::Timeout`]: the request was not processed); with the
+    /// [`h1`] connection to return once the answer has been read.
     async fn request(
         &self,
         req: OutboundRequest,
-        send_by: tokio::time::Instant,
+        slot: &Slot,
     ) -> Result<(Response<Incoming>, Option<h1::Lease>), UpstreamError> {
         let worker = WORKER.with(Cell::get);
         match &self.inner.transport {
             Transport::Pool(pools) => {
                 let idempotent = is_bodyless_read(&req);
-                let (resp, lease) = pools.request(req, worker, idempotent, send_by).await?;
+                let (resp, lease) = pools.request(req, worker, idempotent, slot).await?;
                 Ok((resp, Some(lease)))
             }
             Transport::Clients {
@@ -480,15 +502,15 @@ impl Upstream {
                 per_worker,
             } => {
                 let client = pick(clients, *per_worker, worker);
-                Ok((self.send_with(client, req, send_by).await?, None))
+                Ok((self.send_with(client, req, slot).await?, None))
             }
         }
     }
 
     /// Sends `req` with hyper-util's `client`, again while the upstream
-    /// provably did not process it (see the module's doc) and `send_by`
-    /// has not passed. (hyper-util's own retry of a request hyper handed
-    /// back unsent follows at once, with no such check.)
+    /// provably did not process it (see the module's doc) and `slot` is in
+    /// time. (hyper-util's own retry of a request hyper handed back unsent
+    /// follows at once, with no such check.)
     ///
     /// Not an `async fn`: the request is prepared before the future is
     /// built, and the future reuses the one box `req` is in for each
@@ -497,7 +519,7 @@ impl Upstream {
         &'a self,
         client: &'a UpstreamClient,
         mut req: OutboundRequest,
-        send_by: tokio::time::Instant,
+        slot: &'a Slot,
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
         let prepared = self.prepare(&mut req);
         let idempotent = is_bodyless_read(&req);
@@ -525,9 +547,7 @@ impl Upstream {
                 } else {
                     return Err(upstream_error(error));
                 }
-                if tokio::time::Instant::now() >= send_by {
-                    return Err(UpstreamError::Timeout);
-                }
+                slot.in_time()?;
                 req = again;
             }
         }
@@ -561,8 +581,7 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Result<Buffered, UpstreamError> {
         let exchange = async {
-            let _slot = slot;
-            let (resp, lease) = self.request(req, self.send_by(deadline)).await?;
+            let (resp, lease) = self.request(req, &slot).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_MAPPED_RESPONSE)
                 .collect()
