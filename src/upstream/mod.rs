@@ -796,6 +796,60 @@ mod tests {
         drop(slot);
     }
 
+    /// Over HTTP/1.1, a request whose last moment to send passes after its
+    /// slot was taken (here: before its connection is opened) is answered
+    /// [`UpstreamError::Timeout`] and not written on the new connection.
+    #[tokio::test]
+    async fn a_request_past_its_last_moment_is_not_sent_on_a_new_http1_connection() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let config = crate::Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"http://{addr}\"\nprotocol = \"http1\"\n\
+                 max_connections = 1\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &|_| None,
+        )
+        .expect("valid");
+        let metrics = SlotMetrics::default();
+        let upstream = Upstream::new(&config.upstream, 1, &metrics);
+        let slot = upstream
+            .slot_by(tokio::time::Instant::now() + Duration::from_millis(50))
+            .await
+            .expect("a free slot, in time");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = Uri::from_static("/apps/1/events");
+        // The listener never answers: a request sent would wait here.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            upstream.request(Box::new(req), &slot),
+        )
+        .await
+        .expect("refused at once, not sent and waited for");
+        assert!(matches!(sent, Err(UpstreamError::Timeout)), "{sent:?}");
+        // The connection was opened for it, then closed with nothing on it.
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the connection opened for the request")
+            .expect("accepted");
+        let mut written = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut written))
+            .await
+            .expect("closed by the proxy")
+            .expect("read");
+        assert!(
+            written.is_empty(),
+            "written: {:?}",
+            String::from_utf8_lossy(&written)
+        );
+    }
+
     fn h2_error(reason: h2::Reason) -> h2::Error {
         h2::Error::from(reason)
     }
