@@ -27,6 +27,12 @@
 # calls and the current trigger it passes through); error paths are left
 # cold on purpose. It is rebuilt every time, never committed: a profile
 # from older code would be matched to the wrong functions.
+# Both builds compile one copy of the sources (Cargo.toml, Cargo.lock, src,
+# config, and examples with --floor), taken when the script starts: an edit to the working
+# tree during the ten minutes would otherwise reach the second build and
+# not the first, and the profile would silently miss the functions it
+# changed (a dependency bumped in between loses all of that crate's). Such
+# a mismatch is not an error to rustc; the build is merely slower.
 #
 # Needs nginx, wrk, python3 and curl (installed from Debian unless
 # --no-install), and an llvm-profdata that reads the profiles of rustc's LLVM; the
@@ -98,13 +104,21 @@ USE_DIR="$TARGET/pgo"
 FLOOR_DIR="$TARGET/pgo-floor"
 mkdir -p "$GEN_DIR" "$USE_DIR"
 
+# The copy both builds compile (see above), at a fixed path under the
+# target directory so that cargo reuses its work between runs.
+SRC="$TARGET/pgo-src"
+rm -rf "$SRC" && mkdir -p "$SRC"
+COPY=(Cargo.toml Cargo.lock src config)
+[ "$FLOOR" -eq 0 ] || COPY+=(examples)
+(cd "$ROOT" && cp -R "${COPY[@]}" "$SRC/") || die "cannot copy the sources to $SRC"
+
 # ------------------------------------------------------------ 1. instrumented
 log "1/3 instrumented build (target/pgo-generate)"
 # -Cprofile-generate needs a directory; the training run names its file
 # with LLVM_PROFILE_FILE, so build scripts' profiles stay out of it.
 BUILD=(--bin pusher-cutover)
 [ "$FLOOR" -eq 0 ] || BUILD+=(--example hyper_floor)
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
+(cd "$SRC" && RUSTFLAGS="-Cprofile-generate=$GEN_DIR/build-scripts" CARGO_TARGET_DIR="$GEN_DIR" \
   timeout 1800 cargo build --release --locked "${BUILD[@]}" >&2) || die "instrumented build failed"
 
 # ------------------------------------------------------------ 2. training
@@ -192,11 +206,11 @@ fi
 
 # ------------------------------------------------------------ 3. optimised
 log "3/3 release build with the profile (target/pgo)"
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PC_PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
+(cd "$SRC" && RUSTFLAGS="-Cprofile-use=$PC_PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
   timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "profile-guided build failed"
 if [ "$FLOOR" -eq 1 ]; then
   log "3/3 release build of examples/hyper_floor.rs with its profile (target/pgo-floor)"
-  (cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$FLOOR_PROFILE" CARGO_TARGET_DIR="$FLOOR_DIR" \
+  (cd "$SRC" && RUSTFLAGS="-Cprofile-use=$FLOOR_PROFILE" CARGO_TARGET_DIR="$FLOOR_DIR" \
     timeout 1800 cargo build --release --locked --example hyper_floor >&2) || die "profile-guided floor build failed"
   log "floor: $FLOOR_DIR/release/examples/hyper_floor"
 fi
