@@ -19,7 +19,8 @@
 #     profile is merged with llvm-profdata into
 #     target/pgo/pusher-cutover-<hash of its contents>.profdata;
 #  3. the release build again with that profile (rustc -Cprofile-use),
-#     for every crate, in target/pgo.
+#     for every crate, in target/pgo; it fails if the profile does not
+#     match the code it builds (see step 3).
 # With --floor, the bare hyper forwarder bench/run.sh measures beside the
 # proxy (examples/hyper_floor.rs) goes through the same three steps, trained
 # on the same requests, so that both are compared built alike.
@@ -216,13 +217,36 @@ if [ "$FLOOR" -eq 1 ]; then
 fi
 
 # ------------------------------------------------------------ 3. optimised
+# optimised NAME DIR PROFILE CRATE CARGO-ARGS...: the release build with
+# PROFILE. Its rustc names each function of CRATE (the binary's own crate)
+# that the profile has no data for (-pgo-warn-missing-function): none in a
+# profile of the same code, every one in a profile of other code (see step
+# 1: features that differ rename a crate's functions and those of every
+# crate built on it). Only this package's crates are named; cargo builds
+# the dependencies with --cap-lints allow, which silences rustc's warnings.
+# The build fails if more than MISSING_MAX (default 100) of CRATE's
+# functions have no data: a profile-guided build that matched nothing
+# would only be slower, and silently.
+MISSING_MAX=${MISSING_MAX:-100}
+optimised() {
+  local name=$1 dir=$2 profile=$3 crate=$4 log="$WORK/$1-build.log" missing
+  shift 4
+  if ! (cd "$SRC" && RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-pgo-warn-missing-function" \
+    CARGO_TARGET_DIR="$dir" timeout 1800 cargo build --release --locked "$@" > "$log" 2>&1); then
+    grep -v -e 'no profile data available for function' -e '^$' "$log" | tail -n 30 >&2
+    die "profile-guided build of $name failed"
+  fi
+  grep -v -e 'no profile data available for function' -e '^$' "$log" >&2 || true
+  missing=$(grep -cE "^warning: $crate\.[0-9a-f]+-cgu\.[0-9]+: no profile data available for function" "$log" || true)
+  log "$name: $missing functions of $crate without profile data (at most $MISSING_MAX)"
+  [ "$missing" -le "$MISSING_MAX" ] \
+    || die "the profile does not match the code of $name: $missing functions of $crate have no data in it"
+}
 log "3/3 release build with the profile (target/pgo)"
-(cd "$SRC" && RUSTFLAGS="-Cprofile-use=$PC_PROFILE" CARGO_TARGET_DIR="$USE_DIR" \
-  timeout 1800 cargo build --release --locked --bin pusher-cutover >&2) || die "profile-guided build failed"
+optimised pusher-cutover "$USE_DIR" "$PC_PROFILE" pusher_cutover --bin pusher-cutover
 if [ "$FLOOR" -eq 1 ]; then
   log "3/3 release build of examples/hyper_floor.rs with its profile (target/pgo-floor)"
-  (cd "$SRC" && RUSTFLAGS="-Cprofile-use=$FLOOR_PROFILE" CARGO_TARGET_DIR="$FLOOR_DIR" \
-    timeout 1800 cargo build --release --locked --example hyper_floor >&2) || die "profile-guided floor build failed"
+  optimised hyper-floor "$FLOOR_DIR" "$FLOOR_PROFILE" hyper_floor --example hyper_floor
   log "floor: $FLOOR_DIR/release/examples/hyper_floor"
 fi
 echo "$USE_DIR/release/pusher-cutover"
