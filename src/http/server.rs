@@ -900,9 +900,11 @@ where
         idle: nanos_of(settings.keepalive_timeout),
         busy: busy_bound(settings, &shared.proxy),
     };
-    // The deadline the timer is armed for ([`now_nanos`]), if any.
-    let mut armed = Some(tracker.deadline(bounds));
-    let timer = tokio::time::sleep_until(instant_of(armed.unwrap_or(0)));
+    // The deadline the timer is armed for ([`now_nanos`]); none once it
+    // fired, until it is armed anew.
+    let first = tracker.deadline(bounds);
+    let mut armed = Some(first);
+    let timer = tokio::time::sleep_until(instant_of(first));
     tokio::pin!(timer);
     // Whether `asked` is listed as a waiter of the tracker's Notify: from
     // then on it need not be polled until `evict` is set. (The drain watch
