@@ -767,16 +767,24 @@ pub fn is_body_limit(e: &UpstreamError) -> bool {
 mod tests {
     use super::*;
 
+    /// A configuration with one app and one upstream slot, whose
+    /// `[upstream]` section is `upstream` and `max_connections = 1`.
+    fn one_slot_config(upstream: &str) -> crate::Config {
+        crate::Config::from_toml_str(
+            &format!(
+                "[upstream]\n{upstream}\nmax_connections = 1\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &|_| None,
+        )
+        .expect("valid")
+    }
+
     /// No slot is taken past the moment an exchange may still be sent,
     /// even a free one; before it, a free slot is taken at once.
     #[tokio::test]
     async fn no_slot_is_taken_past_the_last_moment_to_send() {
-        let config = crate::Config::from_toml_str(
-            "[upstream]\nurl = \"http://127.0.0.1:9\"\nmax_connections = 1\n\
-             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
-            &|_| None,
-        )
-        .expect("valid");
+        let config = one_slot_config("url = \"http://127.0.0.1:9\"");
         let metrics = SlotMetrics::default();
         let upstream = Upstream::new(&config.upstream, 1, &metrics);
         let now = tokio::time::Instant::now();
@@ -806,15 +814,7 @@ mod tests {
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("its address");
-        let config = crate::Config::from_toml_str(
-            &format!(
-                "[upstream]\nurl = \"http://{addr}\"\nprotocol = \"http1\"\n\
-                 max_connections = 1\n\
-                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
-            ),
-            &|_| None,
-        )
-        .expect("valid");
+        let config = one_slot_config(&format!("url = \"http://{addr}\"\nprotocol = \"http1\""));
         let metrics = SlotMetrics::default();
         let upstream = Upstream::new(&config.upstream, 1, &metrics);
         let slot = upstream
