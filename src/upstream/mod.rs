@@ -32,7 +32,9 @@
 //!   another connection).
 //!
 //! Either only with a body that can be sent again (built by the proxy, not
-//! streamed from the caller). Besides, a bodyless GET or HEAD whose
+//! streamed from the caller). A request hyper canceled is sent again only
+//! if it has a body, which hyper had not started sending
+//! ([`never_processed`]). Besides, a bodyless GET or HEAD whose
 //! connection broke under it is sent once more (it changes nothing
 //! upstream). Nothing else is retried.
 
@@ -523,6 +525,7 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
         let prepared = self.prepare(&mut req);
         let idempotent = is_bodyless_read(&req);
+        let sends_body = req.body().size_hint().exact() != Some(0);
         async move {
             prepared?;
             let mut attempts = 0;
@@ -540,7 +543,7 @@ impl Upstream {
                 let Some(again) = again else {
                     return Err(upstream_error(error));
                 };
-                if never_processed(&error) {
+                if never_processed(&error, sends_body) {
                     tracing::debug!(%error, attempts, "the upstream refused the request unprocessed; sending it again");
                 } else if idempotent && attempts == 1 && is_stale_connection(&error) {
                     tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
@@ -702,26 +705,32 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 ///   that is cut afterwards fails with the connection's I/O error
 ///   instead). Both only as the upstream's own word (`is_remote`), not
 ///   h2's;
-/// - hyper canceled it before it was dispatched to the connection
-///   ([`hyper::Error::is_canceled`]). Since hyper 1.13 this is how a
-///   request fails that was still waiting for its HTTP/2 stream to open
-///   (the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the
-///   upstream said GOAWAY gracefully; hyper 1.12 dropped it as "dispatch
-///   gone", which proves nothing. hyper hands no such request back.
+/// - with `sends_body` (the request has a body), hyper canceled it
+///   ([`hyper::Error::is_canceled`]): hyper cancels a request only before
+///   it starts sending its body, so the upstream never had it whole. On
+///   HTTP/1.1 hyper cancels a request it never started writing. On HTTP/2
+///   (since hyper 1.13) it cancels a request that was waiting for its
+///   stream to open (the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`
+///   reached) when the upstream said GOAWAY gracefully, whether or not the
+///   stream opened meanwhile: h2 still opens a waiting stream after a
+///   GOAWAY with the largest stream id (how load balancers and Google's
+///   front ends drain a connection), and the upstream gets its head, then
+///   `RST_STREAM`, never its body. A bodyless request's head ends its
+///   stream, so such a one may have been processed: not proof.
 ///
 /// On HTTP/1.1 a request the connection never started writing is handed
 /// back by hyper and sent again by hyper-util's client before it fails;
 /// should it fail all the same (its connection was not a reused one), it
-/// fails as canceled, and is sent again here.
-pub fn never_processed(error: &(dyn StdError + 'static)) -> bool {
+/// fails as canceled.
+pub fn never_processed(error: &(dyn StdError + 'static), sends_body: bool) -> bool {
     chain(error).any(|e| {
         e.downcast_ref::<h2::Error>().is_some_and(|h2| {
             h2.is_remote()
                 && (h2.is_go_away()
                     || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
-        }) || e
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
+        }) || (sends_body
+            && e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled))
     })
 }
 
@@ -857,10 +866,18 @@ mod tests {
     #[test]
     fn only_the_upstreams_refusal_proves_a_request_unprocessed() {
         // Made locally (h2's library errors), not the upstream's word.
-        assert!(!never_processed(&h2_error(h2::Reason::REFUSED_STREAM)));
-        assert!(!never_processed(&h2_error(h2::Reason::NO_ERROR)));
-        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
-        assert!(!never_processed(&io));
+        for sends_body in [false, true] {
+            assert!(!never_processed(
+                &h2_error(h2::Reason::REFUSED_STREAM),
+                sends_body
+            ));
+            assert!(!never_processed(
+                &h2_error(h2::Reason::NO_ERROR),
+                sends_body
+            ));
+            let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
+            assert!(!never_processed(&io, sends_body));
+        }
     }
 
     #[test]

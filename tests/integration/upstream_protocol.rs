@@ -50,6 +50,11 @@ enum Conduct {
     /// while the next request waits for a stream, then say GOAWAY
     /// (graceful), answer the first and close.
     GoAwayWithAStreamWaiting,
+    /// HTTP/2 in raw frames, one stream at a time: hold the first request
+    /// while the next waits for a stream, then drain as load balancers do
+    /// (GOAWAY with the largest stream id, no PING), answer the first and
+    /// process the next request that arrives whole.
+    DrainWithAStreamWaiting,
 }
 
 #[derive(Default)]
@@ -57,6 +62,8 @@ struct Seen {
     connections: AtomicUsize,
     /// Requests (streams) that reached the front, served or not.
     requests: AtomicUsize,
+    /// Request heads (`HEADERS` frames) the draining front received.
+    heads: AtomicUsize,
     versions: Mutex<Vec<Version>>,
 }
 
@@ -97,6 +104,9 @@ impl Front {
                 tokio::spawn(async move {
                     match conduct(n) {
                         Conduct::GoAwayBelow => go_away_below(stream, &seen).await,
+                        Conduct::DrainWithAStreamWaiting => {
+                            drain_with_a_stream_waiting(stream, &seen).await
+                        }
                         Conduct::GoAwayWithAStreamWaiting => {
                             go_away_with_a_stream_waiting(stream, seen, client, backend).await
                         }
@@ -123,6 +133,10 @@ impl Front {
 
     fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> usize {
+        self.seen.heads.load(Ordering::SeqCst)
     }
 
     fn versions(&self) -> Vec<Version> {
@@ -370,6 +384,116 @@ async fn go_away_below(mut stream: TcpStream, seen: &Seen) {
     }
 }
 
+/// One HTTP/2 frame: its type, flags and stream id (its payload, when
+/// the front needs it).
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.ok()?;
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.ok()?;
+    let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    Some(Frame {
+        kind: header[3],
+        flags: header[4],
+        stream: id,
+        payload,
+    })
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("short payload")
+        .to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `HEADERS` that end stream `stream`: `:status: 200` (HPACK static
+/// index 8).
+fn ok_answer(stream: u32) -> Vec<u8> {
+    frame(1, 0x1 | 0x4, stream, &[0x88])
+}
+
+/// `GOAWAY` naming `last` as the last stream processed, `NO_ERROR`.
+fn go_away(last: u32) -> Vec<u8> {
+    let mut payload = last.to_be_bytes().to_vec();
+    payload.extend_from_slice(&[0, 0, 0, 0]);
+    frame(7, 0, 0, &payload)
+}
+
+/// An HTTP/2 server in raw frames that allows one stream at a time and
+/// drains as load balancers do. It holds the first request for 400 ms (the
+/// next one waits for a stream meanwhile). Then it says GOAWAY with the
+/// largest stream id and no PING (RFC 9113 section 6.8: streams on their
+/// way are still processed), and answers the first request. The next
+/// request that arrives whole (its stream ended) is processed and
+/// answered, and a final GOAWAY follows. Every request head is counted
+/// (`heads`), every whole request too (`requests`).
+async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen) {
+    let mut preface = [0u8; PREFACE.len()];
+    if stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+        return;
+    }
+    // SETTINGS_MAX_CONCURRENT_STREAMS = 1.
+    let _ = stream.write_all(&frame(4, 0, 0, &[0, 3, 0, 0, 0, 1])).await;
+    let mut drain_at = None;
+    let mut whole = 0;
+    loop {
+        let next = match drain_at {
+            Some(at) => match tokio::time::timeout_at(at, read_frame(&mut stream)).await {
+                Ok(next) => next,
+                Err(_) => {
+                    drain_at = None;
+                    let mut out = go_away(0x7fff_ffff);
+                    out.extend(ok_answer(1));
+                    let _ = stream.write_all(&out).await;
+                    continue;
+                }
+            },
+            None => read_frame(&mut stream).await,
+        };
+        let Some(f) = next else { return };
+        match (f.kind, f.flags & 0x1) {
+            // SETTINGS or PING, not an ACK: acknowledge it.
+            (4, 0) => {
+                let _ = stream.write_all(&frame(4, 1, 0, &[])).await;
+            }
+            (6, 0) => {
+                let _ = stream.write_all(&frame(6, 1, 0, &f.payload)).await;
+            }
+            _ => {}
+        }
+        if f.kind == 1 {
+            seen.heads.fetch_add(1, Ordering::SeqCst);
+        }
+        // A request is whole when its HEADERS or DATA end the stream.
+        if !matches!(f.kind, 0 | 1) || f.flags & 0x1 == 0 {
+            continue;
+        }
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        whole += 1;
+        if whole == 1 {
+            drain_at = Some(tokio::time::Instant::now() + Duration::from_millis(400));
+        } else {
+            let mut out = ok_answer(f.stream);
+            out.extend(go_away(f.stream));
+            let _ = stream.write_all(&out).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+    }
+}
+
 /// A proxy for the fixture app in front of `url` with two workers and
 /// `protocol` (none: the default).
 /// A proxy to `url` speaking `protocol`, with coalescing off
@@ -583,6 +707,59 @@ async fn a_trigger_waiting_for_a_stream_at_a_goaway_is_sent_again_and_delivered_
     // The second reached a front once: on the second connection.
     assert_eq!(front.requests(), 2);
     assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+/// A trigger waiting for an HTTP/2 stream when the upstream begins to
+/// drain (GOAWAY with the largest stream id) is failed by hyper as
+/// canceled once its stream has opened: the upstream got its head, then
+/// `RST_STREAM`, never its body. It was not processed, so it is sent again
+/// on a new connection and delivered once.
+#[tokio::test]
+async fn a_trigger_waiting_for_a_stream_when_a_drain_begins_is_sent_again_and_delivered_once() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::DrainWithAStreamWaiting).await;
+    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
+    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
+    let second = async {
+        // While the first holds the one stream.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status.as_u16(), 202, "{}", first.text());
+    assert_eq!(second.status.as_u16(), 202, "{}", second.text());
+    // The draining front processed the first (it does not pass requests
+    // on to the fake); the second's head reached it, not its body.
+    assert_eq!(front.heads(), 2);
+    assert_eq!(delivered(&fake), ["second"]);
+    assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+/// The same with a bodyless POST (a passthrough call): its head ends its
+/// stream, so the draining front processes it, and hyper fails it as
+/// canceled all the same. It is not sent again (that would make two of
+/// it); its caller gets 502.
+#[tokio::test]
+async fn a_bodyless_post_waiting_for_a_stream_when_a_drain_begins_is_not_sent_again() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::DrainWithAStreamWaiting).await;
+    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
+    let path = format!("/apps/{APP_ID}/users/u1/terminate_connections");
+    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        support::send(Method::POST, &format!("{}{path}", proxy.url()), &[], "").await
+    };
+    let (first, second) = tokio::join!(first, second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both processed by the draining front, and nothing sent anywhere else.
+    assert_eq!(front.requests(), 2);
+    assert!(fake.recorded().iter().all(|r| r.path != path), "sent again");
+    assert_eq!(front.connections(), 1);
+    assert_eq!(first.status.as_u16(), 202, "{}", first.text());
+    assert_eq!(second.status.as_u16(), 502, "{}", second.text());
     proxy.stop().await;
 }
 
