@@ -32,9 +32,9 @@
 //!   another connection).
 //!
 //! Either only with a body that can be sent again (built by the proxy, not
-//! streamed from the caller). A request hyper canceled is sent again only
-//! if it has a body, which hyper had not started sending
-//! ([`never_processed`]). Besides, a bodyless GET or HEAD whose
+//! streamed from the caller). A request hyper failed before sending it
+//! (canceled, or held at a GOAWAY) is sent again only if it has a body,
+//! which the upstream then never got ([`never_processed`]). Besides, a bodyless GET or HEAD whose
 //! connection broke under it is sent once more (it changes nothing
 //! upstream). Nothing else is retried.
 
@@ -705,16 +705,18 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 ///   that is cut afterwards fails with the connection's I/O error
 ///   instead). Both only as the upstream's own word (`is_remote`), not
 ///   h2's;
-/// - with `sends_body` (the request has a body), hyper canceled it
-///   ([`hyper::Error::is_canceled`]): hyper cancels a request only before
-///   it starts sending its body, so the upstream never had it whole. On
-///   HTTP/1.1 hyper cancels a request it never started writing. On HTTP/2
-///   (since hyper 1.13) it cancels a request that was waiting for its
-///   stream to open (the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`
-///   reached) when the upstream said GOAWAY gracefully, whether or not the
-///   stream opened meanwhile: h2 still opens a waiting stream after a
-///   GOAWAY with the largest stream id (how load balancers and Google's
-///   front ends drain a connection), and the upstream gets its head, then
+/// - with `sends_body` (the request has a body), hyper failed it before it
+///   started sending its body, so the upstream never had it whole: hyper
+///   canceled it ([`hyper::Error::is_canceled`]), or failed it with an h2
+///   error made of a reason alone ([`held_by_hyper`]). On HTTP/1.1 hyper
+///   cancels a request it never started writing. On HTTP/2 (since hyper
+///   1.13) a request that was waiting for its stream to open (the
+///   upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the
+///   upstream said GOAWAY fails so: canceled for a graceful GOAWAY, with
+///   the GOAWAY's reason otherwise. That is whether or not the stream
+///   opened meanwhile: h2 still opens a waiting stream after a GOAWAY with
+///   the largest stream id (how load balancers and Google's front ends
+///   drain a connection), and the upstream gets its head, then
 ///   `RST_STREAM`, never its body. A bodyless request's head ends its
 ///   stream, so such a one may have been processed: not proof.
 ///
@@ -729,9 +731,21 @@ pub fn never_processed(error: &(dyn StdError + 'static), sends_body: bool) -> bo
                 && (h2.is_go_away()
                     || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
         }) || (sends_body
-            && e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_canceled))
+            && (e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+                || e.downcast_ref::<h2::Error>().is_some_and(held_by_hyper)))
     })
+}
+
+/// Whether an h2 error is hyper's own failure of a request it still held,
+/// unsent: made of a reason alone, not a stream's reset, a GOAWAY or an
+/// I/O error (which h2 reports for the streams it sent). hyper's HTTP/2
+/// client makes such an error for a request waiting for its stream to
+/// open when the upstream says GOAWAY with an error, from the GOAWAY's
+/// reason (and for a `CONNECT`, which the proxy never sends).
+fn held_by_hyper(h2: &h2::Error) -> bool {
+    h2.reason().is_some() && !h2.is_reset() && !h2.is_go_away() && !h2.is_io()
 }
 
 /// Whether a request failed because its connection was closed or reset
@@ -864,20 +878,28 @@ mod tests {
     }
 
     #[test]
-    fn only_the_upstreams_refusal_proves_a_request_unprocessed() {
-        // Made locally (h2's library errors), not the upstream's word.
+    fn only_the_upstreams_refusal_proves_a_bodyless_request_unprocessed() {
+        // Not the upstream's word: a reason alone (as made locally), or a
+        // connection's I/O error.
+        assert!(!never_processed(
+            &h2_error(h2::Reason::REFUSED_STREAM),
+            false
+        ));
+        assert!(!never_processed(&h2_error(h2::Reason::NO_ERROR), false));
         for sends_body in [false, true] {
-            assert!(!never_processed(
-                &h2_error(h2::Reason::REFUSED_STREAM),
-                sends_body
-            ));
-            assert!(!never_processed(
-                &h2_error(h2::Reason::NO_ERROR),
-                sends_body
-            ));
             let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
             assert!(!never_processed(&io, sends_body));
         }
+    }
+
+    #[test]
+    fn a_bare_reason_is_hyper_failing_a_request_it_held() {
+        // What hyper makes of an error GOAWAY for a request it still held
+        // (`Error::new_h2(reason.into())`): an h2 error of a reason alone.
+        let held = h2_error(h2::Reason::ENHANCE_YOUR_CALM);
+        assert!(held_by_hyper(&held));
+        assert!(never_processed(&held, true), "its body was never sent");
+        assert!(!never_processed(&held, false), "its head ended its stream");
     }
 
     #[test]

@@ -55,6 +55,9 @@ enum Conduct {
     /// (GOAWAY with the largest stream id, no PING), answer the first and
     /// process the next request that arrives whole.
     DrainWithAStreamWaiting,
+    /// The same, but the GOAWAY is an error (`ENHANCE_YOUR_CALM`) naming
+    /// the first stream as the last processed.
+    FailWithAStreamWaiting,
 }
 
 #[derive(Default)]
@@ -105,7 +108,11 @@ impl Front {
                     match conduct(n) {
                         Conduct::GoAwayBelow => go_away_below(stream, &seen).await,
                         Conduct::DrainWithAStreamWaiting => {
-                            drain_with_a_stream_waiting(stream, &seen).await
+                            drain_with_a_stream_waiting(stream, &seen, go_away(0x7fff_ffff, 0))
+                                .await
+                        }
+                        Conduct::FailWithAStreamWaiting => {
+                            drain_with_a_stream_waiting(stream, &seen, go_away(1, 0xb)).await
                         }
                         Conduct::GoAwayWithAStreamWaiting => {
                             go_away_with_a_stream_waiting(stream, seen, client, backend).await
@@ -424,22 +431,24 @@ fn ok_answer(stream: u32) -> Vec<u8> {
     frame(1, 0x1 | 0x4, stream, &[0x88])
 }
 
-/// `GOAWAY` naming `last` as the last stream processed, `NO_ERROR`.
-fn go_away(last: u32) -> Vec<u8> {
+/// `GOAWAY` naming `last` as the last stream processed, with error code
+/// `code` (0: `NO_ERROR`).
+fn go_away(last: u32, code: u32) -> Vec<u8> {
     let mut payload = last.to_be_bytes().to_vec();
-    payload.extend_from_slice(&[0, 0, 0, 0]);
+    payload.extend_from_slice(&code.to_be_bytes());
     frame(7, 0, 0, &payload)
 }
 
 /// An HTTP/2 server in raw frames that allows one stream at a time and
 /// drains as load balancers do. It holds the first request for 400 ms (the
-/// next one waits for a stream meanwhile). Then it says GOAWAY with the
-/// largest stream id and no PING (RFC 9113 section 6.8: streams on their
-/// way are still processed), and answers the first request. The next
+/// next one waits for a stream meanwhile). Then it says `goaway` (to drain:
+/// GOAWAY with the largest stream id and no PING; RFC 9113 section 6.8:
+/// streams on their way are still processed), and answers the first
+/// request. The next
 /// request that arrives whole (its stream ended) is processed and
 /// answered, and a final GOAWAY follows. Every request head is counted
 /// (`heads`), every whole request too (`requests`).
-async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen) {
+async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen, goaway: Vec<u8>) {
     let mut preface = [0u8; PREFACE.len()];
     if stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
         return;
@@ -454,7 +463,7 @@ async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen) {
                 Ok(next) => next,
                 Err(_) => {
                     drain_at = None;
-                    let mut out = go_away(0x7fff_ffff);
+                    let mut out = goaway.clone();
                     out.extend(ok_answer(1));
                     let _ = stream.write_all(&out).await;
                     continue;
@@ -486,7 +495,7 @@ async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen) {
             drain_at = Some(tokio::time::Instant::now() + Duration::from_millis(400));
         } else {
             let mut out = ok_answer(f.stream);
-            out.extend(go_away(f.stream));
+            out.extend(go_away(f.stream, 0));
             let _ = stream.write_all(&out).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
@@ -732,6 +741,27 @@ async fn a_trigger_waiting_for_a_stream_when_a_drain_begins_is_sent_again_and_de
     // The draining front processed the first (it does not pass requests
     // on to the fake); the second's head reached it, not its body.
     assert_eq!(front.heads(), 2);
+    assert_eq!(delivered(&fake), ["second"]);
+    assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+/// A trigger waiting for an HTTP/2 stream when the upstream says GOAWAY
+/// with an error is failed by hyper with the GOAWAY's reason alone, before
+/// its body was sent: it is sent again on a new connection and delivered
+/// once.
+#[tokio::test]
+async fn a_trigger_waiting_for_a_stream_at_an_error_goaway_is_sent_again_and_delivered_once() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::FailWithAStreamWaiting).await;
+    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
+    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
+    };
+    let (_, second) = tokio::join!(first, second);
+    assert_eq!(second.status.as_u16(), 202, "{}", second.text());
     assert_eq!(delivered(&fake), ["second"]);
     assert_eq!(front.connections(), 2);
     proxy.stop().await;
