@@ -708,7 +708,7 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 /// - with `sends_body` (the request has a body), hyper failed it before it
 ///   started sending its body, so the upstream never had it whole: hyper
 ///   canceled it ([`hyper::Error::is_canceled`]), or failed it with an h2
-///   error made of a reason alone ([`held_by_hyper`]). On HTTP/1.1 hyper
+///   error made of a reason alone (`held_by_hyper`). On HTTP/1.1 hyper
 ///   cancels a request it never started writing. On HTTP/2 (since hyper
 ///   1.13) a request that was waiting for its stream to open (the
 ///   upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the
