@@ -573,6 +573,26 @@ fn delivered(fake: &FakeUpstream) -> Vec<String> {
         .collect()
 }
 
+/// A legacy trigger on channel `first`, and `second` sent 150 ms later,
+/// while the first holds the one stream a front allows (through a proxy
+/// with one worker, so both take the same connection): both answers.
+async fn first_and_waiting(
+    proxy: &TestProxy,
+    second: impl std::future::Future<Output = support::Answer>,
+) -> (support::Answer, support::Answer) {
+    let first = legacy_trigger(proxy, "first", r#"{"n":1}"#);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        second.await
+    };
+    tokio::join!(first, second)
+}
+
+/// A proxy with one worker speaking h2c to `url`, coalescing off.
+async fn one_worker_h2c(url: &str) -> TestProxy {
+    one_worker_proxy(url, "protocol = \"h2c\"\nbatch_max = 1").await
+}
+
 #[tokio::test]
 async fn h2c_multiplexes_legacy_triggers_stats_and_passthrough_over_few_connections() {
     let fake = support::fake().await;
@@ -699,15 +719,9 @@ async fn a_goaway_below_the_stream_is_sent_again_on_a_new_connection_and_deliver
 async fn a_trigger_waiting_for_a_stream_at_a_goaway_is_sent_again_and_delivered_once() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::GoAwayWithAStreamWaiting).await;
-    // One worker with one client: both triggers take the same connection.
-    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
-    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
-    let second = async {
-        // While the first holds the one stream.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
-    };
-    let (first, second) = tokio::join!(first, second);
+    let proxy = one_worker_h2c(&front.url).await;
+    let (first, second) =
+        first_and_waiting(&proxy, legacy_trigger(&proxy, "second", r#"{"n":2}"#)).await;
     assert_eq!(first.status.as_u16(), 202, "{}", first.text());
     assert_eq!(second.status.as_u16(), 202, "{}", second.text());
     let mut channels = delivered(&fake);
@@ -728,14 +742,9 @@ async fn a_trigger_waiting_for_a_stream_at_a_goaway_is_sent_again_and_delivered_
 async fn a_trigger_waiting_for_a_stream_when_a_drain_begins_is_sent_again_and_delivered_once() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::DrainWithAStreamWaiting).await;
-    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
-    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
-    let second = async {
-        // While the first holds the one stream.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
-    };
-    let (first, second) = tokio::join!(first, second);
+    let proxy = one_worker_h2c(&front.url).await;
+    let (first, second) =
+        first_and_waiting(&proxy, legacy_trigger(&proxy, "second", r#"{"n":2}"#)).await;
     assert_eq!(first.status.as_u16(), 202, "{}", first.text());
     assert_eq!(second.status.as_u16(), 202, "{}", second.text());
     // The draining front processed the first (it does not pass requests
@@ -754,13 +763,9 @@ async fn a_trigger_waiting_for_a_stream_when_a_drain_begins_is_sent_again_and_de
 async fn a_trigger_waiting_for_a_stream_at_an_error_goaway_is_sent_again_and_delivered_once() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::FailWithAStreamWaiting).await;
-    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
-    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        legacy_trigger(&proxy, "second", r#"{"n":2}"#).await
-    };
-    let (_, second) = tokio::join!(first, second);
+    let proxy = one_worker_h2c(&front.url).await;
+    let (_, second) =
+        first_and_waiting(&proxy, legacy_trigger(&proxy, "second", r#"{"n":2}"#)).await;
     assert_eq!(second.status.as_u16(), 202, "{}", second.text());
     assert_eq!(delivered(&fake), ["second"]);
     assert_eq!(front.connections(), 2);
@@ -775,14 +780,11 @@ async fn a_trigger_waiting_for_a_stream_at_an_error_goaway_is_sent_again_and_del
 async fn a_bodyless_post_waiting_for_a_stream_when_a_drain_begins_is_not_sent_again() {
     let fake = support::fake().await;
     let front = Front::first_then_serve(&fake, Conduct::DrainWithAStreamWaiting).await;
-    let proxy = one_worker_proxy(&front.url, "protocol = \"h2c\"\nbatch_max = 1").await;
+    let proxy = one_worker_h2c(&front.url).await;
     let path = format!("/apps/{APP_ID}/users/u1/terminate_connections");
-    let first = legacy_trigger(&proxy, "first", r#"{"n":1}"#);
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        support::send(Method::POST, &format!("{}{path}", proxy.url()), &[], "").await
-    };
-    let (first, second) = tokio::join!(first, second);
+    let url = format!("{}{path}", proxy.url());
+    let (first, second) =
+        first_and_waiting(&proxy, support::send(Method::POST, &url, &[], "")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Both processed by the draining front, and nothing sent anywhere else.
     assert_eq!(front.requests(), 2);
