@@ -34,9 +34,9 @@
 //! Either only with a body that can be sent again (built by the proxy, not
 //! streamed from the caller). A request hyper failed before sending it
 //! (canceled, or held at a GOAWAY) is sent again only if it has a body,
-//! which the upstream then never got ([`never_processed`]). Besides, a bodyless GET or HEAD whose
-//! connection broke under it is sent once more (it changes nothing
-//! upstream). Nothing else is retried.
+//! which the upstream then never got ([`never_processed`]). Besides, a
+//! bodyless GET or HEAD whose connection broke under it is sent once more
+//! (it changes nothing upstream). Nothing else is retried.
 
 use std::cell::Cell;
 use std::error::Error as StdError;
@@ -544,7 +544,7 @@ impl Upstream {
                     return Err(upstream_error(error));
                 };
                 if never_processed(&error, sends_body) {
-                    tracing::debug!(%error, attempts, "the upstream refused the request unprocessed; sending it again");
+                    tracing::debug!(%error, attempts, "the upstream provably did not process the request; sending it again");
                 } else if idempotent && attempts == 1 && is_stale_connection(&error) {
                     tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
                 } else {
