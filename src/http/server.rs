@@ -11,12 +11,12 @@
 //! together; it is off), and serving a request by the time its head, body
 //! and upstream exchange may take and a second to write its answer, which
 //! only a client that does not read its answer reaches (`Bounds`). Every
-//! phase move happens inside the poll of the
-//! connection's own task (its reads, its service, its answer's body), so
-//! the task reads the tracker after each poll instead of being woken for
-//! each move, and it re-arms its one timer only when a deadline comes
-//! earlier than the armed one: a keep-alive request costs a few atomic
-//! stores, no wake and no timer operation.
+//! phase move happens inside the poll of the connection's own task (its
+//! reads, its service, its answer's body), so the task reads the tracker
+//! after each poll instead of being woken for each move, and it re-arms
+//! its one timer only when a deadline comes earlier than the armed one: a
+//! keep-alive request costs a few atomic stores, no wake and no timer
+//! operation.
 //!
 //! Each connection is listed once, for its whole life, in its worker's
 //! `Registry`: at `max_connections`, the accept loop scans the lists for

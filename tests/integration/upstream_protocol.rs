@@ -444,10 +444,9 @@ fn go_away(last: u32, code: u32) -> Vec<u8> {
 /// next one waits for a stream meanwhile). Then it says `goaway` (to drain:
 /// GOAWAY with the largest stream id and no PING; RFC 9113 section 6.8:
 /// streams on their way are still processed), and answers the first
-/// request. The next
-/// request that arrives whole (its stream ended) is processed and
-/// answered, and a final GOAWAY follows. Every request head is counted
-/// (`heads`), every whole request too (`requests`).
+/// request. The next request that arrives whole (its stream ended) is
+/// processed and answered, and a final GOAWAY follows. Every request head
+/// is counted (`heads`), every whole request too (`requests`).
 async fn drain_with_a_stream_waiting(mut stream: TcpStream, seen: &Seen, goaway: Vec<u8>) {
     let mut preface = [0u8; PREFACE.len()];
     if stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
