@@ -68,6 +68,10 @@ pub const MAX_EVENT_NAME_BYTES: usize = 200;
 /// raised for a dedicated cluster) is sent alone.
 pub const MAX_BATCHED_DATA_BYTES: usize = 10_240;
 
+/// The prefix of the event names Pusher reserves for itself (see
+/// [`batchable`]).
+const RESERVED_PREFIX: &[u8] = b"pusher";
+
 /// An app's trigger queue and its places on the wire.
 #[derive(Debug)]
 pub(crate) struct Coalescer {
@@ -161,17 +165,36 @@ pub fn batch_path(app_id: &str) -> String {
     format!("/apps/{app_id}/batch_events")
 }
 
-/// Whether `trigger` may join a batch: every check the upstream makes of an
+/// Whether `trigger` may join a batch: every check an upstream makes of an
 /// event that the proxy has not made already (the channel's rules and its
 /// Pusher length, and `max_data_bytes`, were checked before this). Sockudo
 /// validates a batch's events one by one and broadcasts those before a bad
-/// one, so an event that could be refused never joins one: it is sent
-/// alone, as a single trigger, and its caller gets the upstream's own
-/// answer (whose wording and limits differ between upstreams).
+/// one, and soketi refuses a whole batch for one bad event, so an event
+/// that could be refused never joins one: it is sent alone, as a single
+/// trigger, and its caller gets the upstream's own answer (whose wording
+/// and limits differ between upstreams). Refused somewhere, so sent alone:
+/// - a name over 200 bytes (Pusher's libraries, sockudo, soketi);
+/// - a name that starts with `pusher`, in any case: Pusher answers 400,
+///   "the 'pusher' namespace is reserved for internal usage", for
+///   `pusher-notification` as for `pusher:x` (spec C.3);
+/// - empty data, which soketi refuses (spec E.5 item 9);
+/// - data over Pusher's 10,240 bytes;
+/// - a `socket_id` that is not `digits.digits`.
 pub fn batchable(trigger: &Trigger<'_>) -> bool {
     trigger.name.len() <= MAX_EVENT_NAME_BYTES
+        && !reserved_name(trigger.name)
+        && !trigger.data.is_empty()
         && trigger.data.len() <= MAX_BATCHED_DATA_BYTES
         && trigger.socket_id.is_none_or(valid_socket_id)
+}
+
+/// Whether Pusher keeps event names like `name` for itself: those that
+/// start with `pusher`, compared without case (Pusher's check is on its
+/// server and undocumented, so the proxy assumes the wider one).
+fn reserved_name(name: &str) -> bool {
+    name.as_bytes()
+        .get(..RESERVED_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(RESERVED_PREFIX))
 }
 
 /// Pusher's socket id format, `digits.digits` (it answers 400 otherwise;
@@ -788,6 +811,19 @@ mod tests {
         assert!(batchable(&t(&name, Some("123.456"), &data)));
         assert!(!batchable(&t(&long_name, None, "x")));
         assert!(!batchable(&t("e", None, &long_data)));
+        assert!(!batchable(&t("e", None, "")), "empty data");
+        for reserved in [
+            "pusher",
+            "pusher:x",
+            "pusher-notification",
+            "Pusher_ev",
+            "PUSHERx",
+        ] {
+            assert!(!batchable(&t(reserved, None, "x")), "{reserved}");
+        }
+        for free in ["pushe", "my-pusher-event", "push", "p"] {
+            assert!(batchable(&t(free, None, "x")), "{free}");
+        }
         for bad in ["1", "1.", ".1", "a.1", "1.2.3", "1 .2", "-1.2"] {
             assert!(!batchable(&t("e", Some(bad), "x")), "{bad}");
         }
