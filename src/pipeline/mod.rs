@@ -481,7 +481,9 @@ impl<'a> Call<'a> {
     /// a call waiting for a slot holds what the request is built from, not
     /// the request: its headers, target and body), sends it and reads the
     /// whole answer, all before `deadline`. The time it took and the
-    /// upstream's status are recorded.
+    /// upstream's status are recorded. `build` runs only once the slot is
+    /// held, so a caller counts its upstream request there: one answered
+    /// 504 for want of a slot was never sent.
     ///
     /// It runs in the request's own task: the listener does not read ahead
     /// while a request is in flight (see [`crate::http::server`]), so a

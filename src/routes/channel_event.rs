@@ -175,9 +175,12 @@ pub(crate) async fn translate(
 async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody>, ProxyError> {
     let state = call.state;
     let path = &call.app.events_path;
-    let build = |call: &Call<'_>| call.signed_request(Method::POST, path, Some(json), None);
+    let build = |call: &Call<'_>| {
+        // Counted once it holds a slot (see `Call::exchange`).
+        state.telemetry.metrics().upstream.trigger_request(1);
+        call.signed_request(Method::POST, path, Some(json), None)
+    };
     let deadline = state.upstream.deadline();
-    state.telemetry.metrics().upstream.trigger_request(1);
     let answer = call.exchange(build, deadline).await?;
     answer_caller(&call.app.config.id, &answer)
 }

@@ -139,6 +139,12 @@ pub(crate) async fn observe(
     now: u64,
 ) -> Result<Buffered, ProxyError> {
     let build = |call: &Call<'_>| {
+        // Counted once it holds a slot (see `Call::exchange`).
+        call.state
+            .telemetry
+            .metrics()
+            .upstream
+            .request(crate::telemetry::metrics::UpstreamRoute::Legacy);
         if call.app.config.is_mapped() || parts.uri.path() != canonical {
             passthrough::resign(call, parts, canonical, query, body, now)
         } else {
@@ -150,11 +156,6 @@ pub(crate) async fn observe(
         }
     };
     let deadline = call.state.upstream.deadline();
-    call.state
-        .telemetry
-        .metrics()
-        .upstream
-        .request(crate::telemetry::metrics::UpstreamRoute::Legacy);
     call.exchange(build, deadline).await
 }
 

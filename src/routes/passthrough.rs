@@ -157,8 +157,8 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let started = Instant::now();
     let counted = crate::telemetry::metrics::UpstreamRoute::Passthrough;
-    state.telemetry.metrics().upstream.request(counted);
-    let resp = state.upstream.send(req).await;
+    let count = || state.telemetry.metrics().upstream.request(counted);
+    let resp = state.upstream.send(req, count).await;
     record.add_upstream_time(started.elapsed());
     let resp = resp?;
     record.upstream_status = Some(resp.status().as_u16());

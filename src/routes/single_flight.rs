@@ -103,8 +103,11 @@ pub(crate) async fn exchange(
     loop {
         match flights.join(channel, info) {
             Role::Lead(mut lead) => {
-                metrics.request(UpstreamRoute::Channel);
-                let build = |call: &Call<'_>| call.signed_request(Method::GET, path, None, info);
+                let build = |call: &Call<'_>| {
+                    // Counted once it holds a slot (see `Call::exchange`).
+                    metrics.request(UpstreamRoute::Channel);
+                    call.signed_request(Method::GET, path, None, info)
+                };
                 let result = call.exchange(build, deadline).await;
                 // Forgotten before its answer is given: a query arriving
                 // from now on asks again.

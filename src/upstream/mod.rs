@@ -405,11 +405,18 @@ impl Upstream {
 
     /// Sends `req`; the timeout covers the whole exchange: the wait for a
     /// slot, the response headers and then the body, which streams
-    /// ([`Guarded`]), holding the exchange's slot.
-    pub async fn send(&self, req: OutboundRequest) -> Result<Response<Guarded>, UpstreamError> {
+    /// ([`Guarded`]), holding the exchange's slot. `sent` runs once the
+    /// slot is held, just before the request goes (a request that found no
+    /// slot in time is answered 504 and never sent).
+    pub async fn send(
+        &self,
+        req: OutboundRequest,
+        sent: impl FnOnce(),
+    ) -> Result<Response<Guarded>, UpstreamError> {
         let deadline = self.deadline();
         let send = async {
             let slot = self.slot(deadline).await?;
+            sent();
             let (resp, lease) = self.request(req, &slot).await?;
             Ok(resp.map(|inner| Guarded {
                 inner,

@@ -792,3 +792,40 @@ async fn upstream_requests_are_counted_by_route() {
     );
     proxy.stop().await;
 }
+
+/// A request that found no upstream slot in time is answered 504 and never
+/// sent, so it is not counted as an upstream request, whatever its route:
+/// the counts are what the upstream received.
+#[tokio::test]
+async fn a_request_that_never_got_a_slot_is_not_counted() {
+    let (fake, proxy) = setup("max_connections = 1\ntimeout_ms = 1000\nbatch_max = 1").await;
+    fake.set(|b| b.hold = true);
+    let held = Trig::nth(0).spawn(&proxy);
+    fake.wait_for_requests(1).await;
+    // Each waits for the only slot, held until its exchange times out, and
+    // runs out of time first.
+    let trigger = Trig::nth(1).spawn(&proxy);
+    let stats = spawn_stats(&proxy, "room");
+    let body = br#"{"name":"e","channels":["c"],"data":"d"}"#;
+    let url = format!(
+        "{}{}",
+        proxy.url(),
+        support::current_trigger_uri(body, support::now())
+    );
+    let passthrough = support::send(Method::POST, &url, support::JSON, &body[..]).await;
+    for (what, status) in [
+        ("trigger", answered(trigger).await.status),
+        ("stats", answered(stats).await.status),
+        ("passthrough", passthrough.status),
+    ] {
+        assert_eq!(status.as_u16(), 504, "{what}");
+    }
+    assert_eq!(answered(held).await.status.as_u16(), 504);
+    assert_eq!(fake.recorded().len(), 1, "only the held trigger was sent");
+    let m = proxy.metrics().await;
+    assert_eq!(upstream_requests(&m, "events"), 1.0);
+    for route in ["batch_events", "channel", "passthrough", "legacy"] {
+        assert_eq!(upstream_requests(&m, route), 0.0, "{route}");
+    }
+    proxy.stop().await;
+}
