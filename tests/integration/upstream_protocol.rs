@@ -39,6 +39,10 @@ enum Conduct {
     /// HTTP/2, raw frames: on the first request's HEADERS, say GOAWAY with
     /// last stream id 0 (none processed) and close.
     GoAwayBelow,
+    /// HTTP/2, raw frames: on the first request's HEADERS, say GOAWAY
+    /// (`INTERNAL_ERROR`) with last stream id 1, the request's own (it may
+    /// have been processed), and close.
+    GoAwayAtTheStream,
     /// HTTP/2: read the first request whole, then drop the connection
     /// without answering.
     DropAfterRequest,
@@ -106,7 +110,10 @@ impl Front {
                 let (seen, client, backend) = (shared.clone(), client.clone(), backend.clone());
                 tokio::spawn(async move {
                     match conduct(n) {
-                        Conduct::GoAwayBelow => go_away_below(stream, &seen).await,
+                        Conduct::GoAwayBelow => go_away_on_head(stream, &seen, go_away(0, 0)).await,
+                        Conduct::GoAwayAtTheStream => {
+                            go_away_on_head(stream, &seen, go_away(1, 2)).await
+                        }
                         Conduct::DrainWithAStreamWaiting => {
                             drain_with_a_stream_waiting(stream, &seen, go_away(0x7fff_ffff, 0))
                                 .await
@@ -352,9 +359,9 @@ async fn go_away_with_a_stream_waiting(
 }
 
 /// An HTTP/2 server in raw frames: settles the settings, and on the first
-/// HEADERS frame says GOAWAY(last stream id 0, NO_ERROR): the stream was
-/// not processed. Then closes.
-async fn go_away_below(mut stream: TcpStream, seen: &Seen) {
+/// HEADERS frame says `goaway` (last stream id 0: the stream was not
+/// processed; its own id: it may have been). Then closes.
+async fn go_away_on_head(mut stream: TcpStream, seen: &Seen, goaway: Vec<u8>) {
     let mut preface = [0u8; PREFACE.len()];
     if stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
         return;
@@ -377,10 +384,9 @@ async fn go_away_below(mut stream: TcpStream, seen: &Seen) {
             (4, 0) => {
                 let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
             }
-            // HEADERS: GOAWAY, last stream 0, NO_ERROR.
+            // HEADERS: the GOAWAY, then close.
             (1, _) => {
                 seen.requests.fetch_add(1, Ordering::SeqCst);
-                let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                 let _ = stream.write_all(&goaway).await;
                 let _ = stream.flush().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -818,6 +824,22 @@ async fn a_silent_h2_connection_is_found_by_ping_and_replaced() {
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert_eq!(delivered(&fake), ["before", "after"]);
     assert_eq!(front.connections(), 2);
+    proxy.stop().await;
+}
+
+/// A GOAWAY that names the trigger's own stream as possibly processed,
+/// then the connection's end: the upstream may have it, so it is not sent
+/// again.
+#[tokio::test]
+async fn an_h2_post_at_or_below_a_goaways_last_stream_is_not_sent_again() {
+    let fake = support::fake().await;
+    let front = Front::first_then_serve(&fake, Conduct::GoAwayAtTheStream).await;
+    let proxy = proxy(&front.url, Some("h2c")).await;
+    let a = legacy_trigger(&proxy, "maybe-processed", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert_eq!(front.requests(), 1, "sent once, never again");
+    assert_eq!(front.connections(), 1);
+    assert!(delivered(&fake).is_empty());
     proxy.stop().await;
 }
 
