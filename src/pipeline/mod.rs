@@ -330,7 +330,7 @@ impl State {
                 };
                 // Boxed, as the legacy paths other than a trigger are
                 // (see `legacy`).
-                Box::pin(passthrough::resigned(&mut call, query, &parts, body)).await
+                Box::pin(passthrough::resigned(&mut call, query, &parts, &path, body)).await
             } else {
                 Box::pin(passthrough::forward_unchanged(&self, parts, body, record)).await
             };
@@ -366,15 +366,7 @@ impl State {
         let app = app.ok_or_else(|| ProxyError::UnknownApp(truncate(app_id).to_owned()))?;
         let query =
             QueryParams::parse(parts.uri.query().unwrap_or("")).map_err(TranslateError::Query)?;
-        // The string to sign joins decoded pairs with `&` and `=`: a pair
-        // that decodes to either could be split another way under the same
-        // signature (`name=ev%26socket_id%3D1` signs as `name=ev&socket_id=1`).
-        if let Some((key, _)) = query
-            .iter()
-            .find(|(k, v)| k.contains(['&', '=']) || v.contains(['&', '=']))
-        {
-            return Err(TranslateError::AmbiguousQuery(truncate(key).to_owned()).into());
-        }
+        routes::unambiguous(&query)?;
         let mut call = Call {
             state: self,
             app,

@@ -19,7 +19,7 @@ use hyper::http::request::Parts;
 use hyper::{HeaderMap, StatusCode};
 
 use crate::error::ProxyError;
-use crate::pipeline::Call;
+use crate::pipeline::{Call, truncate};
 use crate::pusher::channel;
 use crate::pusher::query::QueryParams;
 use crate::pusher::query::{DecodeError, percent_decode_strict};
@@ -37,7 +37,7 @@ pub enum TranslateError {
     /// A query key or value decodes to `&` or `=`, which makes the string
     /// to sign ambiguous.
     #[error(
-        "query parameter `{0}` decodes to a text containing `&` or `=`: the signed string would be ambiguous, so the deprecated routes refuse it"
+        "query parameter `{0}` decodes to a text containing `&` or `=`: the signed string would be ambiguous, so the proxy does not verify it"
     )]
     AmbiguousQuery(String),
     /// The channel segment cannot be decoded.
@@ -124,12 +124,30 @@ pub fn check_upstream_len(channel: &str, host: Option<&str>) -> Result<(), Trans
     Ok(())
 }
 
+/// Refuses a query the proxy would verify ambiguously. The string to sign
+/// joins decoded pairs with `&` and `=`: a pair that decodes to either
+/// could be split another way under the same signature
+/// (`name=ev%26socket_id%3D1` signs as `name=ev&socket_id=1`), and the
+/// proxy would then translate, or re-sign with its own credentials, a
+/// request the caller never signed.
+pub(crate) fn unambiguous(query: &QueryParams) -> Result<(), TranslateError> {
+    match query
+        .iter()
+        .find(|(k, v)| k.contains(['&', '=']) || v.contains(['&', '=']))
+    {
+        Some((key, _)) => Err(TranslateError::AmbiguousQuery(truncate(key).to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// Forwards a verified legacy call in its legacy form (mode `observe`, and
 /// the unchanged half of `shadow`). For an app the upstream knows by the
-/// same credentials the call goes byte for byte; for a mapped app, or a
-/// path that was not canonical (`//apps/…`, verified as received), it is
-/// re-signed with the upstream's id and credentials over the `canonical`
-/// path.
+/// same credentials the call goes byte for byte, and the upstream's answer
+/// is the caller's; for a mapped app, or a path that was not canonical
+/// (`//apps/…`, verified as received), it is re-signed with the
+/// upstream's id and credentials over the `canonical` path, and an
+/// upstream 401 then refuses the proxy's signature, not the caller's: it
+/// becomes the 500 of spec E.4.
 pub(crate) async fn observe(
     call: &mut Call<'_>,
     parts: &Parts,
@@ -138,6 +156,7 @@ pub(crate) async fn observe(
     body: Bytes,
     now: u64,
 ) -> Result<Buffered, ProxyError> {
+    let resigned = call.app.config.is_mapped() || parts.uri.path() != canonical;
     let build = |call: &Call<'_>| {
         // Counted once it holds a slot (see `Call::exchange`).
         call.state
@@ -145,7 +164,7 @@ pub(crate) async fn observe(
             .metrics()
             .upstream
             .request(crate::telemetry::metrics::UpstreamRoute::Legacy);
-        if call.app.config.is_mapped() || parts.uri.path() != canonical {
+        if resigned {
             passthrough::resign(call, parts, canonical, query, body, now)
         } else {
             Ok(passthrough::outbound(
@@ -156,7 +175,13 @@ pub(crate) async fn observe(
         }
     };
     let deadline = call.state.upstream.deadline();
-    call.exchange(build, deadline).await
+    let answer = call.exchange(build, deadline).await?;
+    if resigned && answer.status == StatusCode::UNAUTHORIZED {
+        return Err(ProxyError::RejectedCredentials {
+            app_id: call.app.config.id.clone(),
+        });
+    }
+    Ok(answer)
 }
 
 /// An upstream refusal passed on to a legacy caller.

@@ -116,18 +116,24 @@ pub(crate) fn resign_target<'s>(
 }
 
 /// Verifies a passthrough request, then forwards it re-signed for the
-/// upstream (see [`resign`]). An upstream 401 then refuses the proxy's
-/// signature, not the caller's: it becomes the 500 of spec E.4.
+/// upstream (see [`resign`]) over `canonical`, its path with repeated
+/// slashes collapsed (it is verified over the path as received). A query
+/// that would verify ambiguously is refused (400), as on the legacy
+/// routes: the proxy would vouch for it with its own signature. An
+/// upstream 401 refuses the proxy's signature, not the caller's: it
+/// becomes the 500 of spec E.4.
 pub(crate) async fn resigned(
     call: &mut Call<'_>,
     query: QueryParams,
     parts: &Parts,
+    canonical: &str,
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    crate::routes::unambiguous(&query)?;
     let (body, now) = call
         .verified(parts, &query, body, RouteKind::Passthrough)
         .await?;
-    let req = resign(call, parts, parts.uri.path(), &query, body, now)?;
+    let req = resign(call, parts, canonical, &query, body, now)?;
     let resp = forward(call.state, req, call.record).await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Err(ProxyError::RejectedCredentials {

@@ -395,6 +395,46 @@ async fn mapped_app_is_served_with_the_upstream_credentials() {
     )
     .await;
     assert_eq!(a.status.as_u16(), 401);
+    // A path with repeated slashes, verified as received, is re-signed
+    // over its collapsed form, with the upstream's app id.
+    let raw = "//apps/4242/events";
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "POST",
+        raw,
+        now,
+        Some(&body[..]),
+        &[],
+    );
+    let a = support::send(
+        Method::POST,
+        &format!("{}{raw}?{q}", proxy.url()),
+        &[],
+        &body[..],
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    let up = fake.recorded().pop().expect("passthrough");
+    assert_eq!(up.path, "/apps/5000/events");
+    assert_eq!(up.signature, Ok(()));
+    // A query whose signed string could be split another way is refused,
+    // not re-signed: `filter_by_prefix=presence-%26info%3Duser_count`
+    // signs as `filter_by_prefix=presence-&info=user_count`.
+    let sent = fake.recorded().len();
+    let q = oracle::signed_query(
+        support::KEY,
+        support::SECRET,
+        "GET",
+        path,
+        now,
+        None,
+        &[("filter_by_prefix", "presence-&info=user_count")],
+    );
+    let a = support::send(Method::GET, &format!("{}{path}?{q}", proxy.url()), &[], "").await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.text());
+    assert!(a.text().contains("ambiguous"), "{}", a.text());
+    assert_eq!(fake.recorded().len(), sent, "nothing forwarded");
     proxy.stop().await;
 
     // Observe mode re-signs the legacy call for the upstream too.
@@ -405,6 +445,17 @@ async fn mapped_app_is_served_with_the_upstream_credentials() {
     assert_eq!(up.path, "/apps/5000/channels/room/events");
     assert_eq!(up.param("name").as_deref(), Some("ev"));
     assert_eq!(up.signature, Ok(()));
+    proxy.stop().await;
+
+    // Re-signed with credentials the upstream refuses: its 401 refuses the
+    // proxy's signature, not the caller's (spec E.4), in observe mode as
+    // when translated.
+    let wrong = mapping.replace("new-secret", "not-the-secret");
+    let proxy =
+        TestProxy::for_upstream(&fake.url(), "", &format!("mode = \"observe\"\n{wrong}")).await;
+    let a = trigger(&proxy, "room", now).await;
+    assert_eq!(a.status.as_u16(), 500, "{}", a.text());
+    assert!(fake.recorded().pop().expect("observed").signature.is_err());
     proxy.stop().await;
 }
 

@@ -213,8 +213,10 @@ async fn get_with_empty_body_md5_is_verified_and_resigned() {
 }
 
 /// Re-signing edge cases: a GET with a body (its length must not reach the
-/// upstream), keys that need encoding, another key of the app (untouched),
-/// and an upstream refusing the proxy's signature (500, not the caller's 401).
+/// upstream), keys and values that need encoding (one that decodes to `&`
+/// or `=` is refused: see `mapped_app_is_served_with_the_upstream_credentials`),
+/// another key of the app (untouched), and an upstream refusing the proxy's
+/// signature (500, not the caller's 401).
 #[tokio::test]
 async fn resigned_get_edges() {
     let fake = support::fake().await;
@@ -251,12 +253,12 @@ async fn resigned_get_edges() {
         path,
         now,
         Some(b""),
-        &[("a&b", "c d"), ("info", "user_count")],
+        &[("a b/c", "d e+f"), ("info", "user_count")],
     );
     let a = support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await;
     assert_eq!(a.status.as_u16(), 200, "key needing encoding: {}", a.text());
     let up = fake.recorded().pop().expect("forwarded");
-    assert_eq!(up.param("a&b").as_deref(), Some("c d"));
+    assert_eq!(up.param("a b/c").as_deref(), Some("d e+f"));
     assert_eq!(up.signature, Ok(()));
 
     let q = oracle::signed_query(
