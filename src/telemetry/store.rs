@@ -458,6 +458,17 @@ impl Store {
                      ON CONFLICT ({CALLER_KEY}, event, channel) DO UPDATE SET calls = excluded.calls"
                 ))
                 .map_err(err)?;
+            // A caller's sites are written whole (its top ones and `other`),
+            // so its old rows go first: a site pushed out of the top ones
+            // since the last write is in `other` now, and its old row would
+            // count it twice.
+            let mut forget_sites = tx
+                .prepare_cached(
+                    "DELETE FROM call_sites WHERE app_id = ?1 AND route = ?2 AND auth_key = ?3
+                     AND library = ?4 AND fingerprint = ?5 AND user_agent = ?6
+                     AND client_address = ?7 AND instance = ?8",
+                )
+                .map_err(err)?;
             for (app_id, c) in &changes.callers {
                 let k = &c.key;
                 let key = params![
@@ -482,6 +493,9 @@ impl Store {
                             .copied(),
                         ),
                     ))
+                    .map_err(err)?;
+                forget_sites
+                    .execute(rusqlite::params_from_iter(key.iter().copied()))
                     .map_err(err)?;
                 for s in &c.call_sites {
                     site.execute(rusqlite::params_from_iter(

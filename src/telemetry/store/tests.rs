@@ -256,3 +256,54 @@ fn call_sites_round_trip() {
     );
     assert_eq!(u.apps[0].callers[0].key.library, "pypi-pusher-0.6-0.8");
 }
+
+/// A call site written on its own row, then pushed out of a caller's top
+/// ones into `other`, is not counted twice when the ledger is loaded again,
+/// however often the proxy restarts: each write replaces the caller's list.
+#[test]
+fn call_sites_add_up_to_the_calls_across_restarts() {
+    use crate::telemetry::usage::MAX_CALL_SITES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let call = |ledger: &Ledger, event: &str| {
+        ledger.record(&LedgerCall {
+            app_id: "1",
+            route: RouteKind::LegacyTrigger,
+            auth_key: "k",
+            library: "unknown",
+            fingerprint: "fp",
+            user_agent: "",
+            client_address: "127.0.0.1",
+            event,
+            channel: "c",
+            now: T,
+        });
+    };
+    let check = |store: &Store| {
+        let u = store.load().expect("load");
+        let caller = &u.apps[0].callers[0];
+        let sites: u64 = caller.call_sites.iter().map(|s| s.calls).sum();
+        assert_eq!(sites, caller.calls, "{:?}", caller.call_sites);
+        caller.calls
+    };
+    let mut store = Store::open(dir.path(), T, "i-1").expect("open");
+    let ledger = Ledger::new(100, 35, "i-1");
+    call(&ledger, "late");
+    store.write(&ledger.take_changes(T)).expect("write");
+    // `late` falls out of the top ones.
+    for i in 0..MAX_CALL_SITES {
+        for _ in 0..2 {
+            call(&ledger, &format!("ev-{i}"));
+        }
+    }
+    store.write(&ledger.take_changes(T)).expect("write");
+    let mut calls = check(&store);
+    for _ in 0..3 {
+        // A restart: the ledger is loaded from the store, one call more.
+        let ledger = Ledger::new(100, 35, "i-1");
+        ledger.load(store.load().expect("load"));
+        call(&ledger, "ev-0");
+        store.write(&ledger.take_changes(T)).expect("write");
+        calls += 1;
+        assert_eq!(check(&store), calls);
+    }
+}
