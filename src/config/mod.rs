@@ -43,15 +43,44 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The TOML is malformed, has an unknown key or a value of the wrong type.
-    #[error("config syntax: {0}")]
-    Parse(#[from] toml::de::Error),
+    /// The TOML is malformed, has an unknown key or a value of the wrong
+    /// type. Said without the file's text or the value: the line could
+    /// hold a secret (see [`ConfigError::syntax`]).
+    #[error("config syntax at line {line}, column {column}: {message}")]
+    Parse {
+        /// The line of the error, from 1 (0: not known).
+        line: usize,
+        /// The column, from 1 (0: not known).
+        column: usize,
+        /// What is wrong, with any quoted value left out.
+        message: String,
+    },
     /// The values are well-formed but invalid; every problem is listed.
     #[error("invalid config: {}", Problems(.0))]
     Invalid(Vec<Problem>),
 }
 
 impl ConfigError {
+    /// A TOML error in `text`, said by its line, column and message alone.
+    /// toml's own text quotes the line (an unterminated
+    /// `secret = "…` shows the secret) and serde's message the value
+    /// (`invalid type: string "…", expected a sequence`), and this text
+    /// reaches the log, `POST /reload`'s answer and `validate`: the line
+    /// is left out, and so is every double-quoted part of the message.
+    pub fn syntax(error: &toml::de::Error, text: &str) -> Self {
+        let (line, column) = error.span().map_or((0, 0), |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (line, column)
+        });
+        Self::Parse {
+            line,
+            column,
+            message: unquoted(error.message()),
+        }
+    }
+
     /// Every problem as one line each, for `validate`.
     pub fn problems(&self) -> Vec<String> {
         match self {
@@ -59,6 +88,26 @@ impl ConfigError {
             other => vec![other.to_string()],
         }
     }
+}
+
+/// `message` on one line, with each double-quoted part (a value, as serde
+/// quotes it) said as `"…"`.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.trim().split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    // After the first, parts alternate: quoted, then not.
+    let mut quoted = true;
+    for part in parts {
+        out.push_str(if quoted { "\"…" } else { part });
+        if quoted {
+            out.push('"');
+        }
+        quoted = !quoted;
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// One invalid value, named by its key.
@@ -456,7 +505,7 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(&e, text))?;
         let mut config = raw.validate(env)?;
         config.hash = source_hash(text);
         Ok(config)
@@ -468,7 +517,8 @@ impl Config {
     /// `https`) names a self-hosted upstream, otherwise `PUSHER_CLUSTER`
     /// (default `mt1`) selects `https://api-CLUSTER.pusher.com`.
     pub fn from_env(env: EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig = toml::from_str(EMBEDDED_DEFAULT)?;
+        let mut raw: RawConfig = toml::from_str(EMBEDDED_DEFAULT)
+            .map_err(|e| ConfigError::syntax(&e, EMBEDDED_DEFAULT))?;
         let mut problems = Vec::new();
         let var = |name: &str| env(name).filter(|v| !v.is_empty());
         if let Some(host) = var("PUSHER_HOST") {

@@ -189,6 +189,32 @@ fn invalid_enum_value_is_named() {
     assert!(err.to_string().contains("maybe"), "{err}");
 }
 
+/// A TOML error names the line, the column and what is wrong, never the
+/// line's text nor a value: the log, `POST /reload`'s answer and
+/// `validate` show it, and the value could be a secret.
+#[test]
+fn syntax_errors_never_show_a_value_or_the_line() {
+    let app = "[upstream]\nurl = \"http://x\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\n";
+    for (text, line) in [
+        // A list expected, a string given: serde quotes the value.
+        (
+            format!("{app}secret = \"s\"\nprevious_secrets = \"hunter2-old-secret\"\n"),
+            7,
+        ),
+        // An unterminated string: toml quotes the line.
+        (format!("{app}secret = \"hunter2-unterminated\n"), 6),
+        (with_admin("token = [\"hunter2-token\"]"), 2),
+        (with_admin("token = \"hunter2-token\" trailing"), 2),
+    ] {
+        let err = Config::from_toml_str(&text, &env(&[])).expect_err("syntax");
+        let said = err.problems().join("\n");
+        assert!(!said.contains("hunter2"), "{said}");
+        assert!(said.starts_with("config syntax at line "), "{said}");
+        assert!(said.contains(&format!("line {line},")), "{text}: {said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
+    }
+}
+
 #[test]
 fn upstream_url_rules() {
     assert!(parse_upstream_url("https://api-mt1.pusher.com").is_ok());

@@ -543,7 +543,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let raw: RawConfig = toml::from_str(&text)?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::syntax(&e, &text))?;
         let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
         let mut warnings = Vec::new();
         let mut unset = HashSet::new();
