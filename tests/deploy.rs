@@ -350,7 +350,7 @@ async fn fake_upstream() -> support::fake::FakeUpstream {
         support::now,
     )
     .await;
-    fake.set(|b| b.legacy_connection_count = 7);
+    fake.set(|b| b.legacy_connection_count = Some(7));
     fake
 }
 

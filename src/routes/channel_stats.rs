@@ -126,16 +126,22 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The fields in which two answers differ (for shadow mode).
-    pub fn differing_fields(&self, other: &Stats) -> Vec<&'static str> {
+    /// The fields in which `translated` differs from this legacy answer
+    /// (for shadow mode). A `connection_count` the legacy answer lacks is
+    /// not a difference: it was a beta most apps never had (spec D.1),
+    /// while the translation adds it whenever the upstream counts
+    /// subscriptions, and a client that never saw the key does not read
+    /// it. One the legacy answer had and the translation drops or
+    /// changes is.
+    pub fn differing_fields(&self, translated: &Stats) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.occupied != other.occupied {
+        if self.occupied != translated.occupied {
             out.push("occupied");
         }
-        if self.user_count != other.user_count {
+        if self.user_count != translated.user_count {
             out.push("user_count");
         }
-        if self.connection_count != other.connection_count {
+        if self.connection_count.is_some() && self.connection_count != translated.connection_count {
             out.push("connection_count");
         }
         out
@@ -286,6 +292,28 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_count_only_the_translation_has_is_no_difference() {
+        let stats = |occupied, connection_count| Stats {
+            occupied,
+            user_count: None,
+            connection_count,
+        };
+        let counted = stats(true, Some(3));
+        let uncounted = stats(true, None);
+        assert!(uncounted.differing_fields(&counted).is_empty());
+        assert!(counted.differing_fields(&counted).is_empty());
+        assert_eq!(counted.differing_fields(&uncounted), ["connection_count"]);
+        assert_eq!(
+            counted.differing_fields(&stats(true, Some(4))),
+            ["connection_count"]
+        );
+        assert_eq!(
+            uncounted.differing_fields(&stats(false, Some(3))),
+            ["occupied"]
+        );
+    }
 
     #[test]
     fn presence_memory_expires() {

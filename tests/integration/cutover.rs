@@ -100,7 +100,7 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
         serde_json::json!({"occupied": true, "connection_count": 3})
     );
     // Disagreeing: the legacy route now says 5.
-    fake.set(|b| b.legacy_connection_count = 5);
+    fake.set(|b| b.legacy_connection_count = Some(5));
     let b = stats(&proxy, "room", now).await;
     assert_eq!(
         b.json()["connection_count"],
@@ -134,6 +134,33 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
         ),
         Some(0.0),
         "there from the start, never counted"
+    );
+
+    // A legacy answer without connection_count (the beta most apps never
+    // had) against a translation that counts: the client loses nothing,
+    // so no mismatch.
+    fake.set(|b| b.legacy_connection_count = None);
+    let c = stats(&proxy, "room", now).await;
+    assert_eq!(c.json(), serde_json::json!({"occupied": true}));
+    let translated = || {
+        fake.recorded()
+            .iter()
+            .filter(|r| r.path == "/apps/4242/channels/room")
+            .count()
+    };
+    for _ in 0..50 {
+        if translated() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(translated(), 3, "the comparison's call was sent");
+    // Its answer is compared as soon as it arrives; give it time to count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        support::metric(&proxy.metrics().await, series),
+        Some(1.0),
+        "still the one mismatch"
     );
 
     // Triggers are never sent twice: observed only.

@@ -415,7 +415,7 @@ async fn sighup_reload_picks_up_a_config_replaced_by_rename() {
 async fn shadow_mismatch_logs_both_answers_as_json() {
     support::capture_logs();
     let fake = support::fake().await;
-    fake.set(|b| b.legacy_connection_count = 5);
+    fake.set(|b| b.legacy_connection_count = Some(5));
     let proxy = TestProxy::for_upstream(
         &fake.url(),
         "",

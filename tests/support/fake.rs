@@ -67,8 +67,9 @@ pub struct Behaviour {
     pub presence_subscription_count: bool,
     /// Answer this status, content type and body to everything.
     pub fixed: Option<(u16, &'static str, String)>,
-    /// The `connection_count` the emulated legacy stats route answers.
-    pub legacy_connection_count: u64,
+    /// The `connection_count` the emulated legacy stats route answers
+    /// (`None`: the key left out, as for apps without the beta).
+    pub legacy_connection_count: Option<u64>,
     /// Hold every request, once recorded, until [`FakeUpstream::release`]
     /// lets it go (how it is answered is decided after that): a test can
     /// keep requests on the wire and build a queue behind them.
@@ -87,7 +88,7 @@ impl Default for Behaviour {
             counting_enabled: true,
             presence_subscription_count: true,
             fixed: None,
-            legacy_connection_count: 3,
+            legacy_connection_count: Some(3),
             hold: false,
             batch_limit: 10,
         }
@@ -387,7 +388,9 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
             if channel.starts_with("presence-") {
                 body["user_count"] = 2.into();
             }
-            body["connection_count"] = behaviour.legacy_connection_count.into();
+            if let Some(count) = behaviour.legacy_connection_count {
+                body["connection_count"] = count.into();
+            }
             json(200, body)
         }
         _ => json(
