@@ -225,6 +225,28 @@ fn upstream_url_rules() {
     assert!(parse_upstream_url("127.0.0.1:6001").is_err());
 }
 
+/// The URL a message quotes has no user info: it could hold a password,
+/// and the message reaches the log, `POST /reload`'s answer and `validate`.
+#[test]
+fn upstream_url_messages_leave_out_user_info() {
+    for url in [
+        "https://admin:hunter2@api.example.com",
+        "http://admin:hunter2@127.0.0.1:6001/x?q=1",
+        "https://hunter2@host/path@x",
+    ] {
+        let said = parse_upstream_url(url).expect_err("refused");
+        assert!(!said.contains("hunter2"), "{said}");
+        assert!(said.contains("…@"), "{said}");
+    }
+    let said = parse_upstream_url("https://a:hunter2@h").expect_err("refused");
+    assert!(said.contains("must not carry user info"), "{said}");
+    let said = parse_upstream_url("ftp://host").expect_err("refused");
+    assert!(
+        said.contains("`ftp://host`"),
+        "unchanged without user info: {said}"
+    );
+}
+
 #[test]
 fn env_default_with_cluster_and_app() {
     let c = Config::from_env(&env(&[

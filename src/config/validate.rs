@@ -492,22 +492,25 @@ fn validate_app(
 /// beyond `/`, no query and no user info: the signed path must be exactly
 /// `/apps/…`, so the upstream cannot live under a prefix.
 pub(super) fn parse_upstream_url(text: &str) -> Result<Uri, String> {
+    // Messages quote the URL without its user info, which could be a
+    // password: they reach the log, `POST /reload`'s answer and `validate`.
+    let shown = without_user_info(text);
     let uri: Uri = text
         .parse()
-        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+        .map_err(|e| format!("`{shown}` is not a URL ({e})"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(format!("`{text}` must start with http:// or https://")),
+        _ => return Err(format!("`{shown}` must start with http:// or https://")),
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("`{text}` has no host"));
+        return Err(format!("`{shown}` has no host"));
     };
     if authority.as_str().contains('@') {
-        return Err(format!("`{text}` must not carry user info"));
+        return Err(format!("`{shown}` must not carry user info"));
     }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err(format!(
-            "`{text}` must not have a path or query: requests keep their own /apps/… path"
+            "`{shown}` must not have a path or query: requests keep their own /apps/… path"
         ));
     }
     Uri::builder()
@@ -515,7 +518,19 @@ pub(super) fn parse_upstream_url(text: &str) -> Result<Uri, String> {
         .authority(authority.clone())
         .path_and_query("/")
         .build()
-        .map_err(|e| format!("`{text}` is not a URL ({e})"))
+        .map_err(|e| format!("`{shown}` is not a URL ({e})"))
+}
+
+/// `text` with the user info of its authority (`user:password@`) said as
+/// `…@`; unchanged when it has none.
+fn without_user_info(text: &str) -> std::borrow::Cow<'_, str> {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let rest = &text[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}…{}", &text[..start], &text[start + at..]).into(),
+        None => text.into(),
+    }
 }
 
 /// What [`Config::lint_file`] stands in for a secret whose environment
