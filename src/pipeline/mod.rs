@@ -516,9 +516,13 @@ fn sunset_header(at: time::OffsetDateTime) -> Option<HeaderValue> {
 /// The caller's answer for an error: its status and a one-line plain-text
 /// body. No side effects; logging happens in the recorder.
 fn error_response(e: &ProxyError) -> Response<ResponseBody> {
-    http::respond(
-        e.status(),
-        HeaderValue::from_static(http::TEXT_PLAIN),
-        Bytes::from(e.body()),
-    )
+    let mut headers = http::answer_headers(HeaderValue::from_static(http::TEXT_PLAIN));
+    if let ProxyError::MethodNotAllowed(_) = e {
+        // RFC 9110 §15.5.6: a 405 lists the methods the target supports.
+        headers.insert(
+            hyper::header::ALLOW,
+            HeaderValue::from_static(crate::routes::passthrough::ALLOWED_METHODS),
+        );
+    }
+    http::respond_with(e.status(), headers, Bytes::from(e.body()))
 }

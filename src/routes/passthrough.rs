@@ -24,6 +24,10 @@ use crate::pusher::route::RouteKind;
 use crate::pusher::signature::{self, Unsigned};
 use crate::upstream::{self, Guarded, OutboundRequest};
 
+/// The methods passed through (every one but `CONNECT` and `TRACE`), as
+/// a 405's `Allow` header lists them.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
 /// The upstream request for a passthrough: same method, path, query and
 /// body; the caller's `Host` is replaced by the upstream's (set by
 /// [`crate::upstream::Upstream`] on every request), so TLS and virtual hosting see the right

@@ -535,6 +535,17 @@ async fn connect_trace_and_non_path_targets_are_refused() {
     ] {
         let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
         assert_eq!(a.status.as_u16(), status, "{raw:?}: {}", a.text());
+        // A 405 lists what is allowed (RFC 9110 §15.5.6).
+        let allow = a.headers.get("allow").and_then(|v| v.to_str().ok());
+        if status == 405 {
+            assert_eq!(
+                allow,
+                Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+                "{raw:?}"
+            );
+        } else {
+            assert_eq!(allow, None, "{raw:?}");
+        }
     }
     assert!(fake.recorded().is_empty());
     proxy.stop().await;
