@@ -917,6 +917,12 @@ where
     let mut timer_polled = false;
     // Whether the connection was asked to close once it has answered.
     let mut closing = false;
+    // When it was asked to close ([`now_nanos`]). From then, or from its
+    // last answer if later, an idle connection has [`ANSWER_WRITE_TIME`]
+    // to write what it holds and close: its client may not be reading,
+    // hyper cannot finish a close while its write is blocked, and no
+    // phase deadline follows the one that asked.
+    let mut closing_since = 0;
     let result = std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -936,6 +942,7 @@ where
                     {
                         tracing::debug!(%peer, "idle connection closed to admit a new one (max_connections)");
                         closing = true;
+                        closing_since = now_nanos();
                         conn.as_mut().graceful_shutdown();
                     }
                     continue;
@@ -947,12 +954,21 @@ where
             if !closing && (!drain_listening || !matches!(shared.drain.has_changed(), Ok(false))) {
                 if unbudgeted(drained.as_mut(), cx).is_ready() {
                     closing = true;
+                    closing_since = now_nanos();
                     conn.as_mut().graceful_shutdown();
                     continue;
                 }
                 drain_listening = true;
             }
-            let due = tracker.deadline(bounds);
+            let due = match tracker.deadline(bounds) {
+                due if !closing => due,
+                due => match tracker.state() {
+                    (Phase::Idle, since) => closing_since
+                        .max(since)
+                        .saturating_add(nanos_of(ANSWER_WRITE_TIME)),
+                    _ => due,
+                },
+            };
             if armed.is_none_or(|armed| due < armed) {
                 timer.as_mut().reset(instant_of(due));
                 armed = Some(due);
@@ -984,9 +1000,10 @@ where
                     Phase::Idle if !closing => {
                         tracing::debug!(%peer, "idle keep-alive connection closed (keepalive_timeout_ms)");
                         closing = true;
+                        closing_since = now_nanos();
                         conn.as_mut().graceful_shutdown();
                     }
-                    Phase::Idle => return Poll::Pending,
+                    Phase::Idle => return Poll::Ready(Ended::CloseNotTaken),
                 }
             }
         }
@@ -1008,6 +1025,15 @@ where
             }
         }
         Ended::HeadTimedOut => head_timed_out(proxy, peer, tracker.phase()),
+        Ended::CloseNotTaken => {
+            let kind = ANSWER_TIMEOUT;
+            proxy.current().telemetry.connection_error(kind);
+            tracing::info!(
+                %peer,
+                kind,
+                "answer not taken by the client within 1 s of its idle connection being asked to close (keepalive_timeout_ms, max_connections or a drain); connection cut"
+            );
+        }
         Ended::AnswerNotTaken => {
             let kind = ANSWER_TIMEOUT;
             proxy.current().telemetry.connection_error(kind);
@@ -1028,6 +1054,9 @@ enum Ended {
     HeadTimedOut,
     /// A request's answer was not taken within [`Bounds::busy`].
     AnswerNotTaken,
+    /// Asked to close while idle, the connection still had bytes its
+    /// client did not take [`ANSWER_WRITE_TIME`] later.
+    CloseNotTaken,
 }
 
 /// Polls `future` outside tokio's cooperative budget, so that a `Pending`

@@ -272,8 +272,6 @@ async fn idle_keep_alive_connections_have_their_own_timeout() {
     proxy.stop().await;
 }
 
-/// An upstream that answers every request with a 200 announcing 100 bytes,
-/// sends 10, and closes.
 /// An upstream whose connection's first answer has a 64 MiB body, far
 /// more than the sockets and buffers between it and a client can hold,
 /// and whose later answers are `{}`.
@@ -382,6 +380,76 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
         log_lines(&["answer_timeout", "connection closed"])
             .await
             .len(),
+        1
+    );
+    proxy.stop().await;
+}
+
+/// An upstream that answers every request with a 200 of 256 KiB.
+async fn sized_answer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                const SIZE: usize = 256 << 10;
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+                answer.resize(answer.len() + SIZE, b'x');
+                let mut buf = Vec::new();
+                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
+                    buf.drain(..len);
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client that pipelines requests and never reads: once an answer is
+/// handed to the connection, the connection is idle with its bytes still
+/// to write. Asked to close (its keep-alive time is up, or the cap wants
+/// its place), it has a second to write them; then it is cut, counted
+/// and logged, and its place serves a new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connection_whose_client_does_not_read_is_cut() {
+    support::capture_logs();
+    let upstream = sized_answer_upstream().await;
+    let proxy = TestProxy::start(
+        &config(
+            "max_connections = 1\nkeepalive_timeout_ms = 300\nheader_timeout_ms = 300\nbody_timeout_ms = 300",
+            &format!("http://{upstream}"),
+            "timeout_ms = 300",
+        ),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
+    // A small receive window, and 16 MiB of answers asked for: far more
+    // than the sockets between the proxy and the client hold.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(2048).expect("buffer size");
+    let mut stalled = socket.connect(proxy.addr).await.expect("connect");
+    let pipelined = b"GET /apps/4242/channels HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+    stalled.write_all(&pipelined).await.expect("requests");
+    // The only place is held until the stalled connection is cut: a new
+    // client is served once it is.
+    let url = format!("{}/apps/4242/channels/other", proxy.url());
+    let served = tokio::time::timeout(
+        Duration::from_secs(8),
+        support::send(Method::GET, &url, &[], ""),
+    )
+    .await;
+    let served = served.expect("a new client is served once the stalled connection is cut");
+    assert_eq!(served.status.as_u16(), 200, "{}", served.text());
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(5)).await,
+        "the stalled client's connection is closed"
+    );
+    assert_eq!(
+        log_lines(&["answer_timeout", "connection cut"]).await.len(),
         1
     );
     proxy.stop().await;
