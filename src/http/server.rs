@@ -491,16 +491,20 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
             });
         }
         Some(acceptor) => {
-            let handshake_timeout = shared.settings.header_timeout;
+            let deadline = tokio::time::Instant::now() + shared.settings.header_timeout;
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let tracker = Arc::new(Tracker::new());
-                        let _listed = Listed::new(&shared.registry, id, &tracker);
-                        serve_connection(&shared, tls, peer, tracker).await;
+                let tracker = Arc::new(Tracker::new());
+                let _listed = Listed::new(&shared.registry, id, &tracker);
+                // Listed from its start, as a plain connection is: one
+                // that has sent nothing yet makes room at the cap and ends
+                // on a drain. Its handshake, once begun, is its head: it
+                // has what is left of `header_timeout_ms` for it.
+                if Box::pin(first_byte(&shared, &stream, &tracker, peer)).await {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(&shared, tls, peer, tracker).await,
+                        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                        Err(_) => head_timed_out(&shared.proxy, peer, Phase::Head),
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
                 drop(permit);
             });

@@ -493,10 +493,14 @@ async fn stale_pooled_connection_retries_get_never_post() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn inbound_tls() {
+/// A proxy serving TLS (a fresh self-signed certificate for `localhost`,
+/// `top` as top-level keys) and a connector that trusts it; the
+/// directory holds the certificate's files.
+async fn tls_proxy(
+    fake: &support::fake::FakeUpstream,
+    top: &str,
+) -> (TestProxy, tokio_rustls::TlsConnector, tempfile::TempDir) {
     use tokio_rustls::rustls;
-    let fake = support::fake().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .expect("certificate");
@@ -511,7 +515,11 @@ async fn inbound_tls() {
             key_path.display().to_string()
         ),
     );
-    let proxy = TestProxy::start(&toml, Arc::new(pusher_cutover::SystemClock)).await;
+    let proxy = TestProxy::start(
+        &format!("{top}\n{toml}"),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).expect("root");
@@ -521,9 +529,19 @@ async fn inbound_tls() {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    (
+        proxy,
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn inbound_tls() {
+    let fake = support::fake().await;
+    let (proxy, connector, _dir) = tls_proxy(&fake, "").await;
     let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
     let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
     tls.write_all(format!("POST {uri} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").as_bytes())
@@ -546,6 +564,50 @@ async fn inbound_tls() {
     assert!(
         !String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 "),
         "plain HTTP was served"
+    );
+    proxy.stop().await;
+}
+
+/// On the TLS port too, connections that have sent nothing make room at
+/// the connection cap: a client is not kept waiting for a handshake
+/// behind silent sockets until their head time runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_on_the_tls_port_make_room_at_the_cap() {
+    let fake = support::fake().await;
+    let (proxy, connector, _dir) =
+        tls_proxy(&fake, "max_connections = 2\nheader_timeout_ms = 60000").await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(proxy.addr).await.expect("connect"));
+    }
+    // Let the proxy take both up before the client comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        answer
+    })
+    .await
+    .expect("served while the silent connections wait");
+    let text = String::from_utf8_lossy(&served);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    let [mut a, mut b] = <[TcpStream; 2]>::try_from(silent).expect("two");
+    let (a, b) = tokio::join!(
+        read_until_closed(&mut a, Duration::from_secs(3)),
+        read_until_closed(&mut b, Duration::from_secs(3))
+    );
+    assert!(
+        [a, b]
+            .iter()
+            .any(|(bytes, closed)| *closed && bytes.is_empty()),
+        "a silent connection was closed, unanswered, to make room"
     );
     proxy.stop().await;
 }
