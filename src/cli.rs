@@ -153,7 +153,10 @@ Exit codes of serve:
   0    stopped after SIGTERM or SIGINT, the ledger written
   1    stopped, but the usage ledger could not be written (calls lost)
   64   usage error: unknown subcommand, option or value (every subcommand)
-  69   runtime failure: a listener cannot be bound, the ledger cannot be opened
+  69   runtime failure: a listener cannot be bound; the ledger cannot be opened (its
+       directory or file cannot be created or written: disk, permissions, a lock;
+       or a newer release wrote it). A ledger file that cannot be read as one is
+       moved aside to ledger.sqlite3.corrupt-<unix seconds> instead, and serve goes on
   78   configuration error: the file cannot be read or is invalid, TLS files unusable
   130  a second SIGINT during the graceful shutdown
   143  a second SIGTERM during the graceful shutdown
@@ -167,8 +170,12 @@ pub mod exit {
     /// Not clap's default 2, which `report`'s gate means "evidence
     /// incomplete".
     pub const USAGE: u8 = 64;
-    /// A runtime failure: a listener cannot be bound or the ledger opened
-    /// (`EX_UNAVAILABLE`).
+    /// A runtime failure: a listener cannot be bound, or the ledger cannot
+    /// be opened: its directory or file cannot be created or written (the
+    /// disk, permissions, a lock), or a newer release wrote it
+    /// (`EX_UNAVAILABLE`). A ledger file that cannot be read as a ledger
+    /// is no failure: it is moved aside and a new one started
+    /// ([`crate::telemetry::store::Store::open_and_load`]).
     pub const UNAVAILABLE: u8 = 69;
     /// The configuration cannot be read or is invalid (`EX_CONFIG`).
     pub const CONFIG: u8 = 78;

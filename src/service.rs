@@ -95,14 +95,9 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let clock = options.clock;
     let telemetry = Arc::new(Telemetry::new(&config));
-    let persistence = match &config.telemetry.data_dir {
-        Some(dir) => Some(Persistence::open(dir, &telemetry, clock.unix_now())?),
-        None => {
-            tracing::warn!("no [telemetry] data_dir: the usage ledger is kept in memory only");
-            telemetry.ledger().recording_since(clock.unix_now());
-            None
-        }
-    };
+    // What can fail at start comes before the ledger is opened, which marks
+    // it open until the last write (a run that stops here wrote nothing).
+    let settings = server::Settings::from_config(&config)?;
     let admin_listener = match (options.admin_listener, config.admin.listen) {
         (Some(l), _) => Some(l),
         (None, Some(addr)) => Some(
@@ -112,13 +107,20 @@ pub async fn run_with(
         ),
         (None, None) => None,
     };
+    let persistence = match &config.telemetry.data_dir {
+        Some(dir) => Some(Persistence::open(dir, &telemetry, clock.unix_now())?),
+        None => {
+            tracing::warn!("no [telemetry] data_dir: the usage ledger is kept in memory only");
+            telemetry.ledger().recording_since(clock.unix_now());
+            None
+        }
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let settings = server::Settings::from_config(&config)?;
     let flush_every = config.telemetry.flush_interval;
     let grace = config.shutdown_grace;
     let admin_token = config.admin.token.clone();
@@ -184,10 +186,11 @@ pub async fn run_with(
     let mut unwritten = None;
     if let Some(p) = &persistence {
         // The last write, retried for at most FINAL_WRITE_RETRY: nothing
-        // recorded may be lost silently.
+        // recorded may be lost silently. It marks the ledger closed; one
+        // left open tells the next run that calls may be missing.
         let until = tokio::time::Instant::now() + FINAL_WRITE_RETRY.min(grace);
         loop {
-            if p.flush(&telemetry, clock.unix_now()).await {
+            if p.close(&telemetry, clock.unix_now()).await {
                 tracing::info!("usage ledger written");
                 break;
             }

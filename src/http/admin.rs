@@ -263,7 +263,7 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not ready\n",
         ),
         "/usage" => {
-            let usage = admin.telemetry.ledger().snapshot();
+            let usage = admin.telemetry.ledger().snapshot(admin.clock.unix_now());
             match serde_json::to_vec(&usage) {
                 Ok(json) => respond(StatusCode::OK, "application/json", json),
                 Err(_) => respond(
@@ -320,8 +320,9 @@ fn report_page(admin: &Admin, query: &str) -> Response<Full<Bytes>> {
             );
         }
     };
-    let now = crate::clock::datetime(admin.clock.unix_now());
-    let usage = admin.telemetry.ledger().snapshot();
+    let unix_now = admin.clock.unix_now();
+    let now = crate::clock::datetime(unix_now);
+    let usage = admin.telemetry.ledger().snapshot(unix_now);
     let configured = admin.telemetry.configured_app_ids();
     let report = report::build_for(&usage, now, since, &configured);
     respond(

@@ -225,9 +225,23 @@ impl Proxy {
     /// `telemetry`.
     pub fn new(config: Config, clock: Arc<dyn Clock>, telemetry: Arc<Telemetry>) -> Self {
         let state = State::new(config, clock, telemetry, None);
-        Self {
+        let proxy = Self {
             state: Arc::new(ArcSwap::from_pointee(state)),
-        }
+        };
+        proxy.follow_bypass();
+        proxy
+    }
+
+    /// Tells the ledger whether the state in force passes legacy calls
+    /// through unrecorded (`bypass`), once it is in force: a kill switch
+    /// turned off moves the ledger's start past the last call it let
+    /// through ([`crate::telemetry::ledger::Ledger::follow_bypass`]).
+    fn follow_bypass(&self) {
+        let state = self.state.load();
+        state
+            .telemetry
+            .ledger()
+            .follow_bypass(state.config.bypass, state.clock.unix_now());
     }
 
     /// The state requests arriving now are served with.
@@ -246,6 +260,7 @@ impl Proxy {
             Some(&previous),
         );
         self.state.store(Arc::new(next));
+        self.follow_bypass();
     }
 
     /// Handles one request from `peer`. Never fails: errors become answers

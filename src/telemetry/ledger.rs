@@ -151,6 +151,33 @@ struct State {
     recorded: u64,
     /// See [`Usage::recorded_since`], Unix seconds.
     recorded_since: Option<u64>,
+    /// Whether `recorded_since` moved since the last write.
+    since_moved: bool,
+    /// Whether the kill switch is on: legacy calls pass through
+    /// unrecorded ([`Ledger::follow_bypass`]).
+    bypassed: bool,
+}
+
+impl State {
+    /// Calls up to the moment `now` may be missing: `recorded_since` moves
+    /// to the first whole second after it ([`first_second_after`]), unless
+    /// it is later already.
+    fn missed_until(&mut self, now: u64) {
+        let from = first_second_after(now);
+        if self.recorded_since.is_none_or(|since| since < from) {
+            self.recorded_since = Some(from);
+            self.since_moved = true;
+        }
+    }
+}
+
+/// The first whole second after the moment a clock read as `now` (Unix
+/// seconds, rounded down): after a gap in the recording that ended at that
+/// moment, the earliest time from which every call is recorded. Calls are
+/// timestamped in whole seconds, so one made during second `now`, before
+/// the moment, may be missing: `now` itself cannot be vouched for.
+pub fn first_second_after(now: u64) -> u64 {
+    now.saturating_add(1)
 }
 
 /// What changed since the last write: absolute values, so writing them
@@ -166,12 +193,15 @@ pub struct Changes {
     /// The ledger's count of recorded calls when these were taken: once
     /// written, every call up to it is on disk.
     pub recorded_upto: u64,
+    /// The new [`Usage::recorded_since`] (Unix seconds), when it moved
+    /// since the last write.
+    pub recorded_since: Option<u64>,
 }
 
 impl Changes {
     /// Whether there is nothing to write but the pruning.
     pub fn is_empty(&self) -> bool {
-        self.callers.is_empty() && self.hourly.is_empty()
+        self.callers.is_empty() && self.hourly.is_empty() && self.recorded_since.is_none()
     }
 }
 
@@ -213,6 +243,22 @@ impl Ledger {
     pub fn recording_since(&self, since: u64) {
         let mut state = self.lock();
         state.recorded_since = Some(state.recorded_since.map_or(since, |s| s.min(since)));
+    }
+
+    /// Follows the kill switch (`bypass`) of the configuration in force
+    /// from Unix time `now` on. While it is on, legacy calls pass through
+    /// unrecorded, so the ledger vouches for none of them: its
+    /// [`Usage::recorded_since`] moves past `now` when the switch is
+    /// turned on, at every write and snapshot while it stays on
+    /// ([`Ledger::take_changes`], [`Ledger::snapshot`]), and past the
+    /// moment it is turned off. Called once the configuration is in force
+    /// for new requests.
+    pub fn follow_bypass(&self, bypass: bool, now: u64) {
+        let mut state = self.lock();
+        if bypass || state.bypassed {
+            state.missed_until(now);
+        }
+        state.bypassed = bypass;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -315,13 +361,24 @@ impl Ledger {
     }
 
     /// Takes what changed since the last call, and drops buckets older than
-    /// the retention (relative to `now`) from memory.
+    /// the retention (relative to `now`) from memory. While the kill switch
+    /// is on, `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);
         let mut state = self.lock();
+        if state.bypassed {
+            state.missed_until(now);
+        }
+        let recorded_since = if state.since_moved {
+            state.since_moved = false;
+            state.recorded_since
+        } else {
+            None
+        };
         let mut changes = Changes {
             prune_before,
             recorded_upto: state.recorded,
+            recorded_since,
             ..Changes::default()
         };
         for (app_id, app) in state.apps.iter_mut() {
@@ -348,6 +405,9 @@ impl Ledger {
     /// Marks changes as not yet written again (after a failed write).
     pub fn restore_changes(&self, changes: Changes) {
         let mut state = self.lock();
+        if changes.recorded_since.is_some() {
+            state.since_moved = true;
+        }
         for (app_id, c) in changes.callers {
             if let Some(stats) = state
                 .apps
@@ -368,10 +428,14 @@ impl Ledger {
         }
     }
 
-    /// Everything the ledger holds, apps sorted by id, callers by key,
-    /// buckets by time.
-    pub fn snapshot(&self) -> Usage {
-        let state = self.lock();
+    /// Everything the ledger holds at Unix time `now`, apps sorted by id,
+    /// callers by key, buckets by time. While the kill switch is on,
+    /// `recorded_since` moves past `now` first.
+    pub fn snapshot(&self, now: u64) -> Usage {
+        let mut state = self.lock();
+        if state.bypassed {
+            state.missed_until(now);
+        }
         let mut apps: Vec<AppUsage> = state
             .apps
             .iter()

@@ -337,14 +337,33 @@ pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Persistence {
     /// Opens the store in `dir` (a new one records since `now`) and loads
-    /// it into `telemetry`'s ledger.
+    /// it into `telemetry`'s ledger. A file that cannot be read as a
+    /// ledger is moved aside and a new ledger started, with an ERROR line
+    /// naming where it went and why; a ledger the previous run left open
+    /// is said in a WARN line ([`Store::open_and_load`]).
     pub fn open(
         dir: &std::path::Path,
         telemetry: &Telemetry,
         now: u64,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(dir, now, telemetry.ledger.instance())?;
-        telemetry.ledger.load(store.load()?);
+        let opened = Store::open_and_load(dir, now, telemetry.ledger.instance())?;
+        let recorded_since = opened.usage.recorded_since.map(|t| t.unix_timestamp());
+        if let Some(aside) = &opened.moved_aside {
+            tracing::error!(
+                moved_to = %aside.path.display(),
+                reason = %ErrorChain(&aside.reason),
+                recorded_since,
+                "usage ledger unreadable: moved aside and a new one started, which holds none of its calls and records from now on"
+            );
+        }
+        if opened.store.left_open_by_previous_run() {
+            tracing::warn!(
+                recorded_since,
+                "the previous run did not close the usage ledger (a crash, a kill, or a failed last write): the calls it recorded since its last write may be missing, so the ledger vouches for calls from now on only"
+            );
+        }
+        telemetry.ledger.load(opened.usage);
+        let store = opened.store;
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
             pruned_hour: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
@@ -359,10 +378,24 @@ impl Persistence {
     /// async threads. On failure the changes stay pending for the next
     /// flush; returns whether they were written.
     pub async fn flush(&self, telemetry: &Telemetry, now: u64) -> bool {
+        self.write(telemetry, now, false).await
+    }
+
+    /// The last flush, at a clean shutdown: as [`Persistence::flush`], and
+    /// once everything is written the ledger is marked closed
+    /// ([`Store::close`]), so the next run knows that no call is missing.
+    /// Returns whether it was written; if not, the ledger stays marked
+    /// open.
+    pub async fn close(&self, telemetry: &Telemetry, now: u64) -> bool {
+        self.write(telemetry, now, true).await
+    }
+
+    /// [`Persistence::flush`], and with `close` [`Persistence::close`].
+    async fn write(&self, telemetry: &Telemetry, now: u64, close: bool) -> bool {
         use std::sync::atomic::Ordering;
         let changes = telemetry.ledger.take_changes(now);
         let hour = changes.prune_before / 3600;
-        if changes.is_empty() && self.pruned_hour.load(Ordering::Relaxed) == hour {
+        if !close && changes.is_empty() && self.pruned_hour.load(Ordering::Relaxed) == hour {
             // Nothing new, and old hours were pruned already: no write.
             return true;
         }
@@ -370,7 +403,11 @@ impl Persistence {
         let pending = changes.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-            store.write(&pending)
+            if close {
+                store.close(&pending)
+            } else {
+                store.write(&pending)
+            }
         })
         .await;
         let error = match written {

@@ -1,5 +1,13 @@
 //! The ledger on disk: SQLite (bundled) in `data_dir/ledger.sqlite3`, in
 //! WAL mode so `report` can read it while the proxy writes.
+//!
+//! A process that opens the ledger for writing marks it open, and its last
+//! write at a clean shutdown ([`Store::close`]) marks it closed: a ledger
+//! found open was left by a run that crashed or was killed, whose calls
+//! since its last write are lost, so it vouches for calls from the
+//! reopening on only ([`Usage::recorded_since`]). A file that cannot be
+//! read as a ledger is moved aside and a new ledger started
+//! ([`Store::open_and_load`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,8 +15,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
-use super::ledger::Changes;
+use super::ledger::{Changes, first_second_after};
 use super::usage::{AppUsage, CallSite, Caller, CallerKey, HourlyCount, Usage, top_call_sites};
+use crate::chain::ErrorChain;
 use crate::pusher::route::RouteKind;
 
 /// The file name of the ledger inside `data_dir`.
@@ -83,6 +92,12 @@ const RECORDED_SINCE: &str = "recorded_since";
 /// `meta` key: the sidecar that last opened the ledger for writing.
 const INSTANCE: &str = "instance";
 
+/// `meta` key: when the process writing the ledger opened it (Unix
+/// seconds); removed by its last write at a clean shutdown
+/// ([`Store::close`]). Found at [`Store::open`], it says the previous run
+/// ended without that write.
+const OPEN: &str = "open";
+
 /// A ledger store that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,6 +138,59 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The ledger file is not a SQLite database: its first bytes are not
+    /// SQLite's.
+    #[error("{path} is not a SQLite database (it does not start with SQLite's header)")]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A ledger that cannot be read could not be moved aside.
+    #[error("cannot move the unreadable ledger {path} aside (unreadable: {reason})")]
+    MoveAside {
+        /// The ledger file.
+        path: PathBuf,
+        /// Why it cannot be read, with its causes.
+        reason: String,
+        /// Why it could not be moved.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the ledger file cannot be read as a ledger, whatever the
+    /// disk: not a SQLite database, a damaged one, tables of another
+    /// shape, values of the wrong type. Not a directory, file or lock that
+    /// cannot be had, a disk that fails or is full, or a ledger of a newer
+    /// release ([`StoreError::NewerSchema`], which a newer release reads).
+    pub fn is_corrupt(&self) -> bool {
+        use rusqlite::Error as E;
+        use rusqlite::ErrorCode as C;
+        let source = match self {
+            Self::NotADatabase { .. } => return true,
+            Self::Sqlite { source, .. } => source,
+            _ => return false,
+        };
+        // The statements are this module's and fit its schema, so SQLite's
+        // generic error in one (no such table or column), a constraint it
+        // breaks or a value of the wrong type is the database's doing.
+        match source {
+            E::SqliteFailure(e, _) => {
+                matches!(
+                    e.code,
+                    C::NotADatabase | C::DatabaseCorrupt | C::TypeMismatch | C::ConstraintViolation
+                ) || (e.code == C::Unknown && e.extended_code & 0xff == rusqlite::ffi::SQLITE_ERROR)
+            }
+            E::SqlInputError { .. }
+            | E::InvalidColumnType(..)
+            | E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)
+            | E::InvalidColumnIndex(_)
+            | E::InvalidColumnName(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Creates `path` if it does not exist and makes it readable and writable
@@ -149,11 +217,122 @@ fn owner_only(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The first bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether the file at `path` may be a SQLite database: empty (a new
+/// one), or starting with [`SQLITE_HEADER`]. Checked before SQLite opens
+/// it: SQLite would delete the `-wal` file beside a file that is not a
+/// database when it closes it, and that file is moved aside whole. A file
+/// that cannot be read is left to SQLite, which says why.
+fn may_be_sqlite(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    match std::fs::File::open(path)
+        .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut head))
+    {
+        Ok(_) => head.is_empty() || head == SQLITE_HEADER,
+        Err(_) => true,
+    }
+}
+
 /// An open ledger database.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Whether [`Store::open`] found the ledger left open by the previous
+    /// run (see [`OPEN`]).
+    left_open: bool,
+}
+
+/// A ledger opened for writing and read, by [`Store::open_and_load`].
+#[derive(Debug)]
+pub struct Opened {
+    /// The store.
+    pub store: Store,
+    /// What it holds.
+    pub usage: Usage,
+    /// The file found unreadable and moved aside, when the store is a new
+    /// one that replaces it.
+    pub moved_aside: Option<MovedAside>,
+}
+
+/// A ledger file that could not be read, moved aside.
+#[derive(Debug)]
+pub struct MovedAside {
+    /// Where it is now: `ledger.sqlite3.corrupt-<Unix seconds>` in the
+    /// same directory (its `-wal` and `-shm` files, if any, beside it with
+    /// those suffixes).
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub reason: StoreError,
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Moves the ledger in `dir` aside to `ledger.sqlite3.corrupt-<now>` (with
+/// `.1`, `.2`, … when that name is taken), its `-wal` and `-shm` files
+/// first, so that a new ledger never meets a stale write-ahead log.
+/// Returns the new path of the database file.
+fn move_aside(dir: &Path, now: u64) -> std::io::Result<PathBuf> {
+    let path = dir.join(FILE_NAME);
+    let stem = format!("{FILE_NAME}.corrupt-{now}");
+    let taken = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok()
+            || ["-wal", "-shm"]
+                .iter()
+                .any(|c| std::fs::symlink_metadata(with_suffix(p, c)).is_ok())
+    };
+    let mut aside = dir.join(&stem);
+    let mut n = 0u32;
+    while taken(&aside) {
+        n += 1;
+        aside = dir.join(format!("{stem}.{n}"));
+    }
+    for companion in ["-wal", "-shm"] {
+        match std::fs::rename(
+            with_suffix(&path, companion),
+            with_suffix(&aside, companion),
+        ) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(&path, &aside)?;
+    Ok(aside)
+}
+
+/// Moves the `meta` row [`RECORDED_SINCE`] forward to `since` (Unix
+/// seconds), unless it is later already; it never moves back.
+fn recorded_from(conn: &Connection, since: u64) -> rusqlite::Result<()> {
+    let stored: Option<u64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            params![RECORDED_SINCE],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .and_then(|v| v.parse().ok());
+    if stored.is_none_or(|stored| stored < since) {
+        set_meta(conn, RECORDED_SINCE, &since.to_string())?;
+    }
+    Ok(())
+}
+
+/// Sets the `meta` row `key` to `value`.
+fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(drop)
 }
 
 /// A stored Unix time (SQLite's i64) as a date and time.
@@ -182,6 +361,9 @@ impl Store {
         })?;
         let path = dir.join(FILE_NAME);
         owner_only(&path)?;
+        if !may_be_sqlite(&path) {
+            return Err(StoreError::NotADatabase { path });
+        }
         let sqlite = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
@@ -203,17 +385,83 @@ impl Store {
             .map_err(sqlite)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
-        let mut store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            left_open: false,
+        };
         store.migrate(now)?;
-        store
-            .conn
-            .execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![INSTANCE, instance],
+        let path = store.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = store.conn.transaction().map_err(err)?;
+        let left_open = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)",
+                params![OPEN],
+                |r| r.get::<_, bool>(0),
             )
-            .map_err(store.err())?;
+            .map_err(err)?;
+        if left_open {
+            // The calls the previous run recorded after its last write are
+            // lost, the latest at most up to now.
+            recorded_from(&tx, first_second_after(now)).map_err(err)?;
+        }
+        set_meta(&tx, OPEN, &now.to_string()).map_err(err)?;
+        set_meta(&tx, INSTANCE, instance).map_err(err)?;
+        tx.commit().map_err(err)?;
+        store.left_open = left_open;
         Ok(store)
+    }
+
+    /// Opens the ledger in `dir` as [`Store::open`] does, and reads it
+    /// ([`Store::load`]). A file that cannot be read as a ledger
+    /// ([`StoreError::is_corrupt`]) is moved aside (see [`MovedAside`]) and
+    /// a new ledger started in its place: it holds none of the old one's
+    /// calls, and records since the first whole second after `now`. Any
+    /// other error is returned, and nothing is moved.
+    pub fn open_and_load(dir: &Path, now: u64, instance: &str) -> Result<Opened, StoreError> {
+        let reason = match Self::open(dir, now, instance).and_then(|store| {
+            let usage = store.load()?;
+            Ok((store, usage))
+        }) {
+            Ok((store, usage)) => {
+                return Ok(Opened {
+                    store,
+                    usage,
+                    moved_aside: None,
+                });
+            }
+            Err(e) if e.is_corrupt() => e,
+            Err(e) => return Err(e),
+        };
+        // The store that failed is closed by now.
+        let path = move_aside(dir, now).map_err(|source| StoreError::MoveAside {
+            path: dir.join(FILE_NAME),
+            reason: ErrorChain(&reason).to_string(),
+            source,
+        })?;
+        let store = Self::open(dir, now, instance)?;
+        // The calls of the run that wrote the old ledger, the latest at
+        // most up to now, are not in the new one.
+        recorded_from(&store.conn, first_second_after(now)).map_err(store.err())?;
+        let usage = store.load()?;
+        Ok(Opened {
+            store,
+            usage,
+            moved_aside: Some(MovedAside { path, reason }),
+        })
+    }
+
+    /// Whether [`Store::open`] found the ledger left open by the previous
+    /// run: it ended without its last write (a crash, a kill, a write that
+    /// failed), and the calls it recorded since its last write are lost.
+    /// The ledger then records since the first whole second after the
+    /// reopening.
+    pub fn left_open_by_previous_run(&self) -> bool {
+        self.left_open
     }
 
     /// The schema version of the open database: [`SCHEMA_VERSION`], 1 for
@@ -307,7 +555,11 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            conn,
+            path,
+            left_open: false,
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -436,6 +688,18 @@ impl Store {
     /// Writes changes (absolute values) and prunes old buckets, in one
     /// transaction.
     pub fn write(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        self.commit(changes, false)
+    }
+
+    /// The last write of a run, at a clean shutdown: as [`Store::write`],
+    /// and in the same transaction the mark that the run closed the
+    /// ledger, every call it recorded written.
+    pub fn close(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        self.commit(changes, true)
+    }
+
+    /// [`Store::write`], and with `close` [`Store::close`].
+    fn commit(&mut self, changes: &Changes, close: bool) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -526,6 +790,13 @@ impl Store {
                 params![to_sql(changes.prune_before)],
             )
             .map_err(err)?;
+            if let Some(since) = changes.recorded_since {
+                recorded_from(&tx, since).map_err(err)?;
+            }
+            if close {
+                tx.execute("DELETE FROM meta WHERE key = ?1", params![OPEN])
+                    .map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
     }

@@ -1,4 +1,5 @@
-//! Telemetry's tests: series, reloads, observations, failed writes.
+//! Telemetry's tests: series, reloads, observations, failed writes, the
+//! ledger's start across runs.
 
 use super::*;
 
@@ -198,4 +199,65 @@ async fn failed_writes_keep_the_calls_and_say_how_many() {
         .load()
         .expect("load");
     assert_eq!(stored.apps[0].callers[0].calls, 5);
+}
+
+/// The proxy's store across runs: a clean close keeps the ledger's start;
+/// a run that ends without it (a crash) moves the start to the next
+/// run's; a kill switch on at a flush moves it too, on disk; an
+/// unreadable file is replaced by a new ledger.
+#[tokio::test]
+async fn the_start_follows_crashes_and_the_kill_switch_on_disk() {
+    const T: u64 = 1_700_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stored = || {
+        store::Store::open_read_only(dir.path())
+            .expect("reopen")
+            .load()
+            .expect("load")
+    };
+    let since = |u: &usage::Usage| u.recorded_since.map(|t| t.unix_timestamp() as u64);
+    let run = |at: u64| {
+        let telemetry = Telemetry::new(&config(&["1"]));
+        let p = Persistence::open(dir.path(), &telemetry, at).expect("open");
+        (telemetry, p)
+    };
+
+    let (telemetry, p) = run(T);
+    telemetry.observe(&observation("1", None, RouteKind::LegacyTrigger));
+    assert!(p.close(&telemetry, T + 5).await);
+    drop((telemetry, p));
+    let (telemetry, p) = run(T + 10);
+    assert_eq!(
+        since(&telemetry.ledger().snapshot(T + 10)),
+        Some(T),
+        "closed"
+    );
+    telemetry.observe(&observation("1", None, RouteKind::LegacyTrigger));
+    assert!(p.flush(&telemetry, T + 15).await);
+    drop((telemetry, p)); // no close: a crash
+
+    let (telemetry, p) = run(T + 20);
+    assert_eq!(since(&telemetry.ledger().snapshot(T + 20)), Some(T + 21));
+    assert_eq!(
+        telemetry.ledger().snapshot(T + 20).apps[0].callers[0].calls,
+        2
+    );
+    telemetry.ledger().follow_bypass(true, T + 30);
+    assert!(p.flush(&telemetry, T + 40).await);
+    assert_eq!(since(&stored()), Some(T + 41), "written while on");
+    telemetry.ledger().follow_bypass(false, T + 50);
+    assert!(p.close(&telemetry, T + 60).await);
+    assert_eq!(since(&stored()), Some(T + 51), "from the switch-off on");
+    drop((telemetry, p));
+
+    std::fs::write(dir.path().join(store::FILE_NAME), b"damaged").expect("damage");
+    let (telemetry, _p) = run(T + 70);
+    let fresh = telemetry.ledger().snapshot(T + 70);
+    assert!(fresh.apps.is_empty());
+    assert_eq!(since(&fresh), Some(T + 71));
+    assert!(
+        dir.path()
+            .join(format!("{}.corrupt-{}", store::FILE_NAME, T + 70))
+            .exists()
+    );
 }

@@ -173,10 +173,15 @@ pub struct Usage {
     #[serde(default)]
     pub instance: String,
     /// Since when the ledger has recorded every verified call: the
-    /// creation of its store (or the start of the process, without one).
-    /// Calls before it are unknown, so it cannot prove that an app made
-    /// none earlier. For a merge, the latest of its parts' (the time
-    /// from which all of them recorded); `None` when unknown.
+    /// creation of its store (or the start of the process, without one),
+    /// moved forward past every gap in the recording since: a store file
+    /// that could not be read and was replaced, a previous run that ended
+    /// without its last write (its calls since then are lost), and the
+    /// kill switch (`bypass`, which passes calls through unrecorded: while
+    /// it is on, and up to the moment it is turned off). Calls before it
+    /// are unknown, so it cannot prove that an app made none earlier. For
+    /// a merge, the latest of its parts' (the time from which all of them
+    /// recorded); `None` when unknown.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub recorded_since: Option<OffsetDateTime>,
     /// The apps with at least one recorded call.

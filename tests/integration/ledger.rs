@@ -1,5 +1,7 @@
-//! The usage ledger on disk: exact across SIGTERM and restart, and the
-//! `report` command over one or several ledgers.
+//! The usage ledger on disk: exact across SIGTERM and restart, a damaged
+//! file moved aside without stopping the proxy, the ledger's start after a
+//! crash and after the kill switch, and the `report` command over one or
+//! several ledgers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -334,4 +336,179 @@ async fn a_failed_final_write_is_an_error_naming_the_lost_calls() {
         Err(pusher_cutover::RunError::LedgerNotWritten { calls }) => assert_eq!(calls, 3),
         other => panic!("expected the lost calls, got {other:?}"),
     }
+}
+
+/// `recorded_since` of a `/usage` answer, in Unix seconds.
+fn recorded_since(usage: &serde_json::Value) -> i64 {
+    let text = usage["recorded_since"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no recorded_since: {usage}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+        .unix_timestamp()
+}
+
+/// One verified legacy trigger through `addr`: its status.
+async fn one_trigger(addr: &str) -> u16 {
+    let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", support::now());
+    support::send(Method::POST, &format!("http://{addr}{uri}"), &[], "{}")
+        .await
+        .status
+        .as_u16()
+}
+
+/// A `ledger.sqlite3` that is not a SQLite file (and a `-wal` beside it)
+/// does not stop `serve`: both are moved aside, one ERROR line names
+/// where to and why, and the proxy serves and records into a new ledger
+/// that vouches for calls from its start only.
+#[tokio::test]
+async fn a_corrupt_ledger_is_moved_aside_and_the_proxy_serves() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let garbage = b"this is no SQLite database, just a damaged file\n".repeat(100);
+    std::fs::write(data.join("ledger.sqlite3"), &garbage).expect("garbage");
+    std::fs::write(data.join("ledger.sqlite3-wal"), b"garbage wal").expect("wal");
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+
+    let started = support::now();
+    let served = Served::start(&config_path).await;
+    assert_eq!(one_trigger(&served.addr).await, 202);
+    let live = usage(&served.admin).await;
+    assert_eq!(calls_of(&live, ""), 1, "{live}");
+    assert!(recorded_since(&live) > started as i64, "{live}");
+    let (code, logs) = served.sigterm().await;
+    assert_eq!(code, Some(0), "{logs:?}");
+
+    let errors: Vec<_> = logs.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "{logs:?}");
+    let moved = errors[0]["moved_to"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{:?}", errors[0]));
+    let name = Path::new(moved)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file name");
+    let seconds = name
+        .strip_prefix("ledger.sqlite3.corrupt-")
+        .unwrap_or_else(|| panic!("{name}"));
+    assert!(seconds.parse::<u64>().is_ok_and(|s| s >= started), "{name}");
+    assert_eq!(std::fs::read(moved).expect("moved aside"), garbage);
+    assert_eq!(
+        std::fs::read(format!("{moved}-wal")).expect("its -wal too"),
+        b"garbage wal"
+    );
+    let reason = errors[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not a SQLite database"), "{:?}", errors[0]);
+
+    // The new ledger holds the call, and `report` reads it.
+    let data_arg = data.display().to_string();
+    let (code, json, err) = report(&["--data-dir", &data_arg, "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 1);
+}
+
+/// A proxy killed without its last write: the next run warns that the
+/// calls since the last write may be missing, and its ledger vouches for
+/// calls from the restart on only; a clean stop moves nothing.
+#[tokio::test]
+async fn after_a_crash_the_ledger_vouches_from_the_restart_on() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+
+    let served = Served::start(&config_path).await;
+    assert_eq!(one_trigger(&served.addr).await, 202);
+    let first = recorded_since(&usage(&served.admin).await);
+    let (code, _) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+
+    // A clean stop: the restart keeps the ledger's start.
+    let served = Served::start(&config_path).await;
+    assert_eq!(recorded_since(&usage(&served.admin).await), first);
+    assert_eq!(one_trigger(&served.addr).await, 202);
+    served.signal("KILL");
+    let (code, _) = served.wait_text(std::time::Duration::from_secs(10)).await;
+    assert_eq!(code, None, "killed");
+
+    let restarted = support::now();
+    let served = Served::start(&config_path).await;
+    let after = usage(&served.admin).await;
+    assert!(
+        recorded_since(&after) > restarted as i64,
+        "{after} (restarted at {restarted})"
+    );
+    // The first run's call was written at its SIGTERM; the killed run's
+    // is there only if a periodic flush caught it.
+    assert!(
+        calls_of(&after, "") >= 1,
+        "what was written is kept: {after}"
+    );
+    let (code, logs) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        logs.iter().any(|e| e["level"] == "WARN"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not close the usage ledger"))),
+        "{logs:?}"
+    );
+}
+
+/// The kill switch passes legacy calls through unrecorded: while it is
+/// on, and once it is turned off by a reload, the ledger vouches for no
+/// call before that moment, in `/usage` and in the ledger on disk.
+#[tokio::test]
+async fn the_kill_switch_moves_recorded_since() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config_path = dir.path().join("proxy.toml");
+    let recording = config(&fake.url(), &data);
+    let bypassed = recording.replace("[admin]", "bypass = true\n[admin]");
+    std::fs::write(&config_path, &recording).expect("write config");
+    let proxy = TestProxy::start_file(&config_path).await;
+    let admin = proxy.admin.to_string();
+    let addr = proxy.addr.to_string();
+    let started = recorded_since(&usage(&admin).await);
+    assert_eq!(one_trigger(&addr).await, 202);
+
+    std::fs::write(&config_path, &bypassed).expect("bypass on");
+    assert_eq!(proxy.reload().await.status.as_u16(), 200);
+    let unrecorded = support::now();
+    assert_eq!(one_trigger(&addr).await, 202, "passed through");
+    let during = usage(&admin).await;
+    assert_eq!(calls_of(&during, ""), 1, "not recorded: {during}");
+    assert!(
+        recorded_since(&during) > unrecorded as i64,
+        "{during} (a call passed unrecorded at {unrecorded})"
+    );
+
+    std::fs::write(&config_path, &recording).expect("bypass off");
+    let resumed = support::now();
+    assert_eq!(proxy.reload().await.status.as_u16(), 200);
+    assert_eq!(one_trigger(&addr).await, 202);
+    let after = usage(&admin).await;
+    assert_eq!(calls_of(&after, ""), 2, "{after}");
+    let since = recorded_since(&after);
+    assert!(
+        since > resumed as i64 && since > started,
+        "{after} (recording resumed at {resumed})"
+    );
+    proxy.stop().await;
+
+    let stored = pusher_cutover::telemetry::store::Store::open_read_only(&data)
+        .expect("the ledger")
+        .load()
+        .expect("load");
+    assert_eq!(
+        stored.recorded_since.map(|t| t.unix_timestamp()),
+        Some(since),
+        "written with the ledger"
+    );
 }

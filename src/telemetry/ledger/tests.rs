@@ -1,4 +1,5 @@
-//! The ledger's tests: aggregation, the caller cap, changes, call sites.
+//! The ledger's tests: aggregation, the caller cap, changes, call sites,
+//! the kill switch.
 
 use super::*;
 use crate::telemetry::usage::OTHER;
@@ -53,7 +54,7 @@ fn aggregates_per_caller_and_hour() {
         );
     }
     rec(&l, "1", RouteKind::LegacyStats, "k", "ua", "10.0.0.1", T);
-    let u = l.snapshot();
+    let u = l.snapshot(T);
     let app = &u.apps[0];
     assert_eq!(app.callers.len(), 2);
     let trig = app
@@ -93,7 +94,7 @@ fn callers_past_the_cap_become_other() {
         "10.0.0.1",
         T,
     );
-    let u = l.snapshot();
+    let u = l.snapshot(T);
     let callers = &u.apps[0].callers;
     assert_eq!(callers.len(), 4, "3 distinct + other");
     let other = callers
@@ -145,7 +146,7 @@ fn load_then_record_continues_the_counts() {
         T,
     );
     let b = Ledger::new(2, 35, "i-1");
-    b.load(a.snapshot());
+    b.load(a.snapshot(T));
     rec(
         &b,
         "1",
@@ -164,7 +165,7 @@ fn load_then_record_continues_the_counts() {
         "10.0.0.1",
         T + 5,
     );
-    let u = b.snapshot();
+    let u = b.snapshot(T);
     assert_eq!(total_calls(&u), 4);
     assert!(
         u.apps[0].callers.iter().any(|c| c.key.auth_key == OTHER),
@@ -179,8 +180,12 @@ fn old_buckets_are_pruned() {
     let later = T + 31 * DAY;
     let c = l.take_changes(later);
     assert_eq!(c.prune_before, later - 30 * DAY);
-    assert!(l.snapshot().apps[0].hourly.is_empty());
-    assert_eq!(l.snapshot().apps[0].callers[0].calls, 1, "callers are kept");
+    assert!(l.snapshot(T).apps[0].hourly.is_empty());
+    assert_eq!(
+        l.snapshot(T).apps[0].callers[0].calls,
+        1,
+        "callers are kept"
+    );
 }
 
 #[test]
@@ -208,7 +213,7 @@ fn call_sites_keep_the_top_and_sum_the_rest() {
             call(&format!("ev-{i}"), "c");
         }
     }
-    let u = l.snapshot();
+    let u = l.snapshot(T);
     let caller = &u.apps[0].callers[0];
     let listed = &caller.call_sites;
     assert_eq!(listed.len(), MAX_CALL_SITES + 1, "the top ones and `other`");
@@ -231,13 +236,48 @@ fn call_sites_keep_the_top_and_sum_the_rest() {
 #[test]
 fn the_instance_and_the_start_are_in_the_snapshot() {
     let l = Ledger::new(100, 35, "pod-7");
-    assert_eq!(l.snapshot().recorded_since, None);
+    assert_eq!(l.snapshot(T).recorded_since, None);
     l.recording_since(T + 10);
     l.recording_since(T);
     l.recording_since(T + 20);
     rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
-    let u = l.snapshot();
+    let u = l.snapshot(T);
     assert_eq!(u.instance, "pod-7");
     assert_eq!(u.recorded_since.map(unix), Some(T), "the earliest start");
     assert_eq!(u.apps[0].callers[0].key.instance, "pod-7");
+}
+
+/// While the kill switch is on, calls pass through unrecorded: the ledger
+/// vouches for calls from the first second after it was last seen on
+/// (its snapshots and writes while on, the moment it is turned off), and
+/// each move is handed to the store once.
+#[test]
+fn the_kill_switch_moves_the_start_past_the_calls_it_let_through() {
+    let l = Ledger::new(100, 35, "i-1");
+    l.recording_since(T);
+    let since = |u: Usage| u.recorded_since.map(unix);
+    l.follow_bypass(false, T + 5);
+    assert_eq!(since(l.snapshot(T + 5)), Some(T), "a switch that stays off");
+    assert_eq!(l.take_changes(T + 5).recorded_since, None);
+
+    l.follow_bypass(true, T + 10);
+    assert_eq!(since(l.snapshot(T + 10)), Some(T + 11));
+    assert_eq!(since(l.snapshot(T + 50)), Some(T + 51), "while it is on");
+    let changes = l.take_changes(T + 60);
+    assert_eq!(changes.recorded_since, Some(T + 61));
+    assert!(!changes.is_empty(), "written even without calls");
+    // A write that fails hands it out again.
+    l.restore_changes(changes);
+    assert_eq!(l.take_changes(T + 60).recorded_since, Some(T + 61));
+
+    l.follow_bypass(false, T + 70);
+    assert_eq!(
+        since(l.snapshot(T + 100)),
+        Some(T + 71),
+        "from the switch-off on"
+    );
+    assert_eq!(l.take_changes(T + 100).recorded_since, Some(T + 71));
+    assert_eq!(l.take_changes(T + 110).recorded_since, None, "written once");
+    l.follow_bypass(false, T + 120);
+    assert_eq!(since(l.snapshot(T + 120)), Some(T + 71), "stays off");
 }

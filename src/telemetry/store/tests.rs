@@ -1,8 +1,9 @@
-//! The store's tests: round trips, pruning, schema upgrades.
+//! The store's tests: round trips, pruning, schema upgrades, unreadable
+//! ledgers moved aside, runs that left the ledger open.
 
 use super::*;
 use crate::telemetry::ledger::tests::rec;
-use crate::telemetry::ledger::{Ledger, LedgerCall};
+use crate::telemetry::ledger::{Changes, Ledger, LedgerCall};
 
 const T: u64 = 1_795_888_046;
 
@@ -60,7 +61,7 @@ fn round_trip_through_the_database() {
         .load()
         .expect("load");
     ledger.recording_since(T);
-    assert_eq!(reread, ledger.snapshot());
+    assert_eq!(reread, ledger.snapshot(T));
 }
 
 #[test]
@@ -187,7 +188,8 @@ fn a_first_release_ledger_is_upgraded_in_place() {
         "10.0.0.1",
         T,
     );
-    store.write(&ledger.take_changes(T)).expect("write");
+    // The run ends cleanly: its last write closes the ledger.
+    store.close(&ledger.take_changes(T)).expect("write");
     drop(store);
     let again = Store::open(dir.path(), T + 60, "pod-a")
         .expect("reopen")
@@ -306,4 +308,276 @@ fn call_sites_add_up_to_the_calls_across_restarts() {
         calls += 1;
         assert_eq!(check(&store), calls);
     }
+}
+
+/// Where the files of the ledger in `dir` are, by name, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A ledger of one caller at `T`, written and closed.
+fn one_caller(dir: &Path) {
+    let ledger = Ledger::new(100, 35, "i-1");
+    rec(
+        &ledger,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua",
+        "10.0.0.1",
+        T,
+    );
+    let mut store = Store::open(dir, T, "i-1").expect("open");
+    store.close(&ledger.take_changes(T)).expect("write");
+}
+
+/// Runs `sql` on the ledger in `dir`, as another program could.
+fn tamper(dir: &Path, sql: &str) {
+    Connection::open(dir.join(FILE_NAME))
+        .expect("open")
+        .execute_batch(sql)
+        .expect("tamper");
+}
+
+/// A ledger file that is not a database, a damaged database, tables of
+/// another shape, a value of the wrong type: each is moved aside with its
+/// `-wal` and `-shm` files, and a new ledger started that holds nothing
+/// and records since the first second after now.
+#[test]
+fn an_unreadable_ledger_is_moved_aside_and_a_new_one_started() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 6] = [
+        ("not a database", |dir| {
+            std::fs::write(dir.join(FILE_NAME), b"not a ledger\n".repeat(400)).expect("write");
+            std::fs::write(dir.join("ledger.sqlite3-wal"), b"old wal").expect("wal");
+            std::fs::write(dir.join("ledger.sqlite3-shm"), b"old shm").expect("shm");
+        }),
+        ("shorter than a header", |dir| {
+            std::fs::write(dir.join(FILE_NAME), b"SQLite").expect("write");
+        }),
+        ("its schema page overwritten", |dir| {
+            one_caller(dir);
+            let path = dir.join(FILE_NAME);
+            let mut bytes = std::fs::read(&path).expect("read");
+            let page = bytes.len().min(4096);
+            bytes[100..page].fill(0xa5);
+            std::fs::write(&path, bytes).expect("write");
+        }),
+        ("a table missing", |dir| {
+            one_caller(dir);
+            tamper(dir, "DROP TABLE call_sites");
+        }),
+        ("a column missing", |dir| {
+            one_caller(dir);
+            tamper(
+                dir,
+                "ALTER TABLE hourly RENAME TO h; CREATE TABLE hourly (app_id TEXT); DROP TABLE h",
+            );
+        }),
+        ("a count of the wrong type", |dir| {
+            one_caller(dir);
+            tamper(dir, "UPDATE callers SET calls = 'many'");
+        }),
+    ];
+    for (case, damage) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        damage(dir.path());
+        let before = std::fs::read(dir.path().join(FILE_NAME)).expect("read");
+        let Opened {
+            store,
+            usage,
+            moved_aside,
+        } = Store::open_and_load(dir.path(), T + 50, "i-1")
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let aside = moved_aside.unwrap_or_else(|| panic!("{case}: not moved aside"));
+        assert!(aside.reason.is_corrupt(), "{case}: {}", aside.reason);
+        assert_eq!(
+            aside.path,
+            dir.path().join(format!("{FILE_NAME}.corrupt-{}", T + 50)),
+            "{case}"
+        );
+        assert!(aside.path.exists(), "{case}");
+        assert!(usage.apps.is_empty(), "{case}: {usage:?}");
+        assert_eq!(
+            usage.recorded_since.map(|t| t.unix_timestamp()),
+            Some(T as i64 + 51),
+            "{case}: the new ledger vouches for no call of now's second"
+        );
+        assert!(!store.left_open_by_previous_run(), "{case}");
+        drop(store);
+        // The new ledger reads as one, by `report` too.
+        let reread = Store::open_read_only(dir.path())
+            .and_then(|s| s.load())
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(reread.apps.is_empty(), "{case}");
+        if case == "not a database" {
+            let moved = std::fs::read(&aside.path).expect("moved");
+            assert_eq!(moved, before, "moved as it was");
+            for (suffix, text) in [("-wal", b"old wal"), ("-shm", b"old shm")] {
+                let moved = std::fs::read(with_suffix(&aside.path, suffix)).expect("moved");
+                assert_eq!(moved, text, "{suffix}");
+            }
+        }
+    }
+}
+
+/// A second unreadable ledger within the same second does not replace the
+/// first one moved aside.
+#[test]
+fn a_file_moved_aside_is_never_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for text in ["first", "second"] {
+        drop(Store::open_and_load(dir.path(), T, "i-1").expect("a new ledger"));
+        std::fs::write(dir.path().join(FILE_NAME), text.repeat(10)).expect("damage");
+        let opened = Store::open_and_load(dir.path(), T, "i-1").expect("moved aside");
+        let path = opened.moved_aside.expect("moved aside").path;
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("moved"),
+            text.repeat(10)
+        );
+    }
+    let stem = format!("{FILE_NAME}.corrupt-{T}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&stem)).expect("first"),
+        "first".repeat(10)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(format!("{stem}.1"))).expect("second"),
+        "second".repeat(10)
+    );
+}
+
+/// What cannot be had (a directory or file that cannot be created or
+/// opened, a disk that fails) and a ledger of a newer release stay
+/// errors: nothing is moved aside.
+#[test]
+fn failures_other_than_an_unreadable_ledger_stay_errors() {
+    use rusqlite::ffi;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The data directory is a file.
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"x").expect("write");
+    let err = Store::open_and_load(&file, T, "i-1").expect_err("not a directory");
+    assert!(matches!(err, StoreError::CreateDir { .. }), "{err}");
+    assert!(!err.is_corrupt());
+    // The ledger is a directory.
+    let data = dir.path().join("d");
+    std::fs::create_dir_all(data.join(FILE_NAME)).expect("mkdir");
+    let err = Store::open_and_load(&data, T, "i-1").expect_err("a directory");
+    assert!(!err.is_corrupt(), "{err}");
+    assert_eq!(files(&data), [FILE_NAME]);
+    // A newer release's ledger.
+    let newer = dir.path().join("newer");
+    drop(Store::open(&newer, T, "i-1").expect("create"));
+    tamper(
+        &newer,
+        &format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1),
+    );
+    let before = files(&newer);
+    let err = Store::open_and_load(&newer, T, "i-1").expect_err("newer");
+    assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+    assert!(!err.is_corrupt());
+    assert_eq!(files(&newer), before, "nothing moved");
+
+    let sqlite = |code| StoreError::Sqlite {
+        path: PathBuf::from(FILE_NAME),
+        source: rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+    };
+    for code in [
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_PERM,
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_LOCKED,
+        ffi::SQLITE_NOMEM,
+        ffi::SQLITE_PROTOCOL,
+    ] {
+        assert!(!sqlite(code).is_corrupt(), "{code}");
+    }
+    for code in [
+        ffi::SQLITE_NOTADB,
+        ffi::SQLITE_CORRUPT,
+        ffi::SQLITE_ERROR,
+        ffi::SQLITE_MISMATCH,
+    ] {
+        assert!(sqlite(code).is_corrupt(), "{code}");
+    }
+    let permissions = StoreError::Permissions {
+        path: PathBuf::from(FILE_NAME),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    assert!(!permissions.is_corrupt());
+}
+
+/// A run that ends without its last write leaves the ledger open: the next
+/// one vouches for calls from its reopening on only (the calls recorded
+/// after the last write are lost). A clean close moves nothing.
+#[test]
+fn a_ledger_left_open_records_from_its_reopening_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::new(100, 35, "i-1");
+    let mut store = Store::open(dir.path(), T, "i-1").expect("new");
+    assert!(!store.left_open_by_previous_run(), "a new ledger");
+    rec(
+        &ledger,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua",
+        "10.0.0.1",
+        T,
+    );
+    store.write(&ledger.take_changes(T)).expect("write");
+    drop(store); // a crash: no close
+
+    let mut store = Store::open(dir.path(), T + 100, "i-1").expect("reopen");
+    assert!(store.left_open_by_previous_run());
+    let u = store.load().expect("load");
+    assert_eq!(
+        u.recorded_since.map(|t| t.unix_timestamp()),
+        Some(T as i64 + 101)
+    );
+    assert_eq!(u.apps[0].callers[0].calls, 1, "what was written stays");
+    store.close(&Changes::default()).expect("close");
+    drop(store);
+
+    let store = Store::open(dir.path(), T + 200, "i-1").expect("reopen");
+    assert!(!store.left_open_by_previous_run(), "closed cleanly");
+    let u = store.load().expect("load");
+    assert_eq!(
+        u.recorded_since.map(|t| t.unix_timestamp()),
+        Some(T as i64 + 101)
+    );
+}
+
+/// A `recorded_since` in the changes is written, and never moves the
+/// stored one back.
+#[test]
+fn recorded_since_is_written_forward_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(dir.path(), T, "i-1").expect("new");
+    let since = |store: &Store| {
+        store
+            .load()
+            .expect("load")
+            .recorded_since
+            .map(|t| t.unix_timestamp())
+    };
+    assert_eq!(since(&store), Some(T as i64));
+    let changes = |at: u64| Changes {
+        recorded_since: Some(at),
+        ..Changes::default()
+    };
+    store.write(&changes(T + 300)).expect("write");
+    assert_eq!(since(&store), Some(T as i64 + 300));
+    store.write(&changes(T + 250)).expect("write");
+    assert_eq!(since(&store), Some(T as i64 + 300), "not back");
 }
