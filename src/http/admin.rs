@@ -45,8 +45,17 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// once: a brief burst of probes and scrapes is served a moment later
 /// instead of failing, the accept loop never spins on connections it would
 /// only drop, and a connection that sends no request is closed after the
-/// 10 s header timeout, freeing its place.
+/// 10 s header timeout, one that stops reading after
+/// [`CONNECTION_LIFETIME`], freeing its place.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long an admin connection may stay open, whatever it does: one whose
+/// client stops reading its answers (pipelined scrapes) would otherwise
+/// hold its place for good, and [`MAX_CONNECTIONS`] of them would shut out
+/// the probes. A request is answered in milliseconds, and scrapers come
+/// back less often than this, so a live client loses nothing but a
+/// connection it would not have reused.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// The endpoints that need a token (or a loopback listener): they name
 /// every caller (`/usage`, `/report`) or change the configuration
@@ -184,7 +193,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                     drop(slot);
                 });
             }

@@ -164,6 +164,42 @@ async fn connections_beyond_the_cap_wait_for_a_free_place() {
     proxy.stop().await;
 }
 
+/// An admin connection whose client pipelines scrapes and stops reading
+/// is closed once its time is up, freeing its place: the probes cannot be
+/// shut out by such clients for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connection_that_stops_reading_is_closed_in_time() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(2048).expect("buffer size");
+    let mut stalled = socket.connect(proxy.admin).await.expect("connect");
+    // Far more answers than the sockets between the two hold.
+    let scrapes = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let (mut read, mut write) = stalled.split();
+    // The requests fit the sockets' buffers; their answers back up, as
+    // nothing is read (bounded, should the requests back up too).
+    let _ = tokio::time::timeout(Duration::from_secs(3), write.write_all(&scrapes)).await;
+    tokio::time::sleep(
+        pusher_cutover::http::admin::CONNECTION_LIFETIME + Duration::from_millis(500),
+    )
+    .await;
+    // Closed: what it had written before is read, then its end, at once.
+    // Open, it would go on answering the rest, then wait for more.
+    let mut buf = vec![0; 1 << 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled admin connection is still open");
+    proxy.stop().await;
+}
+
 /// `report --url` against a sidecar with a token: refused without it (exit
 /// 2, the 401 named), read with `--token-env`; an unset variable is a
 /// usage error.
