@@ -235,13 +235,17 @@ impl Proxy {
     /// Tells the ledger whether the state in force passes legacy calls
     /// through unrecorded (`bypass`), once it is in force: a kill switch
     /// turned off moves the ledger's start past the last call it let
-    /// through ([`crate::telemetry::ledger::Ledger::follow_bypass`]).
+    /// through ([`crate::telemetry::ledger::Ledger::follow_bypass`]). The
+    /// `pusher_cutover_bypass` gauge says the same to Prometheus, whose
+    /// fleet gate counts a window with it at 1 as a gap.
     fn follow_bypass(&self) {
         let state = self.state.load();
+        let bypass = state.config.bypass;
         state
             .telemetry
             .ledger()
-            .follow_bypass(state.config.bypass, state.clock.unix_now());
+            .follow_bypass(bypass, state.clock.unix_now());
+        state.telemetry.metrics().bypass.set(i64::from(bypass));
     }
 
     /// The state requests arriving now are served with.

@@ -1,7 +1,8 @@
 //! Whether the evidence behind a zero is complete: for Prometheus, every
-//! sidecar of the job scraped throughout its existence in the window, the
-//! window inside what Prometheus keeps; for ledgers, a ledger recording
-//! since before the window. Each shortfall is a [`Gap`], named so an
+//! sidecar of the job scraped throughout its existence in the window and
+//! counting all along (no kill switch on), the window inside what
+//! Prometheus keeps; for ledgers, a ledger recording since before the
+//! window. Each shortfall is a [`Gap`], named so an
 //! operator can go and look. Pure functions over numbers already fetched,
 //! so the rules are unit-tested without a Prometheus.
 
@@ -63,6 +64,14 @@ pub enum Gap {
         expected: usize,
         /// Sidecars whose last scrape in the window succeeded.
         seen: usize,
+    },
+    /// A sidecar had its kill switch on (`bypass = true`) at a scrape in
+    /// the window (or the last one before it): it passed every call
+    /// through, deprecated ones uncounted, so its zero says nothing about
+    /// that time.
+    Bypassed {
+        /// The sidecar.
+        instance: String,
     },
     /// An `--expect-app` that a sidecar does not serve (its calls would
     /// pass through that sidecar uncounted), or that none does.
@@ -130,6 +139,11 @@ impl fmt::Display for Gap {
                 f,
                 "sidecar {instance} has {scrapes} scrapes in the window where its time in it \
                  calls for {expected}"
+            ),
+            Self::Bypassed { instance } => write!(
+                f,
+                "sidecar {instance} had bypass on (the kill switch) during the window: it \
+                 passed calls through uncounted"
             ),
             Self::FewerInstances { expected, seen } => write!(
                 f,
@@ -214,6 +228,11 @@ pub struct Facts {
     pub instances: BTreeMap<String, Scrapes>,
     /// Which apps each sidecar serves.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
+    /// The sidecars whose `pusher_cutover_bypass` gauge was 1 at a scrape
+    /// in the window (or the last one before it). A sidecar from a release
+    /// before the gauge has no such series and is not in here: nothing is
+    /// known against it, so it is no gap.
+    pub bypassed: BTreeSet<String>,
     /// `--expect-instances`.
     pub expect_instances: Option<usize>,
     /// `--expect-app`.
@@ -243,7 +262,7 @@ fn tolerance(expected: u64, step: f64, interval: f64) -> u64 {
 }
 
 /// Every gap in `facts`, in a stable order: the job, retention, each
-/// sidecar (by name), the expectations.
+/// sidecar (by name: its scrapes, then its kill switch), the expectations.
 pub fn gaps(facts: &Facts) -> Vec<Gap> {
     let mut out = Vec::new();
     if facts.instances.is_empty() {
@@ -271,25 +290,12 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
             job: facts.job.clone(),
         });
     }
-    for (instance, s) in &facts.instances {
-        if s.up < s.scrapes {
-            out.push(Gap::ScrapesFailed {
-                instance: instance.clone(),
-                failed: s.scrapes - s.up,
-                scrapes: s.scrapes,
-            });
-        }
-        if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
-        {
-            let expected = expected_scrapes(first, last, interval);
-            if s.scrapes + tolerance(expected, facts.timestamp_step, interval) < expected {
-                out.push(Gap::ScrapesMissing {
-                    instance: instance.clone(),
-                    scrapes: s.scrapes,
-                    expected,
-                });
-            }
-        }
+    // Every sidecar named, scraped or bypassed (the bypass series comes
+    // from the same scrapes as `up`, so the second set is in the first;
+    // should it not be, the gap is still named).
+    let named: BTreeSet<&String> = facts.instances.keys().chain(&facts.bypassed).collect();
+    for instance in named {
+        per_sidecar(facts, instance, &mut out);
     }
     if let Some(expected) = facts.expect_instances {
         let seen = facts
@@ -321,6 +327,35 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
         }
     }
     out
+}
+
+/// One sidecar's gaps: failed scrapes, missing scrapes, the kill switch.
+fn per_sidecar(facts: &Facts, instance: &str, out: &mut Vec<Gap>) {
+    if let Some(s) = facts.instances.get(instance) {
+        if s.up < s.scrapes {
+            out.push(Gap::ScrapesFailed {
+                instance: instance.to_owned(),
+                failed: s.scrapes - s.up,
+                scrapes: s.scrapes,
+            });
+        }
+        if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
+        {
+            let expected = expected_scrapes(first, last, interval);
+            if s.scrapes + tolerance(expected, facts.timestamp_step, interval) < expected {
+                out.push(Gap::ScrapesMissing {
+                    instance: instance.to_owned(),
+                    scrapes: s.scrapes,
+                    expected,
+                });
+            }
+        }
+    }
+    if facts.bypassed.contains(instance) {
+        out.push(Gap::Bypassed {
+            instance: instance.to_owned(),
+        });
+    }
 }
 
 /// Whether a sidecar was scraped at the window's end (within two scrape
@@ -366,6 +401,9 @@ mod tests {
             ]
             .into(),
             instances,
+            // Sidecars from before the bypass gauge have no series: none
+            // listed, no gap.
+            bypassed: BTreeSet::new(),
             expect_instances: None,
             expect_apps: Vec::new(),
         }
@@ -528,6 +566,54 @@ mod tests {
             }]
         );
         assert!(g[0].to_string().contains("a:9090, b:9090"), "{}", g[0]);
+    }
+
+    #[test]
+    fn a_sidecar_with_bypass_on_in_the_window_is_a_gap_after_its_scrapes() {
+        let mut f = full();
+        f.bypassed.insert("b:9090".into());
+        let g = gaps(&f);
+        assert_eq!(
+            g,
+            vec![Gap::Bypassed {
+                instance: "b:9090".into()
+            }]
+        );
+        assert_eq!(
+            g[0].to_string(),
+            "sidecar b:9090 had bypass on (the kill switch) during the window: it passed \
+             calls through uncounted"
+        );
+        assert_eq!(
+            serde_json::to_value(&g[0]).expect("json"),
+            serde_json::json!({"kind": "bypassed", "instance": "b:9090"})
+        );
+        // In the sidecars' order, each one's scrapes first; before the
+        // expectations.
+        f.bypassed.insert("a:9090".into());
+        f.instances
+            .insert("b:9090".into(), scrapes(61, 60, 1000.0, 1060.0));
+        f.expect_instances = Some(3);
+        assert_eq!(
+            gaps(&f),
+            vec![
+                Gap::Bypassed {
+                    instance: "a:9090".into()
+                },
+                Gap::ScrapesFailed {
+                    instance: "b:9090".into(),
+                    failed: 1,
+                    scrapes: 61
+                },
+                Gap::Bypassed {
+                    instance: "b:9090".into()
+                },
+                Gap::FewerInstances {
+                    expected: 3,
+                    seen: 1
+                },
+            ]
+        );
     }
 
     #[test]

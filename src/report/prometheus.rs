@@ -622,6 +622,18 @@ pub fn apps_served_of(
     out
 }
 
+/// The sidecars whose kill switch was on in the window, from
+/// [`Selector::bypassed`]'s answer: those with a value above 0. A sidecar
+/// from before the `pusher_cutover_bypass` gauge has no series and is
+/// not named: absent is not a gap (nothing is known against it).
+pub fn bypassed_of(samples: &[Sample], instance_label: &str) -> BTreeSet<String> {
+    samples
+        .iter()
+        .filter(|s| s.value > 0.0)
+        .map(|s| label(&s.metric, instance_label).to_owned())
+        .collect()
+}
+
 /// Whole seconds, at least 1.
 fn secs(d: Duration) -> u64 {
     d.as_secs().max(1)
@@ -664,6 +676,9 @@ async fn window_facts(
     let last = api.query(&sel.last_scrape(w, step), now).await?;
     let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
     let served = api.query(&sel.apps_served(w), now).await?;
+    // Widened by a scrape interval like the counters: a switch seen on
+    // at the last scrape before the window may have stayed on into it.
+    let bypassed = api.query(&sel.bypassed(w + reach), now).await?;
     Ok(Facts {
         job: sel.job.clone(),
         start,
@@ -674,6 +689,7 @@ async fn window_facts(
         watched_at_start: at_start.len(),
         instances: scrapes_of(&count, &up, &first, &last, il),
         apps_served: apps_served_of(&served, il),
+        bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,
         expect_apps: q.expect_apps.clone(),
     })

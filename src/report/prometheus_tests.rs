@@ -234,3 +234,224 @@ fn scrapes_add_up_per_sidecar_label() {
     );
     assert!(served["p1"].contains("4242"));
 }
+
+/// An in-process stand-in for Prometheus' HTTP API on loopback: job
+/// `pusher-cutover` has one active target scraped every 15 s, retention
+/// is 15d, range queries find nothing, and each instant query is
+/// answered by `answer` (its PromQL → the vector's series). Returns its
+/// URL and the PromQL of every instant query it received.
+fn fake_prometheus(
+    answer: impl Fn(&str) -> Value + Send + 'static,
+) -> (Uri, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 8192];
+            // The head, then the body its content-length announces.
+            let (head, body) = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break (String::new(), String::new()),
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .and_then(|n| n.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break (head.to_owned(), body.to_owned());
+                    }
+                }
+            };
+            let line = head.lines().next().unwrap_or_default();
+            let data = if line.contains("/api/v1/targets") {
+                json!({"activeTargets": [{"labels": {"job": "pusher-cutover", "instance": "a:9090"},
+                    "scrapePool": "pusher-cutover", "scrapeInterval": "15s"}], "droppedTargets": []})
+            } else if line.contains("/api/v1/status/runtimeinfo") {
+                json!({"storageRetention": "15d"})
+            } else if line.contains("/api/v1/query_range") {
+                json!({"resultType": "matrix", "result": []})
+            } else {
+                let query = body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("query="))
+                    .map(|q| {
+                        percent_encoding::percent_decode_str(q)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
+                log.lock().expect("lock").push(query.clone());
+                vector(answer(&query))
+            };
+            let body = json!({"status": "success", "data": data}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}").parse().expect("a URL"), seen)
+}
+
+/// The evaluation time of the fake's answers.
+const NOW: i64 = 1_800_000_000;
+
+/// Two sidecars, a and b, each scraped every 15 s through the window and
+/// serving app 4242, with no deprecated call; each one's bypass gauge
+/// (`None`: no such series, a sidecar from before it) at its highest in
+/// the window.
+fn two_quiet_sidecars(bypass: [Option<f64>; 2]) -> impl Fn(&str) -> Value + Send + 'static {
+    move |query: &str| {
+        let each = |value: &dyn Fn(usize) -> Option<String>| -> Value {
+            let series: Vec<Value> = ["a:9090", "b:9090"]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, instance)| {
+                    value(i).map(|v| sample(json!({"instance": instance}), &v))
+                })
+                .collect();
+            Value::Array(series)
+        };
+        if query.contains("pusher_cutover_bypass") {
+            each(&|i| bypass[i].map(|v| v.to_string()))
+        } else if query.starts_with("count_over_time(up") || query.starts_with("sum_over_time(up") {
+            each(&|_| Some("4".into()))
+        } else if query.starts_with("min_over_time(timestamp(up") {
+            each(&|_| Some((NOW - 55).to_string()))
+        } else if query.starts_with("max_over_time(timestamp(up") {
+            each(&|_| Some((NOW - 10).to_string()))
+        } else if query.starts_with("count by (app_id") {
+            json!([
+                sample(json!({"app_id": "4242", "instance": "a:9090"}), "1"),
+                sample(json!({"app_id": "4242", "instance": "b:9090"}), "1")
+            ])
+        } else {
+            // The deprecated calls: none.
+            json!([])
+        }
+    }
+}
+
+/// The report's window (2 min) and the gate's (1 min) for app 4242, both
+/// sidecars expected, against the fake.
+async fn fetch_from(url: Uri) -> Fleet {
+    let q = FleetQuery {
+        url,
+        selector: Selector {
+            job: "pusher-cutover".into(),
+            apps: vec!["4242".into()],
+            instance_label: "instance".into(),
+        },
+        since: Duration::from_secs(120),
+        gate: Some(Duration::from_secs(60)),
+        expect_instances: Some(2),
+        expect_apps: vec!["4242".into()],
+        scrape_interval: None,
+    };
+    let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
+    fetch(&q, None, now).await.expect("the fake answers")
+}
+
+/// A sidecar whose kill switch was on in the window passed calls through
+/// uncounted: the gate refuses its zero (the gap named, in the report's
+/// window and the gate's); with the switch off throughout, or on sidecars
+/// from before the gauge, the same zero is proven.
+#[tokio::test]
+async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
+    let (url, queries) = fake_prometheus(two_quiet_sidecars([Some(0.0), Some(1.0)]));
+    let fleet = fetch_from(url).await;
+    let gate = fleet.gate.expect("gating");
+    assert!(gate.uses.is_empty(), "{:?}", gate.uses);
+    let bypassed = Gap::Bypassed {
+        instance: "b:9090".into(),
+    };
+    assert_eq!(gate.gaps, vec![bypassed.clone()]);
+    let text = render_gate(&gate, Duration::from_secs(60));
+    assert!(text.contains("zero is not proven"), "{text}");
+    assert!(
+        text.contains(
+            "gap: sidecar b:9090 had bypass on (the kill switch) during the window: it passed \
+             calls through uncounted"
+        ),
+        "{text}"
+    );
+    // The report's window too: its apps without calls are unproven.
+    assert_eq!(fleet.evidence.gaps, vec![GapReport::from(bypassed)]);
+    assert_eq!(fleet.usage.recorded_since, None);
+    // Rendered as the other gaps are: in the coverage line of the table
+    // and the page, and listed in the JSON with its kind.
+    let mut report = crate::report::build_for(
+        &fleet.usage,
+        fleet.now,
+        Some(Duration::from_secs(120)),
+        &fleet.apps,
+    );
+    report.prometheus = Some(fleet.evidence.clone());
+    let said = "sidecar b:9090 had bypass on (the kill switch) during the window";
+    let table = crate::report::render_table(&report);
+    assert!(table.contains("the evidence has gaps"), "{table}");
+    assert!(table.contains(said), "{table}");
+    assert!(
+        crate::report::render_html(&report).contains(said),
+        "the page"
+    );
+    let json: Value = serde_json::from_str(&crate::report::render_json(&report)).expect("JSON");
+    assert_eq!(json["prometheus"]["gaps"][0]["kind"], "bypassed", "{json}");
+    assert_eq!(json["prometheus"]["gaps"][0]["instance"], "b:9090");
+    // Asked for each window, widened by the 15 s scrape interval.
+    let asked = queries.lock().expect("lock").clone();
+    for range in ["[135s]", "[75s]"] {
+        let q = format!(
+            "max by (instance) (max_over_time(pusher_cutover_bypass{{job=\"pusher-cutover\"}}{range}))"
+        );
+        assert!(asked.contains(&q), "{q} not in {asked:#?}");
+    }
+
+    for (bypass, what) in [
+        ([Some(0.0), Some(0.0)], "bypass off throughout"),
+        ([None, None], "sidecars from before the gauge"),
+    ] {
+        let (url, _) = fake_prometheus(two_quiet_sidecars(bypass));
+        let fleet = fetch_from(url).await;
+        let gate = fleet.gate.expect("gating");
+        assert_eq!(
+            (gate.uses.len(), gate.gaps.len()),
+            (0, 0),
+            "{what}: {gate:?}"
+        );
+        assert!(
+            render_gate(&gate, Duration::from_secs(60)).contains("zero is proven"),
+            "{what}"
+        );
+        assert!(fleet.evidence.gaps.is_empty(), "{what}");
+        assert!(fleet.usage.recorded_since.is_some(), "{what}");
+    }
+}
+
+#[test]
+fn bypassed_sidecars_are_those_above_zero() {
+    let samples = parse_vector(&vector(json!([
+        sample(json!({"pod": "p1"}), "1"),
+        sample(json!({"pod": "p2"}), "0")
+    ])))
+    .expect("v");
+    assert_eq!(
+        bypassed_of(&samples, "pod"),
+        BTreeSet::from(["p1".to_owned()])
+    );
+    assert!(bypassed_of(&[], "pod").is_empty());
+}

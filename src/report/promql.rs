@@ -8,7 +8,9 @@
 //! sees steps between samples inside its range, so without it a call
 //! between the last scrape before a window's start and the first one in it
 //! would count nowhere; with it, such a call counts in the window (for the
-//! gate: on the side of "used").
+//! gate: on the side of "used"). The range over the bypass gauge is
+//! widened alike: a kill switch seen on at the last scrape before the
+//! window may have stayed on into it (for the gate: on the side of a gap).
 
 use std::fmt::Write as _;
 
@@ -18,6 +20,11 @@ pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls_total";
 /// The counter used to tell which apps a sidecar serves: one series per
 /// configured app, created at 0 at startup.
 pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
+
+/// The gauge that is 1 while a sidecar's configuration has `bypass = true`
+/// (its calls then pass through uncounted). Sidecars from before it
+/// existed expose no such series.
+pub const BYPASS: &str = "pusher_cutover_bypass";
 
 /// What the queries select.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +118,23 @@ impl Selector {
     /// was watching the job then.
     pub fn scraped_in(&self, range: u64) -> String {
         format!("count_over_time({}[{range}s])", self.up())
+    }
+
+    /// The sidecars whose kill switch was on at some scrape in the
+    /// `range` seconds ending at the evaluation time (the window widened
+    /// by a scrape interval, as for the counters: a switch seen on just
+    /// before the window may have stayed on into it):
+    /// `max by (instance) (max_over_time(pusher_cutover_bypass{job="…"}[Ns]))`,
+    /// 1 for those, 0 for the others. A sidecar from before the gauge has
+    /// no series, so no answer: nothing is known against it. A switch on
+    /// for less than a scrape interval can fall between two scrapes; the
+    /// sidecar's ledger still sees it (its `recorded_since`).
+    pub fn bypassed(&self, range: u64) -> String {
+        format!(
+            "max by ({}) (max_over_time({BYPASS}{}[{range}s]))",
+            self.instance_label,
+            self.matchers(false, "")
+        )
     }
 
     /// Which apps each sidecar serves in the window (one series per
@@ -215,6 +239,23 @@ mod tests {
             "sum by (app_id, route, library, instance) \
              (max_over_time(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[30s]) \
              unless pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"} offset 30s) > 0"
+        );
+    }
+
+    #[test]
+    fn bypassed_is_the_highest_bypass_gauge_per_sidecar_whatever_the_apps() {
+        assert_eq!(
+            sel(&["7"]).bypassed(60),
+            "max by (instance) (max_over_time(pusher_cutover_bypass{job=\"pusher-cutover\"}[60s]))"
+        );
+        let pod = Selector {
+            instance_label: "pod".into(),
+            ..sel(&[])
+        };
+        assert!(
+            pod.bypassed(5).starts_with("max by (pod) ("),
+            "{}",
+            pod.bypassed(5)
         );
     }
 

@@ -69,6 +69,9 @@ pub mod names {
     pub const CONNECTION_ERRORS: &str = "pusher_cutover_connection_errors";
     /// Recorded calls not yet written to the ledger's store.
     pub const LEDGER_UNWRITTEN_CALLS: &str = "pusher_cutover_ledger_unwritten_calls";
+    /// 1 while the configuration in force has `bypass = true` (the kill
+    /// switch: legacy calls pass through uncounted), else 0.
+    pub const BYPASS: &str = "pusher_cutover_bypass";
 }
 
 /// An `app_id` label value: a configured app's id, or `other`. Shared, so
@@ -321,6 +324,9 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// See [`names::LEDGER_UNWRITTEN_CALLS`].
     pub ledger_unwritten_calls: Gauge,
+    /// See [`names::BYPASS`]; set by the proxy when a configuration comes
+    /// into force.
+    pub bypass: Gauge,
     /// See [`names::CONNECTION_ERRORS`].
     pub connection_errors: Family<KindLabel, Counter>,
     /// See [`names::BUILD_INFO`].
@@ -358,6 +364,7 @@ impl Metrics {
         let shadow_mismatches = Family::<AppField, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let ledger_unwritten_calls = Gauge::default();
+        let bypass = Gauge::default();
         let connection_errors = Family::<KindLabel, Counter>::default();
         let upstream = UpstreamRequests::register(&mut registry);
 
@@ -408,6 +415,11 @@ impl Metrics {
             ledger_unwritten_calls.clone(),
         );
         registry.register(
+            names::BYPASS,
+            "1 while the configuration in force has bypass = true: every request passes through unchanged and deprecated calls are not counted",
+            bypass.clone(),
+        );
+        registry.register(
             names::CONNECTION_ERRORS,
             "Connections the HTTP layer refused or cut (malformed or oversized heads, time-outs), by kind",
             connection_errors.clone(),
@@ -443,6 +455,7 @@ impl Metrics {
             shadow_mismatches,
             config_reloads,
             ledger_unwritten_calls,
+            bypass,
             connection_errors,
             build_info,
             upstream,

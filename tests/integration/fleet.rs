@@ -2,8 +2,9 @@
 //! real `prometheus`, scraping two sidecars (the binary) every second,
 //! and each exit code of its gate: 1 with calls (naming app, library and
 //! instance), 0 for a zero with full coverage, 2 with a gap (a sidecar
-//! stopped). Also the ledger's side of the same rule: a ledger that starts
-//! inside the gate's window cannot prove zero.
+//! stopped, a sidecar's kill switch turned on). Also the ledger's side of
+//! the same rule: a ledger that starts inside the gate's window cannot
+//! prove zero.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -352,6 +353,40 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     .await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("gap: sidecar"), "{err}");
+
+    // 2: sidecar a's kill switch turned on by SIGHUP; once Prometheus has
+    // scraped its bypass gauge at 1, that too is a gap, named. (Its 0 in
+    // the exit-0 run above was no gap.)
+    std::fs::write(
+        &config_path,
+        config(&fake.url()).replace("[admin]", "bypass = true\n[admin]"),
+    )
+    .expect("bypass on");
+    a.signal("HUP");
+    let bypassed = format!(
+        r#"pusher_cutover_bypass{{job="pusher-cutover",instance="{}"}}"#,
+        a.admin
+    );
+    prom.wait_for("sidecar a seen with bypass on", || async {
+        prom.value(&bypassed).await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _, err) = report(&[
+        "--prometheus",
+        &prom.url,
+        "--app",
+        QUIET_APP,
+        "--fail-if-used-since",
+        WINDOW,
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    let named = format!(
+        "gap: sidecar {} had bypass on (the kill switch) during the window",
+        a.admin
+    );
+    assert!(err.contains(&named), "{named} in: {err}");
     drop(a);
 }
 

@@ -1,8 +1,9 @@
 //! Operator feedback: `validate` in CI without the secrets, distinct exit
 //! codes, log lines in time order and one line each, reloads that say
 //! what changed and what needs a restart (and `/readyz` the hash in
-//! force), an editor's replace-on-save picked up by a reload, and the
-//! shadow comparison logged as JSON.
+//! force), an editor's replace-on-save picked up by a reload, the kill
+//! switch's gauge following reloads, and the shadow comparison logged as
+//! JSON.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -338,6 +339,51 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
     assert!(
         line.contains("config syntax at line 1,") && !line.contains("[upstream"),
         "{line}"
+    );
+    proxy.stop().await;
+}
+
+/// `pusher_cutover_bypass` follows the kill switch of the configuration
+/// in force: 0 from startup, 1 once a reload turns `bypass` on, 0 again
+/// once one turns it off, and 1 from startup when started with it on (the
+/// fleet gate counts a window with it at 1 as
+/// a gap: the sidecar's calls passed through uncounted).
+#[tokio::test]
+async fn the_bypass_gauge_follows_reloads() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    let counting = support::config_toml(&fake.url(), "", "");
+    let bypassed = counting.replace("[admin]", "bypass = true\n[admin]");
+    std::fs::write(&path, &counting).expect("write");
+    let proxy = TestProxy::start_file(&path).await;
+    let gauge = || async { support::metric(&proxy.metrics().await, "pusher_cutover_bypass") };
+
+    let text = proxy.metrics().await;
+    assert!(
+        text.contains("# TYPE pusher_cutover_bypass gauge"),
+        "{text}"
+    );
+    assert_eq!(gauge().await, Some(0.0), "at startup");
+
+    std::fs::write(&path, &bypassed).expect("bypass on");
+    let on = proxy.reload().await;
+    assert_eq!(on.status.as_u16(), 200, "{}", on.text());
+    assert_eq!(gauge().await, Some(1.0), "after a reload turning it on");
+
+    std::fs::write(&path, &counting).expect("bypass off");
+    let off = proxy.reload().await;
+    assert_eq!(off.status.as_u16(), 200, "{}", off.text());
+    assert_eq!(gauge().await, Some(0.0), "after a reload turning it off");
+    proxy.stop().await;
+
+    // Started with it on: 1 from the first scrape.
+    std::fs::write(&path, &bypassed).expect("bypass on");
+    let proxy = TestProxy::start_file(&path).await;
+    assert_eq!(
+        support::metric(&proxy.metrics().await, "pusher_cutover_bypass"),
+        Some(1.0),
+        "started with bypass on"
     );
     proxy.stop().await;
 }
