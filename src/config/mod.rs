@@ -453,6 +453,17 @@ impl AppConfig {
                 .is_none_or(|s| s.expose_secret() != self.upstream.secret.expose_secret())
     }
 
+    /// Whether the proxy re-signs the app's calls it forwards in their own
+    /// form (legacy calls in `observe` and `shadow`; current-API calls
+    /// signed with its key, verified first): when the upstream knows the
+    /// app by other credentials ([`AppConfig::is_mapped`]), and during a
+    /// rotation (`previous_secrets`), since the upstream knows only the
+    /// current secret and would refuse a call signed with an older one
+    /// that the proxy accepted.
+    pub fn resigns(&self) -> bool {
+        self.is_mapped() || self.secrets.len() > 1
+    }
+
     /// Whether Unix time `now` falls in a brownout window.
     pub fn in_brownout(&self, now: u64) -> bool {
         let now = i64::try_from(now).unwrap_or(i64::MAX);

@@ -143,11 +143,12 @@ pub(crate) fn unambiguous(query: &QueryParams) -> Result<(), TranslateError> {
 /// Forwards a verified legacy call in its legacy form (mode `observe`, and
 /// the unchanged half of `shadow`). For an app the upstream knows by the
 /// same credentials the call goes byte for byte, and the upstream's answer
-/// is the caller's; for a mapped app, or a path that was not canonical
-/// (`//apps/…`, verified as received), it is re-signed with the
-/// upstream's id and credentials over the `canonical` path, and an
-/// upstream 401 then refuses the proxy's signature, not the caller's: it
-/// becomes the 500 of spec E.4.
+/// is the caller's; for a mapped app, an app in a rotation (its caller may
+/// have signed with a previous secret, see [`crate::config::AppConfig::resigns`]),
+/// or a path that was not canonical (`//apps/…`, verified as received),
+/// it is re-signed with the upstream's id and credentials over the
+/// `canonical` path, and an upstream 401 then refuses the proxy's
+/// signature, not the caller's: it becomes the 500 of spec E.4.
 pub(crate) async fn observe(
     call: &mut Call<'_>,
     parts: &Parts,
@@ -156,7 +157,7 @@ pub(crate) async fn observe(
     body: Bytes,
     now: u64,
 ) -> Result<Buffered, ProxyError> {
-    let resigned = call.app.config.is_mapped() || parts.uri.path() != canonical;
+    let resigned = call.app.config.resigns() || parts.uri.path() != canonical;
     let build = |call: &Call<'_>| {
         // Counted once it holds a slot (see `Call::exchange`).
         call.state

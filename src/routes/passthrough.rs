@@ -88,7 +88,10 @@ pub async fn upstream_request(
 /// forwarding it unchanged, when it is signed with a configured app's key
 /// and either:
 /// - the upstream knows the app by other credentials (`[apps.upstream]`),
-///   so the caller's signature would not verify there; or
+///   so the caller's signature would not verify there, or the app is in a
+///   rotation (`previous_secrets`), so a caller may have signed with a
+///   secret the upstream no longer knows
+///   ([`crate::config::AppConfig::resigns`]); or
 /// - it is a GET carrying `body_md5`, which PyPI `pusher` ≥ 1.0 sends and
 ///   sockudo refuses (spec A.4).
 ///
@@ -101,8 +104,8 @@ pub(crate) fn resign_target<'s>(
 ) -> Option<(&'s App, QueryParams)> {
     let app = app?;
     let raw = parts.uri.query()?;
-    let mapped = app.config.is_mapped();
-    if !mapped {
+    let resigns = app.config.resigns();
+    if !resigns {
         let may_carry_md5 = parts.method == Method::GET
             && (raw.contains('%')
                 || raw
@@ -115,7 +118,7 @@ pub(crate) fn resign_target<'s>(
     }
     let query = QueryParams::parse(raw).ok()?;
     let ours = query.get("auth_key") == Some(&app.config.key)
-        && (mapped || query.get("body_md5").is_some());
+        && (resigns || query.get("body_md5").is_some());
     ours.then_some((app, query))
 }
 

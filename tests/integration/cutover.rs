@@ -360,6 +360,101 @@ async fn rotation_accepts_old_and_new_secrets() {
 
 /// Legacy app 4242 (legacy-app-key) is served by upstream app 5000, which
 /// knows only its own credentials.
+/// During a rotation the upstream knows only the current secret, while
+/// the proxy still accepts the previous ones: a call signed with one is
+/// verified and then signed anew with the current secret wherever it is
+/// forwarded (a legacy call in its legacy form under `observe` and
+/// `shadow`, a current-API call), so its caller is served in every mode.
+/// A call signed with no configured secret is refused and never sent.
+#[tokio::test]
+async fn a_caller_on_a_previous_secret_is_served_in_every_mode() {
+    let fake = support::fake().await;
+    let body = r#"{"name":"e","channels":["c"],"data":"d"}"#;
+    for mode in ["observe", "shadow", "translate"] {
+        let proxy = TestProxy::for_upstream(
+            &fake.url(),
+            "",
+            &format!("mode = \"{mode}\"\nprevious_secrets = [\"old-secret\"]"),
+        )
+        .await;
+        let now = support::now();
+        let send = |method: &'static str,
+                    path: &str,
+                    query: &[(&str, &str)],
+                    body: &'static str,
+                    secret: &str| {
+            let uri = support::signed_uri(
+                support::KEY,
+                secret,
+                method,
+                path,
+                now,
+                (method == "POST").then_some(body.as_bytes()),
+                query,
+            );
+            let method = Method::from_bytes(method.as_bytes()).expect("method");
+            let url = format!("{}{uri}", proxy.url());
+            async move { support::send(method, &url, &[], body).await }
+        };
+        let calls = [
+            (
+                "POST",
+                "/apps/4242/channels/room/events",
+                &[("name", "ev")][..],
+                "x",
+                202,
+            ),
+            ("GET", "/apps/4242/channels/room/stats", &[][..], "", 200),
+            ("POST", "/apps/4242/events", &[][..], body, 200),
+        ];
+        for (method, path, query, body, status) in calls {
+            for secret in [support::SECRET, "old-secret"] {
+                let before = fake.recorded().len();
+                let a = send(method, path, query, body, secret).await;
+                assert_eq!(
+                    a.status.as_u16(),
+                    status,
+                    "{mode} {method} {path} {secret}: {}",
+                    a.text()
+                );
+                // Shadowed stats are also sent translated, in the background.
+                let shadowed = mode == "shadow" && method == "GET";
+                let expected = before + if shadowed { 2 } else { 1 };
+                for _ in 0..40 {
+                    if fake.recorded().len() >= expected {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let sent = fake.recorded();
+                assert_eq!(sent.len(), expected, "{mode} {method} {path}: forwarded");
+                for up in &sent[before..] {
+                    assert_eq!(
+                        up.signature,
+                        Ok(()),
+                        "{mode} {method} {path} {secret}: {}",
+                        up.path
+                    );
+                }
+            }
+            let before = fake.recorded().len();
+            let a = send(method, path, query, body, "no-such-secret").await;
+            assert_eq!(
+                a.status.as_u16(),
+                401,
+                "{mode} {method} {path}: {}",
+                a.text()
+            );
+            assert_eq!(
+                fake.recorded().len(),
+                before,
+                "{mode} {method} {path}: a forgery is never sent"
+            );
+        }
+        proxy.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn mapped_app_is_served_with_the_upstream_credentials() {
     let fake = FakeUpstream::start(&[("5000", "new-key", "new-secret")], support::now).await;
