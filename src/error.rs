@@ -60,6 +60,12 @@ pub enum ProxyError {
     /// A request target that is not a path (`*`, an authority).
     #[error("the request target must be a path starting with /")]
     NotAPath,
+    /// A path that names a deprecated route in another spelling
+    /// ([`crate::pipeline::classify::near_legacy`]).
+    #[error(
+        "no Pusher route has this path: it spells …/channels/{{channel}}/events or …/stats otherwise (an escape, a trailing /, ;parameters, a dot segment or an encoded /)"
+    )]
+    NearLegacy,
     /// The upstream refused the proxy's own signature (its 401): the
     /// proxy's credentials for the app are wrong, not the caller's (spec
     /// E.4). A fault of the proxy's configuration.
@@ -82,7 +88,7 @@ impl ProxyError {
             Self::UnknownApp(_) => StatusCode::NOT_FOUND,
             Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotAPath => StatusCode::BAD_REQUEST,
+            Self::NotAPath | Self::NearLegacy => StatusCode::BAD_REQUEST,
             Self::Translate(e) => e.status(),
             Self::Body(e) => e.status(),
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
@@ -102,7 +108,8 @@ impl ProxyError {
             | Self::Body(_)
             | Self::Signature(_)
             | Self::MethodNotAllowed(_)
-            | Self::NotAPath => Fault::Client,
+            | Self::NotAPath
+            | Self::NearLegacy => Fault::Client,
             Self::Upstream(_) => Fault::Upstream,
             Self::RejectedCredentials { .. } | Self::Internal(_) => Fault::Internal,
         }

@@ -80,9 +80,95 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     }
 }
 
+/// Whether `path` (canonical, see [`canonical_path`]) names one of the
+/// deprecated routes in another spelling: under
+/// `/apps/{app_id}/channels/`, once percent-decoded, it holds a `.` or
+/// `..` segment, or its last segment after the channel's, without
+/// `;parameters` and in any case, is `events` or `stats` (a trailing `/`,
+/// `%65vents`, `events;x`, `x/../events`, `room%2Fevents`). No Pusher
+/// route, current or deprecated, has such a path; an upstream that
+/// normalised it could serve it as the deprecated call, past `reject`,
+/// the brownouts and the legacy count, and re-signed by the proxy for a
+/// mapped app. Such a request is refused rather than forwarded.
+pub fn near_legacy(path: &str) -> bool {
+    let Some(rest) = path
+        .strip_prefix("/apps/")
+        .and_then(|r| r.split_once("/channels/"))
+        .filter(|(app_id, _)| !app_id.contains('/'))
+        .map(|(_, rest)| rest)
+    else {
+        return false;
+    };
+    // A deprecated route's own spelling (with another method: passthrough).
+    if let Some((channel, action)) = rest.split_once('/')
+        && (action == "events" || action == "stats")
+    {
+        let channel = percent_encoding::percent_decode_str(channel).decode_utf8_lossy();
+        if !channel.contains('/') && channel != "." && channel != ".." {
+            return false;
+        }
+    }
+    let decoded = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
+    let mut segments = 0;
+    let mut last = "";
+    for segment in decoded.split('/') {
+        if segment == "." || segment == ".." {
+            return true;
+        }
+        let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
+        if !segment.is_empty() {
+            segments += 1;
+            last = segment;
+        }
+    }
+    segments >= 2 && (last.eq_ignore_ascii_case("events") || last.eq_ignore_ascii_case("stats"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_legacy_paths() {
+        for path in [
+            "/apps/1/channels/c/events/",
+            "/apps/1/channels/c/stats/",
+            "/apps/1/channels/c/%65vents",
+            "/apps/1/channels/c/%73tats",
+            "/apps/1/channels/c/EVENTS",
+            "/apps/1/channels/c/events;x",
+            "/apps/1/channels/c/x/../events",
+            "/apps/1/channels/c/./stats",
+            "/apps/1/channels/c%2Fevents",
+            "/apps/1/channels/c/%2e%2e/x",
+            "/apps/1/channels/../users",
+        ] {
+            assert!(near_legacy(path), "{path}");
+        }
+        for path in [
+            // The deprecated routes themselves (classified as such, or,
+            // with another method, passed through).
+            "/apps/1/channels/c/events",
+            "/apps/1/channels/c/stats",
+            "/apps/1/channels/a%40b/events",
+            // Current routes, channels named like the actions included.
+            "/apps/1/channels",
+            "/apps/1/channels/",
+            "/apps/1/channels/c",
+            "/apps/1/channels/events",
+            "/apps/1/channels/stats/",
+            "/apps/1/channels/c/users",
+            "/apps/1/channels/presence-c/users",
+            "/apps/1/events",
+            "/apps/1/batch_events",
+            "/apps/1/users/u/terminate_connections",
+            "/apps/1/channels/c.d/users",
+            "/healthz",
+            "/",
+        ] {
+            assert!(!near_legacy(path), "{path}");
+        }
+    }
 
     #[test]
     fn route_table() {

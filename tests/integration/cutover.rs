@@ -455,6 +455,58 @@ async fn a_caller_on_a_previous_secret_is_served_in_every_mode() {
     }
 }
 
+/// A deprecated route spelt otherwise (a trailing `/`, an escape,
+/// `;parameters`, a dot segment, an encoded `/`) is no Pusher route: it is
+/// refused, whatever the app and its mode, so that an upstream that
+/// normalised it cannot serve a legacy call past `reject` and the legacy
+/// count, least of all one the proxy signed for a mapped app.
+#[tokio::test]
+async fn a_deprecated_route_spelt_otherwise_is_refused_and_never_sent() {
+    let fake = FakeUpstream::start(
+        &[
+            ("5000", "new-key", "new-secret"),
+            ("4242", support::KEY, support::SECRET),
+        ],
+        support::now,
+    )
+    .await;
+    let mapped = "mode = \"reject\"\n[apps.upstream]\nid = \"5000\"\nkey = \"new-key\"\nsecret = \"new-secret\"";
+    for extra in [mapped, "mode = \"reject\"", ""] {
+        let proxy = TestProxy::for_upstream(&fake.url(), "", extra).await;
+        let now = support::now();
+        let exact = "/apps/4242/channels/room/events";
+        let post = |path: &str| {
+            let uri = support::signed_uri(
+                support::KEY,
+                support::SECRET,
+                "POST",
+                path,
+                now,
+                Some(b"x"),
+                &[("name", "ev")],
+            );
+            let url = format!("{}{uri}", proxy.url());
+            async move { support::send(Method::POST, &url, &[], "x").await }
+        };
+        let exact_status = if extra.is_empty() { 202 } else { 410 };
+        assert_eq!(post(exact).await.status.as_u16(), exact_status, "{extra}");
+        let before = fake.recorded().len();
+        for path in [
+            "/apps/4242/channels/room/events/",
+            "/apps/4242/channels/room/%65vents",
+            "/apps/4242/channels/room/events;x",
+            "/apps/4242/channels/room/x/../events",
+            "/apps/4242/channels/room%2Fevents",
+        ] {
+            let a = post(path).await;
+            assert_eq!(a.status.as_u16(), 400, "{extra} {path}: {}", a.text());
+            assert!(a.text().contains("no Pusher route"), "{}", a.text());
+        }
+        assert_eq!(fake.recorded().len(), before, "{extra}: none was sent");
+        proxy.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn mapped_app_is_served_with_the_upstream_credentials() {
     let fake = FakeUpstream::start(&[("5000", "new-key", "new-secret")], support::now).await;
