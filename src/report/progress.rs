@@ -11,9 +11,9 @@ use super::{
 };
 use crate::telemetry::usage::AppUsage;
 
-/// The most hours an hourly chart holds (three days, the hour straddling
-/// the start, and room for a fast clock).
-pub(super) const MAX_HOURS: usize = 80;
+/// The most hours an hourly chart holds: three days, the hour straddling
+/// the start, and the day a fast clock's buckets may add after `now`.
+pub(super) const MAX_HOURS: usize = 3 * 24 + 1 + 24;
 
 /// The report's window and what the ledger says about it.
 pub(super) struct Window {
@@ -118,15 +118,20 @@ fn by_day(app: &AppUsage, w: &Window) -> BTreeMap<Date, u64> {
 /// through `now`'s day, most recent [`MAX_DAYS`] only, oldest first. Days
 /// with calls outside that span (buckets not aligned to the hour, or
 /// stamped after `now` by a sidecar with a fast clock) widen it rather
-/// than vanish.
+/// than vanish, up to the day after `now`'s, as in the hourly chart: a
+/// bucket stamped years ahead would otherwise push the whole window out
+/// of the [`MAX_DAYS`] kept. Calls stamped later are left out of the
+/// charts, not of the window's totals.
 fn days(app: &AppUsage, w: &Window) -> Vec<(Date, u64)> {
     let by_day = by_day(app, w);
     let mut first = w.start.map(|s| utc(s).date());
-    let mut last = utc(w.now).date();
+    let today = utc(w.now).date();
+    let horizon = today.next_day().unwrap_or(today);
+    let mut last = today;
     if let Some((&day, _)) = by_day.first_key_value() {
         first = Some(first.map_or(day, |f| f.min(day)));
     }
-    if let Some((&day, _)) = by_day.last_key_value() {
+    if let Some((&day, _)) = by_day.range(..=horizon).next_back() {
         last = last.max(day);
     }
     let mut out = Vec::new();
@@ -197,8 +202,8 @@ fn hours(app: &AppUsage, w: &Window) -> Vec<Point> {
     let mut hour = floor_hour(w.now);
     // A fast clock's buckets widen the chart by a day at most.
     let horizon = w.now.checked_add(Duration::DAY).map_or(hour, floor_hour);
-    if let Some((&latest, _)) = by_hour.last_key_value() {
-        hour = hour.max(latest.min(horizon));
+    if let Some((&latest, _)) = by_hour.range(..=horizon).next_back() {
+        hour = hour.max(latest);
     }
     let mut out = Vec::new();
     while hour >= first && out.len() < MAX_HOURS {

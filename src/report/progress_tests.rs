@@ -196,6 +196,77 @@ fn the_table_covers_the_whole_window() {
     );
 }
 
+/// A bucket stamped far after `now` (a sidecar with a badly wrong clock)
+/// widens the charts by a day at most: the window's own days and hours
+/// are all still there, and the far bucket counts in the totals only.
+#[test]
+fn a_bucket_stamped_far_ahead_does_not_push_the_window_out() {
+    let far = datetime!(2028-11-28 10:00 UTC);
+    let usage = Usage {
+        instance: "i-1".into(),
+        recorded_since: None,
+        apps: vec![app(
+            "7",
+            vec![caller(
+                Trigger,
+                "k",
+                "agent",
+                501,
+                datetime!(2026-11-27 10:30 UTC),
+            )],
+            vec![
+                hourly(Trigger, datetime!(2026-11-27 10:00 UTC), 500),
+                hourly(Trigger, far, 1),
+            ],
+        )],
+    };
+    let r = build(&usage, NOW, Some(30 * DAY));
+    let a = find(&r, "7");
+    assert_eq!(a.daily.get("2026-11-27"), Some(&500), "{:?}", a.daily);
+    assert_eq!(
+        a.daily.keys().next().map(String::as_str),
+        Some("2026-10-29")
+    );
+    assert_eq!(
+        a.daily.keys().last().map(String::as_str),
+        Some("2026-11-28")
+    );
+    assert_eq!(a.daily.values().sum::<u64>(), 500);
+
+    // By the hour: the whole three days from the window's start, now's hour last.
+    let r = build(&usage, NOW, Some(3 * DAY));
+    let a = find(&r, "7");
+    assert_eq!(
+        a.chart.first().map(|p| p.start.as_str()),
+        Some("2026-11-25T12:00Z")
+    );
+    assert_eq!(
+        a.chart.last().map(|p| p.start.as_str()),
+        Some("2026-11-28T12:00Z")
+    );
+
+    // One day ahead still shows, as the day after today.
+    let mut near = usage.clone();
+    near.apps[0].hourly[1].hour = datetime!(2026-11-29 02:00 UTC);
+    let r = build(&near, NOW, Some(30 * DAY));
+    let a = find(&r, "7");
+    assert_eq!(a.daily.get("2026-11-29"), Some(&1));
+    assert_eq!(
+        a.daily.keys().next().map(String::as_str),
+        Some("2026-10-29")
+    );
+    let r = build(&near, NOW, Some(3 * DAY));
+    let a = find(&r, "7");
+    assert_eq!(
+        a.chart.first().map(|p| p.start.as_str()),
+        Some("2026-11-25T12:00Z")
+    );
+    assert_eq!(
+        a.chart.last().map(|p| p.start.as_str()),
+        Some("2026-11-29T02:00Z")
+    );
+}
+
 #[test]
 fn callers_grouped_by_library_with_recipes_and_call_sites() {
     let mut u = ledger();
