@@ -106,7 +106,7 @@ pub(super) fn escape_html(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.push('\u{FFFD}'),
+            c if c.is_control() || super::text::is_bidi_control(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

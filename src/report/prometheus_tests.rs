@@ -121,6 +121,40 @@ fn uses_name_app_library_and_instance_and_new_sidecars_count_from_zero() {
     );
 }
 
+/// The coverage line of the table quotes Prometheus' values (instance
+/// labels, the job, its retention text): a control or bidirectional
+/// character among them is escaped, not sent to the terminal.
+#[test]
+fn the_tables_coverage_line_escapes_what_prometheus_says() {
+    let hostile = "pod\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}x";
+    let mut report = crate::report::build_for(
+        &Usage::default(),
+        time::macros::datetime!(2026-11-28 12:00 UTC),
+        Some(Duration::from_secs(3600)),
+        &[],
+    );
+    report.prometheus = Some(FleetEvidence {
+        prometheus: "http://127.0.0.1:9090".into(),
+        job: "job\u{1b}[31m".into(),
+        instance_label: "instance".into(),
+        scrape_interval_seconds: Some(15.0),
+        retention: None,
+        instances: BTreeMap::new(),
+        gaps: vec![GapReport::from(Gap::Bypassed {
+            instance: hostile.into(),
+        })],
+    });
+    let table = crate::report::render_table(&report);
+    for c in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(!table.contains(c), "{c:?} in {table:?}");
+    }
+    assert!(
+        table.contains("sidecar pod\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\u{202e}x had bypass on"),
+        "{table}"
+    );
+    assert!(table.contains("job job\\u{1b}[31m:"), "{table}");
+}
+
 #[test]
 fn render_gate_names_each_use_then_each_gap() {
     let answer = GateAnswer {

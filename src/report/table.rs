@@ -25,7 +25,8 @@ pub fn render_table(report: &Report) -> String {
         rfc3339(report.generated_at),
         window_text(report)
     );
-    let _ = writeln!(out, "{}", coverage_text(report));
+    // Its gap sentences carry Prometheus' label values and retention text.
+    let _ = writeln!(out, "{}", terminal_line(&coverage_text(report)));
     if report.merged {
         let _ = writeln!(
             out,
@@ -361,6 +362,21 @@ fn clip(s: &str, width: usize) -> String {
     let keep = width.saturating_sub(3);
     let mut out: String = s.chars().take(keep).collect();
     out.push_str(&"..."[..width.min(3)]);
+    out
+}
+
+/// `s` with its control and bidirectional-control characters escaped as
+/// `\u{..}` (a terminal would act on them), other text kept as it is: for
+/// the report's own sentences, which hold values from elsewhere.
+fn terminal_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || super::text::is_bidi_control(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 

@@ -335,7 +335,8 @@ fn table_keeps_hostile_strings_in_their_columns() {
 #[test]
 fn html_draws_one_series_per_app_and_escapes() {
     let mut usage = ledger();
-    usage.apps[1].callers[0].key.user_agent = "<script>alert(1)</script> \"quotes\"".into();
+    usage.apps[1].callers[0].key.user_agent =
+        "<script>alert(1)</script> \"quotes\" \u{202e}reversed\u{2066}".into();
     usage.apps[2].app_id = "\"><b>77".into();
     let h = render_html(&build(&usage, NOW, Some(7 * DAY)));
     assert!(h.starts_with("<!DOCTYPE html>"));
@@ -346,6 +347,9 @@ fn html_draws_one_series_per_app_and_escapes() {
     assert!(!h.contains("<script"));
     assert!(!h.contains("\"quotes\""));
     assert!(h.contains("&lt;script&gt;alert(1)&lt;/script&gt; &quot;quotes&quot;"));
+    // Bidirectional controls would reorder the cell: replaced.
+    assert!(!h.contains('\u{202e}') && !h.contains('\u{2066}'));
+    assert!(h.contains("\u{fffd}reversed\u{fffd}"));
     assert!(!h.contains("<b>"));
     assert_eq!(h.matches("<li>").count(), 4);
     assert!(h.contains(">1000<"));

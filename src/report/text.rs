@@ -107,6 +107,14 @@ pub(super) fn window_text(report: &Report) -> String {
     }
 }
 
+/// Whether `c` reorders the text around it when displayed (the Unicode
+/// bidirectional embeddings, overrides and isolates, and the direction
+/// marks): a caller's value could make its own cell, or what follows it,
+/// read otherwise.
+pub(super) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// What the ledger's span means for the statuses.
 pub(super) fn coverage_text(report: &Report) -> String {
     if let Some(e) = &report.prometheus {
