@@ -259,6 +259,24 @@ async fn admin_endpoints_and_readiness_while_draining() {
             Some(content_type),
             "{path}"
         );
+        // What names callers is never cached nor read as another type,
+        // and the page runs nothing and is framed by nothing.
+        let header = |name: &str| a.headers.get(name).and_then(|v| v.to_str().ok());
+        let names_callers = status == 200 && (path == "/usage" || path.starts_with("/report"));
+        if names_callers {
+            assert_eq!(header("cache-control"), Some("no-store"), "{path}");
+            assert_eq!(header("x-content-type-options"), Some("nosniff"), "{path}");
+        }
+        let csp = header("content-security-policy");
+        if names_callers && path.starts_with("/report") {
+            let csp = csp.unwrap_or_default();
+            for part in ["default-src 'none'", "frame-ancestors 'none'"] {
+                assert!(csp.contains(part), "{path}: {csp}");
+            }
+            assert!(!csp.contains("script-src"), "{csp}");
+        } else {
+            assert_eq!(csp, None, "{path}");
+        }
     }
     let post = support::send(
         Method::POST,
