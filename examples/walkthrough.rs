@@ -185,10 +185,11 @@ pub async fn run(out: &mut dyn Write) -> Result<Walkthrough, BoxError> {
     tokio::time::timeout(Duration::from_secs(30), served)
         .await
         .map_err(|_| "the proxy did not stop within 30 s")???;
-    let usage = report::sources::load(&[Source::DataDir(data_dir.path().to_owned())], None).await?;
+    let ledgers =
+        report::sources::load(&[Source::DataDir(data_dir.path().to_owned())], None).await?;
     let now = time::OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
-    let built = report::build_for(&usage, now, None, &[APP_ID.to_owned()]);
+    let built = report::build_for_ledgers(&ledgers, now, None, &[APP_ID.to_owned()]);
     let table = report::render_table(&built);
     writeln!(
         out,

@@ -65,7 +65,8 @@ enum Command {
     /// Report who still makes deprecated calls, from one or more ledgers
     /// (merged) or from Prometheus. With --fail-if-used-since: exits 1
     /// when calls were seen in that window, 2 when the evidence is
-    /// incomplete (a ledger starting inside the window, a gap in
+    /// incomplete (a ledger starting inside the window, a --data-dir
+    /// ledger marked open by a running or crashed sidecar, a gap in
     /// Prometheus' scrapes) or cannot be read, 0 only for a proven zero.
     Report {
         /// Read the ledger in this config's [telemetry] data_dir.
@@ -86,7 +87,9 @@ enum Command {
         format: ReportFormat,
         /// Exit 1 if any deprecated call was seen in this window, e.g. 24h;
         /// 2 if no call was seen but the evidence does not cover the window
-        /// (a ledger started inside it, a gap in the scrapes); 0 otherwise.
+        /// (a ledger started inside it, a --data-dir ledger marked open: a
+        /// running sidecar's, gate it through --url; a gap in the scrapes);
+        /// 0 otherwise.
         #[arg(long, value_name = "WINDOW")]
         fail_if_used_since: Option<humantime::Duration>,
         /// Send the token in this environment variable as `Authorization:
@@ -161,7 +164,7 @@ Exit codes of serve:
   130  a second SIGINT during the graceful shutdown
   143  a second SIGTERM during the graceful shutdown
 validate: 0 valid (warnings allowed), 1 invalid. report: 0, 1 with --fail-if-used-since
-when calls were seen, 2 when a source cannot be read.";
+when calls were seen, 2 when a source cannot be read or the evidence is incomplete.";
 
 /// The process's exit codes (sysexits.h where one fits), so a supervisor
 /// or a script can tell a typo from a bad config from a busy port.
@@ -408,7 +411,9 @@ fn report_sources(
 
 /// `report`: prints the report of `sources` (listing the `configured`
 /// apps too); exits 1 when `fail_if_used_since` finds calls, naming each
-/// app and caller that made them on stderr, 2 when a ledger cannot be read.
+/// app and caller that made them on stderr, 2 when a ledger cannot be read
+/// or the gate's evidence is incomplete (naming each gap: a ledger
+/// starting inside the window, a ledger marked open).
 #[tokio::main(flavor = "current_thread")]
 async fn report(
     sources: &[Source],
@@ -418,8 +423,8 @@ async fn report(
     format: ReportFormat,
     fail_if_used_since: Option<Duration>,
 ) -> ExitCode {
-    let usage = match sources::load(sources, token).await {
-        Ok(u) => u,
+    let ledgers = match sources::load(sources, token).await {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("report: {}", ErrorChain(&e));
             return ExitCode::from(2);
@@ -428,7 +433,8 @@ async fn report(
     // Whole seconds: the report shows times to the second.
     let now = OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);
-    let built = report::build_for(&usage, now, since, configured);
+    let usage = &ledgers.usage;
+    let built = report::build_for_ledgers(&ledgers, now, since, configured);
     let text = match format {
         ReportFormat::Table => report::render_table(&built),
         ReportFormat::Json => report::render_json(&built),
@@ -443,7 +449,7 @@ async fn report(
             .ok()
             .and_then(|w| now.checked_sub(w))
             .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
-        let uses = report::uses_since(&usage, cutoff);
+        let uses = report::uses_since(usage, cutoff);
         if !uses.is_empty() {
             eprint!(
                 "deprecated calls were made in the last {}:\n{}",
@@ -452,7 +458,7 @@ async fn report(
             );
             return ExitCode::FAILURE;
         }
-        let gaps = report::evidence::ledger_gaps(usage.recorded_since, cutoff);
+        let gaps = report::evidence::ledger_gaps(usage.recorded_since, &ledgers.open, cutoff);
         if !gaps.is_empty() {
             eprintln!(
                 "no deprecated call was seen in the last {}, but the evidence is incomplete, \

@@ -2,7 +2,7 @@
 //! sidecar of the job scraped throughout its existence in the window and
 //! counting all along (no kill switch on), the window inside what
 //! Prometheus keeps; for ledgers, a ledger recording since before the
-//! window. Each shortfall is a [`Gap`], named so an
+//! window and not marked open for writing. Each shortfall is a [`Gap`], named so an
 //! operator can go and look. Pure functions over numbers already fetched,
 //! so the rules are unit-tested without a Prometheus.
 
@@ -96,6 +96,45 @@ pub enum Gap {
     },
     /// The ledger does not say since when it records.
     LedgerStartUnknown,
+    /// A ledger was read while marked open for writing ([`OpenLedger`]):
+    /// its writer's calls since its last write are not in it.
+    LedgerOpen {
+        /// Where it was read (the data directory).
+        ledger: String,
+        /// The sidecar that marked it (empty when unknown).
+        instance: String,
+        /// When that sidecar opened it (Unix seconds), when known.
+        since: Option<i64>,
+    },
+}
+
+/// A ledger read while marked open for writing
+/// ([`crate::telemetry::store::OpenMark`]): it is being written by a
+/// running sidecar, whose calls since its last write (up to
+/// `flush_interval_ms`, longer while writes fail) are in its memory only,
+/// or was left by one that stopped without its last write, whose calls
+/// since then are lost. Either way calls since a moment at or after the
+/// mark's time may be missing, and every gate window reaches to now, past
+/// that moment: no window's zero is proven from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenLedger {
+    /// Where it was read (the data directory).
+    pub ledger: String,
+    /// The sidecar that marked it ([`crate::telemetry::usage::Usage::instance`]
+    /// of the ledger; empty when unknown).
+    pub instance: String,
+    /// When that sidecar opened it, when the mark says.
+    pub since: Option<OffsetDateTime>,
+}
+
+impl From<&OpenLedger> for Gap {
+    fn from(open: &OpenLedger) -> Self {
+        Self::LedgerOpen {
+            ledger: open.ledger.clone(),
+            instance: open.instance.clone(),
+            since: open.since.map(OffsetDateTime::unix_timestamp),
+        }
+    }
 }
 
 fn unix_text(t: i64) -> String {
@@ -177,21 +216,50 @@ impl fmt::Display for Gap {
             Self::LedgerStartUnknown => {
                 write!(f, "the ledger does not say since when it records")
             }
+            Self::LedgerOpen {
+                ledger,
+                instance,
+                since,
+            } => {
+                write!(f, "the ledger in {ledger} is marked open")?;
+                match (instance.is_empty(), since) {
+                    (false, Some(t)) => {
+                        write!(f, " (by sidecar {instance} since {})", unix_text(*t))?
+                    }
+                    (false, None) => write!(f, " (by sidecar {instance})")?,
+                    (true, Some(t)) => write!(f, " (since {})", unix_text(*t))?,
+                    (true, None) => {}
+                }
+                write!(
+                    f,
+                    ": it is being written by a running sidecar, or was left by one that \
+                     stopped without its last write, so calls since its last write may be \
+                     missing; gate a running sidecar through --url"
+                )
+            }
         }
     }
 }
 
-/// A ledger's evidence for a window starting at `start`: none missing
-/// when it records since then or earlier.
-pub fn ledger_gaps(recorded_since: Option<OffsetDateTime>, start: OffsetDateTime) -> Vec<Gap> {
-    match recorded_since {
+/// A ledger's evidence for a window starting at `start` (and ending now):
+/// none missing when it records since then or earlier, and none of the
+/// ledgers it was read from is marked `open` (each one that is, a gap,
+/// whatever the window: see [`OpenLedger`]).
+pub fn ledger_gaps(
+    recorded_since: Option<OffsetDateTime>,
+    open: &[OpenLedger],
+    start: OffsetDateTime,
+) -> Vec<Gap> {
+    let mut out = match recorded_since {
         Some(r) if r <= start => Vec::new(),
         Some(r) => vec![Gap::LedgerStartsInWindow {
             recorded_since: r.unix_timestamp(),
             start: start.unix_timestamp(),
         }],
         None => vec![Gap::LedgerStartUnknown],
-    }
+    };
+    out.extend(open.iter().map(Gap::from));
+    out
 }
 
 /// One sidecar's scrapes in a window, as Prometheus answered.
@@ -631,9 +699,9 @@ mod tests {
     #[test]
     fn a_ledger_proves_zero_only_from_before_the_window() {
         let t = |s| OffsetDateTime::from_unix_timestamp(s).expect("time");
-        assert_eq!(ledger_gaps(Some(t(900)), t(1000)), vec![]);
-        assert_eq!(ledger_gaps(Some(t(1000)), t(1000)), vec![]);
-        let g = ledger_gaps(Some(t(1001)), t(1000));
+        assert_eq!(ledger_gaps(Some(t(900)), &[], t(1000)), vec![]);
+        assert_eq!(ledger_gaps(Some(t(1000)), &[], t(1000)), vec![]);
+        let g = ledger_gaps(Some(t(1001)), &[], t(1000));
         assert_eq!(
             g,
             vec![Gap::LedgerStartsInWindow {
@@ -646,7 +714,64 @@ mod tests {
             "{}",
             g[0]
         );
-        assert_eq!(ledger_gaps(None, t(1000)), vec![Gap::LedgerStartUnknown]);
+        assert_eq!(
+            ledger_gaps(None, &[], t(1000)),
+            vec![Gap::LedgerStartUnknown]
+        );
+    }
+
+    #[test]
+    fn a_ledger_marked_open_is_a_gap_whatever_the_window() {
+        let t = |s| OffsetDateTime::from_unix_timestamp(s).expect("time");
+        let open = OpenLedger {
+            ledger: "/var/lib/pusher-cutover".into(),
+            instance: "i-1".into(),
+            since: Some(t(5000)),
+        };
+        let gap = Gap::LedgerOpen {
+            ledger: "/var/lib/pusher-cutover".into(),
+            instance: "i-1".into(),
+            since: Some(5000),
+        };
+        // A window from long before the mark, and one from after it.
+        for start in [t(900), t(6000)] {
+            assert_eq!(
+                ledger_gaps(Some(t(100)), std::slice::from_ref(&open), start),
+                vec![gap.clone()]
+            );
+        }
+        assert_eq!(
+            ledger_gaps(Some(t(1001)), &[open.clone(), open.clone()], t(1000)).len(),
+            3,
+            "the start, and each ledger marked open"
+        );
+        assert_eq!(
+            gap.to_string(),
+            "the ledger in /var/lib/pusher-cutover is marked open (by sidecar i-1 since \
+             1970-01-01T01:23:20Z): it is being written by a running sidecar, or was left by \
+             one that stopped without its last write, so calls since its last write may be \
+             missing; gate a running sidecar through --url"
+        );
+        let unknown = Gap::from(&OpenLedger {
+            instance: String::new(),
+            since: None,
+            ..open
+        });
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("the ledger in /var/lib/pusher-cutover is marked open: it is"),
+            "{unknown}"
+        );
+        assert_eq!(
+            serde_json::to_value(&gap).expect("json"),
+            serde_json::json!({
+                "kind": "ledger_open",
+                "ledger": "/var/lib/pusher-cutover",
+                "instance": "i-1",
+                "since": 5000
+            })
+        );
     }
 
     #[test]

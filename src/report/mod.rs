@@ -12,8 +12,9 @@
 //! `quiet` (none for 24 hours or more, but some in the window), `done` (no
 //! call in the whole window, and the ledger recorded all of it) or
 //! `unproven` (no call seen in the window, but the ledger started recording
-//! inside it, or its start is unknown, or the window is all time: it cannot
-//! prove that no call was made).
+//! inside it, or its start is unknown, or the window is all time, or a
+//! ledger read was marked open for writing: it cannot prove that no call
+//! was made).
 //!
 //! Nothing here panics, whatever the ledger holds: times are formatted
 //! without fallible steps where possible and with a fallback otherwise,
@@ -74,8 +75,14 @@ pub struct Report {
     #[serde(serialize_with = "ser_opt_time")]
     pub recorded_since: Option<OffsetDateTime>,
     /// Whether the ledger recorded the whole window (so `done` is
-    /// provable): it has a start, at or before the window's.
+    /// provable): it has a start, at or before the window's, and no
+    /// [`Report::ledger_gaps`].
     pub covers_window: bool,
+    /// The gaps of the ledgers read, whatever the window: each data
+    /// directory whose ledger was marked open for writing
+    /// ([`evidence::Gap::LedgerOpen`]), which lacks its writer's calls
+    /// since its last write. Empty for a report of `/usage` answers.
+    pub ledger_gaps: Vec<prometheus::GapReport>,
     /// The sidecar(s) the ledger came from ([`Usage::instance`]).
     pub instance: String,
     /// Whether the ledger merges several sidecars' (then every caller's
@@ -337,11 +344,35 @@ pub fn build_for(
     since: Option<std::time::Duration>,
     configured: &[String],
 ) -> Report {
+    build_over(usage, &[], now, since, configured)
+}
+
+/// As [`build_for`], over ledgers read by [`sources::load`]: each one
+/// marked open is one of [`Report::ledger_gaps`], and then the report
+/// does not cover the window (no app is `done`).
+pub fn build_for_ledgers(
+    ledgers: &sources::Ledgers,
+    now: OffsetDateTime,
+    since: Option<std::time::Duration>,
+    configured: &[String],
+) -> Report {
+    build_over(&ledgers.usage, &ledgers.open, now, since, configured)
+}
+
+/// [`build_for_ledgers`] of `usage`, with `open` the ledgers marked open.
+fn build_over(
+    usage: &Usage,
+    open: &[evidence::OpenLedger],
+    now: OffsetDateTime,
+    since: Option<std::time::Duration>,
+    configured: &[String],
+) -> Report {
     let start = since.map(|since| window_start(now, since));
-    let covers_window = match (start, usage.recorded_since) {
-        (Some(start), Some(recorded)) => recorded <= start,
-        _ => false,
-    };
+    let covers_window = open.is_empty()
+        && match (start, usage.recorded_since) {
+            (Some(start), Some(recorded)) => recorded <= start,
+            _ => false,
+        };
     let resolution = match start {
         Some(start) if now - start <= HOURLY_WINDOW => Resolution::Hour,
         _ => Resolution::Day,
@@ -388,6 +419,10 @@ pub fn build_for(
         since: start,
         recorded_since: usage.recorded_since,
         covers_window,
+        ledger_gaps: open
+            .iter()
+            .map(|open| evidence::Gap::from(open).into())
+            .collect(),
         instance: usage.instance.clone(),
         merged: instances.len() > 1,
         resolution,

@@ -1,6 +1,7 @@
 //! Where `report` reads ledgers from: `data_dir`s of sidecars on this
 //! machine, or the `/usage` endpoints of running ones. Several sources are
-//! merged into one [`Usage`], so a fleet gives one report.
+//! merged into one [`Usage`], so a fleet gives one report; a data
+//! directory whose ledger is marked open is named with it ([`Ledgers`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::telemetry::store::{Store, StoreError};
+use super::evidence::OpenLedger;
+use crate::telemetry::store::{Contents, Store, StoreError};
 use crate::telemetry::usage::Usage;
 
 /// Largest `/usage` answer read.
@@ -51,25 +53,52 @@ pub enum SourceError {
     Timeout(String),
 }
 
+/// What [`load`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledgers {
+    /// Every source's ledger, merged.
+    pub usage: Usage,
+    /// The data directories whose ledger was marked open for writing, in
+    /// the order given: each lacks its writer's calls since its last
+    /// write, so it proves no zero. A `/usage` answer is never one: a
+    /// running sidecar's holds every call it recorded.
+    pub open: Vec<OpenLedger>,
+}
+
 /// The client `/usage` URLs are fetched with.
 type UsageClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// Reads every source and merges them. URLs share one client (and its
-/// connections), built only if there is a URL to fetch; `token`, when
-/// given, is sent to each as `Authorization: Bearer` (`[admin] token`).
+/// Reads every source and merges them, naming the ledgers found marked
+/// open. URLs share one client (and its connections), built only if there
+/// is a URL to fetch; `token`, when given, is sent to each as
+/// `Authorization: Bearer` (`[admin] token`).
 pub async fn load(
     sources: &[Source],
     token: Option<&secrecy::SecretString>,
-) -> Result<Usage, SourceError> {
+) -> Result<Ledgers, SourceError> {
     let mut parts = Vec::with_capacity(sources.len());
+    let mut open = Vec::new();
     let mut client: Option<UsageClient> = None;
     for source in sources {
         parts.push(match source {
-            Source::DataDir(dir) => read_dir(dir.clone()).await?,
+            Source::DataDir(dir) => {
+                let contents = read_dir(dir.clone()).await?;
+                if let Some(mark) = contents.open {
+                    open.push(OpenLedger {
+                        ledger: dir.display().to_string(),
+                        instance: contents.usage.instance.clone(),
+                        since: mark.since,
+                    });
+                }
+                contents.usage
+            }
             Source::Url(uri) => fetch(client.get_or_insert_with(usage_client), uri, token).await?,
         });
     }
-    Ok(Usage::merge(parts))
+    Ok(Ledgers {
+        usage: Usage::merge(parts),
+        open,
+    })
 }
 
 fn usage_client() -> UsageClient {
@@ -81,9 +110,9 @@ fn usage_client() -> UsageClient {
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-async fn read_dir(dir: PathBuf) -> Result<Usage, SourceError> {
+async fn read_dir(dir: PathBuf) -> Result<Contents, SourceError> {
     let name = dir.display().to_string();
-    let read = tokio::task::spawn_blocking(move || Store::open_read_only(&dir)?.load()).await;
+    let read = tokio::task::spawn_blocking(move || Store::open_read_only(&dir)?.read()).await;
     match read {
         Ok(result) => result.map_err(|e| SourceError::Store(name, e)),
         Err(join) => Err(SourceError::Fetch(name, Box::new(join))),

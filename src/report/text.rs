@@ -134,6 +134,22 @@ pub(super) fn coverage_text(report: &Report) -> String {
             gaps.join("; ")
         );
     }
+    if !report.ledger_gaps.is_empty() {
+        let start = report.recorded_since.map_or_else(
+            || "ledger start unknown".to_owned(),
+            |r| format!("ledger recorded since {}", rfc3339(r)),
+        );
+        let gaps: Vec<&str> = report
+            .ledger_gaps
+            .iter()
+            .map(|g| g.message.as_str())
+            .collect();
+        return format!(
+            "{start}; the evidence has gaps, so an app without calls shows as unproven, not \
+             done: {}",
+            gaps.join("; ")
+        );
+    }
     match (report.recorded_since, report.since) {
         (Some(r), _) if report.covers_window => {
             format!("ledger recorded since {}: covers the window", rfc3339(r))

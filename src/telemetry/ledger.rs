@@ -52,7 +52,7 @@ impl Stats {
     fn count_site(&mut self, event: &str, channel: &str) {
         let site = SiteRef(event, channel);
         if let Some(calls) = self.sites.get_mut(&site) {
-            *calls += 1;
+            *calls = calls.saturating_add(1);
             return;
         }
         let key = if self.sites.len() < MAX_TRACKED_CALL_SITES {
@@ -60,7 +60,8 @@ impl Stats {
         } else {
             (OTHER.to_owned(), OTHER.to_owned())
         };
-        *self.sites.entry(key).or_default() += 1;
+        let calls = self.sites.entry(key).or_default();
+        *calls = calls.saturating_add(1);
     }
 }
 
@@ -343,15 +344,15 @@ impl Ledger {
                 app.callers.entry(key).or_insert_with(|| Stats::new(now))
             }
         };
-        stats.calls += 1;
+        stats.calls = stats.calls.saturating_add(1);
         stats.first_seen = stats.first_seen.min(now);
         stats.last_seen = stats.last_seen.max(now);
         stats.count_site(call.event, call.channel);
         stats.dirty = true;
         let bucket = app.hourly.entry((call.route, hour)).or_default();
-        bucket.calls += 1;
+        bucket.calls = bucket.calls.saturating_add(1);
         bucket.dirty = true;
-        state.recorded += 1;
+        state.recorded = state.recorded.saturating_add(1);
     }
 
     /// Calls recorded since the process started (for what is not yet

@@ -5,7 +5,10 @@
 //! write at a clean shutdown ([`Store::close`]) marks it closed: a ledger
 //! found open was left by a run that crashed or was killed, whose calls
 //! since its last write are lost, so it vouches for calls from the
-//! reopening on only ([`Usage::recorded_since`]). A file that cannot be
+//! reopening on only ([`Usage::recorded_since`]). Read while marked open
+//! ([`Store::read`]), by `report`, a ledger lacks its writer's calls
+//! since its last write, whether that writer still runs or not, so it
+//! proves no zero. A file that cannot be
 //! read as a ledger is moved aside and a new ledger started
 //! ([`Store::open_and_load`]).
 
@@ -95,7 +98,8 @@ const INSTANCE: &str = "instance";
 /// `meta` key: when the process writing the ledger opened it (Unix
 /// seconds); removed by its last write at a clean shutdown
 /// ([`Store::close`]). Found at [`Store::open`], it says the previous run
-/// ended without that write.
+/// ended without that write; found by [`Store::read`], that the file may
+/// lack calls since its writer's last write ([`OpenMark`]).
 const OPEN: &str = "open";
 
 /// A ledger store that could not be used.
@@ -256,6 +260,29 @@ pub struct Opened {
     /// The file found unreadable and moved aside, when the store is a new
     /// one that replaces it.
     pub moved_aside: Option<MovedAside>,
+}
+
+/// A ledger as [`Store::read`] finds it: what it holds, and whether a
+/// writer has it marked open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contents {
+    /// What it holds.
+    pub usage: Usage,
+    /// The mark of the process writing it, when it is marked open.
+    pub open: Option<OpenMark>,
+}
+
+/// The mark of a ledger open for writing: set by [`Store::open`], cleared
+/// by the last write at a clean shutdown ([`Store::close`]). A ledger
+/// read with it is being written by a running sidecar, whose calls since
+/// its last write are not in the file yet, or was left by one that
+/// stopped without its last write, whose calls since then are lost: in
+/// either case the file lacks calls since its last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenMark {
+    /// When the writer opened the ledger (the mark's value); `None` when
+    /// that is not a Unix time.
+    pub since: Option<OffsetDateTime>,
 }
 
 /// A ledger file that could not be read, moved aside.
@@ -570,8 +597,20 @@ impl Store {
     }
 
     /// Reads the whole ledger (of this release's schema or the first
-    /// release's). Rows with an unknown route are skipped.
+    /// release's). Rows with an unknown route are skipped. As
+    /// [`Store::read`], without the open mark.
     pub fn load(&self) -> Result<Usage, StoreError> {
+        self.read().map(|c| c.usage)
+    }
+
+    /// Reads the whole ledger as [`Store::load`] does, and whether it is
+    /// marked open ([`OpenMark`]; never for the first release's schema,
+    /// which had no mark), in one read transaction: a ledger found closed
+    /// holds every call its writer recorded. A store opened for writing
+    /// finds its own mark.
+    pub fn read(&self) -> Result<Contents, StoreError> {
+        // Rolled back when dropped: it only reads.
+        let _snapshot = self.conn.unchecked_transaction().map_err(self.err())?;
         let version = self.readable_version()?;
         let mut apps: BTreeMap<String, AppUsage> = BTreeMap::new();
         let mut sites: BTreeMap<(String, CallerKey), Vec<CallSite>> = BTreeMap::new();
@@ -678,10 +717,16 @@ impl Store {
         let recorded_since = meta(RECORDED_SINCE)?
             .and_then(|v| v.parse::<u64>().ok())
             .map(crate::clock::datetime);
-        Ok(Usage {
-            instance: meta(INSTANCE)?.unwrap_or_default(),
-            recorded_since,
-            apps: apps.into_values().collect(),
+        let open = meta(OPEN)?.map(|v| OpenMark {
+            since: v.parse::<u64>().ok().map(crate::clock::datetime),
+        });
+        Ok(Contents {
+            usage: Usage {
+                instance: meta(INSTANCE)?.unwrap_or_default(),
+                recorded_since,
+                apps: apps.into_values().collect(),
+            },
+            open,
         })
     }
 

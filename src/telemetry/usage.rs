@@ -190,7 +190,8 @@ pub struct Usage {
 
 impl Usage {
     /// Merges ledgers (e.g. of a fleet of sidecars): hourly counts and
-    /// caller calls add up; first and last seen take the extremes.
+    /// caller calls add up (saturating: a part may be a remote `/usage`
+    /// answer); first and last seen take the extremes.
     pub fn merge(parts: impl IntoIterator<Item = Usage>) -> Usage {
         type Apps = BTreeMap<
             String,
@@ -217,7 +218,7 @@ impl Usage {
                     callers
                         .entry(c.key.clone())
                         .and_modify(|m| {
-                            m.calls += c.calls;
+                            m.calls = m.calls.saturating_add(c.calls);
                             m.first_seen = m.first_seen.min(c.first_seen);
                             m.last_seen = m.last_seen.max(c.last_seen);
                             let sites = std::mem::take(&mut m.call_sites);
@@ -226,7 +227,8 @@ impl Usage {
                         .or_insert(c);
                 }
                 for h in app.hourly {
-                    *hourly.entry((h.route, h.hour)).or_default() += h.calls;
+                    let calls = hourly.entry((h.route, h.hour)).or_default();
+                    *calls = calls.saturating_add(h.calls);
                 }
             }
         }
@@ -434,6 +436,40 @@ mod tests {
         let a = callers.iter().find(|c| c.key.instance == "a").expect("a");
         assert_eq!(a.calls, 8);
         assert_eq!(a.call_sites, vec![site("y", 5), site("x", 3)]);
+    }
+
+    /// Counts from remote `/usage` answers can be anything: merging two
+    /// at `u64::MAX` saturates instead of panicking (debug) or wrapping to
+    /// a small number, or to 0 that the gate would skip (release).
+    #[test]
+    fn merge_saturates_counts() {
+        let h = datetime!(2026-11-28 10:00 UTC);
+        let part = || {
+            let mut c = caller("ua", u64::MAX, h, h);
+            c.call_sites = vec![CallSite {
+                event: "ev".into(),
+                channel: "room".into(),
+                calls: u64::MAX,
+            }];
+            Usage {
+                instance: "i-1".into(),
+                recorded_since: None,
+                apps: vec![AppUsage {
+                    app_id: "1".into(),
+                    callers: vec![c],
+                    hourly: vec![HourlyCount {
+                        route: RouteKind::LegacyTrigger,
+                        hour: h,
+                        calls: u64::MAX,
+                    }],
+                }],
+            }
+        };
+        let m = Usage::merge([part(), part()]);
+        let app = &m.apps[0];
+        assert_eq!(app.callers[0].calls, u64::MAX);
+        assert_eq!(app.callers[0].call_sites[0].calls, u64::MAX);
+        assert_eq!(app.hourly[0].calls, u64::MAX);
     }
 
     #[test]

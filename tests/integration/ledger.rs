@@ -512,3 +512,145 @@ async fn the_kill_switch_moves_recorded_since() {
         "written with the ledger"
     );
 }
+
+/// The words every gap of a ledger marked open says.
+const MARKED_OPEN: &str = "it is being written by a running sidecar, or was left by one that \
+                           stopped without its last write, so calls since its last write may \
+                           be missing; gate a running sidecar through --url";
+
+/// A ledger whose writer crashed: recording since ten days ago, a caller
+/// three days ago written, and then no last write (a call made a second
+/// ago was in memory only). The gate cannot prove a zero on it, whatever
+/// the window, alone or merged with a closed ledger; the report shows the
+/// app `unproven`, not `done`, and lists the gap.
+#[tokio::test]
+async fn a_ledger_left_open_proves_no_zero() {
+    use pusher_cutover::telemetry::ledger::{Ledger, LedgerCall};
+    use pusher_cutover::telemetry::store::Store;
+
+    let now = support::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashed = dir.path().join("crashed");
+    let mut store = Store::open(&crashed, now - 10 * 86_400, "i-crashed").expect("open");
+    let ledger = Ledger::new(100, 35, "i-crashed");
+    ledger.record(&LedgerCall {
+        app_id: support::APP_ID,
+        route: pusher_cutover::pusher::route::RouteKind::LegacyTrigger,
+        auth_key: support::KEY,
+        library: "unknown",
+        fingerprint: "",
+        user_agent: "caller-a/1.0",
+        client_address: "10.0.0.1",
+        event: "ev",
+        channel: "room",
+        now: now - 3 * 86_400,
+    });
+    store
+        .write(&ledger.take_changes(now - 3 * 86_400))
+        .expect("written");
+    drop(store);
+    let closed = dir.path().join("closed");
+    let mut store = Store::open(&closed, now - 10 * 86_400, "i-closed").expect("open");
+    store
+        .close(&pusher_cutover::telemetry::ledger::Changes::default())
+        .expect("closed");
+    drop(store);
+    let (crashed, closed) = (crashed.display().to_string(), closed.display().to_string());
+
+    let (code, _, err) = report(&["--data-dir", &closed, "--fail-if-used-since", "1h"]).await;
+    assert_eq!(code, Some(0), "the closed ledger proves the zero: {err}");
+    for window in ["1s", "1h", "24h"] {
+        let (code, _, err) =
+            report(&["--data-dir", &crashed, "--fail-if-used-since", window]).await;
+        assert_eq!(code, Some(2), "{window}: {err}");
+        assert!(err.contains(MARKED_OPEN), "{err}");
+        assert!(
+            err.contains(&format!("gap: the ledger in {crashed} is marked open")),
+            "{err}"
+        );
+        assert!(err.contains("sidecar i-crashed"), "{err}");
+    }
+    let (code, _, err) = report(&[
+        "--data-dir",
+        &closed,
+        "--data-dir",
+        &crashed,
+        "--fail-if-used-since",
+        "1h",
+    ])
+    .await;
+    assert_eq!(code, Some(2), "one part open: {err}");
+    assert!(err.contains(MARKED_OPEN), "{err}");
+    // Calls outrank the gap.
+    let (code, _, err) = report(&["--data-dir", &crashed, "--fail-if-used-since", "7d"]).await;
+    assert_eq!(code, Some(1), "{err}");
+
+    let (code, json, err) =
+        report(&["--data-dir", &crashed, "--since", "1d", "--format", "json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("report JSON");
+    assert_eq!(json["apps"][0]["status"], "unproven", "{json}");
+    assert_eq!(json["covers_window"], false, "{json}");
+    let gap = &json["ledger_gaps"][0];
+    assert_eq!(gap["kind"], "ledger_open", "{json}");
+    assert_eq!(gap["ledger"], crashed.as_str(), "{json}");
+    assert_eq!(gap["instance"], "i-crashed", "{json}");
+    assert_eq!(gap["since"], now - 10 * 86_400, "{json}");
+    assert!(
+        gap["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(MARKED_OPEN)),
+        "{json}"
+    );
+    // The table's coverage line names the gap, as the page's does.
+    let (code, table, err) = report(&["--data-dir", &crashed, "--since", "1d"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let coverage = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        coverage.contains("the evidence has gaps") && coverage.contains(MARKED_OPEN),
+        "{table}"
+    );
+    assert!(!coverage.contains("inside the window"), "{table}");
+}
+
+/// `report --data-dir` on a running `serve`'s directory: the ledger is
+/// marked open, and the calls since its last flush are not in the file,
+/// so the gate exits 2 naming the gap; once `serve` stopped on SIGTERM
+/// (its last write closes the ledger), the same gate proves the zero.
+#[tokio::test]
+async fn the_gate_on_a_running_sidecars_ledger_is_not_proven() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // A ledger recording since ten days ago, closed cleanly: a gate over
+    // the last hour is proven on it.
+    let mut store = pusher_cutover::telemetry::store::Store::open(
+        &data,
+        support::now() - 10 * 86_400,
+        "earlier",
+    )
+    .expect("open");
+    store
+        .close(&pusher_cutover::telemetry::ledger::Changes::default())
+        .expect("close");
+    drop(store);
+    let data_arg = data.display().to_string();
+    let gate = ["--data-dir", &data_arg, "--fail-if-used-since", "1h"];
+    let (code, _, err) = report(&gate).await;
+    assert_eq!(code, Some(0), "{err}");
+
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+    let served = Served::start(&config_path).await;
+    let (code, _, err) = report(&gate).await;
+    assert_eq!(code, Some(2), "a running sidecar's file: {err}");
+    assert!(err.contains(MARKED_OPEN), "{err}");
+    assert!(err.contains("zero is not proven"), "{err}");
+    let (code, _, err) = report(&["--data-dir", &data_arg, "--fail-if-used-since", "1s"]).await;
+    assert_eq!(code, Some(2), "{err}");
+
+    let (code, _) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+    let (code, _, err) = report(&gate).await;
+    assert_eq!(code, Some(0), "closed by the last write: {err}");
+}

@@ -281,3 +281,27 @@ fn the_kill_switch_moves_the_start_past_the_calls_it_let_through() {
     l.follow_bypass(false, T + 120);
     assert_eq!(since(l.snapshot(T + 120)), Some(T + 71), "stays off");
 }
+
+/// Counts loaded at `u64::MAX` (a ledger merged from remote `/usage`
+/// answers, or written by a bug) stay there when a call is recorded:
+/// neither a panic nor a wrap to 0.
+#[test]
+fn recording_saturates_counts() {
+    let l = Ledger::new(100, 35, "i-1");
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    let mut full = l.snapshot(T);
+    let app = &mut full.apps[0];
+    app.callers[0].calls = u64::MAX;
+    for site in &mut app.callers[0].call_sites {
+        site.calls = u64::MAX;
+    }
+    app.hourly[0].calls = u64::MAX;
+    let l = Ledger::new(100, 35, "i-1");
+    l.load(full);
+    rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
+    let u = l.snapshot(T);
+    let app = &u.apps[0];
+    assert_eq!(app.callers[0].calls, u64::MAX);
+    assert_eq!(app.callers[0].call_sites[0].calls, u64::MAX);
+    assert_eq!(app.hourly[0].calls, u64::MAX);
+}

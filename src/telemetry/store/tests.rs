@@ -581,3 +581,58 @@ fn recorded_since_is_written_forward_only() {
     store.write(&changes(T + 250)).expect("write");
     assert_eq!(since(&store), Some(T as i64 + 300), "not back");
 }
+
+/// `report`'s read-only read tells a ledger marked open (being written,
+/// or left by a run without its last write) and since when, while its
+/// writer runs and after it crashed, and finds none once it was closed;
+/// the first release's ledger has no mark.
+#[test]
+fn the_read_only_read_reports_the_open_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::new(100, 35, "i-1");
+    let mut store = Store::open(dir.path(), T, "i-1").expect("new");
+    rec(
+        &ledger,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua",
+        "10.0.0.1",
+        T,
+    );
+    store.write(&ledger.take_changes(T)).expect("write");
+    let read = |what: &str| {
+        Store::open_read_only(dir.path())
+            .expect("read-only")
+            .read()
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    let marked = Some(OpenMark {
+        since: Some(crate::clock::datetime(T)),
+    });
+    let running = read("while written");
+    assert_eq!(running.open, marked, "its writer runs");
+    assert_eq!(running.usage.apps[0].callers[0].calls, 1);
+    drop(store); // a crash: no close
+    assert_eq!(read("after a crash").open, marked);
+
+    let mut store = Store::open(dir.path(), T + 100, "i-1").expect("reopen");
+    let reopened = Some(OpenMark {
+        since: Some(crate::clock::datetime(T + 100)),
+    });
+    assert_eq!(read("reopened").open, reopened, "the latest writer's time");
+    store.close(&Changes::default()).expect("close");
+    drop(store);
+    let closed = read("closed");
+    assert_eq!(closed.open, None, "closed by the last write");
+    assert_eq!(closed.usage.apps[0].callers[0].calls, 1);
+
+    let v1 = tempfile::tempdir().expect("tempdir");
+    v1_ledger(v1.path());
+    let read = Store::open_read_only(v1.path())
+        .expect("read-only")
+        .read()
+        .expect("read v1");
+    assert_eq!(read.open, None);
+    v1_expectations(&read.usage);
+}
