@@ -635,11 +635,20 @@ fn kustomization_lists_every_manifest() {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if (name.ends_with(".yaml") || name.ends_with(".yml")) && name != "kustomization.yaml" {
+        // `*.example.yaml` are shown, not applied (the Secret: a
+        // placeholder applied would replace the real values).
+        if (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && name != "kustomization.yaml"
+            && !name.ends_with(".example.yaml")
+        {
             on_disk.insert(name);
         }
     }
     assert!(on_disk.len() >= 3, "manifests: {on_disk:?}");
+    assert!(
+        dir.join("secret.example.yaml").is_file(),
+        "the example Secret is shown beside the manifests"
+    );
     let listed = kustomization_resources(&read_deploy("kubernetes/kustomization.yaml"));
     let unique: BTreeSet<String> = listed.iter().cloned().collect();
     assert_eq!(unique.len(), listed.len(), "listed twice: {listed:?}");
