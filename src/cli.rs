@@ -392,8 +392,13 @@ fn report_sources(
     sources.extend(urls.into_iter().map(Source::Url));
     let mut configured = Vec::new();
     if let Some(path) = config {
-        let config = match load(Some(&path)) {
-            Ok(config) => config,
+        // Read as `validate` reads it: the report needs the apps and the
+        // data directory, never a secret, and runs where the secrets'
+        // variables are often unset (a workstation; a host whose secrets
+        // live in the service's environment). The placeholders a lint
+        // puts in their place are not used.
+        let config = match Config::lint_file(&path, &config::process_env, false) {
+            Ok((config, _unset)) => config,
             Err(source) => return Err(SourcesError::Config { path, source }),
         };
         configured = config.apps.iter().map(|a| a.id.clone()).collect();

@@ -219,6 +219,32 @@ fn report_lists_configured_apps_without_calls() {
         "app {}: legacy_trigger 0, legacy_stats 0, total 0",
         support::APP_ID
     )));
+
+    // The report needs the apps and the data directory, not the secrets:
+    // a config naming them by variables unset where it runs (a workstation,
+    // a host whose secrets live in the service's environment) still serves.
+    let with_env = dir.path().join("with-env.toml");
+    let toml = std::fs::read_to_string(dir.path().join("config.toml"))
+        .expect("config")
+        .replace(
+            &format!("secret = \"{}\"", support::SECRET),
+            "secret_env = \"PUSHER_CUTOVER_TEST_UNSET_SECRET\"",
+        )
+        .replace(
+            "[admin]",
+            "[admin]\ntoken_env = \"PUSHER_CUTOVER_TEST_UNSET_TOKEN\"",
+        );
+    assert!(
+        toml.contains("secret_env") && toml.contains("token_env"),
+        "{toml}"
+    );
+    std::fs::write(&with_env, toml).expect("write config");
+    let with_env = with_env.display().to_string();
+    let (code, json, err) = report(&["--config", &with_env, "--since", "7d", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["apps"][0]["app_id"], support::APP_ID, "{v}");
+    assert_eq!(v["apps"][0]["configured"], true, "{v}");
 }
 
 const HOW_TO_GET_CHROMIUM: &str = "install Debian's chromium (tests/install-parts.sh does, or \
