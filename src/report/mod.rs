@@ -377,10 +377,18 @@ fn build_over(
         Some(start) if now - start <= HOURLY_WINDOW => Resolution::Hour,
         _ => Resolution::Day,
     };
+    // An open ledger misses calls from its writer's last write on, at or
+    // after its mark: the previous window (which ends at `start`) is
+    // covered only when every mark is at or after `start`.
+    let previous_complete = open.iter().all(|o| {
+        o.since
+            .zip(start)
+            .is_some_and(|(since, start)| since >= start)
+    });
     let window = progress::Window {
         now,
         start,
-        recorded_since: usage.recorded_since,
+        recorded_since: usage.recorded_since.filter(|_| previous_complete),
         covers_window,
         resolution,
     };

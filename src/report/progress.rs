@@ -19,6 +19,9 @@ pub(super) const MAX_HOURS: usize = 3 * 24 + 1 + 24;
 pub(super) struct Window {
     pub(super) now: OffsetDateTime,
     pub(super) start: Option<OffsetDateTime>,
+    /// Since when the ledger holds every call before `start`, for the
+    /// trend's previous window (`None`: unknown, or a ledger marked open
+    /// before `start` may miss some of them).
     pub(super) recorded_since: Option<OffsetDateTime>,
     pub(super) covers_window: bool,
     pub(super) resolution: Resolution,

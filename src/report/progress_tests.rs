@@ -126,6 +126,44 @@ fn statuses_and_counts() {
     assert_eq!(find(&r, "active").window, 30);
 }
 
+/// A ledger marked open misses calls from its writer's last write on:
+/// the trend's previous window is covered only when every mark is at or
+/// after the window's start (the last write is not before the mark).
+#[test]
+fn an_open_ledger_leaves_the_previous_window_covered_only_after_its_mark() {
+    let covered = Some(datetime!(2026-09-29 00:00 UTC));
+    let usage = progress_ledger(covered);
+    let open = |since| super::evidence::OpenLedger {
+        ledger: "d".into(),
+        instance: "i-1".into(),
+        since,
+    };
+    let previous_covered = |open: &[super::evidence::OpenLedger]| {
+        let r = super::build_over(&usage, open, NOW, Some(7 * DAY), &[]);
+        assert_eq!(
+            r.covers_window,
+            open.is_empty(),
+            "an open ledger never covers the window"
+        );
+        let t = find(&r, "active").trend.clone().expect("trend");
+        t.previous_covered
+    };
+    assert!(previous_covered(&[]));
+    // Marked inside the window: what it misses is in the window only.
+    assert!(previous_covered(&[open(Some(
+        datetime!(2026-11-27 00:00 UTC)
+    ))]));
+    // Marked before the window's start, or when unknown: not covered.
+    assert!(!previous_covered(&[open(Some(
+        datetime!(2026-11-20 00:00 UTC)
+    ))]));
+    assert!(!previous_covered(&[open(None)]));
+    assert!(!previous_covered(&[
+        open(Some(datetime!(2026-11-27 00:00 UTC))),
+        open(Some(datetime!(2026-11-01 00:00 UTC))),
+    ]));
+}
+
 #[test]
 fn short_windows_are_charted_by_the_hour_with_partial_buckets() {
     let now = datetime!(2026-11-28 12:30 UTC);
