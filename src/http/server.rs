@@ -1029,23 +1029,22 @@ where
             }
         }
         Ended::HeadTimedOut => head_timed_out(proxy, peer, tracker.phase()),
-        Ended::CloseNotTaken => {
+        Ended::AnswerNotTaken | Ended::CloseNotTaken => {
             let kind = ANSWER_TIMEOUT;
             proxy.current().telemetry.connection_error(kind);
-            tracing::info!(
-                %peer,
-                kind,
-                "answer not taken by the client within 1 s of its idle connection being asked to close (keepalive_timeout_ms, max_connections or a drain); connection cut"
-            );
-        }
-        Ended::AnswerNotTaken => {
-            let kind = ANSWER_TIMEOUT;
-            proxy.current().telemetry.connection_error(kind);
-            tracing::info!(
-                %peer,
-                kind,
-                "answer not taken by the client in time (header_timeout_ms + body_timeout_ms + upstream.timeout_ms + 1 s from its request's start); connection closed"
-            );
+            if matches!(result, Ended::CloseNotTaken) {
+                tracing::info!(
+                    %peer,
+                    kind,
+                    "answer not taken by the client within 1 s of its idle connection being asked to close (keepalive_timeout_ms, max_connections or a drain); connection cut"
+                );
+            } else {
+                tracing::info!(
+                    %peer,
+                    kind,
+                    "answer not taken by the client in time (header_timeout_ms + body_timeout_ms + upstream.timeout_ms + 1 s from its request's start); connection closed"
+                );
+            }
         }
     }
 }

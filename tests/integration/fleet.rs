@@ -131,6 +131,19 @@ impl Drop for Prometheus {
     }
 }
 
+/// `report --prometheus URL --app APP --fail-if-used-since WINDOW`.
+async fn gate(url: &str, app: &str, window: &str) -> (Option<i32>, String, String) {
+    report(&[
+        "--prometheus",
+        url,
+        "--app",
+        app,
+        "--fail-if-used-since",
+        window,
+    ])
+    .await
+}
+
 async fn report(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
         .arg("report")
@@ -295,15 +308,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     assert!(table.contains(&a.admin), "the caller's instance: {table}");
 
     // 1: calls were seen, named by app, library and instance.
-    let (code, _, err) = report(&[
-        "--prometheus",
-        &prom.url,
-        "--app",
-        support::APP_ID,
-        "--fail-if-used-since",
-        WINDOW,
-    ])
-    .await;
+    let (code, _, err) = gate(&prom.url, support::APP_ID, WINDOW).await;
     assert_eq!(code, Some(1), "{err}");
     println!("report --prometheus URL --app 4242 --fail-if-used-since {WINDOW}: exit 1\n{err}");
     let named = format!(
@@ -324,15 +329,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (code, _, err) = report(&[
-        "--prometheus",
-        &prom.url,
-        "--app",
-        QUIET_APP,
-        "--fail-if-used-since",
-        WINDOW,
-    ])
-    .await;
+    let (code, _, err) = gate(&prom.url, QUIET_APP, WINDOW).await;
     assert_eq!(code, Some(2), "{err}");
     println!(
         "report --prometheus URL --app {QUIET_APP} --fail-if-used-since {WINDOW}: exit 2\n{err}"
@@ -342,15 +339,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
         "{err}"
     );
     // Calls seen still win over gaps: exit 1.
-    let (code, _, err) = report(&[
-        "--prometheus",
-        &prom.url,
-        "--app",
-        support::APP_ID,
-        "--fail-if-used-since",
-        "10m",
-    ])
-    .await;
+    let (code, _, err) = gate(&prom.url, support::APP_ID, "10m").await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("gap: sidecar"), "{err}");
 
@@ -372,15 +361,7 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (code, _, err) = report(&[
-        "--prometheus",
-        &prom.url,
-        "--app",
-        QUIET_APP,
-        "--fail-if-used-since",
-        WINDOW,
-    ])
-    .await;
+    let (code, _, err) = gate(&prom.url, QUIET_APP, WINDOW).await;
     assert_eq!(code, Some(2), "{err}");
     let named = format!(
         "gap: sidecar {} had bypass on (the kill switch) during the window",
