@@ -628,6 +628,12 @@ fn pick(clients: &[UpstreamClient], per_worker: usize, worker: usize) -> &Upstre
     &clients[(worker % workers) * per_worker + turn]
 }
 
+/// `ping_interval` as a TCP keep-alive idle time Linux accepts: whole
+/// seconds, 1 to 32,767.
+fn tcp_keepalive_idle(ping_interval: Duration) -> Duration {
+    Duration::from_secs(ping_interval.as_secs().clamp(1, 32_767))
+}
+
 /// The connector for `config`: TCP with the connect timeout, TLS on
 /// `https://` offering by ALPN what `upstream.protocol` allows.
 fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
@@ -635,7 +641,10 @@ fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_keepalive(config.ping_interval);
+    // Linux takes whole seconds from 1 to 32,767 for the probes' idle
+    // time and refuses (silently, to us) anything else, which would leave
+    // the system's two hours: the interval is brought into that range.
+    http.set_keepalive(config.ping_interval.map(tcp_keepalive_idle));
     let builder = HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http();
@@ -882,6 +891,17 @@ mod tests {
 
     fn h2_error(reason: h2::Reason) -> h2::Error {
         h2::Error::from(reason)
+    }
+
+    #[test]
+    fn the_tcp_keepalive_idle_time_is_one_linux_accepts() {
+        for (ping_ms, secs) in [(100, 1), (1_500, 1), (10_000, 10), (40_000_000, 32_767)] {
+            assert_eq!(
+                tcp_keepalive_idle(Duration::from_millis(ping_ms)),
+                Duration::from_secs(secs),
+                "{ping_ms} ms"
+            );
+        }
     }
 
     #[test]
