@@ -347,11 +347,27 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// The TLS files of `config` loaded as `serve` loads them: a file that is
+/// there but holds no certificate or key passes the config's own checks.
+fn tls_problem(config: &Config) -> Option<config::Problem> {
+    let error = crate::http::server::tls_acceptor(config.tls.as_ref()?).err()?;
+    Some(config::Problem {
+        key: "tls".into(),
+        message: ErrorChain(&error).to_string(),
+    })
+}
+
 /// `validate`: prints a summary (and any warning, on stderr) and exits 0,
 /// or lists every problem on stderr and exits 1. Unless `require_env`, an
 /// unset secret variable is a warning ([`Config::lint_file`]).
 fn validate(path: &Path, require_env: bool) -> ExitCode {
-    match Config::lint_file(path, &config::process_env, require_env) {
+    let lint = Config::lint_file(path, &config::process_env, require_env).and_then(|linted| {
+        match tls_problem(&linted.0) {
+            Some(problem) => Err(config::ConfigError::Invalid(vec![problem])),
+            None => Ok(linted),
+        }
+    });
+    match lint {
         Ok((config, warnings)) => {
             // A closed stdout (`validate … | head -0`) is no reason to fail.
             let _ = print_out(&format!(

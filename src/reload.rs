@@ -392,4 +392,29 @@ mod tests {
         assert_eq!(kept.apps[0].mode.as_str(), "reject", "the rest is applied");
         assert_eq!(one_line("a\n  b\r\n\nc"), "a | b | c");
     }
+
+    /// The TLS files are loaded at start only: a reload that finds them
+    /// changed at the same paths (a renewed certificate) says `tls` waits
+    /// for a restart, rather than reporting a reload that did not take it.
+    #[test]
+    fn renewed_tls_files_wait_for_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let text = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let read = || Config::from_toml_str(&text, &|_: &str| None).expect("valid");
+        std::fs::write(&cert, "certificate A").expect("write");
+        std::fs::write(&key, "key A").expect("write");
+        let running = read();
+        assert!(
+            restart_only_changes(&running, &read()).is_empty(),
+            "unchanged"
+        );
+        std::fs::write(&cert, "certificate B").expect("write");
+        assert_eq!(restart_only_changes(&running, &read()), ["tls"]);
+    }
 }

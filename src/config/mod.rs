@@ -214,6 +214,21 @@ pub const DEFAULT_DEPRECATION_LINK: &str =
 /// must fit).
 pub const MIN_HEADER_BYTES: usize = 4096;
 
+/// The Unix times an HTTP-date (the `Sunset` header) can say: 1970-01-01
+/// to 9999-12-31T23:59:59Z.
+pub fn http_date_range() -> std::ops::RangeInclusive<i64> {
+    0..=253_402_300_799
+}
+
+/// The largest `max_header_bytes`: hyper reads a request head into a
+/// buffer of at most 400 KiB (its `max_buf_size`), so a larger setting
+/// would not be honoured.
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+/// The largest `max_connections` (tokio's semaphore holds fewer permits
+/// than `usize::MAX`; each connection holds a socket besides).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// Hourly buckets are kept at least this many days (the shortest allowed
 /// `retention_days`).
 pub const MIN_RETENTION_DAYS: u64 = 30;
@@ -281,6 +296,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// SHA-256 of both files' contents when the configuration was read
+    /// (empty when they could not be read): the server loads them once, at
+    /// start, so a reload that finds them changed (a renewed certificate)
+    /// says that `tls` waits for a restart.
+    pub contents: Vec<u8>,
 }
 
 /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/usage`, `/report`).

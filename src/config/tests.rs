@@ -513,3 +513,167 @@ fn upstream_max_connections_has_a_ceiling() {
     assert!(err.contains("upstream.max_connections"), "{err}");
     assert!(err.contains("65536"), "{err}");
 }
+
+/// A one-app config with `top` as top-level keys, `app` in its `[[apps]]`
+/// table and `admin` in `[admin]`.
+fn one_app(top: &str, app: &str, admin: &str) -> String {
+    format!(
+        "{top}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n[admin]\n{admin}\n\
+         [[apps]]\nid = \"4242\"\nkey = \"k\"\n{app}\n"
+    )
+}
+
+/// The problems `text` has (none: valid), said as `validate` says them.
+fn problems_of(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match Config::from_toml_str(text, &env(vars)) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems(),
+    }
+}
+
+/// Signatures are over a key's and a secret's exact bytes: one with a
+/// line break (a variable read from a file), a space or a control
+/// character is refused, naming the key and never the value.
+#[test]
+fn keys_and_secrets_are_printable_ascii_without_spaces() {
+    let refused = [
+        (
+            one_app("", "secret_env = \"S\"", ""),
+            vec![("S", "hunter2\n")],
+            "apps[0].secret_env",
+        ),
+        (
+            one_app("", "secret_env = \"S\"", ""),
+            vec![("S", "hunter2\r\n")],
+            "apps[0].secret_env",
+        ),
+        (
+            one_app("", "secret = \"hunter2 x\"", ""),
+            vec![],
+            "apps[0].secret",
+        ),
+        (
+            one_app(
+                "",
+                "secret = \"s\"\nprevious_secrets = [\"hunter2\\t\"]",
+                "",
+            ),
+            vec![],
+            "apps[0].previous_secrets[0]",
+        ),
+        (
+            one_app("", "secret = \"s\"", "").replace("key = \"k\"", "key = \"k\\n\""),
+            vec![],
+            "apps[0].key",
+        ),
+        (
+            one_app("", "secret = \"s\"\n[apps.upstream]\nkey = \"k 2\"", ""),
+            vec![],
+            "apps[0].upstream.key",
+        ),
+        (
+            one_app(
+                "",
+                "secret = \"s\"\n[apps.upstream]\nsecret_env = \"U\"",
+                "",
+            ),
+            vec![("U", "hunter2\n")],
+            "apps[0].upstream.secret_env",
+        ),
+    ];
+    for (text, vars, key) in refused {
+        let said = problems_of(&text, &vars).join("\n");
+        assert!(said.contains(key), "{key}: {said}");
+        assert!(said.contains("printable ASCII"), "{said}");
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+    let newline = problems_of(&one_app("", "secret_env = \"S\"", ""), &[("S", "s\n")]).join("\n");
+    assert!(newline.contains("ends with a line break"), "{newline}");
+    assert!(problems_of(&one_app("", "secret = \"s3cr3t-!~\"", ""), &[]).is_empty());
+}
+
+/// A `sunset` is said in an HTTP-date, which holds 1970 to 9999 (UTC).
+#[test]
+fn a_sunset_outside_what_an_http_date_says_is_refused() {
+    for sunset in ["1969-12-31T23:59:59Z", "9999-12-31T23:59:59-01:00"] {
+        let text = one_app("", &format!("secret = \"s\"\nsunset = \"{sunset}\""), "");
+        let said = problems_of(&text, &[]).join("\n");
+        assert!(
+            said.contains("apps[0].sunset") && said.contains("1970 and 9999"),
+            "{said}"
+        );
+    }
+    for sunset in [
+        "1970-01-01T00:00:00Z",
+        "2030-06-30T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+    ] {
+        let text = one_app("", &format!("secret = \"s\"\nsunset = \"{sunset}\""), "");
+        assert!(problems_of(&text, &[]).is_empty(), "{sunset}");
+    }
+}
+
+/// Limits the server cannot honour are refused, not left to fail at start.
+#[test]
+fn connection_and_header_limits_have_a_ceiling() {
+    let said = problems_of(
+        &one_app(
+            "max_connections = 2305843009213693952",
+            "secret = \"s\"",
+            "",
+        ),
+        &[],
+    )
+    .join("\n");
+    assert!(
+        said.contains("max_connections") && said.contains("at most 1048576"),
+        "{said}"
+    );
+    let said = problems_of(
+        &one_app("max_header_bytes = 2000000", "secret = \"s\"", ""),
+        &[],
+    )
+    .join("\n");
+    assert!(said.contains("max_header_bytes"), "{said}");
+    for ok in ["max_connections = 1048576", "max_header_bytes = 262144"] {
+        assert!(
+            problems_of(&one_app(ok, "secret = \"s\"", ""), &[]).is_empty(),
+            "{ok}"
+        );
+    }
+}
+
+/// The proxy and admin listeners cannot share a port when one of them is
+/// on every address of the other's family (`[::]` covers both on Linux).
+#[test]
+fn listeners_on_one_port_are_refused_when_one_covers_the_other() {
+    for (listen, admin) in [
+        ("0.0.0.0:18080", "127.0.0.1:18080"),
+        ("127.0.0.1:18080", "0.0.0.0:18080"),
+        ("[::]:18080", "127.0.0.1:18080"),
+        ("[::1]:18080", "[::]:18080"),
+    ] {
+        let text = one_app(
+            &format!("listen = \"{listen}\""),
+            "secret = \"s\"",
+            &format!("listen = \"{admin}\""),
+        );
+        let said = problems_of(&text, &[]).join("\n");
+        assert!(
+            said.contains("admin.listen") && said.contains("share port"),
+            "{listen} {admin}: {said}"
+        );
+    }
+    for (listen, admin) in [
+        ("127.0.0.1:18080", "127.0.0.2:18080"),
+        ("0.0.0.0:18080", "[::1]:18080"),
+        ("0.0.0.0:18080", "0.0.0.0:19090"),
+    ] {
+        let text = one_app(
+            &format!("listen = \"{listen}\""),
+            "secret = \"s\"",
+            &format!("listen = \"{admin}\""),
+        );
+        assert!(problems_of(&text, &[]).is_empty(), "{listen} {admin}");
+    }
+}

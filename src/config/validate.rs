@@ -37,16 +37,25 @@ impl RawConfig {
         problems.positive("shutdown_grace_ms", self.shutdown_grace_ms);
         problems.positive("body_timeout_ms", self.body_timeout_ms);
         problems.positive("max_connections", self.max_connections as u64);
+        if self.max_connections > super::MAX_CONNECTIONS {
+            problems.add(
+                "max_connections",
+                format!("must be at most {}", super::MAX_CONNECTIONS),
+            );
+        }
         if self.workers > MAX_WORKERS {
             problems.add(
                 "workers",
                 format!("must be at most {MAX_WORKERS} (0: one per core)"),
             );
         }
-        if self.max_header_bytes < MIN_HEADER_BYTES {
+        if !(MIN_HEADER_BYTES..=super::MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
             problems.add(
                 "max_header_bytes",
-                format!("must be at least {MIN_HEADER_BYTES}"),
+                format!(
+                    "must be between {MIN_HEADER_BYTES} and {}",
+                    super::MAX_HEADER_BYTES
+                ),
             );
         }
         if let Some(tls) = &self.tls {
@@ -88,6 +97,18 @@ impl RawConfig {
                     problems.add(
                         "admin.listen",
                         format!("`{addr}` is also the proxy's `listen`"),
+                    );
+                    None
+                }
+                // One of them on every address of its family (`[::]` of
+                // both, as Linux binds it) takes the port on the other's.
+                Ok(addr) if addr.port() != 0 && shares_port(addr, listen) => {
+                    problems.add(
+                        "admin.listen",
+                        format!(
+                            "`{addr}` and the proxy's `listen` `{listen}` share port {}",
+                            addr.port()
+                        ),
                     );
                     None
                 }
@@ -205,9 +226,13 @@ impl RawConfig {
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections,
             workers: self.workers,
-            tls: self.tls.map(|t| TlsConfig {
-                cert: t.cert,
-                key: t.key,
+            tls: self.tls.map(|t| {
+                let contents = tls_contents(&t.cert, &t.key);
+                TlsConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    contents,
+                }
             }),
             upstream: UpstreamConfig {
                 url,
@@ -284,6 +309,51 @@ fn instance_name(
 }
 
 /// A secret given inline or through an environment variable.
+/// [`TlsConfig::contents`] of the files at `cert` and `key`.
+fn tls_contents(cert: &std::path::Path, key: &std::path::Path) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for path in [cert, key] {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                digest.update((bytes.len() as u64).to_be_bytes());
+                digest.update(bytes);
+            }
+            Err(_) => return Vec::new(),
+        }
+    }
+    digest.finalize().to_vec()
+}
+
+/// Whether listeners on `a` and `b` (the same port) would take each
+/// other's: one is on every address of the other's family, IPv6's `[::]`
+/// counting for both families.
+fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, other: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && (covers(a, b) || covers(b, a))
+}
+
+/// Refuses a key or secret with a character outside printable ASCII or a
+/// space: signatures are computed over its exact bytes, so a trailing
+/// newline (a file read into an environment variable, as a Kubernetes
+/// Secret made `--from-file` is) makes every call fail verification. The
+/// message names the key, never the value.
+fn credential_rule(value: &str, name: &str, problems: &mut Collected) {
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        let what = if value.ends_with(['\n', '\r']) {
+            "ends with a line break (a file's last newline?)"
+        } else {
+            "holds a space, a control character or a non-ASCII one"
+        };
+        problems.add(
+            name,
+            format!("{what}: keys and secrets are printable ASCII without spaces"),
+        );
+    }
+}
+
 fn secret_from(
     inline: Option<String>,
     var: Option<String>,
@@ -292,13 +362,19 @@ fn secret_from(
     problems: &mut Collected,
 ) -> Option<SecretString> {
     match (inline, var) {
-        (Some(s), None) if !s.is_empty() => Some(SecretString::from(s)),
+        (Some(s), None) if !s.is_empty() => {
+            credential_rule(&s, &key("secret"), problems);
+            Some(SecretString::from(s))
+        }
         (Some(_), None) => {
             problems.add(&key("secret"), "must not be empty".into());
             None
         }
         (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
-            Some(s) => Some(SecretString::from(s)),
+            Some(s) => {
+                credential_rule(&s, &key("secret_env"), problems);
+                Some(SecretString::from(s))
+            }
             None => {
                 problems.add(
                     &key("secret_env"),
@@ -398,12 +474,21 @@ fn validate_app(
     }
     if app.key.is_empty() {
         problems.add(&key("key"), "must not be empty".into());
+    } else {
+        credential_rule(&app.key, &key("key"), problems);
     }
     problems.positive(&key("max_data_bytes"), app.max_data_bytes as u64);
     let sunset = app
         .sunset
         .as_deref()
-        .and_then(|t| parse_time(t, &key("sunset"), problems));
+        .and_then(|t| parse_time(t, &key("sunset"), problems))
+        .filter(|t| {
+            let sayable = super::http_date_range().contains(&t.unix_timestamp());
+            if !sayable {
+                problems.add(&key("sunset"), "must be between 1970 and 9999 (UTC)".into());
+            }
+            sayable
+        });
     let rollout_percent = match (app.rollout_percent, app.mode) {
         (None, _) => 100,
         (Some(n), Mode::Translate) if n <= 100 => n,
@@ -440,6 +525,8 @@ fn validate_app(
                 &key(&format!("previous_secrets[{j}]")),
                 "must not be empty".into(),
             );
+        } else {
+            credential_rule(&s, &key(&format!("previous_secrets[{j}]")), problems);
         }
         secrets.push(SecretString::from(s));
     }
@@ -458,6 +545,8 @@ fn validate_app(
             let up_key = u.key.unwrap_or_else(|| app.key.clone());
             if up_key.is_empty() {
                 problems.add(&ukey("key"), "must not be empty".into());
+            } else {
+                credential_rule(&up_key, &ukey("key"), problems);
             }
             let up_secret = if u.secret.is_none() && u.secret_env.is_none() {
                 secret.clone()

@@ -530,6 +530,11 @@ const SUNSET: HeaderName = HeaderName::from_static("sunset");
 
 /// The `Sunset` value (an HTTP-date) for `at`.
 fn sunset_header(at: time::OffsetDateTime) -> Option<HeaderValue> {
+    // `fmt_http_date` panics outside 1970-9999 (config validation refuses
+    // such a `sunset`; this holds should one get through).
+    if !crate::config::http_date_range().contains(&at.unix_timestamp()) {
+        return None;
+    }
     let at = std::time::SystemTime::from(at);
     HeaderValue::try_from(httpdate::fmt_http_date(at)).ok()
 }
@@ -546,4 +551,24 @@ fn error_response(e: &ProxyError) -> Response<ResponseBody> {
         );
     }
     http::respond_with(e.status(), headers, Bytes::from(e.body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sunset_header;
+    use time::macros::datetime;
+
+    /// `Sunset` is said for any time an HTTP-date holds, and left out
+    /// (never a panic) for one it does not.
+    #[test]
+    fn a_sunset_an_http_date_cannot_say_is_left_out() {
+        assert_eq!(
+            sunset_header(datetime!(2030-06-30 00:00 UTC))
+                .as_ref()
+                .map(|v| v.as_bytes()),
+            Some(&b"Sun, 30 Jun 2030 00:00:00 GMT"[..])
+        );
+        assert!(sunset_header(datetime!(1969-12-31 23:59:59 UTC)).is_none());
+        assert!(sunset_header(datetime!(9999-12-31 23:59:59 -1)).is_none());
+    }
 }

@@ -76,6 +76,29 @@ fn validate_lists_every_problem() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("retries"));
+
+    // TLS files are loaded as `serve` loads them: files that are there but
+    // hold no certificate or key are invalid, not found out at start.
+    let not_pem = dir.path().join("not-pem.txt");
+    std::fs::write(&not_pem, "just text\n").expect("write");
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        format!(
+            "[tls]\ncert = {p:?}\nkey = {p:?}\n[upstream]\nurl = \"http://h\"\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            p = not_pem.display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&tls)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("- tls:"), "{err}");
 }
 
 /// `serve --config FILE` in front of a current-API server turns each
