@@ -335,13 +335,15 @@ fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (covers(a, b) || covers(b, a))
 }
 
-/// Refuses a key or secret with a character outside printable ASCII or a
-/// space: signatures are computed over its exact bytes, so a trailing
-/// newline (a file read into an environment variable, as a Kubernetes
-/// Secret made `--from-file` is) makes every call fail verification. The
-/// message names the key, never the value.
-fn credential_rule(value: &str, name: &str, problems: &mut Collected) {
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+/// Refuses a key, secret or token with a character outside printable
+/// ASCII or a space, and says whether it passed: signatures are computed
+/// over its exact bytes, so a trailing newline (a file read into an
+/// environment variable, as a Kubernetes Secret made `--from-file` is)
+/// makes every call fail verification. The message names the key, never
+/// the value.
+fn credential_rule(value: &str, name: &str, problems: &mut Collected) -> bool {
+    let passed = value.bytes().all(|b| b.is_ascii_graphic());
+    if !passed {
         let what = if value.ends_with(['\n', '\r']) {
             "ends with a line break (a file's last newline?)"
         } else {
@@ -349,9 +351,10 @@ fn credential_rule(value: &str, name: &str, problems: &mut Collected) {
         };
         problems.add(
             name,
-            format!("{what}: keys and secrets are printable ASCII without spaces"),
+            format!("{what}: keys, secrets and tokens are printable ASCII without spaces"),
         );
     }
+    passed
 }
 
 fn secret_from(
@@ -432,14 +435,7 @@ fn admin_token(
         problems.add(key, "must not be empty".into());
         return None;
     }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        problems.add(
-            key,
-            "must be printable ASCII without spaces or line breaks".into(),
-        );
-        return None;
-    }
-    Some(SecretString::from(token))
+    credential_rule(&token, key, problems).then(|| SecretString::from(token))
 }
 
 fn parse_time(text: &str, key: &str, problems: &mut Collected) -> Option<OffsetDateTime> {
