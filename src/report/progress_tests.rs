@@ -258,50 +258,38 @@ fn a_bucket_stamped_far_ahead_does_not_push_the_window_out() {
             ],
         )],
     };
-    let r = build(&usage, NOW, Some(30 * DAY));
-    let a = find(&r, "7");
-    assert_eq!(a.daily.get("2026-11-27"), Some(&500), "{:?}", a.daily);
-    assert_eq!(
-        a.daily.keys().next().map(String::as_str),
-        Some("2026-10-29")
-    );
-    assert_eq!(
-        a.daily.keys().last().map(String::as_str),
-        Some("2026-11-28")
-    );
-    assert_eq!(a.daily.values().sum::<u64>(), 500);
+    // App 7's daily keys over 30 days, and its first and last hourly
+    // points over 3.
+    let daily = |usage: &Usage| find(&build(usage, NOW, Some(30 * DAY)), "7").daily.clone();
+    let hours = |usage: &Usage| {
+        let r = build(usage, NOW, Some(3 * DAY));
+        let chart = &find(&r, "7").chart;
+        let start = |p: Option<&Point>| p.map(|p| p.start.clone());
+        (start(chart.first()), start(chart.last()))
+    };
+    let first_last =
+        |d: &BTreeMap<String, u64>| (d.keys().next().cloned(), d.keys().last().cloned());
+    let some = |s: &str| Some(s.to_owned());
 
+    let d = daily(&usage);
+    assert_eq!(d.get("2026-11-27"), Some(&500), "{d:?}");
+    assert_eq!(first_last(&d), (some("2026-10-29"), some("2026-11-28")));
+    assert_eq!(d.values().sum::<u64>(), 500);
     // By the hour: the whole three days from the window's start, now's hour last.
-    let r = build(&usage, NOW, Some(3 * DAY));
-    let a = find(&r, "7");
     assert_eq!(
-        a.chart.first().map(|p| p.start.as_str()),
-        Some("2026-11-25T12:00Z")
-    );
-    assert_eq!(
-        a.chart.last().map(|p| p.start.as_str()),
-        Some("2026-11-28T12:00Z")
+        hours(&usage),
+        (some("2026-11-25T12:00Z"), some("2026-11-28T12:00Z"))
     );
 
     // One day ahead still shows, as the day after today.
     let mut near = usage.clone();
     near.apps[0].hourly[1].hour = datetime!(2026-11-29 02:00 UTC);
-    let r = build(&near, NOW, Some(30 * DAY));
-    let a = find(&r, "7");
-    assert_eq!(a.daily.get("2026-11-29"), Some(&1));
+    let d = daily(&near);
+    assert_eq!(d.get("2026-11-29"), Some(&1));
+    assert_eq!(first_last(&d).0, some("2026-10-29"));
     assert_eq!(
-        a.daily.keys().next().map(String::as_str),
-        Some("2026-10-29")
-    );
-    let r = build(&near, NOW, Some(3 * DAY));
-    let a = find(&r, "7");
-    assert_eq!(
-        a.chart.first().map(|p| p.start.as_str()),
-        Some("2026-11-25T12:00Z")
-    );
-    assert_eq!(
-        a.chart.last().map(|p| p.start.as_str()),
-        Some("2026-11-29T02:00Z")
+        hours(&near),
+        (some("2026-11-25T12:00Z"), some("2026-11-29T02:00Z"))
     );
 }
 

@@ -29,6 +29,13 @@ fn config(upstream: &str, data_dir: &Path) -> String {
     )
 }
 
+/// `dir/proxy.toml` holding [`config`] for `upstream` and `data_dir`; its path.
+fn write_config(dir: &Path, upstream: &str, data_dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config(upstream, data_dir)).expect("write config");
+    path
+}
+
 async fn calls(addr: &str, agent: &str, route: &str, n: usize) {
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -99,8 +106,7 @@ async fn ledger_is_exact_across_sigterm_and_restart() {
     let fake = support::fake().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+    let config_path = write_config(dir.path(), &fake.url(), &data);
 
     let served = Served::start(&config_path).await;
     for (agent, route, n) in CALLERS {
@@ -370,8 +376,7 @@ async fn a_corrupt_ledger_is_moved_aside_and_the_proxy_serves() {
     let garbage = b"this is no SQLite database, just a damaged file\n".repeat(100);
     std::fs::write(data.join("ledger.sqlite3"), &garbage).expect("garbage");
     std::fs::write(data.join("ledger.sqlite3-wal"), b"garbage wal").expect("wal");
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+    let config_path = write_config(dir.path(), &fake.url(), &data);
 
     let started = support::now();
     let served = Served::start(&config_path).await;
@@ -419,8 +424,7 @@ async fn after_a_crash_the_ledger_vouches_from_the_restart_on() {
     let fake = support::fake().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+    let config_path = write_config(dir.path(), &fake.url(), &data);
 
     let served = Served::start(&config_path).await;
     assert_eq!(one_trigger(&served.addr).await, 202);
@@ -639,8 +643,7 @@ async fn the_gate_on_a_running_sidecars_ledger_is_not_proven() {
     let (code, _, err) = report(&gate).await;
     assert_eq!(code, Some(0), "{err}");
 
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config(&fake.url(), &data)).expect("write config");
+    let config_path = write_config(dir.path(), &fake.url(), &data);
     let served = Served::start(&config_path).await;
     let (code, _, err) = report(&gate).await;
     assert_eq!(code, Some(2), "a running sidecar's file: {err}");

@@ -7,6 +7,19 @@ use crate::telemetry::ledger::{Changes, Ledger, LedgerCall};
 
 const T: u64 = 1_795_888_046;
 
+/// One legacy trigger of app 1 (key `k`, agent `ua`, from 10.0.0.1) at `T`.
+fn one_trigger(ledger: &Ledger) {
+    rec(
+        ledger,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua",
+        "10.0.0.1",
+        T,
+    );
+}
+
 #[test]
 fn round_trip_through_the_database() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -68,15 +81,7 @@ fn round_trip_through_the_database() {
 fn prune_deletes_old_buckets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = Ledger::new(100, 30, "i-1");
-    rec(
-        &ledger,
-        "1",
-        RouteKind::LegacyTrigger,
-        "k",
-        "ua",
-        "10.0.0.1",
-        T,
-    );
+    one_trigger(&ledger);
     let mut store = Store::open(dir.path(), T, "i-1").expect("open");
     store.write(&ledger.take_changes(T)).expect("write");
     store
@@ -323,15 +328,7 @@ fn files(dir: &Path) -> Vec<String> {
 /// A ledger of one caller at `T`, written and closed.
 fn one_caller(dir: &Path) {
     let ledger = Ledger::new(100, 35, "i-1");
-    rec(
-        &ledger,
-        "1",
-        RouteKind::LegacyTrigger,
-        "k",
-        "ua",
-        "10.0.0.1",
-        T,
-    );
+    one_trigger(&ledger);
     let mut store = Store::open(dir, T, "i-1").expect("open");
     store.close(&ledger.take_changes(T)).expect("write");
 }
@@ -526,15 +523,7 @@ fn a_ledger_left_open_records_from_its_reopening_on() {
     let ledger = Ledger::new(100, 35, "i-1");
     let mut store = Store::open(dir.path(), T, "i-1").expect("new");
     assert!(!store.left_open_by_previous_run(), "a new ledger");
-    rec(
-        &ledger,
-        "1",
-        RouteKind::LegacyTrigger,
-        "k",
-        "ua",
-        "10.0.0.1",
-        T,
-    );
+    one_trigger(&ledger);
     store.write(&ledger.take_changes(T)).expect("write");
     drop(store); // a crash: no close
 
@@ -591,15 +580,7 @@ fn the_read_only_read_reports_the_open_mark() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = Ledger::new(100, 35, "i-1");
     let mut store = Store::open(dir.path(), T, "i-1").expect("new");
-    rec(
-        &ledger,
-        "1",
-        RouteKind::LegacyTrigger,
-        "k",
-        "ua",
-        "10.0.0.1",
-        T,
-    );
+    one_trigger(&ledger);
     store.write(&ledger.take_changes(T)).expect("write");
     let read = |what: &str| {
         Store::open_read_only(dir.path())
