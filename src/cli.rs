@@ -350,7 +350,7 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// The TLS files of `config` loaded as `serve` loads them: a file that is
 /// there but holds no certificate or key passes the config's own checks.
 fn tls_problem(config: &Config) -> Option<config::Problem> {
-    let error = crate::http::server::tls_acceptor(config.tls.as_ref()?).err()?;
+    let error = crate::http::tls::Inbound::load(config.tls.as_ref()?).err()?;
     Some(config::Problem {
         key: "tls".into(),
         message: ErrorChain(&error).to_string(),

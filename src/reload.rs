@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::chain::ErrorChain;
 use crate::config::{self, Config, ConfigError};
+use crate::http::tls::{Certificate, ServerCertificate};
 use crate::pipeline::Proxy;
 use crate::telemetry::Telemetry;
 
@@ -40,6 +42,9 @@ pub struct Reloader {
     started: String,
     /// The settings the last applied reload left waiting for a restart.
     pending: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    /// The certificate the TLS listener serves, replaced when `[tls]`'s
+    /// files change ([`Reloader::with_tls`]).
+    tls: Option<Arc<ServerCertificate>>,
 }
 
 /// A reload that was applied.
@@ -84,6 +89,7 @@ impl Reloader {
             telemetry,
             started,
             pending: Arc::default(),
+            tls: None,
         }
     }
 
@@ -93,58 +99,160 @@ impl Reloader {
         self.pending.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// Serves a renewed TLS certificate through `certificate` when a reload
+    /// finds `[tls]`'s files changed (without it, such a change waits for a
+    /// restart).
+    pub fn with_tls(mut self, certificate: Option<Arc<ServerCertificate>>) -> Self {
+        self.tls = certificate;
+        self
+    }
+
     /// Re-reads and validates the configuration, then swaps it in for new
     /// requests: every setting a reload can change takes its new value,
     /// the restart-only ones (`restart_only_changes`) keep theirs, and
     /// the configuration's hash (in `/readyz` and `build_info`) says so.
+    /// `[tls]` files that changed are loaded and served to new handshakes.
     /// Logs each app's changes, one line each. On failure the running
-    /// configuration is kept and the problems are logged on one line.
-    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
-        match self.source.load() {
-            Ok(mut config) => {
-                let current = self.proxy.current();
-                let running = current.config();
-                let restart_needed = restart_only_changes(running, &config);
-                for change in app_changes(running, &config) {
-                    tracing::info!("{change}");
-                }
-                let file_hash = config.hash.clone();
-                if !restart_needed.is_empty() {
-                    keep_restart_only(running, &mut config);
-                    config.hash = Config::derived_hash(&[
-                        &file_hash,
-                        "restart-only settings of",
-                        &self.started,
-                    ]);
-                    tracing::warn!(
-                        settings = %restart_needed.join(", "),
-                        config_hash = %config.hash,
-                        file_config_hash = %file_hash,
-                        "configuration reloaded in part: restart needed for these settings, which keep their running values"
-                    );
-                }
-                let hash = config.hash.clone();
-                self.telemetry.configure(&config);
-                self.proxy.reload(config);
-                self.telemetry.reloaded(true);
-                if let Ok(mut pending) = self.pending.lock() {
-                    pending.clone_from(&restart_needed);
-                }
-                tracing::info!(config_hash = %hash, "configuration reloaded");
-                Ok(Reloaded {
-                    hash,
-                    file_hash,
-                    restart_needed,
-                })
-            }
-            Err(e) => {
+    /// configuration is kept and the problems are logged on one line; a
+    /// panic inside the reload (a bug) is caught, logged and answered as
+    /// [`ReloadError::Internal`], so the reloader keeps working.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let outcome = guarded(|| self.source.load().and_then(|config| self.apply(config)));
+        match &outcome {
+            Ok(_) => self.telemetry.reloaded(true),
+            Err(ReloadError::Refused(e)) => {
                 self.telemetry.reloaded(false);
                 tracing::error!(
                     problems = %one_line(&e.problems().join("; ")),
                     "configuration reload refused; the previous configuration keeps serving"
                 );
-                Err(e)
             }
+            Err(ReloadError::Internal(what)) => {
+                self.telemetry.reloaded(false);
+                tracing::error!(
+                    panic = %one_line(what),
+                    config_hash = %self.proxy.current().config().hash,
+                    "configuration reload failed on an internal error (a bug, please report it); \
+                     the configuration whose hash is logged here is in force"
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Swaps in `config`, loaded and valid; refused (and nothing changed)
+    /// when its TLS files cannot be loaded.
+    fn apply(&self, mut config: Config) -> Result<Reloaded, ConfigError> {
+        let current = self.proxy.current();
+        let running = current.config();
+        let mut restart_needed = restart_only_changes(running, &config);
+        let renewed = match self.tls_change(running, &config)? {
+            TlsChange::Same => None,
+            TlsChange::Renewed(certificate) => Some(certificate),
+            TlsChange::Restart => {
+                restart_needed.push("tls");
+                config.tls.clone_from(&running.tls);
+                None
+            }
+        };
+        for change in app_changes(running, &config) {
+            tracing::info!("{change}");
+        }
+        let file_hash = config.hash.clone();
+        if !restart_needed.is_empty() {
+            keep_restart_only(running, &mut config);
+            config.hash =
+                Config::derived_hash(&[&file_hash, "restart-only settings of", &self.started]);
+            tracing::warn!(
+                settings = %restart_needed.join(", "),
+                config_hash = %config.hash,
+                file_config_hash = %file_hash,
+                "configuration reloaded in part: restart needed for these settings, which keep their running values"
+            );
+        }
+        let hash = config.hash.clone();
+        self.telemetry.configure(&config);
+        self.proxy.reload(config);
+        if let (Some(served), Some(certificate)) = (&self.tls, renewed) {
+            served.replace(&certificate);
+            tracing::info!(
+                sha256 = %certificate.fingerprint(),
+                "TLS certificate reloaded: new connections get it, open ones keep theirs"
+            );
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clone_from(&restart_needed);
+        }
+        tracing::info!(config_hash = %hash, "configuration reloaded");
+        Ok(Reloaded {
+            hash,
+            file_hash,
+            restart_needed,
+        })
+    }
+
+    /// What `new`'s `[tls]` asks of the running listener: nothing, a
+    /// certificate to serve from now on (its files changed: loaded here,
+    /// and a reload whose files cannot be loaded is refused), or a restart
+    /// (TLS turned on or off, which the listener cannot change while it
+    /// runs, or no handle to serve a new certificate through).
+    fn tls_change(&self, running: &Config, new: &Config) -> Result<TlsChange, ConfigError> {
+        match (&running.tls, &new.tls) {
+            (old, new) if old == new => Ok(TlsChange::Same),
+            (Some(_), Some(tls)) if self.tls.is_some() => {
+                Certificate::load(tls).map(TlsChange::Renewed).map_err(|e| {
+                    ConfigError::Invalid(vec![config::Problem {
+                        key: "tls".into(),
+                        message: format!(
+                            "{}; the running certificate keeps being served",
+                            ErrorChain(&e)
+                        ),
+                    }])
+                })
+            }
+            _ => Ok(TlsChange::Restart),
+        }
+    }
+}
+
+/// What a reload does with `[tls]` ([`Reloader::tls_change`]).
+enum TlsChange {
+    /// The same files, with the same contents.
+    Same,
+    /// Changed files, loaded: served to new handshakes once the reload is
+    /// applied.
+    Renewed(Certificate),
+    /// Waits for a restart.
+    Restart,
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration could not be loaded or is invalid; the previous
+    /// one keeps serving.
+    #[error(transparent)]
+    Refused(#[from] ConfigError),
+    /// The reload panicked (a bug): the message. What it had changed
+    /// before stays changed; `/readyz`'s hash names the configuration in
+    /// force.
+    #[error("the reload stopped on an internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs `reload`, turning a panic into [`ReloadError::Internal`] with its
+/// message, so that a bug in one reload neither ends the SIGHUP listener
+/// nor drops the admin connection that asked.
+fn guarded<T>(reload: impl FnOnce() -> Result<T, ConfigError>) -> Result<T, ReloadError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(reload)) {
+        Ok(result) => result.map_err(ReloadError::Refused),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(ReloadError::Internal(what))
         }
     }
 }
@@ -260,7 +368,6 @@ differs_by_eq!(
     usize,
     u64,
     std::time::Duration,
-    Option<crate::config::TlsConfig>,
     Option<std::path::PathBuf>,
     String
 );
@@ -306,7 +413,6 @@ restart_only! {
     "workers" => workers;
     "max_header_bytes" => max_header_bytes;
     "max_connections" => max_connections;
-    "tls" => tls;
     "header_timeout_ms" => header_timeout;
     "keepalive_timeout_ms" => keepalive_timeout;
     "shutdown_grace_ms" => shutdown_grace;
@@ -393,28 +499,97 @@ mod tests {
         assert_eq!(one_line("a\n  b\r\n\nc"), "a | b | c");
     }
 
-    /// The TLS files are loaded at start only: a reload that finds them
-    /// changed at the same paths (a renewed certificate) says `tls` waits
-    /// for a restart, rather than reporting a reload that did not take it.
-    #[test]
-    fn renewed_tls_files_wait_for_a_restart() {
+    /// A reload that finds `[tls]`'s files changed serves the new
+    /// certificate; one whose files cannot be loaded is refused and the
+    /// running certificate stays; turning TLS off, or a reloader without
+    /// the listener's handle, leaves `tls` to a restart.
+    #[tokio::test]
+    async fn renewed_tls_files_are_served_and_broken_ones_refused() {
+        use crate::http::tls::Inbound;
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let text = format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n\
-             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+        let path = dir.path().join("proxy.toml");
+        let body = "[upstream]\nurl = \"http://127.0.0.1:6001\"\n\
+                    [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let with_tls = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n{body}",
             cert.display().to_string(),
             key.display().to_string()
         );
-        let read = || Config::from_toml_str(&text, &|_: &str| None).expect("valid");
-        std::fs::write(&cert, "certificate A").expect("write");
-        std::fs::write(&key, "key A").expect("write");
-        let running = read();
-        assert!(
-            restart_only_changes(&running, &read()).is_empty(),
-            "unchanged"
+        let issue = || {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+            std::fs::write(&cert, made.cert.pem()).expect("write");
+            std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
+        };
+        issue();
+        std::fs::write(&path, &with_tls).expect("write");
+        let source = ConfigSource::File(path.clone());
+        let config = source.load().expect("valid");
+        let served = Inbound::load(config.tls.as_ref().expect("tls"))
+            .expect("loads")
+            .certificate;
+        let started = served.current().fingerprint();
+        let telemetry = Arc::new(Telemetry::new(&config));
+        let proxy = Proxy::new(
+            config,
+            Arc::new(crate::clock::SystemClock),
+            telemetry.clone(),
         );
-        std::fs::write(&cert, "certificate B").expect("write");
-        assert_eq!(restart_only_changes(&running, &read()), ["tls"]);
+        let reloader =
+            Reloader::new(source, proxy.clone(), telemetry.clone()).with_tls(Some(served.clone()));
+        let without_handle = Reloader::new(ConfigSource::File(path.clone()), proxy, telemetry);
+
+        let same = reloader.reload().expect("applies");
+        assert!(same.restart_needed.is_empty(), "{same:?}");
+        assert_eq!(served.current().fingerprint(), started, "unchanged files");
+
+        issue();
+        let renewed = reloader.reload().expect("applies");
+        assert!(renewed.restart_needed.is_empty(), "{renewed:?}");
+        let now = served.current().fingerprint();
+        assert_ne!(now, started, "the renewed certificate is served");
+        let again = reloader.reload().expect("applies");
+        assert!(again.restart_needed.is_empty(), "{again:?}");
+        assert_eq!(served.current().fingerprint(), now);
+
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(&key, other.signing_key.serialize_pem()).expect("write");
+        let Err(ReloadError::Refused(refused)) = reloader.reload() else {
+            panic!("a key that is not the certificate's is refused");
+        };
+        let problems = refused.problems().join("; ");
+        assert!(problems.starts_with("tls: "), "{problems}");
+        assert!(!problems.contains("PRIVATE KEY"), "no contents: {problems}");
+        assert_eq!(served.current().fingerprint(), now, "still served");
+
+        issue();
+        let not_served = without_handle.reload().expect("applies");
+        assert_eq!(not_served.restart_needed, ["tls"]);
+        assert_eq!(served.current().fingerprint(), now);
+
+        std::fs::write(&path, body).expect("write");
+        let off = reloader.reload().expect("applies");
+        assert_eq!(off.restart_needed, ["tls"], "TLS off waits for a restart");
+        assert_eq!(served.current().fingerprint(), now);
+    }
+
+    /// A panic inside a reload is an answer, not the end of the reloader;
+    /// refusals and successes pass through unchanged.
+    #[test]
+    fn a_panicking_reload_is_an_internal_error() {
+        let panicked = guarded(|| -> Result<(), ConfigError> { panic!("boom at {}", 7) });
+        assert!(
+            matches!(&panicked, Err(ReloadError::Internal(what)) if what == "boom at 7"),
+            "{panicked:?}"
+        );
+        let literal = guarded(|| -> Result<(), ConfigError> { panic!("literal") });
+        assert!(
+            matches!(&literal, Err(ReloadError::Internal(what)) if what == "literal"),
+            "{literal:?}"
+        );
+        let refused =
+            guarded(|| -> Result<(), ConfigError> { Err(ConfigError::Invalid(Vec::new())) });
+        assert!(matches!(refused, Err(ReloadError::Refused(_))));
+        assert_eq!(guarded(|| Ok(5)).expect("ok"), 5);
     }
 }

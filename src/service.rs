@@ -58,7 +58,7 @@ pub enum RunError {
     Store(#[from] StoreError),
     /// The TLS certificate or key could not be loaded.
     #[error("cannot set up inbound TLS")]
-    Tls(#[from] server::TlsError),
+    Tls(#[from] crate::http::tls::TlsError),
     /// The admin listener could not be bound.
     #[error("cannot bind the admin listener on {addr}")]
     BindAdmin {
@@ -126,9 +126,10 @@ pub async fn run_with(
     let admin_token = config.admin.token.clone();
     let admin_configured = config.admin.listen;
     let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
-    let reloader = options
-        .reload
-        .map(|source| Reloader::new(source, proxy.clone(), telemetry.clone()));
+    let certificate = settings.tls.as_ref().map(|tls| tls.certificate.clone());
+    let reloader = options.reload.map(|source| {
+        Reloader::new(source, proxy.clone(), telemetry.clone()).with_tls(certificate)
+    });
     let admin = admin_listener.map(|l| {
         // Exposed if either the configured or the bound address is not
         // loopback (a test passes a loopback listener for a configured

@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::pusher::query::QueryParams;
-use crate::reload::Reloader;
+use crate::reload::{ReloadError, Reloader};
 use crate::report;
 use crate::telemetry::Telemetry;
 
@@ -291,7 +291,8 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// `POST /reload`: re-read the configuration; 200 with the hash now in
 /// force (and the settings that need a restart, if any), or 400 with the
-/// problems on one line (the previous configuration keeps serving).
+/// problems on one line (the previous configuration keeps serving), or
+/// 500 when the reload stopped on an internal error.
 fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != Method::POST {
@@ -305,13 +306,18 @@ fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
     };
     match reloader.reload() {
         Ok(reloaded) => respond(StatusCode::OK, TEXT, format!("{}\n", reloaded.summary())),
-        Err(e) => respond(
+        Err(ReloadError::Refused(e)) => respond(
             StatusCode::BAD_REQUEST,
             TEXT,
             format!(
                 "reload refused, previous configuration kept: {}\n",
                 crate::reload::one_line(&e.problems().join("; "))
             ),
+        ),
+        Err(ReloadError::Internal(_)) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            "reload failed on an internal error (logged); /readyz names the configuration in force\n",
         ),
     }
 }

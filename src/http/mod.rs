@@ -1,10 +1,11 @@
 //! The HTTP side of the proxy: the listener ([`server`]), the admin
-//! listener ([`admin`]), hop-by-hop headers ([`headers`]) and the answers
-//! the proxy builds itself.
+//! listener ([`admin`]), inbound TLS ([`tls`]), hop-by-hop headers
+//! ([`headers`]) and the answers the proxy builds itself.
 
 pub mod admin;
 pub mod headers;
 pub mod server;
+pub mod tls;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

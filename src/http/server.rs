@@ -41,7 +41,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -53,17 +52,14 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pki_types::pem::PemObject;
-use pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 
-use crate::config::{Config, TlsConfig};
+use crate::config::Config;
 use crate::http::ResponseBody;
+use crate::http::tls;
 use crate::pipeline::Proxy;
 
 /// Longest a log line written on a worker thread waits to be handed to the
@@ -98,7 +94,7 @@ pub struct Settings {
     /// Worker threads serving connections (at least 1).
     pub workers: usize,
     /// Inbound TLS.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<tls::Inbound>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -110,54 +106,14 @@ impl std::fmt::Debug for Settings {
             .field("max_connections", &self.max_connections)
             .field("grace", &self.grace)
             .field("workers", &self.workers)
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// A TLS certificate or key that could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// The PEM file could not be read or holds nothing usable.
-    #[error("cannot read {what} from {path}")]
-    Pem {
-        /// `certificate` or `private key`.
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: pki_types::pem::Error,
-    },
-    /// rustls refused the certificate and key.
-    #[error("invalid TLS certificate or key")]
-    Rustls(#[source] rustls::Error),
-}
-
-/// A TLS acceptor for `tls` (HTTP/1.1 over TLS 1.2 and 1.3).
-pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let pem = |what, path: &Path| {
-        let path = path.display().to_string();
-        move |source| TlsError::Pem { what, path, source }
-    };
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(pem("certificate", &tls.cert))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem("private key", &tls.key))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rustls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::Rustls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 impl Settings {
     /// The settings of `config`, with its TLS files loaded.
-    pub fn from_config(config: &Config) -> Result<Self, TlsError> {
+    pub fn from_config(config: &Config) -> Result<Self, tls::TlsError> {
         Ok(Self {
             header_timeout: config.header_timeout,
             keepalive_timeout: config.keepalive_timeout,
@@ -165,7 +121,7 @@ impl Settings {
             max_connections: config.max_connections,
             grace: config.shutdown_grace,
             workers: config.workers(),
-            tls: config.tls.as_ref().map(tls_acceptor).transpose()?,
+            tls: config.tls.as_ref().map(tls::Inbound::load).transpose()?,
         })
     }
 }
@@ -473,7 +429,7 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
     // Two tasks, not one with a branch: a task is as large as its largest
     // state, and a plain connection's is a quarter of a TLS one's (both are
     // held for every open connection).
-    match shared.settings.tls.clone() {
+    match shared.settings.tls.as_ref().map(|tls| tls.acceptor.clone()) {
         None => {
             tokio::spawn(async move {
                 let tracker = Arc::new(Tracker::new());

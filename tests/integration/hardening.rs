@@ -493,56 +493,164 @@ async fn stale_pooled_connection_retries_get_never_post() {
     proxy.stop().await;
 }
 
-/// A proxy serving TLS (a fresh self-signed certificate for `localhost`,
-/// `top` as top-level keys) and a connector that trusts it; the
-/// directory holds the certificate's files.
-async fn tls_proxy(
-    fake: &support::fake::FakeUpstream,
-    top: &str,
-) -> (TestProxy, tokio_rustls::TlsConnector, tempfile::TempDir) {
-    use tokio_rustls::rustls;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+/// Writes a fresh self-signed certificate for `localhost` and its key to
+/// `dir`'s `cert.pem` and `key.pem`; returns the certificate.
+fn issue_certificate(dir: &std::path::Path) -> pki_types::CertificateDer<'static> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .expect("certificate");
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    let toml = support::config_toml(&fake.url(), "", "").replace(
-        "[admin]",
-        &format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\n[admin]",
-            cert_path.display().to_string(),
-            key_path.display().to_string()
-        ),
-    );
-    let proxy = TestProxy::start(
-        &format!("{top}\n{toml}"),
-        Arc::new(pusher_cutover::SystemClock),
-    )
-    .await;
+    std::fs::write(dir.join("cert.pem"), made.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).expect("write key");
+    made.cert.der().clone()
+}
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).expect("root");
+/// A TLS client that trusts `roots`.
+fn trusting(roots: &[pki_types::CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).expect("root");
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(roots)
+        .with_root_certificates(store)
         .with_no_client_auth();
-    (
-        proxy,
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-        dir,
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A TLS connection to `proxy` through `connector`, and the certificate
+/// the proxy presented.
+async fn handshake(
+    proxy: &TestProxy,
+    connector: &tokio_rustls::TlsConnector,
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    pki_types::CertificateDer<'static>,
+) {
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let name = pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a certificate")
+        .clone();
+    (tls, leaf)
+}
+
+/// A proxy serving TLS (a fresh self-signed certificate for `localhost`,
+/// `top` as top-level keys) from a config file it reloads on `POST
+/// /reload`, and a connector that trusts it; the directory holds the
+/// config (`proxy.toml`) and the certificate's files.
+async fn tls_proxy(
+    fake: &support::fake::FakeUpstream,
+    top: &str,
+) -> (TestProxy, tokio_rustls::TlsConnector, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = issue_certificate(dir.path());
+    let toml = support::config_toml(&fake.url(), "", "").replace(
+        "[admin]",
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[admin]",
+            dir.path().join("cert.pem").display().to_string(),
+            dir.path().join("key.pem").display().to_string()
+        ),
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, format!("{top}\n{toml}")).expect("write config");
+    let proxy = TestProxy::start_file(&path).await;
+    (proxy, trusting(&[cert]), dir)
+}
+
+/// Sends an unsigned `GET /x` over `tls` and reads the answer to its end.
+async fn get_over(mut tls: tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A renewed certificate is served to new handshakes after a reload,
+/// without a restart, while a connection made before it keeps being
+/// served; a key that does not match its certificate is refused with the
+/// running certificate kept; turning TLS off waits for a restart.
+#[tokio::test]
+async fn a_reload_serves_a_renewed_certificate() {
+    let fake = support::fake().await;
+    let (proxy, first_client, dir) = tls_proxy(&fake, "").await;
+    let (before, first) = handshake(&proxy, &first_client).await;
+
+    let renewed = issue_certificate(dir.path());
+    let client = trusting(&[first.clone(), renewed.clone()]);
+    let reload = proxy.reload().await;
+    assert_eq!(reload.status.as_u16(), 200, "{}", reload.text());
+    assert!(!reload.text().contains("restart"), "{}", reload.text());
+    let (after, leaf) = handshake(&proxy, &client).await;
+    assert_eq!(
+        leaf, renewed,
+        "a new handshake gets the renewed certificate"
+    );
+    assert!(get_over(after).await.starts_with("HTTP/1.1 401"));
+    let old = get_over(before).await;
+    assert!(
+        old.starts_with("HTTP/1.1 401"),
+        "the earlier connection: {old}"
+    );
+
+    let stranger = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(
+        dir.path().join("key.pem"),
+        stranger.signing_key.serialize_pem(),
     )
+    .expect("write key");
+    let refused = proxy.reload().await;
+    assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("tls: invalid TLS certificate or key"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        !refused.text().contains("PRIVATE KEY"),
+        "{}",
+        refused.text()
+    );
+    let (_, leaf) = handshake(&proxy, &client).await;
+    assert_eq!(leaf, renewed, "the running certificate is kept");
+
+    let config = dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    let tls = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string()
+    );
+    assert!(text.contains(&tls), "{text}");
+    std::fs::write(&config, text.replace(&tls, "")).expect("write config");
+    let off = proxy.reload().await;
+    assert_eq!(off.status.as_u16(), 200, "{}", off.text());
+    assert!(
+        off.text().contains("restart needed for: tls"),
+        "{}",
+        off.text()
+    );
+    let (_, leaf) = handshake(&proxy, &client).await;
+    assert_eq!(leaf, renewed, "TLS is still served until a restart");
+    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn inbound_tls() {
     let fake = support::fake().await;
     let (proxy, connector, _dir) = tls_proxy(&fake, "").await;
-    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (mut tls, _) = handshake(&proxy, &connector).await;
     let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
     tls.write_all(format!("POST {uri} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").as_bytes())
         .await
@@ -582,21 +690,11 @@ async fn silent_connections_on_the_tls_port_make_room_at_the_cap() {
     }
     // Let the proxy take both up before the client comes.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let served = tokio::time::timeout(Duration::from_secs(5), async {
-        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-        let name =
-            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer).await;
-        answer
+    let text = tokio::time::timeout(Duration::from_secs(5), async {
+        get_over(handshake(&proxy, &connector).await.0).await
     })
     .await
     .expect("served while the silent connections wait");
-    let text = String::from_utf8_lossy(&served);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     let [mut a, mut b] = <[TcpStream; 2]>::try_from(silent).expect("two");
     let (a, b) = tokio::join!(

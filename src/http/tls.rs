@@ -1,0 +1,233 @@
+//! Inbound TLS (`[tls]`): the certificate chain and key, loaded at start
+//! and again by every reload that finds their files changed, so a renewed
+//! certificate is served without a restart. New handshakes get the
+//! certificate in force when they start; connections already open keep
+//! the one they were made with. A reload whose files cannot be loaded is
+//! refused, and the running certificate keeps being served.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+
+use crate::config::TlsConfig;
+
+/// A TLS certificate or key that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The PEM file could not be read or holds nothing usable.
+    #[error("cannot read {what} from {path}")]
+    Pem {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key (no certificate in the file,
+    /// a key it cannot use, or a key that is not the certificate's).
+    #[error("invalid TLS certificate or key")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// A certificate chain and its private key, read from `[tls]`'s files and
+/// checked against each other, ready to be served.
+#[derive(Clone)]
+pub struct Certificate {
+    key: Arc<CertifiedKey>,
+}
+
+/// The fingerprint only: the key's own `Debug` is not ours to vouch for.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certificate {
+    /// Reads and checks the files of `tls`: the chain (leaf first) and a
+    /// key that matches the leaf. Errors name the file, never its contents.
+    pub fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
+        let pem = |what, path: &Path| {
+            let path = path.display().to_string();
+            move |source| TlsError::Pem { what, path, source }
+        };
+        let chain = CertificateDer::pem_file_iter(&tls.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(pem("certificate", &tls.cert))?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem("private key", &tls.key))?;
+        let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
+        Ok(Self { key: Arc::new(key) })
+    }
+
+    /// The SHA-256 of the leaf certificate's DER, in lowercase hex: what
+    /// `openssl x509 -noout -fingerprint -sha256` prints (there in
+    /// uppercase, with colons), to tell which certificate is served.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let leaf = self.key.cert.first().map_or(&[][..], |c| c.as_ref());
+        base16ct::lower::encode_string(&Sha256::digest(leaf))
+    }
+}
+
+/// The certificate new handshakes get: swapped whole by
+/// [`ServerCertificate::replace`], read without a lock by each handshake.
+pub struct ServerCertificate {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate").finish_non_exhaustive()
+    }
+}
+
+impl ServerCertificate {
+    /// Serves `certificate` to the handshakes that start from now on.
+    pub fn replace(&self, certificate: &Certificate) {
+        self.current.store(certificate.key.clone());
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Certificate {
+        Certificate {
+            key: self.current.load_full(),
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Inbound TLS as the listener serves it: the acceptor of its handshakes
+/// (HTTP/1.1 over TLS 1.2 and 1.3), and the certificate they get, which a
+/// reload replaces.
+#[derive(Clone)]
+pub struct Inbound {
+    /// Accepts each connection's handshake.
+    pub acceptor: TlsAcceptor,
+    /// The certificate the handshakes get.
+    pub certificate: Arc<ServerCertificate>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("certificate", &self.certificate.current())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Serves `certificate` until it is replaced.
+    pub fn new(certificate: &Certificate) -> Result<Self, TlsError> {
+        let served = Arc::new(ServerCertificate {
+            current: ArcSwap::new(certificate.key.clone()),
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Rustls)?
+            .with_no_client_auth()
+            .with_cert_resolver(served.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            certificate: served,
+        })
+    }
+
+    /// Loads `tls`'s files and serves them.
+    pub fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
+        Self::new(&Certificate::load(tls)?)
+    }
+}
+
+/// The cryptography of inbound TLS: *ring*, as for the upstream.
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a fresh self-signed certificate for `localhost` and its key
+    /// into `dir`; returns their `[tls]` and the certificate's DER.
+    fn write_pair(dir: &Path) -> (TlsConfig, Vec<u8>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let tls = TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            contents: Vec::new(),
+        };
+        std::fs::write(&tls.cert, made.cert.pem()).expect("write");
+        std::fs::write(&tls.key, made.signing_key.serialize_pem()).expect("write");
+        (tls, made.cert.der().to_vec())
+    }
+
+    #[test]
+    fn a_replaced_certificate_is_what_the_next_handshake_resolves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, first_der) = write_pair(dir.path());
+        let first = Certificate::load(&tls).expect("loads");
+        let served = Inbound::new(&first).expect("acceptor").certificate;
+        assert_eq!(served.current().key.cert[0].as_ref(), &first_der[..]);
+
+        let (tls, second_der) = write_pair(dir.path());
+        let second = Certificate::load(&tls).expect("loads");
+        assert_ne!(first.fingerprint(), second.fingerprint());
+        served.replace(&second);
+        assert_eq!(served.current().key.cert[0].as_ref(), &second_der[..]);
+        assert_eq!(served.current().fingerprint(), second.fingerprint());
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_sha256_of_the_leaf() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, der) = write_pair(dir.path());
+        let fingerprint = Certificate::load(&tls).expect("loads").fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        let expected: String = Sha256::digest(&der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(fingerprint, expected);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_or_an_empty_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, _) = write_pair(dir.path());
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(&tls.key, other.signing_key.serialize_pem()).expect("write");
+        let error = Certificate::load(&tls).expect_err("another certificate's key");
+        assert!(matches!(error, TlsError::Rustls(_)), "{error:?}");
+
+        std::fs::write(&tls.cert, "").expect("write");
+        let error = Certificate::load(&tls).expect_err("no certificate");
+        assert!(
+            matches!(
+                error,
+                TlsError::Pem {
+                    what: "certificate",
+                    ..
+                } | TlsError::Rustls(_)
+            ),
+            "{error:?}"
+        );
+    }
+}
