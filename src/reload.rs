@@ -312,11 +312,23 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
         );
         let sunset = |a: &AppConfig| a.sunset.map_or("none".into(), |t| t.to_string());
         field("sunset", sunset(&o), sunset(n));
-        field(
-            "brownouts",
-            o.brownouts.len().to_string(),
-            n.brownouts.len().to_string(),
-        );
+        // The windows themselves: a moved window is a change even when
+        // their number stays.
+        let windows = |a: &AppConfig| -> String {
+            let at = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| t.unix_timestamp().to_string())
+            };
+            if a.brownouts.is_empty() {
+                return "none".into();
+            }
+            a.brownouts
+                .iter()
+                .map(|b| format!("{}/{}", at(b.start), at(b.end)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        field("brownouts", windows(&o), windows(n));
         field("key", o.key.clone(), n.key.clone());
         let secrets = |a: &AppConfig| -> Vec<String> {
             a.secrets
@@ -453,6 +465,25 @@ mod tests {
         );
         assert!(changes.iter().all(|c| !c.contains("s2")), "no secret shown");
         assert!(app_changes(&new, &new).is_empty());
+
+        let window = |start: &str| {
+            config(&format!(
+                "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n\
+                 brownouts = [{{ start = \"{start}\", end = \"2027-05-12T15:00:00Z\" }}]\n"
+            ))
+        };
+        let moved = app_changes(
+            &window("2027-05-12T14:00:00Z"),
+            &window("2027-05-12T14:30:00Z"),
+        );
+        assert_eq!(
+            moved,
+            [
+                "app 1: brownouts 2027-05-12T14:00:00Z/2027-05-12T15:00:00Z → \
+              2027-05-12T14:30:00Z/2027-05-12T15:00:00Z"
+            ],
+            "a window moved, their number the same"
+        );
     }
 
     /// Every setting `restart_only_changes` names is one
