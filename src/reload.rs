@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::chain::ErrorChain;
 use crate::config::{self, Config, ConfigError};
-use crate::http::tls::{Certificate, ServerCertificate};
+use crate::http::tls::{Certificate, Files, ServerCertificate, TlsError};
 use crate::pipeline::Proxy;
 use crate::telemetry::Telemetry;
 
@@ -131,9 +131,8 @@ impl Reloader {
                 self.telemetry.reloaded(false);
                 tracing::error!(
                     panic = %one_line(what),
-                    config_hash = %self.proxy.current().config().hash,
-                    "configuration reload failed on an internal error (a bug, please report it); \
-                     the configuration whose hash is logged here is in force"
+                    "configuration reload failed on an internal error (a bug, please report it): \
+                     part of the new configuration may be in force; reload again, or restart"
                 );
             }
         }
@@ -146,7 +145,7 @@ impl Reloader {
         let current = self.proxy.current();
         let running = current.config();
         let mut restart_needed = restart_only_changes(running, &config);
-        let renewed = match self.tls_change(running, &config)? {
+        let renewed = match self.tls_change(running, &mut config)? {
             TlsChange::Same => None,
             TlsChange::Renewed(certificate) => Some(certificate),
             TlsChange::Restart => {
@@ -191,26 +190,50 @@ impl Reloader {
         })
     }
 
-    /// What `new`'s `[tls]` asks of the running listener: nothing, a
-    /// certificate to serve from now on (its files changed: loaded here,
-    /// and a reload whose files cannot be loaded is refused), or a restart
-    /// (TLS turned on or off, which the listener cannot change while it
-    /// runs, or no handle to serve a new certificate through).
-    fn tls_change(&self, running: &Config, new: &Config) -> Result<TlsChange, ConfigError> {
-        match (&running.tls, &new.tls) {
-            (old, new) if old == new => Ok(TlsChange::Same),
-            (Some(_), Some(tls)) if self.tls.is_some() => {
-                Certificate::load(tls).map(TlsChange::Renewed).map_err(|e| {
-                    ConfigError::Invalid(vec![config::Problem {
-                        key: "tls".into(),
-                        message: format!(
-                            "{}; the running certificate keeps being served",
-                            ErrorChain(&e)
-                        ),
-                    }])
-                })
+    /// What `new`'s `[tls]` asks of the running listener, its files read
+    /// once (their digest is set as `new`'s `contents`):
+    /// - nothing, when they hold what is served (compared with the served
+    ///   certificate, not the running configuration, so that a reload cut
+    ///   short after the configuration's swap is made good by the next);
+    /// - a certificate to serve from now on, when they changed;
+    /// - a restart: TLS turned on (its files checked now, so that a
+    ///   restart does not find them broken) or off, or no handle to serve
+    ///   a certificate through (a change of the files then waits for a
+    ///   restart).
+    ///
+    /// Files that do not load refuse the reload.
+    fn tls_change(&self, running: &Config, new: &mut Config) -> Result<TlsChange, ConfigError> {
+        let refused = |e: TlsError, then: &str| {
+            ConfigError::Invalid(vec![config::Problem {
+                key: "tls".into(),
+                message: format!("{}; {then}", ErrorChain(&e)),
+            }])
+        };
+        const KEPT: &str = "the running certificate keeps being served";
+        match (&running.tls, new.tls.as_mut(), &self.tls) {
+            (None, None, _) => Ok(TlsChange::Same),
+            (Some(_), None, _) => Ok(TlsChange::Restart),
+            (None, Some(tls), _) => match Certificate::load(tls) {
+                Ok(_) => Ok(TlsChange::Restart),
+                Err(e) => Err(refused(
+                    e,
+                    "TLS is turned on at a restart, which would fail",
+                )),
+            },
+            (Some(old), Some(tls), None) if old == tls => Ok(TlsChange::Same),
+            (Some(_), Some(_), None) => Ok(TlsChange::Restart),
+            (Some(_), Some(tls), Some(served)) => {
+                let files = Files::read(tls).map_err(|e| refused(e, KEPT))?;
+                tls.contents = files.digest();
+                if tls.contents == served.current().digest() {
+                    Ok(TlsChange::Same)
+                } else {
+                    files
+                        .parse()
+                        .map(TlsChange::Renewed)
+                        .map_err(|e| refused(e, KEPT))
+                }
             }
-            _ => Ok(TlsChange::Restart),
         }
     }
 }
@@ -234,8 +257,8 @@ pub enum ReloadError {
     #[error(transparent)]
     Refused(#[from] ConfigError),
     /// The reload panicked (a bug): the message. What it had changed
-    /// before stays changed; `/readyz`'s hash names the configuration in
-    /// force.
+    /// before stays changed, so part of the new configuration may be in
+    /// force; the next reload or a restart sets it whole.
     #[error("the reload stopped on an internal error: {0}")]
     Internal(String),
 }
@@ -310,15 +333,12 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
             o.max_data_bytes.to_string(),
             n.max_data_bytes.to_string(),
         );
-        let sunset = |a: &AppConfig| a.sunset.map_or("none".into(), |t| t.to_string());
+        let sunset = |a: &AppConfig| a.sunset.map_or("none".into(), utc);
         field("sunset", sunset(&o), sunset(n));
         // The windows themselves: a moved window is a change even when
         // their number stays.
         let windows = |a: &AppConfig| -> String {
-            let at = |t: time::OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_else(|_| t.unix_timestamp().to_string())
-            };
+            let at = utc;
             if a.brownouts.is_empty() {
                 return "none".into();
             }
@@ -355,6 +375,14 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// `t` in RFC 3339 at UTC, so that the same instant written with another
+/// offset reads the same.
+fn utc(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Whether a restart-only setting differs between two configs: `!=` for
@@ -484,6 +512,14 @@ mod tests {
             ],
             "a window moved, their number the same"
         );
+        assert!(
+            app_changes(
+                &window("2027-05-12T14:00:00Z"),
+                &window("2027-05-12T16:00:00+02:00")
+            )
+            .is_empty(),
+            "the same instant written with another offset"
+        );
     }
 
     /// Every setting `restart_only_changes` names is one
@@ -559,7 +595,8 @@ mod tests {
         let served = Inbound::load(config.tls.as_ref().expect("tls"))
             .expect("loads")
             .certificate;
-        let started = served.current().fingerprint();
+        let before = served.current();
+        let started = before.fingerprint();
         let telemetry = Arc::new(Telemetry::new(&config));
         let proxy = Proxy::new(
             config,
@@ -582,6 +619,14 @@ mod tests {
         let again = reloader.reload().expect("applies");
         assert!(again.restart_needed.is_empty(), "{again:?}");
         assert_eq!(served.current().fingerprint(), now);
+        // A reload cut short after the configuration's swap, before the
+        // certificate's (the running configuration holds the files' digest,
+        // the listener still the older certificate): the next reload
+        // compares the files with what is served, and serves them.
+        served.replace(&before);
+        let healed = reloader.reload().expect("applies");
+        assert!(healed.restart_needed.is_empty(), "{healed:?}");
+        assert_eq!(served.current().fingerprint(), now, "made good");
 
         let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         std::fs::write(&key, other.signing_key.serialize_pem()).expect("write");
@@ -591,6 +636,17 @@ mod tests {
         let problems = refused.problems().join("; ");
         assert!(problems.starts_with("tls: "), "{problems}");
         assert!(!problems.contains("PRIVATE KEY"), "no contents: {problems}");
+        assert_eq!(served.current().fingerprint(), now, "still served");
+        // A key file on one line: refused, and the answer holds none of it.
+        let pem = other.signing_key.serialize_pem();
+        std::fs::write(&key, pem.replace('\n', "")).expect("write");
+        let Err(ReloadError::Refused(refused)) = reloader.reload() else {
+            panic!("a malformed key file is refused");
+        };
+        let problems = refused.problems().join("; ");
+        let base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(problems.contains("no usable private key"), "{problems}");
+        assert!(!problems.contains(&base64[..12]), "no contents: {problems}");
         assert_eq!(served.current().fingerprint(), now, "still served");
 
         issue();
@@ -602,6 +658,27 @@ mod tests {
         let off = reloader.reload().expect("applies");
         assert_eq!(off.restart_needed, ["tls"], "TLS off waits for a restart");
         assert_eq!(served.current().fingerprint(), now);
+
+        // Started without TLS: turning it on waits for a restart, and its
+        // files are checked now, not when the restart comes.
+        let config = ConfigSource::File(path.clone()).load().expect("valid");
+        let telemetry = Arc::new(Telemetry::new(&config));
+        let plain = Proxy::new(
+            config,
+            Arc::new(crate::clock::SystemClock),
+            telemetry.clone(),
+        );
+        let plain = Reloader::new(ConfigSource::File(path.clone()), plain, telemetry);
+        std::fs::write(&path, &with_tls).expect("write");
+        std::fs::write(&key, other.signing_key.serialize_pem()).expect("write");
+        let Err(ReloadError::Refused(refused)) = plain.reload() else {
+            panic!("TLS turned on with files that do not load is refused");
+        };
+        let problems = refused.problems().join("; ");
+        assert!(problems.contains("turned on at a restart"), "{problems}");
+        issue();
+        let on = plain.reload().expect("applies");
+        assert_eq!(on.restart_needed, ["tls"], "TLS on waits for a restart");
     }
 
     /// A panic inside a reload is an answer, not the end of the reloader;

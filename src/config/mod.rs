@@ -17,6 +17,7 @@ mod raw;
 mod validate;
 
 use raw::{RawApp, RawConfig, default_max_data};
+pub use validate::tls_digest;
 
 /// The configuration used when `serve` is given no `--config`; the
 /// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
@@ -296,10 +297,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// SHA-256 of both files' contents when the configuration was read
-    /// (empty when they could not be read): the server loads them once, at
-    /// start, so a reload that finds them changed (a renewed certificate)
-    /// says that `tls` waits for a restart.
+    /// SHA-256 of both files' contents ([`tls_digest`]) when the
+    /// configuration was read (empty when they could not be read); in the
+    /// running configuration, those of the files being served. A reload
+    /// compares the files with what is served and loads them when they
+    /// changed (a renewed certificate).
     pub contents: Vec<u8>,
 }
 

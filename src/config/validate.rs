@@ -308,19 +308,21 @@ fn instance_name(
     }
 }
 
-/// A secret given inline or through an environment variable.
 /// [`TlsConfig::contents`] of the files at `cert` and `key`.
 fn tls_contents(cert: &std::path::Path, key: &std::path::Path) -> Vec<u8> {
+    match (std::fs::read(cert), std::fs::read(key)) {
+        (Ok(cert), Ok(key)) => tls_digest(&cert, &key),
+        _ => Vec::new(),
+    }
+}
+
+/// [`TlsConfig::contents`] of a certificate file's and a key file's bytes.
+pub fn tls_digest(cert: &[u8], key: &[u8]) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    for path in [cert, key] {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                digest.update((bytes.len() as u64).to_be_bytes());
-                digest.update(bytes);
-            }
-            Err(_) => return Vec::new(),
-        }
+    for bytes in [cert, key] {
+        digest.update((bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
     }
     digest.finalize().to_vec()
 }

@@ -317,7 +317,7 @@ fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
         Err(ReloadError::Internal(_)) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             TEXT,
-            "reload failed on an internal error (logged); /readyz names the configuration in force\n",
+            "reload failed on an internal error (logged): part of the new configuration may be in force; reload again, or restart\n",
         ),
     }
 }

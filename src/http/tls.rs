@@ -2,7 +2,8 @@
 //! and again by every reload that finds their files changed, so a renewed
 //! certificate is served without a restart. New handshakes get the
 //! certificate in force when they start; connections already open keep
-//! the one they were made with. A reload whose files cannot be loaded is
+//! the one they were made with (and a session resumed from before the
+//! reload keeps its own). A reload whose files cannot be loaded is
 //! refused, and the running certificate keeps being served.
 
 use std::path::Path;
@@ -18,19 +19,31 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 
 use crate::config::TlsConfig;
 
-/// A TLS certificate or key that could not be loaded.
+/// A TLS certificate or key that could not be loaded. Its text names the
+/// file, never what the file holds (a malformed key file's bytes would
+/// otherwise reach the log and `POST /reload`'s answer).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The PEM file could not be read or holds nothing usable.
+    /// The file could not be read.
     #[error("cannot read {what} from {path}")]
-    Pem {
+    Read {
         /// `certificate` or `private key`.
         what: &'static str,
         /// The file.
         path: String,
         /// Why.
         #[source]
-        source: pki_types::pem::Error,
+        source: std::io::Error,
+    },
+    /// The file holds no usable PEM section of its kind.
+    #[error("no usable {what} in {path}: {problem}")]
+    Pem {
+        /// `certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong, in words of our own.
+        problem: &'static str,
     },
     /// rustls refused the certificate and key (no certificate in the file,
     /// a key it cannot use, or a key that is not the certificate's).
@@ -38,11 +51,89 @@ pub enum TlsError {
     Rustls(#[source] rustls::Error),
 }
 
+/// `error` in words that hold nothing of the file: the PEM parser's own
+/// text quotes the line it stumbled on, which in a key file written on one
+/// line (or with literal `\n`s) is the key.
+fn pem_problem(error: &pki_types::pem::Error) -> &'static str {
+    use pki_types::pem::Error;
+    match error {
+        Error::NoItemsFound => "no PEM section of that kind",
+        Error::SectionTooLarge => "a PEM section over 256 MB",
+        _ => "a malformed PEM section (its BEGIN or END line, or its base64)",
+    }
+}
+
+/// `[tls]`'s two files as read, once each: what is checked and served is
+/// what was hashed.
+pub struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    cert_path: String,
+    key_path: String,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Files {
+    /// Reads the files of `tls`.
+    pub fn read(tls: &TlsConfig) -> Result<Self, TlsError> {
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                what,
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        Ok(Self {
+            cert: read("certificate", &tls.cert)?,
+            key: read("private key", &tls.key)?,
+            cert_path: tls.cert.display().to_string(),
+            key_path: tls.key.display().to_string(),
+        })
+    }
+
+    /// Their [`TlsConfig::contents`].
+    pub fn digest(&self) -> Vec<u8> {
+        crate::config::tls_digest(&self.cert, &self.key)
+    }
+
+    /// The chain (leaf first) and a key that matches the leaf.
+    pub fn parse(self) -> Result<Certificate, TlsError> {
+        let pem = |what, path: &str| {
+            let path = path.to_owned();
+            move |e: pki_types::pem::Error| TlsError::Pem {
+                what,
+                path,
+                problem: pem_problem(&e),
+            }
+        };
+        let chain = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem("certificate", &self.cert_path))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key).map_err(pem("private key", &self.key_path))?;
+        let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
+        Ok(Certificate {
+            digest: self.digest(),
+            key: Arc::new(key),
+        })
+    }
+}
+
 /// A certificate chain and its private key, read from `[tls]`'s files and
 /// checked against each other, ready to be served.
 #[derive(Clone)]
 pub struct Certificate {
     key: Arc<CertifiedKey>,
+    /// The files' [`TlsConfig::contents`].
+    digest: Vec<u8>,
 }
 
 /// The fingerprint only: the key's own `Debug` is not ours to vouch for.
@@ -58,16 +149,12 @@ impl Certificate {
     /// Reads and checks the files of `tls`: the chain (leaf first) and a
     /// key that matches the leaf. Errors name the file, never its contents.
     pub fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
-        let pem = |what, path: &Path| {
-            let path = path.display().to_string();
-            move |source| TlsError::Pem { what, path, source }
-        };
-        let chain = CertificateDer::pem_file_iter(&tls.cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(pem("certificate", &tls.cert))?;
-        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem("private key", &tls.key))?;
-        let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
-        Ok(Self { key: Arc::new(key) })
+        Files::read(tls)?.parse()
+    }
+
+    /// The files' [`TlsConfig::contents`], as they were read.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
     }
 
     /// The SHA-256 of the leaf certificate's DER, in lowercase hex: what
@@ -83,7 +170,7 @@ impl Certificate {
 /// The certificate new handshakes get: swapped whole by
 /// [`ServerCertificate::replace`], read without a lock by each handshake.
 pub struct ServerCertificate {
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwap<Certificate>,
 }
 
 impl std::fmt::Debug for ServerCertificate {
@@ -95,20 +182,18 @@ impl std::fmt::Debug for ServerCertificate {
 impl ServerCertificate {
     /// Serves `certificate` to the handshakes that start from now on.
     pub fn replace(&self, certificate: &Certificate) {
-        self.current.store(certificate.key.clone());
+        self.current.store(Arc::new(certificate.clone()));
     }
 
     /// The certificate served now.
-    pub fn current(&self) -> Certificate {
-        Certificate {
-            key: self.current.load_full(),
-        }
+    pub fn current(&self) -> Arc<Certificate> {
+        self.current.load_full()
     }
 }
 
 impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current.load().key.clone())
     }
 }
 
@@ -135,7 +220,7 @@ impl Inbound {
     /// Serves `certificate` until it is replaced.
     pub fn new(certificate: &Certificate) -> Result<Self, TlsError> {
         let served = Arc::new(ServerCertificate {
-            current: ArcSwap::new(certificate.key.clone()),
+            current: ArcSwap::from_pointee(certificate.clone()),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()
@@ -212,22 +297,59 @@ mod tests {
     fn a_key_of_another_certificate_or_an_empty_file_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tls, _) = write_pair(dir.path());
+        let key = std::fs::read(&tls.key).expect("read");
         let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         std::fs::write(&tls.key, other.signing_key.serialize_pem()).expect("write");
         let error = Certificate::load(&tls).expect_err("another certificate's key");
-        assert!(matches!(error, TlsError::Rustls(_)), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                TlsError::Rustls(rustls::Error::InconsistentKeys(
+                    rustls::InconsistentKeys::KeyMismatch
+                ))
+            ),
+            "{error:?}"
+        );
 
+        std::fs::write(&tls.key, key).expect("write");
+        Certificate::load(&tls).expect("the pair again");
         std::fs::write(&tls.cert, "").expect("write");
         let error = Certificate::load(&tls).expect_err("no certificate");
         assert!(
             matches!(
                 error,
-                TlsError::Pem {
-                    what: "certificate",
-                    ..
-                } | TlsError::Rustls(_)
+                TlsError::Rustls(rustls::Error::NoCertificatesPresented)
             ),
             "{error:?}"
         );
+    }
+
+    /// A key file whose PEM is malformed (written on one line, or with
+    /// literal `\n`s, as a secret store may hand it over) is refused in
+    /// words of our own: the parser's text would quote the key.
+    #[test]
+    fn a_malformed_key_file_is_refused_without_its_contents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, _) = write_pair(dir.path());
+        let pem = std::fs::read_to_string(&tls.key).expect("read");
+        let base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let one_line = pem.replace('\n', "");
+        let escaped = pem.replace('\n', "\\n");
+        let cut = pem.lines().take(2).collect::<Vec<_>>().join("\n");
+        for (name, text) in [("one line", one_line), ("escaped", escaped), ("cut", cut)] {
+            std::fs::write(&tls.key, &text).expect("write");
+            let error = Certificate::load(&tls).expect_err(name);
+            let said = crate::chain::ErrorChain(&error).to_string();
+            assert_eq!(
+                said,
+                format!(
+                    "no usable private key in {}: a malformed PEM section \
+                     (its BEGIN or END line, or its base64)",
+                    tls.key.display()
+                ),
+                "{name}"
+            );
+            assert!(!said.contains(&base64[..16]), "{name}: {said}");
+        }
     }
 }
