@@ -168,6 +168,10 @@ if [ "$INSTR" -eq 1 ] && ! command -v valgrind >/dev/null; then die "--instructi
 command -v python3 >/dev/null || die "need python3"
 command -v curl >/dev/null || die "need curl"
 
+# The tree's commit as the run starts, before the build: the sources it
+# builds from (edits and commits made while it runs are not in the binary).
+GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
 if [ "$PGO" -eq 1 ]; then
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/pusher-cutover"
   FLOOR_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo-floor/release/examples/hyper_floor"
@@ -498,8 +502,6 @@ fi
 
 # ------------------------------------------------------------------ 5. report
 ver() { "$@" 2>&1 | head -n 1; }
-GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
 {
   echo "pusher-cutover benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command:  bench/run.sh$( [ $QUICK -eq 1 ] && echo " --quick")$( [ $LOG_COMPARE -eq 1 ] && echo " --log-compare")$( [ $PGO -eq 1 ] || echo " --no-pgo") (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, $NREQ signed requests per run)"

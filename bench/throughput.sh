@@ -206,6 +206,10 @@ need_sockudo() {
 }
 for s in "${SCENARIOS[@]}"; do [ "$s" = sockudo ] && need_sockudo; done
 
+# The tree's commit as the run starts, before the build: the sources it
+# builds from (edits and commits made while it runs are not in the binary).
+GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
 if [ -z "$BIN" ]; then
   if [ "$PGO" -eq 1 ]; then
     BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/pusher-cutover"
@@ -719,8 +723,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------ report
 ver() { "$@" 2>&1 | head -n 1; }
-GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
 {
   echo "pusher-cutover throughput by design — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "command:  $CMDLINE (duration ${DURATION}s, rounds $ROUNDS, $CONNS connections, remote $REMOTE_CONNS connections, $NREQ signed requests per run)"
