@@ -594,9 +594,9 @@ fn print_out(text: &str) -> std::io::Result<()> {
 
 /// `serve`: loads the configuration, binds its listener and serves until
 /// SIGTERM or SIGINT, reloading on SIGHUP. The accept loop, admin
-/// listener, telemetry flushes and signals run on this one thread;
-/// connections are served by the worker threads that [`crate::http::server`]
-/// starts.
+/// listener, telemetry flushes and signals run on this one thread (reloads,
+/// `/usage` and `/report` on tokio's blocking pool); connections are served
+/// by the worker threads that [`crate::http::server`] starts.
 #[tokio::main(flavor = "current_thread")]
 async fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
     let config = load(path.as_deref()).map_err(ServeError::Config)?;

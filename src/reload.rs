@@ -45,6 +45,10 @@ pub struct Reloader {
     /// The certificate the TLS listener serves, replaced when `[tls]`'s
     /// files change ([`Reloader::with_tls`]).
     tls: Option<Arc<ServerCertificate>>,
+    /// Held by each reload from its read to its swap: a SIGHUP and a
+    /// `POST /reload` at once take turns, so that the telemetry and the
+    /// proxy always end on the same configuration.
+    serial: Arc<std::sync::Mutex<()>>,
 }
 
 /// A reload that was applied.
@@ -90,6 +94,7 @@ impl Reloader {
             started,
             pending: Arc::default(),
             tls: None,
+            serial: Arc::default(),
         }
     }
 
@@ -117,6 +122,10 @@ impl Reloader {
     /// panic inside the reload (a bug) is caught, logged and answered as
     /// [`ReloadError::Internal`], so the reloader keeps working.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _turn = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outcome = guarded(|| self.source.load().and_then(|config| self.apply(config)));
         match &outcome {
             Ok(_) => self.telemetry.reloaded(true),

@@ -247,7 +247,10 @@ fn spawn_sighup(
             tokio::select! {
                 Some(()) = hup.recv() => {
                     tracing::info!("SIGHUP received: reloading the configuration");
-                    let _ = reloader.reload();
+                    // On the blocking pool: a reload reads files, and this
+                    // thread also accepts the proxy's connections.
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
                 }
                 () = &mut stop => break,
             }

@@ -162,6 +162,12 @@ pub struct Admin {
     pub access: Access,
 }
 
+/// The endpoints answered on tokio's blocking pool, not on the thread
+/// that runs this listener (and the proxy's accept loop): they read files
+/// (a reload: the config, the TLS files) or walk the whole ledger, which
+/// takes milliseconds, or longer on a slow disk.
+const OFF_THREAD: [&str; 3] = ["/reload", "/usage", "/report"];
+
 /// Serves the admin endpoints on `listener` until `shutdown` completes, at
 /// most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
@@ -190,9 +196,23 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                     continue;
                 };
                 let admin = admin.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(handle(&admin, &req)) }
+                    async move {
+                        if !OFF_THREAD.contains(&req.uri().path()) {
+                            return Ok::<_, Infallible>(handle(&admin, &req));
+                        }
+                        let answer = tokio::task::spawn_blocking(move || handle(&admin, &req))
+                            .await
+                            .unwrap_or_else(|_| {
+                                respond(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "text/plain; charset=utf-8",
+                                    "internal error (logged)\n",
+                                )
+                            });
+                        Ok(answer)
+                    }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

@@ -189,6 +189,79 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     }
 }
 
+/// A reload that waits on its file (here a FIFO nobody writes to yet)
+/// holds up neither the proxy's listener, whose accept loop shares its
+/// thread, nor the admin listener: calls and scrapes on new connections
+/// are served meanwhile, and the reload applies once the file comes.
+#[tokio::test]
+async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let base = support::config_toml(&fake.url(), "", "");
+    std::fs::write(&config, &base).expect("write config");
+    let served = Served::start(&config).await;
+    let limit = std::time::Duration::from_secs(5);
+    // Each on a connection of its own, which the accept loop must take.
+    let fresh = |addr: &str, head: String| {
+        let addr: std::net::SocketAddr = addr.parse().expect("addr");
+        async move {
+            tokio::time::timeout(limit, support::raw_exchange(addr, head.as_bytes()))
+                .await
+                .map(|answer| answer.status.as_u16())
+        }
+    };
+    let trigger = || {
+        let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+        fresh(
+            &served.addr,
+            format!(
+                "POST {uri} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\
+                 Connection: close\r\n\r\nx"
+            ),
+        )
+    };
+    assert_eq!(trigger().await, Ok(202));
+
+    std::fs::remove_file(&config).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo");
+    served.signal("HUP");
+    for _ in 0..3 {
+        // The reload is stuck opening the FIFO from the first pause on.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(trigger().await, Ok(202), "a call while the reload waits");
+        let scrape = fresh(
+            &served.admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+        );
+        assert_eq!(scrape.await, Ok(200), "a scrape meanwhile");
+    }
+
+    let text = base.replace("[[apps]]", "[[apps]]\nmode = \"reject\"");
+    let fifo = config.clone();
+    let fed = tokio::task::spawn_blocking(move || std::fs::write(fifo, text));
+    tokio::time::timeout(limit, fed)
+        .await
+        .expect("the reload reads the file")
+        .expect("join")
+        .expect("write");
+    let mut status = Ok(0);
+    for _ in 0..50 {
+        status = trigger().await;
+        if status == Ok(410) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Ok(410), "the reload applied once its file came");
+    let (code, _) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+}
+
 /// SIGHUP reloads the config file: a valid change takes effect, an invalid
 /// file is refused (logged) and the previous config keeps serving.
 #[tokio::test]
