@@ -306,6 +306,9 @@ fn duration_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The labels [`Metrics::configure`] set last, which the next one
+    /// removes unless it sets them again.
+    configured: std::sync::Mutex<(Option<BuildLabels>, Vec<AppLabel>)>,
     /// See [`names::DEPRECATED_CALLS`].
     pub deprecated_calls: Family<DeprecatedCallLabels, Counter>,
     /// See [`names::REQUESTS`].
@@ -461,6 +464,7 @@ impl Metrics {
             upstream,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),
+            configured: std::sync::Mutex::default(),
         }
     }
 
@@ -477,22 +481,41 @@ impl Metrics {
     /// Sets the gauges that follow the configuration: `build_info` with its
     /// hash, and one sunset gauge per `(app_id, unix_seconds)`. Series of a
     /// previous configuration are removed.
+    ///
+    /// The new series are set before the old ones go: a reload runs beside
+    /// the scrapes, and a scrape between a clear and a refill would find
+    /// no `build_info` and no sunset (a blip on the dashboards, and a
+    /// missed evaluation of the sunset alert).
     pub fn configure(&self, config_hash: &str, sunsets: &[(String, i64)]) {
-        self.build_info.clear();
-        self.build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                config_hash: config_hash.to_owned(),
+        let build = BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            config_hash: config_hash.to_owned(),
+        };
+        self.build_info.get_or_create(&build).set(1);
+        let apps: Vec<AppLabel> = sunsets
+            .iter()
+            .map(|(app_id, _)| AppLabel {
+                app_id: AppId(Arc::from(app_id.as_str())),
             })
-            .set(1);
-        self.app_sunset.clear();
-        for (app_id, at) in sunsets {
-            self.app_sunset
-                .get_or_create(&AppLabel {
-                    app_id: AppId(Arc::from(app_id.as_str())),
-                })
-                .set(*at);
+            .collect();
+        for (label, (_, at)) in apps.iter().zip(sunsets) {
+            self.app_sunset.get_or_create(label).set(*at);
         }
+        let mut previous = self
+            .configured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = previous.0.take()
+            && old != build
+        {
+            self.build_info.remove(&old);
+        }
+        for old in previous.1.drain(..) {
+            if !apps.contains(&old) {
+                self.app_sunset.remove(&old);
+            }
+        }
+        *previous = (Some(build), apps);
     }
 
     /// The OpenMetrics text exposition.
