@@ -209,6 +209,9 @@ enum ServeError {
     /// The proxy could not start.
     #[error("starting")]
     Run(#[source] RunError),
+    /// The runtime could not be built (no threads or file descriptors).
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl ServeError {
@@ -216,9 +219,9 @@ impl ServeError {
     fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Run(RunError::Tls(_)) => exit::CONFIG,
-            Self::Bind { .. } | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_)) => {
-                exit::UNAVAILABLE
-            }
+            Self::Bind { .. }
+            | Self::Runtime(_)
+            | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_)) => exit::UNAVAILABLE,
             Self::Run(RunError::LedgerNotWritten { .. }) => exit::LEDGER_LOST,
         }
     }
@@ -597,8 +600,25 @@ fn print_out(text: &str) -> std::io::Result<()> {
 /// listener, telemetry flushes and signals run on this one thread (reloads,
 /// `/usage` and `/report` on tokio's blocking pool); connections are served
 /// by the worker threads that [`crate::http::server`] starts.
-#[tokio::main(flavor = "current_thread")]
-async fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
+///
+/// At the end the runtime waits at most [`BLOCKING_GRACE`] for work still
+/// on its blocking pool (a reload stuck reading a file): the ledger is
+/// written by then, and the process exits rather than hang.
+fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let result = runtime.block_on(serve_on(path));
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result
+}
+
+/// How long a stopping `serve` waits for its blocking pool's work.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`serve`] on its runtime.
+async fn serve_on(path: Option<PathBuf>) -> Result<(), ServeError> {
     let config = load(path.as_deref()).map_err(ServeError::Config)?;
     let listener = TcpListener::bind(config.listen)
         .await

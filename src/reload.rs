@@ -122,10 +122,30 @@ impl Reloader {
     /// panic inside the reload (a bug) is caught, logged and answered as
     /// [`ReloadError::Internal`], so the reloader keeps working.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let _turn = self
+        let turn = self
             .serial
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.reload_holding(&turn)
+    }
+
+    /// As [`Reloader::reload`], or `None` at once while another reload
+    /// runs (`POST /reload` answers 409 then, rather than hold a thread
+    /// behind a reload stuck reading its file).
+    pub fn try_reload(&self) -> Option<Result<Reloaded, ReloadError>> {
+        let turn = match self.serial.try_lock() {
+            Ok(turn) => turn,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.reload_holding(&turn))
+    }
+
+    /// A reload, `_turn` held.
+    fn reload_holding(
+        &self,
+        _turn: &std::sync::MutexGuard<'_, ()>,
+    ) -> Result<Reloaded, ReloadError> {
         let outcome = guarded(|| self.source.load().and_then(|config| self.apply(config)));
         match &outcome {
             Ok(_) => self.telemetry.reloaded(true),

@@ -248,9 +248,14 @@ fn spawn_sighup(
                 Some(()) = hup.recv() => {
                     tracing::info!("SIGHUP received: reloading the configuration");
                     // On the blocking pool: a reload reads files, and this
-                    // thread also accepts the proxy's connections.
+                    // thread also accepts the proxy's connections. A stop
+                    // does not wait for a reload stuck on its file.
                     let reloader = reloader.clone();
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    let job = tokio::task::spawn_blocking(move || reloader.reload());
+                    tokio::select! {
+                        _ = job => {}
+                        () = &mut stop => break,
+                    }
                 }
                 () = &mut stop => break,
             }

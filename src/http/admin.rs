@@ -57,7 +57,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// hold its place for good, and [`MAX_CONNECTIONS`] of them would shut out
 /// the probes. A request is answered in milliseconds, and scrapers come
 /// back less often than this, so a live client loses nothing but a
-/// connection it would not have reused.
+/// connection it would not have reused. (A reload slower than this, on a
+/// slow disk, still applies; its answer is lost, its outcome logged and
+/// counted.)
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// The endpoints that need a token (or a loopback listener): they name
@@ -311,8 +313,9 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// `POST /reload`: re-read the configuration; 200 with the hash now in
 /// force (and the settings that need a restart, if any), or 400 with the
-/// problems on one line (the previous configuration keeps serving), or
-/// 500 when the reload stopped on an internal error.
+/// problems on one line (the previous configuration keeps serving), 409
+/// while another reload runs, or 500 when the reload stopped on an
+/// internal error.
 fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != Method::POST {
@@ -324,7 +327,14 @@ fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
     let Some(reloader) = &admin.reloader else {
         return respond(StatusCode::CONFLICT, TEXT, "reloading is not enabled\n");
     };
-    match reloader.reload() {
+    let Some(outcome) = reloader.try_reload() else {
+        return respond(
+            StatusCode::CONFLICT,
+            TEXT,
+            "a reload is in progress; try again when it has ended\n",
+        );
+    };
+    match outcome {
         Ok(reloaded) => respond(StatusCode::OK, TEXT, format!("{}\n", reloaded.summary())),
         Err(ReloadError::Refused(e)) => respond(
             StatusCode::BAD_REQUEST,

@@ -192,7 +192,9 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
 /// A reload that waits on its file (here a FIFO nobody writes to yet)
 /// holds up neither the proxy's listener, whose accept loop shares its
 /// thread, nor the admin listener: calls and scrapes on new connections
-/// are served meanwhile, and the reload applies once the file comes.
+/// are served meanwhile, `POST /reload` is told one runs, the reload
+/// applies once the file comes, and a SIGTERM during such a reload stops
+/// the process all the same.
 #[tokio::test]
 async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     let fake = support::fake().await;
@@ -240,14 +242,27 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
         );
         assert_eq!(scrape.await, Ok(200), "a scrape meanwhile");
     }
+    let reload = fresh(
+        &served.admin,
+        "POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    );
+    assert_eq!(reload.await, Ok(409), "a second reload is told one runs");
 
+    // The writer on a thread of its own, waited for with a bound: were
+    // the FIFO never opened, it would stay blocked, and hold up nothing.
+    let feed = |text: String| {
+        let (done, fed) = std::sync::mpsc::channel();
+        let fifo = config.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(std::fs::write(fifo, text));
+        });
+        tokio::task::spawn_blocking(move || fed.recv_timeout(limit))
+    };
     let text = base.replace("[[apps]]", "[[apps]]\nmode = \"reject\"");
-    let fifo = config.clone();
-    let fed = tokio::task::spawn_blocking(move || std::fs::write(fifo, text));
-    tokio::time::timeout(limit, fed)
+    feed(text)
         .await
-        .expect("the reload reads the file")
         .expect("join")
+        .expect("the reload reads the file within 5 s")
         .expect("write");
     let mut status = Ok(0);
     for _ in 0..50 {
@@ -258,8 +273,16 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status, Ok(410), "the reload applied once its file came");
-    let (code, _) = served.sigterm().await;
+
+    // Stuck again, a SIGTERM still stops the process, and cleanly.
+    served.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (code, entries) = served.sigterm().await;
     assert_eq!(code, Some(0));
+    assert!(
+        entries.iter().any(|e| e["message"] == "stopped"),
+        "{entries:?}"
+    );
 }
 
 /// SIGHUP reloads the config file: a valid change takes effect, an invalid
