@@ -298,14 +298,9 @@ pub enum ReloadError {
 fn guarded<T>(reload: impl FnOnce() -> Result<T, ConfigError>) -> Result<T, ReloadError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(reload)) {
         Ok(result) => result.map_err(ReloadError::Refused),
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            Err(ReloadError::Internal(what))
-        }
+        Err(payload) => Err(ReloadError::Internal(
+            crate::telemetry::logging::panic_text(payload.as_ref()),
+        )),
     }
 }
 

@@ -112,7 +112,62 @@ pub fn init(format: Format) -> Guard {
             .with_timer(StampedTime)
             .init(),
     }
+    route_panics_to_the_log();
     guard
+}
+
+/// The log writer's thread.
+const LOG_THREAD: &str = "pusher-cutover-log";
+
+/// Routes panics through the log: one ERROR line, in the log's format, with
+/// the panic's message, where it happened and the thread (and the
+/// backtrace when `RUST_BACKTRACE` asks for one), so that a bug shows in
+/// JSON logs as an event rather than as loose lines on stderr. Where the log
+/// cannot take the line, the standard hook prints it as before
+/// ([`log_panic`]).
+fn route_panics_to_the_log() {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !log_panic(info) {
+            standard(info);
+        }
+    }));
+}
+
+/// Logs the panic `info` at ERROR and says so; `false`, having logged
+/// nothing, where the line would be lost: on the log writer's own thread,
+/// while this thread is already inside the subscriber (tracing drops
+/// events nested there), with no subscriber, or with ERROR filtered out.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let current = std::thread::current();
+    if current.name() == Some(LOG_THREAD)
+        || tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>())
+        || !tracing::enabled!(Level::ERROR)
+    {
+        return false;
+    }
+    let message = panic_text(info.payload());
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = current.name().unwrap_or("unnamed");
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(panic = %message, %location, %thread, %backtrace, "panic (a bug: please report it)");
+    } else {
+        tracing::error!(panic = %message, %location, %thread, "panic (a bug: please report it)");
+    }
+    true
+}
+
+/// A panic's message: its payload when that is text (what `panic!` makes).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The JSON format's timestamp: the same text as [`LineFormat`]'s,
@@ -272,7 +327,7 @@ impl<W: io::Write> Merger<W> {
         let (queue, incoming) = std::sync::mpsc::sync_channel::<Message>(256);
         let mut merger = Merger::new(io::BufWriter::with_capacity(64 * 1024, out), hold);
         let thread = std::thread::Builder::new()
-            .name("pusher-cutover-log".into())
+            .name(LOG_THREAD.into())
             .spawn(move || {
                 use std::sync::mpsc::RecvTimeoutError;
                 // When to write next: when the oldest held line is due, but
@@ -940,5 +995,65 @@ pub(crate) mod tests {
         ) -> fmt::Result {
             format_line(self.0, writer, event)
         }
+    }
+
+    /// A panic on a thread with a subscriber becomes one ERROR line with
+    /// its message, place and thread; without one (or while ERROR is
+    /// filtered out) the standard hook takes it, and nothing is lost.
+    #[test]
+    fn a_panic_is_one_error_line_where_the_log_can_take_it() {
+        let logged = Arc::new(Mutex::new(Vec::new()));
+        let previous: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> =
+            Arc::from(std::panic::take_hook());
+        let fallback = previous.clone();
+        let seen = logged.clone();
+        // This test's own hook: the routing under test, and the test
+        // harness's hook for panics the routing leaves (other tests'
+        // threads have no subscriber of their own).
+        std::panic::set_hook(Box::new(move |info| {
+            if log_panic(info) {
+                seen.lock().expect("lock").push(panic_text(info.payload()));
+            } else {
+                fallback(info);
+            }
+        }));
+        let out = Collect::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .event_format(LineFormat)
+            .finish();
+        let caught = tracing::subscriber::with_default(subscriber, || {
+            std::panic::catch_unwind(|| panic!("boom at {}", 7))
+        });
+        let quiet = tracing_subscriber::fmt()
+            .with_writer(Collect::default())
+            .with_max_level(tracing::level_filters::LevelFilter::OFF)
+            .finish();
+        let unlogged = tracing::subscriber::with_default(quiet, || {
+            std::panic::catch_unwind(|| panic!("filtered out"))
+        });
+        let bare = std::panic::catch_unwind(|| panic!("no subscriber"));
+        let standard = previous.clone();
+        std::panic::set_hook(Box::new(move |info| standard(info)));
+        assert!(caught.is_err() && unlogged.is_err() && bare.is_err());
+
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("ERROR"), "{text}");
+        assert!(
+            lines[0].contains("panic (a bug: please report it)"),
+            "{text}"
+        );
+        assert!(lines[0].contains("panic=boom at 7"), "{text}");
+        assert!(
+            lines[0].contains("location=src/telemetry/logging.rs:"),
+            "{text}"
+        );
+        assert!(lines[0].contains("thread="), "{text}");
+        let routed = logged.lock().expect("lock").clone();
+        assert!(routed.contains(&"boom at 7".to_owned()), "{routed:?}");
+        assert!(!routed.contains(&"filtered out".to_owned()), "{routed:?}");
+        assert!(!routed.contains(&"no subscriber".to_owned()), "{routed:?}");
     }
 }
