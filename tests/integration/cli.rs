@@ -107,11 +107,7 @@ fn validate_lists_every_problem() {
 #[tokio::test]
 async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
-
-    let served = Served::start(&config).await;
+    let (_dir, _, _, served) = serve_file(&fake).await;
     let addr = served.addr.clone();
 
     let recordings = recordings();
@@ -189,6 +185,20 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     }
 }
 
+/// `serve` of the test config for `fake`, from a file it reloads: the
+/// directory holding it (removed when dropped), the file, its text and the
+/// process.
+async fn serve_file(
+    fake: &support::fake::FakeUpstream,
+) -> (tempfile::TempDir, std::path::PathBuf, String, Served) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.toml");
+    let base = support::config_toml(&fake.url(), "", "");
+    std::fs::write(&config, &base).expect("write config");
+    let served = Served::start(&config).await;
+    (dir, config, base, served)
+}
+
 /// A reload that waits on its file (here a FIFO nobody writes to yet)
 /// holds up neither the proxy's listener, whose accept loop shares its
 /// thread, nor the admin listener: calls and scrapes on new connections
@@ -198,11 +208,7 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
 #[tokio::test]
 async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&config, &base).expect("write config");
-    let served = Served::start(&config).await;
+    let (_dir, config, base, served) = serve_file(&fake).await;
     let limit = std::time::Duration::from_secs(5);
     // Each on a connection of its own, which the accept loop must take.
     let fresh = |addr: &str, head: String| {
@@ -290,11 +296,7 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
 #[tokio::test]
 async fn sighup_reloads_the_config_file() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&config, &base).expect("write config");
-    let served = Served::start(&config).await;
+    let (_dir, config, base, served) = serve_file(&fake).await;
     let trigger = || {
         let url = format!(
             "http://{}{}",
