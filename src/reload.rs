@@ -45,9 +45,10 @@ pub struct Reloader {
     /// The certificate the TLS listener serves, replaced when `[tls]`'s
     /// files change ([`Reloader::with_tls`]).
     tls: Option<Arc<ServerCertificate>>,
-    /// Held by each reload from its read to its swap: a SIGHUP and a
-    /// `POST /reload` at once take turns, so that the telemetry and the
-    /// proxy always end on the same configuration.
+    /// Held by each reload from its read to its swap, so that the
+    /// telemetry and the proxy always end on the same configuration: a
+    /// SIGHUP's reload waits for one running, a `POST /reload` is answered
+    /// 409 ([`Reloader::try_reload`]).
     serial: Arc<std::sync::Mutex<()>>,
 }
 
@@ -160,6 +161,7 @@ impl Reloader {
                 self.telemetry.reloaded(false);
                 tracing::error!(
                     panic = %one_line(what),
+                    config_hash = %self.telemetry.config_hash(),
                     "configuration reload failed on an internal error (a bug, please report it): \
                      part of the new configuration may be in force; reload again, or restart"
                 );
@@ -174,7 +176,7 @@ impl Reloader {
         let current = self.proxy.current();
         let running = current.config();
         let mut restart_needed = restart_only_changes(running, &config);
-        let renewed = match self.tls_change(running, &mut config)? {
+        let renewed = match self.tls_change(running, &config)? {
             TlsChange::Same => None,
             TlsChange::Renewed(certificate) => Some(certificate),
             TlsChange::Restart => {
@@ -219,19 +221,19 @@ impl Reloader {
         })
     }
 
-    /// What `new`'s `[tls]` asks of the running listener, its files read
-    /// once (their digest is set as `new`'s `contents`):
-    /// - nothing, when they hold what is served (compared with the served
-    ///   certificate, not the running configuration, so that a reload cut
-    ///   short after the configuration's swap is made good by the next);
+    /// What `new`'s `[tls]` asks of the running listener:
+    /// - nothing, when its files hold what is served (read once and
+    ///   compared with the certificate served, not with the running
+    ///   configuration, so that a reload cut short before the swap is made
+    ///   good by the next);
     /// - a certificate to serve from now on, when they changed;
     /// - a restart: TLS turned on (its files checked now, so that a
-    ///   restart does not find them broken) or off, or no handle to serve
-    ///   a certificate through (a change of the files then waits for a
-    ///   restart).
+    ///   restart does not find them broken) or off. A reloader without the
+    ///   listener's handle ([`Reloader::with_tls`]; `serve` always gives
+    ///   it) compares only the paths.
     ///
     /// Files that do not load refuse the reload.
-    fn tls_change(&self, running: &Config, new: &mut Config) -> Result<TlsChange, ConfigError> {
+    fn tls_change(&self, running: &Config, new: &Config) -> Result<TlsChange, ConfigError> {
         let refused = |e: TlsError, then: &str| {
             ConfigError::Invalid(vec![config::Problem {
                 key: "tls".into(),
@@ -239,7 +241,7 @@ impl Reloader {
             }])
         };
         const KEPT: &str = "the running certificate keeps being served";
-        match (&running.tls, new.tls.as_mut(), &self.tls) {
+        match (&running.tls, &new.tls, &self.tls) {
             (None, None, _) => Ok(TlsChange::Same),
             (Some(_), None, _) => Ok(TlsChange::Restart),
             (None, Some(tls), _) => match Certificate::load(tls) {
@@ -253,8 +255,7 @@ impl Reloader {
             (Some(_), Some(_), None) => Ok(TlsChange::Restart),
             (Some(_), Some(tls), Some(served)) => {
                 let files = Files::read(tls).map_err(|e| refused(e, KEPT))?;
-                tls.contents = files.digest();
-                if tls.contents == served.current().digest() {
+                if files.digest() == served.current().digest() {
                     Ok(TlsChange::Same)
                 } else {
                     files
@@ -327,6 +328,9 @@ pub fn one_line(text: &str) -> String {
 /// are never shown, only that they changed.
 fn app_changes(old: &Config, new: &Config) -> Vec<String> {
     use crate::config::AppConfig;
+    // At UTC, so that the same instant written with another offset reads
+    // the same; it cannot fail, whatever the year.
+    use crate::report::text::rfc3339;
     use secrecy::ExposeSecret;
     let find = |apps: &[AppConfig], id: &str| apps.iter().find(|a| a.id == id).cloned();
     let mut out = Vec::new();
@@ -357,18 +361,17 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
             o.max_data_bytes.to_string(),
             n.max_data_bytes.to_string(),
         );
-        let sunset = |a: &AppConfig| a.sunset.map_or("none".into(), utc);
+        let sunset = |a: &AppConfig| a.sunset.map_or("none".into(), rfc3339);
         field("sunset", sunset(&o), sunset(n));
         // The windows themselves: a moved window is a change even when
         // their number stays.
         let windows = |a: &AppConfig| -> String {
-            let at = utc;
             if a.brownouts.is_empty() {
                 return "none".into();
             }
             a.brownouts
                 .iter()
-                .map(|b| format!("{}/{}", at(b.start), at(b.end)))
+                .map(|b| format!("{}/{}", rfc3339(b.start), rfc3339(b.end)))
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -399,14 +402,6 @@ fn app_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     out
-}
-
-/// `t` in RFC 3339 at UTC, so that the same instant written with another
-/// offset reads the same.
-fn utc(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// Whether a restart-only setting differs between two configs: `!=` for
@@ -443,8 +438,9 @@ impl Differs for Option<secrecy::SecretString> {
     }
 }
 
-/// The settings a reload cannot change (they are bound at start), in one
-/// list, from which both [`restart_only_changes`] (which of them a new file
+/// The settings a reload cannot change (they are bound at start; `tls`,
+/// restart-only only when turned on or off, is [`Reloader::tls_change`]'s),
+/// in one list, from which both [`restart_only_changes`] (which of them a new file
 /// changes) and [`keep_restart_only`] (the running values put back) are
 /// made, so the two cannot drift apart.
 macro_rules! restart_only {
@@ -673,7 +669,17 @@ mod tests {
         assert!(!problems.contains(&base64[..12]), "no contents: {problems}");
         assert_eq!(served.current().fingerprint(), now, "still served");
 
+        // Without the listener's handle, only the paths are compared: a
+        // certificate moved to another file waits for a restart.
         issue();
+        let moved = dir.path().join("moved.pem");
+        std::fs::copy(&cert, &moved).expect("copy");
+        let elsewhere = with_tls.replace(
+            &format!("{:?}", cert.display().to_string()),
+            &format!("{:?}", moved.display().to_string()),
+        );
+        assert_ne!(elsewhere, with_tls);
+        std::fs::write(&path, &elsewhere).expect("write");
         let not_served = without_handle.reload().expect("applies");
         assert_eq!(not_served.restart_needed, ["tls"]);
         assert_eq!(served.current().fingerprint(), now);

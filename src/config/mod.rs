@@ -17,7 +17,6 @@ mod raw;
 mod validate;
 
 use raw::{RawApp, RawConfig, default_max_data};
-pub use validate::tls_digest;
 
 /// The configuration used when `serve` is given no `--config`; the
 /// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
@@ -297,12 +296,6 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// SHA-256 of both files' contents ([`tls_digest`]) when the
-    /// configuration was read (empty when they could not be read); in the
-    /// running configuration, those of the files being served. A reload
-    /// compares the files with what is served and loads them when they
-    /// changed (a renewed certificate).
-    pub contents: Vec<u8>,
 }
 
 /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/usage`, `/report`).

@@ -613,6 +613,28 @@ fn a_sunset_outside_what_an_http_date_says_is_refused() {
     }
 }
 
+/// A brownout window is held to the same years as `sunset`: an end written
+/// at 9999-12-31T23:00-01:00 (year 10000 at UTC) is refused rather than
+/// left to fail where the window is shown.
+#[test]
+fn a_brownout_outside_what_an_http_date_says_is_refused() {
+    let window = |end: &str| {
+        one_app(
+            "",
+            &format!(
+                "secret = \"s\"\nbrownouts = [{{ start = \"2027-05-12T14:00:00Z\", end = \"{end}\" }}]"
+            ),
+            "",
+        )
+    };
+    let said = problems_of(&window("9999-12-31T23:00:00-01:00"), &[]).join("\n");
+    assert!(
+        said.contains("apps[0].brownouts[0].end") && said.contains("1970 and 9999"),
+        "{said}"
+    );
+    assert!(problems_of(&window("9999-12-31T23:00:00Z"), &[]).is_empty());
+}
+
 /// Limits the server cannot honour are refused, not left to fail at start.
 #[test]
 fn connection_and_header_limits_have_a_ceiling() {

@@ -226,13 +226,9 @@ impl RawConfig {
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections,
             workers: self.workers,
-            tls: self.tls.map(|t| {
-                let contents = tls_contents(&t.cert, &t.key);
-                TlsConfig {
-                    cert: t.cert,
-                    key: t.key,
-                    contents,
-                }
+            tls: self.tls.map(|t| TlsConfig {
+                cert: t.cert,
+                key: t.key,
             }),
             upstream: UpstreamConfig {
                 url,
@@ -306,25 +302,6 @@ fn instance_name(
     } else {
         name
     }
-}
-
-/// [`TlsConfig::contents`] of the files at `cert` and `key`.
-fn tls_contents(cert: &std::path::Path, key: &std::path::Path) -> Vec<u8> {
-    match (std::fs::read(cert), std::fs::read(key)) {
-        (Ok(cert), Ok(key)) => tls_digest(&cert, &key),
-        _ => Vec::new(),
-    }
-}
-
-/// [`TlsConfig::contents`] of a certificate file's and a key file's bytes.
-pub fn tls_digest(cert: &[u8], key: &[u8]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut digest = Sha256::new();
-    for bytes in [cert, key] {
-        digest.update((bytes.len() as u64).to_be_bytes());
-        digest.update(bytes);
-    }
-    digest.finalize().to_vec()
 }
 
 /// Whether listeners on `a` and `b` (the same port) would take each
@@ -456,6 +433,16 @@ fn valid_app_id(id: &str) -> bool {
 }
 
 /// Validates one `[[apps]]` entry; `None` when it has problems.
+/// Whether `t` is within what an HTTP date (the `Sunset` header) and
+/// RFC 3339 can say, 1970 to 9999 UTC; if not, a problem for `key`.
+fn sayable(t: &OffsetDateTime, key: &str, problems: &mut Collected) -> bool {
+    let sayable = super::http_date_range().contains(&t.unix_timestamp());
+    if !sayable {
+        problems.add(key, "must be between 1970 and 9999 (UTC)".into());
+    }
+    sayable
+}
+
 fn validate_app(
     i: usize,
     app: RawApp,
@@ -480,13 +467,7 @@ fn validate_app(
         .sunset
         .as_deref()
         .and_then(|t| parse_time(t, &key("sunset"), problems))
-        .filter(|t| {
-            let sayable = super::http_date_range().contains(&t.unix_timestamp());
-            if !sayable {
-                problems.add(&key("sunset"), "must be between 1970 and 9999 (UTC)".into());
-            }
-            sayable
-        });
+        .filter(|t| sayable(t, &key("sunset"), problems));
     let rollout_percent = match (app.rollout_percent, app.mode) {
         (None, _) => 100,
         (Some(n), Mode::Translate) if n <= 100 => n,
@@ -507,6 +488,8 @@ fn validate_app(
         let bkey = |f: &str| key(&format!("brownouts[{j}].{f}"));
         let start = parse_time(&b.start, &bkey("start"), problems);
         let end = parse_time(&b.end, &bkey("end"), problems);
+        let start = start.filter(|t| sayable(t, &bkey("start"), problems));
+        let end = end.filter(|t| sayable(t, &bkey("end"), problems));
         if let (Some(start), Some(end)) = (start, end) {
             if start < end {
                 brownouts.push(Brownout { start, end });

@@ -164,10 +164,11 @@ pub struct Admin {
     pub access: Access,
 }
 
-/// The endpoints answered on tokio's blocking pool, not on the thread
-/// that runs this listener (and the proxy's accept loop): they read files
-/// (a reload: the config, the TLS files) or walk the whole ledger, which
-/// takes milliseconds, or longer on a slow disk.
+/// The endpoints whose work ([`answer`]) runs on tokio's blocking pool,
+/// not on the thread that runs this listener (and the proxy's accept
+/// loop): they read files (a reload: the config, the TLS files) or walk
+/// the whole ledger, which takes milliseconds, or longer on a slow disk.
+/// Refusals and wrong methods ([`checked`]) are answered on the thread.
 const OFF_THREAD: [&str; 3] = ["/reload", "/usage", "/report"];
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes, at
@@ -201,10 +202,13 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
                     async move {
-                        if !OFF_THREAD.contains(&req.uri().path()) {
-                            return Ok::<_, Infallible>(handle(&admin, &req));
+                        if let Some(answer) = checked(&admin, &req) {
+                            return Ok::<_, Infallible>(answer);
                         }
-                        let answer = tokio::task::spawn_blocking(move || handle(&admin, &req))
+                        if !OFF_THREAD.contains(&req.uri().path()) {
+                            return Ok(answer(&admin, &req));
+                        }
+                        let answer = tokio::task::spawn_blocking(move || answer(&admin, &req))
                             .await
                             .unwrap_or_else(|_| {
                                 respond(
@@ -242,34 +246,54 @@ fn respond(
 
 /// Routes one admin request.
 pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    checked(admin, req).unwrap_or_else(|| answer(admin, req))
+}
+
+/// The answers given before any endpoint's work, and cheaply enough to
+/// give on the listener's own thread: a refusal, an unknown path, a method
+/// the endpoint does not take. `None` for a request its endpoint answers.
+fn checked(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     let path = req.uri().path();
     if GUARDED.contains(&path)
         && let Some(refusal) = admin.access.refusal(path, req.headers())
     {
-        return refusal;
+        return Some(refusal);
     }
-    if path == "/reload" {
-        return reload(admin, req.method());
-    }
-    let known = ["/metrics", "/healthz", "/readyz", "/usage", "/report"];
+    let known = [
+        "/metrics", "/healthz", "/readyz", "/usage", "/report", "/reload",
+    ];
     if !known.contains(&path) {
-        return respond(
+        return Some(respond(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
             "not found\n",
-        );
+        ));
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n",
-        );
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return resp;
+    let (allowed, allow) = match path {
+        "/reload" => (req.method() == Method::POST, "POST"),
+        _ => (
+            req.method() == Method::GET || req.method() == Method::HEAD,
+            "GET, HEAD",
+        ),
+    };
+    if allowed {
+        return None;
     }
+    let mut resp = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        "method not allowed\n",
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    Some(resp)
+}
+
+/// The endpoint's answer to a request [`checked`] let through.
+fn answer(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
     match path {
+        "/reload" => reload(admin),
         "/metrics" => respond(StatusCode::OK, OPENMETRICS, admin.telemetry.metrics_text()),
         "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" if admin.ready.load(Ordering::Acquire) => {
@@ -316,14 +340,8 @@ pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// problems on one line (the previous configuration keeps serving), 409
 /// while another reload runs, or 500 when the reload stopped on an
 /// internal error.
-fn reload(admin: &Admin, method: &Method) -> Response<Full<Bytes>> {
+fn reload(admin: &Admin) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if method != Method::POST {
-        let mut resp = respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
-        return resp;
-    }
     let Some(reloader) = &admin.reloader else {
         return respond(StatusCode::CONFLICT, TEXT, "reloading is not enabled\n");
     };

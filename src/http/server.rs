@@ -174,6 +174,11 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = settings.tls.is_some(), workers = workers.len(), "listening");
     }
+    if let Some(tls) = &settings.tls {
+        // The leaf served, as a reload's `TLS certificate reloaded` line
+        // gives it.
+        tracing::info!(sha256 = %tls.certificate.current().fingerprint(), "TLS certificate served");
+    }
 
     let mut next = 0usize;
     let mut next_id = 0u64;

@@ -70,6 +70,8 @@ pub struct Files {
     key: Vec<u8>,
     cert_path: String,
     key_path: String,
+    /// SHA-256 over both files, each with its length.
+    digest: Vec<u8>,
 }
 
 impl std::fmt::Debug for Files {
@@ -91,17 +93,32 @@ impl Files {
                 source,
             })
         };
+        let (cert, key) = (
+            read("certificate", &tls.cert)?,
+            read("private key", &tls.key)?,
+        );
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut digest = Sha256::new();
+            for bytes in [&cert, &key] {
+                digest.update((bytes.len() as u64).to_be_bytes());
+                digest.update(bytes);
+            }
+            digest.finalize().to_vec()
+        };
         Ok(Self {
-            cert: read("certificate", &tls.cert)?,
-            key: read("private key", &tls.key)?,
+            cert,
+            key,
             cert_path: tls.cert.display().to_string(),
             key_path: tls.key.display().to_string(),
+            digest,
         })
     }
 
-    /// Their [`TlsConfig::contents`].
-    pub fn digest(&self) -> Vec<u8> {
-        crate::config::tls_digest(&self.cert, &self.key)
+    /// What the two files hold, as one SHA-256: two reads that give the
+    /// same digest read the same certificate and key.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
     }
 
     /// The chain (leaf first) and a key that matches the leaf.
@@ -121,7 +138,7 @@ impl Files {
             PrivateKeyDer::from_pem_slice(&self.key).map_err(pem("private key", &self.key_path))?;
         let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
         Ok(Certificate {
-            digest: self.digest(),
+            digest: self.digest,
             key: Arc::new(key),
         })
     }
@@ -132,7 +149,7 @@ impl Files {
 #[derive(Clone)]
 pub struct Certificate {
     key: Arc<CertifiedKey>,
-    /// The files' [`TlsConfig::contents`].
+    /// The files' [`Files::digest`].
     digest: Vec<u8>,
 }
 
@@ -152,7 +169,7 @@ impl Certificate {
         Files::read(tls)?.parse()
     }
 
-    /// The files' [`TlsConfig::contents`], as they were read.
+    /// The files' [`Files::digest`], as they were read.
     pub fn digest(&self) -> &[u8] {
         &self.digest
     }
@@ -256,7 +273,6 @@ mod tests {
         let tls = TlsConfig {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
-            contents: Vec::new(),
         };
         std::fs::write(&tls.cert, made.cert.pem()).expect("write");
         std::fs::write(&tls.key, made.signing_key.serialize_pem()).expect("write");

@@ -38,7 +38,7 @@ pub mod prometheus;
 pub mod promql;
 pub mod sources;
 mod table;
-mod text;
+pub(crate) mod text;
 
 pub use gate::{AppUse, render_uses, uses_since};
 pub use html::render_html;

@@ -15,7 +15,7 @@ pub(super) fn utc(t: OffsetDateTime) -> OffsetDateTime {
 
 /// RFC 3339 in UTC; times RFC 3339 cannot express (years outside
 /// 0000-9999) fall back to the same shape without failing.
-pub(super) fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     let t = utc(t);
     t.format(&Rfc3339).unwrap_or_else(|_| seconds_text(t))
 }

@@ -134,10 +134,13 @@ fn route_panics_to_the_log() {
     }));
 }
 
-/// Logs the panic `info` at ERROR and says so; `false`, having logged
-/// nothing, where the line would be lost: on the log writer's own thread,
-/// while this thread is already inside the subscriber (tracing drops
-/// events nested there), with no subscriber, or with ERROR filtered out.
+/// Logs the panic `info` at ERROR, hands the line on at once (a worker
+/// thread batches its lines, and a panic may end the thread), and says
+/// so; `false`, having logged nothing, where the line would be lost: on
+/// the log writer's own thread, with no subscriber (or inside a scoped one,
+/// where tracing drops nested events), or with ERROR filtered out. A panic
+/// inside the process-wide subscriber is logged through it again: the
+/// text format's buffers and the line writer fall back when re-entered.
 fn log_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
     let current = std::thread::current();
     if current.name() == Some(LOG_THREAD)
@@ -158,6 +161,7 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) -> bool {
     } else {
         tracing::error!(panic = %message, %location, %thread, "panic (a bug: please report it)");
     }
+    flush_thread();
     true
 }
 
