@@ -604,9 +604,8 @@ mod tests {
             key.display().to_string()
         );
         let issue = || {
-            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-            std::fs::write(&cert, made.cert.pem()).expect("write");
-            std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
+            let (written, _) = crate::http::tls::tests::write_pair(dir.path());
+            assert_eq!((&written.cert, &written.key), (&cert, &key));
         };
         issue();
         std::fs::write(&path, &with_tls).expect("write");

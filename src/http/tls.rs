@@ -263,12 +263,13 @@ fn provider() -> rustls::crypto::CryptoProvider {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Writes a fresh self-signed certificate for `localhost` and its key
-    /// into `dir`; returns their `[tls]` and the certificate's DER.
-    fn write_pair(dir: &Path) -> (TlsConfig, Vec<u8>) {
+    /// into `dir` (`cert.pem`, `key.pem`); returns their `[tls]` and the
+    /// certificate's DER.
+    pub(crate) fn write_pair(dir: &Path) -> (TlsConfig, Vec<u8>) {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let tls = TlsConfig {
             cert: dir.join("cert.pem"),
