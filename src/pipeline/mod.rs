@@ -237,7 +237,10 @@ impl Proxy {
     /// turned off moves the ledger's start past the last call it let
     /// through ([`crate::telemetry::ledger::Ledger::follow_bypass`]). The
     /// `pusher_cutover_bypass` gauge says the same to Prometheus, whose
-    /// fleet gate counts a window with it at 1 as a gap.
+    /// fleet gate counts a window with it at 1 as a gap, and
+    /// `pusher_cutover_bypass_switched_on_total` counts each time it is
+    /// turned on, which the gate counts too (a switch on and off between
+    /// two scrapes leaves the gauge at 0 at both).
     fn follow_bypass(&self) {
         let state = self.state.load();
         let bypass = state.config.bypass;
@@ -245,7 +248,12 @@ impl Proxy {
             .telemetry
             .ledger()
             .follow_bypass(bypass, state.clock.unix_now());
-        state.telemetry.metrics().bypass.set(i64::from(bypass));
+        let metrics = state.telemetry.metrics();
+        // The gauge's previous value tells a switch turned on (at start
+        // too: the gauge starts at 0) from one kept on.
+        if metrics.bypass.set(i64::from(bypass)) == 0 && bypass {
+            metrics.bypass_switched_on.inc();
+        }
     }
 
     /// The state requests arriving now are served with.

@@ -65,8 +65,9 @@ pub enum Gap {
         /// Sidecars whose last scrape in the window succeeded.
         seen: usize,
     },
-    /// A sidecar had its kill switch on (`bypass = true`) at a scrape in
-    /// the window (or the last one before it): it passed every call
+    /// A sidecar had its kill switch on (`bypass = true`) in the window
+    /// (or the scrape interval before it), seen at a scrape or by the
+    /// count of switches turned on: it passed every call
     /// through, deprecated ones uncounted, so its zero says nothing about
     /// that time.
     Bypassed {
@@ -296,8 +297,9 @@ pub struct Facts {
     pub instances: BTreeMap<String, Scrapes>,
     /// Which apps each sidecar serves.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
-    /// The sidecars whose `pusher_cutover_bypass` gauge was 1 at a scrape
-    /// in the window (or the last one before it). A sidecar from a release
+    /// The sidecars whose kill switch was on in the window (or the scrape
+    /// interval before it): `pusher_cutover_bypass` 1 at a scrape, or
+    /// `pusher_cutover_bypass_switched_on_total` up. A sidecar from a release
     /// before the gauge has no such series and is not in here: nothing is
     /// known against it, so it is no gap.
     pub bypassed: BTreeSet<String>,

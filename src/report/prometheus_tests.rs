@@ -449,10 +449,18 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
     // Asked for each window, widened by the 15 s scrape interval.
     let asked = queries.lock().expect("lock").clone();
     for range in ["[135s]", "[75s]"] {
-        let q = format!(
-            "max by (instance) (max_over_time(pusher_cutover_bypass{{job=\"pusher-cutover\"}}{range}))"
+        let q = format!("max_over_time(pusher_cutover_bypass{{job=\"pusher-cutover\"}}{range})");
+        let switched = format!(
+            "increase(pusher_cutover_bypass_switched_on_total{{job=\"pusher-cutover\"}}{range})"
         );
-        assert!(asked.contains(&q), "{q} not in {asked:#?}");
+        assert!(
+            asked
+                .iter()
+                .any(|a| a.starts_with("clamp_max(max by (instance) (")
+                    && a.contains(&q)
+                    && a.contains(&switched)),
+            "{q} and {switched} not in {asked:#?}"
+        );
     }
 
     for (bypass, what) in [

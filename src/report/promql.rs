@@ -26,6 +26,11 @@ pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
 /// existed expose no such series.
 pub const BYPASS: &str = "pusher_cutover_bypass";
 
+/// The counter of the times the kill switch was turned on (at start, or by
+/// a reload): it tells of a switch on and off again between two scrapes,
+/// which the gauge cannot.
+pub const BYPASS_SWITCHED_ON: &str = "pusher_cutover_bypass_switched_on_total";
+
 /// What the queries select.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
@@ -120,20 +125,30 @@ impl Selector {
         format!("count_over_time({}[{range}s])", self.up())
     }
 
-    /// The sidecars whose kill switch was on at some scrape in the
-    /// `range` seconds ending at the evaluation time (the window widened
-    /// by a scrape interval, as for the counters: a switch seen on just
-    /// before the window may have stayed on into it):
-    /// `max by (instance) (max_over_time(pusher_cutover_bypass{job="…"}[Ns]))`,
-    /// 1 for those, 0 for the others. A sidecar from before the gauge has
-    /// no series, so no answer: nothing is known against it. A switch on
-    /// for less than a scrape interval can fall between two scrapes; the
-    /// sidecar's ledger still sees it (its `recorded_since`).
+    /// The sidecars whose kill switch was on in the `range` seconds ending
+    /// at the evaluation time (the window widened by a scrape interval, as
+    /// for the counters: a switch on just before the window may have
+    /// stayed on into it), 1 for those, 0 for the others. On, when any of:
+    /// - the gauge was 1 at a scrape: `max_over_time(pusher_cutover_bypass[Ns])`;
+    /// - the switch was turned on between two scrapes, even if off again
+    ///   by the second: `increase()` of [`BYPASS_SWITCHED_ON`];
+    /// - a sidecar new in the range (no sample `range` seconds ago) had
+    ///   turned it on before its first scrape: that counter above 0 then,
+    ///   as [`Selector::calls_before_first_scrape`] finds calls.
+    ///
+    /// The three are told apart by an `evidence` label so that `or` keeps
+    /// each, then the highest per sidecar is taken and clamped to 1. A
+    /// sidecar from before the gauge has no series, so no answer: nothing
+    /// is known against it.
     pub fn bypassed(&self, range: u64) -> String {
+        let m = self.matchers(false, "");
+        let switched = format!("{BYPASS_SWITCHED_ON}{m}");
         format!(
-            "max by ({}) (max_over_time({BYPASS}{}[{range}s]))",
-            self.instance_label,
-            self.matchers(false, "")
+            "clamp_max(max by ({by}) (max_over_time({BYPASS}{m}[{range}s]) \
+             or label_replace(increase({switched}[{range}s]), \"evidence\", \"switched\", \"\", \"\") \
+             or label_replace(max_over_time({switched}[{range}s]) unless {switched} offset {range}s, \
+             \"evidence\", \"new\", \"\", \"\")), 1)",
+            by = self.instance_label,
         )
     }
 
@@ -246,16 +261,80 @@ mod tests {
     fn bypassed_is_the_highest_bypass_gauge_per_sidecar_whatever_the_apps() {
         assert_eq!(
             sel(&["7"]).bypassed(60),
-            "max by (instance) (max_over_time(pusher_cutover_bypass{job=\"pusher-cutover\"}[60s]))"
+            "clamp_max(max by (instance) (\
+             max_over_time(pusher_cutover_bypass{job=\"pusher-cutover\"}[60s]) \
+             or label_replace(increase(pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"}[60s]), \
+             \"evidence\", \"switched\", \"\", \"\") \
+             or label_replace(max_over_time(pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"}[60s]) \
+             unless pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"} offset 60s, \
+             \"evidence\", \"new\", \"\", \"\")), 1)"
         );
         let pod = Selector {
             instance_label: "pod".into(),
             ..sel(&[])
         };
         assert!(
-            pod.bypassed(5).starts_with("max by (pod) ("),
+            pod.bypassed(5).starts_with("clamp_max(max by (pod) ("),
             "{}",
             pod.bypassed(5)
+        );
+    }
+
+    /// What the bypass query answers, evaluated by Prometheus' own engine
+    /// (`promtool test rules`, on series scraped every 15 s, at 10 min,
+    /// over the last 180 s): a switch on and off between two scrapes (a),
+    /// and one turned on before a new sidecar's first scrape (c), are
+    /// caught as the gauge at 1 at a scrape is (d); a switch turned on
+    /// before the range and off since (b), or never (e), is not.
+    #[test]
+    #[ignore = "needs promtool (Debian's prometheus package; tests/install-parts.sh installs it)"]
+    fn prometheus_finds_each_way_a_switch_was_on() {
+        let query = sel(&[]).bypassed(180).replace('\'', "''");
+        let series = [
+            ("a", "0x40", "0x31 1x8"),
+            ("b", "0x40", "1x40"),
+            ("c", "_x30 0x10", "_x30 1x10"),
+            ("d", "0x35 1 0x3", "0x35 1x4"),
+        ];
+        let mut input = String::new();
+        for (instance, gauge, switched) in series {
+            let _ = write!(
+                input,
+                "      - series: '{BYPASS}{{job=\"pusher-cutover\",instance=\"{instance}\"}}'\n\
+                 \x20       values: '{gauge}'\n\
+                 \x20     - series: '{BYPASS_SWITCHED_ON}{{job=\"pusher-cutover\",instance=\"{instance}\"}}'\n\
+                 \x20       values: '{switched}'\n"
+            );
+        }
+        // A sidecar from before the counter: the gauge alone.
+        input.push_str(
+            "      - series: 'pusher_cutover_bypass{job=\"pusher-cutover\",instance=\"e\"}'\n\
+             \x20       values: '0x40'\n",
+        );
+        let expected: String = [("a", 1), ("b", 0), ("c", 1), ("d", 1), ("e", 0)]
+            .iter()
+            .map(|(i, v)| {
+                format!("          - labels: '{{instance=\"{i}\"}}'\n            value: {v}\n")
+            })
+            .collect();
+        let test = format!(
+            "evaluation_interval: 15s\ntests:\n  - interval: 15s\n    input_series:\n{input}\
+             \x20   promql_expr_test:\n      - expr: '{query}'\n        eval_time: 10m\n\
+             \x20       exp_samples:\n{expected}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bypassed_test.yml");
+        std::fs::write(&path, &test).expect("write");
+        let out = std::process::Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(&path)
+            .output()
+            .expect("promtool runs (Debian's prometheus package)");
+        assert!(
+            out.status.success(),
+            "{test}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 

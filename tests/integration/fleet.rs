@@ -521,18 +521,23 @@ async fn no_sidecar_is_a_gap_and_the_token_is_sent() {
         "{err}"
     );
     let requests = seen.lock().expect("lock").clone();
-    let increase = requests
+    // The decoded query of each POST, and among them one of the
+    // deprecated calls' increase().
+    let queries: Vec<String> = requests
         .iter()
-        .find(|r| r.starts_with("POST /api/v1/query ") && r.contains("increase"))
-        .expect("an increase() query");
-    let body = increase
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
-        .into_owned()
+        .filter(|r| r.starts_with("POST /api/v1/query "))
+        .filter_map(|r| {
+            let body = r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .find(|(k, _)| k == "query")
+                .map(|(_, q)| q)
+        })
         .collect();
-    let query = &form.iter().find(|(k, _)| k == "query").expect("query").1;
+    let query = queries
+        .iter()
+        .find(|q| q.contains("increase(pusher_cutover_deprecated_calls_total"))
+        .unwrap_or_else(|| panic!("an increase() query of the deprecated calls in {queries:#?}"));
     assert!(
         query.contains(
             r#"pusher_cutover_deprecated_calls_total{job="pusher-cutover",app_id=~"4242"}"#
