@@ -238,9 +238,9 @@ impl Proxy {
     /// through ([`crate::telemetry::ledger::Ledger::follow_bypass`]). The
     /// `pusher_cutover_bypass` gauge says the same to Prometheus, whose
     /// fleet gate counts a window with it at 1 as a gap, and
-    /// `pusher_cutover_bypass_switched_on_total` counts each time it is
-    /// turned on, which the gate counts too (a switch on and off between
-    /// two scrapes leaves the gauge at 0 at both).
+    /// `pusher_cutover_bypass_last_on_timestamp_seconds` says when it was
+    /// last turned off, which the gate reads too (a switch on and off
+    /// between two scrapes leaves the gauge at 0 at both).
     fn follow_bypass(&self) {
         let state = self.state.load();
         let bypass = state.config.bypass;
@@ -249,10 +249,11 @@ impl Proxy {
             .ledger()
             .follow_bypass(bypass, state.clock.unix_now());
         let metrics = state.telemetry.metrics();
-        // The gauge's previous value tells a switch turned on (at start
-        // too: the gauge starts at 0) from one kept on.
-        if metrics.bypass.set(i64::from(bypass)) == 0 && bypass {
-            metrics.bypass_switched_on.inc();
+        // The gauge's previous value tells a switch turned off from one
+        // kept off; the moment it goes off is the last it was in force.
+        if metrics.bypass.set(i64::from(bypass)) == 1 && !bypass {
+            let now = i64::try_from(state.clock.unix_now()).unwrap_or(i64::MAX);
+            metrics.bypass_last_on.set(now);
         }
     }
 

@@ -67,7 +67,7 @@ pub enum Gap {
     },
     /// A sidecar had its kill switch on (`bypass = true`) in the window
     /// (or the scrape interval before it), seen at a scrape or by the
-    /// count of switches turned on: it passed every call
+    /// time it was last turned off: it passed every call
     /// through, deprecated ones uncounted, so its zero says nothing about
     /// that time.
     Bypassed {
@@ -299,7 +299,8 @@ pub struct Facts {
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
     /// The sidecars whose kill switch was on in the window (or the scrape
     /// interval before it): `pusher_cutover_bypass` 1 at a scrape, or
-    /// `pusher_cutover_bypass_switched_on_total` up. A sidecar from a release
+    /// `pusher_cutover_bypass_last_on_timestamp_seconds` inside the range
+    /// (turned off then). A sidecar from a release
     /// before the gauge has no such series and is not in here: nothing is
     /// known against it, so it is no gap.
     pub bypassed: BTreeSet<String>,

@@ -451,7 +451,7 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
     for range in ["[135s]", "[75s]"] {
         let q = format!("max_over_time(pusher_cutover_bypass{{job=\"pusher-cutover\"}}{range})");
         let switched = format!(
-            "increase(pusher_cutover_bypass_switched_on_total{{job=\"pusher-cutover\"}}{range})"
+            "max_over_time(pusher_cutover_bypass_last_on_timestamp_seconds{{job=\"pusher-cutover\"}}{range})"
         );
         assert!(
             asked

@@ -26,10 +26,10 @@ pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
 /// existed expose no such series.
 pub const BYPASS: &str = "pusher_cutover_bypass";
 
-/// The counter of the times the kill switch was turned on (at start, or by
-/// a reload): it tells of a switch on and off again between two scrapes,
-/// which the gauge cannot.
-pub const BYPASS_SWITCHED_ON: &str = "pusher_cutover_bypass_switched_on_total";
+/// The gauge of when the kill switch was last in force (a Unix time, set
+/// when it is turned off): it tells of a switch on and off again between
+/// two scrapes, which the gauge of its state cannot.
+pub const BYPASS_LAST_ON: &str = "pusher_cutover_bypass_last_on_timestamp_seconds";
 
 /// What the queries select.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,26 +128,24 @@ impl Selector {
     /// The sidecars whose kill switch was on in the `range` seconds ending
     /// at the evaluation time (the window widened by a scrape interval, as
     /// for the counters: a switch on just before the window may have
-    /// stayed on into it), 1 for those, 0 for the others. On, when any of:
+    /// stayed on into it), 1 for those, 0 for the others. On, when either:
     /// - the gauge was 1 at a scrape: `max_over_time(pusher_cutover_bypass[Ns])`;
-    /// - the switch was turned on between two scrapes, even if off again
-    ///   by the second: `increase()` of [`BYPASS_SWITCHED_ON`];
-    /// - a sidecar new in the range (no sample `range` seconds ago) had
-    ///   turned it on before its first scrape: that counter above 0 then,
-    ///   as [`Selector::calls_before_first_scrape`] finds calls.
+    /// - a scrape in the range read a last-on time inside the range: the
+    ///   switch was turned off then, so it was on at some moment of the
+    ///   range, even if between two scrapes, or before a new sidecar's
+    ///   first one: `max_over_time(`[`BYPASS_LAST_ON`]`[Ns]) >= bool time() - N`.
     ///
-    /// The three are told apart by an `evidence` label so that `or` keeps
-    /// each, then the highest per sidecar is taken and clamped to 1. A
+    /// The two are told apart by an `evidence` label so that `or` keeps
+    /// both, then the highest per sidecar is taken and clamped to 1. A
     /// sidecar from before the gauge has no series, so no answer: nothing
-    /// is known against it.
+    /// is known against it; one from before the last-on time is judged by
+    /// the gauge alone.
     pub fn bypassed(&self, range: u64) -> String {
         let m = self.matchers(false, "");
-        let switched = format!("{BYPASS_SWITCHED_ON}{m}");
         format!(
             "clamp_max(max by ({by}) (max_over_time({BYPASS}{m}[{range}s]) \
-             or label_replace(increase({switched}[{range}s]), \"evidence\", \"switched\", \"\", \"\") \
-             or label_replace(max_over_time({switched}[{range}s]) unless {switched} offset {range}s, \
-             \"evidence\", \"new\", \"\", \"\")), 1)",
+             or label_replace(max_over_time({BYPASS_LAST_ON}{m}[{range}s]) >= bool (time() - {range}), \
+             \"evidence\", \"last_on\", \"\", \"\")), 1)",
             by = self.instance_label,
         )
     }
@@ -263,11 +261,8 @@ mod tests {
             sel(&["7"]).bypassed(60),
             "clamp_max(max by (instance) (\
              max_over_time(pusher_cutover_bypass{job=\"pusher-cutover\"}[60s]) \
-             or label_replace(increase(pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"}[60s]), \
-             \"evidence\", \"switched\", \"\", \"\") \
-             or label_replace(max_over_time(pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"}[60s]) \
-             unless pusher_cutover_bypass_switched_on_total{job=\"pusher-cutover\"} offset 60s, \
-             \"evidence\", \"new\", \"\", \"\")), 1)"
+             or label_replace(max_over_time(pusher_cutover_bypass_last_on_timestamp_seconds{job=\"pusher-cutover\"}[60s]) \
+             >= bool (time() - 60), \"evidence\", \"last_on\", \"\", \"\")), 1)"
         );
         let pod = Selector {
             instance_label: "pod".into(),
@@ -281,42 +276,56 @@ mod tests {
     }
 
     /// What the bypass query answers, evaluated by Prometheus' own engine
-    /// (`promtool test rules`, on series scraped every 15 s, at 10 min,
-    /// over the last 180 s): a switch on and off between two scrapes (a),
-    /// and one turned on before a new sidecar's first scrape (c), are
-    /// caught as the gauge at 1 at a scrape is (d); a switch turned on
-    /// before the range and off since (b), or never (e), is not.
+    /// (`promtool test rules`, on series scraped every 15 s, at 600 s, over
+    /// the last 180 s, from 420 s): caught are a switch on and off between
+    /// two scrapes (a, off at 475 s), one on and off before a restarted
+    /// sidecar's first scrape (r: its gauge reads 0 before and after, and
+    /// its last-on time goes from an old one to 475 s), one
+    /// before a new sidecar's first scrape (c), and the gauge at 1 at a
+    /// scrape (d); not caught, a switch off since 100 s (b, also with a
+    /// failed scrape just before the range: f), or never on (e, a sidecar
+    /// from before the last-on time).
     #[test]
     #[ignore = "needs promtool (Debian's prometheus package; tests/install-parts.sh installs it)"]
     fn prometheus_finds_each_way_a_switch_was_on() {
         let query = sel(&[]).bypassed(180).replace('\'', "''");
         let series = [
-            ("a", "0x40", "0x31 1x8"),
-            ("b", "0x40", "1x40"),
-            ("c", "_x30 0x10", "_x30 1x10"),
-            ("d", "0x35 1 0x3", "0x35 1x4"),
+            ("a", "0x40", "0x31 475x8"),
+            ("r", "0x40", "100x31 475x8"),
+            ("b", "0x40", "100x40"),
+            ("f", "0x27 stale 0x11", "100x27 stale 100x11"),
+            ("c", "_x30 0x10", "_x30 445x10"),
+            ("d", "0x35 1 0x3", "0x36 550x3"),
         ];
         let mut input = String::new();
-        for (instance, gauge, switched) in series {
+        for (instance, gauge, last_on) in series {
             let _ = write!(
                 input,
                 "      - series: '{BYPASS}{{job=\"pusher-cutover\",instance=\"{instance}\"}}'\n\
                  \x20       values: '{gauge}'\n\
-                 \x20     - series: '{BYPASS_SWITCHED_ON}{{job=\"pusher-cutover\",instance=\"{instance}\"}}'\n\
-                 \x20       values: '{switched}'\n"
+                 \x20     - series: '{BYPASS_LAST_ON}{{job=\"pusher-cutover\",instance=\"{instance}\"}}'\n\
+                 \x20       values: '{last_on}'\n"
             );
         }
-        // A sidecar from before the counter: the gauge alone.
+        // A sidecar from before the last-on time: the gauge alone.
         input.push_str(
             "      - series: 'pusher_cutover_bypass{job=\"pusher-cutover\",instance=\"e\"}'\n\
              \x20       values: '0x40'\n",
         );
-        let expected: String = [("a", 1), ("b", 0), ("c", 1), ("d", 1), ("e", 0)]
-            .iter()
-            .map(|(i, v)| {
-                format!("          - labels: '{{instance=\"{i}\"}}'\n            value: {v}\n")
-            })
-            .collect();
+        let expected: String = [
+            ("a", 1),
+            ("r", 1),
+            ("b", 0),
+            ("f", 0),
+            ("c", 1),
+            ("d", 1),
+            ("e", 0),
+        ]
+        .iter()
+        .map(|(i, v)| {
+            format!("          - labels: '{{instance=\"{i}\"}}'\n            value: {v}\n")
+        })
+        .collect();
         let test = format!(
             "evaluation_interval: 15s\ntests:\n  - interval: 15s\n    input_series:\n{input}\
              \x20   promql_expr_test:\n      - expr: '{query}'\n        eval_time: 10m\n\

@@ -72,11 +72,11 @@ pub mod names {
     /// 1 while the configuration in force has `bypass = true` (the kill
     /// switch: legacy calls pass through uncounted), else 0.
     pub const BYPASS: &str = "pusher_cutover_bypass";
-    /// Times the kill switch was turned on: at start with `bypass = true`,
-    /// and at each reload that turns it on. Unlike the gauge, which a
-    /// scrape samples, it tells of a switch on and off again between two
-    /// scrapes.
-    pub const BYPASS_SWITCHED_ON: &str = "pusher_cutover_bypass_switched_on";
+    /// When the kill switch was last in force, as a Unix time: set when a
+    /// reload turns it off (0 while it has not been on and off since
+    /// start). Unlike the gauge, which a scrape samples, it tells of a
+    /// switch on and off again between two scrapes.
+    pub const BYPASS_LAST_ON: &str = "pusher_cutover_bypass_last_on_timestamp_seconds";
 }
 
 /// An `app_id` label value: a configured app's id, or `other`. Shared, so
@@ -335,9 +335,9 @@ pub struct Metrics {
     /// See [`names::BYPASS`]; set by the proxy when a configuration comes
     /// into force.
     pub bypass: Gauge,
-    /// See [`names::BYPASS_SWITCHED_ON`]; counted with [`Metrics::bypass`]'s
-    /// moves from 0 to 1.
-    pub bypass_switched_on: Counter,
+    /// See [`names::BYPASS_LAST_ON`]; set with [`Metrics::bypass`]'s moves
+    /// from 1 to 0.
+    pub bypass_last_on: Gauge,
     /// See [`names::CONNECTION_ERRORS`].
     pub connection_errors: Family<KindLabel, Counter>,
     /// See [`names::BUILD_INFO`].
@@ -430,11 +430,11 @@ impl Metrics {
             "1 while the configuration in force has bypass = true: every request passes through unchanged and deprecated calls are not counted",
             bypass.clone(),
         );
-        let bypass_switched_on = Counter::default();
+        let bypass_last_on = Gauge::default();
         registry.register(
-            names::BYPASS_SWITCHED_ON,
-            "Times the kill switch (bypass = true) was turned on, at start or by a reload: a switch on and off again between two scrapes still shows",
-            bypass_switched_on.clone(),
+            names::BYPASS_LAST_ON,
+            "Unix time the kill switch (bypass = true) was last in force, set when a reload turns it off; 0 if it has not been on and off since start. A switch on and off again between two scrapes still shows",
+            bypass_last_on.clone(),
         );
         registry.register(
             names::CONNECTION_ERRORS,
@@ -473,7 +473,7 @@ impl Metrics {
             config_reloads,
             ledger_unwritten_calls,
             bypass,
-            bypass_switched_on,
+            bypass_last_on,
             connection_errors,
             build_info,
             upstream,

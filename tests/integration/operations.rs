@@ -350,9 +350,9 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
 /// once one turns it off, and 1 from startup when started with it on (the
 /// fleet gate counts a window with it at 1 as
 /// a gap: the sidecar's calls passed through uncounted).
-/// `pusher_cutover_bypass_switched_on_total` counts each turn on (a
-/// reload that keeps it on is none), at startup too, so a switch on and
-/// off between two scrapes still shows.
+/// `pusher_cutover_bypass_last_on_timestamp_seconds` is the moment a
+/// reload turned it off (0 before), so a switch on and off between two
+/// scrapes still shows; a reload that keeps it off does not move it.
 #[tokio::test]
 async fn the_bypass_gauge_follows_reloads() {
     let fake = support::fake().await;
@@ -363,11 +363,17 @@ async fn the_bypass_gauge_follows_reloads() {
     std::fs::write(&path, &counting).expect("write");
     let proxy = TestProxy::start_file(&path).await;
     let gauge = || async { support::metric(&proxy.metrics().await, "pusher_cutover_bypass") };
-    let switched = || async {
+    let last_on = || async {
         support::metric(
             &proxy.metrics().await,
-            "pusher_cutover_bypass_switched_on_total",
+            "pusher_cutover_bypass_last_on_timestamp_seconds",
         )
+    };
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as f64
     };
 
     let text = proxy.metrics().await;
@@ -376,37 +382,35 @@ async fn the_bypass_gauge_follows_reloads() {
         "{text}"
     );
     assert_eq!(gauge().await, Some(0.0), "at startup");
-    assert_eq!(switched().await, Some(0.0), "at startup");
+    assert_eq!(last_on().await, Some(0.0), "never on");
 
     std::fs::write(&path, &bypassed).expect("bypass on");
     let on = proxy.reload().await;
     assert_eq!(on.status.as_u16(), 200, "{}", on.text());
     assert_eq!(gauge().await, Some(1.0), "after a reload turning it on");
-    assert_eq!(switched().await, Some(1.0), "turned on once");
-    let kept = proxy.reload().await;
-    assert_eq!(kept.status.as_u16(), 200, "{}", kept.text());
-    assert_eq!(switched().await, Some(1.0), "kept on is no new turn");
+    assert_eq!(last_on().await, Some(0.0), "on: the gauge says so");
 
     std::fs::write(&path, &counting).expect("bypass off");
+    let before = unix_now();
     let off = proxy.reload().await;
+    let after = unix_now();
     assert_eq!(off.status.as_u16(), 200, "{}", off.text());
     assert_eq!(gauge().await, Some(0.0), "after a reload turning it off");
-    assert_eq!(switched().await, Some(1.0), "a count, not a state");
-    std::fs::write(&path, &bypassed).expect("bypass on");
-    assert_eq!(proxy.reload().await.status.as_u16(), 200);
-    assert_eq!(switched().await, Some(2.0), "turned on again");
+    let when = last_on().await.expect("set");
+    assert!(
+        (before..=after).contains(&when),
+        "{when} not in {before}..={after}"
+    );
+    let kept = proxy.reload().await;
+    assert_eq!(kept.status.as_u16(), 200, "{}", kept.text());
+    assert_eq!(last_on().await, Some(when), "kept off moves nothing");
     proxy.stop().await;
 
-    // Started with it on: 1 from the first scrape, and counted.
+    // Started with it on: 1 from the first scrape.
+    std::fs::write(&path, &bypassed).expect("bypass on");
     let proxy = TestProxy::start_file(&path).await;
-    let text = proxy.metrics().await;
     assert_eq!(
-        support::metric(&text, "pusher_cutover_bypass"),
-        Some(1.0),
-        "started with bypass on"
-    );
-    assert_eq!(
-        support::metric(&text, "pusher_cutover_bypass_switched_on_total"),
+        support::metric(&proxy.metrics().await, "pusher_cutover_bypass"),
         Some(1.0),
         "started with bypass on"
     );
