@@ -311,9 +311,6 @@ fn duration_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// The labels [`Metrics::configure`] set last, which the next one
-    /// removes unless it sets them again.
-    configured: std::sync::Mutex<(Option<BuildLabels>, Vec<AppLabel>)>,
     /// See [`names::DEPRECATED_CALLS`].
     pub deprecated_calls: Family<DeprecatedCallLabels, Counter>,
     /// See [`names::REQUESTS`].
@@ -479,7 +476,6 @@ impl Metrics {
             upstream,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),
-            configured: std::sync::Mutex::default(),
         }
     }
 
@@ -494,14 +490,21 @@ impl Metrics {
     }
 
     /// Sets the gauges that follow the configuration: `build_info` with its
-    /// hash, and one sunset gauge per `(app_id, unix_seconds)`. Series of a
-    /// previous configuration are removed.
+    /// hash, and one sunset gauge per `(app_id, unix_seconds)`. The series
+    /// of the previous configuration (its hash, its app ids) are removed
+    /// unless set again.
     ///
     /// The new series are set before the old ones go: a reload runs beside
     /// the scrapes, and a scrape between a clear and a refill would find
     /// no `build_info` and no sunset (a blip on the dashboards, and a
     /// missed evaluation of the sunset alert).
-    pub fn configure(&self, config_hash: &str, sunsets: &[(String, i64)]) {
+    pub fn configure<'a>(
+        &self,
+        previous_hash: &str,
+        previous_apps: impl Iterator<Item = &'a String>,
+        config_hash: &str,
+        sunsets: &[(String, i64)],
+    ) {
         let build = BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
             config_hash: config_hash.to_owned(),
@@ -516,21 +519,22 @@ impl Metrics {
         for (label, (_, at)) in apps.iter().zip(sunsets) {
             self.app_sunset.get_or_create(label).set(*at);
         }
-        let mut previous = self
-            .configured
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = previous.0.take()
-            && old != build
-        {
-            self.build_info.remove(&old);
+        if previous_hash != config_hash {
+            self.build_info.remove(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                config_hash: previous_hash.to_owned(),
+            });
         }
-        for old in previous.1.drain(..) {
+        for id in previous_apps {
+            let old = AppLabel {
+                app_id: AppId(Arc::from(id.as_str())),
+            };
+            // Removing a series that is not there (an app without a
+            // sunset) changes nothing.
             if !apps.contains(&old) {
                 self.app_sunset.remove(&old);
             }
         }
-        *previous = (Some(build), apps);
     }
 
     /// The OpenMetrics text exposition.

@@ -171,9 +171,14 @@ impl Telemetry {
             .iter()
             .filter_map(|a| Some((a.id.clone(), a.sunset?.unix_timestamp())))
             .collect();
-        self.metrics.configure(&config.hash, &sunsets);
         // An app kept across a reload keeps its series (and their handles).
         let previous = self.configured.load();
+        self.metrics.configure(
+            &self.config_hash.load(),
+            previous.keys(),
+            &config.hash,
+            &sunsets,
+        );
         let series = config
             .apps
             .iter()

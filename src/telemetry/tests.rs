@@ -261,3 +261,49 @@ async fn the_start_follows_crashes_and_the_kill_switch_on_disk() {
             .exists()
     );
 }
+
+/// A reload leaves `build_info` with the new hash only, and a sunset gauge
+/// for each app that has a sunset now: the previous configuration's are
+/// removed, those set again are kept.
+#[test]
+fn a_reload_replaces_build_info_and_the_sunset_gauges() {
+    let with_sunsets = |ids: &[&str], sunset: &[&str]| {
+        let mut config = config(ids);
+        for app in &mut config.apps {
+            if sunset.contains(&app.id.as_str()) {
+                app.sunset = Some(time::macros::datetime!(2030-01-01 0:00 UTC));
+            }
+        }
+        config.hash = format!("hash-{}", ids.join("-"));
+        config
+    };
+    let first = with_sunsets(&["1", "2"], &["1", "2"]);
+    let telemetry = Telemetry::new(&first);
+    let sunset =
+        |id: &str| format!("pusher_cutover_app_sunset_timestamp_seconds{{app_id=\"{id}\"}}");
+    let text = telemetry.metrics_text();
+    assert!(text.contains("config_hash=\"hash-1-2\""), "{text}");
+    assert!(
+        text.contains(&sunset("1")) && text.contains(&sunset("2")),
+        "{text}"
+    );
+
+    telemetry.configure(&with_sunsets(&["2", "3"], &["3"]));
+    let text = telemetry.metrics_text();
+    assert!(text.contains("config_hash=\"hash-2-3\""), "{text}");
+    assert!(!text.contains("config_hash=\"hash-1-2\""), "{text}");
+    assert!(!text.contains(&sunset("1")), "app 1 removed: {text}");
+    assert!(
+        !text.contains(&sunset("2")),
+        "app 2's sunset removed: {text}"
+    );
+    assert!(text.contains(&sunset("3")), "{text}");
+
+    // The same configuration again keeps its series.
+    telemetry.configure(&with_sunsets(&["2", "3"], &["3"]));
+    let text = telemetry.metrics_text();
+    assert!(
+        text.contains("config_hash=\"hash-2-3\"") && text.contains(&sunset("3")),
+        "{text}"
+    );
+}
