@@ -62,10 +62,87 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// counted.)
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
-/// The endpoints that need a token (or a loopback listener): they name
-/// every caller (`/usage`, `/report`) or change the configuration
-/// (`/reload`).
-const GUARDED: [&str; 3] = ["/usage", "/report", "/reload"];
+/// The admin endpoints: the one list of them, with what each requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Healthz,
+    Readyz,
+    Usage,
+    Report,
+    Reload,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    #[cfg(test)]
+    const ALL: [Endpoint; 6] = [
+        Self::Metrics,
+        Self::Healthz,
+        Self::Readyz,
+        Self::Usage,
+        Self::Report,
+        Self::Reload,
+    ];
+
+    /// The endpoint at `path`, if there is one.
+    fn at(path: &str) -> Option<Self> {
+        Some(match path {
+            "/metrics" => Self::Metrics,
+            "/healthz" => Self::Healthz,
+            "/readyz" => Self::Readyz,
+            "/usage" => Self::Usage,
+            "/report" => Self::Report,
+            "/reload" => Self::Reload,
+            _ => return None,
+        })
+    }
+
+    /// Its path.
+    #[cfg(test)]
+    fn path(self) -> &'static str {
+        match self {
+            Self::Metrics => "/metrics",
+            Self::Healthz => "/healthz",
+            Self::Readyz => "/readyz",
+            Self::Usage => "/usage",
+            Self::Report => "/report",
+            Self::Reload => "/reload",
+        }
+    }
+
+    /// Whether it needs a token (or a loopback listener): it names every
+    /// caller (`/usage`, `/report`) or changes the configuration
+    /// (`/reload`).
+    fn guarded(self) -> bool {
+        matches!(self, Self::Usage | Self::Report | Self::Reload)
+    }
+
+    /// Whether its work ([`answer`]) runs on tokio's blocking pool, not on
+    /// the thread that runs this listener (and the proxy's accept loop):
+    /// it reads files (a reload: the config, the TLS files) or walks the
+    /// whole ledger, which takes milliseconds, or longer on a slow disk.
+    /// Refusals and wrong methods ([`checked`]) are answered on the thread.
+    fn off_thread(self) -> bool {
+        self.guarded()
+    }
+
+    /// The methods it takes, as a 405's `Allow` lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::Reload => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    /// Whether it takes `method`.
+    fn takes(self, method: &Method) -> bool {
+        match self {
+            Self::Reload => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
 
 /// Who may use the guarded endpoints (`/usage`, `/report`, `POST /reload`).
 #[derive(Debug, Clone, Default)]
@@ -164,13 +241,6 @@ pub struct Admin {
     pub access: Access,
 }
 
-/// The endpoints whose work ([`answer`]) runs on tokio's blocking pool,
-/// not on the thread that runs this listener (and the proxy's accept
-/// loop): they read files (a reload: the config, the TLS files) or walk
-/// the whole ledger, which takes milliseconds, or longer on a slow disk.
-/// Refusals and wrong methods ([`checked`]) are answered on the thread.
-const OFF_THREAD: [&str; 3] = ["/reload", "/usage", "/report"];
-
 /// Serves the admin endpoints on `listener` until `shutdown` completes, at
 /// most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
@@ -202,13 +272,15 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
                     async move {
-                        if let Some(answer) = checked(&admin, &req) {
-                            return Ok::<_, Infallible>(answer);
+                        let endpoint = match checked(&admin, &req) {
+                            Ok(endpoint) => endpoint,
+                            Err(refused) => return Ok::<_, Infallible>(*refused),
+                        };
+                        if !endpoint.off_thread() {
+                            return Ok(answer(&admin, endpoint, &req));
                         }
-                        if !OFF_THREAD.contains(&req.uri().path()) {
-                            return Ok(answer(&admin, &req));
-                        }
-                        let answer = tokio::task::spawn_blocking(move || answer(&admin, &req))
+                        let answer =
+                            tokio::task::spawn_blocking(move || answer(&admin, endpoint, &req))
                             .await
                             .unwrap_or_else(|_| {
                                 respond(
@@ -244,40 +316,25 @@ fn respond(
     resp
 }
 
-/// Routes one admin request.
-pub fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    checked(admin, req).unwrap_or_else(|| answer(admin, req))
-}
-
-/// The answers given before any endpoint's work, and cheaply enough to
-/// give on the listener's own thread: a refusal, an unknown path, a method
-/// the endpoint does not take. `None` for a request its endpoint answers.
-fn checked(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+/// The endpoint a request is for, or the answer given before any
+/// endpoint's work, cheaply enough to give on the listener's own thread: a
+/// refusal, an unknown path, a method the endpoint does not take.
+fn checked(admin: &Admin, req: &Request<Incoming>) -> Result<Endpoint, Box<Response<Full<Bytes>>>> {
     let path = req.uri().path();
-    if GUARDED.contains(&path)
-        && let Some(refusal) = admin.access.refusal(path, req.headers())
-    {
-        return Some(refusal);
-    }
-    let known = [
-        "/metrics", "/healthz", "/readyz", "/usage", "/report", "/reload",
-    ];
-    if !known.contains(&path) {
-        return Some(respond(
+    let Some(endpoint) = Endpoint::at(path) else {
+        return Err(Box::new(respond(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
             "not found\n",
-        ));
-    }
-    let (allowed, allow) = match path {
-        "/reload" => (req.method() == Method::POST, "POST"),
-        _ => (
-            req.method() == Method::GET || req.method() == Method::HEAD,
-            "GET, HEAD",
-        ),
+        )));
     };
-    if allowed {
-        return None;
+    if endpoint.guarded()
+        && let Some(refusal) = admin.access.refusal(path, req.headers())
+    {
+        return Err(Box::new(refusal));
+    }
+    if endpoint.takes(req.method()) {
+        return Ok(endpoint);
     }
     let mut resp = respond(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -285,18 +342,17 @@ fn checked(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes
         "method not allowed\n",
     );
     resp.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    Some(resp)
+        .insert(ALLOW, HeaderValue::from_static(endpoint.allow()));
+    Err(Box::new(resp))
 }
 
-/// The endpoint's answer to a request [`checked`] let through.
-fn answer(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    match path {
-        "/reload" => reload(admin),
-        "/metrics" => respond(StatusCode::OK, OPENMETRICS, admin.telemetry.metrics_text()),
-        "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        "/readyz" if admin.ready.load(Ordering::Acquire) => {
+/// `endpoint`'s answer to a request [`checked`] let through.
+fn answer(admin: &Admin, endpoint: Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match endpoint {
+        Endpoint::Reload => reload(admin),
+        Endpoint::Metrics => respond(StatusCode::OK, OPENMETRICS, admin.telemetry.metrics_text()),
+        Endpoint::Healthz => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+        Endpoint::Readyz if admin.ready.load(Ordering::Acquire) => {
             // The hash in force; and the settings a reload could not
             // apply, when there are any.
             let pending = admin
@@ -315,12 +371,12 @@ fn answer(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 format!("ready config={}{pending}\n", admin.telemetry.config_hash()),
             )
         }
-        "/readyz" => respond(
+        Endpoint::Readyz => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",
             "not ready\n",
         ),
-        "/usage" => {
+        Endpoint::Usage => {
             let usage = admin.telemetry.ledger().snapshot(admin.clock.unix_now());
             match serde_json::to_vec(&usage) {
                 Ok(json) => private(respond(StatusCode::OK, "application/json", json)),
@@ -331,7 +387,7 @@ fn answer(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 ),
             }
         }
-        _ => report_page(admin, req.uri().query().unwrap_or("")),
+        Endpoint::Report => report_page(admin, req.uri().query().unwrap_or("")),
     }
 }
 
@@ -458,11 +514,25 @@ mod tests {
     }
 
     #[test]
+    fn each_endpoint_is_found_at_its_path_and_nothing_else_is() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(Endpoint::at(endpoint.path()), Some(endpoint));
+            let takes_get = endpoint.takes(&Method::GET);
+            assert_eq!(takes_get, endpoint != Endpoint::Reload, "{endpoint:?}");
+            assert_eq!(endpoint.takes(&Method::POST), !takes_get, "{endpoint:?}");
+        }
+        for path in ["/", "/metrics/", "/Usage", "/reload/x", ""] {
+            assert_eq!(Endpoint::at(path), None, "{path}");
+        }
+    }
+
+    #[test]
     fn without_a_token_only_a_loopback_listener_serves() {
         let open = Access::new(None, &[addr("127.0.0.1:9090")]);
         assert!(open.refusal("/usage", &headers(None)).is_none());
         let exposed = Access::new(None, &[addr("0.0.0.0:9090")]);
-        for path in GUARDED {
+        for endpoint in Endpoint::ALL.into_iter().filter(|e| e.guarded()) {
+            let path = endpoint.path();
             let resp = exposed.refusal(path, &headers(None)).expect("refused");
             assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         }
