@@ -204,9 +204,10 @@ impl Reloader {
         self.telemetry.configure(&config);
         self.proxy.reload(config);
         if let (Some(served), Some(certificate)) = (&self.tls, renewed) {
-            served.replace(&certificate);
+            let sha256 = certificate.fingerprint();
+            served.replace(certificate);
             tracing::info!(
-                sha256 = %certificate.fingerprint(),
+                %sha256,
                 "TLS certificate reloaded: new connections get it, open ones keep theirs"
             );
         }
@@ -642,7 +643,7 @@ mod tests {
         // certificate's (the running configuration holds the files' digest,
         // the listener still the older certificate): the next reload
         // compares the files with what is served, and serves them.
-        served.replace(&before);
+        served.replace(Certificate::clone(&before));
         let healed = reloader.reload().expect("applies");
         assert!(healed.restart_needed.is_empty(), "{healed:?}");
         assert_eq!(served.current().fingerprint(), now, "made good");

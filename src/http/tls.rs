@@ -83,20 +83,43 @@ impl std::fmt::Debug for Files {
     }
 }
 
+/// How many times [`Files::read`] reads the pair before it takes what it
+/// read last: one renewal landing between two of its reads costs one more.
+const READS: usize = 3;
+
 impl Files {
-    /// Reads the files of `tls`.
+    /// Reads the files of `tls` as one pair: the certificate, the key, then
+    /// the certificate again, until the certificate was the same before and
+    /// after the key (at most [`READS`] times). A renewal that replaces both
+    /// files while they are read (a Kubernetes secret volume swaps them in
+    /// one step) would otherwise pair the old certificate with the new key,
+    /// and refuse a reload of files that are right.
     pub fn read(tls: &TlsConfig) -> Result<Self, TlsError> {
-        let read = |what, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
+        Self::read_with(tls, |path| std::fs::read(path))
+    }
+
+    /// [`Files::read`] with `read` for reading a file.
+    fn read_with(
+        tls: &TlsConfig,
+        mut read: impl FnMut(&Path) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Self, TlsError> {
+        let mut read = |what, path: &Path| {
+            read(path).map_err(|source| TlsError::Read {
                 what,
                 path: path.display().to_string(),
                 source,
             })
         };
-        let (cert, key) = (
-            read("certificate", &tls.cert)?,
-            read("private key", &tls.key)?,
-        );
+        let mut cert = read("certificate", &tls.cert)?;
+        let mut key = read("private key", &tls.key)?;
+        for _ in 1..READS {
+            let again = read("certificate", &tls.cert)?;
+            if again == cert {
+                break;
+            }
+            cert = again;
+            key = read("private key", &tls.key)?;
+        }
         let digest = {
             use sha2::{Digest, Sha256};
             let mut digest = Sha256::new();
@@ -198,8 +221,8 @@ impl std::fmt::Debug for ServerCertificate {
 
 impl ServerCertificate {
     /// Serves `certificate` to the handshakes that start from now on.
-    pub fn replace(&self, certificate: &Certificate) {
-        self.current.store(Arc::new(certificate.clone()));
+    pub fn replace(&self, certificate: Certificate) {
+        self.current.store(Arc::new(certificate));
     }
 
     /// The certificate served now.
@@ -280,6 +303,48 @@ pub(crate) mod tests {
         (tls, made.cert.der().to_vec())
     }
 
+    /// Both files replaced between the reads of the certificate and the
+    /// key: the certificate is read again, and the new pair is loaded.
+    #[test]
+    fn a_pair_renewed_while_it_is_read_is_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, _) = write_pair(dir.path());
+        let old_cert = std::fs::read(&tls.cert).expect("read");
+        let (_, new_der) = write_pair(dir.path());
+        let mut reads = 0;
+        let files = Files::read_with(&tls, |path| {
+            reads += 1;
+            // The first read of the certificate is of the old one; every
+            // later read finds the renewed files.
+            if reads == 1 {
+                Ok(old_cert.clone())
+            } else {
+                std::fs::read(path)
+            }
+        })
+        .expect("read");
+        assert_eq!(reads, 5, "cert, key, cert (changed), key, cert (same)");
+        let loaded = files.parse().expect("the renewed pair");
+        assert_eq!(loaded.key.cert[0].as_ref(), &new_der[..]);
+        assert_eq!(loaded.digest(), Files::read(&tls).expect("read").digest());
+
+        // A pair renewed at every read of the key: the reads stop, and the
+        // last pair read is refused.
+        let mut reads = 0;
+        let error = Files::read_with(&tls, |path| {
+            reads += 1;
+            if path == tls.key {
+                write_pair(dir.path());
+            }
+            std::fs::read(path)
+        })
+        .expect("read")
+        .parse()
+        .expect_err("a pair renewed on every read");
+        assert!(matches!(error, TlsError::Rustls(_)), "{error:?}");
+        assert_eq!(reads, 2 * READS);
+    }
+
     #[test]
     fn a_replaced_certificate_is_what_the_next_handshake_resolves() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -291,7 +356,7 @@ pub(crate) mod tests {
         let (tls, second_der) = write_pair(dir.path());
         let second = Certificate::load(&tls).expect("loads");
         assert_ne!(first.fingerprint(), second.fingerprint());
-        served.replace(&second);
+        served.replace(second.clone());
         assert_eq!(served.current().key.cert[0].as_ref(), &second_der[..]);
         assert_eq!(served.current().fingerprint(), second.fingerprint());
     }
