@@ -75,6 +75,72 @@ async fn log_lines(needles: &[&str]) -> Vec<String> {
     }
 }
 
+/// What [`scripted_upstream`] does with one request.
+struct Reply {
+    /// How long it waits before answering.
+    delay: Duration,
+    /// What it writes.
+    bytes: bytes::Bytes,
+    /// Whether it closes the connection once written.
+    close: bool,
+}
+
+/// `{}`, at once, on a connection kept open.
+fn empty_object() -> Reply {
+    Reply {
+        delay: Duration::ZERO,
+        bytes: bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+        close: false,
+    }
+}
+
+/// A 200 whose body is `size` bytes of `x`, at once, on a connection kept
+/// open.
+fn sized(size: usize) -> Reply {
+    let mut bytes = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    bytes.resize(bytes.len() + size, b'x');
+    Reply {
+        delay: Duration::ZERO,
+        bytes: bytes.into(),
+        close: false,
+    }
+}
+
+/// An HTTP/1 upstream on loopback that answers each request as `reply`
+/// says, given the number of its connection (from 0, in the order
+/// accepted) and the request's bytes. A connection ends when its client
+/// closes it, a write fails, or a reply closes it.
+async fn scripted_upstream(
+    reply: impl Fn(usize, &[u8]) -> Reply + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (reply, number) = (reply.clone(), accepted);
+            accepted += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
+                    let Reply {
+                        delay,
+                        bytes,
+                        close,
+                    } = reply(number, &buf[..len]);
+                    buf.drain(..len);
+                    tokio::time::sleep(delay).await;
+                    if s.write_all(&bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_passthrough_bodies_hold_no_upstream_slot() {
     let fake = support::fake().await;
@@ -272,45 +338,6 @@ async fn idle_keep_alive_connections_have_their_own_timeout() {
     proxy.stop().await;
 }
 
-/// An upstream whose connection's first answer has a 64 MiB body, far
-/// more than the sockets and buffers between it and a client can hold,
-/// and whose later answers are `{}`.
-async fn large_answer_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((mut s, _)) = listener.accept().await {
-            let large = std::mem::take(&mut first);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
-                    buf.drain(..len);
-                    if large {
-                        const SIZE: usize = 64 << 20;
-                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
-                        if s.write_all(head.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        let chunk = vec![b'x'; 1 << 20];
-                        for _ in 0..SIZE / chunk.len() {
-                            if s.write_all(&chunk).await.is_err() {
-                                return;
-                            }
-                        }
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A client that never reads its answer holds its upstream slot (through
 /// the answer's body) only until its request's time is up: the head's,
 /// the body's and the upstream's, and a second to write the answer. Then
@@ -319,7 +346,19 @@ async fn large_answer_upstream() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
     support::capture_logs();
-    let upstream = large_answer_upstream().await;
+    // Its first connection's first answer has a 64 MiB body, far more than
+    // the sockets and buffers between it and a client can hold; every
+    // other answer is `{}`.
+    let large = sized(64 << 20).bytes;
+    let upstream = scripted_upstream(move |connection, _| match connection {
+        0 => Reply {
+            delay: Duration::ZERO,
+            bytes: large.clone(),
+            close: true,
+        },
+        _ => empty_object(),
+    })
+    .await;
     // One upstream slot; 300 ms for a head, a body and an exchange each:
     // a request's answer must be written 1.9 s after its head began.
     let proxy = TestProxy::start(
@@ -385,30 +424,6 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
     proxy.stop().await;
 }
 
-/// An upstream that answers every request with a 200 of 256 KiB.
-async fn sized_answer_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                const SIZE: usize = 256 << 10;
-                let mut answer =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
-                answer.resize(answer.len() + SIZE, b'x');
-                let mut buf = Vec::new();
-                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
-                    buf.drain(..len);
-                    if s.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A client that pipelines requests and never reads: once an answer is
 /// handed to the connection, the connection is idle with its bytes still
 /// to write. Asked to close (its keep-alive time is up, or the cap wants
@@ -417,7 +432,7 @@ async fn sized_answer_upstream() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_connection_whose_client_does_not_read_is_cut() {
     support::capture_logs();
-    let upstream = sized_answer_upstream().await;
+    let upstream = scripted_upstream(|_, _| sized(256 << 10)).await;
     let proxy = TestProxy::start(
         &config(
             "max_connections = 1\nkeepalive_timeout_ms = 300\nheader_timeout_ms = 300\nbody_timeout_ms = 300",
@@ -461,26 +476,14 @@ async fn a_closing_connection_whose_client_does_not_read_is_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     // Answers `{}`: at once to a path ending in `/fast`, else after 2.2 s.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(len) = support::read_http_request(&mut s, &mut buf).await {
-                    let fast = buf[..len].windows(10).any(|w| w == b"/fast HTTP");
-                    buf.drain(..len);
-                    if !fast {
-                        tokio::time::sleep(Duration::from_millis(2200)).await;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let upstream = scripted_upstream(|_, request| {
+        let fast = request.windows(10).any(|w| w == b"/fast HTTP");
+        Reply {
+            delay: Duration::from_millis(if fast { 0 } else { 2200 }),
+            ..empty_object()
         }
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("proxy.toml");
     let top = "header_timeout_ms = 300\nbody_timeout_ms = 300";
@@ -508,36 +511,21 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
     assert_eq!(a.text(), "{}");
     proxy.stop().await;
-    task.abort();
-}
-
-async fn truncating_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]
 async fn a_truncated_upstream_body_is_an_upstream_error() {
     support::capture_logs();
-    let upstream = truncating_upstream().await;
+    // A 200 announcing 100 bytes of body, then the connection closed
+    // after 10.
+    let upstream = scripted_upstream(|_, _| Reply {
+        delay: Duration::ZERO,
+        bytes: bytes::Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        ),
+        close: true,
+    })
+    .await;
     let proxy = TestProxy::start(
         &config("", &format!("http://{upstream}"), ""),
         Arc::new(pusher_cutover::SystemClock),
