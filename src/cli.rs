@@ -150,6 +150,17 @@ enum ReportFormat {
     Html,
 }
 
+impl ReportFormat {
+    /// `built` in this format.
+    fn render(self, built: &report::Report) -> String {
+        match self {
+            Self::Table => report::render_table(built),
+            Self::Json => report::render_json(built),
+            Self::Html => report::render_html(built),
+        }
+    }
+}
+
 /// The exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "\
 Exit codes of serve:
@@ -459,12 +470,7 @@ async fn report(
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let usage = &ledgers.usage;
     let built = report::build_for_ledgers(&ledgers, now, since, configured);
-    let text = match format {
-        ReportFormat::Table => report::render_table(&built),
-        ReportFormat::Json => report::render_json(&built),
-        ReportFormat::Html => report::render_html(&built),
-    };
-    if let Err(e) = print_out(&text) {
+    if let Err(e) = print_out(&format.render(&built)) {
         eprintln!("report: cannot write the report: {e}");
         return ExitCode::from(2);
     }
@@ -534,12 +540,7 @@ async fn fleet_report(
     };
     let mut built = report::build_for(&fleet.usage, now, Some(query.since), &fleet.apps);
     built.prometheus = Some(fleet.evidence);
-    let text = match format {
-        ReportFormat::Table => report::render_table(&built),
-        ReportFormat::Json => report::render_json(&built),
-        ReportFormat::Html => report::render_html(&built),
-    };
-    if let Err(e) = print_out(&text) {
+    if let Err(e) = print_out(&format.render(&built)) {
         eprintln!("report: cannot write the report: {e}");
         return ExitCode::from(2);
     }
