@@ -478,50 +478,11 @@ start_sockudo() {
   for try in 1 2 3; do
     SOCKUDO_PORT=$($PY ports 1)
     mkdir -p "$WORK/sockudo"
-    cat > "$WORK/sockudo/sockudo.toml" <<CONF
-# one app, loopback only, in-memory everything, no rate limiter, no metrics listener
-debug = false
-host = "127.0.0.1"
-port = $SOCKUDO_PORT
-shutdown_grace_period = 0
-activity_timeout = 120
-
-[adapter]
-driver = "local"
-
-[cache]
-driver = "memory"
-
-[queue]
-driver = "memory"
-
-[rate_limiter]
-enabled = false
-
-[metrics]
-enabled = false
-
-[app_manager]
-driver = "memory"
-
-[app_manager.cache]
-enabled = false
-
-[[app_manager.array.apps]]
-id = "4242"
-key = "bench-app-key"
-secret = "bench-app-secret"
-enabled = true
-
-[app_manager.array.apps.policy.limits]
-max_event_batch_size = $SOCKUDO_APP_LIMIT
-max_connections = 0
-max_client_events_per_second = 0
-
-[app_manager.array.apps.policy.features]
-enable_client_messages = false
-enable_user_authentication = false
-CONF
+    # The end-to-end suite's config, for the bench's app.
+    sed -e "s/@PORT@/$SOCKUDO_PORT/" -e 's/@APP_ID@/4242/' -e 's/@KEY@/bench-app-key/' \
+      -e 's/@SECRET@/bench-app-secret/' -e "s/@MAX_EVENT_BATCH_SIZE@/$SOCKUDO_APP_LIMIT/" \
+      "$ROOT/tests/fixtures/sockudo-loopback.toml" > "$WORK/sockudo/sockudo.toml"
+    ! grep -q @ "$WORK/sockudo/sockudo.toml" || die "a field of tests/fixtures/sockudo-loopback.toml left unfilled"
     # A clean environment: Sockudo reads many variables (PORT, HOST, …) over its file.
     start_bg sockudo env -i PATH="$PATH" RUST_LOG=warn LOG_COLORS_ENABLED=false \
       "$SOCKUDO" --config "$WORK/sockudo/sockudo.toml"

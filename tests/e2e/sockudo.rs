@@ -106,56 +106,21 @@ pub fn max_event_batch_size() -> usize {
         .expect("config/sockudo-server.toml's first app sets max_event_batch_size")
 }
 
-/// The config: one app, loopback only, in-memory everything, no rate
-/// limiter, no metrics listener, immediate shutdown. Sockudo silently runs
-/// on its defaults when its config does not load, so readiness is checked
-/// with a signed request for this app.
+/// The config, `tests/fixtures/sockudo-loopback.toml` (which
+/// `bench/throughput.sh` starts Sockudo with too) for this suite's app on
+/// `port`.
 fn config(port: u16) -> String {
-    let max_event_batch_size = max_event_batch_size();
-    format!(
-        r#"debug = false
-host = "127.0.0.1"
-port = {port}
-shutdown_grace_period = 0
-activity_timeout = 120
-
-[adapter]
-driver = "local"
-
-[cache]
-driver = "memory"
-
-[queue]
-driver = "memory"
-
-[rate_limiter]
-enabled = false
-
-[metrics]
-enabled = false
-
-[app_manager]
-driver = "memory"
-
-[app_manager.cache]
-enabled = false
-
-[[app_manager.array.apps]]
-id = "{APP_ID}"
-key = "{KEY}"
-secret = "{SECRET}"
-enabled = true
-
-[app_manager.array.apps.policy.limits]
-max_event_batch_size = {max_event_batch_size}
-max_connections = 0
-max_client_events_per_second = 0
-
-[app_manager.array.apps.policy.features]
-enable_client_messages = false
-enable_user_authentication = false
-"#
-    )
+    let config = include_str!("../fixtures/sockudo-loopback.toml")
+        .replace("@PORT@", &port.to_string())
+        .replace("@APP_ID@", APP_ID)
+        .replace("@KEY@", KEY)
+        .replace("@SECRET@", SECRET)
+        .replace(
+            "@MAX_EVENT_BATCH_SIZE@",
+            &max_event_batch_size().to_string(),
+        );
+    assert!(!config.contains('@'), "a field left unfilled:\n{config}");
+    config
 }
 
 impl Sockudo {
