@@ -140,9 +140,23 @@ impl Equivalent<CallerKey> for CallerRef<'_> {
 #[derive(Debug, Default)]
 struct AppLedger {
     callers: HashMap<CallerKey, Stats>,
-    /// Callers other than the `other` aggregates, for the cap.
+    /// This sidecar's callers other than the `other` aggregates, for the
+    /// cap. Callers loaded under another instance name (an earlier run's)
+    /// hold no place: no call is counted under that name again.
     distinct: usize,
     hourly: BTreeMap<(RouteKind, u64), Hour>,
+}
+
+impl AppLedger {
+    /// Drops the buckets of hours before `before` and the callers of
+    /// instances other than `instance` last seen before it: no call is
+    /// counted for those again, and kept they would grow with every
+    /// renamed run. This sidecar's callers stay, within the cap.
+    fn prune(&mut self, before: u64, instance: &str) {
+        self.hourly.retain(|(_, hour), _| *hour >= before);
+        self.callers
+            .retain(|key, stats| key.instance == instance || stats.last_seen >= before);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -278,7 +292,7 @@ impl Ledger {
         for app in usage.apps {
             let ledger = state.apps.entry(app.app_id).or_default();
             for c in app.callers {
-                if !c.key.is_other() {
+                if !c.key.is_other() && c.key.instance == self.instance {
                     ledger.distinct += 1;
                 }
                 let sites = c
@@ -362,7 +376,8 @@ impl Ledger {
     }
 
     /// Takes what changed since the last call, and drops buckets older than
-    /// the retention (relative to `now`) from memory. While the kill switch
+    /// the retention (relative to `now`) from memory, with the callers of
+    /// other instance names last seen before them. While the kill switch
     /// is on, `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);
@@ -383,7 +398,7 @@ impl Ledger {
             ..Changes::default()
         };
         for (app_id, app) in state.apps.iter_mut() {
-            app.hourly.retain(|(_, hour), _| *hour >= prune_before);
+            app.prune(prune_before, &self.instance);
             for (key, stats) in app.callers.iter_mut().filter(|(_, s)| s.dirty) {
                 stats.dirty = false;
                 changes
@@ -430,12 +445,18 @@ impl Ledger {
     }
 
     /// Everything the ledger holds at Unix time `now`, apps sorted by id,
-    /// callers by key, buckets by time. While the kill switch is on,
+    /// callers by key, buckets by time, after pruning as
+    /// [`Ledger::take_changes`] does. While the kill switch is on,
     /// `recorded_since` moves past `now` first.
     pub fn snapshot(&self, now: u64) -> Usage {
+        let prune_before = now.saturating_sub(self.retention_secs);
         let mut state = self.lock();
         if state.bypassed {
             state.missed_until(now);
+        }
+        // Without a store, nothing else prunes.
+        for app in state.apps.values_mut() {
+            app.prune(prune_before, &self.instance);
         }
         let mut apps: Vec<AppUsage> = state
             .apps

@@ -248,6 +248,9 @@ pub struct Store {
     /// Whether [`Store::open`] found the ledger left open by the previous
     /// run (see [`OPEN`]).
     left_open: bool,
+    /// The sidecar writing it: callers of other names are pruned with the
+    /// hourly buckets ([`Changes::prune_before`]).
+    instance: String,
 }
 
 /// A ledger opened for writing and read, by [`Store::open_and_load`].
@@ -416,6 +419,7 @@ impl Store {
             conn,
             path,
             left_open: false,
+            instance: instance.to_owned(),
         };
         store.migrate(now)?;
         let path = store.path.clone();
@@ -586,6 +590,8 @@ impl Store {
             conn,
             path,
             left_open: false,
+            // It writes nothing.
+            instance: String::new(),
         })
     }
 
@@ -833,6 +839,23 @@ impl Store {
             tx.execute(
                 "DELETE FROM hourly WHERE hour < ?1",
                 params![to_sql(changes.prune_before)],
+            )
+            .map_err(err)?;
+            // Callers recorded under another instance name (an earlier
+            // run's, or none, from schema 1) are never counted again:
+            // they go once they are as old as the buckets.
+            let stale = params![to_sql(changes.prune_before), self.instance];
+            tx.execute(
+                &format!(
+                    "DELETE FROM call_sites WHERE ({CALLER_KEY}) IN
+                     (SELECT {CALLER_KEY} FROM callers WHERE last_seen < ?1 AND instance <> ?2)"
+                ),
+                stale,
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM callers WHERE last_seen < ?1 AND instance <> ?2",
+                stale,
             )
             .map_err(err)?;
             if let Some(since) = changes.recorded_since {

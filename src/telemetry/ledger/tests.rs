@@ -173,6 +173,115 @@ fn load_then_record_continues_the_counts() {
     );
 }
 
+/// A restart under another instance name (a container's new `HOSTNAME`)
+/// loads the earlier run's callers, and they hold no place under the cap:
+/// the new run's callers, the same clients among them, are told apart.
+#[test]
+fn an_earlier_instances_callers_hold_no_place_under_the_cap() {
+    let a = Ledger::new(3, 35, "host-a");
+    for ua in ["ua-1", "ua-2", "ua-3"] {
+        rec(&a, "1", RouteKind::LegacyTrigger, "k", ua, "10.0.0.1", T);
+    }
+    let b = Ledger::new(3, 35, "host-b");
+    b.load(a.snapshot(T));
+    for ua in ["ua-1", "ua-4", "ua-5"] {
+        rec(
+            &b,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            ua,
+            "10.0.0.1",
+            T + 5,
+        );
+    }
+    rec(
+        &b,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-6",
+        "10.0.0.1",
+        T + 5,
+    );
+    let u = b.snapshot(T + 5);
+    let mine: Vec<&str> = u.apps[0]
+        .callers
+        .iter()
+        .filter(|c| c.key.instance == "host-b")
+        .map(|c| c.key.user_agent.as_str())
+        .collect();
+    assert_eq!(
+        mine,
+        ["ua-1", "ua-4", "ua-5", OTHER],
+        "{:#?}",
+        u.apps[0].callers
+    );
+    assert_eq!(u.apps[0].callers.len(), 7, "the earlier run's 3 kept");
+    assert_eq!(total_calls(&u), 7);
+}
+
+/// Callers of another instance name go once their last call is as old as
+/// the buckets kept, with or without a store; this sidecar's stay.
+#[test]
+fn an_earlier_instances_callers_go_with_the_buckets() {
+    let a = Ledger::new(100, 30, "host-a");
+    rec(&a, "1", RouteKind::LegacyTrigger, "k", "old", "10.0.0.1", T);
+    rec(
+        &a,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "late",
+        "10.0.0.1",
+        T + 2 * DAY,
+    );
+    let callers = |l: &Ledger, now: u64| -> Vec<(String, String)> {
+        l.snapshot(now).apps[0]
+            .callers
+            .iter()
+            .map(|c| (c.key.instance.clone(), c.key.user_agent.clone()))
+            .collect()
+    };
+    let pair = |i: &str, ua: &str| (i.to_owned(), ua.to_owned());
+    for stored in [false, true] {
+        let b = Ledger::new(100, 30, "host-b");
+        b.load(a.snapshot(T + 2 * DAY));
+        rec(
+            &b,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "mine",
+            "10.0.0.1",
+            T,
+        );
+        let later = T + 31 * DAY;
+        if stored {
+            b.take_changes(later);
+            assert_eq!(
+                callers(&b, T),
+                [pair("host-a", "late"), pair("host-b", "mine")],
+                "pruned by a write"
+            );
+        }
+        assert_eq!(
+            callers(&b, later),
+            [pair("host-a", "late"), pair("host-b", "mine")],
+            "stored: {stored}"
+        );
+        assert_eq!(
+            callers(&b, later + 2 * DAY),
+            [pair("host-b", "mine")],
+            "stored: {stored}"
+        );
+        assert!(
+            b.snapshot(later + 2 * DAY).apps[0].hourly.is_empty(),
+            "stored: {stored}"
+        );
+    }
+}
+
 #[test]
 fn old_buckets_are_pruned() {
     let l = Ledger::new(100, 30, "i-1");

@@ -92,6 +92,53 @@ fn prune_deletes_old_buckets() {
     assert_eq!(u.apps[0].callers.len(), 1);
 }
 
+/// A ledger reopened under another instance name: the earlier name's
+/// callers and their call sites are deleted with the buckets of their
+/// time; the writing sidecar's own callers are kept.
+#[test]
+fn prune_deletes_an_earlier_instances_old_callers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let earlier = Ledger::new(100, 30, "host-a");
+    one_trigger(&earlier);
+    let mut store = Store::open(dir.path(), T, "host-a").expect("open");
+    store.close(&earlier.take_changes(T)).expect("write");
+    drop(store);
+
+    let mut store = Store::open(dir.path(), T, "host-b").expect("reopen");
+    let ledger = Ledger::new(100, 30, "host-b");
+    ledger.load(store.load().expect("load"));
+    one_trigger(&ledger);
+    store.write(&ledger.take_changes(T)).expect("write");
+    let count = |store: &Store, table: &str| -> i64 {
+        store
+            .conn
+            .query_row(
+                &format!("SELECT count(*) FROM {table} WHERE instance = 'host-a'"),
+                [],
+                |r| r.get(0),
+            )
+            .expect("count")
+    };
+    assert_eq!(
+        (count(&store, "callers"), count(&store, "call_sites")),
+        (1, 1)
+    );
+    store
+        .write(&ledger.take_changes(T + 31 * 86_400))
+        .expect("prune");
+    assert_eq!(
+        (count(&store, "callers"), count(&store, "call_sites")),
+        (0, 0)
+    );
+    let u = store.load().expect("load");
+    let left: Vec<&str> = u.apps[0]
+        .callers
+        .iter()
+        .map(|c| c.key.instance.as_str())
+        .collect();
+    assert_eq!(left, ["host-b"]);
+}
+
 #[test]
 fn missing_database_is_an_error_for_readers() {
     let dir = tempfile::tempdir().expect("tempdir");
