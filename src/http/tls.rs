@@ -90,7 +90,7 @@ const READS: usize = 3;
 impl Files {
     /// Reads the files of `tls` as one pair: the certificate, the key, then
     /// the certificate again, until the certificate was the same before and
-    /// after the key (at most [`READS`] times). A renewal that replaces both
+    /// after the key (at most three times). A renewal that replaces both
     /// files while they are read (a Kubernetes secret volume swaps them in
     /// one step) would otherwise pair the old certificate with the new key,
     /// and refuse a reload of files that are right.
