@@ -614,8 +614,10 @@ struct Bounds {
     /// Idle between requests: `keepalive_timeout_ms`.
     idle: u64,
     /// A request, from its head's start until its answer is written: the
-    /// time its head, its body and its upstream exchange may take, and
-    /// [`ANSWER_WRITE_TIME`] to write the answer. Only a caller that does
+    /// time its head, its body and its upstream exchange may take (twice
+    /// `upstream.timeout_ms`: a queued legacy trigger's wait in its app's
+    /// queue, then its batch's exchange), and [`ANSWER_WRITE_TIME`] to
+    /// write the answer. Only a caller that does
     /// not read its answer reaches it (a passthrough answer's body is
     /// otherwise cut at the exchange's deadline); its connection is then
     /// closed, which frees the upstream slot the answer's body held.
@@ -632,7 +634,10 @@ fn busy_bound(settings: &Settings, proxy: &Proxy) -> u64 {
     let state = proxy.current();
     let config = state.config();
     nanos_of(
-        settings.header_timeout + config.body_timeout + config.upstream.timeout + ANSWER_WRITE_TIME,
+        settings.header_timeout
+            + config.body_timeout
+            + config.upstream.timeout * 2
+            + ANSWER_WRITE_TIME,
     )
 }
 

@@ -188,13 +188,12 @@ async fn alone(call: &mut Call<'_>, json: Bytes) -> Result<Response<ResponseBody
 /// Waits for the batch answer of a trigger queued with `ticket` (see
 /// [`coalesce::Coalescer::enqueue`]) and maps it.
 ///
-/// Its deadline counts from its arrival in the queue, as a single
-/// trigger's: if it passes while the trigger waits, the trigger is
+/// `deadline`, `upstream.timeout_ms` from its arrival in the queue, bounds
+/// its wait there: if it passes while the trigger waits, the trigger is
 /// withdrawn, never sent, and answered 504 (as one that found no upstream
-/// slot in time). Once its batch has taken it, the batch answers it by its
-/// deadline: 504 unsent if it is too late to be sent when the batch gets a
-/// slot, else the batch's answer (the batch's deadline is its oldest
-/// event's, so no later than this one's).
+/// slot in time). Once a batch has taken it, the batch answers it as a
+/// single trigger sent then would be, within `upstream.timeout_ms` of
+/// leaving the queue.
 async fn queued(
     call: &mut Call<'_>,
     mut answer: oneshot::Receiver<coalesce::Answer>,
@@ -206,8 +205,7 @@ async fn queued(
     let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
         Ok(answer) => answer,
         Err(_) if coalescer.withdraw(ticket) => return Err(UpstreamError::Timeout.into()),
-        // In a batch, which answers by this deadline (at most a moment
-        // after it, when the batch's exchange ends right at it).
+        // In a batch, which answers within its own time.
         Err(_) => answer.await,
     };
     let Ok(answer) = answer else {

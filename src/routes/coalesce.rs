@@ -30,12 +30,14 @@
 //!   batch's 4xx, 5xx or time-out is answered to each of its callers as a
 //!   single trigger's would be ([`super::channel_event`]). A batch is never
 //!   re-sent.
-//! - **Deadlines.** Each caller's time counts from its arrival. A batch
-//!   waits for an upstream slot no longer than its oldest event may still
-//!   be sent (`Upstream::send_by`); an event too late then is answered 504
-//!   and left out, never sent, and the wait goes on for the rest. The batch
-//!   that leaves is bounded by its oldest event's deadline, so each caller
-//!   has its answer by its own.
+//! - **Deadlines.** A queued trigger waits in the queue at most
+//!   `upstream.timeout_ms` from its arrival; then it is withdrawn and
+//!   answered 504, never sent. The batch that takes it is a single trigger
+//!   from then on: `upstream.timeout_ms` for its slot and its exchange,
+//!   whatever its events waited, so a queued caller has its answer within
+//!   twice that time. Charging the queue's wait to the exchange would cut
+//!   batches the upstream has already delivered whenever it is slower than
+//!   half the timeout, and tell their callers 504 for events sent.
 //!
 //! The queue lives with its `App`, in one configuration's state: a reload
 //! starts the next state's apps with empty queues and free places, and the
@@ -493,35 +495,20 @@ fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
 
 /// Sends one batch and answers each of its callers (the place is the
 /// caller's to hand on, when this is done).
-async fn send_batch(state: &Arc<State>, app: &App, mut group: Vec<Queued>) {
+async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
     let started = Instant::now();
-    // Each event is sent only while its own caller has the least time left
-    // that any exchange is sent with (`Upstream::send_by`); one that has
-    // less by the time a slot is free is answered 504, never sent. The
-    // slot is waited for until the oldest remaining event's last moment;
-    // past it, that one goes and the wait goes on for the rest, so a
-    // caller that has just queued is not cut short by an older one.
-    let (slot, deadline) = loop {
-        let now = tokio::time::Instant::now();
-        for q in group.extract_if(.., |q| state.upstream.send_by(q.deadline) <= now) {
-            let _ = q.reply.send(Answer {
-                result: Err(UpstreamError::Timeout.into()),
-                upstream_time: started.elapsed(),
-            });
-        }
-        let Some(oldest) = group.iter().map(|q| q.deadline).min() else {
-            // None left to send; the place goes on.
-            return;
-        };
-        match state.upstream.slot_by(state.upstream.send_by(oldest)).await {
-            // The oldest event's deadline bounds the batch, so every caller
-            // has its batch's answer by its own deadline and waits for it:
-            // the next trigger of its connection leaves only after this
-            // batch is settled.
-            Ok(slot) => break (slot, oldest),
-            Err(UpstreamError::Timeout) => continue,
-            Err(e) => return answer_each(group, Err(e.into()), started.elapsed()),
-        }
+    // From here the batch is one trigger, sent as a single one would be:
+    // `upstream.timeout_ms` for its slot and its exchange, whatever its
+    // events waited in the queue (their own deadlines bounded that). Were
+    // the wait charged to the exchange, an upstream slower than half the
+    // timeout would have its batches cut after they were delivered, and
+    // their callers told 504 for events sent.
+    let deadline = state.upstream.deadline();
+    let slot = match state.upstream.slot(deadline).await {
+        Ok(slot) => slot,
+        // Never sent: each caller gets the 504 (or 502) of a single
+        // trigger that found no slot.
+        Err(e) => return answer_each(group, Err(e.into()), started.elapsed()),
     };
     let (path, body) = match group.as_slice() {
         [one] => (

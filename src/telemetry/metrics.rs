@@ -569,9 +569,8 @@ pub mod upstream_names {
     pub const UPSTREAM_SLOTS_IN_USE: &str = "pusher_cutover_upstream_slots_in_use";
     /// Upstream exchanges waiting for a slot now.
     pub const UPSTREAM_SLOT_WAITERS: &str = "pusher_cutover_upstream_slot_waiters";
-    /// Waits for an upstream slot that ran out of time: the exchange (or a
-    /// coalesced batch's events too late to wait longer) answered 504,
-    /// never sent.
+    /// Waits for an upstream slot that ran out of time: the exchange (a
+    /// coalesced batch's: each of its callers) answered 504, never sent.
     pub const UPSTREAM_SLOT_TIMEOUTS: &str = "pusher_cutover_upstream_slot_timeouts";
 }
 

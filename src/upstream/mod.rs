@@ -469,8 +469,8 @@ impl Upstream {
 
     /// The last moment an exchange that ends at `deadline` is sent: while
     /// a tenth of `upstream.timeout_ms` is left, the least it is sent with.
-    /// One that would have less (it waited for a slot, or in a trigger
-    /// queue, for most of its time) is answered 504 unsent, rather than
+    /// One that would have less (it waited for a slot for most of its
+    /// time) is answered 504 unsent, rather than
     /// sent to be cut at its deadline while the upstream may act on it: a
     /// trigger would then be delivered although its caller was told it
     /// timed out, and again when the caller retries.

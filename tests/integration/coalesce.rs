@@ -4,6 +4,7 @@
 //! each test builds its queue deterministically: it waits for the proxy's
 //! queue gauge, never for a timer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -407,63 +408,76 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
     proxy.stop().await;
 }
 
-/// An event whose caller has less than a tenth of `upstream.timeout_ms`
-/// left when its batch gets a slot is answered 504 and left out, never
-/// sent; the rest leave without it, bounded by their own deadlines, so a
-/// caller that has just queued is not cut short by an older one that was
-/// about to run out.
+/// A batch has the time a single trigger sent when it leaves would have,
+/// whatever its events waited in the queue: one taken with little of its
+/// caller's queue time left is sent, and an upstream that takes most of
+/// `upstream.timeout_ms` to answer has its batch answered, not cut after
+/// it delivered the events (its callers told 504 for events sent).
 #[tokio::test]
-async fn an_event_too_late_to_send_is_left_out_and_the_rest_keep_their_time() {
-    let (fake, proxy) = setup("batch_in_flight = 1\ntimeout_ms = 1000").await;
+async fn a_batch_has_a_single_triggers_time_whatever_its_events_waited() {
+    let fake = support::fake().await;
+    // Short head and body times: the older caller's wait (3.4 s) is longer
+    // than head, body, one upstream time and a second to write (3.2 s), so
+    // its connection lives only because a request's time counts the queue
+    // too (twice `upstream.timeout_ms`).
+    let toml = support::config_toml(&fake.url(), "batch_in_flight = 1\ntimeout_ms = 2000", "");
+    let proxy = TestProxy::start(
+        &format!("header_timeout_ms = 100\nbody_timeout_ms = 100\n{toml}"),
+        Arc::new(pusher_cutover::SystemClock),
+    )
+    .await;
     fake.set(|b| b.hold = true);
     let first = occupy(&fake, &proxy, 0).await;
     let started = std::time::Instant::now();
-    let older = queue(&proxy, vec![Trig::nth(0)], 0).await;
-    tokio::time::sleep(Duration::from_millis(950)).await;
-    let newer_trig = Trig::nth(1);
-    let expected = newer_trig.batch_item();
-    let newer = queue(&proxy, vec![newer_trig], 1).await;
-    // The place comes back with about 50 ms left of the older caller's
-    // time (less than its 100 ms to be sent with) and 1,000 of the newer's.
+    let trigs = vec![Trig::nth(0), Trig::nth(1)];
+    let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
+    let mut trigs = trigs.into_iter();
+    let older = queue(&proxy, trigs.by_ref().take(1).collect(), 0).await;
+    tokio::time::sleep(Duration::from_millis(1900).saturating_sub(started.elapsed())).await;
+    let newer = queue(&proxy, trigs.collect(), 1).await;
+    // The place comes back with about 100 ms left of the older caller's
+    // time in the queue: both leave, as one batch.
     fake.release(1);
     assert_accepted(&answered(first).await);
-    for c in older {
-        let a = answered(c).await;
-        assert_eq!(a.status.as_u16(), 504, "{}", a.text());
-    }
     let recorded = fake.wait_for_requests(2).await;
-    assert_eq!(recorded[1].path, EVENTS, "the newer event alone");
-    assert_eq!(recorded[1].json()["channels"][0], expected["channel"]);
-    // Held past the older caller's deadline, within the newer's.
-    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(started.elapsed())).await;
+    assert_eq!(recorded[1].path, BATCH);
+    assert_eq!(batch_of(&recorded[1]), expected);
+    // The upstream answers 1.5 s later: 3.4 s after the older caller came,
+    // within the 2 s the batch has had since it left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     fake.release(1);
-    for c in newer {
+    for c in older.into_iter().chain(newer) {
         assert_accepted(&answered(c).await);
     }
-    assert_eq!(fake.recorded().len(), 2, "the older event is never sent");
+    assert_eq!(fake.recorded().len(), 2, "nothing sent twice");
     proxy.stop().await;
 }
 
-/// A trigger that gets its place with less than a tenth of
-/// `upstream.timeout_ms` left is answered 504 and never sent, rather than
-/// sent to be cut at its deadline while the upstream may deliver it.
+/// A queued trigger still in the queue `upstream.timeout_ms` after its
+/// arrival is withdrawn, answered 504 and never sent.
 #[tokio::test]
-async fn a_trigger_with_almost_no_time_left_is_not_sent() {
-    let (fake, proxy) = setup("batch_in_flight = 1\ntimeout_ms = 1000").await;
+async fn a_trigger_that_waits_its_whole_time_in_the_queue_is_never_sent() {
+    let (fake, proxy) = setup("batch_in_flight = 1\nbatch_max = 2\ntimeout_ms = 1000").await;
     fake.set(|b| b.hold = true);
+    let trigs: Vec<Trig> = (0..3).map(Trig::nth).collect();
+    let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
     let first = occupy(&fake, &proxy, 0).await;
-    let late = queue(&proxy, vec![Trig::nth(0)], 0).await;
-    // The place comes back when the queued trigger has about 50 ms left.
-    tokio::time::sleep(Duration::from_millis(950)).await;
-    fake.release(1);
-    assert_accepted(&answered(first).await);
-    for c in late {
-        let a = answered(c).await;
-        assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    let mut queued = queue(&proxy, trigs, 0).await;
+    // The first is held past its time; its place takes the two oldest as
+    // a batch (held too), and the third waits until its own time is up.
+    assert_eq!(answered(first).await.status.as_u16(), 504);
+    let late = queued.pop().expect("the third");
+    let a = answered(late).await;
+    assert_eq!(a.status.as_u16(), 504, "{}", a.text());
+    assert_eq!(support::metric(&proxy.metrics().await, QUEUED), Some(0.0));
+    for c in queued {
+        assert_eq!(answered(c).await.status.as_u16(), 504, "the batch held");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fake.recorded().len(), 1, "the late trigger was never sent");
     fake.release_all();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recorded = fake.recorded();
+    assert_eq!(recorded.len(), 2, "the late trigger was never sent");
+    assert_eq!(batch_of(&recorded[1]), expected[..2]);
     proxy.stop().await;
 }
 

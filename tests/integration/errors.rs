@@ -340,7 +340,8 @@ async fn upstream_slower_than_the_timeout_is_504() {
 
 /// `upstream.max_connections` caps the exchanges in flight: a legacy call
 /// beyond it waits for a slot and is built and signed when it gets one;
-/// the call's deadline covers the wait.
+/// the call's deadline covers the wait. (Coalescing is off: a queued
+/// trigger's batch has a time of its own.)
 #[tokio::test]
 async fn calls_beyond_the_upstream_cap_wait_for_a_slot_until_their_deadline() {
     /// `upstream.timeout_ms`.
@@ -348,7 +349,12 @@ async fn calls_beyond_the_upstream_cap_wait_for_a_slot_until_their_deadline() {
     let fake = support::fake().await;
     fake.set(|b| b.delay = Duration::from_millis(400));
     let proxy = Arc::new(
-        TestProxy::for_upstream(&fake.url(), "max_connections = 1\ntimeout_ms = 3000", "").await,
+        TestProxy::for_upstream(
+            &fake.url(),
+            "max_connections = 1\ntimeout_ms = 3000\nbatch_max = 1",
+            "",
+        )
+        .await,
     );
     // A call's answer, and when it came.
     let call = |name: &'static str| {

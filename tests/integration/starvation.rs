@@ -340,7 +340,8 @@ async fn idle_keep_alive_connections_have_their_own_timeout() {
 
 /// A client that never reads its answer holds its upstream slot (through
 /// the answer's body) only until its request's time is up: the head's,
-/// the body's and the upstream's, and a second to write the answer. Then
+/// the body's, twice the upstream's (a queued trigger's wait, then its
+/// batch's), and a second to write the answer. Then
 /// its connection is closed, counted and logged, and the slot serves
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +361,8 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
     })
     .await;
     // One upstream slot; 300 ms for a head, a body and an exchange each:
-    // a request's answer must be written 1.9 s after its head began.
+    // a request's answer must be written 2.2 s after its head began (head,
+    // body, twice the exchange's time, a second to write).
     let proxy = TestProxy::start(
         &config(
             "header_timeout_ms = 300\nbody_timeout_ms = 300",
@@ -393,7 +395,7 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
     assert_eq!(a.status.as_u16(), 504, "the slot is held: {}", a.text());
     // Past the stalled request's time, its connection is closed and the
     // slot free.
-    tokio::time::sleep_until(started + Duration::from_millis(2400)).await;
+    tokio::time::sleep_until(started + Duration::from_millis(2700)).await;
     let a = other().await;
     assert_eq!(
         a.status.as_u16(),
@@ -475,11 +477,11 @@ async fn a_closing_connection_whose_client_does_not_read_is_cut() {
 /// it to connections opened before it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
-    // Answers `{}`: at once to a path ending in `/fast`, else after 2.2 s.
+    // Answers `{}`: at once to a path ending in `/fast`, else after 2.6 s.
     let upstream = scripted_upstream(|_, request| {
         let fast = request.windows(10).any(|w| w == b"/fast HTTP");
         Reply {
-            delay: Duration::from_millis(if fast { 0 } else { 2200 }),
+            delay: Duration::from_millis(if fast { 0 } else { 2600 }),
             ..empty_object()
         }
     })
@@ -488,7 +490,7 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     let path = dir.path().join("proxy.toml");
     let top = "header_timeout_ms = 300\nbody_timeout_ms = 300";
     let url = format!("http://{upstream}");
-    // 1.9 s for a request's answer to be taken.
+    // 2.2 s for a request's answer to be taken.
     std::fs::write(&path, config(top, &url, "timeout_ms = 300")).expect("write");
     let proxy = TestProxy::start_file(&path).await;
     // A connection served before the reload.
@@ -499,7 +501,7 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     )
     .await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
-    // 6.6 s.
+    // 11.6 s.
     std::fs::write(&path, config(top, &url, "timeout_ms = 5000")).expect("write");
     let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
