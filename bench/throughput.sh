@@ -209,7 +209,7 @@ for s in "${SCENARIOS[@]}"; do [ "$s" = sockudo ] && need_sockudo; done
 # The tree's commit as the run starts, before the build: the sources it
 # builds from (edits and commits made while it runs are not in the binary).
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null && echo clean || echo "src modified"; })
+GIT_DIRTY=$(cd "$ROOT" && { git diff --quiet HEAD -- src Cargo.toml Cargo.lock tests/fixtures/sockudo-loopback.toml 2>/dev/null && echo clean || echo "src modified"; })
 if [ -z "$BIN" ]; then
   if [ "$PGO" -eq 1 ]; then
     BIN="${CARGO_TARGET_DIR:-$ROOT/target}/pgo/release/pusher-cutover"

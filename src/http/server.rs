@@ -305,6 +305,19 @@ thread_local! {
     static DRAIN_DEADLINE_PASSED: Cell<bool> = const { Cell::new(false) };
     /// The worker's drain signal, from which [`drain_hold`] takes holds.
     static DRAIN: RefCell<Option<watch::Sender<()>>> = const { RefCell::new(None) };
+    /// Set by a request that queues ([`waits_in_a_queue`]) while its
+    /// connection's task polls it; taken by that task right after the poll.
+    static QUEUED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells the connection whose request is being polled on this thread that
+/// the request waits in its app's trigger queue: its answer may take one
+/// more `upstream.timeout_ms` ([`Bounds::queue`]), the queue's wait before
+/// its batch's exchange. Called only from within a connection's poll (a
+/// request's handling), which reads it before anything else runs on the
+/// thread.
+pub(crate) fn waits_in_a_queue() {
+    QUEUED.set(true);
 }
 
 /// A hold on the calling worker's shutdown, for work of its runtime that
@@ -538,6 +551,9 @@ struct Tracker {
     since: AtomicU64,
     /// Set by the accept loop: close if still idle.
     evict: AtomicBool,
+    /// Whether the request being served waited in its app's trigger queue
+    /// ([`Bounds::queue`]); cleared when a request begins.
+    queued: AtomicBool,
     /// Wakes the connection's task when `evict` is set.
     wake: Notify,
 }
@@ -548,6 +564,7 @@ impl Tracker {
             phase: AtomicU8::new(Phase::Fresh as u8),
             since: AtomicU64::new(now_nanos()),
             evict: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -563,7 +580,9 @@ impl Tracker {
     }
 
     fn set(&self, phase: Phase) {
-        if phase != Phase::Busy {
+        if phase == Phase::Busy {
+            self.queued.store(false, Ordering::Release);
+        } else {
             self.since.store(now_nanos(), Ordering::Release);
         }
         self.phase.store(phase as u8, Ordering::Release);
@@ -583,12 +602,16 @@ impl Tracker {
     /// after a head began (or the wait for one), `bounds.idle` after the
     /// last answer, `bounds.busy` after a request's head began, while it
     /// is served and its answer written (a request's phase keeps its head's
-    /// start). Arithmetic only, no clock read: it runs after every poll.
+    /// start), and `bounds.queue` more for one that waited in a trigger
+    /// queue. Arithmetic only, no clock read: it runs after every poll.
     fn deadline(&self, bounds: Bounds) -> u64 {
         let (phase, since) = self.state();
         let bound = match phase {
             Phase::Fresh | Phase::Head => bounds.head,
             Phase::Idle => bounds.idle,
+            Phase::Busy if self.queued.load(Ordering::Acquire) => {
+                bounds.busy.saturating_add(bounds.queue)
+            }
             Phase::Busy => bounds.busy,
         };
         since.saturating_add(bound)
@@ -614,31 +637,33 @@ struct Bounds {
     /// Idle between requests: `keepalive_timeout_ms`.
     idle: u64,
     /// A request, from its head's start until its answer is written: the
-    /// time its head, its body and its upstream exchange may take (twice
-    /// `upstream.timeout_ms`: a queued legacy trigger's wait in its app's
-    /// queue, then its batch's exchange), and [`ANSWER_WRITE_TIME`] to
-    /// write the answer. Only a caller that does
+    /// time its head, its body and its upstream exchange may take, and
+    /// [`ANSWER_WRITE_TIME`] to write the answer. Only a caller that does
     /// not read its answer reaches it (a passthrough answer's body is
     /// otherwise cut at the exchange's deadline); its connection is then
     /// closed, which frees the upstream slot the answer's body held.
     busy: u64,
+    /// What a legacy trigger that waited in its app's trigger queue has
+    /// more than `busy`: the queue's wait before its batch's exchange,
+    /// `upstream.timeout_ms`.
+    queue: u64,
 }
 
 /// The time [`Bounds::busy`] leaves to write an answer once everything
 /// before it has had all its time.
 const ANSWER_WRITE_TIME: Duration = Duration::from_secs(1);
 
-/// [`Bounds::busy`] under `proxy`'s configuration in force (its
-/// `body_timeout_ms` and `upstream.timeout_ms` may be reloaded).
-fn busy_bound(settings: &Settings, proxy: &Proxy) -> u64 {
+/// `bounds` with [`Bounds::busy`] and [`Bounds::queue`] of `proxy`'s
+/// configuration in force (its `body_timeout_ms` and `upstream.timeout_ms`
+/// may be reloaded).
+fn serving_bounds(mut bounds: Bounds, settings: &Settings, proxy: &Proxy) -> Bounds {
     let state = proxy.current();
     let config = state.config();
-    nanos_of(
-        settings.header_timeout
-            + config.body_timeout
-            + config.upstream.timeout * 2
-            + ANSWER_WRITE_TIME,
-    )
+    bounds.busy = nanos_of(
+        settings.header_timeout + config.body_timeout + config.upstream.timeout + ANSWER_WRITE_TIME,
+    );
+    bounds.queue = nanos_of(config.upstream.timeout);
+    bounds
 }
 
 /// One worker's open connections, each listed once for its life by its
@@ -865,11 +890,16 @@ where
     let mut drain_listening = false;
     let asked = tracker.wake.notified();
     tokio::pin!(asked);
-    let mut bounds = Bounds {
-        head: nanos_of(settings.header_timeout),
-        idle: nanos_of(settings.keepalive_timeout),
-        busy: busy_bound(settings, &shared.proxy),
-    };
+    let mut bounds = serving_bounds(
+        Bounds {
+            head: nanos_of(settings.header_timeout),
+            idle: nanos_of(settings.keepalive_timeout),
+            busy: 0,
+            queue: 0,
+        },
+        settings,
+        &shared.proxy,
+    );
     // The deadline the timer is armed for ([`now_nanos`]); none once it
     // fired, until it is armed anew.
     let first = tracker.deadline(bounds);
@@ -897,6 +927,10 @@ where
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ended::Served(result));
+            }
+            if QUEUED.get() {
+                QUEUED.set(false);
+                tracker.queued.store(true, Ordering::Release);
             }
             if !listening || tracker.evict.load(Ordering::Acquire) {
                 if asked.as_mut().poll(cx).is_ready() {
@@ -962,7 +996,7 @@ where
                         // Of the configuration in force now: a reload may
                         // have given requests more time since the
                         // connection opened.
-                        bounds.busy = busy_bound(settings, &shared.proxy);
+                        bounds = serving_bounds(bounds, settings, &shared.proxy);
                         if tracker.deadline(bounds) <= now_nanos() {
                             return Poll::Ready(Ended::AnswerNotTaken);
                         }

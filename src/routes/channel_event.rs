@@ -143,6 +143,8 @@ pub(crate) async fn translate(
             // Queued here, not in `queued`: the owned event then lives in
             // the queue alone, not also in the waiting future's state.
             let deadline = state.upstream.deadline();
+            // Its answer may take the queue's wait and then its batch's.
+            crate::http::server::waits_in_a_queue();
             let event = Pending::new(&trigger, channel);
             let (answer, ticket) = app.coalescer.enqueue(state, app, event, deadline);
             Leaving::Queued {

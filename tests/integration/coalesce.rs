@@ -416,13 +416,13 @@ async fn a_batch_time_out_reaches_each_caller_and_the_batch_is_never_resent() {
 #[tokio::test]
 async fn a_batch_has_a_single_triggers_time_whatever_its_events_waited() {
     let fake = support::fake().await;
-    // Short head and body times: the older caller's wait (3.4 s) is longer
-    // than head, body, one upstream time and a second to write (3.2 s), so
-    // its connection lives only because a request's time counts the queue
-    // too (twice `upstream.timeout_ms`).
-    let toml = support::config_toml(&fake.url(), "batch_in_flight = 1\ntimeout_ms = 2000", "");
+    // 300 ms for a head and a body: the older caller's wait (6.2 s) is
+    // longer than head, body, one upstream time and a second to write
+    // (5.6 s), so its connection lives only because a queued trigger's
+    // request has the upstream's time once more.
+    let toml = support::config_toml(&fake.url(), "batch_in_flight = 1\ntimeout_ms = 4000", "");
     let proxy = TestProxy::start(
-        &format!("header_timeout_ms = 100\nbody_timeout_ms = 100\n{toml}"),
+        &format!("header_timeout_ms = 300\nbody_timeout_ms = 300\n{toml}"),
         Arc::new(pusher_cutover::SystemClock),
     )
     .await;
@@ -433,18 +433,18 @@ async fn a_batch_has_a_single_triggers_time_whatever_its_events_waited() {
     let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
     let mut trigs = trigs.into_iter();
     let older = queue(&proxy, trigs.by_ref().take(1).collect(), 0).await;
-    tokio::time::sleep(Duration::from_millis(1900).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(3700).saturating_sub(started.elapsed())).await;
     let newer = queue(&proxy, trigs.collect(), 1).await;
-    // The place comes back with about 100 ms left of the older caller's
+    // The place comes back with about 300 ms left of the older caller's
     // time in the queue: both leave, as one batch.
     fake.release(1);
     assert_accepted(&answered(first).await);
     let recorded = fake.wait_for_requests(2).await;
     assert_eq!(recorded[1].path, BATCH);
     assert_eq!(batch_of(&recorded[1]), expected);
-    // The upstream answers 1.5 s later: 3.4 s after the older caller came,
-    // within the 2 s the batch has had since it left.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The upstream answers 2.5 s later: 6.2 s after the older caller came,
+    // within the 4 s the batch has had since it left.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     fake.release(1);
     for c in older.into_iter().chain(newer) {
         assert_accepted(&answered(c).await);
@@ -462,6 +462,9 @@ async fn a_trigger_that_waits_its_whole_time_in_the_queue_is_never_sent() {
     let trigs: Vec<Trig> = (0..3).map(Trig::nth).collect();
     let expected: Vec<serde_json::Value> = trigs.iter().map(Trig::batch_item).collect();
     let first = occupy(&fake, &proxy, 0).await;
+    // Queued well after the first: the two oldest are still in time when
+    // its place comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut queued = queue(&proxy, trigs, 0).await;
     // The first is held past its time; its place takes the two oldest as
     // a batch (held too), and the third waits until its own time is up.
