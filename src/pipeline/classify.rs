@@ -81,28 +81,29 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
 }
 
 /// Whether `path` (canonical, see [`canonical_path`]) names one of the
-/// deprecated routes in another spelling: under
-/// `/apps/{app_id}/channels/`, once percent-decoded, it holds a `.` or
-/// `..` segment, or its last segment after the channel's, without
-/// `;parameters` and in any case, is `events` or `stats` (a trailing `/`,
-/// `%65vents`, `events;x`, `x/../events`, `room%2Fevents`). No Pusher
-/// route, current or deprecated, has such a path; an upstream that
-/// normalised it could serve it as the deprecated call, past `reject`,
-/// the brownouts and the legacy count, and re-signed by the proxy for a
-/// mapped app. Such a request is refused rather than forwarded.
+/// deprecated routes in another spelling, one an upstream that normalised
+/// paths could serve as the deprecated call, past `reject`, the brownouts
+/// and the legacy count (and re-signed by the proxy for a mapped app).
+/// Percent-decoded, each segment without its `;parameters` and compared
+/// in any case, such a path either
+/// - has a `.` or `..` segment and an `apps` segment anywhere
+///   (`/apps/1/./channels/c/events`, `/apps/1/channels/c/x/../events`), or
+/// - is `/apps/{id}/channels/…/{events|stats}` with at least one segment
+///   between `channels` and the last one, otherwise than the deprecated
+///   route's own spelling: a trailing `/`, `%65vents`, `events;x`,
+///   `CHANNELS`, `%63hannels`, `channels;x`, `room%2Fevents`.
+///
+/// No Pusher route, current or deprecated, has such a path: it is refused
+/// rather than forwarded.
 pub fn near_legacy(path: &str) -> bool {
-    // Split on a `char` (a byte search), not on "/channels/", whose
-    // searcher costs more to set up than the rest: this runs on every
-    // passthrough call.
-    let Some(rest) = path
+    // A deprecated route's own spelling (with another method: passthrough).
+    // A `char` search, not one for "/channels/", whose searcher costs more
+    // to set up than the rest: this runs on every passthrough call.
+    if let Some((channel, action)) = path
         .strip_prefix("/apps/")
         .and_then(|r| r.split_once('/'))
         .and_then(|(_, rest)| rest.strip_prefix("channels/"))
-    else {
-        return false;
-    };
-    // A deprecated route's own spelling (with another method: passthrough).
-    if let Some((channel, action)) = rest.split_once('/')
+        .and_then(|r| r.split_once('/'))
         && (action == "events" || action == "stats")
     {
         let channel = percent_encoding::percent_decode_str(channel).decode_utf8_lossy();
@@ -110,20 +111,37 @@ pub fn near_legacy(path: &str) -> bool {
             return false;
         }
     }
-    let decoded = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
-    let mut segments = 0;
-    let mut last = "";
+    // Borrowed, with no allocation, when there is no escape.
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let (mut dot, mut apps) = (false, false);
+    // The segments that are neither empty nor dots: how many, the first,
+    // the third and the last.
+    let (mut count, mut first, mut third, mut last) = (0, "", "", "");
     for segment in decoded.split('/') {
         if segment == "." || segment == ".." {
-            return true;
+            dot = true;
+            continue;
         }
         let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
-        if !segment.is_empty() {
-            segments += 1;
-            last = segment;
+        if segment.is_empty() {
+            continue;
         }
+        apps |= segment.eq_ignore_ascii_case("apps");
+        count += 1;
+        match count {
+            1 => first = segment,
+            3 => third = segment,
+            _ => {}
+        }
+        last = segment;
     }
-    segments >= 2 && (last.eq_ignore_ascii_case("events") || last.eq_ignore_ascii_case("stats"))
+    if dot {
+        return apps;
+    }
+    count >= 5
+        && first.eq_ignore_ascii_case("apps")
+        && third.eq_ignore_ascii_case("channels")
+        && (last.eq_ignore_ascii_case("events") || last.eq_ignore_ascii_case("stats"))
 }
 
 #[cfg(test)]
@@ -144,6 +162,17 @@ mod tests {
             "/apps/1/channels/c%2Fevents",
             "/apps/1/channels/c/%2e%2e/x",
             "/apps/1/channels/../users",
+            // Before `channels`, and `channels` itself spelt otherwise.
+            "/apps/1/./channels/c/events",
+            "/apps/1/x/../channels/c/events",
+            "/apps/1/%63hannels/c/events",
+            "/apps/1/CHANNELS/c/stats",
+            "/apps/1/channels;x/c/events",
+            "/apps/./1/channels/c/events",
+            "/%61pps/1/channels/c/events",
+            "/APPS/1/channels/c/events",
+            "/./apps/1/channels/c/events",
+            "/apps/1/channels/c/events/%2e",
         ] {
             assert!(near_legacy(path), "{path}");
         }
@@ -165,7 +194,11 @@ mod tests {
             "/apps/1/batch_events",
             "/apps/1/users/u/terminate_connections",
             "/apps/1/channels/c.d/users",
+            "/apps/1/channels/a;b/events",
+            "/apps/1/x/channels/c/events",
+            "/apps/1/events/",
             "/healthz",
+            "/healthz/.",
             "/",
         ] {
             assert!(!near_legacy(path), "{path}");

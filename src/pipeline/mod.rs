@@ -347,7 +347,7 @@ impl State {
             let result = if legacy {
                 self.legacy(route, &path, app, &mut parts, body, record)
                     .await
-            } else if !bypass && route.app_id.is_some() && classify::near_legacy(&path) {
+            } else if !bypass && classify::near_legacy(&path) {
                 Err(ProxyError::NearLegacy)
             } else if let Some((app, query)) = (!bypass)
                 .then(|| passthrough::resign_target(app, &parts))

@@ -456,7 +456,8 @@ async fn a_caller_on_a_previous_secret_is_served_in_every_mode() {
 }
 
 /// A deprecated route spelt otherwise (a trailing `/`, an escape,
-/// `;parameters`, a dot segment, an encoded `/`) is no Pusher route: it is
+/// `;parameters`, a dot segment, an encoded `/`, another case, in any
+/// segment) is no Pusher route: it is
 /// refused, whatever the app and its mode, so that an upstream that
 /// normalised it cannot serve a legacy call past `reject` and the legacy
 /// count, least of all one the proxy signed for a mapped app.
@@ -497,6 +498,13 @@ async fn a_deprecated_route_spelt_otherwise_is_refused_and_never_sent() {
             "/apps/4242/channels/room/events;x",
             "/apps/4242/channels/room/x/../events",
             "/apps/4242/channels/room%2Fevents",
+            "/apps/4242/./channels/room/events",
+            "/apps/4242/x/../channels/room/events",
+            "/apps/4242/%63hannels/room/events",
+            "/apps/4242/CHANNELS/room/events",
+            "/apps/4242/channels;x/room/events",
+            "/APPS/4242/channels/room/events",
+            "/./apps/4242/channels/room/events",
         ] {
             let a = post(path).await;
             assert_eq!(a.status.as_u16(), 400, "{extra} {path}: {}", a.text());
