@@ -69,7 +69,9 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
         return passthrough;
     };
     let kind = match (action, method) {
-        ("stats", &Method::GET) => RouteKind::LegacyStats,
+        // HEAD is GET without the body (RFC 9110 9.3.2): an upstream may
+        // serve it as the deprecated call, so it is one.
+        ("stats", &Method::GET | &Method::HEAD) => RouteKind::LegacyStats,
         ("events", &Method::POST) => RouteKind::LegacyTrigger,
         _ => return passthrough,
     };
@@ -211,6 +213,13 @@ mod tests {
         let cases: &[Case<'_>] = &[
             (
                 Method::GET,
+                "/apps/1/channels/c/stats",
+                RouteKind::LegacyStats,
+                Some("1"),
+                Some("c"),
+            ),
+            (
+                Method::HEAD,
                 "/apps/1/channels/c/stats",
                 RouteKind::LegacyStats,
                 Some("1"),

@@ -193,6 +193,11 @@ async fn reject_answers_410_naming_the_replacement() {
         "{}",
         s.text()
     );
+    // HEAD, which an upstream may serve as GET, is the same call.
+    let path = "/apps/4242/channels/room/stats";
+    let uri = support::signed_uri(support::KEY, support::SECRET, "HEAD", path, now, None, &[]);
+    let h = support::send(Method::HEAD, &format!("{}{uri}", proxy.url()), &[], "").await;
+    assert_eq!(h.status.as_u16(), 410);
     assert!(fake.recorded().is_empty(), "nothing forwarded");
     // A forged call is still a 401, not a 410.
     assert_eq!(trigger(&proxy, "room", 0).await.status.as_u16(), 401);
