@@ -382,7 +382,8 @@ fn validate(path: &Path, require_env: bool) -> ExitCode {
         }
     });
     match lint {
-        Ok((config, warnings)) => {
+        Ok((config, mut warnings)) => {
+            warnings.extend(config.cautions());
             // A closed stdout (`validate … | head -0`) is no reason to fail.
             let _ = print_out(&format!(
                 "{}: valid ({} app(s), upstream {}){}",
@@ -560,8 +561,10 @@ async fn fleet_report(
 }
 
 /// Logs each configured app with its cutover stage, and warns when there
-/// is none (then every request passes through unchanged).
+/// is none (then every request passes through unchanged); and warns of
+/// each of the configuration's [`Config::cautions`].
 fn log_apps(config: &Config) {
+    crate::reload::log_cautions(config);
     if config.apps.is_empty() {
         tracing::warn!(
             target: TARGET,

@@ -200,6 +200,7 @@ impl Reloader {
                 "configuration reloaded in part: restart needed for these settings, which keep their running values"
             );
         }
+        log_cautions(&config);
         let hash = config.hash.clone();
         self.telemetry.configure(&config);
         self.proxy.reload(config);
@@ -303,6 +304,18 @@ fn guarded<T>(reload: impl FnOnce() -> Result<T, ConfigError>) -> Result<T, Relo
         Err(payload) => Err(ReloadError::Internal(
             crate::telemetry::logging::panic_text(payload.as_ref()),
         )),
+    }
+}
+
+/// Logs a WARN line for each of `config`'s [`Config::cautions`] (the
+/// configuration in force: at start, after a reload).
+pub fn log_cautions(config: &Config) {
+    for caution in config.cautions() {
+        tracing::warn!(
+            setting = %caution.key,
+            problem = %caution.message,
+            "configuration setting works against another"
+        );
     }
 }
 

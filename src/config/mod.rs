@@ -520,6 +520,39 @@ impl Config {
         }
     }
 
+    /// Settings that are valid each on its own but work against each
+    /// other: logged at start and at each reload, printed by `validate`.
+    /// None refuses the configuration: each only narrows what a setting
+    /// does, and refusing would stop a proxy that ran before.
+    pub fn cautions(&self) -> Vec<Problem> {
+        let mut cautions = Vec::new();
+        let up = &self.upstream;
+        if self.shutdown_grace < up.timeout * 2 {
+            cautions.push(Problem {
+                key: "shutdown_grace_ms".into(),
+                message: format!(
+                    "{} ms is less than twice upstream.timeout_ms ({} ms): a legacy trigger \
+                     queued when a drain begins may take that long (its wait in the queue, then \
+                     its batch's exchange), and its batch may be cut after the upstream took it",
+                    self.shutdown_grace.as_millis(),
+                    up.timeout.as_millis()
+                ),
+            });
+        }
+        if up.connect_timeout >= up.timeout {
+            cautions.push(Problem {
+                key: "upstream.connect_timeout_ms".into(),
+                message: format!(
+                    "{} ms is not less than upstream.timeout_ms ({} ms), which bounds the whole \
+                     exchange, connect included: a connect that stalls is answered 504, never 502",
+                    up.connect_timeout.as_millis(),
+                    up.timeout.as_millis()
+                ),
+            });
+        }
+        cautions
+    }
+
     /// Loads and validates a TOML file.
     pub fn from_file(path: &Path, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -699,3 +699,33 @@ fn listeners_on_one_port_are_refused_when_one_covers_the_other() {
         assert!(problems_of(&text, &[]).is_empty(), "{listen} {admin}");
     }
 }
+
+/// Settings valid alone that work against each other are cautions, not
+/// problems: the defaults have none.
+#[test]
+fn settings_that_work_against_each_other_are_cautions() {
+    let keys = |top: &str, upstream: &str| -> Vec<String> {
+        let text = format!(
+            "{top}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n{upstream}\n\
+             [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = \"s\"\n"
+        );
+        let config = Config::from_toml_str(&text, &env(&[])).expect("valid");
+        config.cautions().into_iter().map(|c| c.key).collect()
+    };
+    assert!(keys("", "").is_empty(), "the defaults");
+    assert!(
+        keys("shutdown_grace_ms = 20000", "").is_empty(),
+        "twice 10 s"
+    );
+    assert_eq!(keys("shutdown_grace_ms = 19999", ""), ["shutdown_grace_ms"]);
+    assert_eq!(
+        keys("", "timeout_ms = 20000"),
+        ["shutdown_grace_ms"],
+        "a longer upstream time against the default grace"
+    );
+    assert_eq!(
+        keys("", "connect_timeout_ms = 10000"),
+        ["upstream.connect_timeout_ms"]
+    );
+    assert!(keys("", "connect_timeout_ms = 9999").is_empty());
+}

@@ -67,6 +67,28 @@ fn validate_lists_every_problem() {
         );
     }
 
+    // Settings that work against each other: valid, with a warning each.
+    let cautioned = dir.path().join("cautioned.toml");
+    std::fs::write(
+        &cautioned,
+        "shutdown_grace_ms = 5000\n[upstream]\nurl = \"http://h\"\n\
+         [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&cautioned)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 warning(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("warning: shutdown_grace_ms: 5000 ms"), "{err}");
+
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "[upstream]\nurl = \"http://h\"\nretries = 3\n").expect("write");
     let out = std::process::Command::new(BIN)

@@ -241,6 +241,45 @@ async fn log_lines_are_in_time_order_across_workers() {
 /// and `/readyz` then shows the hash in force, not the file's; once the
 /// file again matches what runs, the file's hash is back. A refused reload
 /// is answered and logged on one line.
+/// A reload to settings that work against each other (here a longer
+/// upstream time against the running drain's grace) applies them and
+/// warns of each.
+#[tokio::test]
+async fn a_reload_warns_of_settings_that_work_against_each_other() {
+    support::capture_logs();
+    let fake = support::fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    let base = support::config_toml(&fake.url(), "", "");
+    std::fs::write(&path, &base).expect("write");
+    let proxy = TestProxy::start_file(&path).await;
+    let longer = support::config_toml(&fake.url(), "timeout_ms = 23456", "");
+    std::fs::write(&path, &longer).expect("write");
+    let reloaded = proxy.reload().await;
+    assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
+    // Polled: a thread's log lines may be handed over in a batch.
+    let caution = || {
+        support::logs()
+            .lines()
+            .find(|l| l.contains("works against another") && l.contains("(23456 ms)"))
+            .map(str::to_owned)
+    };
+    let mut line = caution();
+    for _ in 0..50 {
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        line = caution();
+    }
+    let line = line.unwrap_or_else(|| panic!("no caution logged:\n{}", support::logs()));
+    assert!(
+        line.contains("WARN") && line.contains("shutdown_grace_ms"),
+        "{line}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn reload_says_what_changed_and_what_needs_a_restart() {
     support::capture_logs();
