@@ -88,15 +88,18 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
 /// and the legacy count (and re-signed by the proxy for a mapped app).
 /// Percent-decoded, each segment without its `;parameters` and compared
 /// in any case, such a path either
-/// - has a `.` or `..` segment and an `apps` segment anywhere
-///   (`/apps/1/./channels/c/events`, `/apps/1/channels/c/x/../events`), or
+/// - has a `.` or `..` segment (`..;x` too) and an `apps`, a `channels`
+///   and an `events` or `stats` segment anywhere, which resolving the dots
+///   could line up (`/apps/1/./channels/c/events`,
+///   `/apps/1/channels/c/x/../events`, `/apps/1/x/..;/channels/c/stats`),
+///   or
 /// - is `/apps/{id}/channels/…/{events|stats}` with at least one segment
 ///   between `channels` and the last one, otherwise than the deprecated
 ///   route's own spelling: a trailing `/`, `%65vents`, `events;x`,
 ///   `CHANNELS`, `%63hannels`, `channels;x`, `room%2Fevents`.
 ///
-/// No Pusher route, current or deprecated, has such a path: it is refused
-/// rather than forwarded.
+/// No Pusher route, current or deprecated, has such a path (but for a
+/// channel named `.` or `..`): it is refused rather than forwarded.
 pub fn near_legacy(path: &str) -> bool {
     // A deprecated route's own spelling (with another method: passthrough).
     // A `char` search, not one for "/channels/", whose searcher costs more
@@ -115,20 +118,26 @@ pub fn near_legacy(path: &str) -> bool {
     }
     // Borrowed, with no allocation, when there is no escape.
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let (mut dot, mut apps) = (false, false);
+    let action = |s: &str| s.eq_ignore_ascii_case("events") || s.eq_ignore_ascii_case("stats");
+    // Whether there is a dot segment, and an `apps`, a `channels` and an
+    // action segment anywhere: resolving dots only takes segments away.
+    let (mut dot, mut apps, mut channels, mut acts) = (false, false, false, false);
     // The segments that are neither empty nor dots: how many, the first,
     // the third and the last.
     let (mut count, mut first, mut third, mut last) = (0, "", "", "");
     for segment in decoded.split('/') {
+        // `..;x` is a dot segment to a server that drops parameters first.
+        let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
         if segment == "." || segment == ".." {
             dot = true;
             continue;
         }
-        let segment = segment.split_once(';').map_or(segment, |(s, _)| s);
         if segment.is_empty() {
             continue;
         }
         apps |= segment.eq_ignore_ascii_case("apps");
+        channels |= segment.eq_ignore_ascii_case("channels");
+        acts |= action(segment);
         count += 1;
         match count {
             1 => first = segment,
@@ -138,12 +147,12 @@ pub fn near_legacy(path: &str) -> bool {
         last = segment;
     }
     if dot {
-        return apps;
+        return apps && channels && acts;
     }
     count >= 5
         && first.eq_ignore_ascii_case("apps")
         && third.eq_ignore_ascii_case("channels")
-        && (last.eq_ignore_ascii_case("events") || last.eq_ignore_ascii_case("stats"))
+        && action(last)
 }
 
 #[cfg(test)]
@@ -162,8 +171,6 @@ mod tests {
             "/apps/1/channels/c/x/../events",
             "/apps/1/channels/c/./stats",
             "/apps/1/channels/c%2Fevents",
-            "/apps/1/channels/c/%2e%2e/x",
-            "/apps/1/channels/../users",
             // Before `channels`, and `channels` itself spelt otherwise.
             "/apps/1/./channels/c/events",
             "/apps/1/x/../channels/c/events",
@@ -175,6 +182,13 @@ mod tests {
             "/APPS/1/channels/c/events",
             "/./apps/1/channels/c/events",
             "/apps/1/channels/c/events/%2e",
+            // A dot segment with parameters, to a server that drops them
+            // first.
+            "/apps/1/x/..;/channels/c/events",
+            "/apps/1/.;/channels/c/stats",
+            "/apps/..;/apps/1/channels/c/events",
+            "/apps/1/channels/c/events/.;",
+            "/apps/1/x/%2e%2e;a/channels/c/events",
         ] {
             assert!(near_legacy(path), "{path}");
         }
@@ -201,6 +215,11 @@ mod tests {
             "/apps/1/events/",
             "/healthz",
             "/healthz/.",
+            // Dot segments no resolving could turn into a deprecated
+            // route: no `channels`, or no action, in the path.
+            "/apps/1/users/../terminate_connections",
+            "/apps/1/channels/../users",
+            "/apps/1/channels/c/%2e%2e/x",
             "/",
         ] {
             assert!(!near_legacy(path), "{path}");

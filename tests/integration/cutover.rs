@@ -510,6 +510,7 @@ async fn a_deprecated_route_spelt_otherwise_is_refused_and_never_sent() {
             "/apps/4242/channels;x/room/events",
             "/APPS/4242/channels/room/events",
             "/./apps/4242/channels/room/events",
+            "/apps/4242/x/..;/channels/room/events",
         ] {
             let a = post(path).await;
             assert_eq!(a.status.as_u16(), 400, "{extra} {path}: {}", a.text());

@@ -237,10 +237,6 @@ async fn log_lines_are_in_time_order_across_workers() {
     }
 }
 
-/// A reload logs each app's change, answers which settings need a restart,
-/// and `/readyz` then shows the hash in force, not the file's; once the
-/// file again matches what runs, the file's hash is back. A refused reload
-/// is answered and logged on one line.
 /// A reload to settings that work against each other (here a longer
 /// upstream time against the running drain's grace) applies them and
 /// warns of each.
@@ -280,6 +276,10 @@ async fn a_reload_warns_of_settings_that_work_against_each_other() {
     proxy.stop().await;
 }
 
+/// A reload logs each app's change, answers which settings need a restart,
+/// and `/readyz` then shows the hash in force, not the file's; once the
+/// file again matches what runs, the file's hash is back. A refused reload
+/// is answered and logged on one line.
 #[tokio::test]
 async fn reload_says_what_changed_and_what_needs_a_restart() {
     support::capture_logs();
