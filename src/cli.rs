@@ -51,14 +51,15 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Check a configuration file; list every problem and exit 1 if any.
-    /// An unset variable named by `secret_env` or `token_env` is a warning
-    /// (exit 0), so a file can be linted where its secrets are not.
+    /// An unset variable named by `secret_env` or `token_env`, or a
+    /// `secret_file` that cannot be read, is a warning (exit 0), so a file
+    /// can be linted where its secrets are not.
     Validate {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
-        /// Treat an unset `secret_env` or `token_env` variable as an error
-        /// (as `serve` does).
+        /// Treat an unset `secret_env` or `token_env` variable, or an
+        /// unreadable `secret_file`, as an error (as `serve` does).
         #[arg(long)]
         require_env: bool,
     },

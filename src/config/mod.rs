@@ -597,6 +597,7 @@ impl Config {
                 key: key.clone(),
                 secret: None,
                 secret_env: Some("PUSHER_APP_SECRET".into()),
+                secret_file: None,
                 subscription_count: None,
                 max_data_bytes: default_max_data(),
                 sunset: None,

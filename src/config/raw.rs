@@ -130,6 +130,7 @@ pub(super) struct RawApp {
     pub(super) key: String,
     pub(super) secret: Option<String>,
     pub(super) secret_env: Option<String>,
+    pub(super) secret_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub(super) previous_secrets: Vec<String>,
     pub(super) subscription_count: Option<SubscriptionCounting>,
@@ -158,6 +159,7 @@ pub(super) struct RawAppUpstream {
     pub(super) key: Option<String>,
     pub(super) secret: Option<String>,
     pub(super) secret_env: Option<String>,
+    pub(super) secret_file: Option<std::path::PathBuf>,
 }
 pub(super) fn default_true() -> bool {
     true

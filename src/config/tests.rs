@@ -729,3 +729,76 @@ fn settings_that_work_against_each_other_are_cautions() {
     );
     assert!(keys("", "connect_timeout_ms = 9999").is_empty());
 }
+
+/// A secret read from a file (`secret_file`): whole, less one trailing line
+/// break, for the app and for its upstream; a file that cannot be read, an
+/// empty one, one with an inner line break, or a second source is a
+/// problem naming the key and the file, never what it holds.
+#[test]
+fn a_secret_is_read_from_its_file() {
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        format!("{:?}", path.display().to_string())
+    };
+    let (lf, crlf, bare) = (
+        file("lf", "s3cret\n"),
+        file("crlf", "up\r\n"),
+        file("bare", "s"),
+    );
+    let text = one_app(
+        "",
+        &format!("secret_file = {lf}\n[apps.upstream]\nsecret_file = {crlf}"),
+        "",
+    );
+    let config = Config::from_toml_str(&text, &env(&[])).expect("valid");
+    let app = &config.apps[0];
+    assert_eq!(app.secrets[0].expose_secret(), "s3cret");
+    assert_eq!(app.upstream.secret.expose_secret(), "up");
+    let config = Config::from_toml_str(
+        &one_app("", &format!("secret_file = {bare}"), ""),
+        &env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(config.apps[0].secrets[0].expose_secret(), "s");
+
+    let missing = format!("{:?}", dir.path().join("missing").display().to_string());
+    let (empty, inner) = (file("empty", "\n"), file("inner", "KEPT-SECRET\nLINE\n"));
+    for (app, key, says) in [
+        (
+            format!("secret_file = {missing}"),
+            "apps[0].secret_file",
+            "cannot read",
+        ),
+        (
+            format!("secret_file = {empty}"),
+            "apps[0].secret_file",
+            "must not be empty",
+        ),
+        (
+            format!("secret_file = {inner}"),
+            "apps[0].secret_file",
+            "printable ASCII",
+        ),
+        (
+            format!("secret = \"s\"\nsecret_file = {bare}"),
+            "apps[0].secret",
+            "not more",
+        ),
+        (
+            format!("secret = \"s\"\n[apps.upstream]\nsecret_file = {missing}"),
+            "apps[0].upstream.secret_file",
+            "cannot read",
+        ),
+    ] {
+        let problems = problems_of(&one_app("", &app, ""), &[]);
+        let found = problems
+            .iter()
+            .find(|p| p.starts_with(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("{key} not in {problems:?}"));
+        assert!(found.contains(says), "{found}");
+        assert!(!found.contains("KEPT-SECRET"), "{found}");
+    }
+}

@@ -336,47 +336,92 @@ fn credential_rule(value: &str, name: &str, problems: &mut Collected) -> bool {
     passed
 }
 
-fn secret_from(
+/// Where an app's (or its upstream's) secret is given: `secret`,
+/// `secret_env` or `secret_file`, exactly one of them.
+struct SecretSource {
     inline: Option<String>,
     var: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl SecretSource {
+    fn is_given(&self) -> bool {
+        self.inline.is_some() || self.var.is_some() || self.file.is_some()
+    }
+}
+
+/// The secret `source` gives. A file is read whole, less one trailing line
+/// break; a problem with it names the file, never what it holds.
+fn secret_from(
+    source: SecretSource,
     env: EnvLookup<'_>,
     key: &dyn Fn(&str) -> String,
     problems: &mut Collected,
 ) -> Option<SecretString> {
-    match (inline, var) {
-        (Some(s), None) if !s.is_empty() => {
-            credential_rule(&s, &key("secret"), problems);
-            Some(SecretString::from(s))
-        }
-        (Some(_), None) => {
-            problems.add(&key("secret"), "must not be empty".into());
-            None
-        }
-        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
-            Some(s) => {
-                credential_rule(&s, &key("secret_env"), problems);
-                Some(SecretString::from(s))
-            }
+    let (name, value) = match source {
+        SecretSource {
+            inline: Some(s),
+            var: None,
+            file: None,
+        } => ("secret", Some(s)),
+        SecretSource {
+            inline: None,
+            var: Some(var),
+            file: None,
+        } => match env(&var).filter(|v| !v.is_empty()) {
+            Some(s) => ("secret_env", Some(s)),
             None => {
                 problems.add(
                     &key("secret_env"),
                     format!("environment variable `{var}` is not set or empty"),
                 );
-                None
+                return None;
             }
         },
-        (Some(_), Some(_)) => {
+        SecretSource {
+            inline: None,
+            var: None,
+            file: Some(path),
+        } => match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                ("secret_file", Some(text.to_owned()))
+            }
+            Err(e) => {
+                problems.add(
+                    &key("secret_file"),
+                    format!("cannot read `{}`: {}", path.display(), e.kind()),
+                );
+                return None;
+            }
+        },
+        SecretSource {
+            inline: None,
+            var: None,
+            file: None,
+        } => {
             problems.add(
                 &key("secret"),
-                "set `secret` or `secret_env`, not both".into(),
+                "one of `secret`, `secret_env` or `secret_file` is required".into(),
             );
-            None
+            return None;
         }
-        (None, None) => {
+        _ => {
             problems.add(
                 &key("secret"),
-                "one of `secret` or `secret_env` is required".into(),
+                "set one of `secret`, `secret_env` or `secret_file`, not more".into(),
             );
+            return None;
+        }
+    };
+    match value {
+        Some(s) if !s.is_empty() => {
+            credential_rule(&s, &key(name), problems);
+            Some(SecretString::from(s))
+        }
+        _ => {
+            problems.add(&key(name), "must not be empty".into());
             None
         }
     }
@@ -498,7 +543,16 @@ fn validate_app(
             }
         }
     }
-    let secret = secret_from(app.secret, app.secret_env, env, &key, problems);
+    let secret = secret_from(
+        SecretSource {
+            inline: app.secret,
+            var: app.secret_env,
+            file: app.secret_file,
+        },
+        env,
+        &key,
+        problems,
+    );
     let mut secrets: Vec<SecretString> = secret.iter().cloned().collect();
     for (j, s) in app.previous_secrets.into_iter().enumerate() {
         if s.is_empty() {
@@ -529,10 +583,15 @@ fn validate_app(
             } else {
                 credential_rule(&up_key, &ukey("key"), problems);
             }
-            let up_secret = if u.secret.is_none() && u.secret_env.is_none() {
-                secret.clone()
+            let source = SecretSource {
+                inline: u.secret,
+                var: u.secret_env,
+                file: u.secret_file,
+            };
+            let up_secret = if source.is_given() {
+                secret_from(source, env, &ukey, problems)
             } else {
-                secret_from(u.secret, u.secret_env, env, &ukey, problems)
+                secret.clone()
             };
             up_secret.map(|secret| Credentials {
                 id,
@@ -611,7 +670,9 @@ impl Config {
     /// Loads and validates `path` for `validate`, which may run where the
     /// secrets are not (a CI job linting the file). With `require_env`
     /// false, an unset or empty variable named by `apps[].secret_env`,
-    /// `apps[].upstream.secret_env` or `admin.token_env` is returned as a
+    /// `apps[].upstream.secret_env` or `admin.token_env`, and a file named
+    /// by `apps[].secret_file` or `apps[].upstream.secret_file` that cannot
+    /// be read, is returned as a
     /// warning (one per key) instead of an error, and every other problem
     /// is still reported; with `require_env` true this is
     /// [`Config::from_file`]. The returned config is for the summary only:
@@ -628,7 +689,8 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::syntax(&e, &text))?;
+        let mut raw: RawConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::syntax(&e, &text))?;
         let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
         let mut warnings = Vec::new();
         let mut unset = HashSet::new();
@@ -653,6 +715,38 @@ impl Config {
                 named(format!("apps[{i}].upstream.secret_env"), &up.secret_env);
             }
         }
+        // A secret file that cannot be read is a warning too, its secret a
+        // placeholder.
+        let mut unreadable = |key: String, file: &mut Option<std::path::PathBuf>| {
+            let path = file.as_ref()?;
+            let error = std::fs::read(path).err()?;
+            warnings.push(super::Problem {
+                key,
+                message: format!(
+                    "cannot read `{}`: {} (required by `serve`; `validate --require-env` \
+                     makes this an error)",
+                    path.display(),
+                    error.kind()
+                ),
+            });
+            *file = None;
+            Some(UNSET_PLACEHOLDER.to_owned())
+        };
+        for (i, app) in raw.apps.iter_mut().enumerate() {
+            if let Some(placeholder) =
+                unreadable(format!("apps[{i}].secret_file"), &mut app.secret_file)
+            {
+                app.secret = Some(placeholder);
+            }
+            if let Some(up) = app.upstream.as_mut()
+                && let Some(placeholder) = unreadable(
+                    format!("apps[{i}].upstream.secret_file"),
+                    &mut up.secret_file,
+                )
+            {
+                up.secret = Some(placeholder);
+            }
+        }
         let lenient = |name: &str| {
             if unset.contains(name) {
                 Some(UNSET_PLACEHOLDER.to_owned())
@@ -660,7 +754,9 @@ impl Config {
                 env(name)
             }
         };
-        Self::from_toml_str(&text, &lenient).map(|c| (c, warnings))
+        let mut config = raw.validate(&lenient)?;
+        config.hash = super::source_hash(&text);
+        Ok((config, warnings))
     }
 }
 

@@ -89,6 +89,34 @@ fn validate_lists_every_problem() {
     );
     assert!(err.contains("warning: shutdown_grace_ms: 5000 ms"), "{err}");
 
+    // A secret file that is not there: a warning without --require-env
+    // (CI linting where the secrets are not), an error with it.
+    let file_secret = dir.path().join("file-secret.toml");
+    std::fs::write(
+        &file_secret,
+        format!(
+            "[upstream]\nurl = \"http://h\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\n\
+             secret_file = {:?}\n",
+            dir.path().join("absent").display().to_string()
+        ),
+    )
+    .expect("write");
+    for (require, code) in [(false, 0), (true, 1)] {
+        let mut command = std::process::Command::new(BIN);
+        command.arg("validate");
+        if require {
+            command.arg("--require-env");
+        }
+        let out = command
+            .arg("--config")
+            .arg(&file_secret)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains("apps[0].secret_file: cannot read"), "{err}");
+    }
+
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "[upstream]\nurl = \"http://h\"\nretries = 3\n").expect("write");
     let out = std::process::Command::new(BIN)

@@ -237,6 +237,61 @@ async fn log_lines_are_in_time_order_across_workers() {
     }
 }
 
+/// A secret held in a file (`secret_file`) is read again by every reload:
+/// a rotated secret is in force without a restart, and the one it replaced
+/// is refused.
+#[tokio::test]
+async fn a_reload_reads_a_secret_file_again() {
+    let fake = crate::support::fake::FakeUpstream::start(
+        &[("5000", "upstream-key", "upstream-secret")],
+        support::now,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("app-secret");
+    std::fs::write(&secret, "first-secret\n").expect("write");
+    let path = dir.path().join("proxy.toml");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{}\"\n\
+         [[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret_file = {:?}\nmode = \"translate\"\n\
+         [apps.upstream]\nid = \"5000\"\nkey = \"upstream-key\"\nsecret = \"upstream-secret\"\n",
+        fake.url(),
+        support::APP_ID,
+        support::KEY,
+        secret.display().to_string()
+    );
+    std::fs::write(&path, toml).expect("write");
+    let proxy = TestProxy::start_file(&path).await;
+    let trigger = |with: &'static str| {
+        let path = format!("/apps/{}/channels/room/events", support::APP_ID);
+        let uri = support::signed_uri(
+            support::KEY,
+            with,
+            "POST",
+            &path,
+            support::now(),
+            Some(b"x"),
+            &[("name", "rotated")],
+        );
+        let url = format!("{}{uri}", proxy.url());
+        async move {
+            support::send(Method::POST, &url, &[], "x")
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(trigger("first-secret").await, 202);
+    std::fs::write(&secret, "second-secret\n").expect("write");
+    let reloaded = proxy.reload().await;
+    assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
+    assert_eq!(trigger("second-secret").await, 202, "the new secret");
+    assert_eq!(trigger("first-secret").await, 401, "the old one");
+    assert_eq!(fake.recorded().len(), 2, "the refused call was not sent");
+    proxy.stop().await;
+}
+
 /// A reload to settings that work against each other (here a longer
 /// upstream time against the running drain's grace) applies them and
 /// warns of each.
