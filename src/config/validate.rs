@@ -715,11 +715,18 @@ impl Config {
                 named(format!("apps[{i}].upstream.secret_env"), &up.secret_env);
             }
         }
-        // A secret file that cannot be read is a warning too, its secret a
-        // placeholder.
-        let mut unreadable = |key: String, file: &mut Option<std::path::PathBuf>| {
-            let path = file.as_ref()?;
-            let error = std::fs::read(path).err()?;
+        // A secret file that is not there or not ours to read (as where
+        // the secrets are not) is a warning too, its secret a placeholder,
+        // when it is the secret's only source; anything else about it is
+        // the problem `serve` would find (two sources, a directory).
+        let mut unreadable = |key: String, others: bool, file: &mut Option<std::path::PathBuf>| {
+            let path = file.as_ref().filter(|_| !others)?;
+            let error = std::fs::read(path).err().filter(|e| {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                )
+            })?;
             warnings.push(super::Problem {
                 key,
                 message: format!(
@@ -733,14 +740,18 @@ impl Config {
             Some(UNSET_PLACEHOLDER.to_owned())
         };
         for (i, app) in raw.apps.iter_mut().enumerate() {
-            if let Some(placeholder) =
-                unreadable(format!("apps[{i}].secret_file"), &mut app.secret_file)
-            {
+            let others = app.secret.is_some() || app.secret_env.is_some();
+            if let Some(placeholder) = unreadable(
+                format!("apps[{i}].secret_file"),
+                others,
+                &mut app.secret_file,
+            ) {
                 app.secret = Some(placeholder);
             }
             if let Some(up) = app.upstream.as_mut()
                 && let Some(placeholder) = unreadable(
                     format!("apps[{i}].upstream.secret_file"),
+                    up.secret.is_some() || up.secret_env.is_some(),
                     &mut up.secret_file,
                 )
             {

@@ -101,21 +101,39 @@ fn validate_lists_every_problem() {
         ),
     )
     .expect("write");
-    for (require, code) in [(false, 0), (true, 1)] {
+    let lint = |config: &std::path::Path, require: bool| {
         let mut command = std::process::Command::new(BIN);
         command.arg("validate");
         if require {
             command.arg("--require-env");
         }
-        let out = command
-            .arg("--config")
-            .arg(&file_secret)
-            .output()
-            .expect("runs");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{err}");
+        let out = command.arg("--config").arg(config).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    for (require, code) in [(false, 0), (true, 1)] {
+        let (status, err) = lint(&file_secret, require);
+        assert_eq!(status, Some(code), "{err}");
         assert!(err.contains("apps[0].secret_file: cannot read"), "{err}");
     }
+    // Refused as `serve` refuses them, whether the secrets are there or
+    // not: a second source beside the file, and a directory for a file.
+    let text = std::fs::read_to_string(&file_secret).expect("read");
+    std::fs::write(&file_secret, format!("{text}secret = \"s\"\n")).expect("write");
+    let (status, err) = lint(&file_secret, false);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(err.contains("- apps[0].secret: set one of"), "{err}");
+    std::fs::write(
+        &file_secret,
+        text.replace(
+            &format!("{:?}", dir.path().join("absent").display().to_string()),
+            &format!("{:?}", dir.path().display().to_string()),
+        ),
+    )
+    .expect("write");
+    let (status, err) = lint(&file_secret, false);
+    assert_eq!(status, Some(1), "{err}");
+    assert!(err.contains("- apps[0].secret_file: cannot read"), "{err}");
 
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "[upstream]\nurl = \"http://h\"\nretries = 3\n").expect("write");
