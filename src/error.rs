@@ -63,7 +63,7 @@ pub enum ProxyError {
     /// A path that names a deprecated route in another spelling
     /// ([`crate::pipeline::classify::near_legacy`]).
     #[error(
-        "no Pusher route has this path: it spells …/channels/{{channel}}/events or …/stats otherwise (an escape, a trailing /, ;parameters, a dot segment or an encoded /)"
+        "no Pusher route has this path: it spells …/channels/{{channel}}/events or …/stats otherwise (an escape, another case, a trailing /, ;parameters, a dot segment or an encoded /)"
     )]
     NearLegacy,
     /// The upstream refused the proxy's own signature (its 401): the
