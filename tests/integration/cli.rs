@@ -30,22 +30,25 @@ fn version_and_help() {
     );
 }
 
+/// What `validate --config CONFIG` (with `--require-env` when asked)
+/// says: its exit code, stdout and stderr.
+fn validate(config: &std::path::Path, require_env: bool) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(BIN);
+    command.arg("validate");
+    if require_env {
+        command.arg("--require-env");
+    }
+    let out = command.arg("--config").arg(config).output().expect("runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn validate_lists_every_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = std::process::Command::new(BIN)
-        .args([
-            "validate",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/sockudo-local.toml"),
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sockudo-local.toml");
+    let (status, _, err) = validate(std::path::Path::new(example), false);
+    assert_eq!(status, Some(0), "{err}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -53,13 +56,8 @@ fn validate_lists_every_problem() {
         "listen = \"x\"\n[upstream]\nurl = \"http://h/path\"\n[[apps]]\nid = \"1\"\nkey = \"\"\n",
     )
     .expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, _, err) = validate(&bad, false);
+    assert_eq!(status, Some(1));
     for key in ["listen", "upstream.url", "apps[0].key", "apps[0].secret"] {
         assert!(
             err.contains(&format!("- {key}:")),
@@ -75,18 +73,9 @@ fn validate_lists_every_problem() {
          [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
     )
     .expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&cautioned)
-        .output()
-        .expect("runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 warning(s)"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (status, out, err) = validate(&cautioned, false);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(out.contains("1 warning(s)"), "{out}");
     assert!(err.contains("warning: shutdown_grace_ms: 5000 ms"), "{err}");
 
     // A secret file that is not there: a warning without --require-env
@@ -101,18 +90,8 @@ fn validate_lists_every_problem() {
         ),
     )
     .expect("write");
-    let lint = |config: &std::path::Path, require: bool| {
-        let mut command = std::process::Command::new(BIN);
-        command.arg("validate");
-        if require {
-            command.arg("--require-env");
-        }
-        let out = command.arg("--config").arg(config).output().expect("runs");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code(), err)
-    };
     for (require, code) in [(false, 0), (true, 1)] {
-        let (status, err) = lint(&file_secret, require);
+        let (status, _, err) = validate(&file_secret, require);
         assert_eq!(status, Some(code), "{err}");
         assert!(err.contains("apps[0].secret_file: cannot read"), "{err}");
     }
@@ -120,7 +99,7 @@ fn validate_lists_every_problem() {
     // not: a second source beside the file, and a directory for a file.
     let text = std::fs::read_to_string(&file_secret).expect("read");
     std::fs::write(&file_secret, format!("{text}secret = \"s\"\n")).expect("write");
-    let (status, err) = lint(&file_secret, false);
+    let (status, _, err) = validate(&file_secret, false);
     assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("- apps[0].secret: set one of"), "{err}");
     std::fs::write(
@@ -131,19 +110,15 @@ fn validate_lists_every_problem() {
         ),
     )
     .expect("write");
-    let (status, err) = lint(&file_secret, false);
+    let (status, _, err) = validate(&file_secret, false);
     assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("- apps[0].secret_file: cannot read"), "{err}");
 
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(&unknown, "[upstream]\nurl = \"http://h\"\nretries = 3\n").expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&unknown)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("retries"));
+    let (status, _, err) = validate(&unknown, false);
+    assert_eq!(status, Some(1));
+    assert!(err.contains("retries"), "{err}");
 
     // TLS files are loaded as `serve` loads them: files that are there but
     // hold no certificate or key are invalid, not found out at start.
@@ -159,13 +134,8 @@ fn validate_lists_every_problem() {
         ),
     )
     .expect("write");
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&tls)
-        .output()
-        .expect("runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (status, _, err) = validate(&tls, false);
+    assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("- tls:"), "{err}");
 }
 

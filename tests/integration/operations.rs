@@ -308,22 +308,10 @@ async fn a_reload_warns_of_settings_that_work_against_each_other() {
     std::fs::write(&path, &longer).expect("write");
     let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
-    // Polled: a thread's log lines may be handed over in a batch.
-    let caution = || {
-        support::logs()
-            .lines()
-            .find(|l| l.contains("works against another") && l.contains("(23456 ms)"))
-            .map(str::to_owned)
-    };
-    let mut line = caution();
-    for _ in 0..50 {
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        line = caution();
-    }
-    let line = line.unwrap_or_else(|| panic!("no caution logged:\n{}", support::logs()));
+    let lines = support::log_lines(&["works against another", "(23456 ms)"]).await;
+    let line = lines
+        .first()
+        .unwrap_or_else(|| panic!("no caution logged:\n{}", support::logs()));
     assert!(
         line.contains("WARN") && line.contains("shutdown_grace_ms"),
         "{line}"
@@ -598,20 +586,8 @@ async fn shadow_mismatch_logs_both_answers_as_json() {
     );
     let a = support::send(Method::GET, &url, &[], "").await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
-    let mut line = None;
-    for _ in 0..50 {
-        line = support::logs()
-            .lines()
-            .find(|l| {
-                l.contains("shadow: translated stats differ") && l.contains("shadow-json-room")
-            })
-            .map(str::to_owned);
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let line = line.expect("the mismatch is logged");
+    let lines = support::log_lines(&["shadow: translated stats differ", "shadow-json-room"]).await;
+    let line = lines.first().expect("the mismatch is logged");
     assert!(
         line.contains(r#"legacy={"occupied":true,"connection_count":5}"#),
         "{line}"

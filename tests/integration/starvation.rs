@@ -57,24 +57,6 @@ fn requests(text: &str, route: &str, outcome: &str) -> f64 {
     support::metric(text, &series).unwrap_or(0.0)
 }
 
-/// The captured log lines containing every one of `needles`, polled
-/// until one shows up (worker threads hand their lines over in batches)
-/// or 5 s pass.
-async fn log_lines(needles: &[&str]) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<String> = support::logs()
-            .lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_owned)
-            .collect();
-        if !found.is_empty() || tokio::time::Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// What [`scripted_upstream`] does with one request.
 struct Reply {
     /// How long it waits before answering.
@@ -419,7 +401,7 @@ async fn a_client_that_does_not_read_its_answer_holds_no_slot_past_its_time() {
         "the stalled client's connection is closed"
     );
     assert_eq!(
-        log_lines(&["answer_timeout", "connection closed"])
+        support::log_lines(&["answer_timeout", "connection closed"])
             .await
             .len(),
         1
@@ -467,7 +449,9 @@ async fn a_closing_connection_whose_client_does_not_read_is_cut() {
         "the stalled client's connection is closed"
     );
     assert_eq!(
-        log_lines(&["answer_timeout", "connection cut"]).await.len(),
+        support::log_lines(&["answer_timeout", "connection cut"])
+            .await
+            .len(),
         1
     );
     proxy.stop().await;
@@ -576,7 +560,7 @@ async fn a_truncated_upstream_body_is_an_upstream_error() {
         "{text}"
     );
     assert_eq!(requests(&text, "passthrough", "ok"), 0.0, "{text}");
-    let lines = log_lines(&[
+    let lines = support::log_lines(&[
         "route=\"passthrough\"",
         "app_id=\"4242\"",
         "status=200",
@@ -629,14 +613,14 @@ async fn a_cut_by_the_drain_deadline_is_logged_as_such() {
     );
     proxy.stop().await;
 
-    let lines = log_lines(&["event=\"drain-cut-ev\""]).await;
+    let lines = support::log_lines(&["event=\"drain-cut-ev\""]).await;
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(
         lines[0].contains("cut by the drain deadline") && !lines[0].contains("client closed"),
         "{}",
         lines[0]
     );
-    let lines = log_lines(&["connection cut by the drain deadline", &peer]).await;
+    let lines = support::log_lines(&["connection cut by the drain deadline", &peer]).await;
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("drain_deadline"), "{}", lines[0]);
 }

@@ -386,6 +386,24 @@ impl Write for BufWriter {
     }
 }
 
+/// The captured log lines containing every one of `needles`, polled
+/// until one shows up (worker threads hand their lines over in batches)
+/// or 5 s pass.
+pub async fn log_lines(needles: &[&str]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found: Vec<String> = logs()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect();
+        if !found.is_empty() || tokio::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Installs the capturing subscriber (TRACE for everything) once per binary.
 pub fn capture_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
