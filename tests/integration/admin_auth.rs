@@ -48,14 +48,11 @@ fn method(name: &str) -> Method {
 #[tokio::test]
 async fn with_a_token_the_guarded_endpoints_need_the_bearer() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.toml");
-    let toml = config(
+    let file = support::ConfigFile::new(&config(
         &fake.url(),
         &format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""),
-    );
-    std::fs::write(&path, toml).expect("write config");
-    let proxy = TestProxy::start_file(&path).await;
+    ));
+    let proxy = TestProxy::start_file(file.path()).await;
 
     let right = format!("Bearer {TOKEN}");
     let wrong = format!("Bearer {TOKEN}x");

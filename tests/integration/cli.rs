@@ -145,7 +145,7 @@ fn validate_lists_every_problem() {
 #[tokio::test]
 async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
     let fake = support::fake().await;
-    let (_dir, _, _, served) = serve_file(&fake).await;
+    let (_file, _, served) = serve_file(&fake).await;
     let addr = served.addr.clone();
 
     let recordings = recordings();
@@ -224,17 +224,12 @@ async fn serve_translates_fresh_legacy_requests_and_stops_on_sigterm() {
 }
 
 /// `serve` of the test config for `fake`, from a file it reloads: the
-/// directory holding it (removed when dropped), the file, its text and the
-/// process.
-async fn serve_file(
-    fake: &support::fake::FakeUpstream,
-) -> (tempfile::TempDir, std::path::PathBuf, String, Served) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
+/// file (removed when dropped), its text and the process.
+async fn serve_file(fake: &support::fake::FakeUpstream) -> (support::ConfigFile, String, Served) {
     let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&config, &base).expect("write config");
-    let served = Served::start(&config).await;
-    (dir, config, base, served)
+    let file = support::ConfigFile::new(&base);
+    let served = Served::start(file.path()).await;
+    (file, base, served)
 }
 
 /// A reload that waits on its file (here a FIFO nobody writes to yet)
@@ -246,7 +241,8 @@ async fn serve_file(
 #[tokio::test]
 async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     let fake = support::fake().await;
-    let (_dir, config, base, served) = serve_file(&fake).await;
+    let (file, base, served) = serve_file(&fake).await;
+    let config = file.path();
     let limit = std::time::Duration::from_secs(5);
     // Each on a connection of its own, which the accept loop must take.
     let fresh = |addr: &str, head: String| {
@@ -269,9 +265,9 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     };
     assert_eq!(trigger().await, Ok(202));
 
-    std::fs::remove_file(&config).expect("remove");
+    std::fs::remove_file(config).expect("remove");
     let made = std::process::Command::new("mkfifo")
-        .arg(&config)
+        .arg(config)
         .status()
         .expect("mkfifo");
     assert!(made.success(), "mkfifo");
@@ -296,7 +292,7 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     // the FIFO never opened, it would stay blocked, and hold up nothing.
     let feed = |text: String| {
         let (done, fed) = std::sync::mpsc::channel();
-        let fifo = config.clone();
+        let fifo = config.to_path_buf();
         std::thread::spawn(move || {
             let _ = done.send(std::fs::write(fifo, text));
         });
@@ -334,7 +330,7 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
 #[tokio::test]
 async fn sighup_reloads_the_config_file() {
     let fake = support::fake().await;
-    let (_dir, config, base, served) = serve_file(&fake).await;
+    let (file, base, served) = serve_file(&fake).await;
     let trigger = || {
         let url = format!(
             "http://{}{}",
@@ -350,11 +346,7 @@ async fn sighup_reloads_the_config_file() {
     };
     assert_eq!(trigger().await, 202);
 
-    std::fs::write(
-        &config,
-        base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""),
-    )
-    .expect("write");
+    file.write(&base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""));
     served.signal("HUP");
     let mut status = 0;
     for _ in 0..50 {
@@ -366,7 +358,7 @@ async fn sighup_reloads_the_config_file() {
     }
     assert_eq!(status, 410, "the reloaded mode is in effect");
 
-    std::fs::write(&config, "this is not toml").expect("write");
+    file.write("this is not toml");
     served.signal("HUP");
     // Bounded wait until the refusal is counted: the reload was tried.
     let failures = r#"pusher_cutover_config_reloads_total{result="failure"}"#;
@@ -406,16 +398,10 @@ async fn sighup_reloads_the_config_file() {
 async fn sigterm_drains_200_requests_in_flight() {
     let fake = support::fake().await;
     fake.set(|b| b.delay = std::time::Duration::from_millis(1500));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
     // Coalescing off (`batch_max = 1`): 200 triggers are 200 upstream
     // requests in flight, not 200 callers queued behind two batches.
-    std::fs::write(
-        &config,
-        support::config_toml(&fake.url(), "batch_max = 1", ""),
-    )
-    .expect("write config");
-    let served = Served::start(&config).await;
+    let file = support::ConfigFile::new(&support::config_toml(&fake.url(), "batch_max = 1", ""));
+    let served = Served::start(file.path()).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let url = format!(
@@ -466,16 +452,14 @@ async fn no_secret_or_signature_in_trace_logs() {
         support::now,
     )
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
     let toml = format!(
         "{}\n[[apps]]\nid = \"77\"\nkey = \"legacy-77\"\nsecret = \"legacy-77-secret\"\n[apps.upstream]\nid = \"5000\"\nkey = \"new-key\"\nsecret = \"{mapped_secret}\"\n",
         support::config_toml(&fake.url(), "", "")
     );
-    std::fs::write(&config, toml).expect("write config");
+    let file = support::ConfigFile::new(&toml);
     let mut child_env = std::collections::HashMap::new();
     child_env.insert("RUST_LOG", "trace");
-    let served = Served::start_with_env(&config, &child_env).await;
+    let served = Served::start_with_env(file.path(), &child_env).await;
     let base = format!("http://{}", served.addr);
     let now = support::now();
     let mut sent = Vec::new();
@@ -578,14 +562,12 @@ async fn no_secret_or_signature_in_trace_logs() {
 async fn a_second_sigterm_exits_at_once() {
     let fake = support::fake().await;
     fake.set(|b| b.delay = std::time::Duration::from_secs(20));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
     let toml = format!(
         "shutdown_grace_ms = 30000\n{}",
         support::config_toml(&fake.url(), "timeout_ms = 30000", "")
     );
-    std::fs::write(&config, toml).expect("write config");
-    let served = Served::start(&config).await;
+    let file = support::ConfigFile::new(&toml);
+    let served = Served::start(file.path()).await;
     let url = format!(
         "http://{}{}",
         served.addr,
@@ -645,14 +627,12 @@ fn report_into_a_closed_pipe_does_not_panic() {
 #[tokio::test]
 async fn startup_warns_when_no_app_is_configured() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
     let toml = format!(
         "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
         fake.url()
     );
-    std::fs::write(&config, toml).expect("write config");
-    let served = Served::start(&config).await;
+    let file = support::ConfigFile::new(&toml);
+    let served = Served::start(file.path()).await;
     let (code, entries) = served.sigterm().await;
     assert_eq!(code, Some(0));
     assert!(

@@ -668,11 +668,9 @@ async fn bypass_passes_everything_through_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("proxy.toml");
     let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&path, &base).expect("write");
-    let proxy = Arc::new(TestProxy::start_file(&path).await);
+    let file = support::ConfigFile::new(&base);
+    let proxy = Arc::new(TestProxy::start_file(file.path()).await);
     let hash = |p: &TestProxy| {
         let url = format!("{}/readyz", p.admin_url());
         async move { support::send(Method::GET, &url, &[], "").await.text() }
@@ -700,11 +698,7 @@ async fn reload_under_load() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(
-        &path,
-        base.replace("[[apps]]", "[[apps]]\nsunset = \"2027-01-01T00:00:00Z\""),
-    )
-    .expect("write valid");
+    file.write(&base.replace("[[apps]]", "[[apps]]\nsunset = \"2027-01-01T00:00:00Z\""));
     let ok = proxy.reload().await;
     assert_eq!(ok.status.as_u16(), 200, "{}", ok.text());
     let second = hash(&proxy).await;
@@ -715,7 +709,7 @@ async fn reload_under_load() {
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::write(&path, base.replace("secret = ", "secretx = ")).expect("write invalid");
+    file.write(&base.replace("secret = ", "secretx = "));
     let refused = proxy.reload().await;
     assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());
     assert!(

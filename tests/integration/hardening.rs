@@ -412,16 +412,14 @@ async fn upstream_fault_matrix_with_fds_and_memory_flat() {
 /// Drives 1,000 then 10,000 failing legacy calls through a `serve` process
 /// in front of `upstream` and checks its fds and RSS.
 async fn fault_run_stays_flat(name: &str, upstream: SocketAddr) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
     // A generous timeout: these faults are immediate, and a busy machine
     // must not turn them into 504s.
-    std::fs::write(
-        &config,
-        support::config_toml(&format!("http://{upstream}"), "timeout_ms = 10000", ""),
-    )
-    .expect("write config");
-    let served = crate::support::binary::Served::start(&config).await;
+    let file = support::ConfigFile::new(&support::config_toml(
+        &format!("http://{upstream}"),
+        "timeout_ms = 10000",
+        "",
+    ));
+    let served = crate::support::binary::Served::start(file.path()).await;
     let pid = served.pid();
     let round = |n: usize| {
         let url = format!("http://{}", served.addr);
@@ -543,26 +541,25 @@ async fn handshake(
 
 /// A proxy serving TLS (a fresh self-signed certificate for `localhost`,
 /// `top` as top-level keys) from a config file it reloads on `POST
-/// /reload`, and a connector that trusts it; the directory holds the
-/// config (`proxy.toml`) and the certificate's files.
+/// /reload`, and a connector that trusts it; the file's directory also
+/// holds the certificate's files.
 async fn tls_proxy(
     fake: &support::fake::FakeUpstream,
     top: &str,
-) -> (TestProxy, tokio_rustls::TlsConnector, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = issue_certificate(dir.path());
+) -> (TestProxy, tokio_rustls::TlsConnector, support::ConfigFile) {
+    let file = support::ConfigFile::new("");
+    let cert = issue_certificate(file.dir());
     let toml = support::config_toml(&fake.url(), "", "").replace(
         "[admin]",
         &format!(
             "[tls]\ncert = {:?}\nkey = {:?}\n[admin]",
-            dir.path().join("cert.pem").display().to_string(),
-            dir.path().join("key.pem").display().to_string()
+            file.dir().join("cert.pem").display().to_string(),
+            file.dir().join("key.pem").display().to_string()
         ),
     );
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, format!("{top}\n{toml}")).expect("write config");
-    let proxy = TestProxy::start_file(&path).await;
-    (proxy, trusting(&[cert]), dir)
+    file.write(&format!("{top}\n{toml}"));
+    let proxy = TestProxy::start_file(file.path()).await;
+    (proxy, trusting(&[cert]), file)
 }
 
 /// Sends an unsigned `GET /x` over `tls` and reads the answer to its end.
@@ -582,10 +579,10 @@ async fn get_over(mut tls: tokio_rustls::client::TlsStream<TcpStream>) -> String
 #[tokio::test]
 async fn a_reload_serves_a_renewed_certificate() {
     let fake = support::fake().await;
-    let (proxy, first_client, dir) = tls_proxy(&fake, "").await;
+    let (proxy, first_client, file) = tls_proxy(&fake, "").await;
     let (before, first) = handshake(&proxy, &first_client).await;
 
-    let renewed = issue_certificate(dir.path());
+    let renewed = issue_certificate(file.dir());
     let client = trusting(&[first.clone(), renewed.clone()]);
     let reload = proxy.reload().await;
     assert_eq!(reload.status.as_u16(), 200, "{}", reload.text());
@@ -604,7 +601,7 @@ async fn a_reload_serves_a_renewed_certificate() {
 
     let stranger = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     std::fs::write(
-        dir.path().join("key.pem"),
+        file.dir().join("key.pem"),
         stranger.signing_key.serialize_pem(),
     )
     .expect("write key");
@@ -625,15 +622,14 @@ async fn a_reload_serves_a_renewed_certificate() {
     let (_, leaf) = handshake(&proxy, &client).await;
     assert_eq!(leaf, renewed, "the running certificate is kept");
 
-    let config = dir.path().join("proxy.toml");
-    let text = std::fs::read_to_string(&config).expect("read");
+    let text = std::fs::read_to_string(file.path()).expect("read");
     let tls = format!(
         "[tls]\ncert = {:?}\nkey = {:?}\n",
-        dir.path().join("cert.pem").display().to_string(),
-        dir.path().join("key.pem").display().to_string()
+        file.dir().join("cert.pem").display().to_string(),
+        file.dir().join("key.pem").display().to_string()
     );
     assert!(text.contains(&tls), "{text}");
-    std::fs::write(&config, text.replace(&tls, "")).expect("write config");
+    file.write(&text.replace(&tls, ""));
     let off = proxy.reload().await;
     assert_eq!(off.status.as_u16(), 200, "{}", off.text());
     assert!(

@@ -470,19 +470,18 @@ async fn after_a_crash_the_ledger_vouches_from_the_restart_on() {
 #[tokio::test]
 async fn the_kill_switch_moves_recorded_since() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let config_path = dir.path().join("proxy.toml");
+    let file = support::ConfigFile::new("");
+    let data = file.dir().join("data");
     let recording = config(&fake.url(), &data);
     let bypassed = recording.replace("[admin]", "bypass = true\n[admin]");
-    std::fs::write(&config_path, &recording).expect("write config");
-    let proxy = TestProxy::start_file(&config_path).await;
+    file.write(&recording);
+    let proxy = TestProxy::start_file(file.path()).await;
     let admin = proxy.admin.to_string();
     let addr = proxy.addr.to_string();
     let started = recorded_since(&usage(&admin).await);
     assert_eq!(one_trigger(&addr).await, 202);
 
-    std::fs::write(&config_path, &bypassed).expect("bypass on");
+    file.write(&bypassed);
     assert_eq!(proxy.reload().await.status.as_u16(), 200);
     let unrecorded = support::now();
     assert_eq!(one_trigger(&addr).await, 202, "passed through");
@@ -493,7 +492,7 @@ async fn the_kill_switch_moves_recorded_since() {
         "{during} (a call passed unrecorded at {unrecorded})"
     );
 
-    std::fs::write(&config_path, &recording).expect("bypass off");
+    file.write(&recording);
     let resumed = support::now();
     assert_eq!(proxy.reload().await.status.as_u16(), 200);
     assert_eq!(one_trigger(&addr).await, 202);

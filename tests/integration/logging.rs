@@ -105,9 +105,7 @@ async fn the_binarys_text_lines_follow_rust_log() {
     use crate::support::binary::Served;
 
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, support::config_toml(&fake.url(), "", "")).expect("write config");
+    let config = support::ConfigFile::new(&support::config_toml(&fake.url(), "", ""));
     let agent = "text-line-agent/2.0";
     let body = b"{\"x\":1}";
     // The listening lines (INFO, other modules) tell the test the ports.
@@ -125,7 +123,8 @@ async fn the_binarys_text_lines_follow_rust_log() {
         (&by_field, 1),
         (&by_other_field, 0),
     ] {
-        let served = Served::start_text(&config, &HashMap::from([("RUST_LOG", rust_log)])).await;
+        let served =
+            Served::start_text(config.path(), &HashMap::from([("RUST_LOG", rust_log)])).await;
         let now = support::now();
         let legacy = support::legacy_trigger_uri("room", &[("name", "ev")], body, now);
         let current_body = br#"{"name":"e","channels":["c"],"data":"d"}"#;

@@ -178,20 +178,17 @@ fn stamp(line: &str) -> &str {
 #[tokio::test]
 async fn log_lines_are_in_time_order_across_workers() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!("workers = 2\n{}", support::config_toml(&fake.url(), "", "")),
-    )
-    .expect("write");
+    let file = support::ConfigFile::new(&format!(
+        "workers = 2\n{}",
+        support::config_toml(&fake.url(), "", "")
+    ));
     let env = HashMap::from([("RUST_LOG", "info")]);
 
     for json in [false, true] {
         let served = if json {
-            Served::start_with_env(&config, &env).await
+            Served::start_with_env(file.path(), &env).await
         } else {
-            Served::start_text(&config, &env).await
+            Served::start_text(file.path(), &env).await
         };
         // A new connection each time: the accept loop hands them to the
         // two workers in turn.
@@ -247,11 +244,10 @@ async fn a_reload_reads_a_secret_file_again() {
         support::now,
     )
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secret = dir.path().join("app-secret");
+    let file = support::ConfigFile::new("");
+    let secret = file.dir().join("app-secret");
     std::fs::write(&secret, "first-secret\n").expect("write");
-    let path = dir.path().join("proxy.toml");
-    let toml = format!(
+    file.write(&format!(
         "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nurl = \"{}\"\n\
          [[apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret_file = {:?}\nmode = \"translate\"\n\
@@ -260,9 +256,8 @@ async fn a_reload_reads_a_secret_file_again() {
         support::APP_ID,
         support::KEY,
         secret.display().to_string()
-    );
-    std::fs::write(&path, toml).expect("write");
-    let proxy = TestProxy::start_file(&path).await;
+    ));
+    let proxy = TestProxy::start_file(file.path()).await;
     let trigger = |with: &'static str| {
         let path = format!("/apps/{}/channels/room/events", support::APP_ID);
         let uri = support::signed_uri(
@@ -299,13 +294,11 @@ async fn a_reload_reads_a_secret_file_again() {
 async fn a_reload_warns_of_settings_that_work_against_each_other() {
     support::capture_logs();
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("proxy.toml");
     let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&path, &base).expect("write");
-    let proxy = TestProxy::start_file(&path).await;
+    let file = support::ConfigFile::new(&base);
+    let proxy = TestProxy::start_file(file.path()).await;
     let longer = support::config_toml(&fake.url(), "timeout_ms = 23456", "");
-    std::fs::write(&path, &longer).expect("write");
+    file.write(&longer);
     let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
     let lines = support::log_lines(&["works against another", "(23456 ms)"]).await;
@@ -327,11 +320,9 @@ async fn a_reload_warns_of_settings_that_work_against_each_other() {
 async fn reload_says_what_changed_and_what_needs_a_restart() {
     support::capture_logs();
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("proxy.toml");
     let base = support::config_toml(&fake.url(), "", "mode = \"observe\"");
-    std::fs::write(&path, &base).expect("write");
-    let proxy = TestProxy::start_file(&path).await;
+    let file = support::ConfigFile::new(&base);
+    let proxy = TestProxy::start_file(file.path()).await;
     let get = |path: &'static str| {
         let url = format!("{}{path}", proxy.admin_url());
         async move { support::send(Method::GET, &url, &[], "").await.text() }
@@ -340,7 +331,7 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
 
     // Only an app's mode: applied in full.
     let translate = base.replace("mode = \"observe\"", "mode = \"translate\"");
-    std::fs::write(&path, &translate).expect("write");
+    file.write(&translate);
     let full = proxy.reload().await;
     assert_eq!(full.status.as_u16(), 200, "{}", full.text());
     let file_hash = full
@@ -364,7 +355,7 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
         "listen = \"127.0.0.1:1\"\nworkers = 3",
         1,
     );
-    std::fs::write(&path, &restart).expect("write");
+    file.write(&restart);
     let partial = proxy.reload().await;
     let text = partial.text();
     assert_eq!(partial.status.as_u16(), 200, "{text}");
@@ -402,14 +393,14 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
 
     // The file back to what runs: its own hash, nothing pending.
-    std::fs::write(&path, &translate).expect("write");
+    file.write(&translate);
     let back = proxy.reload().await;
     assert_eq!(back.text(), format!("reloaded config={file_hash}\n"));
     assert_eq!(get("/readyz").await, format!("ready config={file_hash}\n"));
 
     // A syntax error is one line of answer and log, naming its place, not
     // quoting the file (whose line could hold a secret).
-    std::fs::write(&path, "[upstream\nurl = 1\n").expect("write");
+    file.write("[upstream\nurl = 1\n");
     let refused = proxy.reload().await;
     assert_eq!(refused.status.as_u16(), 400);
     assert_eq!(refused.text().lines().count(), 1, "{}", refused.text());
@@ -438,12 +429,10 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
 #[tokio::test]
 async fn the_bypass_gauge_follows_reloads() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("proxy.toml");
     let counting = support::config_toml(&fake.url(), "", "");
     let bypassed = counting.replace("[admin]", "bypass = true\n[admin]");
-    std::fs::write(&path, &counting).expect("write");
-    let proxy = TestProxy::start_file(&path).await;
+    let file = support::ConfigFile::new(&counting);
+    let proxy = TestProxy::start_file(file.path()).await;
     let gauge = || async { support::metric(&proxy.metrics().await, "pusher_cutover_bypass") };
     let last_on = || async {
         support::metric(
@@ -466,13 +455,13 @@ async fn the_bypass_gauge_follows_reloads() {
     assert_eq!(gauge().await, Some(0.0), "at startup");
     assert_eq!(last_on().await, Some(0.0), "never on");
 
-    std::fs::write(&path, &bypassed).expect("bypass on");
+    file.write(&bypassed);
     let on = proxy.reload().await;
     assert_eq!(on.status.as_u16(), 200, "{}", on.text());
     assert_eq!(gauge().await, Some(1.0), "after a reload turning it on");
     assert_eq!(last_on().await, Some(0.0), "on: the gauge says so");
 
-    std::fs::write(&path, &counting).expect("bypass off");
+    file.write(&counting);
     let before = unix_now();
     let off = proxy.reload().await;
     let after = unix_now();
@@ -489,8 +478,8 @@ async fn the_bypass_gauge_follows_reloads() {
     proxy.stop().await;
 
     // Started with it on: 1 from the first scrape.
-    std::fs::write(&path, &bypassed).expect("bypass on");
-    let proxy = TestProxy::start_file(&path).await;
+    file.write(&bypassed);
+    let proxy = TestProxy::start_file(file.path()).await;
     assert_eq!(
         support::metric(&proxy.metrics().await, "pusher_cutover_bypass"),
         Some(1.0),
@@ -506,11 +495,10 @@ async fn the_bypass_gauge_follows_reloads() {
 #[tokio::test]
 async fn sighup_reload_picks_up_a_config_replaced_by_rename() {
     let fake = support::fake().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
     let base = support::config_toml(&fake.url(), "", "");
-    std::fs::write(&config, &base).expect("write");
-    let served = Served::start(&config).await;
+    let file = support::ConfigFile::new(&base);
+    let config = file.path();
+    let served = Served::start(config).await;
     let trigger = || {
         let url = format!(
             "http://{}{}",
@@ -529,19 +517,19 @@ async fn sighup_reload_picks_up_a_config_replaced_by_rename() {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(p).expect("metadata").ino()
     };
-    let before = inode(&config);
+    let before = inode(config);
 
     // Editor-style save: a temporary file in the same directory, renamed
     // over the config.
-    let tmp = dir.path().join(".config.toml.swp");
+    let tmp = file.dir().join(".proxy.toml.swp");
     std::fs::write(
         &tmp,
         base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""),
     )
     .expect("write");
-    std::fs::rename(&tmp, &config).expect("rename");
+    std::fs::rename(&tmp, config).expect("rename");
     assert_ne!(
-        inode(&config),
+        inode(config),
         before,
         "a new file, not the old one rewritten"
     );

@@ -471,13 +471,11 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("proxy.toml");
     let top = "header_timeout_ms = 300\nbody_timeout_ms = 300";
     let url = format!("http://{upstream}");
     // 1.9 s for a request's answer to be taken.
-    std::fs::write(&path, config(top, &url, "timeout_ms = 300")).expect("write");
-    let proxy = TestProxy::start_file(&path).await;
+    let file = support::ConfigFile::new(&config(top, &url, "timeout_ms = 300"));
+    let proxy = TestProxy::start_file(file.path()).await;
     // A connection served before the reload.
     let mut open = TcpStream::connect(proxy.addr).await.expect("connect");
     let a = exchange(
@@ -487,7 +485,7 @@ async fn a_reload_that_gives_requests_more_time_gives_it_to_open_connections() {
     .await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.text());
     // 6.6 s.
-    std::fs::write(&path, config(top, &url, "timeout_ms = 5000")).expect("write");
+    file.write(&config(top, &url, "timeout_ms = 5000"));
     let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status.as_u16(), 200, "{}", reloaded.text());
     let a = exchange(

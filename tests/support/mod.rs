@@ -186,6 +186,40 @@ pub fn config_toml(upstream_url: &str, upstream_extra: &str, app_extra: &str) ->
     )
 }
 
+/// A config file, `proxy.toml`, in a temporary directory of its own (gone
+/// when this is dropped): for the tests that start a proxy from a file,
+/// then rewrite it and reload, or hand it to the binary.
+pub struct ConfigFile {
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// `toml`, written to a new directory's `proxy.toml`.
+    pub fn new(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        let file = Self { dir, path };
+        file.write(toml);
+        file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The directory it is in, for files the config names.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Replaces the file's contents with `toml`.
+    pub fn write(&self, toml: &str) {
+        std::fs::write(&self.path, toml).expect("write config");
+    }
+}
+
 /// A fake upstream that knows the fixture app and the system clock.
 pub async fn fake() -> fake::FakeUpstream {
     fake::FakeUpstream::start(&[(APP_ID, KEY, SECRET)], now).await
