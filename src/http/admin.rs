@@ -75,7 +75,6 @@ enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    #[cfg(test)]
     const ALL: [Endpoint; 6] = [
         Self::Metrics,
         Self::Healthz,
@@ -87,19 +86,10 @@ impl Endpoint {
 
     /// The endpoint at `path`, if there is one.
     fn at(path: &str) -> Option<Self> {
-        Some(match path {
-            "/metrics" => Self::Metrics,
-            "/healthz" => Self::Healthz,
-            "/readyz" => Self::Readyz,
-            "/usage" => Self::Usage,
-            "/report" => Self::Report,
-            "/reload" => Self::Reload,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|e| e.path() == path)
     }
 
     /// Its path.
-    #[cfg(test)]
     fn path(self) -> &'static str {
         match self {
             Self::Metrics => "/metrics",
