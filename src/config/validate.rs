@@ -718,10 +718,11 @@ impl Config {
         // A secret file that is not there or not ours to read (as where
         // the secrets are not) is a warning too, its secret a placeholder,
         // when it is the secret's only source; anything else about it is
-        // the problem `serve` would find (two sources, a directory).
+        // the problem `serve` would find (two sources, a directory). Only
+        // opened here: validation reads it.
         let mut unreadable = |key: String, others: bool, file: &mut Option<std::path::PathBuf>| {
             let path = file.as_ref().filter(|_| !others)?;
-            let error = std::fs::read(path).err().filter(|e| {
+            let error = std::fs::File::open(path).err().filter(|e| {
                 matches!(
                     e.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
