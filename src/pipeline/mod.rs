@@ -404,10 +404,13 @@ impl State {
         };
         let (body, now) = call.verified(parts, &query, body, route.kind).await?;
         let channel = routes::decode_channel(route.channel.unwrap_or_default())?;
-        // Where in the caller's code to look: the event and channel template.
+        // Where in the caller's code to look: the event and channel
+        // templates (identifiers out, so one call site stays one).
         let record = &mut *call.record;
         record.channel = Some(call_site::template(&channel).into_owned());
-        record.event = query.get("name").map(|n| truncate(n).to_owned());
+        record.event = query
+            .get("name")
+            .map(|n| call_site::template(truncate(n)).into_owned());
 
         let path = cutover::decide(&app.config, route.kind, &channel, now);
         call.record.path = Some(path);

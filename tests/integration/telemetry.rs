@@ -172,6 +172,50 @@ async fn metrics_after_a_known_sequence() {
     proxy.stop().await;
 }
 
+/// A call site is its event and channel templates: triggers whose event
+/// and channel names differ only by identifiers are one call site, with
+/// no identifier kept, in `/usage` and in the WARN line.
+#[tokio::test]
+async fn identifiers_in_event_and_channel_names_make_one_call_site() {
+    support::capture_logs();
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    for (channel, event) in [
+        ("orders-123", "order-123-paid"),
+        ("orders-456", "order-456-paid"),
+        ("orders-9f8e7d6c5b", "order-9f8e7d6c5b-paid"),
+    ] {
+        let uri = support::legacy_trigger_uri(channel, &[("name", event)], b"{}", support::now());
+        let a = support::send(Method::POST, &format!("{}{uri}", proxy.url()), &[], "{}").await;
+        assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    }
+    let usage = admin(&proxy, "/usage").await.json();
+    let callers = usage["apps"][0]["callers"].as_array().expect("callers");
+    assert_eq!(callers.len(), 1, "{usage}");
+    assert_eq!(
+        callers[0]["call_sites"],
+        serde_json::json!([{"event": "order-{id}-paid", "channel": "orders-{id}", "calls": 3}]),
+    );
+    let lines = || {
+        support::logs()
+            .lines()
+            .filter(|l| l.contains("legacy call") && l.contains("order-{id}-paid"))
+            .count()
+    };
+    for _ in 0..50 {
+        if lines() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines(), 3, "{}", support::logs());
+    let logs = support::logs();
+    for id in ["123", "456", "9f8e7d6c5b"] {
+        assert!(!logs.contains(&format!("order-{id}-paid")), "{logs}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn deprecation_headers_on_legacy_answers_only() {
     let fake = support::fake().await;
