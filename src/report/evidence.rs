@@ -75,7 +75,9 @@ pub enum Gap {
         instance: String,
     },
     /// An `--expect-app` that a sidecar does not serve (its calls would
-    /// pass through that sidecar uncounted), or that none does.
+    /// pass through that sidecar uncounted), or an `--app` or
+    /// `--expect-app` that none does (a mistyped id shows no calls
+    /// because it is nobody's, which proves nothing).
     AppNotServed {
         /// The app id.
         app_id: String,
@@ -190,9 +192,11 @@ impl fmt::Display for Gap {
                 "{seen} sidecar(s) up at the window's end, {expected} expected \
                  (--expect-instances)"
             ),
-            Self::AppNotServed { app_id, instances } if instances.is_empty() => {
-                write!(f, "app {app_id} is served by no sidecar (--expect-app)")
-            }
+            Self::AppNotServed { app_id, instances } if instances.is_empty() => write!(
+                f,
+                "app {app_id} is served by no sidecar in the window (is the id right?): \
+                 no sidecar counts its calls"
+            ),
             Self::AppNotServed { app_id, instances } => write!(
                 f,
                 "app {app_id} is not configured on sidecar(s) {} (--expect-app): its calls \
@@ -308,6 +312,8 @@ pub struct Facts {
     pub expect_instances: Option<usize>,
     /// `--expect-app`.
     pub expect_apps: Vec<String>,
+    /// `--app`: each must be served by some sidecar.
+    pub apps: Vec<String>,
 }
 
 /// Scrapes expected from `first` to `last` at `interval`.
@@ -397,6 +403,16 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
             });
         }
     }
+    // With no sidecar at all, that is the gap already.
+    let served_by_one = |app: &String| facts.apps_served.values().any(|a| a.contains(app));
+    for app in &facts.apps {
+        if !facts.instances.is_empty() && !facts.expect_apps.contains(app) && !served_by_one(app) {
+            out.push(Gap::AppNotServed {
+                app_id: app.clone(),
+                instances: Vec::new(),
+            });
+        }
+    }
     out
 }
 
@@ -477,6 +493,7 @@ mod tests {
             bypassed: BTreeSet::new(),
             expect_instances: None,
             expect_apps: Vec::new(),
+            apps: Vec::new(),
         }
     }
 
@@ -637,6 +654,34 @@ mod tests {
             }]
         );
         assert!(g[0].to_string().contains("a:9090, b:9090"), "{}", g[0]);
+    }
+
+    /// An `--app` no sidecar serves (a mistyped id) is a gap; one that a
+    /// single sidecar serves is not (sidecars front different apps).
+    #[test]
+    fn an_app_asked_for_must_be_served_by_some_sidecar() {
+        let mut f = full();
+        f.apps = vec!["4242".into()];
+        assert_eq!(gaps(&f), vec![]);
+        f.apps_served.get_mut("b:9090").expect("b").remove("4242");
+        assert_eq!(gaps(&f), vec![], "served by a:9090");
+        f.apps = vec!["4424".into(), "4242".into()];
+        let g = gaps(&f);
+        assert_eq!(
+            g,
+            vec![Gap::AppNotServed {
+                app_id: "4424".into(),
+                instances: Vec::new()
+            }]
+        );
+        assert!(
+            g[0].to_string().contains("served by no sidecar"),
+            "{}",
+            g[0]
+        );
+        // Named by both flags: one gap, --expect-app's.
+        f.expect_apps = vec!["4424".into()];
+        assert_eq!(gaps(&f).len(), 1);
     }
 
     #[test]

@@ -692,6 +692,7 @@ async fn window_facts(
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,
         expect_apps: q.expect_apps.clone(),
+        apps: sel.apps.clone(),
     })
 }
 
