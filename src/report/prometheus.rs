@@ -275,11 +275,36 @@ impl Api {
     }
 }
 
-/// The `data` of a Prometheus API answer, or its error.
+/// The `data` of a Prometheus API answer, or its error. A success with
+/// `warnings` is an error too: storage warnings say the answer may be
+/// partial (a remote read that failed; Thanos, Cortex or Mimir with a
+/// store down), and a partial answer can show no calls where there were
+/// some. PromQL's info annotations (`PromQL info: …`, in `warnings` in
+/// Prometheus 2.50 and 2.51) are about the query, not the data, and pass.
 fn envelope(name: &str, status: StatusCode, body: &[u8]) -> Result<Value, PrometheusError> {
     let parsed: Result<Value, _> = serde_json::from_slice(body);
     match parsed {
-        Ok(v) if v["status"] == "success" && status.is_success() => Ok(v["data"].clone()),
+        Ok(v) if v["status"] == "success" && status.is_success() => {
+            let warnings: Vec<&str> = v["warnings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| w.as_str().unwrap_or("a warning that is not text"))
+                .filter(|w| !w.starts_with("PromQL info:"))
+                .collect();
+            if warnings.is_empty() {
+                Ok(v["data"].clone())
+            } else {
+                Err(PrometheusError::Api(
+                    name.to_owned(),
+                    status,
+                    format!(
+                        "the answer may be partial, so it proves nothing: warnings: {}",
+                        warnings.join("; ")
+                    ),
+                ))
+            }
+        }
         Ok(v) => Err(PrometheusError::Api(
             name.to_owned(),
             status,

@@ -30,6 +30,30 @@ fn envelope_gives_data_or_the_error_prometheus_named() {
     assert!(e.to_string().contains("<html>proxy error"), "{e}");
 }
 
+/// A success with storage warnings may be partial (Thanos with a store
+/// down answers so): an error, naming them. PromQL's info annotations
+/// are not about the data and pass.
+#[test]
+fn an_answer_with_warnings_may_be_partial_and_is_refused() {
+    let partial = br#"{"status":"success","data":{"resultType":"vector","result":[]},
+        "warnings":["No StoreAPIs matched for this query","remote read: context deadline exceeded"]}"#;
+    let e = envelope("q", StatusCode::OK, partial).expect_err("partial");
+    let text = e.to_string();
+    assert!(text.contains("may be partial"), "{text}");
+    assert!(
+        text.contains("No StoreAPIs matched for this query; remote read"),
+        "{text}"
+    );
+    let info = br#"{"status":"success","data":{"resultType":"vector","result":[]},
+        "warnings":["PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"up\""]}"#;
+    assert_eq!(
+        envelope("q", StatusCode::OK, info).expect("data")["resultType"],
+        "vector"
+    );
+    let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]},"warnings":[]}"#;
+    assert!(envelope("q", StatusCode::OK, empty).is_ok());
+}
+
 #[test]
 fn vectors_and_matrices_parse() {
     let v = parse_vector(&vector(json!([sample(
