@@ -184,6 +184,28 @@ impl State {
             self.since_moved = true;
         }
     }
+
+    /// Drops the buckets of hours before `before` and the other instances'
+    /// callers last seen before it (see [`AppLedger::prune`]). The calls of
+    /// the dropped hours are no longer held, so a known `recorded_since`
+    /// moves to [`kept_from`]`(before)`; an unknown one stays unknown.
+    fn prune(&mut self, before: u64, instance: &str) {
+        for app in self.apps.values_mut() {
+            app.prune(before, instance);
+        }
+        let from = kept_from(before);
+        if self.recorded_since.is_some_and(|since| since < from) {
+            self.recorded_since = Some(from);
+            self.since_moved = true;
+        }
+    }
+}
+
+/// From when a ledger pruned before `before` holds every call: the start
+/// of the first hour it keeps whole (buckets of hours starting before
+/// `before` are dropped).
+pub fn kept_from(before: u64) -> u64 {
+    before.div_ceil(HOUR).saturating_mul(HOUR)
 }
 
 /// The first whole second after the moment a clock read as `now` (Unix
@@ -377,14 +399,16 @@ impl Ledger {
 
     /// Takes what changed since the last call, and drops buckets older than
     /// the retention (relative to `now`) from memory, with the callers of
-    /// other instance names last seen before them. While the kill switch
-    /// is on, `recorded_since` moves past `now` first.
+    /// other instance names last seen before them; `recorded_since` moves
+    /// past what was dropped. While the kill switch is on,
+    /// `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);
         let mut state = self.lock();
         if state.bypassed {
             state.missed_until(now);
         }
+        state.prune(prune_before, &self.instance);
         let recorded_since = if state.since_moved {
             state.since_moved = false;
             state.recorded_since
@@ -398,7 +422,6 @@ impl Ledger {
             ..Changes::default()
         };
         for (app_id, app) in state.apps.iter_mut() {
-            app.prune(prune_before, &self.instance);
             for (key, stats) in app.callers.iter_mut().filter(|(_, s)| s.dirty) {
                 stats.dirty = false;
                 changes
@@ -455,9 +478,7 @@ impl Ledger {
             state.missed_until(now);
         }
         // Without a store, nothing else prunes.
-        for app in state.apps.values_mut() {
-            app.prune(prune_before, &self.instance);
-        }
+        state.prune(prune_before, &self.instance);
         let mut apps: Vec<AppUsage> = state
             .apps
             .iter()

@@ -341,18 +341,34 @@ fn move_aside(dir: &Path, now: u64) -> std::io::Result<PathBuf> {
 /// Moves the `meta` row [`RECORDED_SINCE`] forward to `since` (Unix
 /// seconds), unless it is later already; it never moves back.
 fn recorded_from(conn: &Connection, since: u64) -> rusqlite::Result<()> {
-    let stored: Option<u64> = conn
+    if stored_since(conn)?.is_none_or(|stored| stored < since) {
+        set_meta(conn, RECORDED_SINCE, &since.to_string())?;
+    }
+    Ok(())
+}
+
+/// After pruning the buckets of hours before `before`: a known
+/// [`RECORDED_SINCE`] moves forward to the first hour kept whole
+/// ([`crate::telemetry::ledger::kept_from`]), since the calls before it are
+/// gone; an unknown one stays unknown (the ledger may have started later).
+fn pruned_before(conn: &Connection, before: u64) -> rusqlite::Result<()> {
+    let from = crate::telemetry::ledger::kept_from(before);
+    if stored_since(conn)?.is_some_and(|stored| stored < from) {
+        set_meta(conn, RECORDED_SINCE, &from.to_string())?;
+    }
+    Ok(())
+}
+
+/// The `meta` row [`RECORDED_SINCE`], when there is one that reads.
+fn stored_since(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    Ok(conn
         .query_row(
             "SELECT value FROM meta WHERE key = ?1",
             params![RECORDED_SINCE],
             |r| r.get::<_, String>(0),
         )
         .optional()?
-        .and_then(|v| v.parse().ok());
-    if stored.is_none_or(|stored| stored < since) {
-        set_meta(conn, RECORDED_SINCE, &since.to_string())?;
-    }
-    Ok(())
+        .and_then(|v| v.parse().ok()))
 }
 
 /// Sets the `meta` row `key` to `value`.
@@ -841,6 +857,7 @@ impl Store {
                 params![to_sql(changes.prune_before)],
             )
             .map_err(err)?;
+            pruned_before(&tx, changes.prune_before).map_err(err)?;
             // Callers recorded under another instance name (an earlier
             // run's, or none, from schema 1) are never counted again:
             // they go once they are as old as the buckets.

@@ -285,6 +285,7 @@ fn an_earlier_instances_callers_go_with_the_buckets() {
 #[test]
 fn old_buckets_are_pruned() {
     let l = Ledger::new(100, 30, "i-1");
+    l.recording_since(T);
     rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
     let later = T + 31 * DAY;
     let c = l.take_changes(later);
@@ -295,6 +296,23 @@ fn old_buckets_are_pruned() {
         1,
         "callers are kept"
     );
+    // The dropped hours' calls are gone, so the ledger no longer vouches
+    // for them: it records from the first hour it keeps whole.
+    let kept = kept_from(later - 30 * DAY);
+    assert!(
+        kept >= later - 30 * DAY && kept.is_multiple_of(HOUR) && kept - (later - 30 * DAY) < HOUR
+    );
+    assert_eq!(c.recorded_since, Some(kept), "written with the changes");
+    assert_eq!(
+        l.snapshot(later).recorded_since.map(unix),
+        Some(kept),
+        "and in /usage"
+    );
+    assert_eq!(l.take_changes(later).recorded_since, None, "moved once");
+    // An unknown start stays unknown: the ledger may have started later.
+    let unknown = Ledger::new(100, 30, "i-1");
+    assert_eq!(unknown.take_changes(later).recorded_since, None);
+    assert_eq!(unknown.snapshot(later).recorded_since, None);
 }
 
 #[test]

@@ -77,19 +77,33 @@ fn round_trip_through_the_database() {
     assert_eq!(reread, ledger.snapshot(T));
 }
 
+/// Pruning deletes the buckets before the retention and moves the
+/// ledger's start past them: a gate over a window longer than the
+/// retention must not prove a zero over deleted hours. The callers stay.
 #[test]
 fn prune_deletes_old_buckets() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Not told the store's start: the store moves its own.
     let ledger = Ledger::new(100, 30, "i-1");
     one_trigger(&ledger);
     let mut store = Store::open(dir.path(), T, "i-1").expect("open");
     store.write(&ledger.take_changes(T)).expect("write");
-    store
-        .write(&ledger.take_changes(T + 31 * 86_400))
-        .expect("prune");
+    let since = |store: &Store| {
+        store
+            .load()
+            .expect("load")
+            .recorded_since
+            .map(|t| t.unix_timestamp())
+    };
+    assert_eq!(since(&store), Some(to_sql(T)));
+    let later = T + 31 * 86_400;
+    store.write(&ledger.take_changes(later)).expect("prune");
     let u = store.load().expect("load");
     assert!(u.apps[0].hourly.is_empty());
     assert_eq!(u.apps[0].callers.len(), 1);
+    let kept = crate::telemetry::ledger::kept_from(later - 30 * 86_400);
+    assert_eq!(since(&store), Some(to_sql(kept)));
+    assert!(kept > T + 86_400, "past the deleted hours");
 }
 
 /// A ledger reopened under another instance name: the earlier name's
