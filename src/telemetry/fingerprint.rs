@@ -18,6 +18,11 @@
 //! - [`FingerprintId`]: 12 hex digits of the SHA-256 of the canonical
 //!   trait string ([`Traits::canonical`]), so that different unknown
 //!   senders (a vendored PHP copy, a hand-rolled curl call) stay apart.
+//!   It holds the sender's traits only (headers, their value classes, the
+//!   query's key order), not those that follow the call's values
+//!   (whether `socket_id` is sent, the encoding that a channel or event
+//!   name calls for, the body's spacing: [`Traits::call_traits`]), so one
+//!   sender keeps one id, and one caller in the ledger, whatever it sends.
 //!   Unbounded in principle: keep it out of metric labels.
 //!
 //! Header case: hyper lowercases header names, and the original case is
@@ -47,8 +52,9 @@ use sha2::{Digest, Sha256};
 use crate::pusher::query::QueryParams;
 
 /// The first field of every canonical trait string; bumped whenever the
-/// format changes (which changes every id).
-pub const CANONICAL_VERSION: &str = "fp1";
+/// format changes (which changes every id). `fp1` also hashed the call's
+/// traits ([`Traits::call_traits`]), so one sender had several ids.
+pub const CANONICAL_VERSION: &str = "fp2";
 
 /// Length of a [`FingerprintId`] in hex digits (48 bits of the SHA-256).
 pub const ID_LEN: usize = 12;
@@ -384,6 +390,32 @@ impl<'a> Traits<'a> {
         out
     }
 
+    /// The traits that follow the call's values rather than the sender,
+    /// and so are not in the id but do decide some families: `socket_id`
+    /// (absent, empty or present), the encoding of the path and of the
+    /// query values, and the body's spacing, as
+    /// `sid=<c>;path=<c>;qv=<c>;body=<c>`. With [`Traits::canonical`],
+    /// everything classification reads.
+    pub fn call_traits(&self) -> String {
+        let mut out = String::with_capacity(48);
+        for (i, (field, class)) in [
+            ("sid=", self.socket_id.as_str()),
+            ("path=", self.path.as_str()),
+            ("qv=", self.query_values.as_str()),
+            ("body=", self.body.as_str()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(field);
+            out.push_str(class);
+        }
+        out
+    }
+
     /// The header names that count, lower-case, in map order.
     fn names(&self) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
@@ -423,8 +455,11 @@ impl<'a> Traits<'a> {
             out.put(field);
             out.put(class);
         }
+        // The keys in their order, less `socket_id`, which a sender sends
+        // or not by call.
         out.put(";q=");
-        for (i, key) in self.query.keys().iter().enumerate() {
+        let keys = self.query.keys().iter().filter(|k| **k != "socket_id");
+        for (i, key) in keys.enumerate() {
             if i > 0 {
                 out.put(",");
             }
@@ -432,15 +467,6 @@ impl<'a> Traits<'a> {
         }
         if self.query.more() {
             out.put(",+");
-        }
-        for (field, class) in [
-            (";sid=", self.socket_id.as_str()),
-            (";path=", self.path.as_str()),
-            (";qv=", self.query_values.as_str()),
-            (";body=", self.body.as_str()),
-        ] {
-            out.put(field);
-            out.put(class);
         }
     }
 

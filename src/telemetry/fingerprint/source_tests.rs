@@ -262,7 +262,7 @@ fn the_canonical_string_cannot_be_forged_by_keys() {
     let query = QueryParams::parse(parts.uri.query().unwrap_or("")).unwrap();
     let canonical = Traits::new(&parts.headers, &parts.uri, &query, b"").canonical();
     assert!(
-        canonical.contains(";q=a%252Cb,c%3Bd,%25C3%25A9;"),
+        canonical.ends_with(";q=a%252Cb,c%3Bd,%25C3%25A9"),
         "{canonical}"
     );
     let long = format!("/x?{}=1", "k".repeat(100));
@@ -270,7 +270,7 @@ fn the_canonical_string_cannot_be_forged_by_keys() {
     let query = QueryParams::parse(parts.uri.query().unwrap_or("")).unwrap();
     let canonical = Traits::new(&parts.headers, &parts.uri, &query, b"").canonical();
     assert!(
-        canonical.contains(&format!(";q={};", "k".repeat(MAX_KEY_LEN))),
+        canonical.ends_with(&format!(";q={}", "k".repeat(MAX_KEY_LEN))),
         "{canonical}"
     );
 }
