@@ -331,6 +331,8 @@ pub struct Traits<'a> {
     path: Encoding,
     query_values: Encoding,
     body: Body,
+    /// Whether the `User-Agent` is LWP's default (`libwww-perl/…`).
+    lwp_agent: bool,
 }
 
 impl<'a> Traits<'a> {
@@ -362,6 +364,7 @@ impl<'a> Traits<'a> {
             path: Encoding::of_path(uri.path()),
             query_values: raw.values(),
             body: Body::of(body),
+            lwp_agent: value(header::USER_AGENT).is_some_and(|ua| ua.starts_with("libwww-perl/")),
         }
     }
 
@@ -514,11 +517,17 @@ impl<'a> Traits<'a> {
             }
             Order::Pusher if curl && self.names_are(&CURL_POST) => Library::PhpPusherPre2012,
             Order::Ruby if json => Library::RubygemsPusher04To010,
+            // An empty socket_id is WWW::Pusher's own trait; with a socket id,
+            // LWP's default User-Agent tells it from other order-A senders
+            // (PyPI's App Engine channel, say, which sends its own agent).
             Order::Pusher
                 if json
                     && compact_body
-                    && self.socket_id != SocketId::Absent
-                    && self.has_header(header::USER_AGENT) =>
+                    && match self.socket_id {
+                        SocketId::Empty => self.has_header(header::USER_AGENT),
+                        SocketId::Present => self.lwp_agent,
+                        SocketId::Absent => false,
+                    } =>
             {
                 Library::CpanWwwPusher
             }

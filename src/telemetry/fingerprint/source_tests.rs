@@ -119,6 +119,45 @@ fn families_from_published_source_are_classified() {
             ),
             br#"{"msg":"hi"}"#,
         ),
+        // WWW::Pusher given a socket id: LWP's default User-Agent.
+        (
+            Library::CpanWwwPusher,
+            head(
+                "POST",
+                "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
+                 body_md5=00&name=e&socket_id=1.2&auth_signature=ff",
+                &[
+                    ("TE", "deflate,gzip;q=0.3"),
+                    ("Connection", "TE, close"),
+                    ("Host", "127.0.0.1:8080"),
+                    ("User-Agent", "libwww-perl/6.05"),
+                    ("Content-Length", "12"),
+                    json,
+                ],
+            ),
+            br#"{"msg":"hi"}"#,
+        ),
+        // PyPI's GoogleAppEngineChannel: the same query (compose_querystring),
+        // JSON, and urlfetch's own User-Agent. Not WWW::Pusher, with its
+        // socket id or its `{}` data.
+        (
+            Library::Unknown,
+            head(
+                "POST",
+                "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
+                 body_md5=00&name=e&socket_id=1.2&auth_signature=ff",
+                &[
+                    ("Host", "127.0.0.1:8080"),
+                    ("Content-Type", "application/json"),
+                    (
+                        "User-Agent",
+                        "AppEngine-Google; (+http://code.google.com/appengine)",
+                    ),
+                    ("Content-Length", "2"),
+                ],
+            ),
+            b"{}",
+        ),
     ];
     for (expected, parts, body) in cases {
         let query = QueryParams::parse(parts.uri.query().unwrap_or("")).unwrap();
