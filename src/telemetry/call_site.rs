@@ -4,15 +4,25 @@
 //!
 //! [`template`] replaces, left to right:
 //!
-//! 1. every **UUID**: five runs of ASCII hex digits of lengths 8, 4, 4, 4
+//! 1. every **e-mail address's local part**: a maximal run of
+//!    `[A-Za-z0-9._%+]` right before an `@` that a domain follows (labels
+//!    of `[A-Za-z0-9-]` joined by dots, at least two), by `{id}`:
+//!    `private-alice.smith@example.com` becomes `private-{id}@example.com`
+//!    (the domain is kept, and goes by the rules below);
+//! 2. every **UUID**: five runs of ASCII hex digits of lengths 8, 4, 4, 4
 //!    and 12 joined by `-`, the first and last not touching another hex
 //!    digit (`123e4567-e89b-12d3-a456-426614174000`, either case), by one
 //!    `{id}`;
-//! 2. every **hex run** of 8 or more: a maximal run of `[0-9a-fA-F]` at
+//! 3. every **mixed run** of 8 or more: a maximal run of `[A-Za-z0-9]` at
+//!    least 8 long where letters and digits alternate at least 4 times
+//!    (ULIDs `01ARZ3NDEKTSV4RRFFQ69G5FAV`, base62 and nanoid-style ids
+//!    `k3j9x2ab`), by one `{id}`. A word with a number (`orders2024`,
+//!    one change) is not one: its digits go by rule 5;
+//! 4. every **hex run** of 8 or more: a maximal run of `[0-9a-fA-F]` at
 //!    least 8 long that contains at least one decimal digit
 //!    (`5f3a9c2e1b`, `00ff00ff`), by one `{id}`. A run without a digit is
 //!    a word (`deadbeef`, `facade`), not an identifier, and is kept;
-//! 3. every other **digit run**: a maximal run of `[0-9]` (`123`, the `2`
+//! 5. every other **digit run**: a maximal run of `[0-9]` (`123`, the `2`
 //!    of `v2`), by `{id}`.
 //!
 //! "Digit" is the ASCII digit `0`–`9`; other characters are copied as they
@@ -22,7 +32,9 @@
 //!   changes nothing (`template(template(s)) == template(s)`);
 //! - a shorter mixed run keeps its letters: `ab12cd` becomes `ab{id}cd`,
 //!   and a socket id `1234.5678` becomes `{id}.{id}`;
-//! - a name without digits or UUIDs comes back borrowed, unallocated.
+//! - an identifier of letters only (`user-bob`) is kept: a template is a
+//!   place in the code, not a bound on cardinality;
+//! - a name without digits, UUIDs or `@` comes back borrowed, unallocated.
 
 use std::borrow::Cow;
 
@@ -32,12 +44,19 @@ pub const PLACEHOLDER: &str = "{id}";
 /// Shortest hex run taken as one identifier.
 pub const MIN_HEX_RUN: usize = 8;
 
+/// Shortest mixed letter-and-digit run taken as one identifier.
+pub const MIN_MIXED_RUN: usize = 8;
+
+/// Changes between letters and digits that make a run mixed.
+const MIN_MIXED_CHANGES: usize = 4;
+
 /// Lengths of a UUID's five hex groups.
 const UUID_GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
 
-/// `s` with every UUID, hex run of [`MIN_HEX_RUN`] or more with a digit,
-/// and other run of digits replaced by [`PLACEHOLDER`] (see the module
-/// documentation for the exact rules).
+/// `s` with every e-mail local part, UUID, mixed run of [`MIN_MIXED_RUN`]
+/// or more, hex run of [`MIN_HEX_RUN`] or more with a digit, and other run
+/// of digits replaced by [`PLACEHOLDER`] (see the module documentation for
+/// the exact rules).
 ///
 /// ```
 /// use pusher_cutover::telemetry::call_site::template;
@@ -48,9 +67,9 @@ const UUID_GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
 /// ```
 pub fn template(s: &str) -> Cow<'_, str> {
     let bytes = s.as_bytes();
-    // Every replacement starts at an ASCII hex digit: text with none, or
-    // with neither a decimal digit nor a dash (no UUID), is returned as is.
-    if !bytes.iter().any(u8::is_ascii_digit) && !bytes.contains(&b'-') {
+    // Text with no decimal digit, no dash (no UUID) and no `@` (no
+    // address) has nothing to replace.
+    if !bytes.iter().any(u8::is_ascii_digit) && !bytes.contains(&b'-') && !bytes.contains(&b'@') {
         return Cow::Borrowed(s);
     }
     let mut out: Option<String> = None;
@@ -58,6 +77,32 @@ pub fn template(s: &str) -> Cow<'_, str> {
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
+        let after = |class: fn(&u8) -> bool| i == 0 || !class(&bytes[i - 1]);
+        if is_local(&bytes[i]) && after(is_local) {
+            let end = run_end(bytes, i, is_local);
+            if bytes.get(end) == Some(&b'@') && domain_at(bytes, end + 1) {
+                replace(&mut out, s, &mut copied, i, end);
+                i = end;
+                continue;
+            }
+        }
+        if !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        if after(u8::is_ascii_alphanumeric) {
+            let end = run_end(bytes, i, u8::is_ascii_alphanumeric);
+            if let Some(uuid_end) = uuid_at(bytes, i) {
+                replace(&mut out, s, &mut copied, i, uuid_end);
+                i = uuid_end;
+                continue;
+            }
+            if end - i >= MIN_MIXED_RUN && mixed(&bytes[i..end]) {
+                replace(&mut out, s, &mut copied, i, end);
+                i = end;
+                continue;
+            }
+        }
         if !bytes[i].is_ascii_hexdigit() {
             i += 1;
             continue;
@@ -105,6 +150,41 @@ fn replace(out: &mut Option<String>, s: &str, copied: &mut usize, start: usize, 
     out.push_str(&s[*copied..start]);
     out.push_str(PLACEHOLDER);
     *copied = end;
+}
+
+/// Whether `b` may be in an e-mail address's local part (as far as a
+/// template needs: the common characters, not RFC 5322's all).
+fn is_local(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+')
+}
+
+/// Whether a domain starts at `start`: labels of `[A-Za-z0-9-]` joined by
+/// dots, at least two.
+fn domain_at(bytes: &[u8], start: usize) -> bool {
+    let label = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-';
+    let mut at = start;
+    let mut labels = 0;
+    loop {
+        let end = run_end(bytes, at, label);
+        if end == at {
+            return false;
+        }
+        labels += 1;
+        if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(label) {
+            at = end + 1;
+        } else {
+            return labels >= 2;
+        }
+    }
+}
+
+/// Whether letters and digits alternate in `run` (ASCII alphanumerics) at
+/// least [`MIN_MIXED_CHANGES`] times.
+fn mixed(run: &[u8]) -> bool {
+    run.windows(2)
+        .filter(|w| w[0].is_ascii_digit() != w[1].is_ascii_digit())
+        .count()
+        >= MIN_MIXED_CHANGES
 }
 
 /// The end of the run of bytes matching `class` that starts at `start`.
@@ -160,7 +240,27 @@ mod tests {
             // Eight hex digits with a digit: one identifier.
             ("x-1a2b3c4d", "x-{id}"),
             // A run touching other letters still starts at a hex digit.
-            ("room-z00ff00ff", "room-z{id}"),
+            ("room-xyz12345678", "room-xyz{id}"),
+            // Unless letters and digits alternate through the whole run.
+            ("room-z00ff00ff", "room-{id}"),
+            // Mixed runs: ULIDs, base62 and nanoid-style ids.
+            ("presence-01ARZ3NDEKTSV4RRFFQ69G5FAV", "presence-{id}"),
+            ("private-user-k3j9x2ab", "private-user-{id}"),
+            ("private-user-k3j9x2ab-orders", "private-user-{id}-orders"),
+            // A word with a number is not mixed: one change.
+            ("orders2024", "orders{id}"),
+            ("reports2024q3", "reports{id}q{id}"),
+            // E-mail addresses: the local part goes, the domain stays.
+            (
+                "private-alice.smith@example.com",
+                "private-{id}@example.com",
+            ),
+            ("alice+news@mail.example.co.uk", "{id}@mail.example.co.uk"),
+            ("a@x1.com", "{id}@x{id}.com"),
+            // `@` without a domain after it is no address.
+            ("user@home", "user@home"),
+            ("private-user@123", "private-user@{id}"),
+            ("@example.com", "@example.com"),
             ("a-123e4567-e89b-12d3-a456-426614174000", "a-{id}"),
             ("123E4567-E89B-12D3-A456-426614174000", "{id}"),
             (
@@ -193,6 +293,7 @@ mod tests {
         assert!(matches!(template("test-channel"), Cow::Borrowed(_)));
         assert!(matches!(template("presence-lobby"), Cow::Borrowed(_)));
         assert!(matches!(template("deadbeef-cafe"), Cow::Borrowed(_)));
+        assert!(matches!(template("user@home"), Cow::Borrowed(_)));
         assert!(matches!(template("orders-1"), Cow::Owned(_)));
     }
 
@@ -207,7 +308,7 @@ mod tests {
 
         #[test]
         fn idempotent_on_identifier_like_names(
-            s in "[a-f0-9{}_.-]{0,40}|[a-z]{1,8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+            s in "[a-f0-9{}_.-]{0,40}|[a-z]{1,8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-zA-Z0-9@.+_{}-]{0,40}"
         ) {
             let once = template(&s);
             proptest::prop_assert!(!once.bytes().any(|b| b.is_ascii_digit()), "{once:?}");
