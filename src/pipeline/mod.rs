@@ -153,7 +153,10 @@ pub struct State {
 
 impl State {
     /// A state for `config`. Keeps `previous`'s upstream pool when the
-    /// upstream settings did not change, and its probe results per app.
+    /// upstream settings did not change, and its probe results per app
+    /// while the app is the same app on the same upstream server (what
+    /// the upstream counts is its own; a reload that moves the app to
+    /// another server, or to another of its apps, probes afresh).
     fn new(
         config: Config,
         clock: Arc<dyn Clock>,
@@ -164,7 +167,10 @@ impl State {
             .apps
             .iter()
             .map(|a| {
-                let kept = previous.and_then(|p| p.apps.get(&a.id));
+                let kept = previous
+                    .filter(|p| p.config.upstream.url == config.upstream.url)
+                    .and_then(|p| p.apps.get(&a.id))
+                    .filter(|p| p.config.upstream.id == a.upstream.id);
                 let carried = |memory: fn(&App) -> &OffUntil| {
                     OffUntil::new(kept.map_or(0, |p| memory(p).until()))
                 };

@@ -167,6 +167,40 @@ async fn probe_falls_back_when_counting_is_disabled_and_remembers() {
     proxy.stop().await;
 }
 
+/// What a probe learnt is the upstream's: a reload that keeps the app on
+/// the same server keeps it; one that moves the app to another server
+/// probes afresh (the new one counts).
+#[tokio::test]
+async fn a_probes_memory_stays_with_its_upstream_across_reloads() {
+    let first = support::fake().await;
+    first.set(|b| b.counting_enabled = false);
+    let second = support::fake().await;
+    let toml = |url: &str| support::config_toml(url, "", "subscription_count = \"probe\"");
+    let file = support::ConfigFile::new(&toml(&first.url()));
+    let proxy = TestProxy::start_file(file.path()).await;
+    assert_eq!(stats(&proxy, "room").await.text(), r#"{"occupied":true}"#);
+    assert_eq!(first.recorded().len(), 2, "probed, then asked without info");
+
+    // The same upstream, another setting: remembered.
+    file.write(&toml(&first.url()).replace("[[apps]]", "[[apps]]\nmax_data_bytes = 20000"));
+    assert_eq!(proxy.reload().await.status.as_u16(), 200);
+    assert_eq!(stats(&proxy, "room").await.text(), r#"{"occupied":true}"#);
+    assert_eq!(first.recorded().len(), 3, "not probed again");
+    assert_eq!(first.recorded()[2].param("info"), None);
+
+    // Another server: probed afresh, and it counts.
+    file.write(&toml(&second.url()));
+    assert_eq!(proxy.reload().await.status.as_u16(), 200);
+    assert_eq!(
+        stats(&proxy, "room").await.text(),
+        r#"{"occupied":true,"connection_count":3}"#
+    );
+    let seen = second.recorded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].param("info").as_deref(), Some("subscription_count"));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn probe_keeps_connection_count_when_counting_works() {
     let (fake, proxy) = setup("subscription_count = \"probe\"").await;
