@@ -149,6 +149,16 @@ pub struct State {
     pub(crate) telemetry: Arc<Telemetry>,
     /// The `Link: <…>; rel="deprecation"` header of legacy answers.
     deprecation_link: HeaderValue,
+    /// Shadow comparisons in flight at most ([`shadow_slots`]): each
+    /// takes an upstream slot that a caller could have had.
+    pub(crate) shadow_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many shadow comparisons may be in flight: a quarter of the upstream
+/// slots (at least one), so that comparing never takes more than that
+/// from the calls that answer callers.
+pub(crate) fn shadow_slots(upstream_max_connections: usize) -> usize {
+    (upstream_max_connections / 4).max(1)
 }
 
 impl State {
@@ -205,6 +215,9 @@ impl State {
         let deprecation_link = link(&config.telemetry.deprecation_link)
             .or_else(|_| link(DEFAULT_DEPRECATION_LINK))
             .unwrap_or_else(|_| HeaderValue::from_static("rel=\"deprecation\""));
+        let shadow_slots = Arc::new(tokio::sync::Semaphore::new(shadow_slots(
+            config.upstream.max_connections,
+        )));
         Self {
             config,
             apps,
@@ -212,6 +225,7 @@ impl State {
             clock,
             telemetry,
             deprecation_link,
+            shadow_slots,
         }
     }
 

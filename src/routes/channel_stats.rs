@@ -243,6 +243,13 @@ async fn exchange(
 
 /// Shadow mode: sends the translated stats call in the background and
 /// compares its mapped answer with what the legacy call answered.
+///
+/// At most [`crate::pipeline::shadow_slots`] comparisons are in flight; a
+/// call beyond them is not compared (`shadow_skipped{reason="busy"}`), so
+/// comparing never takes more upstream slots than that from the calls
+/// that answer callers. A translated call that fails on the upstream's
+/// side (a 5xx or 429, a time-out, no connection or slot) is no mismatch: it says
+/// nothing of the translation (`shadow_skipped{reason="upstream_error"}`).
 pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, observed: &Buffered) {
     let app_id = &call.app.config.id;
     let Some(legacy) = (observed.status == StatusCode::OK)
@@ -253,9 +260,14 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
         return;
     };
     let state = call.state.clone();
+    let Ok(slot) = state.shadow_slots.clone().try_acquire_owned() else {
+        state.telemetry.shadow_skipped(app_id, "busy");
+        return;
+    };
     let app_id = app_id.clone();
     let channel = channel.to_owned();
     tokio::spawn(async move {
+        let _slot = slot;
         let Some(app) = state.app(&app_id) else {
             return;
         };
@@ -264,6 +276,18 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
         let mut call = Call::new(&state, app, &mut record);
         let translated = match exchange(&mut call, &channel, now).await {
             Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Stats>(&body).ok(),
+            Ok((status, _, _))
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                state.telemetry.shadow_skipped(&app_id, "upstream_error");
+                return;
+            }
+            Err(e) if e.fault() == crate::error::Fault::Upstream => {
+                state.telemetry.shadow_skipped(&app_id, "upstream_error");
+                return;
+            }
+            // Another answer (a 4xx where the legacy call had its 200, a
+            // refusal of the proxy's credentials): the translation differs.
             _ => None,
         };
         let differing = match &translated {

@@ -63,6 +63,9 @@ pub mod names {
     pub const APP_SUNSET: &str = "pusher_cutover_app_sunset_timestamp_seconds";
     /// Shadow-mode stats whose translated answer differed, by field.
     pub const SHADOW_MISMATCHES: &str = "pusher_cutover_shadow_mismatches";
+    /// Shadow comparisons not made, by app and reason
+    /// ([`super::SHADOW_SKIP_REASONS`]).
+    pub const SHADOW_SKIPPED: &str = "pusher_cutover_shadow_skipped";
     /// Configuration reloads, by result.
     pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
     /// Connections the HTTP layer ended with an error, by kind.
@@ -194,6 +197,12 @@ impl AppSeries {
                 field,
             });
         }
+        for reason in SHADOW_SKIP_REASONS {
+            let _ = metrics.shadow_skipped.get_or_create(&AppReason {
+                app_id: self.app_id.clone(),
+                reason,
+            });
+        }
     }
 }
 
@@ -242,6 +251,12 @@ pub struct KindLabel {
 /// The shadow comparison's `field` label values.
 pub const SHADOW_FIELDS: [&str; 4] = ["occupied", "user_count", "connection_count", "answer"];
 
+/// Why a shadow comparison was not made: `busy` (as many comparisons in
+/// flight as the proxy allows), `upstream_error` (the translated call
+/// failed on the upstream's side: a 5xx, a time-out, no connection or no
+/// slot, which says nothing of the translation).
+pub const SHADOW_SKIP_REASONS: [&str; 2] = ["busy", "upstream_error"];
+
 /// `app_id`, `route` and `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppRouteOutcome {
@@ -265,7 +280,8 @@ pub struct RouteLabel {
 pub struct AppReason {
     /// A configured app id, or `other`.
     pub app_id: AppId,
-    /// A [`SignatureError::reason`](crate::pusher::signature::SignatureError::reason).
+    /// A [`SignatureError::reason`](crate::pusher::signature::SignatureError::reason),
+    /// or one of [`SHADOW_SKIP_REASONS`].
     pub reason: &'static str,
 }
 
@@ -325,6 +341,8 @@ pub struct Metrics {
     pub app_sunset: Family<AppLabel, Gauge>,
     /// See [`names::SHADOW_MISMATCHES`].
     pub shadow_mismatches: Family<AppField, Counter>,
+    /// See [`names::SHADOW_SKIPPED`].
+    pub shadow_skipped: Family<AppReason, Counter>,
     /// See [`names::CONFIG_RELOADS`].
     pub config_reloads: Family<ResultLabel, Counter>,
     /// See [`names::LEDGER_UNWRITTEN_CALLS`].
@@ -370,6 +388,7 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         let app_sunset = Family::<AppLabel, Gauge>::default();
         let shadow_mismatches = Family::<AppField, Counter>::default();
+        let shadow_skipped = Family::<AppReason, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let ledger_unwritten_calls = Gauge::default();
         let bypass = Gauge::default();
@@ -411,6 +430,11 @@ impl Metrics {
             names::SHADOW_MISMATCHES,
             "Shadow-mode stats whose translated answer differed from the legacy one",
             shadow_mismatches.clone(),
+        );
+        registry.register(
+            names::SHADOW_SKIPPED,
+            "Shadow-mode stats not compared: busy (the comparisons in flight at their cap) or upstream_error (the translated call failed on the upstream's side)",
+            shadow_skipped.clone(),
         );
         registry.register(
             names::CONFIG_RELOADS,
@@ -467,6 +491,7 @@ impl Metrics {
             signature_failures,
             app_sunset,
             shadow_mismatches,
+            shadow_skipped,
             config_reloads,
             ledger_unwritten_calls,
             bypass,

@@ -226,6 +226,18 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts a shadow comparison not made, for `reason` (one of
+    /// [`metrics::SHADOW_SKIP_REASONS`]).
+    pub fn shadow_skipped(&self, app_id: &str, reason: &'static str) {
+        self.metrics
+            .shadow_skipped
+            .get_or_create(&metrics::AppReason {
+                app_id: self.app_series(app_id).app_id().clone(),
+                reason,
+            })
+            .inc();
+    }
+
     /// Counts a shadow-mode field that differed.
     pub fn shadow_mismatch(&self, app_id: &str, field: &'static str) {
         self.metrics

@@ -80,6 +80,102 @@ async fn observe_forwards_the_legacy_call_unchanged() {
     proxy.stop().await;
 }
 
+/// Shadow comparisons take upstream slots that callers could have had, so
+/// at most a quarter of `upstream.max_connections` are in flight; the
+/// others are skipped and counted (`busy`). A translated call failing on
+/// the upstream's side is skipped too (`upstream_error`), not counted as
+/// a mismatch: it says nothing of the translation.
+#[tokio::test]
+async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(
+        &fake.url(),
+        "max_connections = 8",
+        "mode = \"shadow\"\nsubscription_count = \"on\"",
+    )
+    .await;
+    let now = support::now();
+    let metric = |text: &str, series: &str| support::metric(text, series).unwrap_or(-1.0);
+    let skipped = |reason: &str| {
+        format!(r#"pusher_cutover_shadow_skipped_total{{app_id="4242",reason="{reason}"}}"#)
+    };
+    let answer_mismatch = r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="answer"}"#;
+
+    // The current API's answer fails on the upstream's side.
+    fake.set(|b| {
+        b.channel_info_fixed = Some((503, "application/json", r#"{"error":"busy"}"#.into()))
+    });
+    let a = stats(&proxy, "room", now).await;
+    assert_eq!(a.status.as_u16(), 200, "answered from the legacy call");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = proxy.metrics().await;
+        if metric(&text, &skipped("upstream_error")) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&text, &skipped("upstream_error")), 1.0, "{text}");
+    assert_eq!(metric(&text, answer_mismatch), 0.0);
+
+    // A 4xx where the legacy call had its 200: the translation differs.
+    fake.set(|b| {
+        b.channel_info_fixed = Some((404, "application/json", r#"{"error":"no"}"#.into()))
+    });
+    stats(&proxy, "room", now).await;
+    for _ in 0..50 {
+        text = proxy.metrics().await;
+        if metric(&text, answer_mismatch) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&text, answer_mismatch), 1.0, "{text}");
+
+    // Every answer held: eight legacy calls, one per upstream slot, all
+    // on the wire before any is let go. Then they go one at a time, each
+    // once the one before is answered; the fake lets held requests go in
+    // the order they came, so every legacy request goes before any
+    // comparison's. Two comparisons (8 / 4) are in flight, held; the other
+    // six are skipped as busy.
+    let before = fake.recorded().len();
+    fake.set(|b| {
+        b.channel_info_fixed = None;
+        b.hold = true;
+    });
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let url = format!(
+            "{}{}",
+            proxy.url(),
+            support::legacy_stats_uri(&format!("c{i}"), now)
+        );
+        calls.push(tokio::spawn(async move {
+            support::send(Method::GET, &url, &[], "").await
+        }));
+    }
+    assert_eq!(fake.wait_for_requests(before + 8).await.len(), before + 8);
+    for k in 1..=8 {
+        fake.release(1);
+        let mut answered = 0;
+        for _ in 0..500 {
+            answered = calls.iter().filter(|c| c.is_finished()).count();
+            if answered >= k {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(answered, k, "caller {k} answered");
+    }
+    for c in calls {
+        assert_eq!(c.await.expect("call").status.as_u16(), 200);
+    }
+    let text = proxy.metrics().await;
+    assert_eq!(metric(&text, &skipped("busy")), 6.0, "{text}");
+    fake.release_all();
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     let fake = support::fake().await;

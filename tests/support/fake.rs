@@ -67,6 +67,10 @@ pub struct Behaviour {
     pub presence_subscription_count: bool,
     /// Answer this status, content type and body to everything.
     pub fixed: Option<(u16, &'static str, String)>,
+    /// Answer this status, content type and body to the current channel
+    /// info route (`GET /apps/{id}/channels/{channel}`) only; the
+    /// deprecated routes answer as usual.
+    pub channel_info_fixed: Option<(u16, &'static str, String)>,
     /// The `connection_count` the emulated legacy stats route answers
     /// (`None`: the key left out, as for apps without the beta).
     pub legacy_connection_count: Option<u64>,
@@ -88,6 +92,7 @@ impl Default for Behaviour {
             counting_enabled: true,
             presence_subscription_count: true,
             fixed: None,
+            channel_info_fixed: None,
             legacy_connection_count: Some(3),
             hold: false,
             batch_limit: 10,
@@ -277,7 +282,15 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
         tokio::time::sleep(delay).await;
     }
 
+    let channel_info =
+        recorded.method == "GET" && matches!(segments.as_slice(), ["", "apps", _, "channels", _]);
     let (status, content_type, text) = if let Some(fixed) = behaviour.fixed {
+        fixed
+    } else if let Some(fixed) = behaviour
+        .channel_info_fixed
+        .clone()
+        .filter(|_| channel_info)
+    {
         fixed
     } else if let Err(reason) = signature {
         json(
