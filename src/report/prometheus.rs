@@ -766,13 +766,17 @@ pub async fn fetch(
         }
     };
 
-    // Hourly buckets over this window and the one before (the trend), as
-    // range queries at every hour's end, and the current hour so far.
+    // Hourly buckets over this window and the one before (the trend), and
+    // at least the last 7 days (the report's last 24 hours, last 7 days
+    // and last call, whatever the window), as range queries at every
+    // hour's end, and the current hour so far.
+    let max_span = super::MAX_DAYS as i64 * 86_400;
     let span = i64::try_from(secs(q.since))
         .unwrap_or(i64::MAX / 4)
-        .min(super::MAX_DAYS as i64 * 86_400);
+        .min(max_span);
     let report_start = at - span;
-    let first_hour = (at - 2 * span).div_euclid(HOUR) * HOUR;
+    let fetched = (2 * span).max(7 * 86_400).min(max_span);
+    let first_hour = (at - fetched).div_euclid(HOUR) * HOUR;
     let current_hour = at.div_euclid(HOUR) * HOUR;
     let hour_range = 3600 + reach;
     let mut buckets = BTreeMap::new();

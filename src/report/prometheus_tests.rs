@@ -297,7 +297,8 @@ fn scrapes_add_up_per_sidecar_label() {
 /// `pusher-cutover` has one active target scraped every 15 s, retention
 /// is 15d, range queries find nothing, and each instant query is
 /// answered by `answer` (its PromQL → the vector's series). Returns its
-/// URL and the PromQL of every instant query it received.
+/// URL and the PromQL of every instant query it received, and of every
+/// range query as `range START END PROMQL`.
 fn fake_prometheus(
     answer: impl Fn(&str) -> Value + Send + 'static,
 ) -> (Uri, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
@@ -338,20 +339,29 @@ fn fake_prometheus(
                     "scrapePool": "pusher-cutover", "scrapeInterval": "15s"}], "droppedTargets": []})
             } else if line.contains("/api/v1/status/runtimeinfo") {
                 json!({"storageRetention": "15d"})
-            } else if line.contains("/api/v1/query_range") {
-                json!({"resultType": "matrix", "result": []})
             } else {
-                let query = body
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("query="))
-                    .map(|q| {
-                        percent_encoding::percent_decode_str(q)
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    })
-                    .unwrap_or_default();
-                log.lock().expect("lock").push(query.clone());
-                vector(answer(&query))
+                let param = |name: &str| {
+                    body.split('&')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .map(|q| {
+                            percent_encoding::percent_decode_str(q)
+                                .decode_utf8_lossy()
+                                .into_owned()
+                        })
+                        .unwrap_or_default()
+                };
+                let query = param("query");
+                if line.contains("/api/v1/query_range") {
+                    log.lock().expect("lock").push(format!(
+                        "range {} {} {query}",
+                        param("start"),
+                        param("end")
+                    ));
+                    json!({"resultType": "matrix", "result": []})
+                } else {
+                    log.lock().expect("lock").push(query.clone());
+                    vector(answer(&query))
+                }
             };
             let body = json!({"status": "success", "data": data}).to_string();
             let _ = write!(
@@ -506,6 +516,26 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
         assert!(fleet.evidence.gaps.is_empty(), "{what}");
         assert!(fleet.usage.recorded_since.is_some(), "{what}");
     }
+}
+
+/// The report's last 24 hours, last 7 days and last call are read from
+/// hourly buckets: they are asked for at least 7 days back whatever the
+/// window, here 2 minutes (they were asked for twice the window only, so a
+/// call 20 hours ago was missed and its app shown `done`).
+#[tokio::test]
+async fn hourly_buckets_reach_back_7_days_for_a_short_window() {
+    let (url, queries) = fake_prometheus(two_quiet_sidecars([None, None]));
+    fetch_from(url).await;
+    let asked = queries.lock().expect("lock").clone();
+    let starts: Vec<i64> = asked
+        .iter()
+        .filter_map(|q| q.strip_prefix("range "))
+        .filter_map(|q| q.split(' ').next()?.parse().ok())
+        .collect();
+    let first = starts.iter().min().copied().expect("range queries");
+    // The first bucket ends an hour after the hour 7 days back starts.
+    assert!(first <= NOW - 7 * 86_400 + 3600, "{first} in {asked:#?}");
+    assert!(first > NOW - 7 * 86_400 - 3600, "{first}: not further");
 }
 
 #[test]
