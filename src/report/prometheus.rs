@@ -155,6 +155,19 @@ pub enum PrometheusError {
     /// No answer in time.
     #[error("{0}: no answer within {1:?}")]
     Timeout(String, Duration),
+    /// Scrapes of the job without the label that names a sidecar: every
+    /// such sidecar would count as one, so missing scrapes and
+    /// `--expect-instances` could not be judged.
+    #[error(
+        "scrapes of job {job} have no label `{label}` (--instance-label), so their sidecars \
+         cannot be told apart: relabel the targets to give each one, or name a label they have"
+    )]
+    MissingLabel {
+        /// The scrape job.
+        job: String,
+        /// The label asked for.
+        label: String,
+    },
 }
 
 type ApiClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -696,6 +709,12 @@ async fn window_facts(
     // coarser step is allowed for in the tolerance of missing scrapes.
     let step = reach.max(w.div_ceil(1000));
     let count = api.query(&sel.scrapes(w), now).await?;
+    if count.iter().any(|s| label(&s.metric, il).is_empty()) {
+        return Err(PrometheusError::MissingLabel {
+            job: sel.job.clone(),
+            label: il.to_owned(),
+        });
+    }
     let up = api.query(&sel.scrapes_up(w), now).await?;
     let first = api.query(&sel.first_scrape(w, step), now).await?;
     let last = api.query(&sel.last_scrape(w, step), now).await?;

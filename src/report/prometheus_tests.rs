@@ -518,6 +518,31 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
     }
 }
 
+/// An `--instance-label` the scrapes do not carry would make every sidecar
+/// one (its scrapes summed, compared with one sidecar's due count): the
+/// report refuses, naming the label.
+#[tokio::test]
+async fn an_instance_label_the_scrapes_lack_is_refused() {
+    let (url, _) = fake_prometheus(two_quiet_sidecars([None, None]));
+    let q = FleetQuery {
+        url,
+        selector: Selector {
+            job: "pusher-cutover".into(),
+            apps: vec!["4242".into()],
+            instance_label: "pod".into(),
+        },
+        since: Duration::from_secs(120),
+        gate: Some(Duration::from_secs(60)),
+        expect_instances: None,
+        expect_apps: Vec::new(),
+        scrape_interval: None,
+    };
+    let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
+    let e = fetch(&q, None, now).await.expect_err("refused");
+    assert!(matches!(e, PrometheusError::MissingLabel { .. }), "{e}");
+    assert!(e.to_string().contains("no label `pod`"), "{e}");
+}
+
 /// The report's last 24 hours, last 7 days and last call are read from
 /// hourly buckets: they are asked for at least 7 days back whatever the
 /// window, here 2 minutes (they were asked for twice the window only, so a
