@@ -81,7 +81,7 @@ enum Command {
         urls: Vec<hyper::Uri>,
         /// Only calls in this window, e.g. 7d, 24h (default: everything kept;
         /// 7d with --prometheus).
-        #[arg(long)]
+        #[arg(long, value_parser = positive_duration)]
         since: Option<humantime::Duration>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
@@ -91,7 +91,7 @@ enum Command {
         /// (a ledger started inside it, a --data-dir ledger marked open: a
         /// running sidecar's, gate it through --url; a gap in the scrapes);
         /// 0 otherwise.
-        #[arg(long, value_name = "WINDOW")]
+        #[arg(long, value_name = "WINDOW", value_parser = positive_duration)]
         fail_if_used_since: Option<humantime::Duration>,
         /// Send the token in this environment variable as `Authorization:
         /// Bearer` to every --url (the sidecars' `[admin] token`), or to
@@ -140,8 +140,23 @@ struct FleetArgs {
     #[arg(long = "expect-app", value_name = "ID", requires = "prometheus")]
     expect_apps: Vec<String>,
     /// The job's scrape interval, when Prometheus' targets do not say.
-    #[arg(long, value_name = "DURATION", requires = "prometheus")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "prometheus",
+        value_parser = positive_duration
+    )]
     scrape_interval: Option<humantime::Duration>,
+}
+
+/// A duration above zero: a window of nothing proves nothing, and a scrape
+/// interval of nothing would count no scrape as missing.
+fn positive_duration(text: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -121,6 +121,22 @@ fn serve_exit_codes_tell_usage_config_and_bind_failures_apart() {
     assert_eq!(code, Some(64), "usage, not report's 2: {err}");
     let (code, _, err) = run(&["no-such-subcommand"], None);
     assert_eq!(code, Some(64), "usage: {err}");
+    // A window or scrape interval of nothing proves nothing.
+    for args in [
+        &["report", "--since", "0s"][..],
+        &["report", "--fail-if-used-since", "0h"],
+        &[
+            "report",
+            "--prometheus",
+            "http://127.0.0.1:9",
+            "--scrape-interval",
+            "0s",
+        ],
+    ] {
+        let (code, _, err) = run(args, None);
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert!(err.contains("must be more than zero"), "{args:?}: {err}");
+    }
 
     let invalid = dir.path().join("invalid.toml");
     std::fs::write(&invalid, "[upstream]\nurl = \"not a url\"\n").expect("write");
