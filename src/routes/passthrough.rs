@@ -78,6 +78,10 @@ pub async fn upstream_request(
     prepare_headers(&mut parts);
     // The body is here already: nothing to wait for a `100 Continue` for.
     parts.headers.remove(EXPECT);
+    // Its length goes as hyper writes it from the body: the caller's
+    // header may be spelt in ways hyper takes and stricter upstreams do not
+    // (`005`).
+    parts.headers.remove(CONTENT_LENGTH);
     Ok(Box::new(Request::from_parts(
         parts,
         Either::Left(Full::new(body)),

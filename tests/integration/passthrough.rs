@@ -212,6 +212,42 @@ async fn get_with_empty_body_md5_is_verified_and_resigned() {
     proxy.stop().await;
 }
 
+/// A `Content-Length` with leading zeros, which hyper accepts, reaches the
+/// upstream as the body's length, plainly written: a strict upstream would
+/// refuse the caller's spelling. (`5, 5` is refused here, 400.)
+#[tokio::test]
+async fn a_content_length_in_another_spelling_is_sent_plainly() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "").await;
+    for length in ["005", "0000000005"] {
+        let raw = format!(
+            "POST /apps/4242/events?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\
+             Connection: close\r\n\r\nhello"
+        );
+        let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(
+            a.headers.contains_key("x-fake-upstream"),
+            "{length}: {} {}",
+            a.status,
+            a.text()
+        );
+        let up = fake.recorded().pop().expect("forwarded");
+        let sent: Vec<&[u8]> = up
+            .headers
+            .get_all("content-length")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(sent, vec![&b"5"[..]], "{length}");
+        assert_eq!(&up.body[..], b"hello");
+    }
+    let raw = "POST /apps/4242/events?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\
+               Connection: close\r\n\r\nhello";
+    let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.text());
+    proxy.stop().await;
+}
+
 /// Re-signing edge cases: a GET with a body (its length must not reach the
 /// upstream), keys and values that need encoding (one that decodes to `&`
 /// or `=` is refused: see `mapped_app_is_served_with_the_upstream_credentials`),
