@@ -60,7 +60,8 @@ impl OffUntil {
 /// `user_count` for presence channels only (anything else is a 400 upstream:
 /// spec E.5 item 2), with `subscription_count` when counting is active, so
 /// that presence stats carry `connection_count` too (sockudo answers both;
-/// Pusher refuses, and `probe` then falls back: spec E.5 item 3);
+/// Pusher refuses, and the call falls back to `user_count`, in `on` as in
+/// `probe`: spec E.5 item 3);
 /// `subscription_count` for other channels when counting is active (spec
 /// E.5 item 1).
 pub fn info_param(channel: &str, counting_active: bool) -> Option<&'static str> {
@@ -186,8 +187,12 @@ async fn exchange(
     let app = call.app;
     let path = upstream_path(&app.config.upstream.id, channel);
     let probing = app.config.subscription_count == SubscriptionCounting::Probe;
+    // Whether presence channels may be asked for subscription_count is the
+    // upstream's to say (Pusher refuses it there, Sockudo answers it), in
+    // `on` as in `probe`: a refusal falls back to user_count alone and is
+    // remembered for presence channels.
     let counting = app.counting_active(now)
-        && !(probing && channel.starts_with("presence-") && !app.presence_counting_off.active(now));
+        && (!channel.starts_with("presence-") || app.presence_counting_off.active(now));
     let mut info = info_param(channel, counting);
     // One deadline for the call, the probe's retry included.
     let deadline = call.state.upstream.deadline();
@@ -208,11 +213,9 @@ async fn exchange(
             info = None;
             continue;
         }
-        if probing
-            && info == Some(PRESENCE_WITH_COUNT)
-            && presence_count_refused(answer.status, &answer.body)
+        if info == Some(PRESENCE_WITH_COUNT) && presence_count_refused(answer.status, &answer.body)
         {
-            if counting_disabled(answer.status, &answer.body) {
+            if probing && counting_disabled(answer.status, &answer.body) {
                 // Counting is off for the whole app, as above.
                 app.counting_off.off(now + COUNTING_OFF_SECS);
             } else {
