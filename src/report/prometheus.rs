@@ -649,6 +649,7 @@ pub fn scrapes_of(
 /// The apps each sidecar serves, from [`Selector::apps_served`]'s answer.
 pub fn apps_served_of(
     samples: &[Sample],
+    dropped: &[Sample],
     instance_label: &str,
 ) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -656,6 +657,13 @@ pub fn apps_served_of(
         out.entry(label(&s.metric, instance_label).to_owned())
             .or_default()
             .insert(label(&s.metric, "app_id").to_owned());
+    }
+    // An app a reload removed was not served for part of the window: its
+    // calls since were refused as an unknown app's, uncounted.
+    for s in dropped {
+        if let Some(apps) = out.get_mut(label(&s.metric, instance_label)) {
+            apps.remove(label(&s.metric, "app_id"));
+        }
     }
     out
 }
@@ -720,6 +728,7 @@ async fn window_facts(
     let last = api.query(&sel.last_scrape(w, step), now).await?;
     let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
     let served = api.query(&sel.apps_served(w), now).await?;
+    let dropped = api.query(&sel.apps_dropped(w), now).await?;
     // Widened by a scrape interval like the counters: a switch seen on
     // at the last scrape before the window may have stayed on into it.
     let bypassed = api.query(&sel.bypassed(w + reach), now).await?;
@@ -732,7 +741,7 @@ async fn window_facts(
         retention: job.retention.clone(),
         watched_at_start: at_start.len(),
         instances: scrapes_of(&count, &up, &first, &last, il),
-        apps_served: apps_served_of(&served, il),
+        apps_served: apps_served_of(&served, &dropped, il),
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,
         expect_apps: q.expect_apps.clone(),

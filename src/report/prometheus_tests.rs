@@ -282,15 +282,21 @@ fn scrapes_add_up_per_sidecar_label() {
         }
     );
     assert_eq!(s["p2"].up, 20);
-    let served = apps_served_of(
-        &parse_vector(&vector(json!([sample(
-            json!({"pod": "p1", "app_id": "4242"}),
-            "1"
-        )])))
-        .expect("v"),
-        "pod",
-    );
-    assert!(served["p1"].contains("4242"));
+    let both = parse_vector(&vector(json!([
+        sample(json!({"pod": "p1", "app_id": "4242"}), "1"),
+        sample(json!({"pod": "p1", "app_id": "7000"}), "1")
+    ])))
+    .expect("v");
+    let served = apps_served_of(&both, &[], "pod");
+    assert!(served["p1"].contains("4242") && served["p1"].contains("7000"));
+    // A reload removed 7000 in the window: not served throughout.
+    let dropped = parse_vector(&vector(json!([sample(
+        json!({"pod": "p1", "app_id": "7000"}),
+        "1"
+    )])))
+    .expect("v");
+    let served = apps_served_of(&both, &dropped, "pod");
+    assert_eq!(served["p1"], BTreeSet::from(["4242".to_owned()]));
 }
 
 /// An in-process stand-in for Prometheus' HTTP API on loopback: job
@@ -394,7 +400,10 @@ fn two_quiet_sidecars(bypass: [Option<f64>; 2]) -> impl Fn(&str) -> Value + Send
                 .collect();
             Value::Array(series)
         };
-        if query.contains("pusher_cutover_bypass") {
+        if query.contains("pusher_cutover_app_configured") {
+            // No app removed by a reload.
+            json!([])
+        } else if query.contains("pusher_cutover_bypass") {
             each(&|i| bypass[i].map(|v| v.to_string()))
         } else if query.starts_with("count_over_time(up") || query.starts_with("sum_over_time(up") {
             each(&|_| Some("4".into()))

@@ -21,6 +21,11 @@ pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls_total";
 /// configured app, created at 0 at startup.
 pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
 
+/// The gauge that is 1 while an app is in a sidecar's configuration and 0
+/// once a reload removed it. Sidecars from before it existed expose no
+/// such series.
+pub const APP_CONFIGURED: &str = "pusher_cutover_app_configured";
+
 /// The gauge that is 1 while a sidecar's configuration has `bypass = true`
 /// (its calls then pass through uncounted). Sidecars from before it
 /// existed expose no such series.
@@ -152,6 +157,18 @@ impl Selector {
              or label_replace(max_over_time({BYPASS_LAST_ON}{m}[{range}s]) >= bool (time() - {range}), \
              \"evidence\", \"last_on\", \"\", \"\")), 1)",
             by = self.instance_label,
+        )
+    }
+
+    /// The apps a sidecar stopped serving in the window: its
+    /// [`APP_CONFIGURED`] gauge at 0 at a scrape (a reload removed the app;
+    /// its series, which [`Selector::apps_served`] counts, stay until a
+    /// restart).
+    pub fn apps_dropped(&self, range: u64) -> String {
+        format!(
+            "count by (app_id, {}) (min_over_time({APP_CONFIGURED}{}[{range}s]) == 0)",
+            self.instance_label,
+            self.matchers(true, "")
         )
     }
 

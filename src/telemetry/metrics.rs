@@ -61,6 +61,9 @@ pub mod names {
     pub const BUILD_INFO: &str = "pusher_cutover_build_info";
     /// An app's `sunset`, as a Unix time.
     pub const APP_SUNSET: &str = "pusher_cutover_app_sunset_timestamp_seconds";
+    /// 1 while an app is in the configuration in force, 0 once a reload
+    /// removed it (until restart).
+    pub const APP_CONFIGURED: &str = "pusher_cutover_app_configured";
     /// Shadow-mode stats whose translated answer differed, by field.
     pub const SHADOW_MISMATCHES: &str = "pusher_cutover_shadow_mismatches";
     /// Shadow comparisons not made, by app and reason
@@ -339,6 +342,8 @@ pub struct Metrics {
     pub signature_failures: Family<AppReason, Counter>,
     /// See [`names::APP_SUNSET`].
     pub app_sunset: Family<AppLabel, Gauge>,
+    /// See [`names::APP_CONFIGURED`].
+    pub app_configured: Family<AppLabel, Gauge>,
     /// See [`names::SHADOW_MISMATCHES`].
     pub shadow_mismatches: Family<AppField, Counter>,
     /// See [`names::SHADOW_SKIPPED`].
@@ -387,6 +392,7 @@ impl Metrics {
         let signature_failures = Family::<AppReason, Counter>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         let app_sunset = Family::<AppLabel, Gauge>::default();
+        let app_configured = Family::<AppLabel, Gauge>::default();
         let shadow_mismatches = Family::<AppField, Counter>::default();
         let shadow_skipped = Family::<AppReason, Counter>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
@@ -425,6 +431,11 @@ impl Metrics {
             names::APP_SUNSET,
             "When an app's deprecated calls stop being served, as a Unix time",
             app_sunset.clone(),
+        );
+        registry.register(
+            names::APP_CONFIGURED,
+            "1 while the app is in the configuration in force; 0 once a reload removed it (until restart): its deprecated calls are then refused as an unknown app's, uncounted",
+            app_configured.clone(),
         );
         registry.register(
             names::SHADOW_MISMATCHES,
@@ -490,6 +501,7 @@ impl Metrics {
             upstream_duration,
             signature_failures,
             app_sunset,
+            app_configured,
             shadow_mismatches,
             shadow_skipped,
             config_reloads,
@@ -528,8 +540,16 @@ impl Metrics {
         previous_hash: &str,
         previous_apps: impl Iterator<Item = &'a String>,
         config_hash: &str,
+        app_ids: &[&str],
         sunsets: &[(String, i64)],
     ) {
+        for id in app_ids {
+            self.app_configured
+                .get_or_create(&AppLabel {
+                    app_id: AppId(Arc::from(*id)),
+                })
+                .set(1);
+        }
         let build = BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
             config_hash: config_hash.to_owned(),
@@ -558,6 +578,11 @@ impl Metrics {
             // sunset) changes nothing.
             if !apps.contains(&old) {
                 self.app_sunset.remove(&old);
+            }
+            // Kept at 0, not removed: the fleet view reads that the app
+            // stopped being served in its window.
+            if !app_ids.contains(&id.as_str()) {
+                self.app_configured.get_or_create(&old).set(0);
             }
         }
     }

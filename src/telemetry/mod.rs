@@ -173,10 +173,12 @@ impl Telemetry {
             .collect();
         // An app kept across a reload keeps its series (and their handles).
         let previous = self.configured.load();
+        let app_ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
         self.metrics.configure(
             &self.config_hash.load(),
             previous.keys(),
             &config.hash,
+            &app_ids,
             &sunsets,
         );
         let series = config

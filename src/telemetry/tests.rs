@@ -298,6 +298,12 @@ fn a_reload_replaces_build_info_and_the_sunset_gauges() {
         "app 2's sunset removed: {text}"
     );
     assert!(text.contains(&sunset("3")), "{text}");
+    // Which apps are configured: a removed one stays, at 0, so the fleet
+    // view sees it was not served for part of its window.
+    let configured = |id: &str| format!("pusher_cutover_app_configured{{app_id=\"{id}\"}}");
+    for (id, value) in [("1", 0), ("2", 1), ("3", 1)] {
+        assert_eq!(sample(&text, &configured(id)), Some(value), "{id}: {text}");
+    }
 
     // The same configuration again keeps its series.
     telemetry.configure(&with_sunsets(&["2", "3"], &["3"]));

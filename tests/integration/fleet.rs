@@ -368,6 +368,40 @@ async fn prometheus_fleet_report_and_each_exit_code_of_its_gate() {
         a.admin
     );
     assert!(err.contains(&named), "{named} in: {err}");
+
+    // 2: a reload removes the quiet app from sidecar a. Its series stay
+    // until a restart, but its `pusher_cutover_app_configured` gauge goes
+    // to 0: --expect-app names the sidecar that stopped serving it.
+    std::fs::write(&config_path, support::config_toml(&fake.url(), "", "")).expect("app removed");
+    a.signal("HUP");
+    let dropped = format!(
+        r#"pusher_cutover_app_configured{{job="pusher-cutover",instance="{}",app_id="{QUIET_APP}"}}"#,
+        a.admin
+    );
+    prom.wait_for("sidecar a seen without the quiet app", || async {
+        prom.value(&dropped).await == Some(0.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _, err) = report(&[
+        "--prometheus",
+        &prom.url,
+        "--app",
+        QUIET_APP,
+        "--expect-app",
+        QUIET_APP,
+        "--fail-if-used-since",
+        WINDOW,
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    let named = format!("app {QUIET_APP} is not configured on sidecar(s) ");
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&named) && l.contains(a.admin.as_str())),
+        "{named}… {} in: {err}",
+        a.admin
+    );
     drop(a);
 }
 
