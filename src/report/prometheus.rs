@@ -543,11 +543,14 @@ pub fn usage_of(
 }
 
 /// Adds a range answer's points to the buckets: a point at `t` is the hour
-/// ending at `t`.
+/// ending at `t`. With `at_least`, a point is a floor for its bucket (the
+/// calls of a series new in the hour, before its first scrape included),
+/// not an addition.
 fn add_range(
     buckets: &mut BTreeMap<CallerId, BTreeMap<i64, u64>>,
     series: &[Series],
     instance_label: &str,
+    at_least: bool,
 ) {
     for s in series {
         let id = caller_id(&s.metric, instance_label);
@@ -561,7 +564,13 @@ fn add_range(
                     .or_default()
                     .entry(hour)
                     .or_default();
-                *b = b.saturating_add(n);
+                // A series' calls before its first scrape: the bucket
+                // holds at least them (they include its `increase()`).
+                *b = if at_least {
+                    (*b).max(n)
+                } else {
+                    b.saturating_add(n)
+                };
             }
         }
     }
@@ -806,6 +815,9 @@ pub async fn fetch(
     let fetched = (2 * span).max(7 * 86_400).min(max_span);
     let first_hour = (at - fetched).div_euclid(HOUR) * HOUR;
     let current_hour = at.div_euclid(HOUR) * HOUR;
+    // A sidecar's calls before its first scrape are in no `increase()`:
+    // for a series new in an hour, its highest value (it started at 0)
+    // is the hour's count when that is more, as in the gate (`uses_of`).
     let hour_range = 3600 + reach;
     let mut buckets = BTreeMap::new();
     let mut from = first_hour + HOUR;
@@ -814,20 +826,30 @@ pub async fn fetch(
         let series = api
             .query_range(&sel.calls_by_caller(hour_range), from, to, HOUR)
             .await?;
-        add_range(&mut buckets, &series, il);
+        add_range(&mut buckets, &series, il, false);
+        let series = api
+            .query_range(&sel.calls_before_first_scrape(hour_range), from, to, HOUR)
+            .await?;
+        add_range(&mut buckets, &series, il, true);
         from = to + HOUR;
     }
     if at > current_hour {
         let partial = u64::try_from(at - current_hour).unwrap_or(0) + reach;
+        let in_the_hour = |samples: Vec<Sample>| -> Vec<Series> {
+            samples
+                .into_iter()
+                .map(|s| Series {
+                    metric: s.metric,
+                    values: vec![((current_hour + HOUR) as f64, s.value)],
+                })
+                .collect()
+        };
         let samples = api.query(&sel.calls_by_caller(partial), at).await?;
-        let series: Vec<Series> = samples
-            .into_iter()
-            .map(|s| Series {
-                metric: s.metric,
-                values: vec![((current_hour + HOUR) as f64, s.value)],
-            })
-            .collect();
-        add_range(&mut buckets, &series, il);
+        add_range(&mut buckets, &in_the_hour(samples), il, false);
+        let samples = api
+            .query(&sel.calls_before_first_scrape(partial), at)
+            .await?;
+        add_range(&mut buckets, &in_the_hour(samples), il, true);
     }
 
     let instances: Vec<String> = facts.instances.keys().cloned().collect();

@@ -224,7 +224,7 @@ fn hourly_points_become_buckets_and_callers() {
     ]}))
     .expect("matrix");
     let mut buckets = BTreeMap::new();
-    add_range(&mut buckets, &series, "instance");
+    add_range(&mut buckets, &series, "instance", false);
     let usage = usage_of(&buckets, start, &["a:9090".into(), "b:9090".into()], None);
     assert_eq!(usage.instance, "a:9090,b:9090");
     assert_eq!(usage.apps.len(), 1);
@@ -301,8 +301,9 @@ fn scrapes_add_up_per_sidecar_label() {
 
 /// An in-process stand-in for Prometheus' HTTP API on loopback: job
 /// `pusher-cutover` has one active target scraped every 15 s, retention
-/// is 15d, range queries find nothing, and each instant query is
-/// answered by `answer` (its PromQL → the vector's series). Returns its
+/// is 15d, and each instant query is answered by `answer` (its PromQL →
+/// the vector's series), each range query by `answer` of `range PROMQL`,
+/// every series as one point at the range's end. Returns its
 /// URL and the PromQL of every instant query it received, and of every
 /// range query as `range START END PROMQL`.
 fn fake_prometheus(
@@ -363,7 +364,16 @@ fn fake_prometheus(
                         param("start"),
                         param("end")
                     ));
-                    json!({"resultType": "matrix", "result": []})
+                    // `answer` of "range PROMQL", each series one point
+                    // at the range's end.
+                    let end: f64 = param("end").parse().unwrap_or(0.0);
+                    let result: Vec<Value> = answer(&format!("range {query}"))
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| json!({"metric": s["metric"], "values": [[end, s["value"][1]]]}))
+                        .collect();
+                    json!({"resultType": "matrix", "result": result})
                 } else {
                     log.lock().expect("lock").push(query.clone());
                     vector(answer(&query))
@@ -550,6 +560,37 @@ async fn an_instance_label_the_scrapes_lack_is_refused() {
     let e = fetch(&q, None, now).await.expect_err("refused");
     assert!(matches!(e, PrometheusError::MissingLabel { .. }), "{e}");
     assert!(e.to_string().contains("no label `pod`"), "{e}");
+}
+
+/// A sidecar new in an hour made calls before its first scrape, which no
+/// `increase()` sees: the report's hourly bucket holds them, as the gate
+/// counts them (it showed the increase alone, and an app the gate named
+/// could show done).
+#[tokio::test]
+async fn an_hours_calls_before_a_sidecars_first_scrape_are_in_its_bucket() {
+    let quiet = two_quiet_sidecars([None, None]);
+    let caller = json!({"app_id": "4242", "route": "legacy_trigger", "library": "unknown",
+        "instance": "a:9090"});
+    let (url, _) = fake_prometheus(move |query: &str| {
+        if !query.starts_with("range sum by (app_id, route, library, instance) (") {
+            quiet(query)
+        } else if query.contains("unless last_over_time") {
+            // Its counter's highest value: 5 calls since it started.
+            json!([sample(caller.clone(), "5")])
+        } else {
+            // What increase() sees from its first scrape on.
+            json!([sample(caller.clone(), "2")])
+        }
+    });
+    let fleet = fetch_from(url).await;
+    let app = fleet
+        .usage
+        .apps
+        .iter()
+        .find(|a| a.app_id == "4242")
+        .expect("app 4242");
+    let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
+    assert_eq!(calls, 5, "{:?}", app.hourly);
 }
 
 /// The report's last 24 hours, last 7 days and last call are read from
