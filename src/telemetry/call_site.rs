@@ -14,10 +14,13 @@
 //!    digit (`123e4567-e89b-12d3-a456-426614174000`, either case), by one
 //!    `{id}`;
 //! 3. every **mixed run** of 8 or more: a maximal run of `[A-Za-z0-9]` at
-//!    least 8 long where letters and digits alternate at least 4 times
-//!    (ULIDs `01ARZ3NDEKTSV4RRFFQ69G5FAV`, base62 and nanoid-style ids
-//!    `k3j9x2ab`), by one `{id}`. A word with a number (`orders2024`,
-//!    one change) is not one: its digits go by rule 5;
+//!    least 8 long with two digits or more that changes between digits,
+//!    upper-case and lower-case letters at least 4 times (ULIDs
+//!    `01ARZ3NDEKTSV4RRFFQ69G5FAV`, base62 ids such as Stripe's
+//!    `1Mq2RtLkPqAbCdEf` and nanoid pieces `V1StGXR8`, `k3j9x2ab`), by
+//!    one `{id}`. A word with a number (`orders2024`, one change;
+//!    `reports2024q3`, three; `myEventName2`, one digit) is not one: its
+//!    digits go by rule 5;
 //! 4. every **hex run** of 8 or more: a maximal run of `[0-9a-fA-F]` at
 //!    least 8 long that contains at least one decimal digit
 //!    (`5f3a9c2e1b`, `00ff00ff`), by one `{id}`. A run without a digit is
@@ -47,7 +50,8 @@ pub const MIN_HEX_RUN: usize = 8;
 /// Shortest mixed letter-and-digit run taken as one identifier.
 pub const MIN_MIXED_RUN: usize = 8;
 
-/// Changes between letters and digits that make a run mixed.
+/// Changes between digits, upper-case and lower-case letters that make a
+/// run mixed.
 const MIN_MIXED_CHANGES: usize = 4;
 
 /// Lengths of a UUID's five hex groups.
@@ -77,7 +81,9 @@ pub fn template(s: &str) -> Cow<'_, str> {
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let after = |class: fn(&u8) -> bool| i == 0 || !class(&bytes[i - 1]);
+        // Where a run of `class` starts: after a byte not of it, or right
+        // after a replacement (whose last byte may be of it).
+        let after = |class: fn(&u8) -> bool| i == copied || !class(&bytes[i - 1]);
         if is_local(&bytes[i]) && after(is_local) {
             let end = run_end(bytes, i, is_local);
             if bytes.get(end) == Some(&b'@') && domain_at(bytes, end + 1) {
@@ -178,13 +184,17 @@ fn domain_at(bytes: &[u8], start: usize) -> bool {
     }
 }
 
-/// Whether letters and digits alternate in `run` (ASCII alphanumerics) at
-/// least [`MIN_MIXED_CHANGES`] times.
+/// Whether `run` (ASCII alphanumerics) holds two digits or more and
+/// changes between digits, upper-case and lower-case letters at least
+/// [`MIN_MIXED_CHANGES`] times.
 fn mixed(run: &[u8]) -> bool {
-    run.windows(2)
-        .filter(|w| w[0].is_ascii_digit() != w[1].is_ascii_digit())
-        .count()
-        >= MIN_MIXED_CHANGES
+    let class = |b: u8| (b.is_ascii_digit(), b.is_ascii_uppercase());
+    run.iter().filter(|b| b.is_ascii_digit()).count() >= 2
+        && run
+            .windows(2)
+            .filter(|w| class(w[0]) != class(w[1]))
+            .count()
+            >= MIN_MIXED_CHANGES
 }
 
 /// The end of the run of bytes matching `class` that starts at `start`.
@@ -250,6 +260,16 @@ mod tests {
             // A word with a number is not mixed: one change.
             ("orders2024", "orders{id}"),
             ("reports2024q3", "reports{id}q{id}"),
+            ("myEventName2", "myEventName{id}"),
+            // nanoid's own example; a Stripe-style id.
+            ("V1StGXR8_Z5jdHi6B-myT", "{id}_{id}-myT"),
+            ("cus_1Mq2RtLkPqAbCdEf", "cus_{id}"),
+            // An address right after a UUID: its local part still goes,
+            // so templating again changes nothing.
+            (
+                "private-123e4567-e89b-12d3-a456-426614174000_bob@example.com",
+                "private-{id}{id}@example.com",
+            ),
             // E-mail addresses: the local part goes, the domain stays.
             (
                 "private-alice.smith@example.com",
@@ -285,6 +305,7 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(template(input), expected, "{input}");
+            assert_eq!(template(expected), expected, "{input}: templated again");
         }
     }
 
@@ -308,7 +329,7 @@ mod tests {
 
         #[test]
         fn idempotent_on_identifier_like_names(
-            s in "[a-f0-9{}_.-]{0,40}|[a-z]{1,8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-zA-Z0-9@.+_{}-]{0,40}"
+            s in "[a-f0-9{}_.-]{0,40}|[a-z]{1,8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-zA-Z0-9@.+_{}-]{0,40}|[a-z]{0,4}-?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}[a-zA-Z0-9@.+_-]{0,20}(@[a-z0-9]{1,5}\\.[a-z]{2,3})?"
         ) {
             let once = template(&s);
             proptest::prop_assert!(!once.bytes().any(|b| b.is_ascii_digit()), "{once:?}");
