@@ -215,9 +215,16 @@ impl State {
         let deprecation_link = link(&config.telemetry.deprecation_link)
             .or_else(|_| link(DEFAULT_DEPRECATION_LINK))
             .unwrap_or_else(|_| HeaderValue::from_static("rel=\"deprecation\""));
-        let shadow_slots = Arc::new(tokio::sync::Semaphore::new(shadow_slots(
-            config.upstream.max_connections,
-        )));
+        // Kept across a reload with the pool, so that the comparisons in
+        // flight still count against the cap.
+        let shadow_slots = match previous {
+            Some(p) if p.config.upstream.max_connections == config.upstream.max_connections => {
+                p.shadow_slots.clone()
+            }
+            _ => Arc::new(tokio::sync::Semaphore::new(shadow_slots(
+                config.upstream.max_connections,
+            ))),
+        };
         Self {
             config,
             apps,

@@ -285,7 +285,7 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
                 state.telemetry.shadow_skipped(&app_id, "upstream_error");
                 return;
             }
-            Err(e) if e.fault() == crate::error::Fault::Upstream => {
+            Err(ProxyError::Upstream(e)) if upstream_trouble(&e) => {
                 state.telemetry.shadow_skipped(&app_id, "upstream_error");
                 return;
             }
@@ -306,7 +306,8 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
             let json = |s: &Stats| serde_json::to_string(s).unwrap_or_default();
             tracing::warn!(
                 app_id = %app_id,
-                channel = %channel,
+                // Its template: a channel name can hold a user's id or address.
+                channel = %crate::telemetry::call_site::template(&channel),
                 fields = %differing.join(","),
                 legacy = %json(&legacy),
                 translated = %translated.as_ref().map_or_else(|| "none".to_owned(), json),
@@ -314,6 +315,19 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
             );
         }
     });
+}
+
+/// Whether a translated call failed for the upstream's trouble, not for
+/// its answer: a time-out, no connection or slot, a cut exchange, a 5xx.
+/// A 3xx, or a 200 whose body does not map, is the translation's to
+/// answer for: a shadow mismatch.
+fn upstream_trouble(e: &crate::upstream::UpstreamError) -> bool {
+    use crate::upstream::UpstreamError as E;
+    match e {
+        E::Connect(_) | E::Request(_) | E::Body(_) | E::Timeout | E::Aborted => true,
+        E::Status(s) => s.is_server_error(),
+        E::MalformedResponse(_) => false,
+    }
 }
 
 #[cfg(test)]

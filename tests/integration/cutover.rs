@@ -131,6 +131,18 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(metric(&text, answer_mismatch), 1.0, "{text}");
+    // A 200 whose body does not map is the translation's too.
+    fake.set(|b| b.channel_info_fixed = Some((200, "application/json", "[1]".into())));
+    stats(&proxy, "room", now).await;
+    for _ in 0..50 {
+        text = proxy.metrics().await;
+        if metric(&text, answer_mismatch) == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&text, answer_mismatch), 2.0, "{text}");
+    assert_eq!(metric(&text, &skipped("upstream_error")), 1.0, "{text}");
 
     // Every answer held: eight legacy calls, one per upstream slot, all
     // on the wire before any is let go. Then they go one at a time, each
