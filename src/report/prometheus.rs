@@ -812,7 +812,7 @@ pub async fn fetch(
         .unwrap_or(i64::MAX / 4)
         .min(max_span);
     let report_start = at - span;
-    let fetched = (2 * span).max(7 * 86_400).min(max_span);
+    let fetched = (2 * span).max(7 * 86_400);
     let first_hour = (at - fetched).div_euclid(HOUR) * HOUR;
     let current_hour = at.div_euclid(HOUR) * HOUR;
     // A sidecar's calls before its first scrape are in no `increase()`:

@@ -80,8 +80,14 @@ pub async fn upstream_request(
     parts.headers.remove(EXPECT);
     // Its length goes as hyper writes it from the body: the caller's
     // header may be spelt in ways hyper takes and stricter upstreams do not
-    // (`005`).
+    // (`005`). hyper writes none for an empty body, which some front ends
+    // refuse on a method that carries one (411): there it is `0`.
     parts.headers.remove(CONTENT_LENGTH);
+    if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, hyper::header::HeaderValue::from_static("0"));
+    }
     Ok(Box::new(Request::from_parts(
         parts,
         Either::Left(Full::new(body)),

@@ -214,7 +214,8 @@ async fn get_with_empty_body_md5_is_verified_and_resigned() {
 
 /// A `Content-Length` with leading zeros, which hyper accepts, reaches the
 /// upstream as the body's length, plainly written: a strict upstream would
-/// refuse the caller's spelling. (`5, 5` is refused here, 400.)
+/// refuse the caller's spelling; an empty POST's `0` is kept, as hyper
+/// writes none for an empty body. (`5, 5` is refused here, 400.)
 #[tokio::test]
 async fn a_content_length_in_another_spelling_is_sent_plainly() {
     let fake = support::fake().await;
@@ -241,6 +242,17 @@ async fn a_content_length_in_another_spelling_is_sent_plainly() {
         assert_eq!(sent, vec![&b"5"[..]], "{length}");
         assert_eq!(&up.body[..], b"hello");
     }
+    // An empty POST goes with `Content-Length: 0` (hyper writes none for
+    // an empty body), as the caller's did.
+    let raw = "POST /apps/4242/events?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\
+               Connection: close\r\n\r\n";
+    let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+    assert!(a.headers.contains_key("x-fake-upstream"), "{}", a.text());
+    let up = fake.recorded().pop().expect("forwarded");
+    assert_eq!(
+        up.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
     let raw = "POST /apps/4242/events?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\
                Connection: close\r\n\r\nhello";
     let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
