@@ -69,8 +69,8 @@ pub(crate) struct App {
     /// `probe` mode's memory of an upstream that does not count
     /// subscriptions.
     pub(crate) counting_off: OffUntil,
-    /// `probe` mode's memory of an upstream that does not count presence
-    /// channels' subscriptions.
+    /// The memory (`probe` and `on`) of an upstream that does not count
+    /// presence channels' subscriptions.
     pub(crate) presence_counting_off: OffUntil,
     /// Its metric series.
     series: Arc<AppSeries>,

@@ -17,19 +17,21 @@ use crate::http::{self, APPLICATION_JSON, ResponseBody};
 use crate::pipeline::{Call, Record};
 use crate::upstream::{Buffered, UpstreamError};
 
-/// How long a `probe` app stops asking for `subscription_count` after the
-/// upstream said counting is disabled (spec E.5 item 1).
+/// How long an app stops asking for `subscription_count` after the
+/// upstream refused it: all channels' in `probe` mode when counting is
+/// disabled (spec E.5 item 1), presence channels' in `probe` and `on`.
 const COUNTING_OFF_SECS: u64 = 600;
 
 /// What a presence channel's stats ask for when counting is active: the
 /// legacy `connection_count` comes from `subscription_count` (spec E.2).
 pub const PRESENCE_WITH_COUNT: &str = "user_count,subscription_count";
 
-/// A "do not ask for counts" memory of `probe` mode: the Unix time until
-/// which a kind of count is not asked for, after the upstream refused it.
-/// An app keeps two, carried across reloads: one for every channel
-/// (counting disabled, spec E.5 item 1), one for presence channels only
-/// (Pusher: `subscription_count` is not available there).
+/// A "do not ask for counts" memory: the Unix time until which a kind of
+/// count is not asked for, after the upstream refused it. An app keeps
+/// two, carried across reloads that keep its upstream: one for every
+/// channel (counting disabled, spec E.5 item 1; `probe` mode), one for
+/// presence channels only (Pusher: `subscription_count` is not available
+/// there; `probe` and `on`).
 #[derive(Debug, Default)]
 pub(crate) struct OffUntil(AtomicU64);
 

@@ -22,7 +22,10 @@
 //!   query's key order), not those that follow the call's values
 //!   (whether `socket_id` is sent, the encoding that a channel or event
 //!   name calls for, the body's spacing: [`Traits::call_traits`]), so one
-//!   sender keeps one id, and one caller in the ledger, whatever it sends.
+//!   sender keeps one id whatever it sends. (The family still reads the
+//!   call's traits: npm `node-pusher` is two families by whether a call
+//!   sends `socket_id`, so two callers.) The price: unknown senders that
+//!   differ only in those traits (JSON spacing, escaping) share an id.
 //!   Unbounded in principle: keep it out of metric labels.
 //!
 //! Header case: hyper lowercases header names, and the original case is
