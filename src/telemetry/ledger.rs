@@ -148,15 +148,28 @@ struct AppLedger {
 }
 
 impl AppLedger {
-    /// Drops the buckets of hours before `before` and the callers of
-    /// instances other than `instance` last seen before it: no call is
+    /// Drops the buckets of hours before `before` and the callers last
+    /// seen before it that are not current ([`is_current`]): no call is
     /// counted for those again, and kept they would grow with every
-    /// renamed run. This sidecar's callers stay, within the cap.
-    fn prune(&mut self, before: u64, instance: &str) {
+    /// renamed run or format change. This sidecar's callers stay, within
+    /// the cap.
+    fn prune(&mut self, before: u64, instance: &str, current_since: u64) {
         self.hourly.retain(|(_, hour), _| *hour >= before);
-        self.callers
-            .retain(|key, stats| key.instance == instance || stats.last_seen >= before);
+        self.callers.retain(|key, stats| {
+            is_current(key, stats.last_seen, instance, current_since) || stats.last_seen >= before
+        });
     }
+}
+
+/// Whether a caller is one that calls can still match: this sidecar's
+/// (`instance`), and its `other` aggregate or last seen since
+/// `current_since`, from when fingerprint ids are of the format in use
+/// ([`crate::telemetry::fingerprint::CANONICAL_VERSION`]). A caller
+/// recorded under another instance name, or under an earlier format, is
+/// never matched by a call again. Current callers but `other` hold a
+/// place under the cap.
+fn is_current(key: &CallerKey, last_seen: u64, instance: &str, current_since: u64) -> bool {
+    key.instance == instance && (key.is_other() || last_seen >= current_since)
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +184,9 @@ struct State {
     /// Whether the kill switch is on: legacy calls pass through
     /// unrecorded ([`Ledger::follow_bypass`]).
     bypassed: bool,
+    /// From when (Unix seconds) the loaded callers' fingerprint ids are of
+    /// the format in use: see [`is_current`].
+    current_since: u64,
 }
 
 impl State {
@@ -190,8 +206,9 @@ impl State {
     /// the dropped hours are no longer held, so a known `recorded_since`
     /// moves to [`kept_from`]`(before)`; an unknown one stays unknown.
     fn prune(&mut self, before: u64, instance: &str) {
+        let current_since = self.current_since;
         for app in self.apps.values_mut() {
-            app.prune(before, instance);
+            app.prune(before, instance, current_since);
         }
         let from = kept_from(before);
         if self.recorded_since.is_some_and(|since| since < from) {
@@ -305,8 +322,14 @@ impl Ledger {
     }
 
     /// Loads what a store holds (at startup). Loaded entries are not dirty.
-    pub fn load(&self, usage: Usage) {
+    /// `current_since` is when the store took up the fingerprint format in
+    /// use ([`crate::telemetry::store::Store::fingerprints_since`]): this
+    /// sidecar's callers last seen before it hold no place under the cap
+    /// and go with the buckets, as another instance's do. Its `other`
+    /// aggregate stays.
+    pub fn load(&self, usage: Usage, current_since: u64) {
         let mut state = self.lock();
+        state.current_since = current_since;
         if let Some(since) = usage.recorded_since {
             let since = unix(since);
             state.recorded_since = Some(state.recorded_since.map_or(since, |s| s.min(since)));
@@ -314,7 +337,9 @@ impl Ledger {
         for app in usage.apps {
             let ledger = state.apps.entry(app.app_id).or_default();
             for c in app.callers {
-                if !c.key.is_other() && c.key.instance == self.instance {
+                if !c.key.is_other()
+                    && is_current(&c.key, unix(c.last_seen), &self.instance, current_since)
+                {
                     ledger.distinct += 1;
                 }
                 let sites = c

@@ -381,7 +381,9 @@ impl Persistence {
                 "the previous run did not close the usage ledger (a crash, a kill, or a failed last write): the calls it recorded since its last write may be missing, so the ledger vouches for calls from now on only"
             );
         }
-        telemetry.ledger.load(opened.usage);
+        telemetry
+            .ledger
+            .load(opened.usage, opened.store.fingerprints_since());
         let store = opened.store;
         Ok(Self {
             store: Arc::new(Mutex::new(store)),

@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
+use super::fingerprint::CANONICAL_VERSION;
 use super::ledger::{Changes, first_second_after};
-use super::usage::{AppUsage, CallSite, Caller, CallerKey, HourlyCount, Usage, top_call_sites};
+use super::usage::{
+    AppUsage, CallSite, Caller, CallerKey, HourlyCount, OTHER, Usage, top_call_sites,
+};
 use crate::chain::ErrorChain;
 use crate::pusher::route::RouteKind;
 
@@ -94,6 +97,15 @@ const RECORDED_SINCE: &str = "recorded_since";
 
 /// `meta` key: the sidecar that last opened the ledger for writing.
 const INSTANCE: &str = "instance";
+
+/// `meta` key: the fingerprint format ([`CANONICAL_VERSION`]) of the
+/// callers recorded since [`FINGERPRINTS_SINCE`]; none before `fp2`.
+const FINGERPRINT_FORMAT: &str = "fingerprint_format";
+
+/// `meta` key: since when (Unix seconds) callers are recorded under
+/// [`FINGERPRINT_FORMAT`]'s ids. Callers last seen before it were recorded
+/// under an earlier format's, which no call will have again.
+const FINGERPRINTS_SINCE: &str = "fingerprints_since";
 
 /// `meta` key: when the process writing the ledger opened it (Unix
 /// seconds); removed by its last write at a clean shutdown
@@ -251,6 +263,8 @@ pub struct Store {
     /// The sidecar writing it: callers of other names are pruned with the
     /// hourly buckets ([`Changes::prune_before`]).
     instance: String,
+    /// See [`Store::fingerprints_since`].
+    fingerprints_since: u64,
 }
 
 /// A ledger opened for writing and read, by [`Store::open_and_load`].
@@ -436,6 +450,7 @@ impl Store {
             path,
             left_open: false,
             instance: instance.to_owned(),
+            fingerprints_since: 0,
         };
         store.migrate(now)?;
         let path = store.path.clone();
@@ -458,8 +473,28 @@ impl Store {
         }
         set_meta(&tx, OPEN, &now.to_string()).map_err(err)?;
         set_meta(&tx, INSTANCE, instance).map_err(err)?;
+        let meta = |key: &str| {
+            tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+        };
+        let since = if meta(FINGERPRINT_FORMAT).map_err(err)?.as_deref() == Some(CANONICAL_VERSION)
+        {
+            meta(FINGERPRINTS_SINCE)
+                .map_err(err)?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        } else {
+            // A new ledger, or one an earlier format's ids were written to:
+            // from now on, the format in use.
+            set_meta(&tx, FINGERPRINT_FORMAT, CANONICAL_VERSION).map_err(err)?;
+            set_meta(&tx, FINGERPRINTS_SINCE, &now.to_string()).map_err(err)?;
+            now
+        };
         tx.commit().map_err(err)?;
         store.left_open = left_open;
+        store.fingerprints_since = since;
         Ok(store)
     }
 
@@ -500,6 +535,15 @@ impl Store {
             usage,
             moved_aside: Some(MovedAside { path, reason }),
         })
+    }
+
+    /// Since when (Unix seconds) the ledger's callers are recorded under
+    /// the fingerprint format in use: this sidecar's callers last seen
+    /// before it hold no place under `max_callers_per_app`, and are
+    /// dropped with the buckets of their time (see
+    /// [`crate::telemetry::ledger::Ledger::load`]).
+    pub fn fingerprints_since(&self) -> u64 {
+        self.fingerprints_since
     }
 
     /// Whether [`Store::open`] found the ledger left open by the previous
@@ -608,6 +652,7 @@ impl Store {
             left_open: false,
             // It writes nothing.
             instance: String::new(),
+            fingerprints_since: 0,
         })
     }
 
@@ -859,22 +904,28 @@ impl Store {
             .map_err(err)?;
             pruned_before(&tx, changes.prune_before).map_err(err)?;
             // Callers recorded under another instance name (an earlier
-            // run's, or none, from schema 1) are never counted again:
-            // they go once they are as old as the buckets.
-            let stale = params![to_sql(changes.prune_before), self.instance];
+            // run's, or none, from schema 1), or under an earlier
+            // fingerprint format, are never counted again: they go once
+            // they are as old as the buckets. This sidecar's `other`
+            // aggregate (no fingerprint of its own) stays.
+            let stale = params![
+                to_sql(changes.prune_before),
+                self.instance,
+                to_sql(self.fingerprints_since),
+                OTHER
+            ];
+            let which =
+                "last_seen < ?1 AND (instance <> ?2 OR (last_seen < ?3 AND fingerprint <> ?4))";
             tx.execute(
                 &format!(
                     "DELETE FROM call_sites WHERE ({CALLER_KEY}) IN
-                     (SELECT {CALLER_KEY} FROM callers WHERE last_seen < ?1 AND instance <> ?2)"
+                     (SELECT {CALLER_KEY} FROM callers WHERE {which})"
                 ),
                 stale,
             )
             .map_err(err)?;
-            tx.execute(
-                "DELETE FROM callers WHERE last_seen < ?1 AND instance <> ?2",
-                stale,
-            )
-            .map_err(err)?;
+            tx.execute(&format!("DELETE FROM callers WHERE {which}"), stale)
+                .map_err(err)?;
             if let Some(since) = changes.recorded_since {
                 recorded_from(&tx, since).map_err(err)?;
             }

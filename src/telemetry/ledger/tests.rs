@@ -146,7 +146,7 @@ fn load_then_record_continues_the_counts() {
         T,
     );
     let b = Ledger::new(2, 35, "i-1");
-    b.load(a.snapshot(T));
+    b.load(a.snapshot(T), 0);
     rec(
         &b,
         "1",
@@ -183,7 +183,7 @@ fn an_earlier_instances_callers_hold_no_place_under_the_cap() {
         rec(&a, "1", RouteKind::LegacyTrigger, "k", ua, "10.0.0.1", T);
     }
     let b = Ledger::new(3, 35, "host-b");
-    b.load(a.snapshot(T));
+    b.load(a.snapshot(T), 0);
     for ua in ["ua-1", "ua-4", "ua-5"] {
         rec(
             &b,
@@ -221,6 +221,61 @@ fn an_earlier_instances_callers_hold_no_place_under_the_cap() {
     assert_eq!(total_calls(&u), 7);
 }
 
+/// This sidecar's callers recorded under an earlier fingerprint format
+/// (last seen before the store took up the format in use) are never
+/// matched again: like another instance's, they hold no place under the
+/// cap, and go with the buckets of their time. Those since stay.
+#[test]
+fn callers_of_an_earlier_fingerprint_format_hold_no_place() {
+    let old = Ledger::new(3, 35, "host-a");
+    for ua in ["ua-1", "ua-2", "ua-3"] {
+        rec(&old, "1", RouteKind::LegacyTrigger, "k", ua, "10.0.0.1", T);
+    }
+    // The same sidecar after the upgrade, from T + 10 on.
+    let l = Ledger::new(3, 35, "host-a");
+    l.load(old.snapshot(T), T + 10);
+    for ua in ["ua-4", "ua-5", "ua-6"] {
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            ua,
+            "10.0.0.1",
+            T + 10,
+        );
+    }
+    rec(
+        &l,
+        "1",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-7",
+        "10.0.0.1",
+        T + 10,
+    );
+    let u = l.snapshot(T + 10);
+    let agents: Vec<&str> = u.apps[0]
+        .callers
+        .iter()
+        .map(|c| c.key.user_agent.as_str())
+        .collect();
+    assert_eq!(
+        agents,
+        ["ua-1", "ua-2", "ua-3", "ua-4", "ua-5", "ua-6", OTHER],
+        "three new places, the seventh caller over the cap"
+    );
+    // Past the retention, the old ones go; the new ones stay.
+    let later = T + 10 + 36 * DAY;
+    let u = l.snapshot(later);
+    let agents: Vec<&str> = u.apps[0]
+        .callers
+        .iter()
+        .map(|c| c.key.user_agent.as_str())
+        .collect();
+    assert_eq!(agents, ["ua-4", "ua-5", "ua-6", OTHER]);
+}
+
 /// Callers of another instance name go once their last call is as old as
 /// the buckets kept, with or without a store; this sidecar's stay.
 #[test]
@@ -246,7 +301,7 @@ fn an_earlier_instances_callers_go_with_the_buckets() {
     let pair = |i: &str, ua: &str| (i.to_owned(), ua.to_owned());
     for stored in [false, true] {
         let b = Ledger::new(100, 30, "host-b");
-        b.load(a.snapshot(T + 2 * DAY));
+        b.load(a.snapshot(T + 2 * DAY), 0);
         rec(
             &b,
             "1",
@@ -424,7 +479,7 @@ fn recording_saturates_counts() {
     }
     app.hourly[0].calls = u64::MAX;
     let l = Ledger::new(100, 35, "i-1");
-    l.load(full);
+    l.load(full, 0);
     rec(&l, "1", RouteKind::LegacyTrigger, "k", "ua", "10.0.0.1", T);
     let u = l.snapshot(T);
     let app = &u.apps[0];

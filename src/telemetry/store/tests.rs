@@ -106,6 +106,77 @@ fn prune_deletes_old_buckets() {
     assert!(kept > T + 86_400, "past the deleted hours");
 }
 
+/// A ledger takes up the fingerprint format in use when it is created or
+/// first opened by a release of another format, and says since when;
+/// reopened, it keeps that time. Callers of this sidecar last seen before
+/// it are deleted with the buckets of their time.
+#[test]
+fn a_ledger_notes_since_when_its_fingerprints_are_of_the_format_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), T, "i-1").expect("open");
+    assert_eq!(store.fingerprints_since(), T);
+    drop(store);
+    let store = Store::open(dir.path(), T + 100, "i-1").expect("reopen");
+    assert_eq!(store.fingerprints_since(), T, "kept");
+    // An earlier release's ledger: no format noted.
+    store
+        .conn
+        .execute(
+            "DELETE FROM meta WHERE key = ?1",
+            params![FINGERPRINT_FORMAT],
+        )
+        .expect("forget the format");
+    // A cap of one: a caller and the `other` aggregate.
+    let ledger = Ledger::new(1, 30, "i-1");
+    for ua in ["ua-1", "ua-2"] {
+        rec(
+            &ledger,
+            "4242",
+            RouteKind::LegacyTrigger,
+            "k",
+            ua,
+            "10.0.0.1",
+            T,
+        );
+    }
+    let mut store = store;
+    store.write(&ledger.take_changes(T)).expect("write");
+    drop(store);
+    let mut store = Store::open(dir.path(), T + 200, "i-1").expect("upgrade");
+    assert_eq!(store.fingerprints_since(), T + 200, "from the upgrade on");
+    let agents = |store: &Store| -> Vec<String> {
+        let mut s = store
+            .conn
+            .prepare("SELECT user_agent FROM callers ORDER BY user_agent")
+            .expect("prepare");
+        s.query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(agents(&store), ["other", "ua-1"]);
+    let later = Ledger::new(1, 30, "i-1");
+    later.load(store.load().expect("load"), store.fingerprints_since());
+    // The earlier format's caller holds no place: a new one gets it.
+    rec(
+        &later,
+        "4242",
+        RouteKind::LegacyTrigger,
+        "k",
+        "ua-3",
+        "10.0.0.1",
+        T + 300,
+    );
+    store
+        .write(&later.take_changes(T + 31 * 86_400))
+        .expect("prune");
+    assert_eq!(
+        agents(&store),
+        ["other", "ua-3"],
+        "the earlier format's caller is gone; the aggregate and the new one stay"
+    );
+}
+
 /// A ledger reopened under another instance name: the earlier name's
 /// callers and their call sites are deleted with the buckets of their
 /// time; the writing sidecar's own callers are kept.
@@ -120,7 +191,7 @@ fn prune_deletes_an_earlier_instances_old_callers() {
 
     let mut store = Store::open(dir.path(), T, "host-b").expect("reopen");
     let ledger = Ledger::new(100, 30, "host-b");
-    ledger.load(store.load().expect("load"));
+    ledger.load(store.load().expect("load"), 0);
     one_trigger(&ledger);
     store.write(&ledger.take_changes(T)).expect("write");
     let count = |store: &Store, table: &str| -> i64 {
@@ -244,7 +315,7 @@ fn a_first_release_ledger_is_upgraded_in_place() {
 
     // It goes on counting the same callers, and opens again as is.
     let ledger = Ledger::new(100, 35, "pod-a");
-    ledger.load(upgraded);
+    ledger.load(upgraded, 0);
     rec(
         &ledger,
         "4242",
@@ -368,7 +439,7 @@ fn call_sites_add_up_to_the_calls_across_restarts() {
     for _ in 0..3 {
         // A restart: the ledger is loaded from the store, one call more.
         let ledger = Ledger::new(100, 35, "i-1");
-        ledger.load(store.load().expect("load"));
+        ledger.load(store.load().expect("load"), 0);
         call(&ledger, "ev-0");
         store.write(&ledger.take_changes(T)).expect("write");
         calls += 1;
