@@ -255,12 +255,19 @@ async fn exchange(
 /// that answer callers. A translated call that fails on the upstream's
 /// side (a 5xx or 429, a time-out, no connection or slot) is no mismatch: it says
 /// nothing of the translation (`shadow_skipped{reason="upstream_error"}`).
+/// A legacy answer that is not a 200 with the stats JSON has nothing to be
+/// compared with (`reason="not_comparable"`).
 pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, observed: &Buffered) {
     let app_id = &call.app.config.id;
     let Some(legacy) = (observed.status == StatusCode::OK)
         .then(|| serde_json::from_slice::<Stats>(&observed.body).ok())
         .flatten()
     else {
+        // Not a 200 with the stats JSON (the upstream's error, or a body
+        // it compressed for the caller): nothing to compare with.
+        call.state
+            .telemetry
+            .shadow_skipped(app_id, "not_comparable");
         tracing::debug!(app_id = %app_id, status = %observed.status, "shadow: legacy answer not comparable");
         return;
     };

@@ -257,8 +257,10 @@ pub const SHADOW_FIELDS: [&str; 4] = ["occupied", "user_count", "connection_coun
 /// Why a shadow comparison was not made: `busy` (as many comparisons in
 /// flight as the proxy allows), `upstream_error` (the translated call
 /// failed on the upstream's side: a 5xx, a time-out, no connection or no
-/// slot, which says nothing of the translation).
-pub const SHADOW_SKIP_REASONS: [&str; 2] = ["busy", "upstream_error"];
+/// slot, which says nothing of the translation), `not_comparable` (the
+/// legacy answer was not a 200 with the stats JSON: the upstream's error,
+/// or a body compressed for the caller).
+pub const SHADOW_SKIP_REASONS: [&str; 3] = ["busy", "upstream_error", "not_comparable"];
 
 /// `app_id`, `route` and `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -444,7 +446,7 @@ impl Metrics {
         );
         registry.register(
             names::SHADOW_SKIPPED,
-            "Shadow-mode stats not compared: busy (the comparisons in flight at their cap) or upstream_error (the translated call failed on the upstream's side)",
+            "Shadow-mode stats not compared: busy (the comparisons in flight at their cap), upstream_error (the translated call failed on the upstream's side) or not_comparable (the legacy answer was not a 200 with the stats JSON)",
             shadow_skipped.clone(),
         );
         registry.register(

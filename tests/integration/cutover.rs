@@ -143,6 +143,14 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
     }
     assert_eq!(metric(&text, answer_mismatch), 2.0, "{text}");
     assert_eq!(metric(&text, &skipped("upstream_error")), 1.0, "{text}");
+    // A legacy answer that is no stats JSON: nothing to compare, counted.
+    assert_eq!(metric(&text, &skipped("not_comparable")), 0.0, "{text}");
+    fake.set(|b| b.fixed = Some((503, "text/plain", "busy".into())));
+    stats(&proxy, "room", now).await;
+    fake.set(|b| b.fixed = None);
+    let text = proxy.metrics().await;
+    assert_eq!(metric(&text, &skipped("not_comparable")), 1.0, "{text}");
+    assert_eq!(metric(&text, answer_mismatch), 2.0, "{text}");
 
     // Every answer held: eight legacy calls, one per upstream slot, all
     // on the wire before any is let go. Then they go one at a time, each
