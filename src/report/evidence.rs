@@ -48,6 +48,18 @@ pub enum Gap {
         /// All its scrapes in the window.
         scrapes: u64,
     },
+    /// A sidecar scraped before the window was first scraped in it only
+    /// later than the window's start and a scrape interval or two: it was
+    /// down or out of discovery meanwhile, and a process that started in
+    /// that time made calls no scrape saw (its series, known from before,
+    /// is not taken for a new one whose calls before its first scrape
+    /// count).
+    LateFirstScrape {
+        /// The sidecar.
+        instance: String,
+        /// Its first scrape in the window (Unix seconds).
+        first: i64,
+    },
     /// A sidecar has fewer scrapes than its time in the window and the
     /// scrape interval call for.
     ScrapesMissing {
@@ -147,6 +159,12 @@ fn unix_text(t: i64) -> String {
 impl fmt::Display for Gap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::LateFirstScrape { instance, first } => write!(
+                f,
+                "sidecar {instance}, scraped before the window, was not scraped from the \
+                 window's start until {}: its calls in that time are unknown",
+                unix_text(*first)
+            ),
             Self::NoSidecar { job } => {
                 write!(f, "no sidecar of job {job} was scraped in the window")
             }
@@ -299,6 +317,8 @@ pub struct Facts {
     pub watched_at_start: usize,
     /// Each sidecar scraped in the window.
     pub instances: BTreeMap<String, Scrapes>,
+    /// The sidecars scraped in the window's length before its start.
+    pub scraped_before: BTreeSet<String>,
     /// Which apps each sidecar serves.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
     /// The sidecars whose kill switch was on in the window (or the scrape
@@ -426,6 +446,17 @@ fn per_sidecar(facts: &Facts, instance: &str, out: &mut Vec<Gap>) {
                 scrapes: s.scrapes,
             });
         }
+        // Known from before the window, and absent at its start for more
+        // than two scrape intervals (the first scrape known to a step).
+        if let (Some(interval), Some(first)) = (facts.scrape_interval, s.first)
+            && facts.scraped_before.contains(instance)
+            && first > facts.start as f64 + 2.0 * interval + facts.timestamp_step
+        {
+            out.push(Gap::LateFirstScrape {
+                instance: instance.to_owned(),
+                first: first as i64,
+            });
+        }
         if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
         {
             let expected = expected_scrapes(first, last, interval);
@@ -487,6 +518,7 @@ mod tests {
                 ("b:9090".to_owned(), apps),
             ]
             .into(),
+            scraped_before: instances.keys().cloned().collect(),
             instances,
             // Sidecars from before the bypass gauge have no series: none
             // listed, no gap.
@@ -500,6 +532,34 @@ mod tests {
     #[test]
     fn full_coverage_has_no_gap() {
         assert_eq!(gaps(&full()), vec![]);
+    }
+
+    /// A sidecar scraped before the window whose first scrape in it comes
+    /// more than two intervals after its start was away meanwhile (its
+    /// calls then unknown); a sidecar new in the window is not.
+    #[test]
+    fn a_known_sidecar_first_scraped_late_in_the_window_is_a_gap() {
+        let mut f = full();
+        // b: away from the start (1000) until 1020, scraped each second since.
+        f.instances
+            .insert("b:9090".into(), scrapes(41, 41, 1020.0, 1060.0));
+        assert_eq!(
+            gaps(&f),
+            vec![Gap::LateFirstScrape {
+                instance: "b:9090".into(),
+                first: 1020
+            }]
+        );
+        assert!(gaps(&f)[0].to_string().contains("until"), "{}", gaps(&f)[0]);
+        // Within two intervals and the step: no gap.
+        f.instances
+            .insert("b:9090".into(), scrapes(58, 58, 1003.0, 1060.0));
+        assert_eq!(gaps(&f), vec![]);
+        // A sidecar new in the window (not scraped before it): no gap.
+        f.instances
+            .insert("b:9090".into(), scrapes(41, 41, 1020.0, 1060.0));
+        f.scraped_before.remove("b:9090");
+        assert_eq!(gaps(&f), vec![]);
     }
 
     #[test]

@@ -736,6 +736,7 @@ async fn window_facts(
     let first = api.query(&sel.first_scrape(w, step), now).await?;
     let last = api.query(&sel.last_scrape(w, step), now).await?;
     let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
+    let before = api.query(&sel.scraped_in(w), start).await?;
     let served = api.query(&sel.apps_served(w), now).await?;
     let dropped = api.query(&sel.apps_dropped(w), now).await?;
     // Widened by a scrape interval like the counters: a switch seen on
@@ -750,6 +751,10 @@ async fn window_facts(
         retention: job.retention.clone(),
         watched_at_start: at_start.len(),
         instances: scrapes_of(&count, &up, &first, &last, il),
+        scraped_before: before
+            .iter()
+            .map(|s| label(&s.metric, il).to_owned())
+            .collect(),
         apps_served: apps_served_of(&served, &dropped, il),
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,

@@ -394,7 +394,8 @@ fn fake_prometheus(
 /// The evaluation time of the fake's answers.
 const NOW: i64 = 1_800_000_000;
 
-/// Two sidecars, a and b, each scraped every 15 s through the window and
+/// Two sidecars, a and b, each scraped every 15 s through the window (8
+/// scrapes from 115 s before the evaluation time, also before it) and
 /// serving app 4242, with no deprecated call; each one's bypass gauge
 /// (`None`: no such series, a sidecar from before it) at its highest in
 /// the window.
@@ -416,9 +417,9 @@ fn two_quiet_sidecars(bypass: [Option<f64>; 2]) -> impl Fn(&str) -> Value + Send
         } else if query.contains("pusher_cutover_bypass") {
             each(&|i| bypass[i].map(|v| v.to_string()))
         } else if query.starts_with("count_over_time(up") || query.starts_with("sum_over_time(up") {
-            each(&|_| Some("4".into()))
+            each(&|_| Some("8".into()))
         } else if query.starts_with("min_over_time(timestamp(up") {
-            each(&|_| Some((NOW - 55).to_string()))
+            each(&|_| Some((NOW - 115).to_string()))
         } else if query.starts_with("max_over_time(timestamp(up") {
             each(&|_| Some((NOW - 10).to_string()))
         } else if query.starts_with("count by (app_id") {
