@@ -11,7 +11,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use std::time::{Duration, Instant};
 
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -78,15 +78,24 @@ pub async fn upstream_request(
     prepare_headers(&mut parts);
     // The body is here already: nothing to wait for a `100 Continue` for.
     parts.headers.remove(EXPECT);
-    // Its length goes as hyper writes it from the body: the caller's
-    // header may be spelt in ways hyper takes and stricter upstreams do not
-    // (`005`). hyper writes none for an empty body, which some front ends
-    // refuse on a method that carries one (411): there it is `0`.
-    parts.headers.remove(CONTENT_LENGTH);
-    if body.is_empty() && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+    // Its length goes as the body's, plainly written: the caller's header
+    // may be spelt in ways hyper takes and stricter upstreams do not
+    // (`005`), and hyper writes none for an empty body, which some front
+    // ends refuse on a method that carries one (411). One lookup, no
+    // formatting: hyper already checked the header against the body, so
+    // only a spelling with a leading zero (`005`, or `0` for a body) can
+    // differ; the header is rewritten only then, or set for an empty body.
+    let sent = parts.headers.get(CONTENT_LENGTH).map(HeaderValue::as_bytes);
+    let plain = match sent {
+        Some(v) => v.first() != Some(&b'0') || v == b"0" && body.is_empty(),
+        None => {
+            !(body.is_empty() && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
+        }
+    };
+    if !plain {
         parts
             .headers
-            .insert(CONTENT_LENGTH, hyper::header::HeaderValue::from_static("0"));
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     Ok(Box::new(Request::from_parts(
         parts,
