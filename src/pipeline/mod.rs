@@ -460,7 +460,12 @@ impl State {
             }
             Path::Shadow => {
                 let observe = routes::observe(&mut call, parts, canonical, &query, body, now);
-                let answer = Box::pin(observe).await?;
+                let answer = Box::pin(observe).await.inspect_err(|_| {
+                    // No legacy answer (a time-out, no connection): nothing
+                    // to compare with, counted as one that is no stats JSON.
+                    self.telemetry
+                        .shadow_skipped(&app.config.id, "not_comparable");
+                })?;
                 channel_stats::spawn_shadow_compare(&call, &channel, now, &answer);
                 Ok(http::verbatim(answer))
             }

@@ -48,17 +48,17 @@ pub enum Gap {
         /// All its scrapes in the window.
         scrapes: u64,
     },
-    /// A sidecar scraped before the window was first scraped in it only
-    /// later than the window's start and a scrape interval or two: it was
-    /// down or out of discovery meanwhile, and a process that started in
-    /// that time made calls no scrape saw (its series, known from before,
-    /// is not taken for a new one whose calls before its first scrape
-    /// count).
+    /// A sidecar scraped before the window was not scraped in its first
+    /// two scrape intervals: it was down or out of discovery meanwhile,
+    /// and a process that started in that time made calls no scrape saw
+    /// (its series, known from before, is not taken for a new one whose
+    /// calls before its first scrape count).
     LateFirstScrape {
         /// The sidecar.
         instance: String,
-        /// Its first scrape in the window (Unix seconds).
-        first: i64,
+        /// Its first scrape in the window (Unix seconds), to the step
+        /// first scrapes are known to; `None` when unknown.
+        first: Option<i64>,
     },
     /// A sidecar has fewer scrapes than its time in the window and the
     /// scrape interval call for.
@@ -161,9 +161,12 @@ impl fmt::Display for Gap {
         match self {
             Self::LateFirstScrape { instance, first } => write!(
                 f,
-                "sidecar {instance}, scraped before the window, was not scraped from the \
-                 window's start until {}: its calls in that time are unknown",
-                unix_text(*first)
+                "sidecar {instance}, scraped before the window, was not scraped in its first \
+                 two scrape intervals{}: its calls in that time are unknown",
+                first.map_or_else(String::new, |t| format!(
+                    " (first scraped about {})",
+                    unix_text(t)
+                ))
             ),
             Self::NoSidecar { job } => {
                 write!(f, "no sidecar of job {job} was scraped in the window")
@@ -319,6 +322,9 @@ pub struct Facts {
     pub instances: BTreeMap<String, Scrapes>,
     /// The sidecars scraped in the window's length before its start.
     pub scraped_before: BTreeSet<String>,
+    /// The sidecars scraped in the window's first two scrape intervals
+    /// (and a second); `None` when not asked (no scrape interval known).
+    pub scraped_early: Option<BTreeSet<String>>,
     /// Which apps each sidecar serves.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
     /// The sidecars whose kill switch was on in the window (or the scrape
@@ -446,15 +452,15 @@ fn per_sidecar(facts: &Facts, instance: &str, out: &mut Vec<Gap>) {
                 scrapes: s.scrapes,
             });
         }
-        // Known from before the window, and absent at its start for more
-        // than two scrape intervals (the first scrape known to a step).
-        if let (Some(interval), Some(first)) = (facts.scrape_interval, s.first)
+        // Known from before the window, and not scraped in its first two
+        // scrape intervals.
+        if let Some(early) = &facts.scraped_early
             && facts.scraped_before.contains(instance)
-            && first > facts.start as f64 + 2.0 * interval + facts.timestamp_step
+            && !early.contains(instance)
         {
             out.push(Gap::LateFirstScrape {
                 instance: instance.to_owned(),
-                first: first as i64,
+                first: s.first.map(|t| t as i64),
             });
         }
         if let (Some(interval), Some(first), Some(last)) = (facts.scrape_interval, s.first, s.last)
@@ -519,6 +525,7 @@ mod tests {
             ]
             .into(),
             scraped_before: instances.keys().cloned().collect(),
+            scraped_early: Some(instances.keys().cloned().collect()),
             instances,
             // Sidecars from before the bypass gauge have no series: none
             // listed, no gap.
@@ -543,22 +550,22 @@ mod tests {
         // b: away from the start (1000) until 1020, scraped each second since.
         f.instances
             .insert("b:9090".into(), scrapes(41, 41, 1020.0, 1060.0));
+        f.scraped_early.as_mut().expect("asked").remove("b:9090");
         assert_eq!(
             gaps(&f),
             vec![Gap::LateFirstScrape {
                 instance: "b:9090".into(),
-                first: 1020
+                first: Some(1020)
             }]
         );
-        assert!(gaps(&f)[0].to_string().contains("until"), "{}", gaps(&f)[0]);
-        // Within two intervals and the step: no gap.
-        f.instances
-            .insert("b:9090".into(), scrapes(58, 58, 1003.0, 1060.0));
-        assert_eq!(gaps(&f), vec![]);
+        let said = gaps(&f)[0].to_string();
+        assert!(said.contains("first two scrape intervals"), "{said}");
         // A sidecar new in the window (not scraped before it): no gap.
-        f.instances
-            .insert("b:9090".into(), scrapes(41, 41, 1020.0, 1060.0));
         f.scraped_before.remove("b:9090");
+        assert_eq!(gaps(&f), vec![]);
+        // Unknown (no scrape interval to ask with): no such gap.
+        f.scraped_before.insert("b:9090".into());
+        f.scraped_early = None;
         assert_eq!(gaps(&f), vec![]);
     }
 

@@ -737,8 +737,23 @@ async fn window_facts(
     let last = api.query(&sel.last_scrape(w, step), now).await?;
     let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
     let before = api.query(&sel.scraped_in(w), start).await?;
+    // Scraped in the window's first two intervals (evaluated then), when
+    // the interval is known; with none known that is a gap already.
+    let early_end = start + i64::try_from(2 * reach + 1).unwrap_or(i64::MAX / 4);
+    let early = match job.scrape_interval {
+        Some(_) if early_end <= now => Some(
+            api.query(&sel.scraped_in(2 * reach + 1), early_end)
+                .await?
+                .iter()
+                .map(|s| label(&s.metric, il).to_owned())
+                .collect(),
+        ),
+        _ => None,
+    };
     let served = api.query(&sel.apps_served(w), now).await?;
-    let dropped = api.query(&sel.apps_dropped(w), now).await?;
+    // Widened by a scrape interval, as the counters: a removal seen at
+    // the last scrape before the window held into it.
+    let dropped = api.query(&sel.apps_dropped(w + reach), now).await?;
     // Widened by a scrape interval like the counters: a switch seen on
     // at the last scrape before the window may have stayed on into it.
     let bypassed = api.query(&sel.bypassed(w + reach), now).await?;
@@ -755,6 +770,7 @@ async fn window_facts(
             .iter()
             .map(|s| label(&s.metric, il).to_owned())
             .collect(),
+        scraped_early: early,
         apps_served: apps_served_of(&served, &dropped, il),
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,

@@ -21,6 +21,10 @@ pub const DEPRECATED_CALLS: &str = "pusher_cutover_deprecated_calls_total";
 /// configured app, created at 0 at startup.
 pub const APP_PRESENCE: &str = "pusher_cutover_requests_total";
 
+/// How far back a series must have had no sample to be taken for a new
+/// sidecar's (at least): an hour.
+pub const NEW_SERIES_LOOKBACK: u64 = 3600;
+
 /// The gauge that is 1 while an app is in a sidecar's configuration and 0
 /// once a reload removed it. Sidecars from before it existed expose no
 /// such series.
@@ -91,17 +95,21 @@ impl Selector {
     }
 
     /// Calls made by a sidecar before its first scrape inside the window:
-    /// series with no sample in the `range` seconds before it (the
-    /// sidecar started in the window, with its counters at 0) whose
-    /// highest value is above 0. `increase()` cannot see those, as it
-    /// starts from the first sample. "No sample before" is asked of a
-    /// range (`last_over_time`), not of the instant `range` seconds ago:
-    /// one failed scrape there leaves a staleness marker, which made an
-    /// old sidecar look new and its lifetime's calls count as the window's.
+    /// series with no sample in the [`NEW_SERIES_LOOKBACK`] (or `range`,
+    /// if longer) seconds before it (the sidecar started in the window,
+    /// with its counters at 0) whose highest value is above 0.
+    /// `increase()` cannot see those, as it starts from the first sample.
+    /// "No sample before" is asked of a range (`last_over_time`), not of
+    /// the instant `range` seconds ago: one failed scrape there leaves a
+    /// staleness marker, which made an old sidecar look new and its
+    /// lifetime's calls count as the window's; and of an hour at least,
+    /// so that for a short range (the current hour so far) a failed scrape
+    /// or two cannot do the same.
     pub fn calls_before_first_scrape(&self, range: u64) -> String {
+        let lookback = range.max(NEW_SERIES_LOOKBACK);
         format!(
             "sum by ({by}) (max_over_time({c}[{range}s]) \
-             unless last_over_time({c}[{range}s] offset {range}s)) > 0",
+             unless last_over_time({c}[{lookback}s] offset {range}s)) > 0",
             by = self.by_caller(),
             c = self.calls()
         )
@@ -273,7 +281,13 @@ mod tests {
             sel(&[]).calls_before_first_scrape(30),
             "sum by (app_id, route, library, instance) \
              (max_over_time(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[30s]) \
-             unless last_over_time(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[30s] offset 30s)) > 0"
+             unless last_over_time(pusher_cutover_deprecated_calls_total{job=\"pusher-cutover\"}[3600s] offset 30s)) > 0"
+        );
+        assert!(
+            sel(&[])
+                .calls_before_first_scrape(7200)
+                .contains("[7200s] offset 7200s"),
+            "a longer range looks back as far"
         );
     }
 

@@ -481,10 +481,18 @@ impl Store {
         };
         let since = if meta(FINGERPRINT_FORMAT).map_err(err)?.as_deref() == Some(CANONICAL_VERSION)
         {
-            meta(FINGERPRINTS_SINCE)
+            let since: u64 = meta(FINGERPRINTS_SINCE)
                 .map_err(err)?
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+                .unwrap_or(0);
+            if since > now {
+                // Noted by a clock that was ahead: every caller since would
+                // count as an earlier format's.
+                set_meta(&tx, FINGERPRINTS_SINCE, &now.to_string()).map_err(err)?;
+                now
+            } else {
+                since
+            }
         } else {
             // A new ledger, or one an earlier format's ids were written to:
             // from now on, the format in use.

@@ -151,6 +151,18 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
     let text = proxy.metrics().await;
     assert_eq!(metric(&text, &skipped("not_comparable")), 1.0, "{text}");
     assert_eq!(metric(&text, answer_mismatch), 2.0, "{text}");
+    // No legacy answer at all (the upstream gone): counted too.
+    let gone = TestProxy::for_upstream(
+        "http://127.0.0.1:9",
+        "",
+        "mode = \"shadow\"\nsubscription_count = \"on\"",
+    )
+    .await;
+    let a = stats(&gone, "room", now).await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    let text = gone.metrics().await;
+    assert_eq!(metric(&text, &skipped("not_comparable")), 1.0, "{text}");
+    gone.stop().await;
 
     // Every answer held: eight legacy calls, one per upstream slot, all
     // on the wire before any is let go. Then they go one at a time, each

@@ -118,6 +118,13 @@ fn a_ledger_notes_since_when_its_fingerprints_are_of_the_format_in_use() {
     drop(store);
     let store = Store::open(dir.path(), T + 100, "i-1").expect("reopen");
     assert_eq!(store.fingerprints_since(), T, "kept");
+    drop(store);
+    // A clock that was ahead when it was noted: brought back to now.
+    let store = Store::open(dir.path(), T - 50, "i-1").expect("reopen");
+    assert_eq!(store.fingerprints_since(), T - 50, "not in the future");
+    drop(store);
+    let store = Store::open(dir.path(), T + 100, "i-1").expect("reopen");
+    assert_eq!(store.fingerprints_since(), T - 50);
     // An earlier release's ledger: no format noted.
     store
         .conn
