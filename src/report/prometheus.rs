@@ -816,7 +816,8 @@ pub async fn fetch(
             };
             let range = secs(window) + reach;
             let increase = api.query(&sel.calls_by_caller(range), at).await?;
-            let before = api.query(&sel.calls_before_first_scrape(range), at).await?;
+            let mut before = api.query(&sel.calls_before_first_scrape(range), at).await?;
+            before.extend(api.query(&sel.calls_since_a_start_in(range), at).await?);
             Some(GateAnswer {
                 uses: uses_of(&increase, &before, il),
                 gaps,

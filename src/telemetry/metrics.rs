@@ -59,6 +59,9 @@ pub mod names {
     pub const SIGNATURE_FAILURES: &str = "pusher_cutover_signature_failures";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "pusher_cutover_build_info";
+    /// When the process started (Unix seconds): a restart between two
+    /// scrapes shows in it when the counters alone cannot tell.
+    pub const START_TIME: &str = "pusher_cutover_start_time_seconds";
     /// An app's `sunset`, as a Unix time.
     pub const APP_SUNSET: &str = "pusher_cutover_app_sunset_timestamp_seconds";
     /// 1 while an app is in the configuration in force, 0 once a reload
@@ -429,6 +432,17 @@ impl Metrics {
             signature_failures.clone(),
         );
         registry.register(names::BUILD_INFO, "Build information", build_info.clone());
+        let start_time = Gauge::<i64>::default();
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+        registry.register(
+            names::START_TIME,
+            "When the process started, as a Unix time: a restart between two scrapes shows in it when the counters alone cannot tell",
+            start_time,
+        );
         registry.register(
             names::APP_SUNSET,
             "When an app's deprecated calls stop being served, as a Unix time",
