@@ -435,9 +435,9 @@ fn two_quiet_sidecars(bypass: [Option<f64>; 2]) -> impl Fn(&str) -> Value + Send
 }
 
 /// The report's window (2 min) and the gate's (1 min) for app 4242, both
-/// sidecars expected, against the fake.
-async fn fetch_from(url: Uri) -> Fleet {
-    let q = FleetQuery {
+/// sidecars expected, against the fake at `url`.
+fn query_of(url: Uri) -> FleetQuery {
+    FleetQuery {
         url,
         selector: Selector {
             job: "pusher-cutover".into(),
@@ -449,9 +449,20 @@ async fn fetch_from(url: Uri) -> Fleet {
         expect_instances: Some(2),
         expect_apps: vec!["4242".into()],
         scrape_interval: None,
-    };
+    }
+}
+
+/// What [`fetch`] makes of the fake's answers to `q`, at [`NOW`].
+async fn fetch_at_now(q: &FleetQuery) -> Result<Fleet, PrometheusError> {
     let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
-    fetch(&q, None, now).await.expect("the fake answers")
+    fetch(q, None, now).await
+}
+
+/// [`query_of`]`(url)` fetched.
+async fn fetch_from(url: Uri) -> Fleet {
+    fetch_at_now(&query_of(url))
+        .await
+        .expect("the fake answers")
 }
 
 /// A sidecar whose kill switch was on in the window passed calls through
@@ -544,21 +555,9 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
 #[tokio::test]
 async fn an_instance_label_the_scrapes_lack_is_refused() {
     let (url, _) = fake_prometheus(two_quiet_sidecars([None, None]));
-    let q = FleetQuery {
-        url,
-        selector: Selector {
-            job: "pusher-cutover".into(),
-            apps: vec!["4242".into()],
-            instance_label: "pod".into(),
-        },
-        since: Duration::from_secs(120),
-        gate: Some(Duration::from_secs(60)),
-        expect_instances: None,
-        expect_apps: Vec::new(),
-        scrape_interval: None,
-    };
-    let now = OffsetDateTime::from_unix_timestamp(NOW).expect("time");
-    let e = fetch(&q, None, now).await.expect_err("refused");
+    let mut q = query_of(url);
+    q.selector.instance_label = "pod".into();
+    let e = fetch_at_now(&q).await.expect_err("refused");
     assert!(matches!(e, PrometheusError::MissingLabel { .. }), "{e}");
     assert!(e.to_string().contains("no label `pod`"), "{e}");
 }

@@ -254,26 +254,21 @@ fn callers_of_an_earlier_fingerprint_format_hold_no_place() {
         "10.0.0.1",
         T + 10,
     );
-    let u = l.snapshot(T + 10);
-    let agents: Vec<&str> = u.apps[0]
-        .callers
-        .iter()
-        .map(|c| c.key.user_agent.as_str())
-        .collect();
+    let agents = |u: &Usage| -> Vec<String> {
+        u.apps[0]
+            .callers
+            .iter()
+            .map(|c| c.key.user_agent.clone())
+            .collect()
+    };
     assert_eq!(
-        agents,
+        agents(&l.snapshot(T + 10)),
         ["ua-1", "ua-2", "ua-3", "ua-4", "ua-5", "ua-6", OTHER],
         "three new places, the seventh caller over the cap"
     );
     // Past the retention, the old ones go; the new ones stay.
     let later = T + 10 + 36 * DAY;
-    let u = l.snapshot(later);
-    let agents: Vec<&str> = u.apps[0]
-        .callers
-        .iter()
-        .map(|c| c.key.user_agent.as_str())
-        .collect();
-    assert_eq!(agents, ["ua-4", "ua-5", "ua-6", OTHER]);
+    assert_eq!(agents(&l.snapshot(later)), ["ua-4", "ua-5", "ua-6", OTHER]);
 }
 
 /// Callers of another instance name go once their last call is as old as
