@@ -287,9 +287,16 @@ impl<W: io::Write> Merger<W> {
     /// Writes, in timestamp order, every line stamped at or before
     /// `now_micros` minus the hold (every line, with `u64::MAX`). Returns
     /// the time the next held line is due, if any.
+    ///
+    /// A line the output refuses (a full disk, a reader gone) is dropped,
+    /// as are the others due with it: each is taken off as it would have
+    /// been written, so that lines are not kept, for ever, for an output
+    /// that may never take them again. The first error is returned, after
+    /// every due line was gone through.
     pub fn write_due(&mut self, now_micros: u64) -> io::Result<Option<u64>> {
         let cutoff = now_micros.saturating_sub(self.hold_micros);
         let mut wrote = false;
+        let mut failed = None;
         while let Some(&std::cmp::Reverse((stamp, id))) = self.next.peek() {
             if stamp > cutoff && now_micros != u64::MAX {
                 break;
@@ -303,9 +310,15 @@ impl<W: io::Write> Merger<W> {
                 i => lines[i - 1].1,
             };
             let end = lines[*cursor].1;
-            self.out
-                .write_all(bytes.get(start..end).unwrap_or_default())?;
-            wrote = true;
+            if failed.is_none() {
+                match self
+                    .out
+                    .write_all(bytes.get(start..end).unwrap_or_default())
+                {
+                    Ok(()) => wrote = true,
+                    Err(e) => failed = Some(e),
+                }
+            }
             *cursor += 1;
             match lines.get(*cursor) {
                 Some(&(stamp, _)) => self.next.push(std::cmp::Reverse((stamp, id))),
@@ -314,10 +327,13 @@ impl<W: io::Write> Merger<W> {
                 }
             }
         }
-        if wrote {
+        if wrote && failed.is_none() {
             self.out.flush()?;
         }
-        Ok(self.next_due())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(self.next_due()),
+        }
     }
 
     /// Starts the writer thread on `out`; returns the sink that feeds it
@@ -357,7 +373,7 @@ impl<W: io::Write> Merger<W> {
                         Some(at) if now >= at => {
                             // A stderr that cannot be written loses its
                             // lines; the proxy keeps serving.
-                            let due = merger.write_due(now).unwrap_or(None);
+                            let due = merger.write_due(now).unwrap_or_else(|_| merger.next_due());
                             write_at = due.map(|due| due.max(now + WRITE_EVERY_MICROS));
                         }
                         Some(_) => {}
@@ -942,6 +958,42 @@ pub(crate) mod tests {
             "{} writes in {took:?} (at most {bound})",
             writes.len()
         );
+    }
+
+    /// An output that refuses lines (a full disk, a reader gone) loses
+    /// them: they are dropped, not held for ever, and the lines due later
+    /// are kept for when it takes them again.
+    #[test]
+    fn lines_an_output_refuses_are_dropped_not_held() {
+        /// Refuses every write while `refusing` is set.
+        struct Flaky(std::rc::Rc<std::cell::Cell<bool>>, Vec<u8>);
+        impl io::Write for Flaky {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                if self.0.get() {
+                    return Err(io::Error::other("disk full"));
+                }
+                self.1.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let refusing = std::rc::Rc::new(std::cell::Cell::new(true));
+        let mut m = Merger::new(
+            Flaky(refusing.clone(), Vec::new()),
+            std::time::Duration::ZERO,
+        );
+        for i in 0..1000u64 {
+            m.push(format!("x{i}\n").into_bytes(), vec![(i, 5)]);
+        }
+        m.push(b"late\n".to_vec(), vec![(5000, 5)]);
+        assert!(m.write_due(2000).is_err(), "the error is said");
+        assert_eq!(m.batches.len(), 1, "the refused lines are gone");
+        assert_eq!(m.next_due(), Some(5000), "the later one is kept");
+        refusing.set(false);
+        assert_eq!(m.write_due(u64::MAX).expect("write"), None);
+        assert_eq!(m.out.1, b"late\n");
     }
 
     /// A line arriving after later ones were written is written at once,
