@@ -185,7 +185,8 @@ Exit codes of serve:
   64   usage error: unknown subcommand, option or value (every subcommand)
   69   runtime failure: a listener cannot be bound; the ledger cannot be opened (its
        directory or file cannot be created or written: disk, permissions, a lock;
-       or a newer release wrote it). A ledger file that cannot be read as one is
+       another serve writes it, holding data_dir/ledger.lock; or a newer release
+       wrote it). A ledger file that cannot be read as one is
        moved aside to ledger.sqlite3.corrupt-<unix seconds> instead, and serve goes on
   78   configuration error: the file cannot be read or is invalid, TLS files unusable
   130  a second SIGINT during the graceful shutdown

@@ -92,6 +92,31 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
+/// The file in `data_dir` a writing store holds locked (`flock`), so that
+/// a second `serve` on the same directory is refused.
+pub const LOCK_FILE_NAME: &str = "ledger.lock";
+
+/// Takes the lock of the ledger in `dir`, or says who has it.
+fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Permissions {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Permissions { path, source }),
+    }
+}
+
 /// `meta` key: since when the ledger records every call (Unix seconds).
 const RECORDED_SINCE: &str = "recorded_since";
 
@@ -160,6 +185,16 @@ pub enum StoreError {
     NotADatabase {
         /// The file.
         path: PathBuf,
+    },
+    /// Another process writes the ledger in this directory: it holds the
+    /// lock file ([`LOCK_FILE_NAME`]). Two writers would each write their
+    /// own absolute counts over the other's.
+    #[error(
+        "another process writes the ledger in {dir} (it holds {LOCK_FILE_NAME}): give each sidecar a data_dir of its own"
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
     },
     /// A ledger that cannot be read could not be moved aside.
     #[error("cannot move the unreadable ledger {path} aside (unreadable: {reason})")]
@@ -255,6 +290,8 @@ fn may_be_sqlite(path: &Path) -> bool {
 /// An open ledger database.
 #[derive(Debug)]
 pub struct Store {
+    /// The lock file, held while this store writes (`None` read-only).
+    _lock: Option<std::fs::File>,
     conn: Connection,
     path: PathBuf,
     /// Whether [`Store::open`] found the ledger left open by the previous
@@ -419,6 +456,7 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
+        let lock = lock(dir)?;
         let path = dir.join(FILE_NAME);
         owner_only(&path)?;
         if !may_be_sqlite(&path) {
@@ -446,6 +484,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
         let mut store = Self {
+            _lock: Some(lock),
             conn,
             path,
             left_open: false,
@@ -458,6 +497,14 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // The open mark goes to disk before any call is served: under
+        // `synchronous = NORMAL` a WAL commit waits for a checkpoint, and a
+        // power loss before one would take the mark back and leave the file
+        // looking closed over this run's lost calls.
+        store
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         let tx = store.conn.transaction().map_err(err)?;
         let left_open = tx
             .query_row(
@@ -501,6 +548,10 @@ impl Store {
             now
         };
         tx.commit().map_err(err)?;
+        store
+            .conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         store.left_open = left_open;
         store.fingerprints_since = since;
         Ok(store)
@@ -608,7 +659,11 @@ impl Store {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        // A version 1 ledger recorded since its first call at the latest.
+        // A new ledger records from now on. So does an upgraded version 1
+        // ledger, from the first second after now: that release had no
+        // open mark, so a crash of one of its runs (calls lost since its
+        // last write) cannot be seen, and its first call vouches for
+        // nothing.
         let mut since = now;
         if version == 1 {
             tx.execute_batch(UPGRADE_FROM_1).map_err(err)?;
@@ -623,12 +678,7 @@ impl Store {
                 [],
             )
             .map_err(err)?;
-            let first: Option<i64> = tx
-                .query_row("SELECT MIN(first_seen) FROM callers_v1", [], |r| r.get(0))
-                .map_err(err)?;
-            if let Some(first) = first {
-                since = since.min(from_sql(first));
-            }
+            since = first_second_after(now);
             tx.execute_batch("DROP TABLE callers_v1").map_err(err)?;
         } else {
             tx.execute_batch(SCHEMA).map_err(err)?;
@@ -654,7 +704,15 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        // A writer's checkpoint or a crashed writer's recovery holds the
+        // file briefly: wait for it, as a writer does.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|source| StoreError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self {
+            _lock: None,
             conn,
             path,
             left_open: false,

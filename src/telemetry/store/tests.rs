@@ -106,6 +106,29 @@ fn prune_deletes_old_buckets() {
     assert!(kept > T + 86_400, "past the deleted hours");
 }
 
+/// One writer per data directory: a second store opened for writing on
+/// it is refused while the first holds it (two writers would write their
+/// absolute counts over each other's); a reader is not, and once the
+/// first is gone the directory is free.
+#[test]
+fn a_second_writer_on_one_data_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Store::open(dir.path(), T, "pod-a").expect("open");
+    let second = Store::open(dir.path(), T, "pod-b");
+    assert!(
+        matches!(second, Err(StoreError::Locked { .. })),
+        "{:?}",
+        second.map(|_| ())
+    );
+    let Err(e) = Store::open(dir.path(), T, "pod-b") else {
+        panic!("refused")
+    };
+    assert!(e.to_string().contains(LOCK_FILE_NAME), "{e}");
+    Store::open_read_only(dir.path()).expect("a reader is let in");
+    drop(first);
+    Store::open(dir.path(), T, "pod-b").expect("free once the first is gone");
+}
+
 /// A ledger takes up the fingerprint format in use when it is created or
 /// first opened by a release of another format, and says since when;
 /// reopened, it keeps that time. Callers of this sidecar last seen before
@@ -316,8 +339,9 @@ fn a_first_release_ledger_is_upgraded_in_place() {
     assert_eq!(upgraded.instance, "pod-a");
     assert_eq!(
         upgraded.recorded_since.map(|t| t.unix_timestamp()),
-        Some(1_795_870_000),
-        "recorded since its first call, no earlier"
+        Some(to_sql(T + 1)),
+        "recorded from the upgrade on: the first release could not say \
+         whether a run of it lost calls"
     );
 
     // It goes on counting the same callers, and opens again as is.
@@ -346,7 +370,8 @@ fn a_first_release_ledger_is_upgraded_in_place() {
     );
     assert_eq!(
         again.recorded_since.map(|t| t.unix_timestamp()),
-        Some(1_795_870_000)
+        Some(to_sql(T + 1)),
+        "from the upgrade on, still"
     );
 }
 
@@ -606,7 +631,7 @@ fn failures_other_than_an_unreadable_ledger_stay_errors() {
     std::fs::create_dir_all(data.join(FILE_NAME)).expect("mkdir");
     let err = Store::open_and_load(&data, T, "i-1").expect_err("a directory");
     assert!(!err.is_corrupt(), "{err}");
-    assert_eq!(files(&data), [FILE_NAME]);
+    assert_eq!(files(&data), [LOCK_FILE_NAME, FILE_NAME], "nothing moved aside");
     // A newer release's ledger.
     let newer = dir.path().join("newer");
     drop(Store::open(&newer, T, "i-1").expect("create"));
