@@ -402,9 +402,10 @@ pub const PUSHER_MAX_BATCH_EVENTS: usize = 10;
 ///
 /// Batched events carry at most 10 KiB of data each
 /// (`routes::coalesce::MAX_BATCHED_DATA_BYTES`) and names of at most 200
-/// bytes, so a batch of 100 is about 1 MiB of plain JSON, and at most
-/// about 6 MiB where every byte of data needs a JSON escape: under
-/// Sockudo's default request limit (`request_limit_in_mb`, 10).
+/// bytes, and a batch stops taking events before its body could pass
+/// 768 KiB (`routes::coalesce::MAX_BATCH_BYTES`): under the 1 MiB that
+/// nginx and its ingress take by default in front of an upstream, and
+/// Sockudo's own limit (`request_limit_in_mb`, 10).
 pub const MAX_BATCH_EVENTS: usize = 100;
 
 /// Coalescing of legacy triggers, per app, like a database's group commit:

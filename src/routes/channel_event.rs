@@ -133,7 +133,7 @@ pub(crate) async fn translate(
                 "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
             );
         }
-        if !app.coalescer.enabled() || !coalesce::batchable(&trigger) {
+        if !app.coalescer.enabled() || !coalesce::batchable(&trigger, channel) {
             // Coalescing off, or an event the upstream could refuse: sent
             // alone, outside the places, as it always was.
             Leaving::Alone(Bytes::from(trigger.upstream_body(channel)), None)

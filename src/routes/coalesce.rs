@@ -70,6 +70,15 @@ pub const MAX_EVENT_NAME_BYTES: usize = 200;
 /// raised for a dedicated cluster) is sent alone.
 pub const MAX_BATCHED_DATA_BYTES: usize = 10_240;
 
+/// Most body bytes a batch is meant to carry: 768 KiB, under the 1 MiB
+/// that nginx and its Kubernetes ingress take by default in front of a
+/// self-hosted upstream. A batch stops taking events once the next one's
+/// bound (its bytes with every data byte escaped) would go past it; the
+/// rest wait for the next batch. At Pusher's `batch_max` of 10, with data
+/// up to its 10 KB, a batch never reaches it; a `batch_max` above that
+/// with large data does (100 events of 10 KB would be 1 to 6 MiB).
+pub const MAX_BATCH_BYTES: usize = 768 * 1024;
+
 /// The prefix of the event names Pusher reserves for itself (see
 /// [`batchable`]).
 const RESERVED_PREFIX: &[u8] = b"pusher";
@@ -116,6 +125,14 @@ impl Pending {
             data: trigger.data.to_owned(),
             socket_id: trigger.socket_id.map(str::to_owned),
         }
+    }
+
+    /// An upper bound of its bytes in a `batch_events` body: its strings
+    /// with every data byte escaped (at most 6 bytes, `\u00XX`), the
+    /// others at most twice, and the keys and quotes.
+    fn body_bytes(&self) -> usize {
+        let socket_id = self.socket_id.as_ref().map_or(0, String::len);
+        6 * self.data.len() + 2 * (self.name.len() + self.channel.len() + socket_id) + 64
     }
 
     fn trigger(&self) -> Trigger<'_> {
@@ -181,9 +198,13 @@ pub fn batch_path(app_id: &str) -> String {
 ///   `pusher-notification` as for `pusher:x` (spec C.3);
 /// - empty data, which soketi refuses (spec E.5 item 9);
 /// - data over Pusher's 10,240 bytes;
-/// - a `socket_id` that is not `digits.digits`.
-pub fn batchable(trigger: &Trigger<'_>) -> bool {
-    trigger.name.len() <= MAX_EVENT_NAME_BYTES
+/// - a `socket_id` that is not `digits.digits`;
+/// - a `channel` over Pusher's 164 bytes: the 200 allowed for other
+///   upstreams is taken only where the upstream's host names another
+///   server, and Pusher behind another name would refuse the whole batch.
+pub fn batchable(trigger: &Trigger<'_>, channel: &str) -> bool {
+    channel.len() <= crate::pusher::channel::PUSHER_MAX_CHANNEL_LEN
+        && trigger.name.len() <= MAX_EVENT_NAME_BYTES
         && !reserved_name(trigger.name)
         && !trigger.data.is_empty()
         && trigger.data.len() <= MAX_BATCHED_DATA_BYTES
@@ -290,12 +311,14 @@ impl Coalescer {
     }
 
     /// Up to `batch_max` of the oldest queued triggers, for the place the
-    /// caller holds. A trigger past its deadline (its caller left, or is
+    /// caller holds, and no more than [`MAX_BATCH_BYTES`] of body once
+    /// there is one. A trigger past its deadline (its caller left, or is
     /// about to withdraw it) is not sent: it is answered 504, as a trigger
     /// that found no upstream slot before its deadline is.
     fn take_group(&self, queue: &mut VecDeque<Queued>) -> Vec<Queued> {
         let now = tokio::time::Instant::now();
         let mut group = Vec::with_capacity(queue.len().min(self.batching.max));
+        let mut bytes = 0;
         while group.len() < self.batching.max
             && let Some(q) = queue.pop_front()
         {
@@ -304,9 +327,15 @@ impl Coalescer {
                     result: Err(UpstreamError::Timeout.into()),
                     upstream_time: Duration::ZERO,
                 });
-            } else {
-                group.push(q);
+                continue;
             }
+            let size = q.event.body_bytes();
+            if !group.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                queue.push_front(q);
+                break;
+            }
+            bytes += size;
+            group.push(q);
         }
         self.queued(queue);
         group
@@ -467,7 +496,11 @@ impl Drop for BatchPlace {
 }
 
 /// Sends `group` in a task of its own, holding the place its caller took.
+/// Its time (`upstream.timeout_ms`, as a single trigger's) starts now, as
+/// it leaves the queue, not when the task first runs: the server's bound
+/// on a queued caller's answer leaves a busy worker no more spare.
 fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+    let deadline = state.upstream.deadline();
     let place = BatchPlace {
         state: state.clone(),
         app_id: app.config.id.clone(),
@@ -488,22 +521,27 @@ fn spawn_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
         // of its own first.
         let place = place;
         if let Some(app) = place.state.app(&place.app_id) {
-            send_batch(&place.state, app, group).await;
+            send_batch(&place.state, app, group, deadline).await;
         }
     });
 }
 
-/// Sends one batch and answers each of its callers (the place is the
-/// caller's to hand on, when this is done).
-async fn send_batch(state: &Arc<State>, app: &App, group: Vec<Queued>) {
+/// Sends one batch by `deadline` and answers each of its callers (the
+/// place is the caller's to hand on, when this is done).
+async fn send_batch(
+    state: &Arc<State>,
+    app: &App,
+    group: Vec<Queued>,
+    deadline: tokio::time::Instant,
+) {
     let started = Instant::now();
-    // From here the batch is one trigger, sent as a single one would be:
-    // `upstream.timeout_ms` for its slot and its exchange, whatever its
-    // events waited in the queue (their own deadlines bounded that). Were
-    // the wait charged to the exchange, an upstream slower than half the
-    // timeout would have its batches cut after they were delivered, and
-    // their callers told 504 for events sent.
-    let deadline = state.upstream.deadline();
+    // From when it left the queue the batch is one trigger, sent as a
+    // single one would be: `upstream.timeout_ms` for its slot and its
+    // exchange, whatever its events waited in the queue (their own
+    // deadlines bounded that). Were the wait charged to the exchange, an
+    // upstream slower than half the timeout would have its batches cut
+    // after they were delivered, and their callers told 504 for events
+    // sent.
     let slot = match state.upstream.slot(deadline).await {
         Ok(slot) => slot,
         // Never sent: each caller gets the 504 (or 502) of a single
@@ -795,10 +833,15 @@ mod tests {
                 data,
             }
         }
-        assert!(batchable(&t(&name, Some("123.456"), &data)));
-        assert!(!batchable(&t(&long_name, None, "x")));
-        assert!(!batchable(&t("e", None, &long_data)));
-        assert!(!batchable(&t("e", None, "")), "empty data");
+        let c = "room";
+        assert!(batchable(&t(&name, Some("123.456"), &data), c));
+        assert!(!batchable(&t(&long_name, None, "x"), c));
+        assert!(!batchable(&t("e", None, &long_data), c));
+        assert!(!batchable(&t("e", None, ""), c), "empty data");
+        // Pusher's channel limit, whatever the upstream's host says.
+        let pusher_max = "c".repeat(crate::pusher::channel::PUSHER_MAX_CHANNEL_LEN);
+        assert!(batchable(&t("e", None, "x"), &pusher_max));
+        assert!(!batchable(&t("e", None, "x"), &format!("{pusher_max}c")));
         for reserved in [
             "pusher",
             "pusher:x",
@@ -806,13 +849,13 @@ mod tests {
             "Pusher_ev",
             "PUSHERx",
         ] {
-            assert!(!batchable(&t(reserved, None, "x")), "{reserved}");
+            assert!(!batchable(&t(reserved, None, "x"), c), "{reserved}");
         }
         for free in ["pushe", "my-pusher-event", "push", "p"] {
-            assert!(batchable(&t(free, None, "x")), "{free}");
+            assert!(batchable(&t(free, None, "x"), c), "{free}");
         }
         for bad in ["1", "1.", ".1", "a.1", "1.2.3", "1 .2", "-1.2"] {
-            assert!(!batchable(&t("e", Some(bad), "x")), "{bad}");
+            assert!(!batchable(&t("e", Some(bad), "x"), c), "{bad}");
         }
     }
 
@@ -853,6 +896,46 @@ mod tests {
         let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-0", "ev-1", "ev-2"]);
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-3", "ev-4"]);
+    }
+
+    /// A batch stops taking events before its body would pass
+    /// [`MAX_BATCH_BYTES`]; the rest wait, in order, for the next. One
+    /// event always goes, whatever its size.
+    #[test]
+    fn groups_stop_short_of_the_byte_cap() {
+        let c = Coalescer::new(
+            Batching {
+                in_flight: 1,
+                max: 100,
+            },
+            Gauge::default(),
+        );
+        let mut receivers = Vec::new();
+        for i in 0..10 {
+            let (reply, answer) = oneshot::channel();
+            receivers.push(answer);
+            let mut q = queued(i, reply, later());
+            q.event.data = "d".repeat(40_000);
+            c.lock().push_back(q);
+        }
+        let per_event = c.lock()[0].event.body_bytes();
+        let fit = MAX_BATCH_BYTES / per_event;
+        assert!((1..10).contains(&fit), "{fit} of 10 fit");
+        let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
+        let first = names(c.take_group(&mut c.lock()));
+        assert_eq!(first.len(), fit);
+        assert_eq!(first[0], "ev-0");
+        let second = names(c.take_group(&mut c.lock()));
+        assert_eq!(second[0], format!("ev-{fit}"), "the rest, in order");
+        // An event over the cap alone still goes, alone.
+        let (reply, _answer) = oneshot::channel();
+        let mut huge = queued(99, reply, later());
+        huge.event.data = "d".repeat(MAX_BATCH_BYTES);
+        let mut queue = c.lock();
+        queue.clear();
+        queue.push_back(huge);
+        drop(queue);
+        assert_eq!(c.take_group(&mut c.lock()).len(), 1);
     }
 
     #[test]
