@@ -631,7 +631,11 @@ fn failures_other_than_an_unreadable_ledger_stay_errors() {
     std::fs::create_dir_all(data.join(FILE_NAME)).expect("mkdir");
     let err = Store::open_and_load(&data, T, "i-1").expect_err("a directory");
     assert!(!err.is_corrupt(), "{err}");
-    assert_eq!(files(&data), [LOCK_FILE_NAME, FILE_NAME], "nothing moved aside");
+    assert_eq!(
+        files(&data),
+        [LOCK_FILE_NAME, FILE_NAME],
+        "nothing moved aside"
+    );
     // A newer release's ledger.
     let newer = dir.path().join("newer");
     drop(Store::open(&newer, T, "i-1").expect("create"));
