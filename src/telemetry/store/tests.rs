@@ -8,6 +8,15 @@ use crate::telemetry::ledger::{Changes, Ledger, LedgerCall};
 const T: u64 = 1_795_888_046;
 
 /// One legacy trigger of app 1 (key `k`, agent `ua`, from 10.0.0.1) at `T`.
+/// The store's `recorded_since`, Unix seconds.
+fn since(store: &Store) -> Option<i64> {
+    store
+        .load()
+        .expect("load")
+        .recorded_since
+        .map(|t| t.unix_timestamp())
+}
+
 fn one_trigger(ledger: &Ledger) {
     rec(
         ledger,
@@ -88,13 +97,6 @@ fn prune_deletes_old_buckets() {
     one_trigger(&ledger);
     let mut store = Store::open(dir.path(), T, "i-1").expect("open");
     store.write(&ledger.take_changes(T)).expect("write");
-    let since = |store: &Store| {
-        store
-            .load()
-            .expect("load")
-            .recorded_since
-            .map(|t| t.unix_timestamp())
-    };
     assert_eq!(since(&store), Some(to_sql(T)));
     let later = T + 31 * 86_400;
     store.write(&ledger.take_changes(later)).expect("prune");
@@ -721,13 +723,6 @@ fn a_ledger_left_open_records_from_its_reopening_on() {
 fn recorded_since_is_written_forward_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = Store::open(dir.path(), T, "i-1").expect("new");
-    let since = |store: &Store| {
-        store
-            .load()
-            .expect("load")
-            .recorded_since
-            .map(|t| t.unix_timestamp())
-    };
     assert_eq!(since(&store), Some(T as i64));
     let changes = |at: u64| Changes {
         recorded_since: Some(at),
