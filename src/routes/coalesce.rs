@@ -677,6 +677,11 @@ mod tests {
         }
     }
 
+    /// A coalescer with `in_flight` places and batches of at most `max`.
+    fn coalescer(in_flight: usize, max: usize) -> Coalescer {
+        Coalescer::new(Batching { in_flight, max }, Gauge::default())
+    }
+
     fn later() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(60)
     }
@@ -692,13 +697,7 @@ mod tests {
 
     #[test]
     fn expired_triggers_are_answered_504_not_sent_and_withdrawn_ones_leave() {
-        let c = Coalescer::new(
-            Batching {
-                in_flight: 1,
-                max: 10,
-            },
-            Gauge::default(),
-        );
+        let c = coalescer(1, 10);
         let (reply, mut expired) = oneshot::channel();
         c.lock()
             .push_back(queued(0, reply, tokio::time::Instant::now()));
@@ -861,13 +860,7 @@ mod tests {
 
     #[test]
     fn places_are_bounded_and_kept_for_the_batch() {
-        let c = Coalescer::new(
-            Batching {
-                in_flight: 2,
-                max: 10,
-            },
-            Gauge::default(),
-        );
+        let c = coalescer(2, 10);
         assert!(c.try_reserve());
         assert!(c.try_reserve());
         assert!(!c.try_reserve(), "both places taken");
@@ -880,13 +873,7 @@ mod tests {
 
     #[test]
     fn groups_are_fifo_and_at_most_batch_max() {
-        let c = Coalescer::new(
-            Batching {
-                in_flight: 1,
-                max: 3,
-            },
-            Gauge::default(),
-        );
+        let c = coalescer(1, 3);
         let mut receivers = Vec::new();
         for i in 0..5 {
             let (reply, answer) = oneshot::channel();
@@ -903,13 +890,7 @@ mod tests {
     /// event always goes, whatever its size.
     #[test]
     fn groups_stop_short_of_the_byte_cap() {
-        let c = Coalescer::new(
-            Batching {
-                in_flight: 1,
-                max: 100,
-            },
-            Gauge::default(),
-        );
+        let c = coalescer(1, 100);
         let mut receivers = Vec::new();
         for i in 0..10 {
             let (reply, answer) = oneshot::channel();

@@ -96,28 +96,25 @@ pub fn template(s: &str) -> Cow<'_, str> {
             i += 1;
             continue;
         }
+        // Here a hex digit starts a maximal hex run: the byte before, if
+        // any, is not one (runs are consumed whole below). A UUID goes
+        // first, before the mixed run its first group may sit in.
+        let hex = bytes[i].is_ascii_hexdigit();
+        if hex && let Some(end) = uuid_at(bytes, i) {
+            replace(&mut out, s, &mut copied, i, end);
+            i = end;
+            continue;
+        }
         if after(u8::is_ascii_alphanumeric) {
             let end = run_end(bytes, i, u8::is_ascii_alphanumeric);
-            if let Some(uuid_end) = uuid_at(bytes, i) {
-                replace(&mut out, s, &mut copied, i, uuid_end);
-                i = uuid_end;
-                continue;
-            }
             if end - i >= MIN_MIXED_RUN && mixed(&bytes[i..end]) {
                 replace(&mut out, s, &mut copied, i, end);
                 i = end;
                 continue;
             }
         }
-        if !bytes[i].is_ascii_hexdigit() {
+        if !hex {
             i += 1;
-            continue;
-        }
-        // The start of a maximal hex run (the byte before, if any, is not
-        // a hex digit: runs are consumed whole below).
-        if let Some(end) = uuid_at(bytes, i) {
-            replace(&mut out, s, &mut copied, i, end);
-            i = end;
             continue;
         }
         let end = run_end(bytes, i, u8::is_ascii_hexdigit);

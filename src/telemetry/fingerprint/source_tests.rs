@@ -7,6 +7,24 @@ use super::*;
 #[test]
 fn families_from_published_source_are_classified() {
     let json = ("Content-Type", "application/json");
+    // WWW::Pusher's trigger through LWP, with `socket_id` as given.
+    let lwp = |socket_id: &str| {
+        head(
+            "POST",
+            &format!(
+                "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
+                 body_md5=00&name=e&socket_id={socket_id}&auth_signature=ff"
+            ),
+            &[
+                ("TE", "deflate,gzip;q=0.3"),
+                ("Connection", "TE, close"),
+                ("Host", "127.0.0.1:8080"),
+                ("User-Agent", "libwww-perl/6.05"),
+                ("Content-Length", "12"),
+                json,
+            ],
+        )
+    };
     let cases: Vec<(Library, Parts, &[u8])> = vec![
         // pusher-php-server 2.1.2 trigger: every key ksorted, signature
         // included; libcurl's Host, Accept, the custom header, length.
@@ -102,41 +120,9 @@ fn families_from_published_source_are_classified() {
             b"",
         ),
         // CPAN WWW::Pusher: URI's query_form sends socket_id= when unset.
-        (
-            Library::CpanWwwPusher,
-            head(
-                "POST",
-                "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
-                 body_md5=00&name=e&socket_id=&auth_signature=ff",
-                &[
-                    ("TE", "deflate,gzip;q=0.3"),
-                    ("Connection", "TE, close"),
-                    ("Host", "127.0.0.1:8080"),
-                    ("User-Agent", "libwww-perl/6.05"),
-                    ("Content-Length", "12"),
-                    json,
-                ],
-            ),
-            br#"{"msg":"hi"}"#,
-        ),
+        (Library::CpanWwwPusher, lwp(""), br#"{"msg":"hi"}"#),
         // WWW::Pusher given a socket id: LWP's default User-Agent.
-        (
-            Library::CpanWwwPusher,
-            head(
-                "POST",
-                "/apps/1/channels/c/events?auth_key=k&auth_timestamp=1&auth_version=1.0&\
-                 body_md5=00&name=e&socket_id=1.2&auth_signature=ff",
-                &[
-                    ("TE", "deflate,gzip;q=0.3"),
-                    ("Connection", "TE, close"),
-                    ("Host", "127.0.0.1:8080"),
-                    ("User-Agent", "libwww-perl/6.05"),
-                    ("Content-Length", "12"),
-                    json,
-                ],
-            ),
-            br#"{"msg":"hi"}"#,
-        ),
+        (Library::CpanWwwPusher, lwp("1.2"), br#"{"msg":"hi"}"#),
         // PyPI's GoogleAppEngineChannel: the same query (compose_querystring),
         // JSON, and urlfetch's own User-Agent. Not WWW::Pusher, with its
         // socket id or its `{}` data.
