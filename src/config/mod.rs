@@ -90,22 +90,53 @@ impl ConfigError {
     }
 }
 
-/// `message` on one line, with each double-quoted part (a value, as serde
-/// quotes it) said as `"…"`.
+/// `message` on one line, with each value in it said as `"…"` or `` `…` ``.
+/// serde quotes a string value in double quotes, escaping the quotes
+/// within it (`"old\"tail"`), and any other value in backticks
+/// (``integer `84736251904857` ``). Keys, and the names a setting takes,
+/// are in backticks too: they are kept where the message is about a key
+/// (`unknown field`, `missing field`, `duplicate field`, `duplicate key`)
+/// or a setting's names (`unknown variant`, whose value is a mistyped
+/// name such as `obsrve`).
 fn unquoted(message: &str) -> String {
+    let message = message.trim();
+    let names_only = [
+        "unknown field",
+        "missing field",
+        "duplicate field",
+        "duplicate key",
+        "unknown variant",
+    ]
+    .iter()
+    .any(|start| message.starts_with(start));
     let mut out = String::with_capacity(message.len());
-    let mut parts = message.trim().split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    // After the first, parts alternate: quoted, then not.
-    let mut quoted = true;
-    for part in parts {
-        out.push_str(if quoted { "\"…" } else { part });
-        if quoted {
-            out.push('"');
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // To the closing quote, past escaped ones; an unclosed
+                // quote hides the rest.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push_str("\"…\"");
+            }
+            '`' if !names_only => {
+                for c in chars.by_ref() {
+                    if c == '`' {
+                        break;
+                    }
+                }
+                out.push_str("`…`");
+            }
+            c => out.push(c),
         }
-        quoted = !quoted;
     }
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -205,14 +205,37 @@ fn syntax_errors_never_show_a_value_or_the_line() {
         (format!("{app}secret = \"hunter2-unterminated\n"), 6),
         (with_admin("token = [\"hunter2-token\"]"), 2),
         (with_admin("token = \"hunter2-token\" trailing"), 2),
+        // A number where a string is expected: serde puts it in backticks.
+        (with_admin("token = 84736251904857"), 2),
+        // An escaped quote inside a quoted value.
+        (
+            format!("{app}secret = \"s\"\nprevious_secrets = \"old\\\"hunter2-tail\"\n"),
+            7,
+        ),
     ] {
         let err = Config::from_toml_str(&text, &env(&[])).expect_err("syntax");
         let said = err.problems().join("\n");
         assert!(!said.contains("hunter2"), "{said}");
+        assert!(!said.contains("84736251904857"), "{said}");
         assert!(said.starts_with("config syntax at line "), "{said}");
         assert!(said.contains(&format!("line {line},")), "{text}: {said}");
         assert_eq!(said.lines().count(), 1, "{said}");
     }
+}
+
+/// What a syntax error leaves in: the key it is about.
+#[test]
+fn syntax_errors_keep_the_key_names() {
+    let app = "[upstream]\nurl = \"http://x\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+    let said = |text: String| {
+        Config::from_toml_str(&text, &env(&[]))
+            .expect_err("syntax")
+            .problems()
+            .join("\n")
+    };
+    let typo = said(format!("{app}secert = \"x\"\n"));
+    assert!(typo.contains("unknown field `secert`"), "{typo}");
+    assert!(typo.contains("`secret`"), "{typo}");
 }
 
 #[test]
