@@ -11,8 +11,8 @@
 //! - HTTP/2 (`h2c`, or `auto` on `https://`): hyper-util's client
 //!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
 //!   each carrying many exchanges at once (streams), taken in turn: one
-//!   per [`STREAMS_PER_CONNECTION`] exchanges of the worker's share of
-//!   `max_connections`. Should ALPN pick HTTP/1.1 on `auto`, the client
+//!   per [`STREAMS_PER_CONNECTION`] exchanges of `max_connections` (all
+//!   of them: one worker may hold every slot). Should ALPN pick HTTP/1.1 on `auto`, the client
 //!   pools HTTP/1.1 connections like the above.
 //!
 //! The cap on exchanges in flight (`max_connections`) is shared by all
@@ -95,7 +95,7 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 const MAX_ATTEMPTS: usize = 3;
 
 /// The client type: HTTP or HTTPS, HTTP/1.1 or HTTP/2.
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, OutboundBody>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, SendBy>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +230,48 @@ fn in_time(send_by: tokio::time::Instant) -> Result<(), UpstreamError> {
     }
 }
 
+/// A request body for hyper-util's client that is sent only before its
+/// slot's last moment to send ([`Upstream::send_by`]). hyper asks for a
+/// body's first frame once the request's head is on its way: after the
+/// waits no slot covers, for a connection (its TCP, TLS and HTTP/2
+/// handshakes) and for a stream under the upstream's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`. Past that moment the body fails
+/// instead; hyper then resets the HTTP/2 stream (or closes the HTTP/1.1
+/// connection) before the request's end, and the upstream never has it
+/// whole, so a trigger cut at its deadline is not delivered after its
+/// caller was answered 504. (A request without a body, whose head ends
+/// it, is a read: it may still go late.)
+pub struct SendBy {
+    inner: OutboundBody,
+    /// The last moment to send, until the first frame was asked for.
+    send_by: Option<tokio::time::Instant>,
+}
+
+impl hyper::body::Body for SendBy {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if let Some(send_by) = self.send_by.take()
+            && let Err(late) = in_time(send_by)
+        {
+            return Poll::Ready(Some(Err(late.into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An upstream response body that holds its exchange's slot until it has
 /// been read to the end, failed or been dropped; then an HTTP/1.1
 /// connection of `h1` returns to its pool (only if read to the end). A
@@ -330,8 +372,15 @@ impl Upstream {
             UpstreamProtocol::Http1 => false,
         };
         let share = config.max_connections.div_ceil(workers).max(1);
+        // Enough streams on each worker's connections for all the slots,
+        // not its share: slots are shared by the workers, and one busy
+        // worker may hold them all (a stream over the upstream's limit
+        // would wait inside hyper, holding a slot).
         let per_worker = if may_be_h2 {
-            share.div_ceil(STREAMS_PER_CONNECTION)
+            config
+                .max_connections
+                .div_ceil(STREAMS_PER_CONNECTION)
+                .max(1)
         } else {
             1
         };
@@ -543,10 +592,19 @@ impl Upstream {
                 let again = (attempts < MAX_ATTEMPTS)
                     .then(|| replayable_copy(&req))
                     .flatten();
-                let error = match client.request(*req).await {
+                let error = match client
+                    .request(req.map(|inner| SendBy {
+                        inner,
+                        send_by: Some(slot.send_by),
+                    }))
+                    .await
+                {
                     Ok(resp) => return Ok(resp),
                     Err(error) => error,
                 };
+                if refused_for_time(&error, slot) {
+                    return Err(UpstreamError::Timeout);
+                }
                 let Some(again) = again else {
                     return Err(upstream_error(error));
                 };
@@ -690,6 +748,23 @@ fn upstream_error(error: hyper_util::client::legacy::Error) -> UpstreamError {
     } else {
         UpstreamError::Request(Box::new(error))
     }
+}
+
+/// Whether a request failed because its body was refused for its time
+/// ([`SendBy`]): past the slot's last moment to send, the body's own
+/// error in the chain (HTTP/1.1), or a reset of the stream by the proxy's
+/// side (HTTP/2: hyper fails the request with the reset it sent, not with
+/// the body's error). Such a request was not processed.
+fn refused_for_time(error: &(dyn StdError + 'static), slot: &Slot) -> bool {
+    slot.in_time().is_err()
+        && chain(error).any(|e| {
+            matches!(
+                e.downcast_ref::<UpstreamError>(),
+                Some(UpstreamError::Timeout)
+            ) || e
+                .downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.is_reset() && !h2.is_remote())
+        })
 }
 
 /// Whether `req` is a GET or HEAD without a body.
@@ -887,6 +962,102 @@ mod tests {
             "written: {:?}",
             String::from_utf8_lossy(&written)
         );
+    }
+
+    /// Over HTTP/2, a request that waited inside hyper for a stream (the
+    /// upstream takes one at a time) until past its last moment to send
+    /// is answered [`UpstreamError::Timeout`], and the upstream never gets
+    /// its body whole: its stream is reset before its end.
+    #[tokio::test]
+    async fn a_request_waiting_for_a_stream_past_its_last_moment_is_not_sent_whole() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let config = crate::Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"http://{addr}\"\nprotocol = \"h2c\"\n\
+                 max_connections = 2\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            ),
+            &|_| None,
+        )
+        .expect("valid");
+        // Requests the upstream got to their end; the first is answered
+        // only once `release` fires, holding the one stream till then.
+        let whole = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let server = {
+            let whole = whole.clone();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.expect("accepted");
+                let mut conn = h2::server::Builder::new()
+                    .max_concurrent_streams(1)
+                    .handshake::<_, Bytes>(stream)
+                    .await
+                    .expect("h2 handshake");
+                let mut released = Some(released);
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let whole = whole.clone();
+                    let hold = released.take();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(chunk) = body.data().await {
+                            let Ok(chunk) = chunk else { return };
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        whole.fetch_add(1, Ordering::SeqCst);
+                        if let Some(hold) = hold {
+                            let _ = hold.await;
+                        }
+                        let _ = respond.send_response(Response::new(()), true);
+                    });
+                }
+            })
+        };
+        let upstream = Upstream::new(&config.upstream, 1, &SlotMetrics::default());
+        let now = tokio::time::Instant::now();
+        let first_slot = upstream
+            .slot_by(now + Duration::from_secs(5))
+            .await
+            .expect("a slot");
+        let late_slot = upstream
+            .slot_by(now + Duration::from_millis(200))
+            .await
+            .expect("a slot");
+        let post = || {
+            let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = Uri::from_static("/apps/1/events");
+            Box::new(req)
+        };
+        let bounded = Duration::from_secs(5);
+        let (first, late, ()) = tokio::join!(
+            tokio::time::timeout(bounded, upstream.request(post(), &first_slot)),
+            tokio::time::timeout(bounded, async {
+                // After the first has taken the one stream.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                upstream.request(post(), &late_slot).await
+            }),
+            async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let _ = release.send(());
+            },
+        );
+        let (resp, _) = first
+            .expect("answered in time")
+            .expect("the first is served");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let late = late.expect("answered in time");
+        assert!(matches!(late, Err(UpstreamError::Timeout)), "{late:?}");
+        // Time for a body sent anyway to arrive.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            whole.load(Ordering::SeqCst),
+            1,
+            "only the first arrived whole"
+        );
+        server.abort();
     }
 
     fn h2_error(reason: h2::Reason) -> h2::Error {
