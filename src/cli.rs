@@ -638,8 +638,18 @@ fn serve(path: Option<PathBuf>) -> Result<(), ServeError> {
 /// How long a stopping `serve` waits for its blocking pool's work.
 const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`serve`] on its runtime.
+/// [`serve`] on its runtime. It listens for the signals first: until a
+/// process listens for SIGHUP, SIGTERM or SIGINT, each ends it at once, and
+/// loading, binding and opening the ledger take a while (a `systemctl
+/// reload` right after a start would stop the service, and a SIGTERM would
+/// skip the ledger's last write).
 async fn serve_on(path: Option<PathBuf>) -> Result<(), ServeError> {
+    let shutdown = Shutdown::listen();
+    #[cfg(unix)]
+    let sighup = listen(
+        tokio::signal::unix::SignalKind::hangup(),
+        "SIGHUP: reload with POST /reload",
+    );
     let config = load(path.as_deref()).map_err(ServeError::Config)?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -661,23 +671,107 @@ async fn serve_on(path: Option<PathBuf>) -> Result<(), ServeError> {
     };
     let options = Options {
         reload: Some(source),
-        reload_on_sighup: true,
+        #[cfg(unix)]
+        sighup,
         ..Options::default()
     };
-    crate::service::run_with(listener, config, options, shutdown_signal())
+    crate::service::run_with(listener, config, options, shutdown.first())
         .await
         .map_err(ServeError::Run)?;
     tracing::info!(target: TARGET, "stopped");
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C), which start the graceful
-/// shutdown. From then on a second SIGTERM or SIGINT ends the process at
-/// once ([`exit_on_second_signal`]).
-async fn shutdown_signal() {
-    let first = next_signal().await;
-    tracing::info!(target: TARGET, "{} received", first.name());
-    tokio::spawn(exit_on_second_signal());
+/// A stream of the signal `kind`; `None`, logged as "cannot listen for
+/// `name`", if it cannot be listened for.
+#[cfg(unix)]
+fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .inspect_err(|e| {
+            tracing::error!(target: TARGET, error = %e, "cannot listen for {name}");
+        })
+        .ok()
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), listened for from [`Shutdown::listen`] on.
+/// The first starts the graceful shutdown; from then on a second ends the
+/// process at once ([`Shutdown::exit_on_second`]).
+struct Shutdown {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    /// Listens for SIGTERM and SIGINT from now on.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::SignalKind;
+            Self {
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Completes on the first SIGTERM or SIGINT (one received before it
+    /// was polled included), then waits for a second in the background.
+    async fn first(mut self) {
+        let first = self.next().await;
+        tracing::info!(target: TARGET, "{} received", first.name());
+        tokio::spawn(self.exit_on_second());
+    }
+
+    /// The next SIGTERM or SIGINT. A signal that cannot be listened for
+    /// never arrives.
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.interrupt.as_mut()) => Signal::Interrupt,
+                () = recv(self.terminate.as_mut()) => Signal::Terminate,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(target: TARGET, error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+            Signal::Interrupt
+        }
+    }
+
+    /// Waits for a second SIGTERM or SIGINT during the drain and ends the
+    /// process at once with 128 + the signal's number, without waiting for
+    /// the requests in flight or writing the ledger a last time: what an
+    /// operator asks for by signalling twice. Said on stderr directly, as
+    /// the log writer is not flushed by an immediate exit.
+    async fn exit_on_second(mut self) {
+        let second = self.next().await;
+        eprintln!(
+            "{} received again during the graceful shutdown: exiting now with status {}, \
+             without waiting for requests in flight or writing the usage ledger",
+            second.name(),
+            second.exit_status()
+        );
+        std::process::exit(second.exit_status());
+    }
 }
 
 /// A shutdown signal.
@@ -703,49 +797,4 @@ impl Signal {
             Self::Terminate => 143,
         }
     }
-}
-
-/// The next SIGTERM or SIGINT. A signal that cannot be listened for is
-/// logged and never arrives.
-async fn next_signal() -> Signal {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(target: TARGET, error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(target: TARGET, error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => Signal::Interrupt,
-        () = terminate => Signal::Terminate,
-    }
-}
-
-/// Waits for a second SIGTERM or SIGINT during the drain and ends the
-/// process at once with 128 + the signal's number, without waiting for
-/// the requests in flight or writing the ledger a last time: what an
-/// operator asks for by signalling twice. Said on stderr directly, as the
-/// log writer is not flushed by an immediate exit.
-async fn exit_on_second_signal() {
-    let second = next_signal().await;
-    eprintln!(
-        "{} received again during the graceful shutdown: exiting now with status {}, \
-         without waiting for requests in flight or writing the usage ledger",
-        second.name(),
-        second.exit_status()
-    );
-    std::process::exit(second.exit_status());
 }

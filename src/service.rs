@@ -28,9 +28,12 @@ pub struct Options {
     /// Where to reload the configuration from (`POST /reload`, SIGHUP);
     /// `None` disables reloading.
     pub reload: Option<ConfigSource>,
-    /// Reload on SIGHUP (the binary does; tests reload through the admin
-    /// listener).
-    pub reload_on_sighup: bool,
+    /// The SIGHUP stream to reload on (the binary's; tests reload through
+    /// the admin listener). The binary listens for SIGHUP before it loads
+    /// its configuration: until a process listens, SIGHUP ends it, and a
+    /// `systemctl reload` soon after a start would stop the service.
+    #[cfg(unix)]
+    pub sighup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Default for Options {
@@ -39,7 +42,8 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             admin_listener: None,
             reload: None,
-            reload_on_sighup: false,
+            #[cfg(unix)]
+            sighup: None,
         }
     }
 }
@@ -166,8 +170,9 @@ pub async fn run_with(
     });
 
     #[cfg(unix)]
-    let sighup = match (&reloader, options.reload_on_sighup) {
-        (Some(reloader), true) => Some(spawn_sighup(
+    let sighup = match (&reloader, options.sighup) {
+        (Some(reloader), Some(hup)) => Some(spawn_sighup(
+            hup,
             reloader.clone(),
             until_stopped(stopped.clone()),
         )),
@@ -227,21 +232,15 @@ pub const FINAL_WRITE_RETRY: std::time::Duration = std::time::Duration::from_sec
 /// The pause between final write attempts.
 const FINAL_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Reloads on every SIGHUP until `stop` completes.
+/// Reloads on every SIGHUP `hup` receives (one received before this
+/// started included) until `stop` completes.
 #[cfg(unix)]
 fn spawn_sighup(
+    mut hup: tokio::signal::unix::Signal,
     reloader: Reloader,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /reload");
-                return;
-            }
-        };
         tokio::pin!(stop);
         loop {
             tokio::select! {

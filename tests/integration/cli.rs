@@ -325,6 +325,100 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
     );
 }
 
+/// SIGHUP and SIGTERM sent while `serve` is still starting (here, waiting
+/// to read its config file from a FIFO) do not end it, as they would
+/// before it listens for them: a SIGHUP reloads the configuration once the
+/// proxy runs (`systemctl reload` right after a start), and a SIGTERM
+/// stops it cleanly, exit 0, its ledger written.
+#[tokio::test]
+async fn signals_while_starting_reload_or_stop_it_cleanly() {
+    use tokio::io::AsyncBufReadExt as _;
+    let fake = support::fake().await;
+    let base = support::config_toml(&fake.url(), "", "");
+    let limit = std::time::Duration::from_secs(10);
+    for signal in ["HUP", "TERM"] {
+        let file = support::ConfigFile::new(&base);
+        let fifo = file.path().to_path_buf();
+        std::fs::remove_file(&fifo).expect("remove");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo");
+        // Writes `text` into the FIFO once a reader opens it, on a thread
+        // of its own (bounded by the waits below, not by itself).
+        let feed = |text: String| {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, text))
+        };
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&fifo)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id().expect("running");
+        let (said, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                let _ = said.send(line);
+            }
+        });
+        // Blocked opening its config file by now.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let kill = |name: &str| {
+            let sent = std::process::Command::new("kill")
+                .args([&format!("-{name}"), &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "kill -{name}");
+        };
+        kill(signal);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "SIG{signal} while starting ended the process"
+        );
+        feed(base.clone());
+        // Every message logged until `until` is, or the process ends.
+        let mut messages = Vec::new();
+        let mut read_until = async |until: &str| {
+            tokio::time::timeout(limit, async {
+                while let Some(line) = lines.recv().await {
+                    let entry: serde_json::Value =
+                        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                    let message = entry["message"].as_str().unwrap_or_default().to_owned();
+                    messages.push(message.clone());
+                    if message == until {
+                        return;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{until:?} within {limit:?}: {messages:?}"));
+            messages.clone()
+        };
+        if signal == "HUP" {
+            // The reload the SIGHUP asked for reads the file again, once
+            // the first read is done.
+            read_until("listening").await;
+            feed(base.clone());
+            read_until("configuration reloaded").await;
+            kill("TERM");
+        }
+        let seen = read_until("stopped").await;
+        assert!(seen.iter().any(|m| m == "SIGTERM received"), "{seen:?}");
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .expect("exits")
+            .expect("wait");
+        assert_eq!(status.code(), Some(0), "{signal}: {seen:?}");
+    }
+}
+
 /// SIGHUP reloads the config file: a valid change takes effect, an invalid
 /// file is refused (logged) and the previous config keeps serving.
 #[tokio::test]

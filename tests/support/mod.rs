@@ -84,7 +84,8 @@ impl TestProxy {
             clock,
             admin_listener: Some(admin_listener),
             reload,
-            reload_on_sighup: false,
+            #[cfg(unix)]
+            sighup: None,
         };
         let task = tokio::spawn(async move {
             pusher_cutover::run_with(listener, config, options, async move {
