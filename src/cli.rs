@@ -183,11 +183,12 @@ Exit codes of serve:
   0    stopped after SIGTERM or SIGINT, the ledger written
   1    stopped, but the usage ledger could not be written (calls lost)
   64   usage error: unknown subcommand, option or value (every subcommand)
-  69   runtime failure: a listener cannot be bound; the ledger cannot be opened (its
-       directory or file cannot be created or written: disk, permissions, a lock;
-       another serve writes it, holding data_dir/ledger.lock; or a newer release
-       wrote it). A ledger file that cannot be read as one is
-       moved aside to ledger.sqlite3.corrupt-<unix seconds> instead, and serve goes on
+  69   runtime failure: a listener cannot be bound; no worker thread can be started;
+       the ledger cannot be opened (its directory or file cannot be created or
+       written: disk, permissions, a lock; another serve writes it, holding
+       data_dir/ledger.lock; or a newer release wrote it). A ledger file that
+       cannot be read as one is moved aside to ledger.sqlite3.corrupt-<unix seconds>
+       instead, and serve goes on
   78   configuration error: the file cannot be read or is invalid, TLS files unusable
   130  a second SIGINT during the graceful shutdown
   143  a second SIGTERM during the graceful shutdown
@@ -201,8 +202,8 @@ pub mod exit {
     /// Not clap's default 2, which `report`'s gate means "evidence
     /// incomplete".
     pub const USAGE: u8 = 64;
-    /// A runtime failure: a listener cannot be bound, or the ledger cannot
-    /// be opened: its directory or file cannot be created or written (the
+    /// A runtime failure: a listener cannot be bound, no worker thread
+    /// can be started, or the ledger cannot be opened: its directory or file cannot be created or written (the
     /// disk, permissions, a lock), or a newer release wrote it
     /// (`EX_UNAVAILABLE`). A ledger file that cannot be read as a ledger
     /// is no failure: it is moved aside and a new one started
@@ -249,7 +250,9 @@ impl ServeError {
             Self::Config(_) | Self::Run(RunError::Tls(_)) => exit::CONFIG,
             Self::Bind { .. }
             | Self::Runtime(_)
-            | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_)) => exit::UNAVAILABLE,
+            | Self::Run(RunError::BindAdmin { .. } | RunError::Store(_) | RunError::NoWorkers(_)) => {
+                exit::UNAVAILABLE
+            }
             Self::Run(RunError::LedgerNotWritten { .. }) => exit::LEDGER_LOST,
         }
     }

@@ -63,6 +63,9 @@ pub enum RunError {
     /// The TLS certificate or key could not be loaded.
     #[error("cannot set up inbound TLS")]
     Tls(#[from] crate::http::tls::TlsError),
+    /// No worker thread could be started: nothing was served.
+    #[error("cannot start a worker thread")]
+    NoWorkers(#[source] std::io::Error),
     /// The admin listener could not be bound.
     #[error("cannot bind the admin listener on {addr}")]
     BindAdmin {
@@ -183,7 +186,10 @@ pub async fn run_with(
         shutdown.await;
         ready.store(false, Ordering::Release);
     };
-    server::serve(listener, proxy, settings, draining).await;
+    let served = server::serve(listener, proxy, settings, draining).await;
+    if served.is_err() {
+        ready.store(false, Ordering::Release);
+    }
 
     let _ = stop.send(true);
     if let Some(flusher) = flusher {
@@ -219,6 +225,7 @@ pub async fn run_with(
     if let Some(sighup) = sighup {
         let _ = sighup.await;
     }
+    served.map_err(RunError::NoWorkers)?;
     match unwritten {
         Some(calls) => Err(RunError::LedgerNotWritten { calls }),
         None => Ok(()),

@@ -137,12 +137,13 @@ struct Handoff {
 
 /// Serves `proxy` on `listener` until `shutdown` completes, then waits up
 /// to the grace period for open connections to finish their requests.
+/// Fails, serving nothing, if no worker thread could be started.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
@@ -161,15 +162,20 @@ pub async fn serve(
     tokio::pin!(shutdown);
 
     let mut workers = Vec::with_capacity(settings.workers.max(1));
+    let mut failed = None;
     for index in 0..settings.workers.max(1) {
         match Worker::start(index, &http, &proxy, &settings) {
             Ok(worker) => workers.push(worker),
-            Err(error) => tracing::error!(%error, index, "cannot start a worker thread"),
+            Err(error) => {
+                tracing::error!(%error, index, "cannot start a worker thread");
+                failed = Some(error);
+            }
         }
     }
-    if workers.is_empty() {
-        tracing::error!("no worker thread could be started; not serving");
-        return;
+    if workers.is_empty()
+        && let Some(error) = failed
+    {
+        return Err(error);
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, tls = settings.tls.is_some(), workers = workers.len(), "listening");
@@ -261,6 +267,7 @@ pub async fn serve(
     for worker in done {
         let _ = worker.await;
     }
+    Ok(())
 }
 
 /// Asks the connections idle the longest, over all workers, to close: an
