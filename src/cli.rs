@@ -2,6 +2,7 @@
 //! ([`main`]). `main.rs` only calls [`main`]; the errors are typed and
 //! printed with their causes, `a: b: c`.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,6 +63,24 @@ enum Command {
         /// unreadable `secret_file`, as an error (as `serve` does).
         #[arg(long)]
         require_env: bool,
+    },
+    /// Reload a running `serve` and wait for its answer (POST /reload on
+    /// its admin listener): exits 0 once the new configuration is in
+    /// force, 1 when the proxy refused it (its reason printed; the
+    /// previous configuration keeps serving) or refused the request, 69
+    /// when the proxy cannot be reached, 78 when the file is invalid or
+    /// enables no admin listener. For systemd's ExecReload: the proxy
+    /// itself decides, with its own environment, so a refused reload fails
+    /// `systemctl reload` (a SIGHUP is only logged).
+    Reload {
+        /// The running proxy's configuration file: its [admin] listen
+        /// (0.0.0.0 or :: reached on loopback) and token are used.
+        #[arg(long)]
+        config: PathBuf,
+        /// The admin listener's address, instead of the file's [admin]
+        /// listen.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<SocketAddr>,
     },
     /// Report who still makes deprecated calls, from one or more ledgers
     /// (merged) or from Prometheus. With --fail-if-used-since: exits 1
@@ -281,10 +300,12 @@ enum SourcesError {
 /// Parses the process's command line and runs it; its exit code is one of
 /// `EXIT_CODES`: for `serve` 0, [`exit::USAGE`], [`exit::CONFIG`],
 /// [`exit::UNAVAILABLE`] or [`exit::LEDGER_LOST`]; `validate` exits 1 when
-/// it finds problems; `report` 1 when `--fail-if-used-since` finds calls,
+/// it finds problems; `reload` 1 when the proxy refuses, [`exit::UNAVAILABLE`]
+/// when it cannot be reached, [`exit::CONFIG`] for a file it cannot use;
+/// `report` 1 when `--fail-if-used-since` finds calls,
 /// 2 when it has nothing it can read or its gate's evidence is
 /// incomplete. Logging is set up for `serve` only:
-/// `validate` and `report` print their results.
+/// `validate`, `reload` and `report` print their results.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -304,6 +325,7 @@ pub fn main() -> ExitCode {
             config,
             require_env,
         } => validate(&config, require_env),
+        Command::Reload { config, admin } => reload_running(&config, admin),
         Command::Report {
             config,
             data_dirs,
@@ -428,6 +450,95 @@ fn validate(path: &Path, require_env: bool) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How long `reload` waits for the proxy's answer: longer than a reload
+/// may take before the admin listener gives up its connection
+/// ([`crate::http::admin::CONNECTION_LIFETIME`]).
+const RELOAD_WAIT: Duration = Duration::from_secs(15);
+
+/// `reload`: `POST /reload` to the admin listener that the configuration
+/// in `path` names (or `admin`), with its token; prints the answer and
+/// exits as [`Command::Reload`] says.
+#[tokio::main(flavor = "current_thread")]
+async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
+    use http_body_util::{BodyExt as _, Empty, Limited};
+    use secrecy::ExposeSecret as _;
+    let config = match Config::lint_file(path, &config::process_env, false) {
+        Ok((config, _)) => config,
+        Err(e) => {
+            eprintln!("{}: invalid, not reloaded", path.display());
+            for problem in e.problems() {
+                eprintln!("  - {problem}");
+            }
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let Some(addr) = admin.or(config.admin.listen) else {
+        eprintln!(
+            "{}: no admin listener ([admin] enabled = false): send the proxy SIGHUP instead",
+            path.display()
+        );
+        return ExitCode::from(exit::CONFIG);
+    };
+    let addr = reachable(addr);
+    let mut req = hyper::Request::post(format!("http://{addr}/reload"));
+    if let Some(token) = &config.admin.token {
+        req = req.header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose_secret()),
+        );
+    }
+    let Ok(req) = req.body(Empty::<bytes::Bytes>::new()) else {
+        eprintln!("reload: cannot build a request for {addr}");
+        return ExitCode::from(exit::USAGE);
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map_err(|e| ErrorChain(&*e).to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).trim().to_owned()))
+    };
+    match tokio::time::timeout(RELOAD_WAIT, exchange).await {
+        Ok(Ok((status, body))) if status.is_success() => {
+            let _ = print_out(&body);
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!("reload: the proxy at {addr} answered {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("reload: cannot reach the proxy's admin listener at {addr}: {error}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+        Err(_) => {
+            eprintln!(
+                "reload: no answer from {addr} within {} s; the proxy's log says how the reload ended",
+                RELOAD_WAIT.as_secs()
+            );
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
+/// The address to connect to for a listener bound on `addr`: an
+/// unspecified one (`0.0.0.0`, `::`) is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
     }
 }
 

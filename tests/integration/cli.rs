@@ -419,6 +419,90 @@ async fn signals_while_starting_reload_or_stop_it_cleanly() {
     }
 }
 
+/// `reload` asks the running proxy, with the file's admin token, and
+/// waits for its answer: 0 once the change is in force; 1 when the proxy
+/// refuses the file (here: a `secret_env` that the proxy's environment
+/// lacks and the command's has), the previous configuration serving on; 78
+/// for a file it cannot read, without asking; 69 when nothing answers.
+#[tokio::test]
+async fn reload_waits_for_the_proxys_own_answer() {
+    let fake = support::fake().await;
+    let base = support::config_toml(&fake.url(), "", "")
+        .replace("[admin]\n", "[admin]\ntoken = \"a-long-admin-token\"\n");
+    let file = support::ConfigFile::new(&base);
+    let served = Served::start(file.path()).await;
+    let reload = |admin: String, env: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(["reload", "--config"])
+            .arg(file.path())
+            .args(["--admin", &admin])
+            .envs(env.iter().copied());
+        async move {
+            let out = tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
+                .await
+                .expect("reload ends within 30 s")
+                .expect("reload runs");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let trigger = || async {
+        let uri = support::legacy_trigger_uri("room", &[("name", "ev")], b"x", support::now());
+        support::send(
+            Method::POST,
+            &format!("http://{}{uri}", served.addr),
+            &[],
+            b"x".to_vec(),
+        )
+        .await
+        .status
+        .as_u16()
+    };
+    assert_eq!(trigger().await, 202);
+
+    file.write(&base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""));
+    let (code, out, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("reloaded config="), "{out}");
+    assert_eq!(trigger().await, 410, "in force once reload exits");
+
+    let lacking = base
+        .replace("[[apps]]", "[[apps]]\nmode = \"observe\"")
+        .replace(
+            &format!("secret = \"{}\"", support::SECRET),
+            "secret_env = \"PC_RELOAD_TEST_SECRET\"",
+        );
+    file.write(&lacking);
+    let (code, out, err) = reload(served.admin.clone(), &[("PC_RELOAD_TEST_SECRET", "x")]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("400") && err.contains("PC_RELOAD_TEST_SECRET"),
+        "{err}"
+    );
+    assert_eq!(trigger().await, 410, "the previous configuration serves on");
+
+    file.write("[upstream\n");
+    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("invalid, not reloaded"), "{err}");
+
+    // A port nothing listens on: bound, then let go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    file.write(&base);
+    let (code, _, err) = reload(gone, &[]).await;
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+
+    let (code, _) = served.sigterm().await;
+    assert_eq!(code, Some(0));
+}
+
 /// SIGHUP reloads the config file: a valid change takes effect, an invalid
 /// file is refused (logged) and the previous config keeps serving.
 #[tokio::test]
