@@ -204,7 +204,14 @@ impl State {
             .collect();
         let upstream = match previous {
             Some(p) if p.config.upstream == config.upstream => p.upstream.clone(),
-            _ => Upstream::new(
+            Some(p) => Upstream::replacing(
+                &p.upstream,
+                &p.config.upstream,
+                &config.upstream,
+                config.workers(),
+                telemetry.metrics().upstream.slots(),
+            ),
+            None => Upstream::new(
                 &config.upstream,
                 config.workers(),
                 telemetry.metrics().upstream.slots(),

@@ -363,6 +363,33 @@ impl Upstream {
     /// A client for `config`, with clients of its own for each of `workers`
     /// threads, whose exchange slots `slot_metrics` follows from now on.
     pub fn new(config: &UpstreamConfig, workers: usize, slot_metrics: &SlotMetrics) -> Self {
+        Self::with_slots(config, workers, slot_metrics, None)
+    }
+
+    /// A client for `config` replacing `previous` (a reload that changed
+    /// an `upstream.*` setting): while the upstream server and
+    /// `max_connections` stay, it takes its slots from the same
+    /// `max_connections`, so that the exchanges still in flight on
+    /// `previous` count against the one bound.
+    pub fn replacing(
+        previous: &Self,
+        previous_config: &UpstreamConfig,
+        config: &UpstreamConfig,
+        workers: usize,
+        slot_metrics: &SlotMetrics,
+    ) -> Self {
+        let same_bound = previous_config.url == config.url
+            && previous_config.max_connections == config.max_connections;
+        let slots = same_bound.then(|| previous.inner.slots.clone());
+        Self::with_slots(config, workers, slot_metrics, slots)
+    }
+
+    fn with_slots(
+        config: &UpstreamConfig,
+        workers: usize,
+        slot_metrics: &SlotMetrics,
+        slots: Option<Arc<Semaphore>>,
+    ) -> Self {
         let workers = workers.max(1);
         let https = config.url.scheme_str() == Some("https");
         let protocol = config.protocol;
@@ -433,7 +460,7 @@ impl Upstream {
             .scheme()
             .cloned()
             .unwrap_or(hyper::http::uri::Scheme::HTTP);
-        let slots = Arc::new(Semaphore::new(config.max_connections));
+        let slots = slots.unwrap_or_else(|| Arc::new(Semaphore::new(config.max_connections)));
         slot_metrics.follow(&slots, config.max_connections);
         Self {
             inner: Arc::new(Inner {
@@ -916,6 +943,40 @@ mod tests {
             .await
             .expect("a free slot, in time");
         drop(slot);
+    }
+
+    /// A client that replaces another on a reload takes its slots from the
+    /// same bound while the server and `max_connections` stay (here only
+    /// the timeout changed): the old client's exchange in flight holds
+    /// the one slot. A new server or bound starts a bound of its own.
+    #[tokio::test]
+    async fn a_replacing_client_shares_the_bound_of_the_one_it_replaces() {
+        let metrics = SlotMetrics::default();
+        let old = one_slot_config("url = \"http://127.0.0.1:9\"").upstream;
+        let previous = Upstream::new(&old, 1, &metrics);
+        let in_flight = previous
+            .slot(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("the one slot");
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(100);
+        let same = one_slot_config("url = \"http://127.0.0.1:9\"\ntimeout_ms = 20000").upstream;
+        let replacing = Upstream::replacing(&previous, &old, &same, 1, &metrics);
+        assert!(
+            matches!(replacing.slot_by(soon()).await, Err(UpstreamError::Timeout)),
+            "the slot is the old exchange's"
+        );
+        let other_server = one_slot_config("url = \"http://127.0.0.1:10\"").upstream;
+        let own = Upstream::replacing(&previous, &old, &other_server, 1, &metrics);
+        assert!(own.slot_by(soon()).await.is_ok(), "another server's bound");
+        let mut wider = one_slot_config("url = \"http://127.0.0.1:9\"").upstream;
+        wider.max_connections = 2;
+        let own = Upstream::replacing(&previous, &old, &wider, 1, &metrics);
+        assert!(own.slot_by(soon()).await.is_ok(), "a new bound");
+        drop(in_flight);
+        assert!(
+            replacing.slot_by(soon()).await.is_ok(),
+            "freed by the old client"
+        );
     }
 
     /// Over HTTP/1.1, a request whose last moment to send passes after its
