@@ -127,9 +127,11 @@ pub(crate) async fn translate(
         if channel.starts_with("private-encrypted-") {
             // Old clients never encrypt; subscribers will fail to decrypt
             // (spec E.5 item 12). The proxy has no master key: forward, warn.
+            // The channel's template, as elsewhere: a name may hold a
+            // user's id or address.
             tracing::warn!(
                 app_id = %app.config.id,
-                channel,
+                channel = %crate::telemetry::call_site::template(channel),
                 "legacy trigger to an end-to-end encrypted channel is sent unencrypted"
             );
         }

@@ -127,12 +127,14 @@ impl Pending {
         }
     }
 
-    /// An upper bound of its bytes in a `batch_events` body: its strings
-    /// with every data byte escaped (at most 6 bytes, `\u00XX`), the
-    /// others at most twice, and the keys and quotes.
+    /// An upper bound of its bytes in a `batch_events` body: its data and
+    /// name (a decoded query value, control characters allowed) with every
+    /// byte escaped (at most 6 bytes, `\u00XX`), the channel and socket id
+    /// (of characters their rules allow) at most twice, and the keys and
+    /// quotes.
     fn body_bytes(&self) -> usize {
         let socket_id = self.socket_id.as_ref().map_or(0, String::len);
-        6 * self.data.len() + 2 * (self.name.len() + self.channel.len() + socket_id) + 64
+        6 * (self.data.len() + self.name.len()) + 2 * (self.channel.len() + socket_id) + 64
     }
 
     fn trigger(&self) -> Trigger<'_> {
@@ -917,6 +919,40 @@ mod tests {
         queue.push_back(huge);
         drop(queue);
         assert_eq!(c.take_group(&mut c.lock()).len(), 1);
+    }
+
+    /// `body_bytes` bounds an event's share of a real `batch_events` body
+    /// whatever its strings hold: control characters in the name and data
+    /// (6 bytes each, escaped), quotes and backslashes, or plain text.
+    #[test]
+    fn an_events_byte_bound_holds_for_any_strings() {
+        let channel = "c".repeat(crate::pusher::channel::PUSHER_MAX_CHANNEL_LEN);
+        for (name, data) in [
+            ("\u{1}".repeat(MAX_EVENT_NAME_BYTES), "\u{1f}".repeat(1_000)),
+            ("\"\\".repeat(100), "\"".repeat(1_000)),
+            ("e".repeat(MAX_EVENT_NAME_BYTES), "d".repeat(1_000)),
+        ] {
+            let event = Pending {
+                channel: channel.clone(),
+                name,
+                data,
+                socket_id: Some("123456789.987654321".to_owned()),
+            };
+            let alone = batch_body(std::iter::once(&event)).len();
+            let two = batch_body([&event, &event].into_iter()).len();
+            // What one more event adds to a batch, and the batch's own frame.
+            assert!(
+                two - alone <= event.body_bytes(),
+                "{} > {}",
+                two - alone,
+                event.body_bytes()
+            );
+            assert!(
+                alone <= event.body_bytes(),
+                "{alone} > {}",
+                event.body_bytes()
+            );
+        }
     }
 
     #[test]
