@@ -306,6 +306,11 @@ const DRAIN_DEADLINE: &str = "drain_deadline";
 /// because a request's answer was not taken in time ([`Bounds::busy`]).
 const ANSWER_TIMEOUT: &str = "answer_timeout";
 
+/// The `kind` of `connection_errors_total` counting inbound TLS handshakes
+/// that failed (a client that does not trust the certificate, or shares
+/// no version or cipher suite with the proxy).
+const TLS_HANDSHAKE: &str = "tls_handshake";
+
 thread_local! {
     /// Set on a worker thread once its grace period has run out, just
     /// before what is left of its connections is dropped.
@@ -483,7 +488,16 @@ fn accept(shared: &Arc<Shared>, handoff: Handoff) {
                 if Box::pin(first_byte(&shared, &stream, &tracker, peer)).await {
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => serve_connection(&shared, tls, peer, tracker).await,
-                        Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                        Ok(Err(error)) => {
+                            // Counted, logged at debug only: scanners and
+                            // probes fail handshakes all day.
+                            shared
+                                .proxy
+                                .current()
+                                .telemetry
+                                .connection_error(TLS_HANDSHAKE);
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                        }
                         Err(_) => head_timed_out(&shared.proxy, peer, Phase::Head),
                     }
                 }
@@ -1114,9 +1128,10 @@ pub fn connection_error_kind(error: &hyper::Error) -> &'static str {
 /// Every `kind` of `connection_errors_total`: each
 /// [`connection_error_kind`], plus `idle_evicted` (an idle connection
 /// closed to admit a new one at `max_connections`), `drain_deadline`
-/// (open when `shutdown_grace_ms` ran out, and cut) and `answer_timeout`
-/// (an answer not taken in time).
-pub const CONNECTION_ERROR_KINDS: [&str; 9] = [
+/// (open when `shutdown_grace_ms` ran out, and cut), `answer_timeout`
+/// (an answer not taken in time) and `tls_handshake` (a failed inbound
+/// TLS handshake).
+pub const CONNECTION_ERROR_KINDS: [&str; 10] = [
     "parse",
     "too_large",
     "header_timeout",
@@ -1126,6 +1141,7 @@ pub const CONNECTION_ERROR_KINDS: [&str; 9] = [
     IDLE_EVICTED,
     DRAIN_DEADLINE,
     ANSWER_TIMEOUT,
+    TLS_HANDSHAKE,
 ];
 
 /// The connection's service: the proxy, with the connection marked busy

@@ -669,6 +669,25 @@ async fn inbound_tls() {
         !String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 "),
         "plain HTTP was served"
     );
+    // A client that does not trust the certificate ends its handshake.
+    let stranger = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let name = pki_types::ServerName::try_from("localhost").expect("name");
+    let distrust = trusting(&[stranger.cert.der().clone()])
+        .connect(name, tcp)
+        .await;
+    assert!(distrust.is_err(), "a certificate the client does not trust");
+    // Both counted, once the server side has seen the alert.
+    let handshakes = r#"pusher_cutover_connection_errors_total{kind="tls_handshake"}"#;
+    let mut counted = None;
+    for _ in 0..50 {
+        counted = support::metric(&proxy.metrics().await, handshakes);
+        if counted == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, Some(2.0), "failed handshakes are counted");
     proxy.stop().await;
 }
 
