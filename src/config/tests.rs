@@ -546,6 +546,51 @@ fn one_app(top: &str, app: &str, admin: &str) -> String {
     )
 }
 
+/// An upstream that is the proxy's own `listen` is refused: every call
+/// would loop back into it. In the environment mode, that is the app's
+/// `PUSHER_HOST`/`PUSHER_PORT` handed to the sidecar too.
+#[test]
+fn an_upstream_at_the_proxys_own_listen_is_refused() {
+    let with = |listen: &str, url: &str| {
+        problems_of(
+            &format!(
+                "listen = \"{listen}\"\n[admin]\nenabled = false\n[upstream]\nurl = \"{url}\"\n"
+            ),
+            &[],
+        )
+    };
+    for (listen, url) in [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("0.0.0.0:8080", "http://localhost:8080"),
+        ("127.0.0.1:8080", "http://127.0.0.2:8080"),
+        ("[::]:80", "http://[::1]"),
+        ("10.0.0.5:443", "https://10.0.0.5"),
+    ] {
+        let problems = with(listen, url);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("upstream.url:") && p.contains("own `listen`")),
+            "{listen} {url}: {problems:?}"
+        );
+    }
+    for (listen, url) in [
+        ("127.0.0.1:8080", "http://127.0.0.1:6001"),
+        ("127.0.0.1:443", "http://127.0.0.1"),
+        ("10.0.0.5:8080", "http://10.0.0.6:8080"),
+        ("127.0.0.1:8080", "http://sockudo:8080"),
+    ] {
+        assert_eq!(with(listen, url), Vec::<String>::new(), "{listen} {url}");
+    }
+    let looped = Config::from_env(&env(&[
+        ("PUSHER_HOST", "127.0.0.1"),
+        ("PUSHER_PORT", "8080"),
+        ("PUSHER_SCHEME", "http"),
+    ]))
+    .expect_err("the default listen is 127.0.0.1:8080");
+    assert!(looped.to_string().contains("own `listen`"), "{looped}");
+}
+
 /// The problems `text` has (none: valid), said as `validate` says them.
 fn problems_of(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
     match Config::from_toml_str(text, &env(vars)) {

@@ -161,6 +161,16 @@ impl RawConfig {
                 Uri::from_static("http://invalid")
             }
         };
+        if points_at(&url, listen) {
+            problems.add(
+                "upstream.url",
+                format!(
+                    "`{url}` is this proxy's own `listen` ({listen}): every call would come \
+                     back to it until no slot is left (PUSHER_HOST and PUSHER_PORT name the \
+                     upstream here, not the proxy the app calls)"
+                ),
+            );
+        }
         // upstream.protocol
         if self.upstream.protocol == UpstreamProtocol::H2c && url.scheme_str() == Some("https") {
             problems.add(
@@ -301,6 +311,32 @@ fn instance_name(
         "unnamed".into()
     } else {
         name
+    }
+}
+
+/// Whether `url` names the proxy's own `listen` address: the same port on
+/// the same IP, or on a loopback one (`localhost` too) or an unspecified
+/// one where `listen` is loopback or unspecified. (An address of another
+/// interface the proxy listens on through `0.0.0.0` is not caught.)
+fn points_at(url: &Uri, listen: SocketAddr) -> bool {
+    let Some(host) = url.host() else {
+        return false;
+    };
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    if listen.port() == 0 || port != listen.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = |ip: std::net::IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip == listen.ip() || (local(ip) && local(listen.ip())),
+        Err(_) => host.eq_ignore_ascii_case("localhost") && local(listen.ip()),
     }
 }
 
