@@ -321,6 +321,13 @@ fn checked(admin: &Admin, req: &Request<Incoming>) -> Result<Endpoint, Box<Respo
     if endpoint.guarded()
         && let Some(refusal) = admin.access.refusal(path, req.headers())
     {
+        admin
+            .telemetry
+            .admin_refused(if refusal.status() == StatusCode::UNAUTHORIZED {
+                "token"
+            } else {
+                "no_token"
+            });
         return Err(Box::new(refusal));
     }
     if endpoint.takes(req.method()) {

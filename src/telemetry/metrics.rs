@@ -76,6 +76,8 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "pusher_cutover_config_reloads";
     /// Connections the HTTP layer ended with an error, by kind.
     pub const CONNECTION_ERRORS: &str = "pusher_cutover_connection_errors";
+    /// Admin requests refused for their bearer token, by reason.
+    pub const ADMIN_REFUSED: &str = "pusher_cutover_admin_refused";
     /// Recorded calls not yet written to the ledger's store.
     pub const LEDGER_UNWRITTEN_CALLS: &str = "pusher_cutover_ledger_unwritten_calls";
     /// 1 while the configuration in force has `bypass = true` (the kill
@@ -254,6 +256,19 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The `reason` label alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// One of the metric's reasons (for `admin_refused`,
+    /// [`ADMIN_REFUSED_REASONS`]).
+    pub reason: &'static str,
+}
+
+/// The reasons of `admin_refused_total`: `token` (401: no bearer token, or
+/// not the configured one), `no_token` (403: a non-loopback listener with
+/// no token configured).
+pub const ADMIN_REFUSED_REASONS: [&str; 2] = ["token", "no_token"];
+
 /// The shadow comparison's `field` label values.
 pub const SHADOW_FIELDS: [&str; 4] = ["occupied", "user_count", "connection_count", "answer"];
 
@@ -365,6 +380,8 @@ pub struct Metrics {
     pub bypass_last_on: Gauge,
     /// See [`names::CONNECTION_ERRORS`].
     pub connection_errors: Family<KindLabel, Counter>,
+    /// See [`names::ADMIN_REFUSED`].
+    pub admin_refused: Family<ReasonLabel, Counter>,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
     /// The deprecated routes' upstream requests and trigger coalescing.
@@ -404,6 +421,7 @@ impl Metrics {
         let ledger_unwritten_calls = Gauge::default();
         let bypass = Gauge::default();
         let connection_errors = Family::<KindLabel, Counter>::default();
+        let admin_refused = Family::<ReasonLabel, Counter>::default();
         let upstream = UpstreamRequests::register(&mut registry);
 
         registry.register(
@@ -492,6 +510,14 @@ impl Metrics {
         for kind in crate::http::server::CONNECTION_ERROR_KINDS {
             let _ = connection_errors.get_or_create(&KindLabel { kind });
         }
+        registry.register(
+            names::ADMIN_REFUSED,
+            "Admin requests (/usage, /report, POST /reload) refused for their bearer token, by reason",
+            admin_refused.clone(),
+        );
+        for reason in ADMIN_REFUSED_REASONS {
+            let _ = admin_refused.get_or_create(&ReasonLabel { reason });
+        }
         for result in ["success", "failure"] {
             // Present from the start, so alerts can use increase().
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -525,6 +551,7 @@ impl Metrics {
             bypass,
             bypass_last_on,
             connection_errors,
+            admin_refused,
             build_info,
             upstream,
             request_durations: RouteHistograms::default(),

@@ -220,6 +220,15 @@ impl Telemetry {
             .inc();
     }
 
+    /// Counts an admin request refused for its bearer token, for `reason`
+    /// (one of [`metrics::ADMIN_REFUSED_REASONS`]).
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.metrics
+            .admin_refused
+            .get_or_create(&metrics::ReasonLabel { reason })
+            .inc();
+    }
+
     /// Counts a connection the HTTP layer ended with an error of `kind`.
     pub fn connection_error(&self, kind: &'static str) {
         self.metrics

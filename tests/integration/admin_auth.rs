@@ -39,6 +39,18 @@ async fn admin(
     support::send(method, &format!("{}{path}", proxy.admin_url()), headers, "").await
 }
 
+/// `admin_refused_total` for `token` and for `no_token`.
+async fn refused(proxy: &TestProxy) -> (Option<f64>, Option<f64>) {
+    let text = proxy.metrics().await;
+    let reason = |r: &str| {
+        support::metric(
+            &text,
+            &format!("pusher_cutover_admin_refused_total{{reason=\"{r}\"}}"),
+        )
+    };
+    (reason("token"), reason("no_token"))
+}
+
 const GUARDED: [(&str, &str); 3] = [("GET", "/usage"), ("GET", "/report"), ("POST", "/reload")];
 
 fn method(name: &str) -> Method {
@@ -79,6 +91,8 @@ async fn with_a_token_the_guarded_endpoints_need_the_bearer() {
         let a = admin(&proxy, Method::GET, p, None).await;
         assert_eq!(a.status.as_u16(), 200, "{p}: {}", a.text());
     }
+    // Every refusal counted, so that guessing shows.
+    assert_eq!(refused(&proxy).await, (Some(12.0), Some(0.0)));
     proxy.stop().await;
 }
 
@@ -104,6 +118,7 @@ async fn without_a_token_a_non_loopback_listener_refuses_the_guarded_endpoints()
         let a = admin(&exposed, Method::GET, p, None).await;
         assert_eq!(a.status.as_u16(), 200, "{p}: {}", a.text());
     }
+    assert_eq!(refused(&exposed).await, (Some(0.0), Some(3.0)));
     exposed.stop().await;
 
     // On loopback without a token, as before.
