@@ -64,13 +64,18 @@ pub struct Reloaded {
     /// The settings whose new values wait for a restart (`listen`,
     /// `workers`, …); empty when the file is in force as a whole.
     pub restart_needed: Vec<&'static str>,
+    /// What changed for each app, one line each, as logged (`app 4242:
+    /// mode observe → translate, secrets changed`; never a value of a
+    /// secret).
+    pub app_changes: Vec<String>,
 }
 
 impl Reloaded {
     /// The answer's text: `reloaded config=<hash>`, and when settings wait
-    /// for a restart `; restart needed for: listen, workers (…)`.
+    /// for a restart `; restart needed for: listen, workers (…)`; then
+    /// each app's changes on a line of its own.
     pub fn summary(&self) -> String {
-        if self.restart_needed.is_empty() {
+        let mut text = if self.restart_needed.is_empty() {
             format!("reloaded config={}", self.hash)
         } else {
             format!(
@@ -80,7 +85,12 @@ impl Reloaded {
                 self.restart_needed.join(", "),
                 self.file_hash
             )
+        };
+        for change in &self.app_changes {
+            text.push('\n');
+            text.push_str(change);
         }
+        text
     }
 }
 
@@ -185,7 +195,8 @@ impl Reloader {
                 None
             }
         };
-        for change in app_changes(running, &config) {
+        let changes = app_changes(running, &config);
+        for change in &changes {
             tracing::info!("{change}");
         }
         let file_hash = config.hash.clone();
@@ -220,6 +231,7 @@ impl Reloader {
             hash,
             file_hash,
             restart_needed,
+            app_changes: changes,
         })
     }
 

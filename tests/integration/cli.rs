@@ -468,6 +468,14 @@ async fn reload_waits_for_the_proxys_own_answer() {
     let (code, out, err) = reload(served.admin.clone(), &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("reloaded config="), "{out}");
+    // Each app's changes, as the log gives them.
+    assert!(
+        out.lines().any(
+            |l| l.starts_with(&format!("app {}: mode ", support::APP_ID))
+                && l.ends_with("→ reject")
+        ),
+        "{out}"
+    );
     assert_eq!(trigger().await, 410, "in force once reload exits");
 
     let lacking = base

@@ -350,13 +350,19 @@ async fn reload_says_what_changed_and_what_needs_a_restart() {
     file.write(&translate);
     let full = proxy.reload().await;
     assert_eq!(full.status.as_u16(), 200, "{}", full.text());
-    let file_hash = full
-        .text()
-        .trim()
-        .strip_prefix("reloaded config=")
+    let answer = full.text();
+    let mut lines = answer.lines();
+    let file_hash = lines
+        .next()
+        .and_then(|l| l.strip_prefix("reloaded config="))
         .expect("hash")
         .to_owned();
-    assert_eq!(file_hash.len(), 16, "{}", full.text());
+    assert_eq!(file_hash.len(), 16, "{answer}");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["app 4242: mode observe → translate"],
+        "the answer names the change"
+    );
     assert_eq!(get("/readyz").await, format!("ready config={file_hash}\n"));
     assert_ne!(get("/readyz").await, started);
     assert!(
