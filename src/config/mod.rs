@@ -92,23 +92,15 @@ impl ConfigError {
 
 /// `message` on one line, with each value in it said as `"…"` or `` `…` ``.
 /// serde quotes a string value in double quotes, escaping the quotes
-/// within it (`"old\"tail"`), and any other value in backticks
-/// (``integer `84736251904857` ``). Keys, and the names a setting takes,
-/// are in backticks too: they are kept where the message is about a key
-/// (`unknown field`, `missing field`, `duplicate field`, `duplicate key`)
-/// or a setting's names (`unknown variant`, whose value is a mistyped
-/// name such as `obsrve`).
+/// within it (`"old\"tail"`), and, in an `invalid type` or `invalid value`
+/// message, any other value in backticks (``integer `84736251904857` ``).
+/// Elsewhere backticks hold names, kept: keys (``unknown field `secert` ``),
+/// a setting's names, and the tokens TOML's grammar expected.
 fn unquoted(message: &str) -> String {
     let message = message.trim();
-    let names_only = [
-        "unknown field",
-        "missing field",
-        "duplicate field",
-        "duplicate key",
-        "unknown variant",
-    ]
-    .iter()
-    .any(|start| message.starts_with(start));
+    let values_in_ticks = ["invalid type", "invalid value"]
+        .iter()
+        .any(|start| message.starts_with(start));
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars();
     while let Some(c) = chars.next() {
@@ -127,7 +119,7 @@ fn unquoted(message: &str) -> String {
                 }
                 out.push_str("\"…\"");
             }
-            '`' if !names_only => {
+            '`' if values_in_ticks => {
                 for c in chars.by_ref() {
                     if c == '`' {
                         break;

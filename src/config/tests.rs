@@ -223,7 +223,8 @@ fn syntax_errors_never_show_a_value_or_the_line() {
     }
 }
 
-/// What a syntax error leaves in: the key it is about.
+/// What a syntax error leaves in: the key it is about, and the tokens
+/// TOML's grammar expected.
 #[test]
 fn syntax_errors_keep_the_key_names() {
     let app = "[upstream]\nurl = \"http://x\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
@@ -236,6 +237,8 @@ fn syntax_errors_keep_the_key_names() {
     let typo = said(format!("{app}secert = \"x\"\n"));
     assert!(typo.contains("unknown field `secert`"), "{typo}");
     assert!(typo.contains("`secret`"), "{typo}");
+    let grammar = said("[upstream\n".to_owned());
+    assert!(grammar.contains("expected `]`"), "{grammar}");
 }
 
 #[test]
