@@ -565,8 +565,9 @@ fn an_upstream_at_the_proxys_own_listen_is_refused() {
     for (listen, url) in [
         ("127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("0.0.0.0:8080", "http://localhost:8080"),
-        ("127.0.0.1:8080", "http://127.0.0.2:8080"),
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),
         ("[::]:80", "http://[::1]"),
+        ("[::]:80", "http://127.0.0.1"),
         ("10.0.0.5:443", "https://10.0.0.5"),
     ] {
         let problems = with(listen, url);
@@ -582,6 +583,12 @@ fn an_upstream_at_the_proxys_own_listen_is_refused() {
         ("127.0.0.1:443", "http://127.0.0.1"),
         ("10.0.0.5:8080", "http://10.0.0.6:8080"),
         ("127.0.0.1:8080", "http://sockudo:8080"),
+        // A loopback listen takes its own address only.
+        ("127.0.0.1:8080", "http://127.0.0.2:8080"),
+        ("127.0.0.1:8080", "http://[::1]:8080"),
+        ("0.0.0.0:8080", "http://[::1]:8080"),
+        // Another host, maybe: a listen on 0.0.0.0 does not say.
+        ("0.0.0.0:8080", "http://10.1.2.3:8080"),
     ] {
         assert_eq!(with(listen, url), Vec::<String>::new(), "{listen} {url}");
     }

@@ -314,10 +314,12 @@ fn instance_name(
     }
 }
 
-/// Whether `url` names the proxy's own `listen` address: the same port on
-/// the same IP, or on a loopback one (`localhost` too) or an unspecified
-/// one where `listen` is loopback or unspecified. (An address of another
-/// interface the proxy listens on through `0.0.0.0` is not caught.)
+/// Whether `url` names the proxy's own `listen` address, on the same port:
+/// the same IP; a loopback or unspecified one of its family, for a
+/// `listen` on `0.0.0.0` (`::`: both families); `localhost`, for a
+/// loopback or unspecified `listen`. (A loopback `listen` takes only its
+/// own address: `127.0.0.1` does not answer for `127.0.0.2` or `::1`. The
+/// other addresses of a host listening on `0.0.0.0` are not known here.)
 fn points_at(url: &Uri, listen: SocketAddr) -> bool {
     let Some(host) = url.host() else {
         return false;
@@ -333,10 +335,18 @@ fn points_at(url: &Uri, listen: SocketAddr) -> bool {
         return false;
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let local = |ip: std::net::IpAddr| ip.to_canonical().is_loopback() || ip.is_unspecified();
+    let at = listen.ip();
     match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip == listen.ip() || (local(ip) && local(listen.ip())),
-        Err(_) => host.eq_ignore_ascii_case("localhost") && local(listen.ip()),
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            ip == at.to_canonical()
+                || (at.is_unspecified()
+                    && (ip.is_loopback() || ip.is_unspecified())
+                    && (at.is_ipv6() || ip.is_ipv4()))
+        }
+        Err(_) => {
+            host.eq_ignore_ascii_case("localhost") && (at.is_loopback() || at.is_unspecified())
+        }
     }
 }
 
