@@ -33,8 +33,10 @@
 //!
 //! Either only with a body that can be sent again (built by the proxy, not
 //! streamed from the caller). A request hyper failed before sending it
-//! (canceled, or held at a GOAWAY) is sent again only if it has a body,
-//! which the upstream then never got ([`never_processed`]). Besides, a
+//! (canceled, or held at a GOAWAY) is sent again unless it is a bodyless
+//! GET or HEAD: any other holds its end back with its body, even an empty
+//! one ([`SendBy`]), which the upstream then never got
+//! ([`never_processed`]). Besides, a
 //! bodyless GET or HEAD whose connection broke under it is sent once more
 //! (it changes nothing upstream). Nothing else is retried.
 
@@ -239,8 +241,10 @@ fn in_time(send_by: tokio::time::Instant) -> Result<(), UpstreamError> {
 /// instead; hyper then resets the HTTP/2 stream (or closes the HTTP/1.1
 /// connection) before the request's end, and the upstream never has it
 /// whole, so a trigger cut at its deadline is not delivered after its
-/// caller was answered 504. (A request without a body, whose head ends
-/// it, is a read: it may still go late.)
+/// caller was answered 504. An empty body is not said to end before it is
+/// asked for (hyper would end the request with its head, and never ask),
+/// but for a bodyless GET or HEAD, a read, which is sent without this
+/// check.
 pub struct SendBy {
     inner: OutboundBody,
     /// The last moment to send, until the first frame was asked for.
@@ -264,7 +268,7 @@ impl hyper::body::Body for SendBy {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.send_by.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -608,7 +612,10 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a {
         let prepared = self.prepare(&mut req);
         let idempotent = is_bodyless_read(&req);
-        let sends_body = req.body().size_hint().exact() != Some(0);
+        // Whether the upstream gets the request's end only with its body:
+        // any request but a bodyless GET or HEAD, whose head ends it
+        // ([`SendBy`] holds an empty body's end back for its check).
+        let sends_body = !idempotent;
         async move {
             prepared?;
             let mut attempts = 0;
@@ -622,7 +629,7 @@ impl Upstream {
                 let error = match client
                     .request(req.map(|inner| SendBy {
                         inner,
-                        send_by: Some(slot.send_by),
+                        send_by: (!idempotent).then_some(slot.send_by),
                     }))
                     .await
                 {
@@ -780,8 +787,9 @@ fn upstream_error(error: hyper_util::client::legacy::Error) -> UpstreamError {
 /// Whether a request failed because its body was refused for its time
 /// ([`SendBy`]): past the slot's last moment to send, the body's own
 /// error in the chain (HTTP/1.1), or a reset of the stream by the proxy's
-/// side (HTTP/2: hyper fails the request with the reset it sent, not with
-/// the body's error). Such a request was not processed.
+/// user side (HTTP/2: hyper fails the request with the reset it sent, not
+/// with the body's error; h2's own resets, of a malformed answer, are
+/// not). Such a request was not processed.
 fn refused_for_time(error: &(dyn StdError + 'static), slot: &Slot) -> bool {
     slot.in_time().is_err()
         && chain(error).any(|e| {
@@ -790,7 +798,7 @@ fn refused_for_time(error: &(dyn StdError + 'static), slot: &Slot) -> bool {
                 Some(UpstreamError::Timeout)
             ) || e
                 .downcast_ref::<h2::Error>()
-                .is_some_and(|h2| h2.is_reset() && !h2.is_remote())
+                .is_some_and(|h2| h2.is_reset() && !h2.is_remote() && !h2.is_library())
         })
 }
 
@@ -823,7 +831,9 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 ///   that is cut afterwards fails with the connection's I/O error
 ///   instead). Both only as the upstream's own word (`is_remote`), not
 ///   h2's;
-/// - with `sends_body` (the request has a body), hyper failed it before it
+/// - with `sends_body` (the request's end goes with its body, even an
+///   empty one: any but a bodyless GET or HEAD, see [`SendBy`]), hyper
+///   failed it before it
 ///   started sending its body, so the upstream never had it whole: hyper
 ///   canceled it ([`hyper::Error::is_canceled`]), or failed it with an h2
 ///   error made of a reason alone (`held_by_hyper`). On HTTP/1.1 hyper
@@ -835,8 +845,8 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 ///   opened meanwhile: h2 still opens a waiting stream after a GOAWAY with
 ///   the largest stream id (how load balancers and Google's front ends
 ///   drain a connection), and the upstream gets its head, then
-///   `RST_STREAM`, never its body. A bodyless request's head ends its
-///   stream, so such a one may have been processed: not proof.
+///   `RST_STREAM`, never its body. A bodyless GET's or HEAD's head ends
+///   its stream, so such a one may have been processed: not proof.
 ///
 /// On HTTP/1.1 a request the connection never started writing is handed
 /// back by hyper and sent again by hyper-util's client before it fails;
@@ -1028,9 +1038,16 @@ mod tests {
     /// Over HTTP/2, a request that waited inside hyper for a stream (the
     /// upstream takes one at a time) until past its last moment to send
     /// is answered [`UpstreamError::Timeout`], and the upstream never gets
-    /// its body whole: its stream is reset before its end.
+    /// it whole: its stream is reset before its end. A POST without a body
+    /// too, whose head would otherwise end it.
     #[tokio::test]
     async fn a_request_waiting_for_a_stream_past_its_last_moment_is_not_sent_whole() {
+        for late_body in [&b"{}"[..], b""] {
+            waiting_for_a_stream_past_the_last_moment(late_body).await;
+        }
+    }
+
+    async fn waiting_for_a_stream_past_the_last_moment(late_body: &'static [u8]) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1086,19 +1103,19 @@ mod tests {
             .slot_by(now + Duration::from_millis(200))
             .await
             .expect("a slot");
-        let post = || {
-            let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        let post = |body: &'static [u8]| {
+            let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(body))));
             *req.method_mut() = Method::POST;
             *req.uri_mut() = Uri::from_static("/apps/1/events");
             Box::new(req)
         };
         let bounded = Duration::from_secs(5);
         let (first, late, ()) = tokio::join!(
-            tokio::time::timeout(bounded, upstream.request(post(), &first_slot)),
+            tokio::time::timeout(bounded, upstream.request(post(b"{}"), &first_slot)),
             tokio::time::timeout(bounded, async {
                 // After the first has taken the one stream.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                upstream.request(post(), &late_slot).await
+                upstream.request(post(late_body), &late_slot).await
             }),
             async {
                 tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1110,13 +1127,16 @@ mod tests {
             .expect("the first is served");
         assert_eq!(resp.status(), StatusCode::OK);
         let late = late.expect("answered in time");
-        assert!(matches!(late, Err(UpstreamError::Timeout)), "{late:?}");
+        assert!(
+            matches!(late, Err(UpstreamError::Timeout)),
+            "{late_body:?}: {late:?}"
+        );
         // Time for a body sent anyway to arrive.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             whole.load(Ordering::SeqCst),
             1,
-            "only the first arrived whole"
+            "{late_body:?}: only the first arrived whole"
         );
         server.abort();
     }
