@@ -209,10 +209,12 @@ Exit codes of serve:
        cannot be read as one is moved aside to ledger.sqlite3.corrupt-<unix seconds>
        instead, and serve goes on
   78   configuration error: the file cannot be read or is invalid, TLS files unusable
-  130  a second SIGINT during the graceful shutdown
-  143  a second SIGTERM during the graceful shutdown
-validate: 0 valid (warnings allowed), 1 invalid. report: 0, 1 with --fail-if-used-since
-when calls were seen, 2 when a source cannot be read or the evidence is incomplete.";
+  130  a second SIGINT during the graceful shutdown, or one while the
+       configuration is read (not started)
+  143  the same for SIGTERM
+validate: 0 valid (warnings allowed), 1 invalid. reload: 0 in force, 1 refused, 69 no
+answer, 78 unusable file. report: 0, 1 with --fail-if-used-since when calls were seen,
+2 when a source cannot be read or the evidence is incomplete.";
 
 /// The process's exit codes (sysexits.h where one fits), so a supervisor
 /// or a script can tell a typo from a bad config from a busy port.
@@ -260,6 +262,10 @@ enum ServeError {
     /// The runtime could not be built (no threads or file descriptors).
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
+    /// A SIGTERM or SIGINT came while the configuration was being read:
+    /// the proxy did not start.
+    #[error("{} received while reading the configuration: not started", .0.name())]
+    Stopped(Signal),
 }
 
 impl ServeError {
@@ -273,6 +279,8 @@ impl ServeError {
                 exit::UNAVAILABLE
             }
             Self::Run(RunError::LedgerNotWritten { .. }) => exit::LEDGER_LOST,
+            // 143 or 130: the status the signal's default action gives.
+            Self::Stopped(signal) => u8::try_from(signal.exit_status()).unwrap_or(1),
         }
     }
 }
@@ -466,7 +474,14 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
     use http_body_util::{BodyExt as _, Empty, Limited};
     use secrecy::ExposeSecret as _;
     let config = match Config::lint_file(path, &config::process_env, false) {
-        Ok((config, _)) => config,
+        Ok((config, warnings)) => {
+            // Without it, a placeholder would be sent as the token.
+            if let Some(unset) = warnings.iter().find(|w| w.key == "admin.token_env") {
+                eprintln!("{}: {unset}", path.display());
+                return ExitCode::from(exit::CONFIG);
+            }
+            config
+        }
         Err(e) => {
             eprintln!("{}: invalid, not reloaded", path.display());
             for problem in e.problems() {
@@ -496,19 +511,25 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
     };
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
+    // The admin listener and token in force are the running proxy's: both
+    // change only at a restart, while these are the file's.
+    const RESTART_ONLY: &str = "admin.listen and admin.token change only at a restart: \
+                                if the file changed either, restart the proxy";
+    // Failures, and whether the request never left (no connection).
     let exchange = async {
         let resp = client
             .request(req)
             .await
-            .map_err(|e| ErrorChain(&e).to_string())?;
+            .map_err(|e| (e.is_connect(), ErrorChain(&e).to_string()))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), 64 * 1024)
             .collect()
             .await
-            .map_err(|e| ErrorChain(&*e).to_string())?
+            .map_err(|e| (false, ErrorChain(&*e).to_string()))?
             .to_bytes();
-        Ok::<_, String>((status, String::from_utf8_lossy(&body).trim().to_owned()))
+        Ok((status, String::from_utf8_lossy(&body).trim().to_owned()))
     };
+    let no_answer = "the proxy's log says how the reload ended";
     match tokio::time::timeout(RELOAD_WAIT, exchange).await {
         Ok(Ok((status, body))) if status.is_success() => {
             let _ = print_out(&body);
@@ -516,15 +537,23 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
         }
         Ok(Ok((status, body))) => {
             eprintln!("reload: the proxy at {addr} answered {status}: {body}");
+            if status == hyper::StatusCode::UNAUTHORIZED {
+                eprintln!("reload: {RESTART_ONLY}");
+            }
             ExitCode::FAILURE
         }
-        Ok(Err(error)) => {
+        Ok(Err((true, error))) => {
             eprintln!("reload: cannot reach the proxy's admin listener at {addr}: {error}");
+            eprintln!("reload: {RESTART_ONLY}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+        Ok(Err((false, error))) => {
+            eprintln!("reload: the exchange with {addr} was cut ({error}); {no_answer}");
             ExitCode::from(exit::UNAVAILABLE)
         }
         Err(_) => {
             eprintln!(
-                "reload: no answer from {addr} within {} s; the proxy's log says how the reload ended",
+                "reload: no answer from {addr} within {} s; {no_answer}",
                 RELOAD_WAIT.as_secs()
             );
             ExitCode::from(exit::UNAVAILABLE)
@@ -758,13 +787,24 @@ const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// reload` right after a start would stop the service, and a SIGTERM would
 /// skip the ledger's last write).
 async fn serve_on(path: Option<PathBuf>) -> Result<(), ServeError> {
-    let shutdown = Shutdown::listen();
+    let mut shutdown = Shutdown::listen();
     #[cfg(unix)]
     let sighup = listen(
         tokio::signal::unix::SignalKind::hangup(),
         "SIGHUP: reload with POST /reload",
     );
-    let config = load(path.as_deref()).map_err(ServeError::Config)?;
+    // Read on the blocking pool, so that a SIGTERM or SIGINT while the file
+    // cannot be read (a FIFO, a hung network mount) stops the start.
+    let loading = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || load(path.as_deref())
+    });
+    let config = tokio::select! {
+        loaded = loading => loaded
+            .map_err(|e| ServeError::Runtime(std::io::Error::other(e)))?
+            .map_err(ServeError::Config)?,
+        signal = shutdown.next() => return Err(ServeError::Stopped(signal)),
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -890,6 +930,8 @@ impl Shutdown {
 
 /// A shutdown signal.
 #[derive(Debug, Clone, Copy)]
+// Only Ctrl-C is listened for off unix.
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Signal {
     Interrupt,
     Terminate,

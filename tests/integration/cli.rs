@@ -326,12 +326,12 @@ async fn a_reload_waiting_on_its_file_holds_up_no_listener() {
 }
 
 /// SIGHUP and SIGTERM sent while `serve` is still starting (here, waiting
-/// to read its config file from a FIFO) do not end it, as they would
-/// before it listens for them: a SIGHUP reloads the configuration once the
-/// proxy runs (`systemctl reload` right after a start), and a SIGTERM
-/// stops it cleanly, exit 0, its ledger written.
+/// to read its config file from a FIFO) are its own to handle: a SIGHUP
+/// does not end it, and reloads the configuration once the proxy runs
+/// (`systemctl reload` right after a start); a SIGTERM stops the start at
+/// once, with the status its default action gives (143), and says so.
 #[tokio::test]
-async fn signals_while_starting_reload_or_stop_it_cleanly() {
+async fn signals_while_starting_are_the_proxys_to_handle() {
     use tokio::io::AsyncBufReadExt as _;
     let fake = support::fake().await;
     let base = support::config_toml(&fake.url(), "", "");
@@ -382,6 +382,26 @@ async fn signals_while_starting_reload_or_stop_it_cleanly() {
             child.try_wait().expect("try_wait").is_none(),
             "SIG{signal} while starting ended the process"
         );
+        if signal == "TERM" {
+            // Stopped before it started, as the signal's default would:
+            // nothing was opened yet, the file is never read.
+            let status = tokio::time::timeout(limit, child.wait())
+                .await
+                .expect("exits")
+                .expect("wait");
+            assert_eq!(status.code(), Some(143));
+            let mut said = Vec::new();
+            while let Ok(Some(line)) = tokio::time::timeout(limit, lines.recv()).await {
+                said.push(line);
+            }
+            assert!(
+                said.iter()
+                    .any(|l| l
+                        .contains("SIGTERM received while reading the configuration: not started")),
+                "{said:?}"
+            );
+            continue;
+        }
         feed(base.clone());
         // Every message logged until `until` is, or the process ends.
         let mut messages = Vec::new();
@@ -401,29 +421,28 @@ async fn signals_while_starting_reload_or_stop_it_cleanly() {
             .unwrap_or_else(|_| panic!("{until:?} within {limit:?}: {messages:?}"));
             messages.clone()
         };
-        if signal == "HUP" {
-            // The reload the SIGHUP asked for reads the file again, once
-            // the first read is done.
-            read_until("listening").await;
-            feed(base.clone());
-            read_until("configuration reloaded").await;
-            kill("TERM");
-        }
+        // The reload the SIGHUP asked for reads the file again, once the
+        // first read is done.
+        read_until("listening").await;
+        feed(base.clone());
+        read_until("configuration reloaded").await;
+        kill("TERM");
         let seen = read_until("stopped").await;
         assert!(seen.iter().any(|m| m == "SIGTERM received"), "{seen:?}");
         let status = tokio::time::timeout(limit, child.wait())
             .await
             .expect("exits")
             .expect("wait");
-        assert_eq!(status.code(), Some(0), "{signal}: {seen:?}");
+        assert_eq!(status.code(), Some(0), "{seen:?}");
     }
 }
 
 /// `reload` asks the running proxy, with the file's admin token, and
 /// waits for its answer: 0 once the change is in force; 1 when the proxy
 /// refuses the file (here: a `secret_env` that the proxy's environment
-/// lacks and the command's has), the previous configuration serving on; 78
-/// for a file it cannot read, without asking; 69 when nothing answers.
+/// lacks and the command's has), the previous configuration serving on,
+/// or the token; 78 for a file it cannot read or whose token variable is
+/// unset, without asking; 69 when nothing answers.
 #[tokio::test]
 async fn reload_waits_for_the_proxys_own_answer() {
     let fake = support::fake().await;
@@ -497,6 +516,25 @@ async fn reload_waits_for_the_proxys_own_answer() {
     let (code, _, err) = reload(served.admin.clone(), &[]).await;
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("invalid, not reloaded"), "{err}");
+
+    // The token is the running proxy's until a restart: a file with
+    // another is refused, and the command says why.
+    file.write(&base.replace("a-long-admin-token", "another-admin-token"));
+    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("401") && err.contains("restart"), "{err}");
+    assert!(
+        !err.contains("another-admin-token"),
+        "the token is never printed: {err}"
+    );
+    // A token variable the command's environment lacks: nothing is sent.
+    file.write(&base.replace(
+        "token = \"a-long-admin-token\"",
+        "token_env = \"PC_RELOAD_TEST_TOKEN\"",
+    ));
+    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("PC_RELOAD_TEST_TOKEN"), "{err}");
 
     // A port nothing listens on: bound, then let go.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
