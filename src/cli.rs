@@ -224,8 +224,9 @@ pub mod exit {
     /// incomplete".
     pub const USAGE: u8 = 64;
     /// A runtime failure: a listener cannot be bound, no worker thread
-    /// can be started, or the ledger cannot be opened: its directory or file cannot be created or written (the
-    /// disk, permissions, a lock), or a newer release wrote it
+    /// can be started, or the ledger cannot be opened: its directory or
+    /// file cannot be created or written (the disk, permissions, a lock),
+    /// or a newer release wrote it
     /// (`EX_UNAVAILABLE`). A ledger file that cannot be read as a ledger
     /// is no failure: it is moved aside and a new one started
     /// ([`crate::telemetry::store::Store::open_and_load`]).
@@ -784,8 +785,10 @@ const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// [`serve`] on its runtime. It listens for the signals first: until a
 /// process listens for SIGHUP, SIGTERM or SIGINT, each ends it at once, and
 /// loading, binding and opening the ledger take a while (a `systemctl
-/// reload` right after a start would stop the service, and a SIGTERM would
-/// skip the ledger's last write).
+/// reload` right after a start would stop the service). A SIGTERM or
+/// SIGINT while the configuration is read stops the start
+/// ([`ServeError::Stopped`]); one after that, once the proxy runs, stops
+/// it cleanly, the ledger written.
 async fn serve_on(path: Option<PathBuf>) -> Result<(), ServeError> {
     let mut shutdown = Shutdown::listen();
     #[cfg(unix)]
