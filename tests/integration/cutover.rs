@@ -235,15 +235,11 @@ async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
         5,
         "answered from the legacy call"
     );
-    let mut seen = None;
-    for _ in 0..50 {
-        seen = support::metric(&proxy.metrics().await, series);
-        if seen == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, Some(1.0), "one mismatch, on connection_count");
+    assert_eq!(
+        proxy.metric_reaching(series, 1.0).await,
+        Some(1.0),
+        "one mismatch, on connection_count"
+    );
     let paths: Vec<String> = fake.recorded().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths.iter().filter(|p| p.ends_with("/stats")).count(), 2);
     assert_eq!(

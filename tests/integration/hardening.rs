@@ -679,15 +679,11 @@ async fn inbound_tls() {
     assert!(distrust.is_err(), "a certificate the client does not trust");
     // Both counted, once the server side has seen the alert.
     let handshakes = r#"pusher_cutover_connection_errors_total{kind="tls_handshake"}"#;
-    let mut counted = None;
-    for _ in 0..50 {
-        counted = support::metric(&proxy.metrics().await, handshakes);
-        if counted == Some(2.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(counted, Some(2.0), "failed handshakes are counted");
+    assert_eq!(
+        proxy.metric_reaching(handshakes, 2.0).await,
+        Some(2.0),
+        "failed handshakes are counted"
+    );
     proxy.stop().await;
 }
 

@@ -137,6 +137,21 @@ impl TestProxy {
         self.admin_call(Method::GET, "/metrics").await.text()
     }
 
+    /// The value of `series` in `/metrics` once it reads `expected`, read
+    /// again every 50 ms for at most 2.5 s (what the proxy counts after it
+    /// answers); otherwise the last value read.
+    pub async fn metric_reaching(&self, series: &str, expected: f64) -> Option<f64> {
+        let mut seen = None;
+        for _ in 0..50 {
+            seen = metric(&self.metrics().await, series);
+            if seen == Some(expected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    }
+
     /// Signals shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
