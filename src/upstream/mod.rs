@@ -12,8 +12,8 @@
 //!   ([`Client`]). Each worker has a few clients, one HTTP/2 connection
 //!   each carrying many exchanges at once (streams), taken in turn: one
 //!   per [`STREAMS_PER_CONNECTION`] exchanges of `max_connections` (all
-//!   of them: one worker may hold every slot). Should ALPN pick HTTP/1.1 on `auto`, the client
-//!   pools HTTP/1.1 connections like the above.
+//!   of them: one worker may hold every slot). Should ALPN pick HTTP/1.1
+//!   on `auto`, the client pools HTTP/1.1 connections like the above.
 //!
 //! The cap on exchanges in flight (`max_connections`) is shared by all
 //! workers: an exchange holds a [`Slot`] from before it is sent until its
@@ -36,9 +36,9 @@
 //! (canceled, or held at a GOAWAY) is sent again unless it is a bodyless
 //! GET or HEAD: any other holds its end back with its body, even an empty
 //! one ([`SendBy`]), which the upstream then never got
-//! ([`never_processed`]). Besides, a
-//! bodyless GET or HEAD whose connection broke under it is sent once more
-//! (it changes nothing upstream). Nothing else is retried.
+//! ([`never_processed`]). Besides, a bodyless GET or HEAD whose connection
+//! broke under it is sent once more (it changes nothing upstream). Nothing
+//! else is retried.
 
 use std::cell::Cell;
 use std::error::Error as StdError;
@@ -833,10 +833,10 @@ fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
 ///   h2's;
 /// - with `sends_body` (the request's end goes with its body, even an
 ///   empty one: any but a bodyless GET or HEAD, see [`SendBy`]), hyper
-///   failed it before it
-///   started sending its body, so the upstream never had it whole: hyper
-///   canceled it ([`hyper::Error::is_canceled`]), or failed it with an h2
-///   error made of a reason alone (`held_by_hyper`). On HTTP/1.1 hyper
+///   failed it before it started sending its body, so the upstream never
+///   had it whole: hyper canceled it ([`hyper::Error::is_canceled`]), or
+///   failed it with an h2 error made of a reason alone (`held_by_hyper`).
+///   On HTTP/1.1 hyper
 ///   cancels a request it never started writing. On HTTP/2 (since hyper
 ///   1.13) a request that was waiting for its stream to open (the
 ///   upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` reached) when the
