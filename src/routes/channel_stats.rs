@@ -60,10 +60,10 @@ impl OffUntil {
 /// The `info` attribute to request upstream, if any.
 ///
 /// `user_count` for presence channels only (anything else is a 400 upstream:
-/// spec E.5 item 2), with `subscription_count` when counting is active, so
-/// that presence stats carry `connection_count` too (sockudo answers both;
-/// Pusher refuses, and the call falls back to `user_count`, in `on` as in
-/// `probe`: spec E.5 item 3);
+/// spec E.5 item 2), with `subscription_count` when counting is active for
+/// them (only in `subscription_count = "on"`), so that presence stats carry
+/// `connection_count` too (sockudo answers both; Pusher refuses, and the
+/// call falls back to `user_count`: spec E.5 item 3);
 /// `subscription_count` for other channels when counting is active (spec
 /// E.5 item 1).
 pub fn info_param(channel: &str, counting_active: bool) -> Option<&'static str> {
@@ -189,12 +189,15 @@ async fn exchange(
     let app = call.app;
     let path = upstream_path(&app.config.upstream.id, channel);
     let probing = app.config.subscription_count == SubscriptionCounting::Probe;
-    // Whether presence channels may be asked for subscription_count is the
-    // upstream's to say (Pusher refuses it there, Sockudo answers it), in
-    // `on` as in `probe`: a refusal falls back to user_count alone and is
-    // remembered for presence channels.
+    // A presence channel is asked for subscription_count only in `on`, the
+    // operator's word that the upstream counts there (Sockudo does; Pusher
+    // documents it for every channel but presence ones, spec E.5 item 3,
+    // and its refusal's wording is not documented): a refusal then falls
+    // back to user_count alone and is remembered for presence channels. In
+    // `probe` they are asked for user_count alone (spec E.2).
     let counting = app.counting_active(now)
-        && (!channel.starts_with("presence-") || app.presence_counting_off.active(now));
+        && (!channel.starts_with("presence-")
+            || (!probing && app.presence_counting_off.active(now)));
     let mut info = info_param(channel, counting);
     // One deadline for the call, the probe's retry included.
     let deadline = call.state.upstream.deadline();
@@ -217,12 +220,7 @@ async fn exchange(
         }
         if info == Some(PRESENCE_WITH_COUNT) && presence_count_refused(answer.status, &answer.body)
         {
-            if probing && counting_disabled(answer.status, &answer.body) {
-                // Counting is off for the whole app, as above.
-                app.counting_off.off(now + COUNTING_OFF_SECS);
-            } else {
-                app.presence_counting_off.off(now + COUNTING_OFF_SECS);
-            }
+            app.presence_counting_off.off(now + COUNTING_OFF_SECS);
             tracing::info!(
                 app_id = %app.config.id,
                 "upstream refused subscription_count on a presence channel; answering stats without connection_count"

@@ -56,40 +56,60 @@ async fn presence_channel_with_counting_off_asks_user_count_only() {
     proxy.stop().await;
 }
 
-/// Pusher refuses `subscription_count` on presence channels: `probe`, and
-/// `on` too (the operator's word that the app counts, which Pusher still
-/// refuses there), fall back to `user_count`, remember that for presence
-/// channels only, and keep counting other channels.
+/// In `probe` (Pusher's default) a presence channel is asked for
+/// `user_count` alone (spec E.2, E.5 item 3), once, while other channels
+/// are still probed for `subscription_count`.
+#[tokio::test]
+async fn presence_channel_in_probe_asks_user_count_only() {
+    let (fake, proxy) = setup("subscription_count = \"probe\"").await;
+    fake.set(|b| b.presence_subscription_count = false);
+    let a = stats(&proxy, "presence-room").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 1, "one request");
+    assert_eq!(seen[0].param("info").as_deref(), Some("user_count"));
+    let c = stats(&proxy, "room").await;
+    assert_eq!(c.text(), r#"{"occupied":true,"connection_count":3}"#);
+    assert_eq!(
+        fake.recorded()[1].param("info").as_deref(),
+        Some("subscription_count")
+    );
+    proxy.stop().await;
+}
+
+/// In `on`, an upstream that refuses `subscription_count` on presence
+/// channels (Pusher, with the operator's word that the app counts) makes
+/// the call fall back to `user_count`, remembered for presence channels
+/// only; other channels keep counting.
 #[tokio::test]
 async fn presence_counting_falls_back_after_a_400_and_remembers() {
-    for mode in ["probe", "on"] {
-        let (fake, proxy) = setup(&format!("subscription_count = \"{mode}\"")).await;
-        fake.set(|b| b.presence_subscription_count = false);
-        let a = stats(&proxy, "presence-room").await;
-        assert_eq!(a.status.as_u16(), 200, "{mode}: {}", a.text());
-        assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#, "{mode}");
-        let seen = fake.recorded();
-        assert_eq!(
-            seen.len(),
-            2,
-            "{mode}: one try with subscription_count, one without"
-        );
-        assert_eq!(
-            seen[0].param("info").as_deref(),
-            Some("user_count,subscription_count")
-        );
-        assert_eq!(seen[1].param("info").as_deref(), Some("user_count"));
+    let (fake, proxy) = setup("subscription_count = \"on\"").await;
+    fake.set(|b| b.presence_subscription_count = false);
+    let a = stats(&proxy, "presence-room").await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
+    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
+    let seen = fake.recorded();
+    assert_eq!(
+        seen.len(),
+        2,
+        "one try with subscription_count, one without"
+    );
+    assert_eq!(
+        seen[0].param("info").as_deref(),
+        Some("user_count,subscription_count")
+    );
+    assert_eq!(seen[1].param("info").as_deref(), Some("user_count"));
 
-        let b = stats(&proxy, "presence-room").await;
-        assert_eq!(b.text(), r#"{"occupied":true,"user_count":2}"#);
-        let seen = fake.recorded();
-        assert_eq!(seen.len(), 3, "{mode}: the second call does not ask again");
-        assert_eq!(seen[2].param("info").as_deref(), Some("user_count"));
+    let b = stats(&proxy, "presence-room").await;
+    assert_eq!(b.text(), r#"{"occupied":true,"user_count":2}"#);
+    let seen = fake.recorded();
+    assert_eq!(seen.len(), 3, "the second call does not ask again");
+    assert_eq!(seen[2].param("info").as_deref(), Some("user_count"));
 
-        let c = stats(&proxy, "room").await;
-        assert_eq!(c.text(), r#"{"occupied":true,"connection_count":3}"#);
-        proxy.stop().await;
-    }
+    let c = stats(&proxy, "room").await;
+    assert_eq!(c.text(), r#"{"occupied":true,"connection_count":3}"#);
+    proxy.stop().await;
 }
 
 // Pusher's 164-character limit is decided by the upstream's host
