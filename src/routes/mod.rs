@@ -34,10 +34,10 @@ pub enum TranslateError {
     /// A path segment is empty.
     #[error("malformed path: the {0} segment is empty")]
     EmptySegment(&'static str),
-    /// A query key or value decodes to `&` or `=`, which makes the string
-    /// to sign ambiguous.
+    /// A query key decodes to `&` or `=`, or a value to `&`, which makes
+    /// the string to sign ambiguous.
     #[error(
-        "query parameter `{0}` decodes to a text containing `&` or `=`: the signed string would be ambiguous, so the proxy does not verify it"
+        "query parameter `{0}` decodes to a key containing `&` or `=`, or a value containing `&`: the signed string would be ambiguous, so the proxy does not verify it"
     )]
     AmbiguousQuery(String),
     /// The channel segment cannot be decoded.
@@ -125,15 +125,18 @@ pub fn check_upstream_len(channel: &str, host: Option<&str>) -> Result<(), Trans
 }
 
 /// Refuses a query the proxy would verify ambiguously. The string to sign
-/// joins decoded pairs with `&` and `=`: a pair that decodes to either
+/// joins decoded pairs with `&` and `=`: a pair that decodes to an `&`
 /// could be split another way under the same signature
 /// (`name=ev%26socket_id%3D1` signs as `name=ev&socket_id=1`), and the
 /// proxy would then translate, or re-sign with its own credentials, a
-/// request the caller never signed.
+/// request the caller never signed. So are keys with an `=`. A value's `=`
+/// is not ambiguous (each pair splits at its first `=`, and no key has
+/// one): `name=score%3D1`, or `filter_by_prefix=private-a%3D` (`=` is a
+/// channel name's character), pass.
 pub(crate) fn unambiguous(query: &QueryParams) -> Result<(), TranslateError> {
     match query
         .iter()
-        .find(|(k, v)| k.contains(['&', '=']) || v.contains(['&', '=']))
+        .find(|(k, v)| k.contains(['&', '=']) || v.contains('&'))
     {
         Some((key, _)) => Err(TranslateError::AmbiguousQuery(truncate(key).to_owned())),
         None => Ok(()),
