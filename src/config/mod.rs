@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 mod raw;
 mod validate;
 
-use raw::{RawApp, RawConfig, default_max_data};
+use raw::{RawApp, RawConfig};
 
 /// The configuration used when `serve` is given no `--config`; the
 /// `PUSHER_*` environment variables are laid over it (see [`Config::from_env`]).
@@ -466,7 +466,9 @@ pub struct AppConfig {
     pub upstream: Credentials,
     /// Whether stats translation asks for `subscription_count`.
     pub subscription_count: SubscriptionCounting,
-    /// Largest legacy event data accepted (413 beyond, before forwarding).
+    /// Largest legacy event data accepted (413 beyond, before forwarding):
+    /// set, or Pusher's 10,240 behind Pusher, or else `max_body_bytes`
+    /// (the upstream's own limit decides, spec E.5 item 13).
     pub max_data_bytes: usize,
     /// When the app's legacy calls stop being served (`Sunset` header).
     pub sunset: Option<OffsetDateTime>,
@@ -623,7 +625,7 @@ impl Config {
                 secret_env: Some("PUSHER_APP_SECRET".into()),
                 secret_file: None,
                 subscription_count: None,
-                max_data_bytes: default_max_data(),
+                max_data_bytes: None,
                 sunset: None,
                 previous_secrets: Vec::new(),
                 mode: Mode::default(),

@@ -134,8 +134,7 @@ pub(super) struct RawApp {
     #[serde(default)]
     pub(super) previous_secrets: Vec<String>,
     pub(super) subscription_count: Option<SubscriptionCounting>,
-    #[serde(default = "default_max_data")]
-    pub(super) max_data_bytes: usize,
+    pub(super) max_data_bytes: Option<usize>,
     pub(super) sunset: Option<String>,
     #[serde(default)]
     pub(super) mode: Mode,
@@ -234,6 +233,6 @@ pub(super) fn default_ping_interval() -> u64 {
 pub(super) fn default_upstream_idle_timeout() -> u64 {
     60_000
 }
-pub(super) fn default_max_data() -> usize {
-    10_240
-}
+/// Pusher's largest event data (its multi-tenant clusters' limit): the
+/// default `max_data_bytes` of an app behind Pusher.
+pub(super) const PUSHER_MAX_DATA: usize = 10_240;

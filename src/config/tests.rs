@@ -60,7 +60,8 @@ fn minimal_config_and_defaults() {
     assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:6001/");
     let app = c.apps.iter().find(|a| a.id == "4242").expect("app");
     assert_eq!(app.subscription_count, SubscriptionCounting::On);
-    assert_eq!(app.max_data_bytes, 10_240);
+    // Not Pusher: the upstream's own data limit decides, under the body's.
+    assert_eq!(app.max_data_bytes, c.max_body_bytes);
     assert_eq!(app.secrets[0].expose_secret(), "s");
     assert!(!app.is_mapped());
     assert_eq!(app.upstream.id, "4242");
@@ -599,6 +600,34 @@ fn an_upstream_at_the_proxys_own_listen_is_refused() {
     ]))
     .expect_err("the default listen is 127.0.0.1:8080");
     assert!(looped.to_string().contains("own `listen`"), "{looped}");
+}
+
+/// `max_data_bytes` by default: Pusher's 10,240 behind Pusher, else the
+/// body limit (the upstream's own limit decides, spec E.5 item 13); a set
+/// value wins either way.
+#[test]
+fn the_data_limit_follows_the_upstream_unless_set() {
+    let limit = |url: &str, app: &str| {
+        let c = Config::from_toml_str(
+            &format!(
+                "max_body_bytes = 65536\n[upstream]\nurl = \"{url}\"\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n{app}"
+            ),
+            &env(&[]),
+        )
+        .expect("valid");
+        c.apps[0].max_data_bytes
+    };
+    assert_eq!(limit("https://api-eu.pusher.com", ""), 10_240);
+    assert_eq!(limit("http://127.0.0.1:6001", ""), 65_536);
+    assert_eq!(
+        limit("https://api-eu.pusher.com", "max_data_bytes = 20480"),
+        20_480
+    );
+    assert_eq!(
+        limit("http://127.0.0.1:6001", "max_data_bytes = 10240"),
+        10_240
+    );
 }
 
 /// The problems `text` has (none: valid), said as `validate` says them.

@@ -204,6 +204,14 @@ impl RawConfig {
         } else {
             SubscriptionCounting::On
         };
+        // Pusher's limit behind Pusher; elsewhere the upstream's own limit
+        // decides (Sockudo and soketi: 100 KB by default; spec E.5 item 13),
+        // under the body limit.
+        let default_max_data = if is_pusher {
+            super::raw::PUSHER_MAX_DATA
+        } else {
+            self.max_body_bytes
+        };
 
         let mut ids = HashSet::new();
         let mut apps = Vec::with_capacity(self.apps.len());
@@ -215,7 +223,11 @@ impl RawConfig {
                 );
                 continue;
             }
-            if let Some(app) = validate_app(i, app, env, default_counting, &mut problems) {
+            let defaults = AppDefaults {
+                counting: default_counting,
+                max_data: default_max_data,
+            };
+            if let Some(app) = validate_app(i, app, env, defaults, &mut problems) {
                 apps.push(app);
             }
         }
@@ -534,11 +546,20 @@ fn sayable(t: &OffsetDateTime, key: &str, problems: &mut Collected) -> bool {
     sayable
 }
 
+/// What an app's unset settings take, by upstream.
+#[derive(Debug, Clone, Copy)]
+struct AppDefaults {
+    /// `subscription_count`.
+    counting: SubscriptionCounting,
+    /// `max_data_bytes`.
+    max_data: usize,
+}
+
 fn validate_app(
     i: usize,
     app: RawApp,
     env: EnvLookup<'_>,
-    default_counting: SubscriptionCounting,
+    defaults: AppDefaults,
     problems: &mut Collected,
 ) -> Option<AppConfig> {
     let before = problems.len();
@@ -553,7 +574,8 @@ fn validate_app(
     } else {
         credential_rule(&app.key, &key("key"), problems);
     }
-    problems.positive(&key("max_data_bytes"), app.max_data_bytes as u64);
+    let max_data_bytes = app.max_data_bytes.unwrap_or(defaults.max_data);
+    problems.positive(&key("max_data_bytes"), max_data_bytes as u64);
     let sunset = app
         .sunset
         .as_deref()
@@ -654,8 +676,8 @@ fn validate_app(
         key: app.key,
         secrets,
         upstream: upstream?,
-        subscription_count: app.subscription_count.unwrap_or(default_counting),
-        max_data_bytes: app.max_data_bytes,
+        subscription_count: app.subscription_count.unwrap_or(defaults.counting),
+        max_data_bytes,
         sunset,
         mode: app.mode,
         rollout_percent,

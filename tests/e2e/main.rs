@@ -247,9 +247,17 @@ async fn non_ascii_data_is_intact_and_oversized_data_is_413() {
         Some(10_240)
     );
 
+    // Sockudo's own 413 (its app's max_event_payload_in_kb = 10): the
+    // proxy leaves the limit to a self-hosted upstream (spec E.5 item 13)
+    // and passes its answer on.
     let over = "x".repeat(10_241);
     let a = env.legacy_trigger(&ch, "ev", None, &over).await;
     assert_eq!(a.status.as_u16(), 413, "{}", a.text());
+    assert!(
+        a.text().contains("exceeds limit"),
+        "Sockudo's answer: {}",
+        a.text()
+    );
     assert_eq!(
         sub.next_event(SILENCE).await,
         None,
