@@ -462,10 +462,11 @@ fn validate(path: &Path, require_env: bool) -> ExitCode {
     }
 }
 
-/// How long `reload` waits for the proxy's answer: longer than a reload
-/// may take before the admin listener gives up its connection
-/// ([`crate::http::admin::CONNECTION_LIFETIME`]).
-const RELOAD_WAIT: Duration = Duration::from_secs(15);
+/// How long `reload` waits for the proxy's answer: longer than the admin
+/// listener keeps a connection whose answer is being worked out
+/// ([`crate::http::admin::CONNECTION_LIFETIME`] and
+/// [`crate::http::admin::WORK_GRACE`]).
+const RELOAD_WAIT: Duration = Duration::from_secs(65);
 
 /// `reload`: `POST /reload` to the admin listener that the configuration
 /// in `path` names (or `admin`), with its token; prints the answer and

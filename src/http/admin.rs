@@ -57,10 +57,15 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// hold its place for good, and [`MAX_CONNECTIONS`] of them would shut out
 /// the probes. A request is answered in milliseconds, and scrapers come
 /// back less often than this, so a live client loses nothing but a
-/// connection it would not have reused. (A reload slower than this, on a
-/// slow disk, still applies; its answer is lost, its outcome logged and
-/// counted.)
+/// connection it would not have reused. A connection whose answer is still
+/// being worked out then (a reload reading a slow disk, a report walking a
+/// large ledger) gets [`WORK_GRACE`] more to finish and write it.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How much longer than [`CONNECTION_LIFETIME`] a connection may stay open
+/// while its answer is being worked out: a reload slower than both still
+/// applies, but its answer is lost (its outcome logged and counted).
+pub const WORK_GRACE: Duration = Duration::from_secs(50);
 
 /// The admin endpoints: the one list of them, with what each requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,8 +264,13 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                     continue;
                 };
                 let admin = admin.clone();
+                // Whether an answer of this connection is being worked out
+                // off the thread.
+                let working = Arc::new(AtomicBool::new(false));
+                let at_work = working.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
+                    let working = at_work.clone();
                     async move {
                         let endpoint = match checked(&admin, &req) {
                             Ok(endpoint) => endpoint,
@@ -269,6 +279,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                         if !endpoint.off_thread() {
                             return Ok(answer(&admin, endpoint, &req));
                         }
+                        working.store(true, Ordering::Release);
                         let answer =
                             tokio::task::spawn_blocking(move || answer(&admin, endpoint, &req))
                             .await
@@ -279,12 +290,18 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
                                     "internal error (logged)\n",
                                 )
                             });
+                        working.store(false, Ordering::Release);
                         Ok(answer)
                     }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                    tokio::pin!(conn);
+                    if tokio::time::timeout(CONNECTION_LIFETIME, &mut conn).await.is_err()
+                        && working.load(Ordering::Acquire)
+                    {
+                        let _ = tokio::time::timeout(WORK_GRACE, &mut conn).await;
+                    }
                     drop(slot);
                 });
             }

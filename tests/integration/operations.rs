@@ -306,6 +306,64 @@ async fn a_reload_reads_a_secret_file_again() {
 /// A reload to settings that work against each other (here a longer
 /// upstream time against the running drain's grace) applies them and
 /// warns of each.
+/// A reload that takes longer than the admin listener's connection
+/// lifetime (here: its file a FIFO nobody writes to until then) still
+/// answers on its connection, which stays open while the answer is worked
+/// out: `pusher-cutover reload` waits for that answer.
+#[tokio::test]
+async fn a_reload_slower_than_the_admin_connection_lifetime_still_answers() {
+    use tokio::io::AsyncWriteExt as _;
+    let fake = support::fake().await;
+    let base = support::config_toml(&fake.url(), "", "");
+    let file = support::ConfigFile::new(&base);
+    let proxy = TestProxy::start_file(file.path()).await;
+    std::fs::remove_file(file.path()).expect("remove");
+    let made = Command::new("mkfifo")
+        .arg(file.path())
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo");
+    let mut stream = tokio::net::TcpStream::connect(proxy.admin)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = tokio::spawn(async move { support::read_response(&mut stream).await });
+    tokio::time::sleep(
+        pusher_cutover::http::admin::CONNECTION_LIFETIME + Duration::from_millis(500),
+    )
+    .await;
+    // The writer on a thread of its own, waited for with a bound: were the
+    // FIFO never opened, it would stay blocked, and hold up nothing.
+    let fifo = file.path().to_path_buf();
+    let (done, written) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(std::fs::write(fifo, base)));
+    tokio::task::spawn_blocking(move || written.recv_timeout(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("the reload reads the file within 10 s")
+        .expect("write");
+    // The reload done before the answer is looked at: a test that fails
+    // leaves no reload running on its runtime's blocking pool.
+    let reloads = r#"pusher_cutover_config_reloads_total{result="success"}"#;
+    assert_eq!(proxy.metric_reaching(reloads, 1.0).await, Some(1.0));
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("answered within 10 s of the file coming")
+        .expect("the connection stayed open for the answer");
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.text());
+    assert!(
+        answer.text().starts_with("reloaded config="),
+        "{}",
+        answer.text()
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_reload_warns_of_settings_that_work_against_each_other() {
     support::capture_logs();
