@@ -697,18 +697,36 @@ mod tests {
         }
     }
 
+    /// Queues a trigger on `c` for each of `ids` (`ev-{id}`, in order),
+    /// each shaped by `shape`; the receivers of their answers, kept so
+    /// that no answer finds its caller gone.
+    fn fill(
+        c: &Coalescer,
+        ids: std::ops::Range<usize>,
+        shape: impl Fn(&mut Queued),
+    ) -> Vec<oneshot::Receiver<Answer>> {
+        ids.map(|i| {
+            let (reply, answer) = oneshot::channel();
+            let mut q = queued(i, reply, later());
+            shape(&mut q);
+            c.lock().push_back(q);
+            answer
+        })
+        .collect()
+    }
+
+    /// The event names of a group, in its order.
+    fn names(group: Vec<Queued>) -> Vec<String> {
+        group.into_iter().map(|q| q.event.name).collect()
+    }
+
     #[test]
     fn expired_triggers_are_answered_504_not_sent_and_withdrawn_ones_leave() {
         let c = coalescer(1, 10);
         let (reply, mut expired) = oneshot::channel();
         c.lock()
             .push_back(queued(0, reply, tokio::time::Instant::now()));
-        let mut receivers = Vec::new();
-        for i in 1..4 {
-            let (reply, answer) = oneshot::channel();
-            receivers.push(answer);
-            c.lock().push_back(queued(i, reply, later()));
-        }
+        let _receivers = fill(&c, 1..4, |_| {});
         c.queued(&c.lock());
         assert_eq!(c.gauge.get(), 4);
         assert!(c.withdraw(2));
@@ -876,13 +894,7 @@ mod tests {
     #[test]
     fn groups_are_fifo_and_at_most_batch_max() {
         let c = coalescer(1, 3);
-        let mut receivers = Vec::new();
-        for i in 0..5 {
-            let (reply, answer) = oneshot::channel();
-            receivers.push(answer);
-            c.lock().push_back(queued(i, reply, later()));
-        }
-        let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
+        let _receivers = fill(&c, 0..5, |_| {});
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-0", "ev-1", "ev-2"]);
         assert_eq!(names(c.take_group(&mut c.lock())), ["ev-3", "ev-4"]);
     }
@@ -893,18 +905,10 @@ mod tests {
     #[test]
     fn groups_stop_short_of_the_byte_cap() {
         let c = coalescer(1, 100);
-        let mut receivers = Vec::new();
-        for i in 0..10 {
-            let (reply, answer) = oneshot::channel();
-            receivers.push(answer);
-            let mut q = queued(i, reply, later());
-            q.event.data = "d".repeat(40_000);
-            c.lock().push_back(q);
-        }
+        let _receivers = fill(&c, 0..10, |q| q.event.data = "d".repeat(40_000));
         let per_event = c.lock()[0].event.body_bytes();
         let fit = MAX_BATCH_BYTES / per_event;
         assert!((1..10).contains(&fit), "{fit} of 10 fit");
-        let names = |g: Vec<Queued>| g.into_iter().map(|q| q.event.name).collect::<Vec<_>>();
         let first = names(c.take_group(&mut c.lock()));
         assert_eq!(first.len(), fit);
         assert_eq!(first[0], "ev-0");

@@ -44,38 +44,40 @@ async fn presence_channel_with_counting_on_shows_connection_count() {
     proxy.stop().await;
 }
 
+/// A presence channel is asked for `user_count` alone with counting off,
+/// and in `probe` (Pusher's default; spec E.2, E.5 item 3), once, while
+/// other channels are still probed for `subscription_count` there.
 #[tokio::test]
-async fn presence_channel_with_counting_off_asks_user_count_only() {
-    let (fake, proxy) = setup("subscription_count = \"off\"").await;
-    let a = stats(&proxy, "presence-room").await;
-    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
-    assert_eq!(
-        fake.recorded()[0].param("info").as_deref(),
-        Some("user_count")
-    );
-    proxy.stop().await;
-}
-
-/// In `probe` (Pusher's default) a presence channel is asked for
-/// `user_count` alone (spec E.2, E.5 item 3), once, while other channels
-/// are still probed for `subscription_count`.
-#[tokio::test]
-async fn presence_channel_in_probe_asks_user_count_only() {
-    let (fake, proxy) = setup("subscription_count = \"probe\"").await;
-    fake.set(|b| b.presence_subscription_count = false);
-    let a = stats(&proxy, "presence-room").await;
-    assert_eq!(a.status.as_u16(), 200, "{}", a.text());
-    assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#);
-    let seen = fake.recorded();
-    assert_eq!(seen.len(), 1, "one request");
-    assert_eq!(seen[0].param("info").as_deref(), Some("user_count"));
-    let c = stats(&proxy, "room").await;
-    assert_eq!(c.text(), r#"{"occupied":true,"connection_count":3}"#);
-    assert_eq!(
-        fake.recorded()[1].param("info").as_deref(),
-        Some("subscription_count")
-    );
-    proxy.stop().await;
+async fn presence_channel_asks_user_count_only_unless_counting_is_on() {
+    for (mode, room_info, room_answer) in [
+        ("off", None, r#"{"occupied":true}"#),
+        (
+            "probe",
+            Some("subscription_count"),
+            r#"{"occupied":true,"connection_count":3}"#,
+        ),
+    ] {
+        let (fake, proxy) = setup(&format!("subscription_count = \"{mode}\"")).await;
+        fake.set(|b| b.presence_subscription_count = false);
+        let a = stats(&proxy, "presence-room").await;
+        assert_eq!(a.status.as_u16(), 200, "{mode}: {}", a.text());
+        assert_eq!(a.text(), r#"{"occupied":true,"user_count":2}"#, "{mode}");
+        let seen = fake.recorded();
+        assert_eq!(seen.len(), 1, "{mode}: one request");
+        assert_eq!(
+            seen[0].param("info").as_deref(),
+            Some("user_count"),
+            "{mode}"
+        );
+        let c = stats(&proxy, "room").await;
+        assert_eq!(c.text(), room_answer, "{mode}");
+        assert_eq!(
+            fake.recorded()[1].param("info").as_deref(),
+            room_info,
+            "{mode}"
+        );
+        proxy.stop().await;
+    }
 }
 
 /// In `on`, an upstream that refuses `subscription_count` on presence
