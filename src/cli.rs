@@ -507,12 +507,11 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
             format!("Bearer {}", token.expose_secret()),
         );
     }
-    let Ok(req) = req.body(Empty::<bytes::Bytes>::new()) else {
+    let Ok(req) = req.body(Empty::new()) else {
         eprintln!("reload: cannot build a request for {addr}");
         return ExitCode::from(exit::USAGE);
     };
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
+    let client = sources::admin_client();
     // The admin listener and token in force are the running proxy's: both
     // change only at a restart, while these are the file's.
     const RESTART_ONLY: &str = "admin.listen and admin.token change only at a restart: \

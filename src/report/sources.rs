@@ -65,8 +65,9 @@ pub struct Ledgers {
     pub open: Vec<OpenLedger>,
 }
 
-/// The client `/usage` URLs are fetched with.
-type UsageClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The client a sidecar's admin endpoints are called with: `/usage` URLs,
+/// and `POST /reload` (`pusher-cutover reload`).
+pub(crate) type AdminClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Reads every source and merges them, naming the ledgers found marked
 /// open. URLs share one client (and its connections), built only if there
@@ -78,7 +79,7 @@ pub async fn load(
 ) -> Result<Ledgers, SourceError> {
     let mut parts = Vec::with_capacity(sources.len());
     let mut open = Vec::new();
-    let mut client: Option<UsageClient> = None;
+    let mut client: Option<AdminClient> = None;
     for source in sources {
         parts.push(match source {
             Source::DataDir(dir) => {
@@ -92,7 +93,7 @@ pub async fn load(
                 }
                 contents.usage
             }
-            Source::Url(uri) => fetch(client.get_or_insert_with(usage_client), uri, token).await?,
+            Source::Url(uri) => fetch(client.get_or_insert_with(admin_client), uri, token).await?,
         });
     }
     Ok(Ledgers {
@@ -101,7 +102,9 @@ pub async fn load(
     })
 }
 
-fn usage_client() -> UsageClient {
+/// A client for a sidecar's admin endpoints ([`AdminClient`]), over
+/// `http://` or `https://`.
+pub(crate) fn admin_client() -> AdminClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -120,7 +123,7 @@ async fn read_dir(dir: PathBuf) -> Result<Contents, SourceError> {
 }
 
 async fn fetch(
-    client: &UsageClient,
+    client: &AdminClient,
     uri: &Uri,
     token: Option<&secrecy::SecretString>,
 ) -> Result<Usage, SourceError> {
