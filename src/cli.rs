@@ -627,6 +627,9 @@ async fn report(
             return ExitCode::from(2);
         }
     };
+    for note in &ledgers.notes {
+        eprintln!("report: {note}");
+    }
     // Whole seconds: the report shows times to the second.
     let now = OffsetDateTime::now_utc();
     let now = now.replace_nanosecond(0).unwrap_or(now);

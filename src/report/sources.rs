@@ -63,6 +63,9 @@ pub struct Ledgers {
     /// write, so it proves no zero. A `/usage` answer is never one: a
     /// running sidecar's holds every call it recorded.
     pub open: Vec<OpenLedger>,
+    /// What the reader should know of the sources given, for stderr: a
+    /// data directory or URL given more than once, and read once.
+    pub notes: Vec<String>,
 }
 
 /// The client a sidecar's admin endpoints are called with: `/usage` URLs,
@@ -70,18 +73,45 @@ pub struct Ledgers {
 pub(crate) type AdminClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Reads every source and merges them, naming the ledgers found marked
-/// open. URLs share one client (and its connections), built only if there
-/// is a URL to fetch; `token`, when given, is sent to each as
-/// `Authorization: Bearer` (`[admin] token`).
+/// open. A data directory given twice (also under another path to it, as
+/// `--config`'s and a `--data-dir`) or a URL given twice is read once, so
+/// its calls are not counted twice. URLs share one client (and its
+/// connections), built only if there is a URL to fetch; `token`, when
+/// given, is sent to each as `Authorization: Bearer` (`[admin] token`).
 pub async fn load(
     sources: &[Source],
     token: Option<&secrecy::SecretString>,
 ) -> Result<Ledgers, SourceError> {
     let mut parts = Vec::with_capacity(sources.len());
     let mut open = Vec::new();
+    let mut notes = Vec::new();
     let mut client: Option<AdminClient> = None;
+    // Each source read: the path or URL that identifies it, and the name
+    // given. (One sidecar's data_dir and its /usage URL are one ledger too,
+    // but nothing in the two says so for certain: the README asks for one
+    // of them, and two sidecars' ledgers are never taken for one, which
+    // would hide calls from the gate.)
+    let mut read: Vec<(String, String)> = Vec::with_capacity(sources.len());
     for source in sources {
-        parts.push(match source {
+        let (identity, name) = match source {
+            Source::DataDir(dir) => (
+                std::fs::canonicalize(dir)
+                    .unwrap_or_else(|_| dir.clone())
+                    .display()
+                    .to_string(),
+                dir.display().to_string(),
+            ),
+            Source::Url(uri) => (uri.to_string(), uri.to_string()),
+        };
+        if let Some((_, first)) = read.iter().find(|(id, _)| *id == identity) {
+            notes.push(if *first == name {
+                format!("{name} was given more than once; it is read once")
+            } else {
+                format!("{name} is {first}, given twice; it is read once")
+            });
+            continue;
+        }
+        let usage = match source {
             Source::DataDir(dir) => {
                 let contents = read_dir(dir.clone()).await?;
                 if let Some(mark) = contents.open {
@@ -94,11 +124,14 @@ pub async fn load(
                 contents.usage
             }
             Source::Url(uri) => fetch(client.get_or_insert_with(admin_client), uri, token).await?,
-        });
+        };
+        read.push((identity, name));
+        parts.push(usage);
     }
     Ok(Ledgers {
         usage: Usage::merge(parts),
         open,
+        notes,
     })
 }
 

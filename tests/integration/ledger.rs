@@ -265,6 +265,47 @@ async fn report_gates_on_the_window_and_merges_ledgers() {
         .and_then(|c| c.iter().find(|c| c["route"] == "legacy_trigger"))
         .expect("the trigger caller");
     assert_eq!(trigger["calls"], 10, "one caller, merged");
+    assert!(!err.contains("read once"), "{err}");
+
+    // The same ledgers given twice, a directory under another path to it
+    // and a URL repeated, are each read once: nothing is counted twice.
+    let again = format!("{}/../data-1/.", dirs[1]);
+    let (code, json, err) = report(&[
+        "--data-dir",
+        &dirs[0],
+        "--data-dir",
+        &dirs[1],
+        "--data-dir",
+        &again,
+        "--data-dir",
+        &dirs[0],
+        "--url",
+        &url,
+        "--url",
+        &url,
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 10);
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_stats"], 1);
+    assert!(
+        err.contains(&format!(
+            "{again} is {}, given twice; it is read once",
+            dirs[1]
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} was given more than once", dirs[0])),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{url} was given more than once")),
+        "{err}"
+    );
 
     let (code, json, _) =
         report(&["--data-dir", &dirs[0], "--since", "24h", "--format", "json"]).await;
