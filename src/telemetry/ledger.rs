@@ -63,6 +63,25 @@ impl Stats {
         let calls = self.sites.entry(key).or_default();
         *calls = calls.saturating_add(1);
     }
+
+    /// Adds `folded`'s calls, times and call sites to these (a caller
+    /// summed into its route's `other`), within [`MAX_TRACKED_CALL_SITES`].
+    fn absorb(&mut self, folded: Stats) {
+        self.calls = self.calls.saturating_add(folded.calls);
+        self.first_seen = self.first_seen.min(folded.first_seen);
+        self.last_seen = self.last_seen.max(folded.last_seen);
+        for (site, calls) in folded.sites {
+            let key = if self.sites.contains_key(&site) || self.sites.len() < MAX_TRACKED_CALL_SITES
+            {
+                site
+            } else {
+                (OTHER.to_owned(), OTHER.to_owned())
+            };
+            let sum = self.sites.entry(key).or_default();
+            *sum = sum.saturating_add(calls);
+        }
+        self.dirty = true;
+    }
 }
 
 /// A call site of borrowed parts, to look a known one up without
@@ -151,13 +170,30 @@ impl AppLedger {
     /// Drops the buckets of hours before `before` and the callers last
     /// seen before it that are not current ([`is_current`]): no call is
     /// counted for those again, and kept they would grow with every
-    /// renamed run or format change. This sidecar's callers stay, within
-    /// the cap.
+    /// renamed run or format change. This sidecar's own callers last seen
+    /// before it are summed into their route's `other` aggregate, their
+    /// totals kept, so that their places under the cap go to new senders
+    /// (with the client address in a caller's key, every rollout of a
+    /// shared deployment's pods brings new ones).
     fn prune(&mut self, before: u64, instance: &str, current_since: u64) {
         self.hourly.retain(|(_, hour), _| *hour >= before);
+        let mut folded = Vec::new();
         self.callers.retain(|key, stats| {
-            is_current(key, stats.last_seen, instance, current_since) || stats.last_seen >= before
+            if stats.last_seen >= before || key.is_other() && key.instance == instance {
+                return true;
+            }
+            if is_current(key, stats.last_seen, instance, current_since) {
+                folded.push((key.route, std::mem::replace(stats, Stats::new(0))));
+            }
+            false
         });
+        for (route, stats) in folded {
+            self.distinct = self.distinct.saturating_sub(1);
+            self.callers
+                .entry(CallerKey::other(route, instance))
+                .or_insert_with(|| Stats::new(stats.last_seen))
+                .absorb(stats);
+        }
     }
 }
 
@@ -424,8 +460,10 @@ impl Ledger {
 
     /// Takes what changed since the last call, and drops buckets older than
     /// the retention (relative to `now`) from memory, with the callers of
-    /// other instance names last seen before them; `recorded_since` moves
-    /// past what was dropped. While the kill switch is on,
+    /// other instance names last seen before them, and sums this
+    /// sidecar's callers last seen before them into `other`
+    /// ([`AppLedger::prune`]); `recorded_since` moves past what was
+    /// dropped. While the kill switch is on,
     /// `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);

@@ -969,19 +969,15 @@ impl Store {
             )
             .map_err(err)?;
             pruned_before(&tx, changes.prune_before).map_err(err)?;
-            // Callers recorded under another instance name (an earlier
-            // run's, or none, from schema 1), or under an earlier
-            // fingerprint format, are never counted again: they go once
-            // they are as old as the buckets. This sidecar's `other`
-            // aggregate (no fingerprint of its own) stays.
-            let stale = params![
-                to_sql(changes.prune_before),
-                self.instance,
-                to_sql(self.fingerprints_since),
-                OTHER
-            ];
-            let which =
-                "last_seen < ?1 AND (instance <> ?2 OR (last_seen < ?3 AND fingerprint <> ?4))";
+            // Callers as old as the buckets go: those recorded under
+            // another instance name (an earlier run's, or none, from
+            // schema 1) or under an earlier fingerprint format are never
+            // counted again, and this sidecar's own are summed into their
+            // route's `other` in memory (`AppLedger::prune`), whose new
+            // totals `changes` holds. This sidecar's `other` aggregate (no
+            // fingerprint of its own) stays.
+            let stale = params![to_sql(changes.prune_before), self.instance, OTHER];
+            let which = "last_seen < ?1 AND (instance <> ?2 OR fingerprint <> ?3)";
             tx.execute(
                 &format!(
                     "DELETE FROM call_sites WHERE ({CALLER_KEY}) IN

@@ -266,13 +266,81 @@ fn callers_of_an_earlier_fingerprint_format_hold_no_place() {
         ["ua-1", "ua-2", "ua-3", "ua-4", "ua-5", "ua-6", OTHER],
         "three new places, the seventh caller over the cap"
     );
-    // Past the retention, the old ones go; the new ones stay.
+    // Past the retention, the old ones go with their calls; the new ones
+    // are summed into `other` with theirs.
     let later = T + 10 + 36 * DAY;
-    assert_eq!(agents(&l.snapshot(later)), ["ua-4", "ua-5", "ua-6", OTHER]);
+    let u = l.snapshot(later);
+    assert_eq!(agents(&u), [OTHER]);
+    assert_eq!(total_calls(&u), 4, "ua-4 to ua-7, not ua-1 to ua-3");
+}
+
+/// A caller of this sidecar's as old as the buckets kept is summed into
+/// its route's `other`, its calls and call sites kept, and its place under
+/// the cap goes to the next new sender, with or without a store.
+#[test]
+fn a_callers_place_is_freed_once_it_is_as_old_as_the_buckets() {
+    for stored in [false, true] {
+        let l = Ledger::new(1, 30, "i-1");
+        for i in 0..3 {
+            rec(
+                &l,
+                "1",
+                RouteKind::LegacyTrigger,
+                "k",
+                "a",
+                "10.0.0.1",
+                T + i,
+            );
+        }
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "b",
+            "10.0.0.1",
+            T + 5,
+        );
+        let later = T + 31 * DAY;
+        if stored {
+            let changes = l.take_changes(later);
+            let other = changes
+                .callers
+                .iter()
+                .find(|(_, c)| c.key.is_other())
+                .map(|(_, c)| c.calls);
+            assert_eq!(other, Some(4), "the new total is written");
+        } else {
+            // Without a store, a read of the ledger prunes it.
+            l.snapshot(later);
+        }
+        rec(
+            &l,
+            "1",
+            RouteKind::LegacyTrigger,
+            "k",
+            "c",
+            "10.0.0.9",
+            later,
+        );
+        let u = l.snapshot(later);
+        let callers: Vec<(&str, u64)> = u.apps[0]
+            .callers
+            .iter()
+            .map(|c| (c.key.user_agent.as_str(), c.calls))
+            .collect();
+        assert_eq!(callers, [("c", 1), (OTHER, 4)], "stored: {stored}");
+        let other = &u.apps[0].callers[1];
+        assert_eq!(unix(other.first_seen), T, "stored: {stored}");
+        assert_eq!(unix(other.last_seen), T + 5, "stored: {stored}");
+        assert_eq!(other.call_sites.len(), 1, "stored: {stored}");
+        assert_eq!(other.call_sites[0].calls, 4, "stored: {stored}");
+    }
 }
 
 /// Callers of another instance name go once their last call is as old as
-/// the buckets kept, with or without a store; this sidecar's stay.
+/// the buckets kept, with or without a store; this sidecar's are summed
+/// into its `other`.
 #[test]
 fn an_earlier_instances_callers_go_with_the_buckets() {
     let a = Ledger::new(100, 30, "host-a");
@@ -311,18 +379,19 @@ fn an_earlier_instances_callers_go_with_the_buckets() {
             b.take_changes(later);
             assert_eq!(
                 callers(&b, T),
-                [pair("host-a", "late"), pair("host-b", "mine")],
+                [pair("host-a", "late"), pair("host-b", OTHER)],
                 "pruned by a write"
             );
         }
+        // This sidecar's caller is as old: summed into its `other`.
         assert_eq!(
             callers(&b, later),
-            [pair("host-a", "late"), pair("host-b", "mine")],
+            [pair("host-a", "late"), pair("host-b", OTHER)],
             "stored: {stored}"
         );
         assert_eq!(
             callers(&b, later + 2 * DAY),
-            [pair("host-b", "mine")],
+            [pair("host-b", OTHER)],
             "stored: {stored}"
         );
         assert!(

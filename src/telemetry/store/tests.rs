@@ -199,14 +199,28 @@ fn a_ledger_notes_since_when_its_fingerprints_are_of_the_format_in_use() {
         "10.0.0.1",
         T + 300,
     );
+    // Past the retention for ua-1 (last seen at T), not for ua-3.
     store
-        .write(&later.take_changes(T + 31 * 86_400))
+        .write(&later.take_changes(T + 30 * 86_400 + 200))
         .expect("prune");
     assert_eq!(
         agents(&store),
         ["other", "ua-3"],
         "the earlier format's caller is gone; the aggregate and the new one stay"
     );
+    // Past it for ua-3 too: its row goes, its calls in `other`'s.
+    store
+        .write(&later.take_changes(T + 31 * 86_400))
+        .expect("prune");
+    assert_eq!(agents(&store), ["other"]);
+    let other: i64 = store
+        .conn
+        .query_row("SELECT calls FROM callers", [], |r| r.get(0))
+        .expect("other's calls");
+    assert_eq!(other, 2, "ua-2's call and ua-3's, not ua-1's");
+    let reopened = Ledger::new(1, 30, "i-1");
+    reopened.load(store.load().expect("load"), store.fingerprints_since());
+    assert_eq!(reopened.snapshot(T + 31 * 86_400).apps[0].callers.len(), 1);
 }
 
 /// A ledger reopened under another instance name: the earlier name's
