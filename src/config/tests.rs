@@ -630,6 +630,22 @@ fn the_data_limit_follows_the_upstream_unless_set() {
     );
 }
 
+/// An app may not be called `other`, the `app_id` label of the requests
+/// for apps not configured: the two would share one series. Its upstream
+/// may know it by that name.
+#[test]
+fn an_app_called_other_is_refused() {
+    let problems = problems_of(
+        &one_app("", "secret = \"s\"", "").replace("4242", "other"),
+        &[],
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("apps[0].id"), "{problems:?}");
+    assert!(problems[0].contains("must not be `other`"), "{problems:?}");
+    let upstream = one_app("", "secret = \"s\"\n[apps.upstream]\nid = \"other\"", "");
+    assert_eq!(problems_of(&upstream, &[]), Vec::<String>::new());
+}
+
 /// The problems `text` has (none: valid), said as `validate` says them.
 fn problems_of(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
     match Config::from_toml_str(text, &env(vars)) {

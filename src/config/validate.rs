@@ -568,6 +568,12 @@ fn validate_app(
         "must be 1-64 characters legal in a URL path, without `/`, `?`, `#` or `%`";
     if !valid_app_id(&app.id) {
         problems.add(&key("id"), ID_RULE.into());
+    } else if app.id == crate::telemetry::usage::OTHER {
+        // Its series would be the ones of requests for unknown apps.
+        problems.add(
+            &key("id"),
+            "must not be `other`: the metrics' `app_id` of requests for apps not configured".into(),
+        );
     }
     if app.key.is_empty() {
         problems.add(&key("key"), "must not be empty".into());
