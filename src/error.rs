@@ -66,6 +66,12 @@ pub enum ProxyError {
         "no Pusher route has this path: it spells …/channels/{{channel}}/events or …/stats otherwise (an escape, another case, a trailing /, ;parameters, a dot segment or an encoded /)"
     )]
     NearLegacy,
+    /// `GET`, `HEAD` or `POST` in another case on a deprecated route's
+    /// path ([`crate::pipeline::classify::method_near_legacy`]).
+    #[error(
+        "the method {0} is not GET, HEAD or POST: methods are case-sensitive, and no Pusher route on this path takes another"
+    )]
+    MethodCase(String),
     /// The upstream refused the proxy's own signature (its 401): the
     /// proxy's credentials for the app are wrong, not the caller's (spec
     /// E.4). A fault of the proxy's configuration.
@@ -88,7 +94,7 @@ impl ProxyError {
             Self::UnknownApp(_) => StatusCode::NOT_FOUND,
             Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotAPath | Self::NearLegacy => StatusCode::BAD_REQUEST,
+            Self::NotAPath | Self::NearLegacy | Self::MethodCase(_) => StatusCode::BAD_REQUEST,
             Self::Translate(e) => e.status(),
             Self::Body(e) => e.status(),
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
@@ -109,7 +115,8 @@ impl ProxyError {
             | Self::Signature(_)
             | Self::MethodNotAllowed(_)
             | Self::NotAPath
-            | Self::NearLegacy => Fault::Client,
+            | Self::NearLegacy
+            | Self::MethodCase(_) => Fault::Client,
             Self::Upstream(_) => Fault::Upstream,
             Self::RejectedCredentials { .. } | Self::Internal(_) => Fault::Internal,
         }

@@ -82,6 +82,24 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Route<'a> {
     }
 }
 
+/// Whether `method` is `GET`, `HEAD` or `POST` spelt in another case
+/// (`post`: to HTTP, whose methods are case-sensitive, an extension
+/// method) on a deprecated route's `path` (canonical): an upstream that
+/// ignored a method's case could serve it as the deprecated call, past
+/// `reject`, the brownouts and the legacy count. It is refused rather than
+/// forwarded, as a path in another spelling is ([`near_legacy`]).
+pub fn method_near_legacy(method: &Method, path: &str) -> bool {
+    let m = method.as_str();
+    // Every method a client sends in practice: no work past this.
+    if m.bytes().all(|b| b.is_ascii_uppercase()) {
+        return false;
+    }
+    [Method::GET, Method::HEAD, Method::POST]
+        .into_iter()
+        .find(|standard| standard.as_str().eq_ignore_ascii_case(m))
+        .is_some_and(|standard| classify(&standard, path).kind.is_legacy())
+}
+
 /// Whether `path` (canonical, see [`canonical_path`]) names one of the
 /// deprecated routes in another spelling, one an upstream that normalised
 /// paths could serve as the deprecated call, past `reject`, the brownouts

@@ -383,6 +383,10 @@ impl State {
                     .await
             } else if !bypass && classify::near_legacy(&path) {
                 Err(ProxyError::NearLegacy)
+            } else if !bypass && classify::method_near_legacy(&parts.method, &path) {
+                Err(ProxyError::MethodCase(
+                    truncate(parts.method.as_str()).to_owned(),
+                ))
             } else if let Some((app, query)) = (!bypass)
                 .then(|| passthrough::resign_target(app, &parts))
                 .flatten()

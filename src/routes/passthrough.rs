@@ -115,14 +115,18 @@ pub async fn upstream_request(
 ///   sockudo refuses (spec A.4).
 ///
 /// Anything else (another key, a query that does not decode) passes
-/// through untouched for the upstream to judge. `app` is the configured
-/// app the path names, if any.
+/// through untouched for the upstream to judge, and so do `CONNECT` and
+/// `TRACE`, which [`upstream_request`] answers 405 whoever signed them.
+/// `app` is the configured app the path names, if any.
 pub(crate) fn resign_target<'s>(
     app: Option<&'s App>,
     parts: &Parts,
 ) -> Option<(&'s App, QueryParams)> {
     let app = app?;
     let raw = parts.uri.query()?;
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return None;
+    }
     let resigns = app.config.resigns();
     if !resigns {
         let may_carry_md5 = parts.method == Method::GET
@@ -236,16 +240,22 @@ pub(crate) fn resign(
 /// A buffered request to `target` upstream with the caller's method and
 /// headers, minus hop-by-hop ones, `Content-Length` and `Expect` (hyper
 /// sets the length from the body; [`crate::upstream::Upstream`] sets
-/// `Host`).
+/// `Host`). An empty body on a method that carries one is said to be
+/// `Content-Length: 0`, which hyper would not write and some front ends
+/// require (411), as [`upstream_request`] does.
 pub(crate) fn outbound(head: &Parts, target: hyper::Uri, body: Bytes) -> OutboundRequest {
+    let empty = body.is_empty();
     let mut req = Box::new(Request::new(Either::Left(Full::new(body))));
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = target;
     let headers = req.headers_mut();
     *headers = head.headers.clone();
     strip_hop_by_hop(headers);
-    for name in [CONTENT_LENGTH, EXPECT] {
-        headers.remove(name);
+    headers.remove(EXPECT);
+    if empty && matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    } else {
+        headers.remove(CONTENT_LENGTH);
     }
     req
 }

@@ -555,6 +555,65 @@ async fn connect_trace_and_non_path_targets_are_refused() {
     }
     assert!(fake.recorded().is_empty());
     proxy.stop().await;
+
+    // Signed by an app whose calls the proxy re-signs (a rotation), a
+    // TRACE is refused all the same, not signed anew and sent.
+    let proxy =
+        TestProxy::for_upstream(&fake.url(), "", "previous_secrets = [\"old-secret\"]").await;
+    let path = "/apps/4242/channels";
+    let now = support::now();
+    let uri = support::signed_uri(support::KEY, support::SECRET, "TRACE", path, now, None, &[]);
+    let raw = format!("TRACE {uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+    assert_eq!(a.status.as_u16(), 405, "{}", a.text());
+    assert!(fake.recorded().is_empty(), "nothing forwarded");
+    proxy.stop().await;
+}
+
+/// `GET`, `HEAD` or `POST` spelt in another case is an extension method to
+/// HTTP; on a deprecated route's path it would pass `reject` by as a
+/// passthrough call, so it is refused (400), signed or not, and other
+/// paths and methods pass as before.
+#[tokio::test]
+async fn a_deprecated_routes_method_in_another_case_is_refused() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(&fake.url(), "", "mode = \"reject\"").await;
+    let now = support::now();
+    let trigger = support::legacy_trigger_uri("room", &[("name", "ev")], b"{}", now);
+    let stats = support::legacy_stats_uri("room", now);
+    for (method, uri) in [
+        ("post", &trigger),
+        ("Post", &trigger),
+        ("get", &stats),
+        ("head", &stats),
+    ] {
+        let raw = format!(
+            "{method} {uri} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(a.status.as_u16(), 400, "{method}: {}", a.text());
+        assert!(
+            a.text().contains("case-sensitive"),
+            "{method}: {}",
+            a.text()
+        );
+    }
+    assert!(fake.recorded().is_empty(), "nothing forwarded");
+    // The same methods elsewhere, and another extension method on the
+    // route, go through.
+    for (method, path) in [
+        ("post", "/apps/4242/events"),
+        ("PURGE", "/apps/4242/channels/room/events"),
+    ] {
+        let raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let a = support::raw_exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(
+            a.headers.contains_key("x-fake-upstream"),
+            "{method} {path}: {}",
+            a.text()
+        );
+    }
+    proxy.stop().await;
 }
 
 /// A client that leaves while its trigger waits on the upstream: the
