@@ -127,11 +127,16 @@ pub fn respond_with(status: StatusCode, headers: HeaderMap, body: Bytes) -> Resp
     resp
 }
 
-/// An upstream answer passed on as it is (minus hop-by-hop headers).
-pub fn verbatim(answer: Buffered) -> Response<ResponseBody> {
+/// An upstream answer passed on as it is (minus hop-by-hop headers). Its
+/// `Content-Length` is the body's (hyper writes it), but for an answer to
+/// `head`, a HEAD request, whose body is empty: it keeps the upstream's,
+/// the length a GET would have had (RFC 9110 9.3.2).
+pub fn verbatim(answer: Buffered, head: bool) -> Response<ResponseBody> {
     let mut headers = answer.headers;
     headers::strip_hop_by_hop(&mut headers);
-    headers.remove(CONTENT_LENGTH);
+    if !head {
+        headers.remove(CONTENT_LENGTH);
+    }
     respond_with(answer.status, headers, answer.body)
 }
 

@@ -455,6 +455,7 @@ impl State {
         if path == Path::Translate {
             parts.headers = HeaderMap::new();
         }
+        let head = parts.method == Method::HEAD;
         match path {
             Path::Reject => Err(ProxyError::Gone {
                 route: route.kind,
@@ -467,7 +468,7 @@ impl State {
             Path::Observe => {
                 let observe = routes::observe(&mut call, parts, canonical, &query, body, now);
                 let answer = Box::pin(observe).await?;
-                Ok(http::verbatim(answer))
+                Ok(http::verbatim(answer, head))
             }
             Path::Shadow => {
                 let observe = routes::observe(&mut call, parts, canonical, &query, body, now);
@@ -478,7 +479,7 @@ impl State {
                         .shadow_skipped(&app.config.id, "not_comparable");
                 })?;
                 channel_stats::spawn_shadow_compare(&call, &channel, now, &answer);
-                Ok(http::verbatim(answer))
+                Ok(http::verbatim(answer, head))
             }
             Path::Translate if route.kind == RouteKind::LegacyStats => {
                 Box::pin(channel_stats::translate(&mut call, &channel, now)).await

@@ -66,6 +66,17 @@ async fn observe_forwards_the_legacy_call_unchanged() {
         s.json(),
         serde_json::json!({"occupied": true, "user_count": 2, "connection_count": 3})
     );
+    // HEAD: the upstream's answer, with the length its GET would have.
+    let path = "/apps/4242/channels/presence-room/stats";
+    let uri = support::signed_uri(support::KEY, support::SECRET, "HEAD", path, now, None, &[]);
+    let h = support::send(Method::HEAD, &format!("{}{uri}", proxy.url()), &[], "").await;
+    assert_eq!(h.status.as_u16(), 200, "{}", h.text());
+    let length = h
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(length, Some(s.text().len().to_string().as_str()));
+    assert_eq!(fake.recorded().pop().expect("forwarded").method, "HEAD");
     assert!(
         fake.recorded()
             .pop()
@@ -82,7 +93,7 @@ async fn observe_forwards_the_legacy_call_unchanged() {
         ),
         (
             r#"pusher_cutover_requests_total{app_id="4242",route="legacy_stats",outcome="ok"}"#,
-            1.0,
+            2.0,
         ),
     ] {
         assert_eq!(support::metric(&m, series), Some(v), "{series}");

@@ -396,7 +396,7 @@ fn route(req: &Recorded, segments: &[&str], behaviour: &Behaviour) -> (u16, &'st
         ("POST", ["", "apps", _, "channels", _, "events"]) => {
             (202, "text/plain", "202 ACCEPTED\n".into())
         }
-        ("GET", ["", "apps", _, "channels", channel, "stats"]) => {
+        ("GET" | "HEAD", ["", "apps", _, "channels", channel, "stats"]) => {
             let mut body = serde_json::json!({"occupied": true});
             if channel.starts_with("presence-") {
                 body["user_count"] = 2.into();
