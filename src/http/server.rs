@@ -947,6 +947,10 @@ where
     let result = std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                // A request that queued in the poll that ended its
+                // connection (a write failed) leaves nothing for the
+                // next connection polled on this thread.
+                QUEUED.set(false);
                 return Poll::Ready(Ended::Served(result));
             }
             if QUEUED.get() {
