@@ -78,7 +78,7 @@ pub enum Gap {
         seen: usize,
     },
     /// A sidecar had its kill switch on (`bypass = true`) in the window
-    /// (or the scrape interval before it), seen at a scrape or by the
+    /// (or the two scrape intervals and a second before it), seen at a scrape or by the
     /// time it was last turned off: it passed every call
     /// through, deprecated ones uncounted, so its zero says nothing about
     /// that time.
@@ -327,8 +327,8 @@ pub struct Facts {
     pub scraped_early: Option<BTreeSet<String>>,
     /// Which apps each sidecar serves.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
-    /// The sidecars whose kill switch was on in the window (or the scrape
-    /// interval before it): `pusher_cutover_bypass` 1 at a scrape, or
+    /// The sidecars whose kill switch was on in the window (or the two
+    /// scrape intervals and a second before it): `pusher_cutover_bypass` 1 at a scrape, or
     /// `pusher_cutover_bypass_last_on_timestamp_seconds` inside the range
     /// (turned off then). A sidecar from a release
     /// before the gauge has no such series and is not in here: nothing is

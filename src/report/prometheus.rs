@@ -707,6 +707,22 @@ impl JobFacts {
             .map_or(60, |i| i.as_secs_f64().ceil() as u64)
             .max(1)
     }
+
+    /// [`reach_back`] of this job's scrape interval.
+    fn reach_back(&self) -> u64 {
+        reach_back(self.reach())
+    }
+}
+
+/// How far before a window a sidecar's last scrape may be while it counts
+/// as watched at the window's start (one scrape missed, and a second of
+/// jitter): two scrape intervals of `reach` seconds and a second. The
+/// gate's ranges reach back as far, so that a call between that scrape and
+/// the first one in the window counts (on the side of "used"), as a
+/// switch or a removal seen then does (on the side of a gap); reaching
+/// back one interval only, a missed scrape at the start hid such a call.
+pub fn reach_back(reach: u64) -> u64 {
+    2 * reach + 1
 }
 
 async fn window_facts(
@@ -735,14 +751,15 @@ async fn window_facts(
     let up = api.query(&sel.scrapes_up(w), now).await?;
     let first = api.query(&sel.first_scrape(w, step), now).await?;
     let last = api.query(&sel.last_scrape(w, step), now).await?;
-    let at_start = api.query(&sel.scraped_in(2 * reach + 1), start).await?;
+    let back = job.reach_back();
+    let at_start = api.query(&sel.scraped_in(back), start).await?;
     let before = api.query(&sel.scraped_in(w), start).await?;
     // Scraped in the window's first two intervals (evaluated then), when
     // the interval is known; with none known that is a gap already.
-    let early_end = start + i64::try_from(2 * reach + 1).unwrap_or(i64::MAX / 4);
+    let early_end = start + i64::try_from(back).unwrap_or(i64::MAX / 4);
     let early = match job.scrape_interval {
         Some(_) if early_end <= now => Some(
-            api.query(&sel.scraped_in(2 * reach + 1), early_end)
+            api.query(&sel.scraped_in(back), early_end)
                 .await?
                 .iter()
                 .map(|s| label(&s.metric, il).to_owned())
@@ -751,12 +768,12 @@ async fn window_facts(
         _ => None,
     };
     let served = api.query(&sel.apps_served(w), now).await?;
-    // Widened by a scrape interval, as the counters: a removal seen at
+    // Widened as the gate's counters ([`reach_back`]): a removal seen at
     // the last scrape before the window held into it.
-    let dropped = api.query(&sel.apps_dropped(w + reach), now).await?;
-    // Widened by a scrape interval like the counters: a switch seen on
-    // at the last scrape before the window may have stayed on into it.
-    let bypassed = api.query(&sel.bypassed(w + reach), now).await?;
+    let dropped = api.query(&sel.apps_dropped(w + back), now).await?;
+    // Likewise: a switch seen on at the last scrape before the window may
+    // have stayed on into it.
+    let bypassed = api.query(&sel.bypassed(w + back), now).await?;
     Ok(Facts {
         job: sel.job.clone(),
         start,
@@ -814,7 +831,7 @@ pub async fn fetch(
             } else {
                 evidence::gaps(&window_facts(&api, q, &job, at, window).await?)
             };
-            let range = secs(window) + reach;
+            let range = secs(window) + job.reach_back();
             let increase = api.query(&sel.calls_by_caller(range), at).await?;
             let mut before = api.query(&sel.calls_before_first_scrape(range), at).await?;
             before.extend(api.query(&sel.calls_since_a_start_in(range), at).await?);
@@ -838,8 +855,10 @@ pub async fn fetch(
     let first_hour = (at - fetched).div_euclid(HOUR) * HOUR;
     let current_hour = at.div_euclid(HOUR) * HOUR;
     // A sidecar's calls before its first scrape are in no `increase()`:
-    // for a series new in an hour, its highest value (it started at 0)
-    // is the hour's count when that is more, as in the gate (`uses_of`).
+    // for a series new in an hour, its highest value (it started at 0),
+    // and for a process started in the hour (a restart between two
+    // scrapes can leave its counters where the old one's were), its last,
+    // are the hour's count when that is more, as in the gate (`uses_of`).
     let hour_range = 3600 + reach;
     let mut buckets = BTreeMap::new();
     let mut from = first_hour + HOUR;
@@ -849,10 +868,13 @@ pub async fn fetch(
             .query_range(&sel.calls_by_caller(hour_range), from, to, HOUR)
             .await?;
         add_range(&mut buckets, &series, il, false);
-        let series = api
-            .query_range(&sel.calls_before_first_scrape(hour_range), from, to, HOUR)
-            .await?;
-        add_range(&mut buckets, &series, il, true);
+        for query in [
+            sel.calls_before_first_scrape(hour_range),
+            sel.calls_since_a_start_in(hour_range),
+        ] {
+            let series = api.query_range(&query, from, to, HOUR).await?;
+            add_range(&mut buckets, &series, il, true);
+        }
         from = to + HOUR;
     }
     if at > current_hour {
@@ -868,10 +890,13 @@ pub async fn fetch(
         };
         let samples = api.query(&sel.calls_by_caller(partial), at).await?;
         add_range(&mut buckets, &in_the_hour(samples), il, false);
-        let samples = api
-            .query(&sel.calls_before_first_scrape(partial), at)
-            .await?;
-        add_range(&mut buckets, &in_the_hour(samples), il, true);
+        for query in [
+            sel.calls_before_first_scrape(partial),
+            sel.calls_since_a_start_in(partial),
+        ] {
+            let samples = api.query(&query, at).await?;
+            add_range(&mut buckets, &in_the_hour(samples), il, true);
+        }
     }
 
     let instances: Vec<String> = facts.instances.keys().cloned().collect();

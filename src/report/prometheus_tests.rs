@@ -1,6 +1,7 @@
 //! Parsing and assembly of Prometheus' answers, with canned JSON in the
 //! shapes of the HTTP API documentation (and of Prometheus 2.42's).
 
+use super::super::promql::{DEPRECATED_CALLS, START_TIME};
 use super::*;
 use serde_json::json;
 
@@ -511,9 +512,10 @@ async fn the_gate_refuses_a_zero_over_a_sidecar_with_bypass_on() {
     let json: Value = serde_json::from_str(&crate::report::render_json(&report)).expect("JSON");
     assert_eq!(json["prometheus"]["gaps"][0]["kind"], "bypassed", "{json}");
     assert_eq!(json["prometheus"]["gaps"][0]["instance"], "b:9090");
-    // Asked for each window, widened by the 15 s scrape interval.
+    // Asked for each window, widened by two 15 s scrape intervals and a
+    // second, as the gate's counters.
     let asked = queries.lock().expect("lock").clone();
-    for range in ["[135s]", "[75s]"] {
+    for range in ["[151s]", "[91s]"] {
         let q = format!("max_over_time(pusher_cutover_bypass{{job=\"pusher-cutover\"}}{range})");
         let switched = format!(
             "max_over_time(pusher_cutover_bypass_last_on_timestamp_seconds{{job=\"pusher-cutover\"}}{range})"
@@ -591,6 +593,40 @@ async fn an_hours_calls_before_a_sidecars_first_scrape_are_in_its_bucket() {
         .expect("app 4242");
     let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
     assert_eq!(calls, 5, "{:?}", app.hourly);
+}
+
+/// A sidecar process that restarted between two scrapes, with a call
+/// before each restart's first scrape, reads 1 before and after: no
+/// `increase()`, and its series is not new. Its calls since its start are
+/// in the hour's bucket, as the gate counts them (the report showed the
+/// app done where the gate said it was used).
+#[tokio::test]
+async fn an_hours_calls_of_a_restarted_sidecar_are_in_its_bucket() {
+    let quiet = two_quiet_sidecars([None, None]);
+    let caller = json!({"app_id": "4242", "route": "legacy_trigger", "library": "unknown",
+        "instance": "a:9090"});
+    let (url, queries) = fake_prometheus(move |query: &str| {
+        if query.contains(START_TIME) && query.contains(DEPRECATED_CALLS) {
+            json!([sample(caller.clone(), "1")])
+        } else {
+            quiet(query)
+        }
+    });
+    let fleet = fetch_from(url).await;
+    let app = fleet
+        .usage
+        .apps
+        .iter()
+        .find(|a| a.app_id == "4242")
+        .expect("app 4242");
+    let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
+    assert!(calls >= 1, "{:?}", app.hourly);
+    let seen = queries.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .any(|q| q.starts_with("range ") && q.contains(START_TIME)),
+        "the hourly buckets ask for it: {seen:?}"
+    );
 }
 
 /// The report's last 24 hours, last 7 days and last call are read from

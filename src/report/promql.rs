@@ -4,13 +4,19 @@
 //! A [`Selector`] names the scrape job, the apps (none: all) and the
 //! target label that names a sidecar (`instance`, or `pod` with the
 //! Kubernetes relabelling). Ranges are in whole seconds. A range over the
-//! counters is widened by one scrape interval (`reach`): `increase()` only
-//! sees steps between samples inside its range, so without it a call
-//! between the last scrape before a window's start and the first one in it
-//! would count nowhere; with it, such a call counts in the window (for the
-//! gate: on the side of "used"). The range over the bypass gauge is
-//! widened alike: a kill switch seen on at the last scrape before the
-//! window may have stayed on into it (for the gate: on the side of a gap).
+//! counters is widened: `increase()` only sees steps between samples
+//! inside its range, so without it a call between the last scrape before
+//! a window's start and the first one in it would count nowhere. The
+//! gate's ranges reach back two scrape intervals and a second
+//! ([`crate::report::prometheus::reach_back`]), as far as a sidecar's last
+//! scrape before the window may be while it counts as watched at the
+//! start (one scrape missed): such a call counts in the window (on the
+//! side of "used"). The report's hourly buckets reach back one interval,
+//! so that with regular scrapes each step counts in one bucket. The
+//! ranges over the bypass gauge and the configured-app gauge are widened
+//! as the gate's: a kill switch seen on (an app seen removed) at the last
+//! scrape before the window may have stayed so into it (on the side of a
+//! gap).
 
 use std::fmt::Write as _;
 
@@ -166,9 +172,9 @@ impl Selector {
     }
 
     /// The sidecars whose kill switch was on in the `range` seconds ending
-    /// at the evaluation time (the window widened by a scrape interval, as
-    /// for the counters: a switch on just before the window may have
-    /// stayed on into it), 1 for those, 0 for the others. On, when either:
+    /// at the evaluation time (the window widened as the gate's counters
+    /// are: a switch on just before the window may have stayed on into
+    /// it), 1 for those, 0 for the others. On, when either:
     /// - the gauge was 1 at a scrape: `max_over_time(pusher_cutover_bypass[Ns])`;
     /// - a scrape in the range read a last-on time inside the range: the
     ///   switch was turned off then, so it was on at some moment of the
@@ -441,6 +447,26 @@ mod tests {
             "          - labels: '{{{}}}'\n            value: 1\n",
             labels("r")
         );
+        promtool_agrees(&query, &input, &expected);
+    }
+
+    /// A call between the last scrape before the window (25 s before it)
+    /// and the first in it, with the scrape between them missed (the
+    /// sidecar still counts as watched at the start): the gate's range,
+    /// reaching back [`reach_back`], counts it. Reaching back one interval
+    /// (15 s) saw only the samples after the call: nothing.
+    #[test]
+    #[ignore = "needs promtool (Debian's prometheus package; tests/install-parts.sh installs it)"]
+    fn prometheus_counts_a_call_across_a_scrape_missed_at_the_start() {
+        let window = 185;
+        let range = window + crate::report::prometheus::reach_back(15);
+        let query = format!("round({})", sel(&[]).calls_by_caller(range)).replace('\'', "''");
+        let labels = "app_id=\"1\",route=\"legacy_trigger\",library=\"x\",instance=\"a\"";
+        let input = format!(
+            "      - series: '{DEPRECATED_CALLS}{{job=\"pusher-cutover\",{labels}}}'\n\
+             \x20       values: '3x26 _ 4x12'\n"
+        );
+        let expected = format!("          - labels: '{{{labels}}}'\n            value: 1\n");
         promtool_agrees(&query, &input, &expected);
     }
 
