@@ -462,7 +462,7 @@ impl Ledger {
     /// the retention (relative to `now`) from memory, with the callers of
     /// other instance names last seen before them, and sums this
     /// sidecar's callers last seen before them into `other`
-    /// ([`AppLedger::prune`]); `recorded_since` moves past what was
+    /// (their places under the cap freed); `recorded_since` moves past what was
     /// dropped. While the kill switch is on,
     /// `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {

@@ -578,8 +578,8 @@ async fn no_sidecar_is_a_gap_and_the_token_is_sent() {
         ),
         "{query}"
     );
-    // 24 h plus the 15 s scrape interval.
-    assert!(query.contains("[86415s]"), "{query}");
+    // 24 h plus two 15 s scrape intervals and a second.
+    assert!(query.contains("[86431s]"), "{query}");
 
     let (code, _, err) = report(&["--prometheus", &url, "--fail-if-used-since", "24h"]).await;
     assert_eq!(code, Some(2), "{err}");
