@@ -220,7 +220,8 @@ impl fmt::Display for Gap {
             ),
             Self::AppNotServed { app_id, instances } => write!(
                 f,
-                "app {app_id} is not configured on sidecar(s) {} (--expect-app): its calls \
+                "app {app_id} is not configured on sidecar(s) {} for the whole window \
+                 (--expect-app; missing, or removed or added by a reload in it): its calls \
                  there are not counted",
                 instances.join(", ")
             ),

@@ -659,6 +659,9 @@ pub fn scrapes_of(
 pub fn apps_served_of(
     samples: &[Sample],
     dropped: &[Sample],
+    first_served: &[Sample],
+    instances: &BTreeMap<String, Scrapes>,
+    step: f64,
     instance_label: &str,
 ) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -666,6 +669,18 @@ pub fn apps_served_of(
         out.entry(label(&s.metric, instance_label).to_owned())
             .or_default()
             .insert(label(&s.metric, "app_id").to_owned());
+    }
+    // An app a reload added was not served for part of the window either:
+    // its series came later than the sidecar's first scrape (beyond the
+    // step both are known to).
+    for s in first_served {
+        let instance = label(&s.metric, instance_label);
+        let first = instances.get(instance).and_then(|i| i.first);
+        if first.is_some_and(|first| s.value > first + step)
+            && let Some(apps) = out.get_mut(instance)
+        {
+            apps.remove(label(&s.metric, "app_id"));
+        }
     }
     // An app a reload removed was not served for part of the window: its
     // calls since were refused as an unknown app's, uncounted.
@@ -768,12 +783,22 @@ async fn window_facts(
         _ => None,
     };
     let served = api.query(&sel.apps_served(w), now).await?;
+    let first_served = api.query(&sel.apps_first_served(w, step), now).await?;
     // Widened as the gate's counters ([`reach_back`]): a removal seen at
     // the last scrape before the window held into it.
     let dropped = api.query(&sel.apps_dropped(w + back), now).await?;
     // Likewise: a switch seen on at the last scrape before the window may
     // have stayed on into it.
     let bypassed = api.query(&sel.bypassed(w + back), now).await?;
+    let instances = scrapes_of(&count, &up, &first, &last, il);
+    let apps_served = apps_served_of(
+        &served,
+        &dropped,
+        &first_served,
+        &instances,
+        step as f64,
+        il,
+    );
     Ok(Facts {
         job: sel.job.clone(),
         start,
@@ -782,13 +807,13 @@ async fn window_facts(
         timestamp_step: step as f64,
         retention: job.retention.clone(),
         watched_at_start: at_start.len(),
-        instances: scrapes_of(&count, &up, &first, &last, il),
+        instances,
         scraped_before: before
             .iter()
             .map(|s| label(&s.metric, il).to_owned())
             .collect(),
         scraped_early: early,
-        apps_served: apps_served_of(&served, &dropped, il),
+        apps_served,
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,
         expect_apps: q.expect_apps.clone(),

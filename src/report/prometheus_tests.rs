@@ -288,15 +288,29 @@ fn scrapes_add_up_per_sidecar_label() {
         sample(json!({"pod": "p1", "app_id": "7000"}), "1")
     ])))
     .expect("v");
-    let served = apps_served_of(&both, &[], "pod");
+    let served = apps_served_of(&both, &[], &[], &s, 15.0, "pod");
     assert!(served["p1"].contains("4242") && served["p1"].contains("7000"));
+    // Both served from p1's first scrape (1000), 7000 known a step late:
+    // served throughout. Known later than that, a reload added it in the
+    // window: not served throughout.
+    let first_served = |at: &str| {
+        parse_vector(&vector(json!([
+            sample(json!({"pod": "p1", "app_id": "4242"}), "1000"),
+            sample(json!({"pod": "p1", "app_id": "7000"}), at)
+        ])))
+        .expect("v")
+    };
+    let served = apps_served_of(&both, &[], &first_served("1015"), &s, 15.0, "pod");
+    assert_eq!(served["p1"].len(), 2);
+    let served = apps_served_of(&both, &[], &first_served("1016"), &s, 15.0, "pod");
+    assert_eq!(served["p1"], BTreeSet::from(["4242".to_owned()]));
     // A reload removed 7000 in the window: not served throughout.
     let dropped = parse_vector(&vector(json!([sample(
         json!({"pod": "p1", "app_id": "7000"}),
         "1"
     )])))
     .expect("v");
-    let served = apps_served_of(&both, &dropped, "pod");
+    let served = apps_served_of(&both, &dropped, &[], &s, 15.0, "pod");
     assert_eq!(served["p1"], BTreeSet::from(["4242".to_owned()]));
 }
 
@@ -593,6 +607,43 @@ async fn an_hours_calls_before_a_sidecars_first_scrape_are_in_its_bucket() {
         .expect("app 4242");
     let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
     assert_eq!(calls, 5, "{:?}", app.hourly);
+}
+
+/// A sidecar whose reload added the expected app inside the window (its
+/// presence series first seen after the sidecar's first scrape) refused
+/// the app's calls before as an unknown app's, uncounted: a gap naming
+/// it, where the app counted as served throughout.
+#[tokio::test]
+async fn an_app_added_inside_the_window_is_not_served_throughout() {
+    let quiet = two_quiet_sidecars([None, None]);
+    let (url, _) = fake_prometheus(move |query: &str| {
+        if query.starts_with("min by (app_id, instance) (min_over_time(timestamp(") {
+            json!([
+                sample(
+                    json!({"app_id": "4242", "instance": "a:9090"}),
+                    &(NOW - 115).to_string()
+                ),
+                sample(
+                    json!({"app_id": "4242", "instance": "b:9090"}),
+                    &(NOW - 50).to_string()
+                )
+            ])
+        } else {
+            quiet(query)
+        }
+    });
+    let fleet = fetch_from(url).await;
+    let gate = fleet.gate.expect("gating");
+    assert!(gate.uses.is_empty(), "{:?}", gate.uses);
+    assert_eq!(
+        gate.gaps,
+        vec![Gap::AppNotServed {
+            app_id: "4242".into(),
+            instances: vec!["b:9090".into()]
+        }]
+    );
+    let text = render_gate(&gate, Duration::from_secs(60));
+    assert!(text.contains("added by a reload in it"), "{text}");
 }
 
 /// A sidecar process that restarted between two scrapes, with a call

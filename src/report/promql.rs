@@ -208,6 +208,20 @@ impl Selector {
         )
     }
 
+    /// When each sidecar's app presence series ([`APP_PRESENCE`], made
+    /// at startup for each configured app, and by a reload for an app it
+    /// adds) was first seen in the `range`, to a `step`, as
+    /// [`Selector::first_scrape`] tells a sidecar's first scrape: later
+    /// than that scrape, the app was added inside the window, and its
+    /// calls before were refused as an unknown app's, uncounted.
+    pub fn apps_first_served(&self, range: u64, step: u64) -> String {
+        format!(
+            "min by (app_id, {}) (min_over_time(timestamp({APP_PRESENCE}{})[{range}s:{step}s]))",
+            self.instance_label,
+            self.matchers(true, "route=\"legacy_trigger\",outcome=\"ok\"")
+        )
+    }
+
     /// Which apps each sidecar serves in the window (one series per
     /// configured app, present from startup).
     pub fn apps_served(&self, range: u64) -> String {
@@ -468,6 +482,26 @@ mod tests {
         );
         let expected = format!("          - labels: '{{{labels}}}'\n            value: 1\n");
         promtool_agrees(&query, &input, &expected);
+    }
+
+    /// When an app's presence series was first seen in the window: at the
+    /// first scrape in it for a sidecar that served the app throughout
+    /// (a), later for one whose reload added it (b, from 465 s).
+    #[test]
+    #[ignore = "needs promtool (Debian's prometheus package; tests/install-parts.sh installs it)"]
+    fn prometheus_tells_when_an_app_was_first_served() {
+        let query = sel(&["1"]).apps_first_served(185, 15).replace('\'', "''");
+        let mut input = String::new();
+        for (i, values) in [("a", "0x40"), ("b", "_x31 0x8")] {
+            input.push_str(&format!(
+                "      - series: '{APP_PRESENCE}{{job=\"pusher-cutover\",app_id=\"1\",\
+                 route=\"legacy_trigger\",outcome=\"ok\",instance=\"{i}\"}}'\n\
+                 \x20       values: '{values}'\n"
+            ));
+        }
+        let expected = "          - labels: '{app_id=\"1\",instance=\"a\"}'\n            value: 420\n\
+                        \x20         - labels: '{app_id=\"1\",instance=\"b\"}'\n            value: 465\n";
+        promtool_agrees(&query, &input, expected);
     }
 
     /// `promtool test rules` on `input_series` scraped every 15 s: `query`
