@@ -148,7 +148,8 @@ struct FleetArgs {
         long,
         value_name = "LABEL",
         default_value = "instance",
-        requires = "prometheus"
+        requires = "prometheus",
+        value_parser = label_name
     )]
     instance_label: String,
     /// A gap unless at least N sidecars are up at the window's end.
@@ -176,6 +177,21 @@ fn positive_duration(text: &str) -> Result<humantime::Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+/// A Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`): it goes into the
+/// PromQL as it is, in `by (…)` and `on (…)`.
+fn label_name(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("must be a Prometheus label name: a letter or `_`, then letters, digits or `_`".into())
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -966,7 +966,7 @@ pub fn render_gate(answer: &GateAnswer, window: Duration) -> String {
                 super::table::terminal_text(&u.library, 64),
                 super::table::terminal_text(&u.instance, 200),
                 u.calls,
-                u.route
+                super::table::terminal_text(&u.route, 64)
             );
         }
     }

@@ -200,6 +200,18 @@ fn render_gate_names_each_use_then_each_gap() {
          the evidence for the last 1day is incomplete, so zero is not proven:\n  \
          gap: no sidecar of job j was scraped in the window\n"
     );
+    // Every label is Prometheus' word, escaped for the terminal: the
+    // route too.
+    let odd = GateAnswer {
+        uses: vec![FleetUse {
+            route: "legacy\u{1b}]0;x\u{7}".into(),
+            ..answer.uses[0].clone()
+        }],
+        gaps: vec![],
+    };
+    let text = render_gate(&odd, Duration::from_secs(60));
+    assert!(text.contains("3 legacy\\u{1b}]0;x\\u{7} call(s)"), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
     let proven = GateAnswer {
         uses: vec![],
         gaps: vec![],

@@ -554,6 +554,19 @@ async fn no_sidecar_is_a_gap_and_the_token_is_sent() {
         err.contains("gap: no sidecar of job pusher-cutover was scraped in the window"),
         "{err}"
     );
+    // A label name is checked before anything is asked: it goes into the
+    // PromQL as it is.
+    for label in ["pod) or vector(1", "9pod", ""] {
+        let out = Command::new(BIN)
+            .args(["report", "--prometheus", &url, "--instance-label", label])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("report runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{label:?}: {err}");
+        assert!(err.contains("Prometheus label name"), "{label:?}: {err}");
+    }
     let requests = seen.lock().expect("lock").clone();
     // The decoded query of each POST, and among them one of the
     // deprecated calls' increase().
