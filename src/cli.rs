@@ -77,9 +77,9 @@ enum Command {
         /// (0.0.0.0 or :: reached on loopback) and token are used.
         #[arg(long)]
         config: PathBuf,
-        /// The admin listener's address, instead of the file's [admin]
-        /// listen.
-        #[arg(long, value_name = "HOST:PORT")]
+        /// The admin listener's address (an IP address and a port),
+        /// instead of the file's [admin] listen.
+        #[arg(long, value_name = "IP:PORT")]
         admin: Option<SocketAddr>,
     },
     /// Report who still makes deprecated calls, from one or more ledgers

@@ -180,13 +180,19 @@ impl Access {
                 );
                 Some(resp)
             }
-            None if self.exposed => Some(respond(
-                StatusCode::FORBIDDEN,
-                TEXT,
-                format!(
-                    "set admin.token (or admin.token_env) to serve {path} on a non-loopback address\n"
-                ),
-            )),
+            None if self.exposed => {
+                tracing::debug!(
+                    path,
+                    "admin request refused: no admin.token on a non-loopback listener"
+                );
+                Some(respond(
+                    StatusCode::FORBIDDEN,
+                    TEXT,
+                    format!(
+                        "set admin.token (or admin.token_env) to serve {path} on a non-loopback address\n"
+                    ),
+                ))
+            }
             None => None,
         }
     }
