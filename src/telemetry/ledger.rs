@@ -175,7 +175,10 @@ impl AppLedger {
     /// totals kept, so that their places under the cap go to new senders
     /// (with the client address in a caller's key, every rollout of a
     /// shared deployment's pods brings new ones).
-    fn prune(&mut self, before: u64, instance: &str, current_since: u64) {
+    ///
+    /// Returns the keys of the callers summed: their rows in a store go
+    /// when their `other`'s new totals are written ([`Changes::folded`]).
+    fn prune(&mut self, before: u64, instance: &str, current_since: u64) -> Vec<CallerKey> {
         self.hourly.retain(|(_, hour), _| *hour >= before);
         let mut folded = Vec::new();
         self.callers.retain(|key, stats| {
@@ -183,17 +186,21 @@ impl AppLedger {
                 return true;
             }
             if is_current(key, stats.last_seen, instance, current_since) {
-                folded.push((key.route, std::mem::replace(stats, Stats::new(0))));
+                folded.push((key.clone(), std::mem::replace(stats, Stats::new(0))));
             }
             false
         });
-        for (route, stats) in folded {
-            self.distinct = self.distinct.saturating_sub(1);
-            self.callers
-                .entry(CallerKey::other(route, instance))
-                .or_insert_with(|| Stats::new(stats.last_seen))
-                .absorb(stats);
-        }
+        folded
+            .into_iter()
+            .map(|(key, stats)| {
+                self.distinct = self.distinct.saturating_sub(1);
+                self.callers
+                    .entry(CallerKey::other(key.route, instance))
+                    .or_insert_with(|| Stats::new(stats.last_seen))
+                    .absorb(stats);
+                key
+            })
+            .collect()
     }
 }
 
@@ -223,6 +230,12 @@ struct State {
     /// From when (Unix seconds) the loaded callers' fingerprint ids are of
     /// the format in use: see [`is_current`].
     current_since: u64,
+    /// Whether a store holds this ledger (it was loaded from one, or its
+    /// changes were taken): then the callers summed into `other` are kept
+    /// in `folded` until written.
+    stored: bool,
+    /// Callers summed into `other` since the last write: (app id, key).
+    folded: Vec<(String, CallerKey)>,
 }
 
 impl State {
@@ -243,8 +256,12 @@ impl State {
     /// moves to [`kept_from`]`(before)`; an unknown one stays unknown.
     fn prune(&mut self, before: u64, instance: &str) {
         let current_since = self.current_since;
-        for app in self.apps.values_mut() {
-            app.prune(before, instance, current_since);
+        for (app_id, app) in self.apps.iter_mut() {
+            let folded = app.prune(before, instance, current_since);
+            if self.stored {
+                self.folded
+                    .extend(folded.into_iter().map(|key| (app_id.clone(), key)));
+            }
         }
         let from = kept_from(before);
         if self.recorded_since.is_some_and(|since| since < from) {
@@ -286,12 +303,20 @@ pub struct Changes {
     /// The new [`Usage::recorded_since`] (Unix seconds), when it moved
     /// since the last write.
     pub recorded_since: Option<u64>,
+    /// Callers summed into their route's `other` (last seen before the
+    /// retention): (app id, key). Their rows go, before `callers` are
+    /// written (which hold the `other`'s new totals, and may hold a caller
+    /// of the same key seen again since, counted from its new call).
+    pub folded: Vec<(String, CallerKey)>,
 }
 
 impl Changes {
     /// Whether there is nothing to write but the pruning.
     pub fn is_empty(&self) -> bool {
-        self.callers.is_empty() && self.hourly.is_empty() && self.recorded_since.is_none()
+        self.callers.is_empty()
+            && self.hourly.is_empty()
+            && self.recorded_since.is_none()
+            && self.folded.is_empty()
     }
 }
 
@@ -365,6 +390,7 @@ impl Ledger {
     /// aggregate stays.
     pub fn load(&self, usage: Usage, current_since: u64) {
         let mut state = self.lock();
+        state.stored = true;
         state.current_since = current_since;
         if let Some(since) = usage.recorded_since {
             let since = unix(since);
@@ -471,6 +497,8 @@ impl Ledger {
         if state.bypassed {
             state.missed_until(now);
         }
+        // Changes taken are for a store (loaded or new).
+        state.stored = true;
         state.prune(prune_before, &self.instance);
         let recorded_since = if state.since_moved {
             state.since_moved = false;
@@ -482,6 +510,7 @@ impl Ledger {
             prune_before,
             recorded_upto: state.recorded,
             recorded_since,
+            folded: std::mem::take(&mut state.folded),
             ..Changes::default()
         };
         for (app_id, app) in state.apps.iter_mut() {
@@ -510,6 +539,7 @@ impl Ledger {
         if changes.recorded_since.is_some() {
             state.since_moved = true;
         }
+        state.folded.extend(changes.folded);
         for (app_id, c) in changes.callers {
             if let Some(stats) = state
                 .apps

@@ -911,6 +911,29 @@ impl Store {
                      AND client_address = ?7 AND instance = ?8",
                 )
                 .map_err(err)?;
+            // Callers summed into `other` go first: a caller of the same
+            // key seen since is in `changes.callers`, from its new call.
+            let mut forget_caller = tx
+                .prepare_cached(
+                    "DELETE FROM callers WHERE app_id = ?1 AND route = ?2 AND auth_key = ?3
+                     AND library = ?4 AND fingerprint = ?5 AND user_agent = ?6
+                     AND client_address = ?7 AND instance = ?8",
+                )
+                .map_err(err)?;
+            for (app_id, k) in &changes.folded {
+                let key = params![
+                    app_id,
+                    k.route.as_str(),
+                    k.auth_key,
+                    k.library,
+                    k.fingerprint,
+                    k.user_agent,
+                    k.client_address,
+                    k.instance,
+                ];
+                forget_sites.execute(key).map_err(err)?;
+                forget_caller.execute(key).map_err(err)?;
+            }
             for (app_id, c) in &changes.callers {
                 let k = &c.key;
                 let key = params![
@@ -969,15 +992,21 @@ impl Store {
             )
             .map_err(err)?;
             pruned_before(&tx, changes.prune_before).map_err(err)?;
-            // Callers as old as the buckets go: those recorded under
-            // another instance name (an earlier run's, or none, from
-            // schema 1) or under an earlier fingerprint format are never
-            // counted again, and this sidecar's own are summed into their
-            // route's `other` in memory (`AppLedger::prune`), whose new
-            // totals `changes` holds. This sidecar's `other` aggregate (no
-            // fingerprint of its own) stays.
-            let stale = params![to_sql(changes.prune_before), self.instance, OTHER];
-            let which = "last_seen < ?1 AND (instance <> ?2 OR fingerprint <> ?3)";
+            // Callers recorded under another instance name (an earlier
+            // run's, or none, from schema 1), or under an earlier
+            // fingerprint format, are never counted again: they go once
+            // they are as old as the buckets. This sidecar's `other`
+            // aggregate (no fingerprint of its own) stays. (Its own
+            // callers as old are summed into `other` by the ledger, and
+            // go as `changes.folded`, above.)
+            let stale = params![
+                to_sql(changes.prune_before),
+                self.instance,
+                to_sql(self.fingerprints_since),
+                OTHER
+            ];
+            let which =
+                "last_seen < ?1 AND (instance <> ?2 OR (last_seen < ?3 AND fingerprint <> ?4))";
             tx.execute(
                 &format!(
                     "DELETE FROM call_sites WHERE ({CALLER_KEY}) IN

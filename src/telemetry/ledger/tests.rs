@@ -224,7 +224,8 @@ fn an_earlier_instances_callers_hold_no_place_under_the_cap() {
 /// This sidecar's callers recorded under an earlier fingerprint format
 /// (last seen before the store took up the format in use) are never
 /// matched again: like another instance's, they hold no place under the
-/// cap, and go with the buckets of their time. Those since stay.
+/// cap, and go with the buckets of their time. Those since are summed
+/// into `other` once as old, their calls kept.
 #[test]
 fn callers_of_an_earlier_fingerprint_format_hold_no_place() {
     let old = Ledger::new(3, 35, "host-a");
@@ -276,7 +277,8 @@ fn callers_of_an_earlier_fingerprint_format_hold_no_place() {
 
 /// A caller of this sidecar's as old as the buckets kept is summed into
 /// its route's `other`, its calls and call sites kept, and its place under
-/// the cap goes to the next new sender, with or without a store.
+/// the cap goes to the next new sender, whether a write (taking the
+/// changes) or a read of the ledger pruned it.
 #[test]
 fn a_callers_place_is_freed_once_it_is_as_old_as_the_buckets() {
     for stored in [false, true] {
@@ -311,7 +313,7 @@ fn a_callers_place_is_freed_once_it_is_as_old_as_the_buckets() {
                 .map(|(_, c)| c.calls);
             assert_eq!(other, Some(4), "the new total is written");
         } else {
-            // Without a store, a read of the ledger prunes it.
+            // A read of the ledger (`/usage`) prunes it too.
             l.snapshot(later);
         }
         rec(

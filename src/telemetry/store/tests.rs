@@ -88,7 +88,8 @@ fn round_trip_through_the_database() {
 
 /// Pruning deletes the buckets before the retention and moves the
 /// ledger's start past them: a gate over a window longer than the
-/// retention must not prove a zero over deleted hours. The callers stay.
+/// retention must not prove a zero over deleted hours. The caller as old
+/// is summed into its route's `other`, its call kept.
 #[test]
 fn prune_deletes_old_buckets() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -103,6 +104,8 @@ fn prune_deletes_old_buckets() {
     let u = store.load().expect("load");
     assert!(u.apps[0].hourly.is_empty());
     assert_eq!(u.apps[0].callers.len(), 1);
+    assert!(u.apps[0].callers[0].key.is_other());
+    assert_eq!(u.apps[0].callers[0].calls, 1);
     let kept = crate::telemetry::ledger::kept_from(later - 30 * 86_400);
     assert_eq!(since(&store), Some(to_sql(kept)));
     assert!(kept > T + 86_400, "past the deleted hours");
@@ -223,9 +226,62 @@ fn a_ledger_notes_since_when_its_fingerprints_are_of_the_format_in_use() {
     assert_eq!(reopened.snapshot(T + 31 * 86_400).apps[0].callers.len(), 1);
 }
 
+/// A caller summed into `other` by a read of the ledger (`/usage`), whose
+/// clock ran ahead of the next write's, and through a write that failed:
+/// its row goes when `other`'s new total is written, so the store, and a
+/// ledger loaded from it after a restart, count its calls once. (Deleted
+/// by the write's own cut-off, its row stayed beside the new total.)
+#[test]
+fn a_caller_summed_into_other_is_counted_once_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(dir.path(), T, "i-1").expect("open");
+    let ledger = Ledger::new(1, 30, "i-1");
+    ledger.load(store.load().expect("load"), store.fingerprints_since());
+    for (ua, at) in [("a", T), ("a", T + 1), ("a", T + 2), ("b", T + 5)] {
+        rec(
+            &ledger,
+            "4242",
+            RouteKind::LegacyTrigger,
+            "k",
+            ua,
+            "10.0.0.1",
+            at,
+        );
+    }
+    store.write(&ledger.take_changes(T + 10)).expect("write");
+    let rows = |store: &Store| -> Vec<(String, i64)> {
+        let mut s = store
+            .conn
+            .prepare("SELECT user_agent, calls FROM callers ORDER BY user_agent")
+            .expect("prepare");
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(rows(&store), [("a".into(), 3), ("other".into(), 1)]);
+    // The read folds `a` (last seen T + 2, before its cut-off T + 3); the
+    // write's cut-off, T + 1, would not have.
+    let day = 86_400;
+    ledger.snapshot(T + 30 * day + 3);
+    let failed = ledger.take_changes(T + 30 * day + 1);
+    ledger.restore_changes(failed);
+    store
+        .write(&ledger.take_changes(T + 30 * day + 1))
+        .expect("write");
+    assert_eq!(rows(&store), [("other".into(), 4)]);
+    drop(store);
+    let store = Store::open(dir.path(), T + 30 * day + 2, "i-1").expect("reopen");
+    let restarted = Ledger::new(1, 30, "i-1");
+    restarted.load(store.load().expect("load"), store.fingerprints_since());
+    let u = restarted.snapshot(T + 30 * day + 2);
+    let calls: u64 = u.apps[0].callers.iter().map(|c| c.calls).sum();
+    assert_eq!(calls, 4);
+}
+
 /// A ledger reopened under another instance name: the earlier name's
 /// callers and their call sites are deleted with the buckets of their
-/// time; the writing sidecar's own callers are kept.
+/// time; the writing sidecar's own are summed into its `other`.
 #[test]
 fn prune_deletes_an_earlier_instances_old_callers() {
     let dir = tempfile::tempdir().expect("tempdir");
