@@ -882,8 +882,9 @@ pub async fn fetch(
     // A sidecar's calls before its first scrape are in no `increase()`:
     // for a series new in an hour, its highest value (it started at 0),
     // and for a process started in the hour (a restart between two
-    // scrapes can leave its counters where the old one's were), its last,
-    // are the hour's count when that is more, as in the gate (`uses_of`).
+    // scrapes can leave its counters where the old one's were), its value
+    // at the hour's end, are the hour's count when that is more, as in
+    // the gate (`uses_of`).
     let hour_range = 3600 + reach;
     let mut buckets = BTreeMap::new();
     let mut from = first_hour + HOUR;
@@ -895,7 +896,7 @@ pub async fn fetch(
         add_range(&mut buckets, &series, il, false);
         for query in [
             sel.calls_before_first_scrape(hour_range),
-            sel.calls_since_a_start_in(hour_range),
+            sel.calls_now_since_a_start_in(hour_range),
         ] {
             let series = api.query_range(&query, from, to, HOUR).await?;
             add_range(&mut buckets, &series, il, true);
@@ -917,7 +918,7 @@ pub async fn fetch(
         add_range(&mut buckets, &in_the_hour(samples), il, false);
         for query in [
             sel.calls_before_first_scrape(partial),
-            sel.calls_since_a_start_in(partial),
+            sel.calls_now_since_a_start_in(partial),
         ] {
             let samples = api.query(&query, at).await?;
             add_range(&mut buckets, &in_the_hour(samples), il, true);
