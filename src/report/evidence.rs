@@ -96,6 +96,13 @@ pub enum Gap {
         /// The sidecars without it; empty when there is no sidecar at all.
         instances: Vec<String>,
     },
+    /// An `--app` that sidecars served for part of the window only (a
+    /// reload added or removed it) and none throughout: its calls in the
+    /// rest of the window were refused as an unknown app's, uncounted.
+    AppServedPartly {
+        /// The app id.
+        app_id: String,
+    },
     /// The job's scrape interval is unknown (no active target, and no
     /// `--scrape-interval`), so missing scrapes cannot be counted.
     ScrapeIntervalUnknown {
@@ -225,6 +232,11 @@ impl fmt::Display for Gap {
                  there are not counted",
                 instances.join(", ")
             ),
+            Self::AppServedPartly { app_id } => write!(
+                f,
+                "app {app_id} was served by no sidecar for the whole window (a reload added or \
+                 removed it): its calls in the rest of it were not counted"
+            ),
             Self::ScrapeIntervalUnknown { job } => write!(
                 f,
                 "the scrape interval of job {job} is unknown (no active target; give \
@@ -326,8 +338,12 @@ pub struct Facts {
     /// The sidecars scraped in the window's first two scrape intervals
     /// (and a second); `None` when not asked (no scrape interval known).
     pub scraped_early: Option<BTreeSet<String>>,
-    /// Which apps each sidecar serves.
+    /// Which apps each sidecar serves in the window, if only for part of
+    /// it.
     pub apps_served: BTreeMap<String, BTreeSet<String>>,
+    /// Which of those each sidecar served for part of the window only: a
+    /// reload removed them, or added them after its first scrape.
+    pub apps_partly: BTreeMap<String, BTreeSet<String>>,
     /// The sidecars whose kill switch was on in the window (or the two
     /// scrape intervals and a second before it): `pusher_cutover_bypass` 1 at a scrape, or
     /// `pusher_cutover_bypass_last_on_timestamp_seconds` inside the range
@@ -411,16 +427,22 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
             out.push(Gap::FewerInstances { expected, seen });
         }
     }
+    // Served by a sidecar for the whole window.
+    let throughout = |instance: &String, app: &String| {
+        facts
+            .apps_served
+            .get(instance)
+            .is_some_and(|apps| apps.contains(app))
+            && facts
+                .apps_partly
+                .get(instance)
+                .is_none_or(|apps| !apps.contains(app))
+    };
     for app in &facts.expect_apps {
         let without: Vec<String> = facts
             .instances
             .keys()
-            .filter(|i| {
-                facts
-                    .apps_served
-                    .get(*i)
-                    .is_none_or(|apps| !apps.contains(app))
-            })
+            .filter(|i| !throughout(i, app))
             .cloned()
             .collect();
         if facts.instances.is_empty() || !without.is_empty() {
@@ -433,10 +455,17 @@ pub fn gaps(facts: &Facts) -> Vec<Gap> {
     // With no sidecar at all, that is the gap already.
     let served_by_one = |app: &String| facts.apps_served.values().any(|a| a.contains(app));
     for app in &facts.apps {
-        if !facts.instances.is_empty() && !facts.expect_apps.contains(app) && !served_by_one(app) {
+        if facts.instances.is_empty() || facts.expect_apps.contains(app) {
+            continue;
+        }
+        if !served_by_one(app) {
             out.push(Gap::AppNotServed {
                 app_id: app.clone(),
                 instances: Vec::new(),
+            });
+        } else if !facts.apps_served.keys().any(|i| throughout(i, app)) {
+            out.push(Gap::AppServedPartly {
+                app_id: app.clone(),
             });
         }
     }
@@ -525,6 +554,7 @@ mod tests {
                 ("b:9090".to_owned(), apps),
             ]
             .into(),
+            apps_partly: BTreeMap::new(),
             scraped_before: instances.keys().cloned().collect(),
             scraped_early: Some(instances.keys().cloned().collect()),
             instances,

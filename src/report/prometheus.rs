@@ -655,7 +655,12 @@ pub fn scrapes_of(
         .collect()
 }
 
-/// The apps each sidecar serves, from [`Selector::apps_served`]'s answer.
+/// The apps each sidecar serves, from [`Selector::apps_served`]'s answer,
+/// and those of them it served for part of the window only: removed by a
+/// reload (`dropped`, [`Selector::apps_dropped`]'s answer), or added by
+/// one after its first scrape (`first_served`,
+/// [`Selector::apps_first_served`]'s, later than the sidecar's first
+/// scrape in `instances` by more than `step`).
 pub fn apps_served_of(
     samples: &[Sample],
     dropped: &[Sample],
@@ -663,33 +668,39 @@ pub fn apps_served_of(
     instances: &BTreeMap<String, Scrapes>,
     step: f64,
     instance_label: &str,
-) -> BTreeMap<String, BTreeSet<String>> {
+) -> (
+    BTreeMap<String, BTreeSet<String>>,
+    BTreeMap<String, BTreeSet<String>>,
+) {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for s in samples {
         out.entry(label(&s.metric, instance_label).to_owned())
             .or_default()
             .insert(label(&s.metric, "app_id").to_owned());
     }
-    // An app a reload added was not served for part of the window either:
-    // its series came later than the sidecar's first scrape (beyond the
-    // step both are known to).
-    for s in first_served {
+    let mut partly: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // An app a reload added was not served for part of the window: its
+    // series came later than the sidecar's first scrape (beyond the step
+    // both are known to), and its calls before were refused as an unknown
+    // app's, uncounted.
+    let added = first_served.iter().filter(|s| {
+        instances
+            .get(label(&s.metric, instance_label))
+            .and_then(|i| i.first)
+            .is_some_and(|first| s.value > first + step)
+    });
+    // Nor was one a reload removed: its calls since were refused alike.
+    for s in added.chain(dropped) {
         let instance = label(&s.metric, instance_label);
-        let first = instances.get(instance).and_then(|i| i.first);
-        if first.is_some_and(|first| s.value > first + step)
-            && let Some(apps) = out.get_mut(instance)
-        {
-            apps.remove(label(&s.metric, "app_id"));
+        let app = label(&s.metric, "app_id");
+        if out.get(instance).is_some_and(|apps| apps.contains(app)) {
+            partly
+                .entry(instance.to_owned())
+                .or_default()
+                .insert(app.to_owned());
         }
     }
-    // An app a reload removed was not served for part of the window: its
-    // calls since were refused as an unknown app's, uncounted.
-    for s in dropped {
-        if let Some(apps) = out.get_mut(label(&s.metric, instance_label)) {
-            apps.remove(label(&s.metric, "app_id"));
-        }
-    }
-    out
+    (out, partly)
 }
 
 /// The sidecars whose kill switch was on in the window, from
@@ -791,7 +802,7 @@ async fn window_facts(
     // have stayed on into it.
     let bypassed = api.query(&sel.bypassed(w + back), now).await?;
     let instances = scrapes_of(&count, &up, &first, &last, il);
-    let apps_served = apps_served_of(
+    let (apps_served, apps_partly) = apps_served_of(
         &served,
         &dropped,
         &first_served,
@@ -814,6 +825,7 @@ async fn window_facts(
             .collect(),
         scraped_early: early,
         apps_served,
+        apps_partly,
         bypassed: bypassed_of(&bypassed, il),
         expect_instances: q.expect_instances,
         expect_apps: q.expect_apps.clone(),

@@ -300,11 +300,12 @@ fn scrapes_add_up_per_sidecar_label() {
         sample(json!({"pod": "p1", "app_id": "7000"}), "1")
     ])))
     .expect("v");
-    let served = apps_served_of(&both, &[], &[], &s, 15.0, "pod");
+    let (served, partly) = apps_served_of(&both, &[], &[], &s, 15.0, "pod");
     assert!(served["p1"].contains("4242") && served["p1"].contains("7000"));
+    assert!(partly.is_empty());
     // Both served from p1's first scrape (1000), 7000 known a step late:
     // served throughout. Known later than that, a reload added it in the
-    // window: not served throughout.
+    // window: served, but not throughout.
     let first_served = |at: &str| {
         parse_vector(&vector(json!([
             sample(json!({"pod": "p1", "app_id": "4242"}), "1000"),
@@ -312,18 +313,21 @@ fn scrapes_add_up_per_sidecar_label() {
         ])))
         .expect("v")
     };
-    let served = apps_served_of(&both, &[], &first_served("1015"), &s, 15.0, "pod");
+    let (_, partly) = apps_served_of(&both, &[], &first_served("1015"), &s, 15.0, "pod");
+    assert!(partly.is_empty());
+    let only_7000: BTreeMap<String, BTreeSet<String>> =
+        [("p1".to_owned(), BTreeSet::from(["7000".to_owned()]))].into();
+    let (served, partly) = apps_served_of(&both, &[], &first_served("1016"), &s, 15.0, "pod");
     assert_eq!(served["p1"].len(), 2);
-    let served = apps_served_of(&both, &[], &first_served("1016"), &s, 15.0, "pod");
-    assert_eq!(served["p1"], BTreeSet::from(["4242".to_owned()]));
+    assert_eq!(partly, only_7000);
     // A reload removed 7000 in the window: not served throughout.
     let dropped = parse_vector(&vector(json!([sample(
         json!({"pod": "p1", "app_id": "7000"}),
         "1"
     )])))
     .expect("v");
-    let served = apps_served_of(&both, &dropped, &[], &s, 15.0, "pod");
-    assert_eq!(served["p1"], BTreeSet::from(["4242".to_owned()]));
+    let (_, partly) = apps_served_of(&both, &dropped, &[], &s, 15.0, "pod");
+    assert_eq!(partly, only_7000);
 }
 
 /// An in-process stand-in for Prometheus' HTTP API on loopback: job
@@ -656,6 +660,39 @@ async fn an_app_added_inside_the_window_is_not_served_throughout() {
     );
     let text = render_gate(&gate, Duration::from_secs(60));
     assert!(text.contains("added by a reload in it"), "{text}");
+
+    // Added on both, and asked for with --app alone: served by no sidecar
+    // throughout, a gap of its own (not a mistyped id's), and the app is
+    // still listed.
+    let (url, _) = fake_prometheus(move |query: &str| {
+        if query.starts_with("min by (app_id, instance) (min_over_time(timestamp(") {
+            let at = (NOW - 50).to_string();
+            json!([
+                sample(json!({"app_id": "4242", "instance": "a:9090"}), &at),
+                sample(json!({"app_id": "4242", "instance": "b:9090"}), &at)
+            ])
+        } else {
+            two_quiet_sidecars([None, None])(query)
+        }
+    });
+    let q = FleetQuery {
+        expect_apps: Vec::new(),
+        ..query_of(url)
+    };
+    let fleet = fetch_at_now(&q).await.expect("the fake answers");
+    let gate = fleet.gate.expect("gating");
+    assert_eq!(
+        gate.gaps,
+        vec![Gap::AppServedPartly {
+            app_id: "4242".into()
+        }]
+    );
+    let text = render_gate(&gate, Duration::from_secs(60));
+    assert!(
+        text.contains("app 4242 was served by no sidecar for the whole window"),
+        "{text}"
+    );
+    assert_eq!(fleet.apps, ["4242"]);
 }
 
 /// A sidecar process that restarted between two scrapes, with a call
