@@ -486,11 +486,10 @@ impl Ledger {
 
     /// Takes what changed since the last call, and drops buckets older than
     /// the retention (relative to `now`) from memory, with the callers of
-    /// other instance names last seen before them, and sums this
-    /// sidecar's callers last seen before them into `other`
-    /// (their places under the cap freed); `recorded_since` moves past what was
-    /// dropped. While the kill switch is on,
-    /// `recorded_since` moves past `now` first.
+    /// other instance names last seen before them, and sums this sidecar's
+    /// callers last seen before them into `other` (their places under the
+    /// cap freed); `recorded_since` moves past what was dropped. While the
+    /// kill switch is on, `recorded_since` moves past `now` first.
     pub fn take_changes(&self, now: u64) -> Changes {
         let prune_before = now.saturating_sub(self.retention_secs);
         let mut state = self.lock();
