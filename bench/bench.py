@@ -250,12 +250,26 @@ def per_round(subject_rows, other_rows, metric):
             if other.get(r["round"])]
 
 
+def paired_ratio(subject_rows, other_rows, metric):
+    """The median of `metric`'s per-round ratios ([`per_round`]): each
+    round's two figures were measured back to back, so its ratio is the
+    pair's, and the median is of pairs. (A ratio of the two medians may
+    take them from different rounds.) The ratio of the medians only when
+    no round has both; None when that is undefined."""
+    rs = per_round(subject_rows, other_rows, metric)
+    if rs:
+        return statistics.median(rs)
+    o = med(other_rows, metric)
+    return med(subject_rows, metric) / o if o else None
+
+
 def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metrics=None,
                 rounds_of=None):
-    """One row per scenario: `subject`'s median `metric` over each column's
-    target's; columns are (title, target, width); `metrics`, if given, is
-    the metric of each column instead; `rounds_of`, a target whose ratio
-    is also given round by round."""
+    """One row per scenario: `subject`'s `metric` over each column's
+    target's, the median of the per-round ratios ([`paired_ratio`]);
+    columns are (title, target, width); `metrics`, if given, is the metric
+    of each column instead; `rounds_of`, a target whose ratio is also given
+    round by round."""
     p(f"{label:<16} " + " ".join(f"{title:>{w}}" for title, _, w in columns)
       + (f"   per round, vs {rounds_of}" if rounds_of else ""))
     for sc in SCENARIOS:
@@ -266,7 +280,8 @@ def ratio_table(p, main, metric, label, columns, subject="pusher-cutover", metri
         for i, (_, t, w) in enumerate(columns):
             m = metrics[i] if metrics else metric
             o = main.get((sc, t))
-            v = f"{med(pc, m) / med(o, m):.2f}" if o and med(o, m) else "n/a"
+            r = paired_ratio(pc, o, m) if o else None
+            v = f"{r:.2f}" if r is not None else "n/a"
             cells.append(f"{v:>{w}}")
         if rounds_of and main.get((sc, rounds_of)):
             cells.append("  " + " ".join(f"{x:.2f}" for x in per_round(pc, main[(sc, rounds_of)], metric)))
@@ -290,7 +305,8 @@ def cmd_summarize(a):
             if (sc, t) in main:
                 p(line_for(t, sc, main[(sc, t)]))
     p("")
-    p("== Ratios (median req/s; >1 means pusher-cutover is faster) ==")
+    p("== Ratios (req/s; the median of the per-round ratios, each round's pair measured back to back; "
+      ">1 means pusher-cutover is faster) ==")
     ratio_table(p, main, "rps", "scenario",
                 [("pc/nginx", "nginx", 9), ("pc/haproxy", "haproxy", 11),
                  ("pc/upstream-direct", "upstream-direct", 19), ("pc/hyper-floor", "hyper-floor", 15)],
@@ -325,9 +341,10 @@ def cmd_summarize(a):
         p(f"{'access log':<16} {'CPU/req / hyper-floor':>22}   per round")
         for label, rs in [("on", main.get(("current_trigger", "pusher-cutover"))),
                           ("off", acc.get(("current_trigger", "pusher-cutover access-log-off")))]:
-            if rs and med(floor, "cpu_us"):
+            ratio = paired_ratio(rs, floor, "cpu_us") if rs else None
+            if ratio is not None:
                 rounds_ = " ".join(f"{x:.2f}" for x in per_round(rs, floor, "cpu_us"))
-                p(f"{label:<16} {med(rs, 'cpu_us') / med(floor, 'cpu_us'):>22.2f}   {rounds_}")
+                p(f"{label:<16} {ratio:>22.2f}   {rounds_}")
 
     tel = group(rows, "telemetry")
     if tel:
@@ -591,9 +608,9 @@ def cmd_design(a):
                 shown = form.format(v)
             else:
                 o_rows = by.get(ref)
-                if not o_rows or not med(o_rows, metric):
+                v = paired_ratio(s_rows, o_rows, metric) if o_rows else None
+                if v is None:
                     continue
-                v = med(s_rows, metric) / med(o_rows, metric)
                 per = " ".join(f"{x:.2f}" for x in per_round(s_rows, o_rows, metric))
                 shown = f"{v:.2f}"
             if cmp is None:

@@ -120,7 +120,10 @@ for sc in dict.fromkeys(k[0] for k in res):
     for t, name in enumerate(names):
         r = res[(sc, t)]
         rps, cpu = statistics.median(r["rps"]), statistics.median(r["cpu"])
-        rel = f"{rps / statistics.median(base['rps']):12.2f} {cpu / statistics.median(base['cpu']):10.2f}"
+        # Against #1: the median of the per-round ratios (each round's pair
+        # run back to back), not the ratio of the medians.
+        paired = lambda k: statistics.median(a / b for a, b in zip(r[k], base[k]) if b)
+        rel = f"{paired('rps'):12.2f} {paired('cpu'):10.2f}"
         print(f"{sc:16} {name[-40:]:40} {rps:8.0f} {cpu:7.1f}us {rel} {r['bad']:7d}  "
               + " ".join(f"{x:.0f}" for x in r["rps"]))
 PYEOF

@@ -34,8 +34,10 @@
 #  3. drives each target with wrk (-t2) through bench/requests.lua, which
 #     cycles through requests signed by bench/bench.py right before each run
 #     (legacy trigger, legacy stats, current-API trigger);
-#  4. alternates the targets in rounds and prints medians, the ratios
-#     pusher-cutover/nginx and pusher-cutover/HAProxy, a 1,000-connection run
+#  4. runs the targets in rounds, their order rotated by one place each
+#     round, and prints medians, the ratios pusher-cutover/nginx and
+#     pusher-cutover/HAProxy (each the median of the per-round ratios: a
+#     round's two figures were measured minutes apart at most), a 1,000-connection run
 #     with peak RSS, a with/without data_dir run, and 10 vs 100,000 distinct
 #     User-Agent values;
 #  5. counts instructions per request under callgrind, comparisons the
@@ -388,6 +390,9 @@ run() {
         -s "$HERE/requests.lua" "http://127.0.0.1:$port/" -- "$REQS" > "$out" 2>&1; then
     cat "$out" >&2; die "wrk failed against $target ($sc)"
   fi
+  # Work the load left (a log line held for its batch, a request cut when
+  # wrk stopped) is the target's too: read a moment after wrk exits.
+  sleep 0.1
   local cpu1; cpu1=$(cpu_ticks "$target")
   line=$(grep '^BENCH_RESULT' "$out" || true)
   [ -n "$line" ] || { cat "$out" >&2; die "no result from wrk against $target ($sc)"; }
@@ -442,14 +447,18 @@ START=$SECONDS
 for (( r=1; r<=ROUNDS; r++ )); do
   log "round $r/$ROUNDS"
   for sc in "${SCENARIOS[@]}"; do
-    for t in "${TARGETS[@]}"; do
-      run main "$r" "$t" "$sc" "$CONNS" "$DURATION"
+    # KIND:TARGET, in an order that rotates by one place each round, so
+    # that no target always runs first, or always right after another
+    # (the machine drifts within a round); with current_trigger, the
+    # pusher-cutover without its access log too, against hyper-floor
+    entries=()
+    for t in "${TARGETS[@]}"; do entries+=("main:$t"); done
+    [ "$sc" = current_trigger ] && entries+=("accesslog:pusher-cutover access-log-off")
+    n=${#entries[@]}
+    for (( i = 0; i < n; i++ )); do
+      e=${entries[$(( (i + r - 1) % n ))]}
+      run "${e%%:*}" "$r" "${e#*:}" "$sc" "$CONNS" "$DURATION"
     done
-    # right after hyper-floor and pusher-cutover, so the three share the
-    # machine's state of the moment
-    if [ "$sc" = current_trigger ]; then
-      run accesslog "$r" "pusher-cutover access-log-off" "$sc" "$CONNS" "$DURATION"
-    fi
   done
   # with vs without data_dir; the order alternates between rounds
   if (( r % 2 )); then tel=("pusher-cutover with-data_dir" "pusher-cutover no-data_dir")

@@ -6,6 +6,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+/// The allocator of pusher-cutover's binary (src/main.rs), with its purge
+/// delay set as the binary sets it: the floor is measured on the same
+/// allocator, not the system's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "mimalloc")]
+#[path = "../../src/allocator.rs"]
+mod allocator;
+
 /// Runs the forwarder `name`: `name LISTEN UPSTREAM` (both `host:port`),
 /// every accepted connection served by `serve(connection, upstream)` on a
 /// worker thread's runtime.
@@ -14,6 +25,8 @@ where
     F: Fn(std::net::TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    #[cfg(feature = "mimalloc")]
+    allocator::purge_freed_memory_soon();
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
         eprintln!("usage: {name} LISTEN UPSTREAM   (both host:port)");
