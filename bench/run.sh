@@ -35,7 +35,7 @@
 #     cycles through requests signed by bench/bench.py right before each run
 #     (legacy trigger, legacy stats, current-API trigger);
 #  4. runs the targets in rounds, their order rotated by one place each
-#     round, and prints medians, the ratios pusher-cutover/nginx and
+#     round and reversed every other round, and prints medians, the ratios pusher-cutover/nginx and
 #     pusher-cutover/HAProxy (each the median of the per-round ratios: a
 #     round's two figures were measured minutes apart at most), a 1,000-connection run
 #     with peak RSS, a with/without data_dir run, and 10 vs 100,000 distinct
@@ -447,16 +447,19 @@ START=$SECONDS
 for (( r=1; r<=ROUNDS; r++ )); do
   log "round $r/$ROUNDS"
   for sc in "${SCENARIOS[@]}"; do
-    # KIND:TARGET, in an order that rotates by one place each round, so
-    # that no target always runs first, or always right after another
-    # (the machine drifts within a round); with current_trigger, the
-    # pusher-cutover without its access log too, against hyper-floor
+    # KIND:TARGET, in an order that rotates by one place each round and
+    # runs backwards every other round, so that no target always runs
+    # first, and of two neighbours (hyper-floor and pusher-cutover) each
+    # runs first in every other round (the machine drifts within a round);
+    # with current_trigger, the pusher-cutover without its access log too,
+    # against hyper-floor
     entries=()
     for t in "${TARGETS[@]}"; do entries+=("main:$t"); done
     [ "$sc" = current_trigger ] && entries+=("accesslog:pusher-cutover access-log-off")
     n=${#entries[@]}
     for (( i = 0; i < n; i++ )); do
-      e=${entries[$(( (i + r - 1) % n ))]}
+      if (( r % 2 )); then k=$(( (i + r - 1) % n )); else k=$(( (n - 1 - i + r - 1) % n )); fi
+      e=${entries[$k]}
       run "${e%%:*}" "$r" "${e#*:}" "$sc" "$CONNS" "$DURATION"
     done
   done
