@@ -40,6 +40,10 @@ pub const SCHEMA_VERSION: i64 = 2;
 const CALLER_KEY: &str =
     "app_id, route, auth_key, library, fingerprint, user_agent, client_address, instance";
 
+/// The parameters a [`CALLER_KEY`] row value is compared with
+/// ([`with_caller_key`]'s).
+const KEY_PARAMS: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -905,71 +909,40 @@ impl Store {
             // since the last write is in `other` now, and its old row would
             // count it twice.
             let mut forget_sites = tx
-                .prepare_cached(
-                    "DELETE FROM call_sites WHERE app_id = ?1 AND route = ?2 AND auth_key = ?3
-                     AND library = ?4 AND fingerprint = ?5 AND user_agent = ?6
-                     AND client_address = ?7 AND instance = ?8",
-                )
+                .prepare_cached(&format!(
+                    "DELETE FROM call_sites WHERE ({CALLER_KEY}) = {KEY_PARAMS}"
+                ))
                 .map_err(err)?;
             // Callers summed into `other` go first: a caller of the same
             // key seen since is in `changes.callers`, from its new call.
             let mut forget_caller = tx
-                .prepare_cached(
-                    "DELETE FROM callers WHERE app_id = ?1 AND route = ?2 AND auth_key = ?3
-                     AND library = ?4 AND fingerprint = ?5 AND user_agent = ?6
-                     AND client_address = ?7 AND instance = ?8",
-                )
+                .prepare_cached(&format!(
+                    "DELETE FROM callers WHERE ({CALLER_KEY}) = {KEY_PARAMS}"
+                ))
                 .map_err(err)?;
             for (app_id, k) in &changes.folded {
-                let key = params![
-                    app_id,
-                    k.route.as_str(),
-                    k.auth_key,
-                    k.library,
-                    k.fingerprint,
-                    k.user_agent,
-                    k.client_address,
-                    k.instance,
-                ];
-                forget_sites.execute(key).map_err(err)?;
-                forget_caller.execute(key).map_err(err)?;
+                with_caller_key(app_id, k, |key| {
+                    forget_sites.execute(key)?;
+                    forget_caller.execute(key)
+                })
+                .map_err(err)?;
             }
             for (app_id, c) in &changes.callers {
-                let k = &c.key;
-                let key = params![
-                    app_id,
-                    k.route.as_str(),
-                    k.auth_key,
-                    k.library,
-                    k.fingerprint,
-                    k.user_agent,
-                    k.client_address,
-                    k.instance,
-                ];
-                caller
-                    .execute(rusqlite::params_from_iter(
-                        key.iter().copied().chain(
-                            params![
-                                to_sql(c.calls),
-                                c.first_seen.unix_timestamp(),
-                                c.last_seen.unix_timestamp(),
-                            ]
-                            .iter()
-                            .copied(),
-                        ),
-                    ))
-                    .map_err(err)?;
-                forget_sites
-                    .execute(rusqlite::params_from_iter(key.iter().copied()))
-                    .map_err(err)?;
-                for s in &c.call_sites {
-                    site.execute(rusqlite::params_from_iter(
-                        key.iter()
-                            .copied()
-                            .chain(params![s.event, s.channel, to_sql(s.calls)].iter().copied()),
-                    ))
-                    .map_err(err)?;
-                }
+                with_caller_key(app_id, &c.key, |key| {
+                    let totals = params![
+                        to_sql(c.calls),
+                        c.first_seen.unix_timestamp(),
+                        c.last_seen.unix_timestamp(),
+                    ];
+                    caller.execute(rusqlite::params_from_iter(key.iter().chain(totals)))?;
+                    forget_sites.execute(key)?;
+                    for s in &c.call_sites {
+                        let sums = params![s.event, s.channel, to_sql(s.calls)];
+                        site.execute(rusqlite::params_from_iter(key.iter().chain(sums)))?;
+                    }
+                    Ok(0)
+                })
+                .map_err(err)?;
             }
             let mut hour = tx
                 .prepare_cached(
@@ -1027,6 +1000,25 @@ impl Store {
         }
         tx.commit().map_err(err)
     }
+}
+
+/// Runs `f` with the values of the [`CALLER_KEY`] columns of `app_id`'s
+/// caller `k`, in their order.
+fn with_caller_key<R>(
+    app_id: &str,
+    k: &CallerKey,
+    f: impl FnOnce(&[&dyn rusqlite::ToSql]) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    f(params![
+        app_id,
+        k.route.as_str(),
+        k.auth_key,
+        k.library,
+        k.fingerprint,
+        k.user_agent,
+        k.client_address,
+        k.instance,
+    ])
 }
 
 /// The app id and caller key of a row's first eight columns
