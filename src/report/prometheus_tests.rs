@@ -615,14 +615,19 @@ async fn an_hours_calls_before_a_sidecars_first_scrape_are_in_its_bucket() {
         }
     });
     let fleet = fetch_from(url).await;
+    let (calls, app) = hourly_calls(&fleet);
+    assert_eq!(calls, 5, "{:?}", app.hourly);
+}
+
+/// App 4242's calls in all its hourly buckets, and the app.
+fn hourly_calls(fleet: &Fleet) -> (u64, &AppUsage) {
     let app = fleet
         .usage
         .apps
         .iter()
         .find(|a| a.app_id == "4242")
         .expect("app 4242");
-    let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
-    assert_eq!(calls, 5, "{:?}", app.hourly);
+    (app.hourly.iter().map(|h| h.calls).sum(), app)
 }
 
 /// A sidecar whose reload added the expected app inside the window (its
@@ -713,13 +718,7 @@ async fn an_hours_calls_of_a_restarted_sidecar_are_in_its_bucket() {
         }
     });
     let fleet = fetch_from(url).await;
-    let app = fleet
-        .usage
-        .apps
-        .iter()
-        .find(|a| a.app_id == "4242")
-        .expect("app 4242");
-    let calls: u64 = app.hourly.iter().map(|h| h.calls).sum();
+    let (calls, app) = hourly_calls(&fleet);
     assert!(calls >= 1, "{:?}", app.hourly);
     let seen = queries.lock().expect("lock").clone();
     assert!(

@@ -133,13 +133,9 @@ impl Selector {
     /// each boot: 1, 1); its series, known from before, is not a new one
     /// either. The [`START_TIME`] gauge tells the restart.
     pub fn calls_since_a_start_in(&self, range: u64) -> String {
-        format!(
-            "sum by ({by}) (last_over_time({c}[{range}s]) and on ({il}) \
-             (last_over_time({START_TIME}{m}[{range}s]) > time() - {range})) > 0",
-            by = self.by_caller(),
-            c = self.calls(),
-            il = self.instance_label,
-            m = self.matchers(false, "")
+        self.where_started_in(
+            &format!("last_over_time({}[{range}s])", self.calls()),
+            range,
         )
     }
 
@@ -153,11 +149,17 @@ impl Selector {
     /// the window and is gone by its end has no value now either, and the
     /// gate errs on the side of "used".)
     pub fn calls_now_since_a_start_in(&self, range: u64) -> String {
+        self.where_started_in(&self.calls(), range)
+    }
+
+    /// `counters` (by caller) of the sidecars whose process started in the
+    /// `range` seconds ending at the evaluation time ([`START_TIME`]),
+    /// summed per caller, only where above 0.
+    fn where_started_in(&self, counters: &str, range: u64) -> String {
         format!(
-            "sum by ({by}) ({c} and on ({il}) \
+            "sum by ({by}) ({counters} and on ({il}) \
              (last_over_time({START_TIME}{m}[{range}s]) > time() - {range})) > 0",
             by = self.by_caller(),
-            c = self.calls(),
             il = self.instance_label,
             m = self.matchers(false, "")
         )

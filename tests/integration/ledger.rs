@@ -199,6 +199,23 @@ async fn ledger_is_exact_across_sigterm_and_restart() {
     assert!(err.contains("deprecated calls"), "{err}");
 }
 
+/// The JSON report of the ledgers `sources` name, which hold the ten
+/// triggers and the live stats call of
+/// `report_gates_on_the_window_and_merges_ledgers` once; and its stderr.
+async fn merged(sources: &[&str]) -> (serde_json::Value, String) {
+    let args: Vec<&str> = sources
+        .iter()
+        .copied()
+        .chain(["--format", "json"])
+        .collect();
+    let (code, json, err) = report(&args).await;
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 10);
+    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_stats"], 1);
+    (json, err)
+}
+
 /// A ledger whose calls are three days old passes a 24 h gate and fails a
 /// 7 d one; two ledgers and a live `/usage` merge into one report.
 #[tokio::test]
@@ -244,21 +261,15 @@ async fn report_gates_on_the_window_and_merges_ledgers() {
         200
     );
     let url = format!("{}/usage", live.admin_url());
-    let (code, json, err) = report(&[
+    let (json, err) = merged(&[
         "--data-dir",
         &dirs[0],
         "--data-dir",
         &dirs[1],
         "--url",
         &url,
-        "--format",
-        "json",
     ])
     .await;
-    assert_eq!(code, Some(0), "{err}");
-    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 10);
-    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_stats"], 1);
     // Callers are sorted by last seen: the live stats caller comes first.
     let trigger = json["apps"][0]["callers"]
         .as_array()
@@ -270,7 +281,7 @@ async fn report_gates_on_the_window_and_merges_ledgers() {
     // The same ledgers given twice, a directory under another path to it
     // and a URL repeated, are each read once: nothing is counted twice.
     let again = format!("{}/../data-1/.", dirs[1]);
-    let (code, json, err) = report(&[
+    let (_, err) = merged(&[
         "--data-dir",
         &dirs[0],
         "--data-dir",
@@ -283,14 +294,8 @@ async fn report_gates_on_the_window_and_merges_ledgers() {
         &url,
         "--url",
         &url,
-        "--format",
-        "json",
     ])
     .await;
-    assert_eq!(code, Some(0), "{err}");
-    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_trigger"], 10);
-    assert_eq!(json["apps"][0]["deprecated_calls"]["legacy_stats"], 1);
     assert!(
         err.contains(&format!(
             "{again} is {}, given twice; it is read once",
