@@ -301,7 +301,12 @@ pub struct Config {
     /// The apps whose legacy calls are translated.
     pub apps: Vec<AppConfig>,
     /// A hash of the configuration's source text (16 hex digits), to tell
-    /// which configuration a sidecar runs.
+    /// which configuration a sidecar runs; the values of its inline
+    /// secrets (`secret`, `previous_secrets`, `upstream.secret`,
+    /// `admin.token`) are left out, as those named by `secret_env` or
+    /// `secret_file` are: the hash is published unauthenticated
+    /// (`/readyz`, `/metrics`), and a hash of a guessable secret would
+    /// let anyone who knows the rest of the file test guesses offline.
     pub hash: String,
 }
 
@@ -310,6 +315,82 @@ fn source_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
     base16ct::lower::encode_string(&digest[..8])
+}
+
+/// [`source_hash`] of a configuration file's `text` with each inline
+/// secret's literal (quotes and all) replaced by `"…"`, so that the hash
+/// says which settings and layout a sidecar runs and nothing about its
+/// secrets. `text` must already parse as the configuration.
+fn config_text_hash(text: &str) -> String {
+    let mut spans = secrets::spans(text);
+    if spans.is_empty() {
+        return source_hash(text);
+    }
+    spans.sort_unstable_by_key(|s| s.start);
+    let mut blanked = String::with_capacity(text.len());
+    let mut at = 0;
+    for span in spans {
+        if span.start < at || span.end > text.len() {
+            continue;
+        }
+        blanked.push_str(&text[at..span.start]);
+        blanked.push_str("\"…\"");
+        at = span.end;
+    }
+    blanked.push_str(&text[at..]);
+    source_hash(&blanked)
+}
+
+/// Where a configuration file's inline secrets are, read by serde with
+/// their spans (every other key ignored).
+mod secrets {
+    use serde::Deserialize;
+    use std::ops::Range;
+    use toml::Spanned;
+
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        admin: Option<Admin>,
+        #[serde(default)]
+        apps: Vec<App>,
+    }
+
+    #[derive(Deserialize)]
+    struct Admin {
+        token: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    struct App {
+        secret: Option<Spanned<String>>,
+        #[serde(default)]
+        previous_secrets: Vec<Spanned<String>>,
+        upstream: Option<Upstream>,
+    }
+
+    #[derive(Deserialize)]
+    struct Upstream {
+        secret: Option<Spanned<String>>,
+    }
+
+    /// The byte ranges of `text`'s inline secrets' values; none when it
+    /// does not parse.
+    pub(super) fn spans(text: &str) -> Vec<Range<usize>> {
+        let Ok(file) = toml::from_str::<File>(text) else {
+            return Vec::new();
+        };
+        let mut spans = Vec::new();
+        if let Some(token) = file.admin.and_then(|a| a.token) {
+            spans.push(token.span());
+        }
+        for app in file.apps {
+            spans.extend(app.secret.map(|s| s.span()));
+            spans.extend(app.previous_secrets.iter().map(Spanned::span));
+            spans.extend(app.upstream.and_then(|u| u.secret).map(|s| s.span()));
+        }
+        spans
+    }
 }
 
 /// Inbound TLS: PEM files of the certificate chain and its private key.
@@ -592,7 +673,7 @@ impl Config {
     pub fn from_toml_str(text: &str, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::syntax(&e, text))?;
         let mut config = raw.validate(env)?;
-        config.hash = source_hash(text);
+        config.hash = config_text_hash(text);
         Ok(config)
     }
 

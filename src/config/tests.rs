@@ -925,3 +925,73 @@ fn a_secret_is_read_from_its_file() {
         assert!(!found.contains("KEPT-SECRET"), "{found}");
     }
 }
+
+/// The config hash is published unauthenticated (`/readyz`, `/metrics`),
+/// so it leaves out the values of inline secrets and the admin token,
+/// however they are written; every other byte of the text counts,
+/// comments included. `validate` (`lint_file`) hashes as `serve` does.
+#[test]
+fn the_config_hash_leaves_out_inline_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    let file = |secret: &str, previous: &str, upstream: &str, token: &str, comment: &str| {
+        format!(
+            "# {comment}\n[admin]\ntoken = {token}\n[upstream]\nurl = \"http://127.0.0.1:6001\"\n\
+             [[apps]]\nid = \"4242\"\nkey = \"k\"\nsecret = {secret}\n\
+             previous_secrets = [{previous}]\n[apps.upstream]\nid = \"9\"\nkey = \"k9\"\n\
+             secret = {upstream}\n\
+             [[apps]]\nid = \"77\"\nkey = \"k7\"\nsecret_env = \"S7\"\n"
+        )
+    };
+    let hash = |text: &str| {
+        let c = Config::from_toml_str(text, &env(&[("S7", "s7")])).expect("valid");
+        std::fs::write(&path, text).expect("write");
+        let (linted, _) = Config::lint_file(&path, &env(&[]), false).expect("valid");
+        assert_eq!(linted.hash, c.hash, "validate hashes as serve does");
+        c.hash
+    };
+    let base = file("\"s\"", "\"old\"", "\"u\"", "\"t0k3n\"", "one");
+    let h = hash(&base);
+    for (what, other) in [
+        (
+            "secret",
+            file("\"s2\"", "\"old\"", "\"u\"", "\"t0k3n\"", "one"),
+        ),
+        (
+            "secret, literal",
+            file("'s'", "\"old\"", "\"u\"", "\"t0k3n\"", "one"),
+        ),
+        (
+            "previous_secrets",
+            file("\"s\"", "\"older\"", "\"u\"", "\"t0k3n\"", "one"),
+        ),
+        (
+            "upstream.secret",
+            file("\"s\"", "\"old\"", "\"u2\"", "\"t0k3n\"", "one"),
+        ),
+        (
+            "admin.token",
+            file("\"s\"", "\"old\"", "\"u\"", "\"hunter2\"", "one"),
+        ),
+    ] {
+        assert_eq!(hash(&other), h, "{what} changed the hash");
+    }
+    assert_ne!(
+        h,
+        source_hash(&base),
+        "the text's own hash, secrets and all"
+    );
+    let two = file("\"s\"", "\"old\", \"older\"", "\"u\"", "\"t0k3n\"", "one");
+    assert_ne!(hash(&two), h, "a second previous secret is a change");
+    let comment = file("\"s\"", "\"old\"", "\"u\"", "\"t0k3n\"", "two");
+    assert_ne!(hash(&comment), h, "the rest of the text counts");
+    // An inline table's secret, too.
+    let inline = |secret: &str| {
+        format!(
+            "apps = [{{ id = \"1\", key = \"k\", secret = {secret} }}]\n\
+             [upstream]\nurl = \"http://127.0.0.1:6001\"\n"
+        )
+    };
+    assert_eq!(hash(&inline("\"a\"")), hash(&inline("\"b\"")));
+    assert_ne!(hash(&inline("\"a\"")), source_hash(&inline("\"a\"")));
+}

@@ -841,7 +841,7 @@ impl Config {
             }
         };
         let mut config = raw.validate(&lenient)?;
-        config.hash = super::source_hash(&text);
+        config.hash = super::config_text_hash(&text);
         Ok((config, warnings))
     }
 }
