@@ -53,14 +53,15 @@ enum Command {
     },
     /// Check a configuration file; list every problem and exit 1 if any.
     /// An unset variable named by `secret_env` or `token_env`, or a
-    /// `secret_file` that cannot be read, is a warning (exit 0), so a file
-    /// can be linted where its secrets are not.
+    /// `secret_file` or `token_file` that cannot be read, is a warning
+    /// (exit 0), so a file can be linted where its secrets are not.
     Validate {
         /// TOML configuration file.
         #[arg(long)]
         config: PathBuf,
         /// Treat an unset `secret_env` or `token_env` variable, or an
-        /// unreadable `secret_file`, as an error (as `serve` does).
+        /// unreadable `secret_file` or `token_file`, as an error (as
+        /// `serve` does).
         #[arg(long)]
         require_env: bool,
     },
@@ -494,7 +495,10 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
     let config = match Config::lint_file(path, &config::process_env, false) {
         Ok((config, warnings)) => {
             // Without it, a placeholder would be sent as the token.
-            if let Some(unset) = warnings.iter().find(|w| w.key == "admin.token_env") {
+            if let Some(unset) = warnings
+                .iter()
+                .find(|w| w.key == "admin.token_env" || w.key == "admin.token_file")
+            {
                 eprintln!("{}: {unset}", path.display());
                 return ExitCode::from(exit::CONFIG);
             }

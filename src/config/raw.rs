@@ -58,6 +58,7 @@ pub(super) struct RawAdmin {
     pub(super) listen: String,
     pub(super) token: Option<String>,
     pub(super) token_env: Option<String>,
+    pub(super) token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -67,6 +68,7 @@ impl Default for RawAdmin {
             listen: default_admin_listen(),
             token: None,
             token_env: None,
+            token_file: None,
         }
     }
 }

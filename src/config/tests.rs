@@ -358,7 +358,7 @@ fn with_admin(admin: &str) -> String {
 }
 
 #[test]
-fn admin_token_inline_or_from_env_never_in_debug() {
+fn admin_token_inline_from_env_or_file_never_in_debug() {
     let c = Config::from_toml_str(&with_admin(""), &env(&[])).expect("valid");
     assert!(c.admin.token.is_none());
 
@@ -375,6 +375,49 @@ fn admin_token_inline_or_from_env_never_in_debug() {
     let token = c.admin.token.as_ref().expect("token");
     assert_eq!(token.expose_secret(), "env-tok");
     assert!(!format!("{c:?}").contains("env-tok"), "token in Debug");
+
+    // A file (a mounted Secret): whole, less one trailing line break; a
+    // second line break, or an empty file, is refused, naming the key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    let from_file = |text: &str| {
+        std::fs::write(&path, text).expect("write");
+        Config::from_toml_str(
+            &with_admin(&format!("token_file = {:?}", path.display().to_string())),
+            &env(&[]),
+        )
+    };
+    for text in ["file-tok", "file-tok\n", "file-tok\r\n"] {
+        let c = from_file(text).expect("valid");
+        let token = c.admin.token.as_ref().expect("token");
+        assert_eq!(token.expose_secret(), "file-tok", "{text:?}");
+        assert!(!format!("{c:?}").contains("file-tok"), "token in Debug");
+    }
+    for (text, message) in [
+        ("file-tok\n\n", "printable ASCII"),
+        ("", "must not be empty"),
+    ] {
+        let problems = from_file(text).expect_err(text).problems();
+        assert_eq!(problems.len(), 1, "{text:?}: {problems:?}");
+        assert!(
+            problems[0].starts_with("admin.token_file: ") && problems[0].contains(message),
+            "{text:?}: {problems:?}"
+        );
+    }
+    // `validate` lints a file whose token file is not there (a CI job):
+    // a warning naming the key, and the rest checked.
+    std::fs::remove_file(&path).expect("remove");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        with_admin(&format!("token_file = {:?}", path.display().to_string())),
+    )
+    .expect("write");
+    let (_, warnings) = Config::lint_file(&config, &env(&[]), false).expect("linted");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "admin.token_file");
+    let err = Config::lint_file(&config, &env(&[]), true).expect_err("required");
+    assert!(err.problems()[0].starts_with("admin.token_file: "), "{err}");
 }
 
 #[test]
@@ -401,7 +444,17 @@ fn admin_token_problems_are_named() {
         (
             "token = \"t\"\ntoken_env = \"NEWLINE\"",
             "admin.token",
-            "not both",
+            "not more",
+        ),
+        (
+            "token_env = \"NEWLINE\"\ntoken_file = \"/nonexistent/t\"",
+            "admin.token",
+            "not more",
+        ),
+        (
+            "token_file = \"/nonexistent/admin-token\"",
+            "admin.token_file",
+            "cannot read `/nonexistent/admin-token`",
         ),
     ] {
         let err = Config::from_toml_str(&with_admin(admin), &vars).expect_err(admin);

@@ -124,7 +124,15 @@ impl RawConfig {
         } else {
             None
         };
-        let admin_token = admin_token(self.admin.token, self.admin.token_env, env, &mut problems);
+        let admin_token = admin_token(
+            SecretSource {
+                inline: self.admin.token,
+                var: self.admin.token_env,
+                file: self.admin.token_file,
+            },
+            env,
+            &mut problems,
+        );
         let t = &self.telemetry;
         problems.positive(
             "telemetry.max_callers_per_app",
@@ -394,8 +402,10 @@ fn credential_rule(value: &str, name: &str, problems: &mut Collected) -> bool {
     passed
 }
 
-/// Where an app's (or its upstream's) secret is given: `secret`,
-/// `secret_env` or `secret_file`, exactly one of them.
+/// Where an app's (or its upstream's) secret, or the admin token, is
+/// given: inline, through an environment variable or in a file (`secret`,
+/// `secret_env`, `secret_file`; `token`, `token_env`, `token_file`), at
+/// most one of them.
 struct SecretSource {
     inline: Option<String>,
     var: Option<String>,
@@ -408,29 +418,33 @@ impl SecretSource {
     }
 }
 
-/// The secret `source` gives. A file is read whole, less one trailing line
-/// break; a problem with it names the file, never what it holds.
+/// The secret `source` gives, its keys named `stem`, `{stem}_env` and
+/// `{stem}_file` (`key` makes the full key of each). A file is read whole,
+/// less one trailing line break; a problem with it names the file, never
+/// what it holds. Exactly one source must be given.
 fn secret_from(
     source: SecretSource,
+    stem: &str,
     env: EnvLookup<'_>,
     key: &dyn Fn(&str) -> String,
     problems: &mut Collected,
 ) -> Option<SecretString> {
+    let (env_key, file_key) = (format!("{stem}_env"), format!("{stem}_file"));
     let (name, value) = match source {
         SecretSource {
             inline: Some(s),
             var: None,
             file: None,
-        } => ("secret", Some(s)),
+        } => (stem, Some(s)),
         SecretSource {
             inline: None,
             var: Some(var),
             file: None,
         } => match env(&var).filter(|v| !v.is_empty()) {
-            Some(s) => ("secret_env", Some(s)),
+            Some(s) => (env_key.as_str(), Some(s)),
             None => {
                 problems.add(
-                    &key("secret_env"),
+                    &key(&env_key),
                     format!("environment variable `{var}` is not set or empty"),
                 );
                 return None;
@@ -444,11 +458,11 @@ fn secret_from(
             Ok(text) => {
                 let text = text.strip_suffix('\n').unwrap_or(&text);
                 let text = text.strip_suffix('\r').unwrap_or(text);
-                ("secret_file", Some(text.to_owned()))
+                (file_key.as_str(), Some(text.to_owned()))
             }
             Err(e) => {
                 problems.add(
-                    &key("secret_file"),
+                    &key(&file_key),
                     format!("cannot read `{}`: {}", path.display(), e.kind()),
                 );
                 return None;
@@ -460,15 +474,15 @@ fn secret_from(
             file: None,
         } => {
             problems.add(
-                &key("secret"),
-                "one of `secret`, `secret_env` or `secret_file` is required".into(),
+                &key(stem),
+                format!("one of `{stem}`, `{env_key}` or `{file_key}` is required"),
             );
             return None;
         }
         _ => {
             problems.add(
-                &key("secret"),
-                "set one of `secret`, `secret_env` or `secret_file`, not more".into(),
+                &key(stem),
+                format!("set one of `{stem}`, `{env_key}` or `{file_key}`, not more"),
             );
             return None;
         }
@@ -485,39 +499,26 @@ fn secret_from(
     }
 }
 
-/// The admin bearer token, given inline (`admin.token`) or through an
-/// environment variable (`admin.token_env`), or neither. It must be
-/// printable ASCII without spaces, as it is sent in a header (a secret
-/// written with a trailing newline would otherwise never match).
+/// The admin bearer token, given inline (`admin.token`), through an
+/// environment variable (`admin.token_env`) or in a file
+/// (`admin.token_file`: a mounted Kubernetes Secret), or not at all. It
+/// must be printable ASCII without spaces, as it is sent in a header (a
+/// file's one trailing line break is not part of it).
 fn admin_token(
-    inline: Option<String>,
-    var: Option<String>,
+    source: SecretSource,
     env: EnvLookup<'_>,
     problems: &mut Collected,
 ) -> Option<SecretString> {
-    let (key, token) = match (inline, var) {
-        (None, None) => return None,
-        (Some(_), Some(_)) => {
-            problems.add("admin.token", "set `token` or `token_env`, not both".into());
-            return None;
-        }
-        (Some(token), None) => ("admin.token", token),
-        (None, Some(var)) => match env(&var).filter(|v| !v.is_empty()) {
-            Some(token) => ("admin.token_env", token),
-            None => {
-                problems.add(
-                    "admin.token_env",
-                    format!("environment variable `{var}` is not set or empty"),
-                );
-                return None;
-            }
-        },
-    };
-    if token.is_empty() {
-        problems.add(key, "must not be empty".into());
+    if !source.is_given() {
         return None;
     }
-    credential_rule(&token, key, problems).then(|| SecretString::from(token))
+    secret_from(
+        source,
+        "token",
+        env,
+        &|field| format!("admin.{field}"),
+        problems,
+    )
 }
 
 fn parse_time(text: &str, key: &str, problems: &mut Collected) -> Option<OffsetDateTime> {
@@ -623,6 +624,7 @@ fn validate_app(
             var: app.secret_env,
             file: app.secret_file,
         },
+        "secret",
         env,
         &key,
         problems,
@@ -663,7 +665,7 @@ fn validate_app(
                 file: u.secret_file,
             };
             let up_secret = if source.is_given() {
-                secret_from(source, env, &ukey, problems)
+                secret_from(source, "secret", env, &ukey, problems)
             } else {
                 secret.clone()
             };
@@ -745,7 +747,8 @@ impl Config {
     /// secrets are not (a CI job linting the file). With `require_env`
     /// false, an unset or empty variable named by `apps[].secret_env`,
     /// `apps[].upstream.secret_env` or `admin.token_env`, and a file named
-    /// by `apps[].secret_file` or `apps[].upstream.secret_file` that cannot
+    /// by `apps[].secret_file`, `apps[].upstream.secret_file` or
+    /// `admin.token_file` that cannot
     /// be read, is returned as a
     /// warning (one per key) instead of an error, and every other problem
     /// is still reported; with `require_env` true this is
@@ -814,6 +817,13 @@ impl Config {
             *file = None;
             Some(UNSET_PLACEHOLDER.to_owned())
         };
+        if let Some(placeholder) = unreadable(
+            "admin.token_file".into(),
+            raw.admin.token.is_some() || raw.admin.token_env.is_some(),
+            &mut raw.admin.token_file,
+        ) {
+            raw.admin.token = Some(placeholder);
+        }
         for (i, app) in raw.apps.iter_mut().enumerate() {
             let others = app.secret.is_some() || app.secret_env.is_some();
             if let Some(placeholder) = unreadable(

@@ -442,7 +442,7 @@ async fn signals_while_starting_are_the_proxys_to_handle() {
 /// refuses the file (here: a `secret_env` that the proxy's environment
 /// lacks and the command's has), the previous configuration serving on,
 /// or the token; 78 for a file it cannot read or whose token variable is
-/// unset, without asking; 69 when nothing answers.
+/// unset or token file unreadable, without asking; 69 when nothing answers.
 #[tokio::test]
 async fn reload_waits_for_the_proxys_own_answer() {
     let fake = support::fake().await;
@@ -535,6 +535,22 @@ async fn reload_waits_for_the_proxys_own_answer() {
     let (code, _, err) = reload(served.admin.clone(), &[]).await;
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("PC_RELOAD_TEST_TOKEN"), "{err}");
+    // A token file (a mounted Secret) is read for the request, its one
+    // trailing line break left out; one that cannot be read sends nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "a-long-admin-token\n").expect("write");
+    let from_file = base.replace(
+        "token = \"a-long-admin-token\"",
+        &format!("token_file = {:?}", token_file.display().to_string()),
+    );
+    file.write(&from_file);
+    let (code, out, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::fs::remove_file(&token_file).expect("remove");
+    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("admin.token_file"), "{err}");
 
     // A port nothing listens on: bound, then let go.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
