@@ -186,6 +186,11 @@ impl Reloader {
         let current = self.proxy.current();
         let running = current.config();
         let mut restart_needed = restart_only_changes(running, &config);
+        // Validation saw the file's `listen`; the proxy serves on its own
+        // until a restart.
+        if let Some(problem) = config.upstream_is_listen(running.listen) {
+            return Err(ConfigError::Invalid(vec![problem]));
+        }
         let renewed = match self.tls_change(running, &config)? {
             TlsChange::Same => None,
             TlsChange::Renewed(certificate) => Some(certificate),
@@ -734,6 +739,53 @@ mod tests {
         issue();
         let on = plain.reload().expect("applies");
         assert_eq!(on.restart_needed, ["tls"], "TLS on waits for a restart");
+    }
+
+    /// An upstream at the running `listen` is refused by a reload that
+    /// moves `listen` (a restart-only setting, so the proxy still serves
+    /// there), where validation saw only the file's new `listen`.
+    #[test]
+    fn an_upstream_at_the_running_listen_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        let file = |listen: &str, upstream: &str| {
+            format!(
+                "listen = \"{listen}\"\n[upstream]\nurl = \"{upstream}\"\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n"
+            )
+        };
+        std::fs::write(&path, file("127.0.0.1:7001", "http://127.0.0.1:6001")).expect("write");
+        let source = ConfigSource::File(path.clone());
+        let config = source.load().expect("valid");
+        let telemetry = Arc::new(Telemetry::new(&config));
+        let proxy = Proxy::new(
+            config,
+            Arc::new(crate::clock::SystemClock),
+            telemetry.clone(),
+        );
+        let reloader = Reloader::new(source, proxy.clone(), telemetry);
+
+        std::fs::write(&path, file("127.0.0.1:7002", "http://localhost:7001")).expect("write");
+        let Err(ReloadError::Refused(refused)) = reloader.reload() else {
+            panic!("an upstream at the running listen is refused");
+        };
+        let problems = refused.problems().join("; ");
+        assert!(
+            problems.starts_with("upstream.url: ") && problems.contains("own `listen`"),
+            "{problems}"
+        );
+        let running = proxy.current();
+        assert_eq!(
+            running.config().upstream.url.to_string(),
+            "http://127.0.0.1:6001/",
+            "the previous configuration serves on"
+        );
+
+        // Another upstream with the new listen: in force, the listen left
+        // to a restart.
+        std::fs::write(&path, file("127.0.0.1:7002", "http://127.0.0.1:6002")).expect("write");
+        let reloaded = reloader.reload().expect("applies");
+        assert_eq!(reloaded.restart_needed, ["listen"]);
     }
 
     /// A panic inside a reload is an answer, not the end of the reloader;

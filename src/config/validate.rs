@@ -169,15 +169,8 @@ impl RawConfig {
                 Uri::from_static("http://invalid")
             }
         };
-        if points_at(&url, listen) {
-            problems.add(
-                "upstream.url",
-                format!(
-                    "`{url}` is this proxy's own `listen` ({listen}): every call would come \
-                     back to it until no slot is left (PUSHER_HOST and PUSHER_PORT name the \
-                     upstream here, not the proxy the app calls)"
-                ),
-            );
+        if let Some(message) = own_listen(&url, listen) {
+            problems.add("upstream.url", message);
         }
         // upstream.protocol
         if self.upstream.protocol == UpstreamProtocol::H2c && url.scheme_str() == Some("https") {
@@ -331,6 +324,31 @@ fn instance_name(
         "unnamed".into()
     } else {
         name
+    }
+}
+
+/// The problem with an upstream `url` that is the proxy's own `listen`
+/// ([`points_at`]), if it is.
+fn own_listen(url: &Uri, listen: SocketAddr) -> Option<String> {
+    points_at(url, listen).then(|| {
+        format!(
+            "`{url}` is this proxy's own `listen` ({listen}): every call would come \
+             back to it until no slot is left (PUSHER_HOST and PUSHER_PORT name the \
+             upstream here, not the proxy the app calls)"
+        )
+    })
+}
+
+impl Config {
+    /// The problem with this configuration's upstream if it is `listen`,
+    /// the address the proxy serves on (after a reload that leaves a new
+    /// `listen` to a restart, the running one, which validation did not
+    /// see).
+    pub fn upstream_is_listen(&self, listen: SocketAddr) -> Option<super::Problem> {
+        own_listen(&self.upstream.url, listen).map(|message| super::Problem {
+            key: "upstream.url".into(),
+            message,
+        })
     }
 }
 
