@@ -78,10 +78,10 @@ enum Command {
         /// (0.0.0.0 or :: reached on loopback) and token are used.
         #[arg(long)]
         config: PathBuf,
-        /// The admin listener's address (an IP address and a port),
-        /// instead of the file's [admin] listen.
-        #[arg(long, value_name = "IP:PORT")]
-        admin: Option<SocketAddr>,
+        /// The admin listener's address (a host name or IP address, and
+        /// a port), instead of the file's [admin] listen.
+        #[arg(long, value_name = "HOST:PORT", value_parser = admin_address)]
+        admin: Option<hyper::http::uri::Authority>,
     },
     /// Report who still makes deprecated calls, from one or more ledgers
     /// (merged) or from Prometheus. With --fail-if-used-since: exits 1
@@ -489,7 +489,7 @@ const RELOAD_WAIT: Duration = Duration::from_secs(65);
 /// in `path` names (or `admin`), with its token; prints the answer and
 /// exits as [`Command::Reload`] says.
 #[tokio::main(flavor = "current_thread")]
-async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
+async fn reload_running(path: &Path, admin: Option<hyper::http::uri::Authority>) -> ExitCode {
     use http_body_util::{BodyExt as _, Empty, Limited};
     use secrecy::ExposeSecret as _;
     let config = match Config::lint_file(path, &config::process_env, false) {
@@ -512,14 +512,21 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let Some(addr) = admin.or(config.admin.listen) else {
-        eprintln!(
-            "{}: no admin listener ([admin] enabled = false): send the proxy SIGHUP instead",
-            path.display()
-        );
-        return ExitCode::from(exit::CONFIG);
+    let addr = match (admin, config.admin.listen) {
+        // An IP address given is reached as the file's would be.
+        (Some(given), _) => match given.as_str().parse::<SocketAddr>() {
+            Ok(ip) => reachable(ip).to_string(),
+            Err(_) => given.to_string(),
+        },
+        (None, Some(listen)) => reachable(listen).to_string(),
+        (None, None) => {
+            eprintln!(
+                "{}: no admin listener ([admin] enabled = false): send the proxy SIGHUP instead",
+                path.display()
+            );
+            return ExitCode::from(exit::CONFIG);
+        }
     };
-    let addr = reachable(addr);
     let mut req = hyper::Request::post(format!("http://{addr}/reload"));
     if let Some(token) = &config.admin.token {
         req = req.header(
@@ -580,6 +587,18 @@ async fn reload_running(path: &Path, admin: Option<SocketAddr>) -> ExitCode {
             ExitCode::from(exit::UNAVAILABLE)
         }
     }
+}
+
+/// `reload --admin`: a host name or IP address with a port (an IPv6
+/// address in brackets), nothing else.
+fn admin_address(text: &str) -> Result<hyper::http::uri::Authority, String> {
+    let authority: hyper::http::uri::Authority = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not HOST:PORT"))?;
+    if authority.port_u16().is_none_or(|p| p == 0) || authority.as_str().contains('@') {
+        return Err(format!("`{text}` is not HOST:PORT (with a port, no user)"));
+    }
+    Ok(authority)
 }
 
 /// The address to connect to for a listener bound on `addr`: an

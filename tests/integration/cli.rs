@@ -496,6 +496,13 @@ async fn reload_waits_for_the_proxys_own_answer() {
         "{out}"
     );
     assert_eq!(trigger().await, 410, "in force once reload exits");
+    // `--admin` takes a host name too; without a port it is a usage error.
+    let port = served.admin.rsplit_once(':').expect("port").1;
+    let (code, out, err) = reload(format!("localhost:{port}"), &[]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = reload("localhost".into(), &[]).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("HOST:PORT"), "{err}");
 
     let lacking = base
         .replace("[[apps]]", "[[apps]]\nmode = \"observe\"")
