@@ -199,12 +199,15 @@ static VALUE_CLASS: [u8; 256] = {
 };
 
 /// What the fingerprint reads of the raw query, in one pass over it: its
-/// keys as sent, in order (the first [`MAX_QUERY_KEYS`], and whether there
-/// were more), and how its values are encoded. Empty pairs are skipped, as
-/// [`crate::pusher::query::QueryParams::parse`] skips them.
+/// keys as sent, in order (the first [`MAX_QUERY_KEYS`] other than
+/// `socket_id`, with the first `socket_id` where it was sent, and whether
+/// there were more others), and how its values are encoded. Empty pairs are
+/// skipped, as [`crate::pusher::query::QueryParams::parse`] skips them.
+/// `socket_id`, sent or not by call, takes no place under the cap, so a
+/// sender's keys read the same either way.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RawQuery<'a> {
-    keys: [&'a str; MAX_QUERY_KEYS],
+    keys: [&'a str; MAX_QUERY_KEYS + 1],
     len: usize,
     more: bool,
     values: Encoding,
@@ -212,8 +215,10 @@ pub(super) struct RawQuery<'a> {
 
 impl<'a> RawQuery<'a> {
     pub(super) fn of(raw: &'a str) -> Self {
-        let mut keys = [""; MAX_QUERY_KEYS];
+        let mut keys = [""; MAX_QUERY_KEYS + 1];
         let mut len = 0;
+        let mut others = 0;
+        let mut socket_id = false;
         let mut more = false;
         let mut value_class = 0;
         // `&` and `=` are ASCII, so every cut is on a character boundary.
@@ -230,12 +235,23 @@ impl<'a> RawQuery<'a> {
                 }
                 None => pair,
             };
-            match keys.get_mut(len) {
-                Some(slot) => {
-                    *slot = key;
-                    len += 1;
+            if key == "socket_id" {
+                // A second one is read past (a query with a key twice is
+                // refused before it is fingerprinted).
+                if std::mem::replace(&mut socket_id, true) {
+                    continue;
                 }
-                None => more = true,
+            } else {
+                others += 1;
+                if others > MAX_QUERY_KEYS {
+                    more = true;
+                    continue;
+                }
+            }
+            // At most MAX_QUERY_KEYS others and one socket_id: in bounds.
+            if let Some(slot) = keys.get_mut(len) {
+                *slot = key;
+                len += 1;
             }
         }
         Self {
@@ -249,7 +265,7 @@ impl<'a> RawQuery<'a> {
         }
     }
 
-    /// The first [`MAX_QUERY_KEYS`] keys, as sent.
+    /// The keys kept ([`RawQuery`]), in the order sent.
     pub(super) fn keys(&self) -> &[&'a str] {
         &self.keys[..self.len]
     }

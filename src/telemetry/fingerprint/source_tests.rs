@@ -300,6 +300,35 @@ fn the_canonical_string_cannot_be_forged_by_keys() {
     );
 }
 
+/// `socket_id`, sent or not by call, takes no place under the cap on
+/// query keys: a sender with more keys than the canonical string holds
+/// keeps one id with and without it, wherever it sends it.
+#[test]
+fn socket_id_takes_no_place_under_the_key_cap() {
+    let id = |path: &str| {
+        let parts = head("POST", path, &[("Host", "h")]);
+        let query = QueryParams::parse(parts.uri.query().unwrap_or("")).unwrap();
+        let traits = Traits::new(&parts.headers, &parts.uri, &query, b"");
+        (traits.id(), traits.canonical())
+    };
+    for n in [MAX_QUERY_KEYS - 1, MAX_QUERY_KEYS, MAX_QUERY_KEYS + 1] {
+        let keys: Vec<String> = (0..n).map(|i| format!("k{i:02}=1")).collect();
+        let without = id(&format!("/apps/1/channels/c/events?{}", keys.join("&")));
+        assert_eq!(
+            without.1.ends_with(",+"),
+            n > MAX_QUERY_KEYS,
+            "{n} keys: {}",
+            without.1
+        );
+        for at in [0, n / 2, n] {
+            let mut with = keys.clone();
+            with.insert(at, "socket_id=1.2".into());
+            let path = format!("/apps/1/channels/c/events?{}", with.join("&"));
+            assert_eq!(id(&path), without, "{n} keys, socket_id at {at}");
+        }
+    }
+}
+
 /// The whole claim: hyper's parser hands over a map whose iteration
 /// follows the wire, and classification of what it parsed matches.
 #[tokio::test]
