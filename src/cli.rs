@@ -492,18 +492,8 @@ const RELOAD_WAIT: Duration = Duration::from_secs(65);
 async fn reload_running(path: &Path, admin: Option<hyper::http::uri::Authority>) -> ExitCode {
     use http_body_util::{BodyExt as _, Empty, Limited};
     use secrecy::ExposeSecret as _;
-    let config = match Config::lint_file(path, &config::process_env, false) {
-        Ok((config, warnings)) => {
-            // Without it, a placeholder would be sent as the token.
-            if let Some(unset) = warnings
-                .iter()
-                .find(|w| w.key == "admin.token_env" || w.key == "admin.token_file")
-            {
-                eprintln!("{}: {unset}", path.display());
-                return ExitCode::from(exit::CONFIG);
-            }
-            config
-        }
+    let (config, warnings) = match Config::lint_file(path, &config::process_env, false) {
+        Ok(linted) => linted,
         Err(e) => {
             eprintln!("{}: invalid, not reloaded", path.display());
             for problem in e.problems() {
@@ -527,6 +517,14 @@ async fn reload_running(path: &Path, admin: Option<hyper::http::uri::Authority>)
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // Without it, a placeholder would be sent as the token.
+    if let Some(unset) = warnings
+        .iter()
+        .find(|w| w.key == "admin.token_env" || w.key == "admin.token_file")
+    {
+        eprintln!("{}: {unset}", path.display());
+        return ExitCode::from(exit::CONFIG);
+    }
     let mut req = hyper::Request::post(format!("http://{addr}/reload"));
     if let Some(token) = &config.admin.token {
         req = req.header(
@@ -595,8 +593,13 @@ fn admin_address(text: &str) -> Result<hyper::http::uri::Authority, String> {
     let authority: hyper::http::uri::Authority = text
         .parse()
         .map_err(|_| format!("`{text}` is not HOST:PORT"))?;
-    if authority.port_u16().is_none_or(|p| p == 0) || authority.as_str().contains('@') {
-        return Err(format!("`{text}` is not HOST:PORT (with a port, no user)"));
+    if authority.host().is_empty()
+        || authority.port_u16().is_none_or(|p| p == 0)
+        || authority.as_str().contains('@')
+    {
+        return Err(format!(
+            "`{text}` is not HOST:PORT (a host, a port, no user)"
+        ));
     }
     Ok(authority)
 }

@@ -320,9 +320,15 @@ fn source_hash(text: &str) -> String {
 /// [`source_hash`] of a configuration file's `text` with each inline
 /// secret's literal (quotes and all) replaced by `"…"`, so that the hash
 /// says which settings and layout a sidecar runs and nothing about its
-/// secrets. `text` must already parse as the configuration.
+/// secrets. `text` must already parse as the configuration; should the
+/// secrets' reading ever fail where the configuration's did not (a form
+/// of a key [`secrets`] does not know), the hash is of nothing of the
+/// text rather than of its secrets (and a debug build stops).
 fn config_text_hash(text: &str) -> String {
-    let mut spans = secrets::spans(text);
+    let Some(mut spans) = secrets::spans(text) else {
+        debug_assert!(false, "a configuration whose secrets cannot be read");
+        return source_hash("secrets unreadable");
+    };
     if spans.is_empty() {
         return source_hash(text);
     }
@@ -374,12 +380,10 @@ mod secrets {
         secret: Option<Spanned<String>>,
     }
 
-    /// The byte ranges of `text`'s inline secrets' values; none when it
+    /// The byte ranges of `text`'s inline secrets' values; `None` when it
     /// does not parse.
-    pub(super) fn spans(text: &str) -> Vec<Range<usize>> {
-        let Ok(file) = toml::from_str::<File>(text) else {
-            return Vec::new();
-        };
+    pub(super) fn spans(text: &str) -> Option<Vec<Range<usize>>> {
+        let file = toml::from_str::<File>(text).ok()?;
         let mut spans = Vec::new();
         if let Some(token) = file.admin.and_then(|a| a.token) {
             spans.push(token.span());
@@ -389,7 +393,7 @@ mod secrets {
             spans.extend(app.previous_secrets.iter().map(Spanned::span));
             spans.extend(app.upstream.and_then(|u| u.secret).map(|s| s.span()));
         }
-        spans
+        Some(spans)
     }
 }
 

@@ -1047,4 +1047,15 @@ fn the_config_hash_leaves_out_inline_secrets() {
     };
     assert_eq!(hash(&inline("\"a\"")), hash(&inline("\"b\"")));
     assert_ne!(hash(&inline("\"a\"")), source_hash(&inline("\"a\"")));
+    // A dotted key at the top, multi-line strings, CRLF line ends.
+    let other_forms = |token: &str, secret: &str| {
+        format!(
+            "admin.token = {token}\r\n[upstream]\r\nurl = \"http://127.0.0.1:6001\"\r\n\
+             [[apps]]\r\nid = \"1\"\r\nkey = \"k\"\r\nsecret = {secret}\r\n"
+        )
+    };
+    let a = other_forms("\"tok-a\"", "\"\"\"s-a\"\"\"");
+    let b = other_forms("'tok-b'", "'''s-b'''");
+    assert_eq!(hash(&a), hash(&b));
+    assert_ne!(hash(&a), source_hash(&a));
 }

@@ -500,9 +500,26 @@ async fn reload_waits_for_the_proxys_own_answer() {
     let port = served.admin.rsplit_once(':').expect("port").1;
     let (code, out, err) = reload(format!("localhost:{port}"), &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
-    let (code, _, err) = reload("localhost".into(), &[]).await;
-    assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("HOST:PORT"), "{err}");
+    // No admin listener to send a token to: that is what is said, even
+    // with a token file that cannot be read.
+    file.write(&base.replace(
+        "token = \"a-long-admin-token\"",
+        "enabled = false\ntoken_file = \"/nonexistent/admin-token\"",
+    ));
+    let out = tokio::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(file.path())
+        .output()
+        .await
+        .expect("reload runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("no admin listener"), "{err}");
+    for no_host_or_port in ["localhost", ":9090"] {
+        let (code, _, err) = reload(no_host_or_port.into(), &[]).await;
+        assert_eq!(code, Some(64), "{no_host_or_port}: {err}");
+        assert!(err.contains("HOST:PORT"), "{err}");
+    }
 
     let lacking = base
         .replace("[[apps]]", "[[apps]]\nmode = \"observe\"")
