@@ -429,26 +429,43 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// The TLS files of `config` loaded as `serve` loads them: a file that is
-/// there but holds no certificate or key passes the config's own checks.
-fn tls_problem(config: &Config) -> Option<config::Problem> {
-    let error = crate::http::tls::Inbound::load(config.tls.as_ref()?).err()?;
-    Some(config::Problem {
+/// The TLS files of `config` loaded as `serve` loads them (a file that is
+/// there but holds no certificate or key passes the config's own checks):
+/// the problem that keeps them from loading, or the warning of a
+/// certificate that ends within [`crate::http::tls::EXPIRY_WARNING`] or
+/// has ended.
+fn tls_check(config: &Config) -> Result<Option<config::Problem>, config::Problem> {
+    let Some(tls) = config.tls.as_ref() else {
+        return Ok(None);
+    };
+    let problem = |message| config::Problem {
+        key: "tls.cert".into(),
+        message,
+    };
+    let inbound = crate::http::tls::Inbound::load(tls).map_err(|error| config::Problem {
         key: "tls".into(),
         message: ErrorChain(&error).to_string(),
-    })
+    })?;
+    let certificate = inbound.certificate.current();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Ok(certificate.expiry_problem(now).map(problem))
 }
 
 /// `validate`: prints a summary (and any warning, on stderr) and exits 0,
 /// or lists every problem on stderr and exits 1. Unless `require_env`, an
 /// unset secret variable is a warning ([`Config::lint_file`]).
 fn validate(path: &Path, require_env: bool) -> ExitCode {
-    let lint = Config::lint_file(path, &config::process_env, require_env).and_then(|linted| {
-        match tls_problem(&linted.0) {
-            Some(problem) => Err(config::ConfigError::Invalid(vec![problem])),
-            None => Ok(linted),
-        }
-    });
+    let lint = Config::lint_file(path, &config::process_env, require_env).and_then(
+        |(config, mut warnings)| match tls_check(&config) {
+            Err(problem) => Err(config::ConfigError::Invalid(vec![problem])),
+            Ok(ending) => {
+                warnings.extend(ending);
+                Ok((config, warnings))
+            }
+        },
+    );
     match lint {
         Ok((config, mut warnings)) => {
             warnings.extend(config.cautions());

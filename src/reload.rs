@@ -220,13 +220,23 @@ impl Reloader {
         let hash = config.hash.clone();
         self.telemetry.configure(&config);
         self.proxy.reload(config);
-        if let (Some(served), Some(certificate)) = (&self.tls, renewed) {
-            let sha256 = certificate.fingerprint();
-            served.replace(certificate);
-            tracing::info!(
-                %sha256,
-                "TLS certificate reloaded: new connections get it, open ones keep theirs"
-            );
+        if let Some(served) = &self.tls {
+            if let Some(certificate) = renewed {
+                let sha256 = certificate.fingerprint();
+                let not_after = certificate.not_after_text();
+                self.telemetry.tls_certificate(&certificate);
+                served.replace(certificate);
+                tracing::info!(
+                    %sha256,
+                    %not_after,
+                    "TLS certificate reloaded: new connections get it, open ones keep theirs"
+                );
+            }
+            // Renewed or not, a certificate near its end is said again.
+            let now = self.proxy.current().clock.unix_now();
+            served
+                .current()
+                .warn_if_ending(i64::try_from(now).unwrap_or(i64::MAX));
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending.clone_from(&restart_needed);

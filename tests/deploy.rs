@@ -32,6 +32,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// `up` is written by Prometheus itself, not by the proxy.
 const SYNTHETIC: &[&str] = &["up"];
 
+/// Metrics with a series only when `[tls]` is configured: checked against
+/// a second proxy that serves TLS.
+const TLS_ONLY: &[&str] = &["pusher_cutover_tls_certificate_expiry_timestamp_seconds"];
+
 fn deploy_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy")
@@ -508,6 +512,32 @@ async fn every_metric_queried_in_deploy_is_exposed() {
         "too few families in /metrics:\n{text}"
     );
 
+    // The same proxy serving TLS, for the series only [tls] has.
+    let tls_exposition = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).expect("write");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
+        let toml = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n\
+             [[apps]]\nid = \"4242\"\nkey = \"deploy-key\"\nsecret = \"deploy-secret\"\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            upstream.url()
+        );
+        let tls = TestProxy::start(
+            &format!("listen = \"127.0.0.1:0\"\n{toml}"),
+            Arc::new(SystemClock),
+        )
+        .await;
+        let (status, text) = send(Method::GET, &format!("{}/metrics", tls.admin_url()), "").await;
+        assert_eq!(status, StatusCode::OK);
+        tls.stop().await;
+        parse_exposition(&text)
+    };
+
     let mut problems = BTreeSet::new();
     for (place, names) in &queries {
         for name in names {
@@ -516,6 +546,12 @@ async fn every_metric_queried_in_deploy_is_exposed() {
                     place.starts_with("alert "),
                     "{place} queries {name}, which only Prometheus writes"
                 );
+                continue;
+            }
+            if TLS_ONLY.contains(&name.as_str()) {
+                if let Some(problem) = problem_with(name, &tls_exposition) {
+                    problems.insert(format!("{place} (with [tls]): {problem}"));
+                }
                 continue;
             }
             if let Some(problem) = problem_with(name, &exposition) {

@@ -160,12 +160,22 @@ impl Files {
         let key =
             PrivateKeyDer::from_pem_slice(&self.key).map_err(pem("private key", &self.key_path))?;
         let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
+        let not_after = key.cert.first().and_then(|leaf| {
+            let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            Some(parsed.validity().not_after.timestamp())
+        });
         Ok(Certificate {
             digest: self.digest,
             key: Arc::new(key),
+            not_after,
         })
     }
 }
+
+/// How long before a served certificate's end a warning is logged
+/// ([`Certificate::expiry_problem`]): 14 days, as often as a reload or
+/// restart comes.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
 /// A certificate chain and its private key, read from `[tls]`'s files and
 /// checked against each other, ready to be served.
@@ -174,6 +184,9 @@ pub struct Certificate {
     key: Arc<CertifiedKey>,
     /// The files' [`Files::digest`].
     digest: Vec<u8>,
+    /// The leaf's notAfter, Unix seconds (`None` if it does not read as
+    /// X.509, which rustls has not asked).
+    not_after: Option<i64>,
 }
 
 /// The fingerprint only: the key's own `Debug` is not ours to vouch for.
@@ -204,6 +217,57 @@ impl Certificate {
         use sha2::{Digest, Sha256};
         let leaf = self.key.cert.first().map_or(&[][..], |c| c.as_ref());
         base16ct::lower::encode_string(&Sha256::digest(leaf))
+    }
+
+    /// The leaf certificate's notAfter, in Unix seconds: the last moment
+    /// clients that check it accept it.
+    pub fn not_after(&self) -> Option<i64> {
+        self.not_after
+    }
+
+    /// What is wrong with the leaf's validity at Unix time `now`, if
+    /// anything: it has expired, or expires within [`EXPIRY_WARNING`].
+    pub fn expiry_problem(&self, now: i64) -> Option<String> {
+        let end = self.not_after?;
+        let at = self.not_after_text();
+        let left = end.saturating_sub(now);
+        if left < 0 {
+            Some(format!(
+                "expired at {at}: clients that check it refuse every handshake"
+            ))
+        } else if left.unsigned_abs() < EXPIRY_WARNING.as_secs() {
+            Some(format!(
+                "expires at {at}, in {} h: renew its files and reload",
+                left / 3600
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The leaf's notAfter as RFC 3339 text, for log lines (`-` when
+    /// unknown).
+    pub fn not_after_text(&self) -> String {
+        self.not_after
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// Logs a WARN line when [`Certificate::expiry_problem`] has something
+    /// to say at Unix time `now` (at start, and after a reload that
+    /// renewed the files or kept them).
+    pub fn warn_if_ending(&self, now: i64) {
+        if let Some(problem) = self.expiry_problem(now) {
+            tracing::warn!(
+                sha256 = %self.fingerprint(),
+                %problem,
+                "TLS certificate served ends soon or has ended"
+            );
+        }
     }
 }
 
@@ -301,6 +365,57 @@ pub(crate) mod tests {
         std::fs::write(&tls.cert, made.cert.pem()).expect("write");
         std::fs::write(&tls.key, made.signing_key.serialize_pem()).expect("write");
         (tls, made.cert.der().to_vec())
+    }
+
+    /// Writes a self-signed certificate for `localhost` ending at Unix
+    /// time `not_after`, and its key, into `dir`; returns their `[tls]`.
+    pub(crate) fn write_pair_ending(dir: &Path, not_after: i64) -> TlsConfig {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_before = time::OffsetDateTime::UNIX_EPOCH;
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).expect("time");
+        let cert = params.self_signed(&key).expect("cert");
+        let tls = TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&tls.cert, cert.pem()).expect("write");
+        std::fs::write(&tls.key, key.serialize_pem()).expect("write");
+        tls
+    }
+
+    /// The leaf's notAfter is read, and said of when it is near or past.
+    #[test]
+    fn a_certificate_near_or_past_its_end_is_said_to_be() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_800_000_000;
+        let day = 24 * 3600;
+        for (end, said) in [
+            (now + 90 * day, None),
+            (now + 15 * day, None),
+            (now + 13 * day, Some("in 312 h")),
+            (now + 3600, Some("in 1 h")),
+            (now - 1, Some("expired at 2027-01-15T07:59:59Z")),
+        ] {
+            let certificate =
+                Certificate::load(&write_pair_ending(dir.path(), end)).expect("loads");
+            assert_eq!(certificate.not_after(), Some(end));
+            let problem = certificate.expiry_problem(now);
+            match said {
+                None => assert_eq!(problem, None, "{end}"),
+                Some(said) => {
+                    let problem = problem.expect("said");
+                    assert!(problem.contains(said), "{end}: {problem}");
+                }
+            }
+        }
+        let ending = Certificate::load(&write_pair_ending(dir.path(), now + 3600)).expect("loads");
+        assert!(
+            ending
+                .expiry_problem(now)
+                .expect("said")
+                .starts_with(&format!("expires at {}", ending.not_after_text())),
+        );
     }
 
     /// Both files replaced between the reads of the certificate and the

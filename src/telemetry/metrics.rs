@@ -88,6 +88,17 @@ pub mod names {
     /// start). Unlike the gauge, which a scrape samples, it tells of a
     /// switch on and off again between two scrapes.
     pub const BYPASS_LAST_ON: &str = "pusher_cutover_bypass_last_on_timestamp_seconds";
+    /// The served TLS certificate's notAfter, as a Unix time, labelled by
+    /// its leaf's SHA-256 (`sha256`); no series without `[tls]`.
+    pub const TLS_CERTIFICATE_EXPIRY: &str =
+        "pusher_cutover_tls_certificate_expiry_timestamp_seconds";
+}
+
+/// The `sha256` label alone: a served certificate's fingerprint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// [`crate::http::tls::Certificate::fingerprint`].
+    pub sha256: String,
 }
 
 /// An `app_id` label value: a configured app's id, or `other`. Shared, so
@@ -384,6 +395,8 @@ pub struct Metrics {
     pub admin_refused: Family<ReasonLabel, Counter>,
     /// See [`names::BUILD_INFO`].
     pub build_info: Family<BuildLabels, Gauge>,
+    /// See [`names::TLS_CERTIFICATE_EXPIRY`].
+    pub tls_certificate_expiry: Family<CertificateLabel, Gauge>,
     /// The deprecated routes' upstream requests and trigger coalescing.
     pub upstream: UpstreamRequests,
     request_durations: RouteHistograms,
@@ -422,7 +435,13 @@ impl Metrics {
         let bypass = Gauge::default();
         let connection_errors = Family::<KindLabel, Counter>::default();
         let admin_refused = Family::<ReasonLabel, Counter>::default();
+        let tls_certificate_expiry = Family::<CertificateLabel, Gauge>::default();
         let upstream = UpstreamRequests::register(&mut registry);
+        registry.register(
+            names::TLS_CERTIFICATE_EXPIRY,
+            "Unix time the served TLS certificate ends (its notAfter), by its SHA-256; no series without [tls]",
+            tls_certificate_expiry.clone(),
+        );
 
         registry.register(
             names::DEPRECATED_CALLS,
@@ -553,6 +572,7 @@ impl Metrics {
             connection_errors,
             admin_refused,
             build_info,
+            tls_certificate_expiry,
             upstream,
             request_durations: RouteHistograms::default(),
             upstream_durations: RouteHistograms::default(),

@@ -211,6 +211,21 @@ impl Telemetry {
         self.config_hash.load_full()
     }
 
+    /// Follows the TLS certificate served from now on
+    /// ([`metrics::names::TLS_CERTIFICATE_EXPIRY`]): its series replaces
+    /// the previous certificate's.
+    pub fn tls_certificate(&self, certificate: &crate::http::tls::Certificate) {
+        let family = &self.metrics.tls_certificate_expiry;
+        family.clear();
+        if let Some(end) = certificate.not_after() {
+            family
+                .get_or_create(&metrics::CertificateLabel {
+                    sha256: certificate.fingerprint(),
+                })
+                .set(end);
+        }
+    }
+
     /// Counts a configuration reload.
     pub fn reloaded(&self, success: bool) {
         let result = if success { "success" } else { "failure" };

@@ -137,6 +137,36 @@ fn validate_lists_every_problem() {
     let (status, _, err) = validate(&tls, false);
     assert_eq!(status, Some(1), "{err}");
     assert!(err.contains("- tls:"), "{err}");
+
+    // A certificate that ends within 14 days, or has ended, is a warning.
+    let now = time::OffsetDateTime::now_utc();
+    for (end, said) in [
+        (now + time::Duration::days(3), "expires at"),
+        (now - time::Duration::days(1), "expired at"),
+    ] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_before = now - time::Duration::days(90);
+        params.not_after = end;
+        let cert = params.self_signed(&key).expect("cert");
+        let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("write");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+        std::fs::write(
+            &tls,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n[upstream]\nurl = \"http://h\"\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+                cert_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+        )
+        .expect("write");
+        let (status, out, err) = validate(&tls, false);
+        assert_eq!(status, Some(0), "{out}{err}");
+        assert!(out.contains("1 warning(s)"), "{out}");
+        assert!(err.contains(&format!("warning: tls.cert: {said}")), "{err}");
+    }
 }
 
 /// `serve --config FILE` in front of a current-API server turns each

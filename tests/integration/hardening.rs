@@ -581,12 +581,39 @@ async fn a_reload_serves_a_renewed_certificate() {
     let fake = support::fake().await;
     let (proxy, first_client, file) = tls_proxy(&fake, "").await;
     let (before, first) = handshake(&proxy, &first_client).await;
+    // The served certificate's end, by its SHA-256, replaced with it.
+    let expiry = |der: &pki_types::CertificateDer<'_>| {
+        use sha2::Digest;
+        let sha256 = base16ct::lower::encode_string(&sha2::Sha256::digest(der.as_ref()));
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+        (
+            format!(
+                "pusher_cutover_tls_certificate_expiry_timestamp_seconds{{sha256=\"{sha256}\"}}"
+            ),
+            parsed.validity().not_after.timestamp() as f64,
+        )
+    };
+    let (first_series, first_end) = expiry(&first);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        support::metric(&metrics, &first_series),
+        Some(first_end),
+        "{metrics}"
+    );
 
     let renewed = issue_certificate(file.dir());
     let client = trusting(&[first.clone(), renewed.clone()]);
     let reload = proxy.reload().await;
     assert_eq!(reload.status.as_u16(), 200, "{}", reload.text());
     assert!(!reload.text().contains("restart"), "{}", reload.text());
+    let (renewed_series, renewed_end) = expiry(&renewed);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        support::metric(&metrics, &renewed_series),
+        Some(renewed_end),
+        "{metrics}"
+    );
+    assert_eq!(support::metric(&metrics, &first_series), None, "{metrics}");
     let (after, leaf) = handshake(&proxy, &client).await;
     assert_eq!(
         leaf, renewed,
