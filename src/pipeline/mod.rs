@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LINK, USER_AGENT};
 use hyper::http::request::Parts;
@@ -539,7 +539,7 @@ impl<'a> Call<'a> {
         if body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
         }
-        let mut req = Request::new(Either::Left(Full::new(body.unwrap_or_default())));
+        let mut req = Request::new(Full::new(body.unwrap_or_default()));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;

@@ -1,6 +1,8 @@
 //! Passthrough: every request that is not a deprecated call is forwarded
-//! unchanged (method, path, query, headers minus hop-by-hop ones, body
-//! streamed both ways). Host and scheme are not signed, so a valid
+//! unchanged (method, path, query, headers minus hop-by-hop ones, body;
+//! the caller's body is read whole, within `max_body_bytes` and
+//! `body_timeout_ms`, before an upstream slot is taken, and the answer's
+//! is streamed back). Host and scheme are not signed, so a valid
 //! current-API request stays valid (spec E.1). The exception: a configured
 //! app's calls that must be re-signed to be accepted (`resign_target`)
 //! are verified, then re-signed.
@@ -97,10 +99,7 @@ pub async fn upstream_request(
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    Ok(Box::new(Request::from_parts(
-        parts,
-        Either::Left(Full::new(body)),
-    )))
+    Ok(Box::new(Request::from_parts(parts, Full::new(body))))
 }
 
 /// A passthrough request the proxy verifies and re-signs rather than
@@ -245,7 +244,7 @@ pub(crate) fn resign(
 /// require (411), as [`upstream_request`] does.
 pub(crate) fn outbound(head: &Parts, target: hyper::Uri, body: Bytes) -> OutboundRequest {
     let empty = body.is_empty();
-    let mut req = Box::new(Request::new(Either::Left(Full::new(body))));
+    let mut req = Box::new(Request::new(Full::new(body)));
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = target;
     let headers = req.headers_mut();

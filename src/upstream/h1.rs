@@ -118,11 +118,7 @@ impl Pools {
         slot: &'a Slot,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + 'a {
         req.headers_mut().insert(HOST, self.host.clone());
-        let mut retry = if idempotent {
-            replayable_copy(&req)
-        } else {
-            None
-        };
+        let mut retry = idempotent.then(|| replayable_copy(&req));
         let pool = worker % self.pools.len();
         let mut attempts = 0;
         async move {

@@ -31,8 +31,8 @@
 //!   was written (hyper hands such a request back, and it is sent on
 //!   another connection).
 //!
-//! Either only with a body that can be sent again (built by the proxy, not
-//! streamed from the caller). A request hyper failed before sending it
+//! Every body can be sent again: the proxy builds it, or has read the
+//! caller's whole before the exchange ([`OutboundBody`]). A request hyper failed before sending it
 //! (canceled, or held at a GOAWAY) is sent again unless it is a bodyless
 //! GET or HEAD: any other holds its end back with its body, even an empty
 //! one ([`SendBy`]), which the upstream then never got
@@ -48,7 +48,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue};
@@ -64,10 +64,11 @@ use crate::telemetry::metrics::SlotMetrics;
 
 mod h1;
 
-/// Body of a request sent upstream: built by the proxy, or streamed from
-/// the caller (passthrough), held to `max_body_bytes`. Only the first can
-/// be sent again after the upstream refused it.
-pub type OutboundBody = Either<Full<Bytes>, Limited<Incoming>>;
+/// Body of a request sent upstream: whole in memory (built by the proxy,
+/// or the caller's, read within `max_body_bytes` and `body_timeout_ms`
+/// before a slot is taken), so it can be sent again after the upstream
+/// refused it unprocessed.
+pub type OutboundBody = Full<Bytes>;
 
 /// A request for the upstream, boxed: it is handed down through several
 /// futures (proxy, exchange, timeout, retry loop), each of which would
@@ -264,7 +265,9 @@ impl hyper::body::Body for SendBy {
         {
             return Poll::Ready(Some(Err(late.into())));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|never| match never {})
     }
 
     fn is_end_stream(&self) -> bool {
@@ -623,9 +626,7 @@ impl Upstream {
                 attempts += 1;
                 // Kept until the answer comes, in case the upstream refuses
                 // the request unprocessed (only a body the proxy built).
-                let again = (attempts < MAX_ATTEMPTS)
-                    .then(|| replayable_copy(&req))
-                    .flatten();
+                let again = (attempts < MAX_ATTEMPTS).then(|| replayable_copy(&req));
                 let error = match client
                     .request(req.map(|inner| SendBy {
                         inner,
@@ -805,21 +806,18 @@ fn refused_for_time(error: &(dyn StdError + 'static), slot: &Slot) -> bool {
 /// Whether `req` is a GET or HEAD without a body.
 fn is_bodyless_read(req: &Request<OutboundBody>) -> bool {
     (req.method() == Method::GET || req.method() == Method::HEAD)
-        && matches!(req.body(), Either::Left(full) if full.size_hint().exact() == Some(0))
+        && req.body().size_hint().exact() == Some(0)
 }
 
-/// A copy of `req` to send again, if its body can be sent again (built by
-/// the proxy, not streamed from the caller); boxed, like the request.
-fn replayable_copy(req: &Request<OutboundBody>) -> Option<OutboundRequest> {
-    let Either::Left(full) = req.body() else {
-        return None;
-    };
-    let mut copy = Request::new(Either::Left(full.clone()));
+/// A copy of `req` to send again (its body is shared, not copied); boxed,
+/// like the request.
+fn replayable_copy(req: &Request<OutboundBody>) -> OutboundRequest {
+    let mut copy = Request::new(req.body().clone());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    Some(Box::new(copy))
+    Box::new(copy)
 }
 
 /// Whether a request failed in a way that proves the upstream did not
@@ -900,18 +898,6 @@ fn chain<'a>(
     e: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(e), |&s| s.source())
-}
-
-/// The errors beneath `e`, nearest first.
-fn sources<'a>(
-    e: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(e.source(), |&s| s.source())
-}
-
-/// Whether an upstream failure is the caller's body exceeding its limit.
-pub fn is_body_limit(e: &UpstreamError) -> bool {
-    sources(e).any(|s| s.is::<http_body_util::LengthLimitError>())
 }
 
 #[cfg(test)]
@@ -1007,7 +993,7 @@ mod tests {
             .await
             .expect("a free slot, in time");
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        let mut req = Request::new(Full::new(Bytes::from_static(b"{}")));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = Uri::from_static("/apps/1/events");
         // The listener never answers: a request sent would wait here.
@@ -1104,7 +1090,7 @@ mod tests {
             .await
             .expect("a slot");
         let post = |body: &'static [u8]| {
-            let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(body))));
+            let mut req = Request::new(Full::new(Bytes::from_static(body)));
             *req.method_mut() = Method::POST;
             *req.uri_mut() = Uri::from_static("/apps/1/events");
             Box::new(req)
@@ -1183,22 +1169,22 @@ mod tests {
 
     #[test]
     fn a_bodyless_get_is_a_read_a_post_is_not() {
-        let get = Request::new(Either::Left(Full::new(Bytes::new())));
+        let get = Request::new(Full::new(Bytes::new()));
         assert!(is_bodyless_read(&get));
-        let mut post = Request::new(Either::Left(Full::new(Bytes::new())));
+        let mut post = Request::new(Full::new(Bytes::new()));
         *post.method_mut() = Method::POST;
         assert!(!is_bodyless_read(&post));
-        let with_body = Request::new(Either::Left(Full::new(Bytes::from_static(b"x"))));
+        let with_body = Request::new(Full::new(Bytes::from_static(b"x")));
         assert!(!is_bodyless_read(&with_body));
     }
 
     #[test]
     fn a_built_body_is_copied_to_send_again() {
-        let mut req = Request::new(Either::Left(Full::new(Bytes::from_static(b"{}"))));
+        let mut req = Request::new(Full::new(Bytes::from_static(b"{}")));
         *req.method_mut() = Method::POST;
         req.headers_mut()
             .insert("x-a", HeaderValue::from_static("1"));
-        let copy = replayable_copy(&req).expect("a built body is replayable");
+        let copy = replayable_copy(&req);
         assert_eq!(copy.method(), Method::POST);
         assert_eq!(copy.headers()["x-a"], "1");
         assert_eq!(copy.body().size_hint().exact(), Some(2));
