@@ -17,8 +17,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HOST, HeaderValue};
 use hyper::{Response, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
 use super::{
@@ -45,7 +43,7 @@ struct Pool {
 /// The pools of all workers, and where their connections go.
 #[derive(Debug)]
 pub(super) struct Pools {
-    connector: HttpsConnector<HttpConnector>,
+    connector: super::Connector,
     /// Scheme and authority connections are opened to.
     base: Uri,
     /// The `Host` header of every upstream request.
@@ -78,7 +76,7 @@ impl Lease {
 
 impl Pools {
     pub(super) fn new(
-        connector: HttpsConnector<HttpConnector>,
+        connector: super::Connector,
         base: Uri,
         host: HeaderValue,
         timeout: Duration,

@@ -98,7 +98,7 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 const MAX_ATTEMPTS: usize = 3;
 
 /// The client type: HTTP or HTTPS, HTTP/1.1 or HTTP/2.
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, SendBy>;
+type UpstreamClient = Client<Connector, SendBy>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -727,9 +727,55 @@ fn tcp_keepalive_idle(ping_interval: Duration) -> Duration {
     Duration::from_secs(ping_interval.as_secs().clamp(1, 32_767))
 }
 
-/// The connector for `config`: TCP with the connect timeout, TLS on
-/// `https://` offering by ALPN what `upstream.protocol` allows.
-fn connector(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
+/// The upstream's connector: TCP, then TLS on `https://`, the whole of it
+/// bounded by `upstream.connect_timeout_ms` (hyper-util's TCP connector
+/// bounds only the TCP connect, and hyper-rustls's handshake has no bound
+/// of its own: an upstream that accepts TCP and stalls its TLS handshake
+/// would hold each call until `upstream.timeout_ms`, answered 504, where
+/// it is a connection failure, 502).
+#[derive(Clone, Debug)]
+pub(crate) struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+/// A connection not made within `upstream.connect_timeout_ms`, TLS
+/// handshake included.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within upstream.connect_timeout_ms ({} ms), TLS handshake included", .0.as_millis())]
+pub struct ConnectTimedOut(Duration);
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| Err(Box::new(ConnectTimedOut(timeout))))
+        })
+    }
+}
+
+/// The connector for `config`: TCP, TLS on `https://` offering by ALPN
+/// what `upstream.protocol` allows, within the connect timeout.
+fn connector(config: &UpstreamConfig) -> Connector {
+    Connector {
+        inner: tcp_and_tls(config),
+        timeout: config.connect_timeout,
+    }
+}
+
+/// [`connector`]'s TCP and TLS, TCP with the connect timeout too.
+fn tcp_and_tls(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

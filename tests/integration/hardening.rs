@@ -853,3 +853,39 @@ async fn framing_errors_are_counted() {
     assert!(fake.recorded().is_empty());
     proxy.stop().await;
 }
+
+/// `upstream.connect_timeout_ms` bounds the TLS handshake too: an upstream
+/// that accepts TCP and never answers the handshake is a connection
+/// failure (502) within the connect timeout, not a call held until
+/// `upstream.timeout_ms` and answered 504; over hyper-util's client
+/// (`auto`) and the HTTP/1.1 pool (`http1`) alike.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_failure() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    // Accepts, and holds every connection open without a byte.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    for protocol in ["auto", "http1"] {
+        let proxy = TestProxy::for_upstream(
+            &format!("https://{addr}"),
+            &format!("protocol = \"{protocol}\"\nconnect_timeout_ms = 300\ntimeout_ms = 20000"),
+            "",
+        )
+        .await;
+        let started = Instant::now();
+        let answer = legacy_trigger(&proxy).await;
+        let took = started.elapsed();
+        assert_eq!(answer.status.as_u16(), 502, "{protocol}: {}", answer.text());
+        assert!(
+            took < Duration::from_secs(10),
+            "{protocol}: answered after {took:?}, not bounded by the connect timeout"
+        );
+        proxy.stop().await;
+    }
+    held.abort();
+}
