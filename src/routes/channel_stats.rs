@@ -176,15 +176,20 @@ pub(crate) async fn translate(
     now: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     super::check_upstream_len(channel, call.state.config.upstream.url.host())?;
-    let (status, headers, body) = exchange(call, channel, now).await?;
+    let (status, headers, body) = exchange(call, channel, now, true).await?;
     Ok(http::respond_with(status, headers, body))
 }
 
-/// The translated exchange: the legacy caller's status, headers and body.
+/// The translated exchange: the legacy caller's status, headers and body;
+/// its upstream query shared with identical concurrent ones when `share`
+/// (a caller's; a shadow comparison asks for itself, so that it compares
+/// an answer asked for after its own legacy call's, and is counted
+/// nowhere as a shared answer).
 async fn exchange(
     call: &mut Call<'_>,
     channel: &str,
     now: u64,
+    share: bool,
 ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), ProxyError> {
     let app = call.app;
     let path = upstream_path(&app.config.upstream.id, channel);
@@ -205,7 +210,8 @@ async fn exchange(
     // is held while the next is awaited.
     let answer = loop {
         // Shared with identical concurrent queries (single flight).
-        let answer = super::single_flight::exchange(call, &path, channel, info, deadline).await?;
+        let answer =
+            super::single_flight::exchange(call, &path, channel, info, deadline, share).await?;
         if probing
             && info == Some("subscription_count")
             && counting_disabled(answer.status, &answer.body)
@@ -284,7 +290,7 @@ pub(crate) fn spawn_shadow_compare(call: &Call<'_>, channel: &str, now: u64, obs
         // The comparison's own exchange is not the caller's: recorded nowhere.
         let mut record = Record::default();
         let mut call = Call::new(&state, app, &mut record);
-        let translated = match exchange(&mut call, &channel, now).await {
+        let translated = match exchange(&mut call, &channel, now, false).await {
             Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Stats>(&body).ok(),
             Ok((status, _, _))
                 if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS =>

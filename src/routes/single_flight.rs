@@ -89,7 +89,8 @@ impl Flights {
 }
 
 /// `GET path?info=…` for `channel` of the call's app, before `deadline`,
-/// shared with identical concurrent calls. The caller's record gets the
+/// shared with identical concurrent calls when `share` (a legacy caller's
+/// query; a shadow comparison's is its own). The caller's record gets the
 /// upstream's status and the time it waited.
 pub(crate) async fn exchange(
     call: &mut Call<'_>,
@@ -97,9 +98,17 @@ pub(crate) async fn exchange(
     channel: &str,
     info: Option<&'static str>,
     deadline: tokio::time::Instant,
+    share: bool,
 ) -> Result<Arc<Buffered>, ProxyError> {
     let flights = &call.app.stats_flights;
     let metrics = &call.state.telemetry.metrics().upstream;
+    if !share {
+        let build = |call: &Call<'_>| {
+            metrics.request(UpstreamRoute::Channel);
+            call.signed_request(Method::GET, path, None, info)
+        };
+        return call.exchange(build, deadline).await.map(Arc::new);
+    }
     loop {
         match flights.join(channel, info) {
             Role::Lead(mut lead) => {

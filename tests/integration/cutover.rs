@@ -229,6 +229,60 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
     proxy.stop().await;
 }
 
+/// A shadow comparison asks the upstream for itself: it does not follow
+/// another comparison's (or a caller's) identical query in flight, which
+/// was asked before its own legacy call was answered, and it is no
+/// shared answer in the metrics.
+#[tokio::test]
+async fn shadow_comparisons_do_not_share_queries_in_flight() {
+    let fake = support::fake().await;
+    let proxy = TestProxy::for_upstream(
+        &fake.url(),
+        "",
+        "mode = \"shadow\"\nsubscription_count = \"on\"",
+    )
+    .await;
+    let now = support::now();
+    fake.set(|b| b.hold = true);
+    let spawn = || {
+        let url = format!("{}{}", proxy.url(), support::legacy_stats_uri("room", now));
+        tokio::spawn(async move { support::send(Method::GET, &url, &[], "").await })
+    };
+    let (a, b) = (spawn(), spawn());
+    // Both legacy calls held; A's goes first, and A's comparison asks
+    // (held); then B's, whose comparison must ask too.
+    assert_eq!(fake.wait_for_requests(2).await.len(), 2);
+    fake.release(1);
+    assert_eq!(
+        fake.wait_for_requests(3).await.len(),
+        3,
+        "A's comparison asks"
+    );
+    fake.release(1);
+    assert_eq!(
+        fake.wait_for_requests(4).await.len(),
+        4,
+        "B's comparison asks for itself"
+    );
+    fake.release_all();
+    for call in [a, b] {
+        assert_eq!(call.await.expect("call").status.as_u16(), 200);
+    }
+    let translated = fake
+        .recorded()
+        .iter()
+        .filter(|r| !r.path.ends_with("/stats"))
+        .count();
+    assert_eq!(translated, 2, "one translated query per comparison");
+    let text = proxy.metrics().await;
+    assert_eq!(
+        support::metric(&text, "pusher_cutover_shared_stats_answers_total"),
+        Some(0.0),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     let fake = support::fake().await;
