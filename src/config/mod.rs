@@ -463,6 +463,11 @@ pub struct UpstreamConfig {
     /// than the upstream's own keep-alive timeout, so that a request is
     /// not sent on a connection the upstream is closing.
     pub idle_timeout: Duration,
+    /// `upstream.ca_file`'s certificates (DER), read at load: on
+    /// `https://`, the only roots the upstream's certificate is checked
+    /// against (a self-hosted server under a private CA); `None`: the
+    /// Mozilla roots (webpki-roots).
+    pub ca_certificates: Option<Vec<Vec<u8>>>,
 }
 
 /// The most `upstream.max_connections` may be: far above any upstream's

@@ -118,6 +118,7 @@ pub(super) struct RawUpstream {
     // upstream.protocol
     #[serde(default)]
     pub(super) protocol: super::UpstreamProtocol,
+    pub(super) ca_file: Option<std::path::PathBuf>,
     // Coalescing of legacy triggers (see `Batching`).
     #[serde(default = "default_batch_in_flight")]
     pub(super) batch_in_flight: usize,

@@ -1059,3 +1059,81 @@ fn the_config_hash_leaves_out_inline_secrets() {
     assert_eq!(hash(&a), hash(&b));
     assert_ne!(hash(&a), source_hash(&a));
 }
+
+/// `upstream.ca_file`: the roots of an `https://` upstream, read at load
+/// (so a changed file is a changed upstream, and a reload makes a new
+/// pool); every problem names the key and the file, never its contents.
+#[test]
+fn upstream_ca_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = |url: &str, path: &std::path::Path| {
+        Config::from_toml_str(
+            &format!(
+                "[upstream]\nurl = \"{url}\"\nca_file = {:?}\n\
+                 [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+                path.display().to_string()
+            ),
+            &env(&[]),
+        )
+    };
+    let made = rcgen::generate_simple_self_signed(vec!["sockudo.internal".into()]).expect("cert");
+    let other = rcgen::generate_simple_self_signed(vec!["sockudo.internal".into()]).expect("cert");
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, format!("{}{}", made.cert.pem(), other.cert.pem())).expect("write");
+    let c = ca("https://sockudo.internal", &pem).expect("valid");
+    assert_eq!(
+        c.upstream.ca_certificates,
+        Some(vec![made.cert.der().to_vec(), other.cert.der().to_vec()])
+    );
+    std::fs::write(&pem, made.cert.pem()).expect("write");
+    let fewer = ca("https://sockudo.internal", &pem).expect("valid");
+    assert_ne!(
+        fewer.upstream, c.upstream,
+        "another file is another upstream"
+    );
+    assert_eq!(
+        with_upstream("").expect("valid").upstream.ca_certificates,
+        None,
+        "no file: the Mozilla roots"
+    );
+
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    for (url, path, message) in [
+        (
+            "http://sockudo.internal",
+            pem.clone(),
+            "`https://` upstream.url",
+        ),
+        (
+            "https://sockudo.internal",
+            dir.path().join("missing.pem"),
+            "cannot read",
+        ),
+        (
+            "https://sockudo.internal",
+            key.clone(),
+            "holds no PEM certificate",
+        ),
+        (
+            "https://sockudo.internal",
+            garbage.clone(),
+            "is not valid PEM",
+        ),
+    ] {
+        let err = ca(url, &path).expect_err(url);
+        let problems = err.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("upstream.ca_file: ") && problems[0].contains(message),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("PRIVATE KEY"), "{problems:?}");
+    }
+}

@@ -181,6 +181,11 @@ impl RawConfig {
                     .to_owned(),
             );
         }
+        let ca_certificates = self
+            .upstream
+            .ca_file
+            .as_deref()
+            .and_then(|path| ca_certificates(path, &url, &mut problems));
         let is_pusher = url.host().is_some_and(is_pusher_host);
         // Events per batch_events request: Pusher refuses more than 10;
         // a self-hosted server its app's limit (see MAX_BATCH_EVENTS).
@@ -262,6 +267,7 @@ impl RawConfig {
                 ping_interval: (self.upstream.ping_interval_ms > 0)
                     .then(|| Duration::from_millis(self.upstream.ping_interval_ms)),
                 idle_timeout: Duration::from_millis(self.upstream.idle_timeout_ms),
+                ca_certificates,
             },
             batching: Batching {
                 in_flight: self.upstream.batch_in_flight,
@@ -324,6 +330,71 @@ fn instance_name(
         "unnamed".into()
     } else {
         name
+    }
+}
+
+/// `upstream.ca_file`'s certificates (PEM, one or more), for an
+/// `https://` upstream; a problem names the key and the file, never what
+/// it holds.
+fn ca_certificates(
+    path: &std::path::Path,
+    url: &Uri,
+    problems: &mut Collected,
+) -> Option<Vec<Vec<u8>>> {
+    use pki_types::pem::PemObject;
+    const KEY: &str = "upstream.ca_file";
+    if url.scheme_str() != Some("https") {
+        problems.add(
+            KEY,
+            "is for an `https://` upstream.url: the roots its certificate is checked against"
+                .into(),
+        );
+        return None;
+    }
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            problems.add(
+                KEY,
+                format!("cannot read `{}`: {}", path.display(), e.kind()),
+            );
+            return None;
+        }
+    };
+    let certificates: Result<Vec<Vec<u8>>, _> = pki_types::CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            for der in &certificates {
+                if roots
+                    .add(pki_types::CertificateDer::from(der.as_slice()))
+                    .is_err()
+                {
+                    problems.add(
+                        KEY,
+                        format!(
+                            "`{}` holds a certificate that cannot be a trust anchor",
+                            path.display()
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(certificates)
+        }
+        Ok(_) => {
+            problems.add(
+                KEY,
+                format!("`{}` holds no PEM certificate", path.display()),
+            );
+            None
+        }
+        Err(_) => {
+            problems.add(KEY, format!("`{}` is not valid PEM", path.display()));
+            None
+        }
     }
 }
 

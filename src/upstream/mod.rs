@@ -784,14 +784,42 @@ fn tcp_and_tls(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     // time and refuses (silently, to us) anything else, which would leave
     // the system's two hours: the interval is brought into that range.
     http.set_keepalive(config.ping_interval.map(tcp_keepalive_idle));
-    let builder = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http();
+    let builder = match config.ca_certificates.as_deref().map(private_roots) {
+        Some(Ok(tls)) => HttpsConnectorBuilder::new().with_tls_config(tls),
+        None => HttpsConnectorBuilder::new().with_webpki_roots(),
+        Some(Err(error)) => {
+            // ring's provider has the versions asked for: not expected.
+            tracing::error!(%error, "upstream.ca_file: no TLS configuration; the Mozilla roots are used");
+            HttpsConnectorBuilder::new().with_webpki_roots()
+        }
+    }
+    .https_or_http();
     match config.protocol {
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
         UpstreamProtocol::H2c => builder.enable_http2().wrap_connector(http),
         UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(http),
     }
+}
+
+/// A TLS client configuration that trusts `certificates` alone
+/// (`upstream.ca_file`, checked when the configuration was loaded), with
+/// rustls's safe defaults and *ring*, as the Mozilla-roots one has.
+fn private_roots(
+    certificates: &[Vec<u8>],
+) -> Result<tokio_rustls::rustls::ClientConfig, tokio_rustls::rustls::Error> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    let _ = roots.add_parsable_certificates(
+        certificates
+            .iter()
+            .map(|der| pki_types::CertificateDer::from(der.clone())),
+    );
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// The upstream request target for a path and query the proxy built

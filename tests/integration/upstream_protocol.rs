@@ -72,6 +72,8 @@ struct Seen {
     /// Request heads (`HEADERS` frames) the draining front received.
     heads: AtomicUsize,
     versions: Mutex<Vec<Version>>,
+    /// Each served request's `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    authorities: Mutex<Vec<String>>,
 }
 
 /// An upstream front on a loopback port, in front of a fake.
@@ -156,6 +158,10 @@ impl Front {
     fn versions(&self) -> Vec<Version> {
         self.seen.versions.lock().expect("lock").clone()
     }
+
+    fn authorities(&self) -> Vec<String> {
+        self.seen.authorities.lock().expect("lock").clone()
+    }
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -207,6 +213,11 @@ async fn serve_h1(
         async move {
             seen.requests.fetch_add(1, Ordering::SeqCst);
             seen.versions.lock().expect("lock").push(req.version());
+            let host = req.headers().get(hyper::header::HOST);
+            seen.authorities
+                .lock()
+                .expect("lock")
+                .push(host.and_then(|h| h.to_str().ok()).unwrap_or("").to_owned());
             let (parts, body) = req.into_parts();
             let body = body.collect().await?.to_bytes();
             let resp = forward(&client, &backend, parts, body).await;
@@ -245,6 +256,11 @@ async fn serve_h2(
         streams += 1;
         seen.requests.fetch_add(1, Ordering::SeqCst);
         seen.versions.lock().expect("lock").push(req.version());
+        seen.authorities.lock().expect("lock").push(
+            req.uri()
+                .authority()
+                .map_or(String::new(), |a| a.as_str().to_owned()),
+        );
         if conduct == Conduct::RefuseFirstStream && streams == 1 {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             continue;
@@ -963,4 +979,147 @@ fn h2c_needs_an_http_url() {
         );
         assert!(pusher_cutover::Config::from_toml_str(&toml, &|_| None).is_ok());
     }
+}
+
+/// A test CA, and a certificate it signed for `localhost` with its key
+/// (PEM): the CA's certificate, the leaf's, the leaf's key.
+fn private_ca() -> (
+    String,
+    pki_types::CertificateDer<'static>,
+    pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "pusher-cutover test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    (
+        ca.pem(),
+        leaf.der().clone(),
+        pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+}
+
+/// A TLS terminator on a loopback port for `localhost` (the certificate
+/// `leaf`), offering `alpn` by ALPN, that passes each connection's bytes
+/// on to `front` as they are; notes what each handshake negotiated.
+async fn tls_in_front_of(
+    front: &Front,
+    leaf: pki_types::CertificateDer<'static>,
+    key: pki_types::PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> (
+    u16,
+    Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio_rustls::rustls;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf], key)
+    .expect("certificate");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let plain = front.url.trim_start_matches("http://").to_owned();
+    let negotiated = Arc::new(Mutex::new(Vec::new()));
+    let noted = negotiated.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, plain, noted) = (acceptor.clone(), plain.clone(), noted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                noted.lock().expect("lock").push(alpn);
+                let Ok(mut inner) = TcpStream::connect(&plain).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut inner).await;
+            });
+        }
+    });
+    (port, negotiated, task)
+}
+
+/// An `https://` upstream under a private CA (`upstream.ca_file`): with
+/// `auto`, HTTP/2 when its ALPN offers it and HTTP/1.1 when it offers
+/// only that; with `http1`, HTTP/1.1 (nothing offered by ALPN) although
+/// it offers h2. Each call is
+/// delivered (the fake checks its signature), and `Host` and `:authority`
+/// name the upstream. Without the CA file, the Mozilla roots do not trust
+/// it: 502, nothing delivered.
+#[tokio::test]
+async fn https_upstream_negotiates_by_alpn_under_a_private_ca() {
+    let fake = support::fake().await;
+    let (ca_pem, leaf, key) = private_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).expect("write");
+    let ca_line = format!("ca_file = {:?}", ca_file.display().to_string());
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let h1_only: &[&[u8]] = &[b"http/1.1"];
+    for (protocol, alpn, version, said) in [
+        ("auto", both, Version::HTTP_2, Some(b"h2".to_vec())),
+        (
+            "auto",
+            h1_only,
+            Version::HTTP_11,
+            Some(b"http/1.1".to_vec()),
+        ),
+        // http1 offers nothing by ALPN: the server's default, HTTP/1.1.
+        ("http1", both, Version::HTTP_11, None),
+    ] {
+        let front = Front::start(&fake, |_| Conduct::Serve).await;
+        let (port, negotiated, task) =
+            tls_in_front_of(&front, leaf.clone(), key.clone_key(), alpn).await;
+        let before = fake.recorded().len();
+        let proxy = one_worker_proxy(
+            &format!("https://localhost:{port}"),
+            &format!("protocol = \"{protocol}\"\nbatch_max = 1\n{ca_line}"),
+        )
+        .await;
+        let a = legacy_trigger(&proxy, "room", r#"{"n":1}"#).await;
+        assert_eq!(a.status.as_u16(), 202, "{protocol} {alpn:?}: {}", a.text());
+        let a = current_trigger(&proxy, "room").await;
+        assert_eq!(a.status.as_u16(), 200, "{protocol} {alpn:?}: {}", a.text());
+        assert_eq!(front.versions(), [version, version], "{protocol} {alpn:?}");
+        assert_eq!(
+            negotiated.lock().expect("lock").first().cloned(),
+            Some(said),
+            "{protocol} {alpn:?}"
+        );
+        assert_eq!(fake.recorded().len(), before + 2, "{protocol} {alpn:?}");
+        let authority = format!("localhost:{port}");
+        assert_eq!(
+            front.authorities(),
+            [authority.clone(), authority],
+            "{protocol} {alpn:?}: Host or :authority"
+        );
+        proxy.stop().await;
+        task.abort();
+    }
+
+    // The Mozilla roots alone do not trust the private CA.
+    let front = Front::start(&fake, |_| Conduct::Serve).await;
+    let (port, _, task) = tls_in_front_of(&front, leaf, key, both).await;
+    let before = fake.recorded().len();
+    let proxy = one_worker_proxy(&format!("https://localhost:{port}"), "batch_max = 1").await;
+    let a = legacy_trigger(&proxy, "room", r#"{"n":1}"#).await;
+    assert_eq!(a.status.as_u16(), 502, "{}", a.text());
+    assert_eq!(fake.recorded().len(), before, "nothing delivered");
+    proxy.stop().await;
+    task.abort();
 }
