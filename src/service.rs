@@ -134,6 +134,13 @@ pub async fn run_with(
     let admin_configured = config.admin.listen;
     let proxy = Proxy::new(config, clock.clone(), telemetry.clone());
     let certificate = settings.tls.as_ref().map(|tls| tls.certificate.clone());
+    if let Some(served) = &certificate {
+        // Before a reload can renew it (the reloader and the admin
+        // listener start below).
+        let served = served.current();
+        served.warn_if_ending(i64::try_from(clock.unix_now()).unwrap_or(i64::MAX));
+        telemetry.tls_certificate(&served);
+    }
     let reloader = options.reload.map(|source| {
         Reloader::new(source, proxy.clone(), telemetry.clone()).with_tls(certificate)
     });

@@ -1105,11 +1105,23 @@ fn upstream_ca_file_is_read_and_checked() {
         "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
     )
     .expect("write");
+    // Good base64, but no certificate in it.
+    let not_x509 = dir.path().join("not-x509.pem");
+    std::fs::write(
+        &not_x509,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
     for (url, path, message) in [
         (
             "http://sockudo.internal",
             pem.clone(),
             "`https://` upstream.url",
+        ),
+        (
+            "https://sockudo.internal",
+            not_x509.clone(),
+            "not readable X.509",
         ),
         (
             "https://sockudo.internal",
@@ -1136,4 +1148,30 @@ fn upstream_ca_file_is_read_and_checked() {
         );
         assert!(!problems[0].contains("PRIVATE KEY"), "{problems:?}");
     }
+    // An upstream.url that is no URL is its own problem, not the file's.
+    let err = ca("not a url", &pem).expect_err("bad url");
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(err.problems()[0].starts_with("upstream.url: "), "{err}");
+
+    // `validate` lints a file whose CA file is only on the host: a
+    // warning, the rest checked; `--require-env` (as `serve`) refuses it.
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nurl = \"https://sockudo.internal\"\nca_file = {:?}\n\
+             [[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+            dir.path()
+                .join("only-on-the-host.pem")
+                .display()
+                .to_string()
+        ),
+    )
+    .expect("write");
+    let (linted, warnings) = Config::lint_file(&config, &env(&[]), false).expect("linted");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "upstream.ca_file");
+    assert_eq!(linted.upstream.ca_certificates, None);
+    let err = Config::lint_file(&config, &env(&[]), true).expect_err("required");
+    assert!(err.problems()[0].starts_with("upstream.ca_file: "), "{err}");
 }

@@ -162,7 +162,9 @@ impl RawConfig {
             );
         }
 
-        let url = match parse_upstream_url(&self.upstream.url) {
+        let parsed = parse_upstream_url(&self.upstream.url);
+        let url_ok = parsed.is_ok();
+        let url = match parsed {
             Ok(url) => url,
             Err(message) => {
                 problems.add("upstream.url", message);
@@ -185,6 +187,8 @@ impl RawConfig {
             .upstream
             .ca_file
             .as_deref()
+            // (An upstream.url that is no URL has its own problem.)
+            .filter(|_| url_ok)
             .and_then(|path| ca_certificates(path, &url, &mut problems));
         let is_pusher = url.host().is_some_and(is_pusher_host);
         // Events per batch_events request: Pusher refuses more than 10;
@@ -375,7 +379,7 @@ fn ca_certificates(
                     problems.add(
                         KEY,
                         format!(
-                            "`{}` holds a certificate that cannot be a trust anchor",
+                            "`{}` holds a certificate that is not readable X.509",
                             path.display()
                         ),
                     );
@@ -836,8 +840,8 @@ impl Config {
     /// secrets are not (a CI job linting the file). With `require_env`
     /// false, an unset or empty variable named by `apps[].secret_env`,
     /// `apps[].upstream.secret_env` or `admin.token_env`, and a file named
-    /// by `apps[].secret_file`, `apps[].upstream.secret_file` or
-    /// `admin.token_file` that cannot
+    /// by `apps[].secret_file`, `apps[].upstream.secret_file`,
+    /// `admin.token_file` or `upstream.ca_file` that cannot
     /// be read, is returned as a
     /// warning (one per key) instead of an error, and every other problem
     /// is still reported; with `require_env` true this is
@@ -913,6 +917,9 @@ impl Config {
         ) {
             raw.admin.token = Some(placeholder);
         }
+        // The upstream's CA file, where the host has it and the linting
+        // machine may not: a warning too, and the rest checked.
+        let _ = unreadable("upstream.ca_file".into(), false, &mut raw.upstream.ca_file);
         for (i, app) in raw.apps.iter_mut().enumerate() {
             let others = app.secret.is_some() || app.secret_env.is_some();
             if let Some(placeholder) = unreadable(

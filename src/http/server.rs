@@ -183,15 +183,13 @@ pub async fn serve(
     if let Some(tls) = &settings.tls {
         // The leaf served, as a reload's `TLS certificate reloaded` line
         // gives it.
+        // (Its expiry gauge and warning: set before the reloader starts.)
         let served = tls.certificate.current();
         tracing::info!(
             sha256 = %served.fingerprint(),
             not_after = %served.not_after_text(),
             "TLS certificate served"
         );
-        let state = proxy.current();
-        served.warn_if_ending(i64::try_from(state.clock.unix_now()).unwrap_or(i64::MAX));
-        state.telemetry.tls_certificate(&served);
     }
 
     let mut next = 0usize;

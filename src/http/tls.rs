@@ -160,10 +160,18 @@ impl Files {
         let key =
             PrivateKeyDer::from_pem_slice(&self.key).map_err(pem("private key", &self.key_path))?;
         let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
-        let not_after = key.cert.first().and_then(|leaf| {
-            let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-            Some(parsed.validity().not_after.timestamp())
-        });
+        // The chain's earliest end: an intermediate that ends first ends
+        // the chain. Unknown if any of it does not read as X.509.
+        let not_after = key
+            .cert
+            .iter()
+            .map(|c| {
+                x509_parser::parse_x509_certificate(c.as_ref())
+                    .ok()
+                    .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+            })
+            .collect::<Option<Vec<i64>>>()
+            .and_then(|ends| ends.into_iter().min());
         Ok(Certificate {
             digest: self.digest,
             key: Arc::new(key),
@@ -184,8 +192,9 @@ pub struct Certificate {
     key: Arc<CertifiedKey>,
     /// The files' [`Files::digest`].
     digest: Vec<u8>,
-    /// The leaf's notAfter, Unix seconds (`None` if it does not read as
-    /// X.509, which rustls has not asked).
+    /// The chain's earliest notAfter, Unix seconds (`None` if a
+    /// certificate of it does not read as X.509, which rustls has not
+    /// asked).
     not_after: Option<i64>,
 }
 
@@ -219,8 +228,9 @@ impl Certificate {
         base16ct::lower::encode_string(&Sha256::digest(leaf))
     }
 
-    /// The leaf certificate's notAfter, in Unix seconds: the last moment
-    /// clients that check it accept it.
+    /// The chain's earliest notAfter (the leaf's, unless an intermediate
+    /// ends first), in Unix seconds: the last moment clients that check
+    /// the chain accept it.
     pub fn not_after(&self) -> Option<i64> {
         self.not_after
     }
@@ -236,9 +246,13 @@ impl Certificate {
                 "expired at {at}: clients that check it refuse every handshake"
             ))
         } else if left.unsigned_abs() < EXPIRY_WARNING.as_secs() {
+            let within = if left < 3600 {
+                format!("{} min", left / 60)
+            } else {
+                format!("{} h", left / 3600)
+            };
             Some(format!(
-                "expires at {at}, in {} h: renew its files and reload",
-                left / 3600
+                "expires at {at}, in {within}: renew its files and reload"
             ))
         } else {
             None
@@ -261,6 +275,12 @@ impl Certificate {
     /// to say at Unix time `now` (at start, and after a reload that
     /// renewed the files or kept them).
     pub fn warn_if_ending(&self, now: i64) {
+        if self.not_after.is_none() {
+            tracing::warn!(
+                sha256 = %self.fingerprint(),
+                "TLS certificate served: its end cannot be read (a certificate of the chain is not X.509 as x509-parser reads it), so it is not watched"
+            );
+        }
         if let Some(problem) = self.expiry_problem(now) {
             tracing::warn!(
                 sha256 = %self.fingerprint(),
@@ -395,6 +415,7 @@ pub(crate) mod tests {
             (now + 15 * day, None),
             (now + 13 * day, Some("in 312 h")),
             (now + 3600, Some("in 1 h")),
+            (now + 1800, Some("in 30 min")),
             (now - 1, Some("expired at 2027-01-15T07:59:59Z")),
         ] {
             let certificate =
@@ -416,6 +437,34 @@ pub(crate) mod tests {
                 .expect("said")
                 .starts_with(&format!("expires at {}", ending.not_after_text())),
         );
+    }
+
+    /// A chain whose intermediate ends before its leaf ends then.
+    #[test]
+    fn the_chain_ends_with_its_earliest_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_800_000_000;
+        let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).expect("time");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.not_before = time::OffsetDateTime::UNIX_EPOCH;
+        ca.not_after = at(now + 5 * 24 * 3600);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        leaf.not_before = time::OffsetDateTime::UNIX_EPOCH;
+        leaf.not_after = at(now + 90 * 24 * 3600);
+        let leaf = leaf.signed_by(&leaf_key, &ca).expect("leaf");
+        let tls = TlsConfig {
+            cert: dir.path().join("chain.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        std::fs::write(&tls.cert, format!("{}{}", leaf.pem(), ca.pem())).expect("write");
+        std::fs::write(&tls.key, leaf_key.serialize_pem()).expect("write");
+        let certificate = Certificate::load(&tls).expect("loads");
+        assert_eq!(certificate.not_after(), Some(now + 5 * 24 * 3600));
+        assert!(certificate.expiry_problem(now).is_some());
     }
 
     /// Both files replaced between the reads of the certificate and the

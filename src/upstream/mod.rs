@@ -742,7 +742,7 @@ pub(crate) struct Connector {
 /// A connection not made within `upstream.connect_timeout_ms`, TLS
 /// handshake included.
 #[derive(Debug, thiserror::Error)]
-#[error("no connection within upstream.connect_timeout_ms ({} ms), TLS handshake included", .0.as_millis())]
+#[error("no connection within upstream.connect_timeout_ms ({} ms): name lookup, TCP connect and any TLS handshake", .0.as_millis())]
 pub struct ConnectTimedOut(Duration);
 
 impl tower_service::Service<Uri> for Connector {
@@ -784,14 +784,11 @@ fn tcp_and_tls(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
     // time and refuses (silently, to us) anything else, which would leave
     // the system's two hours: the interval is brought into that range.
     http.set_keepalive(config.ping_interval.map(tcp_keepalive_idle));
-    let builder = match config.ca_certificates.as_deref().map(private_roots) {
-        Some(Ok(tls)) => HttpsConnectorBuilder::new().with_tls_config(tls),
-        None => HttpsConnectorBuilder::new().with_webpki_roots(),
-        Some(Err(error)) => {
-            // ring's provider has the versions asked for: not expected.
-            tracing::error!(%error, "upstream.ca_file: no TLS configuration; the Mozilla roots are used");
-            HttpsConnectorBuilder::new().with_webpki_roots()
+    let builder = match config.ca_certificates.as_deref() {
+        Some(certificates) => {
+            HttpsConnectorBuilder::new().with_tls_config(private_roots(certificates))
         }
+        None => HttpsConnectorBuilder::new().with_webpki_roots(),
     }
     .https_or_http();
     match config.protocol {
@@ -804,9 +801,7 @@ fn tcp_and_tls(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
 /// A TLS client configuration that trusts `certificates` alone
 /// (`upstream.ca_file`, checked when the configuration was loaded), with
 /// rustls's safe defaults and *ring*, as the Mozilla-roots one has.
-fn private_roots(
-    certificates: &[Vec<u8>],
-) -> Result<tokio_rustls::rustls::ClientConfig, tokio_rustls::rustls::Error> {
+fn private_roots(certificates: &[Vec<u8>]) -> tokio_rustls::rustls::ClientConfig {
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
     let _ = roots.add_parsable_certificates(
@@ -814,12 +809,14 @@ fn private_roots(
             .iter()
             .map(|der| pki_types::CertificateDer::from(der.clone())),
     );
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        // Fails only for a provider without TLS 1.2 and 1.3 suites; *ring*
+        // has both (and there is no fallback to other roots: it fails
+        // closed).
+        .expect("invariant: ring's provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// The upstream request target for a path and query the proxy built
