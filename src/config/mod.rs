@@ -467,7 +467,7 @@ pub struct UpstreamConfig {
     /// `https://`, the only roots the upstream's certificate is checked
     /// against (a self-hosted server under a private CA); `None`: the
     /// Mozilla roots (webpki-roots).
-    pub ca_certificates: Option<Vec<Vec<u8>>>,
+    pub ca_certificates: Option<Vec<pki_types::CertificateDer<'static>>>,
 }
 
 /// The most `upstream.max_connections` may be: far above any upstream's

@@ -1083,7 +1083,7 @@ fn upstream_ca_file_is_read_and_checked() {
     let c = ca("https://sockudo.internal", &pem).expect("valid");
     assert_eq!(
         c.upstream.ca_certificates,
-        Some(vec![made.cert.der().to_vec(), other.cert.der().to_vec()])
+        Some(vec![made.cert.der().clone(), other.cert.der().clone()])
     );
     std::fs::write(&pem, made.cert.pem()).expect("write");
     let fewer = ca("https://sockudo.internal", &pem).expect("valid");

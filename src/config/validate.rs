@@ -344,7 +344,7 @@ fn ca_certificates(
     path: &std::path::Path,
     url: &Uri,
     problems: &mut Collected,
-) -> Option<Vec<Vec<u8>>> {
+) -> Option<Vec<pki_types::CertificateDer<'static>>> {
     use pki_types::pem::PemObject;
     const KEY: &str = "upstream.ca_file";
     if url.scheme_str() != Some("https") {
@@ -365,17 +365,12 @@ fn ca_certificates(
             return None;
         }
     };
-    let certificates: Result<Vec<Vec<u8>>, _> = pki_types::CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|c| c.as_ref().to_vec()))
-        .collect();
+    let certificates: Result<Vec<_>, _> = pki_types::CertificateDer::pem_slice_iter(&pem).collect();
     match certificates {
         Ok(certificates) if !certificates.is_empty() => {
             let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-            for der in &certificates {
-                if roots
-                    .add(pki_types::CertificateDer::from(der.as_slice()))
-                    .is_err()
-                {
+            for certificate in &certificates {
+                if roots.add(certificate.clone()).is_err() {
                     problems.add(
                         KEY,
                         format!(

@@ -801,14 +801,12 @@ fn tcp_and_tls(config: &UpstreamConfig) -> HttpsConnector<HttpConnector> {
 /// A TLS client configuration that trusts `certificates` alone
 /// (`upstream.ca_file`, checked when the configuration was loaded), with
 /// rustls's safe defaults and *ring*, as the Mozilla-roots one has.
-fn private_roots(certificates: &[Vec<u8>]) -> tokio_rustls::rustls::ClientConfig {
+fn private_roots(
+    certificates: &[pki_types::CertificateDer<'static>],
+) -> tokio_rustls::rustls::ClientConfig {
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
-    let _ = roots.add_parsable_certificates(
-        certificates
-            .iter()
-            .map(|der| pki_types::CertificateDer::from(der.clone())),
-    );
+    let _ = roots.add_parsable_certificates(certificates.iter().cloned());
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         // Fails only for a provider without TLS 1.2 and 1.3 suites; *ring*

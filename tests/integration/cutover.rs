@@ -21,6 +21,17 @@ async fn trigger(proxy: &TestProxy, channel: &str, ts: u64) -> support::Answer {
     .await
 }
 
+/// A proxy to `upstream_url` whose app is in shadow mode with counting
+/// on, `upstream` in its `[upstream]`.
+async fn shadow_proxy(upstream_url: &str, upstream: &str) -> TestProxy {
+    TestProxy::for_upstream(
+        upstream_url,
+        upstream,
+        "mode = \"shadow\"\nsubscription_count = \"on\"",
+    )
+    .await
+}
+
 async fn stats(proxy: &TestProxy, channel: &str, ts: u64) -> support::Answer {
     let uri = support::legacy_stats_uri(channel, ts);
     support::send(Method::GET, &format!("{}{uri}", proxy.url()), &[], "").await
@@ -109,12 +120,7 @@ async fn observe_forwards_the_legacy_call_unchanged() {
 #[tokio::test]
 async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
     let fake = support::fake().await;
-    let proxy = TestProxy::for_upstream(
-        &fake.url(),
-        "max_connections = 8",
-        "mode = \"shadow\"\nsubscription_count = \"on\"",
-    )
-    .await;
+    let proxy = shadow_proxy(&fake.url(), "max_connections = 8").await;
     let now = support::now();
     let metric = |text: &str, series: &str| support::metric(text, series).unwrap_or(-1.0);
     let skipped = |reason: &str| {
@@ -173,12 +179,7 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
     assert_eq!(metric(&text, &skipped("not_comparable")), 1.0, "{text}");
     assert_eq!(metric(&text, answer_mismatch), 2.0, "{text}");
     // No legacy answer at all (the upstream gone): counted too.
-    let gone = TestProxy::for_upstream(
-        "http://127.0.0.1:9",
-        "",
-        "mode = \"shadow\"\nsubscription_count = \"on\"",
-    )
-    .await;
+    let gone = shadow_proxy("http://127.0.0.1:9", "").await;
     let a = stats(&gone, "room", now).await;
     assert_eq!(a.status.as_u16(), 502, "{}", a.text());
     let text = gone.metrics().await;
@@ -236,12 +237,7 @@ async fn shadow_comparisons_are_capped_and_upstream_failures_are_no_mismatch() {
 #[tokio::test]
 async fn shadow_comparisons_do_not_share_queries_in_flight() {
     let fake = support::fake().await;
-    let proxy = TestProxy::for_upstream(
-        &fake.url(),
-        "",
-        "mode = \"shadow\"\nsubscription_count = \"on\"",
-    )
-    .await;
+    let proxy = shadow_proxy(&fake.url(), "").await;
     let now = support::now();
     fake.set(|b| b.hold = true);
     let spawn = || {
@@ -286,12 +282,7 @@ async fn shadow_comparisons_do_not_share_queries_in_flight() {
 #[tokio::test]
 async fn shadow_answers_from_the_legacy_call_and_counts_mismatches() {
     let fake = support::fake().await;
-    let proxy = TestProxy::for_upstream(
-        &fake.url(),
-        "",
-        "mode = \"shadow\"\nsubscription_count = \"on\"",
-    )
-    .await;
+    let proxy = shadow_proxy(&fake.url(), "").await;
     let now = support::now();
     let series =
         r#"pusher_cutover_shadow_mismatches_total{app_id="4242",field="connection_count"}"#;
