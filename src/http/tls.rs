@@ -235,7 +235,7 @@ impl Certificate {
         self.not_after
     }
 
-    /// What is wrong with the leaf's validity at Unix time `now`, if
+    /// What is wrong with the chain's validity at Unix time `now`, if
     /// anything: it has expired, or expires within [`EXPIRY_WARNING`].
     pub fn expiry_problem(&self, now: i64) -> Option<String> {
         let end = self.not_after?;
@@ -248,8 +248,10 @@ impl Certificate {
         } else if left.unsigned_abs() < EXPIRY_WARNING.as_secs() {
             let within = if left < 3600 {
                 format!("{} min", left / 60)
-            } else {
+            } else if left < 2 * 86_400 {
                 format!("{} h", left / 3600)
+            } else {
+                format!("{} days", left / 86_400)
             };
             Some(format!(
                 "expires at {at}, in {within}: renew its files and reload"
@@ -259,8 +261,8 @@ impl Certificate {
         }
     }
 
-    /// The leaf's notAfter as RFC 3339 text, for log lines (`-` when
-    /// unknown).
+    /// [`Certificate::not_after`] as RFC 3339 text, for log lines (`-`
+    /// when unknown).
     pub fn not_after_text(&self) -> String {
         self.not_after
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
@@ -413,7 +415,8 @@ pub(crate) mod tests {
         for (end, said) in [
             (now + 90 * day, None),
             (now + 15 * day, None),
-            (now + 13 * day, Some("in 312 h")),
+            (now + 13 * day, Some("in 13 days")),
+            (now + 30 * 3600, Some("in 30 h")),
             (now + 3600, Some("in 1 h")),
             (now + 1800, Some("in 30 min")),
             (now - 1, Some("expired at 2027-01-15T07:59:59Z")),
