@@ -685,7 +685,17 @@ pub mod upstream_names {
     /// Waits for an upstream slot that ran out of time: the exchange (a
     /// coalesced batch's: each of its callers) answered 504, never sent.
     pub const UPSTREAM_SLOT_TIMEOUTS: &str = "pusher_cutover_upstream_slot_timeouts";
+    /// Upstream requests sent again, by reason: `not_processed` (the
+    /// upstream provably did not process it: an HTTP/2 stream refused or
+    /// above a GOAWAY, a request hyper handed back unsent, an HTTP/1.1
+    /// pooled connection found closed before it was written),
+    /// `stale_connection` (a bodyless GET or HEAD whose connection broke
+    /// under it).
+    pub const UPSTREAM_RESENT: &str = "pusher_cutover_upstream_resent";
 }
+
+/// The reasons of [`upstream_names::UPSTREAM_RESENT`].
+pub const RESENT_REASONS: [&str; 2] = ["not_processed", "stale_connection"];
 
 /// The upstream exchange slots (`upstream.max_connections`), for an
 /// operator to tell whether the cap is what holds throughput back: how many
@@ -697,6 +707,7 @@ pub struct SlotMetrics {
     in_use: Gauge,
     waiters: Gauge,
     timeouts: Counter,
+    resent: Family<ReasonLabel, Counter>,
     /// The semaphore of the upstream in force, whose free permits give
     /// `in_use` when the metrics are read: nothing is counted per exchange.
     current: Arc<Mutex<Weak<Semaphore>>>,
@@ -724,6 +735,14 @@ impl SlotMetrics {
             "Waits for an upstream slot that ran out of time: answered 504, never sent",
             self.timeouts.clone(),
         );
+        registry.register(
+            upstream_names::UPSTREAM_RESENT,
+            "Upstream requests sent again: not_processed (refused or handed back unprocessed), stale_connection (a bodyless GET or HEAD whose connection broke)",
+            self.resent.clone(),
+        );
+        for reason in RESENT_REASONS {
+            let _ = self.resent.get_or_create(&ReasonLabel { reason });
+        }
     }
 
     /// Follows `slots`, an upstream's semaphore of `size` permits, from
@@ -757,6 +776,12 @@ impl SlotMetrics {
     /// Counts a wait for a slot that ran out of time.
     pub fn timed_out(&self) {
         self.timeouts.inc();
+    }
+
+    /// Counts an upstream request sent again, for `reason` (one of
+    /// [`RESENT_REASONS`]).
+    pub fn resent(&self, reason: &'static str) {
+        self.resent.get_or_create(&ReasonLabel { reason }).inc();
     }
 }
 

@@ -22,6 +22,7 @@ use tower_service::Service as _;
 use super::{
     OutboundBody, OutboundRequest, Slot, UpstreamError, is_stale_connection, replayable_copy,
 };
+use crate::telemetry::metrics::SlotMetrics;
 
 /// Pooled connections tried for one request before opening a new one
 /// (each may turn out closed by the upstream meanwhile).
@@ -114,11 +115,14 @@ impl Pools {
         worker: usize,
         idempotent: bool,
         slot: &'a Slot,
+        metrics: &'a SlotMetrics,
     ) -> impl Future<Output = Result<(Response<Incoming>, Lease), UpstreamError>> + Send + 'a {
         req.headers_mut().insert(HOST, self.host.clone());
         let mut retry = idempotent.then(|| replayable_copy(&req));
         let pool = worker % self.pools.len();
         let mut attempts = 0;
+        // Why the request is about to be sent again, if it is.
+        let mut resend: Option<&'static str> = None;
         async move {
             loop {
                 attempts += 1;
@@ -139,6 +143,10 @@ impl Pools {
                 if attempts > 1 || !reused {
                     slot.in_time()?;
                 }
+                // Counted once it is sent again, in time.
+                if let Some(reason) = resend.take() {
+                    metrics.resent(reason);
+                }
                 match sender.try_send_request(*req).await {
                     Ok(resp) => {
                         let lease = Lease {
@@ -151,6 +159,7 @@ impl Pools {
                     Err(mut failed) => {
                         if reused && let Some(unsent) = failed.take_message() {
                             tracing::debug!(error = %failed.error(), "pooled upstream connection closed; sending on another");
+                            resend = Some("not_processed");
                             *req = unsent;
                             continue;
                         }
@@ -160,6 +169,7 @@ impl Pools {
                             && let Some(again) = retry.take()
                         {
                             tracing::debug!(%error, "stale upstream connection; retrying the GET once");
+                            resend = Some("stale_connection");
                             req = again;
                             attempts = MAX_REUSE_ATTEMPTS;
                             continue;

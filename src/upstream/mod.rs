@@ -586,7 +586,9 @@ impl Upstream {
         match &self.inner.transport {
             Transport::Pool(pools) => {
                 let idempotent = is_bodyless_read(&req);
-                let (resp, lease) = pools.request(req, worker, idempotent, slot).await?;
+                let (resp, lease) = pools
+                    .request(req, worker, idempotent, slot, &self.inner.slot_metrics)
+                    .await?;
                 Ok((resp, Some(lease)))
             }
             Transport::Clients {
@@ -643,14 +645,17 @@ impl Upstream {
                 let Some(again) = again else {
                     return Err(upstream_error(error));
                 };
-                if never_processed(&error, sends_body) {
+                let reason = if never_processed(&error, sends_body) {
                     tracing::debug!(%error, attempts, "the upstream provably did not process the request; sending it again");
+                    "not_processed"
                 } else if idempotent && attempts == 1 && is_stale_connection(&error) {
                     tracing::debug!(%error, "upstream connection broke under a GET; sending it once more");
+                    "stale_connection"
                 } else {
                     return Err(upstream_error(error));
-                }
+                };
                 slot.in_time()?;
+                self.inner.slot_metrics.resent(reason);
                 req = again;
             }
         }

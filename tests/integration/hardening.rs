@@ -475,6 +475,8 @@ async fn stale_pooled_connection_retries_get_never_post() {
         3,
         "first, dropped, retried"
     );
+    let stale = r#"pusher_cutover_upstream_resent_total{reason="stale_connection"}"#;
+    assert_eq!(support::metric(&proxy.metrics().await, stale), Some(1.0));
     proxy.stop().await;
 
     let (addr, requests) = fault_upstream(Fault::FirstThenDrop).await;
@@ -488,6 +490,10 @@ async fn stale_pooled_connection_retries_get_never_post() {
         2,
         "the dropped POST is not sent again"
     );
+    let text = proxy.metrics().await;
+    assert_eq!(support::metric(&text, stale), Some(0.0));
+    let unprocessed = r#"pusher_cutover_upstream_resent_total{reason="not_processed"}"#;
+    assert_eq!(support::metric(&text, unprocessed), Some(0.0));
     proxy.stop().await;
 }
 

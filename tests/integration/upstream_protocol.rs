@@ -684,6 +684,19 @@ async fn http1_and_auto_on_http_speak_http_1_1() {
     }
 }
 
+/// `upstream_resent_total` for `not_processed` and `stale_connection`.
+async fn resent(proxy: &TestProxy) -> (f64, f64) {
+    let text = proxy.metrics().await;
+    let reason = |r: &str| {
+        support::metric(
+            &text,
+            &format!("pusher_cutover_upstream_resent_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    (reason("not_processed"), reason("stale_connection"))
+}
+
 #[tokio::test]
 async fn a_refused_stream_is_sent_again_and_delivered_once() {
     let fake = support::fake().await;
@@ -692,8 +705,9 @@ async fn a_refused_stream_is_sent_again_and_delivered_once() {
     let a = legacy_trigger(&proxy, "refused", r#"{"n":1}"#).await;
     assert_eq!(a.status.as_u16(), 202, "{}", a.text());
     assert_eq!(delivered(&fake), ["refused"]);
-    // The refused stream, then the one served.
+    // The refused stream, then the one served, counted as sent again.
     assert_eq!(front.requests(), 2);
+    assert_eq!(resent(&proxy).await, (1.0, 0.0));
     proxy.stop().await;
 }
 
@@ -863,6 +877,7 @@ async fn an_h2_post_at_or_below_a_goaways_last_stream_is_not_sent_again() {
     assert_eq!(front.requests(), 1, "sent once, never again");
     assert_eq!(front.connections(), 1);
     assert!(delivered(&fake).is_empty());
+    assert_eq!(resent(&proxy).await, (0.0, 0.0));
     proxy.stop().await;
 }
 
