@@ -718,6 +718,7 @@ impl Config {
                 max_data_bytes: None,
                 sunset: None,
                 previous_secrets: Vec::new(),
+                previous_secrets_file: None,
                 mode: Mode::default(),
                 rollout_percent: None,
                 brownouts: Vec::new(),

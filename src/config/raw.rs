@@ -136,6 +136,7 @@ pub(super) struct RawApp {
     pub(super) secret_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub(super) previous_secrets: Vec<String>,
+    pub(super) previous_secrets_file: Option<std::path::PathBuf>,
     pub(super) subscription_count: Option<SubscriptionCounting>,
     pub(super) max_data_bytes: Option<usize>,
     pub(super) sunset: Option<String>,

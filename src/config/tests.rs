@@ -1175,3 +1175,63 @@ fn upstream_ca_file_is_read_and_checked() {
     let err = Config::lint_file(&config, &env(&[]), true).expect_err("required");
     assert!(err.problems()[0].starts_with("upstream.ca_file: "), "{err}");
 }
+
+/// `apps[].previous_secrets_file`: the secrets a rotation still accepts,
+/// from a file (a mounted Secret), one per line, beside any inline
+/// `previous_secrets`; a bad line is named by its number, never shown.
+#[test]
+fn previous_secrets_are_read_from_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("previous");
+    let file_line = format!(
+        "secret = \"s\"\nprevious_secrets_file = {:?}",
+        path.display().to_string()
+    );
+    let load = |text: &str, inline: &str| {
+        std::fs::write(&path, text).expect("write");
+        Config::from_toml_str(
+            &one_app("", &format!("{inline}\n{file_line}"), ""),
+            &env(&[]),
+        )
+    };
+    let secrets = |c: &Config| -> Vec<String> {
+        c.apps[0]
+            .secrets
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect()
+    };
+    let c = load("old-1\r\n\nold-2\n", "previous_secrets = [\"inline-old\"]").expect("valid");
+    let all = secrets(&c);
+    assert_eq!(all.len(), 4, "current, inline, two from the file");
+    assert_eq!(&all[1..], ["inline-old", "old-1", "old-2"]);
+    assert!(
+        c.apps[0].resigns(),
+        "re-signed while previous secrets are set"
+    );
+    assert!(!format!("{c:?}").contains("old-1"), "no secret in Debug");
+    // An empty file: the rotation is over.
+    let c = load("", "").expect("valid");
+    assert_eq!(secrets(&c).len(), 1);
+
+    let err = load("fine\nnot fine\n", "").expect_err("a space");
+    let problems = err.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("apps[0].previous_secrets_file: line 2 of"),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("not fine"), "{problems:?}");
+    std::fs::remove_file(&path).expect("remove");
+    let err = Config::from_toml_str(&one_app("", &file_line, ""), &env(&[])).expect_err("gone");
+    assert!(
+        err.problems()[0].starts_with("apps[0].previous_secrets_file: cannot read"),
+        "{err}"
+    );
+    // `validate` lints it where the Secret is not mounted: a warning.
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, one_app("", &file_line, "")).expect("write");
+    let (_, warnings) = Config::lint_file(&config, &env(&[]), false).expect("linted");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "apps[0].previous_secrets_file");
+}

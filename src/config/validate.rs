@@ -587,6 +587,48 @@ fn secret_from(
     }
 }
 
+/// The secrets in an app's `previous_secrets_file` (a mounted Secret, for
+/// a rotation whose secrets never appear in the config): one per line,
+/// blank lines skipped, a line's trailing `\r` not part of it. A problem
+/// names the key, the file and the line, never what it holds.
+fn previous_secrets_file(
+    path: &std::path::Path,
+    key: &str,
+    problems: &mut Collected,
+) -> Vec<SecretString> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            problems.add(
+                key,
+                format!("cannot read `{}`: {}", path.display(), e.kind()),
+            );
+            return Vec::new();
+        }
+    };
+    let mut secrets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.bytes().all(|b| b.is_ascii_graphic()) {
+            secrets.push(SecretString::from(line.to_owned()));
+        } else {
+            problems.add(
+                key,
+                format!(
+                    "line {} of `{}` holds a space, a control character or a non-ASCII one: \
+                     secrets are printable ASCII without spaces",
+                    n + 1,
+                    path.display()
+                ),
+            );
+        }
+    }
+    secrets
+}
+
 /// The admin bearer token, given inline (`admin.token`), through an
 /// environment variable (`admin.token_env`) or in a file
 /// (`admin.token_file`: a mounted Kubernetes Secret), or not at all. It
@@ -729,6 +771,13 @@ fn validate_app(
         }
         secrets.push(SecretString::from(s));
     }
+    if let Some(path) = &app.previous_secrets_file {
+        secrets.extend(previous_secrets_file(
+            path,
+            &key("previous_secrets_file"),
+            problems,
+        ));
+    }
     let upstream = match app.upstream {
         None => secret.clone().map(|secret| Credentials {
             id: app.id.clone(),
@@ -835,8 +884,9 @@ impl Config {
     /// secrets are not (a CI job linting the file). With `require_env`
     /// false, an unset or empty variable named by `apps[].secret_env`,
     /// `apps[].upstream.secret_env` or `admin.token_env`, and a file named
-    /// by `apps[].secret_file`, `apps[].upstream.secret_file`,
-    /// `admin.token_file` or `upstream.ca_file` that cannot
+    /// by `apps[].secret_file`, `apps[].previous_secrets_file`,
+    /// `apps[].upstream.secret_file`, `admin.token_file` or
+    /// `upstream.ca_file` that cannot
     /// be read, is returned as a
     /// warning (one per key) instead of an error, and every other problem
     /// is still reported; with `require_env` true this is
@@ -916,6 +966,11 @@ impl Config {
         // machine may not: a warning too, and the rest checked.
         let _ = unreadable("upstream.ca_file".into(), false, &mut raw.upstream.ca_file);
         for (i, app) in raw.apps.iter_mut().enumerate() {
+            let _ = unreadable(
+                format!("apps[{i}].previous_secrets_file"),
+                false,
+                &mut app.previous_secrets_file,
+            );
             let others = app.secret.is_some() || app.secret_env.is_some();
             if let Some(placeholder) = unreadable(
                 format!("apps[{i}].secret_file"),

@@ -553,6 +553,52 @@ async fn rotation_accepts_old_and_new_secrets() {
     proxy.stop().await;
 }
 
+/// A rotation whose old secret is in a file (`previous_secrets_file`, a
+/// mounted Secret): accepted while the file holds it, refused once a
+/// reload finds it gone, and the reload says the secrets changed.
+#[tokio::test]
+async fn rotation_reads_old_secrets_from_a_file_at_each_reload() {
+    let fake = support::fake().await;
+    let file = support::ConfigFile::new("");
+    let previous = file.dir().join("previous");
+    std::fs::write(&previous, "old-secret\n").expect("write");
+    file.write(&support::config_toml(
+        &fake.url(),
+        "",
+        &format!(
+            "previous_secrets_file = {:?}",
+            previous.display().to_string()
+        ),
+    ));
+    let proxy = TestProxy::start_file(file.path()).await;
+    let trigger = |secret: &'static str| {
+        let uri = support::signed_uri(
+            support::KEY,
+            secret,
+            "POST",
+            "/apps/4242/channels/room/events",
+            support::now(),
+            Some(b"x"),
+            &[("name", "ev")],
+        );
+        let url = format!("{}{uri}", proxy.url());
+        async move { support::send(Method::POST, &url, &[], "x").await }
+    };
+    assert_eq!(trigger("old-secret").await.status.as_u16(), 202);
+    std::fs::write(&previous, "").expect("write");
+    let reload = proxy.reload().await;
+    assert_eq!(reload.status.as_u16(), 200, "{}", reload.text());
+    assert!(
+        reload.text().contains("secrets changed"),
+        "{}",
+        reload.text()
+    );
+    assert_eq!(trigger("old-secret").await.status.as_u16(), 401);
+    assert_eq!(trigger(support::SECRET).await.status.as_u16(), 202);
+    assert_eq!(fake.recorded().len(), 2);
+    proxy.stop().await;
+}
+
 /// Legacy app 4242 (legacy-app-key) is served by upstream app 5000, which
 /// knows only its own credentials.
 /// During a rotation the upstream knows only the current secret, while
