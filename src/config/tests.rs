@@ -1201,7 +1201,11 @@ fn previous_secrets_are_read_from_a_file() {
             .map(|s| s.expose_secret().to_owned())
             .collect()
     };
-    let c = load("old-1\r\n\nold-2\n", "previous_secrets = [\"inline-old\"]").expect("valid");
+    let c = load(
+        "old-1\r\n\n  \t\nold-2",
+        "previous_secrets = [\"inline-old\"]",
+    )
+    .expect("valid");
     let all = secrets(&c);
     assert_eq!(all.len(), 4, "current, inline, two from the file");
     assert_eq!(&all[1..], ["inline-old", "old-1", "old-2"]);

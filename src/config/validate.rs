@@ -589,7 +589,8 @@ fn secret_from(
 
 /// The secrets in an app's `previous_secrets_file` (a mounted Secret, for
 /// a rotation whose secrets never appear in the config): one per line,
-/// blank lines skipped, a line's trailing `\r` not part of it. A problem
+/// blank lines (spaces only, too) skipped, a line's trailing `\r` not
+/// part of it. A problem
 /// names the key, the file and the line, never what it holds.
 fn previous_secrets_file(
     path: &std::path::Path,
@@ -609,7 +610,7 @@ fn previous_secrets_file(
     let mut secrets = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
+        if line.trim().is_empty() {
             continue;
         }
         if line.bytes().all(|b| b.is_ascii_graphic()) {
