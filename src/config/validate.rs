@@ -337,6 +337,19 @@ fn instance_name(
     }
 }
 
+/// The text of the file `path` that `key` names; a problem that names
+/// the file and why it cannot be read (never what it holds) if it cannot.
+fn read_named(path: &std::path::Path, key: &str, problems: &mut Collected) -> Option<String> {
+    std::fs::read_to_string(path)
+        .inspect_err(|e| {
+            problems.add(
+                key,
+                format!("cannot read `{}`: {}", path.display(), e.kind()),
+            );
+        })
+        .ok()
+}
+
 /// `upstream.ca_file`'s certificates (PEM, one or more), for an
 /// `https://` upstream; a problem names the key and the file, never what
 /// it holds.
@@ -355,17 +368,9 @@ fn ca_certificates(
         );
         return None;
     }
-    let pem = match std::fs::read(path) {
-        Ok(pem) => pem,
-        Err(e) => {
-            problems.add(
-                KEY,
-                format!("cannot read `{}`: {}", path.display(), e.kind()),
-            );
-            return None;
-        }
-    };
-    let certificates: Result<Vec<_>, _> = pki_types::CertificateDer::pem_slice_iter(&pem).collect();
+    let pem = read_named(path, KEY, problems)?;
+    let certificates: Result<Vec<_>, _> =
+        pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certificates {
         Ok(certificates) if !certificates.is_empty() => {
             let mut roots = tokio_rustls::rustls::RootCertStore::empty();
@@ -542,20 +547,12 @@ fn secret_from(
             inline: None,
             var: None,
             file: Some(path),
-        } => match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let text = text.strip_suffix('\n').unwrap_or(&text);
-                let text = text.strip_suffix('\r').unwrap_or(text);
-                (file_key.as_str(), Some(text.to_owned()))
-            }
-            Err(e) => {
-                problems.add(
-                    &key(&file_key),
-                    format!("cannot read `{}`: {}", path.display(), e.kind()),
-                );
-                return None;
-            }
-        },
+        } => {
+            let text = read_named(&path, &key(&file_key), problems)?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            (file_key.as_str(), Some(text.to_owned()))
+        }
         SecretSource {
             inline: None,
             var: None,
@@ -597,15 +594,8 @@ fn previous_secrets_file(
     key: &str,
     problems: &mut Collected,
 ) -> Vec<SecretString> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            problems.add(
-                key,
-                format!("cannot read `{}`: {}", path.display(), e.kind()),
-            );
-            return Vec::new();
-        }
+    let Some(text) = read_named(path, key, problems) else {
+        return Vec::new();
     };
     let mut secrets = Vec::new();
     for (n, line) in text.lines().enumerate() {
