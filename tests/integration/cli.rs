@@ -480,12 +480,13 @@ async fn reload_waits_for_the_proxys_own_answer() {
         .replace("[admin]\n", "[admin]\ntoken = \"a-long-admin-token\"\n");
     let file = support::ConfigFile::new(&base);
     let served = Served::start(file.path()).await;
-    let reload = |admin: String, env: &[(&str, &str)]| {
+    // `reload --config FILE [--admin ADMIN]`, with `env` added.
+    let reload = |admin: Option<String>, env: &[(&str, &str)]| {
         let mut command = tokio::process::Command::new(BIN);
         command
             .args(["reload", "--config"])
             .arg(file.path())
-            .args(["--admin", &admin])
+            .args(admin.iter().flat_map(|a| ["--admin", a.as_str()]))
             .envs(env.iter().copied());
         async move {
             let out = tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
@@ -514,7 +515,7 @@ async fn reload_waits_for_the_proxys_own_answer() {
     assert_eq!(trigger().await, 202);
 
     file.write(&base.replace("[[apps]]", "[[apps]]\nmode = \"reject\""));
-    let (code, out, err) = reload(served.admin.clone(), &[]).await;
+    let (code, out, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("reloaded config="), "{out}");
     // Each app's changes, as the log gives them.
@@ -528,7 +529,7 @@ async fn reload_waits_for_the_proxys_own_answer() {
     assert_eq!(trigger().await, 410, "in force once reload exits");
     // `--admin` takes a host name too; without a port it is a usage error.
     let port = served.admin.rsplit_once(':').expect("port").1;
-    let (code, out, err) = reload(format!("localhost:{port}"), &[]).await;
+    let (code, out, err) = reload(Some(format!("localhost:{port}")), &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     // No admin listener to send a token to: that is what is said, even
     // with a token file that cannot be read.
@@ -536,17 +537,11 @@ async fn reload_waits_for_the_proxys_own_answer() {
         "token = \"a-long-admin-token\"",
         "enabled = false\ntoken_file = \"/nonexistent/admin-token\"",
     ));
-    let out = tokio::process::Command::new(BIN)
-        .args(["reload", "--config"])
-        .arg(file.path())
-        .output()
-        .await
-        .expect("reload runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    let (code, _, err) = reload(None, &[]).await;
+    assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("no admin listener"), "{err}");
     for no_host_or_port in ["localhost", ":9090"] {
-        let (code, _, err) = reload(no_host_or_port.into(), &[]).await;
+        let (code, _, err) = reload(Some(no_host_or_port.into()), &[]).await;
         assert_eq!(code, Some(64), "{no_host_or_port}: {err}");
         assert!(err.contains("HOST:PORT"), "{err}");
     }
@@ -558,7 +553,11 @@ async fn reload_waits_for_the_proxys_own_answer() {
             "secret_env = \"PC_RELOAD_TEST_SECRET\"",
         );
     file.write(&lacking);
-    let (code, out, err) = reload(served.admin.clone(), &[("PC_RELOAD_TEST_SECRET", "x")]).await;
+    let (code, out, err) = reload(
+        Some(served.admin.clone()),
+        &[("PC_RELOAD_TEST_SECRET", "x")],
+    )
+    .await;
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         err.contains("400") && err.contains("PC_RELOAD_TEST_SECRET"),
@@ -567,14 +566,14 @@ async fn reload_waits_for_the_proxys_own_answer() {
     assert_eq!(trigger().await, 410, "the previous configuration serves on");
 
     file.write("[upstream\n");
-    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    let (code, _, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("invalid, not reloaded"), "{err}");
 
     // The token is the running proxy's until a restart: a file with
     // another is refused, and the command says why.
     file.write(&base.replace("a-long-admin-token", "another-admin-token"));
-    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    let (code, _, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("401") && err.contains("restart"), "{err}");
     assert!(
@@ -586,7 +585,7 @@ async fn reload_waits_for_the_proxys_own_answer() {
         "token = \"a-long-admin-token\"",
         "token_env = \"PC_RELOAD_TEST_TOKEN\"",
     ));
-    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    let (code, _, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("PC_RELOAD_TEST_TOKEN"), "{err}");
     // A token file (a mounted Secret) is read for the request, its one
@@ -599,10 +598,10 @@ async fn reload_waits_for_the_proxys_own_answer() {
         &format!("token_file = {:?}", token_file.display().to_string()),
     );
     file.write(&from_file);
-    let (code, out, err) = reload(served.admin.clone(), &[]).await;
+    let (code, out, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     std::fs::remove_file(&token_file).expect("remove");
-    let (code, _, err) = reload(served.admin.clone(), &[]).await;
+    let (code, _, err) = reload(Some(served.admin.clone()), &[]).await;
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("admin.token_file"), "{err}");
 
@@ -611,7 +610,7 @@ async fn reload_waits_for_the_proxys_own_answer() {
     let gone = closed.local_addr().expect("addr").to_string();
     drop(closed);
     file.write(&base);
-    let (code, _, err) = reload(gone, &[]).await;
+    let (code, _, err) = reload(Some(gone), &[]).await;
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains("cannot reach"), "{err}");
 
